@@ -1,0 +1,3 @@
+//! Load and comparison benchmarks.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! gRPC schema of the shuffle service (`shuffle.v1`), generated at build time without protoc.

@@ -1,0 +1,35 @@
+//! The command line: `serve` (default), `upload` and `fetch`.
+
+use clap::{Parser, Subcommand};
+
+use crate::client::fetch::FetchArgs;
+use crate::client::upload::UploadArgs;
+use crate::config::ServeArgs;
+
+/// Resource staging server for Spark on Kubernetes, and its upload and init-container clients.
+#[derive(Debug, Parser)]
+#[command(
+    name = "staging-server",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server flags when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+    /// Bundle local files into a tar.gz while streaming it to the server; print id and token.
+    Upload(UploadArgs),
+    /// Download, verify and safely unpack a bundle (the init-container).
+    Fetch(FetchArgs),
+}

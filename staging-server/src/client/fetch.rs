@@ -1,0 +1,327 @@
+//! `staging-server fetch`: the init-container. Streams a bundle to a temporary file, verifies
+//! its sha256, unpacks it safely into the destination and writes the list of files.
+//!
+//! Network errors, timeouts and 5xx/408/429 answers are retried with exponential backoff,
+//! resuming with `Range` + `If-Range` where the server allows; 401/403 and 404 fail at once
+//! with their own exit codes (no five-minute hang as in the fork).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+
+use super::extract::{self, ExtractError, ExtractLimits};
+use super::{
+    ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
+    EXIT_UNSAFE_ARCHIVE, EXIT_USAGE, server_message,
+};
+use crate::size::ByteSize;
+
+/// Arguments of `fetch`.
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// Server base URL.
+    #[arg(long, env = "STAGING_SERVER")]
+    pub server: String,
+    /// Resource id.
+    #[arg(long, env = "STAGING_RESOURCE_ID")]
+    pub id: String,
+    /// File holding the download token (a mounted Secret key).
+    #[arg(long, env = "STAGING_TOKEN_FILE")]
+    pub token_file: PathBuf,
+    /// Directory to unpack into (must exist; existing files are never overwritten).
+    #[arg(long, env = "STAGING_DEST")]
+    pub dest: PathBuf,
+    /// Where to write the list of extracted files (default: <dest>/.staged-files).
+    #[arg(long)]
+    pub file_list: Option<PathBuf>,
+    /// Expected sha256 (hex); the server's digest is always checked too.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Use the fork's v0 download route instead of v1.
+    #[arg(long)]
+    pub v0: bool,
+    /// Connection timeout.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Longest wait for data on an open connection.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
+    /// Deadline for the whole fetch, retries included.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Attempts after the first one.
+    #[arg(long, default_value_t = 6)]
+    pub retries: u32,
+    /// Cap on archive entries.
+    #[arg(long, default_value_t = ExtractLimits::default().max_entries)]
+    pub max_entries: u64,
+    /// Cap on one file's size.
+    #[arg(long, default_value = "2GiB")]
+    pub max_entry_size: ByteSize,
+    /// Cap on the total unpacked size.
+    #[arg(long, default_value = "8GiB")]
+    pub max_total_size: ByteSize,
+    /// Cap on the decompression ratio.
+    #[arg(long, default_value_t = ExtractLimits::default().max_ratio)]
+    pub max_ratio: u64,
+}
+
+/// Runs `fetch` and returns the exit code.
+pub async fn main(args: FetchArgs) -> ExitCode {
+    super::exit(
+        run(args).await.map(|files| {
+            for f in files {
+                println!("{f}");
+            }
+        }),
+        "fetch",
+    )
+}
+
+/// Fetches and unpacks; returns the extracted file names.
+///
+/// # Errors
+/// [`ClientError`] with the exit code.
+pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
+    let token = std::fs::read_to_string(&args.token_file)
+        .map_err(|e| ClientError::new(EXIT_USAGE, format!("{}: {e}", args.token_file.display())))?
+        .trim()
+        .to_owned();
+    if !args.dest.is_dir() {
+        return Err(ClientError::new(
+            EXIT_USAGE,
+            format!("{} is not a directory", args.dest.display()),
+        ));
+    }
+    let expected = args
+        .sha256
+        .as_deref()
+        .map(|h| crate::ids::Sha256Digest::from_hex(h).map(|d| d.to_hex()))
+        .transpose()
+        .map_err(|e| ClientError::new(EXIT_USAGE, e.to_string()))?;
+    let archive = tempfile::Builder::new()
+        .prefix(".fetch-")
+        .suffix(".part")
+        .tempfile_in(&args.dest)
+        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", args.dest.display())))?;
+    let (digest, server_digest) = download(&args, &token, archive.path()).await?;
+    for (what, want) in [("server", server_digest), ("expected", expected)] {
+        if let Some(want) = want
+            && want != digest
+        {
+            return Err(ClientError::new(
+                EXIT_INTEGRITY,
+                format!("downloaded sha256 {digest} does not match the {what} digest {want}"),
+            ));
+        }
+    }
+    let limits = ExtractLimits {
+        max_entries: args.max_entries,
+        max_entry_bytes: args.max_entry_size.0,
+        max_total_bytes: args.max_total_size.0,
+        max_ratio: args.max_ratio,
+    };
+    let path = archive.path().to_owned();
+    let dest = args.dest.clone();
+    let names = tokio::task::spawn_blocking(move || extract::extract(&path, &dest, limits))
+        .await
+        .map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))?
+        .map_err(|e| match e {
+            ExtractError::Unsafe(_) | ExtractError::Corrupt(_) => {
+                ClientError::new(EXIT_UNSAFE_ARCHIVE, e.to_string())
+            }
+            other => ClientError::new(EXIT_FAILURE, other.to_string()),
+        })?;
+    drop(archive);
+    let list = args
+        .file_list
+        .clone()
+        .unwrap_or_else(|| args.dest.join(".staged-files"));
+    let text: String = names
+        .iter()
+        .map(|n| format!("{}\n", args.dest.join(n).display()))
+        .collect();
+    std::fs::write(&list, text)
+        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", list.display())))?;
+    Ok(names)
+}
+
+/// Downloads into `path` with retries; returns the local digest and the server's digest.
+async fn download(
+    args: &FetchArgs,
+    token: &str,
+    path: &Path,
+) -> Result<(String, Option<String>), ClientError> {
+    let url = if args.v0 {
+        format!(
+            "{}/api/v0/resources/{}",
+            args.server.trim_end_matches('/'),
+            args.id
+        )
+    } else {
+        format!(
+            "{}/api/v1/resources/{}/content",
+            args.server.trim_end_matches('/'),
+            args.id
+        )
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(args.connect_timeout)
+        .read_timeout(args.read_timeout)
+        .build()
+        .map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))?;
+    let deadline = Instant::now() + args.timeout;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", path.display())))?;
+    let mut hasher = Sha256::new();
+    let mut offset: u64 = 0;
+    let mut etag: Option<String> = None;
+    let mut server_digest: Option<String> = None;
+    let mut attempt: u32 = 0;
+    loop {
+        let failure = match attempt_once(
+            &client,
+            &url,
+            token,
+            &mut file,
+            &mut hasher,
+            &mut offset,
+            &mut etag,
+            &mut server_digest,
+            deadline,
+        )
+        .await
+        {
+            Ok(()) => return Ok((hex::encode(hasher.finalize()), server_digest)),
+            Err(Attempt::Fatal(e)) => return Err(e),
+            Err(Attempt::Retry(why)) => why,
+        };
+        attempt += 1;
+        let backoff = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6)))
+            .min(Duration::from_secs(30));
+        if attempt > args.retries || Instant::now() + backoff >= deadline {
+            return Err(ClientError::new(
+                EXIT_UNAVAILABLE,
+                format!("giving up after {attempt} attempts: {failure}"),
+            ));
+        }
+        tracing::warn!(attempt, retry_in = ?backoff, cause = %failure, "download failed; retrying");
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fatal(ClientError),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt_once(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    file: &mut std::fs::File,
+    hasher: &mut Sha256,
+    offset: &mut u64,
+    etag: &mut Option<String>,
+    server_digest: &mut Option<String>,
+    deadline: Instant,
+) -> Result<(), Attempt> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let mut req = client.get(url).bearer_auth(token).timeout(remaining);
+    if *offset > 0
+        && let Some(tag) = etag.as_deref()
+    {
+        req = req
+            .header("range", format!("bytes={offset}-"))
+            .header("if-range", tag);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| Attempt::Retry(e.to_string()))?;
+    let status = resp.status().as_u16();
+    match status {
+        200 => {
+            // A full body: start over (first attempt, or the server ignored the range).
+            use std::io::Seek as _;
+            file.set_len(0)
+                .and_then(|()| file.rewind().map(|_| ()))
+                .map_err(|e| Attempt::Fatal(ClientError::new(EXIT_FAILURE, e.to_string())))?;
+            *offset = 0;
+            *hasher = Sha256::new();
+            *etag = header(&resp, "etag");
+            *server_digest = header(&resp, "repr-digest").and_then(|d| parse_repr_digest(&d));
+        }
+        206 if *offset > 0 => {}
+        401 | 403 | 404 => {
+            let body = resp.text().await.unwrap_or_default();
+            let code = if status == 404 {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_AUTH
+            };
+            return Err(Attempt::Fatal(ClientError::new(
+                code,
+                format!("server answered {status}: {}", server_message(&body)),
+            )));
+        }
+        408 | 429 | 500..=599 => return Err(Attempt::Retry(format!("server answered {status}"))),
+        _ => {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(Attempt::Fatal(ClientError::new(
+                EXIT_FAILURE,
+                format!("server answered {status}: {}", server_message(&body)),
+            )));
+        }
+    }
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Attempt::Retry(e.to_string()))?;
+        file.write_all(&chunk).map_err(|e| {
+            Attempt::Fatal(ClientError::new(
+                EXIT_FAILURE,
+                format!("writing the download: {e}"),
+            ))
+        })?;
+        hasher.update(&chunk);
+        *offset += chunk.len() as u64;
+    }
+    file.sync_all().map_err(|e| {
+        Attempt::Fatal(ClientError::new(
+            EXIT_FAILURE,
+            format!("writing the download: {e}"),
+        ))
+    })?;
+    Ok(())
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The hex sha-256 of an RFC 9530 `Repr-Digest: sha-256=:<base64>:` value.
+fn parse_repr_digest(v: &str) -> Option<String> {
+    use base64::Engine as _;
+    v.split(',').find_map(|m| {
+        let (alg, val) = m.trim().split_once('=')?;
+        if !alg.eq_ignore_ascii_case("sha-256") {
+            return None;
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(val.trim().trim_matches(':'))
+            .ok()?;
+        (raw.len() == 32).then(|| hex::encode(raw))
+    })
+}

@@ -1,0 +1,474 @@
+//! Server configuration: the clap arguments of `serve`, an optional TOML file, and the validated
+//! runtime [`Config`].
+//!
+//! Precedence is command line > `STAGING_*` environment > `--config` TOML file > defaults. Every
+//! argument is an `Option` so that "not given" can fall through to the file and then to the
+//! `DEFAULT_*` constant. Loading is pure: nothing is bound and the environment is not changed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::secret;
+use crate::size::ByteSize;
+
+/// The fork's port, so that existing `spark.kubernetes.resourceStagingServer.uri` values work.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10000";
+/// Data directory for the SQLite database, the signing key and the local object store.
+pub const DEFAULT_DATA_DIR: &str = "data/staging";
+/// Largest accepted bundle. Spark dependency bundles are jars; 2 GiB leaves room for fat jars.
+pub const DEFAULT_MAX_UPLOAD_SIZE: u64 = 2 << 30;
+/// A bundle never downloaded within this time is deleted (the fork's 30 min default).
+pub const DEFAULT_UNUSED_TTL: Duration = Duration::from_secs(30 * 60);
+/// Absolute lifetime of any bundle, downloaded or not.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(48 * 3600);
+/// How often the sweeper looks for expired bundles.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+/// Uploads streaming at once; more are answered 503 with `Retry-After`.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
+/// Open client connections; more are closed at accept.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Time a client has to send its request headers (slow-loris protection).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause between two body chunks of an upload before it is abandoned.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time in-flight transfers get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// Arguments of `staging-server serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; command-line flags and env override its values.
+    #[arg(long, env = "STAGING_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the API listener.
+    #[arg(long, env = "STAGING_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Optional separate listener for /metrics, /healthz and /readyz (also served on --listen).
+    #[arg(long, env = "STAGING_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory for the database, the signing key and the default local object store.
+    #[arg(long, env = "STAGING_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Object store URL (s3://bucket/prefix, gs://, az://, memory://, file:///path).
+    /// Default: the local filesystem under <data-dir>/objects.
+    #[arg(long, env = "STAGING_STORE_URL")]
+    pub store_url: Option<String>,
+    /// Object store option KEY=VALUE (e.g. aws_endpoint=http://minio:9000); repeatable.
+    /// Credentials are best left to the store's usual env variables (AWS_*, GOOGLE_*, AZURE_*).
+    #[arg(
+        long = "store-option",
+        env = "STAGING_STORE_OPTIONS",
+        value_delimiter = ','
+    )]
+    pub store_options: Vec<String>,
+    /// File of upload bearer tokens, one per line (`#` comments allowed).
+    #[arg(long, env = "STAGING_UPLOAD_TOKEN_FILE")]
+    pub upload_token_file: Option<PathBuf>,
+    /// Upload bearer tokens, comma-separated (prefer --upload-token-file).
+    #[arg(long, env = "STAGING_UPLOAD_TOKENS", hide_env_values = true)]
+    pub upload_tokens: Option<String>,
+    /// Allow uploads without a token on a non-loopback listener. Anyone who reaches the port
+    /// can then fill the store.
+    #[arg(long, env = "STAGING_INSECURE_ALLOW_ANONYMOUS_UPLOAD")]
+    pub insecure_allow_anonymous_upload: bool,
+    /// File holding the download-token signing key (at least 32 bytes; mode 0600).
+    /// Default: generated on first start as <data-dir>/signing.key.
+    #[arg(long, env = "STAGING_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// The download-token signing key itself (prefer --signing-key-file).
+    #[arg(long, env = "STAGING_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// Largest accepted bundle (e.g. 2GiB).
+    #[arg(long, env = "STAGING_MAX_UPLOAD_SIZE")]
+    pub max_upload_size: Option<ByteSize>,
+    /// Delete bundles never downloaded within this time (e.g. 30m).
+    #[arg(long, env = "STAGING_UNUSED_TTL", value_parser = humantime::parse_duration)]
+    pub unused_ttl: Option<Duration>,
+    /// Delete every bundle this long after upload (e.g. 48h).
+    #[arg(long, env = "STAGING_MAX_TTL", value_parser = humantime::parse_duration)]
+    pub max_ttl: Option<Duration>,
+    /// How often expired bundles are swept.
+    #[arg(long, env = "STAGING_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Option<Duration>,
+    /// Bytes one namespace may keep stored.
+    #[arg(long, env = "STAGING_NAMESPACE_QUOTA_BYTES")]
+    pub namespace_quota_bytes: Option<ByteSize>,
+    /// Bundles one namespace may keep stored.
+    #[arg(long, env = "STAGING_NAMESPACE_QUOTA_COUNT")]
+    pub namespace_quota_count: Option<u64>,
+    /// Total bytes the server may keep stored.
+    #[arg(long, env = "STAGING_CAPACITY")]
+    pub capacity: Option<ByteSize>,
+    /// Uploads streaming at once.
+    #[arg(long, env = "STAGING_MAX_CONCURRENT_UPLOADS")]
+    pub max_concurrent_uploads: Option<usize>,
+    /// Open client connections.
+    #[arg(long, env = "STAGING_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Time allowed for request headers.
+    #[arg(long, env = "STAGING_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Longest pause between two chunks of an upload body.
+    #[arg(long, env = "STAGING_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub body_idle_timeout: Option<Duration>,
+    /// Time in-flight transfers get after SIGTERM.
+    #[arg(long, env = "STAGING_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The TOML file: the same settings, snake_case, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    store_url: Option<String>,
+    #[serde(default)]
+    store_options: BTreeMap<String, String>,
+    upload_token_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_allow_anonymous_upload: bool,
+    signing_key_file: Option<PathBuf>,
+    max_upload_size: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    unused_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    max_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    sweep_interval: Option<Duration>,
+    namespace_quota_bytes: Option<ByteSize>,
+    namespace_quota_count: Option<u64>,
+    capacity: Option<ByteSize>,
+    max_concurrent_uploads: Option<usize>,
+    max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    body_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    shutdown_grace: Option<Duration>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Where bundle bytes live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The local filesystem under this directory.
+    Local(PathBuf),
+    /// Any object_store URL, with builder options.
+    Url {
+        /// The URL (`s3://bucket/prefix`, ...).
+        url: String,
+        /// Builder options (`aws_endpoint`, ...).
+        options: BTreeMap<String, String>,
+    },
+}
+
+/// Limits and lifetimes, grouped because the request path needs them together.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted bundle.
+    pub max_upload_size: u64,
+    /// Unused bundles are deleted after this.
+    pub unused_ttl: Duration,
+    /// Every bundle is deleted after this.
+    pub max_ttl: Duration,
+    /// Per-namespace stored bytes.
+    pub namespace_quota_bytes: Option<u64>,
+    /// Per-namespace stored bundles.
+    pub namespace_quota_count: Option<u64>,
+    /// Total stored bytes.
+    pub capacity: Option<u64>,
+    /// Concurrent uploads.
+    pub max_concurrent_uploads: usize,
+    /// Pause allowed between body chunks.
+    pub body_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_size: DEFAULT_MAX_UPLOAD_SIZE,
+            unused_ttl: DEFAULT_UNUSED_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+            namespace_quota_bytes: None,
+            namespace_quota_count: None,
+            capacity: None,
+            max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Validated runtime configuration of the server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// API listener address.
+    pub listen: SocketAddr,
+    /// Optional admin listener address.
+    pub admin_listen: Option<SocketAddr>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Bundle storage.
+    pub store: StoreLocation,
+    /// Upload tokens in clear, to be hashed by `auth` (empty = anonymous upload).
+    pub upload_tokens: Vec<String>,
+    /// Explicit signing key; `None` = generated and persisted in the data dir.
+    pub signing_key: Option<Vec<u8>>,
+    /// Limits and lifetimes.
+    pub limits: Limits,
+    /// Sweep period.
+    pub sweep_interval: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: loopback, anonymous upload, defaults.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("constant address parses"),
+            admin_listen: None,
+            store: StoreLocation::Local(data_dir.join("objects")),
+            data_dir,
+            upload_tokens: Vec::new(),
+            signing_key: None,
+            limits: Limits::default(),
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// Merges the arguments over the optional TOML file and the defaults, then validates.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for conflicting or invalid settings, the secret-file errors of
+    /// [`secret`], and I/O errors reading the files.
+    pub fn load(args: ServeArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let mut options = file.store_options;
+        for kv in &args.store_options {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| Error::Config(format!("--store-option {kv:?} is not KEY=VALUE")))?;
+            options.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+        let store = match args.store_url.or(file.store_url) {
+            None => StoreLocation::Local(data_dir.join("objects")),
+            Some(url) if url.starts_with("file://") => {
+                StoreLocation::Local(PathBuf::from(url.trim_start_matches("file://")))
+            }
+            Some(url) => StoreLocation::Url { url, options },
+        };
+        let token_file = args.upload_token_file.or(file.upload_token_file);
+        let upload_tokens =
+            read_upload_tokens(args.upload_tokens.as_deref(), token_file.as_deref())?;
+        let signing_key = secret::resolve(
+            "signing key",
+            args.signing_key.as_deref(),
+            args.signing_key_file.or(file.signing_key_file).as_deref(),
+        )?
+        .map(String::into_bytes);
+        let d = Limits::default();
+        let config = Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("constant address parses")),
+            admin_listen: args.admin_listen.or(file.admin_listen),
+            data_dir,
+            store,
+            upload_tokens,
+            signing_key,
+            limits: Limits {
+                max_upload_size: args
+                    .max_upload_size
+                    .or(file.max_upload_size)
+                    .map_or(d.max_upload_size, |b| b.0),
+                unused_ttl: args.unused_ttl.or(file.unused_ttl).unwrap_or(d.unused_ttl),
+                max_ttl: args.max_ttl.or(file.max_ttl).unwrap_or(d.max_ttl),
+                namespace_quota_bytes: args
+                    .namespace_quota_bytes
+                    .or(file.namespace_quota_bytes)
+                    .map(|b| b.0),
+                namespace_quota_count: args.namespace_quota_count.or(file.namespace_quota_count),
+                capacity: args.capacity.or(file.capacity).map(|b| b.0),
+                max_concurrent_uploads: args
+                    .max_concurrent_uploads
+                    .or(file.max_concurrent_uploads)
+                    .unwrap_or(d.max_concurrent_uploads),
+                body_idle_timeout: args
+                    .body_idle_timeout
+                    .or(file.body_idle_timeout)
+                    .unwrap_or(d.body_idle_timeout),
+            },
+            sweep_interval: args
+                .sweep_interval
+                .or(file.sweep_interval)
+                .unwrap_or(DEFAULT_SWEEP_INTERVAL),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_read_timeout: args
+                .header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        };
+        config.validate(
+            args.insecure_allow_anonymous_upload || file.insecure_allow_anonymous_upload,
+        )?;
+        Ok(config)
+    }
+
+    /// Checks the cross-field rules.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the broken rule.
+    pub fn validate(&self, allow_anonymous: bool) -> Result<()> {
+        let exposed = !self.listen.ip().is_loopback();
+        if exposed && self.upload_tokens.is_empty() && !allow_anonymous {
+            return Err(Error::Config(format!(
+                "listening on {} (not loopback) without upload tokens; set --upload-token-file, \
+                 or --insecure-allow-anonymous-upload to accept uploads from anyone",
+                self.listen
+            )));
+        }
+        if let Some(key) = &self.signing_key
+            && key.len() < 32
+        {
+            return Err(Error::Config(
+                "the signing key must be at least 32 bytes".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.unused_ttl.is_zero() || l.max_ttl.is_zero() || l.unused_ttl > l.max_ttl {
+            return Err(Error::Config(
+                "TTLs must be positive and --unused-ttl must not exceed --max-ttl".into(),
+            ));
+        }
+        if l.max_concurrent_uploads == 0 || self.max_connections == 0 || l.max_upload_size == 0 {
+            return Err(Error::Config("limits must be positive".into()));
+        }
+        if self.sweep_interval < Duration::from_millis(100) {
+            return Err(Error::Config(
+                "--sweep-interval must be at least 100ms".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn read_upload_tokens(inline: Option<&str>, file: Option<&Path>) -> Result<Vec<String>> {
+    let mut tokens: Vec<String> = inline
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(path) = file {
+        let text = secret::read_secret_file(path)?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    if tokens.iter().any(|t| t.len() < 16) {
+        return Err(Error::Config(
+            "upload tokens must be at least 16 characters".into(),
+        ));
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_anonymous_upload_on_exposed_listener() {
+        let args = ServeArgs {
+            listen: Some("0.0.0.0:10000".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(Config::load(args.clone()).unwrap_err().is_usage());
+        let ok = ServeArgs {
+            insecure_allow_anonymous_upload: true,
+            ..args
+        };
+        assert!(Config::load(ok).is_ok());
+    }
+
+    #[test]
+    fn cli_overrides_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staging.toml");
+        std::fs::write(&path, "unused_ttl = \"5m\"\nmax_upload_size = \"1MiB\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            max_upload_size: Some(ByteSize(10)),
+            ..Default::default()
+        };
+        let c = Config::load(args).unwrap();
+        assert_eq!(c.limits.unused_ttl, Duration::from_secs(300));
+        assert_eq!(c.limits.max_upload_size, 10);
+        assert_eq!(c.limits.max_ttl, DEFAULT_MAX_TTL);
+    }
+
+    #[test]
+    fn rejects_unknown_file_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staging.toml");
+        std::fs::write(&path, "lisen = \"0.0.0.0:1\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(Config::load(args).is_err());
+    }
+}

@@ -1,0 +1,636 @@
+//! Metadata in SQLite: resources, their lifecycle state, and issued download tokens.
+//!
+//! rusqlite is synchronous, so every call runs on the blocking pool through [`Db::call`]; the
+//! async runtime never waits on SQLite. One connection in WAL mode serves the process: SQLite
+//! allows a single writer anyway, and the statements here are short. The data directory holds
+//! an exclusive lock (see `state.rs`) so two processes never share one database.
+//!
+//! A resource row is `pending` while its bytes stream into the store and becomes `committed`
+//! in the same transaction that checks quotas and records its first token. Readers only ever
+//! see `committed` rows, which is what makes the commit atomic: a crash leaves at most a
+//! `pending` row, which start-up recovery deletes together with its object.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::clock::UnixMillis;
+use crate::ids::{Labels, Namespace, ResourceId, Sha256Digest};
+
+/// Database failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored value does not parse (the database was edited by hand or is corrupt).
+    #[error("corrupt row for resource {id}: {what}")]
+    Corrupt {
+        /// Row id.
+        id: String,
+        /// What did not parse.
+        what: String,
+    },
+    /// The blocking task panicked or was cancelled.
+    #[error("database task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+type DbResult<T> = Result<T, DbError>;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS resources (
+    id              TEXT PRIMARY KEY,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'committed')),
+    api             TEXT NOT NULL,
+    namespace       TEXT,
+    labels          TEXT NOT NULL DEFAULT '{}',
+    owner_pod_uid   TEXT,
+    size            INTEGER NOT NULL DEFAULT 0,
+    sha256          TEXT,
+    created_at      INTEGER NOT NULL,
+    committed_at    INTEGER,
+    first_access_at INTEGER,
+    last_access_at  INTEGER,
+    unused_ttl_ms   INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resources_by_namespace ON resources(namespace, state);
+CREATE INDEX IF NOT EXISTS resources_by_expiry ON resources(state, expires_at);
+CREATE TABLE IF NOT EXISTS tokens (
+    jti         TEXT PRIMARY KEY,
+    resource_id TEXT NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    revoked_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS tokens_by_resource ON tokens(resource_id);
+";
+
+/// Handle to the metadata database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// The owner of a resource: pods in a namespace selected by labels, optionally one pod uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Namespace of the owner pods.
+    pub namespace: Namespace,
+    /// AND label selector for the owner pods.
+    pub labels: Labels,
+    /// The owner pod, when the uploader knows it.
+    pub pod_uid: Option<String>,
+}
+
+/// A committed resource as stored.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    /// Id.
+    pub id: ResourceId,
+    /// Which API uploaded it (`v0` or `v1`).
+    pub api: String,
+    /// Owner.
+    pub owner: Owner,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content digest.
+    pub sha256: Sha256Digest,
+    /// Upload commit time.
+    pub committed_at: UnixMillis,
+    /// First authorised download, if any.
+    pub first_access_at: Option<UnixMillis>,
+    /// The bundle is deleted if still undownloaded at this time.
+    pub unused_deadline: UnixMillis,
+    /// The bundle is deleted at this time regardless.
+    pub expires_at: UnixMillis,
+}
+
+/// What the commit transaction needs.
+#[derive(Debug, Clone)]
+pub struct CommitRequest {
+    /// Resource being committed (must be pending).
+    pub id: ResourceId,
+    /// Its owner.
+    pub owner: Owner,
+    /// Final size.
+    pub size: u64,
+    /// Final digest.
+    pub sha256: Sha256Digest,
+    /// Commit time.
+    pub now: UnixMillis,
+    /// Unused TTL of this resource.
+    pub unused_ttl_ms: i64,
+    /// Absolute expiry.
+    pub expires_at: UnixMillis,
+    /// The first download token's id.
+    pub jti: String,
+    /// Quotas to enforce in the same transaction.
+    pub quotas: Quotas,
+}
+
+/// Storage quotas checked at commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quotas {
+    /// Bytes per namespace.
+    pub namespace_bytes: Option<u64>,
+    /// Resources per namespace.
+    pub namespace_count: Option<u64>,
+    /// Total bytes.
+    pub capacity: Option<u64>,
+}
+
+/// Why a commit was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Committed.
+    Committed,
+    /// A quota or the capacity would be exceeded; nothing was committed.
+    QuotaExceeded(String),
+    /// The pending row vanished (the resource was deleted concurrently).
+    Gone,
+}
+
+/// Why a token is not acceptable, from the database's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Issued and not revoked.
+    Valid,
+    /// Revoked (resource deleted or explicitly revoked).
+    Revoked,
+    /// Never issued by this server (or long pruned).
+    Unknown,
+}
+
+/// Per-state counts for the resource gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Uploads in progress.
+    pub pending: u64,
+    /// Committed, never downloaded.
+    pub unused: u64,
+    /// Committed and downloaded at least once.
+    pub active: u64,
+    /// Committed bytes.
+    pub stored_bytes: u64,
+}
+
+/// Why a resource is deleted; also a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryReason {
+    /// Never downloaded within its unused TTL.
+    UnusedTtl,
+    /// Reached its absolute lifetime.
+    MaxTtl,
+}
+
+impl ExpiryReason {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnusedTtl => "unused_ttl",
+            Self::MaxTtl => "max_ttl",
+        }
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database at `path`, in WAL mode.
+    ///
+    /// # Errors
+    /// SQLite errors opening or migrating the file.
+    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // NORMAL in WAL mode is durable against process crashes; a power loss can only roll
+        // back the last transactions, never corrupt the database.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<T, F>(&self, f: F) -> DbResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock means a panic mid-statement; SQLite itself rolled back, so the
+            // connection is still consistent and can be used.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await?
+    }
+
+    /// Checks that the database answers.
+    ///
+    /// # Errors
+    /// Any SQLite error.
+    pub async fn ping(&self) -> DbResult<()> {
+        self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    /// Records a pending upload, refusing it when the namespace's count quota or the capacity
+    /// is already exhausted. Returns the refusal text, or `None` when inserted.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn insert_pending(
+        &self,
+        id: ResourceId,
+        api: &'static str,
+        namespace: Option<Namespace>,
+        now: UnixMillis,
+        quotas: Quotas,
+    ) -> DbResult<Option<String>> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if let Some(ns) = &namespace {
+                if let Some(max) = quotas.namespace_count {
+                    let n: i64 = tx.query_row(
+                        "SELECT COUNT(*) FROM resources WHERE namespace = ?1",
+                        [ns.as_str()],
+                        |r| r.get(0),
+                    )?;
+                    if n as u64 >= max {
+                        return Ok(Some(format!(
+                            "namespace {ns} already holds its quota of {max} resources"
+                        )));
+                    }
+                }
+                if let Some(max) = quotas.namespace_bytes {
+                    let used = committed_bytes(&tx, Some(ns))?;
+                    if used >= max {
+                        return Ok(Some(format!(
+                            "namespace {ns} has used its quota of {max} bytes"
+                        )));
+                    }
+                }
+            }
+            if let Some(cap) = quotas.capacity
+                && committed_bytes(&tx, None)? >= cap {
+                    return Ok(Some(format!("the store is full ({cap} bytes)")));
+                }
+            tx.execute(
+                "INSERT INTO resources (id, state, api, namespace, created_at, unused_ttl_ms, expires_at)
+                 VALUES (?1, 'pending', ?2, ?3, ?4, 0, 0)",
+                params![id.to_string(), api, namespace.as_ref().map(|n| n.as_str().to_owned()), now],
+            )?;
+            tx.commit()?;
+            Ok(None)
+        })
+        .await
+    }
+
+    /// Bytes still available to an upload into `namespace` under the quotas and capacity.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn headroom(
+        &self,
+        namespace: Option<Namespace>,
+        quotas: Quotas,
+    ) -> DbResult<Option<u64>> {
+        self.call(move |c| {
+            let mut room: Option<u64> = None;
+            if let (Some(ns), Some(max)) = (&namespace, quotas.namespace_bytes) {
+                room = Some(max.saturating_sub(committed_bytes(c, Some(ns))?));
+            }
+            if let Some(cap) = quotas.capacity {
+                let r = cap.saturating_sub(committed_bytes(c, None)?);
+                room = Some(room.map_or(r, |x| x.min(r)));
+            }
+            Ok(room)
+        })
+        .await
+    }
+
+    /// Commits a pending resource and records its first token, enforcing quotas atomically.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn commit(&self, req: CommitRequest) -> DbResult<CommitOutcome> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let ns = &req.owner.namespace;
+            let q = req.quotas;
+            if let Some(max) = q.namespace_bytes {
+                let used = committed_bytes(&tx, Some(ns))?;
+                if used.saturating_add(req.size) > max {
+                    return Ok(CommitOutcome::QuotaExceeded(format!(
+                        "namespace {ns} would exceed its quota of {max} bytes ({used} used, {} more)",
+                        req.size
+                    )));
+                }
+            }
+            if let Some(max) = q.namespace_count {
+                let n: i64 = tx.query_row(
+                    "SELECT COUNT(*) FROM resources WHERE namespace = ?1 AND state = 'committed'",
+                    [ns.as_str()],
+                    |r| r.get(0),
+                )?;
+                if n as u64 >= max {
+                    return Ok(CommitOutcome::QuotaExceeded(format!(
+                        "namespace {ns} already holds its quota of {max} resources"
+                    )));
+                }
+            }
+            if let Some(cap) = q.capacity {
+                let used = committed_bytes(&tx, None)?;
+                if used.saturating_add(req.size) > cap {
+                    return Ok(CommitOutcome::QuotaExceeded(format!(
+                        "the store would exceed its capacity of {cap} bytes"
+                    )));
+                }
+            }
+            let labels = serde_json::to_string(req.owner.labels.as_map())
+                .map_err(|e| DbError::Corrupt { id: req.id.to_string(), what: e.to_string() })?;
+            let n = tx.execute(
+                "UPDATE resources SET state = 'committed', namespace = ?2, labels = ?3,
+                        owner_pod_uid = ?4, size = ?5, sha256 = ?6, committed_at = ?7,
+                        unused_ttl_ms = ?8, expires_at = ?9
+                 WHERE id = ?1 AND state = 'pending'",
+                params![
+                    req.id.to_string(),
+                    ns.as_str(),
+                    labels,
+                    req.owner.pod_uid,
+                    req.size as i64,
+                    req.sha256.to_hex(),
+                    req.now,
+                    req.unused_ttl_ms,
+                    req.expires_at,
+                ],
+            )?;
+            if n == 0 {
+                return Ok(CommitOutcome::Gone);
+            }
+            tx.execute(
+                "INSERT INTO tokens (jti, resource_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![req.jti, req.id.to_string(), req.expires_at],
+            )?;
+            tx.commit()?;
+            Ok(CommitOutcome::Committed)
+        })
+        .await
+    }
+
+    /// Deletes a resource row of any state and revokes its tokens; returns whether it existed.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn delete(&self, id: ResourceId, now: UnixMillis) -> DbResult<bool> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute("DELETE FROM resources WHERE id = ?1", [id.to_string()])?;
+            tx.execute(
+                "UPDATE tokens SET revoked_at = ?2 WHERE resource_id = ?1 AND revoked_at IS NULL",
+                params![id.to_string(), now],
+            )?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// A committed resource.
+    ///
+    /// # Errors
+    /// SQLite errors, or [`DbError::Corrupt`] for unparsable rows.
+    pub async fn get(&self, id: ResourceId) -> DbResult<Option<Resource>> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT id, api, namespace, labels, owner_pod_uid, size, sha256, committed_at,
+                        first_access_at, unused_ttl_ms, expires_at
+                 FROM resources WHERE id = ?1 AND state = 'committed'",
+                [id.to_string()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, i64>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
+                        r.get::<_, i64>(9)?,
+                        r.get::<_, i64>(10)?,
+                    ))
+                },
+            )
+            .optional()?
+            .map(|row| {
+                let corrupt = |what: &str| DbError::Corrupt {
+                    id: row.0.clone(),
+                    what: what.into(),
+                };
+                Ok(Resource {
+                    id: row.0.parse().map_err(|_| corrupt("id"))?,
+                    api: row.1.clone(),
+                    owner: Owner {
+                        namespace: row.2.parse().map_err(|_| corrupt("namespace"))?,
+                        labels: serde_json::from_str(&row.3).map_err(|_| corrupt("labels"))?,
+                        pod_uid: row.4.clone(),
+                    },
+                    size: u64::try_from(row.5).map_err(|_| corrupt("size"))?,
+                    sha256: Sha256Digest::from_hex(&row.6).map_err(|_| corrupt("sha256"))?,
+                    committed_at: row.7,
+                    first_access_at: row.8,
+                    unused_deadline: row.7.saturating_add(row.9),
+                    expires_at: row.10,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// The state of a token id, checking that it belongs to `resource`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn token_state(&self, jti: String, resource: ResourceId) -> DbResult<TokenState> {
+        self.call(move |c| {
+            let row: Option<(String, Option<i64>)> = c
+                .query_row(
+                    "SELECT resource_id, revoked_at FROM tokens WHERE jti = ?1",
+                    [&jti],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(match row {
+                Some((rid, None)) if rid == resource.to_string() => TokenState::Valid,
+                Some((rid, Some(_))) if rid == resource.to_string() => TokenState::Revoked,
+                _ => TokenState::Unknown,
+            })
+        })
+        .await
+    }
+
+    /// Records a download: the first one moves the resource from unused to active. The last
+    /// access time is written at most once a minute per resource to keep downloads read-mostly.
+    /// Returns whether this was the first download.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn record_access(&self, id: ResourceId, now: UnixMillis) -> DbResult<bool> {
+        self.call(move |c| {
+            let first = c.execute(
+                "UPDATE resources SET first_access_at = ?2 WHERE id = ?1 AND first_access_at IS NULL",
+                params![id.to_string(), now],
+            )? > 0;
+            c.execute(
+                "UPDATE resources SET first_access_at = COALESCE(first_access_at, ?2),
+                        last_access_at = ?2
+                 WHERE id = ?1 AND state = 'committed'
+                   AND (last_access_at IS NULL OR last_access_at < ?2 - 60000)",
+                params![id.to_string(), now],
+            )?;
+            Ok(first)
+        })
+        .await
+    }
+
+    /// Committed resources due for deletion at `now`, with the reason, at most `limit`.
+    ///
+    /// # Errors
+    /// SQLite errors, or [`DbError::Corrupt`].
+    pub async fn expired(
+        &self,
+        now: UnixMillis,
+        limit: usize,
+    ) -> DbResult<Vec<(ResourceId, ExpiryReason)>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, expires_at <= ?1 FROM resources
+                 WHERE state = 'committed'
+                   AND (expires_at <= ?1
+                        OR (first_access_at IS NULL AND committed_at + unused_ttl_ms <= ?1))
+                 LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, hard) = row?;
+                let id = id.parse().map_err(|_| DbError::Corrupt {
+                    id: id.clone(),
+                    what: "id".into(),
+                })?;
+                out.push((
+                    id,
+                    if hard {
+                        ExpiryReason::MaxTtl
+                    } else {
+                        ExpiryReason::UnusedTtl
+                    },
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Pending rows: uploads interrupted by a crash (only called before serving starts).
+    ///
+    /// # Errors
+    /// SQLite errors, or [`DbError::Corrupt`].
+    pub async fn pending(&self) -> DbResult<Vec<ResourceId>> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT id FROM resources WHERE state = 'pending'")?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for id in ids {
+                let id = id?;
+                out.push(id.parse().map_err(|_| DbError::Corrupt {
+                    id: id.clone(),
+                    what: "id".into(),
+                })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Whether a resource row (any state) exists.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn exists(&self, id: ResourceId) -> DbResult<bool> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM resources WHERE id = ?1",
+                [id.to_string()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+        .await
+    }
+
+    /// Drops token rows that expired before `now` (they are rejected by `exp` anyway).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn prune_tokens(&self, now: UnixMillis) -> DbResult<usize> {
+        self.call(move |c| Ok(c.execute("DELETE FROM tokens WHERE expires_at < ?1", [now])?))
+            .await
+    }
+
+    /// Counts for the gauges.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn census(&self) -> DbResult<Census> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT
+                    COALESCE(SUM(state = 'pending'), 0),
+                    COALESCE(SUM(state = 'committed' AND first_access_at IS NULL), 0),
+                    COALESCE(SUM(state = 'committed' AND first_access_at IS NOT NULL), 0),
+                    COALESCE(SUM(CASE WHEN state = 'committed' THEN size ELSE 0 END), 0)
+                 FROM resources",
+                [],
+                |r| {
+                    Ok(Census {
+                        pending: r.get::<_, i64>(0)? as u64,
+                        unused: r.get::<_, i64>(1)? as u64,
+                        active: r.get::<_, i64>(2)? as u64,
+                        stored_bytes: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )?)
+        })
+        .await
+    }
+}
+
+fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
+    let v: i64 = match ns {
+        Some(ns) => c.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM resources WHERE namespace = ?1 AND state = 'committed'",
+            [ns.as_str()],
+            |r| r.get(0),
+        )?,
+        None => c.query_row(
+            "SELECT COALESCE(SUM(size), 0) FROM resources WHERE state = 'committed'",
+            [],
+            |r| r.get(0),
+        )?,
+    };
+    Ok(v.max(0) as u64)
+}

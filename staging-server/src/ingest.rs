@@ -1,0 +1,285 @@
+//! The upload pipeline shared by the v0 and v1 APIs.
+//!
+//! A [`PendingUpload`] is a pending row plus a streamed object write. Body chunks go to the
+//! store as they arrive, through a SHA-256 hasher and a byte counter: the body is never held
+//! whole in memory and written once. The limit is enforced on the running count, so a body is
+//! refused with 413 as soon as it passes the limit, and a declared `Content-Length` over the
+//! limit is refused before anything is read. Commit checks the digest and the quotas and flips
+//! the row to committed in one transaction; any failure before that deletes the object and the
+//! row. If the handler is dropped mid-upload (client gone, shutdown), the drop guard schedules
+//! the same cleanup.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::clock::duration_ms;
+use crate::db::{CommitOutcome, CommitRequest, Owner};
+use crate::error::ApiError;
+use crate::ids::{Namespace, ResourceId, Sha256Digest};
+use crate::metrics::InflightGuard;
+use crate::state::AppState;
+use crate::store::{BlobWriter, is_storage_full};
+
+/// Lifetimes requested for one upload (already capped by the server's limits).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Deleted if never downloaded within this.
+    pub unused_ttl: Duration,
+    /// Deleted after this regardless.
+    pub max_ttl: Duration,
+}
+
+/// A committed upload, with its first download token.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Resource id.
+    pub id: ResourceId,
+    /// Download token.
+    pub token: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Digest.
+    pub sha256: Sha256Digest,
+    /// Absolute expiry (ms).
+    pub expires_at: i64,
+    /// Deadline for a first download (ms).
+    pub unused_deadline: i64,
+}
+
+/// An upload in progress.
+#[derive(Debug)]
+pub struct PendingUpload {
+    state: AppState,
+    id: ResourceId,
+    writer: Option<BlobWriter>,
+    hasher: Sha256,
+    size: u64,
+    /// Bytes the quotas leave for this upload at start, if limited.
+    headroom: Option<u64>,
+    done: bool,
+    _slot: OwnedSemaphorePermit,
+    _inflight: InflightGuard,
+}
+
+impl PendingUpload {
+    /// Reserves an upload slot, checks the declared length and the quotas, records the pending
+    /// row and opens the object write.
+    ///
+    /// # Errors
+    /// 503 when every upload slot is busy, 413 for a declared length over the limit, 507 when
+    /// a quota is exhausted, 500 for database or store failures.
+    pub async fn begin(
+        state: &AppState,
+        api: &'static str,
+        namespace: Option<Namespace>,
+        declared_len: Option<u64>,
+    ) -> Result<Self, ApiError> {
+        let limit = state.limits().max_upload_size;
+        if declared_len.is_some_and(|n| n > limit) {
+            return Err(ApiError::too_large(limit));
+        }
+        let slot = state
+            .upload_slots()
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::unavailable("too many uploads in progress; retry"))?;
+        let quotas = state.quotas();
+        let headroom = state.db().headroom(namespace.clone(), quotas).await?;
+        if let (Some(room), Some(len)) = (headroom, declared_len)
+            && len > room
+        {
+            return Err(ApiError::insufficient_storage(format!(
+                "{len} bytes do not fit: {room} bytes left under the quota or capacity"
+            )));
+        }
+        let id = ResourceId::random();
+        if let Some(refusal) = state
+            .db()
+            .insert_pending(id, api, namespace, state.now_ms(), quotas)
+            .await?
+        {
+            return Err(ApiError::insufficient_storage(refusal));
+        }
+        let writer = match state.store().writer(id).await {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = state.db().delete(id, state.now_ms()).await;
+                return Err(ApiError::internal(e));
+            }
+        };
+        Ok(Self {
+            state: state.clone(),
+            id,
+            writer: Some(writer),
+            hasher: Sha256::new(),
+            size: 0,
+            headroom,
+            done: false,
+            _slot: slot,
+            _inflight: InflightGuard::new(state.metrics().inflight.with_label_values(&["upload"])),
+        })
+    }
+
+    /// Streams a body into the store. Stops with 413 at the size limit, 507 past the quota
+    /// headroom or on a full disk, 408 when the client pauses longer than the idle timeout,
+    /// and 400 when the body stream fails (client went away).
+    ///
+    /// # Errors
+    /// As above; the caller then drops `self`, which cleans up.
+    pub async fn write_stream<S, E>(&mut self, body: S) -> Result<(), ApiError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        let idle = self.state.limits().body_idle_timeout;
+        let mut body = std::pin::pin!(body);
+        loop {
+            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                ApiError::new(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("no body data for {}s", idle.as_secs()),
+                )
+            })?;
+            match next {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "reading the body failed: {e}"
+                    )));
+                }
+                Some(Ok(chunk)) => self.write(chunk).await?,
+            }
+        }
+    }
+
+    /// Appends one chunk.
+    ///
+    /// # Errors
+    /// See [`PendingUpload::write_stream`].
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), ApiError> {
+        let limit = self.state.limits().max_upload_size;
+        let n = chunk.len() as u64;
+        self.size += n;
+        if self.size > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        if let Some(room) = self.headroom
+            && self.size > room
+        {
+            return Err(ApiError::insufficient_storage(format!(
+                "upload passes the {room} bytes left under the quota or capacity"
+            )));
+        }
+        self.state.metrics().upload_bytes.inc_by(n);
+        self.hasher.update(&chunk);
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| ApiError::internal("writer gone"))?;
+        writer.write(chunk).await.map_err(store_error)
+    }
+
+    /// Finishes the object and commits the row, returning the first download token.
+    ///
+    /// # Errors
+    /// 422 when `expected` does not match, 507 over a quota, 500 on failures. Nothing is
+    /// stored after an error.
+    pub async fn commit(
+        mut self,
+        owner: Owner,
+        lifetimes: Lifetimes,
+        expected: Option<Sha256Digest>,
+    ) -> Result<Committed, ApiError> {
+        let sha256 = Sha256Digest(std::mem::take(&mut self.hasher).finalize().into());
+        if let Some(exp) = expected
+            && exp != sha256
+        {
+            return Err(ApiError::new(
+                http::StatusCode::UNPROCESSABLE_ENTITY,
+                "digest_mismatch",
+                format!("body sha256 is {sha256}, expected {exp}"),
+            ));
+        }
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| ApiError::internal("writer gone"))?;
+        writer.finish().await.map_err(store_error)?;
+        let now = self.state.now_ms();
+        let expires_at = now.saturating_add(duration_ms(lifetimes.max_ttl));
+        let unused_ttl_ms = duration_ms(lifetimes.unused_ttl);
+        let (token, jti) = self.state.keys().issue(self.id, now, expires_at);
+        let outcome = self
+            .state
+            .db()
+            .commit(CommitRequest {
+                id: self.id,
+                owner,
+                size: self.size,
+                sha256,
+                now,
+                unused_ttl_ms,
+                expires_at,
+                jti,
+                quotas: self.state.quotas(),
+            })
+            .await?;
+        match outcome {
+            CommitOutcome::Committed => {
+                self.done = true;
+                self.state.refresh_census().await;
+                tracing::info!(resource = %self.id, size = self.size, "resource committed");
+                Ok(Committed {
+                    id: self.id,
+                    token,
+                    size: self.size,
+                    sha256,
+                    expires_at,
+                    unused_deadline: now.saturating_add(unused_ttl_ms),
+                })
+            }
+            CommitOutcome::QuotaExceeded(why) => Err(ApiError::insufficient_storage(why)),
+            CommitOutcome::Gone => Err(ApiError::internal("pending row vanished during upload")),
+        }
+    }
+}
+
+impl Drop for PendingUpload {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Not committed: remove the partial object and the pending row. Runs detached because
+        // drop cannot await; start-up recovery covers a process that dies before it finishes.
+        let state = self.state.clone();
+        let id = self.id;
+        let writer = self.writer.take();
+        tokio::spawn(async move {
+            if let Some(w) = writer {
+                let _ = w.abort().await;
+            }
+            if let Err(e) = state.store().delete(id).await {
+                state.metrics().cleanup_errors.inc();
+                tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned upload");
+            }
+            if let Err(e) = state.db().delete(id, state.now_ms()).await {
+                state.metrics().cleanup_errors.inc();
+                tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned row");
+            }
+            state.refresh_census().await;
+        });
+    }
+}
+
+fn store_error(e: crate::error::Error) -> ApiError {
+    if is_storage_full(&e) {
+        ApiError::insufficient_storage("the store is out of space")
+    } else {
+        ApiError::internal(e)
+    }
+}

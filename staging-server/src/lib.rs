@@ -1,0 +1,43 @@
+//! Resource staging server for Spark on Kubernetes.
+//!
+//! spark-submit uploads the submitter's local jars and files as one bundle and gets back a
+//! resource id and a download token; driver and executor init-containers download and unpack
+//! the bundle with that token. The same binary is the server (`serve`), the uploader
+//! (`upload`) and the init-container (`fetch`).
+//!
+//! Modules:
+//! - [`config`]: flags, env and TOML → validated [`Config`].
+//! - [`state`]: shared state, data-directory lock, crash recovery.
+//! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints.
+//! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
+//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes.
+//! - [`token`], [`auth`]: download JWTs and upload bearer tokens.
+//! - [`lifecycle`]: deletion and the expiry sweeper.
+//! - [`server`]: accept loop, limits and graceful drain.
+//! - [`client`]: the `upload` and `fetch` commands.
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod ids;
+pub mod ingest;
+pub mod lifecycle;
+pub mod metrics;
+mod routes;
+pub mod secret;
+pub mod server;
+pub mod shutdown;
+pub mod size;
+pub mod state;
+pub mod store;
+pub mod token;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use routes::{admin_router, router};
+pub use server::{Listeners, run};
+pub use state::{AppState, Overrides};

@@ -1,0 +1,74 @@
+//! `staging-server`: parse the command line and run the server or a client command.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use staging_server::cli::{Cli, Command};
+use staging_server::{AppState, Config, Listeners, Overrides, client, shutdown};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("staging-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Upload(args)) => runtime.block_on(client::upload::main(args)),
+        Some(Command::Fetch(args)) => runtime.block_on(client::fetch::main(args)),
+        Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
+        None => runtime.block_on(serve(cli.serve)),
+    }
+}
+
+async fn serve(args: staging_server::config::ServeArgs) -> ExitCode {
+    match try_serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("staging-server: {e}");
+            ExitCode::from(if e.is_usage() { 64 } else { 1 })
+        }
+    }
+}
+
+async fn try_serve(args: staging_server::config::ServeArgs) -> staging_server::Result<()> {
+    let config = Config::load(args)?;
+    let state = AppState::open(&config, Overrides::default()).await?;
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| staging_server::Error::io(format!("listen {addr}"), e))
+    };
+    let api = bind(config.listen).await?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    tracing::info!(
+        listen = %api.local_addr().map_err(|e| staging_server::Error::io("listener", e))?,
+        admin = ?config.admin_listen,
+        data_dir = %config.data_dir.display(),
+        upload_auth = !config.upload_tokens.is_empty(),
+        "staging server ready"
+    );
+    staging_server::run(&config, state, Listeners { api, admin }, shutdown::signal())
+        .await
+        .map_err(|e| staging_server::Error::io("serve", e))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("staging_server=info,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

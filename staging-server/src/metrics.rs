@@ -1,0 +1,179 @@
+//! Prometheus metrics of the staging server, registered on an injected registry.
+//!
+//! Labels are bounded: route templates (`MatchedPath`), methods, status codes and fixed reason
+//! enums. Never ids, namespaces or raw paths.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::db::Census;
+
+/// Every metric of the server.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Requests by route template, method and status.
+    pub requests: IntCounterVec,
+    /// Request duration by route template and method.
+    pub request_duration: HistogramVec,
+    /// Bytes received in uploads (committed or not).
+    pub upload_bytes: IntCounter,
+    /// Bytes sent in downloads.
+    pub download_bytes: IntCounter,
+    /// Resources by state (pending, unused, active).
+    pub resources: IntGaugeVec,
+    /// Bytes of committed resources.
+    pub stored_bytes: IntGauge,
+    /// Authentication failures by reason.
+    pub auth_failures: IntCounterVec,
+    /// Deleted resources by reason.
+    pub cleanup_deletions: IntCounterVec,
+    /// Sweeper and cleanup errors.
+    pub cleanup_errors: IntCounter,
+    /// Transfers in progress by direction.
+    pub inflight: IntGaugeVec,
+    /// Sweep duration.
+    pub sweep_duration: Histogram,
+    /// Connections refused at the connection cap.
+    pub connections_refused: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    ///
+    /// # Errors
+    /// A registration conflict on `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "staging_http_requests_total",
+                    "HTTP requests by route, method and status.",
+                ),
+                &["route", "method", "status"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "staging_http_request_duration_seconds",
+                    "HTTP request duration until the response head, by route and method.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0, 300.0,
+                ]),
+                &["route", "method"],
+            )?,
+            upload_bytes: IntCounter::new(
+                "staging_upload_bytes_total",
+                "Bytes received in uploads.",
+            )?,
+            download_bytes: IntCounter::new(
+                "staging_download_bytes_total",
+                "Bytes sent in downloads.",
+            )?,
+            resources: IntGaugeVec::new(
+                Opts::new(
+                    "staging_resources",
+                    "Resources by state (pending, unused, active).",
+                ),
+                &["state"],
+            )?,
+            stored_bytes: IntGauge::new("staging_stored_bytes", "Bytes of committed resources.")?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "staging_auth_failures_total",
+                    "Authentication failures by reason.",
+                ),
+                &["reason"],
+            )?,
+            cleanup_deletions: IntCounterVec::new(
+                Opts::new(
+                    "staging_cleanup_deletions_total",
+                    "Resources deleted, by reason.",
+                ),
+                &["reason"],
+            )?,
+            cleanup_errors: IntCounter::new(
+                "staging_cleanup_errors_total",
+                "Errors in the sweeper and in resource deletion.",
+            )?,
+            inflight: IntGaugeVec::new(
+                Opts::new(
+                    "staging_inflight_transfers",
+                    "Transfers in progress by direction.",
+                ),
+                &["direction"],
+            )?,
+            sweep_duration: Histogram::with_opts(HistogramOpts::new(
+                "staging_sweep_duration_seconds",
+                "Duration of one cleanup sweep.",
+            ))?,
+            connections_refused: IntCounter::new(
+                "staging_connections_refused_total",
+                "Connections closed at accept because the connection cap was reached.",
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.upload_bytes.clone()))?;
+        registry.register(Box::new(m.download_bytes.clone()))?;
+        registry.register(Box::new(m.resources.clone()))?;
+        registry.register(Box::new(m.stored_bytes.clone()))?;
+        registry.register(Box::new(m.auth_failures.clone()))?;
+        registry.register(Box::new(m.cleanup_deletions.clone()))?;
+        registry.register(Box::new(m.cleanup_errors.clone()))?;
+        registry.register(Box::new(m.inflight.clone()))?;
+        registry.register(Box::new(m.sweep_duration.clone()))?;
+        registry.register(Box::new(m.connections_refused.clone()))?;
+        // Pre-create the bounded label values so dashboards see zeros, not gaps.
+        for state in ["pending", "unused", "active"] {
+            m.resources.with_label_values(&[state]).set(0);
+        }
+        for dir in ["upload", "download"] {
+            m.inflight.with_label_values(&[dir]).set(0);
+        }
+        for reason in ["unused_ttl", "max_ttl", "deleted"] {
+            m.cleanup_deletions.with_label_values(&[reason]).inc_by(0);
+        }
+        Ok(m)
+    }
+
+    /// Publishes a census into the resource gauges.
+    pub fn set_census(&self, c: Census) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.resources
+            .with_label_values(&["pending"])
+            .set(g(c.pending));
+        self.resources
+            .with_label_values(&["unused"])
+            .set(g(c.unused));
+        self.resources
+            .with_label_values(&["active"])
+            .set(g(c.active));
+        self.stored_bytes.set(g(c.stored_bytes));
+    }
+
+    /// Counts an authentication failure.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+/// Decrements an in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct InflightGuard(IntGauge);
+
+impl InflightGuard {
+    /// Increments `gauge` until the guard drops.
+    pub fn new(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

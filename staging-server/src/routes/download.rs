@@ -1,0 +1,264 @@
+//! Download authorization and content serving, shared by v0 and v1.
+//!
+//! Authorization runs before any existence check: a request without a valid token for the
+//! id in its path learns nothing about whether that id exists (no 404 oracle). Only a holder
+//! of a valid, unrevoked token for exactly this resource can get a 404 (the resource expired).
+
+use std::ops::Range;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use futures::TryStreamExt as _;
+
+use crate::auth::credential;
+use crate::db::{Resource, TokenState};
+use crate::error::ApiError;
+use crate::ids::ResourceId;
+use crate::metrics::InflightGuard;
+use crate::state::AppState;
+
+/// Checks the request's download token against the resource named in the path.
+///
+/// # Errors
+/// 401 for missing, malformed, invalid, expired or revoked tokens; 403 for a valid token of
+/// another resource.
+pub(super) async fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    path_id: &str,
+    allow_raw: bool,
+) -> Result<ResourceId, ApiError> {
+    let fail = |reason: &str, msg: &str| {
+        state.metrics().auth_failure(reason);
+        ApiError::unauthorized(msg.to_owned())
+    };
+    let token = match credential(headers, allow_raw) {
+        Ok(Some((t, _))) => t,
+        Ok(None) => return Err(fail("missing", "a download token is required")),
+        Err(_) => {
+            return Err(fail(
+                "malformed",
+                "the Authorization header is not a bearer token",
+            ));
+        }
+    };
+    let verified = state.keys().verify(token, state.now_ms()).map_err(|e| {
+        fail(
+            e.as_str(),
+            &format!("download token refused ({})", e.as_str()),
+        )
+    })?;
+    if verified.resource != path_id {
+        state.metrics().auth_failure("wrong_resource");
+        return Err(ApiError::forbidden(
+            "the token does not grant this resource",
+        ));
+    }
+    let id: ResourceId = path_id
+        .parse()
+        .map_err(|_| fail("invalid", "download token refused (invalid)"))?;
+    match state.db().token_state(verified.jti, id).await? {
+        TokenState::Valid => Ok(id),
+        TokenState::Revoked => Err(fail("revoked", "download token refused (revoked)")),
+        TokenState::Unknown => Err(fail("invalid", "download token refused (invalid)")),
+    }
+}
+
+/// Loads a committed resource after authorization.
+///
+/// # Errors
+/// 404 if it is gone.
+pub(super) async fn load(state: &AppState, id: ResourceId) -> Result<Resource, ApiError> {
+    state
+        .db()
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("resource not found (expired or deleted)"))
+}
+
+/// Serves a resource's bytes with validators, conditional requests and single byte ranges.
+///
+/// # Errors
+/// 416 for unsatisfiable ranges, 500 when the store fails.
+pub(super) async fn serve(
+    state: &AppState,
+    res: &Resource,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let etag = format!("\"{}\"", res.sha256.to_hex());
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(
+            "repr-digest",
+            format!("sha-256=:{}:", res.sha256.to_base64()),
+        )
+        .header("digest", format!("sha-256={}", res.sha256.to_base64()));
+
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        && inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == etag || t == "*" || t == format!("W/{etag}"))
+    {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .map_err(ApiError::internal);
+    }
+
+    let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    // If-Range: serve the range only if the representation is still the one the client has.
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = match range_header.filter(|_| if_range_ok) {
+        None => None,
+        Some(h) => match parse_range(h, res.size) {
+            RangeSpec::Ignore => None,
+            RangeSpec::Satisfiable(r) => Some(r),
+            RangeSpec::Unsatisfiable => {
+                return builder
+                    .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                    .header(header::CONTENT_RANGE, format!("bytes */{}", res.size))
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(
+                        r#"{"code":"range_not_satisfiable","message":"the range is outside the resource"}"#,
+                    ))
+                    .map_err(ApiError::internal);
+            }
+        },
+    };
+
+    let (status, len) = match &range {
+        Some(r) => {
+            builder = builder.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{}", r.start, r.end - 1, res.size),
+            );
+            (StatusCode::PARTIAL_CONTENT, r.end - r.start)
+        }
+        None => (StatusCode::OK, res.size),
+    };
+    builder = builder
+        .status(status)
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )
+        .header(header::CONTENT_LENGTH, len);
+
+    if head {
+        return builder.body(Body::empty()).map_err(ApiError::internal);
+    }
+    match state.db().record_access(res.id, state.now_ms()).await {
+        Ok(true) => state.refresh_census().await,
+        Ok(false) => {}
+        // A failed access stamp must not fail the download; the sweeper would at worst
+        // treat the resource as unused, which the operator sees in the logs.
+        Err(e) => tracing::warn!(resource = %res.id, cause = %e, "could not record the download"),
+    }
+    // A zero-length object has no satisfiable range and nothing to read.
+    if len == 0 {
+        return builder.body(Body::empty()).map_err(ApiError::internal);
+    }
+    let stream = state
+        .store()
+        .read(res.id, range)
+        .await
+        .map_err(ApiError::internal)?;
+    let counter = state.metrics().download_bytes.clone();
+    let guard = InflightGuard::new(state.metrics().inflight.with_label_values(&["download"]));
+    let stream = stream.inspect_ok(move |b| {
+        let _keep = &guard;
+        counter.inc_by(b.len() as u64);
+    });
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
+
+/// A parsed `Range` header.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    /// Not a single byte range we serve: answer with the whole body (RFC 9110 allows this).
+    Ignore,
+    /// Serve these bytes.
+    Satisfiable(Range<u64>),
+    /// 416.
+    Unsatisfiable,
+}
+
+fn parse_range(header: &str, size: u64) -> RangeSpec {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = if a.is_empty() {
+        // Suffix range: the last N bytes.
+        match b.parse::<u64>() {
+            Ok(0) => return RangeSpec::Unsatisfiable,
+            Ok(n) => Some(size.saturating_sub(n)..size),
+            Err(_) => None,
+        }
+    } else {
+        match (a.parse::<u64>(), b) {
+            (Ok(start), "") => Some(start..size),
+            (Ok(start), end) => match end.parse::<u64>() {
+                Ok(end) if end >= start => Some(start..end.saturating_add(1).min(size)),
+                _ => None,
+            },
+            _ => None,
+        }
+    };
+    match parsed {
+        None => RangeSpec::Ignore,
+        Some(r) if r.start >= size || r.is_empty() => RangeSpec::Unsatisfiable,
+        Some(r) => RangeSpec::Satisfiable(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{RangeSpec, parse_range};
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeSpec::Satisfiable(0..10));
+        assert_eq!(
+            parse_range("bytes=90-", 100),
+            RangeSpec::Satisfiable(90..100)
+        );
+        assert_eq!(
+            parse_range("bytes=-10", 100),
+            RangeSpec::Satisfiable(90..100)
+        );
+        assert_eq!(
+            parse_range("bytes=-1000", 100),
+            RangeSpec::Satisfiable(0..100)
+        );
+        assert_eq!(
+            parse_range("bytes=50-1000", 100),
+            RangeSpec::Satisfiable(50..100)
+        );
+        assert_eq!(parse_range("bytes=100-", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), RangeSpec::Ignore);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeSpec::Ignore);
+        assert_eq!(parse_range("items=0-1", 100), RangeSpec::Ignore);
+    }
+}

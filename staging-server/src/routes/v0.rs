@@ -1,0 +1,173 @@
+//! The fork-compatible v0 API: `POST /api/v0/resources[/]` (multipart) and
+//! `GET /api/v0/resources/{id}` with the secret in `Authorization`, raw or as a bearer token.
+//!
+//! The fork client sends the `resources` part (the bundle) before `resourcesOwner`, so the
+//! bundle streams into a pending upload first and is committed once the owner is known and
+//! valid. Either order is accepted. The `resourceSecret` returned is a download token (a JWT),
+//! which fits in the fork's raw header as it is.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::db::Owner;
+use crate::error::ApiError;
+use crate::ids::{Labels, Namespace};
+use crate::ingest::{Lifetimes, PendingUpload};
+use crate::state::AppState;
+
+use super::download;
+
+/// Largest accepted `resourcesOwner` part.
+const MAX_OWNER_JSON: usize = 64 << 10;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct V0Owner {
+    owner_namespace: Namespace,
+    #[serde(default)]
+    owner_labels: Labels,
+    owner_type: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct V0Response {
+    resource_id: String,
+    resource_secret: String,
+}
+
+/// `POST /api/v0/resources`.
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if let Err(e) = state.upload_auth().check(&headers) {
+        state.metrics().auth_failure(e.as_str());
+        return Err(ApiError::unauthorized(format!(
+            "upload credential {}",
+            e.as_str()
+        )));
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let boundary = multer::parse_boundary(ctype).map_err(|_| {
+        ApiError::unsupported_media_type("expected multipart/form-data with a boundary")
+    })?;
+    let limit = state.limits().max_upload_size;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // The multipart framing and the owner part add a little over the bundle itself.
+    if declared.is_some_and(|n| n > limit.saturating_add(MAX_OWNER_JSON as u64 * 2)) {
+        return Err(ApiError::too_large(limit));
+    }
+
+    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+    let mut pending: Option<PendingUpload> = None;
+    let mut owner: Option<V0Owner> = None;
+    let idle = state.limits().body_idle_timeout;
+    loop {
+        let field = tokio::time::timeout(idle, multipart.next_field())
+            .await
+            .map_err(|_| ApiError::bad_request("the client stopped sending"))?
+            .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
+        let Some(mut field) = field else { break };
+        match field.name() {
+            Some("resources") => {
+                if pending.is_some() {
+                    return Err(ApiError::bad_request("part `resources` appears twice"));
+                }
+                let ns = owner.as_ref().map(|o| o.owner_namespace.clone());
+                let mut up = PendingUpload::begin(&state, "v0", ns, None).await?;
+                loop {
+                    let chunk = tokio::time::timeout(idle, field.chunk())
+                        .await
+                        .map_err(|_| ApiError::bad_request("the client stopped sending"))?
+                        .map_err(|e| {
+                            ApiError::bad_request(format!("malformed multipart body: {e}"))
+                        })?;
+                    match chunk {
+                        Some(c) => up.write(c).await?,
+                        None => break,
+                    }
+                }
+                pending = Some(up);
+            }
+            Some("resourcesOwner") => {
+                if owner.is_some() {
+                    return Err(ApiError::bad_request("part `resourcesOwner` appears twice"));
+                }
+                let mut buf: Vec<u8> = Vec::new();
+                while let Some(c) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?
+                {
+                    if buf.len() + c.len() > MAX_OWNER_JSON {
+                        return Err(ApiError::bad_request("part `resourcesOwner` is too large"));
+                    }
+                    buf.extend_from_slice(&c);
+                }
+                owner = Some(parse_owner(Bytes::from(buf))?);
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!("unexpected part {other:?}")));
+            }
+            None => return Err(ApiError::bad_request("a part has no name")),
+        }
+    }
+    let pending = pending.ok_or_else(|| ApiError::bad_request("part `resources` is missing"))?;
+    let owner = owner.ok_or_else(|| ApiError::bad_request("part `resourcesOwner` is missing"))?;
+    let limits = state.limits();
+    let committed = pending
+        .commit(
+            Owner {
+                namespace: owner.owner_namespace,
+                labels: owner.owner_labels,
+                pod_uid: None,
+            },
+            Lifetimes {
+                unused_ttl: limits.unused_ttl,
+                max_ttl: limits.max_ttl,
+            },
+            None,
+        )
+        .await?;
+    Ok(Json(V0Response {
+        resource_id: committed.id.to_string(),
+        resource_secret: committed.token,
+    })
+    .into_response())
+}
+
+fn parse_owner(bytes: Bytes) -> Result<V0Owner, ApiError> {
+    let owner: V0Owner = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("resourcesOwner: {e}")))?;
+    if owner.owner_type != "Pod" {
+        return Err(ApiError::bad_request(
+            "resourcesOwner: ownerType must be \"Pod\"",
+        ));
+    }
+    Ok(owner)
+}
+
+/// `GET /api/v0/resources/{id}`.
+pub(super) async fn download(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = download::authorize(&state, &headers, &id, true).await?;
+    let res = download::load(&state, id).await?;
+    download::serve(&state, &res, &headers, method == Method::HEAD).await
+}

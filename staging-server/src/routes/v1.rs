@@ -1,0 +1,278 @@
+//! The native v1 API.
+//!
+//! - `POST /api/v1/resources?namespace=N&labels=k=v,...&owner_pod_uid=U&ttl=48h&unused_ttl=30m&sha256=HEX`
+//!   with the bundle as the raw body (streamed) → 201 with id, token, sha256, size and expiry.
+//! - `GET|HEAD /api/v1/resources/{id}/content` with `Authorization: Bearer <token>`.
+//! - `GET /api/v1/resources/{id}`: metadata.
+//! - `DELETE /api/v1/resources/{id}`: revokes every token of the resource and deletes it.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::credential;
+use crate::db::Owner;
+use crate::error::ApiError;
+use crate::ids::{Labels, Namespace, PodUid, Sha256Digest};
+use crate::ingest::{Lifetimes, PendingUpload};
+use crate::lifecycle::{self, DeleteReason};
+use crate::state::AppState;
+
+use super::download;
+
+/// Body types accepted for a bundle.
+const ACCEPTED_TYPES: &[&str] = &[
+    "application/octet-stream",
+    "application/gzip",
+    "application/x-gzip",
+    "application/x-tar",
+    "application/x-gtar",
+    "application/x-compressed-tar",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    namespace: String,
+    #[serde(default)]
+    labels: String,
+    owner_pod_uid: Option<String>,
+    ttl: Option<String>,
+    unused_ttl: Option<String>,
+    sha256: Option<String>,
+}
+
+/// The 201 answer to an upload.
+#[derive(Debug, Serialize)]
+struct UploadResponse {
+    id: String,
+    token: String,
+    sha256: String,
+    size: u64,
+    namespace: String,
+    expires_at: String,
+    unused_expires_at: String,
+    content_url: String,
+}
+
+/// Resource metadata.
+#[derive(Debug, Serialize)]
+pub(super) struct Metadata {
+    id: String,
+    namespace: String,
+    labels: std::collections::BTreeMap<String, String>,
+    owner_pod_uid: Option<String>,
+    size: u64,
+    sha256: String,
+    api: String,
+    committed_at: String,
+    first_download_at: Option<String>,
+    expires_at: String,
+    unused_expires_at: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `POST /api/v1/resources`.
+pub(super) async fn upload(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if let Err(e) = state.upload_auth().check(&headers) {
+        state.metrics().auth_failure(e.as_str());
+        return Err(ApiError::unauthorized(format!(
+            "upload credential {}",
+            e.as_str()
+        )));
+    }
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !ctype
+        .as_deref()
+        .is_some_and(|c| ACCEPTED_TYPES.contains(&c))
+    {
+        return Err(ApiError::unsupported_media_type(format!(
+            "send the bundle as one of: {}",
+            ACCEPTED_TYPES.join(", ")
+        )));
+    }
+    let q: UploadQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let namespace: Namespace = q.namespace.parse()?;
+    let labels = Labels::parse_selector(&q.labels)?;
+    let pod_uid = q
+        .owner_pod_uid
+        .as_deref()
+        .map(str::parse::<PodUid>)
+        .transpose()?
+        .map(|u| u.to_string());
+    let limits = state.limits();
+    let lifetime = |raw: Option<&str>, default: Duration, max: Duration, name: &str| {
+        let Some(raw) = raw else { return Ok(default) };
+        let d = humantime::parse_duration(raw)
+            .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
+        if d.is_zero() || d > max {
+            return Err(ApiError::bad_request(format!(
+                "{name} must be positive and at most {}",
+                humantime::format_duration(max)
+            )));
+        }
+        Ok(d)
+    };
+    let max_ttl = lifetime(q.ttl.as_deref(), limits.max_ttl, limits.max_ttl, "ttl")?;
+    let unused_ttl = lifetime(
+        q.unused_ttl.as_deref(),
+        limits.unused_ttl.min(max_ttl),
+        max_ttl,
+        "unused_ttl",
+    )?;
+    let expected = match (q.sha256.as_deref(), content_digest(&headers)?) {
+        (Some(hex), _) => Some(Sha256Digest::from_hex(hex)?),
+        (None, header) => header,
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+
+    let mut pending = PendingUpload::begin(&state, "v1", Some(namespace.clone()), declared).await?;
+    pending.write_stream(body.into_data_stream()).await?;
+    let c = pending
+        .commit(
+            Owner {
+                namespace: namespace.clone(),
+                labels,
+                pod_uid,
+            },
+            Lifetimes {
+                unused_ttl,
+                max_ttl,
+            },
+            expected,
+        )
+        .await?;
+    let url = format!("/api/v1/resources/{}/content", c.id);
+    let body = UploadResponse {
+        id: c.id.to_string(),
+        token: c.token,
+        sha256: c.sha256.to_hex(),
+        size: c.size,
+        namespace: namespace.to_string(),
+        expires_at: rfc3339(c.expires_at),
+        unused_expires_at: rfc3339(c.unused_deadline),
+        content_url: url.clone(),
+    };
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/api/v1/resources/{}", c.id))],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// An RFC 9530 `Content-Digest` or `Repr-Digest` with a `sha-256` member, if present.
+fn content_digest(headers: &HeaderMap) -> Result<Option<Sha256Digest>, ApiError> {
+    use base64::Engine as _;
+    for name in ["content-digest", "repr-digest"] {
+        let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        for member in v.split(',') {
+            let Some((alg, val)) = member.trim().split_once('=') else {
+                continue;
+            };
+            if !alg.trim().eq_ignore_ascii_case("sha-256") {
+                continue;
+            }
+            let b64 = val.trim().trim_matches(':');
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| ApiError::bad_request(format!("{name}: sha-256 is not base64")))?;
+            let arr: [u8; 32] = raw.try_into().map_err(|_| {
+                ApiError::bad_request(format!("{name}: sha-256 has the wrong length"))
+            })?;
+            return Ok(Some(Sha256Digest(arr)));
+        }
+    }
+    Ok(None)
+}
+
+/// `GET|HEAD /api/v1/resources/{id}/content`.
+pub(super) async fn content(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = download::authorize(&state, &headers, &id, false).await?;
+    let res = download::load(&state, id).await?;
+    download::serve(&state, &res, &headers, method == Method::HEAD).await
+}
+
+/// `GET /api/v1/resources/{id}`.
+pub(super) async fn metadata(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Metadata>, ApiError> {
+    let id = download::authorize(&state, &headers, &id, false).await?;
+    let r = download::load(&state, id).await?;
+    Ok(Json(Metadata {
+        id: r.id.to_string(),
+        namespace: r.owner.namespace.to_string(),
+        labels: r.owner.labels.as_map().clone(),
+        owner_pod_uid: r.owner.pod_uid.clone(),
+        size: r.size,
+        sha256: r.sha256.to_hex(),
+        api: r.api.clone(),
+        committed_at: rfc3339(r.committed_at),
+        first_download_at: r.first_access_at.map(rfc3339),
+        expires_at: rfc3339(r.expires_at),
+        unused_expires_at: r
+            .first_access_at
+            .is_none()
+            .then(|| rfc3339(r.unused_deadline)),
+    }))
+}
+
+/// `DELETE /api/v1/resources/{id}`: with the resource's download token, or an upload token.
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let by_uploader = state.upload_auth().required()
+        && matches!(credential(&headers, false), Ok(Some(_)))
+        && state.upload_auth().check(&headers).is_ok();
+    let id = if by_uploader {
+        id.parse()
+            .map_err(|_| ApiError::not_found("resource not found"))?
+    } else {
+        download::authorize(&state, &headers, &id, false).await?
+    };
+    if lifecycle::remove(&state, id, DeleteReason::Deleted).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(
+            "resource not found (expired or deleted)",
+        ))
+    }
+}

@@ -1,0 +1,60 @@
+//! Secrets from a value or a `*_FILE`: never both, files must not be group/world-readable.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Reads a secret file, refusing it when its mode lets group or others read it.
+///
+/// # Errors
+/// [`Error::InsecureSecretFile`] for a mode with any of `0o077`, [`Error::Io`] if unreadable.
+pub fn read_secret_file(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::InsecureSecretFile {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Resolves a secret given either inline or as a file path; both at once is an error.
+///
+/// # Errors
+/// [`Error::Config`] if both are set, or the errors of [`read_secret_file`].
+pub fn resolve(name: &str, value: Option<&str>, file: Option<&Path>) -> Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(Error::Config(format!(
+            "{name} is set both as a value and as a file; set one"
+        ))),
+        (Some(v), None) => Ok(Some(v.trim().to_owned())),
+        (None, Some(p)) => Ok(Some(read_secret_file(p)?.trim().to_owned())),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_group_readable_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            read_secret_file(&p),
+            Err(Error::InsecureSecretFile { .. })
+        ));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            resolve("k", None, Some(&p)).unwrap().as_deref(),
+            Some("s3cret")
+        );
+        assert!(resolve("k", Some("x"), Some(&p)).is_err());
+    }
+}

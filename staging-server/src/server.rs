@@ -1,0 +1,149 @@
+//! Serving: the accept loop, connection limits, graceful drain, and the background sweeper.
+//!
+//! The accept loop is hyper-util's, not `axum::serve`, because a public upload endpoint needs
+//! a header-read timeout (slow-loris) and a connection cap, which `axum::serve` does not offer.
+//! On shutdown: readiness turns 503, the listeners close, in-flight requests and transfers get
+//! the grace period to finish, then the sweeper is stopped and awaited.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
+
+use crate::config::Config;
+use crate::lifecycle::Sweeper;
+use crate::routes;
+use crate::state::AppState;
+
+/// Listeners for [`run`]: bound by the caller, so tests can bind port 0 first.
+#[derive(Debug)]
+pub struct Listeners {
+    /// API listener.
+    pub api: TcpListener,
+    /// Optional admin listener.
+    pub admin: Option<TcpListener>,
+}
+
+/// Serves until `shutdown` resolves, then drains within the configured grace period.
+///
+/// # Errors
+/// Never returns an error today; the `Result` leaves room for listener failures.
+pub async fn run(
+    config: &Config,
+    state: AppState,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let cancel = CancellationToken::new();
+    let sweeper =
+        tokio::spawn(Sweeper::new(state.clone()).run(config.sweep_interval, cancel.clone()));
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let stop = CancellationToken::new();
+
+    let mut loops = Vec::new();
+    loops.push(tokio::spawn(accept_loop(
+        listeners.api,
+        routes::router(state.clone()),
+        config.header_read_timeout,
+        Arc::clone(&limit),
+        state.clone(),
+        Arc::clone(&graceful),
+        stop.clone(),
+    )));
+    if let Some(admin) = listeners.admin {
+        loops.push(tokio::spawn(accept_loop(
+            admin,
+            routes::admin_router(state.clone()),
+            config.header_read_timeout,
+            Arc::clone(&limit),
+            state.clone(),
+            Arc::clone(&graceful),
+            stop.clone(),
+        )));
+    }
+
+    shutdown.await;
+    state.start_draining();
+    stop.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(
+            grace = ?config.shutdown_grace,
+            "grace period elapsed with transfers still running; closing them"
+        ),
+    }
+    cancel.cancel();
+    let _ = sweeper.await;
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    header_timeout: Duration,
+    limit: Arc<Semaphore>,
+    state: AppState,
+    graceful: Arc<GracefulShutdown>,
+    stop: CancellationToken,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                tracing::warn!(cause = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            state.metrics().connections_refused.inc();
+            tracing::warn!(%peer, "connection cap reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = router
+            .clone()
+            .map_request(|req: Request<Incoming>| req.map(axum::body::Body::new));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+            .into_owned();
+        let watched = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(%peer, cause = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,289 @@
+//! Bundle bytes, through `object_store`.
+//!
+//! Keys are `resources/<resource-id>`, built only from server-generated ids. Writes stream
+//! through [`object_store::WriteMultipart`] with a bounded number of parts in flight, so an
+//! upload never sits whole in memory and is written once. The local filesystem backend is
+//! opened with fsync on, so a completed upload is durable before its row is committed.
+//!
+//! Reads of the local backend use the file that object_store opened, streamed with large reads
+//! (object_store's own stream reads 8 KiB at a time, which costs a lot of throughput).
+
+use std::io::SeekFrom;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::config::StoreLocation;
+use crate::error::{Error, Result};
+use crate::ids::ResourceId;
+
+/// Part size for the local backend: small, parts are positional writes into one file.
+const LOCAL_PART_SIZE: usize = 1 << 20;
+/// Part size for remote stores: S3 requires at least 5 MiB per part except the last.
+const REMOTE_PART_SIZE: usize = 8 << 20;
+/// Parts written concurrently per upload; bounds memory to about (N + 1) x part size.
+const MAX_PARTS_IN_FLIGHT: usize = 2;
+/// Read size when streaming a local file to a client.
+const LOCAL_READ_CHUNK: usize = 256 << 10;
+
+/// A stream of bundle bytes.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// The bundle store.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    inner: Arc<dyn ObjectStore>,
+    /// Key prefix inside the store (from the URL path).
+    prefix: ObjectPath,
+    /// Root directory when the backend is the local filesystem.
+    local_root: Option<PathBuf>,
+}
+
+impl BlobStore {
+    /// Opens the configured store.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unusable URL, [`Error::Io`] if the local root cannot be made.
+    pub fn open(location: &StoreLocation) -> Result<Self> {
+        match location {
+            StoreLocation::Local(root) => {
+                std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+                let fs = LocalFileSystem::new_with_prefix(root)?
+                    .with_fsync(true)
+                    .with_automatic_cleanup(true);
+                let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
+                Ok(Self {
+                    inner: Arc::new(fs),
+                    prefix: ObjectPath::default(),
+                    local_root: Some(root),
+                })
+            }
+            StoreLocation::Url { url, options } => {
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
+                if parsed.scheme() == "memory" {
+                    return Ok(Self {
+                        inner: Arc::new(InMemory::new()),
+                        prefix: ObjectPath::default(),
+                        local_root: None,
+                    });
+                }
+                // Options from the environment first (AWS_*, GOOGLE_*, AZURE_*), explicit
+                // options over them.
+                let mut opts: Vec<(String, String)> = std::env::vars()
+                    .filter(|(k, _)| {
+                        k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+                    })
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect();
+                opts.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
+                let (store, prefix) = object_store::parse_url_opts(&parsed, opts)
+                    .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
+                Ok(Self {
+                    inner: Arc::from(store),
+                    prefix,
+                    local_root: None,
+                })
+            }
+        }
+    }
+
+    /// An in-memory store (tests).
+    pub fn in_memory() -> Self {
+        Self {
+            inner: Arc::new(InMemory::new()),
+            prefix: ObjectPath::default(),
+            local_root: None,
+        }
+    }
+
+    fn key(&self, id: ResourceId) -> ObjectPath {
+        self.prefix.clone().join("resources").join(id.to_string())
+    }
+
+    /// Starts a streamed write of a resource's bytes.
+    ///
+    /// # Errors
+    /// Store errors creating the upload.
+    pub async fn writer(&self, id: ResourceId) -> Result<BlobWriter> {
+        let upload = self.inner.put_multipart(&self.key(id)).await?;
+        let part = if self.local_root.is_some() {
+            LOCAL_PART_SIZE
+        } else {
+            REMOTE_PART_SIZE
+        };
+        Ok(BlobWriter {
+            inner: WriteMultipart::new_with_chunk_size(upload, part),
+        })
+    }
+
+    /// Streams a resource's bytes, or the given byte range of them.
+    ///
+    /// # Errors
+    /// Store errors, including `NotFound`.
+    pub async fn read(&self, id: ResourceId, range: Option<Range<u64>>) -> Result<ByteStream> {
+        let opts = GetOptions {
+            range: range.clone().map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let res = self.inner.get_opts(&self.key(id), opts).await?;
+        let range = res.range.clone();
+        match res.payload {
+            GetResultPayload::File(file, path) => {
+                let mut file = tokio::fs::File::from_std(file);
+                file.seek(SeekFrom::Start(range.start))
+                    .await
+                    .map_err(|e| Error::io(path, e))?;
+                let len = range.end - range.start;
+                Ok(ReaderStream::with_capacity(file.take(len), LOCAL_READ_CHUNK).boxed())
+            }
+            GetResultPayload::Stream(s) => Ok(s.map_err(std::io::Error::other).boxed()),
+        }
+    }
+
+    /// Deletes a resource's bytes; a missing object is not an error.
+    ///
+    /// # Errors
+    /// Other store errors.
+    pub async fn delete(&self, id: ResourceId) -> Result<()> {
+        match self.inner.delete(&self.key(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks that the store answers (readiness).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn ping(&self) -> Result<()> {
+        self.inner
+            .list_with_delimiter(Some(&self.prefix.clone().join("resources")))
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of every stored object, for orphan detection at start-up.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list_ids(&self) -> Result<Vec<ResourceId>> {
+        let prefix = self.prefix.clone().join("resources");
+        let metas: Vec<_> = self.inner.list(Some(&prefix)).try_collect().await?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| m.location.filename().and_then(|f| f.parse().ok()))
+            .collect())
+    }
+
+    /// Removes staging files that a killed process left behind in the local backend
+    /// (`<key>#<n>`, invisible to listings). Remote stores abort incomplete multipart uploads
+    /// through a bucket lifecycle rule (see README). Returns how many files were removed.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be read.
+    pub fn remove_local_leftovers(&self) -> Result<usize> {
+        let Some(root) = &self.local_root else {
+            return Ok(0);
+        };
+        let dir = root.join("resources");
+        remove_staging_files(&dir)
+    }
+
+    /// Root directory of the local backend.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
+    }
+}
+
+fn remove_staging_files(dir: &Path) -> Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let is_staging = name
+            .split_once('#')
+            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if is_staging {
+            let p = entry.path();
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// A streamed write in progress. Dropping it without [`BlobWriter::finish`] leaves an
+/// incomplete upload that the caller must [`BlobWriter::abort`].
+pub struct BlobWriter {
+    inner: WriteMultipart,
+}
+
+impl std::fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobWriter").finish_non_exhaustive()
+    }
+}
+
+impl BlobWriter {
+    /// Appends bytes, waiting while too many parts are in flight.
+    ///
+    /// # Errors
+    /// Store errors from completed parts.
+    pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
+        self.inner.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await?;
+        self.inner.put(bytes);
+        Ok(())
+    }
+
+    /// Completes the object; on return it is durable and visible in the store.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn finish(self) -> Result<()> {
+        self.inner.finish().await?;
+        Ok(())
+    }
+
+    /// Abandons the upload and removes what was written.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn abort(self) -> Result<()> {
+        self.inner.abort().await?;
+        Ok(())
+    }
+}
+
+/// Whether a store error comes from a full disk.
+pub fn is_storage_full(err: &Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || io.raw_os_error() == Some(libc::ENOSPC)
+                || io.raw_os_error() == Some(libc::EDQUOT))
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
