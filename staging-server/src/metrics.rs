@@ -133,6 +133,16 @@ impl Metrics {
         for dir in ["upload", "download"] {
             m.inflight.with_label_values(&[dir]).set(0);
         }
+        for reason in [
+            "missing",
+            "malformed",
+            "invalid",
+            "expired",
+            "revoked",
+            "wrong_resource",
+        ] {
+            m.auth_failures.with_label_values(&[reason]).inc_by(0);
+        }
         for reason in ["unused_ttl", "max_ttl", "deleted"] {
             m.cleanup_deletions.with_label_values(&[reason]).inc_by(0);
         }

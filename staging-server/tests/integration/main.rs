@@ -1,1 +1,11 @@
-//! Integration tests.
+#![allow(missing_docs)]
+//! Integration tests of the staging server: one binary, servers on port 0, no sleeps.
+
+mod common;
+mod crash;
+mod downloads;
+mod external;
+mod fetch;
+mod lifecycle;
+mod tokens;
+mod uploads;

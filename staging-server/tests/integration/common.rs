@@ -1,0 +1,162 @@
+//! Test harness: an in-process server on 127.0.0.1:0 with a manual clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use staging_server::clock::ManualClock;
+use staging_server::{AppState, Config, Listeners, Overrides};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server.
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) state: AppState,
+    pub(crate) clock: ManualClock,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default test configuration changed by `tweak`.
+    pub(crate) async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, tweak, None).await
+    }
+
+    /// Starts a server in `dir`, optionally on a given store.
+    pub(crate) async fn start_in(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+        store: Option<staging_server::store::BlobStore>,
+    ) -> Self {
+        let mut config = Config::for_data_dir(dir.path());
+        tweak(&mut config);
+        config.validate(true).unwrap();
+        let clock = ManualClock::new();
+        let state = AppState::open(
+            &config,
+            Overrides {
+                clock: Some(Arc::new(clock.clone())),
+                store,
+                registry: None,
+            },
+        )
+        .await
+        .unwrap();
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = api.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let st = state.clone();
+        let handle = tokio::spawn(async move {
+            staging_server::run(&config, st, Listeners { api, admin: None }, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            addr,
+            state,
+            clock,
+            dir,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Uploads `bytes` through v1 into namespace `ns`; returns the JSON answer.
+    pub(crate) async fn upload(&self, ns: &str, bytes: Vec<u8>) -> serde_json::Value {
+        let res = self
+            .client
+            .post(self.url(&format!(
+                "/api/v1/resources?namespace={ns}&labels=spark-role=driver"
+            )))
+            .header("content-type", "application/gzip")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+        res.json().await.unwrap()
+    }
+
+    /// GET of a resource's content with a bearer token.
+    pub(crate) async fn get_content(&self, id: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/api/v1/resources/{id}/content")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The /metrics text.
+    pub(crate) async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the server and waits until it has exited.
+    pub(crate) async fn shutdown(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+        self.dir
+    }
+
+    /// Sends the shutdown signal without waiting.
+    pub(crate) fn trigger_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().unwrap()
+    }
+}
+
+/// The value of a sample line `name{labels} value` in Prometheus text.
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Random bytes.
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand_fill(&mut v);
+    v
+}
+
+fn rand_fill(buf: &mut [u8]) {
+    // A small xorshift: test data needs no cryptographic randomness.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ buf.len() as u64;
+    for b in buf.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

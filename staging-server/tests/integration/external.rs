@@ -1,0 +1,260 @@
+//! Tests against real external components: an S3-protocol server (moto), Prometheus's
+//! `promtool`, and a real Prometheus scraping `/metrics`.
+//!
+//! They are `#[ignore]`d so that a bare `cargo test` on a machine without the components counts
+//! them as skipped, never as passed. `scripts/test.sh` (the project's test command, run by
+//! `.ci/run`) provides the components and runs them with `--ignored`; a component that is
+//! still missing then fails the test loudly.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use staging_server::config::StoreLocation;
+use staging_server::store::BlobStore;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::common::{TestServer, random_bytes};
+
+/// Finds a tool: `$VAR`, then the project's venv, then `PATH`.
+fn tool(var: &str, name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.venv/bin")
+        .join(name);
+    if venv.exists() {
+        return venv;
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "COMPONENT MISSING: {name} not found (set {var}, or run scripts/test.sh which installs it)"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+async fn s3_backend_against_a_real_s3_protocol_server() {
+    let mut moto = Command::new(tool("MOTO_SERVER", "moto_server"))
+        .args(["-H", "127.0.0.1", "-p", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // moto prints " * Running on http://127.0.0.1:PORT" on stderr once it listens.
+    let mut lines = BufReader::new(moto.stderr.take().unwrap()).lines();
+    let endpoint = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("moto_server exited");
+        if let Some(url) = line.split("Running on ").nth(1) {
+            break url.trim().to_owned();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let client = reqwest::Client::new();
+    let created = client
+        .put(format!("{endpoint}/staging-bucket"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        created.status().is_success(),
+        "create bucket: {}",
+        created.status()
+    );
+
+    let options: BTreeMap<String, String> = [
+        ("aws_endpoint", endpoint.as_str()),
+        ("aws_allow_http", "true"),
+        ("aws_access_key_id", "testing"),
+        ("aws_secret_access_key", "testing"),
+        ("aws_region", "us-east-1"),
+        ("aws_virtual_hosted_style_request", "false"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let store = BlobStore::open(&StoreLocation::Url {
+        url: "s3://staging-bucket/spark".into(),
+        options,
+    })
+    .unwrap();
+    let s = TestServer::start_in(tempfile::tempdir().unwrap(), |_| {}, Some(store.clone())).await;
+
+    // 20 MiB: three multipart parts of 8 MiB.
+    let data = random_bytes(20 << 20);
+    let up = s.upload("a", data.clone()).await;
+    let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+    let listed = client
+        .get(format!(
+            "{endpoint}/staging-bucket?list-type=2&prefix=spark/resources/"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains(&format!("spark/resources/{id}")),
+        "{listed}"
+    );
+    let got = s.get_content(id, token).await;
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap() == data);
+    let part = s
+        .client
+        .get(s.url(&format!("/api/v1/resources/{id}/content")))
+        .bearer_auth(token)
+        .header("range", "bytes=10485760-10485769")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap(), data[10_485_760..10_485_770]);
+    // A digest mismatch leaves nothing in the bucket.
+    let bad = s
+        .client
+        .post(s.url(&format!(
+            "/api/v1/resources?namespace=a&sha256={}",
+            "0".repeat(64)
+        )))
+        .header("content-type", "application/gzip")
+        .body(random_bytes(6 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    assert_eq!(store.list_ids().await.unwrap().len(), 1);
+    let del = s
+        .client
+        .delete(s.url(&format!("/api/v1/resources/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    // Removal of the abandoned upload runs in the background: wait for the bucket to empty.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store.list_ids().await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "bucket not emptied");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        s.client
+            .get(s.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs promtool (Prometheus); run through scripts/test.sh"]
+async fn promtool_accepts_the_metrics() {
+    let s = TestServer::start(|_| {}).await;
+    let up = s.upload("a", random_bytes(100)).await;
+    let _ = s.get_content(up["id"].as_str().unwrap(), "bad").await;
+    let text = s.metrics().await;
+    let mut child = Command::new(tool("PROMTOOL", "promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs prometheus; run through scripts/test.sh"]
+async fn a_real_prometheus_scrapes_the_server() {
+    let s = TestServer::start(|_| {}).await;
+    s.upload("a", random_bytes(1234)).await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: staging\n    static_configs:\n      - targets: ['{}']\n",
+            s.addr
+        ),
+    )
+    .unwrap();
+    // Prometheus cannot report a port-0 bind, so take a free port from the OS.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _prom = Command::new(tool("PROMETHEUS", "prometheus"))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            work.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let query = format!("http://127.0.0.1:{port}/api/v1/query?query=staging_upload_bytes_total");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the server"
+        );
+        if let Ok(res) = s.client.get(&query).send().await
+            && let Ok(v) = res.json::<serde_json::Value>().await
+            && let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first())
+        {
+            assert_eq!(r["value"][1], "1234");
+            break;
+        }
+        // Waiting on an external process's scrape interval (1 s); nothing to be signalled by.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let up = s
+        .client
+        .get(format!("http://127.0.0.1:{port}/api/v1/query?query=up"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(up["data"]["result"][0]["value"][1], "1");
+    s.shutdown().await;
+}
