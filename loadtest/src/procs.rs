@@ -1,0 +1,57 @@
+//! Child processes of a benchmark: started with their readiness awaited, killed on drop.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// A free loopback port (for servers that cannot report a port-0 bind).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until `addr` accepts connections, up to `within`.
+pub(crate) async fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{addr} did not start listening within {within:?}");
+        }
+        // Polling a process we do not control, which has no readiness signal.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Peak resident set (VmHWM) of a process, in bytes.
+pub(crate) fn vm_hwm(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("no VmHWM")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("bad VmHWM")?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// Locates a workspace binary built in release mode.
+pub(crate) fn release_bin(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let p = root.join("target/release").join(name);
+    if !p.exists() {
+        bail!(
+            "{} not found; run `cargo build --release -p {name}` first",
+            p.display()
+        );
+    }
+    Ok(p)
+}

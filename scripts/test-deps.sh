@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond the Rust toolchain, idempotently:
+#   - Debian: prometheus (prometheus + promtool, for the metrics tests)
+#   - Python venv .venv: moto[server] (S3-protocol server for the object-store tests)
+# A component that cannot be installed is reported; the tests needing it are then skipped
+# (counted as ignored by cargo test), never passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+MOTO_VERSION="5.2.5"
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test-deps: installing ${need_apt[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need_apt[@]}"; } >/tmp/test-deps-apt.log 2>&1 \
+      || echo "test-deps: WARNING: apt-get install ${need_apt[*]} failed (see /tmp/test-deps-apt.log)"
+  else
+    echo "test-deps: WARNING: ${need_apt[*]} missing and apt-get unavailable (not root?)"
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv || echo "test-deps: WARNING: could not create .venv"
+fi
+if [ -x .venv/bin/pip ] && [ ! -x .venv/bin/moto_server ]; then
+  echo "test-deps: installing moto[server]==${MOTO_VERSION} into .venv"
+  .venv/bin/pip install -q "moto[server]==${MOTO_VERSION}" >/tmp/test-deps-pip.log 2>&1 \
+    || echo "test-deps: WARNING: pip install moto failed (see /tmp/test-deps-pip.log)"
+fi
+exit 0
