@@ -31,7 +31,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 256)]
     size_mib: u64,
     /// Runs of each throughput measurement (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     runs: usize,
     /// Size of the small bundle for the requests/s runs.
     #[arg(long, default_value_t = 4096)]

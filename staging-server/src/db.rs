@@ -102,6 +102,8 @@ pub struct Resource {
     pub committed_at: UnixMillis,
     /// First authorised download, if any.
     pub first_access_at: Option<UnixMillis>,
+    /// Latest recorded download (stamped at most once a minute).
+    pub last_access_at: Option<UnixMillis>,
     /// The bundle is deleted if still undownloaded at this time.
     pub unused_deadline: UnixMillis,
     /// The bundle is deleted at this time regardless.
@@ -408,73 +410,27 @@ impl Db {
     /// # Errors
     /// SQLite errors, or [`DbError::Corrupt`] for unparsable rows.
     pub async fn get(&self, id: ResourceId) -> DbResult<Option<Resource>> {
-        self.call(move |c| {
-            c.query_row(
-                "SELECT id, api, namespace, labels, owner_pod_uid, size, sha256, committed_at,
-                        first_access_at, unused_ttl_ms, expires_at
-                 FROM resources WHERE id = ?1 AND state = 'committed'",
-                [id.to_string()],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, String>(6)?,
-                        r.get::<_, i64>(7)?,
-                        r.get::<_, Option<i64>>(8)?,
-                        r.get::<_, i64>(9)?,
-                        r.get::<_, i64>(10)?,
-                    ))
-                },
-            )
-            .optional()?
-            .map(|row| {
-                let corrupt = |what: &str| DbError::Corrupt {
-                    id: row.0.clone(),
-                    what: what.into(),
-                };
-                Ok(Resource {
-                    id: row.0.parse().map_err(|_| corrupt("id"))?,
-                    api: row.1.clone(),
-                    owner: Owner {
-                        namespace: row.2.parse().map_err(|_| corrupt("namespace"))?,
-                        labels: serde_json::from_str(&row.3).map_err(|_| corrupt("labels"))?,
-                        pod_uid: row.4.clone(),
-                    },
-                    size: u64::try_from(row.5).map_err(|_| corrupt("size"))?,
-                    sha256: Sha256Digest::from_hex(&row.6).map_err(|_| corrupt("sha256"))?,
-                    committed_at: row.7,
-                    first_access_at: row.8,
-                    unused_deadline: row.7.saturating_add(row.9),
-                    expires_at: row.10,
-                })
-            })
-            .transpose()
-        })
-        .await
+        self.call(move |c| load_resource(c, id)).await
     }
 
-    /// The state of a token id, checking that it belongs to `resource`.
+    /// A token's state and, when it is valid, the committed resource it grants, in one
+    /// round trip (the hot path of every download).
     ///
     /// # Errors
-    /// SQLite errors.
-    pub async fn token_state(&self, jti: String, resource: ResourceId) -> DbResult<TokenState> {
+    /// SQLite errors, or [`DbError::Corrupt`].
+    pub async fn authorize(
+        &self,
+        jti: String,
+        id: ResourceId,
+    ) -> DbResult<(TokenState, Option<Resource>)> {
         self.call(move |c| {
-            let row: Option<(String, Option<i64>)> = c
-                .query_row(
-                    "SELECT resource_id, revoked_at FROM tokens WHERE jti = ?1",
-                    [&jti],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            Ok(match row {
-                Some((rid, None)) if rid == resource.to_string() => TokenState::Valid,
-                Some((rid, Some(_))) if rid == resource.to_string() => TokenState::Revoked,
-                _ => TokenState::Unknown,
-            })
+            let state = token_state(c, &jti, id)?;
+            let res = if state == TokenState::Valid {
+                load_resource(c, id)?
+            } else {
+                None
+            };
+            Ok((state, res))
         })
         .await
     }
@@ -492,10 +448,7 @@ impl Db {
                 params![id.to_string(), now],
             )? > 0;
             c.execute(
-                "UPDATE resources SET first_access_at = COALESCE(first_access_at, ?2),
-                        last_access_at = ?2
-                 WHERE id = ?1 AND state = 'committed'
-                   AND (last_access_at IS NULL OR last_access_at < ?2 - 60000)",
+                "UPDATE resources SET last_access_at = ?2 WHERE id = ?1 AND state = 'committed'",
                 params![id.to_string(), now],
             )?;
             Ok(first)
@@ -617,6 +570,66 @@ impl Db {
         })
         .await
     }
+}
+
+fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<Resource>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, api, namespace, labels, owner_pod_uid, size, sha256, committed_at,
+                first_access_at, unused_ttl_ms, expires_at, last_access_at
+         FROM resources WHERE id = ?1 AND state = 'committed'",
+    )?;
+    let row = stmt
+        .query_row([id.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
+                r.get::<_, Option<i64>>(8)?,
+                r.get::<_, i64>(9)?,
+                r.get::<_, i64>(10)?,
+                r.get::<_, Option<i64>>(11)?,
+            ))
+        })
+        .optional()?;
+    let Some(row) = row else { return Ok(None) };
+    let corrupt = |what: &str| DbError::Corrupt {
+        id: row.0.clone(),
+        what: what.into(),
+    };
+    Ok(Some(Resource {
+        id: row.0.parse().map_err(|_| corrupt("id"))?,
+        api: row.1.clone(),
+        owner: Owner {
+            namespace: row.2.parse().map_err(|_| corrupt("namespace"))?,
+            labels: serde_json::from_str(&row.3).map_err(|_| corrupt("labels"))?,
+            pod_uid: row.4.clone(),
+        },
+        size: u64::try_from(row.5).map_err(|_| corrupt("size"))?,
+        sha256: Sha256Digest::from_hex(&row.6).map_err(|_| corrupt("sha256"))?,
+        committed_at: row.7,
+        first_access_at: row.8,
+        last_access_at: row.11,
+        unused_deadline: row.7.saturating_add(row.9),
+        expires_at: row.10,
+    }))
+}
+
+fn token_state(c: &Connection, jti: &str, resource: ResourceId) -> DbResult<TokenState> {
+    let mut stmt = c.prepare_cached("SELECT resource_id, revoked_at FROM tokens WHERE jti = ?1")?;
+    let row: Option<(String, Option<i64>)> = stmt
+        .query_row([jti], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let rid = resource.to_string();
+    Ok(match row {
+        Some((r, None)) if r == rid => TokenState::Valid,
+        Some((r, Some(_))) if r == rid => TokenState::Revoked,
+        _ => TokenState::Unknown,
+    })
 }
 
 fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {

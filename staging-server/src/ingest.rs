@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::clock::duration_ms;
 use crate::db::{CommitOutcome, CommitRequest, Owner};
@@ -56,7 +56,7 @@ pub struct PendingUpload {
     state: AppState,
     id: ResourceId,
     writer: Option<BlobWriter>,
-    hasher: Sha256,
+    hasher: HashPipe,
     size: u64,
     /// Bytes the quotas leave for this upload at start, if limited.
     headroom: Option<u64>,
@@ -115,7 +115,7 @@ impl PendingUpload {
             state: state.clone(),
             id,
             writer: Some(writer),
-            hasher: Sha256::new(),
+            hasher: HashPipe::spawn(),
             size: 0,
             headroom,
             done: false,
@@ -176,7 +176,7 @@ impl PendingUpload {
             )));
         }
         self.state.metrics().upload_bytes.inc_by(n);
-        self.hasher.update(&chunk);
+        self.hasher.update(chunk.clone()).await?;
         let writer = self
             .writer
             .as_mut()
@@ -195,7 +195,24 @@ impl PendingUpload {
         lifetimes: Lifetimes,
         expected: Option<Sha256Digest>,
     ) -> Result<Committed, ApiError> {
-        let sha256 = Sha256Digest(std::mem::take(&mut self.hasher).finalize().into());
+        match self.try_commit(owner, lifetimes, expected).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.discard().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_commit(
+        &mut self,
+        owner: Owner,
+        lifetimes: Lifetimes,
+        expected: Option<Sha256Digest>,
+    ) -> Result<Committed, ApiError> {
+        let sha256 = std::mem::replace(&mut self.hasher, HashPipe::closed())
+            .finish()
+            .await?;
         if let Some(exp) = expected
             && exp != sha256
         {
@@ -249,30 +266,98 @@ impl PendingUpload {
     }
 }
 
+impl PendingUpload {
+    /// Abandons the upload: removes the partial object and the pending row before returning,
+    /// so that a client told of the failure never sees a trace of it.
+    pub async fn discard(mut self) {
+        self.done = true;
+        remove_abandoned(self.state.clone(), self.id, self.writer.take()).await;
+    }
+}
+
+async fn remove_abandoned(state: AppState, id: ResourceId, writer: Option<BlobWriter>) {
+    if let Some(w) = writer {
+        let _ = w.abort().await;
+    }
+    if let Err(e) = state.store().delete(id).await {
+        state.metrics().cleanup_errors.inc();
+        tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned upload");
+    }
+    if let Err(e) = state.db().delete(id, state.now_ms()).await {
+        state.metrics().cleanup_errors.inc();
+        tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned row");
+    }
+    state.refresh_census().await;
+}
+
 impl Drop for PendingUpload {
     fn drop(&mut self) {
         if self.done {
             return;
         }
-        // Not committed: remove the partial object and the pending row. Runs detached because
-        // drop cannot await; start-up recovery covers a process that dies before it finishes.
-        let state = self.state.clone();
-        let id = self.id;
-        let writer = self.writer.take();
-        tokio::spawn(async move {
-            if let Some(w) = writer {
-                let _ = w.abort().await;
+        // Dropped without commit or discard: the handler was cancelled (client gone, server
+        // shutting down). Drop cannot await, so the cleanup runs detached; start-up recovery
+        // covers a process that dies before it finishes.
+        tokio::spawn(remove_abandoned(
+            self.state.clone(),
+            self.id,
+            self.writer.take(),
+        ));
+    }
+}
+
+/// SHA-256 computed on a blocking thread of its own, fed through a bounded channel, so hashing
+/// overlaps receiving and writing instead of adding to them. The chunks are shared `Bytes`,
+/// not copies; the channel bound caps what is queued.
+#[derive(Debug)]
+struct HashPipe {
+    tx: Option<mpsc::Sender<Bytes>>,
+    handle: Option<tokio::task::JoinHandle<Sha256Digest>>,
+}
+
+/// Chunks queued for the hasher at most.
+const HASH_QUEUE: usize = 16;
+
+impl HashPipe {
+    fn spawn() -> Self {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(HASH_QUEUE);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut h = Sha256::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                h.update(&chunk);
             }
-            if let Err(e) = state.store().delete(id).await {
-                state.metrics().cleanup_errors.inc();
-                tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned upload");
-            }
-            if let Err(e) = state.db().delete(id, state.now_ms()).await {
-                state.metrics().cleanup_errors.inc();
-                tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned row");
-            }
-            state.refresh_census().await;
+            Sha256Digest(h.finalize().into())
         });
+        Self {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn closed() -> Self {
+        Self {
+            tx: None,
+            handle: None,
+        }
+    }
+
+    async fn update(&mut self, chunk: Bytes) -> Result<(), ApiError> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("hasher closed"))?;
+        tx.send(chunk)
+            .await
+            .map_err(|_| ApiError::internal("hasher stopped"))
+    }
+
+    async fn finish(mut self) -> Result<Sha256Digest, ApiError> {
+        drop(self.tx.take());
+        let handle = self
+            .handle
+            .take()
+            .ok_or_else(|| ApiError::internal("hasher closed"))?;
+        handle.await.map_err(ApiError::internal)
     }
 }
 

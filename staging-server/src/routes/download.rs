@@ -15,20 +15,24 @@ use crate::auth::credential;
 use crate::db::{Resource, TokenState};
 use crate::error::ApiError;
 use crate::ids::ResourceId;
+
+/// How stale the last-access stamp may get before a download rewrites it.
+const ACCESS_STAMP_MS: i64 = 60_000;
 use crate::metrics::InflightGuard;
 use crate::state::AppState;
 
-/// Checks the request's download token against the resource named in the path.
+/// Checks the request's download token against the resource named in the path, and loads the
+/// resource.
 ///
 /// # Errors
 /// 401 for missing, malformed, invalid, expired or revoked tokens; 403 for a valid token of
-/// another resource.
+/// another resource; 404 when a valid token's resource is gone.
 pub(super) async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     path_id: &str,
     allow_raw: bool,
-) -> Result<ResourceId, ApiError> {
+) -> Result<Resource, ApiError> {
     let fail = |reason: &str, msg: &str| {
         state.metrics().auth_failure(reason);
         ApiError::unauthorized(msg.to_owned())
@@ -58,23 +62,14 @@ pub(super) async fn authorize(
     let id: ResourceId = path_id
         .parse()
         .map_err(|_| fail("invalid", "download token refused (invalid)"))?;
-    match state.db().token_state(verified.jti, id).await? {
-        TokenState::Valid => Ok(id),
-        TokenState::Revoked => Err(fail("revoked", "download token refused (revoked)")),
-        TokenState::Unknown => Err(fail("invalid", "download token refused (invalid)")),
+    match state.db().authorize(verified.jti, id).await? {
+        (TokenState::Valid, Some(res)) => Ok(res),
+        (TokenState::Valid, None) => Err(ApiError::not_found(
+            "resource not found (expired or deleted)",
+        )),
+        (TokenState::Revoked, _) => Err(fail("revoked", "download token refused (revoked)")),
+        (TokenState::Unknown, _) => Err(fail("invalid", "download token refused (invalid)")),
     }
-}
-
-/// Loads a committed resource after authorization.
-///
-/// # Errors
-/// 404 if it is gone.
-pub(super) async fn load(state: &AppState, id: ResourceId) -> Result<Resource, ApiError> {
-    state
-        .db()
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("resource not found (expired or deleted)"))
 }
 
 /// Serves a resource's bytes with validators, conditional requests and single byte ranges.
@@ -158,12 +153,20 @@ pub(super) async fn serve(
     if head {
         return builder.body(Body::empty()).map_err(ApiError::internal);
     }
-    match state.db().record_access(res.id, state.now_ms()).await {
-        Ok(true) => state.refresh_census().await,
-        Ok(false) => {}
-        // A failed access stamp must not fail the download; the sweeper would at worst
-        // treat the resource as unused, which the operator sees in the logs.
-        Err(e) => tracing::warn!(resource = %res.id, cause = %e, "could not record the download"),
+    // Stamp the access only when it changes something: the first download, or a last-access
+    // time over a minute old. Most downloads of a busy bundle are then read-only.
+    let now = state.now_ms();
+    let stale = res.last_access_at.is_none_or(|t| t < now - ACCESS_STAMP_MS);
+    if res.first_access_at.is_none() || stale {
+        match state.db().record_access(res.id, now).await {
+            Ok(true) => state.refresh_census().await,
+            Ok(false) => {}
+            // A failed access stamp must not fail the download; the sweeper would at worst
+            // treat the resource as unused, which the operator sees in the logs.
+            Err(e) => {
+                tracing::warn!(resource = %res.id, cause = %e, "could not record the download")
+            }
+        }
     }
     // A zero-length object has no satisfiable range and nothing to read.
     if len == 0 {
@@ -171,7 +174,7 @@ pub(super) async fn serve(
     }
     let stream = state
         .store()
-        .read(res.id, range)
+        .read(res.id, range.unwrap_or(0..res.size))
         .await
         .map_err(ApiError::internal)?;
     let counter = state.metrics().download_bytes.clone();

@@ -74,59 +74,17 @@ pub(super) async fn upload(
     let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
     let mut pending: Option<PendingUpload> = None;
     let mut owner: Option<V0Owner> = None;
-    let idle = state.limits().body_idle_timeout;
-    loop {
-        let field = tokio::time::timeout(idle, multipart.next_field())
-            .await
-            .map_err(|_| ApiError::bad_request("the client stopped sending"))?
-            .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
-        let Some(mut field) = field else { break };
-        match field.name() {
-            Some("resources") => {
-                if pending.is_some() {
-                    return Err(ApiError::bad_request("part `resources` appears twice"));
-                }
-                let ns = owner.as_ref().map(|o| o.owner_namespace.clone());
-                let mut up = PendingUpload::begin(&state, "v0", ns, None).await?;
-                loop {
-                    let chunk = tokio::time::timeout(idle, field.chunk())
-                        .await
-                        .map_err(|_| ApiError::bad_request("the client stopped sending"))?
-                        .map_err(|e| {
-                            ApiError::bad_request(format!("malformed multipart body: {e}"))
-                        })?;
-                    match chunk {
-                        Some(c) => up.write(c).await?,
-                        None => break,
-                    }
-                }
-                pending = Some(up);
-            }
-            Some("resourcesOwner") => {
-                if owner.is_some() {
-                    return Err(ApiError::bad_request("part `resourcesOwner` appears twice"));
-                }
-                let mut buf: Vec<u8> = Vec::new();
-                while let Some(c) = field
-                    .chunk()
-                    .await
-                    .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?
-                {
-                    if buf.len() + c.len() > MAX_OWNER_JSON {
-                        return Err(ApiError::bad_request("part `resourcesOwner` is too large"));
-                    }
-                    buf.extend_from_slice(&c);
-                }
-                owner = Some(parse_owner(Bytes::from(buf))?);
-            }
-            Some(other) => {
-                return Err(ApiError::bad_request(format!("unexpected part {other:?}")));
-            }
-            None => return Err(ApiError::bad_request("a part has no name")),
+    if let Err(e) = read_parts(&state, &mut multipart, &mut pending, &mut owner).await {
+        if let Some(p) = pending {
+            p.discard().await;
         }
+        return Err(e);
     }
     let pending = pending.ok_or_else(|| ApiError::bad_request("part `resources` is missing"))?;
-    let owner = owner.ok_or_else(|| ApiError::bad_request("part `resourcesOwner` is missing"))?;
+    let Some(owner) = owner else {
+        pending.discard().await;
+        return Err(ApiError::bad_request("part `resourcesOwner` is missing"));
+    };
     let limits = state.limits();
     let committed = pending
         .commit(
@@ -149,6 +107,67 @@ pub(super) async fn upload(
     .into_response())
 }
 
+/// Reads the multipart parts, streaming `resources` into a pending upload and parsing
+/// `resourcesOwner`, in whichever order they come.
+async fn read_parts(
+    state: &AppState,
+    multipart: &mut multer::Multipart<'static>,
+    pending: &mut Option<PendingUpload>,
+    owner: &mut Option<V0Owner>,
+) -> Result<(), ApiError> {
+    let idle = state.limits().body_idle_timeout;
+    loop {
+        let field = tokio::time::timeout(idle, multipart.next_field())
+            .await
+            .map_err(|_| ApiError::bad_request("the client stopped sending"))?
+            .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
+        let Some(mut field) = field else { break };
+        match field.name() {
+            Some("resources") => {
+                if pending.is_some() {
+                    return Err(ApiError::bad_request("part `resources` appears twice"));
+                }
+                let ns = owner.as_ref().map(|o| o.owner_namespace.clone());
+                let up = pending.insert(PendingUpload::begin(state, "v0", ns, None).await?);
+                loop {
+                    let chunk = tokio::time::timeout(idle, field.chunk())
+                        .await
+                        .map_err(|_| ApiError::bad_request("the client stopped sending"))?
+                        .map_err(|e| {
+                            ApiError::bad_request(format!("malformed multipart body: {e}"))
+                        })?;
+                    match chunk {
+                        Some(c) => up.write(c).await?,
+                        None => break,
+                    }
+                }
+            }
+            Some("resourcesOwner") => {
+                if owner.is_some() {
+                    return Err(ApiError::bad_request("part `resourcesOwner` appears twice"));
+                }
+                let mut buf: Vec<u8> = Vec::new();
+                while let Some(c) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?
+                {
+                    if buf.len() + c.len() > MAX_OWNER_JSON {
+                        return Err(ApiError::bad_request("part `resourcesOwner` is too large"));
+                    }
+                    buf.extend_from_slice(&c);
+                }
+                *owner = Some(parse_owner(Bytes::from(buf))?);
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!("unexpected part {other:?}")));
+            }
+            None => return Err(ApiError::bad_request("a part has no name")),
+        }
+    }
+    Ok(())
+}
+
 fn parse_owner(bytes: Bytes) -> Result<V0Owner, ApiError> {
     let owner: V0Owner = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("resourcesOwner: {e}")))?;
@@ -167,7 +186,6 @@ pub(super) async fn download(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = download::authorize(&state, &headers, &id, true).await?;
-    let res = download::load(&state, id).await?;
+    let res = download::authorize(&state, &headers, &id, true).await?;
     download::serve(&state, &res, &headers, method == Method::HEAD).await
 }

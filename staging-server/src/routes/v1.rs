@@ -154,7 +154,10 @@ pub(super) async fn upload(
         .and_then(|v| v.parse::<u64>().ok());
 
     let mut pending = PendingUpload::begin(&state, "v1", Some(namespace.clone()), declared).await?;
-    pending.write_stream(body.into_data_stream()).await?;
+    if let Err(e) = pending.write_stream(body.into_data_stream()).await {
+        pending.discard().await;
+        return Err(e);
+    }
     let c = pending
         .commit(
             Owner {
@@ -222,8 +225,7 @@ pub(super) async fn content(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = download::authorize(&state, &headers, &id, false).await?;
-    let res = download::load(&state, id).await?;
+    let res = download::authorize(&state, &headers, &id, false).await?;
     download::serve(&state, &res, &headers, method == Method::HEAD).await
 }
 
@@ -233,8 +235,7 @@ pub(super) async fn metadata(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Metadata>, ApiError> {
-    let id = download::authorize(&state, &headers, &id, false).await?;
-    let r = download::load(&state, id).await?;
+    let r = download::authorize(&state, &headers, &id, false).await?;
     Ok(Json(Metadata {
         id: r.id.to_string(),
         namespace: r.owner.namespace.to_string(),
@@ -266,7 +267,7 @@ pub(super) async fn delete(
         id.parse()
             .map_err(|_| ApiError::not_found("resource not found"))?
     } else {
-        download::authorize(&state, &headers, &id, false).await?
+        download::authorize(&state, &headers, &id, false).await?.id
     };
     if lifecycle::remove(&state, id, DeleteReason::Deleted).await? {
         Ok(StatusCode::NO_CONTENT)
