@@ -11,14 +11,20 @@ cd "$(dirname "$0")/.."
 
 scripts/test-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
-cargo test --workspace
+cargo test --workspace 2>&1 | tee "$log"
+# Sums a count ("passed", "failed", "ignored") over the libtest summary lines of a log.
+sum() { awk -v k="$2" '/^test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" k) s += $(i - 1) } END { print s + 0 }' "$1"; }
+main_ignored=$(sum "$log" ignored)
+: > "$log.ext"
 
 skipped=()
 external() { # external <tool> <test-name filter>
   if command -v "$1" >/dev/null 2>&1; then
     echo "== external tests '$2' (with $(command -v "$1"))"
-    cargo test --workspace -- --ignored "$2"
+    cargo test --workspace -- --ignored "$2" 2>&1 | tee -a "$log.ext"
   else
     echo "!! SKIPPED external tests '$2': $1 is not installed" >&2
     skipped+=("$2")
@@ -31,3 +37,10 @@ external prometheus external::a_real_prometheus
 if [ ${#skipped[@]} -gt 0 ]; then
   echo "!! ${#skipped[@]} external test group(s) SKIPPED for missing components: ${skipped[*]}" >&2
 fi
+
+# One closing line over every run: tests that ran, and ignored tests that never ran (skipped).
+passed=$(( $(sum "$log" passed) + $(sum "$log.ext" passed) ))
+failed=$(( $(sum "$log" failed) + $(sum "$log.ext" failed) ))
+ran_ext=$(( $(sum "$log.ext" passed) + $(sum "$log.ext" failed) ))
+rm -f "$log.ext"
+echo "tests: $passed passed, $failed failed, $(( main_ignored - ran_ext )) skipped"
