@@ -1,7 +1,37 @@
 //! External shuffle service for Spark on Kubernetes.
 //!
-//! Serves Spark sort-shuffle output (`.data` + `.index`) from node-local volumes so that
-//! executors can go away without losing their shuffle data. The service core (volumes,
-//! registrations, block resolution, cleanup) is being built; see the README for status.
+//! Executors write sort-shuffle output (`.data` + `.index`) into their local directories on
+//! node-local volumes; the service serves those blocks to reducers so that executors can go
+//! away, and deletes an application's data when its driver deregisters or dies.
+//!
+//! Modules:
+//! - [`core`]: the shared core (registrations, volumes, blocks, writes, removal, cleanup),
+//!   used by every front end;
+//! - [`service`]: the gRPC front end (`shuffle.v1`);
+//! - [`registry`], [`db`]: registrations in memory and in SQLite;
+//! - [`volume`], [`layout`], [`blocks`], [`writer`]: Spark's on-disk format on the volumes;
+//! - [`cleanup`], [`lifecycle`]: deletion and application liveness;
+//! - [`admin`], [`metrics`], [`server`], [`config`].
 
-pub use shuffle_proto as proto;
+pub mod admin;
+pub mod blocks;
+pub mod cleanup;
+pub mod config;
+pub mod core;
+pub mod db;
+pub mod error;
+pub mod ids;
+pub mod layout;
+pub mod lifecycle;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod volume;
+pub mod writer;
+
+pub use config::Config;
+pub use core::Core;
+pub use error::{Result, ShuffleError};
+pub use server::run;

@@ -1,8 +1,93 @@
-//! `shuffle-service` binary.
+//! `shuffle-service`: parse the configuration and serve.
 
 use std::process::ExitCode;
 
-fn main() -> ExitCode {
-    eprintln!("shuffle-service: not yet available in this release; see README.md");
-    ExitCode::from(64)
+use clap::{Parser, Subcommand};
+use shuffle_service::config::{Config, ServeArgs};
+use shuffle_service::{Core, shutdown};
+use tokio_util::sync::CancellationToken;
+
+/// External shuffle service for Spark on Kubernetes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shuffle-service",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve(Box<ServeArgs>),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let args = match cli.command {
+        Some(Command::Serve(a)) => *a,
+        None => cli.serve,
+    };
+    let config = match Config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shuffle-service: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    match serve(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shuffle-service: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let background = CancellationToken::new();
+    let (core, cleaner) =
+        Core::open(&config, prometheus::Registry::new(), background.clone()).await?;
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
+    let admin = tokio::net::TcpListener::bind(config.admin_listen).await?;
+    tracing::info!(
+        grpc = %grpc.local_addr()?,
+        admin = %admin.local_addr()?,
+        volumes = config.volumes.len(),
+        state_dir = %config.state_dir.display(),
+        "shuffle service ready"
+    );
+    shuffle_service::run(
+        &config,
+        core,
+        cleaner,
+        background,
+        grpc,
+        admin,
+        shutdown::signal(),
+    )
+    .await
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("shuffle_service=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

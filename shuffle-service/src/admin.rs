@@ -1,0 +1,59 @@
+//! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
+//! (database answers, volumes reachable, not draining).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::Encoder as _;
+
+use crate::core::Core;
+
+#[derive(Clone)]
+struct AdminState {
+    core: Core,
+    draining: Arc<AtomicBool>,
+}
+
+/// The admin router.
+pub fn router(core: Core, draining: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(AdminState { core, draining })
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    if s.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned());
+    }
+    if let Err(e) = s.core.registry().db().ping().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"));
+    }
+    if let Some(v) = s.core.volumes().iter().find(|v| !v.root.is_dir()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("volume {} unreachable", v.root.display()),
+        );
+    }
+    (StatusCode::OK, "ready".to_owned())
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    s.core.refresh_gauges();
+    let mut buf = Vec::new();
+    match prometheus::TextEncoder::new().encode(&s.core.prometheus().gather(), &mut buf) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+            buf,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,250 @@
+//! Block resolution and reading.
+//!
+//! A block (a reduce range of one map output) resolves to a segment of the `.data` file via the
+//! `.index` file, both placed by Spark's formula among the executor's registered directories.
+//! Index contents are cached in a cache bounded by bytes (SPARK-33206: the JVM's estimate was
+//! wrong and blew the heap). Data files are opened when their block is sent, never earlier, and
+//! the opened path is verified to lie under the executor's directories (a symlink planted in an
+//! executor directory cannot lead out).
+
+use std::collections::HashMap;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::error::{Result, ShuffleError};
+use crate::ids::{MapId, ReduceId, ShuffleId};
+use crate::layout;
+use crate::registry::Executor;
+
+/// A byte range of a data file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Data file.
+    pub path: PathBuf,
+    /// Start offset.
+    pub offset: u64,
+    /// Length.
+    pub len: u64,
+}
+
+/// Index contents by path, bounded by bytes.
+#[derive(Debug)]
+pub struct IndexCache {
+    inner: Mutex<CacheInner>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    map: HashMap<PathBuf, Arc<Vec<u64>>>,
+    bytes: usize,
+}
+
+/// Bytes charged per cached index besides its offsets (key, map entry, allocation).
+const ENTRY_OVERHEAD: usize = 160;
+
+fn weight(path: &Path, offsets: &[u64]) -> usize {
+    offsets.len() * 8 + path.as_os_str().len() + ENTRY_OVERHEAD
+}
+
+impl IndexCache {
+    /// A cache holding at most `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(CacheInner::default()),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cached offsets, or loads them (blocking I/O).
+    ///
+    /// # Errors
+    /// [`ShuffleError::BlockNotFound`] for a missing index, [`ShuffleError::Corrupt`] for a
+    /// malformed one.
+    pub fn get(&self, path: &Path) -> Result<Arc<Vec<u64>>> {
+        if let Some(v) = self.lock().map.get(path) {
+            return Ok(Arc::clone(v));
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ShuffleError::BlockNotFound(path.display().to_string()));
+            }
+            Err(e) => return Err(ShuffleError::io(path, e)),
+        };
+        let offsets = Arc::new(
+            layout::parse_index(path, &bytes).map_err(|e| ShuffleError::Corrupt(e.to_string()))?,
+        );
+        let w = weight(path, &offsets);
+        if w <= self.capacity {
+            let mut inner = self.lock();
+            while inner.bytes + w > self.capacity {
+                // Evict any entry; indexes are immutable, so a re-read is always correct.
+                let Some(k) = inner.map.keys().next().cloned() else {
+                    break;
+                };
+                if let Some(v) = inner.map.remove(&k) {
+                    inner.bytes -= weight(&k, &v);
+                }
+            }
+            if let Some(old) = inner.map.insert(path.to_owned(), Arc::clone(&offsets)) {
+                inner.bytes -= weight(path, &old);
+            }
+            inner.bytes += w;
+        }
+        Ok(offsets)
+    }
+
+    /// Forgets an index (its files were deleted or rewritten).
+    pub fn forget(&self, path: &Path) {
+        let mut inner = self.lock();
+        if let Some(v) = inner.map.remove(path) {
+            inner.bytes -= weight(path, &v);
+        }
+    }
+
+    /// Forgets every index under `dir`.
+    pub fn forget_under(&self, dir: &Path) {
+        let mut inner = self.lock();
+        let keys: Vec<PathBuf> = inner
+            .map
+            .keys()
+            .filter(|k| k.starts_with(dir))
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(v) = inner.map.remove(&k) {
+                inner.bytes -= weight(&k, &v);
+            }
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// Resolves reduce partitions `[start, end)` of one map output (blocking I/O).
+///
+/// # Errors
+/// Not found, out of range, or corrupt index.
+pub fn resolve(
+    exec: &Executor,
+    cache: &IndexCache,
+    shuffle: ShuffleId,
+    map: MapId,
+    start: ReduceId,
+    end: ReduceId,
+) -> Result<Segment> {
+    let index = layout::placement(
+        &exec.local_dirs,
+        exec.sub_dirs,
+        &layout::index_file(shuffle, map),
+    );
+    let offsets = cache.get(&index)?;
+    let partitions = offsets.len() - 1;
+    let (s, e) = (start.get(), end.get());
+    if s >= e || e as usize > partitions {
+        return Err(ShuffleError::OutOfRange {
+            start: s,
+            end: e,
+            partitions,
+        });
+    }
+    let offset = offsets[s as usize];
+    let len = offsets[e as usize] - offset;
+    Ok(Segment {
+        path: layout::placement(
+            &exec.local_dirs,
+            exec.sub_dirs,
+            &layout::data_file(shuffle, map),
+        ),
+        offset,
+        len,
+    })
+}
+
+/// An open data-file segment, read in chunks.
+#[derive(Debug)]
+pub struct SegmentReader {
+    file: std::fs::File,
+    left: u64,
+    path: PathBuf,
+}
+
+impl SegmentReader {
+    /// Opens a segment's file, verifying that it lies under the executor's directories and is
+    /// long enough.
+    ///
+    /// # Errors
+    /// Not found, refused path, or a data file shorter than its index says.
+    pub fn open(exec: &Executor, seg: &Segment) -> Result<Self> {
+        let canonical = match std::fs::canonicalize(&seg.path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ShuffleError::BlockNotFound(seg.path.display().to_string()));
+            }
+            Err(e) => return Err(ShuffleError::io(&seg.path, e)),
+        };
+        if !exec.local_dirs.iter().any(|d| canonical.starts_with(d)) {
+            return Err(ShuffleError::PermissionDenied(format!(
+                "{} resolves outside the executor's directories",
+                seg.path.display()
+            )));
+        }
+        let mut file =
+            std::fs::File::open(&canonical).map_err(|e| ShuffleError::io(&canonical, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| ShuffleError::io(&canonical, e))?
+            .len();
+        if seg.offset + seg.len > size {
+            return Err(ShuffleError::Corrupt(format!(
+                "{}: {} bytes, index points to {}",
+                seg.path.display(),
+                size,
+                seg.offset + seg.len
+            )));
+        }
+        file.seek(SeekFrom::Start(seg.offset))
+            .map_err(|e| ShuffleError::io(&canonical, e))?;
+        Ok(Self {
+            file,
+            left: seg.len,
+            path: canonical,
+        })
+    }
+
+    /// The next chunk of at most `max` bytes, or `None` at the end.
+    ///
+    /// # Errors
+    /// I/O errors, or a file that shrank.
+    pub fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(max);
+        // read_to_end fills spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(n);
+        let got = (&mut self.file)
+            .take(n as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| ShuffleError::io(&self.path, e))?;
+        if got != n {
+            return Err(ShuffleError::Corrupt(format!(
+                "{}: file shrank while read",
+                self.path.display()
+            )));
+        }
+        self.left -= n as u64;
+        Ok(Some(Bytes::from(buf)))
+    }
+}

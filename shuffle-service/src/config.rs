@@ -1,0 +1,270 @@
+//! Configuration of `shuffle-service serve`: flags, `SHUFFLE_*` env, optional TOML, defaults.
+//! Precedence: flag > env > file > default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::volume::{VolumeSpec, parse_size};
+
+/// gRPC API address; 7337 is left to Spark's own protocol.
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7338";
+/// Admin HTTP address (/metrics, /healthz, /readyz).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7339";
+/// Data directory holding the default volume and state directory.
+pub const DEFAULT_DATA_DIR: &str = "data/shuffle";
+/// Heartbeat timeout when a driver gives none (Spark's network timeout).
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Applications known only from executors are removed after this long without any call.
+pub const DEFAULT_IDLE_TTL: Duration = Duration::from_secs(6 * 3600);
+/// Liveness sweep period.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+/// Concurrent deletions per volume.
+pub const DEFAULT_CLEANUP_PARALLELISM: usize = 8;
+/// Index cache bound.
+pub const DEFAULT_INDEX_CACHE_BYTES: u64 = 64 << 20;
+/// Drain time after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Most blocks in one FetchBlocks request.
+pub const DEFAULT_MAX_FETCH_BLOCKS: usize = 100_000;
+/// How often capacity-limited volumes are rescanned.
+pub const DEFAULT_USAGE_SCAN_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Arguments of `shuffle-service serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "SHUFFLE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC listener.
+    #[arg(long, env = "SHUFFLE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz).
+    #[arg(long, env = "SHUFFLE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Data directory for the default volume and state (when those are not given).
+    #[arg(long, env = "SHUFFLE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Volume PATH[:KIND[:CAPACITY]], KIND one of hostPath, emptyDir, nvme-raid0, pvc; repeatable.
+    #[arg(long = "volume", env = "SHUFFLE_VOLUMES", value_delimiter = ',')]
+    pub volumes: Vec<VolumeSpec>,
+    /// Directory of the registration database.
+    #[arg(long, env = "SHUFFLE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// File of admin tokens, one per line (mode 0600).
+    #[arg(long, env = "SHUFFLE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Heartbeat timeout default.
+    #[arg(long, env = "SHUFFLE_HEARTBEAT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Idle TTL of applications without a driver registration.
+    #[arg(long, env = "SHUFFLE_IDLE_TTL", value_parser = humantime::parse_duration)]
+    pub idle_ttl: Option<Duration>,
+    /// Liveness sweep period.
+    #[arg(long, env = "SHUFFLE_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Option<Duration>,
+    /// Concurrent deletions per volume.
+    #[arg(long, env = "SHUFFLE_CLEANUP_PARALLELISM")]
+    pub cleanup_parallelism: Option<usize>,
+    /// Index cache size (e.g. 64MiB).
+    #[arg(long, env = "SHUFFLE_INDEX_CACHE_SIZE", value_parser = parse_size)]
+    pub index_cache_size: Option<u64>,
+    /// Drain time after SIGTERM.
+    #[arg(long, env = "SHUFFLE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Most blocks per FetchBlocks request.
+    #[arg(long, env = "SHUFFLE_MAX_FETCH_BLOCKS")]
+    pub max_fetch_blocks: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    grpc_listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    state_dir: Option<PathBuf>,
+    admin_token_file: Option<PathBuf>,
+    heartbeat_timeout: Option<String>,
+    idle_ttl: Option<String>,
+    sweep_interval: Option<String>,
+    cleanup_parallelism: Option<usize>,
+    index_cache_size: Option<String>,
+    shutdown_grace: Option<String>,
+    max_fetch_blocks: Option<usize>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listener.
+    pub grpc_listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Volumes.
+    pub volumes: Vec<VolumeSpec>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// SHA-256 of the admin tokens.
+    pub admin_token_hashes: Vec<[u8; 32]>,
+    /// Default heartbeat timeout.
+    pub heartbeat_timeout: Duration,
+    /// Idle TTL.
+    pub idle_ttl: Duration,
+    /// Sweep period.
+    pub sweep_interval: Duration,
+    /// Deletions per volume.
+    pub cleanup_parallelism: usize,
+    /// Index cache bound.
+    pub index_cache_bytes: usize,
+    /// Drain time.
+    pub shutdown_grace: Duration,
+    /// Most blocks per fetch.
+    pub max_fetch_blocks: usize,
+    /// Usage rescan period.
+    pub usage_scan_interval: Duration,
+}
+
+impl Config {
+    /// Defaults under `data_dir`: one emptyDir volume, state beside it, loopback listeners.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let d = data_dir.into();
+        Self {
+            grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("constant"),
+            admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("constant"),
+            volumes: vec![VolumeSpec {
+                path: d.join("volume"),
+                kind: crate::volume::VolumeKind::EmptyDir,
+                capacity: None,
+            }],
+            state_dir: d.join("state"),
+            admin_token_hashes: Vec::new(),
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            idle_ttl: DEFAULT_IDLE_TTL,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            cleanup_parallelism: DEFAULT_CLEANUP_PARALLELISM,
+            index_cache_bytes: DEFAULT_INDEX_CACHE_BYTES as usize,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_fetch_blocks: DEFAULT_MAX_FETCH_BLOCKS,
+            usage_scan_interval: DEFAULT_USAGE_SCAN_INTERVAL,
+        }
+    }
+
+    /// Merges flags, env and file over the defaults.
+    ///
+    /// # Errors
+    /// A sentence naming the bad setting.
+    pub fn load(args: ServeArgs) -> Result<Self, String> {
+        let file: FileConfig = match &args.config {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let dur = |cli: Option<Duration>,
+                   f: Option<String>,
+                   d: Duration,
+                   name: &str|
+         -> Result<Duration, String> {
+            match (cli, f) {
+                (Some(v), _) => Ok(v),
+                (None, Some(s)) => {
+                    humantime::parse_duration(&s).map_err(|e| format!("{name}: {e}"))
+                }
+                (None, None) => Ok(d),
+            }
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let mut c = Self::for_data_dir(&data_dir);
+        if !args.volumes.is_empty() {
+            c.volumes = args.volumes;
+        } else if !file.volumes.is_empty() {
+            c.volumes = file
+                .volumes
+                .iter()
+                .map(|s| s.parse())
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(s) = args.state_dir.or(file.state_dir) {
+            c.state_dir = s;
+        }
+        if let Some(a) = args.grpc_listen.or(file.grpc_listen) {
+            c.grpc_listen = a;
+        }
+        if let Some(a) = args.admin_listen.or(file.admin_listen) {
+            c.admin_listen = a;
+        }
+        if let Some(p) = args.admin_token_file.or(file.admin_token_file) {
+            c.admin_token_hashes = read_tokens(&p)?;
+        }
+        c.heartbeat_timeout = dur(
+            args.heartbeat_timeout,
+            file.heartbeat_timeout,
+            c.heartbeat_timeout,
+            "heartbeat_timeout",
+        )?;
+        c.idle_ttl = dur(args.idle_ttl, file.idle_ttl, c.idle_ttl, "idle_ttl")?;
+        c.sweep_interval = dur(
+            args.sweep_interval,
+            file.sweep_interval,
+            c.sweep_interval,
+            "sweep_interval",
+        )?;
+        c.shutdown_grace = dur(
+            args.shutdown_grace,
+            file.shutdown_grace,
+            c.shutdown_grace,
+            "shutdown_grace",
+        )?;
+        if let Some(n) = args.cleanup_parallelism.or(file.cleanup_parallelism) {
+            c.cleanup_parallelism = n;
+        }
+        if let Some(n) = args.max_fetch_blocks.or(file.max_fetch_blocks) {
+            c.max_fetch_blocks = n;
+        }
+        match (args.index_cache_size, file.index_cache_size) {
+            (Some(n), _) => c.index_cache_bytes = n as usize,
+            (None, Some(s)) => c.index_cache_bytes = parse_size(&s)? as usize,
+            _ => {}
+        }
+        if c.cleanup_parallelism == 0 || c.max_fetch_blocks == 0 || c.sweep_interval.is_zero() {
+            return Err(
+                "cleanup parallelism, max fetch blocks and sweep interval must be positive".into(),
+            );
+        }
+        Ok(c)
+    }
+}
+
+fn read_tokens(path: &std::path::Path) -> Result<Vec<[u8; 32]>, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by group or others; chmod 600 it",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let tokens: Vec<[u8; 32]> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|t| Sha256::digest(t.as_bytes()).into())
+        .collect();
+    if tokens.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(tokens)
+}

@@ -1,0 +1,425 @@
+//! The shuffle core shared by every front end: registrations, volumes, block resolution,
+//! writes, removal and cleanup. Front ends (gRPC, Spark's protocol) authenticate and decode;
+//! everything they do to data goes through [`Core`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prometheus::Registry as PromRegistry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::blocks::{self, IndexCache, Segment, SegmentReader};
+use crate::cleanup::Cleaner;
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{Result, ShuffleError};
+use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+use crate::layout;
+use crate::metrics::Metrics;
+use crate::registry::{AppRegistration, AppSummary, Executor, Registry};
+use crate::volume::Volumes;
+use crate::writer::{self, MapOutput};
+
+/// Most directories one executor may register.
+pub const MAX_LOCAL_DIRS: usize = 64;
+/// Most subdirectories per local directory (Spark's default is 64).
+pub const MAX_SUB_DIRS: u32 = 4096;
+
+/// The shared core.
+#[derive(Debug, Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    volumes: Arc<Volumes>,
+    cache: IndexCache,
+    cleaner: Cleaner,
+    metrics: Metrics,
+    prometheus: PromRegistry,
+    default_heartbeat_timeout: Duration,
+    idle_ttl: Duration,
+}
+
+impl Core {
+    /// Opens the state directory and the volumes, reloads registrations and starts the
+    /// cleaner. Returns the core and the cleaner's task (awaited at shutdown).
+    ///
+    /// # Errors
+    /// Volume, database or metric registration errors.
+    pub async fn open(
+        config: &Config,
+        prometheus: PromRegistry,
+        cancel: CancellationToken,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|e| ShuffleError::io(&config.state_dir, e))?;
+        let volumes = Arc::new(Volumes::open(&config.volumes)?);
+        let db = Db::open(&config.state_dir.join("shuffle.db"))?;
+        let registry = Registry::open(db).await?;
+        let metrics =
+            Metrics::new(&prometheus).map_err(|e| ShuffleError::InvalidArgument(e.to_string()))?;
+        let (cleaner, handle) = Cleaner::start(
+            Arc::clone(&volumes),
+            config.cleanup_parallelism,
+            metrics.clone(),
+            cancel,
+        );
+        let core = Self {
+            inner: Arc::new(Inner {
+                registry,
+                volumes,
+                cache: IndexCache::new(config.index_cache_bytes),
+                cleaner,
+                metrics,
+                prometheus,
+                default_heartbeat_timeout: config.heartbeat_timeout,
+                idle_ttl: config.idle_ttl,
+            }),
+        };
+        core.refresh_gauges();
+        Ok((core, handle))
+    }
+
+    /// Metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The Prometheus registry.
+    pub fn prometheus(&self) -> &PromRegistry {
+        &self.inner.prometheus
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The volumes.
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        &self.inner.volumes
+    }
+
+    /// Idle TTL of applications without a driver registration.
+    pub fn idle_ttl(&self) -> Duration {
+        self.inner.idle_ttl
+    }
+
+    /// Updates the registration and volume gauges.
+    pub fn refresh_gauges(&self) {
+        let m = &self.inner.metrics;
+        let (apps, execs) = self.inner.registry.counts();
+        m.apps.set(apps as i64);
+        m.executors.set(execs as i64);
+        for v in self.inner.volumes.iter() {
+            let labels = [v.index.to_string(), v.kind.as_str().to_owned()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            m.volume_used
+                .with_label_values(&labels)
+                .set(i64::try_from(v.used_bytes()).unwrap_or(i64::MAX));
+            let cap = v.capacity.unwrap_or_else(|| {
+                rustix::fs::statvfs(&v.root)
+                    .map(|s| s.f_blocks * s.f_frsize)
+                    .unwrap_or(0)
+            });
+            m.volume_capacity
+                .with_label_values(&labels)
+                .set(i64::try_from(cap).unwrap_or(i64::MAX));
+            m.volume_full
+                .with_label_values(&labels)
+                .set(i64::from(v.is_full()));
+        }
+    }
+
+    /// Registers a driver and returns the application's token and heartbeat timeout.
+    ///
+    /// # Errors
+    /// See [`Registry::register_app`].
+    pub async fn register_app(
+        &self,
+        app: &AppId,
+        heartbeat_timeout: Option<Duration>,
+        namespace: String,
+        driver_pod: String,
+        presented: Option<&str>,
+    ) -> Result<(String, Duration)> {
+        let timeout = heartbeat_timeout.unwrap_or(self.inner.default_heartbeat_timeout);
+        if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(86_400) {
+            return Err(ShuffleError::InvalidArgument(
+                "heartbeat timeout must be 1 s to 24 h".into(),
+            ));
+        }
+        let reg = AppRegistration {
+            heartbeat_timeout: timeout,
+            namespace: bounded(namespace, 253),
+            driver_pod: bounded(driver_pod, 253),
+        };
+        let token = self
+            .inner
+            .registry
+            .register_app(app, reg, presented)
+            .await?;
+        self.refresh_gauges();
+        tracing::info!(app = %app, timeout = ?timeout, "application registered");
+        Ok((token, timeout))
+    }
+
+    /// A heartbeat.
+    ///
+    /// # Errors
+    /// [`ShuffleError::NotFound`] for an unknown application.
+    pub fn heartbeat(&self, app: &AppId) -> Result<()> {
+        if self.inner.registry.touch(app) {
+            Ok(())
+        } else {
+            Err(ShuffleError::NotFound(format!("application {app}")))
+        }
+    }
+
+    /// Removes an application and queues its data for deletion; returns the directory count.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn remove_app(&self, app: &AppId, reason: &'static str) -> Result<usize> {
+        let Some(removed) = self.inner.registry.remove_app(app).await? else {
+            return Ok(0);
+        };
+        for d in &removed.dirs {
+            self.inner.cache.forget_under(d);
+        }
+        self.inner
+            .metrics
+            .apps_removed
+            .with_label_values(&[reason])
+            .inc();
+        let n = self
+            .inner
+            .cleaner
+            .enqueue(format!("{reason} {app}"), removed.dirs);
+        self.refresh_gauges();
+        tracing::info!(app = %app, reason, dirs = n, "application removed");
+        Ok(n)
+    }
+
+    /// Registers an executor after checking every directory against the volumes.
+    ///
+    /// # Errors
+    /// Invalid arguments, refused directories, database errors.
+    pub async fn register_executor(
+        &self,
+        app: &AppId,
+        exec: &ExecId,
+        local_dirs: &[String],
+        sub_dirs: u32,
+        shuffle_manager: String,
+    ) -> Result<()> {
+        if local_dirs.is_empty() || local_dirs.len() > MAX_LOCAL_DIRS {
+            return Err(ShuffleError::InvalidArgument(format!(
+                "1 to {MAX_LOCAL_DIRS} local directories"
+            )));
+        }
+        if sub_dirs == 0 || sub_dirs > MAX_SUB_DIRS {
+            return Err(ShuffleError::InvalidArgument(format!(
+                "1 to {MAX_SUB_DIRS} subdirectories"
+            )));
+        }
+        let dirs: Vec<PathBuf> = local_dirs
+            .iter()
+            .map(|d| self.inner.volumes.admit_dir(d))
+            .collect::<Result<_>>()?;
+        let e = Executor {
+            local_dirs: dirs,
+            sub_dirs,
+            shuffle_manager: bounded(shuffle_manager, 1024),
+        };
+        self.inner.registry.register_executor(app, exec, e).await?;
+        self.refresh_gauges();
+        tracing::info!(app = %app, exec = %exec, "executor registered");
+        Ok(())
+    }
+
+    /// The registered executor.
+    ///
+    /// # Errors
+    /// [`ShuffleError::NotFound`].
+    pub fn executor(&self, app: &AppId, exec: &ExecId) -> Result<Arc<Executor>> {
+        self.inner.registry.executor(app, exec)
+    }
+
+    /// Resolves a block (blocking I/O for the index).
+    ///
+    /// # Errors
+    /// See [`blocks::resolve`].
+    pub fn resolve(
+        &self,
+        exec: &Executor,
+        shuffle: ShuffleId,
+        map: MapId,
+        start: ReduceId,
+        end: ReduceId,
+    ) -> Result<Segment> {
+        blocks::resolve(exec, &self.inner.cache, shuffle, map, start, end)
+    }
+
+    /// Opens a resolved segment (blocking).
+    ///
+    /// # Errors
+    /// See [`SegmentReader::open`].
+    pub fn open_segment(&self, exec: &Executor, seg: &Segment) -> Result<SegmentReader> {
+        SegmentReader::open(exec, seg)
+    }
+
+    /// Writes a map output from `chunks` into the executor's directories.
+    ///
+    /// # Errors
+    /// See [`writer::write`].
+    pub async fn write_map_output(
+        &self,
+        app: &AppId,
+        exec: &ExecId,
+        out: MapOutput,
+        chunks: mpsc::Receiver<Result<Bytes>>,
+    ) -> Result<u64> {
+        let executor = self.executor(app, exec)?;
+        let volumes = Arc::clone(&self.inner.volumes);
+        let result =
+            tokio::task::spawn_blocking(move || writer::write(&executor, &volumes, &out, chunks))
+                .await
+                .map_err(|e| ShuffleError::Db(format!("writer task: {e}")))?;
+        if let Ok(n) = &result {
+            self.inner.metrics.bytes_written.inc_by(*n);
+        }
+        self.refresh_gauges();
+        result
+    }
+
+    /// Deletes every file of `shuffle` in the application's executor directories.
+    ///
+    /// # Errors
+    /// [`ShuffleError::NotFound`] for an unknown application.
+    pub async fn remove_shuffle(&self, app: &AppId, shuffle: ShuffleId) -> Result<u64> {
+        let execs = self.inner.registry.executors(app)?;
+        let dirs: Vec<(PathBuf, u32)> = execs
+            .iter()
+            .flat_map(|(_, e)| e.local_dirs.iter().map(|d| (d.clone(), e.sub_dirs)))
+            .collect();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for (dir, subs) in dirs {
+                for s in 0..subs {
+                    let sub = dir.join(format!("{s:02x}"));
+                    let Ok(entries) = std::fs::read_dir(&sub) else {
+                        continue;
+                    };
+                    for e in entries.flatten() {
+                        let name = e.file_name();
+                        if layout::is_shuffle_file(&name.to_string_lossy(), shuffle)
+                            && e.file_type().is_ok_and(|t| t.is_file())
+                            && std::fs::remove_file(e.path()).is_ok()
+                        {
+                            found.push(e.path());
+                        }
+                    }
+                }
+            }
+            found
+        })
+        .await
+        .map_err(|e| ShuffleError::Db(format!("remove task: {e}")))?;
+        for p in &found {
+            self.inner.cache.forget(p);
+        }
+        self.refresh_gauges();
+        Ok(found.len() as u64)
+    }
+
+    /// Deletes named block files of one executor, Spark's RemoveBlocks: names are file names
+    /// placed by the formula; names that could escape (`/`, `\`, NUL, `.`, `..`, empty) are
+    /// skipped. Returns how many files were deleted.
+    ///
+    /// # Errors
+    /// [`ShuffleError::NotFound`] for an unknown executor.
+    pub async fn remove_blocks(
+        &self,
+        app: &AppId,
+        exec: &ExecId,
+        names: Vec<String>,
+    ) -> Result<u32> {
+        let executor = self.executor(app, exec)?;
+        let paths: Vec<PathBuf> = names
+            .iter()
+            .filter(|n| {
+                let ok = valid_block_file_name(n);
+                if !ok {
+                    tracing::warn!(app = %app, exec = %exec, name = %n.chars().take(200).collect::<String>(), "skipping an invalid block id");
+                }
+                ok
+            })
+            .map(|n| layout::placement(&executor.local_dirs, executor.sub_dirs, n))
+            .collect();
+        for p in &paths {
+            self.inner.cache.forget(p);
+        }
+        let removed = tokio::task::spawn_blocking(move || {
+            paths
+                .iter()
+                .filter(|p| std::fs::remove_file(p).is_ok())
+                .count()
+        })
+        .await
+        .map_err(|e| ShuffleError::Db(format!("remove task: {e}")))?;
+        self.refresh_gauges();
+        Ok(u32::try_from(removed).unwrap_or(u32::MAX))
+    }
+
+    /// The local directories of the given executors; any unknown one fails the whole call.
+    ///
+    /// # Errors
+    /// [`ShuffleError::NotFound`].
+    pub fn local_dirs(
+        &self,
+        app: &AppId,
+        execs: &[ExecId],
+    ) -> Result<BTreeMap<ExecId, Vec<PathBuf>>> {
+        execs
+            .iter()
+            .map(|e| {
+                self.executor(app, e)
+                    .map(|x| (e.clone(), x.local_dirs.clone()))
+            })
+            .collect()
+    }
+
+    /// Every application.
+    pub fn list_apps(&self) -> Vec<AppSummary> {
+        self.inner.registry.list()
+    }
+
+    /// Queues a directory list for deletion with a completion signal (tests, benchmarks).
+    pub fn cleaner(&self) -> &Cleaner {
+        &self.inner.cleaner
+    }
+}
+
+/// Spark 4.3's `validateBlockId`, stricter: a plain file name.
+pub fn valid_block_file_name(n: &str) -> bool {
+    !n.is_empty() && n != "." && n != ".." && n.len() <= 255 && !n.contains(['/', '\\', '\0'])
+}
+
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}

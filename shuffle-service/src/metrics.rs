@@ -1,0 +1,155 @@
+//! Prometheus metrics of the shuffle service, on an injected registry. Labels are bounded:
+//! RPC method names, status codes, volume indexes and kinds.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Every metric of the service.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// RPCs by method and code.
+    pub rpcs: IntCounterVec,
+    /// RPC duration (until the response or the stream starts), by method.
+    pub rpc_duration: HistogramVec,
+    /// Block bytes sent.
+    pub bytes_served: IntCounter,
+    /// Blocks sent completely.
+    pub blocks_served: IntCounter,
+    /// Fetch streams open.
+    pub open_streams: IntGauge,
+    /// Bytes written through WriteMapOutput.
+    pub bytes_written: IntCounter,
+    /// Registered applications.
+    pub apps: IntGauge,
+    /// Registered executors.
+    pub executors: IntGauge,
+    /// Used bytes by volume.
+    pub volume_used: IntGaugeVec,
+    /// Configured capacity by volume (0 = the filesystem's).
+    pub volume_capacity: IntGaugeVec,
+    /// 1 when the volume refused a write for space.
+    pub volume_full: IntGaugeVec,
+    /// Directories waiting for deletion.
+    pub cleanup_backlog: IntGauge,
+    /// Bytes reclaimed by cleanup.
+    pub cleanup_bytes_reclaimed: IntCounter,
+    /// Duration of cleanup jobs.
+    pub cleanup_seconds: Histogram,
+    /// Cleanup errors.
+    pub cleanup_errors: IntCounter,
+    /// Applications removed, by reason.
+    pub apps_removed: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    ///
+    /// # Errors
+    /// A registration conflict.
+    pub fn new(r: &Registry) -> prometheus::Result<Self> {
+        let vol = &["volume", "kind"];
+        let m = Self {
+            rpcs: IntCounterVec::new(
+                Opts::new("shuffle_rpc_requests_total", "RPCs by method and code."),
+                &["method", "code"],
+            )?,
+            rpc_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "shuffle_rpc_duration_seconds",
+                    "RPC duration until the response (or stream) starts.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0, 5.0,
+                ]),
+                &["method"],
+            )?,
+            bytes_served: IntCounter::new(
+                "shuffle_bytes_served_total",
+                "Block bytes sent to clients.",
+            )?,
+            blocks_served: IntCounter::new(
+                "shuffle_blocks_served_total",
+                "Blocks sent completely.",
+            )?,
+            open_streams: IntGauge::new("shuffle_open_streams", "Fetch streams in progress.")?,
+            bytes_written: IntCounter::new(
+                "shuffle_bytes_written_total",
+                "Map output bytes written by the service.",
+            )?,
+            apps: IntGauge::new(
+                "shuffle_registered_applications",
+                "Registered applications.",
+            )?,
+            executors: IntGauge::new("shuffle_registered_executors", "Registered executors.")?,
+            volume_used: IntGaugeVec::new(
+                Opts::new("shuffle_volume_used_bytes", "Used bytes by volume."),
+                vol,
+            )?,
+            volume_capacity: IntGaugeVec::new(
+                Opts::new(
+                    "shuffle_volume_capacity_bytes",
+                    "Configured capacity by volume (filesystem size when none).",
+                ),
+                vol,
+            )?,
+            volume_full: IntGaugeVec::new(
+                Opts::new(
+                    "shuffle_volume_full",
+                    "1 when the volume refused a write for space.",
+                ),
+                vol,
+            )?,
+            cleanup_backlog: IntGauge::new(
+                "shuffle_cleanup_backlog",
+                "Directories waiting for deletion.",
+            )?,
+            cleanup_bytes_reclaimed: IntCounter::new(
+                "shuffle_cleanup_bytes_reclaimed_total",
+                "Bytes reclaimed by cleanup.",
+            )?,
+            cleanup_seconds: Histogram::with_opts(
+                HistogramOpts::new("shuffle_cleanup_seconds", "Duration of cleanup jobs.")
+                    .buckets(vec![0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0]),
+            )?,
+            cleanup_errors: IntCounter::new(
+                "shuffle_cleanup_errors_total",
+                "Errors while deleting application data.",
+            )?,
+            apps_removed: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_applications_removed_total",
+                    "Applications removed, by reason.",
+                ),
+                &["reason"],
+            )?,
+        };
+        r.register(Box::new(m.rpcs.clone()))?;
+        r.register(Box::new(m.rpc_duration.clone()))?;
+        r.register(Box::new(m.bytes_served.clone()))?;
+        r.register(Box::new(m.blocks_served.clone()))?;
+        r.register(Box::new(m.open_streams.clone()))?;
+        r.register(Box::new(m.bytes_written.clone()))?;
+        r.register(Box::new(m.apps.clone()))?;
+        r.register(Box::new(m.executors.clone()))?;
+        r.register(Box::new(m.volume_used.clone()))?;
+        r.register(Box::new(m.volume_capacity.clone()))?;
+        r.register(Box::new(m.volume_full.clone()))?;
+        r.register(Box::new(m.cleanup_backlog.clone()))?;
+        r.register(Box::new(m.cleanup_bytes_reclaimed.clone()))?;
+        r.register(Box::new(m.cleanup_seconds.clone()))?;
+        r.register(Box::new(m.cleanup_errors.clone()))?;
+        r.register(Box::new(m.apps_removed.clone()))?;
+        for reason in [
+            "unregistered",
+            "heartbeat_timeout",
+            "idle_ttl",
+            "directories_gone",
+        ] {
+            m.apps_removed.with_label_values(&[reason]).inc_by(0);
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,404 @@
+//! Applications and their executors: in memory for the request path, persisted in SQLite.
+//!
+//! Reads take a std `RwLock` briefly (never across an await). Mutations are serialised by an
+//! async mutex and written to the database before memory, so a crash never loses an
+//! acknowledged registration and memory never holds what the database lacks.
+//!
+//! Liveness: an application registered by its driver (RegisterApplication) carries a heartbeat
+//! timeout; one known only from executor registrations (plain Spark) lives until an idle TTL
+//! passes without any call, or until its directories vanish. After a restart every application
+//! gets a fresh timeout from the moment the service is back.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::db::{AppRow, Db, ExecRow};
+use crate::error::{Result, ShuffleError};
+use crate::ids::{AppId, ExecId};
+
+/// A registered executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executor {
+    /// Canonical local directories (`blockmgr-*`), each under a volume.
+    pub local_dirs: Vec<PathBuf>,
+    /// Subdirectories per local directory.
+    pub sub_dirs: u32,
+    /// Shuffle manager class (informational).
+    pub shuffle_manager: String,
+}
+
+#[derive(Debug)]
+struct App {
+    token_hash: Option<[u8; 32]>,
+    namespace: String,
+    driver_pod: String,
+    heartbeat_timeout: Option<Duration>,
+    last_seen: Instant,
+    executors: HashMap<ExecId, Arc<Executor>>,
+}
+
+/// Options of a driver registration.
+#[derive(Debug, Clone, Default)]
+pub struct AppRegistration {
+    /// Heartbeat timeout.
+    pub heartbeat_timeout: Duration,
+    /// Kubernetes namespace (informational).
+    pub namespace: String,
+    /// Driver pod name (informational).
+    pub driver_pod: String,
+}
+
+/// An application as listed for operators.
+#[derive(Debug, Clone)]
+pub struct AppSummary {
+    /// Id.
+    pub app_id: AppId,
+    /// Namespace.
+    pub namespace: String,
+    /// Driver pod.
+    pub driver_pod: String,
+    /// Registered executors.
+    pub executors: usize,
+    /// Time since the last call.
+    pub idle: Duration,
+    /// Heartbeat timeout, when the driver registered.
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+/// A removed application: what cleanup must delete.
+#[derive(Debug, Clone)]
+pub struct RemovedApp {
+    /// Id.
+    pub app_id: AppId,
+    /// Every local directory of its executors.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// The registry.
+#[derive(Debug)]
+pub struct Registry {
+    apps: RwLock<HashMap<AppId, App>>,
+    writes: Mutex<()>,
+    db: Db,
+}
+
+fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Registry {
+    /// Loads every registration from the database.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn open(db: Db) -> Result<Self> {
+        let (apps, execs) = db.load().await?;
+        let now = Instant::now();
+        let mut map: HashMap<AppId, App> = HashMap::new();
+        for a in apps {
+            let Ok(id) = a.app_id.parse::<AppId>() else {
+                continue;
+            };
+            map.insert(
+                id,
+                App {
+                    token_hash: a.token_hash,
+                    namespace: a.namespace,
+                    driver_pod: a.driver_pod,
+                    heartbeat_timeout: a.heartbeat_timeout_ms.map(Duration::from_millis),
+                    last_seen: now,
+                    executors: HashMap::new(),
+                },
+            );
+        }
+        for e in execs {
+            let (Ok(app), Ok(exec)) = (e.app_id.parse::<AppId>(), e.exec_id.parse::<ExecId>())
+            else {
+                continue;
+            };
+            if let Some(a) = map.get_mut(&app) {
+                a.executors.insert(
+                    exec,
+                    Arc::new(Executor {
+                        local_dirs: e.local_dirs,
+                        sub_dirs: e.sub_dirs,
+                        shuffle_manager: e.shuffle_manager,
+                    }),
+                );
+            }
+        }
+        Ok(Self {
+            apps: RwLock::new(map),
+            writes: Mutex::new(()),
+            db,
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<AppId, App>> {
+        self.apps.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<AppId, App>> {
+        self.apps.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Checks a presented app token. An application without a token (registered only by
+    /// executors over Spark's protocol) cannot be used through the token-checked API.
+    ///
+    /// # Errors
+    /// [`ShuffleError::Unauthenticated`] for no token, [`ShuffleError::PermissionDenied`] for
+    /// a token that is not this application's, [`ShuffleError::NotFound`] for an unknown app.
+    pub fn check_token(&self, app: &AppId, presented: Option<&str>) -> Result<()> {
+        let presented = presented.ok_or(ShuffleError::Unauthenticated("missing bearer token"))?;
+        let apps = self.read();
+        let a = apps.get(app).ok_or_else(|| {
+            ShuffleError::PermissionDenied(format!("token not valid for application {app}"))
+        })?;
+        match &a.token_hash {
+            Some(h) if bool::from(h.ct_eq(&hash_token(presented))) => Ok(()),
+            _ => Err(ShuffleError::PermissionDenied(format!(
+                "token not valid for application {app}"
+            ))),
+        }
+    }
+
+    /// Registers a driver, returning the application's token. An existing application with a
+    /// token needs that token (`presented`) and keeps it.
+    ///
+    /// # Errors
+    /// [`ShuffleError::AlreadyRegistered`] without the current token; database errors.
+    pub async fn register_app(
+        &self,
+        app: &AppId,
+        reg: AppRegistration,
+        presented: Option<&str>,
+    ) -> Result<String> {
+        let _w = self.writes.lock().await;
+        let existing = self.read().get(app).and_then(|a| a.token_hash);
+        let token = match (existing, presented) {
+            (Some(h), Some(p)) if bool::from(h.ct_eq(&hash_token(p))) => p.to_owned(),
+            (Some(_), _) => return Err(ShuffleError::AlreadyRegistered(app.to_string())),
+            (None, _) => {
+                let mut raw = [0u8; 32];
+                rand::fill(&mut raw[..]);
+                hex::encode(raw)
+            }
+        };
+        let hash = hash_token(&token);
+        self.db
+            .put_app(
+                AppRow {
+                    app_id: app.to_string(),
+                    token_hash: Some(hash),
+                    namespace: reg.namespace.clone(),
+                    driver_pod: reg.driver_pod.clone(),
+                    heartbeat_timeout_ms: Some(
+                        u64::try_from(reg.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
+                    ),
+                },
+                now_ms(),
+            )
+            .await?;
+        let mut apps = self.write();
+        let a = apps.entry(app.clone()).or_insert_with(|| App {
+            token_hash: None,
+            namespace: String::new(),
+            driver_pod: String::new(),
+            heartbeat_timeout: None,
+            last_seen: Instant::now(),
+            executors: HashMap::new(),
+        });
+        a.token_hash = Some(hash);
+        a.namespace = reg.namespace;
+        a.driver_pod = reg.driver_pod;
+        a.heartbeat_timeout = Some(reg.heartbeat_timeout);
+        a.last_seen = Instant::now();
+        Ok(token)
+    }
+
+    /// Registers (or re-registers) an executor. A directory may belong to one application only:
+    /// otherwise one application's cleanup could delete another's data.
+    ///
+    /// # Errors
+    /// [`ShuffleError::DirectoryRefused`] for a directory of another application; database
+    /// errors.
+    pub async fn register_executor(&self, app: &AppId, exec: &ExecId, e: Executor) -> Result<()> {
+        let _w = self.writes.lock().await;
+        {
+            let apps = self.read();
+            for (other_id, other) in apps.iter().filter(|(id, _)| *id != app) {
+                for d in other.executors.values().flat_map(|x| x.local_dirs.iter()) {
+                    if let Some(mine) = e
+                        .local_dirs
+                        .iter()
+                        .find(|m| m.starts_with(d) || d.starts_with(m))
+                    {
+                        return Err(ShuffleError::DirectoryRefused {
+                            path: mine.display().to_string(),
+                            reason: format!("overlaps a directory of application {other_id}"),
+                        });
+                    }
+                }
+            }
+        }
+        self.db
+            .put_executor(
+                ExecRow {
+                    app_id: app.to_string(),
+                    exec_id: exec.to_string(),
+                    local_dirs: e.local_dirs.clone(),
+                    sub_dirs: e.sub_dirs,
+                    shuffle_manager: e.shuffle_manager.clone(),
+                },
+                now_ms(),
+            )
+            .await?;
+        let mut apps = self.write();
+        let a = apps.entry(app.clone()).or_insert_with(|| App {
+            token_hash: None,
+            namespace: String::new(),
+            driver_pod: String::new(),
+            heartbeat_timeout: None,
+            last_seen: Instant::now(),
+            executors: HashMap::new(),
+        });
+        a.executors.insert(exec.clone(), Arc::new(e));
+        a.last_seen = Instant::now();
+        Ok(())
+    }
+
+    /// Records activity of an application; returns whether it is registered.
+    pub fn touch(&self, app: &AppId) -> bool {
+        match self.write().get_mut(app) {
+            Some(a) => {
+                a.last_seen = Instant::now();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A registered executor (and records activity).
+    ///
+    /// # Errors
+    /// [`ShuffleError::NotFound`].
+    pub fn executor(&self, app: &AppId, exec: &ExecId) -> Result<Arc<Executor>> {
+        let mut apps = self.write();
+        let a = apps
+            .get_mut(app)
+            .ok_or_else(|| ShuffleError::NotFound(format!("application {app}")))?;
+        a.last_seen = Instant::now();
+        a.executors
+            .get(exec)
+            .cloned()
+            .ok_or_else(|| ShuffleError::NotFound(format!("executor {exec} of application {app}")))
+    }
+
+    /// Every executor of an application.
+    ///
+    /// # Errors
+    /// [`ShuffleError::NotFound`].
+    pub fn executors(&self, app: &AppId) -> Result<Vec<(ExecId, Arc<Executor>)>> {
+        let apps = self.read();
+        let a = apps
+            .get(app)
+            .ok_or_else(|| ShuffleError::NotFound(format!("application {app}")))?;
+        Ok(a.executors
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect())
+    }
+
+    /// Removes an application from the database and memory; returns its directories.
+    ///
+    /// # Errors
+    /// Database errors (memory is then unchanged).
+    pub async fn remove_app(&self, app: &AppId) -> Result<Option<RemovedApp>> {
+        let _w = self.writes.lock().await;
+        if !self.read().contains_key(app) {
+            return Ok(None);
+        }
+        self.db.delete_app(app.to_string()).await?;
+        let removed = self.write().remove(app);
+        Ok(removed.map(|a| RemovedApp {
+            app_id: app.clone(),
+            dirs: a
+                .executors
+                .values()
+                .flat_map(|e| e.local_dirs.iter().cloned())
+                .collect(),
+        }))
+    }
+
+    /// Applications whose liveness has lapsed: heartbeat timeout for driver-registered ones,
+    /// idle TTL for the others.
+    pub fn lapsed(&self, idle_ttl: Duration) -> Vec<AppId> {
+        let now = Instant::now();
+        self.read()
+            .iter()
+            .filter(|(_, a)| {
+                now.duration_since(a.last_seen) > a.heartbeat_timeout.unwrap_or(idle_ttl)
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Applications none of whose executor directories exist any more (the cluster manager
+    /// removed them), among those with executors.
+    pub fn vanished(&self) -> Vec<AppId> {
+        self.read()
+            .iter()
+            .filter(|(_, a)| {
+                !a.executors.is_empty()
+                    && a.executors
+                        .values()
+                        .flat_map(|e| e.local_dirs.iter())
+                        .all(|d| !d.exists())
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Every application, for operators.
+    pub fn list(&self) -> Vec<AppSummary> {
+        let now = Instant::now();
+        let mut v: Vec<AppSummary> = self
+            .read()
+            .iter()
+            .map(|(id, a)| AppSummary {
+                app_id: id.clone(),
+                namespace: a.namespace.clone(),
+                driver_pod: a.driver_pod.clone(),
+                executors: a.executors.len(),
+                idle: now.duration_since(a.last_seen),
+                heartbeat_timeout: a.heartbeat_timeout,
+            })
+            .collect();
+        v.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+        v
+    }
+
+    /// (applications, executors) counts.
+    pub fn counts(&self) -> (usize, usize) {
+        let apps = self.read();
+        (apps.len(), apps.values().map(|a| a.executors.len()).sum())
+    }
+}

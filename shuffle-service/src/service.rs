@@ -1,0 +1,465 @@
+//! The gRPC front end (`shuffle.v1`): authentication from metadata, decoding into typed ids,
+//! then the [`Core`]. Errors map to `Status` in one place (`error.rs`).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use shuffle_proto::v1::shuffle_admin_server::ShuffleAdmin;
+use shuffle_proto::v1::shuffle_server::Shuffle;
+use shuffle_proto::v1::{self as pb, write_map_output_request::Item};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::Core;
+use crate::error::ShuffleError;
+use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+use crate::writer::MapOutput;
+
+/// The gRPC service.
+#[derive(Debug, Clone)]
+pub struct ShuffleService {
+    core: Core,
+    admin_hashes: Vec<[u8; 32]>,
+    /// Admin calls without a token are allowed only on a loopback listener.
+    admin_open: bool,
+    max_fetch_blocks: usize,
+}
+
+/// Fetch chunks queued per stream: backpressure bounds memory to this many chunks.
+const FETCH_QUEUE: usize = 4;
+
+fn bearer<T>(req: &Request<T>) -> Option<&str> {
+    req.metadata()
+        .get(shuffle_proto::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
+impl ShuffleService {
+    /// A service over `core`.
+    pub fn new(
+        core: Core,
+        admin_hashes: Vec<[u8; 32]>,
+        admin_open: bool,
+        max_fetch_blocks: usize,
+    ) -> Self {
+        Self {
+            core,
+            admin_hashes,
+            admin_open,
+            max_fetch_blocks,
+        }
+    }
+
+    fn observe<T>(&self, method: &str, start: Instant, r: &Result<T, Status>) {
+        let code = match r {
+            Ok(_) => "OK".to_owned(),
+            Err(s) => format!("{:?}", s.code()),
+        };
+        let m = self.core.metrics();
+        m.rpcs.with_label_values(&[method, &code]).inc();
+        m.rpc_duration
+            .with_label_values(&[method])
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    fn app<T>(&self, req: &Request<T>, app_id: &str) -> Result<AppId, Status> {
+        let app: AppId = app_id.parse().map_err(ShuffleError::from)?;
+        self.core.registry().check_token(&app, bearer(req))?;
+        Ok(app)
+    }
+
+    fn check_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.admin_hashes.is_empty() {
+            return if self.admin_open {
+                Ok(())
+            } else {
+                Err(Status::permission_denied(
+                    "no admin token configured; admin calls are disabled",
+                ))
+            };
+        }
+        let token = bearer(req).ok_or_else(|| Status::unauthenticated("missing admin token"))?;
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut ok = subtle::Choice::from(0);
+        for a in &self.admin_hashes {
+            ok |= a.ct_eq(&h);
+        }
+        if bool::from(ok) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied("not an admin token"))
+        }
+    }
+}
+
+struct StreamGuard(prometheus::IntGauge);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[tonic::async_trait]
+impl Shuffle for ShuffleService {
+    async fn register_application(
+        &self,
+        req: Request<pb::RegisterApplicationRequest>,
+    ) -> Result<Response<pb::RegisterApplicationResponse>, Status> {
+        let start = Instant::now();
+        let presented = bearer(&req).map(str::to_owned);
+        let r = req.into_inner();
+        let res = async {
+            let app: AppId = r.app_id.parse().map_err(ShuffleError::from)?;
+            let timeout =
+                (r.heartbeat_timeout_ms > 0).then(|| Duration::from_millis(r.heartbeat_timeout_ms));
+            let (token, timeout) = self
+                .core
+                .register_app(
+                    &app,
+                    timeout,
+                    r.namespace,
+                    r.driver_pod,
+                    presented.as_deref(),
+                )
+                .await?;
+            Ok(Response::new(pb::RegisterApplicationResponse {
+                token,
+                heartbeat_timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            }))
+        }
+        .await;
+        self.observe("RegisterApplication", start, &res);
+        res
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let start = Instant::now();
+        let res = self
+            .app(&req, &req.get_ref().app_id)
+            .and_then(|app| self.core.heartbeat(&app).map_err(Status::from))
+            .map(|()| Response::new(pb::HeartbeatResponse {}));
+        self.observe("Heartbeat", start, &res);
+        res
+    }
+
+    async fn unregister_application(
+        &self,
+        req: Request<pb::UnregisterApplicationRequest>,
+    ) -> Result<Response<pb::UnregisterApplicationResponse>, Status> {
+        let start = Instant::now();
+        let res = async {
+            let app = self.app(&req, &req.get_ref().app_id)?;
+            let n = self.core.remove_app(&app, "unregistered").await?;
+            Ok(Response::new(pb::UnregisterApplicationResponse {
+                directories_scheduled: n as u64,
+            }))
+        }
+        .await;
+        self.observe("UnregisterApplication", start, &res);
+        res
+    }
+
+    async fn register_executor(
+        &self,
+        req: Request<pb::RegisterExecutorRequest>,
+    ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
+        let start = Instant::now();
+        let res = async {
+            let app = self.app(&req, &req.get_ref().app_id)?;
+            let r = req.into_inner();
+            let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
+            self.core
+                .register_executor(
+                    &app,
+                    &exec,
+                    &r.local_dirs,
+                    r.sub_dirs_per_local_dir,
+                    r.shuffle_manager,
+                )
+                .await?;
+            Ok(Response::new(pb::RegisterExecutorResponse {}))
+        }
+        .await;
+        self.observe("RegisterExecutor", start, &res);
+        res
+    }
+
+    async fn write_map_output(
+        &self,
+        req: Request<Streaming<pb::WriteMapOutputRequest>>,
+    ) -> Result<Response<pb::WriteMapOutputResponse>, Status> {
+        let start = Instant::now();
+        let token = bearer(&req).map(str::to_owned);
+        let mut stream = req.into_inner();
+        let res = async {
+            let first = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::invalid_argument("empty stream"))?;
+            let Some(Item::Header(h)) = first.item else {
+                return Err(Status::invalid_argument(
+                    "the first message must be the header",
+                ));
+            };
+            let app: AppId = h.app_id.parse().map_err(ShuffleError::from)?;
+            self.core.registry().check_token(&app, token.as_deref())?;
+            let exec: ExecId = h.exec_id.parse().map_err(ShuffleError::from)?;
+            let out = MapOutput {
+                shuffle: ShuffleId::new(h.shuffle_id).map_err(ShuffleError::from)?,
+                map: MapId::new(h.map_id).map_err(ShuffleError::from)?,
+                lengths: h.partition_lengths,
+            };
+            out.total()?;
+            let (tx, rx) = mpsc::channel(8);
+            let write = self.core.write_map_output(&app, &exec, out, rx);
+            let feed = async move {
+                loop {
+                    let item = match stream.message().await {
+                        Ok(Some(m)) => m.item,
+                        Ok(None) => return,
+                        Err(e) => {
+                            let _ = tx
+                                .send(Err(ShuffleError::InvalidArgument(format!(
+                                    "stream failed: {e}"
+                                ))))
+                                .await;
+                            return;
+                        }
+                    };
+                    let msg = match item {
+                        Some(Item::Data(b)) => Ok(b),
+                        _ => Err(ShuffleError::InvalidArgument(
+                            "only data may follow the header".into(),
+                        )),
+                    };
+                    let stop = msg.is_err();
+                    if tx.send(msg).await.is_err() || stop {
+                        return;
+                    }
+                }
+            };
+            let (written, ()) = tokio::join!(write, feed);
+            Ok(Response::new(pb::WriteMapOutputResponse {
+                bytes_written: written?,
+            }))
+        }
+        .await;
+        self.observe("WriteMapOutput", start, &res);
+        res
+    }
+
+    type FetchBlocksStream = ReceiverStream<Result<pb::FetchBlocksResponse, Status>>;
+
+    async fn fetch_blocks(
+        &self,
+        req: Request<pb::FetchBlocksRequest>,
+    ) -> Result<Response<Self::FetchBlocksStream>, Status> {
+        let start = Instant::now();
+        let res = (|| {
+            let app = self.app(&req, &req.get_ref().app_id)?;
+            let r = req.get_ref();
+            let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
+            if r.blocks.is_empty() || r.blocks.len() > self.max_fetch_blocks {
+                return Err(Status::invalid_argument(format!(
+                    "1 to {} blocks per request",
+                    self.max_fetch_blocks
+                )));
+            }
+            let blocks = r
+                .blocks
+                .iter()
+                .map(|b| {
+                    Ok((
+                        ShuffleId::new(b.shuffle_id)?,
+                        MapId::new(b.map_id)?,
+                        ReduceId::new(b.start_reduce)?,
+                        ReduceId::new(b.end_reduce)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, crate::ids::InvalidId>>()
+                .map_err(ShuffleError::from)?;
+            let executor = self.core.executor(&app, &exec)?;
+            let (tx, rx) = mpsc::channel(FETCH_QUEUE);
+            let core = self.core.clone();
+            let m = core.metrics().clone();
+            m.open_streams.inc();
+            let guard = StreamGuard(m.open_streams.clone());
+            tokio::task::spawn_blocking(move || {
+                let _guard = guard;
+                for (i, (s, mp, a, b)) in blocks.into_iter().enumerate() {
+                    if send_block(&core, &executor, i, s, mp, a, b, &tx).is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })();
+        self.observe("FetchBlocks", start, &res);
+        res
+    }
+
+    async fn remove_shuffle(
+        &self,
+        req: Request<pb::RemoveShuffleRequest>,
+    ) -> Result<Response<pb::RemoveShuffleResponse>, Status> {
+        let start = Instant::now();
+        let res = async {
+            let app = self.app(&req, &req.get_ref().app_id)?;
+            let shuffle = ShuffleId::new(req.get_ref().shuffle_id).map_err(ShuffleError::from)?;
+            let n = self.core.remove_shuffle(&app, shuffle).await?;
+            Ok(Response::new(pb::RemoveShuffleResponse {
+                files_removed: n,
+            }))
+        }
+        .await;
+        self.observe("RemoveShuffle", start, &res);
+        res
+    }
+
+    async fn remove_blocks(
+        &self,
+        req: Request<pb::RemoveBlocksRequest>,
+    ) -> Result<Response<pb::RemoveBlocksResponse>, Status> {
+        let start = Instant::now();
+        let res = async {
+            let app = self.app(&req, &req.get_ref().app_id)?;
+            let r = req.into_inner();
+            let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
+            let removed = self.core.remove_blocks(&app, &exec, r.block_ids).await?;
+            Ok(Response::new(pb::RemoveBlocksResponse { removed }))
+        }
+        .await;
+        self.observe("RemoveBlocks", start, &res);
+        res
+    }
+
+    async fn get_local_dirs(
+        &self,
+        req: Request<pb::GetLocalDirsRequest>,
+    ) -> Result<Response<pb::GetLocalDirsResponse>, Status> {
+        let start = Instant::now();
+        let res = (|| {
+            let app = self.app(&req, &req.get_ref().app_id)?;
+            let execs = req
+                .get_ref()
+                .exec_ids
+                .iter()
+                .map(|e| e.parse::<ExecId>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ShuffleError::from)?;
+            let dirs = self.core.local_dirs(&app, &execs)?;
+            let dirs: HashMap<String, pb::LocalDirs> = dirs
+                .into_iter()
+                .map(|(e, d)| {
+                    (
+                        e.to_string(),
+                        pb::LocalDirs {
+                            dirs: d.iter().map(|p| p.display().to_string()).collect(),
+                        },
+                    )
+                })
+                .collect();
+            Ok(Response::new(pb::GetLocalDirsResponse { dirs }))
+        })();
+        self.observe("GetLocalDirs", start, &res);
+        res
+    }
+}
+
+/// Sends one block in chunks. `Err` means stop the stream (client gone or error sent).
+#[allow(clippy::too_many_arguments)]
+fn send_block(
+    core: &Core,
+    exec: &crate::registry::Executor,
+    index: usize,
+    shuffle: ShuffleId,
+    map: MapId,
+    start: ReduceId,
+    end: ReduceId,
+    tx: &mpsc::Sender<Result<pb::FetchBlocksResponse, Status>>,
+) -> Result<(), ()> {
+    let fail = |e: ShuffleError| {
+        let _ = tx.blocking_send(Err(e.into()));
+    };
+    let seg = core.resolve(exec, shuffle, map, start, end).map_err(fail)?;
+    let block_index = u32::try_from(index).unwrap_or(u32::MAX);
+    let m = core.metrics();
+    if seg.len == 0 {
+        tx.blocking_send(Ok(pb::FetchBlocksResponse {
+            block_index,
+            offset: 0,
+            data: bytes::Bytes::new(),
+            last: true,
+            block_length: 0,
+        }))
+        .map_err(|_| ())?;
+        m.blocks_served.inc();
+        return Ok(());
+    }
+    // The file is opened now, when its turn comes, and closed when the block is sent.
+    let mut reader = core.open_segment(exec, &seg).map_err(fail)?;
+    let mut offset = 0u64;
+    while let Some(data) = reader
+        .next_chunk(shuffle_proto::CHUNK_BYTES)
+        .map_err(fail)?
+    {
+        let n = data.len() as u64;
+        let last = offset + n == seg.len;
+        tx.blocking_send(Ok(pb::FetchBlocksResponse {
+            block_index,
+            offset,
+            data,
+            last,
+            block_length: seg.len,
+        }))
+        .map_err(|_| ())?;
+        m.bytes_served.inc_by(n);
+        offset += n;
+    }
+    m.blocks_served.inc();
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl ShuffleAdmin for ShuffleService {
+    async fn list_applications(
+        &self,
+        req: Request<pb::ListApplicationsRequest>,
+    ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
+        let start = Instant::now();
+        let res = self.check_admin(&req).map(|()| {
+            let applications = self
+                .core
+                .list_apps()
+                .into_iter()
+                .map(|a| pb::ApplicationInfo {
+                    app_id: a.app_id.to_string(),
+                    namespace: a.namespace,
+                    driver_pod: a.driver_pod,
+                    executors: u32::try_from(a.executors).unwrap_or(u32::MAX),
+                    idle_ms: u64::try_from(a.idle.as_millis()).unwrap_or(u64::MAX),
+                    liveness: if a.heartbeat_timeout.is_some() {
+                        "heartbeat"
+                    } else {
+                        "idle-ttl"
+                    }
+                    .into(),
+                })
+                .collect();
+            Response::new(pb::ListApplicationsResponse { applications })
+        });
+        self.observe("ListApplications", start, &res);
+        res
+    }
+}

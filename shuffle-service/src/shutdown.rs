@@ -1,0 +1,16 @@
+//! Shutdown signal: SIGTERM or SIGINT, whichever comes first.
+
+/// Resolves when SIGTERM or SIGINT arrives, logging which.
+///
+/// # Panics
+/// If the handlers cannot be installed (only outside a Tokio runtime).
+pub async fn signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}
