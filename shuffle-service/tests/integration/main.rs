@@ -1,1 +1,8 @@
-//! Integration tests of the shuffle service.
+//! Integration tests of the shuffle service: servers on port 0, no sleeps.
+#![allow(missing_docs)]
+
+mod common;
+mod crash;
+mod fetch;
+mod lifecycle;
+mod security;

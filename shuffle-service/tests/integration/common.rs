@@ -1,0 +1,237 @@
+//! Harness: the service in-process on 127.0.0.1:0 (gRPC and admin), and a client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use shuffle_proto::v1 as pb;
+use shuffle_proto::v1::shuffle_client::ShuffleClient;
+use shuffle_service::Core;
+use shuffle_service::config::Config;
+use shuffle_service::volume::{VolumeKind, VolumeSpec};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub(crate) struct TestService {
+    pub(crate) grpc: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) core: Core,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) volume: PathBuf,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestService {
+    pub(crate) async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), tweak).await
+    }
+
+    pub(crate) async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::for_data_dir(dir.path());
+        config.volumes = vec![VolumeSpec {
+            path: dir.path().join("vol"),
+            kind: VolumeKind::HostPath,
+            capacity: None,
+        }];
+        tweak(&mut config);
+        let background = CancellationToken::new();
+        let (core, cleaner) = Core::open(&config, prometheus::Registry::new(), background.clone())
+            .await
+            .unwrap();
+        let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc, admin) = (grpc_l.local_addr().unwrap(), admin_l.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let c = core.clone();
+        let volume = config.volumes[0].path.canonicalize().unwrap();
+        let handle = tokio::spawn(async move {
+            shuffle_service::run(&config, c, cleaner, background, grpc_l, admin_l, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            grpc,
+            admin,
+            core,
+            dir,
+            volume,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    pub(crate) async fn client(&self) -> ShuffleClient<Channel> {
+        ShuffleClient::connect(format!("http://{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    pub(crate) async fn metrics(&self) -> String {
+        reqwest_get(&format!("http://{}/metrics", self.admin)).await
+    }
+
+    pub(crate) async fn shutdown(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+        self.dir
+    }
+
+    /// A fresh executor directory (Spark's `blockmgr-*`) under the volume.
+    pub(crate) fn exec_dir(&self, name: &str) -> PathBuf {
+        let d = self.volume.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+/// A minimal HTTP GET over a raw socket (the admin port speaks HTTP/1.1).
+pub(crate) async fn reqwest_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+pub(crate) fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Registers an application and returns its token.
+pub(crate) async fn register_app(c: &mut ShuffleClient<Channel>, app: &str) -> String {
+    c.register_application(pb::RegisterApplicationRequest {
+        app_id: app.into(),
+        heartbeat_timeout_ms: 0,
+        namespace: "spark".into(),
+        driver_pod: "driver-0".into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .token
+}
+
+pub(crate) async fn register_exec(
+    c: &mut ShuffleClient<Channel>,
+    token: &str,
+    app: &str,
+    exec: &str,
+    dirs: &[&Path],
+) {
+    c.register_executor(authed(
+        pb::RegisterExecutorRequest {
+            app_id: app.into(),
+            exec_id: exec.into(),
+            local_dirs: dirs.iter().map(|d| d.display().to_string()).collect(),
+            sub_dirs_per_local_dir: 64,
+            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+        },
+        token,
+    ))
+    .await
+    .unwrap();
+}
+
+/// Writes a map output whose partitions are `parts`; returns the status.
+pub(crate) async fn write_output(
+    c: &mut ShuffleClient<Channel>,
+    token: &str,
+    app: &str,
+    exec: &str,
+    shuffle: i32,
+    map: i64,
+    parts: &[Vec<u8>],
+) -> Result<u64, tonic::Status> {
+    use pb::write_map_output_request::Item;
+    let mut msgs = vec![pb::WriteMapOutputRequest {
+        item: Some(Item::Header(pb::MapOutputHeader {
+            app_id: app.into(),
+            exec_id: exec.into(),
+            shuffle_id: shuffle,
+            map_id: map,
+            partition_lengths: parts.iter().map(|p| p.len() as u64).collect(),
+        })),
+    }];
+    let all: Vec<u8> = parts.concat();
+    for chunk in all.chunks(256 << 10) {
+        msgs.push(pb::WriteMapOutputRequest {
+            item: Some(Item::Data(bytes::Bytes::copy_from_slice(chunk))),
+        });
+    }
+    c.write_map_output(authed(futures::stream::iter(msgs), token))
+        .await
+        .map(|r| r.into_inner().bytes_written)
+}
+
+/// Fetches blocks and reassembles each block's bytes.
+pub(crate) async fn fetch(
+    c: &mut ShuffleClient<Channel>,
+    token: &str,
+    app: &str,
+    exec: &str,
+    blocks: &[(i32, i64, i32, i32)],
+) -> Result<Vec<Vec<u8>>, tonic::Status> {
+    let req = pb::FetchBlocksRequest {
+        app_id: app.into(),
+        exec_id: exec.into(),
+        blocks: blocks
+            .iter()
+            .map(|&(s, m, a, b)| pb::BlockRange {
+                shuffle_id: s,
+                map_id: m,
+                start_reduce: a,
+                end_reduce: b,
+            })
+            .collect(),
+    };
+    let mut stream = c.fetch_blocks(authed(req, token)).await?.into_inner();
+    let mut out = vec![Vec::new(); blocks.len()];
+    let mut done = vec![false; blocks.len()];
+    while let Some(m) = stream.message().await? {
+        let i = m.block_index as usize;
+        assert_eq!(m.offset as usize, out[i].len(), "chunks in order");
+        out[i].extend_from_slice(&m.data);
+        if m.last {
+            assert_eq!(out[i].len() as u64, m.block_length);
+            done[i] = true;
+        }
+    }
+    assert!(done.iter().all(|d| *d), "every block completed");
+    Ok(out)
+}
+
+pub(crate) fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
