@@ -4,6 +4,7 @@
 
 mod nginx;
 mod procs;
+mod shuffle;
 mod staging;
 mod stats;
 
@@ -22,6 +23,12 @@ enum Command {
     /// Staging server: upload and download throughput of a large bundle and small-download
     /// requests/s, beside nginx serving the same file and a plain write of the same bytes.
     Staging(staging::Args),
+    /// Shuffle service over gRPC: fetch throughput for 1 MiB and 32 KiB blocks at 16 and 64
+    /// concurrent streams beside raw TCP over loopback, and peak memory idle and under load.
+    ShuffleFetch(shuffle::FetchArgs),
+    /// Shuffle service: cleanup of an application with many files beside `rm -rf` of an
+    /// identical tree.
+    ShuffleCleanup(shuffle::CleanupArgs),
 }
 
 #[tokio::main]
@@ -29,6 +36,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report = match cli.command {
         Command::Staging(args) => staging::run(args).await?,
+        Command::ShuffleFetch(args) => shuffle::fetch(args).await?,
+        Command::ShuffleCleanup(args) => shuffle::cleanup(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

@@ -19,5 +19,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/shuffle_descriptor.bin"));
 
 /// Largest data chunk the service puts in one FetchBlocks message, and the size a
-/// WriteMapOutput client should use: about 1 MiB keeps messages far under gRPC limits.
-pub const CHUNK_BYTES: usize = 1 << 20;
+/// WriteMapOutput client should use. Small enough that what a stream queues between the disk
+/// and the socket stays small with many streams, large enough to amortise per-message costs.
+pub const CHUNK_BYTES: usize = 256 << 10;

@@ -19,6 +19,9 @@ use crate::service::ShuffleService;
 
 /// HTTP/2 stream window: large, so one stream is not throttled to 64 KiB in flight.
 const STREAM_WINDOW: u32 = 8 << 20;
+/// Largest HTTP/2 frame the server accepts (WriteMapOutput data); clients that advertise a
+/// large frame size get large DATA frames back.
+const MAX_FRAME: u32 = 1 << 20;
 /// HTTP/2 connection window.
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
@@ -53,6 +56,7 @@ pub async fn run(
         tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(ShuffleServer::new(service.clone()))

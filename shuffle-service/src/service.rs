@@ -29,7 +29,7 @@ pub struct ShuffleService {
 }
 
 /// Fetch chunks queued per stream: backpressure bounds memory to this many chunks.
-const FETCH_QUEUE: usize = 4;
+const FETCH_QUEUE: usize = 1;
 
 fn bearer<T>(req: &Request<T>) -> Option<&str> {
     req.metadata()
