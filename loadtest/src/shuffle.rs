@@ -353,7 +353,6 @@ pub(crate) async fn cleanup(args: CleanupArgs) -> anyhow::Result<Value> {
     .await??;
     // Both trees on disk before either deletion.
     Command::new("sync").status().await?;
-    let token = register(&mut c, "cleanup-app", std::slice::from_ref(&app_dir)).await?;
 
     let start = Instant::now();
     let status = Command::new("rm")
@@ -366,6 +365,9 @@ pub(crate) async fn cleanup(args: CleanupArgs) -> anyhow::Result<Value> {
     }
     let rm_secs = start.elapsed().as_secs_f64();
     eprintln!("rm -rf: {rm_secs:.1} s");
+    // Registered only now, so the service's liveness sweep cannot remove (and clean) the app
+    // while the baseline runs.
+    let token = register(&mut c, "cleanup-app", std::slice::from_ref(&app_dir)).await?;
 
     let start = Instant::now();
     c.unregister_application(authed(

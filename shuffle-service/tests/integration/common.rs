@@ -83,6 +83,14 @@ impl TestService {
         self.dir
     }
 
+    /// Sends the shutdown signal without waiting; returns the server task.
+    pub(crate) fn trigger_shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.take().unwrap()
+    }
+
     /// A fresh executor directory (Spark's `blockmgr-*`) under the volume.
     pub(crate) fn exec_dir(&self, name: &str) -> PathBuf {
         let d = self.volume.join(name);

@@ -211,3 +211,48 @@ async fn an_independent_reader_reads_what_the_service_wrote() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_fetch_finish() {
+    let mut s = TestService::start(|_| {}).await;
+    let mut c = s.client().await;
+    let token = register_app(&mut c, "app-s").await;
+    let d = s.exec_dir("blockmgr-s");
+    register_exec(&mut c, &token, "app-s", "1", &[&d]).await;
+    let big = random_bytes(24 << 20, 9);
+    write_output(
+        &mut c,
+        &token,
+        "app-s",
+        "1",
+        0,
+        1,
+        std::slice::from_ref(&big),
+    )
+    .await
+    .unwrap();
+    let req = shuffle_proto::v1::FetchBlocksRequest {
+        app_id: "app-s".into(),
+        exec_id: "1".into(),
+        blocks: vec![shuffle_proto::v1::BlockRange {
+            shuffle_id: 0,
+            map_id: 1,
+            start_reduce: 0,
+            end_reduce: 1,
+        }],
+    };
+    let mut stream = c
+        .fetch_blocks(authed(req, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = stream.message().await.unwrap().unwrap().data.to_vec();
+    let server = s.trigger_shutdown();
+    while let Some(m) = stream.message().await.unwrap() {
+        got.extend_from_slice(&m.data);
+    }
+    assert!(got == big, "the stream completed through shutdown");
+    server.await.unwrap();
+    // Stopped accepting: new connections are refused.
+    assert!(tokio::net::TcpStream::connect(s.grpc).await.is_err());
+}
