@@ -55,3 +55,13 @@ pub(crate) fn release_bin(name: &str) -> anyhow::Result<std::path::PathBuf> {
     }
     Ok(p)
 }
+
+/// A fresh work directory under `dir`, or under `target/loadtest` (the disk under test).
+pub(crate) fn work_dir(dir: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
+    let base = dir.map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/loadtest"),
+        Path::to_owned,
+    );
+    std::fs::create_dir_all(&base)?;
+    Ok(tempfile::tempdir_in(&base)?)
+}

@@ -8,7 +8,7 @@
 //! - Small downloads: requests/s for a 4 KiB bundle at a given concurrency, versus nginx.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 
 use crate::nginx::Nginx;
-use crate::procs::{free_port, release_bin, vm_hwm, wait_listening};
+use crate::procs::{free_port, release_bin, vm_hwm, wait_listening, work_dir};
 use crate::stats::{mb_per_s, median, round};
 
 /// Arguments of `loadtest staging`.
@@ -49,12 +49,7 @@ pub(crate) struct Args {
 
 /// Runs the benchmark and returns the report.
 pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
-    let base = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/loadtest"));
-    std::fs::create_dir_all(&base)?;
-    let work = tempfile::tempdir_in(&base)?;
+    let work = work_dir(args.dir.as_deref())?;
     let data_dir = work.path().join("staging");
     let port = free_port()?;
     let mut server = Command::new(release_bin("staging-server")?)

@@ -44,6 +44,20 @@ struct App {
     executors: HashMap<ExecId, Arc<Executor>>,
 }
 
+impl App {
+    /// An application seen for the first time, without a driver registration yet.
+    fn new() -> Self {
+        Self {
+            token_hash: None,
+            namespace: String::new(),
+            driver_pod: String::new(),
+            heartbeat_timeout: None,
+            last_seen: Instant::now(),
+            executors: HashMap::new(),
+        }
+    }
+}
+
 /// Options of a driver registration.
 #[derive(Debug, Clone, Default)]
 pub struct AppRegistration {
@@ -218,14 +232,7 @@ impl Registry {
             )
             .await?;
         let mut apps = self.write();
-        let a = apps.entry(app.clone()).or_insert_with(|| App {
-            token_hash: None,
-            namespace: String::new(),
-            driver_pod: String::new(),
-            heartbeat_timeout: None,
-            last_seen: Instant::now(),
-            executors: HashMap::new(),
-        });
+        let a = apps.entry(app.clone()).or_insert_with(App::new);
         a.token_hash = Some(hash);
         a.namespace = reg.namespace;
         a.driver_pod = reg.driver_pod;
@@ -272,14 +279,7 @@ impl Registry {
             )
             .await?;
         let mut apps = self.write();
-        let a = apps.entry(app.clone()).or_insert_with(|| App {
-            token_hash: None,
-            namespace: String::new(),
-            driver_pod: String::new(),
-            heartbeat_timeout: None,
-            last_seen: Instant::now(),
-            executors: HashMap::new(),
-        });
+        let a = apps.entry(app.clone()).or_insert_with(App::new);
         a.executors.insert(exec.clone(), Arc::new(e));
         a.last_seen = Instant::now();
         Ok(())
