@@ -37,9 +37,12 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
-    /// The metadata database failed.
+    /// The metadata database failed to open.
     #[error("database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// A metadata query failed (start-up recovery).
+    #[error("database: {0}")]
+    Metadata(#[from] crate::db::DbError),
     /// The object store failed.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),

@@ -80,7 +80,11 @@ pub async fn run(
     for l in loops {
         let _ = l.await;
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    // The accept loops, the only other holders, have exited; connections hold watchers, not
+    // this handle. A failure here would silently skip the drain, so it is a bug, not a case.
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| {
+        panic!("accept loops exited but still hold the graceful-shutdown handle")
+    });
     match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!(

@@ -106,23 +106,14 @@ impl AppState {
         let store = self.store();
         let staging = store.remove_local_leftovers()?;
         let now = self.now_ms();
-        let pending = db
-            .pending()
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let pending = db.pending().await?;
         for id in &pending {
             store.delete(*id).await?;
-            db.delete(*id, now)
-                .await
-                .map_err(|e| Error::Config(e.to_string()))?;
+            db.delete(*id, now).await?;
         }
         let mut orphans = 0;
         for id in store.list_ids().await? {
-            if !db
-                .exists(id)
-                .await
-                .map_err(|e| Error::Config(e.to_string()))?
-            {
+            if !db.exists(id).await? {
                 store.delete(id).await?;
                 orphans += 1;
             }

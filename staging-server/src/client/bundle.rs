@@ -69,24 +69,14 @@ pub fn write_archive<W: Write>(out: W, inputs: &[Input]) -> io::Result<W> {
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs()),
         );
-        tar.append_data(&mut header, &input.name, file.take_exact(meta.len()))?;
+        // Capped at the size announced in the header, so a file growing while it is archived
+        // cannot corrupt the tar stream.
+        tar.append_data(&mut header, &input.name, io::Read::take(file, meta.len()))?;
     }
     let gz = tar.into_inner()?;
     let mut out = gz.finish()?;
     out.flush()?;
     Ok(out)
-}
-
-trait TakeExact {
-    fn take_exact(self, n: u64) -> io::Take<File>;
-}
-
-impl TakeExact for File {
-    /// Caps reads at the size announced in the header, so a file growing while it is archived
-    /// cannot corrupt the tar stream.
-    fn take_exact(self, n: u64) -> io::Take<File> {
-        io::Read::take(self, n)
-    }
 }
 
 struct ChannelWriter {
