@@ -292,7 +292,7 @@ impl Core {
         let result =
             tokio::task::spawn_blocking(move || writer::write(&executor, &volumes, &out, chunks))
                 .await
-                .map_err(|e| ShuffleError::Db(format!("writer task: {e}")))?;
+                .map_err(ShuffleError::from)?;
         if let Ok(n) = &result {
             self.inner.metrics.bytes_written.inc_by(*n);
         }
@@ -332,7 +332,7 @@ impl Core {
             found
         })
         .await
-        .map_err(|e| ShuffleError::Db(format!("remove task: {e}")))?;
+        .map_err(ShuffleError::from)?;
         for p in &found {
             self.inner.cache.forget(p);
         }
@@ -374,7 +374,7 @@ impl Core {
                 .count()
         })
         .await
-        .map_err(|e| ShuffleError::Db(format!("remove task: {e}")))?;
+        .map_err(ShuffleError::from)?;
         self.refresh_gauges();
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }

@@ -92,8 +92,7 @@ impl Db {
             let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut c)
         })
-        .await
-        .map_err(|e| ShuffleError::Db(e.to_string()))?
+        .await?
         .map_err(ShuffleError::from)
     }
 

@@ -68,6 +68,9 @@ pub enum ShuffleError {
     /// The metadata database failed.
     #[error("database: {0}")]
     Db(String),
+    /// A blocking task panicked or was cancelled.
+    #[error("background task failed: {0}")]
+    Task(String),
     /// The service is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -77,7 +80,9 @@ impl ShuffleError {
     /// Wraps an I/O error with its path; a full disk becomes [`ShuffleError::VolumeFull`].
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
-        if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
+        if source.kind() == io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+        {
             return Self::VolumeFull(format!("{}: {source}", path.display()));
         }
         Self::Io { path, source }
@@ -96,9 +101,15 @@ impl ShuffleError {
             Self::OutOfRange { .. } => "out_of_range",
             Self::VolumeFull(_) => "resource_exhausted",
             Self::Corrupt(_) => "data_loss",
-            Self::Io { .. } | Self::Db(_) => "internal",
+            Self::Io { .. } | Self::Db(_) | Self::Task(_) => "internal",
             Self::ShuttingDown => "unavailable",
         }
+    }
+}
+
+impl From<tokio::task::JoinError> for ShuffleError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Task(e.to_string())
     }
 }
 
@@ -127,7 +138,7 @@ impl From<ShuffleError> for tonic::Status {
             ShuffleError::VolumeFull(_) => Status::resource_exhausted(e.to_string()),
             ShuffleError::Corrupt(_) => Status::data_loss(e.to_string()),
             ShuffleError::ShuttingDown => Status::unavailable("shutting down"),
-            ShuffleError::Io { .. } | ShuffleError::Db(_) => {
+            ShuffleError::Io { .. } | ShuffleError::Db(_) | ShuffleError::Task(_) => {
                 tracing::error!(cause = %e, "internal error");
                 Status::internal("internal error")
             }
