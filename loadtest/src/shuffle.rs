@@ -54,13 +54,15 @@ struct Service {
 }
 
 async fn start_service(work: &Path) -> anyhow::Result<Service> {
-    let (g, a) = (free_port()?, free_port()?);
+    let (g, a, s) = (free_port()?, free_port()?, free_port()?);
     let child = Command::new(release_bin("shuffle-service")?)
         .args([
             "--grpc-listen",
             &format!("127.0.0.1:{g}"),
             "--admin-listen",
             &format!("127.0.0.1:{a}"),
+            "--spark-listen",
+            &format!("127.0.0.1:{s}"),
         ])
         .arg("--data-dir")
         .arg(work.join("svc"))

@@ -172,6 +172,35 @@ pub fn resolve(
     })
 }
 
+/// Opens a file of an executor for reading after verifying that its canonical path lies
+/// under one of the executor's directories; returns the file, that path and its size.
+///
+/// # Errors
+/// Not found, refused path, I/O errors.
+pub fn open_verified(exec: &Executor, path: &Path) -> Result<(std::fs::File, PathBuf, u64)> {
+    let canonical = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ShuffleError::BlockNotFound(path.display().to_string()));
+        }
+        Err(e) => return Err(ShuffleError::io(path, e)),
+    };
+    if !exec.local_dirs.iter().any(|d| canonical.starts_with(d)) {
+        return Err(ShuffleError::PermissionDenied(format!(
+            "{} resolves outside the executor's directories",
+            path.display()
+        )));
+    }
+    let file = std::fs::File::open(&canonical).map_err(|e| ShuffleError::io(&canonical, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| ShuffleError::io(&canonical, e))?;
+    if !meta.is_file() {
+        return Err(ShuffleError::BlockNotFound(path.display().to_string()));
+    }
+    Ok((file, canonical, meta.len()))
+}
+
 /// An open data-file segment, read in chunks.
 #[derive(Debug)]
 pub struct SegmentReader {
@@ -187,25 +216,7 @@ impl SegmentReader {
     /// # Errors
     /// Not found, refused path, or a data file shorter than its index says.
     pub fn open(exec: &Executor, seg: &Segment) -> Result<Self> {
-        let canonical = match std::fs::canonicalize(&seg.path) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ShuffleError::BlockNotFound(seg.path.display().to_string()));
-            }
-            Err(e) => return Err(ShuffleError::io(&seg.path, e)),
-        };
-        if !exec.local_dirs.iter().any(|d| canonical.starts_with(d)) {
-            return Err(ShuffleError::PermissionDenied(format!(
-                "{} resolves outside the executor's directories",
-                seg.path.display()
-            )));
-        }
-        let mut file =
-            std::fs::File::open(&canonical).map_err(|e| ShuffleError::io(&canonical, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| ShuffleError::io(&canonical, e))?
-            .len();
+        let (mut file, canonical, size) = open_verified(exec, &seg.path)?;
         if seg.offset + seg.len > size {
             return Err(ShuffleError::Corrupt(format!(
                 "{}: {} bytes, index points to {}",

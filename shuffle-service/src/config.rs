@@ -31,6 +31,22 @@ pub const DEFAULT_INDEX_CACHE_BYTES: u64 = 64 << 20;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Most blocks in one FetchBlocks request.
 pub const DEFAULT_MAX_FETCH_BLOCKS: usize = 100_000;
+/// Spark protocol address (Spark's `spark.shuffle.service.port` default).
+pub const DEFAULT_SPARK_LISTEN: &str = "127.0.0.1:7337";
+/// Most Spark-protocol connections at once.
+pub const DEFAULT_SPARK_MAX_CONNECTIONS: usize = 4096;
+/// Spark-protocol connections idle this long are closed (Spark's `connectionTimeout`).
+pub const DEFAULT_SPARK_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest Spark frame accepted from a client.
+pub const DEFAULT_SPARK_MAX_FRAME: u64 = 16 << 20;
+/// Memory for block bodies across Spark connections.
+pub const DEFAULT_SPARK_MEMORY: u64 = 256 << 20;
+/// Memory for block bodies per Spark connection.
+pub const DEFAULT_SPARK_CONNECTION_MEMORY: u64 = 4 << 20;
+/// Block files open for sending at once across Spark connections.
+pub const DEFAULT_SPARK_OPEN_FILES: usize = 4096;
+/// Spark block bodies up to this size are read and batched; larger ones go by sendfile.
+pub const DEFAULT_SPARK_SMALL_BODY: u64 = 64 << 10;
 /// How often capacity-limited volumes are rescanned.
 pub const DEFAULT_USAGE_SCAN_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -76,9 +92,35 @@ pub struct ServeArgs {
     /// Drain time after SIGTERM.
     #[arg(long, env = "SHUFFLE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
-    /// Most blocks per FetchBlocks request.
+    /// Most blocks per FetchBlocks request (and per Spark fetch).
     #[arg(long, env = "SHUFFLE_MAX_FETCH_BLOCKS")]
     pub max_fetch_blocks: Option<usize>,
+    /// Spark protocol listener, or `off`.
+    #[arg(long, env = "SHUFFLE_SPARK_LISTEN")]
+    pub spark_listen: Option<String>,
+    /// File holding the secret shared with every application (`spark.authenticate.secret`);
+    /// enables SASL authentication on the Spark listener.
+    #[arg(long, env = "SHUFFLE_SPARK_AUTH_SECRET_FILE")]
+    pub spark_auth_secret_file: Option<PathBuf>,
+    /// Directory of per-application secrets, one file named by application id (a mounted
+    /// Kubernetes Secret); enables authentication.
+    #[arg(long, env = "SHUFFLE_SPARK_AUTH_SECRET_DIR")]
+    pub spark_auth_secret_dir: Option<PathBuf>,
+    /// Most Spark-protocol connections at once.
+    #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS")]
+    pub spark_max_connections: Option<usize>,
+    /// Idle Spark connections are closed after this long.
+    #[arg(long, env = "SHUFFLE_SPARK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub spark_idle_timeout: Option<Duration>,
+    /// Memory for block bodies across Spark connections (e.g. 256MiB).
+    #[arg(long, env = "SHUFFLE_SPARK_MEMORY", value_parser = parse_size)]
+    pub spark_memory: Option<u64>,
+    /// Memory for block bodies per Spark connection (e.g. 4MiB).
+    #[arg(long, env = "SHUFFLE_SPARK_CONNECTION_MEMORY", value_parser = parse_size)]
+    pub spark_connection_memory: Option<u64>,
+    /// Block files open for sending at once across Spark connections.
+    #[arg(long, env = "SHUFFLE_SPARK_OPEN_FILES")]
+    pub spark_open_files: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +140,14 @@ struct FileConfig {
     index_cache_size: Option<String>,
     shutdown_grace: Option<String>,
     max_fetch_blocks: Option<usize>,
+    spark_listen: Option<String>,
+    spark_auth_secret_file: Option<PathBuf>,
+    spark_auth_secret_dir: Option<PathBuf>,
+    spark_max_connections: Option<usize>,
+    spark_idle_timeout: Option<String>,
+    spark_memory: Option<String>,
+    spark_connection_memory: Option<String>,
+    spark_open_files: Option<usize>,
 }
 
 /// Validated configuration.
@@ -129,6 +179,26 @@ pub struct Config {
     pub max_fetch_blocks: usize,
     /// Usage rescan period.
     pub usage_scan_interval: Duration,
+    /// Spark protocol listener (`None`: off).
+    pub spark_listen: Option<SocketAddr>,
+    /// Shared Spark secret file.
+    pub spark_auth_secret_file: Option<PathBuf>,
+    /// Per-application Spark secrets.
+    pub spark_auth_secret_dir: Option<PathBuf>,
+    /// Most Spark connections.
+    pub spark_max_connections: usize,
+    /// Idle close.
+    pub spark_idle_timeout: Duration,
+    /// Largest client frame.
+    pub spark_max_frame: usize,
+    /// Body memory across connections.
+    pub spark_memory: u64,
+    /// Body memory per connection.
+    pub spark_connection_memory: u64,
+    /// Open block files across connections.
+    pub spark_open_files: usize,
+    /// Bodies read into memory up to this size.
+    pub spark_small_body: u64,
 }
 
 impl Config {
@@ -153,6 +223,16 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_fetch_blocks: DEFAULT_MAX_FETCH_BLOCKS,
             usage_scan_interval: DEFAULT_USAGE_SCAN_INTERVAL,
+            spark_listen: Some(DEFAULT_SPARK_LISTEN.parse().expect("constant")),
+            spark_auth_secret_file: None,
+            spark_auth_secret_dir: None,
+            spark_max_connections: DEFAULT_SPARK_MAX_CONNECTIONS,
+            spark_idle_timeout: DEFAULT_SPARK_IDLE_TIMEOUT,
+            spark_max_frame: DEFAULT_SPARK_MAX_FRAME as usize,
+            spark_memory: DEFAULT_SPARK_MEMORY,
+            spark_connection_memory: DEFAULT_SPARK_CONNECTION_MEMORY,
+            spark_open_files: DEFAULT_SPARK_OPEN_FILES,
+            spark_small_body: DEFAULT_SPARK_SMALL_BODY,
         }
     }
 
@@ -237,6 +317,50 @@ impl Config {
             (Some(n), _) => c.index_cache_bytes = n as usize,
             (None, Some(s)) => c.index_cache_bytes = parse_size(&s)? as usize,
             _ => {}
+        }
+        match args.spark_listen.or(file.spark_listen).as_deref() {
+            None => {}
+            Some("off" | "none" | "") => c.spark_listen = None,
+            Some(a) => {
+                c.spark_listen = Some(a.parse().map_err(|e| format!("spark_listen {a:?}: {e}"))?);
+            }
+        }
+        c.spark_auth_secret_file = args.spark_auth_secret_file.or(file.spark_auth_secret_file);
+        c.spark_auth_secret_dir = args.spark_auth_secret_dir.or(file.spark_auth_secret_dir);
+        if let Some(n) = args.spark_max_connections.or(file.spark_max_connections) {
+            c.spark_max_connections = n;
+        }
+        if let Some(n) = args.spark_open_files.or(file.spark_open_files) {
+            c.spark_open_files = n;
+        }
+        c.spark_idle_timeout = dur(
+            args.spark_idle_timeout,
+            file.spark_idle_timeout,
+            c.spark_idle_timeout,
+            "spark_idle_timeout",
+        )?;
+        let size = |cli: Option<u64>, f: Option<String>, d: u64| -> Result<u64, String> {
+            match (cli, f) {
+                (Some(v), _) => Ok(v),
+                (None, Some(s)) => parse_size(&s),
+                (None, None) => Ok(d),
+            }
+        };
+        c.spark_memory = size(args.spark_memory, file.spark_memory, c.spark_memory)?;
+        c.spark_connection_memory = size(
+            args.spark_connection_memory,
+            file.spark_connection_memory,
+            c.spark_connection_memory,
+        )?;
+        if c.spark_max_connections == 0
+            || c.spark_open_files == 0
+            || c.spark_idle_timeout.is_zero()
+            || c.spark_memory < 1024
+            || c.spark_connection_memory < 1024
+        {
+            return Err(
+                "Spark connection, file, memory limits and idle timeout must be positive".into(),
+            );
         }
         if c.cleanup_parallelism == 0 || c.max_fetch_blocks == 0 || c.sweep_interval.is_zero() {
             return Err(

@@ -171,6 +171,22 @@ impl Core {
         Ok((token, timeout))
     }
 
+    /// A driver's liveness registration over Spark's protocol (`RegisterDriver`).
+    ///
+    /// # Errors
+    /// An out-of-range timeout or database errors.
+    pub async fn register_driver(&self, app: &AppId, timeout: Duration) -> Result<()> {
+        if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(86_400) {
+            return Err(ShuffleError::InvalidArgument(
+                "heartbeat timeout must be 1 s to 24 h".into(),
+            ));
+        }
+        self.inner.registry.register_driver(app, timeout).await?;
+        self.refresh_gauges();
+        tracing::info!(app = %app, timeout = ?timeout, "driver registered over the Spark protocol");
+        Ok(())
+    }
+
     /// A heartbeat.
     ///
     /// # Errors

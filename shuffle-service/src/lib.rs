@@ -8,6 +8,7 @@
 //! - [`core`]: the shared core (registrations, volumes, blocks, writes, removal, cleanup),
 //!   used by every front end;
 //! - [`service`]: the gRPC front end (`shuffle.v1`);
+//! - [`spark`]: Spark's own protocol (port 7337), the front end unmodified executors use;
 //! - [`registry`], [`db`]: registrations in memory and in SQLite;
 //! - [`volume`], [`layout`], [`blocks`], [`writer`]: Spark's on-disk format on the volumes;
 //! - [`cleanup`], [`lifecycle`]: deletion and application liveness;
@@ -28,6 +29,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod spark;
 pub mod volume;
 pub mod writer;
 

@@ -56,11 +56,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let background = CancellationToken::new();
     let (core, cleaner) =
         Core::open(&config, prometheus::Registry::new(), background.clone()).await?;
-    let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
-    let admin = tokio::net::TcpListener::bind(config.admin_listen).await?;
+    let listeners = shuffle_service::server::Listeners::bind(&config).await?;
     tracing::info!(
-        grpc = %grpc.local_addr()?,
-        admin = %admin.local_addr()?,
+        grpc = %listeners.grpc.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        spark = %listeners
+            .spark
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         volumes = config.volumes.len(),
         state_dir = %config.state_dir.display(),
         "shuffle service ready"
@@ -70,8 +74,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         core,
         cleaner,
         background,
-        grpc,
-        admin,
+        listeners,
         shutdown::signal(),
     )
     .await

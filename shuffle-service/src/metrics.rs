@@ -41,6 +41,16 @@ pub struct Metrics {
     pub cleanup_errors: IntCounter,
     /// Applications removed, by reason.
     pub apps_removed: IntCounterVec,
+    /// Open Spark-protocol connections.
+    pub spark_connections: IntGauge,
+    /// Spark-protocol connections closed at once for the connection limit.
+    pub spark_connections_refused: IntCounter,
+    /// Spark-protocol connections closed for a malformed frame.
+    pub spark_frames_rejected: IntCounter,
+    /// Failed Spark authentications.
+    pub spark_auth_failures: IntCounter,
+    /// Spark chunk or stream requests that failed to resolve or open their block.
+    pub spark_block_failures: IntCounter,
 }
 
 impl Metrics {
@@ -125,8 +135,33 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            spark_connections: IntGauge::new(
+                "shuffle_spark_connections",
+                "Open Spark-protocol connections.",
+            )?,
+            spark_connections_refused: IntCounter::new(
+                "shuffle_spark_connections_refused_total",
+                "Spark-protocol connections closed at once for the connection limit.",
+            )?,
+            spark_frames_rejected: IntCounter::new(
+                "shuffle_spark_malformed_frames_total",
+                "Spark-protocol connections closed for a malformed frame.",
+            )?,
+            spark_auth_failures: IntCounter::new(
+                "shuffle_spark_auth_failures_total",
+                "Failed Spark (SASL) authentications.",
+            )?,
+            spark_block_failures: IntCounter::new(
+                "shuffle_spark_block_failures_total",
+                "Spark chunk or stream requests whose block could not be resolved or opened.",
+            )?,
         };
         r.register(Box::new(m.rpcs.clone()))?;
+        r.register(Box::new(m.spark_connections.clone()))?;
+        r.register(Box::new(m.spark_connections_refused.clone()))?;
+        r.register(Box::new(m.spark_frames_rejected.clone()))?;
+        r.register(Box::new(m.spark_auth_failures.clone()))?;
+        r.register(Box::new(m.spark_block_failures.clone()))?;
         r.register(Box::new(m.rpc_duration.clone()))?;
         r.register(Box::new(m.bytes_served.clone()))?;
         r.register(Box::new(m.blocks_served.clone()))?;

@@ -241,6 +241,40 @@ impl Registry {
         Ok(token)
     }
 
+    /// Records a driver's liveness signal without a token (Spark's `RegisterDriver` over the
+    /// Spark protocol): the application then lives by heartbeats and `timeout`, like one
+    /// registered through the gRPC API. An existing token is kept.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn register_driver(&self, app: &AppId, timeout: Duration) -> Result<()> {
+        let _w = self.writes.lock().await;
+        let (token_hash, namespace, driver_pod) = self
+            .read()
+            .get(app)
+            .map(|a| (a.token_hash, a.namespace.clone(), a.driver_pod.clone()))
+            .unwrap_or_default();
+        self.db
+            .put_app(
+                AppRow {
+                    app_id: app.to_string(),
+                    token_hash,
+                    namespace,
+                    driver_pod,
+                    heartbeat_timeout_ms: Some(
+                        u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    ),
+                },
+                now_ms(),
+            )
+            .await?;
+        let mut apps = self.write();
+        let a = apps.entry(app.clone()).or_insert_with(App::new);
+        a.heartbeat_timeout = Some(timeout);
+        a.last_seen = Instant::now();
+        Ok(())
+    }
+
     /// Registers (or re-registers) an executor. A directory may belong to one application only:
     /// otherwise one application's cleanup could delete another's data.
     ///

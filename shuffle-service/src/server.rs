@@ -1,4 +1,5 @@
-//! Serving: gRPC (with health and reflection), the admin port, the liveness sweep; and the
+//! Serving: gRPC (with health and reflection), Spark's protocol, the admin port, the liveness
+//! sweep; and the
 //! shutdown sequence: readiness 503 and gRPC health NOT_SERVING first, then stop accepting,
 //! let in-flight streams finish within the grace period, then stop background tasks.
 
@@ -16,6 +17,14 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::lifecycle;
 use crate::service::ShuffleService;
+use crate::spark::conn::Limits;
+use crate::spark::handler::Shared;
+use crate::spark::listener;
+use crate::spark::secrets::Secrets;
+use tokio::sync::Semaphore;
+
+/// Streams one Spark connection may hold open (Spark's client keeps a handful).
+const MAX_STREAMS_PER_CONNECTION: usize = 4096;
 
 /// HTTP/2 stream window: large, so one stream is not throttled to 64 KiB in flight.
 const STREAM_WINDOW: u32 = 8 << 20;
@@ -25,19 +34,56 @@ const MAX_FRAME: u32 = 1 << 20;
 /// HTTP/2 connection window.
 const CONNECTION_WINDOW: u32 = 32 << 20;
 
+/// The bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC API.
+    pub grpc: TcpListener,
+    /// Admin HTTP.
+    pub admin: TcpListener,
+    /// Spark's protocol, when enabled.
+    pub spark: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    ///
+    /// # Errors
+    /// A bind failure, naming the address.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let bind = |a: std::net::SocketAddr| async move {
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| anyhow::anyhow!("bind {a}: {e}"))
+        };
+        Ok(Self {
+            grpc: bind(config.grpc_listen).await?,
+            admin: bind(config.admin_listen).await?,
+            spark: match config.spark_listen {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            },
+        })
+    }
+}
+
 /// Serves until `shutdown` resolves.
 ///
 /// # Errors
-/// Transport or reflection setup errors.
+/// Transport, reflection or secret setup errors.
 pub async fn run(
     config: &Config,
     core: Core,
     cleaner: tokio::task::JoinHandle<()>,
     background: CancellationToken,
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let Listeners { grpc, admin, spark } = listeners;
+    let spark_task = match spark {
+        Some(l) => Some(spark_front_end(config, &core, l, stop_token(&background))?),
+        None => None,
+    };
     let draining = Arc::new(AtomicBool::new(false));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ShuffleServer<ShuffleService>>().await;
@@ -89,6 +135,10 @@ pub async fn run(
         .await;
     stop.cancel();
     let drain = async {
+        if let Some((stop_spark, task)) = spark_task {
+            stop_spark.cancel();
+            let _ = task.await;
+        }
         let _ = grpc_task.await;
         let _ = admin_task.await;
     };
@@ -102,4 +152,50 @@ pub async fn run(
     let _ = sweeper.await;
     let _ = cleaner.await;
     Ok(())
+}
+
+fn stop_token(background: &CancellationToken) -> CancellationToken {
+    // Cancelled explicitly at shutdown, or with the background tasks at the very end.
+    background.child_token()
+}
+
+fn spark_front_end(
+    config: &Config,
+    core: &Core,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+    let secrets = Secrets::load(
+        config.spark_auth_secret_file.as_deref(),
+        config.spark_auth_secret_dir.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("Spark authentication: {e}"))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        authentication = secrets.enabled(),
+        "Spark protocol listener ready"
+    );
+    let shared = Arc::new(Shared {
+        core: core.clone(),
+        secrets,
+        max_blocks: config.max_fetch_blocks,
+        max_streams: MAX_STREAMS_PER_CONNECTION,
+    });
+    let units = |bytes: u64| usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(1);
+    let limits = Limits {
+        max_frame: config.spark_max_frame,
+        idle_timeout: config.spark_idle_timeout,
+        small_body: config.spark_small_body,
+        connection_memory: usize::try_from(config.spark_connection_memory).unwrap_or(usize::MAX),
+        global_memory: Arc::new(Semaphore::new(units(config.spark_memory))),
+        open_files: Arc::new(Semaphore::new(config.spark_open_files)),
+    };
+    let task = tokio::spawn(listener::serve(
+        listener,
+        shared,
+        limits,
+        config.spark_max_connections,
+        stop.clone(),
+    ));
+    Ok((stop, task))
 }

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 pub(crate) struct TestService {
     pub(crate) grpc: SocketAddr,
     pub(crate) admin: SocketAddr,
+    pub(crate) spark: SocketAddr,
     pub(crate) core: Core,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) volume: PathBuf,
@@ -41,12 +42,19 @@ impl TestService {
             .unwrap();
         let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let spark_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc, admin) = (grpc_l.local_addr().unwrap(), admin_l.local_addr().unwrap());
+        let spark = spark_l.local_addr().unwrap();
+        let listeners = shuffle_service::server::Listeners {
+            grpc: grpc_l,
+            admin: admin_l,
+            spark: Some(spark_l),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let c = core.clone();
         let volume = config.volumes[0].path.canonicalize().unwrap();
         let handle = tokio::spawn(async move {
-            shuffle_service::run(&config, c, cleaner, background, grpc_l, admin_l, async {
+            shuffle_service::run(&config, c, cleaner, background, listeners, async {
                 let _ = rx.await;
             })
             .await
@@ -55,6 +63,7 @@ impl TestService {
         Self {
             grpc,
             admin,
+            spark,
             core,
             dir,
             volume,

@@ -14,6 +14,8 @@ async fn start(dir: &std::path::Path) -> (Child, String) {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--spark-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(dir)

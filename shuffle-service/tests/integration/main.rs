@@ -6,3 +6,5 @@ mod crash;
 mod fetch;
 mod lifecycle;
 mod security;
+mod spark_codec;
+mod spark_protocol;

@@ -1,0 +1,123 @@
+//! `DiagnoseCorruption`: recompute a block's checksum and compare it with the writer's
+//! (`shuffle_<s>_<m>_0.checksum.<ALGO>`, one big-endian i64 per partition) and the reader's.
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::Path;
+
+use super::message::Cause;
+use crate::blocks::Segment;
+
+/// A checksum algorithm Spark writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `java.util.zip.Adler32`.
+    Adler32,
+    /// `java.util.zip.CRC32`.
+    Crc32,
+    /// `java.util.zip.CRC32C`.
+    Crc32c,
+}
+
+impl Algorithm {
+    /// Spark's name (`ADLER32`, `CRC32`, `CRC32C`), case-sensitive as in file names.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "ADLER32" => Some(Self::Adler32),
+            "CRC32" => Some(Self::Crc32),
+            "CRC32C" => Some(Self::Crc32c),
+            _ => None,
+        }
+    }
+
+    /// Spark's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Adler32 => "ADLER32",
+            Self::Crc32 => "CRC32",
+            Self::Crc32c => "CRC32C",
+        }
+    }
+}
+
+enum State {
+    Adler(adler2::Adler32),
+    Crc(crc32fast::Hasher),
+    Crc32c(u32),
+}
+
+/// The checksum of everything read from `r`, as Java's `Checksum.getValue()`.
+///
+/// # Errors
+/// Read errors.
+pub fn checksum(alg: Algorithm, r: &mut impl std::io::Read) -> std::io::Result<i64> {
+    let mut st = match alg {
+        Algorithm::Adler32 => State::Adler(adler2::Adler32::new()),
+        Algorithm::Crc32 => State::Crc(crc32fast::Hasher::new()),
+        Algorithm::Crc32c => State::Crc32c(0),
+    };
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        match &mut st {
+            State::Adler(a) => a.write_slice(&buf[..n]),
+            State::Crc(c) => c.update(&buf[..n]),
+            State::Crc32c(c) => *c = crc32c::crc32c_append(*c, &buf[..n]),
+        }
+    }
+    Ok(i64::from(match st {
+        State::Adler(a) => a.checksum(),
+        State::Crc(c) => c.finalize(),
+        State::Crc32c(c) => c,
+    }))
+}
+
+/// Decides the cause for one block (blocking I/O). `segment` is the block's byte range;
+/// `checksum_file` the writer's checksums; `reduce` the partition; `reader` the checksum the
+/// reader computed.
+pub fn diagnose(
+    alg: Algorithm,
+    checksum_file: &Path,
+    reduce: u32,
+    segment: &Segment,
+    reader: i64,
+) -> Cause {
+    let run = || -> std::io::Result<Cause> {
+        let mut f = std::fs::File::open(checksum_file)?;
+        f.seek(SeekFrom::Start(u64::from(reduce) * 8))?;
+        let mut b = [0u8; 8];
+        f.read_exact(&mut b)?;
+        let writer = i64::from_be_bytes(b);
+        let mut data = std::fs::File::open(&segment.path)?;
+        data.seek(SeekFrom::Start(segment.offset))?;
+        let actual = checksum(alg, &mut data.take(segment.len))?;
+        Ok(if writer != actual {
+            Cause::DiskIssue
+        } else if writer != reader {
+            Cause::NetworkIssue
+        } else {
+            Cause::ChecksumVerifyPass
+        })
+    };
+    run().unwrap_or_else(|e| {
+        tracing::info!(file = %checksum_file.display(), error = %e, "cannot diagnose corruption");
+        Cause::UnknownIssue
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn java_values() {
+        // java.util.zip.{Adler32, CRC32, CRC32C} of "123456789".
+        let v = |a| checksum(a, &mut &b"123456789"[..]).unwrap();
+        assert_eq!(v(Algorithm::Adler32), 0x091E_01DE);
+        assert_eq!(v(Algorithm::Crc32), 0xCBF4_3926);
+        assert_eq!(v(Algorithm::Crc32c), 0xE306_9283);
+        assert_eq!(checksum(Algorithm::Adler32, &mut &b""[..]).unwrap(), 1);
+    }
+}

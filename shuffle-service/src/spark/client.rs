@@ -1,0 +1,276 @@
+//! A minimal client of Spark's shuffle protocol: RPCs, pipelined chunk and stream fetches and
+//! the SASL handshake. Used by the tests and the load generator; Spark's executors are the
+//! real clients.
+
+use std::io;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use super::frame::{FrameDecoder, Message, StreamChunkId};
+use super::message::{BlockTransferMessage, SaslMessage};
+use super::sasl;
+
+/// A received message; `StreamResponse` carries its out-of-frame body.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message.
+    pub message: Message,
+    /// The raw body of a `StreamResponse`.
+    pub stream_body: Option<Bytes>,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+    next_id: i64,
+}
+
+fn proto(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl Client {
+    /// Connects.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: BytesMut::with_capacity(1 << 20),
+            decoder: FrameDecoder::new(i32::MAX as usize),
+            next_id: 1,
+        })
+    }
+
+    /// Sends raw bytes (tests of malformed input).
+    ///
+    /// # Errors
+    /// Write errors.
+    pub async fn send_raw(&mut self, b: &[u8]) -> io::Result<()> {
+        self.stream.write_all(b).await
+    }
+
+    /// Sends one message.
+    ///
+    /// # Errors
+    /// Write errors.
+    pub async fn send(&mut self, m: &Message) -> io::Result<()> {
+        self.stream.write_all(&m.to_bytes()).await
+    }
+
+    /// Receives one message (EOF is `UnexpectedEof`).
+    ///
+    /// # Errors
+    /// Read errors, EOF, malformed frames.
+    pub async fn recv(&mut self) -> io::Result<Inbound> {
+        let message = loop {
+            if let Some(m) = self.decoder.decode(&mut self.buf).map_err(proto)? {
+                break m;
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        let n = usize::try_from(message.trailing_body_len()).map_err(proto)?;
+        let stream_body = if matches!(message, Message::StreamResponse { .. }) {
+            while self.buf.len() < n {
+                self.buf.reserve(n - self.buf.len());
+                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            Some(self.buf.split_to(n).freeze())
+        } else {
+            None
+        };
+        Ok(Inbound {
+            message,
+            stream_body,
+        })
+    }
+
+    /// Sends an RPC and waits for its reply: `Ok(Ok(body))`, or `Ok(Err(text))` for an
+    /// `RpcFailure`.
+    ///
+    /// # Errors
+    /// I/O errors or an unrelated reply.
+    pub async fn rpc(&mut self, body: Bytes) -> io::Result<Result<Bytes, String>> {
+        let request_id = self.next_id;
+        self.next_id += 1;
+        self.send(&Message::RpcRequest { request_id, body }).await?;
+        match self.recv().await?.message {
+            Message::RpcResponse {
+                request_id: r,
+                body,
+            } if r == request_id => Ok(Ok(body)),
+            Message::RpcFailure {
+                request_id: r,
+                error,
+            } if r == request_id => Ok(Err(error)),
+            other => Err(proto(format!("unexpected reply {}", other.name()))),
+        }
+    }
+
+    /// Sends a shuffle message as an RPC and decodes the reply (empty replies are `None`).
+    ///
+    /// # Errors
+    /// I/O errors or a malformed reply.
+    pub async fn call(
+        &mut self,
+        m: &BlockTransferMessage,
+    ) -> io::Result<Result<Option<BlockTransferMessage>, String>> {
+        Ok(match self.rpc(m.to_bytes()).await? {
+            Ok(b) if b.is_empty() => Ok(None),
+            Ok(b) => Ok(Some(BlockTransferMessage::decode(b).map_err(proto)?)),
+            Err(e) => Err(e),
+        })
+    }
+
+    /// Fetches chunks `0..n` of a stream with pipelined `ChunkFetchRequest`s; each result is
+    /// the chunk or the failure text.
+    ///
+    /// # Errors
+    /// I/O errors or unexpected frames.
+    pub async fn fetch_chunks(
+        &mut self,
+        stream_id: i64,
+        n: i32,
+    ) -> io::Result<Vec<Result<Bytes, String>>> {
+        let mut req = BytesMut::new();
+        for i in 0..n {
+            Message::ChunkFetchRequest(StreamChunkId {
+                stream_id,
+                chunk_index: i,
+            })
+            .encode(&mut req);
+        }
+        self.stream.write_all(&req).await?;
+        let mut out: Vec<Option<Result<Bytes, String>>> = (0..n).map(|_| None).collect();
+        for _ in 0..n {
+            let (id, r) = match self.recv().await?.message {
+                Message::ChunkFetchSuccess(id, b) => (id, Ok(b)),
+                Message::ChunkFetchFailure(id, e) => (id, Err(e)),
+                other => return Err(proto(format!("unexpected {}", other.name()))),
+            };
+            let slot = usize::try_from(id.chunk_index)
+                .ok()
+                .filter(|_| id.stream_id == stream_id)
+                .and_then(|i| out.get_mut(i))
+                .ok_or_else(|| proto("reply for another chunk"))?;
+            *slot = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every chunk answered"))
+            .collect())
+    }
+
+    /// Fetches chunks `0..n` as streams (`StreamRequest`, fetch-to-disk), replies in order.
+    ///
+    /// # Errors
+    /// I/O errors or unexpected frames.
+    pub async fn fetch_streams(
+        &mut self,
+        stream_id: i64,
+        n: i32,
+    ) -> io::Result<Vec<Result<Bytes, String>>> {
+        let mut req = BytesMut::new();
+        for i in 0..n {
+            Message::StreamRequest(format!("{stream_id}_{i}")).encode(&mut req);
+        }
+        self.stream.write_all(&req).await?;
+        let mut out = Vec::new();
+        for i in 0..n {
+            let inbound = self.recv().await?;
+            let want = format!("{stream_id}_{i}");
+            out.push(match inbound.message {
+                Message::StreamResponse { stream_id: s, .. } if s == want => {
+                    Ok(inbound.stream_body.unwrap_or_default())
+                }
+                Message::StreamFailure {
+                    stream_id: s,
+                    error,
+                } if s == want => Err(error),
+                other => return Err(proto(format!("unexpected {}", other.name()))),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs Spark's SASL DIGEST-MD5 handshake for `app` with `secret`.
+    ///
+    /// # Errors
+    /// I/O errors; `Ok(Err(text))` when the service refuses.
+    pub async fn authenticate(
+        &mut self,
+        app: &str,
+        secret: &[u8],
+    ) -> io::Result<Result<(), String>> {
+        let step = |payload: Vec<u8>| {
+            SaslMessage {
+                app_id: app.to_owned(),
+                payload: Bytes::from(payload),
+            }
+            .to_bytes()
+        };
+        let challenge = match self.rpc(step(Vec::new())).await? {
+            Ok(c) => String::from_utf8_lossy(&c).into_owned(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let nonce = challenge
+            .split(',')
+            .find_map(|d| d.strip_prefix("nonce="))
+            .map(|n| n.trim_matches('"').to_owned())
+            .ok_or_else(|| proto("challenge without nonce"))?;
+        let mut raw = [0u8; 30];
+        rand::fill(&mut raw[..]);
+        let cnonce = B64.encode(raw);
+        let password = B64.encode(secret);
+        let uri = "null/default";
+        let response = sasl::digest(
+            &password,
+            sasl::REALM,
+            &nonce,
+            &cnonce,
+            "00000001",
+            None,
+            uri,
+            "AUTHENTICATE",
+        );
+        let msg = format!(
+            "charset=utf-8,username=\"{}\",realm=\"{}\",nonce=\"{nonce}\",nc=00000001,cnonce=\"{cnonce}\",digest-uri=\"{uri}\",maxbuf=65536,response={response},qop=auth",
+            B64.encode(sasl::USER),
+            sasl::REALM
+        );
+        match self.rpc(step(msg.into_bytes())).await? {
+            Ok(fin) => {
+                let expected = sasl::digest(
+                    &password,
+                    sasl::REALM,
+                    &nonce,
+                    &cnonce,
+                    "00000001",
+                    None,
+                    uri,
+                    "",
+                );
+                if fin == format!("rspauth={expected}").as_bytes() {
+                    Ok(Ok(()))
+                } else {
+                    Ok(Err("server proof does not match".into()))
+                }
+            }
+            Err(e) => Ok(Err(e)),
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! One Spark connection: a reader that decodes frames and answers control RPCs at once, a
+//! preparer that resolves and opens blocks off the async threads in request order, and a
+//! writer that prefers control replies and sends block bodies from file to socket with
+//! `sendfile` (small bodies are read into memory within a budget and written in batches).
+//!
+//! ```text
+//! socket ──reader──┬── control replies ─────────────────────────┐
+//!                  └── chunk/stream requests ──preparer── blocks ┴──writer── socket
+//! ```
+//! A malformed frame closes only its connection; closing never deletes data.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
+use super::handler::{Action, Session, Shared, failure_text};
+use super::stream::BlockRef;
+use crate::blocks;
+use crate::layout;
+use crate::registry::Executor;
+
+/// Limits of one connection and the budgets shared by all.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame accepted from a client (contents, without the length field).
+    pub max_frame: usize,
+    /// A connection quiet this long in both directions is closed (the client reconnects).
+    pub idle_timeout: Duration,
+    /// Bodies up to this size are read into memory and batched; larger ones use sendfile.
+    pub small_body: u64,
+    /// Memory for block bodies per connection.
+    pub connection_memory: usize,
+    /// Memory for block bodies across connections, shared.
+    pub global_memory: Arc<Semaphore>,
+    /// Open block files across connections, shared.
+    pub open_files: Arc<Semaphore>,
+}
+
+/// Requests resolved per blocking task.
+const BATCH: usize = 32;
+/// Chunk and stream requests queued per connection before the reader stops reading.
+const DATA_QUEUE: usize = 256;
+/// Prepared batches queued for the writer.
+const PREPARED_QUEUE: usize = 2;
+/// Control replies queued for the writer.
+const CONTROL_QUEUE: usize = 64;
+/// Deferred RPCs (registrations, removals) running at once per connection.
+const DEFERRED: usize = 16;
+/// Memory permits are counted in KiB.
+const UNIT: u64 = 1024;
+/// Largest in-frame body Spark's decoder takes (a frame must stay below 2 GiB).
+const MAX_IN_FRAME: u64 = i32::MAX as u64 - 64;
+
+enum ReplyTo {
+    Chunk(StreamChunkId),
+    Stream(String),
+}
+
+struct DataJob {
+    reply: ReplyTo,
+    target: Result<(Arc<Executor>, BlockRef), String>,
+}
+
+enum Body {
+    None,
+    Mem(Bytes),
+    File {
+        file: std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+}
+
+struct Prepared {
+    head: Bytes,
+    body: Body,
+    block_bytes: Option<u64>,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+/// Serves one connection until the client leaves, a protocol error, the idle timeout or
+/// `stop`.
+pub async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let stream = Arc::new(stream);
+    let conn_cancel = CancellationToken::new();
+    let started = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
+    let (data_tx, data_rx) = mpsc::channel::<DataJob>(DATA_QUEUE);
+    let (prep_tx, prep_rx) = mpsc::channel::<Vec<Prepared>>(PREPARED_QUEUE);
+    let conn_memory = Arc::new(Semaphore::new(
+        (limits.connection_memory as u64 / UNIT).max(1) as usize,
+    ));
+
+    let preparer = tokio::spawn(prepare_loop(
+        shared.clone(),
+        data_rx,
+        prep_tx,
+        conn_memory,
+        limits.clone(),
+    ));
+    let writer = tokio::spawn({
+        let stream = Arc::clone(&stream);
+        let cancel = conn_cancel.clone();
+        let activity = Arc::clone(&activity);
+        let shared = shared.clone();
+        async move {
+            let r = write_loop(
+                &stream, ctl_rx, prep_rx, &cancel, &activity, started, &shared,
+            )
+            .await;
+            if let Err(e) = &r {
+                tracing::debug!(error = %e, "connection write failed");
+            }
+            cancel.cancel();
+        }
+    });
+    let reader = Reader {
+        stream: &stream,
+        shared: &shared,
+        limits: &limits,
+        ctl: ctl_tx,
+        data: data_tx,
+        deferred: Arc::new(Semaphore::new(DEFERRED)),
+        activity: &activity,
+        started,
+    };
+    match reader.run(&stop, &conn_cancel).await {
+        Ok(()) => {}
+        Err(Close::Protocol(e)) => {
+            shared.core.metrics().spark_frames_rejected.inc();
+            tracing::warn!(peer = %peer, error = %e, "closing connection after a malformed frame");
+            conn_cancel.cancel();
+        }
+        Err(Close::Policy(e)) => {
+            tracing::info!(peer = %peer, reason = %e, "closing connection");
+        }
+    }
+    // The reader's senders are gone: the preparer and writer finish what was asked, then end.
+    let _ = preparer.await;
+    let _ = writer.await;
+}
+
+enum Close {
+    Protocol(String),
+    Policy(String),
+}
+
+struct Reader<'a> {
+    stream: &'a TcpStream,
+    shared: &'a Arc<Shared>,
+    limits: &'a Limits,
+    ctl: mpsc::Sender<Bytes>,
+    data: mpsc::Sender<DataJob>,
+    deferred: Arc<Semaphore>,
+    activity: &'a AtomicU64,
+    started: Instant,
+}
+
+impl Reader<'_> {
+    async fn run(self, stop: &CancellationToken, cancel: &CancellationToken) -> Result<(), Close> {
+        let mut session = Session::default();
+        let decoder = FrameDecoder::new(self.limits.max_frame);
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        loop {
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(m)) => self.handle(&mut session, m).await?,
+                    Ok(None) => break,
+                    Err(FrameError::Length(n)) => {
+                        return Err(Close::Protocol(format!("frame length {n} out of range")));
+                    }
+                    Err(FrameError::Decode(e)) => return Err(Close::Protocol(e.to_string())),
+                }
+            }
+            buf.reserve(16 << 10);
+            let read = async {
+                loop {
+                    self.stream.readable().await?;
+                    match self.stream.try_read_buf(&mut buf) {
+                        Ok(n) => return Ok::<usize, io::Error>(n),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = cancel.cancelled() => return Ok(()),
+                r = tokio::time::timeout(self.limits.idle_timeout, read) => match r {
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(_)) => self.touch(),
+                    Ok(Err(e)) => return Err(Close::Policy(format!("read failed: {e}"))),
+                    Err(_) => {
+                        let idle = (self.started.elapsed().as_millis() as u64)
+                            .saturating_sub(self.activity.load(Ordering::Relaxed));
+                        if idle >= self.limits.idle_timeout.as_millis() as u64 {
+                            return Err(Close::Policy("idle".into()));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn touch(&self) {
+        self.activity
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn count(&self, name: &str, ok: bool, start: Instant) {
+        let m = self.shared.core.metrics();
+        let method = format!("spark/{name}");
+        m.rpcs
+            .with_label_values(&[method.as_str(), if ok { "OK" } else { "FAILED" }])
+            .inc();
+        m.rpc_duration
+            .with_label_values(&[method.as_str()])
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    async fn control(&self, frame: Message) -> Result<(), Close> {
+        self.ctl
+            .send(frame.to_bytes())
+            .await
+            .map_err(|_| Close::Policy("writer gone".into()))
+    }
+
+    async fn data(&self, job: DataJob) -> Result<(), Close> {
+        self.data
+            .send(job)
+            .await
+            .map_err(|_| Close::Policy("writer gone".into()))
+    }
+
+    async fn handle(&self, session: &mut Session, m: Message) -> Result<(), Close> {
+        match m {
+            Message::RpcRequest { request_id, body } => {
+                let start = Instant::now();
+                let mut name = "Unknown";
+                match session.rpc(self.shared, body, &mut name) {
+                    Action::Reply(r) => {
+                        self.count(name, r.is_ok(), start);
+                        self.control(reply(request_id, r)).await?;
+                    }
+                    Action::FailAndClose(e) => {
+                        self.count(name, false, start);
+                        self.control(reply(request_id, Err(e.clone()))).await?;
+                        return Err(Close::Policy(e));
+                    }
+                    Action::Later(work) => {
+                        let permit = Arc::clone(&self.deferred)
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| Close::Policy("closed".into()))?;
+                        let ctl = self.ctl.clone();
+                        let metrics = self.shared.core.metrics().clone();
+                        tokio::spawn(async move {
+                            let r = work.await;
+                            let method = format!("spark/{name}");
+                            metrics
+                                .rpcs
+                                .with_label_values(&[
+                                    method.as_str(),
+                                    if r.is_ok() { "OK" } else { "FAILED" },
+                                ])
+                                .inc();
+                            metrics
+                                .rpc_duration
+                                .with_label_values(&[method.as_str()])
+                                .observe(start.elapsed().as_secs_f64());
+                            let _ = ctl.send(reply(request_id, r).to_bytes()).await;
+                            drop(permit);
+                        });
+                    }
+                }
+            }
+            Message::OneWayMessage(body) => {
+                let name = session.one_way(self.shared, body);
+                self.count(name, true, Instant::now());
+            }
+            Message::ChunkFetchRequest(id) => {
+                if !session.authorized(self.shared) {
+                    return Err(Close::Policy("chunk fetch before authentication".into()));
+                }
+                let target = session.streams.take(id.stream_id, id.chunk_index);
+                self.data(DataJob {
+                    reply: ReplyTo::Chunk(id),
+                    target,
+                })
+                .await?;
+            }
+            Message::StreamRequest(name) => {
+                if !session.authorized(self.shared) {
+                    return Err(Close::Policy("stream request before authentication".into()));
+                }
+                let target = match parse_stream_id(&name) {
+                    Some((s, c)) => session.streams.take(s, c),
+                    None => Err(format!("Stream '{name}' was not found.")),
+                };
+                self.data(DataJob {
+                    reply: ReplyTo::Stream(name),
+                    target,
+                })
+                .await?;
+            }
+            Message::UploadStream { request_id, .. } => {
+                // The body follows outside the frame; rather than read it, close.
+                self.control(reply(
+                    request_id,
+                    Err(
+                        "uploads (push-based shuffle) are not accepted by this shuffle service"
+                            .into(),
+                    ),
+                ))
+                .await?;
+                return Err(Close::Policy("upload stream refused".into()));
+            }
+            Message::MergedBlockMetaRequest { request_id, .. } => {
+                self.control(reply(
+                    request_id,
+                    Err("push-based shuffle is not served by this shuffle service".into()),
+                ))
+                .await?;
+            }
+            other => {
+                return Err(Close::Protocol(format!(
+                    "{} is a response; clients may not send it",
+                    other.name()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reply(request_id: i64, r: Result<Bytes, String>) -> Message {
+    match r {
+        Ok(body) => Message::RpcResponse { request_id, body },
+        Err(error) => Message::RpcFailure { request_id, error },
+    }
+}
+
+/// `"<streamId>_<chunkIndex>"`.
+pub fn parse_stream_id(s: &str) -> Option<(i64, i32)> {
+    let (a, b) = s.split_once('_')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+async fn prepare_loop(
+    shared: Arc<Shared>,
+    mut jobs_rx: mpsc::Receiver<DataJob>,
+    out: mpsc::Sender<Vec<Prepared>>,
+    conn_memory: Arc<Semaphore>,
+    limits: Limits,
+) {
+    while let Some(first) = jobs_rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH {
+            match jobs_rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        // One open-file permit per job, held by file bodies until they are sent.
+        let Ok(files) = Arc::clone(&limits.open_files)
+            .acquire_many_owned(jobs.len() as u32)
+            .await
+        else {
+            return;
+        };
+        let core = shared.core.clone();
+        let conn_memory = Arc::clone(&conn_memory);
+        let limits2 = limits.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let mut files = files;
+            jobs.into_iter()
+                .map(|j| {
+                    let permit = files.split(1).expect("one permit per job");
+                    prepare(&core, j, permit, &conn_memory, &limits2)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(prepared) = prepared else {
+            tracing::error!("block preparation panicked");
+            return;
+        };
+        if out.send(prepared).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn failure(reply: &ReplyTo, error: String) -> Prepared {
+    let m = match reply {
+        ReplyTo::Chunk(id) => Message::ChunkFetchFailure(*id, error),
+        ReplyTo::Stream(s) => Message::StreamFailure {
+            stream_id: s.clone(),
+            error,
+        },
+    };
+    Prepared {
+        head: m.to_bytes(),
+        body: Body::None,
+        block_bytes: None,
+        permits: Vec::new(),
+    }
+}
+
+fn prepare(
+    core: &crate::Core,
+    job: DataJob,
+    file_permit: OwnedSemaphorePermit,
+    conn_memory: &Arc<Semaphore>,
+    limits: &Limits,
+) -> Prepared {
+    let (exec, block) = match job.target {
+        Ok(t) => t,
+        Err(e) => return failure(&job.reply, e),
+    };
+    let opened = match &block {
+        BlockRef::Shuffle {
+            shuffle,
+            map,
+            start,
+            end,
+        } => core
+            .resolve(&exec, *shuffle, *map, *start, *end)
+            .and_then(|seg| {
+                let (file, _, size) = blocks::open_verified(&exec, &seg.path)?;
+                if seg.offset + seg.len > size {
+                    return Err(crate::ShuffleError::Corrupt(format!(
+                        "{}: {size} bytes, index points to {}",
+                        seg.path.display(),
+                        seg.offset + seg.len
+                    )));
+                }
+                Ok((file, seg.offset, seg.len))
+            }),
+        BlockRef::Rdd { name } => {
+            let path = layout::placement(&exec.local_dirs, exec.sub_dirs, name);
+            blocks::open_verified(&exec, &path).map(|(f, _, size)| (f, 0, size))
+        }
+    };
+    let (file, offset, len) = match opened {
+        Ok(x) => x,
+        Err(crate::ShuffleError::BlockNotFound(_)) if matches!(block, BlockRef::Rdd { .. }) => {
+            return failure(
+                &job.reply,
+                match &job.reply {
+                    ReplyTo::Chunk(_) => "Chunk was not found".into(),
+                    ReplyTo::Stream(s) => format!("Stream '{s}' was not found."),
+                },
+            );
+        }
+        Err(e) => {
+            core.metrics().spark_block_failures.inc();
+            return failure(&job.reply, failure_text(&e));
+        }
+    };
+    let head = match &job.reply {
+        ReplyTo::Chunk(id) => {
+            if len > MAX_IN_FRAME {
+                return failure(
+                    &job.reply,
+                    format!(
+                        "block of {len} bytes does not fit a frame; fetch it to disk (StreamRequest)"
+                    ),
+                );
+            }
+            Bytes::copy_from_slice(&frame::chunk_success_header(*id, len))
+        }
+        ReplyTo::Stream(s) => Message::StreamResponse {
+            stream_id: s.clone(),
+            byte_count: len as i64,
+        }
+        .to_bytes(),
+    };
+    if len == 0 {
+        return Prepared {
+            head,
+            body: Body::None,
+            block_bytes: Some(0),
+            permits: Vec::new(),
+        };
+    }
+    // Small bodies are read now and batched, within the memory budgets; without budget they
+    // go by sendfile like large ones.
+    if len <= limits.small_body {
+        let units = len.div_ceil(UNIT) as u32;
+        if let Ok(c) = Arc::clone(conn_memory).try_acquire_many_owned(units)
+            && let Ok(g) = Arc::clone(&limits.global_memory).try_acquire_many_owned(units)
+        {
+            let mut buf = vec![0u8; len as usize];
+            return match file.read_exact_at(&mut buf, offset) {
+                Ok(()) => Prepared {
+                    head,
+                    body: Body::Mem(Bytes::from(buf)),
+                    block_bytes: Some(len),
+                    permits: vec![c, g],
+                },
+                Err(e) => failure(&job.reply, format!("read failed: {e}")),
+            };
+        }
+    }
+    Prepared {
+        head,
+        body: Body::File { file, offset, len },
+        block_bytes: Some(len),
+        permits: vec![file_permit],
+    }
+}
+
+/// Bytes waiting to be written, written with `writev`.
+#[derive(Default)]
+struct Outbox {
+    parts: VecDeque<Bytes>,
+}
+
+impl Outbox {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.parts.push_back(b);
+        }
+    }
+
+    async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+        while !self.parts.is_empty() {
+            stream.writable().await?;
+            let slices: Vec<IoSlice<'_>> = self
+                .parts
+                .iter()
+                .take(64)
+                .map(|b| IoSlice::new(b))
+                .collect();
+            match stream.try_write_vectored(&slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(mut n) => {
+                    while n > 0 {
+                        let front = self.parts.front_mut().expect("written bytes were queued");
+                        if front.len() <= n {
+                            n -= front.len();
+                            self.parts.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends `len` bytes of `file` from `offset` with `sendfile`, no user-space copy.
+async fn send_file(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    let mut off = offset;
+    let end = offset + len;
+    while off < end {
+        stream.writable().await?;
+        let want = usize::try_from((end - off).min(1 << 30)).unwrap_or(1 << 30);
+        match stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, file, Some(&mut off), want).map_err(io::Error::from)
+        }) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "data file shrank while being sent",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn write_loop(
+    stream: &TcpStream,
+    mut ctl: mpsc::Receiver<Bytes>,
+    mut data: mpsc::Receiver<Vec<Prepared>>,
+    cancel: &CancellationToken,
+    activity: &AtomicU64,
+    started: Instant,
+    shared: &Shared,
+) -> io::Result<()> {
+    let metrics = shared.core.metrics();
+    let mut out = Outbox::default();
+    let (mut ctl_open, mut data_open) = (true, true);
+    // Budget permits of bodies in the outbox, released once written.
+    let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
+    while ctl_open || data_open {
+        let batch = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
+            c = ctl.recv(), if ctl_open => match c {
+                Some(frame) => { out.push(frame); None }
+                None => { ctl_open = false; None }
+            },
+            d = data.recv(), if data_open => match d {
+                Some(b) => Some(b),
+                None => { data_open = false; None }
+            },
+        };
+        for p in batch.into_iter().flatten() {
+            // Control replies go first, between block frames.
+            while let Ok(frame) = ctl.try_recv() {
+                out.push(frame);
+            }
+            out.push(p.head);
+            held.extend(p.permits);
+            match p.body {
+                Body::None => {}
+                Body::Mem(b) => out.push(b),
+                Body::File { file, offset, len } => {
+                    out.flush(stream).await?;
+                    send_file(stream, &file, offset, len).await?;
+                }
+            }
+            if let Some(n) = p.block_bytes {
+                metrics.blocks_served.inc();
+                metrics.bytes_served.inc_by(n);
+            }
+        }
+        while let Ok(frame) = ctl.try_recv() {
+            out.push(frame);
+        }
+        out.flush(stream).await?;
+        held.clear();
+        activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}

@@ -1,0 +1,538 @@
+//! RPC dispatch of the Spark front end: authentication state, the shuffle messages, and the
+//! one mapping of core errors to the text of an `RpcFailure`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::checksum::{self, Algorithm};
+use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
+use super::sasl::DigestServer;
+use super::secrets::Secrets;
+use super::stream::{Blocks, Stream, StreamTable};
+use crate::core::Core;
+use crate::error::ShuffleError;
+use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+use crate::layout;
+
+/// Work that finishes off the reader (a database write or file deletion).
+pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+
+/// What the reader does with an RPC.
+pub enum Action {
+    /// Reply now (`Ok` = `RpcResponse`, `Err` = `RpcFailure`).
+    Reply(Result<Bytes, String>),
+    /// Reply when the work completes.
+    Later(Deferred),
+    /// Reply with a failure, then close the connection.
+    FailAndClose(String),
+}
+
+/// Settings shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    /// The core.
+    pub core: Core,
+    /// Authentication secrets (disabled when empty).
+    pub secrets: Secrets,
+    /// Most blocks one request may name.
+    pub max_blocks: usize,
+    /// Most open streams per connection.
+    pub max_streams: usize,
+}
+
+/// One connection's state seen by the reader.
+#[derive(Debug, Default)]
+pub struct Session {
+    /// The authenticated application, once SASL completed.
+    pub client: Option<AppId>,
+    sasl: Option<(AppId, DigestServer)>,
+    /// Open streams.
+    pub streams: StreamTable,
+}
+
+/// The text of an `RpcFailure` or chunk failure for a core error; internal causes are logged
+/// and not shown.
+pub fn failure_text(e: &ShuffleError) -> String {
+    match e {
+        ShuffleError::Io { .. } | ShuffleError::Db(_) | ShuffleError::Task(_) => {
+            tracing::error!(cause = %e, "internal error");
+            "internal error in the shuffle service".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn fail(e: ShuffleError) -> String {
+    failure_text(&e)
+}
+
+impl Session {
+    /// Whether requests may be served: authentication is off, or it completed.
+    pub fn authorized(&self, shared: &Shared) -> bool {
+        !shared.secrets.enabled() || self.client.is_some()
+    }
+
+    fn check_app(&self, app_id: &str) -> Result<AppId, String> {
+        let app: AppId = app_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
+        if let Some(c) = &self.client
+            && *c != app
+        {
+            return Err(format!(
+                "Client for {c} not authorized for application {app}."
+            ));
+        }
+        Ok(app)
+    }
+
+    /// Handles an RPC body. `name` receives the message name for metrics.
+    pub fn rpc(&mut self, shared: &Arc<Shared>, body: Bytes, name: &mut &'static str) -> Action {
+        let payload = match RpcPayload::decode(body) {
+            Ok(p) => p,
+            Err(e) => {
+                *name = "Malformed";
+                return Action::Reply(Err(format!("malformed message: {e}")));
+            }
+        };
+        match payload {
+            RpcPayload::Sasl(m) => {
+                *name = "SaslMessage";
+                self.sasl_step(shared, &m.app_id, &m.payload)
+            }
+            RpcPayload::AuthEngine => {
+                *name = "AuthMessage";
+                // The client falls back to SASL on the same connection.
+                Action::Reply(Err(
+                    "the AuthEngine protocol is not supported; use SASL (spark.network.crypto.enabled=false or saslFallback=true)".into(),
+                ))
+            }
+            RpcPayload::Block(m) => {
+                *name = m.name();
+                if !self.authorized(shared) {
+                    return Action::FailAndClose(
+                        "authentication required before any request".into(),
+                    );
+                }
+                self.block_message(shared, m)
+            }
+        }
+    }
+
+    fn sasl_step(&mut self, shared: &Shared, app_id: &str, token: &[u8]) -> Action {
+        if !shared.secrets.enabled() {
+            return Action::Reply(Err(
+                "authentication is not enabled on this shuffle service".into()
+            ));
+        }
+        if self.client.is_some() {
+            return Action::Reply(Err("already authenticated".into()));
+        }
+        let app: AppId = match app_id.parse() {
+            Ok(a) => a,
+            Err(e) => return Action::FailAndClose(fail(ShuffleError::from(e))),
+        };
+        let (sasl_app, server) = match &mut self.sasl {
+            Some(s) => s,
+            None => {
+                let Some(secret) = shared.secrets.lookup(&app) else {
+                    return Action::FailAndClose(format!("no secret for application {app}"));
+                };
+                self.sasl.insert((app.clone(), DigestServer::new(&secret)))
+            }
+        };
+        if *sasl_app != app {
+            return Action::FailAndClose("application changed during the handshake".into());
+        }
+        match server.step(token) {
+            Ok(reply) => {
+                if server.is_complete() {
+                    tracing::debug!(app = %app, "client authenticated");
+                    self.client = Some(app);
+                    self.sasl = None;
+                }
+                Action::Reply(Ok(Bytes::from(reply)))
+            }
+            Err(e) => {
+                shared.core.metrics().spark_auth_failures.inc();
+                tracing::warn!(app = %app, error = %e, "SASL authentication failed");
+                Action::FailAndClose(e.to_string())
+            }
+        }
+    }
+
+    fn block_message(&mut self, shared: &Arc<Shared>, m: Btm) -> Action {
+        let core = &shared.core;
+        match m {
+            Btm::RegisterExecutor {
+                app_id,
+                exec_id,
+                info,
+            } => {
+                let app = match self.check_app(&app_id) {
+                    Ok(a) => a,
+                    Err(e) => return Action::Reply(Err(e)),
+                };
+                let core = core.clone();
+                Action::Later(Box::pin(async move {
+                    let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
+                    let subs = u32::try_from(info.sub_dirs_per_local_dir)
+                        .map_err(|_| "negative subDirsPerLocalDir".to_owned())?;
+                    core.register_executor(
+                        &app,
+                        &exec,
+                        &info.local_dirs,
+                        subs,
+                        info.shuffle_manager,
+                    )
+                    .await
+                    .map_err(fail)?;
+                    Ok(Bytes::new())
+                }))
+            }
+            Btm::FetchShuffleBlocks {
+                app_id,
+                exec_id,
+                shuffle_id,
+                map_ids,
+                reduce_ids,
+                batch_fetch_enabled,
+            } => Action::Reply(self.fetch(
+                shared,
+                &app_id,
+                &exec_id,
+                shuffle_id,
+                map_ids,
+                reduce_ids,
+                batch_fetch_enabled,
+            )),
+            Btm::OpenBlocks {
+                app_id,
+                exec_id,
+                block_ids,
+            } => Action::Reply(self.open(shared, &app_id, &exec_id, &block_ids)),
+            Btm::GetLocalDirsForExecutors { app_id, exec_ids } => {
+                Action::Reply(self.local_dirs(core, &app_id, &exec_ids))
+            }
+            Btm::RemoveBlocks {
+                app_id,
+                exec_id,
+                block_ids,
+            } => {
+                let app = match self.check_app(&app_id) {
+                    Ok(a) => a,
+                    Err(e) => return Action::Reply(Err(e)),
+                };
+                let core = core.clone();
+                Action::Later(Box::pin(async move {
+                    let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
+                    let n = core
+                        .remove_blocks(&app, &exec, block_ids)
+                        .await
+                        .map_err(fail)?;
+                    Ok(Btm::BlocksRemoved {
+                        num_removed_blocks: i32::try_from(n).unwrap_or(i32::MAX),
+                    }
+                    .to_bytes())
+                }))
+            }
+            Btm::DiagnoseCorruption {
+                app_id,
+                exec_id,
+                shuffle_id,
+                map_id,
+                reduce_id,
+                checksum,
+                algorithm,
+            } => {
+                let app = match self.check_app(&app_id) {
+                    Ok(a) => a,
+                    Err(e) => return Action::Reply(Err(e)),
+                };
+                let core = core.clone();
+                Action::Later(Box::pin(async move {
+                    let cause = diagnose(
+                        &core, &app, &exec_id, shuffle_id, map_id, reduce_id, checksum, &algorithm,
+                    )
+                    .await;
+                    Ok(Btm::CorruptionCause(cause).to_bytes())
+                }))
+            }
+            Btm::RegisterDriver {
+                app_id,
+                heartbeat_timeout_ms,
+            } => {
+                let app = match self.check_app(&app_id) {
+                    Ok(a) => a,
+                    Err(e) => return Action::Reply(Err(e)),
+                };
+                let core = core.clone();
+                Action::Later(Box::pin(async move {
+                    let ms = u64::try_from(heartbeat_timeout_ms)
+                        .map_err(|_| "negative heartbeat timeout".to_owned())?;
+                    core.register_driver(&app, Duration::from_millis(ms))
+                        .await
+                        .map_err(fail)?;
+                    Ok(Bytes::new())
+                }))
+            }
+            Btm::ShuffleServiceHeartbeat { app_id } => {
+                // Normally one-way; answered when sent as an RPC.
+                Action::Reply(
+                    self.check_app(&app_id)
+                        .and_then(|a| core.heartbeat(&a).map_err(fail))
+                        .map(|()| Bytes::new()),
+                )
+            }
+            other => Action::Reply(Err(format!(
+                "Unexpected message: {} (not served by this shuffle service)",
+                other.name()
+            ))),
+        }
+    }
+
+    /// Handles a one-way message: heartbeats count; the rest is ignored, as Spark does.
+    pub fn one_way(&mut self, shared: &Shared, body: Bytes) -> &'static str {
+        if !self.authorized(shared) {
+            return "Unauthenticated";
+        }
+        match Btm::decode(body) {
+            Ok(Btm::ShuffleServiceHeartbeat { app_id }) => {
+                if let Ok(app) = self.check_app(&app_id)
+                    && shared.core.heartbeat(&app).is_err()
+                {
+                    tracing::debug!(app = %app, "heartbeat of an unknown application");
+                }
+                "ShuffleServiceHeartbeat"
+            }
+            Ok(m) => m.name(),
+            Err(_) => "Malformed",
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // The fields of FetchShuffleBlocks.
+    fn fetch(
+        &mut self,
+        shared: &Shared,
+        app_id: &str,
+        exec_id: &str,
+        shuffle_id: i32,
+        map_ids: Vec<i64>,
+        reduce_ids: Vec<Vec<i32>>,
+        batch: bool,
+    ) -> Result<Bytes, String> {
+        let app = self.check_app(app_id)?;
+        let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
+        let shuffle = ShuffleId::new(shuffle_id).map_err(|e| fail(e.into()))?;
+        if map_ids.len() != reduce_ids.len() {
+            return Err(format!(
+                "{} map ids but {} reduce id lists",
+                map_ids.len(),
+                reduce_ids.len()
+            ));
+        }
+        let maps: Vec<MapId> = map_ids
+            .into_iter()
+            .map(MapId::new)
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.into()))?;
+        for r in &reduce_ids {
+            if batch {
+                if r.len() != 2 || r[0] < 0 || r[0] >= r[1] {
+                    return Err(format!(
+                        "batch fetch needs [start, end) with 0 <= start < end, got {r:?}"
+                    ));
+                }
+            } else if r.iter().any(|x| *x < 0 || *x == i32::MAX) {
+                return Err("negative reduce id".into());
+            }
+        }
+        let blocks = Blocks::Fetch {
+            shuffle,
+            maps,
+            reduces: reduce_ids,
+            batch,
+        };
+        self.open_stream(shared, &app, &exec, blocks)
+    }
+
+    fn open(
+        &mut self,
+        shared: &Shared,
+        app_id: &str,
+        exec_id: &str,
+        ids: &[String],
+    ) -> Result<Bytes, String> {
+        let app = self.check_app(app_id)?;
+        let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
+        let blocks = parse_open_blocks(ids)?;
+        self.open_stream(shared, &app, &exec, blocks)
+    }
+
+    fn open_stream(
+        &mut self,
+        shared: &Shared,
+        app: &AppId,
+        exec: &ExecId,
+        blocks: Blocks,
+    ) -> Result<Bytes, String> {
+        let n = blocks.chunks();
+        if n > shared.max_blocks {
+            return Err(format!(
+                "{n} blocks in one request; at most {} are served",
+                shared.max_blocks
+            ));
+        }
+        if self.streams.len() >= shared.max_streams {
+            return Err(format!(
+                "{} streams open on this connection; finish some first",
+                self.streams.len()
+            ));
+        }
+        let executor = shared.core.executor(app, exec).map_err(fail)?;
+        let stream_id = self.streams.open(Stream::new(executor, blocks));
+        Ok(Btm::StreamHandle {
+            stream_id,
+            num_chunks: i32::try_from(n).unwrap_or(i32::MAX),
+        }
+        .to_bytes())
+    }
+
+    fn local_dirs(&self, core: &Core, app_id: &str, exec_ids: &[String]) -> Result<Bytes, String> {
+        let app = self.check_app(app_id)?;
+        let execs: Vec<ExecId> = exec_ids
+            .iter()
+            .map(|e| e.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(ShuffleError::from(e)))?;
+        let dirs = core.local_dirs(&app, &execs).map_err(fail)?;
+        let mut num = Vec::with_capacity(execs.len());
+        let mut all = Vec::new();
+        for e in &execs {
+            let d = &dirs[e];
+            num.push(i32::try_from(d.len()).unwrap_or(i32::MAX));
+            all.extend(d.iter().map(|p| p.display().to_string()));
+        }
+        Ok(Btm::LocalDirsForExecutors {
+            exec_ids: exec_ids.to_vec(),
+            num_dirs_per_exec: num,
+            all_dirs: all,
+        }
+        .to_bytes())
+    }
+}
+
+/// Parses `OpenBlocks` ids: all `shuffle_<s>_<m>_<r>` of one shuffle, or all `rdd_<r>_<p>`.
+///
+/// # Errors
+/// Text for the client.
+pub fn parse_open_blocks(ids: &[String]) -> Result<Blocks, String> {
+    let first = ids.first().ok_or("no block ids")?;
+    if first.starts_with("rdd_") {
+        let names = ids
+            .iter()
+            .map(|id| {
+                let p: Vec<&str> = id.split('_').collect();
+                let ok = p.len() == 3
+                    && p[0] == "rdd"
+                    && p[1].parse::<u32>().is_ok()
+                    && p[2].parse::<u32>().is_ok();
+                if ok {
+                    Ok(id.clone())
+                } else {
+                    Err(format!("Unexpected block id format: {id}"))
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        return Ok(Blocks::Rdd(names));
+    }
+    if first.starts_with("shuffleChunk_") {
+        return Err("push-based shuffle chunks are not served by this shuffle service".into());
+    }
+    let mut shuffle = None;
+    let mut blocks = Vec::with_capacity(ids.len());
+    for id in ids {
+        let p: Vec<&str> = id.split('_').collect();
+        let bad = || format!("Unexpected shuffle block id format: {id}");
+        if p.len() != 4 || p[0] != "shuffle" {
+            return Err(bad());
+        }
+        let s = p[1]
+            .parse::<i32>()
+            .ok()
+            .and_then(|v| ShuffleId::new(v).ok());
+        let m = p[2].parse::<i64>().ok().and_then(|v| MapId::new(v).ok());
+        let r = p[3]
+            .parse::<i32>()
+            .ok()
+            .filter(|v| *v < i32::MAX)
+            .and_then(|v| ReduceId::new(v).ok());
+        let (Some(s), Some(m), Some(r)) = (s, m, r) else {
+            return Err(bad());
+        };
+        match shuffle {
+            None => shuffle = Some(s),
+            Some(x) if x != s => {
+                return Err(format!("Expected shuffleId={}, got: {id}", x.get()));
+            }
+            Some(_) => {}
+        }
+        blocks.push((m, r));
+    }
+    Ok(Blocks::Open {
+        shuffle: shuffle.expect("at least one id"),
+        blocks,
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // The fields of DiagnoseCorruption.
+async fn diagnose(
+    core: &Core,
+    app: &AppId,
+    exec_id: &str,
+    shuffle_id: i32,
+    map_id: i64,
+    reduce_id: i32,
+    reader_checksum: i64,
+    algorithm: &str,
+) -> Cause {
+    let Some(alg) = Algorithm::parse(algorithm) else {
+        return Cause::UnsupportedChecksumAlgorithm;
+    };
+    let (Ok(exec), Ok(shuffle), Ok(map), Ok(reduce)) = (
+        exec_id.parse::<ExecId>(),
+        ShuffleId::new(shuffle_id),
+        MapId::new(map_id),
+        ReduceId::new(reduce_id),
+    ) else {
+        return Cause::UnknownIssue;
+    };
+    let Ok(executor) = core.executor(app, &exec) else {
+        return Cause::UnknownIssue;
+    };
+    let core = core.clone();
+    tokio::task::spawn_blocking(move || {
+        let Ok(end) = ReduceId::new(reduce.get().saturating_add(1)) else {
+            return Cause::UnknownIssue;
+        };
+        let seg = match core.resolve(&executor, shuffle, map, reduce, end) {
+            Ok(s) => s,
+            Err(_) => return Cause::UnknownIssue,
+        };
+        let file = layout::placement(
+            &executor.local_dirs,
+            executor.sub_dirs,
+            &layout::checksum_file(shuffle, map, alg.as_str()),
+        );
+        if crate::blocks::open_verified(&executor, &file).is_err()
+            || crate::blocks::open_verified(&executor, &seg.path).is_err()
+        {
+            return Cause::UnknownIssue;
+        }
+        checksum::diagnose(alg, &file, reduce.get() as u32, &seg, reader_checksum)
+    })
+    .await
+    .unwrap_or(Cause::UnknownIssue)
+}
