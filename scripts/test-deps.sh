@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, idempotently:
 #   - Debian: prometheus (prometheus + promtool, for the metrics tests)
-#   - Python venv .venv: moto[server] (S3-protocol server for the object-store tests)
+#   - Python venv .venv: moto[server] (S3-protocol server for the object-store tests) and
+#     pyspark (real Spark against the shuffle service's Spark protocol; needs Java 17)
 # A component that cannot be installed is reported; the tests needing it are then skipped
 # (counted as ignored by cargo test), never passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 MOTO_VERSION="5.2.5"
+PYSPARK_VERSION="4.3.0"
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
@@ -30,4 +32,10 @@ if [ -x .venv/bin/pip ] && [ ! -x .venv/bin/moto_server ]; then
   .venv/bin/pip install -q "moto[server]==${MOTO_VERSION}" >/tmp/test-deps-pip.log 2>&1 \
     || echo "test-deps: WARNING: pip install moto failed (see /tmp/test-deps-pip.log)"
 fi
+if [ -x .venv/bin/pip ] && ! .venv/bin/python -c "import pyspark, sys; sys.exit(pyspark.__version__ != '${PYSPARK_VERSION}')" 2>/dev/null; then
+  echo "test-deps: installing pyspark==${PYSPARK_VERSION} into .venv"
+  .venv/bin/pip install -q "pyspark==${PYSPARK_VERSION}" >/tmp/test-deps-pyspark.log 2>&1 \
+    || echo "test-deps: WARNING: pip install pyspark failed (see /tmp/test-deps-pyspark.log)"
+fi
+command -v java >/dev/null 2>&1 || echo "test-deps: WARNING: java is not installed; the real-Spark tests will be skipped"
 exit 0

@@ -33,6 +33,12 @@ external() { # external <tool> <test-name filter>
 external moto_server external::s3_
 external promtool external::promtool_
 external prometheus external::a_real_prometheus
+if command -v java >/dev/null 2>&1; then
+  external spark-submit spark_e2e::
+else
+  echo "!! SKIPPED external tests 'spark_e2e::': java is not installed" >&2
+  skipped+=("spark_e2e::")
+fi
 
 if [ ${#skipped[@]} -gt 0 ]; then
   echo "!! ${#skipped[@]} external test group(s) SKIPPED for missing components: ${skipped[*]}" >&2

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub spark_frames_rejected: IntCounter,
     /// Failed Spark authentications.
     pub spark_auth_failures: IntCounter,
+    /// Spark `FetchShuffleBlocks` requests with batch fetch (AQE coalesced reads).
+    pub spark_batch_fetches: IntCounter,
     /// Spark chunk or stream requests that failed to resolve or open their block.
     pub spark_block_failures: IntCounter,
 }
@@ -151,6 +153,10 @@ impl Metrics {
                 "shuffle_spark_auth_failures_total",
                 "Failed Spark (SASL) authentications.",
             )?,
+            spark_batch_fetches: IntCounter::new(
+                "shuffle_spark_batch_fetches_total",
+                "Spark FetchShuffleBlocks requests with batch fetch (contiguous reduce ranges).",
+            )?,
             spark_block_failures: IntCounter::new(
                 "shuffle_spark_block_failures_total",
                 "Spark chunk or stream requests whose block could not be resolved or opened.",
@@ -162,6 +168,7 @@ impl Metrics {
         r.register(Box::new(m.spark_frames_rejected.clone()))?;
         r.register(Box::new(m.spark_auth_failures.clone()))?;
         r.register(Box::new(m.spark_block_failures.clone()))?;
+        r.register(Box::new(m.spark_batch_fetches.clone()))?;
         r.register(Box::new(m.rpc_duration.clone()))?;
         r.register(Box::new(m.bytes_served.clone()))?;
         r.register(Box::new(m.blocks_served.clone()))?;

@@ -82,6 +82,8 @@ enum Body {
 }
 
 struct Prepared {
+    /// `spark/ChunkFetchRequest` or `spark/StreamRequest`, for the RPC metric.
+    method: &'static str,
     head: Bytes,
     body: Body,
     block_bytes: Option<u64>,
@@ -410,6 +412,13 @@ async fn prepare_loop(
     }
 }
 
+fn method(reply: &ReplyTo) -> &'static str {
+    match reply {
+        ReplyTo::Chunk(_) => "spark/ChunkFetchRequest",
+        ReplyTo::Stream(_) => "spark/StreamRequest",
+    }
+}
+
 fn failure(reply: &ReplyTo, error: String) -> Prepared {
     let m = match reply {
         ReplyTo::Chunk(id) => Message::ChunkFetchFailure(*id, error),
@@ -419,6 +428,7 @@ fn failure(reply: &ReplyTo, error: String) -> Prepared {
         },
     };
     Prepared {
+        method: method(reply),
         head: m.to_bytes(),
         body: Body::None,
         block_bytes: None,
@@ -497,6 +507,7 @@ fn prepare(
     };
     if len == 0 {
         return Prepared {
+            method: method(&job.reply),
             head,
             body: Body::None,
             block_bytes: Some(0),
@@ -513,6 +524,7 @@ fn prepare(
             let mut buf = vec![0u8; len as usize];
             return match file.read_exact_at(&mut buf, offset) {
                 Ok(()) => Prepared {
+                    method: method(&job.reply),
                     head,
                     body: Body::Mem(Bytes::from(buf)),
                     block_bytes: Some(len),
@@ -523,6 +535,7 @@ fn prepare(
         }
     }
     Prepared {
+        method: method(&job.reply),
         head,
         body: Body::File { file, offset, len },
         block_bytes: Some(len),
@@ -649,6 +662,17 @@ async fn write_loop(
                 metrics.blocks_served.inc();
                 metrics.bytes_served.inc_by(n);
             }
+            metrics
+                .rpcs
+                .with_label_values(&[
+                    p.method,
+                    if p.block_bytes.is_some() {
+                        "OK"
+                    } else {
+                        "FAILED"
+                    },
+                ])
+                .inc();
         }
         while let Ok(frame) = ctl.try_recv() {
             out.push(frame);

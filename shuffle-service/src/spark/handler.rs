@@ -349,6 +349,9 @@ impl Session {
                 return Err("negative reduce id".into());
             }
         }
+        if batch {
+            shared.core.metrics().spark_batch_fetches.inc();
+        }
         let blocks = Blocks::Fetch {
             shuffle,
             maps,

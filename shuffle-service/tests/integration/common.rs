@@ -252,3 +252,58 @@ pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Addresses a started binary reported.
+pub(crate) struct Ready {
+    pub(crate) grpc: String,
+    pub(crate) admin: String,
+    pub(crate) spark: String,
+}
+
+/// Starts the real binary on port 0 everywhere with a hostPath volume `<dir>/vol`, plus
+/// `extra` flags; waits for its "ready" log line.
+pub(crate) async fn spawn_service(dir: &Path, extra: &[&str]) -> (tokio::process::Child, Ready) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shuffle-service"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--spark-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .arg("--volume")
+        .arg(format!("{}:hostPath", dir.join("vol").display()))
+        .args(extra)
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("service exited before it was ready");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let f = &v["fields"];
+        if f["message"] == "shuffle service ready" {
+            let s = |k: &str| f[k].as_str().unwrap().to_owned();
+            break Ready {
+                grpc: s("grpc"),
+                admin: s("admin"),
+                spark: s("spark"),
+            };
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, ready)
+}

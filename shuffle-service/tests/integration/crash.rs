@@ -1,54 +1,12 @@
 //! kill -9 of the real binary, restart, fetch: registrations survive (SPARK-27736).
 
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
 use crate::common::*;
-
-async fn start(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shuffle-service"))
-        .args([
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--spark-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir)
-        .arg("--volume")
-        .arg(format!("{}:hostPath", dir.join("vol").display()))
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let grpc = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("service exited before it was ready");
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["fields"]["message"] == "shuffle service ready" {
-            break v["fields"]["grpc"].as_str().unwrap().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, grpc)
-}
 
 #[tokio::test]
 async fn registrations_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, grpc) = start(dir.path()).await;
+    let (mut child, ready) = spawn_service(dir.path(), &[]).await;
+    let grpc = ready.grpc;
     let mut c = shuffle_proto::v1::shuffle_client::ShuffleClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
@@ -62,7 +20,8 @@ async fn registrations_survive_kill_9() {
         .unwrap();
     child.kill().await.unwrap();
 
-    let (_child, grpc) = start(dir.path()).await;
+    let (_child, ready) = spawn_service(dir.path(), &[]).await;
+    let grpc = ready.grpc;
     let mut c = shuffle_proto::v1::shuffle_client::ShuffleClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();

@@ -7,4 +7,5 @@ mod fetch;
 mod lifecycle;
 mod security;
 mod spark_codec;
+mod spark_e2e;
 mod spark_protocol;
