@@ -68,17 +68,20 @@ impl IndexCache {
     /// # Errors
     /// [`ShuffleError::BlockNotFound`] for a missing index, [`ShuffleError::Corrupt`] for a
     /// malformed one.
-    pub fn get(&self, path: &Path) -> Result<Arc<Vec<u64>>> {
+    pub fn get(&self, exec: &Executor, path: &Path) -> Result<Arc<Vec<u64>>> {
         if let Some(v) = self.lock().map.get(path) {
             return Ok(Arc::clone(v));
         }
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ShuffleError::BlockNotFound(path.display().to_string()));
-            }
-            Err(e) => return Err(ShuffleError::io(path, e)),
-        };
+        let (mut file, _, size) = open_verified(exec, path)?;
+        if size > (crate::writer::MAX_PARTITIONS as u64 + 1) * 8 {
+            return Err(ShuffleError::Corrupt(format!(
+                "{}: index of {size} bytes",
+                path.display()
+            )));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(|e| ShuffleError::io(path, e))?;
         let offsets = Arc::new(
             layout::parse_index(path, &bytes).map_err(|e| ShuffleError::Corrupt(e.to_string()))?,
         );
@@ -149,7 +152,7 @@ pub fn resolve(
         exec.sub_dirs,
         &layout::index_file(shuffle, map),
     );
-    let offsets = cache.get(&index)?;
+    let offsets = cache.get(exec, &index)?;
     let partitions = offsets.len() - 1;
     let (s, e) = (start.get(), end.get());
     if s >= e || e as usize > partitions {
@@ -172,12 +175,65 @@ pub fn resolve(
     })
 }
 
-/// Opens a file of an executor for reading after verifying that its canonical path lies
-/// under one of the executor's directories; returns the file, that path and its size.
+/// Whether the kernel lacks `openat2` (before Linux 5.6); then paths are canonicalised.
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens a file of an executor for reading, refusing any path that leaves the executor's
+/// directories; returns the file, its canonical path and its size.
+///
+/// Registered directories are canonical and file paths are built from them with names that
+/// hold no `/` or `..`, so the only way out is a symlink: the file is opened with `openat2`
+/// and `RESOLVE_NO_SYMLINKS` (one system call); without `openat2`, the path is canonicalised
+/// and checked against the directories.
 ///
 /// # Errors
 /// Not found, refused path, I/O errors.
 pub fn open_verified(exec: &Executor, path: &Path) -> Result<(std::fs::File, PathBuf, u64)> {
+    use std::sync::atomic::Ordering;
+    if !exec.local_dirs.iter().any(|d| path.starts_with(d)) {
+        return Err(ShuffleError::PermissionDenied(format!(
+            "{} lies outside the executor's directories",
+            path.display()
+        )));
+    }
+    let (file, canonical) = if NO_OPENAT2.load(Ordering::Relaxed) {
+        open_canonical(exec, path)?
+    } else {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        match rustix::fs::openat2(
+            rustix::fs::CWD,
+            path,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Ok(fd) => (std::fs::File::from(fd), path.to_path_buf()),
+            Err(rustix::io::Errno::NOSYS) => {
+                NO_OPENAT2.store(true, Ordering::Relaxed);
+                open_canonical(exec, path)?
+            }
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(ShuffleError::BlockNotFound(path.display().to_string()));
+            }
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(ShuffleError::PermissionDenied(format!(
+                    "{} resolves through a symbolic link",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(ShuffleError::io(path, e.into())),
+        }
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| ShuffleError::io(&canonical, e))?;
+    if !meta.is_file() {
+        return Err(ShuffleError::BlockNotFound(path.display().to_string()));
+    }
+    Ok((file, canonical, meta.len()))
+}
+
+fn open_canonical(exec: &Executor, path: &Path) -> Result<(std::fs::File, PathBuf)> {
     let canonical = match std::fs::canonicalize(path) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -192,13 +248,7 @@ pub fn open_verified(exec: &Executor, path: &Path) -> Result<(std::fs::File, Pat
         )));
     }
     let file = std::fs::File::open(&canonical).map_err(|e| ShuffleError::io(&canonical, e))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| ShuffleError::io(&canonical, e))?;
-    if !meta.is_file() {
-        return Err(ShuffleError::BlockNotFound(path.display().to_string()));
-    }
-    Ok((file, canonical, meta.len()))
+    Ok((file, canonical))
 }
 
 /// An open data-file segment, read in chunks.

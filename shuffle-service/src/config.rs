@@ -40,13 +40,13 @@ pub const DEFAULT_SPARK_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest Spark frame accepted from a client.
 pub const DEFAULT_SPARK_MAX_FRAME: u64 = 16 << 20;
 /// Memory for block bodies across Spark connections.
-pub const DEFAULT_SPARK_MEMORY: u64 = 256 << 20;
+pub const DEFAULT_SPARK_MEMORY: u64 = 64 << 20;
 /// Memory for block bodies per Spark connection.
-pub const DEFAULT_SPARK_CONNECTION_MEMORY: u64 = 4 << 20;
+pub const DEFAULT_SPARK_CONNECTION_MEMORY: u64 = 1 << 20;
 /// Block files open for sending at once across Spark connections.
 pub const DEFAULT_SPARK_OPEN_FILES: usize = 4096;
 /// Spark block bodies up to this size are read and batched; larger ones go by sendfile.
-pub const DEFAULT_SPARK_SMALL_BODY: u64 = 64 << 10;
+pub const DEFAULT_SPARK_SMALL_BODY: u64 = 16 << 10;
 /// How often capacity-limited volumes are rescanned.
 pub const DEFAULT_USAGE_SCAN_INTERVAL: Duration = Duration::from_secs(300);
 

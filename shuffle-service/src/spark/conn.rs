@@ -393,13 +393,7 @@ async fn prepare_loop(
         let conn_memory = Arc::clone(&conn_memory);
         let limits2 = limits.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            let mut files = files;
-            jobs.into_iter()
-                .map(|j| {
-                    let permit = files.split(1).expect("one permit per job");
-                    prepare(&core, j, permit, &conn_memory, &limits2)
-                })
-                .collect::<Vec<_>>()
+            prepare_batch(&core, jobs, files, &conn_memory, &limits2)
         })
         .await;
         let Ok(prepared) = prepared else {
@@ -436,16 +430,33 @@ fn failure(reply: &ReplyTo, error: String) -> Prepared {
     }
 }
 
-fn prepare(
-    core: &crate::Core,
-    job: DataJob,
-    file_permit: OwnedSemaphorePermit,
-    conn_memory: &Arc<Semaphore>,
-    limits: &Limits,
-) -> Prepared {
+/// A block whose file is open, ready to be sent.
+struct Opened {
+    reply: ReplyTo,
+    head: Bytes,
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+}
+
+/// A resolved request: an open block, or the failure to send instead.
+enum Resolved {
+    Open(Opened),
+    Failed(Prepared),
+}
+
+/// Resolves and opens one block.
+fn open_block(core: &crate::Core, job: DataJob) -> Resolved {
+    match try_open_block(core, job) {
+        Ok(o) => Resolved::Open(o),
+        Err(p) => Resolved::Failed(*p),
+    }
+}
+
+fn try_open_block(core: &crate::Core, job: DataJob) -> Result<Opened, Box<Prepared>> {
     let (exec, block) = match job.target {
         Ok(t) => t,
-        Err(e) => return failure(&job.reply, e),
+        Err(e) => return Err(Box::new(failure(&job.reply, e))),
     };
     let opened = match &block {
         BlockRef::Shuffle {
@@ -474,28 +485,26 @@ fn prepare(
     let (file, offset, len) = match opened {
         Ok(x) => x,
         Err(crate::ShuffleError::BlockNotFound(_)) if matches!(block, BlockRef::Rdd { .. }) => {
-            return failure(
-                &job.reply,
-                match &job.reply {
-                    ReplyTo::Chunk(_) => "Chunk was not found".into(),
-                    ReplyTo::Stream(s) => format!("Stream '{s}' was not found."),
-                },
-            );
+            let text = match &job.reply {
+                ReplyTo::Chunk(_) => "Chunk was not found".to_owned(),
+                ReplyTo::Stream(s) => format!("Stream '{s}' was not found."),
+            };
+            return Err(Box::new(failure(&job.reply, text)));
         }
         Err(e) => {
             core.metrics().spark_block_failures.inc();
-            return failure(&job.reply, failure_text(&e));
+            return Err(Box::new(failure(&job.reply, failure_text(&e))));
         }
     };
     let head = match &job.reply {
         ReplyTo::Chunk(id) => {
             if len > MAX_IN_FRAME {
-                return failure(
+                return Err(Box::new(failure(
                     &job.reply,
                     format!(
                         "block of {len} bytes does not fit a frame; fetch it to disk (StreamRequest)"
                     ),
-                );
+                )));
             }
             Bytes::copy_from_slice(&frame::chunk_success_header(*id, len))
         }
@@ -505,42 +514,110 @@ fn prepare(
         }
         .to_bytes(),
     };
-    if len == 0 {
-        return Prepared {
-            method: method(&job.reply),
-            head,
-            body: Body::None,
-            block_bytes: Some(0),
-            permits: Vec::new(),
-        };
+    Ok(Opened {
+        reply: job.reply,
+        head,
+        file,
+        offset,
+        len,
+    })
+}
+
+/// Resolves and opens a batch (blocking I/O). Small bodies are read into one buffer, within
+/// the memory budgets (without budget they go by sendfile like large ones); each file body
+/// keeps one open-file permit until it is sent.
+fn prepare_batch(
+    core: &crate::Core,
+    jobs: Vec<DataJob>,
+    mut files: OwnedSemaphorePermit,
+    conn_memory: &Arc<Semaphore>,
+    limits: &Limits,
+) -> Vec<Prepared> {
+    let opened: Vec<Resolved> = jobs.into_iter().map(|j| open_block(core, j)).collect();
+    fn open(r: &Resolved) -> Option<&Opened> {
+        match r {
+            Resolved::Open(o) => Some(o),
+            Resolved::Failed(_) => None,
+        }
     }
-    // Small bodies are read now and batched, within the memory budgets; without budget they
-    // go by sendfile like large ones.
-    if len <= limits.small_body {
-        let units = len.div_ceil(UNIT) as u32;
+    let small = |o: &Opened| o.len > 0 && o.len <= limits.small_body;
+    let small_total: u64 = opened
+        .iter()
+        .filter_map(open)
+        .filter(|o| small(o))
+        .map(|o| o.len)
+        .sum();
+    let mut budget = Vec::new();
+    if small_total > 0 {
+        let units = u32::try_from(small_total.div_ceil(UNIT)).unwrap_or(u32::MAX);
         if let Ok(c) = Arc::clone(conn_memory).try_acquire_many_owned(units)
             && let Ok(g) = Arc::clone(&limits.global_memory).try_acquire_many_owned(units)
         {
-            let mut buf = vec![0u8; len as usize];
-            return match file.read_exact_at(&mut buf, offset) {
-                Ok(()) => Prepared {
-                    method: method(&job.reply),
-                    head,
-                    body: Body::Mem(Bytes::from(buf)),
-                    block_bytes: Some(len),
-                    permits: vec![c, g],
-                },
-                Err(e) => failure(&job.reply, format!("read failed: {e}")),
-            };
+            budget = vec![c, g];
         }
     }
-    Prepared {
-        method: method(&job.reply),
-        head,
-        body: Body::File { file, offset, len },
-        block_bytes: Some(len),
-        permits: vec![file_permit],
+    let in_memory = !budget.is_empty();
+    // Read every small body into one buffer, then hand out slices of it.
+    let mut buf = BytesMut::new();
+    let mut ranges = Vec::with_capacity(opened.len());
+    for o in &opened {
+        let Some(o) = open(o) else {
+            ranges.push(None);
+            continue;
+        };
+        if in_memory && small(o) {
+            let start = buf.len();
+            buf.resize(start + o.len as usize, 0);
+            match o.file.read_exact_at(&mut buf[start..], o.offset) {
+                Ok(()) => ranges.push(Some(Ok(start..buf.len()))),
+                Err(e) => {
+                    buf.truncate(start);
+                    ranges.push(Some(Err(format!("read failed: {e}"))));
+                }
+            }
+        } else {
+            ranges.push(None);
+        }
     }
+    let bodies = buf.freeze();
+    let mut out = Vec::with_capacity(opened.len());
+    for (o, range) in opened.into_iter().zip(ranges) {
+        let o = match o {
+            Resolved::Open(o) => o,
+            Resolved::Failed(failed) => {
+                out.push(failed);
+                continue;
+            }
+        };
+        let mut p = Prepared {
+            method: method(&o.reply),
+            head: o.head,
+            body: Body::None,
+            block_bytes: Some(o.len),
+            permits: Vec::new(),
+        };
+        match range {
+            Some(Ok(r)) => p.body = Body::Mem(bodies.slice(r)),
+            Some(Err(e)) => p = failure(&o.reply, e),
+            None if o.len == 0 => {}
+            None => {
+                if let Some(f) = files.split(1) {
+                    p.permits.push(f);
+                }
+                p.body = Body::File {
+                    file: o.file,
+                    offset: o.offset,
+                    len: o.len,
+                };
+            }
+        }
+        out.push(p);
+    }
+    // The writer holds a batch's permits until the whole batch is written.
+    if let Some(first) = out.first_mut() {
+        first.permits.append(&mut budget);
+    }
+    out
 }
 
 /// Bytes waiting to be written, written with `writev`.
@@ -556,7 +633,15 @@ impl Outbox {
         }
     }
 
-    async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+    /// Writes everything; with `more`, tells the kernel that more data follows at once
+    /// (`MSG_MORE`: a frame header and its sendfile body leave in the same segments).
+    async fn flush(&mut self, stream: &TcpStream, more: bool) -> io::Result<()> {
+        use rustix::net::{SendAncillaryBuffer, SendFlags};
+        let flags = if more {
+            SendFlags::MORE | SendFlags::NOSIGNAL
+        } else {
+            SendFlags::NOSIGNAL
+        };
         while !self.parts.is_empty() {
             stream.writable().await?;
             let slices: Vec<IoSlice<'_>> = self
@@ -565,7 +650,11 @@ impl Outbox {
                 .take(64)
                 .map(|b| IoSlice::new(b))
                 .collect();
-            match stream.try_write_vectored(&slices) {
+            let sent = stream.try_io(Interest::WRITABLE, || {
+                rustix::net::sendmsg(stream, &slices, &mut SendAncillaryBuffer::default(), flags)
+                    .map_err(io::Error::from)
+            });
+            match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(mut n) => {
                     while n > 0 {
@@ -654,7 +743,7 @@ async fn write_loop(
                 Body::None => {}
                 Body::Mem(b) => out.push(b),
                 Body::File { file, offset, len } => {
-                    out.flush(stream).await?;
+                    out.flush(stream, true).await?;
                     send_file(stream, &file, offset, len).await?;
                 }
             }
@@ -677,7 +766,7 @@ async fn write_loop(
         while let Ok(frame) = ctl.try_recv() {
             out.push(frame);
         }
-        out.flush(stream).await?;
+        out.flush(stream, false).await?;
         held.clear();
         activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }

@@ -1,0 +1,472 @@
+//! `spark-fetch`: the service's Spark-protocol listener beside Spark's own JVM
+//! ExternalShuffleService (from the pyspark jars), serving the same files in the same run, to
+//! a Spark-protocol client: 4 KiB, 64 KiB and 1 MiB blocks over 1 to 64 connections.
+//! Reports throughput, p50/p99 request latency, server CPU seconds per GB and peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::BytesMut;
+use serde_json::{Value, json};
+use shuffle_service::ids::{MapId, ShuffleId};
+use shuffle_service::layout;
+use shuffle_service::spark::client::Client;
+use shuffle_service::spark::frame::{Message, StreamChunkId};
+use shuffle_service::spark::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
+use tokio::process::{Child, Command};
+
+use crate::procs::{free_port, release_bin, vm_hwm, wait_listening, work_dir};
+use crate::stats::{median, round};
+
+/// Arguments of `spark-fetch`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Measured runs per cell (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3)]
+    seconds: u64,
+    /// Block sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "4096,65536,1048576")]
+    block_sizes: Vec<u64>,
+    /// Concurrent connections.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    connections: Vec<usize>,
+    /// Work directory (default: target/loadtest).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Spark installation (default: the pyspark package of the project's .venv).
+    #[arg(long)]
+    spark_home: Option<PathBuf>,
+}
+
+pub(crate) const APP: &str = "app-20261121000000-0042";
+const EXEC: &str = "1";
+
+/// The map outputs of one block size: `maps` outputs of `parts` partitions of `block` bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub(crate) shuffle: i32,
+    pub(crate) block: u64,
+    pub(crate) maps: i64,
+    pub(crate) parts: i32,
+}
+
+/// Writes map outputs as Spark's executors do (data + index placed by Spark's formula).
+pub(crate) fn write_outputs(dirs: &[PathBuf], layouts: &[Layout]) -> anyhow::Result<()> {
+    for l in layouts {
+        let payload = vec![0x5au8; (l.block * l.parts as u64) as usize];
+        let lens = vec![l.block; l.parts as usize];
+        for m in 0..l.maps {
+            let (s, mid) = (ShuffleId::new(l.shuffle)?, MapId::new(m)?);
+            for (name, bytes) in [
+                (layout::data_file(s, mid), &payload[..]),
+                (layout::index_file(s, mid), &layout::encode_index(&lens)[..]),
+            ] {
+                let p = layout::placement(dirs, 64, &name);
+                std::fs::create_dir_all(p.parent().context("parent")?)?;
+                std::fs::write(&p, bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Registers the executor over Spark's protocol.
+pub(crate) async fn register(addr: &str, dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let mut c = Client::connect(addr).await?;
+    let r = c
+        .call(&Btm::RegisterExecutor {
+            app_id: APP.into(),
+            exec_id: EXEC.into(),
+            info: ExecutorShuffleInfo {
+                local_dirs: dirs.iter().map(|d| d.display().to_string()).collect(),
+                sub_dirs_per_local_dir: 64,
+                shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+            },
+        })
+        .await?;
+    if let Err(e) = r {
+        bail!("registration at {addr} refused: {e}");
+    }
+    Ok(())
+}
+
+/// One measurement: bytes fetched, the time it took, and each request's latency.
+#[derive(Debug, Default)]
+pub(crate) struct Sample {
+    pub(crate) bytes: u64,
+    pub(crate) secs: f64,
+    pub(crate) latencies: Vec<f64>,
+}
+
+/// Blocks per request: Spark groups blocks into requests of some 10 MB.
+fn blocks_per_request(block: u64) -> usize {
+    usize::try_from((8 << 20) / block)
+        .unwrap_or(128)
+        .clamp(1, 128)
+}
+
+/// A lean Spark-protocol connection for load: block bodies are counted and dropped from one
+/// reused buffer, so the client costs the same, and little, against every server.
+struct Conn {
+    rd: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    scratch: Vec<u8>,
+    next_id: i64,
+}
+
+impl Conn {
+    async fn connect(addr: &str) -> anyhow::Result<Self> {
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        Ok(Self {
+            rd: tokio::io::BufReader::with_capacity(256 << 10, r),
+            wr: w,
+            scratch: vec![0; 256 << 10],
+            next_id: 1,
+        })
+    }
+
+    /// Reads one frame's length and type.
+    async fn head(&mut self) -> anyhow::Result<(u64, u8)> {
+        use tokio::io::AsyncReadExt as _;
+        let len = self.rd.read_u64().await?;
+        let t = self.rd.read_u8().await?;
+        Ok((len.checked_sub(9).context("bad frame length")?, t))
+    }
+
+    async fn fetch_handle(&mut self, m: &Btm) -> anyhow::Result<(i64, i32)> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let request_id = self.next_id;
+        self.next_id += 1;
+        let req = Message::RpcRequest {
+            request_id,
+            body: m.to_bytes(),
+        };
+        self.wr.write_all(&req.to_bytes()).await?;
+        let (rest, t) = self.head().await?;
+        let mut body = vec![0; usize::try_from(rest)?];
+        self.rd.read_exact(&mut body).await?;
+        let mut frame = vec![t];
+        frame.extend_from_slice(&body);
+        match Message::decode(frame.into())? {
+            Message::RpcResponse { body, .. } => match Btm::decode(body)? {
+                Btm::StreamHandle {
+                    stream_id,
+                    num_chunks,
+                } => Ok((stream_id, num_chunks)),
+                other => bail!("unexpected {other:?}"),
+            },
+            other => bail!("fetch refused: {other:?}"),
+        }
+    }
+
+    /// Sends pipelined chunk requests and consumes the replies; returns the body bytes.
+    async fn chunks(&mut self, stream_id: i64, n: i32, block: u64) -> anyhow::Result<u64> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut req = BytesMut::new();
+        for i in 0..n {
+            Message::ChunkFetchRequest(StreamChunkId {
+                stream_id,
+                chunk_index: i,
+            })
+            .encode(&mut req);
+        }
+        self.wr.write_all(&req).await?;
+        let mut bytes = 0;
+        for _ in 0..n {
+            let (rest, t) = self.head().await?;
+            if t != 1 || rest < 12 {
+                bail!("unexpected frame type {t}");
+            }
+            let mut left = rest;
+            while left > 0 {
+                let k = usize::try_from(left.min(self.scratch.len() as u64))?;
+                self.rd.read_exact(&mut self.scratch[..k]).await?;
+                left -= k as u64;
+            }
+            if rest - 12 != block {
+                bail!("chunk of {} bytes, expected {block}", rest - 12);
+            }
+            bytes += block;
+        }
+        Ok(bytes)
+    }
+}
+
+/// `conns` connections, each fetching requests of consecutive blocks (default protocol:
+/// FetchShuffleBlocks, then pipelined ChunkFetchRequests) until `dur` has passed.
+pub(crate) async fn load(
+    addr: &str,
+    l: Layout,
+    conns: usize,
+    dur: Duration,
+) -> anyhow::Result<Sample> {
+    let start = Instant::now();
+    let deadline = start + dur;
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let addr = addr.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&addr).await?;
+            let k = blocks_per_request(l.block);
+            let total = l.maps as usize * l.parts as usize;
+            let mut next = (c * 7919) % total;
+            let mut s = Sample::default();
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                let mut maps: Vec<i64> = Vec::new();
+                let mut reduces: Vec<Vec<i32>> = Vec::new();
+                for j in 0..k {
+                    let b = (next + j) % total;
+                    let (m, r) = ((b / l.parts as usize) as i64, (b % l.parts as usize) as i32);
+                    if maps.last() != Some(&m) {
+                        maps.push(m);
+                        reduces.push(Vec::new());
+                    }
+                    reduces.last_mut().expect("pushed").push(r);
+                }
+                next = (next + k) % total;
+                let (stream_id, n) = conn
+                    .fetch_handle(&Btm::FetchShuffleBlocks {
+                        app_id: APP.into(),
+                        exec_id: EXEC.into(),
+                        shuffle_id: l.shuffle,
+                        map_ids: maps,
+                        reduce_ids: reduces,
+                        batch_fetch_enabled: false,
+                    })
+                    .await?;
+                s.bytes += conn.chunks(stream_id, n, l.block).await?;
+                s.latencies.push(t0.elapsed().as_secs_f64());
+            }
+            Ok::<_, anyhow::Error>(s)
+        }));
+    }
+    let mut all = Sample::default();
+    for t in tasks {
+        let s = t.await??;
+        all.bytes += s.bytes;
+        all.latencies.extend(s.latencies);
+    }
+    all.secs = start.elapsed().as_secs_f64();
+    Ok(all)
+}
+
+/// A percentile of the samples.
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// User + system CPU seconds of a process.
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit(')').next().context("stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// Per-run figures of one server in one cell.
+#[derive(Debug, Default)]
+struct Series {
+    mbps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+struct Server {
+    name: &'static str,
+    addr: String,
+    pid: u32,
+    _child: Child,
+}
+
+async fn start_ours(work: &Path, vol: &Path) -> anyhow::Result<Server> {
+    let (g, a, s) = (free_port()?, free_port()?, free_port()?);
+    let child = Command::new(release_bin("shuffle-service")?)
+        .arg("--grpc-listen")
+        .arg(format!("127.0.0.1:{g}"))
+        .arg("--admin-listen")
+        .arg(format!("127.0.0.1:{a}"))
+        .arg("--spark-listen")
+        .arg(format!("127.0.0.1:{s}"))
+        .arg("--data-dir")
+        .arg(work.join("svc"))
+        .arg("--volume")
+        .arg(format!("{}:hostPath", vol.display()))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting shuffle-service")?;
+    let pid = child.id().context("pid")?;
+    wait_listening(([127, 0, 0, 1], s).into(), Duration::from_secs(20)).await?;
+    Ok(Server {
+        name: "ours",
+        addr: format!("127.0.0.1:{s}"),
+        pid,
+        _child: child,
+    })
+}
+
+fn spark_home(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_owned());
+    }
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let out = std::process::Command::new(&py)
+        .args([
+            "-c",
+            "import os, pyspark; print(os.path.dirname(pyspark.__file__))",
+        ])
+        .output()
+        .with_context(|| {
+            format!(
+                "{}: pyspark not installed (scripts/test-deps.sh)",
+                py.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!("pyspark not importable from {}", py.display());
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+async fn start_jvm(home: &Path, work: &Path, vol: &Path) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let child = Command::new(home.join("bin/spark-class"))
+        .arg("org.apache.spark.deploy.ExternalShuffleService")
+        .env("SPARK_HOME", home)
+        .env(
+            "SPARK_SHUFFLE_OPTS",
+            format!(
+                "-Dspark.shuffle.service.port={port} -Dspark.local.dir={}",
+                vol.display()
+            ),
+        )
+        .env("SPARK_LOG_DIR", work.join("jvm-logs"))
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(work.join("jvm-ess.log"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting Spark's ExternalShuffleService")?;
+    let pid = child.id().context("pid")?;
+    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(60)).await?;
+    Ok(Server {
+        name: "spark-jvm",
+        addr: format!("127.0.0.1:{port}"),
+        pid,
+        _child: child,
+    })
+}
+
+/// Runs the comparison.
+pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
+    let work = work_dir(args.dir.as_deref())?;
+    let vol = work.path().join("vol");
+    let dirs = vec![vol.join("spark-1/executor-1/blockmgr-1")];
+    std::fs::create_dir_all(&dirs[0])?;
+    let layouts: Vec<Layout> = args
+        .block_sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &block)| {
+            // At most 4096 blocks and 256 MiB per size, over 16 map outputs.
+            let blocks = ((256u64 << 20) / block).clamp(16, 4096);
+            Layout {
+                shuffle: i as i32,
+                block,
+                maps: 16,
+                parts: (blocks / 16) as i32,
+            }
+        })
+        .collect();
+    eprintln!("writing map outputs");
+    write_outputs(&dirs, &layouts)?;
+    let home = spark_home(args.spark_home.as_deref())?;
+    let servers = [
+        start_ours(work.path(), &vol).await?,
+        start_jvm(&home, work.path(), &vol).await?,
+    ];
+    for s in &servers {
+        register(&s.addr, &dirs).await?;
+        // Warm-up (the JVM's JIT; both servers' page cache).
+        for l in &layouts {
+            load(&s.addr, *l, 4, Duration::from_secs(1)).await?;
+        }
+    }
+    let dur = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    for l in &layouts {
+        for &conns in &args.connections {
+            let mut per: Vec<Series> = (0..servers.len()).map(|_| Series::default()).collect();
+            for run in 0..args.runs {
+                for k in 0..servers.len() {
+                    // Alternate which server goes first.
+                    let i = (k + run) % servers.len();
+                    let s = &servers[i];
+                    let cpu0 = cpu_seconds(s.pid)?;
+                    let mut sample = load(&s.addr, *l, conns, dur).await?;
+                    let cpu = cpu_seconds(s.pid)? - cpu0;
+                    let gb = sample.bytes as f64 / 1e9;
+                    per[i].mbps.push(sample.bytes as f64 / 1e6 / sample.secs);
+                    per[i]
+                        .p50
+                        .push(percentile(&mut sample.latencies, 0.5) * 1e3);
+                    per[i]
+                        .p99
+                        .push(percentile(&mut sample.latencies, 0.99) * 1e3);
+                    per[i].cpu.push(cpu / gb.max(1e-9));
+                }
+            }
+            let cell = |i: usize| {
+                json!({
+                    "mb_per_s": round(median(&per[i].mbps), 1),
+                    "p50_ms": round(median(&per[i].p50), 3),
+                    "p99_ms": round(median(&per[i].p99), 3),
+                    "cpu_s_per_gb": round(median(&per[i].cpu), 3),
+                    "runs_mb_per_s": per[i].mbps.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
+                })
+            };
+            let ratio = median(&per[0].mbps) / median(&per[1].mbps).max(1e-9);
+            let p99_ratio = median(&per[0].p99) / median(&per[1].p99).max(1e-9);
+            eprintln!(
+                "block {:>8} conns {conns:>2}: ours {:>8.1} MB/s, jvm {:>8.1} MB/s, ratio {ratio:.2}, p99 ratio {p99_ratio:.2}",
+                l.block,
+                median(&per[0].mbps),
+                median(&per[1].mbps)
+            );
+            rows.push(json!({
+                "block_bytes": l.block,
+                "connections": conns,
+                "ours": cell(0),
+                "spark_jvm": cell(1),
+                "throughput_ratio": round(ratio, 2),
+                "p99_ratio": round(p99_ratio, 2),
+            }));
+        }
+    }
+    let rss: Vec<Value> = servers
+        .iter()
+        .map(|s| json!({"server": s.name, "peak_rss_mib": round(vm_hwm(s.pid).unwrap_or(0) as f64 / (1 << 20) as f64, 1)}))
+        .collect();
+    Ok(json!({
+        "benchmark": "spark-fetch",
+        "seconds_per_run": args.seconds,
+        "runs": args.runs,
+        "rows": rows,
+        "peak_rss": rss,
+    }))
+}
