@@ -18,6 +18,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::procs::{free_port, release_bin, vm_hwm, wait_listening};
 use crate::stats::{median, round};
 
+/// The application of the benchmark.
+const APP: &str = "loadtest-app";
+
 /// Arguments of `shuffle-fetch`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct FetchArgs {
@@ -49,6 +52,7 @@ pub(crate) struct CleanupArgs {
 struct Service {
     child: Child,
     grpc: String,
+    spark: String,
     admin: u16,
     pid: u32,
 }
@@ -80,6 +84,7 @@ async fn start_service(work: &Path) -> anyhow::Result<Service> {
     Ok(Service {
         child,
         grpc: format!("http://127.0.0.1:{g}"),
+        spark: format!("127.0.0.1:{s}"),
         admin: a,
         pid,
     })
@@ -152,7 +157,7 @@ pub(crate) async fn fetch(args: FetchArgs) -> anyhow::Result<Value> {
         work.path().join("vol/app/exec-1/blockmgr-a"),
         work.path().join("vol/app/exec-1/blockmgr-b"),
     ];
-    let token = register(&mut c, "loadtest-app", &dirs).await?;
+    let token = register(&mut c, APP, &dirs).await?;
 
     // Map outputs: 32 maps per block size, each with partitions of exactly that size.
     let total = args.data_mib << 20;
@@ -165,7 +170,7 @@ pub(crate) async fn fetch(args: FetchArgs) -> anyhow::Result<Value> {
             use pb::write_map_output_request::Item;
             let mut msgs = vec![pb::WriteMapOutputRequest {
                 item: Some(Item::Header(pb::MapOutputHeader {
-                    app_id: "loadtest-app".into(),
+                    app_id: APP.into(),
                     exec_id: "1".into(),
                     shuffle_id: shuffle,
                     map_id: map,
@@ -192,21 +197,32 @@ pub(crate) async fn fetch(args: FetchArgs) -> anyhow::Result<Value> {
     for &(shuffle, block, maps, parts) in &layouts {
         for streams in [16usize, 64] {
             let mut grpc_mbps = Vec::new();
+            let mut spark_mbps = Vec::new();
             let mut tcp_mbps = Vec::new();
+            let layout = crate::spark::Layout {
+                shuffle,
+                block,
+                maps: maps as i64,
+                parts: parts as i32,
+            };
             for _ in 0..args.runs {
                 tcp_mbps.push(raw_tcp(streams, block as usize, dur).await?);
                 grpc_mbps
                     .push(grpc_fetch(&svc.grpc, &token, shuffle, maps, parts, streams, dur).await?);
+                let s = crate::spark::load(&svc.spark, APP, "1", layout, streams, dur).await?;
+                spark_mbps.push(s.bytes as f64 / 1e6 / s.secs);
             }
-            let (g, t) = (median(&grpc_mbps), median(&tcp_mbps));
+            let (g, sp, t) = (median(&grpc_mbps), median(&spark_mbps), median(&tcp_mbps));
             eprintln!(
-                "block {} KiB x {streams} streams: grpc {g:.0} MB/s, raw tcp {t:.0} MB/s",
+                "block {} KiB x {streams} streams: grpc {g:.0} MB/s, spark protocol {sp:.0} MB/s, raw tcp {t:.0} MB/s",
                 block >> 10
             );
             rows.push(json!({
                 "block_bytes": block, "streams": streams,
-                "grpc_mb_s": round(g, 0), "raw_tcp_mb_s": round(t, 0), "ratio": round(g / t, 3),
+                "grpc_mb_s": round(g, 0), "spark_protocol_mb_s": round(sp, 0), "raw_tcp_mb_s": round(t, 0),
+                "ratio": round(g / t, 3), "spark_protocol_ratio": round(sp / t, 3),
                 "samples": { "grpc": grpc_mbps.iter().map(|v| round(*v, 0)).collect::<Vec<_>>(),
+                             "spark_protocol": spark_mbps.iter().map(|v| round(*v, 0)).collect::<Vec<_>>(),
                              "raw_tcp": tcp_mbps.iter().map(|v| round(*v, 0)).collect::<Vec<_>>() },
             }));
         }
@@ -218,7 +234,7 @@ pub(crate) async fn fetch(args: FetchArgs) -> anyhow::Result<Value> {
         "seconds_per_run": args.seconds,
         "runs": args.runs,
         "results": rows,
-        "goal": "grpc >= 0.6 x raw TCP for 1 MiB blocks",
+        "goal": "service >= 0.6 x raw TCP for 1 MiB blocks",
         "service_vm_hwm_bytes": { "idle": idle_rss, "after_writes": written_rss, "after_load": loaded_rss, "goal_idle": 20_000_000 },
     }))
 }
@@ -262,7 +278,7 @@ async fn grpc_fetch(
                     .collect();
                 n += 16;
                 let req = pb::FetchBlocksRequest {
-                    app_id: "loadtest-app".into(),
+                    app_id: APP.into(),
                     exec_id: "1".into(),
                     blocks,
                 };

@@ -202,6 +202,8 @@ impl Conn {
 /// FetchShuffleBlocks, then pipelined ChunkFetchRequests) until `dur` has passed.
 pub(crate) async fn load(
     addr: &str,
+    app: &'static str,
+    exec: &'static str,
     l: Layout,
     conns: usize,
     dur: Duration,
@@ -233,8 +235,8 @@ pub(crate) async fn load(
                 next = (next + k) % total;
                 let (stream_id, n) = conn
                     .fetch_handle(&Btm::FetchShuffleBlocks {
-                        app_id: APP.into(),
-                        exec_id: EXEC.into(),
+                        app_id: app.into(),
+                        exec_id: exec.into(),
                         shuffle_id: l.shuffle,
                         map_ids: maps,
                         reduce_ids: reduces,
@@ -404,7 +406,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         register(&s.addr, &dirs).await?;
         // Warm-up (the JVM's JIT; both servers' page cache).
         for l in &layouts {
-            load(&s.addr, *l, 4, Duration::from_secs(1)).await?;
+            load(&s.addr, APP, EXEC, *l, 4, Duration::from_secs(1)).await?;
         }
     }
     let dur = Duration::from_secs(args.seconds);
@@ -418,7 +420,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
                     let i = (k + run) % servers.len();
                     let s = &servers[i];
                     let cpu0 = cpu_seconds(s.pid)?;
-                    let mut sample = load(&s.addr, *l, conns, dur).await?;
+                    let mut sample = load(&s.addr, APP, EXEC, *l, conns, dur).await?;
                     let cpu = cpu_seconds(s.pid)? - cpu0;
                     let gb = sample.bytes as f64 / 1e9;
                     per[i].mbps.push(sample.bytes as f64 / 1e6 / sample.secs);

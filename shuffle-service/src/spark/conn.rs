@@ -61,6 +61,34 @@ const UNIT: u64 = 1024;
 /// Largest in-frame body Spark's decoder takes (a frame must stay below 2 GiB).
 const MAX_IN_FRAME: u64 = i32::MAX as u64 - 64;
 
+/// When the connection last moved bytes, in either direction.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(
+            (self.started.elapsed().as_millis() as u64)
+                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
+        )
+    }
+}
+
 enum ReplyTo {
     Chunk(StreamChunkId),
     Stream(String),
@@ -103,8 +131,7 @@ pub async fn serve(
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let stream = Arc::new(stream);
     let conn_cancel = CancellationToken::new();
-    let started = Instant::now();
-    let activity = Arc::new(AtomicU64::new(0));
+    let activity = Arc::new(Activity::new());
     let (ctl_tx, ctl_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
     let (data_tx, data_rx) = mpsc::channel::<DataJob>(DATA_QUEUE);
     let (prep_tx, prep_rx) = mpsc::channel::<Vec<Prepared>>(PREPARED_QUEUE);
@@ -124,11 +151,9 @@ pub async fn serve(
         let cancel = conn_cancel.clone();
         let activity = Arc::clone(&activity);
         let shared = shared.clone();
+        let stall = limits.idle_timeout;
         async move {
-            let r = write_loop(
-                &stream, ctl_rx, prep_rx, &cancel, &activity, started, &shared,
-            )
-            .await;
+            let r = write_loop(&stream, ctl_rx, prep_rx, &cancel, &activity, &shared, stall).await;
             if let Err(e) = &r {
                 tracing::debug!(error = %e, "connection write failed");
             }
@@ -143,7 +168,6 @@ pub async fn serve(
         data: data_tx,
         deferred: Arc::new(Semaphore::new(DEFERRED)),
         activity: &activity,
-        started,
     };
     match reader.run(&stop, &conn_cancel).await {
         Ok(()) => {}
@@ -173,8 +197,7 @@ struct Reader<'a> {
     ctl: mpsc::Sender<Bytes>,
     data: mpsc::Sender<DataJob>,
     deferred: Arc<Semaphore>,
-    activity: &'a AtomicU64,
-    started: Instant,
+    activity: &'a Activity,
 }
 
 impl Reader<'_> {
@@ -209,23 +232,16 @@ impl Reader<'_> {
                 () = cancel.cancelled() => return Ok(()),
                 r = tokio::time::timeout(self.limits.idle_timeout, read) => match r {
                     Ok(Ok(0)) => return Ok(()),
-                    Ok(Ok(_)) => self.touch(),
+                    Ok(Ok(_)) => self.activity.touch(),
                     Ok(Err(e)) => return Err(Close::Policy(format!("read failed: {e}"))),
                     Err(_) => {
-                        let idle = (self.started.elapsed().as_millis() as u64)
-                            .saturating_sub(self.activity.load(Ordering::Relaxed));
-                        if idle >= self.limits.idle_timeout.as_millis() as u64 {
+                        if self.activity.idle() >= self.limits.idle_timeout {
                             return Err(Close::Policy("idle".into()));
                         }
                     }
                 },
             }
         }
-    }
-
-    fn touch(&self) {
-        self.activity
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn count(&self, name: &str, ok: bool, start: Instant) {
@@ -620,10 +636,22 @@ fn prepare_batch(
     out
 }
 
-/// Bytes waiting to be written, written with `writev`.
-#[derive(Default)]
+/// Waits until the socket takes more bytes; a client that reads nothing for `stall` is cut
+/// off (Spark's client gives up on a quiet connection after its own timeout anyway).
+async fn writable(stream: &TcpStream, stall: Duration) -> io::Result<()> {
+    match tokio::time::timeout(stall, stream.writable()).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading",
+        )),
+    }
+}
+
+/// Bytes waiting to be written, written with `sendmsg`.
 struct Outbox {
     parts: VecDeque<Bytes>,
+    stall: Duration,
 }
 
 impl Outbox {
@@ -643,7 +671,7 @@ impl Outbox {
             SendFlags::NOSIGNAL
         };
         while !self.parts.is_empty() {
-            stream.writable().await?;
+            writable(stream, self.stall).await?;
             let slices: Vec<IoSlice<'_>> = self
                 .parts
                 .iter()
@@ -679,6 +707,7 @@ impl Outbox {
 /// Sends `len` bytes of `file` from `offset` with `sendfile`, no user-space copy.
 async fn send_file(
     stream: &TcpStream,
+    stall: Duration,
     file: &std::fs::File,
     offset: u64,
     len: u64,
@@ -686,7 +715,7 @@ async fn send_file(
     let mut off = offset;
     let end = offset + len;
     while off < end {
-        stream.writable().await?;
+        writable(stream, stall).await?;
         let want = usize::try_from((end - off).min(1 << 30)).unwrap_or(1 << 30);
         match stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream, file, Some(&mut off), want).map_err(io::Error::from)
@@ -710,12 +739,15 @@ async fn write_loop(
     mut ctl: mpsc::Receiver<Bytes>,
     mut data: mpsc::Receiver<Vec<Prepared>>,
     cancel: &CancellationToken,
-    activity: &AtomicU64,
-    started: Instant,
+    activity: &Activity,
     shared: &Shared,
+    stall: Duration,
 ) -> io::Result<()> {
     let metrics = shared.core.metrics();
-    let mut out = Outbox::default();
+    let mut out = Outbox {
+        parts: VecDeque::new(),
+        stall,
+    };
     let (mut ctl_open, mut data_open) = (true, true);
     // Budget permits of bodies in the outbox, released once written.
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
@@ -744,7 +776,7 @@ async fn write_loop(
                 Body::Mem(b) => out.push(b),
                 Body::File { file, offset, len } => {
                     out.flush(stream, true).await?;
-                    send_file(stream, &file, offset, len).await?;
+                    send_file(stream, stall, &file, offset, len).await?;
                 }
             }
             if let Some(n) = p.block_bytes {
@@ -768,7 +800,7 @@ async fn write_loop(
         }
         out.flush(stream, false).await?;
         held.clear();
-        activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        activity.touch();
     }
     Ok(())
 }

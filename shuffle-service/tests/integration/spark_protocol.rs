@@ -514,3 +514,20 @@ async fn register_driver_and_heartbeats_drive_the_application_lifecycle() {
     );
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_closes_spark_connections_and_stops_accepting() {
+    let mut svc = TestService::start(|_| {}).await;
+    let (mut c, dirs) = registered(&svc, "6").await;
+    write_map(&dirs, 0, 1, &[random_bytes(1 << 20, 9)]);
+    let (sid, n) = open_stream(&mut c, &fetch_msg("6", 0, &[1], vec![vec![0]], false)).await;
+    let got = c.fetch_chunks(sid, n).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().len(), 1 << 20);
+    let server = svc.trigger_shutdown();
+    assert!(c.recv().await.is_err(), "the idle connection is closed");
+    server.await.unwrap();
+    assert!(
+        Client::connect(svc.spark).await.is_err(),
+        "no longer accepting"
+    );
+}
