@@ -163,6 +163,18 @@ impl Session {
         }
     }
 
+    /// Checks the app id now, then runs `work` off the read loop.
+    fn later<F, Fut>(&self, app_id: &str, core: &Core, work: F) -> Action
+    where
+        F: FnOnce(AppId, Core) -> Fut,
+        Fut: Future<Output = Result<Bytes, String>> + Send + 'static,
+    {
+        match self.check_app(app_id) {
+            Ok(app) => Action::Later(Box::pin(work(app, core.clone()))),
+            Err(e) => Action::Reply(Err(e)),
+        }
+    }
+
     fn block_message(&mut self, shared: &Arc<Shared>, m: Btm) -> Action {
         let core = &shared.core;
         match m {
@@ -170,28 +182,15 @@ impl Session {
                 app_id,
                 exec_id,
                 info,
-            } => {
-                let app = match self.check_app(&app_id) {
-                    Ok(a) => a,
-                    Err(e) => return Action::Reply(Err(e)),
-                };
-                let core = core.clone();
-                Action::Later(Box::pin(async move {
-                    let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-                    let subs = u32::try_from(info.sub_dirs_per_local_dir)
-                        .map_err(|_| "negative subDirsPerLocalDir".to_owned())?;
-                    core.register_executor(
-                        &app,
-                        &exec,
-                        &info.local_dirs,
-                        subs,
-                        info.shuffle_manager,
-                    )
+            } => self.later(&app_id, core, move |app, core| async move {
+                let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
+                let subs = u32::try_from(info.sub_dirs_per_local_dir)
+                    .map_err(|_| "negative subDirsPerLocalDir".to_owned())?;
+                core.register_executor(&app, &exec, &info.local_dirs, subs, info.shuffle_manager)
                     .await
                     .map_err(fail)?;
-                    Ok(Bytes::new())
-                }))
-            }
+                Ok(Bytes::new())
+            }),
             Btm::FetchShuffleBlocks {
                 app_id,
                 exec_id,
@@ -220,24 +219,17 @@ impl Session {
                 app_id,
                 exec_id,
                 block_ids,
-            } => {
-                let app = match self.check_app(&app_id) {
-                    Ok(a) => a,
-                    Err(e) => return Action::Reply(Err(e)),
-                };
-                let core = core.clone();
-                Action::Later(Box::pin(async move {
-                    let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-                    let n = core
-                        .remove_blocks(&app, &exec, block_ids)
-                        .await
-                        .map_err(fail)?;
-                    Ok(Btm::BlocksRemoved {
-                        num_removed_blocks: i32::try_from(n).unwrap_or(i32::MAX),
-                    }
-                    .to_bytes())
-                }))
-            }
+            } => self.later(&app_id, core, move |app, core| async move {
+                let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
+                let n = core
+                    .remove_blocks(&app, &exec, block_ids)
+                    .await
+                    .map_err(fail)?;
+                Ok(Btm::BlocksRemoved {
+                    num_removed_blocks: i32::try_from(n).unwrap_or(i32::MAX),
+                }
+                .to_bytes())
+            }),
             Btm::DiagnoseCorruption {
                 app_id,
                 exec_id,
@@ -246,38 +238,24 @@ impl Session {
                 reduce_id,
                 checksum,
                 algorithm,
-            } => {
-                let app = match self.check_app(&app_id) {
-                    Ok(a) => a,
-                    Err(e) => return Action::Reply(Err(e)),
-                };
-                let core = core.clone();
-                Action::Later(Box::pin(async move {
-                    let cause = diagnose(
-                        &core, &app, &exec_id, shuffle_id, map_id, reduce_id, checksum, &algorithm,
-                    )
-                    .await;
-                    Ok(Btm::CorruptionCause(cause).to_bytes())
-                }))
-            }
+            } => self.later(&app_id, core, move |app, core| async move {
+                let cause = diagnose(
+                    &core, &app, &exec_id, shuffle_id, map_id, reduce_id, checksum, &algorithm,
+                )
+                .await;
+                Ok(Btm::CorruptionCause(cause).to_bytes())
+            }),
             Btm::RegisterDriver {
                 app_id,
                 heartbeat_timeout_ms,
-            } => {
-                let app = match self.check_app(&app_id) {
-                    Ok(a) => a,
-                    Err(e) => return Action::Reply(Err(e)),
-                };
-                let core = core.clone();
-                Action::Later(Box::pin(async move {
-                    let ms = u64::try_from(heartbeat_timeout_ms)
-                        .map_err(|_| "negative heartbeat timeout".to_owned())?;
-                    core.register_driver(&app, Duration::from_millis(ms))
-                        .await
-                        .map_err(fail)?;
-                    Ok(Bytes::new())
-                }))
-            }
+            } => self.later(&app_id, core, move |app, core| async move {
+                let ms = u64::try_from(heartbeat_timeout_ms)
+                    .map_err(|_| "negative heartbeat timeout".to_owned())?;
+                core.register_driver(&app, Duration::from_millis(ms))
+                    .await
+                    .map_err(fail)?;
+                Ok(Bytes::new())
+            }),
             Btm::ShuffleServiceHeartbeat { app_id } => {
                 // Normally one-way; answered when sent as an RPC.
                 Action::Reply(
