@@ -233,6 +233,29 @@ pub fn open_verified(exec: &Executor, path: &Path) -> Result<(std::fs::File, Pat
     Ok((file, canonical, meta.len()))
 }
 
+/// Deletes a file whose directory is reached without following a symbolic link (an executor
+/// could plant one as a subdirectory); falls back to a plain unlink without `openat2`.
+///
+/// # Errors
+/// Not found, a symlinked directory, I/O errors.
+pub fn remove_file_beneath(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    match rustix::fs::openat2(
+        rustix::fs::CWD,
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(rustix::fs::unlinkat(&fd, name, AtFlags::empty())?),
+        Err(rustix::io::Errno::NOSYS) => std::fs::remove_file(path),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn open_canonical(exec: &Executor, path: &Path) -> Result<(std::fs::File, PathBuf)> {
     let canonical = match std::fs::canonicalize(path) {
         Ok(p) => p,

@@ -353,7 +353,7 @@ impl Config {
             c.spark_connection_memory,
         )?;
         if c.spark_max_connections == 0
-            || c.spark_open_files == 0
+            || c.spark_open_files < 64
             || c.spark_idle_timeout.is_zero()
             || c.spark_memory < 1024
             || c.spark_connection_memory < 1024

@@ -386,7 +386,7 @@ impl Core {
         let removed = tokio::task::spawn_blocking(move || {
             paths
                 .iter()
-                .filter(|p| std::fs::remove_file(p).is_ok())
+                .filter(|p| crate::blocks::remove_file_beneath(p).is_ok())
                 .count()
         })
         .await

@@ -2,7 +2,6 @@
 //! (`shuffle_<s>_<m>_0.checksum.<ALGO>`, one big-endian i64 per partition) and the reader's.
 
 use std::io::{Read as _, Seek as _, SeekFrom};
-use std::path::Path;
 
 use super::message::Cause;
 use crate::blocks::Segment;
@@ -74,25 +73,24 @@ pub fn checksum(alg: Algorithm, r: &mut impl std::io::Read) -> std::io::Result<i
     }))
 }
 
-/// Decides the cause for one block (blocking I/O). `segment` is the block's byte range;
-/// `checksum_file` the writer's checksums; `reduce` the partition; `reader` the checksum the
-/// reader computed.
+/// Decides the cause for one block (blocking I/O). `checksums` is the open file of the
+/// writer's checksums; `data` the open data file, of which `segment` is the block's range;
+/// `reduce` the partition; `reader` the checksum the reader computed.
 pub fn diagnose(
     alg: Algorithm,
-    checksum_file: &Path,
+    mut checksums: std::fs::File,
+    mut data: std::fs::File,
     reduce: u32,
     segment: &Segment,
     reader: i64,
 ) -> Cause {
-    let run = || -> std::io::Result<Cause> {
-        let mut f = std::fs::File::open(checksum_file)?;
-        f.seek(SeekFrom::Start(u64::from(reduce) * 8))?;
+    let mut run = || -> std::io::Result<Cause> {
+        checksums.seek(SeekFrom::Start(u64::from(reduce) * 8))?;
         let mut b = [0u8; 8];
-        f.read_exact(&mut b)?;
+        checksums.read_exact(&mut b)?;
         let writer = i64::from_be_bytes(b);
-        let mut data = std::fs::File::open(&segment.path)?;
         data.seek(SeekFrom::Start(segment.offset))?;
-        let actual = checksum(alg, &mut data.take(segment.len))?;
+        let actual = checksum(alg, &mut (&data).take(segment.len))?;
         Ok(if writer != actual {
             Cause::DiskIssue
         } else if writer != reader {
@@ -102,7 +100,7 @@ pub fn diagnose(
         })
     };
     run().unwrap_or_else(|e| {
-        tracing::info!(file = %checksum_file.display(), error = %e, "cannot diagnose corruption");
+        tracing::info!(file = %segment.path.display(), error = %e, "cannot diagnose corruption");
         Cause::UnknownIssue
     })
 }

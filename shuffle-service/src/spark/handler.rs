@@ -507,12 +507,13 @@ async fn diagnose(
             executor.sub_dirs,
             &layout::checksum_file(shuffle, map, alg.as_str()),
         );
-        if crate::blocks::open_verified(&executor, &file).is_err()
-            || crate::blocks::open_verified(&executor, &seg.path).is_err()
-        {
+        let (Ok((sums, _, _)), Ok((data, _, _))) = (
+            crate::blocks::open_verified(&executor, &file),
+            crate::blocks::open_verified(&executor, &seg.path),
+        ) else {
             return Cause::UnknownIssue;
-        }
-        checksum::diagnose(alg, &file, reduce.get() as u32, &seg, reader_checksum)
+        };
+        checksum::diagnose(alg, sums, data, reduce.get() as u32, &seg, reader_checksum)
     })
     .await
     .unwrap_or(Cause::UnknownIssue)

@@ -531,3 +531,49 @@ async fn shutdown_closes_spark_connections_and_stops_accepting() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn removal_and_reads_never_follow_a_planted_symlink() {
+    let svc = TestService::start(|_| {}).await;
+    let (mut c, dirs) = registered(&svc, "7").await;
+    // The executor's subdirectory for this name is a symlink to a directory outside.
+    let name = "shuffle_0_1_0.data";
+    let placed = layout::placement(&dirs, 64, name);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join(name), b"not yours").unwrap();
+    std::os::unix::fs::symlink(outside.path(), placed.parent().unwrap()).unwrap();
+    let r = c
+        .call(&Btm::RemoveBlocks {
+            app_id: APP.into(),
+            exec_id: "7".into(),
+            block_ids: vec![name.into()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Ok(Some(Btm::BlocksRemoved {
+            num_removed_blocks: 0
+        }))
+    );
+    assert!(outside.path().join(name).exists());
+    // An RDD block behind a symlinked file is refused too.
+    let rdd = layout::placement(&dirs, 64, "rdd_1_1");
+    std::fs::create_dir_all(rdd.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(outside.path().join(name), &rdd).unwrap();
+    let (sid, n) = open_stream(
+        &mut c,
+        &Btm::OpenBlocks {
+            app_id: APP.into(),
+            exec_id: "7".into(),
+            block_ids: vec!["rdd_1_1".into()],
+        },
+    )
+    .await;
+    let got = c.fetch_chunks(sid, n).await.unwrap();
+    assert!(
+        got[0].as_ref().unwrap_err().contains("symbolic link"),
+        "{got:?}"
+    );
+    svc.shutdown().await;
+}
