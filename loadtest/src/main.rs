@@ -24,8 +24,9 @@ enum Command {
     /// Staging server: upload and download throughput of a large bundle and small-download
     /// requests/s, beside nginx serving the same file and a plain write of the same bytes.
     Staging(staging::Args),
-    /// Shuffle service over gRPC: fetch throughput for 1 MiB and 32 KiB blocks at 16 and 64
-    /// concurrent streams beside raw TCP over loopback, and peak memory idle and under load.
+    /// Shuffle service over gRPC and over its Spark-protocol listener: fetch throughput for
+    /// 1 MiB and 32 KiB blocks at 16 and 64 concurrent streams beside raw TCP over loopback,
+    /// and peak memory idle and under load.
     ShuffleFetch(shuffle::FetchArgs),
     /// Shuffle service: cleanup of an application with many files beside `rm -rf` of an
     /// identical tree.

@@ -1,5 +1,6 @@
-//! `loadtest shuffle-fetch` and `loadtest shuffle-cleanup`: the shuffle service against raw TCP
-//! and `rm -rf`, same run, medians reported. Uses only the `shuffle-proto` client.
+//! `loadtest shuffle-fetch` and `loadtest shuffle-cleanup`: the shuffle service (gRPC and its
+//! Spark-protocol listener) against raw TCP, and its cleanup against `rm -rf`, same run,
+//! medians reported.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
