@@ -24,6 +24,7 @@ pub mod error;
 pub mod ids;
 pub mod layout;
 pub mod lifecycle;
+pub mod linger;
 pub mod metrics;
 pub mod registry;
 pub mod server;

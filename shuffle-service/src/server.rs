@@ -10,8 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use shuffle_proto::v1::shuffle_admin_server::ShuffleAdminServer;
 use shuffle_proto::v1::shuffle_server::ShuffleServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
+
+use crate::linger::Lingering;
 
 use crate::config::Config;
 use crate::core::Core;
@@ -98,6 +102,8 @@ pub async fn run(
     );
     let stop = CancellationToken::new();
     let grpc_stop = stop.clone();
+    // Connections closing gracefully (see `linger`), awaited before the service exits.
+    let lingering = TaskTracker::new();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .initial_stream_window_size(STREAM_WINDOW)
@@ -108,7 +114,12 @@ pub async fn run(
             .add_service(ShuffleServer::new(service.clone()))
             .add_service(ShuffleAdminServer::new(service))
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                {
+                    let lingering = lingering.clone();
+                    TcpIncoming::from(grpc)
+                        .with_nodelay(Some(true))
+                        .map(move |r| r.map(|s| Lingering::new(s, lingering.clone())))
+                },
                 async move { grpc_stop.cancelled().await },
             ),
     );
@@ -148,6 +159,8 @@ pub async fn run(
     {
         tracing::warn!(grace = ?config.shutdown_grace, "grace period elapsed with streams still open");
     }
+    lingering.close();
+    let _ = tokio::time::timeout(crate::linger::LINGER, lingering.wait()).await;
     background.cancel();
     let _ = sweeper.await;
     let _ = cleaner.await;

@@ -183,6 +183,9 @@ pub async fn serve(
     // The reader's senders are gone: the preparer and writer finish what was asked, then end.
     let _ = preparer.await;
     let _ = writer.await;
+    if let Ok(stream) = Arc::try_unwrap(stream) {
+        crate::linger::close(stream).await;
+    }
 }
 
 enum Close {
@@ -202,7 +205,7 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     async fn run(self, stop: &CancellationToken, cancel: &CancellationToken) -> Result<(), Close> {
-        let mut session = Session::default();
+        let mut session = Session::new(self.shared);
         let decoder = FrameDecoder::new(self.limits.max_frame);
         let mut buf = BytesMut::with_capacity(16 << 10);
         loop {

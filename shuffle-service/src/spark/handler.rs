@@ -71,6 +71,15 @@ fn fail(e: ShuffleError) -> String {
 }
 
 impl Session {
+    /// A connection's fresh state; its open streams count in `shuffle_open_streams`.
+    pub fn new(shared: &Shared) -> Self {
+        Self {
+            client: None,
+            sasl: None,
+            streams: StreamTable::counted(shared.core.metrics().open_streams.clone()),
+        }
+    }
+
     /// Whether requests may be served: authentication is off, or it completed.
     pub fn authorized(&self, shared: &Shared) -> bool {
         !shared.secrets.enabled() || self.client.is_some()

@@ -174,13 +174,30 @@ impl Stream {
     }
 }
 
-/// One connection's streams.
+/// One connection's streams, counted in a gauge while open.
 #[derive(Debug, Default)]
 pub struct StreamTable {
     streams: HashMap<i64, Stream>,
+    gauge: Option<prometheus::IntGauge>,
+}
+
+impl Drop for StreamTable {
+    fn drop(&mut self) {
+        if let Some(g) = &self.gauge {
+            g.sub(self.streams.len() as i64);
+        }
+    }
 }
 
 impl StreamTable {
+    /// A table whose open streams are counted in `gauge`.
+    pub fn counted(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            streams: HashMap::new(),
+            gauge: Some(gauge),
+        }
+    }
+
     /// Open streams.
     pub fn len(&self) -> usize {
         self.streams.len()
@@ -197,6 +214,9 @@ impl StreamTable {
             let id = (rand::random::<u64>() >> 1) as i64;
             if let std::collections::hash_map::Entry::Vacant(v) = self.streams.entry(id) {
                 v.insert(stream);
+                if let Some(g) = &self.gauge {
+                    g.inc();
+                }
                 return id;
             }
         }
@@ -215,6 +235,9 @@ impl StreamTable {
         let exec = Arc::clone(&s.executor);
         if s.is_done() {
             self.streams.remove(&id);
+            if let Some(g) = &self.gauge {
+                g.dec();
+            }
         }
         r.map(|b| (exec, b))
     }

@@ -368,6 +368,7 @@ async fn refusals_are_clean_failures() {
         Message::ChunkFetchFailure(_, e) => assert!(e.contains("out-of-order"), "{e}"),
         m => panic!("{m:?}"),
     }
+    assert!(svc.metrics().await.contains("shuffle_open_streams 1"));
     // SASL while authentication is off, and an AuthEngine message: failures, connection open.
     assert!(c.authenticate(APP, b"s").await.unwrap().is_err());
     let r = c.rpc(Bytes::from_static(&[0xfb, 0, 0])).await.unwrap();
@@ -385,6 +386,8 @@ async fn refusals_are_clean_failures() {
         Message::RpcFailure { request_id: 9, .. }
     ));
     assert!(c.recv().await.is_err());
+    // Closing the connection dropped its stream.
+    assert!(svc.metrics().await.contains("shuffle_open_streams 0"));
     svc.shutdown().await;
 }
 
