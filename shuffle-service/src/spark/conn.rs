@@ -177,7 +177,7 @@ pub async fn serve(
             conn_cancel.cancel();
         }
         Err(Close::Policy(e)) => {
-            tracing::info!(peer = %peer, reason = %e, "closing connection");
+            tracing::debug!(peer = %peer, reason = %e, "closing connection");
         }
     }
     // The reader's senders are gone: the preparer and writer finish what was asked, then end.

@@ -45,7 +45,7 @@ pub struct Shared {
 }
 
 /// One connection's state seen by the reader.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Session {
     /// The authenticated application, once SASL completed.
     pub client: Option<AppId>,
