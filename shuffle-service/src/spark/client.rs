@@ -68,28 +68,15 @@ impl Client {
         self.stream.write_all(&m.to_bytes()).await
     }
 
-    /// Receives one message (EOF is `UnexpectedEof`).
+    /// Receives one message (EOF is `UnexpectedEof`), with the body of a `StreamResponse`.
     ///
     /// # Errors
     /// Read errors, EOF, malformed frames.
     pub async fn recv(&mut self) -> io::Result<Inbound> {
-        let message = loop {
-            if let Some(m) = self.decoder.decode(&mut self.buf).map_err(proto)? {
-                break m;
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        };
-        let n = usize::try_from(message.trailing_body_len()).map_err(proto)?;
+        let message = self.recv_frame().await?;
         let stream_body = if matches!(message, Message::StreamResponse { .. }) {
-            while self.buf.len() < n {
-                self.buf.reserve(n - self.buf.len());
-                if self.stream.read_buf(&mut self.buf).await? == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-            Some(self.buf.split_to(n).freeze())
+            let n = usize::try_from(message.trailing_body_len()).map_err(proto)?;
+            Some(self.read_raw(n).await?)
         } else {
             None
         };
@@ -97,6 +84,35 @@ impl Client {
             message,
             stream_body,
         })
+    }
+
+    /// Receives one frame, leaving any body that follows it unread.
+    ///
+    /// # Errors
+    /// Read errors, EOF, malformed frames.
+    pub async fn recv_frame(&mut self) -> io::Result<Message> {
+        loop {
+            if let Some(m) = self.decoder.decode(&mut self.buf).map_err(proto)? {
+                return Ok(m);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Reads `n` raw bytes (part of a body outside its frame).
+    ///
+    /// # Errors
+    /// Read errors, EOF.
+    pub async fn read_raw(&mut self, n: usize) -> io::Result<Bytes> {
+        while self.buf.len() < n {
+            self.buf.reserve(n - self.buf.len());
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.split_to(n).freeze())
     }
 
     /// Sends an RPC and waits for its reply: `Ok(Ok(body))`, or `Ok(Err(text))` for an

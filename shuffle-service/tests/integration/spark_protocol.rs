@@ -580,3 +580,51 @@ async fn removal_and_reads_never_follow_a_planted_symlink() {
     );
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn blocks_over_2_gib_go_by_stream_with_64_bit_sizes() {
+    let svc = TestService::start(|_| {}).await;
+    let (mut c, dirs) = registered(&svc, "8").await;
+    // A sparse 3 GiB partition after a 5-byte one: offsets past 2^31 and 2^32.
+    let (s, m) = (ShuffleId::new(0).unwrap(), MapId::new(1).unwrap());
+    let big: u64 = 3 << 30;
+    let place = |name: &str| {
+        let p = layout::placement(&dirs, 64, name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        p
+    };
+    let data = std::fs::File::create(place(&layout::data_file(s, m))).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&data, b"head!", 0).unwrap();
+    data.set_len(5 + big + 4).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&data, b"tail", 5 + big).unwrap();
+    std::fs::write(
+        place(&layout::index_file(s, m)),
+        layout::encode_index(&[5, big, 4]),
+    )
+    .unwrap();
+    // In a frame it cannot go (Spark's frames stay below 2 GiB): a clean chunk failure.
+    let (sid, _) = open_stream(&mut c, &fetch_msg("8", 0, &[1], vec![vec![1]], false)).await;
+    let got = c.fetch_chunks(sid, 1).await.unwrap();
+    assert!(
+        got[0].as_ref().unwrap_err().contains("fetch it to disk"),
+        "{got:?}"
+    );
+    // As a stream: a 64-bit size, then the bytes; the last partition follows at 3 GiB + 5.
+    let (sid, _) = open_stream(&mut c, &fetch_msg("8", 0, &[1], vec![vec![1, 2]], false)).await;
+    c.send(&Message::StreamRequest(format!("{sid}_0")))
+        .await
+        .unwrap();
+    match c.recv_frame().await.unwrap() {
+        Message::StreamResponse { byte_count, .. } => assert_eq!(byte_count as u64, big),
+        m => panic!("{m:?}"),
+    }
+    let first = c.read_raw(1 << 20).await.unwrap();
+    assert!(first.iter().all(|b| *b == 0));
+    drop(c);
+    let mut c2 = Client::connect(svc.spark).await.unwrap();
+    let (sid, n) = open_stream(&mut c2, &fetch_msg("8", 0, &[1], vec![vec![2, 0]], false)).await;
+    let got = c2.fetch_streams(sid, n).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().as_ref(), b"tail");
+    assert_eq!(got[1].as_ref().unwrap().as_ref(), b"head!");
+    svc.shutdown().await;
+}
