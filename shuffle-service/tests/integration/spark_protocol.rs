@@ -628,3 +628,27 @@ async fn blocks_over_2_gib_go_by_stream_with_64_bit_sizes() {
     assert_eq!(got[1].as_ref().unwrap().as_ref(), b"head!");
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_application_secrets_come_from_a_directory() {
+    let svc = TestService::start(|c| {
+        let d = c.state_dir.parent().unwrap().join("secrets");
+        std::fs::create_dir_all(&d).unwrap();
+        // As a mounted Kubernetes Secret: one file per application id.
+        std::fs::write(d.join(APP), "app-secret").unwrap();
+        c.spark_auth_secret_dir = Some(d);
+    })
+    .await;
+    let mut c = Client::connect(svc.spark).await.unwrap();
+    c.authenticate(APP, b"app-secret").await.unwrap().unwrap();
+    let mut c = Client::connect(svc.spark).await.unwrap();
+    let r = c
+        .authenticate("app-without-secret", b"app-secret")
+        .await
+        .unwrap();
+    assert!(r.unwrap_err().contains("no secret"));
+    // Another application's secret does not open this one.
+    let mut c = Client::connect(svc.spark).await.unwrap();
+    assert!(c.authenticate(APP, b"wrong").await.unwrap().is_err());
+    svc.shutdown().await;
+}
