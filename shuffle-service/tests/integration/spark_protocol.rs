@@ -652,3 +652,54 @@ async fn per_application_secrets_come_from_a_directory() {
     assert!(c.authenticate(APP, b"wrong").await.unwrap().is_err());
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn control_replies_overtake_queued_block_data() {
+    let svc = TestService::start(|_| {}).await;
+    let (mut c, dirs) = registered(&svc, "9").await;
+    // 48 MiB of block data queued on one connection: far more than the socket buffers hold.
+    let parts: Vec<Vec<u8>> = (0..16).map(|i| random_bytes(3 << 20, i)).collect();
+    write_map(&dirs, 0, 1, &parts);
+    let (sid, n) = open_stream(
+        &mut c,
+        &fetch_msg("9", 0, &[1], vec![(0..16).collect()], false),
+    )
+    .await;
+    let mut req = bytes::BytesMut::new();
+    for i in 0..n {
+        Message::ChunkFetchRequest(StreamChunkId {
+            stream_id: sid,
+            chunk_index: i,
+        })
+        .encode(&mut req);
+    }
+    // Then a control RPC on the same connection.
+    Message::RpcRequest {
+        request_id: 77,
+        body: Btm::GetLocalDirsForExecutors {
+            app_id: APP.into(),
+            exec_ids: vec!["9".into()],
+        }
+        .to_bytes(),
+    }
+    .encode(&mut req);
+    c.send_raw(&req).await.unwrap();
+    let mut chunks_before_reply = None;
+    let mut chunks = 0;
+    for _ in 0..=n {
+        match c.recv().await.unwrap().message {
+            Message::ChunkFetchSuccess(id, b) => {
+                assert_eq!(b.as_ref(), &parts[id.chunk_index as usize][..]);
+                chunks += 1;
+            }
+            Message::RpcResponse { request_id: 77, .. } => chunks_before_reply = Some(chunks),
+            m => panic!("{m:?}"),
+        }
+    }
+    let before = chunks_before_reply.expect("the RPC was answered");
+    assert!(
+        before < n,
+        "the reply waited for every block: {before} of {n}"
+    );
+    svc.shutdown().await;
+}
