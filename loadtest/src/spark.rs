@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use bytes::BytesMut;
 use serde_json::{Value, json};
 use shuffle_service::ids::{MapId, ShuffleId};
 use shuffle_service::layout;
-use shuffle_service::spark::client::Client;
-use shuffle_service::spark::frame::{Message, StreamChunkId};
+use shuffle_service::spark::client::{Client, chunk_fetch_requests};
+use shuffle_service::spark::frame::Message;
 use shuffle_service::spark::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
 use tokio::process::{Child, Command};
 
@@ -168,15 +167,9 @@ impl Conn {
     /// Sends pipelined chunk requests and consumes the replies; returns the body bytes.
     async fn chunks(&mut self, stream_id: i64, n: i32, block: u64) -> anyhow::Result<u64> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut req = BytesMut::new();
-        for i in 0..n {
-            Message::ChunkFetchRequest(StreamChunkId {
-                stream_id,
-                chunk_index: i,
-            })
-            .encode(&mut req);
-        }
-        self.wr.write_all(&req).await?;
+        self.wr
+            .write_all(&chunk_fetch_requests(stream_id, n))
+            .await?;
         let mut bytes = 0;
         for _ in 0..n {
             let (rest, t) = self.head().await?;

@@ -14,6 +14,19 @@ use super::frame::{FrameDecoder, Message, StreamChunkId};
 use super::message::{BlockTransferMessage, SaslMessage};
 use super::sasl;
 
+/// `ChunkFetchRequest`s for chunks `0..n` of a stream, back to back, as Spark pipelines them.
+pub fn chunk_fetch_requests(stream_id: i64, n: i32) -> BytesMut {
+    let mut req = BytesMut::new();
+    for i in 0..n {
+        Message::ChunkFetchRequest(StreamChunkId {
+            stream_id,
+            chunk_index: i,
+        })
+        .encode(&mut req);
+    }
+    req
+}
+
 /// A received message; `StreamResponse` carries its out-of-frame body.
 #[derive(Debug)]
 pub struct Inbound {
@@ -162,15 +175,9 @@ impl Client {
         stream_id: i64,
         n: i32,
     ) -> io::Result<Vec<Result<Bytes, String>>> {
-        let mut req = BytesMut::new();
-        for i in 0..n {
-            Message::ChunkFetchRequest(StreamChunkId {
-                stream_id,
-                chunk_index: i,
-            })
-            .encode(&mut req);
-        }
-        self.stream.write_all(&req).await?;
+        self.stream
+            .write_all(&chunk_fetch_requests(stream_id, n))
+            .await?;
         let mut out: Vec<Option<Result<Bytes, String>>> = (0..n).map(|_| None).collect();
         for _ in 0..n {
             let (id, r) = match self.recv().await?.message {

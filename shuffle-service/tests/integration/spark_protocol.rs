@@ -665,14 +665,7 @@ async fn control_replies_overtake_queued_block_data() {
         &fetch_msg("9", 0, &[1], vec![(0..16).collect()], false),
     )
     .await;
-    let mut req = bytes::BytesMut::new();
-    for i in 0..n {
-        Message::ChunkFetchRequest(StreamChunkId {
-            stream_id: sid,
-            chunk_index: i,
-        })
-        .encode(&mut req);
-    }
+    let mut req = shuffle_service::spark::client::chunk_fetch_requests(sid, n);
     // Then a control RPC on the same connection.
     Message::RpcRequest {
         request_id: 77,
