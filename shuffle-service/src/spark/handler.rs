@@ -382,7 +382,12 @@ impl Session {
             ));
         }
         let executor = shared.core.executor(app, exec).map_err(fail)?;
-        let stream_id = self.streams.open(Stream::new(executor, blocks));
+        // A stream without chunks would never be finished, so it is not kept.
+        let stream_id = if n == 0 {
+            (rand::random::<u64>() >> 1) as i64
+        } else {
+            self.streams.open(Stream::new(executor, blocks))
+        };
         Ok(Btm::StreamHandle {
             stream_id,
             num_chunks: i32::try_from(n).unwrap_or(i32::MAX),

@@ -368,6 +368,9 @@ async fn refusals_are_clean_failures() {
         Message::ChunkFetchFailure(_, e) => assert!(e.contains("out-of-order"), "{e}"),
         m => panic!("{m:?}"),
     }
+    // A fetch naming no block answers a handle with no chunks and keeps no stream.
+    let (_, n) = open_stream(&mut c, &fetch_msg("3", 0, &[1], vec![vec![]], false)).await;
+    assert_eq!(n, 0);
     assert!(svc.metrics().await.contains("shuffle_open_streams 1"));
     // SASL while authentication is off, and an AuthEngine message: failures, connection open.
     assert!(c.authenticate(APP, b"s").await.unwrap().is_err());
