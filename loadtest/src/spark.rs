@@ -269,6 +269,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let rest = stat.rsplit(')').next().context("stat")?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // /proc reports clock ticks in USER_HZ, which Linux fixes at 100 for user space.
     Ok(ticks / 100.0)
 }
 

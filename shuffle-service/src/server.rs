@@ -85,7 +85,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let Listeners { grpc, admin, spark } = listeners;
     let spark_task = match spark {
-        Some(l) => Some(spark_front_end(config, &core, l, stop_token(&background))?),
+        // Cancelled at shutdown, or with the background tasks at the very end.
+        Some(l) => Some(spark_front_end(config, &core, l, background.child_token())?),
         None => None,
     };
     let draining = Arc::new(AtomicBool::new(false));
@@ -165,11 +166,6 @@ pub async fn run(
     let _ = sweeper.await;
     let _ = cleaner.await;
     Ok(())
-}
-
-fn stop_token(background: &CancellationToken) -> CancellationToken {
-    // Cancelled explicitly at shutdown, or with the background tasks at the very end.
-    background.child_token()
 }
 
 fn spark_front_end(
