@@ -72,7 +72,10 @@ async fn start_service(work: &Path) -> anyhow::Result<Service> {
         .arg("--data-dir")
         .arg(work.join("svc"))
         .arg("--volume")
-        .arg(format!("{}:hostPath", work.join("vol").display()))
+        .arg({
+            std::fs::create_dir_all(work.join("vol"))?;
+            format!("{}:hostPath", work.join("vol").display())
+        })
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -18,6 +18,7 @@ use crate::error::{Result, ShuffleError};
 use crate::ids::{MapId, ReduceId, ShuffleId};
 use crate::layout;
 use crate::registry::Executor;
+use crate::volume::Volumes;
 
 /// A byte range of a data file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,11 +69,11 @@ impl IndexCache {
     /// # Errors
     /// [`ShuffleError::BlockNotFound`] for a missing index, [`ShuffleError::Corrupt`] for a
     /// malformed one.
-    pub fn get(&self, exec: &Executor, path: &Path) -> Result<Arc<Vec<u64>>> {
+    pub fn get(&self, volumes: &Volumes, exec: &Executor, path: &Path) -> Result<Arc<Vec<u64>>> {
         if let Some(v) = self.lock().map.get(path) {
             return Ok(Arc::clone(v));
         }
-        let (mut file, _, size) = open_verified(exec, path)?;
+        let (mut file, size) = open_verified(volumes, exec, path)?;
         if size > (crate::writer::MAX_PARTITIONS as u64 + 1) * 8 {
             return Err(ShuffleError::Corrupt(format!(
                 "{}: index of {size} bytes",
@@ -140,6 +141,7 @@ impl IndexCache {
 /// # Errors
 /// Not found, out of range, or corrupt index.
 pub fn resolve(
+    volumes: &Volumes,
     exec: &Executor,
     cache: &IndexCache,
     shuffle: ShuffleId,
@@ -152,7 +154,7 @@ pub fn resolve(
         exec.sub_dirs,
         &layout::index_file(shuffle, map),
     );
-    let offsets = cache.get(exec, &index)?;
+    let offsets = cache.get(volumes, exec, &index)?;
     let partitions = offsets.len() - 1;
     let (s, e) = (start.get(), end.get());
     if s >= e || e as usize > partitions {
@@ -175,103 +177,45 @@ pub fn resolve(
     })
 }
 
-/// Whether the kernel lacks `openat2` (before Linux 5.6); then paths are canonicalised.
-static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Opens a file of an executor for reading, refusing any path that leaves the executor's
-/// directories; returns the file, its canonical path and its size.
+/// directories; returns the file and its size.
 ///
 /// Registered directories are canonical and file paths are built from them with names that
-/// hold no `/` or `..`, so the only way out is a symlink: the file is opened with `openat2`
-/// and `RESOLVE_NO_SYMLINKS` (one system call); without `openat2`, the path is canonicalised
-/// and checked against the directories.
+/// hold no `/` or `..`; the file is opened beneath its volume's root handle with no symbolic
+/// link followed ([`crate::execfs`]), so a link planted in an executor directory, or a
+/// registered directory replaced by one, cannot lead out.
 ///
 /// # Errors
 /// Not found, refused path, I/O errors.
-pub fn open_verified(exec: &Executor, path: &Path) -> Result<(std::fs::File, PathBuf, u64)> {
-    use std::sync::atomic::Ordering;
-    if !exec.local_dirs.iter().any(|d| path.starts_with(d)) {
-        return Err(ShuffleError::PermissionDenied(format!(
-            "{} lies outside the executor's directories",
-            path.display()
-        )));
-    }
-    let (file, canonical) = if NO_OPENAT2.load(Ordering::Relaxed) {
-        open_canonical(exec, path)?
-    } else {
-        use rustix::fs::{Mode, OFlags, ResolveFlags};
-        match rustix::fs::openat2(
-            rustix::fs::CWD,
-            path,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Ok(fd) => (std::fs::File::from(fd), path.to_path_buf()),
-            Err(rustix::io::Errno::NOSYS) => {
-                NO_OPENAT2.store(true, Ordering::Relaxed);
-                open_canonical(exec, path)?
-            }
-            Err(rustix::io::Errno::NOENT) => {
-                return Err(ShuffleError::BlockNotFound(path.display().to_string()));
-            }
-            Err(rustix::io::Errno::LOOP) => {
-                return Err(ShuffleError::PermissionDenied(format!(
-                    "{} resolves through a symbolic link",
-                    path.display()
-                )));
-            }
-            Err(e) => return Err(ShuffleError::io(path, e.into())),
+pub fn open_verified(
+    volumes: &Volumes,
+    exec: &Executor,
+    path: &Path,
+) -> Result<(std::fs::File, u64)> {
+    let root = exec
+        .local_dirs
+        .iter()
+        .any(|d| path.starts_with(d))
+        .then(|| volumes.containing(path))
+        .flatten()
+        .ok_or_else(|| {
+            ShuffleError::PermissionDenied(format!(
+                "{} lies outside the executor's directories",
+                path.display()
+            ))
+        })?;
+    root.dir.open_file(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ShuffleError::BlockNotFound(path.display().to_string())
+        } else if crate::execfs::is_link_refusal(&e) {
+            ShuffleError::PermissionDenied(format!(
+                "{} resolves through a symbolic link",
+                path.display()
+            ))
+        } else {
+            ShuffleError::io(path, e)
         }
-    };
-    let meta = file
-        .metadata()
-        .map_err(|e| ShuffleError::io(&canonical, e))?;
-    if !meta.is_file() {
-        return Err(ShuffleError::BlockNotFound(path.display().to_string()));
-    }
-    Ok((file, canonical, meta.len()))
-}
-
-/// Deletes a file whose directory is reached without following a symbolic link (an executor
-/// could plant one as a subdirectory); falls back to a plain unlink without `openat2`.
-///
-/// # Errors
-/// Not found, a symlinked directory, I/O errors.
-pub fn remove_file_beneath(path: &Path) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(std::io::ErrorKind::InvalidInput.into());
-    };
-    match rustix::fs::openat2(
-        rustix::fs::CWD,
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(fd) => Ok(rustix::fs::unlinkat(&fd, name, AtFlags::empty())?),
-        Err(rustix::io::Errno::NOSYS) => std::fs::remove_file(path),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn open_canonical(exec: &Executor, path: &Path) -> Result<(std::fs::File, PathBuf)> {
-    let canonical = match std::fs::canonicalize(path) {
-        Ok(p) => p,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ShuffleError::BlockNotFound(path.display().to_string()));
-        }
-        Err(e) => return Err(ShuffleError::io(path, e)),
-    };
-    if !exec.local_dirs.iter().any(|d| canonical.starts_with(d)) {
-        return Err(ShuffleError::PermissionDenied(format!(
-            "{} resolves outside the executor's directories",
-            path.display()
-        )));
-    }
-    let file = std::fs::File::open(&canonical).map_err(|e| ShuffleError::io(&canonical, e))?;
-    Ok((file, canonical))
+    })
 }
 
 /// An open data-file segment, read in chunks.
@@ -288,8 +232,9 @@ impl SegmentReader {
     ///
     /// # Errors
     /// Not found, refused path, or a data file shorter than its index says.
-    pub fn open(exec: &Executor, seg: &Segment) -> Result<Self> {
-        let (mut file, canonical, size) = open_verified(exec, &seg.path)?;
+    pub fn open(volumes: &Volumes, exec: &Executor, seg: &Segment) -> Result<Self> {
+        let (mut file, size) = open_verified(volumes, exec, &seg.path)?;
+        let canonical = seg.path.clone();
         if seg.offset + seg.len > size {
             return Err(ShuffleError::Corrupt(format!(
                 "{}: {} bytes, index points to {}",

@@ -14,6 +14,9 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use std::os::fd::AsFd as _;
+
+use crate::execfs;
 use crate::metrics::Metrics;
 use crate::volume::Volumes;
 
@@ -106,7 +109,7 @@ async fn run(
                 continue;
             };
             let before = fs_used(&vol.root);
-            let errors = delete_tree(dir, &limits[vol.index]).await;
+            let errors = delete_tree(&volumes, dir, &limits[vol.index]).await;
             if errors > 0 {
                 metrics.cleanup_errors.inc_by(errors);
             }
@@ -133,55 +136,52 @@ fn fs_used(root: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Deletes `dir` recursively: its children concurrently (bounded by `limit`), then itself.
-/// Returns the number of errors.
-pub async fn delete_tree(dir: &Path, limit: &Arc<Semaphore>) -> u64 {
-    let children: Vec<(PathBuf, bool)> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .flatten()
-            .map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_dir())))
-            .collect(),
+/// Deletes `dir` recursively beneath its volume's root, no link followed: its children
+/// concurrently (bounded by `limit`), then itself. A link standing where `dir` or any entry
+/// below it was is removed itself, never its target. Returns the number of errors.
+pub async fn delete_tree(vol: &Arc<Volumes>, dir: &Path, limit: &Arc<Semaphore>) -> u64 {
+    let Some(root) = vol.containing(dir) else {
+        return 1;
+    };
+    let listed = match root.dir.list(dir) {
+        Ok(x) => Some(x),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        // Not a directory any more (a link, a file): removed below as a single entry.
+        Err(e) if execfs::is_link_refusal(&e) || e.raw_os_error() == Some(libc_enotdir()) => None,
         Err(e) => {
             tracing::warn!(dir = %dir.display(), cause = %e, "cannot list directory for cleanup");
             return 1;
         }
     };
-    let mut tasks = Vec::new();
-    for (path, is_dir) in children {
-        let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
-            break;
-        };
-        tasks.push(tokio::task::spawn_blocking(move || {
-            // remove_dir_all never follows symlinks: a link planted in an executor directory
-            // is removed, not its target.
-            let r = if is_dir {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            drop(permit);
-            match r {
-                Ok(()) => 0,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), cause = %e, "cleanup failed");
-                    1
-                }
-            }
-        }));
-    }
     let mut errors = 0;
-    for t in tasks {
-        errors += t.await.unwrap_or(1);
-    }
-    match std::fs::remove_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), cause = %e, "cleanup failed");
-            errors += 1;
+    if let Some((fd, children)) = listed {
+        let fd = Arc::new(fd);
+        let mut tasks = Vec::new();
+        for (name, _) in children {
+            let Ok(permit) = Arc::clone(limit).acquire_owned().await else {
+                break;
+            };
+            let fd = Arc::clone(&fd);
+            let shown = dir.join(&name);
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let n = execfs::remove_entry(fd.as_fd(), &name, 1, &shown);
+                drop(permit);
+                n
+            }));
+        }
+        for t in tasks {
+            errors += t.await.unwrap_or(1);
         }
     }
+    let (vol, dir) = (Arc::clone(vol), dir.to_path_buf());
     errors
+        + tokio::task::spawn_blocking(move || {
+            vol.containing(&dir).map_or(1, |r| r.dir.delete_tree(&dir))
+        })
+        .await
+        .unwrap_or(1)
+}
+
+fn libc_enotdir() -> i32 {
+    rustix::io::Errno::NOTDIR.raw_os_error()
 }

@@ -3,7 +3,8 @@
 //! everything they do to data goes through [`Core`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::os::fd::AsFd as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::cleanup::Cleaner;
 use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Result, ShuffleError};
+use crate::execfs;
 use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::layout;
 use crate::metrics::Metrics;
@@ -40,6 +42,10 @@ struct Inner {
     registry: Registry,
     volumes: Arc<Volumes>,
     cache: IndexCache,
+    in_flight: writer::InFlight,
+    /// Exclusive locks on the state directory and every volume root, held for the life of
+    /// the core.
+    _locks: Vec<std::fs::File>,
     cleaner: Cleaner,
     metrics: Metrics,
     prometheus: PromRegistry,
@@ -61,6 +67,11 @@ impl Core {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ShuffleError::io(&config.state_dir, e))?;
         let volumes = Arc::new(Volumes::open(&config.volumes)?);
+        // One service per state directory and per volume: two would both delete.
+        let mut locks = vec![lock_dir(&config.state_dir)?];
+        for v in volumes.iter() {
+            locks.push(lock_dir(&v.root)?);
+        }
         let db = Db::open(&config.state_dir.join("shuffle.db"))?;
         let registry = Registry::open(db).await?;
         let metrics =
@@ -76,6 +87,8 @@ impl Core {
                 registry,
                 volumes,
                 cache: IndexCache::new(config.index_cache_bytes),
+                in_flight: writer::InFlight::default(),
+                _locks: locks,
                 cleaner,
                 metrics,
                 prometheus,
@@ -132,6 +145,9 @@ impl Core {
             m.volume_capacity
                 .with_label_values(&labels)
                 .set(i64::try_from(cap).unwrap_or(i64::MAX));
+            m.volume_fs_used
+                .with_label_values(&labels)
+                .set(i64::try_from(v.fs_used_bytes()).unwrap_or(i64::MAX));
             m.volume_full
                 .with_label_values(&labels)
                 .set(i64::from(v.is_full()));
@@ -281,7 +297,15 @@ impl Core {
         start: ReduceId,
         end: ReduceId,
     ) -> Result<Segment> {
-        blocks::resolve(exec, &self.inner.cache, shuffle, map, start, end)
+        blocks::resolve(
+            &self.inner.volumes,
+            exec,
+            &self.inner.cache,
+            shuffle,
+            map,
+            start,
+            end,
+        )
     }
 
     /// Opens a resolved segment (blocking).
@@ -289,7 +313,16 @@ impl Core {
     /// # Errors
     /// See [`SegmentReader::open`].
     pub fn open_segment(&self, exec: &Executor, seg: &Segment) -> Result<SegmentReader> {
-        SegmentReader::open(exec, seg)
+        SegmentReader::open(&self.inner.volumes, exec, seg)
+    }
+
+    /// Opens a file of an executor for reading beneath its volume root, no link followed
+    /// (blocking); returns it with its size.
+    ///
+    /// # Errors
+    /// See [`blocks::open_verified`].
+    pub fn open_file(&self, exec: &Executor, path: &Path) -> Result<(std::fs::File, u64)> {
+        blocks::open_verified(&self.inner.volumes, exec, path)
     }
 
     /// Writes a map output from `chunks` into the executor's directories.
@@ -304,11 +337,12 @@ impl Core {
         chunks: mpsc::Receiver<Result<Bytes>>,
     ) -> Result<u64> {
         let executor = self.executor(app, exec)?;
-        let volumes = Arc::clone(&self.inner.volumes);
-        let result =
-            tokio::task::spawn_blocking(move || writer::write(&executor, &volumes, &out, chunks))
-                .await
-                .map_err(ShuffleError::from)?;
+        let inner = Arc::clone(&self.inner);
+        let result = tokio::task::spawn_blocking(move || {
+            writer::write(&executor, &inner.volumes, &inner.in_flight, &out, chunks)
+        })
+        .await
+        .map_err(ShuffleError::from)?;
         if let Ok(n) = &result {
             self.inner.metrics.bytes_written.inc_by(*n);
         }
@@ -326,21 +360,33 @@ impl Core {
             .iter()
             .flat_map(|(_, e)| e.local_dirs.iter().map(|d| (d.clone(), e.sub_dirs)))
             .collect();
+        let volumes = Arc::clone(&self.inner.volumes);
         let found = tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
             for (dir, subs) in dirs {
+                let Some(vol) = volumes.containing(&dir) else {
+                    continue;
+                };
                 for s in 0..subs {
                     let sub = dir.join(format!("{s:02x}"));
-                    let Ok(entries) = std::fs::read_dir(&sub) else {
-                        continue;
+                    // A subdirectory the executor replaced by a link is refused here: its
+                    // files, wherever they are, are not this application's.
+                    let (fd, entries) = match vol.dir.list(&sub) {
+                        Ok(x) => x,
+                        Err(e) if execfs::is_link_refusal(&e) => {
+                            tracing::warn!(dir = %sub.display(), "skipping a subdirectory that is a symbolic link");
+                            continue;
+                        }
+                        Err(_) => continue,
                     };
-                    for e in entries.flatten() {
-                        let name = e.file_name();
-                        if layout::is_shuffle_file(&name.to_string_lossy(), shuffle)
-                            && e.file_type().is_ok_and(|t| t.is_file())
-                            && std::fs::remove_file(e.path()).is_ok()
+                    for (name, is_dir) in entries {
+                        if !is_dir
+                            && layout::is_shuffle_file(&name.to_string_lossy(), shuffle)
+                            && execfs::is_regular_file(fd.as_fd(), &name)
+                            && rustix::fs::unlinkat(&fd, &*name, rustix::fs::AtFlags::empty())
+                                .is_ok()
                         {
-                            found.push(e.path());
+                            found.push(sub.join(name));
                         }
                     }
                 }
@@ -354,6 +400,47 @@ impl Core {
         }
         self.refresh_gauges();
         Ok(found.len() as u64)
+    }
+
+    /// Removes the temporary files that writes interrupted by a crash left in executor
+    /// directories (never those of a write in flight); returns how many. Run at start-up and
+    /// with every usage rescan.
+    pub async fn remove_leftovers(&self) -> usize {
+        let dirs: Vec<(PathBuf, u32)> = self.inner.registry.all_dirs().into_iter().collect();
+        let inner = Arc::clone(&self.inner);
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut removed = 0;
+            for (dir, subs) in dirs {
+                let Some(vol) = inner.volumes.containing(&dir) else {
+                    continue;
+                };
+                for s in 0..subs {
+                    let sub = dir.join(format!("{s:02x}"));
+                    let Ok((fd, entries)) = vol.dir.list(&sub) else {
+                        continue;
+                    };
+                    for (name, is_dir) in entries {
+                        let path = sub.join(&name);
+                        if !is_dir
+                            && writer::is_temp_name(&name.to_string_lossy())
+                            && !inner.in_flight.contains(&path)
+                            && rustix::fs::unlinkat(&fd, &*name, rustix::fs::AtFlags::empty())
+                                .is_ok()
+                        {
+                            tracing::info!(path = %path.display(), "removed an interrupted write's temporary file");
+                            removed += 1;
+                        }
+                    }
+                }
+            }
+            removed
+        })
+        .await
+        .unwrap_or(0);
+        if removed > 0 {
+            self.inner.metrics.leftovers_removed.inc_by(removed as u64);
+        }
+        removed
     }
 
     /// Deletes named block files of one executor, Spark's RemoveBlocks: names are file names
@@ -383,10 +470,21 @@ impl Core {
         for p in &paths {
             self.inner.cache.forget(p);
         }
+        let volumes = Arc::clone(&self.inner.volumes);
         let removed = tokio::task::spawn_blocking(move || {
             paths
                 .iter()
-                .filter(|p| crate::blocks::remove_file_beneath(p).is_ok())
+                .filter(|p| {
+                    volumes.containing(p).is_some_and(|v| {
+                        v.dir.open_dir(p.parent().unwrap_or(p)).is_ok_and(|d| {
+                            p.file_name().is_some_and(|n| {
+                                execfs::is_regular_file(d.as_fd(), n)
+                                    && rustix::fs::unlinkat(&d, n, rustix::fs::AtFlags::empty())
+                                        .is_ok()
+                            })
+                        })
+                    })
+                })
                 .count()
         })
         .await
@@ -421,6 +519,23 @@ impl Core {
     /// Queues a directory list for deletion with a completion signal (tests, benchmarks).
     pub fn cleaner(&self) -> &Cleaner {
         &self.inner.cleaner
+    }
+}
+
+/// Name of the lock file in the state directory and in each volume root.
+pub const LOCK_FILE: &str = ".shuffle-service.lock";
+
+/// Takes the exclusive lock of a directory, refusing a second service on it.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::File::create(&path).map_err(|e| ShuffleError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ShuffleError::InvalidArgument(format!(
+            "{} is in use by another shuffle-service process",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(ShuffleError::io(&path, e)),
     }
 }
 

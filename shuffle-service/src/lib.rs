@@ -21,6 +21,7 @@ pub mod config;
 pub mod core;
 pub mod db;
 pub mod error;
+pub mod execfs;
 pub mod ids;
 pub mod layout;
 pub mod lifecycle;

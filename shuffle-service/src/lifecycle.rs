@@ -1,7 +1,7 @@
 //! Application liveness: the periodic sweep that removes applications whose driver stopped
 //! heartbeating, applications known only from executors that stayed idle past the TTL, and
 //! applications whose directories the cluster manager already deleted. It also rescans the
-//! usage of capacity-limited volumes. Errors are logged; the sweep never stops.
+//! usage of the volumes and removes leftovers of interrupted writes. Errors are logged; the sweep never stops.
 
 use std::time::Duration;
 
@@ -52,11 +52,13 @@ pub async fn sweep_once(core: &Core) -> SweepReport {
     report
 }
 
-/// Rescans the used bytes of capacity-limited volumes (blocking work on the blocking pool).
+/// Rescans the bytes every volume holds (blocking work on the blocking pool) and removes the
+/// temporary files of interrupted writes.
 pub async fn scan_usage(core: &Core) {
+    core.remove_leftovers().await;
     let vols = std::sync::Arc::clone(core.volumes());
     let _ = tokio::task::spawn_blocking(move || {
-        for v in vols.iter().filter(|v| v.capacity.is_some()) {
+        for v in vols.iter() {
             v.set_scanned(Volumes::scan_bytes(&v.root));
         }
     })

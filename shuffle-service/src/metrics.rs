@@ -53,6 +53,15 @@ pub struct Metrics {
     pub spark_batch_fetches: IntCounter,
     /// Spark chunk or stream requests that failed to resolve or open their block.
     pub spark_block_failures: IntCounter,
+    /// Temporary files of interrupted writes removed.
+    pub leftovers_removed: IntCounter,
+    /// Log lines not written because their rate limit was reached, by event.
+    pub log_suppressed: IntCounterVec,
+    /// Requests refused because the caller did not hold the application's credential, by
+    /// protocol.
+    pub ownership_refusals: IntCounterVec,
+    /// Used bytes of the filesystem holding each volume (shared with anything else on it).
+    pub volume_fs_used: IntGaugeVec,
 }
 
 impl Metrics {
@@ -97,7 +106,10 @@ impl Metrics {
             )?,
             executors: IntGauge::new("shuffle_registered_executors", "Registered executors.")?,
             volume_used: IntGaugeVec::new(
-                Opts::new("shuffle_volume_used_bytes", "Used bytes by volume."),
+                Opts::new(
+                    "shuffle_volume_used_bytes",
+                    "Bytes of the files below each volume root (last scan plus writes since).",
+                ),
                 vol,
             )?,
             volume_capacity: IntGaugeVec::new(
@@ -161,7 +173,36 @@ impl Metrics {
                 "shuffle_spark_block_failures_total",
                 "Spark chunk or stream requests whose block could not be resolved or opened.",
             )?,
+            leftovers_removed: IntCounter::new(
+                "shuffle_leftover_files_removed_total",
+                "Temporary files of interrupted map-output writes removed at start-up or by the sweep.",
+            )?,
+            log_suppressed: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_log_lines_suppressed_total",
+                    "Log lines not written because the event's rate limit was reached.",
+                ),
+                &["event"],
+            )?,
+            ownership_refusals: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_ownership_refusals_total",
+                    "Requests refused for lacking the application's credential, by protocol.",
+                ),
+                &["protocol"],
+            )?,
+            volume_fs_used: IntGaugeVec::new(
+                Opts::new(
+                    "shuffle_volume_filesystem_used_bytes",
+                    "Used bytes of the filesystem holding each volume (anything else on it included).",
+                ),
+                vol,
+            )?,
         };
+        r.register(Box::new(m.leftovers_removed.clone()))?;
+        r.register(Box::new(m.log_suppressed.clone()))?;
+        r.register(Box::new(m.ownership_refusals.clone()))?;
+        r.register(Box::new(m.volume_fs_used.clone()))?;
         r.register(Box::new(m.rpcs.clone()))?;
         r.register(Box::new(m.spark_connections.clone()))?;
         r.register(Box::new(m.spark_connections_refused.clone()))?;

@@ -411,6 +411,15 @@ impl Registry {
             .collect()
     }
 
+    /// Every registered executor directory with its subdirectory count.
+    pub fn all_dirs(&self) -> Vec<(PathBuf, u32)> {
+        self.read()
+            .values()
+            .flat_map(|a| a.executors.values())
+            .flat_map(|e| e.local_dirs.iter().map(|d| (d.clone(), e.sub_dirs)))
+            .collect()
+    }
+
     /// Every application, for operators.
     pub fn list(&self) -> Vec<AppSummary> {
         let now = Instant::now();

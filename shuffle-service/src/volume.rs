@@ -14,9 +14,11 @@
 //! Registrations are always persisted; after a restart those whose directories are gone (an
 //! emptyDir that was recreated) are dropped by the vanished-directory sweep.
 //!
-//! Usage: with a configured capacity, used bytes are measured by a scan at start and at every
-//! usage refresh, plus the bytes the service writes in between; without one, the filesystem's
-//! own figures (statvfs) are used. A write that does not fit fails with RESOURCE_EXHAUSTED and
+//! Usage: the bytes a volume holds are measured by a scan at start and at every usage refresh,
+//! plus the bytes the service writes in between (`shuffle_volume_used_bytes`); the whole
+//! filesystem's figures (statvfs) are reported beside them. With a configured capacity, free
+//! space is the capacity less the volume's bytes (and never more than the filesystem has);
+//! without one, it is the filesystem's. A write that does not fit fails with RESOURCE_EXHAUSTED and
 //! marks the volume full until space is freed.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +26,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{Result, ShuffleError};
+use crate::execfs::RootDir;
 
 /// What backs a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,17 +144,21 @@ pub struct Volume {
     used: AtomicU64,
     /// Set when a write was refused for space; cleared when space is freed.
     full: AtomicBool,
+    /// The root, held open: every operation on executor directories resolves beneath it.
+    pub dir: RootDir,
 }
 
 impl Volume {
-    /// Bytes used on this volume.
+    /// Bytes of the files below the root: the last scan plus what the service wrote since.
     pub fn used_bytes(&self) -> u64 {
-        match self.capacity {
-            Some(_) => self.used.load(Ordering::Relaxed),
-            None => rustix::fs::statvfs(&self.root)
-                .map(|s| (s.f_blocks - s.f_bfree) * s.f_frsize)
-                .unwrap_or(0),
-        }
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Used bytes of the whole filesystem holding the volume.
+    pub fn fs_used_bytes(&self) -> u64 {
+        rustix::fs::statvfs(&self.root)
+            .map(|s| (s.f_blocks - s.f_bfree) * s.f_frsize)
+            .unwrap_or(0)
     }
 
     /// Bytes still free for writes.
@@ -214,14 +221,26 @@ pub struct Volumes {
 }
 
 impl Volumes {
-    /// Creates missing roots and canonicalises them.
+    /// Opens and canonicalises the roots. A missing emptyDir root is created (it is the
+    /// service's own scratch space); a missing persistent root (hostPath, nvme-raid0, pvc) is an
+    /// error, so a typo or an unmounted volume is not silently served from a fresh directory.
     ///
     /// # Errors
-    /// I/O errors creating or resolving a root, or two nested roots.
+    /// A missing persistent root, I/O errors creating or resolving a root, two nested roots.
     pub fn open(specs: &[VolumeSpec]) -> Result<Self> {
         let mut list = Vec::new();
         for (index, spec) in specs.iter().enumerate() {
-            std::fs::create_dir_all(&spec.path).map_err(|e| ShuffleError::io(&spec.path, e))?;
+            if spec.kind.survives_pod_restart() {
+                if !spec.path.is_dir() {
+                    return Err(ShuffleError::InvalidArgument(format!(
+                        "volume {} ({}) does not exist or is not a directory; a persistent volume must be mounted before the service starts",
+                        spec.path.display(),
+                        spec.kind.as_str()
+                    )));
+                }
+            } else {
+                std::fs::create_dir_all(&spec.path).map_err(|e| ShuffleError::io(&spec.path, e))?;
+            }
             let root =
                 std::fs::canonicalize(&spec.path).map_err(|e| ShuffleError::io(&spec.path, e))?;
             if let Some(other) = list
@@ -236,11 +255,12 @@ impl Volumes {
             }
             list.push(Volume {
                 index,
-                root,
                 kind: spec.kind,
                 capacity: spec.capacity,
                 used: AtomicU64::new(0),
                 full: AtomicBool::new(false),
+                dir: RootDir::open(&root).map_err(|e| ShuffleError::io(&root, e))?,
+                root,
             });
         }
         if list.is_empty() {

@@ -3,17 +3,27 @@
 //! The data goes to a temporary file next to its final place, is fsynced and renamed; then the
 //! index is written the same way, last, so a visible index always describes complete data
 //! (readers, Spark's included, look for the index first). Any failure removes the temporary
-//! files and leaves earlier output untouched. Space is reserved on the volume first: a write
+//! files and leaves earlier output untouched; a crash leaves them behind, and the leftover
+//! sweep ([`is_temp_name`], skipping the [`InFlight`] ones) removes them. Every directory is
+//! created and every file created and renamed through handles opened beneath the volume root,
+//! so no symbolic link planted by an executor is followed. Space is reserved on the volume first: a write
 //! that does not fit fails with RESOURCE_EXHAUSTED before a byte is written.
 
-use std::fs::{File, OpenOptions};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::Write as _;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::error::{Result, ShuffleError};
+use crate::execfs::RootDir;
 use crate::ids::{MapId, ShuffleId};
 use crate::layout;
 use crate::registry::Executor;
@@ -52,29 +62,128 @@ impl MapOutput {
     }
 }
 
-/// Deletes temporary files unless disarmed.
-struct TempGuard(Vec<PathBuf>);
+/// Marks names of this writer's temporary files: `<final name>.tmp-<16 hex digits>`. Only
+/// such names are ever swept as leftovers; Spark's own temporary files (`.<uuid>`) belong to
+/// their executor.
+const TEMP_MARK: &str = ".tmp-";
 
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
+/// Whether `name` is a temporary file of this writer (a leftover after a crash, unless a write
+/// is in flight).
+pub fn is_temp_name(name: &str) -> bool {
+    let Some((base, suffix)) = name.rsplit_once(TEMP_MARK) else {
+        return false;
+    };
+    base.starts_with("shuffle_")
+        && (base.ends_with(".data") || base.ends_with(".index"))
+        && suffix.len() == 16
+        && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Temporary files being written now; the leftover sweep skips them.
+#[derive(Debug, Default)]
+pub struct InFlight(Mutex<HashSet<PathBuf>>);
+
+impl InFlight {
+    fn insert(&self, p: &Path) {
+        self.lock().insert(p.to_path_buf());
+    }
+
+    fn remove(&self, p: &Path) {
+        self.lock().remove(p);
+    }
+
+    /// Whether a temporary file is being written.
+    pub fn contains(&self, p: &Path) -> bool {
+        self.lock().contains(p)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let mut raw = [0u8; 8];
-    rand::fill(&mut raw[..]);
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".tmp-{}", hex::encode(raw)));
-    PathBuf::from(s)
+/// One file being written: its directory handle (opened beneath the volume root, no link
+/// followed), its final and temporary names; the temporary file is removed on drop unless it
+/// was renamed into place.
+struct Pending<'a> {
+    dir: OwnedFd,
+    name: OsString,
+    tmp: OsString,
+    tmp_path: PathBuf,
+    path: PathBuf,
+    in_flight: &'a InFlight,
+    done: bool,
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| ShuffleError::io(dir, e))
+impl<'a> Pending<'a> {
+    fn new(root: &RootDir, path: &Path, in_flight: &'a InFlight) -> Result<Self> {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(ShuffleError::InvalidArgument("no file name".into()));
+        };
+        let dir = root.create_dirs(parent).map_err(|e| refused(parent, e))?;
+        let mut raw = [0u8; 8];
+        rand::fill(&mut raw[..]);
+        let mut tmp = name.to_owned();
+        tmp.push(format!("{TEMP_MARK}{}", hex::encode(raw)));
+        let tmp_path = parent.join(&tmp);
+        in_flight.insert(&tmp_path);
+        Ok(Self {
+            dir,
+            name: name.to_owned(),
+            tmp,
+            tmp_path,
+            path: path.to_path_buf(),
+            in_flight,
+            done: false,
+        })
+    }
+
+    fn exists(&self) -> bool {
+        rustix::fs::statat(&self.dir, &*self.name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    fn create(&self) -> Result<File> {
+        rustix::fs::openat(
+            &self.dir,
+            &*self.tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map(File::from)
+        .map_err(|e| ShuffleError::io(&self.tmp_path, e.into()))
+    }
+
+    /// Renames the synced temporary file into place (replacing nothing: the caller checked).
+    fn commit(&mut self) -> Result<()> {
+        rustix::fs::renameat(&self.dir, &*self.tmp, &self.dir, &*self.name)
+            .map_err(|e| ShuffleError::io(&self.path, e.into()))?;
+        self.done = true;
+        Ok(())
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        rustix::fs::fsync(&self.dir).map_err(|e| ShuffleError::io(&self.path, e.into()))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = rustix::fs::unlinkat(&self.dir, &*self.tmp, AtFlags::empty());
+        }
+        self.in_flight.remove(&self.tmp_path);
+    }
+}
+
+fn refused(path: &Path, e: std::io::Error) -> ShuffleError {
+    if crate::execfs::is_link_refusal(&e) {
+        ShuffleError::PermissionDenied(format!(
+            "{} resolves through a symbolic link",
+            path.display()
+        ))
+    } else {
+        ShuffleError::io(path, e)
+    }
 }
 
 /// Writes a map output whose data arrives on `chunks` (blocking; run on the blocking pool).
@@ -82,10 +191,11 @@ fn sync_dir(dir: &Path) -> Result<()> {
 ///
 /// # Errors
 /// Already existing output, a volume without room, a data length that disagrees with the
-/// header, or I/O errors.
+/// header, a symbolic link on the way, or I/O errors.
 pub fn write(
     exec: &Executor,
     volumes: &Volumes,
+    in_flight: &InFlight,
     out: &MapOutput,
     mut chunks: mpsc::Receiver<Result<Bytes>>,
 ) -> Result<u64> {
@@ -100,51 +210,48 @@ pub fn write(
         exec.sub_dirs,
         &layout::index_file(out.shuffle, out.map),
     );
-    if index.exists() {
+    let volume_of = |p: &Path| {
+        exec.local_dirs
+            .iter()
+            .find(|d| p.starts_with(d))
+            .and_then(|d| volumes.containing(d))
+            .ok_or_else(|| {
+                ShuffleError::InvalidArgument("executor directory left its volume".into())
+            })
+    };
+    let (data_vol, index_vol) = (volume_of(&data)?, volume_of(&index)?);
+    let mut index_file = Pending::new(&index_vol.dir, &index, in_flight)?;
+    if index_file.exists() {
         return Err(ShuffleError::AlreadyExists(format!(
             "map output {} of shuffle {}",
             out.map, out.shuffle
         )));
     }
-    let volume = exec
-        .local_dirs
-        .iter()
-        .find(|d| data.starts_with(d))
-        .and_then(|d| volumes.containing(d))
-        .ok_or_else(|| {
-            ShuffleError::InvalidArgument("executor directory left its volume".into())
-        })?;
+    let mut data_file = Pending::new(&data_vol.dir, &data, in_flight)?;
     let index_bytes = layout::encode_index(&out.lengths);
     let needed = total + index_bytes.len() as u64;
-    volume.reserve(needed)?;
-    let result = write_files(&data, &index, total, &index_bytes, &mut chunks);
+    data_vol.reserve(needed)?;
+    let result = write_files(
+        &mut data_file,
+        &mut index_file,
+        total,
+        &index_bytes,
+        &mut chunks,
+    );
     if result.is_err() {
-        volume.release(needed);
+        data_vol.release(needed);
     }
     result.map(|()| total)
 }
 
 fn write_files(
-    data: &Path,
-    index: &Path,
+    data: &mut Pending<'_>,
+    index: &mut Pending<'_>,
     total: u64,
     index_bytes: &[u8],
     chunks: &mut mpsc::Receiver<Result<Bytes>>,
 ) -> Result<()> {
-    for p in [data, index] {
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ShuffleError::io(dir, e))?;
-        }
-    }
-    let data_tmp = temp_name(data);
-    let index_tmp = temp_name(index);
-    let mut guard = TempGuard(vec![data_tmp.clone(), index_tmp.clone()]);
-
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&data_tmp)
-        .map_err(|e| ShuffleError::io(&data_tmp, e))?;
+    let mut f = data.create()?;
     let mut written: u64 = 0;
     while let Some(chunk) = chunks.blocking_recv() {
         let chunk = chunk?;
@@ -155,30 +262,42 @@ fn write_files(
             )));
         }
         f.write_all(&chunk)
-            .map_err(|e| ShuffleError::io(&data_tmp, e))?;
+            .map_err(|e| ShuffleError::io(&data.tmp_path, e))?;
     }
     if written != total {
         return Err(ShuffleError::InvalidArgument(format!(
             "{written} bytes of data, the header announced {total}"
         )));
     }
-    f.sync_all().map_err(|e| ShuffleError::io(&data_tmp, e))?;
+    f.sync_all()
+        .map_err(|e| ShuffleError::io(&data.tmp_path, e))?;
     drop(f);
-    std::fs::rename(&data_tmp, data).map_err(|e| ShuffleError::io(data, e))?;
+    data.commit()?;
 
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&index_tmp)
-        .map_err(|e| ShuffleError::io(&index_tmp, e))?;
+    let mut f = index.create()?;
     f.write_all(index_bytes)
         .and_then(|()| f.sync_all())
-        .map_err(|e| ShuffleError::io(&index_tmp, e))?;
+        .map_err(|e| ShuffleError::io(&index.tmp_path, e))?;
     drop(f);
-    std::fs::rename(&index_tmp, index).map_err(|e| ShuffleError::io(index, e))?;
-    for dir in [data.parent(), index.parent()].into_iter().flatten() {
-        sync_dir(dir)?;
-    }
-    guard.0.clear();
+    index.commit()?;
+    data.sync_dir()?;
+    index.sync_dir()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names() {
+        assert!(is_temp_name("shuffle_0_1_0.data.tmp-0123456789abcdef"));
+        assert!(is_temp_name("shuffle_0_1_0.index.tmp-0123456789abcdef"));
+        assert!(!is_temp_name("shuffle_0_1_0.data"));
+        assert!(!is_temp_name("shuffle_0_1_0.data.tmp-0123"));
+        assert!(!is_temp_name(
+            "shuffle_0_1_0.data.5f1d0c4e-0c1a-4b8e-9a55-2d1f2a3b4c5d"
+        ));
+        assert!(!is_temp_name("rdd_0_1.tmp-0123456789abcdef"));
+    }
 }

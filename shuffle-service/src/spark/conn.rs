@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
 use super::handler::{Action, Session, Shared, failure_text};
 use super::stream::BlockRef;
-use crate::blocks;
 use crate::layout;
 use crate::registry::Executor;
 
@@ -486,7 +485,7 @@ fn try_open_block(core: &crate::Core, job: DataJob) -> Result<Opened, Box<Prepar
         } => core
             .resolve(&exec, *shuffle, *map, *start, *end)
             .and_then(|seg| {
-                let (file, _, size) = blocks::open_verified(&exec, &seg.path)?;
+                let (file, size) = core.open_file(&exec, &seg.path)?;
                 if seg.offset + seg.len > size {
                     return Err(crate::ShuffleError::Corrupt(format!(
                         "{}: {size} bytes, index points to {}",
@@ -498,7 +497,7 @@ fn try_open_block(core: &crate::Core, job: DataJob) -> Result<Opened, Box<Prepar
             }),
         BlockRef::Rdd { name } => {
             let path = layout::placement(&exec.local_dirs, exec.sub_dirs, name);
-            blocks::open_verified(&exec, &path).map(|(f, _, size)| (f, 0, size))
+            core.open_file(&exec, &path).map(|(f, size)| (f, 0, size))
         }
     };
     let (file, offset, len) = match opened {

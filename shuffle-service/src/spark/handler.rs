@@ -521,9 +521,9 @@ async fn diagnose(
             executor.sub_dirs,
             &layout::checksum_file(shuffle, map, alg.as_str()),
         );
-        let (Ok((sums, _, _)), Ok((data, _, _))) = (
-            crate::blocks::open_verified(&executor, &file),
-            crate::blocks::open_verified(&executor, &seg.path),
+        let (Ok((sums, _)), Ok((data, _))) = (
+            core.open_file(&executor, &file),
+            core.open_file(&executor, &seg.path),
         ) else {
             return Cause::UnknownIssue;
         };

@@ -30,6 +30,7 @@ impl TestService {
 
     pub(crate) async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::for_data_dir(dir.path());
+        std::fs::create_dir_all(dir.path().join("vol")).unwrap();
         config.volumes = vec![VolumeSpec {
             path: dir.path().join("vol"),
             kind: VolumeKind::HostPath,
@@ -276,7 +277,10 @@ pub(crate) async fn spawn_service(dir: &Path, extra: &[&str]) -> (tokio::process
         ])
         .arg(dir)
         .arg("--volume")
-        .arg(format!("{}:hostPath", dir.join("vol").display()))
+        .arg({
+            std::fs::create_dir_all(dir.join("vol")).unwrap();
+            format!("{}:hostPath", dir.join("vol").display())
+        })
         .args(extra)
         .env("LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())

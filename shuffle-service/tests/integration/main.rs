@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod fetch;
 mod lifecycle;
+mod links;
 mod security;
 mod spark_codec;
 mod spark_e2e;
