@@ -106,6 +106,11 @@ pub struct ServeArgs {
     /// Kubernetes Secret); enables authentication.
     #[arg(long, env = "SHUFFLE_SPARK_AUTH_SECRET_DIR")]
     pub spark_auth_secret_dir: Option<PathBuf>,
+    /// Serve Spark's protocol without authentication on a non-loopback address: any client
+    /// that reaches the port reads and removes every application's blocks, as with Spark's
+    /// own service with `spark.authenticate=false`.
+    #[arg(long, env = "SHUFFLE_SPARK_ALLOW_UNAUTHENTICATED")]
+    pub spark_allow_unauthenticated: bool,
     /// Most Spark-protocol connections at once.
     #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS")]
     pub spark_max_connections: Option<usize>,
@@ -143,6 +148,7 @@ struct FileConfig {
     spark_listen: Option<String>,
     spark_auth_secret_file: Option<PathBuf>,
     spark_auth_secret_dir: Option<PathBuf>,
+    spark_allow_unauthenticated: Option<bool>,
     spark_max_connections: Option<usize>,
     spark_idle_timeout: Option<String>,
     spark_memory: Option<String>,
@@ -185,6 +191,8 @@ pub struct Config {
     pub spark_auth_secret_file: Option<PathBuf>,
     /// Per-application Spark secrets.
     pub spark_auth_secret_dir: Option<PathBuf>,
+    /// Spark's protocol may be served without authentication beyond loopback.
+    pub spark_allow_unauthenticated: bool,
     /// Most Spark connections.
     pub spark_max_connections: usize,
     /// Idle close.
@@ -226,6 +234,7 @@ impl Config {
             spark_listen: Some(DEFAULT_SPARK_LISTEN.parse().expect("constant")),
             spark_auth_secret_file: None,
             spark_auth_secret_dir: None,
+            spark_allow_unauthenticated: false,
             spark_max_connections: DEFAULT_SPARK_MAX_CONNECTIONS,
             spark_idle_timeout: DEFAULT_SPARK_IDLE_TIMEOUT,
             spark_max_frame: DEFAULT_SPARK_MAX_FRAME as usize,
@@ -327,6 +336,8 @@ impl Config {
         }
         c.spark_auth_secret_file = args.spark_auth_secret_file.or(file.spark_auth_secret_file);
         c.spark_auth_secret_dir = args.spark_auth_secret_dir.or(file.spark_auth_secret_dir);
+        c.spark_allow_unauthenticated =
+            args.spark_allow_unauthenticated || file.spark_allow_unauthenticated.unwrap_or(false);
         if let Some(n) = args.spark_max_connections.or(file.spark_max_connections) {
             c.spark_max_connections = n;
         }
@@ -362,12 +373,33 @@ impl Config {
                 "Spark connection, file, memory limits and idle timeout must be positive".into(),
             );
         }
+        c.validate()?;
         if c.cleanup_parallelism == 0 || c.max_fetch_blocks == 0 || c.sweep_interval.is_zero() {
             return Err(
                 "cleanup parallelism, max fetch blocks and sweep interval must be positive".into(),
             );
         }
         Ok(c)
+    }
+}
+
+impl Config {
+    /// Checks settings that are wrong together.
+    ///
+    /// # Errors
+    /// A sentence naming the conflict.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(addr) = self.spark_listen
+            && !addr.ip().is_loopback()
+            && self.spark_auth_secret_file.is_none()
+            && self.spark_auth_secret_dir.is_none()
+            && !self.spark_allow_unauthenticated
+        {
+            return Err(format!(
+                "the Spark listener on {addr} has no authentication: anyone who reaches it reads and removes every application's blocks. Configure --spark-auth-secret-file or --spark-auth-secret-dir, listen on loopback, or accept it with --spark-allow-unauthenticated"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -391,4 +423,26 @@ fn read_tokens(path: &std::path::Path) -> Result<Vec<[u8; 32]>, String> {
         return Err(format!("{} holds no token", path.display()));
     }
     Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unauthenticated_spark_listener_stays_on_loopback_unless_accepted() {
+        let mut c = Config::for_data_dir("/tmp/x");
+        assert!(c.validate().is_ok());
+        c.spark_listen = Some("0.0.0.0:7337".parse().unwrap());
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("--spark-allow-unauthenticated"), "{e}");
+        c.spark_allow_unauthenticated = true;
+        assert!(c.validate().is_ok());
+        c.spark_allow_unauthenticated = false;
+        c.spark_auth_secret_file = Some("/etc/secret".into());
+        assert!(c.validate().is_ok());
+        c.spark_listen = None;
+        c.spark_auth_secret_file = None;
+        assert!(c.validate().is_ok());
+    }
 }

@@ -23,8 +23,21 @@ use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::registry::{AppRegistration, AppSummary, Executor, Registry};
+use crate::spark::secrets::Secrets;
 use crate::volume::Volumes;
 use crate::writer::{self, MapOutput};
+
+/// What a gRPC caller presented: the application token (`authorization: Bearer`), the
+/// application's Spark secret (`x-spark-app-secret`), and whether its bearer is an admin token.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Presented<'a> {
+    /// The bearer token, when not an admin token.
+    pub token: Option<&'a str>,
+    /// The Spark secret claimed for the application.
+    pub spark_secret: Option<&'a [u8]>,
+    /// The bearer is an admin token.
+    pub admin: bool,
+}
 
 /// Most directories one executor may register.
 pub const MAX_LOCAL_DIRS: usize = 64;
@@ -49,6 +62,7 @@ struct Inner {
     cleaner: Cleaner,
     metrics: Metrics,
     prometheus: PromRegistry,
+    secrets: Secrets,
     default_heartbeat_timeout: Duration,
     idle_ttl: Duration,
 }
@@ -66,6 +80,11 @@ impl Core {
     ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ShuffleError::io(&config.state_dir, e))?;
+        let secrets = Secrets::load(
+            config.spark_auth_secret_file.as_deref(),
+            config.spark_auth_secret_dir.as_deref(),
+        )
+        .map_err(|e| ShuffleError::InvalidArgument(format!("Spark authentication: {e}")))?;
         let volumes = Arc::new(Volumes::open(&config.volumes)?);
         // One service per state directory and per volume: two would both delete.
         let mut locks = vec![lock_dir(&config.state_dir)?];
@@ -92,6 +111,7 @@ impl Core {
                 cleaner,
                 metrics,
                 prometheus,
+                secrets,
                 default_heartbeat_timeout: config.heartbeat_timeout,
                 idle_ttl: config.idle_ttl,
             }),
@@ -164,7 +184,7 @@ impl Core {
         heartbeat_timeout: Option<Duration>,
         namespace: String,
         driver_pod: String,
-        presented: Option<&str>,
+        presented: &Presented<'_>,
     ) -> Result<(String, Duration)> {
         let timeout = heartbeat_timeout.unwrap_or(self.inner.default_heartbeat_timeout);
         if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(86_400) {
@@ -177,14 +197,73 @@ impl Core {
             namespace: bounded(namespace, 253),
             driver_pod: bounded(driver_pod, 253),
         };
+        let proof = presented.admin || self.spark_secret_matches(app, presented.spark_secret);
         let token = self
             .inner
             .registry
-            .register_app(app, reg, presented)
-            .await?;
+            .register_app(app, reg, presented.token, proof)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, ShuffleError::OwnershipUnproven(_)) {
+                    self.refused("grpc");
+                }
+            })?;
         self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "application registered");
         Ok((token, timeout))
+    }
+
+    fn spark_secret_matches(&self, app: &AppId, presented: Option<&[u8]>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        match (presented, self.inner.secrets.lookup(app)) {
+            (Some(p), Some(s)) => bool::from(p.ct_eq(&s)),
+            _ => false,
+        }
+    }
+
+    fn refused(&self, protocol: &str) {
+        self.inner
+            .metrics
+            .ownership_refusals
+            .with_label_values(&[protocol])
+            .inc();
+    }
+
+    /// Checks a gRPC caller's right to an application: its token, or the admin token.
+    ///
+    /// # Errors
+    /// [`ShuffleError::Unauthenticated`] with no credential, [`ShuffleError::PermissionDenied`]
+    /// with another application's.
+    pub fn authorize_grpc(&self, app: &AppId, presented: &Presented<'_>) -> Result<()> {
+        if presented.admin {
+            return Ok(());
+        }
+        self.inner
+            .registry
+            .check_token(app, presented.token)
+            .inspect_err(|_| self.refused("grpc"))
+    }
+
+    /// Checks a Spark-protocol client's right to an application. An application registered
+    /// through the gRPC API holds a token, which an unauthenticated Spark connection cannot
+    /// match: it is served only to connections that authenticated with the application's
+    /// secret. Otherwise Spark's own model holds (open when authentication is off).
+    ///
+    /// # Errors
+    /// [`ShuffleError::PermissionDenied`].
+    pub fn authorize_spark(&self, app: &AppId, authenticated: bool) -> Result<()> {
+        if !authenticated && self.inner.registry.has_token(app) {
+            self.refused("spark");
+            return Err(ShuffleError::PermissionDenied(format!(
+                "application {app} was registered through the gRPC API; Spark-protocol access to it needs authentication"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The secrets of Spark's authentication.
+    pub fn spark_secrets(&self) -> &Secrets {
+        &self.inner.secrets
     }
 
     /// A driver's liveness registration over Spark's protocol (`RegisterDriver`).

@@ -35,6 +35,12 @@ pub enum ShuffleError {
     /// The application is already registered (with another token).
     #[error("application {0} is already registered")]
     AlreadyRegistered(String),
+    /// An application known from Spark's protocol claimed through the gRPC API without proof
+    /// of ownership.
+    #[error(
+        "application {0} is already known from Spark's protocol; registering it through the gRPC API needs the admin token or its Spark secret (x-spark-app-secret)"
+    )]
+    OwnershipUnproven(String),
     /// Unknown application or executor.
     #[error("{0} not found")]
     NotFound(String),
@@ -95,7 +101,7 @@ impl ShuffleError {
                 "invalid_argument"
             }
             Self::Unauthenticated(_) => "unauthenticated",
-            Self::PermissionDenied(_) => "permission_denied",
+            Self::PermissionDenied(_) | Self::OwnershipUnproven(_) => "permission_denied",
             Self::AlreadyRegistered(_) | Self::AlreadyExists(_) => "already_exists",
             Self::NotFound(_) | Self::BlockNotFound(_) => "not_found",
             Self::OutOfRange { .. } => "out_of_range",
@@ -127,7 +133,9 @@ impl From<ShuffleError> for tonic::Status {
             | ShuffleError::InvalidArgument(_)
             | ShuffleError::DirectoryRefused { .. } => Status::invalid_argument(e.to_string()),
             ShuffleError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
-            ShuffleError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            ShuffleError::PermissionDenied(_) | ShuffleError::OwnershipUnproven(_) => {
+                Status::permission_denied(e.to_string())
+            }
             ShuffleError::AlreadyRegistered(_) | ShuffleError::AlreadyExists(_) => {
                 Status::already_exists(e.to_string())
             }

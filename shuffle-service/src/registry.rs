@@ -194,27 +194,37 @@ impl Registry {
         }
     }
 
-    /// Registers a driver, returning the application's token. An existing application with a
-    /// token needs that token (`presented`) and keeps it.
+    /// Registers a driver, returning the application's token.
+    ///
+    /// Who may register: a new application, anyone (the token returned is its credential);
+    /// an application with a token, only its holder (who gets the same token back); an
+    /// application already known without a token (its executors registered over Spark's
+    /// protocol), only a caller that proved ownership some other way (`proof`: the admin token
+    /// or the application's Spark secret), since handing out a token would hand out its data.
     ///
     /// # Errors
-    /// [`ShuffleError::AlreadyRegistered`] without the current token; database errors.
+    /// [`ShuffleError::AlreadyRegistered`] without the current token or an ownership proof;
+    /// database errors.
     pub async fn register_app(
         &self,
         app: &AppId,
         reg: AppRegistration,
         presented: Option<&str>,
+        proof: bool,
     ) -> Result<String> {
         let _w = self.writes.lock().await;
-        let existing = self.read().get(app).and_then(|a| a.token_hash);
+        let existing = self.read().get(app).map(|a| a.token_hash);
+        let fresh = || {
+            let mut raw = [0u8; 32];
+            rand::fill(&mut raw[..]);
+            hex::encode(raw)
+        };
         let token = match (existing, presented) {
-            (Some(h), Some(p)) if bool::from(h.ct_eq(&hash_token(p))) => p.to_owned(),
-            (Some(_), _) => return Err(ShuffleError::AlreadyRegistered(app.to_string())),
-            (None, _) => {
-                let mut raw = [0u8; 32];
-                rand::fill(&mut raw[..]);
-                hex::encode(raw)
-            }
+            (Some(Some(h)), Some(p)) if bool::from(h.ct_eq(&hash_token(p))) => p.to_owned(),
+            (Some(Some(_)), _) => return Err(ShuffleError::AlreadyRegistered(app.to_string())),
+            (Some(None), _) if proof => fresh(),
+            (Some(None), _) => return Err(ShuffleError::OwnershipUnproven(app.to_string())),
+            (None, _) => fresh(),
         };
         let hash = hash_token(&token);
         self.db
@@ -239,6 +249,12 @@ impl Registry {
         a.heartbeat_timeout = Some(reg.heartbeat_timeout);
         a.last_seen = Instant::now();
         Ok(token)
+    }
+
+    /// Whether an application holds a token of the gRPC API (then Spark-protocol access to
+    /// it needs authentication).
+    pub fn has_token(&self, app: &AppId) -> bool {
+        self.read().get(app).is_some_and(|a| a.token_hash.is_some())
     }
 
     /// Records a driver's liveness signal without a token (Spark's `RegisterDriver` over the

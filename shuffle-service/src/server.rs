@@ -24,7 +24,6 @@ use crate::service::ShuffleService;
 use crate::spark::conn::Limits;
 use crate::spark::handler::Shared;
 use crate::spark::listener;
-use crate::spark::secrets::Secrets;
 use tokio::sync::Semaphore;
 
 /// Streams one Spark connection may hold open (Spark's client keeps a handful).
@@ -174,11 +173,7 @@ fn spark_front_end(
     listener: TcpListener,
     stop: CancellationToken,
 ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
-    let secrets = Secrets::load(
-        config.spark_auth_secret_file.as_deref(),
-        config.spark_auth_secret_dir.as_deref(),
-    )
-    .map_err(|e| anyhow::anyhow!("Spark authentication: {e}"))?;
+    let secrets = core.spark_secrets().clone();
     tracing::info!(
         addr = %listener.local_addr()?,
         authentication = secrets.enabled(),

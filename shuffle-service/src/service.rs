@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::core::Core;
+use crate::core::{Core, Presented};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::writer::MapOutput;
@@ -69,9 +69,32 @@ impl ShuffleService {
             .observe(start.elapsed().as_secs_f64());
     }
 
+    fn is_admin(&self, token: &str) -> bool {
+        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut ok = subtle::Choice::from(0);
+        for a in &self.admin_hashes {
+            ok |= a.ct_eq(&h);
+        }
+        bool::from(ok)
+    }
+
+    /// What the caller presented; an admin bearer is recognised, not passed on as a token.
+    fn presented<'a, T>(&self, req: &'a Request<T>) -> Presented<'a> {
+        let token = bearer(req);
+        let admin = token.is_some_and(|t| self.is_admin(t));
+        Presented {
+            token: token.filter(|_| !admin),
+            spark_secret: req
+                .metadata()
+                .get(shuffle_proto::SPARK_APP_SECRET)
+                .map(|v| v.as_bytes()),
+            admin,
+        }
+    }
+
     fn app<T>(&self, req: &Request<T>, app_id: &str) -> Result<AppId, Status> {
         let app: AppId = app_id.parse().map_err(ShuffleError::from)?;
-        self.core.registry().check_token(&app, bearer(req))?;
+        self.core.authorize_grpc(&app, &self.presented(req))?;
         Ok(app)
     }
 
@@ -86,12 +109,7 @@ impl ShuffleService {
             };
         }
         let token = bearer(req).ok_or_else(|| Status::unauthenticated("missing admin token"))?;
-        let h: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut ok = subtle::Choice::from(0);
-        for a in &self.admin_hashes {
-            ok |= a.ct_eq(&h);
-        }
-        if bool::from(ok) {
+        if self.is_admin(token) {
             Ok(())
         } else {
             Err(Status::permission_denied("not an admin token"))
@@ -114,21 +132,15 @@ impl Shuffle for ShuffleService {
         req: Request<pb::RegisterApplicationRequest>,
     ) -> Result<Response<pb::RegisterApplicationResponse>, Status> {
         let start = Instant::now();
-        let presented = bearer(&req).map(str::to_owned);
-        let r = req.into_inner();
         let res = async {
+            let presented = self.presented(&req);
+            let r = req.get_ref().clone();
             let app: AppId = r.app_id.parse().map_err(ShuffleError::from)?;
             let timeout =
                 (r.heartbeat_timeout_ms > 0).then(|| Duration::from_millis(r.heartbeat_timeout_ms));
             let (token, timeout) = self
                 .core
-                .register_app(
-                    &app,
-                    timeout,
-                    r.namespace,
-                    r.driver_pod,
-                    presented.as_deref(),
-                )
+                .register_app(&app, timeout, r.namespace, r.driver_pod, &presented)
                 .await?;
             Ok(Response::new(pb::RegisterApplicationResponse {
                 token,
@@ -201,6 +213,7 @@ impl Shuffle for ShuffleService {
     ) -> Result<Response<pb::WriteMapOutputResponse>, Status> {
         let start = Instant::now();
         let token = bearer(&req).map(str::to_owned);
+        let admin = token.as_deref().is_some_and(|t| self.is_admin(t));
         let mut stream = req.into_inner();
         let res = async {
             let first = stream
@@ -213,7 +226,14 @@ impl Shuffle for ShuffleService {
                 ));
             };
             let app: AppId = h.app_id.parse().map_err(ShuffleError::from)?;
-            self.core.registry().check_token(&app, token.as_deref())?;
+            self.core.authorize_grpc(
+                &app,
+                &Presented {
+                    token: token.as_deref().filter(|_| !admin),
+                    spark_secret: None,
+                    admin,
+                },
+            )?;
             let exec: ExecId = h.exec_id.parse().map_err(ShuffleError::from)?;
             let out = MapOutput {
                 shuffle: ShuffleId::new(h.shuffle_id).map_err(ShuffleError::from)?,

@@ -85,7 +85,7 @@ impl Session {
         !shared.secrets.enabled() || self.client.is_some()
     }
 
-    fn check_app(&self, app_id: &str) -> Result<AppId, String> {
+    fn check_app(&self, core: &Core, app_id: &str) -> Result<AppId, String> {
         let app: AppId = app_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
         if let Some(c) = &self.client
             && *c != app
@@ -94,6 +94,8 @@ impl Session {
                 "Client for {c} not authorized for application {app}."
             ));
         }
+        core.authorize_spark(&app, self.client.is_some())
+            .map_err(fail)?;
         Ok(app)
     }
 
@@ -178,7 +180,7 @@ impl Session {
         F: FnOnce(AppId, Core) -> Fut,
         Fut: Future<Output = Result<Bytes, String>> + Send + 'static,
     {
-        match self.check_app(app_id) {
+        match self.check_app(core, app_id) {
             Ok(app) => Action::Later(Box::pin(work(app, core.clone()))),
             Err(e) => Action::Reply(Err(e)),
         }
@@ -268,7 +270,7 @@ impl Session {
             Btm::ShuffleServiceHeartbeat { app_id } => {
                 // Normally one-way; answered when sent as an RPC.
                 Action::Reply(
-                    self.check_app(&app_id)
+                    self.check_app(core, &app_id)
                         .and_then(|a| core.heartbeat(&a).map_err(fail))
                         .map(|()| Bytes::new()),
                 )
@@ -287,7 +289,7 @@ impl Session {
         }
         match Btm::decode(body) {
             Ok(Btm::ShuffleServiceHeartbeat { app_id }) => {
-                if let Ok(app) = self.check_app(&app_id)
+                if let Ok(app) = self.check_app(&shared.core, &app_id)
                     && shared.core.heartbeat(&app).is_err()
                 {
                     tracing::debug!(app = %app, "heartbeat of an unknown application");
@@ -310,7 +312,7 @@ impl Session {
         reduce_ids: Vec<Vec<i32>>,
         batch: bool,
     ) -> Result<Bytes, String> {
-        let app = self.check_app(app_id)?;
+        let app = self.check_app(&shared.core, app_id)?;
         let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
         let shuffle = ShuffleId::new(shuffle_id).map_err(|e| fail(e.into()))?;
         if map_ids.len() != reduce_ids.len() {
@@ -355,7 +357,7 @@ impl Session {
         exec_id: &str,
         ids: &[String],
     ) -> Result<Bytes, String> {
-        let app = self.check_app(app_id)?;
+        let app = self.check_app(&shared.core, app_id)?;
         let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
         let blocks = parse_open_blocks(ids)?;
         self.open_stream(shared, &app, &exec, blocks)
@@ -396,7 +398,7 @@ impl Session {
     }
 
     fn local_dirs(&self, core: &Core, app_id: &str, exec_ids: &[String]) -> Result<Bytes, String> {
-        let app = self.check_app(app_id)?;
+        let app = self.check_app(core, app_id)?;
         let execs: Vec<ExecId> = exec_ids
             .iter()
             .map(|e| e.parse())

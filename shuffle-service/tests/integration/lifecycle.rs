@@ -116,7 +116,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
         Some(Duration::from_secs(30)),
         String::new(),
         String::new(),
-        None,
+        &Default::default(),
     )
     .await
     .unwrap();

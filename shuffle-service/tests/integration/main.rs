@@ -4,6 +4,7 @@
 mod common;
 mod crash;
 mod fetch;
+mod isolation;
 mod lifecycle;
 mod links;
 mod security;
