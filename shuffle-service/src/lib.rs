@@ -26,6 +26,7 @@ pub mod ids;
 pub mod layout;
 pub mod lifecycle;
 pub mod linger;
+pub mod lograte;
 pub mod metrics;
 pub mod registry;
 pub mod server;

@@ -91,9 +91,14 @@ pub async fn run(
     let draining = Arc::new(AtomicBool::new(false));
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ShuffleServer<ShuffleService>>().await;
+    // Both versions of the reflection service: grpcurl and grpcui speak v1, Python's
+    // grpcio-reflection, older grpcurl and several GUI clients only v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(shuffle_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(shuffle_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let service = ShuffleService::new(
         core.clone(),
         config.admin_token_hashes.clone(),
@@ -111,6 +116,7 @@ pub async fn run(
             .max_frame_size(MAX_FRAME)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(ShuffleServer::new(service.clone()))
             .add_service(ShuffleAdminServer::new(service))
             .serve_with_incoming_shutdown(
@@ -184,6 +190,7 @@ fn spark_front_end(
         secrets,
         max_blocks: config.max_fetch_blocks,
         max_streams: MAX_STREAMS_PER_CONNECTION,
+        logs: crate::spark::handler::SparkLogs::new(core.metrics()),
     });
     let units = |bytes: u64| usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(1);
     let limits = Limits {

@@ -172,7 +172,9 @@ pub async fn serve(
         Ok(()) => {}
         Err(Close::Protocol(e)) => {
             shared.core.metrics().spark_frames_rejected.inc();
-            tracing::warn!(peer = %peer, error = %e, "closing connection after a malformed frame");
+            if let Some(left_out) = shared.logs.malformed.check() {
+                tracing::warn!(peer = %peer, error = %e, left_out, "closing connection after a malformed frame");
+            }
             conn_cancel.cancel();
         }
         Err(Close::Policy(e)) => {

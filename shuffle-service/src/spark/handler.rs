@@ -17,6 +17,7 @@ use crate::core::Core;
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::layout;
+use crate::lograte::LogLimit;
 
 /// Work that finishes off the reader (a database write or file deletion).
 pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
@@ -42,6 +43,34 @@ pub struct Shared {
     pub max_blocks: usize,
     /// Most open streams per connection.
     pub max_streams: usize,
+    /// Rate limits of the log lines clients can trigger.
+    pub logs: SparkLogs,
+}
+
+/// Rate limits of the Spark front end's log lines, one per event.
+#[derive(Debug)]
+pub struct SparkLogs {
+    /// A connection closed for a malformed frame.
+    pub malformed: LogLimit,
+    /// A failed SASL authentication.
+    pub auth_failed: LogLimit,
+    /// A connection closed at once for the connection limit.
+    pub connection_limit: LogLimit,
+    /// An accept failure.
+    pub accept_failed: LogLimit,
+}
+
+impl SparkLogs {
+    /// Limits counting what they leave out in `shuffle_log_lines_suppressed_total`.
+    pub fn new(m: &crate::metrics::Metrics) -> Self {
+        let l = |event: &str| LogLimit::new(m.log_suppressed.with_label_values(&[event]));
+        Self {
+            malformed: l("spark_malformed_frame"),
+            auth_failed: l("spark_auth_failed"),
+            connection_limit: l("spark_connection_limit"),
+            accept_failed: l("spark_accept_failed"),
+        }
+    }
 }
 
 /// One connection's state seen by the reader.
@@ -168,7 +197,9 @@ impl Session {
             }
             Err(e) => {
                 shared.core.metrics().spark_auth_failures.inc();
-                tracing::warn!(app = %app, error = %e, "SASL authentication failed");
+                if let Some(left_out) = shared.logs.auth_failed.check() {
+                    tracing::warn!(app = %app, error = %e, left_out, "SASL authentication failed");
+                }
                 Action::FailAndClose(e.to_string())
             }
         }

@@ -32,7 +32,9 @@ pub async fn serve(
             Ok(x) => x,
             Err(e) => {
                 // Out of descriptors and the like: wait for a connection to end.
-                tracing::warn!(error = %e, "accept failed");
+                if let Some(left_out) = shared.logs.accept_failed.check() {
+                    tracing::warn!(error = %e, left_out, "accept failed");
+                }
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(std::time::Duration::from_millis(50)) => continue,
@@ -41,7 +43,9 @@ pub async fn serve(
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             metrics.spark_connections_refused.inc();
-            tracing::warn!(peer = %peer, max_connections, "connection limit reached; closing");
+            if let Some(left_out) = shared.logs.connection_limit.check() {
+                tracing::warn!(peer = %peer, max_connections, left_out, "connection limit reached; closing");
+            }
             drop(sock);
             continue;
         };

@@ -374,3 +374,64 @@ async fn grpc_health_and_admin_http() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn reflection_is_served_as_v1_and_v1alpha() {
+    use tokio_stream::StreamExt as _;
+    let s = TestService::start(|_| {}).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", s.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut c = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = c
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(l)) =
+            resp.next().await.unwrap().unwrap().message_response
+        else {
+            panic!("no service list");
+        };
+        let names: Vec<_> = l.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"shuffle.v1.Shuffle"), "{names:?}");
+    }
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut c = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = c
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(l)) =
+            resp.next().await.unwrap().unwrap().message_response
+        else {
+            panic!("no service list");
+        };
+        assert!(
+            l.service
+                .iter()
+                .any(|s| s.name == "shuffle.v1.ShuffleAdmin")
+        );
+    }
+    s.shutdown().await;
+}

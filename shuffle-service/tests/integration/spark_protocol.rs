@@ -699,3 +699,28 @@ async fn control_replies_overtake_queued_block_data() {
     );
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_flood_of_malformed_frames_is_counted_and_logged_at_a_bounded_rate() {
+    let svc = TestService::start(|_| {}).await;
+    let floods = 200u64;
+    for _ in 0..floods {
+        let mut bad = Client::connect(svc.spark).await.unwrap();
+        bad.send_raw(&(-5i64).to_be_bytes()).await.unwrap();
+        // The service closes the connection.
+        while bad.recv().await.is_ok() {}
+    }
+    let m = svc.metrics().await;
+    let rejected = crate::common::metric(&m, "shuffle_spark_malformed_frames_total").unwrap();
+    assert_eq!(rejected as u64, floods);
+    let suppressed = crate::common::metric(
+        &m,
+        "shuffle_log_lines_suppressed_total{event=\"spark_malformed_frame\"}",
+    )
+    .unwrap();
+    assert_eq!(
+        suppressed as u64,
+        floods - u64::from(shuffle_service::lograte::LINES_PER_WINDOW)
+    );
+    svc.shutdown().await;
+}
