@@ -2,6 +2,7 @@
 //! user would otherwise pick, in the same run. Results are printed as JSON on stdout; progress
 //! goes to stderr.
 
+mod flood;
 mod nginx;
 mod procs;
 mod shuffle;
@@ -35,6 +36,9 @@ enum Command {
     /// the pyspark jars), same files, same run: 4 KiB, 64 KiB and 1 MiB blocks over 1 to 64
     /// connections; throughput, p50/p99, CPU s/GB and peak RSS of each server.
     SparkFetch(spark::Args),
+    /// Shuffle service: resident memory idle, while thousands of Spark-protocol connections
+    /// are open, and after they closed.
+    ShuffleFlood(flood::Args),
 }
 
 #[tokio::main]
@@ -45,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Command::ShuffleFetch(args) => shuffle::fetch(args).await?,
         Command::ShuffleCleanup(args) => shuffle::cleanup(args).await?,
         Command::SparkFetch(args) => spark::run(args).await?,
+        Command::ShuffleFlood(args) => flood::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

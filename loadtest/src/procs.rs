@@ -30,15 +30,24 @@ pub(crate) async fn wait_listening(addr: SocketAddr, within: Duration) -> anyhow
 
 /// Peak resident set (VmHWM) of a process, in bytes.
 pub(crate) fn vm_hwm(pid: u32) -> anyhow::Result<u64> {
+    status_kb(pid, "VmHWM:")
+}
+
+/// Current resident set (VmRSS) of a process, in bytes.
+pub(crate) fn vm_rss(pid: u32) -> anyhow::Result<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("no VmHWM")?;
+        .find(|l| l.starts_with(key))
+        .with_context(|| format!("no {key}"))?;
     let kb: u64 = line
         .split_whitespace()
         .nth(1)
-        .context("bad VmHWM")?
+        .with_context(|| format!("bad {key}"))?
         .parse()?;
     Ok(kb * 1024)
 }

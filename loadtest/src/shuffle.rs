@@ -50,15 +50,15 @@ pub(crate) struct CleanupArgs {
     dir: Option<PathBuf>,
 }
 
-struct Service {
+pub(crate) struct Service {
     child: Child,
     grpc: String,
-    spark: String,
-    admin: u16,
-    pid: u32,
+    pub(crate) spark: String,
+    pub(crate) admin: u16,
+    pub(crate) pid: u32,
 }
 
-async fn start_service(work: &Path) -> anyhow::Result<Service> {
+pub(crate) async fn start_service(work: &Path) -> anyhow::Result<Service> {
     let (g, a, s) = (free_port()?, free_port()?, free_port()?);
     let child = Command::new(release_bin("shuffle-service")?)
         .args([
@@ -437,7 +437,7 @@ fn make_tree(dir: &Path, files: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn admin_metrics(port: u16) -> anyhow::Result<String> {
+pub(crate) async fn admin_metrics(port: u16) -> anyhow::Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await?;
@@ -446,7 +446,7 @@ async fn admin_metrics(port: u16) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())

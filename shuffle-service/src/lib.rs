@@ -27,6 +27,7 @@ pub mod layout;
 pub mod lifecycle;
 pub mod linger;
 pub mod lograte;
+pub mod memory;
 pub mod metrics;
 pub mod registry;
 pub mod server;

@@ -23,6 +23,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(max_connections));
     let metrics = shared.core.metrics().clone();
+    let trimmer = Arc::new(crate::memory::Trimmer::default());
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -54,11 +55,16 @@ pub async fn serve(
         let limits = limits.clone();
         let stop = stop.clone();
         let metrics = metrics.clone();
+        let trimmer = Arc::clone(&trimmer);
         tracker.spawn(async move {
             metrics.spark_connections.inc();
+            trimmer.opened(metrics.spark_connections.get().max(0) as usize);
             conn::serve(sock, shared, limits, stop).await;
             metrics.spark_connections.dec();
             drop(slot);
+            if trimmer.closed(metrics.spark_connections.get().max(0) as usize) {
+                let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+            }
         });
     }
     tracker.close();
