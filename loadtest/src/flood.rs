@@ -92,9 +92,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         "connections": args.connections,
         "runs": args.runs,
         "rss_idle_mib": mib(idle as f64),
-        "rss_during_mib_median": mib(median(&mut during)),
-        "rss_after_mib_median": mib(median(&mut after)),
-        "rss_after_over_idle": ((median(&mut after) / idle as f64) * 100.0).round() / 100.0,
+        "rss_during_mib_median": mib(median(&during)),
+        "rss_after_mib_median": mib(median(&after)),
+        "rss_after_over_idle": ((median(&after) / idle as f64) * 100.0).round() / 100.0,
         "vm_hwm_mib": mib(vm_hwm(svc.pid)? as f64),
     }))
 }

@@ -70,6 +70,7 @@ mod tests {
         assert!(!t.closed(501));
         assert!(t.closed(500));
         // The peak restarts from what is open now.
-        assert!(!t.closed(0));
+        assert!(!t.closed(300));
+        assert!(t.closed(250));
     }
 }
