@@ -37,6 +37,18 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause between two body chunks of an upload before it is abandoned.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Slowest upload accepted, in bytes per second over [`DEFAULT_UPLOAD_RATE_WINDOW`]: a client
+/// that trickles a byte just often enough to dodge the idle timeout would otherwise hold an
+/// upload slot for as long as it likes. 4 KiB/s is 32 kbit/s, far below any real link.
+pub const DEFAULT_UPLOAD_MIN_RATE: u64 = 4 << 10;
+/// The window over which the upload rate is measured.
+pub const DEFAULT_UPLOAD_RATE_WINDOW: Duration = Duration::from_secs(30);
+/// Longest one object-store request may take (connect, send, first byte and body of one
+/// call), well under a client's patience; a store that accepts connections and never answers
+/// otherwise blocks requests, /readyz and start-up for minutes.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest an object-store connection may take to open.
+pub const DEFAULT_STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
@@ -117,6 +129,19 @@ pub struct ServeArgs {
     /// Longest pause between two chunks of an upload body.
     #[arg(long, env = "STAGING_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub body_idle_timeout: Option<Duration>,
+    /// Slowest accepted upload, bytes per second over --upload-rate-window (0 turns the check
+    /// off).
+    #[arg(long, env = "STAGING_UPLOAD_MIN_RATE")]
+    pub upload_min_rate: Option<ByteSize>,
+    /// Window over which the upload rate is measured.
+    #[arg(long, env = "STAGING_UPLOAD_RATE_WINDOW", value_parser = humantime::parse_duration)]
+    pub upload_rate_window: Option<Duration>,
+    /// Longest one object-store request may take.
+    #[arg(long, env = "STAGING_STORE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub store_timeout: Option<Duration>,
+    /// Longest an object-store connection may take to open.
+    #[arg(long, env = "STAGING_STORE_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub store_connect_timeout: Option<Duration>,
     /// Time in-flight transfers get after SIGTERM.
     #[arg(long, env = "STAGING_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -152,6 +177,13 @@ struct FileConfig {
     header_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     body_idle_timeout: Option<Duration>,
+    upload_min_rate: Option<ByteSize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    upload_rate_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    store_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    store_connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
 }
@@ -203,6 +235,10 @@ pub struct Limits {
     pub max_concurrent_uploads: usize,
     /// Pause allowed between body chunks.
     pub body_idle_timeout: Duration,
+    /// Slowest accepted upload, bytes per second over `upload_rate_window` (0: off).
+    pub upload_min_rate: u64,
+    /// Window of the upload rate.
+    pub upload_rate_window: Duration,
 }
 
 impl Default for Limits {
@@ -216,6 +252,8 @@ impl Default for Limits {
             capacity: None,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            upload_min_rate: DEFAULT_UPLOAD_MIN_RATE,
+            upload_rate_window: DEFAULT_UPLOAD_RATE_WINDOW,
         }
     }
 }
@@ -245,6 +283,10 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Longest one object-store request may take.
+    pub store_timeout: Duration,
+    /// Longest an object-store connection may take to open.
+    pub store_connect_timeout: Duration,
 }
 
 impl Config {
@@ -263,6 +305,8 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            store_connect_timeout: DEFAULT_STORE_CONNECT_TIMEOUT,
         }
     }
 
@@ -339,6 +383,14 @@ impl Config {
                     .body_idle_timeout
                     .or(file.body_idle_timeout)
                     .unwrap_or(d.body_idle_timeout),
+                upload_min_rate: args
+                    .upload_min_rate
+                    .or(file.upload_min_rate)
+                    .map_or(d.upload_min_rate, |b| b.0),
+                upload_rate_window: args
+                    .upload_rate_window
+                    .or(file.upload_rate_window)
+                    .unwrap_or(d.upload_rate_window),
             },
             sweep_interval: args
                 .sweep_interval
@@ -356,6 +408,14 @@ impl Config {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            store_timeout: args
+                .store_timeout
+                .or(file.store_timeout)
+                .unwrap_or(DEFAULT_STORE_TIMEOUT),
+            store_connect_timeout: args
+                .store_connect_timeout
+                .or(file.store_connect_timeout)
+                .unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT),
         };
         config.validate(
             args.insecure_allow_anonymous_upload || file.insecure_allow_anonymous_upload,
@@ -391,6 +451,14 @@ impl Config {
         }
         if l.max_concurrent_uploads == 0 || self.max_connections == 0 || l.max_upload_size == 0 {
             return Err(Error::Config("limits must be positive".into()));
+        }
+        if l.upload_rate_window < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "--upload-rate-window must be at least 1s".into(),
+            ));
+        }
+        if self.store_timeout.is_zero() || self.store_connect_timeout.is_zero() {
+            return Err(Error::Config("store timeouts must be positive".into()));
         }
         if self.sweep_interval < Duration::from_millis(100) {
             return Err(Error::Config(

@@ -9,6 +9,7 @@
 //! row. If the handler is dropped mid-upload (client gone, shutdown), the drop guard schedules
 //! the same cleanup.
 
+use std::future::Future;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +22,7 @@ use crate::db::{CommitOutcome, CommitRequest, Owner};
 use crate::error::ApiError;
 use crate::ids::{Namespace, ResourceId, Sha256Digest};
 use crate::metrics::InflightGuard;
+use crate::pace::Pace;
 use crate::state::AppState;
 use crate::store::{BlobWriter, is_storage_full};
 
@@ -61,6 +63,7 @@ pub struct PendingUpload {
     /// Bytes the quotas leave for this upload at start, if limited.
     headroom: Option<u64>,
     done: bool,
+    pace: Pace,
     _slot: OwnedSemaphorePermit,
     _inflight: InflightGuard,
 }
@@ -119,14 +122,20 @@ impl PendingUpload {
             size: 0,
             headroom,
             done: false,
+            pace: Pace::new(
+                state.limits().body_idle_timeout,
+                state.limits().upload_min_rate,
+                state.limits().upload_rate_window,
+            ),
             _slot: slot,
             _inflight: InflightGuard::new(state.metrics().inflight.with_label_values(&["upload"])),
         })
     }
 
     /// Streams a body into the store. Stops with 413 at the size limit, 507 past the quota
-    /// headroom or on a full disk, 408 when the client pauses longer than the idle timeout,
-    /// and 400 when the body stream fails (client went away).
+    /// headroom or on a full disk, 408 when the client pauses longer than the idle timeout or
+    /// sends slower than the minimum rate, and 400 when the body stream fails (client went
+    /// away).
     ///
     /// # Errors
     /// As above; the caller then drops `self`, which cleans up.
@@ -135,16 +144,9 @@ impl PendingUpload {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
-        let idle = self.state.limits().body_idle_timeout;
         let mut body = std::pin::pin!(body);
         loop {
-            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
-                ApiError::new(
-                    http::StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!("no body data for {}s", idle.as_secs()),
-                )
-            })?;
+            let next = self.next_piece(body.next()).await?;
             match next {
                 None => return Ok(()),
                 Some(Err(e)) => {
@@ -157,6 +159,17 @@ impl PendingUpload {
         }
     }
 
+    /// Awaits the next piece of the body within the idle timeout and the minimum rate.
+    ///
+    /// # Errors
+    /// 408 (counted in `staging_uploads_too_slow_total`).
+    pub async fn next_piece<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, ApiError> {
+        self.pace
+            .next(fut)
+            .await
+            .inspect_err(|_| self.state.metrics().uploads_too_slow.inc())
+    }
+
     /// Appends one chunk.
     ///
     /// # Errors
@@ -164,6 +177,9 @@ impl PendingUpload {
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), ApiError> {
         let limit = self.state.limits().max_upload_size;
         let n = chunk.len() as u64;
+        self.pace
+            .add(n)
+            .inspect_err(|_| self.state.metrics().uploads_too_slow.inc())?;
         self.size += n;
         if self.size > limit {
             return Err(ApiError::too_large(limit));

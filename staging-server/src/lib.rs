@@ -27,6 +27,7 @@ pub mod ids;
 pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pace;
 mod routes;
 pub mod secret;
 pub mod server;

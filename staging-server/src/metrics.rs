@@ -37,6 +37,16 @@ pub struct Metrics {
     pub sweep_duration: Histogram,
     /// Connections refused at the connection cap.
     pub connections_refused: IntCounter,
+    /// Connections closed for not sending a request head in time.
+    pub connections_timed_out: IntCounter,
+    /// Uploads refused for pausing too long or sending too slowly.
+    pub uploads_too_slow: IntCounter,
+    /// 1 while the data directory's disk (database or local store) is full.
+    pub storage_full: IntGauge,
+    /// Object-store failures by kind (unavailable, timeout, lost).
+    pub store_errors: IntCounterVec,
+    /// Object deletions that failed and wait for the sweep to retry them.
+    pub pending_store_deletions: IntGauge,
 }
 
 impl Metrics {
@@ -113,7 +123,38 @@ impl Metrics {
                 "staging_connections_refused_total",
                 "Connections closed at accept because the connection cap was reached.",
             )?,
+            connections_timed_out: IntCounter::new(
+                "staging_connections_header_timeout_total",
+                "Connections closed for not sending a complete request head within the header read timeout.",
+            )?,
+            uploads_too_slow: IntCounter::new(
+                "staging_uploads_too_slow_total",
+                "Uploads refused for pausing past the idle timeout or sending below the minimum rate.",
+            )?,
+            storage_full: IntGauge::new(
+                "staging_storage_full",
+                "1 while the disk of the database or the local store is full (uploads get 507).",
+            )?,
+            store_errors: IntCounterVec::new(
+                Opts::new(
+                    "staging_store_errors_total",
+                    "Object-store failures by kind: unavailable, timeout, lost (bytes of a committed resource gone).",
+                ),
+                &["kind"],
+            )?,
+            pending_store_deletions: IntGauge::new(
+                "staging_pending_store_deletions",
+                "Object deletions that failed and are retried by the sweep.",
+            )?,
         };
+        registry.register(Box::new(m.connections_timed_out.clone()))?;
+        registry.register(Box::new(m.uploads_too_slow.clone()))?;
+        registry.register(Box::new(m.storage_full.clone()))?;
+        registry.register(Box::new(m.store_errors.clone()))?;
+        registry.register(Box::new(m.pending_store_deletions.clone()))?;
+        for kind in ["unavailable", "timeout", "lost"] {
+            m.store_errors.with_label_values(&[kind]).inc_by(0);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;

@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -136,15 +136,39 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let svc = router
-            .clone()
-            .map_request(|req: Request<Incoming>| req.map(axum::body::Body::new));
+        // Signalled when the first request head has been read. Until then the connection
+        // lives on the header timeout below: hyper's own timer starts only once the protocol
+        // was detected, which a client that sends nothing (or one byte) never lets happen.
+        let first = Arc::new(Notify::new());
+        let seen = Arc::clone(&first);
+        let svc = router.clone().map_request(move |req: Request<Incoming>| {
+            seen.notify_one();
+            req.map(axum::body::Body::new)
+        });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
             .into_owned();
         let watched = graceful.watch(conn);
+        let timed_out = state.metrics().connections_timed_out.clone();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let mut watched = std::pin::pin!(watched);
+            let done = tokio::select! {
+                r = &mut watched => Some(r),
+                r = tokio::time::timeout(header_timeout, first.notified()) => match r {
+                    Ok(()) => None,
+                    Err(_) => {
+                        timed_out.inc();
+                        tracing::debug!(%peer, "no request head within the header read timeout; closing");
+                        drop(permit);
+                        return;
+                    }
+                },
+            };
+            let result = match done {
+                Some(r) => r,
+                None => watched.await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, cause = %e, "connection ended with an error");
             }
             drop(permit);

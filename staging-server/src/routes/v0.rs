@@ -130,12 +130,9 @@ async fn read_parts(
                 let ns = owner.as_ref().map(|o| o.owner_namespace.clone());
                 let up = pending.insert(PendingUpload::begin(state, "v0", ns, None).await?);
                 loop {
-                    let chunk = tokio::time::timeout(idle, field.chunk())
-                        .await
-                        .map_err(|_| ApiError::bad_request("the client stopped sending"))?
-                        .map_err(|e| {
-                            ApiError::bad_request(format!("malformed multipart body: {e}"))
-                        })?;
+                    let chunk = up.next_piece(field.chunk()).await?.map_err(|e| {
+                        ApiError::bad_request(format!("malformed multipart body: {e}"))
+                    })?;
                     match chunk {
                         Some(c) => up.write(c).await?,
                         None => break,

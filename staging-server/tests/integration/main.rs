@@ -7,5 +7,6 @@ mod downloads;
 mod external;
 mod fetch;
 mod lifecycle;
+mod slow;
 mod tokens;
 mod uploads;
