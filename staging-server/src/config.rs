@@ -49,6 +49,9 @@ pub const DEFAULT_UPLOAD_RATE_WINDOW: Duration = Duration::from_secs(30);
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest an object-store connection may take to open.
 pub const DEFAULT_STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes kept in a reserve file beside the database, released when the disk is full so that
+/// deletions and start-up can still write (see `reserve`).
+pub const DEFAULT_DISK_RESERVE: u64 = 32 << 20;
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
@@ -142,6 +145,9 @@ pub struct ServeArgs {
     /// Longest an object-store connection may take to open.
     #[arg(long, env = "STAGING_STORE_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     pub store_connect_timeout: Option<Duration>,
+    /// Size of the reserve file that lets deletions through on a full disk (0: none).
+    #[arg(long, env = "STAGING_DISK_RESERVE")]
+    pub disk_reserve: Option<ByteSize>,
     /// Time in-flight transfers get after SIGTERM.
     #[arg(long, env = "STAGING_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -184,6 +190,7 @@ struct FileConfig {
     store_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     store_connect_timeout: Option<Duration>,
+    disk_reserve: Option<ByteSize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
 }
@@ -287,6 +294,8 @@ pub struct Config {
     pub store_timeout: Duration,
     /// Longest an object-store connection may take to open.
     pub store_connect_timeout: Duration,
+    /// Size of the disk reserve file.
+    pub disk_reserve: u64,
 }
 
 impl Config {
@@ -307,6 +316,7 @@ impl Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             store_timeout: DEFAULT_STORE_TIMEOUT,
             store_connect_timeout: DEFAULT_STORE_CONNECT_TIMEOUT,
+            disk_reserve: DEFAULT_DISK_RESERVE,
         }
     }
 
@@ -352,6 +362,21 @@ impl Config {
         )?
         .map(String::into_bytes);
         let d = Limits::default();
+        let store_connect_timeout = args
+            .store_connect_timeout
+            .or(file.store_connect_timeout)
+            .unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT);
+        // Each attempt of the store client fails fast on a dead endpoint; the whole call is
+        // bounded by --store-timeout on top of the client's retries.
+        let store = match store {
+            StoreLocation::Url { url, mut options } => {
+                options
+                    .entry("connect_timeout".into())
+                    .or_insert_with(|| format!("{}ms", store_connect_timeout.as_millis()));
+                StoreLocation::Url { url, options }
+            }
+            local => local,
+        };
         let config = Self {
             listen: args
                 .listen
@@ -412,10 +437,11 @@ impl Config {
                 .store_timeout
                 .or(file.store_timeout)
                 .unwrap_or(DEFAULT_STORE_TIMEOUT),
-            store_connect_timeout: args
-                .store_connect_timeout
-                .or(file.store_connect_timeout)
-                .unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT),
+            store_connect_timeout,
+            disk_reserve: args
+                .disk_reserve
+                .or(file.disk_reserve)
+                .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
         };
         config.validate(
             args.insecure_allow_anonymous_upload || file.insecure_allow_anonymous_upload,

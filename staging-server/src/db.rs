@@ -38,6 +38,17 @@ pub enum DbError {
     Join(#[from] tokio::task::JoinError),
 }
 
+impl DbError {
+    /// Whether SQLite could not write for a full disk (or quota).
+    pub fn is_full(&self) -> bool {
+        matches!(
+            self,
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 type DbResult<T> = Result<T, DbError>;
 
 const SCHEMA: &str = "
@@ -66,6 +77,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at  INTEGER
 );
 CREATE INDEX IF NOT EXISTS tokens_by_resource ON tokens(resource_id);
+CREATE TABLE IF NOT EXISTS store_deletions (
+    id        TEXT PRIMARY KEY,
+    queued_at INTEGER NOT NULL
+);
 ";
 
 /// Handle to the metadata database.
@@ -388,6 +403,8 @@ impl Db {
     }
 
     /// Deletes a resource row of any state and revokes its tokens; returns whether it existed.
+    /// The deletion of its bytes is queued in the same transaction, so that bytes a failed
+    /// store call left behind are retried by the sweep (and survive a crash).
     ///
     /// # Errors
     /// SQLite errors.
@@ -399,8 +416,79 @@ impl Db {
                 "UPDATE tokens SET revoked_at = ?2 WHERE resource_id = ?1 AND revoked_at IS NULL",
                 params![id.to_string(), now],
             )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
+                params![id.to_string(), now],
+            )?;
             tx.commit()?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Queues the deletion of an object's bytes.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn queue_deletion(&self, id: ResourceId, now: UnixMillis) -> DbResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
+                params![id.to_string(), now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Byte deletions still to do (oldest first), at most `limit`.
+    ///
+    /// # Errors
+    /// SQLite errors, or [`DbError::Corrupt`].
+    pub async fn queued_deletions(&self, limit: usize) -> DbResult<Vec<ResourceId>> {
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare("SELECT id FROM store_deletions ORDER BY queued_at LIMIT ?1")?;
+            let ids = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for id in ids {
+                let id = id?;
+                out.push(id.parse().map_err(|_| DbError::Corrupt {
+                    id: id.clone(),
+                    what: "id".into(),
+                })?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Marks a byte deletion done.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn deletion_done(&self, id: ResourceId) -> DbResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM store_deletions WHERE id = ?1",
+                [id.to_string()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Byte deletions still to do.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn queued_deletion_count(&self) -> DbResult<u64> {
+        self.call(|c| {
+            Ok(
+                c.query_row("SELECT COUNT(*) FROM store_deletions", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64,
+            )
         })
         .await
     }

@@ -46,6 +46,9 @@ pub enum Error {
     /// The object store failed.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    /// An object-store call did not finish within the configured timeout.
+    #[error("object store: no answer within the timeout ({0})")]
+    StoreTimeout(&'static str),
     /// Metric registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -152,6 +155,40 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// The one mapping of object-store failures: 507 for a full store, 503 (with
+    /// `Retry-After`) for a store that is down or does not answer in time, so clients and
+    /// proxies know to retry, 500 otherwise. Timeouts and outages are counted.
+    pub fn store(e: Error, metrics: &crate::metrics::Metrics) -> Self {
+        use crate::store::StoreFailure;
+        let failure = StoreFailure::of(&e);
+        if let Some(kind) = failure.metric_kind() {
+            metrics.store_errors.with_label_values(&[kind]).inc();
+        }
+        match failure {
+            StoreFailure::Full => {
+                metrics.storage_full.set(1);
+                Self::insufficient_storage("the store is out of space")
+            }
+            StoreFailure::Timeout | StoreFailure::Unavailable => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "store_unavailable",
+                message: "the object store is not answering; retry later".into(),
+                internal: Some(e.to_string()),
+            },
+            StoreFailure::NotFound | StoreFailure::Other => Self::internal(e),
+        }
+    }
+
+    /// 410 for a committed resource whose bytes are gone from the store: retrying cannot
+    /// help, so clients stop at once.
+    pub fn lost(id: crate::ids::ResourceId) -> Self {
+        Self::new(
+            StatusCode::GONE,
+            "lost",
+            format!("the bytes of resource {id} are gone from the store; upload it again"),
+        )
+    }
+
     /// 500; the cause is logged, the client sees "internal error".
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self {
@@ -200,8 +237,14 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // A store outage lasts longer than a busy moment.
+            let after = if self.code == "store_unavailable" {
+                "5"
+            } else {
+                "1"
+            };
             res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
         }
         if let Some(cause) = self.internal {
             res.extensions_mut().insert(InternalCause(cause));

@@ -24,7 +24,7 @@ use crate::ids::{Namespace, ResourceId, Sha256Digest};
 use crate::metrics::InflightGuard;
 use crate::pace::Pace;
 use crate::state::AppState;
-use crate::store::{BlobWriter, is_storage_full};
+use crate::store::BlobWriter;
 
 /// Lifetimes requested for one upload (already capped by the server's limits).
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +91,11 @@ impl PendingUpload {
             .try_acquire_owned()
             .map_err(|_| ApiError::unavailable("too many uploads in progress; retry"))?;
         let quotas = state.quotas();
-        let headroom = state.db().headroom(namespace.clone(), quotas).await?;
+        let headroom = state
+            .db()
+            .headroom(namespace.clone(), quotas)
+            .await
+            .map_err(|e| db_error(state, e))?;
         if let (Some(room), Some(len)) = (headroom, declared_len)
             && len > room
         {
@@ -103,7 +107,8 @@ impl PendingUpload {
         if let Some(refusal) = state
             .db()
             .insert_pending(id, api, namespace, state.now_ms(), quotas)
-            .await?
+            .await
+            .map_err(|e| db_error(state, e))?
         {
             return Err(ApiError::insufficient_storage(refusal));
         }
@@ -111,7 +116,7 @@ impl PendingUpload {
             Ok(w) => w,
             Err(e) => {
                 let _ = state.db().delete(id, state.now_ms()).await;
-                return Err(ApiError::internal(e));
+                return Err(ApiError::store(e, state.metrics()));
             }
         };
         Ok(Self {
@@ -197,7 +202,10 @@ impl PendingUpload {
             .writer
             .as_mut()
             .ok_or_else(|| ApiError::internal("writer gone"))?;
-        writer.write(chunk).await.map_err(store_error)
+        writer
+            .write(chunk)
+            .await
+            .map_err(|e| ApiError::store(e, self.state.metrics()))
     }
 
     /// Finishes the object and commits the row, returning the first download token.
@@ -242,7 +250,10 @@ impl PendingUpload {
             .writer
             .take()
             .ok_or_else(|| ApiError::internal("writer gone"))?;
-        writer.finish().await.map_err(store_error)?;
+        writer
+            .finish()
+            .await
+            .map_err(|e| ApiError::store(e, self.state.metrics()))?;
         let now = self.state.now_ms();
         let expires_at = now.saturating_add(duration_ms(lifetimes.max_ttl));
         let unused_ttl_ms = duration_ms(lifetimes.unused_ttl);
@@ -261,7 +272,8 @@ impl PendingUpload {
                 jti,
                 quotas: self.state.quotas(),
             })
-            .await?;
+            .await
+            .map_err(|e| db_error(&self.state, e))?;
         match outcome {
             CommitOutcome::Committed => {
                 self.done = true;
@@ -295,13 +307,25 @@ async fn remove_abandoned(state: AppState, id: ResourceId, writer: Option<BlobWr
     if let Some(w) = writer {
         let _ = w.abort().await;
     }
-    if let Err(e) = state.store().delete(id).await {
-        state.metrics().cleanup_errors.inc();
-        tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned upload");
-    }
-    if let Err(e) = state.db().delete(id, state.now_ms()).await {
-        state.metrics().cleanup_errors.inc();
-        tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned row");
+    let bytes_gone = match state.store().delete(id).await {
+        Ok(()) => true,
+        Err(e) => {
+            state.metrics().cleanup_errors.inc();
+            tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned upload; the sweep retries");
+            false
+        }
+    };
+    // Deleting the row queues the deletion of the bytes; done already when they are gone.
+    let now = state.now_ms();
+    match state.with_room(|| state.db().delete(id, now)).await {
+        Ok(_) if bytes_gone => {
+            let _ = state.db().deletion_done(id).await;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            state.metrics().cleanup_errors.inc();
+            tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned row");
+        }
     }
     state.refresh_census().await;
 }
@@ -377,9 +401,12 @@ impl HashPipe {
     }
 }
 
-fn store_error(e: crate::error::Error) -> ApiError {
-    if is_storage_full(&e) {
-        ApiError::insufficient_storage("the store is out of space")
+/// A database failure of an upload: 507 on a full disk (uploads are refused until space is
+/// freed; downloads go on), 500 otherwise.
+fn db_error(state: &AppState, e: crate::db::DbError) -> ApiError {
+    if e.is_full() {
+        state.note_full();
+        ApiError::insufficient_storage("the server's disk is full; retry after space is freed")
     } else {
         ApiError::internal(e)
     }

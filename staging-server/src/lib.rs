@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pace;
+pub mod reserve;
 mod routes;
 pub mod secret;
 pub mod server;

@@ -2,8 +2,9 @@
 //!
 //! A resource is deleted when it was never downloaded within its unused TTL, when it reaches
 //! its absolute TTL, or on an explicit DELETE. Deletion removes the row and revokes its tokens
-//! first (so it is invisible at once), then removes the bytes; an object left behind by a
-//! failed delete is an orphan that start-up recovery removes.
+//! first (so it is invisible at once) and queues the deletion of its bytes in the same
+//! transaction, then removes the bytes; a deletion that fails (a store outage) stays queued and
+//! every sweep retries it.
 //!
 //! The sweeper never dies: an error is logged and counted, and the next attempt comes after an
 //! exponential backoff capped at [`MAX_BACKOFF`]. Owners (namespace, labels, optional pod uid)
@@ -50,11 +51,17 @@ pub async fn remove(
     id: ResourceId,
     reason: DeleteReason,
 ) -> Result<bool, DbError> {
-    let existed = state.db().delete(id, state.now_ms()).await?;
-    if let Err(e) = state.store().delete(id).await {
-        state.metrics().cleanup_errors.inc();
-        tracing::warn!(resource = %id, cause = %e, "could not delete resource bytes; left as an orphan");
-    }
+    let now = state.now_ms();
+    let existed = match state.with_room(|| state.db().delete(id, now)).await {
+        // Still full with the reserve gone: free this resource's own bytes first (a local
+        // store shares the disk), then delete the row.
+        Err(e) if e.is_full() => {
+            delete_bytes(state, id).await;
+            state.db().delete(id, now).await?
+        }
+        r => r?,
+    };
+    delete_bytes(state, id).await;
     if existed {
         state
             .metrics()
@@ -67,6 +74,53 @@ pub async fn remove(
     Ok(existed)
 }
 
+/// Deletes a resource's bytes and marks the queued deletion done; a failure is logged and
+/// counted, and the sweep retries it. Returns whether the bytes are gone.
+async fn delete_bytes(state: &AppState, id: ResourceId) -> bool {
+    match state.store().delete(id).await {
+        Ok(()) => {
+            if let Err(e) = state.db().deletion_done(id).await {
+                tracing::warn!(resource = %id, cause = %e, "could not mark a deletion done; it will be repeated");
+            }
+            true
+        }
+        Err(e) => {
+            state.metrics().cleanup_errors.inc();
+            if let Some(kind) = crate::store::StoreFailure::of(&e).metric_kind() {
+                state
+                    .metrics()
+                    .store_errors
+                    .with_label_values(&[kind])
+                    .inc();
+            }
+            tracing::warn!(resource = %id, cause = %e, "could not delete resource bytes; the sweep retries");
+            false
+        }
+    }
+}
+
+/// Retries byte deletions that failed earlier (a store outage); returns how many are done.
+///
+/// # Errors
+/// Database errors.
+pub async fn retry_deletions(state: &AppState) -> Result<usize, DbError> {
+    let mut done = 0;
+    for id in state.db().queued_deletions(SWEEP_BATCH).await? {
+        if delete_bytes(state, id).await {
+            done += 1;
+        } else {
+            // The store is still failing: the rest can wait for the next sweep.
+            break;
+        }
+    }
+    let left = state.db().queued_deletion_count().await?;
+    state
+        .metrics()
+        .pending_store_deletions
+        .set(i64::try_from(left).unwrap_or(i64::MAX));
+    Ok(done)
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
@@ -76,6 +130,8 @@ pub struct SweepReport {
     pub expired: usize,
     /// Expired token rows pruned.
     pub tokens_pruned: usize,
+    /// Byte deletions that had failed and succeeded now.
+    pub deletions_retried: usize,
 }
 
 /// Periodic cleanup of expired resources.
@@ -118,7 +174,13 @@ impl Sweeper {
                 break;
             }
         }
-        report.tokens_pruned = self.state.db().prune_tokens(self.state.now_ms()).await?;
+        let now = self.state.now_ms();
+        report.tokens_pruned = self
+            .state
+            .with_room(|| self.state.db().prune_tokens(now))
+            .await?;
+        report.deletions_retried = retry_deletions(&self.state).await?;
+        self.state.ensure_reserve().await;
         self.state.refresh_census().await;
         self.state
             .metrics()
@@ -127,10 +189,26 @@ impl Sweeper {
         Ok(report)
     }
 
-    /// Sweeps every `interval` until `cancel` fires, backing off on errors.
+    /// Looks for orphan objects once at start (retried with every sweep until the store has
+    /// answered), then sweeps every `interval` until `cancel` fires, backing off on errors.
     pub async fn run(self, interval: Duration, cancel: CancellationToken) {
         let mut wait = interval;
+        let mut orphans_checked = false;
         loop {
+            if !orphans_checked {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = self.state.queue_orphans() => match r {
+                        Ok(_) => {
+                            orphans_checked = true;
+                            if let Err(e) = retry_deletions(&self.state).await {
+                                tracing::warn!(cause = %e, "could not retry deletions");
+                            }
+                        }
+                        Err(e) => tracing::warn!(cause = %e, "orphan scan failed; retried with the next sweep"),
+                    },
+                }
+            }
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}

@@ -17,9 +17,10 @@ use tokio::sync::Semaphore;
 use crate::auth::UploadAuth;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Limits};
-use crate::db::{Db, Quotas};
+use crate::db::{Db, DbError, Quotas};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::reserve::Reserve;
 use crate::store::BlobStore;
 use crate::token::TokenKeys;
 
@@ -46,6 +47,7 @@ struct Inner {
     limits: Limits,
     uploads: Arc<Semaphore>,
     draining: AtomicBool,
+    reserve: Reserve,
     /// Held for the life of the process: the exclusive lock on the data directory.
     _lock: Option<File>,
 }
@@ -71,10 +73,15 @@ impl AppState {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let lock = lock_data_dir(dir)?;
-        let db = Db::open(&dir.join(DB_FILE))?;
+        let reserve = Reserve::new(dir, config.disk_reserve);
+        // After a crash on a full disk, opening the database needs room (WAL recovery).
+        let db = match Db::open(&dir.join(DB_FILE)) {
+            Err(e) if is_sqlite_full(&e) && reserve.release() => Db::open(&dir.join(DB_FILE))?,
+            r => r?,
+        };
         let store = match overrides.store {
             Some(s) => s,
-            None => BlobStore::open(&config.store)?,
+            None => BlobStore::open(&config.store)?.with_timeout(config.store_timeout),
         };
         let keys = TokenKeys::load_or_generate(config.signing_key.as_deref(), dir)?;
         let registry = overrides.registry.unwrap_or_default();
@@ -91,42 +98,116 @@ impl AppState {
                 limits: config.limits.clone(),
                 uploads: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
                 draining: AtomicBool::new(false),
+                reserve,
                 _lock: Some(lock),
             }),
         };
-        state.recover().await?;
+        match state.recover().await {
+            Err(Error::Metadata(e)) if e.is_full() => {
+                state.note_full();
+                if !state.release_reserve().await {
+                    return Err(Error::Metadata(e));
+                }
+                state.recover().await?;
+            }
+            r => r?,
+        }
+        state.ensure_reserve().await;
         state.refresh_census().await;
         Ok(state)
     }
 
-    /// Removes everything a crash may have left: pending rows with their objects, objects with
-    /// no row, and local staging files.
+    /// Removes what a crash may have left locally before serving: local staging files, and
+    /// pending rows (their bytes are queued for deletion). Nothing here waits on the object
+    /// store, so a store that is down or hung does not hold start-up; the sweeper deletes the
+    /// queued bytes and looks for orphan objects once the store answers.
     async fn recover(&self) -> Result<()> {
         let db = self.db();
-        let store = self.store();
-        let staging = store.remove_local_leftovers()?;
+        let staging = self.store().remove_local_leftovers()?;
         let now = self.now_ms();
         let pending = db.pending().await?;
         for id in &pending {
-            store.delete(*id).await?;
             db.delete(*id, now).await?;
         }
-        let mut orphans = 0;
-        for id in store.list_ids().await? {
-            if !db.exists(id).await? {
-                store.delete(id).await?;
-                orphans += 1;
-            }
-        }
-        if staging + pending.len() + orphans > 0 {
+        if staging + pending.len() > 0 {
             tracing::warn!(
                 staging_files = staging,
                 interrupted_uploads = pending.len(),
-                orphan_objects = orphans,
                 "removed leftovers of an interrupted run"
             );
         }
         Ok(())
+    }
+
+    /// Queues the deletion of every stored object that has no row (an upload whose process
+    /// died between writing the bytes and recording them); returns how many.
+    ///
+    /// # Errors
+    /// Store or database errors.
+    pub async fn queue_orphans(&self) -> Result<usize> {
+        let mut orphans = 0;
+        for id in self.store().list_ids().await? {
+            if !self.db().exists(id).await? {
+                self.db().queue_deletion(id, self.now_ms()).await?;
+                orphans += 1;
+            }
+        }
+        if orphans > 0 {
+            tracing::warn!(
+                orphan_objects = orphans,
+                "queued objects without a resource for deletion"
+            );
+        }
+        Ok(orphans)
+    }
+
+    /// Records that the disk was found full: uploads are refused with 507 until the sweep
+    /// finds room again.
+    pub fn note_full(&self) {
+        self.metrics().storage_full.set(1);
+    }
+
+    /// Deletes the disk reserve (blocking work off the runtime); whether there was one.
+    pub async fn release_reserve(&self) -> bool {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.reserve.release())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Writes the disk reserve again when the disk has room; clears the full flag when the
+    /// reserve is in place. Run at start and by every sweep.
+    pub async fn ensure_reserve(&self) {
+        let inner = Arc::clone(&self.inner);
+        let held = tokio::task::spawn_blocking(move || inner.reserve.ensure())
+            .await
+            .unwrap_or(false);
+        if held {
+            self.metrics().storage_full.set(0);
+        }
+    }
+
+    /// Runs a database write that frees space (a deletion); when the disk is full, releases
+    /// the reserve and tries once more.
+    ///
+    /// # Errors
+    /// The write's error, when the retry fails too or there was no reserve to release.
+    pub async fn with_room<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DbError>>,
+    {
+        match op().await {
+            Err(e) if e.is_full() => {
+                self.note_full();
+                if self.release_reserve().await {
+                    op().await
+                } else {
+                    Err(e)
+                }
+            }
+            r => r,
+        }
     }
 
     /// Recomputes the resource gauges from the database.
@@ -201,6 +282,10 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
     }
+}
+
+fn is_sqlite_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File> {

@@ -41,10 +41,73 @@ const LOCAL_READ_AHEAD: usize = 2;
 /// A stream of bundle bytes.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
+/// How a store call failed, for the one HTTP mapping and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFailure {
+    /// The object is not there.
+    NotFound,
+    /// The store's disk is full (local backend).
+    Full,
+    /// The store did not answer within the configured timeout.
+    Timeout,
+    /// The store refused connections or answered with a server error: temporary.
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+impl StoreFailure {
+    /// Classifies a store error by walking its causes.
+    pub fn of(err: &Error) -> Self {
+        if matches!(err, Error::StoreTimeout(_)) {
+            return Self::Timeout;
+        }
+        if is_storage_full(err) {
+            return Self::Full;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = source {
+            if let Some(os) = e.downcast_ref::<object_store::Error>()
+                && matches!(os, object_store::Error::NotFound { .. })
+            {
+                return Self::NotFound;
+            }
+            // object_store does not export its retry error; a 5xx after the retries is
+            // recognised by its message.
+            if e.to_string()
+                .contains("Server returned non-2xx status code: 5")
+            {
+                return Self::Unavailable;
+            }
+            if let Some(h) = e.downcast_ref::<object_store::client::HttpError>() {
+                use object_store::client::HttpErrorKind as K;
+                match h.kind() {
+                    K::Timeout => return Self::Timeout,
+                    K::Connect | K::Request | K::Interrupted => return Self::Unavailable,
+                    _ => {}
+                }
+            }
+            source = e.source();
+        }
+        Self::Other
+    }
+
+    /// The `kind` label of `staging_store_errors_total`, for failures worth counting.
+    pub fn metric_kind(self) -> Option<&'static str> {
+        match self {
+            Self::Timeout => Some("timeout"),
+            Self::Unavailable => Some("unavailable"),
+            _ => None,
+        }
+    }
+}
+
 /// The bundle store.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
+    /// Bound on every call (see [`crate::config::DEFAULT_STORE_TIMEOUT`]).
+    timeout: std::time::Duration,
     /// Key prefix inside the store (from the URL path).
     prefix: ObjectPath,
     /// Root directory when the backend is the local filesystem.
@@ -66,6 +129,7 @@ impl BlobStore {
                 let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
                 Ok(Self {
                     inner: Arc::new(fs),
+                    timeout: crate::config::DEFAULT_STORE_TIMEOUT,
                     prefix: ObjectPath::default(),
                     local_root: Some(root),
                 })
@@ -74,11 +138,7 @@ impl BlobStore {
                 let parsed = url::Url::parse(url)
                     .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
                 if parsed.scheme() == "memory" {
-                    return Ok(Self {
-                        inner: Arc::new(InMemory::new()),
-                        prefix: ObjectPath::default(),
-                        local_root: None,
-                    });
+                    return Ok(Self::in_memory());
                 }
                 // Options from the environment first (AWS_*, GOOGLE_*, AZURE_*), explicit
                 // options over them.
@@ -89,10 +149,12 @@ impl BlobStore {
                     .map(|(k, v)| (k.to_ascii_lowercase(), v))
                     .collect();
                 opts.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
+
                 let (store, prefix) = object_store::parse_url_opts(&parsed, opts)
                     .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
                 Ok(Self {
                     inner: Arc::from(store),
+                    timeout: crate::config::DEFAULT_STORE_TIMEOUT,
                     prefix,
                     local_root: None,
                 })
@@ -104,8 +166,29 @@ impl BlobStore {
     pub fn in_memory() -> Self {
         Self {
             inner: Arc::new(InMemory::new()),
+            timeout: crate::config::DEFAULT_STORE_TIMEOUT,
             prefix: ObjectPath::default(),
             local_root: None,
+        }
+    }
+
+    /// Bounds every call to `timeout`: a store that accepts connections and never answers
+    /// then fails the call with [`Error::StoreTimeout`] instead of blocking it for the store
+    /// client's own retry budget (three minutes).
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs one store call within the timeout.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        fut: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::StoreTimeout(what)),
         }
     }
 
@@ -118,7 +201,9 @@ impl BlobStore {
     /// # Errors
     /// Store errors creating the upload.
     pub async fn writer(&self, id: ResourceId) -> Result<BlobWriter> {
-        let upload = self.inner.put_multipart(&self.key(id)).await?;
+        let upload = self
+            .bounded("create an upload", self.inner.put_multipart(&self.key(id)))
+            .await?;
         let part = if self.local_root.is_some() {
             LOCAL_PART_SIZE
         } else {
@@ -126,6 +211,7 @@ impl BlobStore {
         };
         Ok(BlobWriter {
             inner: WriteMultipart::new_with_chunk_size(upload, part),
+            timeout: self.timeout,
         })
     }
 
@@ -136,14 +222,18 @@ impl BlobStore {
     pub async fn read(&self, id: ResourceId, range: Range<u64>) -> Result<ByteStream> {
         if range.end - range.start <= SMALL_READ {
             // One round trip (one blocking task locally) for small bodies.
-            let bytes = self.inner.get_range(&self.key(id), range).await?;
+            let bytes = self
+                .bounded("read", self.inner.get_range(&self.key(id), range))
+                .await?;
             return Ok(futures::stream::once(async move { Ok(bytes) }).boxed());
         }
         let opts = GetOptions {
             range: Some(GetRange::Bounded(range)),
             ..Default::default()
         };
-        let res = self.inner.get_opts(&self.key(id), opts).await?;
+        let res = self
+            .bounded("read", self.inner.get_opts(&self.key(id), opts))
+            .await?;
         let range = res.range.clone();
         match res.payload {
             GetResultPayload::File(file, path) => Ok(read_file_range(file, path, range)),
@@ -156,9 +246,13 @@ impl BlobStore {
     /// # Errors
     /// Other store errors.
     pub async fn delete(&self, id: ResourceId) -> Result<()> {
-        match self.inner.delete(&self.key(id)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        match self
+            .bounded("delete", self.inner.delete(&self.key(id)))
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if StoreFailure::of(&e) == StoreFailure::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -167,9 +261,12 @@ impl BlobStore {
     /// # Errors
     /// Store errors.
     pub async fn ping(&self) -> Result<()> {
-        self.inner
-            .list_with_delimiter(Some(&self.prefix.clone().join("resources")))
-            .await?;
+        self.bounded(
+            "list",
+            self.inner
+                .list_with_delimiter(Some(&self.prefix.clone().join("resources"))),
+        )
+        .await?;
         Ok(())
     }
 
@@ -179,7 +276,9 @@ impl BlobStore {
     /// Store errors.
     pub async fn list_ids(&self) -> Result<Vec<ResourceId>> {
         let prefix = self.prefix.clone().join("resources");
-        let metas: Vec<_> = self.inner.list(Some(&prefix)).try_collect().await?;
+        let metas: Vec<_> = self
+            .bounded("list", self.inner.list(Some(&prefix)).try_collect())
+            .await?;
         Ok(metas
             .iter()
             .filter_map(|m| m.location.filename().and_then(|f| f.parse().ok()))
@@ -283,6 +382,7 @@ fn remove_staging_files(dir: &Path) -> Result<usize> {
 /// incomplete upload that the caller must [`BlobWriter::abort`].
 pub struct BlobWriter {
     inner: WriteMultipart,
+    timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -297,7 +397,12 @@ impl BlobWriter {
     /// # Errors
     /// Store errors from completed parts.
     pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
-        self.inner.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await?;
+        tokio::time::timeout(
+            self.timeout,
+            self.inner.wait_for_capacity(MAX_PARTS_IN_FLIGHT),
+        )
+        .await
+        .map_err(|_| Error::StoreTimeout("write a part"))??;
         self.inner.put(bytes);
         Ok(())
     }
@@ -307,7 +412,9 @@ impl BlobWriter {
     /// # Errors
     /// Store errors.
     pub async fn finish(self) -> Result<()> {
-        self.inner.finish().await?;
+        tokio::time::timeout(self.timeout, self.inner.finish())
+            .await
+            .map_err(|_| Error::StoreTimeout("complete an upload"))??;
         Ok(())
     }
 
@@ -316,7 +423,9 @@ impl BlobWriter {
     /// # Errors
     /// Store errors.
     pub async fn abort(self) -> Result<()> {
-        self.inner.abort().await?;
+        tokio::time::timeout(self.timeout, self.inner.abort())
+            .await
+            .map_err(|_| Error::StoreTimeout("abort an upload"))??;
         Ok(())
     }
 }

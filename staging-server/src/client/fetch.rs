@@ -2,8 +2,8 @@
 //! its sha256, unpacks it safely into the destination and writes the list of files.
 //!
 //! Network errors, timeouts and 5xx/408/429 answers are retried with exponential backoff,
-//! resuming with `Range` + `If-Range` where the server allows; 401/403 and 404 fail at once
-//! with their own exit codes (no five-minute hang as in the fork).
+//! resuming with `Range` + `If-Range` where the server allows; 401/403, 404 and 410 (bytes lost
+//! from the store) fail at once with their own exit codes (no five-minute hang as in the fork).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -262,9 +262,10 @@ async fn attempt_once(
             *server_digest = header(&resp, "repr-digest").and_then(|d| parse_repr_digest(&d));
         }
         206 if *offset > 0 => {}
-        401 | 403 | 404 => {
+        401 | 403 | 404 | 410 => {
             let body = resp.text().await.unwrap_or_default();
-            let code = if status == 404 {
+            // 410: the resource is known but its bytes are lost; retrying cannot help.
+            let code = if status == 404 || status == 410 {
                 EXIT_NOT_FOUND
             } else {
                 EXIT_AUTH

@@ -20,6 +20,7 @@ use crate::ids::ResourceId;
 const ACCESS_STAMP_MS: i64 = 60_000;
 use crate::metrics::InflightGuard;
 use crate::state::AppState;
+use crate::store::StoreFailure;
 
 /// Checks the request's download token against the resource named in the path, and loads the
 /// resource.
@@ -163,6 +164,10 @@ pub(super) async fn serve(
             Ok(false) => {}
             // A failed access stamp must not fail the download; the sweeper would at worst
             // treat the resource as unused, which the operator sees in the logs.
+            Err(e) if e.is_full() => {
+                state.note_full();
+                tracing::debug!(resource = %res.id, "disk full: download served without its access stamp");
+            }
             Err(e) => {
                 tracing::warn!(resource = %res.id, cause = %e, "could not record the download")
             }
@@ -172,11 +177,23 @@ pub(super) async fn serve(
     if len == 0 {
         return builder.body(Body::empty()).map_err(ApiError::internal);
     }
-    let stream = state
+    let stream = match state
         .store()
         .read(res.id, range.unwrap_or(0..res.size))
         .await
-        .map_err(ApiError::internal)?;
+    {
+        Ok(s) => s,
+        Err(e) if StoreFailure::of(&e) == StoreFailure::NotFound => {
+            state
+                .metrics()
+                .store_errors
+                .with_label_values(&["lost"])
+                .inc();
+            tracing::error!(resource = %res.id, "the bytes of a committed resource are gone from the store");
+            return Err(ApiError::lost(res.id));
+        }
+        Err(e) => return Err(ApiError::store(e, state.metrics())),
+    };
     let counter = state.metrics().download_bytes.clone();
     let guard = InflightGuard::new(state.metrics().inflight.with_label_values(&["download"]));
     let stream = stream.inspect_ok(move |b| {

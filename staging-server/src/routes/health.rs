@@ -3,6 +3,8 @@
 //! Liveness depends on nothing downstream; readiness checks the database and the store and
 //! turns 503 as soon as shutdown starts, so Kubernetes stops routing before the drain.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,22 +23,52 @@ pub(super) async fn ping() -> &'static str {
     "pong"
 }
 
-/// `GET /readyz`: the database and the store answer, and the server is not draining.
-pub(super) async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+/// Longest a readiness check waits for the store: probes time out after a few seconds.
+const READY_STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /readyz` on the public listener: the database and the store answer, and the server is
+/// not draining. The reason of a failure goes to the log and the admin listener only: the
+/// store's URL and error text are internal.
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<String, ApiError> {
+    ready(&state, false).await
+}
+
+/// `GET /readyz` on the admin listener, with the reason of a failure.
+pub(super) async fn readyz_detailed(State(state): State<AppState>) -> Result<String, ApiError> {
+    ready(&state, true).await
+}
+
+async fn ready(state: &AppState, detailed: bool) -> Result<String, ApiError> {
     if state.is_draining() {
         return Err(ApiError::unavailable("shutting down"));
     }
-    state
-        .db()
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("database: {e}")))?;
-    state
-        .store()
-        .ping()
-        .await
-        .map_err(|e| ApiError::unavailable(format!("store: {e}")))?;
-    Ok("ready")
+    let fail = |what: &str, cause: String| {
+        tracing::warn!(component = what, cause = %cause, "not ready");
+        ApiError::unavailable(if detailed {
+            format!("{what}: {cause}")
+        } else {
+            format!("{what} unavailable")
+        })
+    };
+    if let Err(e) = state.db().ping().await {
+        return Err(fail("database", e.to_string()));
+    }
+    match tokio::time::timeout(READY_STORE_TIMEOUT, state.store().ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(fail("object store", e.to_string())),
+        Err(_) => {
+            return Err(fail(
+                "object store",
+                format!("no answer within {READY_STORE_TIMEOUT:?}"),
+            ));
+        }
+    }
+    // A full disk refuses uploads (507) but downloads go on: still ready.
+    if state.metrics().storage_full.get() > 0 {
+        Ok("ready; storage full: uploads are refused until space is freed".into())
+    } else {
+        Ok("ready".into())
+    }
 }
 
 /// `GET /metrics`: Prometheus text exposition.

@@ -39,7 +39,7 @@ pub fn router(state: AppState) -> Router {
             get(v1::metadata).delete(v1::delete),
         )
         .route("/api/v1/resources/{id}/content", get(v1::content))
-        .merge(ops_routes())
+        .merge(ops_routes(false))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -54,7 +54,7 @@ pub fn router(state: AppState) -> Router {
 
 /// The operational endpoints alone, for the optional admin listener.
 pub fn admin_router(state: AppState) -> Router {
-    let router = ops_routes()
+    let router = ops_routes(true)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             record_metrics,
@@ -64,10 +64,16 @@ pub fn admin_router(state: AppState) -> Router {
     with_common_layers(router)
 }
 
-fn ops_routes() -> Router<AppState> {
+/// The operational endpoints; `detailed` (the admin listener) says why it is not ready.
+fn ops_routes(detailed: bool) -> Router<AppState> {
+    let readyz = if detailed {
+        get(health::readyz_detailed)
+    } else {
+        get(health::readyz)
+    };
     Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+        .route("/readyz", readyz)
         .route("/metrics", get(health::metrics))
 }
 

@@ -11,16 +11,22 @@ use tokio::process::{Child, Command};
 
 use crate::common::{metric, random_bytes};
 
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
 }
 
 /// Starts the binary on port 0 and waits for its "ready" log line, which names the address.
 async fn start(dir: &Path) -> Proc {
+    start_with(dir, &[]).await
+}
+
+/// [`start`] with extra arguments.
+pub(crate) async fn start_with(dir: &Path, extra: &[&str]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_staging-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .args(extra)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "staging_server=info")
         .stdin(Stdio::null())

@@ -6,6 +6,7 @@ mod crash;
 mod downloads;
 mod external;
 mod fetch;
+mod full_disk;
 mod lifecycle;
 mod slow;
 mod tokens;
