@@ -31,6 +31,7 @@ external() { # external <tool> <test-name filter>
   fi
 }
 external moto_server external::s3_
+external moto_server outage::s3_
 external promtool external::promtool_
 external prometheus external::a_real_prometheus
 if [ "$(id -u)" = 0 ]; then

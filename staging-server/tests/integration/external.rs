@@ -19,7 +19,7 @@ use tokio::process::Command;
 use crate::common::{TestServer, random_bytes};
 
 /// Finds a tool: `$VAR`, then the project's venv, then `PATH`.
-fn tool(var: &str, name: &str) -> PathBuf {
+pub(crate) fn tool(var: &str, name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(var) {
         return PathBuf::from(p);
     }
@@ -40,9 +40,9 @@ fn tool(var: &str, name: &str) -> PathBuf {
     );
 }
 
-#[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
-async fn s3_backend_against_a_real_s3_protocol_server() {
+/// Starts moto_server on a free port with a bucket `staging-bucket`; returns it (killed on
+/// drop) and its endpoint URL.
+pub(crate) async fn start_moto() -> (tokio::process::Child, String) {
     let mut moto = Command::new(tool("MOTO_SERVER", "moto_server"))
         .args(["-H", "127.0.0.1", "-p", "0"])
         .stdout(Stdio::piped())
@@ -63,8 +63,7 @@ async fn s3_backend_against_a_real_s3_protocol_server() {
         }
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let client = reqwest::Client::new();
-    let created = client
+    let created = reqwest::Client::new()
         .put(format!("{endpoint}/staging-bucket"))
         .send()
         .await
@@ -74,9 +73,13 @@ async fn s3_backend_against_a_real_s3_protocol_server() {
         "create bucket: {}",
         created.status()
     );
+    (moto, endpoint)
+}
 
-    let options: BTreeMap<String, String> = [
-        ("aws_endpoint", endpoint.as_str()),
+/// Store options for moto at `endpoint`.
+pub(crate) fn s3_options(endpoint: &str) -> BTreeMap<String, String> {
+    [
+        ("aws_endpoint", endpoint),
         ("aws_allow_http", "true"),
         ("aws_access_key_id", "testing"),
         ("aws_secret_access_key", "testing"),
@@ -85,7 +88,15 @@ async fn s3_backend_against_a_real_s3_protocol_server() {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+async fn s3_backend_against_a_real_s3_protocol_server() {
+    let (_moto, endpoint) = start_moto().await;
+    let client = reqwest::Client::new();
+    let options = s3_options(&endpoint);
     let store = BlobStore::open(&StoreLocation::Url {
         url: "s3://staging-bucket/spark".into(),
         options,

@@ -8,6 +8,7 @@ mod external;
 mod fetch;
 mod full_disk;
 mod lifecycle;
+mod outage;
 mod slow;
 mod tokens;
 mod uploads;
