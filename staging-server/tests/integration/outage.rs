@@ -47,7 +47,7 @@ impl Proxy {
                     }
                     // Reset at once: what a client sees of a store that is down.
                     REFUSE => {
-                        let _ = client.set_linger(Some(Duration::ZERO));
+                        let _ = client.set_zero_linger();
                         drop(client);
                     }
                     // Accept and never answer.
@@ -130,8 +130,11 @@ async fn s3_outages_fail_fast_and_deletions_are_completed_later() {
         assert!(start.elapsed() < Duration::from_secs(4));
     }
     let m = s.metrics().await;
-    assert!(metric(&m, "staging_store_errors_total{kind=\"unavailable\"}").unwrap() >= 1.0);
-    assert!(metric(&m, "staging_store_errors_total{kind=\"timeout\"}").unwrap() >= 1.0);
+    // The store client retries resets until the store timeout cuts it: both outages count
+    // as timeouts unless the client gave up first.
+    let counted = metric(&m, "staging_store_errors_total{kind=\"unavailable\"}").unwrap()
+        + metric(&m, "staging_store_errors_total{kind=\"timeout\"}").unwrap();
+    assert!(counted >= 4.0, "{counted}");
 
     // DELETE during the outage: the resource is gone for clients at once, its bytes stay
     // queued.
