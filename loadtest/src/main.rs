@@ -5,6 +5,7 @@
 mod flood;
 mod nginx;
 mod procs;
+mod registrations;
 mod shuffle;
 mod spark;
 mod staging;
@@ -39,6 +40,9 @@ enum Command {
     /// Shuffle service: resident memory idle, while thousands of Spark-protocol connections
     /// are open, and after they closed.
     ShuffleFlood(flood::Args),
+    /// Shuffle service: executor registrations per second with the durable setting the
+    /// service runs (`synchronous=FULL`) beside `NORMAL`.
+    ShuffleRegistrations(registrations::Args),
 }
 
 #[tokio::main]
@@ -50,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         Command::ShuffleCleanup(args) => shuffle::cleanup(args).await?,
         Command::SparkFetch(args) => spark::run(args).await?,
         Command::ShuffleFlood(args) => flood::run(args).await?,
+        Command::ShuffleRegistrations(args) => registrations::run(args).await?,
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

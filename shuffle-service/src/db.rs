@@ -65,18 +65,39 @@ pub struct Db {
     conn: Arc<Mutex<Connection>>,
 }
 
+/// How a registration reaches the disk before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: the WAL is fsynced at every commit, so neither a crash of the
+    /// process nor of the node (power loss) loses an acknowledged registration. The service
+    /// always runs with this.
+    Full,
+    /// `synchronous=NORMAL`: survives a process crash, not a power loss (the last commits
+    /// may roll back). For the benchmark that measures what `Full` costs.
+    Normal,
+}
+
 impl Db {
-    /// Opens or creates the database.
+    /// Opens or creates the database with [`Durability::Full`].
     ///
     /// # Errors
     /// SQLite errors.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, Durability::Full)
+    }
+
+    /// Opens or creates the database.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a registration is acknowledged only after its WAL frame is on disk, so neither a
-        // crash of the process nor of the node loses one (NORMAL could lose the last ones on a
-        // power loss). Registrations are rare (one per executor); the cost is in the README.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         Ok(Self {
