@@ -42,7 +42,7 @@ pub async fn sweep_once(core: &Core) -> SweepReport {
             }
         }
     }
-    for app in core.registry().vanished() {
+    for app in core.registry().vanished().await {
         match core.remove_app(&app, "directories_gone").await {
             Ok(_) => report.vanished += 1,
             Err(e) => tracing::warn!(app = %app, cause = %e, "could not remove an application"),

@@ -40,7 +40,9 @@ struct App {
     namespace: String,
     driver_pod: String,
     heartbeat_timeout: Option<Duration>,
-    last_seen: Instant,
+    /// Last activity, as an offset from the registry's epoch: updated through a shared
+    /// reference so that the fetch path needs only the read lock.
+    last_seen: LastSeen,
     executors: HashMap<ExecId, Arc<Executor>>,
 }
 
@@ -52,9 +54,37 @@ impl App {
             namespace: String::new(),
             driver_pod: String::new(),
             heartbeat_timeout: None,
-            last_seen: Instant::now(),
+            last_seen: LastSeen::now(),
             executors: HashMap::new(),
         }
+    }
+}
+
+/// A last-activity time that can be updated through a shared reference.
+#[derive(Debug)]
+struct LastSeen {
+    epoch: Instant,
+    /// Milliseconds after `epoch`.
+    ms: std::sync::atomic::AtomicU64,
+}
+
+impl LastSeen {
+    fn now() -> Self {
+        Self {
+            epoch: Instant::now(),
+            ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ms.fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn idle(&self, now: Instant) -> Duration {
+        let seen =
+            self.epoch + Duration::from_millis(self.ms.load(std::sync::atomic::Ordering::Relaxed));
+        now.saturating_duration_since(seen)
     }
 }
 
@@ -120,7 +150,6 @@ impl Registry {
     /// Database errors.
     pub async fn open(db: Db) -> Result<Self> {
         let (apps, execs) = db.load().await?;
-        let now = Instant::now();
         let mut map: HashMap<AppId, App> = HashMap::new();
         for a in apps {
             let Ok(id) = a.app_id.parse::<AppId>() else {
@@ -133,7 +162,7 @@ impl Registry {
                     namespace: a.namespace,
                     driver_pod: a.driver_pod,
                     heartbeat_timeout: a.heartbeat_timeout_ms.map(Duration::from_millis),
-                    last_seen: now,
+                    last_seen: LastSeen::now(),
                     executors: HashMap::new(),
                 },
             );
@@ -247,7 +276,7 @@ impl Registry {
         a.namespace = reg.namespace;
         a.driver_pod = reg.driver_pod;
         a.heartbeat_timeout = Some(reg.heartbeat_timeout);
-        a.last_seen = Instant::now();
+        a.last_seen.touch();
         Ok(token)
     }
 
@@ -287,7 +316,7 @@ impl Registry {
         let mut apps = self.write();
         let a = apps.entry(app.clone()).or_insert_with(App::new);
         a.heartbeat_timeout = Some(timeout);
-        a.last_seen = Instant::now();
+        a.last_seen.touch();
         Ok(())
     }
 
@@ -331,15 +360,15 @@ impl Registry {
         let mut apps = self.write();
         let a = apps.entry(app.clone()).or_insert_with(App::new);
         a.executors.insert(exec.clone(), Arc::new(e));
-        a.last_seen = Instant::now();
+        a.last_seen.touch();
         Ok(())
     }
 
     /// Records activity of an application; returns whether it is registered.
     pub fn touch(&self, app: &AppId) -> bool {
-        match self.write().get_mut(app) {
+        match self.read().get(app) {
             Some(a) => {
-                a.last_seen = Instant::now();
+                a.last_seen.touch();
                 true
             }
             None => false,
@@ -351,11 +380,11 @@ impl Registry {
     /// # Errors
     /// [`ShuffleError::NotFound`].
     pub fn executor(&self, app: &AppId, exec: &ExecId) -> Result<Arc<Executor>> {
-        let mut apps = self.write();
+        let apps = self.read();
         let a = apps
-            .get_mut(app)
+            .get(app)
             .ok_or_else(|| ShuffleError::NotFound(format!("application {app}")))?;
-        a.last_seen = Instant::now();
+        a.last_seen.touch();
         a.executors
             .get(exec)
             .cloned()
@@ -404,27 +433,37 @@ impl Registry {
         let now = Instant::now();
         self.read()
             .iter()
-            .filter(|(_, a)| {
-                now.duration_since(a.last_seen) > a.heartbeat_timeout.unwrap_or(idle_ttl)
-            })
+            .filter(|(_, a)| a.last_seen.idle(now) > a.heartbeat_timeout.unwrap_or(idle_ttl))
             .map(|(id, _)| id.clone())
             .collect()
     }
 
     /// Applications none of whose executor directories exist any more (the cluster manager
-    /// removed them), among those with executors.
-    pub fn vanished(&self) -> Vec<AppId> {
-        self.read()
+    /// removed them), among those with executors. The directories are checked on the blocking
+    /// pool over a snapshot, never under the lock on a runtime thread.
+    pub async fn vanished(&self) -> Vec<AppId> {
+        let snapshot: Vec<(AppId, Vec<PathBuf>)> = self
+            .read()
             .iter()
-            .filter(|(_, a)| {
-                !a.executors.is_empty()
-                    && a.executors
-                        .values()
-                        .flat_map(|e| e.local_dirs.iter())
-                        .all(|d| !d.exists())
+            .filter(|(_, a)| !a.executors.is_empty())
+            .map(|(id, a)| {
+                let dirs = a
+                    .executors
+                    .values()
+                    .flat_map(|e| e.local_dirs.iter().cloned())
+                    .collect();
+                (id.clone(), dirs)
             })
-            .map(|(id, _)| id.clone())
-            .collect()
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            snapshot
+                .into_iter()
+                .filter(|(_, dirs)| dirs.iter().all(|d| !d.exists()))
+                .map(|(id, _)| id)
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
     }
 
     /// Every registered executor directory with its subdirectory count.
@@ -447,7 +486,7 @@ impl Registry {
                 namespace: a.namespace.clone(),
                 driver_pod: a.driver_pod.clone(),
                 executors: a.executors.len(),
-                idle: now.duration_since(a.last_seen),
+                idle: a.last_seen.idle(now),
                 heartbeat_timeout: a.heartbeat_timeout,
             })
             .collect();
