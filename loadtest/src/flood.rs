@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use shuffle_service::spark::client::Client;
-use shuffle_service::spark::message::BlockTransferMessage as Btm;
+use spark_protocol::client::Client;
+use spark_protocol::message::BlockTransferMessage as Btm;
 
 use crate::procs::{vm_hwm, vm_rss, work_dir};
 use crate::shuffle::{admin_metrics, metric, start_service};

@@ -1,15 +1,16 @@
 //! `loadtest shuffle-registrations`: what durable registrations cost. Executor registrations
-//! written through the service's registration database with `synchronous=FULL` (what the
-//! service runs: acknowledged registrations survive a power loss) beside `NORMAL` (survives a
-//! process crash only), on the disk under test, sequentially as the registry writes them.
+//! over gRPC, one after another as executors arrive, against the service with
+//! `--registry-sync full` (the default: an acknowledged registration survives a power loss)
+//! beside `--registry-sync normal` (survives a process crash only), on the disk under test.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use shuffle_service::db::{Db, Durability, ExecRow};
+use shuffle_proto::v1 as pb;
 
 use crate::procs::work_dir;
+use crate::shuffle::{authed, client, start_service_with};
 use crate::stats::median;
 
 /// Arguments of `shuffle-registrations`.
@@ -26,41 +27,45 @@ pub(crate) struct Args {
     dir: Option<PathBuf>,
 }
 
-async fn rate(dir: &std::path::Path, durability: Durability, n: usize) -> anyhow::Result<f64> {
-    let path = dir.join(format!("{durability:?}-{}.db", rand_suffix()));
-    let db = Db::open_with(&path, durability)?;
+async fn rate(sync: &str, n: usize, dir: Option<&std::path::Path>) -> anyhow::Result<f64> {
+    let work = work_dir(dir)?;
+    let svc = start_service_with(work.path(), &["--registry-sync", sync]).await?;
+    let mut c = client(&svc.grpc).await?;
+    let token = c
+        .register_application(pb::RegisterApplicationRequest {
+            app_id: "registrations".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .token;
+    let d = work.path().join("vol/registrations/blockmgr");
+    std::fs::create_dir_all(&d)?;
     let start = Instant::now();
     for i in 0..n {
-        db.put_executor(
-            ExecRow {
-                app_id: format!("app-{}", i / 100),
+        c.register_executor(authed(
+            pb::RegisterExecutorRequest {
+                app_id: "registrations".into(),
                 exec_id: i.to_string(),
-                local_dirs: vec![PathBuf::from(format!("/vol/app/exec-{i}/blockmgr"))],
-                sub_dirs: 64,
-                shuffle_manager: "sort".into(),
+                local_dirs: vec![d.display().to_string()],
+                sub_dirs_per_local_dir: 64,
+                shuffle_manager: "loadtest".into(),
             },
-            0,
-        )
+            &token,
+        ))
         .await?;
     }
     Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
 /// Runs the measurement.
 pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
-    let work = work_dir(args.dir.as_deref())?;
     let (mut full, mut normal) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
-        normal.push(rate(work.path(), Durability::Normal, args.registrations).await?);
-        full.push(rate(work.path(), Durability::Full, args.registrations).await?);
+        normal.push(rate("normal", args.registrations, args.dir.as_deref()).await?);
+        full.push(rate("full", args.registrations, args.dir.as_deref()).await?);
         eprintln!(
-            "run {}: NORMAL {:.0}/s, FULL {:.0}/s",
+            "run {}: normal {:.0}/s, full {:.0}/s",
             run + 1,
             normal[run],
             full[run]

@@ -52,15 +52,21 @@ pub(crate) struct CleanupArgs {
 
 pub(crate) struct Service {
     child: Child,
-    grpc: String,
+    pub(crate) grpc: String,
     pub(crate) spark: String,
     pub(crate) admin: u16,
     pub(crate) pid: u32,
 }
 
 pub(crate) async fn start_service(work: &Path) -> anyhow::Result<Service> {
+    start_service_with(work, &[]).await
+}
+
+/// [`start_service`] with extra arguments.
+pub(crate) async fn start_service_with(work: &Path, extra: &[&str]) -> anyhow::Result<Service> {
     let (g, a, s) = (free_port()?, free_port()?, free_port()?);
     let child = Command::new(release_bin("shuffle-service")?)
+        .args(extra)
         .args([
             "--grpc-listen",
             &format!("127.0.0.1:{g}"),
@@ -94,7 +100,7 @@ pub(crate) async fn start_service(work: &Path) -> anyhow::Result<Service> {
     })
 }
 
-async fn client(url: &str) -> anyhow::Result<ShuffleClient<Channel>> {
+pub(crate) async fn client(url: &str) -> anyhow::Result<ShuffleClient<Channel>> {
     let ch = Endpoint::from_shared(url.to_owned())?
         .initial_stream_window_size(2 << 20)
         .initial_connection_window_size(16 << 20)
@@ -106,7 +112,7 @@ async fn client(url: &str) -> anyhow::Result<ShuffleClient<Channel>> {
     Ok(ShuffleClient::new(ch).max_decoding_message_size(8 << 20))
 }
 
-fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
+pub(crate) fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(
         "authorization",

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use shuffle_service::ids::{MapId, ShuffleId};
-use shuffle_service::layout;
-use shuffle_service::spark::client::{Client, chunk_fetch_requests};
-use shuffle_service::spark::frame::Message;
-use shuffle_service::spark::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
+use spark_protocol::client::{Client, chunk_fetch_requests};
+use spark_protocol::frame::Message;
+use spark_protocol::ids::{MapId, ShuffleId};
+use spark_protocol::layout;
+use spark_protocol::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
 use tokio::process::{Child, Command};
 
 use crate::procs::{free_port, release_bin, vm_hwm, wait_listening, work_dir};

@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::db::Durability;
 use crate::volume::{VolumeSpec, parse_size};
 
 /// gRPC API address; 7337 is left to Spark's own protocol.
@@ -111,6 +112,10 @@ pub struct ServeArgs {
     /// own service with `spark.authenticate=false`.
     #[arg(long, env = "SHUFFLE_SPARK_ALLOW_UNAUTHENTICATED")]
     pub spark_allow_unauthenticated: bool,
+    /// How registrations reach the disk: `full` (default; an acknowledged registration
+    /// survives a power loss) or `normal` (faster; survives a process crash only).
+    #[arg(long, env = "SHUFFLE_REGISTRY_SYNC", value_parser = parse_sync)]
+    pub registry_sync: Option<Durability>,
     /// Most Spark-protocol connections at once.
     #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS")]
     pub spark_max_connections: Option<usize>,
@@ -149,6 +154,7 @@ struct FileConfig {
     spark_auth_secret_file: Option<PathBuf>,
     spark_auth_secret_dir: Option<PathBuf>,
     spark_allow_unauthenticated: Option<bool>,
+    registry_sync: Option<String>,
     spark_max_connections: Option<usize>,
     spark_idle_timeout: Option<String>,
     spark_memory: Option<String>,
@@ -193,6 +199,8 @@ pub struct Config {
     pub spark_auth_secret_dir: Option<PathBuf>,
     /// Spark's protocol may be served without authentication beyond loopback.
     pub spark_allow_unauthenticated: bool,
+    /// How registrations reach the disk.
+    pub registry_sync: Durability,
     /// Most Spark connections.
     pub spark_max_connections: usize,
     /// Idle close.
@@ -235,6 +243,7 @@ impl Config {
             spark_auth_secret_file: None,
             spark_auth_secret_dir: None,
             spark_allow_unauthenticated: false,
+            registry_sync: Durability::Full,
             spark_max_connections: DEFAULT_SPARK_MAX_CONNECTIONS,
             spark_idle_timeout: DEFAULT_SPARK_IDLE_TIMEOUT,
             spark_max_frame: DEFAULT_SPARK_MAX_FRAME as usize,
@@ -338,6 +347,11 @@ impl Config {
         c.spark_auth_secret_dir = args.spark_auth_secret_dir.or(file.spark_auth_secret_dir);
         c.spark_allow_unauthenticated =
             args.spark_allow_unauthenticated || file.spark_allow_unauthenticated.unwrap_or(false);
+        match (args.registry_sync, file.registry_sync) {
+            (Some(d), _) => c.registry_sync = d,
+            (None, Some(s)) => c.registry_sync = parse_sync(&s)?,
+            (None, None) => {}
+        }
         if let Some(n) = args.spark_max_connections.or(file.spark_max_connections) {
             c.spark_max_connections = n;
         }
@@ -400,6 +414,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+fn parse_sync(s: &str) -> Result<Durability, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "full" => Ok(Durability::Full),
+        "normal" => Ok(Durability::Normal),
+        other => Err(format!("registry sync {other:?}: expected full or normal")),
     }
 }
 

@@ -91,7 +91,7 @@ impl Core {
         for v in volumes.iter() {
             locks.push(lock_dir(&v.root)?);
         }
-        let db = Db::open(&config.state_dir.join("shuffle.db"))?;
+        let db = Db::open_with(&config.state_dir.join("shuffle.db"), config.registry_sync)?;
         let registry = Registry::open(db).await?;
         let metrics =
             Metrics::new(&prometheus).map_err(|e| ShuffleError::InvalidArgument(e.to_string()))?;

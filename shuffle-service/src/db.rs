@@ -69,11 +69,10 @@ pub struct Db {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// `synchronous=FULL`: the WAL is fsynced at every commit, so neither a crash of the
-    /// process nor of the node (power loss) loses an acknowledged registration. The service
-    /// always runs with this.
+    /// process nor of the node (power loss) loses an acknowledged registration. The default.
     Full,
     /// `synchronous=NORMAL`: survives a process crash, not a power loss (the last commits
-    /// may roll back). For the benchmark that measures what `Full` costs.
+    /// may roll back). Chosen with `--registry-sync normal`.
     Normal,
 }
 

@@ -22,8 +22,6 @@ pub mod core;
 pub mod db;
 pub mod error;
 pub mod execfs;
-pub mod ids;
-pub mod layout;
 pub mod lifecycle;
 pub mod linger;
 pub mod lograte;
@@ -36,6 +34,8 @@ pub mod shutdown;
 pub mod spark;
 pub mod volume;
 pub mod writer;
+
+pub use spark_protocol::{ids, layout};
 
 pub use config::Config;
 pub use core::Core;

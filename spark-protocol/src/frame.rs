@@ -4,7 +4,7 @@
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 
-use super::wire::{self, DecodeError, Reader};
+use crate::wire::{self, DecodeError, Reader};
 
 /// Bytes of the frame length field.
 pub const LENGTH_BYTES: usize = 8;

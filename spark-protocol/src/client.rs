@@ -10,9 +10,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
-use super::frame::{FrameDecoder, Message, StreamChunkId};
-use super::message::{BlockTransferMessage, SaslMessage};
-use super::sasl;
+use crate::frame::{FrameDecoder, Message, StreamChunkId};
+use crate::message::{BlockTransferMessage, SaslMessage};
+use crate::sasl;
 
 /// `ChunkFetchRequest`s for chunks `0..n` of a stream, back to back, as Spark pipelines them.
 pub fn chunk_fetch_requests(stream_id: i64, n: i32) -> BytesMut {

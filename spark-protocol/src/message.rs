@@ -3,7 +3,7 @@
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
-use super::wire::{self, DecodeError, Reader};
+use crate::wire::{self, DecodeError, Reader};
 
 /// Where an executor keeps its shuffle files.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! they follow a strict grammar: 1 to 128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
 //!
 //! ```compile_fail
-//! use shuffle_service::ids::{AppId, ExecId};
+//! use spark_protocol::ids::{AppId, ExecId};
 //! fn wants_app(_: AppId) {}
 //! let e: ExecId = "1".parse().unwrap();
 //! wants_app(e);
