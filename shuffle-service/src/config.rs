@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::db::Durability;
 use crate::volume::{VolumeSpec, parse_size};
@@ -426,20 +425,12 @@ fn parse_sync(s: &str) -> Result<Durability, String> {
 }
 
 fn read_tokens(path: &std::path::Path) -> Result<Vec<[u8; 32]>, String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by group or others; chmod 600 it",
-            path.display()
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = service_runtime::secret::read_string(path).map_err(|e| e.to_string())?;
     let tokens: Vec<[u8; 32]> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|t| Sha256::digest(t.as_bytes()).into())
+        .map(service_runtime::token::hash)
         .collect();
     if tokens.is_empty() {
         return Err(format!("{} holds no token", path.display()));

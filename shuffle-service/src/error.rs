@@ -86,9 +86,7 @@ impl ShuffleError {
     /// Wraps an I/O error with its path; a full disk becomes [`ShuffleError::VolumeFull`].
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
-        if source.kind() == io::ErrorKind::StorageFull
-            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
-        {
+        if service_runtime::disk::is_full(&source) {
             return Self::VolumeFull(format!("{}: {source}", path.display()));
         }
         Self::Io { path, source }

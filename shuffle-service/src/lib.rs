@@ -30,11 +30,11 @@ pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod service;
-pub mod shutdown;
 pub mod spark;
 pub mod volume;
 pub mod writer;
 
+pub use service_runtime::shutdown;
 pub use spark_protocol::{ids, layout};
 
 pub use config::Config;

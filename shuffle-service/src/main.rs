@@ -31,7 +31,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    service_runtime::logging::init("shuffle_service=info");
     let args = match cli.command {
         Some(Command::Serve(a)) => *a,
         None => cli.serve,
@@ -78,19 +78,4 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown::signal(),
     )
     .await
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("shuffle_service=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -14,8 +14,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -133,9 +131,7 @@ pub struct Registry {
     db: Db,
 }
 
-fn hash_token(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
+use service_runtime::token::hash as hash_token;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -216,7 +212,7 @@ impl Registry {
             ShuffleError::PermissionDenied(format!("token not valid for application {app}"))
         })?;
         match &a.token_hash {
-            Some(h) if bool::from(h.ct_eq(&hash_token(presented))) => Ok(()),
+            Some(h) if service_runtime::token::matches(presented, h) => Ok(()),
             _ => Err(ShuffleError::PermissionDenied(format!(
                 "token not valid for application {app}"
             ))),
@@ -249,7 +245,7 @@ impl Registry {
             hex::encode(raw)
         };
         let token = match (existing, presented) {
-            (Some(Some(h)), Some(p)) if bool::from(h.ct_eq(&hash_token(p))) => p.to_owned(),
+            (Some(Some(h)), Some(p)) if service_runtime::token::matches(p, &h) => p.to_owned(),
             (Some(Some(_)), _) => return Err(ShuffleError::AlreadyRegistered(app.to_string())),
             (Some(None), _) if proof => fresh(),
             (Some(None), _) => return Err(ShuffleError::OwnershipUnproven(app.to_string())),

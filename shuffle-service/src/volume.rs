@@ -107,26 +107,14 @@ impl FromStr for VolumeSpec {
     }
 }
 
-/// Parses `4096`, `512MiB`, `10GiB`, `100MB`.
+/// Parses a size the way every size of the project is parsed
+/// ([`service_runtime::size::ByteSize`]: `4096`, `512Mi`, `10GiB`, `100MB`; `k`, `M`, `G` are
+/// decimal and `Ki`, `Mi`, `Gi` binary, as in Kubernetes).
+///
+/// # Errors
+/// A sentence naming the bad size.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "kib" | "k" => 1 << 10,
-        "mib" | "m" => 1 << 20,
-        "gib" | "g" => 1 << 30,
-        "tib" | "t" => 1 << 40,
-        u => return Err(format!("unknown size unit {u:?}")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} overflows"))
+    s.parse::<service_runtime::size::ByteSize>().map(|b| b.0)
 }
 
 /// One volume.

@@ -6,8 +6,6 @@
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 
 /// How a request presented its credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +92,7 @@ impl UploadAuth {
         Self {
             hashes: tokens
                 .iter()
-                .map(|t| Sha256::digest(t.as_bytes()).into())
+                .map(|t| service_runtime::token::hash(t))
                 .collect(),
         }
     }
@@ -120,12 +118,7 @@ impl UploadAuth {
             Ok(None) => return Err(UploadAuthError::Missing),
             Err(MalformedCredential) => return Err(UploadAuthError::Malformed),
         };
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut matched = subtle::Choice::from(0);
-        for h in &self.hashes {
-            matched |= h.ct_eq(&presented);
-        }
-        if bool::from(matched) {
+        if service_runtime::token::matches_any(token, &self.hashes) {
             Ok(())
         } else {
             Err(UploadAuthError::Invalid)

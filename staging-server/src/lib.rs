@@ -32,9 +32,9 @@ pub mod reserve;
 mod routes;
 pub mod secret;
 pub mod server;
-pub mod shutdown;
-pub mod size;
 pub mod state;
+
+pub use service_runtime::{shutdown, size};
 pub mod store;
 pub mod token;
 

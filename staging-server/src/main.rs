@@ -8,7 +8,7 @@ use staging_server::{AppState, Config, Listeners, Overrides, client, shutdown};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    service_runtime::logging::init("staging_server=info,tower_http=info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -57,19 +57,4 @@ async fn try_serve(args: staging_server::config::ServeArgs) -> staging_server::R
     staging_server::run(&config, state, Listeners { api, admin }, shutdown::signal())
         .await
         .map_err(|e| staging_server::Error::io("serve", e))
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("staging_server=info,tower_http=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

@@ -1,6 +1,5 @@
 //! Secrets from a value or a `*_FILE`: never both, files must not be group/world-readable.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -10,15 +9,12 @@ use crate::error::{Error, Result};
 /// # Errors
 /// [`Error::InsecureSecretFile`] for a mode with any of `0o077`, [`Error::Io`] if unreadable.
 pub fn read_secret_file(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::InsecureSecretFile {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    use service_runtime::secret::{self, SecretError};
+    secret::read_string(path).map_err(|e| match e {
+        SecretError::Insecure { path, mode } => Error::InsecureSecretFile { path, mode },
+        SecretError::Io { path, source } => Error::io(path, source),
+        other => Error::Config(other.to_string()),
+    })
 }
 
 /// Resolves a secret given either inline or as a file path; both at once is an error.
@@ -38,6 +34,8 @@ pub fn resolve(name: &str, value: Option<&str>, file: Option<&Path>) -> Result<O
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

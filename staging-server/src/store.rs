@@ -432,16 +432,5 @@ impl BlobWriter {
 
 /// Whether a store error comes from a full disk.
 pub fn is_storage_full(err: &Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && (io.kind() == std::io::ErrorKind::StorageFull
-                || io.raw_os_error() == Some(libc::ENOSPC)
-                || io.raw_os_error() == Some(libc::EDQUOT))
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    service_runtime::disk::chain_is_full(err)
 }

@@ -6,9 +6,6 @@ use std::path::{Path, PathBuf};
 
 use crate::ids::AppId;
 
-/// Longest secret file read.
-const MAX_SECRET: u64 = 64 << 10;
-
 /// Where secrets come from.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
@@ -16,16 +13,10 @@ pub struct Secrets {
     per_app_dir: Option<PathBuf>,
 }
 
+/// Reads a secret file with the rules every secret file of the project follows (mode, size,
+/// trailing newline from `echo` or an editor dropped).
 fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.len() > MAX_SECRET {
-        return Err(format!("{}: larger than 64 KiB", path.display()));
-    }
-    let mut s = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    // A trailing newline from `echo` or an editor is not part of the secret.
-    while s.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        s.pop();
-    }
+    let s = service_runtime::secret::read(path).map_err(|e| e.to_string())?;
     if s.is_empty() {
         return Err(format!("{}: empty secret", path.display()));
     }

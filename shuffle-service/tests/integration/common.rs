@@ -311,3 +311,10 @@ pub(crate) async fn spawn_service(dir: &Path, extra: &[&str]) -> (tokio::process
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, ready)
 }
+
+/// Writes a secret file the way the service accepts it (mode 0600).
+pub(crate) fn write_secret(path: &Path, secret: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, secret).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}

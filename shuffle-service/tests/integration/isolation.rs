@@ -71,7 +71,7 @@ async fn spark_first_then_grpc_needs_ownership() {
     let svc = TestService::start(|c| {
         let d = c.state_dir.parent().unwrap().join("secrets");
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(APP), SECRET).unwrap();
+        write_secret(&d.join(APP), SECRET);
         c.spark_auth_secret_dir = Some(d);
         c.admin_token_hashes = vec![sha(b"admin-token")];
     })
@@ -238,8 +238,8 @@ async fn grpc_first_then_spark_with_the_apps_secret() {
     let svc = TestService::start(|c| {
         let d = c.state_dir.parent().unwrap().join("secrets");
         std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join(APP), SECRET).unwrap();
-        std::fs::write(d.join("app-other"), b"other-secret").unwrap();
+        write_secret(&d.join(APP), SECRET);
+        write_secret(&d.join("app-other"), b"other-secret");
         c.spark_auth_secret_dir = Some(d);
     })
     .await;

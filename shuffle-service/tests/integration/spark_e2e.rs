@@ -41,7 +41,7 @@ async fn run(scenario: &str, secret: Option<&str>) -> Run {
     let mut extra = vec!["--sweep-interval", "1s"];
     let secret_file = dir.path().join("spark-secret");
     if let Some(s) = secret {
-        std::fs::write(&secret_file, s).unwrap();
+        crate::common::write_secret(&secret_file, s);
         extra.extend(["--spark-auth-secret-file", secret_file.to_str().unwrap()]);
     }
     let (mut child, Ready { admin, spark, .. }) = spawn_service(dir.path(), &extra).await;

@@ -454,7 +454,7 @@ async fn sasl_authentication_binds_the_connection_to_its_application() {
     let svc = TestService::start(|c| {
         let f = c.state_dir.parent().unwrap().join("secret");
         std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        std::fs::write(&f, "s3cr3t\n").unwrap();
+        crate::common::write_secret(&f, "s3cr3t\n");
         c.spark_auth_secret_file = Some(f);
     })
     .await;
@@ -638,7 +638,7 @@ async fn per_application_secrets_come_from_a_directory() {
         let d = c.state_dir.parent().unwrap().join("secrets");
         std::fs::create_dir_all(&d).unwrap();
         // As a mounted Kubernetes Secret: one file per application id.
-        std::fs::write(d.join(APP), "app-secret").unwrap();
+        crate::common::write_secret(&d.join(APP), "app-secret");
         c.spark_auth_secret_dir = Some(d);
     })
     .await;

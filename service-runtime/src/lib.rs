@@ -1,0 +1,15 @@
+//! The small runtime pieces both services share, so that they behave the same way:
+//!
+//! - [`size`]: byte sizes in configuration (`512Mi`, `2GiB`, `100MB`), Kubernetes' units;
+//! - [`secret`]: secret files (refused when group or others may read them);
+//! - [`token`]: SHA-256 token hashes compared in constant time;
+//! - [`disk`]: whether an I/O error means a full disk (`ENOSPC`, `EDQUOT`);
+//! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
+//! - [`shutdown`]: the SIGTERM/SIGINT future.
+
+pub mod disk;
+pub mod logging;
+pub mod secret;
+pub mod shutdown;
+pub mod size;
+pub mod token;
