@@ -364,8 +364,11 @@ impl FrameDecoder {
             return Ok(None);
         }
         let len = i64::from_be_bytes(buf[..LENGTH_BYTES].try_into().expect("8 bytes"));
-        let content = len - LENGTH_BYTES as i64;
-        if content <= 0 || content as u64 > self.max_frame as u64 {
+        // Checked: a length near i64::MIN would overflow (found by fuzzing).
+        if len
+            .checked_sub(LENGTH_BYTES as i64)
+            .is_none_or(|c| c <= 0 || c as u64 > self.max_frame as u64)
+        {
             return Err(FrameError::Length(len));
         }
         let total = len as usize;
@@ -375,5 +378,20 @@ impl FrameDecoder {
         let mut frame = buf.split_to(total);
         frame.advance(LENGTH_BYTES);
         Ok(Some(Message::decode(frame.freeze())?))
+    }
+}
+
+#[cfg(test)]
+mod length_tests {
+    use super::*;
+
+    #[test]
+    fn lengths_that_would_overflow_are_refused() {
+        let d = FrameDecoder::new(1 << 20);
+        for len in [i64::MIN, i64::MIN + 7, -1, 0, 8, i64::MAX] {
+            let mut buf = BytesMut::from(&len.to_be_bytes()[..]);
+            buf.extend_from_slice(&[0; 32]);
+            assert!(d.decode(&mut buf).is_err(), "{len}");
+        }
     }
 }

@@ -1,0 +1,7 @@
+//! AFL entry point of [`fuzz::ids`].
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        fuzz::ids(data);
+    });
+}
