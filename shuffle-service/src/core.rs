@@ -65,19 +65,38 @@ struct Inner {
     secrets: Secrets,
     default_heartbeat_timeout: Duration,
     idle_ttl: Duration,
+    background: Background,
+}
+
+/// The core's background tasks; cancelled when the core is dropped.
+#[derive(Debug)]
+struct Background {
+    cancel: CancellationToken,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Background {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 impl Core {
     /// Opens the state directory and the volumes, reloads registrations and starts the
-    /// cleaner. Returns the core and the cleaner's task (awaited at shutdown).
+    /// cleaner. The core owns its background work: [`Core::shutdown`] finishes what is queued
+    /// and waits for it; dropping the last handle of the core stops it (a drop guard, as
+    /// mini-redis's `DbDropGuard`).
     ///
     /// # Errors
     /// Volume, database or metric registration errors.
-    pub async fn open(
-        config: &Config,
-        prometheus: PromRegistry,
-        cancel: CancellationToken,
-    ) -> Result<(Self, tokio::task::JoinHandle<()>)> {
+    pub async fn open(config: &Config, prometheus: PromRegistry) -> Result<Self> {
+        let cancel = CancellationToken::new();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ShuffleError::io(&config.state_dir, e))?;
         let secrets = Secrets::load(
@@ -99,7 +118,7 @@ impl Core {
             Arc::clone(&volumes),
             config.cleanup_parallelism,
             metrics.clone(),
-            cancel,
+            cancel.clone(),
         );
         let core = Self {
             inner: Arc::new(Inner {
@@ -114,10 +133,34 @@ impl Core {
                 secrets,
                 default_heartbeat_timeout: config.heartbeat_timeout,
                 idle_ttl: config.idle_ttl,
+                background: Background {
+                    cancel,
+                    tasks: std::sync::Mutex::new(vec![handle]),
+                },
             }),
         };
         core.refresh_gauges();
-        Ok((core, handle))
+        Ok(core)
+    }
+
+    /// The token that stops the core's background work; tasks that belong to the core (the
+    /// liveness sweep) watch it and are handed over with [`Core::adopt`].
+    pub fn background(&self) -> CancellationToken {
+        self.inner.background.cancel.clone()
+    }
+
+    /// Makes a background task the core's: [`Core::shutdown`] waits for it.
+    pub fn adopt(&self, task: tokio::task::JoinHandle<()>) {
+        self.inner.background.lock().push(task);
+    }
+
+    /// Stops the background work: queued deletions finish, then every task is awaited.
+    pub async fn shutdown(&self) {
+        self.inner.background.cancel.cancel();
+        let tasks = std::mem::take(&mut *self.inner.background.lock());
+        for t in tasks {
+            let _ = t.await;
+        }
     }
 
     /// Metrics.

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shuffle_service::config::{Config, ServeArgs};
 use shuffle_service::{Core, shutdown};
-use tokio_util::sync::CancellationToken;
 
 /// External shuffle service for Spark on Kubernetes.
 #[derive(Debug, Parser)]
@@ -53,9 +52,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let background = CancellationToken::new();
-    let (core, cleaner) =
-        Core::open(&config, prometheus::Registry::new(), background.clone()).await?;
+    let core = Core::open(&config, prometheus::Registry::new()).await?;
     let listeners = shuffle_service::server::Listeners::bind(&config).await?;
     tracing::info!(
         grpc = %listeners.grpc.local_addr()?,
@@ -69,13 +66,5 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         state_dir = %config.state_dir.display(),
         "shuffle service ready"
     );
-    shuffle_service::run(
-        &config,
-        core,
-        cleaner,
-        background,
-        listeners,
-        shutdown::signal(),
-    )
-    .await
+    shuffle_service::run(&config, core, listeners, shutdown::signal()).await
 }

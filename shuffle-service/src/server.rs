@@ -77,11 +77,10 @@ impl Listeners {
 pub async fn run(
     config: &Config,
     core: Core,
-    cleaner: tokio::task::JoinHandle<()>,
-    background: CancellationToken,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let background = core.background();
     let Listeners { grpc, admin, spark } = listeners;
     let spark_task = match spark {
         // Cancelled at shutdown, or with the background tasks at the very end.
@@ -138,12 +137,12 @@ pub async fn run(
         .with_graceful_shutdown(async move { admin_stop.cancelled().await })
         .into_future(),
     );
-    let sweeper = tokio::spawn(lifecycle::run(
+    core.adopt(tokio::spawn(lifecycle::run(
         core.clone(),
         config.sweep_interval,
         config.usage_scan_interval,
         background.clone(),
-    ));
+    )));
 
     shutdown.await;
     draining.store(true, Ordering::SeqCst);
@@ -167,9 +166,7 @@ pub async fn run(
     }
     lingering.close();
     let _ = tokio::time::timeout(crate::linger::LINGER, lingering.wait()).await;
-    background.cancel();
-    let _ = sweeper.await;
-    let _ = cleaner.await;
+    core.shutdown().await;
     Ok(())
 }
 

@@ -9,7 +9,6 @@ use shuffle_service::Core;
 use shuffle_service::config::Config;
 use shuffle_service::volume::{VolumeKind, VolumeSpec};
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 pub(crate) struct TestService {
@@ -37,8 +36,7 @@ impl TestService {
             capacity: None,
         }];
         tweak(&mut config);
-        let background = CancellationToken::new();
-        let (core, cleaner) = Core::open(&config, prometheus::Registry::new(), background.clone())
+        let core = Core::open(&config, prometheus::Registry::new())
             .await
             .unwrap();
         let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -55,7 +53,7 @@ impl TestService {
         let c = core.clone();
         let volume = config.volumes[0].path.canonicalize().unwrap();
         let handle = tokio::spawn(async move {
-            shuffle_service::run(&config, c, cleaner, background, listeners, async {
+            shuffle_service::run(&config, c, listeners, async {
                 let _ = rx.await;
             })
             .await

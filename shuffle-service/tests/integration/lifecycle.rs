@@ -6,7 +6,6 @@ use shuffle_proto::v1 as pb;
 use shuffle_service::config::Config;
 use shuffle_service::volume::{VolumeKind, VolumeSpec};
 use shuffle_service::{Core, lifecycle};
-use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
 
@@ -98,8 +97,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(dir.path());
     config.idle_ttl = Duration::from_secs(3600);
-    let cancel = CancellationToken::new();
-    let (core, cleaner) = Core::open(&config, prometheus::Registry::new(), cancel.clone())
+    let core = Core::open(&config, prometheus::Registry::new())
         .await
         .unwrap();
     let vol = config.volumes[0].path.canonicalize().unwrap();
@@ -154,8 +152,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert_eq!(lifecycle::sweep_once(&core).await.lapsed, 1);
     assert!(core.list_apps().is_empty());
-    cancel.cancel();
-    cleaner.await.unwrap();
+    core.shutdown().await;
     assert!(!dir_a.exists() && !dir_b.exists());
     let m = core.metrics();
     assert_eq!(
