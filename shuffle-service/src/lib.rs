@@ -22,6 +22,7 @@ pub mod core;
 pub mod db;
 pub mod error;
 pub mod execfs;
+pub mod grpc_metrics;
 pub mod lifecycle;
 pub mod linger;
 pub mod lograte;

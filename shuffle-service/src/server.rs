@@ -110,6 +110,9 @@ pub async fn run(
     let lingering = TaskTracker::new();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(crate::grpc_metrics::GrpcMetricsLayer::new(
+                core.metrics().clone(),
+            ))
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)

@@ -2,7 +2,7 @@
 //! then the [`Core`]. Errors map to `Status` in one place (`error.rs`).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shuffle_proto::v1::shuffle_admin_server::ShuffleAdmin;
 use shuffle_proto::v1::shuffle_server::Shuffle;
@@ -53,18 +53,6 @@ impl ShuffleService {
             admin_open,
             max_fetch_blocks,
         }
-    }
-
-    fn observe<T>(&self, method: &str, start: Instant, r: &Result<T, Status>) {
-        let code = match r {
-            Ok(_) => "OK".to_owned(),
-            Err(s) => format!("{:?}", s.code()),
-        };
-        let m = self.core.metrics();
-        m.rpcs.with_label_values(&[method, &code]).inc();
-        m.rpc_duration
-            .with_label_values(&[method])
-            .observe(start.elapsed().as_secs_f64());
     }
 
     fn is_admin(&self, token: &str) -> bool {
@@ -124,8 +112,7 @@ impl Shuffle for ShuffleService {
         &self,
         req: Request<pb::RegisterApplicationRequest>,
     ) -> Result<Response<pb::RegisterApplicationResponse>, Status> {
-        let start = Instant::now();
-        let res = async {
+        async {
             let presented = self.presented(&req);
             let r = req.get_ref().clone();
             let app: AppId = r.app_id.parse().map_err(ShuffleError::from)?;
@@ -140,47 +127,37 @@ impl Shuffle for ShuffleService {
                 heartbeat_timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             }))
         }
-        .await;
-        self.observe("RegisterApplication", start, &res);
-        res
+        .await
     }
 
     async fn heartbeat(
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let start = Instant::now();
-        let res = self
-            .app(&req, &req.get_ref().app_id)
+        self.app(&req, &req.get_ref().app_id)
             .and_then(|app| self.core.heartbeat(&app).map_err(Status::from))
-            .map(|()| Response::new(pb::HeartbeatResponse {}));
-        self.observe("Heartbeat", start, &res);
-        res
+            .map(|()| Response::new(pb::HeartbeatResponse {}))
     }
 
     async fn unregister_application(
         &self,
         req: Request<pb::UnregisterApplicationRequest>,
     ) -> Result<Response<pb::UnregisterApplicationResponse>, Status> {
-        let start = Instant::now();
-        let res = async {
+        async {
             let app = self.app(&req, &req.get_ref().app_id)?;
             let n = self.core.remove_app(&app, "unregistered").await?;
             Ok(Response::new(pb::UnregisterApplicationResponse {
                 directories_scheduled: n as u64,
             }))
         }
-        .await;
-        self.observe("UnregisterApplication", start, &res);
-        res
+        .await
     }
 
     async fn register_executor(
         &self,
         req: Request<pb::RegisterExecutorRequest>,
     ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
-        let start = Instant::now();
-        let res = async {
+        async {
             let app = self.app(&req, &req.get_ref().app_id)?;
             let r = req.into_inner();
             let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
@@ -195,20 +172,17 @@ impl Shuffle for ShuffleService {
                 .await?;
             Ok(Response::new(pb::RegisterExecutorResponse {}))
         }
-        .await;
-        self.observe("RegisterExecutor", start, &res);
-        res
+        .await
     }
 
     async fn write_map_output(
         &self,
         req: Request<Streaming<pb::WriteMapOutputRequest>>,
     ) -> Result<Response<pb::WriteMapOutputResponse>, Status> {
-        let start = Instant::now();
         let token = bearer(&req).map(str::to_owned);
         let admin = token.as_deref().is_some_and(|t| self.is_admin(t));
         let mut stream = req.into_inner();
-        let res = async {
+        async {
             let first = stream
                 .message()
                 .await?
@@ -267,9 +241,7 @@ impl Shuffle for ShuffleService {
                 bytes_written: written?,
             }))
         }
-        .await;
-        self.observe("WriteMapOutput", start, &res);
-        res
+        .await
     }
 
     type FetchBlocksStream = ReceiverStream<Result<pb::FetchBlocksResponse, Status>>;
@@ -278,8 +250,7 @@ impl Shuffle for ShuffleService {
         &self,
         req: Request<pb::FetchBlocksRequest>,
     ) -> Result<Response<Self::FetchBlocksStream>, Status> {
-        let start = Instant::now();
-        let res = (|| {
+        (|| {
             let app = self.app(&req, &req.get_ref().app_id)?;
             let r = req.get_ref();
             let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
@@ -317,17 +288,14 @@ impl Shuffle for ShuffleService {
                 }
             });
             Ok(Response::new(ReceiverStream::new(rx)))
-        })();
-        self.observe("FetchBlocks", start, &res);
-        res
+        })()
     }
 
     async fn remove_shuffle(
         &self,
         req: Request<pb::RemoveShuffleRequest>,
     ) -> Result<Response<pb::RemoveShuffleResponse>, Status> {
-        let start = Instant::now();
-        let res = async {
+        async {
             let app = self.app(&req, &req.get_ref().app_id)?;
             let shuffle = ShuffleId::new(req.get_ref().shuffle_id).map_err(ShuffleError::from)?;
             let n = self.core.remove_shuffle(&app, shuffle).await?;
@@ -335,34 +303,28 @@ impl Shuffle for ShuffleService {
                 files_removed: n,
             }))
         }
-        .await;
-        self.observe("RemoveShuffle", start, &res);
-        res
+        .await
     }
 
     async fn remove_blocks(
         &self,
         req: Request<pb::RemoveBlocksRequest>,
     ) -> Result<Response<pb::RemoveBlocksResponse>, Status> {
-        let start = Instant::now();
-        let res = async {
+        async {
             let app = self.app(&req, &req.get_ref().app_id)?;
             let r = req.into_inner();
             let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
             let removed = self.core.remove_blocks(&app, &exec, r.block_ids).await?;
             Ok(Response::new(pb::RemoveBlocksResponse { removed }))
         }
-        .await;
-        self.observe("RemoveBlocks", start, &res);
-        res
+        .await
     }
 
     async fn get_local_dirs(
         &self,
         req: Request<pb::GetLocalDirsRequest>,
     ) -> Result<Response<pb::GetLocalDirsResponse>, Status> {
-        let start = Instant::now();
-        let res = (|| {
+        (|| {
             let app = self.app(&req, &req.get_ref().app_id)?;
             let execs = req
                 .get_ref()
@@ -384,9 +346,7 @@ impl Shuffle for ShuffleService {
                 })
                 .collect();
             Ok(Response::new(pb::GetLocalDirsResponse { dirs }))
-        })();
-        self.observe("GetLocalDirs", start, &res);
-        res
+        })()
     }
 }
 
@@ -450,8 +410,7 @@ impl ShuffleAdmin for ShuffleService {
         &self,
         req: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
-        let start = Instant::now();
-        let res = self.check_admin(&req).map(|()| {
+        self.check_admin(&req).map(|()| {
             let applications = self
                 .core
                 .list_apps()
@@ -471,8 +430,6 @@ impl ShuffleAdmin for ShuffleService {
                 })
                 .collect();
             Response::new(pb::ListApplicationsResponse { applications })
-        });
-        self.observe("ListApplications", start, &res);
-        res
+        })
     }
 }
