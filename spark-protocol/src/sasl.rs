@@ -202,8 +202,11 @@ fn parse_directives(s: &str) -> Result<Vec<(String, String)>, SaslError> {
                         break;
                     }
                     Some(b'\\') if i + 1 < b.len() => {
-                        value.push(char::from(b[i + 1]));
-                        i += 2;
+                        // The escaped character may be several bytes long (found by
+                        // fuzzing: taking one byte split a UTF-8 character).
+                        let ch = s[i + 1..].chars().next().expect("in bounds");
+                        value.push(ch);
+                        i += 1 + ch.len_utf8();
                     }
                     Some(_) => {
                         let ch = s[i..].chars().next().expect("in bounds");
@@ -280,6 +283,16 @@ mod tests {
         assert_eq!(fin, b"rspauth=a58612c0d70f5a867fd2da79b3b723d5");
         assert!(s.is_complete());
         assert_eq!(s.step(b""), Err(SaslError::OutOfOrder));
+    }
+
+    #[test]
+    fn escaped_multibyte_characters_in_quoted_values() {
+        let d = parse_directives("username=\"a\\\u{a0}b\",realm=\"\\\u{8d34}\"").unwrap();
+        assert_eq!(d[0], ("username".into(), "a\u{a0}b".into()));
+        assert_eq!(d[1], ("realm".into(), "\u{8d34}".into()));
+        let mut server = DigestServer::with_nonce(b"secret", "nonce".into());
+        let _ = server.step(b"");
+        let _ = server.step("charset=utf-8,username=\"\\\u{a0},t\",nonce=\"x\"".as_bytes());
     }
 
     #[test]
