@@ -4,10 +4,12 @@
 //! - [`secret`]: secret files (refused when group or others may read them);
 //! - [`token`]: SHA-256 token hashes compared in constant time;
 //! - [`disk`]: whether an I/O error means a full disk (`ENOSPC`, `EDQUOT`);
+//! - [`lock`]: one process per directory;
 //! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod disk;
+pub mod lock;
 pub mod logging;
 pub mod secret;
 pub mod shutdown;

@@ -649,16 +649,11 @@ pub const LOCK_FILE: &str = ".shuffle-service.lock";
 
 /// Takes the exclusive lock of a directory, refusing a second service on it.
 fn lock_dir(dir: &Path) -> Result<std::fs::File> {
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::File::create(&path).map_err(|e| ShuffleError::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(ShuffleError::InvalidArgument(format!(
-            "{} is in use by another shuffle-service process",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(ShuffleError::io(&path, e)),
-    }
+    use service_runtime::lock::{self, LockError};
+    lock::exclusive(dir, LOCK_FILE, "shuffle-service").map_err(|e| match e {
+        LockError::Io { path, source } => ShuffleError::io(path, source),
+        other => ShuffleError::InvalidArgument(other.to_string()),
+    })
 }
 
 /// Spark 4.3's `validateBlockId`, stricter: a plain file name.

@@ -51,6 +51,18 @@ impl DbError {
 
 type DbResult<T> = Result<T, DbError>;
 
+/// Parses a column of resource ids; an unparsable one is a corrupt row.
+fn parse_ids(rows: impl Iterator<Item = rusqlite::Result<String>>) -> DbResult<Vec<ResourceId>> {
+    rows.map(|id| {
+        let id = id?;
+        id.parse().map_err(|_| DbError::Corrupt {
+            id,
+            what: "id".into(),
+        })
+    })
+    .collect()
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS resources (
     id              TEXT PRIMARY KEY,
@@ -449,16 +461,7 @@ impl Db {
         self.call(move |c| {
             let mut stmt =
                 c.prepare("SELECT id FROM store_deletions ORDER BY queued_at LIMIT ?1")?;
-            let ids = stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for id in ids {
-                let id = id?;
-                out.push(id.parse().map_err(|_| DbError::Corrupt {
-                    id: id.clone(),
-                    what: "id".into(),
-                })?);
-            }
-            Ok(out)
+            parse_ids(stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?)
         })
         .await
     }
@@ -592,16 +595,7 @@ impl Db {
     pub async fn pending(&self) -> DbResult<Vec<ResourceId>> {
         self.call(|c| {
             let mut stmt = c.prepare("SELECT id FROM resources WHERE state = 'pending'")?;
-            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for id in ids {
-                let id = id?;
-                out.push(id.parse().map_err(|_| DbError::Corrupt {
-                    id: id.clone(),
-                    what: "id".into(),
-                })?);
-            }
-            Ok(out)
+            parse_ids(stmt.query_map([], |r| r.get::<_, String>(0))?)
         })
         .await
     }

@@ -289,14 +289,9 @@ fn is_sqlite_full(e: &rusqlite::Error) -> bool {
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK_FILE);
-    let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Config(format!(
-            "data directory {} is in use by another staging-server process",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
-    }
+    use service_runtime::lock::{self, LockError};
+    lock::exclusive(dir, LOCK_FILE, "staging-server").map_err(|e| match e {
+        LockError::Io { path, source } => Error::io(path, source),
+        other => Error::Config(other.to_string()),
+    })
 }
