@@ -39,10 +39,10 @@ for t in "${targets[@]}"; do
   AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 \
     AFL_NO_AFFINITY=1 \
     timeout $((seconds + 60)) cargo afl fuzz -i "corpus/$t" -o "out/$t" -V "$seconds" \
-    "target/release/$t" >"/tmp/fuzz-$t.log" 2>&1 || true
+    "target/release/$t" >"out/$t.log" 2>&1 || true
   stats="out/$t/default/fuzzer_stats"
   if [ ! -f "$stats" ]; then
-    echo "fuzz $t: did not run (see /tmp/fuzz-$t.log)"; tail -5 "/tmp/fuzz-$t.log"; exit 1
+    echo "fuzz $t: did not run (see fuzz/out/$t.log)"; tail -5 "out/$t.log"; exit 1
   fi
   val() { awk -v k="$1" '$1 == k { print $3 }' "$stats"; }
   echo "fuzz $t: $(val execs_done) executions in $(val run_time) s, corpus $(val corpus_count) inputs, $(val saved_crashes) crashes, $(val saved_hangs) hangs"
