@@ -19,10 +19,11 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::{Result, ShuffleError};
 use crate::execfs;
-use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+use crate::ids::{AppId, ExecId, ShuffleId};
 use crate::layout;
 use crate::metrics::Metrics;
 use crate::registry::{AppRegistration, AppSummary, Executor, Registry};
+use crate::request::{BlockRange, ExecutorRegistration};
 use crate::spark::secrets::Secrets;
 use crate::volume::Volumes;
 use crate::writer::{self, MapOutput};
@@ -65,6 +66,7 @@ struct Inner {
     secrets: Secrets,
     default_heartbeat_timeout: Duration,
     idle_ttl: Duration,
+    max_fetch_blocks: usize,
     background: Background,
 }
 
@@ -133,6 +135,7 @@ impl Core {
                 secrets,
                 default_heartbeat_timeout: config.heartbeat_timeout,
                 idle_ttl: config.idle_ttl,
+                max_fetch_blocks: config.max_fetch_blocks,
                 background: Background {
                     cancel,
                     tasks: std::sync::Mutex::new(vec![handle]),
@@ -366,36 +369,48 @@ impl Core {
     ///
     /// # Errors
     /// Invalid arguments, refused directories, database errors.
-    pub async fn register_executor(
-        &self,
-        app: &AppId,
-        exec: &ExecId,
-        local_dirs: &[String],
-        sub_dirs: u32,
-        shuffle_manager: String,
-    ) -> Result<()> {
-        if local_dirs.is_empty() || local_dirs.len() > MAX_LOCAL_DIRS {
+    pub async fn register_executor(&self, r: ExecutorRegistration) -> Result<()> {
+        if r.local_dirs.is_empty() || r.local_dirs.len() > MAX_LOCAL_DIRS {
             return Err(ShuffleError::InvalidArgument(format!(
                 "1 to {MAX_LOCAL_DIRS} local directories"
             )));
         }
-        if sub_dirs == 0 || sub_dirs > MAX_SUB_DIRS {
+        if r.sub_dirs == 0 || r.sub_dirs > MAX_SUB_DIRS {
             return Err(ShuffleError::InvalidArgument(format!(
                 "1 to {MAX_SUB_DIRS} subdirectories"
             )));
         }
-        let dirs: Vec<PathBuf> = local_dirs
+        let dirs: Vec<PathBuf> = r
+            .local_dirs
             .iter()
             .map(|d| self.inner.volumes.admit_dir(d))
             .collect::<Result<_>>()?;
         let e = Executor {
             local_dirs: dirs,
-            sub_dirs,
-            shuffle_manager: bounded(shuffle_manager, 1024),
+            sub_dirs: r.sub_dirs,
+            shuffle_manager: bounded(r.shuffle_manager, 1024),
         };
-        self.inner.registry.register_executor(app, exec, e).await?;
+        self.inner
+            .registry
+            .register_executor(&r.app, &r.exec, e)
+            .await?;
         self.refresh_gauges();
-        tracing::info!(app = %app, exec = %exec, "executor registered");
+        tracing::info!(app = %r.app, exec = %r.exec, "executor registered");
+        Ok(())
+    }
+
+    /// Checks the number of blocks one fetch names against `--max-fetch-blocks`, the same
+    /// limit for both protocols.
+    ///
+    /// # Errors
+    /// [`ShuffleError::InvalidArgument`] for none or too many.
+    pub fn check_fetch_size(&self, blocks: usize) -> Result<()> {
+        let max = self.inner.max_fetch_blocks;
+        if blocks == 0 || blocks > max {
+            return Err(ShuffleError::InvalidArgument(format!(
+                "{blocks} blocks in one request; 1 to {max} are served"
+            )));
+        }
         Ok(())
     }
 
@@ -411,22 +426,15 @@ impl Core {
     ///
     /// # Errors
     /// See [`blocks::resolve`].
-    pub fn resolve(
-        &self,
-        exec: &Executor,
-        shuffle: ShuffleId,
-        map: MapId,
-        start: ReduceId,
-        end: ReduceId,
-    ) -> Result<Segment> {
+    pub fn resolve(&self, exec: &Executor, block: &BlockRange) -> Result<Segment> {
         blocks::resolve(
             &self.inner.volumes,
             exec,
             &self.inner.cache,
-            shuffle,
-            map,
-            start,
-            end,
+            block.shuffle,
+            block.map,
+            block.start,
+            block.end,
         )
     }
 

@@ -29,6 +29,7 @@ pub mod lograte;
 pub mod memory;
 pub mod metrics;
 pub mod registry;
+pub mod request;
 pub mod server;
 pub mod service;
 pub mod spark;

@@ -102,7 +102,6 @@ pub async fn run(
         core.clone(),
         config.admin_token_hashes.clone(),
         config.grpc_listen.ip().is_loopback(),
-        config.max_fetch_blocks,
     );
     let stop = CancellationToken::new();
     let grpc_stop = stop.clone();
@@ -188,7 +187,6 @@ fn spark_front_end(
     let shared = Arc::new(Shared {
         core: core.clone(),
         secrets,
-        max_blocks: config.max_fetch_blocks,
         max_streams: MAX_STREAMS_PER_CONNECTION,
         logs: crate::spark::handler::SparkLogs::new(core.metrics()),
     });

@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::{Core, Presented};
 use crate::error::ShuffleError;
-use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+use crate::ids::{AppId, ExecId, MapId, ShuffleId};
+use crate::request::{BlockRange, ExecutorRegistration, FetchRequest};
 use crate::writer::MapOutput;
 
 /// The gRPC service.
@@ -23,7 +24,6 @@ pub struct ShuffleService {
     admin_hashes: Vec<[u8; 32]>,
     /// Admin calls without a token are allowed only on a loopback listener.
     admin_open: bool,
-    max_fetch_blocks: usize,
 }
 
 /// Fetch chunks queued per stream: backpressure bounds memory to this many chunks.
@@ -41,17 +41,11 @@ fn bearer<T>(req: &Request<T>) -> Option<&str> {
 
 impl ShuffleService {
     /// A service over `core`.
-    pub fn new(
-        core: Core,
-        admin_hashes: Vec<[u8; 32]>,
-        admin_open: bool,
-        max_fetch_blocks: usize,
-    ) -> Self {
+    pub fn new(core: Core, admin_hashes: Vec<[u8; 32]>, admin_open: bool) -> Self {
         Self {
             core,
             admin_hashes,
             admin_open,
-            max_fetch_blocks,
         }
     }
 
@@ -158,18 +152,9 @@ impl Shuffle for ShuffleService {
         req: Request<pb::RegisterExecutorRequest>,
     ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
         async {
-            let app = self.app(&req, &req.get_ref().app_id)?;
-            let r = req.into_inner();
-            let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
-            self.core
-                .register_executor(
-                    &app,
-                    &exec,
-                    &r.local_dirs,
-                    r.sub_dirs_per_local_dir,
-                    r.shuffle_manager,
-                )
-                .await?;
+            self.app(&req, &req.get_ref().app_id)?;
+            let r = ExecutorRegistration::try_from(req.into_inner())?;
+            self.core.register_executor(r).await?;
             Ok(Response::new(pb::RegisterExecutorResponse {}))
         }
         .await
@@ -251,29 +236,11 @@ impl Shuffle for ShuffleService {
         req: Request<pb::FetchBlocksRequest>,
     ) -> Result<Response<Self::FetchBlocksStream>, Status> {
         (|| {
-            let app = self.app(&req, &req.get_ref().app_id)?;
-            let r = req.get_ref();
-            let exec: ExecId = r.exec_id.parse().map_err(ShuffleError::from)?;
-            if r.blocks.is_empty() || r.blocks.len() > self.max_fetch_blocks {
-                return Err(Status::invalid_argument(format!(
-                    "1 to {} blocks per request",
-                    self.max_fetch_blocks
-                )));
-            }
-            let blocks = r
-                .blocks
-                .iter()
-                .map(|b| {
-                    Ok((
-                        ShuffleId::new(b.shuffle_id)?,
-                        MapId::new(b.map_id)?,
-                        ReduceId::new(b.start_reduce)?,
-                        ReduceId::new(b.end_reduce)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>, crate::ids::InvalidId>>()
-                .map_err(ShuffleError::from)?;
-            let executor = self.core.executor(&app, &exec)?;
+            self.app(&req, &req.get_ref().app_id)?;
+            let r = FetchRequest::try_from(req.get_ref())?;
+            self.core.check_fetch_size(r.blocks.len())?;
+            let executor = self.core.executor(&r.app, &r.exec)?;
+            let blocks = r.blocks;
             let (tx, rx) = mpsc::channel(FETCH_QUEUE);
             let core = self.core.clone();
             let m = core.metrics().clone();
@@ -281,8 +248,8 @@ impl Shuffle for ShuffleService {
             let guard = StreamGuard(m.open_streams.clone());
             tokio::task::spawn_blocking(move || {
                 let _guard = guard;
-                for (i, (s, mp, a, b)) in blocks.into_iter().enumerate() {
-                    if send_block(&core, &executor, i, s, mp, a, b, &tx).is_err() {
+                for (i, block) in blocks.iter().enumerate() {
+                    if send_block(&core, &executor, i, block, &tx).is_err() {
                         return;
                     }
                 }
@@ -351,21 +318,17 @@ impl Shuffle for ShuffleService {
 }
 
 /// Sends one block in chunks. `Err` means stop the stream (client gone or error sent).
-#[allow(clippy::too_many_arguments)]
 fn send_block(
     core: &Core,
     exec: &crate::registry::Executor,
     index: usize,
-    shuffle: ShuffleId,
-    map: MapId,
-    start: ReduceId,
-    end: ReduceId,
+    block: &BlockRange,
     tx: &mpsc::Sender<Result<pb::FetchBlocksResponse, Status>>,
 ) -> Result<(), ()> {
     let fail = |e: ShuffleError| {
         let _ = tx.blocking_send(Err(e.into()));
     };
-    let seg = core.resolve(exec, shuffle, map, start, end).map_err(fail)?;
+    let seg = core.resolve(exec, block).map_err(fail)?;
     let block_index = u32::try_from(index).unwrap_or(u32::MAX);
     let m = core.metrics();
     if seg.len == 0 {

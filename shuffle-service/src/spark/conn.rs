@@ -485,7 +485,15 @@ fn try_open_block(core: &crate::Core, job: DataJob) -> Result<Opened, Box<Prepar
             start,
             end,
         } => core
-            .resolve(&exec, *shuffle, *map, *start, *end)
+            .resolve(
+                &exec,
+                &crate::request::BlockRange {
+                    shuffle: *shuffle,
+                    map: *map,
+                    start: *start,
+                    end: *end,
+                },
+            )
             .and_then(|seg| {
                 let (file, size) = core.open_file(&exec, &seg.path)?;
                 if seg.offset + seg.len > size {

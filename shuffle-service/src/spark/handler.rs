@@ -18,6 +18,7 @@ use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::layout;
 use crate::lograte::LogLimit;
+use crate::request::{BlockRange, ExecutorRegistration};
 
 /// Work that finishes off the reader (a database write or file deletion).
 pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
@@ -39,8 +40,6 @@ pub struct Shared {
     pub core: Core,
     /// Authentication secrets (disabled when empty).
     pub secrets: Secrets,
-    /// Most blocks one request may name.
-    pub max_blocks: usize,
     /// Most open streams per connection.
     pub max_streams: usize,
     /// Rate limits of the log lines clients can trigger.
@@ -225,12 +224,8 @@ impl Session {
                 exec_id,
                 info,
             } => self.later(&app_id, core, move |app, core| async move {
-                let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-                let subs = u32::try_from(info.sub_dirs_per_local_dir)
-                    .map_err(|_| "negative subDirsPerLocalDir".to_owned())?;
-                core.register_executor(&app, &exec, &info.local_dirs, subs, info.shuffle_manager)
-                    .await
-                    .map_err(fail)?;
+                let r = ExecutorRegistration::from_spark(app, &exec_id, info).map_err(fail)?;
+                core.register_executor(r).await.map_err(fail)?;
                 Ok(Bytes::new())
             }),
             Btm::FetchShuffleBlocks {
@@ -402,11 +397,9 @@ impl Session {
         blocks: Blocks,
     ) -> Result<Bytes, String> {
         let n = blocks.chunks();
-        if n > shared.max_blocks {
-            return Err(format!(
-                "{n} blocks in one request; at most {} are served",
-                shared.max_blocks
-            ));
+        // A stream without chunks is answered (it never opens), so only the upper bound.
+        if n > 0 {
+            shared.core.check_fetch_size(n).map_err(fail)?;
         }
         if self.streams.len() >= shared.max_streams {
             return Err(format!(
@@ -545,7 +538,13 @@ async fn diagnose(
         let Ok(end) = ReduceId::new(reduce.get().saturating_add(1)) else {
             return Cause::UnknownIssue;
         };
-        let seg = match core.resolve(&executor, shuffle, map, reduce, end) {
+        let block = BlockRange {
+            shuffle,
+            map,
+            start: reduce,
+            end,
+        };
+        let seg = match core.resolve(&executor, &block) {
             Ok(s) => s,
             Err(_) => return Cause::UnknownIssue,
         };

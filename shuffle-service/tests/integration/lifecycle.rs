@@ -8,6 +8,7 @@ use shuffle_service::volume::{VolumeKind, VolumeSpec};
 use shuffle_service::{Core, lifecycle};
 
 use crate::common::*;
+use shuffle_service::ids::AppId;
 
 async fn wait_cleaned(s: &TestService) {
     loop {
@@ -105,7 +106,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     let dir_b = vol.join("b");
     std::fs::create_dir_all(&dir_a).unwrap();
     std::fs::create_dir_all(&dir_b).unwrap();
-    let (a, b) = (
+    let (a, b): (AppId, AppId) = (
         "driver-app".parse().unwrap(),
         "plain-spark-app".parse().unwrap(),
     );
@@ -118,23 +119,23 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     )
     .await
     .unwrap();
-    core.register_executor(
-        &a,
-        &"1".parse().unwrap(),
-        &[dir_a.display().to_string()],
-        64,
-        String::new(),
-    )
+    core.register_executor(shuffle_service::request::ExecutorRegistration {
+        app: a.clone(),
+        exec: "1".parse().unwrap(),
+        local_dirs: vec![dir_a.display().to_string()],
+        sub_dirs: 64,
+        shuffle_manager: String::new(),
+    })
     .await
     .unwrap();
     // An application known only from its executors (plain Spark, no driver signal).
-    core.register_executor(
-        &b,
-        &"1".parse().unwrap(),
-        &[dir_b.display().to_string()],
-        64,
-        String::new(),
-    )
+    core.register_executor(shuffle_service::request::ExecutorRegistration {
+        app: b.clone(),
+        exec: "1".parse().unwrap(),
+        local_dirs: vec![dir_b.display().to_string()],
+        sub_dirs: 64,
+        shuffle_manager: String::new(),
+    })
     .await
     .unwrap();
 
@@ -169,13 +170,13 @@ async fn apps_whose_directories_vanished_are_dropped() {
     let s = TestService::start(|_| {}).await;
     let d = s.exec_dir("gone/blockmgr");
     s.core
-        .register_executor(
-            &"app-v".parse().unwrap(),
-            &"1".parse().unwrap(),
-            &[d.display().to_string()],
-            64,
-            String::new(),
-        )
+        .register_executor(shuffle_service::request::ExecutorRegistration {
+            app: "app-v".parse().unwrap(),
+            exec: "1".parse().unwrap(),
+            local_dirs: vec![d.display().to_string()],
+            sub_dirs: 64,
+            shuffle_manager: String::new(),
+        })
         .await
         .unwrap();
     std::fs::remove_dir_all(s.volume.join("gone")).unwrap();

@@ -1,0 +1,138 @@
+//! Typed requests, built where each front end decodes bytes, so that ids are validated once,
+//! before the core sees them, and the core checks every limit in one place.
+
+use shuffle_proto::v1 as pb;
+use spark_protocol::message::ExecutorShuffleInfo;
+
+use crate::error::{Result, ShuffleError};
+use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+
+/// Reduce partitions `[start, end)` of one map output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRange {
+    /// Shuffle.
+    pub shuffle: ShuffleId,
+    /// Map output.
+    pub map: MapId,
+    /// First reduce partition.
+    pub start: ReduceId,
+    /// One past the last.
+    pub end: ReduceId,
+}
+
+impl TryFrom<&pb::BlockRange> for BlockRange {
+    type Error = ShuffleError;
+
+    fn try_from(b: &pb::BlockRange) -> Result<Self> {
+        Ok(Self {
+            shuffle: ShuffleId::new(b.shuffle_id)?,
+            map: MapId::new(b.map_id)?,
+            start: ReduceId::new(b.start_reduce)?,
+            end: ReduceId::new(b.end_reduce)?,
+        })
+    }
+}
+
+/// A fetch of blocks of one executor (gRPC `FetchBlocks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Application.
+    pub app: AppId,
+    /// Executor that wrote the blocks.
+    pub exec: ExecId,
+    /// Blocks, in the order they are sent.
+    pub blocks: Vec<BlockRange>,
+}
+
+impl TryFrom<&pb::FetchBlocksRequest> for FetchRequest {
+    type Error = ShuffleError;
+
+    fn try_from(r: &pb::FetchBlocksRequest) -> Result<Self> {
+        Ok(Self {
+            app: r.app_id.parse()?,
+            exec: r.exec_id.parse()?,
+            blocks: r
+                .blocks
+                .iter()
+                .map(BlockRange::try_from)
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// An executor registration, from either protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutorRegistration {
+    /// Application.
+    pub app: AppId,
+    /// Executor.
+    pub exec: ExecId,
+    /// Its directories, as given (admitted against the volumes by the core).
+    pub local_dirs: Vec<String>,
+    /// Subdirectories per directory.
+    pub sub_dirs: u32,
+    /// Shuffle manager class (informational).
+    pub shuffle_manager: String,
+}
+
+impl TryFrom<pb::RegisterExecutorRequest> for ExecutorRegistration {
+    type Error = ShuffleError;
+
+    fn try_from(r: pb::RegisterExecutorRequest) -> Result<Self> {
+        Ok(Self {
+            app: r.app_id.parse()?,
+            exec: r.exec_id.parse()?,
+            local_dirs: r.local_dirs,
+            sub_dirs: r.sub_dirs_per_local_dir,
+            shuffle_manager: r.shuffle_manager,
+        })
+    }
+}
+
+impl ExecutorRegistration {
+    /// Spark's `RegisterExecutor` of an application already checked by the front end.
+    ///
+    /// # Errors
+    /// A malformed executor id or a negative subdirectory count.
+    pub fn from_spark(app: AppId, exec_id: &str, info: ExecutorShuffleInfo) -> Result<Self> {
+        Ok(Self {
+            app,
+            exec: exec_id.parse()?,
+            local_dirs: info.local_dirs,
+            sub_dirs: u32::try_from(info.sub_dirs_per_local_dir)
+                .map_err(|_| ShuffleError::InvalidArgument("negative subDirsPerLocalDir".into()))?,
+            shuffle_manager: info.shuffle_manager,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated_at_the_edge() {
+        let mut r = pb::FetchBlocksRequest {
+            app_id: "app-1".into(),
+            exec_id: "1".into(),
+            blocks: vec![pb::BlockRange {
+                shuffle_id: 0,
+                map_id: 1,
+                start_reduce: 0,
+                end_reduce: 1,
+            }],
+        };
+        assert_eq!(FetchRequest::try_from(&r).unwrap().blocks.len(), 1);
+        r.blocks[0].map_id = -1;
+        assert!(FetchRequest::try_from(&r).is_err());
+        r.blocks.clear();
+        r.app_id = "../x".into();
+        assert!(FetchRequest::try_from(&r).is_err());
+        let info = ExecutorShuffleInfo {
+            local_dirs: vec!["/v/a".into()],
+            sub_dirs_per_local_dir: -1,
+            shuffle_manager: String::new(),
+        };
+        assert!(ExecutorRegistration::from_spark("app-1".parse().unwrap(), "1", info).is_err());
+    }
+}
