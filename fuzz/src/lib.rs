@@ -132,3 +132,68 @@ pub fn archive(data: &[u8]) {
         .collect();
     assert_eq!(beside.len(), 2, "{beside:?}");
 }
+
+/// gRPC request messages as a client may send them (protobuf bytes): what converts into a
+/// typed request holds only valid ids; nothing panics.
+pub fn grpc_requests(data: &[u8]) {
+    use prost::Message as _;
+    use shuffle_proto::v1 as pb;
+    use shuffle_service::request::{ExecutorRegistration, FetchRequest};
+    let Some((kind, body)) = data.split_first() else {
+        return;
+    };
+    if kind % 2 == 0 {
+        if let Ok(m) = pb::FetchBlocksRequest::decode(body)
+            && let Ok(r) = FetchRequest::try_from(&m)
+        {
+            assert_eq!(r.blocks.len(), m.blocks.len());
+            assert!(m.blocks.iter().all(|b| b.shuffle_id >= 0 && b.map_id >= 0));
+            assert_eq!(r.app.as_str(), m.app_id);
+        }
+    } else if let Ok(m) = pb::RegisterExecutorRequest::decode(body)
+        && let Ok(r) = ExecutorRegistration::try_from(m.clone())
+    {
+        assert_eq!(r.exec.as_str(), m.exec_id);
+        assert!(!r.app.as_str().contains('/'));
+    }
+}
+
+/// v0 (fork) uploads: the input is a multipart body (boundary `B`) posted to
+/// `/api/v0/resources` of a real server state; whatever it holds, the answer is never a
+/// server error and the server never panics.
+pub fn v0_upload(data: &[u8]) {
+    use std::sync::OnceLock;
+    use tower::ServiceExt as _;
+    static SERVER: OnceLock<(tokio::runtime::Runtime, axum::Router, tempfile::TempDir)> =
+        OnceLock::new();
+    let (rt, router, _) = SERVER.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = staging_server::Config::for_data_dir(dir.path());
+        config.limits.max_upload_size = 64 << 10;
+        config.limits.capacity = Some(8 << 20);
+        config.disk_reserve = 0;
+        let state = rt
+            .block_on(staging_server::AppState::open(
+                &config,
+                staging_server::Overrides::default(),
+            ))
+            .expect("state");
+        (rt, staging_server::router(state), dir)
+    });
+    let req = axum::http::Request::post("/api/v0/resources")
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(axum::body::Body::from(data.to_vec()))
+        .expect("request");
+    let res = rt
+        .block_on(router.clone().oneshot(req))
+        .expect("infallible");
+    assert!(
+        !res.status().is_server_error() || res.status().as_u16() == 507,
+        "v0 upload answered {}",
+        res.status()
+    );
+}

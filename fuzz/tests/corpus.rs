@@ -24,4 +24,6 @@ fn corpus_replays() {
     replay("index_file", fuzz::index_file);
     replay("archive", fuzz::archive);
     replay("ids", fuzz::ids);
+    replay("grpc_requests", fuzz::grpc_requests);
+    replay("v0_upload", fuzz::v0_upload);
 }
