@@ -197,3 +197,45 @@ pub fn v0_upload(data: &[u8]) {
         res.status()
     );
 }
+
+/// Spark checksum files (`DiagnoseCorruption`): the checksum file and the data file come from
+/// the input; when the block lies inside both, the cause matches one computed independently.
+pub fn checksum_files(data: &[u8]) {
+    use shuffle_service::blocks::Segment;
+    use shuffle_service::spark::checksum::{self, Algorithm};
+    use spark_protocol::message::Cause;
+    if data.len() < 6 {
+        return;
+    }
+    let alg = [Algorithm::Adler32, Algorithm::Crc32, Algorithm::Crc32c][usize::from(data[0]) % 3];
+    let reduce = u32::from(data[1] % 8);
+    let (offset, len) = (u64::from(data[2]), u64::from(data[3]) * 4);
+    let reader = i64::from(data[4]);
+    let rest = &data[5..];
+    let (sums, file) = rest.split_at(usize::from(data[4]) % (rest.len() + 1));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sp, dp) = (dir.path().join("sums"), dir.path().join("data"));
+    std::fs::write(&sp, sums).expect("write");
+    std::fs::write(&dp, file).expect("write");
+    let seg = Segment {
+        path: dp.clone(),
+        offset,
+        len,
+    };
+    let open = |p: &std::path::Path| std::fs::File::open(p).expect("open");
+    let cause = checksum::diagnose(alg, open(&sp), open(&dp), reduce, &seg, reader);
+    let at = reduce as usize * 8;
+    let end = (offset + len) as usize;
+    if sums.len() >= at + 8 && end <= file.len() {
+        let writer = i64::from_be_bytes(sums[at..at + 8].try_into().expect("8 bytes"));
+        let actual = checksum::checksum(alg, &mut &file[offset as usize..end]).expect("in memory");
+        let expected = if writer != actual {
+            Cause::DiskIssue
+        } else if writer != reader {
+            Cause::NetworkIssue
+        } else {
+            Cause::ChecksumVerifyPass
+        };
+        assert_eq!(cause, expected);
+    }
+}

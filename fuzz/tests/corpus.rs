@@ -26,4 +26,5 @@ fn corpus_replays() {
     replay("ids", fuzz::ids);
     replay("grpc_requests", fuzz::grpc_requests);
     replay("v0_upload", fuzz::v0_upload);
+    replay("checksum_files", fuzz::checksum_files);
 }
