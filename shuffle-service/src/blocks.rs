@@ -218,23 +218,28 @@ pub fn open_verified(
     })
 }
 
-/// An open data-file segment, read in chunks.
+/// A block opened for sending: the file (opened beneath its volume root, no link followed)
+/// and the block's byte range in it, checked against the file's size. Each front end sends
+/// it its own way: chunks for gRPC, `sendfile` for Spark.
 #[derive(Debug)]
-pub struct SegmentReader {
-    file: std::fs::File,
-    left: u64,
-    path: PathBuf,
+pub struct OpenBlock {
+    /// The data file.
+    pub file: std::fs::File,
+    /// Where the block starts.
+    pub offset: u64,
+    /// Its length.
+    pub len: u64,
+    /// The file's path (logs).
+    pub path: PathBuf,
 }
 
-impl SegmentReader {
-    /// Opens a segment's file, verifying that it lies under the executor's directories and is
-    /// long enough.
+impl OpenBlock {
+    /// Opens `seg`'s file and checks that the file holds the whole segment.
     ///
     /// # Errors
     /// Not found, refused path, or a data file shorter than its index says.
     pub fn open(volumes: &Volumes, exec: &Executor, seg: &Segment) -> Result<Self> {
-        let (mut file, size) = open_verified(volumes, exec, &seg.path)?;
-        let canonical = seg.path.clone();
+        let (file, size) = open_verified(volumes, exec, &seg.path)?;
         if seg.offset + seg.len > size {
             return Err(ShuffleError::Corrupt(format!(
                 "{}: {} bytes, index points to {}",
@@ -243,12 +248,52 @@ impl SegmentReader {
                 seg.offset + seg.len
             )));
         }
-        file.seek(SeekFrom::Start(seg.offset))
-            .map_err(|e| ShuffleError::io(&canonical, e))?;
         Ok(Self {
             file,
-            left: seg.len,
-            path: canonical,
+            offset: seg.offset,
+            len: seg.len,
+            path: seg.path.clone(),
+        })
+    }
+
+    /// Opens a whole file of the executor by name (an RDD block), placed by Spark's formula.
+    ///
+    /// # Errors
+    /// Not found, refused path.
+    pub fn whole(volumes: &Volumes, exec: &Executor, name: &str) -> Result<Self> {
+        let path = layout::placement(&exec.local_dirs, exec.sub_dirs, name);
+        let (file, len) = open_verified(volumes, exec, &path)?;
+        Ok(Self {
+            file,
+            offset: 0,
+            len,
+            path,
+        })
+    }
+}
+
+/// An open block read in chunks (the gRPC front end).
+#[derive(Debug)]
+pub struct SegmentReader {
+    file: std::fs::File,
+    left: u64,
+    path: PathBuf,
+}
+
+impl SegmentReader {
+    /// Reads `block` from its start.
+    ///
+    /// # Errors
+    /// I/O errors seeking.
+    pub fn new(mut block: OpenBlock) -> Result<Self> {
+        block
+            .file
+            .seek(SeekFrom::Start(block.offset))
+            .map_err(|e| ShuffleError::io(&block.path, e))?;
+        Ok(Self {
+            file: block.file,
+            left: block.len,
+            path: block.path,
         })
     }
 

@@ -13,7 +13,7 @@ use prometheus::Registry as PromRegistry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::blocks::{self, IndexCache, Segment, SegmentReader};
+use crate::blocks::{self, IndexCache, OpenBlock, Segment};
 use crate::cleanup::Cleaner;
 use crate::config::Config;
 use crate::db::Db;
@@ -438,12 +438,22 @@ impl Core {
         )
     }
 
-    /// Opens a resolved segment (blocking).
+    /// Resolves a block and opens it for sending (blocking): the one way both front ends
+    /// reach block data.
     ///
     /// # Errors
-    /// See [`SegmentReader::open`].
-    pub fn open_segment(&self, exec: &Executor, seg: &Segment) -> Result<SegmentReader> {
-        SegmentReader::open(&self.inner.volumes, exec, seg)
+    /// See [`Core::resolve`] and [`OpenBlock::open`].
+    pub fn open_block(&self, exec: &Executor, block: &BlockRange) -> Result<OpenBlock> {
+        let seg = self.resolve(exec, block)?;
+        OpenBlock::open(&self.inner.volumes, exec, &seg)
+    }
+
+    /// Opens a whole named file of an executor (an RDD block) for sending (blocking).
+    ///
+    /// # Errors
+    /// See [`OpenBlock::whole`].
+    pub fn open_named_block(&self, exec: &Executor, name: &str) -> Result<OpenBlock> {
+        OpenBlock::whole(&self.inner.volumes, exec, name)
     }
 
     /// Opens a file of an executor for reading beneath its volume root, no link followed

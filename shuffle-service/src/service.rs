@@ -328,10 +328,12 @@ fn send_block(
     let fail = |e: ShuffleError| {
         let _ = tx.blocking_send(Err(e.into()));
     };
-    let seg = core.resolve(exec, block).map_err(fail)?;
+    // The file is opened now, when its turn comes, and closed when the block is sent.
+    let opened = core.open_block(exec, block).map_err(fail)?;
+    let seg_len = opened.len;
     let block_index = u32::try_from(index).unwrap_or(u32::MAX);
     let m = core.metrics();
-    if seg.len == 0 {
+    if seg_len == 0 {
         tx.blocking_send(Ok(pb::FetchBlocksResponse {
             block_index,
             offset: 0,
@@ -343,21 +345,20 @@ fn send_block(
         m.blocks_served.inc();
         return Ok(());
     }
-    // The file is opened now, when its turn comes, and closed when the block is sent.
-    let mut reader = core.open_segment(exec, &seg).map_err(fail)?;
+    let mut reader = crate::blocks::SegmentReader::new(opened).map_err(fail)?;
     let mut offset = 0u64;
     while let Some(data) = reader
         .next_chunk(shuffle_proto::CHUNK_BYTES)
         .map_err(fail)?
     {
         let n = data.len() as u64;
-        let last = offset + n == seg.len;
+        let last = offset + n == seg_len;
         tx.blocking_send(Ok(pb::FetchBlocksResponse {
             block_index,
             offset,
             data,
             last,
-            block_length: seg.len,
+            block_length: seg_len,
         }))
         .map_err(|_| ())?;
         m.bytes_served.inc_by(n);

@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
 use super::handler::{Action, Session, Shared, failure_text};
 use super::stream::BlockRef;
-use crate::layout;
 use crate::registry::Executor;
 
 /// Limits of one connection and the budgets shared by all.
@@ -484,32 +483,18 @@ fn try_open_block(core: &crate::Core, job: DataJob) -> Result<Opened, Box<Prepar
             map,
             start,
             end,
-        } => core
-            .resolve(
-                &exec,
-                &crate::request::BlockRange {
-                    shuffle: *shuffle,
-                    map: *map,
-                    start: *start,
-                    end: *end,
-                },
-            )
-            .and_then(|seg| {
-                let (file, size) = core.open_file(&exec, &seg.path)?;
-                if seg.offset + seg.len > size {
-                    return Err(crate::ShuffleError::Corrupt(format!(
-                        "{}: {size} bytes, index points to {}",
-                        seg.path.display(),
-                        seg.offset + seg.len
-                    )));
-                }
-                Ok((file, seg.offset, seg.len))
-            }),
-        BlockRef::Rdd { name } => {
-            let path = layout::placement(&exec.local_dirs, exec.sub_dirs, name);
-            core.open_file(&exec, &path).map(|(f, size)| (f, 0, size))
-        }
-    };
+        } => core.open_block(
+            &exec,
+            &crate::request::BlockRange {
+                shuffle: *shuffle,
+                map: *map,
+                start: *start,
+                end: *end,
+            },
+        ),
+        BlockRef::Rdd { name } => core.open_named_block(&exec, name),
+    }
+    .map(|b| (b.file, b.offset, b.len));
     let (file, offset, len) = match opened {
         Ok(x) => x,
         Err(crate::ShuffleError::BlockNotFound(_)) if matches!(block, BlockRef::Rdd { .. }) => {
