@@ -5,6 +5,7 @@
 //! - [`token`]: SHA-256 token hashes compared in constant time;
 //! - [`disk`]: whether an I/O error means a full disk (`ENOSPC`, `EDQUOT`);
 //! - [`lock`]: one process per directory;
+//! - [`sqlite`]: opening a database (WAL, busy timeout, an explicit `synchronous`);
 //! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
@@ -14,4 +15,5 @@ pub mod logging;
 pub mod secret;
 pub mod shutdown;
 pub mod size;
+pub mod sqlite;
 pub mod token;

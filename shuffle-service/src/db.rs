@@ -90,15 +90,12 @@ impl Db {
     /// # Errors
     /// SQLite errors.
     pub fn open_with(path: &Path, durability: Durability) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        use service_runtime::sqlite::{self, Synchronous};
         let sync = match durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
+            Durability::Full => Synchronous::Full,
+            Durability::Normal => Synchronous::Normal,
         };
-        conn.pragma_update(None, "synchronous", sync)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        let conn = sqlite::open(path, sync, SCHEMA)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })

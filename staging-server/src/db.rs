@@ -231,14 +231,15 @@ impl Db {
     /// # Errors
     /// SQLite errors opening or migrating the file.
     pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // NORMAL in WAL mode is durable against process crashes; a power loss can only roll
-        // back the last transactions, never corrupt the database.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        // NORMAL in WAL mode is durable against process crashes; a power loss can roll back
+        // the last transactions (never corrupt the database): an upload acknowledged just
+        // before is then unknown, its download answers 404 and its bytes are an orphan that
+        // the sweeper removes.
+        let conn = service_runtime::sqlite::open(
+            path,
+            service_runtime::sqlite::Synchronous::Normal,
+            SCHEMA,
+        )?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
