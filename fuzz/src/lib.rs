@@ -201,7 +201,7 @@ pub fn v0_upload(data: &[u8]) {
 /// Spark checksum files (`DiagnoseCorruption`): the checksum file and the data file come from
 /// the input; when the block lies inside both, the cause matches one computed independently.
 pub fn checksum_files(data: &[u8]) {
-    use shuffle_service::blocks::Segment;
+    use shuffle_service::core::Segment;
     use shuffle_service::spark::checksum::{self, Algorithm};
     use spark_protocol::message::Cause;
     if data.len() < 6 {

@@ -7,8 +7,10 @@
 //! - [`lock`]: one process per directory;
 //! - [`sqlite`]: opening a database (WAL, busy timeout, an explicit `synchronous`);
 //! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
-//! - [`shutdown`]: the SIGTERM/SIGINT future.
+//! - [`shutdown`]: the SIGTERM/SIGINT future;
+//! - [`accept`]: the accept loop's step (connection cap, back-off, `TCP_NODELAY`).
 
+pub mod accept;
 pub mod disk;
 pub mod lock;
 pub mod logging;

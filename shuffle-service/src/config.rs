@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::db::Durability;
-use crate::volume::{VolumeSpec, parse_size};
+use crate::core::Durability;
+use crate::core::{VolumeSpec, parse_size};
 
 /// gRPC API address; 7337 is left to Spark's own protocol.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7338";
@@ -225,7 +225,7 @@ impl Config {
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("constant"),
             volumes: vec![VolumeSpec {
                 path: d.join("volume"),
-                kind: crate::volume::VolumeKind::EmptyDir,
+                kind: crate::core::VolumeKind::EmptyDir,
                 capacity: None,
             }],
             state_dir: d.join("state"),

@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::core::MapOutput;
 use crate::core::{Core, Presented};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ShuffleId};
 use crate::request::{BlockRange, ExecutorRegistration, FetchRequest};
-use crate::writer::MapOutput;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -320,7 +320,7 @@ impl Shuffle for ShuffleService {
 /// Sends one block in chunks. `Err` means stop the stream (client gone or error sent).
 fn send_block(
     core: &Core,
-    exec: &crate::registry::Executor,
+    exec: &crate::core::Executor,
     index: usize,
     block: &BlockRange,
     tx: &mpsc::Sender<Result<pb::FetchBlocksResponse, Status>>,
@@ -345,7 +345,7 @@ fn send_block(
         m.blocks_served.inc();
         return Ok(());
     }
-    let mut reader = crate::blocks::SegmentReader::new(opened).map_err(fail)?;
+    let mut reader = crate::core::SegmentReader::new(opened).map_err(fail)?;
     let mut offset = 0u64;
     while let Some(data) = reader
         .next_chunk(shuffle_proto::CHUNK_BYTES)

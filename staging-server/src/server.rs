@@ -16,8 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use service_runtime::accept::{Accepted, Acceptor};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -25,6 +26,10 @@ use crate::config::Config;
 use crate::lifecycle::Sweeper;
 use crate::routes;
 use crate::state::AppState;
+
+/// Most connections open at once on the admin listener (probes, scrapes), apart from the
+/// public listener's `max_connections`.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Listeners for [`run`]: bound by the caller, so tests can bind port 0 first.
 #[derive(Debug)]
@@ -48,26 +53,25 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let sweeper =
         tokio::spawn(Sweeper::new(state.clone()).run(config.sweep_interval, cancel.clone()));
-    let limit = Arc::new(Semaphore::new(config.max_connections));
     let graceful = Arc::new(GracefulShutdown::new());
     let stop = CancellationToken::new();
 
     let mut loops = Vec::new();
     loops.push(tokio::spawn(accept_loop(
-        listeners.api,
+        Acceptor::new(listeners.api, config.max_connections),
         routes::router(state.clone()),
         config.header_read_timeout,
-        Arc::clone(&limit),
         state.clone(),
         Arc::clone(&graceful),
         stop.clone(),
     )));
     if let Some(admin) = listeners.admin {
+        // A cap of its own, so that probes and scrapes still get in when the public
+        // listener is full.
         loops.push(tokio::spawn(accept_loop(
-            admin,
+            Acceptor::new(admin, ADMIN_MAX_CONNECTIONS),
             routes::admin_router(state.clone()),
             config.header_read_timeout,
-            Arc::clone(&limit),
             state.clone(),
             Arc::clone(&graceful),
             stop.clone(),
@@ -98,10 +102,9 @@ pub async fn run(
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    acceptor: Acceptor,
     router: Router,
     header_timeout: Duration,
-    limit: Arc<Semaphore>,
     state: AppState,
     graceful: Arc<GracefulShutdown>,
     stop: CancellationToken,
@@ -115,27 +118,19 @@ async fn accept_loop(
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning.
+    while let Some(accepted) = acceptor.next(&stop).await {
+        let (stream, peer, permit) = match accepted {
+            Accepted::Open(c) => (c.stream, c.peer, c.permit),
+            Accepted::Refused(peer) => {
+                state.metrics().connections_refused.inc();
+                tracing::warn!(%peer, "connection cap reached; closing");
+                continue;
+            }
+            Accepted::Failed(e) => {
                 tracing::warn!(cause = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
-            state.metrics().connections_refused.inc();
-            tracing::warn!(%peer, "connection cap reached; closing");
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         // Signalled when the first request head has been read. Until then the connection
         // lives on the header timeout below: hyper's own timer starts only once the protocol
         // was detected, which a client that sends nothing (or one byte) never lets happen.

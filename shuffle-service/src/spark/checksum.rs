@@ -4,7 +4,7 @@
 use std::io::{Read as _, Seek as _, SeekFrom};
 
 use super::message::Cause;
-use crate::blocks::Segment;
+use crate::core::Segment;
 
 /// A checksum algorithm Spark writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

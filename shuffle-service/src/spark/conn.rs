@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
 use super::handler::{Action, Session, Shared, failure_text};
 use super::stream::BlockRef;
-use crate::registry::Executor;
+use crate::core::Executor;
 
 /// Limits of one connection and the budgets shared by all.
 #[derive(Debug, Clone)]

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use service_runtime::accept::{Accepted, Acceptor};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,36 +21,27 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(max_connections));
+    let acceptor = Acceptor::new(listener, max_connections);
     let metrics = shared.core.metrics().clone();
     let trimmer = Arc::new(crate::memory::Trimmer::default());
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (sock, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of descriptors and the like: wait for a connection to end.
+    while let Some(accepted) = acceptor.next(&stop).await {
+        let (sock, slot) = match accepted {
+            Accepted::Open(c) => (c.stream, c.permit),
+            Accepted::Refused(peer) => {
+                metrics.spark_connections_refused.inc();
+                if let Some(left_out) = shared.logs.connection_limit.check() {
+                    tracing::warn!(peer = %peer, max_connections, left_out, "connection limit reached; closing");
+                }
+                continue;
+            }
+            Accepted::Failed(e) => {
+                // Out of descriptors and the like: the acceptor has backed off.
                 if let Some(left_out) = shared.logs.accept_failed.check() {
                     tracing::warn!(error = %e, left_out, "accept failed");
                 }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(std::time::Duration::from_millis(50)) => continue,
-                }
+                continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            metrics.spark_connections_refused.inc();
-            if let Some(left_out) = shared.logs.connection_limit.check() {
-                tracing::warn!(peer = %peer, max_connections, left_out, "connection limit reached; closing");
-            }
-            drop(sock);
-            continue;
-        };
-        let _ = sock.set_nodelay(true);
         let shared = Arc::clone(&shared);
         let limits = limits.clone();
         let stop = stop.clone();

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::core::Executor;
 use crate::ids::{MapId, ReduceId, ShuffleId};
-use crate::registry::Executor;
 
 /// What one chunk is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use shuffle_proto::v1 as pb;
 use shuffle_proto::v1::shuffle_client::ShuffleClient;
 use shuffle_service::Core;
 use shuffle_service::config::Config;
-use shuffle_service::volume::{VolumeKind, VolumeSpec};
+use shuffle_service::core::{VolumeKind, VolumeSpec};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 

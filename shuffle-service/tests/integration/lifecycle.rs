@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use shuffle_proto::v1 as pb;
 use shuffle_service::config::Config;
-use shuffle_service::volume::{VolumeKind, VolumeSpec};
+use shuffle_service::core::{VolumeKind, VolumeSpec};
 use shuffle_service::{Core, lifecycle};
 
 use crate::common::*;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use shuffle_proto::v1 as pb;
 use shuffle_service::Core;
 use shuffle_service::config::Config;
+use shuffle_service::core::{VolumeKind, VolumeSpec};
 use shuffle_service::layout;
-use shuffle_service::volume::{VolumeKind, VolumeSpec};
 
 use crate::common::*;
 

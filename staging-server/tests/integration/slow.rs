@@ -134,3 +134,68 @@ async fn trickling_uploads_are_refused_and_free_their_slots() {
     s.upload("ns", random_bytes(100_000)).await;
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_admin_listener_gets_in_when_the_api_listener_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = staging_server::Config::for_data_dir(dir.path());
+    config.max_connections = 2;
+    config.validate(true).unwrap();
+    let state = staging_server::AppState::open(&config, staging_server::Overrides::default())
+        .await
+        .unwrap();
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (api_addr, admin_addr) = (api.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let listeners = staging_server::Listeners {
+            api,
+            admin: Some(admin),
+        };
+        staging_server::run(&config, state, listeners, async {
+            let _ = rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    // Two silent connections fill the API listener's cap (30 s header timeout)...
+    let held = [
+        TcpStream::connect(api_addr).await.unwrap(),
+        TcpStream::connect(api_addr).await.unwrap(),
+    ];
+    let client = reqwest::Client::new();
+    // ...which a third, once both are accepted, finds closed at once.
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = client
+            .get(format!("http://{api_addr}/healthz"))
+            .send()
+            .await;
+        if r.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(refused, "the API listener let a third connection in");
+    // The admin listener has a cap of its own.
+    let r = client
+        .get(format!("http://{admin_addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = client
+        .get(format!("http://{admin_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&m, "staging_connections_refused_total").unwrap() >= 1.0);
+    drop(held);
+    let _ = tx.send(());
+    server.await.unwrap();
+}

@@ -25,7 +25,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 /// Deepest directory tree a recursive delete descends into (Spark's is two levels deep); a
 /// deeper tree is left in place and counted as an error rather than risking the stack.
-pub const MAX_DELETE_DEPTH: usize = 128;
+pub(super) const MAX_DELETE_DEPTH: usize = 128;
 
 /// Whether the kernel lacks `openat2` (before Linux 5.6).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
@@ -46,7 +46,7 @@ fn eloop() -> io::Error {
 }
 
 /// Whether an error says that a symbolic link stood in the way.
-pub fn is_link_refusal(e: &io::Error) -> bool {
+pub(super) fn is_link_refusal(e: &io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
 }
 
@@ -239,7 +239,7 @@ fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
 
 /// The entries of an open directory (`.` and `..` left out), each with whether it is a
 /// directory, as `lstat` sees it.
-pub fn read_entries(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, bool)>> {
+pub(super) fn read_entries(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, bool)>> {
     let mut out = Vec::new();
     for entry in rustix::fs::Dir::read_from(dir)? {
         let entry = entry?;
@@ -260,14 +260,19 @@ pub fn read_entries(dir: BorrowedFd<'_>) -> io::Result<Vec<(OsString, bool)>> {
 }
 
 /// Whether `name` in `dir` is a regular file (a link is not).
-pub fn is_regular_file(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+pub(super) fn is_regular_file(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
     rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile)
 }
 
 /// Removes `name` in `parent` and, when it is a directory, everything below it; returns the
 /// number of failures. `shown` names the entry in logs.
-pub fn remove_entry(parent: BorrowedFd<'_>, name: &OsStr, depth: usize, shown: &Path) -> u64 {
+pub(super) fn remove_entry(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    depth: usize,
+    shown: &Path,
+) -> u64 {
     let is_dir = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(s) => FileType::from_raw_mode(s.st_mode) == FileType::Directory,
         Err(rustix::io::Errno::NOENT) => return 0,

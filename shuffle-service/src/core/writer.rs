@@ -22,15 +22,15 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::core::execfs::RootDir;
+use crate::core::registry::Executor;
+use crate::core::volume::Volumes;
 use crate::error::{Result, ShuffleError};
-use crate::execfs::RootDir;
 use crate::ids::{MapId, ShuffleId};
 use crate::layout;
-use crate::registry::Executor;
-use crate::volume::Volumes;
 
 /// Most partitions one map output may have.
-pub const MAX_PARTITIONS: usize = 1 << 20;
+pub(super) const MAX_PARTITIONS: usize = 1 << 20;
 
 /// A map output about to be written.
 #[derive(Debug, Clone)]
@@ -69,7 +69,7 @@ const TEMP_MARK: &str = ".tmp-";
 
 /// Whether `name` is a temporary file of this writer (a leftover after a crash, unless a write
 /// is in flight).
-pub fn is_temp_name(name: &str) -> bool {
+pub(super) fn is_temp_name(name: &str) -> bool {
     let Some((base, suffix)) = name.rsplit_once(TEMP_MARK) else {
         return false;
     };
@@ -81,7 +81,7 @@ pub fn is_temp_name(name: &str) -> bool {
 
 /// Temporary files being written now; the leftover sweep skips them.
 #[derive(Debug, Default)]
-pub struct InFlight(Mutex<HashSet<PathBuf>>);
+pub(super) struct InFlight(Mutex<HashSet<PathBuf>>);
 
 impl InFlight {
     fn insert(&self, p: &Path) {
@@ -93,7 +93,7 @@ impl InFlight {
     }
 
     /// Whether a temporary file is being written.
-    pub fn contains(&self, p: &Path) -> bool {
+    pub(super) fn contains(&self, p: &Path) -> bool {
         self.lock().contains(p)
     }
 
@@ -176,7 +176,7 @@ impl Drop for Pending<'_> {
 }
 
 fn refused(path: &Path, e: std::io::Error) -> ShuffleError {
-    if crate::execfs::is_link_refusal(&e) {
+    if crate::core::execfs::is_link_refusal(&e) {
         ShuffleError::PermissionDenied(format!(
             "{} resolves through a symbolic link",
             path.display()
@@ -192,7 +192,7 @@ fn refused(path: &Path, e: std::io::Error) -> ShuffleError {
 /// # Errors
 /// Already existing output, a volume without room, a data length that disagrees with the
 /// header, a symbolic link on the way, or I/O errors.
-pub fn write(
+pub(super) fn write(
     exec: &Executor,
     volumes: &Volumes,
     in_flight: &InFlight,

@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::core::registry::Executor;
+use crate::core::volume::Volumes;
 use crate::error::{Result, ShuffleError};
 use crate::ids::{MapId, ReduceId, ShuffleId};
 use crate::layout;
-use crate::registry::Executor;
-use crate::volume::Volumes;
 
 /// A byte range of a data file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub struct Segment {
 
 /// Index contents by path, bounded by bytes.
 #[derive(Debug)]
-pub struct IndexCache {
+pub(super) struct IndexCache {
     inner: Mutex<CacheInner>,
     capacity: usize,
 }
@@ -53,7 +53,7 @@ fn weight(path: &Path, offsets: &[u64]) -> usize {
 
 impl IndexCache {
     /// A cache holding at most `capacity` bytes.
-    pub fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(CacheInner::default()),
             capacity,
@@ -69,12 +69,17 @@ impl IndexCache {
     /// # Errors
     /// [`ShuffleError::BlockNotFound`] for a missing index, [`ShuffleError::Corrupt`] for a
     /// malformed one.
-    pub fn get(&self, volumes: &Volumes, exec: &Executor, path: &Path) -> Result<Arc<Vec<u64>>> {
+    pub(super) fn get(
+        &self,
+        volumes: &Volumes,
+        exec: &Executor,
+        path: &Path,
+    ) -> Result<Arc<Vec<u64>>> {
         if let Some(v) = self.lock().map.get(path) {
             return Ok(Arc::clone(v));
         }
         let (mut file, size) = open_verified(volumes, exec, path)?;
-        if size > (crate::writer::MAX_PARTITIONS as u64 + 1) * 8 {
+        if size > (crate::core::writer::MAX_PARTITIONS as u64 + 1) * 8 {
             return Err(ShuffleError::Corrupt(format!(
                 "{}: index of {size} bytes",
                 path.display()
@@ -107,7 +112,7 @@ impl IndexCache {
     }
 
     /// Forgets an index (its files were deleted or rewritten).
-    pub fn forget(&self, path: &Path) {
+    pub(super) fn forget(&self, path: &Path) {
         let mut inner = self.lock();
         if let Some(v) = inner.map.remove(path) {
             inner.bytes -= weight(path, &v);
@@ -115,7 +120,7 @@ impl IndexCache {
     }
 
     /// Forgets every index under `dir`.
-    pub fn forget_under(&self, dir: &Path) {
+    pub(super) fn forget_under(&self, dir: &Path) {
         let mut inner = self.lock();
         let keys: Vec<PathBuf> = inner
             .map
@@ -129,18 +134,13 @@ impl IndexCache {
             }
         }
     }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.lock().bytes
-    }
 }
 
 /// Resolves reduce partitions `[start, end)` of one map output (blocking I/O).
 ///
 /// # Errors
 /// Not found, out of range, or corrupt index.
-pub fn resolve(
+pub(super) fn resolve(
     volumes: &Volumes,
     exec: &Executor,
     cache: &IndexCache,
@@ -182,12 +182,12 @@ pub fn resolve(
 ///
 /// Registered directories are canonical and file paths are built from them with names that
 /// hold no `/` or `..`; the file is opened beneath its volume's root handle with no symbolic
-/// link followed ([`crate::execfs`]), so a link planted in an executor directory, or a
+/// link followed ([`crate::core::execfs`]), so a link planted in an executor directory, or a
 /// registered directory replaced by one, cannot lead out.
 ///
 /// # Errors
 /// Not found, refused path, I/O errors.
-pub fn open_verified(
+pub(super) fn open_verified(
     volumes: &Volumes,
     exec: &Executor,
     path: &Path,
@@ -207,7 +207,7 @@ pub fn open_verified(
     root.dir.open_file(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ShuffleError::BlockNotFound(path.display().to_string())
-        } else if crate::execfs::is_link_refusal(&e) {
+        } else if crate::core::execfs::is_link_refusal(&e) {
             ShuffleError::PermissionDenied(format!(
                 "{} resolves through a symbolic link",
                 path.display()

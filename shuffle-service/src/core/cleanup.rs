@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use std::os::fd::AsFd as _;
 
-use crate::execfs;
+use crate::core::execfs;
+use crate::core::volume::Volumes;
 use crate::metrics::Metrics;
-use crate::volume::Volumes;
 
 /// A cleanup job: directories to delete recursively.
 #[derive(Debug)]
@@ -139,7 +139,7 @@ fn fs_used(root: &Path) -> u64 {
 /// Deletes `dir` recursively beneath its volume's root, no link followed: its children
 /// concurrently (bounded by `limit`), then itself. A link standing where `dir` or any entry
 /// below it was is removed itself, never its target. Returns the number of errors.
-pub async fn delete_tree(vol: &Arc<Volumes>, dir: &Path, limit: &Arc<Semaphore>) -> u64 {
+pub(super) async fn delete_tree(vol: &Arc<Volumes>, dir: &Path, limit: &Arc<Semaphore>) -> u64 {
     let Some(root) = vol.containing(dir) else {
         return 1;
     };

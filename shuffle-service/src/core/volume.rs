@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::core::execfs::RootDir;
 use crate::error::{Result, ShuffleError};
-use crate::execfs::RootDir;
 
 /// What backs a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,6 +2,20 @@
 //! writes, removal and cleanup. Front ends (gRPC, Spark's protocol) authenticate and decode;
 //! everything they do to data goes through [`Core`].
 
+mod blocks;
+mod cleanup;
+mod db;
+mod execfs;
+mod registry;
+mod volume;
+mod writer;
+
+pub use blocks::{OpenBlock, Segment, SegmentReader};
+pub use db::Durability;
+pub use registry::Executor;
+pub use volume::{VolumeKind, VolumeSpec, Volumes, parse_size};
+pub use writer::MapOutput;
+
 use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -13,20 +27,17 @@ use prometheus::Registry as PromRegistry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::blocks::{self, IndexCache, OpenBlock, Segment};
-use crate::cleanup::Cleaner;
 use crate::config::Config;
-use crate::db::Db;
 use crate::error::{Result, ShuffleError};
-use crate::execfs;
 use crate::ids::{AppId, ExecId, ShuffleId};
 use crate::layout;
 use crate::metrics::Metrics;
-use crate::registry::{AppRegistration, AppSummary, Executor, Registry};
 use crate::request::{BlockRange, ExecutorRegistration};
 use crate::spark::secrets::Secrets;
-use crate::volume::Volumes;
-use crate::writer::{self, MapOutput};
+use blocks::IndexCache;
+use cleanup::Cleaner;
+use db::Db;
+use registry::{AppRegistration, AppSummary, Registry};
 
 /// What a gRPC caller presented: the application token (`authorization: Bearer`), the
 /// application's Spark secret (`x-spark-app-secret`), and whether its bearer is an admin token.
@@ -223,7 +234,8 @@ impl Core {
     /// Registers a driver and returns the application's token and heartbeat timeout.
     ///
     /// # Errors
-    /// See [`Registry::register_app`].
+    /// An application registered by another caller whose credential is not presented,
+    /// limits, and registry (SQLite) failures.
     pub async fn register_app(
         &self,
         app: &AppId,
@@ -425,7 +437,7 @@ impl Core {
     /// Resolves a block (blocking I/O for the index).
     ///
     /// # Errors
-    /// See [`blocks::resolve`].
+    /// An unknown or invalid block, a corrupt or missing index, I/O.
     pub fn resolve(&self, exec: &Executor, block: &BlockRange) -> Result<Segment> {
         blocks::resolve(
             &self.inner.volumes,
@@ -442,7 +454,7 @@ impl Core {
     /// reach block data.
     ///
     /// # Errors
-    /// See [`Core::resolve`] and [`OpenBlock::open`].
+    /// See [`Core::resolve`]; opening the data file beneath the volume root (a link is refused).
     pub fn open_block(&self, exec: &Executor, block: &BlockRange) -> Result<OpenBlock> {
         let seg = self.resolve(exec, block)?;
         OpenBlock::open(&self.inner.volumes, exec, &seg)
@@ -451,7 +463,7 @@ impl Core {
     /// Opens a whole named file of an executor (an RDD block) for sending (blocking).
     ///
     /// # Errors
-    /// See [`OpenBlock::whole`].
+    /// An invalid name, a missing file, a link on the way, I/O.
     pub fn open_named_block(&self, exec: &Executor, name: &str) -> Result<OpenBlock> {
         OpenBlock::whole(&self.inner.volumes, exec, name)
     }
@@ -460,7 +472,7 @@ impl Core {
     /// (blocking); returns it with its size.
     ///
     /// # Errors
-    /// See [`blocks::open_verified`].
+    /// A path outside the executor's directories, a missing file, a link on the way, I/O.
     pub fn open_file(&self, exec: &Executor, path: &Path) -> Result<(std::fs::File, u64)> {
         blocks::open_verified(&self.inner.volumes, exec, path)
     }
@@ -468,7 +480,8 @@ impl Core {
     /// Writes a map output from `chunks` into the executor's directories.
     ///
     /// # Errors
-    /// See [`writer::write`].
+    /// An unknown executor, a map output over the limits, a full disk, I/O; nothing partial
+    /// stays visible.
     pub async fn write_map_output(
         &self,
         app: &AppId,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::db::{AppRow, Db, ExecRow};
+use crate::core::db::{AppRow, Db, ExecRow};
 use crate::error::{Result, ShuffleError};
 use crate::ids::{AppId, ExecId};
 
