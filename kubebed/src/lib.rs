@@ -2,12 +2,21 @@
 //! project's manifests are deployed as on a cluster:
 //!
 //! - [`store`], [`api`]: an API server stand-in speaking Kubernetes' REST wire format;
-//! - [`resources`], [`selector`], [`patch`], [`validate`], [`status`]: its pieces.
+//! - [`resources`], [`selector`], [`patch`], [`validate`], [`status`]: its pieces;
+//! - [`kubelet`]: node agents running pods as processes in their own network and mount
+//!   namespaces; [`net`]: the pod network; [`images`]: images mapped to local files;
+//! - [`controllers`]: scheduler, DaemonSets, Deployments, Service endpoints;
+//! - [`bed`]: all of it together, with `apply` of manifest files.
 //!
 //! `kubebed/README.md` lists what differs from a real cluster.
 
 pub mod api;
+pub mod bed;
 pub mod cli;
+pub mod controllers;
+pub mod images;
+pub mod kubelet;
+pub mod net;
 pub mod patch;
 pub mod resources;
 pub mod selector;

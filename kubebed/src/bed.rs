@@ -1,0 +1,238 @@
+//! A whole bed: the store and its API server on the pod network's gateway address, the pod
+//! network, one kubelet per node and the controllers; `apply` creates or updates the objects of
+//! a manifest file as `kubectl apply` would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiConfig, router};
+use crate::controllers::{Controllers, resource_of};
+use crate::images::Images;
+use crate::kubelet::{self, Hosts, NodeCtx, Roots};
+use crate::net::Fabric;
+use crate::patch::PatchKind;
+use crate::resources::Resource;
+use crate::store::Store;
+
+/// How to build a bed.
+#[derive(Debug, Clone)]
+pub struct BedConfig {
+    /// Number of nodes (`node-0`, `node-1`, ...).
+    pub nodes: u8,
+    /// Working directory (node roots, pods, persistent volumes, logs).
+    pub dir: PathBuf,
+    /// Images pods may use.
+    pub images: Images,
+    /// Watch history kept by the store.
+    pub history: usize,
+    /// API front settings.
+    pub api: ApiConfig,
+}
+
+/// A running bed.
+#[derive(Debug)]
+pub struct Bed {
+    /// The store (tests read and change objects directly too).
+    pub store: Arc<Store>,
+    /// The API server's URL (`http://<gateway>:<port>`), reachable from pods and the host.
+    pub api_url: String,
+    /// The API server's address.
+    pub api_addr: SocketAddr,
+    /// The nodes.
+    pub nodes: Vec<Arc<NodeCtx>>,
+    /// The network.
+    pub fabric: Arc<Fabric>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Bed {
+    /// Starts a bed.
+    ///
+    /// # Errors
+    /// No root or no network namespaces, or the API server cannot bind.
+    pub async fn start(config: BedConfig) -> anyhow::Result<Self> {
+        Fabric::available()?;
+        let fabric = Arc::new(tokio::task::spawn_blocking(Fabric::create).await??);
+        let store = Store::new(config.history);
+        let listener = tokio::net::TcpListener::bind((fabric.gateway, 0))
+            .await
+            .context("binding the API server")?;
+        let api_addr = listener.local_addr()?;
+        let api_url = format!("http://{api_addr}");
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let app = router(Arc::clone(&store), config.api.clone());
+        let stop = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+        }));
+        let hosts = Arc::new(Hosts::default());
+        let images = Arc::new(config.images.clone());
+        let mut nodes = Vec::new();
+        for i in 0..config.nodes {
+            let f = Arc::clone(&fabric);
+            let netns = tokio::task::spawn_blocking(move || f.node(i)).await??;
+            let name = format!("node-{i}");
+            let dir = config.dir.join("nodes").join(&name);
+            std::fs::create_dir_all(dir.join("host"))?;
+            let ctx = Arc::new(NodeCtx {
+                name,
+                index: i,
+                netns,
+                roots: Roots {
+                    host: dir.join("host"),
+                    pvs: config.dir.join("pvs"),
+                },
+                dir,
+                store: Arc::clone(&store),
+                fabric: Arc::clone(&fabric),
+                images: Arc::clone(&images),
+                api: Some((api_addr.ip().to_string(), api_addr.port())),
+                hosts: Arc::clone(&hosts),
+            });
+            tasks.push(tokio::spawn(kubelet::run(Arc::clone(&ctx), cancel.clone())));
+            nodes.push(ctx);
+        }
+        let controllers = Controllers::new(Arc::clone(&store), hosts);
+        tasks.push(tokio::spawn(controllers.run(cancel.clone())));
+        tracing::info!(%api_url, nodes = nodes.len(), "bed up");
+        Ok(Self {
+            store,
+            api_url,
+            api_addr,
+            nodes,
+            fabric,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Creates or updates every object of a manifest (YAML, several documents), in order, in
+    /// `namespace` unless an object names its own. Like `kubectl apply`, a kind the server
+    /// does not serve is an error.
+    ///
+    /// # Errors
+    /// Bad YAML, an unknown kind, or what the API server refuses.
+    pub fn apply(&self, manifest: &str, namespace: &str) -> anyhow::Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
+            let obj: Value = serde::Deserialize::deserialize(doc).context("parsing YAML")?;
+            if obj.is_null() {
+                continue;
+            }
+            let Some(res) = resource_of(&obj) else {
+                bail!(
+                    "no matches for kind {:?} in version {:?} (the bed serves what a cluster without that API would)",
+                    obj["kind"].as_str().unwrap_or_default(),
+                    obj["apiVersion"].as_str().unwrap_or_default()
+                );
+            };
+            out.push(self.apply_object(&res, obj, namespace)?);
+        }
+        Ok(out)
+    }
+
+    fn apply_object(&self, res: &Resource, obj: Value, namespace: &str) -> anyhow::Result<Value> {
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(namespace)
+            .to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match self.store.create(res, &ns, obj.clone()) {
+            Ok(v) => Ok(v),
+            Err(e) if e.code == 409 => self
+                .store
+                .update(res, &ns, &name, |cur| {
+                    crate::patch::apply(cur, &obj, PatchKind::Apply);
+                    Ok(())
+                })
+                .map_err(|e| anyhow::anyhow!("{} {ns}/{name}: {}", res.kind, e.message)),
+            Err(e) => bail!("{} {ns}/{name}: {}", res.kind, e.message),
+        }
+    }
+
+    /// Creates a namespace.
+    ///
+    /// # Errors
+    /// It exists or the name is invalid.
+    pub fn namespace(&self, name: &str) -> anyhow::Result<()> {
+        self.store
+            .create(
+                &crate::resources::NAMESPACES,
+                "",
+                json!({"metadata": {"name": name}}),
+            )
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(())
+    }
+
+    /// Waits until `pred` holds for an object (checked after every change), up to `timeout`.
+    ///
+    /// # Errors
+    /// The timeout, with the object's last state.
+    pub async fn wait_for(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(Option<&Value>) -> bool,
+    ) -> anyhow::Result<Option<Value>> {
+        let mut events = self.store.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let cur = self.store.get(res, ns, name).ok();
+            if pred(cur.as_ref()) {
+                return Ok(cur);
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    bail!("timed out after {timeout:?} waiting for {} {ns}/{name}; last state: {}",
+                        res.kind, cur.map_or_else(|| "absent".to_string(), |c| c["status"].to_string()));
+                }
+                _ = events.recv() => {}
+            }
+        }
+    }
+
+    /// A pod's container log.
+    #[must_use]
+    pub fn log(&self, ns: &str, pod: &str, container: &str) -> String {
+        let Ok(p) = self.store.get(&crate::resources::PODS, ns, pod) else {
+            return String::new();
+        };
+        let uid = p["metadata"]["uid"].as_str().unwrap_or_default();
+        let node = p["spec"]["nodeName"].as_str().unwrap_or_default();
+        let path = self.nodes.iter().find(|n| n.name == node).map(|n| {
+            n.dir
+                .join("pods")
+                .join(uid)
+                .join("logs")
+                .join(format!("{container}.log"))
+        });
+        path.and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// Stops every pod (5 s grace), the kubelets, controllers and API server; removes the
+    /// network.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Pods on a real bed: own addresses in their own network namespaces, reachable across nodes,
+//! volumes and environment as a kubelet provides them, graceful deletion, and an address that
+//! stops answering once its pod is gone. Needs root and network namespaces; without them each
+//! test prints SKIPPED and returns.
+
+use std::time::Duration;
+
+use kubebed::bed::{Bed, BedConfig};
+use kubebed::images::{Image, Images};
+use kubebed::resources::PODS;
+use serde_json::{Value, json};
+
+async fn bed(nodes: u8) -> Option<(Bed, tempfile::TempDir)> {
+    if let Err(e) = kubebed::net::Fabric::available() {
+        eprintln!("SKIPPED: the test bed needs root and network namespaces: {e:#}");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut images = Images::default();
+    images.insert("debian", Image::default());
+    let bed = Bed::start(BedConfig {
+        nodes,
+        dir: dir.path().to_path_buf(),
+        images,
+        history: 10_000,
+        api: kubebed::api::ApiConfig::default(),
+    })
+    .await
+    .unwrap();
+    Some((bed, dir))
+}
+
+fn phase(p: Option<&Value>) -> &str {
+    p.and_then(|p| p["status"]["phase"].as_str()).unwrap_or("")
+}
+
+const SERVER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: server, labels: { app: server } }
+spec:
+  nodeName: node-0
+  terminationGracePeriodSeconds: 5
+  securityContext: { runAsUser: 185, runAsGroup: 185, fsGroup: 2000 }
+  containers:
+    - name: http
+      image: debian:12
+      command: ["/usr/bin/python3", "-c"]
+      args:
+        - |
+          import http.server, os, signal, sys
+          signal.signal(signal.SIGTERM, lambda *a: (print("got SIGTERM", flush=True), sys.exit(0)))
+          body = (os.environ["GREETING"] + "|" + open("/etc/greeting/text").read() + "|" + os.environ["POD_IP"] + "|" + str(os.getuid()) + "|" + open("/etc/hosts").read()).encode()
+          class H(http.server.BaseHTTPRequestHandler):
+              def do_GET(self):
+                  self.send_response(200); self.end_headers(); self.wfile.write(body)
+          print("serving", flush=True)
+          http.server.HTTPServer(("0.0.0.0", 8080), H).serve_forever()
+      env:
+        - { name: POD_IP, valueFrom: { fieldRef: { fieldPath: status.podIP } } }
+        - { name: GREETING, valueFrom: { secretKeyRef: { name: greeting, key: word } } }
+      volumeMounts:
+        - { name: text, mountPath: /etc/greeting, readOnly: true }
+  volumes:
+    - name: text
+      configMap: { name: greeting-text }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: server }
+spec:
+  selector: { app: server }
+  ports: [{ port: 8080 }]
+"#;
+
+#[tokio::test]
+async fn pods_get_addresses_volumes_env_and_stop_answering_when_deleted() {
+    let Some((bed, _dir)) = bed(2).await else {
+        return;
+    };
+    bed.apply(SERVER, "default").unwrap();
+    // The pod waits for its Secret and ConfigMap, as on a cluster.
+    let p = bed.store.get(&PODS, "default", "server").unwrap();
+    assert_eq!(phase(Some(&p)), "Pending");
+    bed.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: greeting}\nstringData: {word: hello}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: greeting-text}\ndata: {text: world}\n",
+        "default",
+    )
+    .unwrap();
+    let p = bed
+        .wait_for(&PODS, "default", "server", Duration::from_secs(30), |p| {
+            phase(p) == "Running"
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let ip = p["status"]["podIP"].as_str().unwrap().to_string();
+    assert_ne!(ip, p["status"]["hostIP"].as_str().unwrap());
+    // From the host, once the server listens.
+    let url = format!("http://{ip}:8080/");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut body = None;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(&url).send().await {
+            body = Some(r.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = body.unwrap_or_else(|| {
+        panic!(
+            "{url} never answered; log: {}",
+            bed.log("default", "server", "http")
+        )
+    });
+    let parts: Vec<&str> = body.splitn(5, '|').collect();
+    assert_eq!(&parts[..4], &["hello", "world", ip.as_str(), "185"]);
+    // Its /etc/hosts names the Service (refreshed in place once the endpoint was known).
+    // From a pod on the other node, by the Service's name.
+    let client_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"nodeName": "node-1", "restartPolicy": "Never", "containers": [{"name": "c", "image": "debian",
+            "command": ["/usr/bin/python3", "-c",
+                "import urllib.request; print(urllib.request.urlopen('http://server.default.svc.cluster.local:8080/', timeout=5).read().decode()[:5])"]}]}});
+    bed.store.create(&PODS, "default", client_pod).unwrap();
+    let c = bed
+        .wait_for(&PODS, "default", "client", Duration::from_secs(30), |p| {
+            matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        phase(Some(&c)),
+        "Succeeded",
+        "{}",
+        bed.log("default", "client", "c")
+    );
+    assert_eq!(bed.log("default", "client", "c").trim(), "hello");
+    assert_eq!(
+        c["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    // Deleting: SIGTERM, the pod leaves, its address stops answering.
+    bed.store
+        .delete(
+            &PODS,
+            "default",
+            "server",
+            &kubebed::store::DeleteOptions::default(),
+        )
+        .unwrap();
+    bed.wait_for(&PODS, "default", "server", Duration::from_secs(30), |p| {
+        p.is_none()
+    })
+    .await
+    .unwrap();
+    let r = client.get(&url).send().await;
+    assert!(r.is_err(), "{url} still answers after its pod was deleted");
+    bed.stop().await;
+}
