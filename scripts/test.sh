@@ -40,6 +40,19 @@ else
   echo "!! SKIPPED external tests 'full_disk::': mounting a tmpfs needs root" >&2
   skipped+=("full_disk::")
 fi
+# The Kubernetes test bed: network namespaces need root; Spark on it needs Java and pyspark too.
+if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
+  external ip bed_pods::
+  if command -v java >/dev/null 2>&1; then
+    external spark-submit bed_spark::
+  else
+    echo "!! SKIPPED external tests 'bed_spark::': java is not installed" >&2
+    skipped+=("bed_spark::")
+  fi
+else
+  echo "!! SKIPPED external tests 'bed_pods::' and 'bed_spark::': the test bed needs root and ip netns" >&2
+  skipped+=("bed_pods::" "bed_spark::")
+fi
 if command -v java >/dev/null 2>&1; then
   external spark-submit spark_e2e::
 else

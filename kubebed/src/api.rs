@@ -277,6 +277,15 @@ fn serve(
         (Target::Collection { res, ns }, Method::GET) => {
             let (labels, fields) = selectors(q)?;
             if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                let upgrade = headers
+                    .get(header::UPGRADE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+                if upgrade {
+                    // No WebSocket here: a complete 200 without an upgrade, which fabric8 (Spark's
+                    // client) answers by repeating the watch as a plain streamed GET.
+                    return Ok(json_response(StatusCode::OK, &json!({})));
+                }
                 let since = q
                     .get("resourceVersion")
                     .filter(|v| !v.is_empty())

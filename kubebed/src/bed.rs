@@ -126,7 +126,8 @@ impl Bed {
     pub fn apply(&self, manifest: &str, namespace: &str) -> anyhow::Result<Vec<Value>> {
         let mut out = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_str(manifest) {
-            let obj: Value = serde::Deserialize::deserialize(doc).context("parsing YAML")?;
+            let mut obj: Value = serde::Deserialize::deserialize(doc).context("parsing YAML")?;
+            yaml11_octal_modes(&mut obj);
             if obj.is_null() {
                 continue;
             }
@@ -234,5 +235,45 @@ impl Bed {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// `kubectl` reads manifests as YAML 1.1, where an unquoted `0440` is an octal integer; the
+/// YAML 1.2 parser here reads it as a string. File modes (`defaultMode`, `mode`) are the only
+/// fields where Kubernetes manifests write octal, so those are converted.
+fn yaml11_octal_modes(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                if (k == "defaultMode" || k == "mode")
+                    && let Some(s) = x.as_str()
+                    && s.len() > 1
+                    && s.starts_with('0')
+                    && let Ok(n) = i64::from_str_radix(&s[1..], 8)
+                {
+                    *x = json!(n);
+                } else {
+                    yaml11_octal_modes(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(yaml11_octal_modes),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn octal_modes_as_kubectl_reads_them() {
+        let mut v: Value = serde_yaml_ng::from_str(
+            "volumes:\n- secret: {defaultMode: 0440, items: [{key: a, path: a, mode: 0400}]}\n",
+        )
+        .unwrap();
+        yaml11_octal_modes(&mut v);
+        assert_eq!(v["volumes"][0]["secret"]["defaultMode"], 0o440);
+        assert_eq!(v["volumes"][0]["secret"]["items"][0]["mode"], 0o400);
     }
 }

@@ -65,14 +65,26 @@ pub fn services(bin_dir: &std::path::Path) -> Image {
 
 /// Spark's image from a Spark distribution (pyspark's package directory serves): Spark at
 /// `/opt/spark`, an entrypoint equivalent to the image's at `/opt/entrypoint.sh`, Java from
-/// `java_home`, user 185, working directory `/opt/spark/work-dir`.
-#[must_use]
+/// `java_home`, user `spark` (185) in `/etc/passwd` and `/etc/group` (written into `scratch`:
+/// the host's entries plus Spark's user, as the image's Dockerfile adds it), working directory
+/// `/opt/spark/work-dir`.
+///
+/// # Errors
+/// `scratch` cannot be written.
 pub fn spark(
     spark_home: &std::path::Path,
     java_home: &std::path::Path,
     entrypoint: &std::path::Path,
-) -> Image {
-    Image {
+    scratch: &std::path::Path,
+) -> std::io::Result<Image> {
+    std::fs::create_dir_all(scratch)?;
+    let mut passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd.push_str("spark:x:185:185:Spark:/opt/spark:/bin/false\n");
+    let mut group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    group.push_str("spark:x:185:\n");
+    std::fs::write(scratch.join("passwd"), passwd)?;
+    std::fs::write(scratch.join("group"), group)?;
+    Ok(Image {
         entrypoint: vec!["/opt/entrypoint.sh".into()],
         user: Some((185, 185)),
         env: vec![
@@ -88,7 +100,9 @@ pub fn spark(
             (spark_home.to_path_buf(), "/opt/spark".into()),
             (java_home.to_path_buf(), "/opt/java".into()),
             (entrypoint.to_path_buf(), "/opt/entrypoint.sh".into()),
+            (scratch.join("passwd"), "/etc/passwd".into()),
+            (scratch.join("group"), "/etc/group".into()),
         ],
         cmd: Vec::new(),
-    }
+    })
 }

@@ -72,7 +72,7 @@ impl Fabric {
                 uid.as_raw()
             );
         }
-        let probe = format!("kbprobe{}", std::process::id());
+        let probe = format!("kbprobe{:04x}", rand_u16());
         ip(&["netns", "add", &probe]).context("creating a network namespace")?;
         ip(&["netns", "del", &probe])?;
         Ok(())
@@ -90,6 +90,12 @@ impl Fabric {
             .map(|i| u8::try_from(100 + (id.wrapping_add(i) % 100)).unwrap_or(100))
             .find(|o| !routes.contains(&format!("10.{o}.")))
             .context("no free 10.X.0.0/16 for the bed")?;
+        sweep_stale();
+        let _ = std::fs::create_dir_all(MARKERS);
+        let _ = std::fs::write(
+            format!("{MARKERS}/{prefix}"),
+            std::process::id().to_string(),
+        );
         let bridge = format!("{prefix}br");
         let gateway = Ipv4Addr::new(10, octet, 0, 1);
         ip(&["link", "add", &bridge, "type", "bridge"])?;
@@ -217,6 +223,12 @@ impl Fabric {
         for line in ip_out(&["netns", "list"]).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
             if name.starts_with(prefix) && name.len() > 2 {
+                // Processes left in it (a bed killed with its pods running) go first.
+                for pid in ip_out(&["netns", "pids", name]).split_whitespace() {
+                    if let Some(pid) = pid.parse().ok().and_then(rustix::process::Pid::from_raw) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
                 let _ = ip(&["netns", "del", name]);
             }
         }
@@ -235,6 +247,28 @@ impl Fabric {
 impl Drop for Fabric {
     fn drop(&mut self) {
         Self::sweep(&self.prefix);
+        let _ = std::fs::remove_file(format!("{MARKERS}/{}", self.prefix));
+    }
+}
+
+/// One file per live bed (its prefix), holding the owning process id.
+const MARKERS: &str = "/run/kubebed";
+
+/// Removes what beds whose process is gone (killed before they could clean up) left behind.
+fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(MARKERS) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let prefix = e.file_name().to_string_lossy().into_owned();
+        let alive = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !alive && prefix.starts_with("kb") {
+            Fabric::sweep(&prefix);
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

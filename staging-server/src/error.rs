@@ -22,7 +22,9 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
     /// A secret file is readable by group or others.
-    #[error("secret file {path} is readable by group or others (mode {mode:o}); chmod 600 it")]
+    #[error(
+        "secret file {path} is readable by others, writable by group or others, or group-readable without being owned by root (mode {mode:o}); chmod 600 it"
+    )]
     InsecureSecretFile {
         /// The file.
         path: PathBuf,

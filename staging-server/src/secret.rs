@@ -43,6 +43,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("key");
         std::fs::write(&p, "s3cret\n").unwrap();
+        // Group-readable is refused unless root owns the file (a mounted Secret).
+        let _ = std::os::unix::fs::chown(&p, Some(185), None);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(matches!(
             read_secret_file(&p),

@@ -59,63 +59,112 @@ pub fn quote(s: &str) -> String {
 }
 
 /// The launcher script.
+///
+/// Mount points are made group by group: the targets directly on the host's tree first, then,
+/// once each is mounted, the targets inside it. Within a group every missing mount point is
+/// created (through an overlay over its deepest existing ancestor, unless that ancestor is
+/// already inside an overlay) before any of the group is mounted, so that no overlay ever hides
+/// a mount made before it.
 #[must_use]
 pub fn script(l: &Launch) -> String {
     let mut s = String::from(
         r#"set -eu
 ovl_n=0
-ovl_done=" "
+mounts=""
+inner_kind() { # the kind (ovl/bind/none) of the innermost mount containing $1
+  best=""; kind=none
+  for m in $mounts; do
+    k=${m%%:*}; d=${m#*:}
+    case "$1/" in "$d/"*) if [ ${#d} -ge ${#best} ]; then best=$d; kind=$k; fi ;; esac
+  done
+  echo $kind
+}
 prepare() {
-  t="$1"; kind="$2"
+  t="$1"; what="$2"
   [ -e "$t" ] && return 0
   p=$(/usr/bin/dirname "$t")
   while [ ! -e "$p" ]; do p=$(/usr/bin/dirname "$p"); done
-  if [ "$p" != "/" ]; then
-    case "$ovl_done" in *" $p "*) ;; *)
-      ovl_n=$((ovl_n+1))
-      /usr/bin/mkdir -p "$SCRATCH/ovl/$ovl_n/u" "$SCRATCH/ovl/$ovl_n/w"
-      /usr/bin/mount -t overlay overlay -o "lowerdir=$p,upperdir=$SCRATCH/ovl/$ovl_n/u,workdir=$SCRATCH/ovl/$ovl_n/w" "$p"
-      ovl_done="$ovl_done$p "
-    esac
+  if [ "$p" != "/" ] && [ "$(inner_kind "$p")" != ovl ]; then
+    ovl_n=$((ovl_n+1))
+    /usr/bin/mkdir -p "$SCRATCH/ovl/$ovl_n/u" "$SCRATCH/ovl/$ovl_n/w"
+    /usr/bin/mount -t overlay overlay -o "lowerdir=$p,upperdir=$SCRATCH/ovl/$ovl_n/u,workdir=$SCRATCH/ovl/$ovl_n/w" "$p"
+    mounts="$mounts ovl:$p"
   fi
-  if [ "$kind" = dir ]; then /usr/bin/mkdir -p "$t"; else /usr/bin/mkdir -p "$(/usr/bin/dirname "$t")"; : > "$t"; fi
+  case "$what" in
+    file) /usr/bin/mkdir -p "$(/usr/bin/dirname "$t")"; : > "$t" ;;
+    workdir) /usr/bin/mkdir -p "$t"; /usr/bin/chmod 1777 "$t" ;;
+    *) /usr/bin/mkdir -p "$t" ;;
+  esac
 }
 bind() {
-  if [ -d "$1" ]; then prepare "$2" dir; else prepare "$2" file; fi
   /usr/bin/mount --bind "$1" "$2"
   if [ "$3" = ro ]; then /usr/bin/mount -o remount,bind,ro "$2"; fi
+  mounts="$mounts bind:$2"
 }
 /usr/bin/mount --make-rprivate /
 "#,
     );
     let _ = writeln!(s, "SCRATCH={}", quote(&l.scratch.to_string_lossy()));
-    let mut mounts = l.mounts.clone();
-    mounts.sort_by_key(|m| m.target.matches('/').count());
-    for m in &mounts {
-        let _ = writeln!(
-            s,
-            "bind {} {} {}",
-            quote(&m.source.to_string_lossy()),
-            quote(&m.target),
-            if m.read_only { "ro" } else { "rw" }
-        );
-    }
+    // Targets (the working directory is one with nothing to mount), grouped by the innermost
+    // other target that contains them.
+    let mut targets: Vec<(String, Option<&Mount>)> = l
+        .mounts
+        .iter()
+        .map(|m| (m.target.clone(), Some(m)))
+        .collect();
     if let Some(w) = &l.workdir {
-        let _ = writeln!(
-            s,
-            "if [ ! -e {w} ]; then prepare {w} dir; /usr/bin/chmod 1777 {w}; fi",
-            w = quote(w)
-        );
+        targets.push((w.clone(), None));
+    }
+    let inside = |t: &str, outer: &str| {
+        t != outer && t.starts_with(&format!("{}/", outer.trim_end_matches('/')))
+    };
+    let parent_of = |t: &str| -> Option<String> {
+        targets
+            .iter()
+            .filter(|(o, m)| m.is_some() && inside(t, o))
+            .map(|(o, _)| o.clone())
+            .max_by_key(String::len)
+    };
+    let mut level: Vec<Option<String>> = vec![None];
+    while !level.is_empty() {
+        let mut next = Vec::new();
+        for outer in &level {
+            let group: Vec<&(String, Option<&Mount>)> = targets
+                .iter()
+                .filter(|(t, _)| parent_of(t) == *outer)
+                .collect();
+            for (t, m) in &group {
+                let what = match m {
+                    None => "workdir",
+                    Some(m) if m.source.is_dir() => "dir",
+                    Some(_) => "file",
+                };
+                let _ = writeln!(s, "prepare {} {what}", quote(t));
+            }
+            for (t, m) in &group {
+                if let Some(m) = m {
+                    let _ = writeln!(
+                        s,
+                        "bind {} {} {}",
+                        quote(&m.source.to_string_lossy()),
+                        quote(t),
+                        if m.read_only { "ro" } else { "rw" }
+                    );
+                    next.push(Some(t.clone()));
+                }
+            }
+        }
+        level = next;
     }
     if l.read_only_root {
         s.push_str("/usr/bin/mount -o remount,bind,ro /\n");
-        s.push_str("for p in $ovl_done; do /usr/bin/mount -o remount,ro \"$p\"; done\n");
+        s.push_str("for m in $mounts; do case $m in ovl:*) /usr/bin/mount -o remount,ro \"${m#ovl:}\" ;; esac; done\n");
     }
     let _ = writeln!(s, "/usr/bin/hostname {}", quote(&l.hostname));
     if let Some(w) = &l.workdir {
         let _ = writeln!(s, "cd {}", quote(w));
     }
-    s.push_str("unset SCRATCH ovl_n ovl_done t kind p\nexec ");
+    s.push_str("unset SCRATCH ovl_n mounts t what p best kind k d\nexec ");
     if let Some((uid, gid)) = l.user {
         let _ = write!(s, "/usr/bin/setpriv --reuid={uid} --regid={gid} ");
         if l.groups.is_empty() {

@@ -112,6 +112,12 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Value, mut stop: watch::Receiver<Option
         .chain(spec.containers.iter().map(|c| cstate(c, false)))
         .collect();
     let dir = ctx.dir.join("pods").join(&uid);
+    let host_port = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .any(|p| p.host_port.is_some_and(|h| h != 0));
     let mut run = Run {
         ctx: Arc::clone(&ctx),
         pod,
@@ -131,7 +137,17 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Value, mut stop: watch::Receiver<Option
         exits: tx,
     };
     tracing::info!(pod = %run.name, node = %ctx.name, "starting pod");
-    let outcome = run.start(&mut stop, &mut exits).await;
+    let outcome = if host_port && !host_network {
+        // Forwarding a node port into a pod's namespace is not emulated: refuse loudly rather
+        // than run a pod that a cluster would reach and the bed would not.
+        run.fail(
+            "HostPortUnsupported",
+            "hostPort without hostNetwork is not supported by the test bed",
+        );
+        Err(())
+    } else {
+        run.start(&mut stop, &mut exits).await
+    };
     if outcome.is_ok() {
         run.supervise(&mut stop, &mut exits).await;
     }

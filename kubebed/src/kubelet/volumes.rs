@@ -272,13 +272,22 @@ fn write_keys(
             .map(|(k, b)| (k.clone(), b.as_slice(), default_mode))
             .collect(),
     };
+    // The kubelet's atomic-writer layout: files in a timestamped directory, `..data` linking
+    // to it, and each top-level name a link through `..data`.
+    let stamp = format!("..{}", uuid::Uuid::new_v4().simple());
+    let real = dir.join(&stamp);
+    std::fs::create_dir_all(&real).map_err(|e| io("volume", &e))?;
+    let mut tops = std::collections::BTreeSet::new();
     for (rel, bytes, mode) in files {
-        if rel.starts_with('/') || rel.split('/').any(|c| c == ".." || c.is_empty()) {
+        if rel.starts_with('/')
+            || rel.starts_with("..")
+            || rel.split('/').any(|c| c == ".." || c.is_empty())
+        {
             return Err(VolumeError::Fail(format!(
                 "item path {rel:?} is not relative and clean"
             )));
         }
-        let path = dir.join(&rel);
+        let path = real.join(&rel);
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p).map_err(|e| io("volume", &e))?;
         }
@@ -291,6 +300,12 @@ fn write_keys(
             mode |= 0o440;
         }
         set_mode(&path, mode)?;
+        tops.insert(rel.split('/').next().unwrap_or_default().to_string());
+    }
+    std::os::unix::fs::symlink(&stamp, dir.join("..data")).map_err(|e| io("volume", &e))?;
+    for top in tops {
+        std::os::unix::fs::symlink(format!("..data/{top}"), dir.join(&top))
+            .map_err(|e| io("volume", &e))?;
     }
     if let Some(g) = fs_group {
         chown(dir, None, Some(g))?;

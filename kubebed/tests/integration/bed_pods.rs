@@ -1,38 +1,13 @@
 //! Pods on a real bed: own addresses in their own network namespaces, reachable across nodes,
 //! volumes and environment as a kubelet provides them, graceful deletion, and an address that
-//! stops answering once its pod is gone. Needs root and network namespaces; without them each
-//! test prints SKIPPED and returns.
+//! stops answering once its pod is gone. Needs root and network namespaces.
 
 use std::time::Duration;
 
-use kubebed::bed::{Bed, BedConfig};
-use kubebed::images::{Image, Images};
 use kubebed::resources::PODS;
-use serde_json::{Value, json};
+use serde_json::json;
 
-async fn bed(nodes: u8) -> Option<(Bed, tempfile::TempDir)> {
-    if let Err(e) = kubebed::net::Fabric::available() {
-        eprintln!("SKIPPED: the test bed needs root and network namespaces: {e:#}");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut images = Images::default();
-    images.insert("debian", Image::default());
-    let bed = Bed::start(BedConfig {
-        nodes,
-        dir: dir.path().to_path_buf(),
-        images,
-        history: 10_000,
-        api: kubebed::api::ApiConfig::default(),
-    })
-    .await
-    .unwrap();
-    Some((bed, dir))
-}
-
-fn phase(p: Option<&Value>) -> &str {
-    p.and_then(|p| p["status"]["phase"].as_str()).unwrap_or("")
-}
+use crate::common::{bed, phase};
 
 const SERVER: &str = r#"
 apiVersion: v1
@@ -74,10 +49,10 @@ spec:
 "#;
 
 #[tokio::test]
+#[ignore = "needs root and network namespaces (scripts/test.sh runs it)"]
 async fn pods_get_addresses_volumes_env_and_stop_answering_when_deleted() {
-    let Some((bed, _dir)) = bed(2).await else {
-        return;
-    };
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, false, dir.path()).await;
     bed.apply(SERVER, "default").unwrap();
     // The pod waits for its Secret and ConfigMap, as on a cluster.
     let p = bed.store.get(&PODS, "default", "server").unwrap();

@@ -1,0 +1,308 @@
+//! Unmodified Spark 4.3.0 (pyspark's distribution as Spark's image, Java 17) in `k8s://` mode on
+//! a two-node bed, with the shuffle service deployed from `k8s/shuffle-service/` as shipped.
+//! Ignored in a bare `cargo test`; `scripts/test.sh` runs them as root where Java and pyspark are.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kubebed::resources::{DAEMONSETS, PODS};
+use serde_json::Value;
+
+use crate::common::{bed, manifest, workspace};
+
+/// One Spark application at a time: the machine has two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn python() -> PathBuf {
+    let p = workspace().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/test-deps.sh",
+        p.display()
+    );
+    p
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The event log's lines (a file per application, or a directory of rolled files).
+fn events(dir: &std::path::Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            out.extend(events(&p));
+        } else if let Ok(text) = std::fs::read_to_string(&p) {
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+    }
+    out
+}
+
+/// Deploys the DaemonSet from `k8s/shuffle-service/daemonset.yaml` with its admin Secret, and
+/// waits until every node's service answers.
+async fn deploy_shuffle_service(bed: &kubebed::bed::Bed) {
+    bed.namespace("spark-shuffle").unwrap();
+    bed.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: shuffle-admin-tokens}\nstringData: {tokens: 0123456789abcdef0123456789abcdef}\n",
+        "spark-shuffle",
+    )
+    .unwrap();
+    bed.apply(
+        &manifest("k8s/shuffle-service/daemonset.yaml"),
+        "spark-shuffle",
+    )
+    .unwrap();
+    let n = bed.nodes.len();
+    let ready = bed
+        .wait_for(
+            &DAEMONSETS,
+            "spark-shuffle",
+            "shuffle-service",
+            Duration::from_secs(60),
+            |d| d.is_some_and(|d| d["status"]["numberReady"].as_u64() == Some(n as u64)),
+        )
+        .await;
+    if let Err(e) = ready {
+        panic!("{e}\n{}", dump(bed, "spark-shuffle"));
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    for node in &bed.nodes {
+        let url = format!("http://{}:7339/healthz", node.netns.ip);
+        let mut up = false;
+        for _ in 0..150 {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !up {
+            panic!("{url} never answered:\n{}", dump(bed, "spark-shuffle"));
+        }
+    }
+}
+
+/// Every pod of a namespace with its status and container logs.
+fn dump(bed: &kubebed::bed::Bed, ns: &str) -> String {
+    let pods = bed
+        .store
+        .list(&PODS, Some(ns), &Default::default(), &Default::default())
+        .0;
+    pods.iter()
+        .map(|p| {
+            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+            let containers: Vec<&str> = ["initContainers", "containers"]
+                .iter()
+                .flat_map(|k| p["spec"][k].as_array().into_iter().flatten())
+                .filter_map(|c| c["name"].as_str())
+                .collect();
+            let logs: Vec<String> = containers
+                .iter()
+                .map(|c| format!("--- {c}:\n{}", bed.log(ns, name, c)))
+                .collect();
+            format!("== {name}: {}\n{}", p["status"], logs.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn shuffle_metrics(bed: &kubebed::bed::Bed) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in &bed.nodes {
+        let url = format!("http://{}:7339/metrics", node.netns.ip);
+        out.push(reqwest::get(&url).await.unwrap().text().await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    deploy_shuffle_service(&bed).await;
+
+    let event_dir = dir.path().join("events");
+    std::fs::create_dir_all(&event_dir).unwrap();
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/shuffle_job.py"))
+        .arg("--master")
+        .arg(format!("k8s://{}", bed.api_url))
+        .arg("--driver-host")
+        .arg(bed.fabric.gateway.to_string())
+        .args(["--image", "kubebed/spark:4.3.0"])
+        .arg("--executor-template")
+        .arg(workspace().join("k8s/shuffle-service/executor-pod-template.yaml"))
+        .arg("--event-dir")
+        .arg(&event_dir)
+        .env("PYSPARK_PYTHON", python())
+        .env_remove("SPARK_HOME")
+        .stdout(std::fs::File::create(dir.path().join("driver.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("driver.err")).unwrap())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let driver_log = || {
+        let err = std::fs::read_to_string(dir.path().join("driver.err")).unwrap_or_default();
+        err.lines()
+            .filter(|l| !l.trim_start().starts_with("at "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(400), child.wait()).await else {
+        panic!(
+            "the Spark job took over 400 s\n{}\n{}",
+            driver_log(),
+            dump(&bed, "default")
+        );
+    };
+    let status = status.unwrap();
+    let stdout = std::fs::read_to_string(dir.path().join("driver.out")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the Spark job failed:\n{stdout}\n{}\n{}",
+        driver_log(),
+        dump(&bed, "default")
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{}", driver_log()));
+    assert_eq!(seen["ok1"], true, "{seen}");
+    assert_eq!(seen["ok2"], true, "{seen}");
+    assert_eq!(
+        seen["all_removed"], true,
+        "dynamic allocation never removed the executors: {seen}"
+    );
+
+    // The event log: no fetch failure, no stage attempt beyond the first, and the second
+    // job's tasks ran only on executors started after the first ones were removed.
+    let ev = events(&event_dir);
+    let failures: Vec<&Value> = ev
+        .iter()
+        .filter(|e| {
+            e["Event"] == "SparkListenerTaskEnd" && e["Task End Reason"]["Reason"] != "Success"
+        })
+        .collect();
+    assert!(failures.is_empty(), "failed tasks: {failures:?}");
+    let retried: Vec<&Value> = ev
+        .iter()
+        .filter(|e| {
+            e["Event"] == "SparkListenerStageSubmitted"
+                && e["Stage Info"]["Stage Attempt ID"].as_u64() != Some(0)
+        })
+        .collect();
+    assert!(retried.is_empty(), "stages retried: {retried:?}");
+    let jobs: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["Event"] == "SparkListenerJobStart")
+        .collect();
+    assert_eq!(jobs.len(), 2, "two jobs expected");
+    let stages_of = |job: &Value| -> Vec<u64> {
+        job["Stage IDs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect()
+    };
+    let executors_of = |stages: &[u64]| -> Vec<String> {
+        let mut x: Vec<String> = ev
+            .iter()
+            .filter(|e| {
+                e["Event"] == "SparkListenerTaskEnd"
+                    && e["Stage ID"].as_u64().is_some_and(|s| stages.contains(&s))
+            })
+            .filter_map(|e| e["Task Info"]["Executor ID"].as_str().map(str::to_string))
+            .collect();
+        x.sort();
+        x.dedup();
+        x
+    };
+    let first = executors_of(&stages_of(jobs[0]));
+    assert!(!first.is_empty());
+    let second_stages = stages_of(jobs[1]);
+    let submitted: Vec<u64> = ev
+        .iter()
+        .filter(|e| e["Event"] == "SparkListenerStageSubmitted")
+        .filter_map(|e| e["Stage Info"]["Stage ID"].as_u64())
+        .collect();
+    let ran_in_second: Vec<u64> = second_stages
+        .iter()
+        .copied()
+        .filter(|s| submitted.contains(s))
+        .collect();
+    assert_eq!(
+        ran_in_second.len(),
+        1,
+        "the second job should run only its reduce stage: {second_stages:?} / {submitted:?}"
+    );
+    let second_execs = executors_of(&ran_in_second);
+    assert!(!second_execs.is_empty());
+    assert!(
+        second_execs.iter().all(|x| !first.contains(x)),
+        "reduce tasks ran on first-round executors: {second_execs:?} vs {first:?}"
+    );
+    // Every first-round executor pod is gone from the API.
+    let execs = bed
+        .store
+        .list(
+            &PODS,
+            Some("default"),
+            &kubebed::selector::Selector::labels("spark-role=executor").unwrap(),
+            &Default::default(),
+        )
+        .0;
+    for x in &first {
+        assert!(
+            !execs
+                .iter()
+                .any(|p| p["metadata"]["labels"]["spark-exec-id"] == x.as_str()
+                    && p["metadata"]["deletionTimestamp"].is_null()),
+            "executor {x}'s pod is still there"
+        );
+    }
+    // Every remote block the reducers read came from the node services: what Spark counted as
+    // fetched remotely is what the services counted as served.
+    let remote: u64 = ev
+        .iter()
+        .filter(|e| e["Event"] == "SparkListenerTaskEnd")
+        .filter_map(|e| e["Task Metrics"]["Shuffle Read Metrics"]["Remote Blocks Fetched"].as_u64())
+        .sum();
+    let m = shuffle_metrics(&bed).await;
+    let per_node: Vec<f64> = m
+        .iter()
+        .map(|t| metric(t, "shuffle_blocks_served_total"))
+        .collect();
+    let served: f64 = per_node.iter().sum();
+    eprintln!("remote blocks fetched by Spark: {remote}; served per node: {per_node:?}");
+    assert!(
+        remote > 0,
+        "no remote block was read: the test proves nothing"
+    );
+    #[allow(clippy::cast_precision_loss)]
+    let remote_f = remote as f64;
+    assert!(
+        (served - remote_f).abs() < 0.5,
+        "Spark fetched {remote} remote blocks, the node services served {served}:\n{}",
+        m.join("\n")
+    );
+    bed.stop().await;
+}

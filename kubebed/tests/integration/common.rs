@@ -1,0 +1,100 @@
+//! Building beds for tests: images mapped to this machine's files.
+
+use std::path::{Path, PathBuf};
+
+use kubebed::bed::{Bed, BedConfig};
+use kubebed::images::{self, Image, Images};
+
+/// The workspace root.
+pub(crate) fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where cargo put the service binaries (`cargo test --workspace` builds them).
+pub(crate) fn bin_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace().join("target"), PathBuf::from);
+    let dir = target.join("debug");
+    for b in ["shuffle-service", "staging-server"] {
+        assert!(
+            dir.join(b).exists(),
+            "{} missing: build the workspace first (cargo build --workspace)",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// pyspark's package directory in the project's venv (a Spark distribution).
+pub(crate) fn spark_home() -> Option<PathBuf> {
+    let lib = workspace().join(".venv/lib");
+    std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("site-packages/pyspark"))
+        .find(|p| p.join("jars").is_dir())
+}
+
+/// `JAVA_HOME` of the `java` on `PATH`.
+pub(crate) fn java_home() -> Option<PathBuf> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", "readlink -f \"$(command -v java)\""])
+        .output()
+        .ok()?;
+    let java = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Some(java.parent()?.parent()?.to_path_buf()).filter(|h| h.join("bin/java").exists())
+}
+
+/// The bed's images: a plain Debian-like image (the host's root filesystem), busybox (the
+/// same), the project's image and, when Spark and Java are here, Spark's.
+pub(crate) fn images(spark: bool, dir: &Path) -> Images {
+    let mut i = Images::default();
+    i.insert("debian", Image::default());
+    i.insert("busybox", Image::default());
+    i.insert(
+        "ghcr.io/example/spark-k8s-services",
+        images::services(&bin_dir()),
+    );
+    if spark {
+        let (Some(home), Some(java)) = (spark_home(), java_home()) else {
+            panic!("Spark's image needs pyspark in .venv and java on PATH");
+        };
+        let entry = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/spark/entrypoint.sh");
+        i.insert(
+            "kubebed/spark",
+            images::spark(&home, &java, &entry, &dir.join("images/spark")).unwrap(),
+        );
+    }
+    i
+}
+
+/// A bed with `nodes` nodes. These tests are ignored unless asked for (`scripts/test.sh` asks
+/// only where root and network namespaces are); asked for where they cannot run, they fail.
+pub(crate) async fn bed(nodes: u8, spark: bool, dir: &Path) -> Bed {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "kubebed=info".into()))
+        .with_test_writer()
+        .try_init();
+    if let Err(e) = kubebed::net::Fabric::available() {
+        panic!("the test bed needs root and network namespaces: {e:#}");
+    }
+    Bed::start(BedConfig {
+        nodes,
+        dir: dir.to_path_buf(),
+        images: images(spark, dir),
+        history: 100_000,
+        api: kubebed::api::ApiConfig::default(),
+    })
+    .await
+    .unwrap()
+}
+
+/// A manifest file of the project.
+pub(crate) fn manifest(rel: &str) -> String {
+    std::fs::read_to_string(workspace().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// A pod's phase.
+pub(crate) fn phase(p: Option<&serde_json::Value>) -> &str {
+    p.and_then(|p| p["status"]["phase"].as_str()).unwrap_or("")
+}
