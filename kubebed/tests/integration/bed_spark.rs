@@ -134,18 +134,19 @@ async fn shuffle_metrics(bed: &kubebed::bed::Bed) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
-async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset() {
-    let _one = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
-    deploy_shuffle_service(&bed).await;
-
-    let event_dir = dir.path().join("events");
+/// Runs `tests/spark/shuffle_job.py` in client mode (the driver on the host, at the pod
+/// network's gateway address) with executors from `k8s/shuffle-service/executor-pod-template.yaml`;
+/// returns its result line and event log.
+async fn client_job(
+    bed: &kubebed::bed::Bed,
+    dir: &std::path::Path,
+    mode: &str,
+) -> (Value, Vec<Value>) {
+    let event_dir = dir.join("events");
     std::fs::create_dir_all(&event_dir).unwrap();
     let mut cmd = tokio::process::Command::new(python());
     cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/shuffle_job.py"))
+        .args(["--mode", mode, "--api", &bed.api_url])
         .arg("--master")
         .arg(format!("k8s://{}", bed.api_url))
         .arg("--driver-host")
@@ -157,14 +158,20 @@ async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset(
         .arg(&event_dir)
         .env("PYSPARK_PYTHON", python())
         .env_remove("SPARK_HOME")
-        .stdout(std::fs::File::create(dir.path().join("driver.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("driver.err")).unwrap())
+        .stdout(std::fs::File::create(dir.join("driver.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("driver.err")).unwrap())
         .kill_on_drop(true);
     let mut child = cmd.spawn().unwrap();
     let driver_log = || {
-        let err = std::fs::read_to_string(dir.path().join("driver.err")).unwrap_or_default();
+        let err = std::fs::read_to_string(dir.join("driver.err")).unwrap_or_default();
         err.lines()
-            .filter(|l| !l.trim_start().starts_with("at "))
+            .filter(|l| {
+                !l.trim_start().starts_with("at ")
+                    && (l.contains(" WARN ")
+                        || l.contains(" ERROR ")
+                        || l.contains("Exception")
+                        || l.contains("Error"))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -172,29 +179,34 @@ async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset(
         panic!(
             "the Spark job took over 400 s\n{}\n{}",
             driver_log(),
-            dump(&bed, "default")
+            dump(bed, "default")
         );
     };
     let status = status.unwrap();
-    let stdout = std::fs::read_to_string(dir.path().join("driver.out")).unwrap_or_default();
+    let stdout = std::fs::read_to_string(dir.join("driver.out")).unwrap_or_default();
     assert!(
         status.success(),
         "the Spark job failed:\n{stdout}\n{}\n{}",
         driver_log(),
-        dump(&bed, "default")
+        dump(bed, "default")
     );
     let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
         .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{}", driver_log()));
     assert_eq!(seen["ok1"], true, "{seen}");
     assert_eq!(seen["ok2"], true, "{seen}");
-    assert_eq!(
-        seen["all_removed"], true,
-        "dynamic allocation never removed the executors: {seen}"
-    );
+    (seen, events(&event_dir))
+}
 
-    // The event log: no fetch failure, no stage attempt beyond the first, and the second
-    // job's tasks ran only on executors started after the first ones were removed.
-    let ev = events(&event_dir);
+/// What both reads did, from the event log: the executors of the first job's tasks, and of
+/// the second job's (which must run only its reduce stage).
+struct Jobs {
+    first: Vec<String>,
+    second: Vec<String>,
+}
+
+/// No failed task, no stage attempt beyond the first, the second job ran only its reduce
+/// stage, and every remote block Spark read was served by the node services.
+async fn check_shuffle(bed: &kubebed::bed::Bed, ev: &[Value]) -> Jobs {
     let failures: Vec<&Value> = ev
         .iter()
         .filter(|e| {
@@ -236,57 +248,26 @@ async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset(
         x.dedup();
         x
     };
-    let first = executors_of(&stages_of(jobs[0]));
-    assert!(!first.is_empty());
-    let second_stages = stages_of(jobs[1]);
     let submitted: Vec<u64> = ev
         .iter()
         .filter(|e| e["Event"] == "SparkListenerStageSubmitted")
         .filter_map(|e| e["Stage Info"]["Stage ID"].as_u64())
         .collect();
-    let ran_in_second: Vec<u64> = second_stages
-        .iter()
-        .copied()
+    let ran_in_second: Vec<u64> = stages_of(jobs[1])
+        .into_iter()
         .filter(|s| submitted.contains(s))
         .collect();
     assert_eq!(
         ran_in_second.len(),
         1,
-        "the second job should run only its reduce stage: {second_stages:?} / {submitted:?}"
+        "the second job should run only its reduce stage: {submitted:?}"
     );
-    let second_execs = executors_of(&ran_in_second);
-    assert!(!second_execs.is_empty());
-    assert!(
-        second_execs.iter().all(|x| !first.contains(x)),
-        "reduce tasks ran on first-round executors: {second_execs:?} vs {first:?}"
-    );
-    // Every first-round executor pod is gone from the API.
-    let execs = bed
-        .store
-        .list(
-            &PODS,
-            Some("default"),
-            &kubebed::selector::Selector::labels("spark-role=executor").unwrap(),
-            &Default::default(),
-        )
-        .0;
-    for x in &first {
-        assert!(
-            !execs
-                .iter()
-                .any(|p| p["metadata"]["labels"]["spark-exec-id"] == x.as_str()
-                    && p["metadata"]["deletionTimestamp"].is_null()),
-            "executor {x}'s pod is still there"
-        );
-    }
-    // Every remote block the reducers read came from the node services: what Spark counted as
-    // fetched remotely is what the services counted as served.
     let remote: u64 = ev
         .iter()
         .filter(|e| e["Event"] == "SparkListenerTaskEnd")
         .filter_map(|e| e["Task Metrics"]["Shuffle Read Metrics"]["Remote Blocks Fetched"].as_u64())
         .sum();
-    let m = shuffle_metrics(&bed).await;
+    let m = shuffle_metrics(bed).await;
     let per_node: Vec<f64> = m
         .iter()
         .map(|t| metric(t, "shuffle_blocks_served_total"))
@@ -303,6 +284,76 @@ async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset(
         (served - remote_f).abs() < 0.5,
         "Spark fetched {remote} remote blocks, the node services served {served}:\n{}",
         m.join("\n")
+    );
+    Jobs {
+        first: executors_of(&stages_of(jobs[0])),
+        second: executors_of(&ran_in_second),
+    }
+}
+
+fn live_executor_pods(bed: &kubebed::bed::Bed) -> Vec<Value> {
+    let sel = kubebed::selector::Selector::labels("spark-role=executor").unwrap();
+    bed.store
+        .list(&PODS, Some("default"), &sel, &Default::default())
+        .0
+}
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    deploy_shuffle_service(&bed).await;
+    let (seen, ev) = client_job(&bed, dir.path(), "dynamic").await;
+    assert_eq!(
+        seen["all_removed"], true,
+        "dynamic allocation never removed the executors: {seen}"
+    );
+    let jobs = check_shuffle(&bed, &ev).await;
+    assert!(!jobs.first.is_empty() && !jobs.second.is_empty());
+    assert!(
+        jobs.second.iter().all(|x| !jobs.first.contains(x)),
+        "reduce tasks ran on first-round executors: {:?} vs {:?}",
+        jobs.second,
+        jobs.first
+    );
+    // Every first-round executor's pod is gone from the API.
+    let pods = live_executor_pods(&bed);
+    for x in &jobs.first {
+        assert!(
+            !pods
+                .iter()
+                .any(|p| p["metadata"]["labels"]["spark-exec-id"] == x.as_str()),
+            "executor {x}'s pod is still there"
+        );
+    }
+    bed.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn client_mode_an_executor_pod_deleted_mid_job_still_has_its_blocks_served() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    deploy_shuffle_service(&bed).await;
+    let (seen, ev) = client_job(&bed, dir.path(), "delete-pod").await;
+    assert_eq!(
+        seen["lost"], true,
+        "Spark never noticed the deleted pod: {seen}"
+    );
+    let victim = seen["deleted"]["executor"].as_str().unwrap().to_string();
+    let jobs = check_shuffle(&bed, &ev).await;
+    assert!(
+        jobs.first.contains(&victim),
+        "the deleted executor wrote no map output: {seen}"
+    );
+    assert!(!jobs.second.contains(&victim));
+    let pod = seen["deleted"]["pod"].as_str().unwrap();
+    assert!(
+        bed.store.get(&PODS, "default", pod).is_err(),
+        "{pod} is still there"
     );
     bed.stop().await;
 }

@@ -1,86 +1,124 @@
-"""A Spark job on the test bed in k8s:// client mode: a shuffle, then (once dynamic allocation
-has removed every executor, and with it the pods that wrote the map output) the same result
-read again by fresh executors, which must fetch every block from the nodes' shuffle services.
+"""A Spark job for the test bed, in k8s:// client or cluster mode: a shuffle, then the same
+result read again by other executors than the ones that wrote the map output, which must
+fetch every remote block from the nodes' shuffle services.
 
-Prints one JSON line: the results' check and the executors' lifetimes as the driver saw them.
+Between the two reads the executors that wrote the map output go away:
+- `--mode dynamic`: dynamic allocation removes them (idle) and Spark deletes their pods;
+- `--mode delete-pod`: static allocation; one executor's pod is deleted through the API.
+
+Prints one JSON line: the results' check and what happened to the executors.
 """
 import argparse
 import json
 import sys
 import time
+import urllib.request
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 p = argparse.ArgumentParser()
-p.add_argument("--master", required=True)
-p.add_argument("--driver-host", required=True)
-p.add_argument("--image", required=True)
+p.add_argument("--mode", choices=["dynamic", "delete-pod"], default="dynamic")
+p.add_argument("--api", help="the API server, for --mode delete-pod")
+p.add_argument("--master", help="client mode: the k8s:// master (cluster mode: from spark-submit)")
+p.add_argument("--driver-host", help="client mode: the driver's address")
+p.add_argument("--image")
 p.add_argument("--namespace", default="default")
-p.add_argument("--executor-template", required=True)
-p.add_argument("--event-dir", required=True)
+p.add_argument("--executor-template")
+p.add_argument("--event-dir")
 a = p.parse_args()
 
-spark = (
-    SparkSession.builder.master(a.master)
-    .appName("kubebed-shuffle")
-    .config("spark.submit.deployMode", "client")
-    .config("spark.driver.host", a.driver_host)
-    .config("spark.driver.bindAddress", a.driver_host)
-    .config("spark.kubernetes.container.image", a.image)
-    .config("spark.kubernetes.namespace", a.namespace)
-    .config("spark.kubernetes.executor.podTemplateFile", a.executor_template)
-    .config("spark.executor.memory", "512m")
-    .config("spark.executor.cores", "1")
-    .config("spark.kubernetes.executor.request.cores", "100m")
-    .config("spark.shuffle.service.enabled", "true")
-    .config("spark.dynamicAllocation.enabled", "true")
-    .config("spark.dynamicAllocation.minExecutors", "0")
-    .config("spark.dynamicAllocation.initialExecutors", "2")
-    .config("spark.dynamicAllocation.maxExecutors", "2")
-    .config("spark.dynamicAllocation.executorIdleTimeout", "2s")
-    .config("spark.kubernetes.dynamicAllocation.deleteGracePeriod", "1s")
-    .config("spark.kubernetes.allocation.batch.delay", "200ms")
-    .config("spark.eventLog.enabled", "true")
-    .config("spark.eventLog.dir", a.event_dir)
-    .config("spark.eventLog.compress", "false")
-    .config("spark.ui.enabled", "false")
-    .config("spark.sql.adaptive.enabled", "false")
-    .config("spark.sql.shuffle.partitions", "6")
-    .config("spark.stage.maxConsecutiveAttempts", "1")
-    .config("spark.task.maxFailures", "1")
-    .getOrCreate()
-)
+b = SparkSession.builder.appName("kubebed-shuffle")
+if a.master:
+    b = (b.master(a.master)
+         .config("spark.submit.deployMode", "client")
+         .config("spark.driver.host", a.driver_host)
+         .config("spark.driver.bindAddress", a.driver_host)
+         .config("spark.kubernetes.container.image", a.image)
+         .config("spark.kubernetes.namespace", a.namespace)
+         .config("spark.kubernetes.executor.podTemplateFile", a.executor_template)
+         .config("spark.eventLog.enabled", "true")
+         .config("spark.eventLog.dir", a.event_dir)
+         .config("spark.eventLog.compress", "false"))
+common = {
+    "spark.executor.memory": "512m",
+    "spark.executor.cores": "1",
+    "spark.kubernetes.executor.request.cores": "100m",
+    "spark.kubernetes.allocation.batch.delay": "200ms",
+    "spark.shuffle.service.enabled": "true",
+    "spark.ui.enabled": "false",
+    "spark.sql.adaptive.enabled": "false",
+    "spark.sql.shuffle.partitions": "6",
+    "spark.stage.maxConsecutiveAttempts": "1",
+    "spark.task.maxFailures": "1",
+}
+if a.mode == "dynamic":
+    common.update({
+        "spark.dynamicAllocation.enabled": "true",
+        "spark.dynamicAllocation.minExecutors": "0",
+        "spark.dynamicAllocation.initialExecutors": "2",
+        "spark.dynamicAllocation.maxExecutors": "2",
+        "spark.dynamicAllocation.executorIdleTimeout": "2s",
+        "spark.kubernetes.dynamicAllocation.deleteGracePeriod": "1s",
+    })
+else:
+    common.update({"spark.dynamicAllocation.enabled": "false", "spark.executor.instances": "2"})
+for k, v in common.items():
+    b = b.config(k, v)
+spark = b.getOrCreate()
 sc = spark.sparkContext
 sc.setLogLevel("INFO")
 jsc = sc._jsc.sc()
+
 
 def executors():
     ids = jsc.getExecutorIds().mkString(",")
     return sorted(i for i in ids.split(",") if i)
 
-df = spark.range(0, 600_000, numPartitions=6).select((F.col("id") % 1013).alias("k"), F.col("id").alias("v"))
+
+def wait(cond, seconds):
+    deadline = time.time() + seconds
+    while not cond() and time.time() < deadline:
+        time.sleep(0.5)
+    return cond()
+
+
+N = 600_000
+df = spark.range(0, N, numPartitions=6).select((F.col("id") % 1013).alias("k"), F.col("id").alias("v"))
 q = df.groupBy("k").agg(F.sum("v").alias("s"), F.count("*").alias("n"))
-expected = {k: (sum(range(k, 600_000, 1013)), len(range(k, 600_000, 1013))) for k in range(1013)}
+expected = {k: (sum(range(k, N, 1013)), len(range(k, N, 1013))) for k in range(1013)}
+
 
 def check(rows):
-    got = {r["k"]: (r["s"], r["n"]) for r in rows}
-    return got == expected
+    return {r["k"]: (r["s"], r["n"]) for r in rows} == expected
 
+
+if a.mode == "delete-pod":
+    # Both executors up, so that both hold map output.
+    wait(lambda: len(executors()) >= 2, 120)
 ok1 = check(q.collect())
+out = {"ok1": ok1, "app_id": sc.applicationId}
 
-# Executors idle for 2 s are removed and their pods deleted; the map output stays on the nodes.
-deadline = time.time() + 180
-while executors() and time.time() < deadline:
-    time.sleep(0.5)
-gone = not executors()
+if a.mode == "dynamic":
+    # Executors idle for 2 s are removed and their pods deleted; the map output stays.
+    out["all_removed"] = wait(lambda: not executors(), 180)
+else:
+    victim = executors()[0]
+    sel = f"spark-app-selector={sc.applicationId},spark-exec-id={victim}"
+    url = f"{a.api}/api/v1/namespaces/{a.namespace}/pods?labelSelector={urllib.request.quote(sel)}"
+    pods = json.load(urllib.request.urlopen(url, timeout=10))["items"]
+    name = pods[0]["metadata"]["name"]
+    req = urllib.request.Request(f"{a.api}/api/v1/namespaces/{a.namespace}/pods/{name}", method="DELETE")
+    urllib.request.urlopen(req, timeout=10).read()
+    out["deleted"] = {"executor": victim, "pod": name}
+    out["lost"] = wait(lambda: victim not in executors(), 120)
+    # A replacement comes up.
+    wait(lambda: len(executors()) >= 2, 120)
 
-# The same query again: its map stage is skipped and fresh executors fetch every block of the
-# removed ones from the shuffle services.
-ok2 = check(q.collect())
-second_executors = executors()
-print(json.dumps({"ok1": ok1, "ok2": ok2, "all_removed": gone,
-                  "second": second_executors,
-                  "app_id": sc.applicationId}))
+# The same query again: its map stage is skipped; the reducers fetch the blocks of executors
+# that are gone from the shuffle services.
+out["ok2"] = check(q.collect())
+out["second"] = executors()
+print(json.dumps(out))
 sys.stdout.flush()
 spark.stop()
