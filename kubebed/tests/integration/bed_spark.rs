@@ -357,3 +357,134 @@ async fn client_mode_an_executor_pod_deleted_mid_job_still_has_its_blocks_served
     );
     bed.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    deploy_shuffle_service(&bed).await;
+    // The event log goes to a node directory the driver (uid 185) may write.
+    for node in &bed.nodes {
+        let d = node.roots.host.join("var/spark-events");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    }
+    let submit = workspace().join(".venv/bin/spark-submit");
+    assert!(
+        submit.exists(),
+        "{} missing: run scripts/test-deps.sh",
+        submit.display()
+    );
+    let conf = |k: &str, v: &str| ["--conf".to_string(), format!("{k}={v}")];
+    let mut args: Vec<String> = vec![
+        "--master".into(),
+        format!("k8s://{}", bed.api_url),
+        "--deploy-mode".into(),
+        "cluster".into(),
+        "--name".into(),
+        "kubebed-shuffle".into(),
+    ];
+    for (k, v) in [
+        ("spark.kubernetes.driver.master", bed.api_url.as_str()),
+        ("spark.kubernetes.container.image", "kubebed/spark:4.3.0"),
+        ("spark.kubernetes.namespace", "default"),
+        (
+            "spark.kubernetes.executor.podTemplateFile",
+            workspace()
+                .join("k8s/shuffle-service/executor-pod-template.yaml")
+                .to_str()
+                .unwrap(),
+        ),
+        (
+            "spark.kubernetes.driver.volumes.hostPath.events.mount.path",
+            "/var/spark-events",
+        ),
+        (
+            "spark.kubernetes.driver.volumes.hostPath.events.options.path",
+            "/var/spark-events",
+        ),
+        ("spark.eventLog.enabled", "true"),
+        ("spark.eventLog.dir", "file:///var/spark-events"),
+        ("spark.eventLog.compress", "false"),
+        ("spark.kubernetes.submission.waitAppCompletion", "true"),
+        ("spark.kubernetes.report.interval", "5s"),
+    ] {
+        args.extend(conf(k, v));
+    }
+    args.push("local:///opt/spark/tests/shuffle_job.py".into());
+    args.extend(["--mode".into(), "dynamic".into()]);
+    let mut cmd = tokio::process::Command::new(&submit);
+    cmd.args(&args)
+        .env("SPARK_HOME", crate::common::spark_home().unwrap())
+        .env_remove("PYSPARK_PYTHON")
+        .env_remove("PYSPARK_DRIVER_PYTHON")
+        .stdout(std::fs::File::create(dir.path().join("submit.out")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("submit.err")).unwrap())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(400), child.wait()).await else {
+        panic!("spark-submit took over 400 s\n{}", dump(&bed, "default"));
+    };
+    let submit_log = std::fs::read_to_string(dir.path().join("submit.err")).unwrap_or_default();
+    assert!(
+        status.unwrap().success(),
+        "spark-submit failed:\n{submit_log}"
+    );
+    let sel = kubebed::selector::Selector::labels("spark-role=driver").unwrap();
+    let drivers = bed
+        .store
+        .list(&PODS, Some("default"), &sel, &Default::default())
+        .0;
+    assert_eq!(drivers.len(), 1, "one driver pod expected:\n{submit_log}");
+    let driver = &drivers[0];
+    let name = driver["metadata"]["name"].as_str().unwrap();
+    let log = bed.log("default", name, "spark-kubernetes-driver");
+    assert_eq!(
+        driver["status"]["phase"],
+        "Succeeded",
+        "driver pod: {}\n{log}\n{}",
+        driver["status"],
+        dump(&bed, "default")
+    );
+    let seen: Value = log
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.get("ok2").is_some())
+        })
+        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"));
+    assert_eq!(
+        (seen["ok1"].as_bool(), seen["ok2"].as_bool()),
+        (Some(true), Some(true)),
+        "{seen}"
+    );
+    assert_eq!(seen["all_removed"], true, "{seen}");
+    let node = driver["spec"]["nodeName"].as_str().unwrap();
+    let events_dir = bed
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .unwrap()
+        .roots
+        .host
+        .join("var/spark-events");
+    let ev = events(&events_dir);
+    let jobs = check_shuffle(&bed, &ev).await;
+    assert!(
+        jobs.second.iter().all(|x| !jobs.first.contains(x)),
+        "{:?} vs {:?}",
+        jobs.second,
+        jobs.first
+    );
+    // The executors' owner is the driver pod: deleting it collects what is left of the app.
+    assert!(
+        live_executor_pods(&bed)
+            .iter()
+            .all(|p| { p["metadata"]["ownerReferences"][0]["uid"] == driver["metadata"]["uid"] })
+    );
+    bed.stop().await;
+}

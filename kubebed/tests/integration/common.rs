@@ -60,10 +60,13 @@ pub(crate) fn images(spark: bool, dir: &Path) -> Images {
             panic!("Spark's image needs pyspark in .venv and java on PATH");
         };
         let entry = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/spark/entrypoint.sh");
-        i.insert(
-            "kubebed/spark",
-            images::spark(&home, &java, &entry, &dir.join("images/spark")).unwrap(),
-        );
+        let mut image = images::spark(&home, &java, &entry, &dir.join("images/spark")).unwrap();
+        // The image carries the test job, for cluster mode's `local://` primary resource.
+        image.files.push((
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/shuffle_job.py"),
+            "/opt/spark/tests/shuffle_job.py".into(),
+        ));
+        i.insert("kubebed/spark", image);
     }
     i
 }
