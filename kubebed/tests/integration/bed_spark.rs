@@ -125,6 +125,51 @@ fn dump(bed: &kubebed::bed::Bed, ns: &str) -> String {
         .join("\n")
 }
 
+/// The last metrics of every shuffle service sidecar, scraped while its pod was up by
+/// [`collect_sidecar_metrics`].
+async fn sidecar_metrics() -> Vec<String> {
+    SIDECAR_METRICS.lock().await.values().cloned().collect()
+}
+
+static SIDECAR_METRICS: tokio::sync::Mutex<std::collections::BTreeMap<String, String>> =
+    tokio::sync::Mutex::const_new(std::collections::BTreeMap::new());
+
+/// Scrapes the sidecars of running executor pods every 500 ms until `stop`; keeps each pod's
+/// last scrape (a sidecar's counters go with its pod).
+async fn collect_sidecar_metrics(
+    store: std::sync::Arc<kubebed::store::Store>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    SIDECAR_METRICS.lock().await.clear();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let sel = kubebed::selector::Selector::labels("spark-role=executor").unwrap();
+    while !stop.is_cancelled() {
+        for p in store
+            .list(&PODS, Some("default"), &sel, &Default::default())
+            .0
+        {
+            let (Some(name), Some(ip)) = (
+                p["metadata"]["name"].as_str(),
+                p["status"]["podIP"].as_str(),
+            ) else {
+                continue;
+            };
+            if let Ok(r) = http.get(format!("http://{ip}:7339/metrics")).send().await
+                && let Ok(t) = r.text().await
+            {
+                SIDECAR_METRICS.lock().await.insert(name.to_string(), t);
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
 async fn shuffle_metrics(bed: &kubebed::bed::Bed) -> Vec<String> {
     let mut out = Vec::new();
     for node in &bed.nodes {
@@ -142,6 +187,22 @@ async fn client_job(
     dir: &std::path::Path,
     mode: &str,
 ) -> (Value, Vec<Value>) {
+    client_job_with(
+        bed,
+        dir,
+        mode,
+        "k8s/shuffle-service/executor-pod-template.yaml",
+    )
+    .await
+}
+
+/// [`client_job`] with another executor pod template of `k8s/`.
+async fn client_job_with(
+    bed: &kubebed::bed::Bed,
+    dir: &std::path::Path,
+    mode: &str,
+    template: &str,
+) -> (Value, Vec<Value>) {
     let event_dir = dir.join("events");
     std::fs::create_dir_all(&event_dir).unwrap();
     let mut cmd = tokio::process::Command::new(python());
@@ -153,7 +214,7 @@ async fn client_job(
         .arg(bed.fabric.gateway.to_string())
         .args(["--image", "kubebed/spark:4.3.0"])
         .arg("--executor-template")
-        .arg(workspace().join("k8s/shuffle-service/executor-pod-template.yaml"))
+        .arg(workspace().join(template))
         .arg("--event-dir")
         .arg(&event_dir)
         .env("PYSPARK_PYTHON", python())
@@ -207,6 +268,11 @@ struct Jobs {
 /// No failed task, no stage attempt beyond the first, the second job ran only its reduce
 /// stage, and every remote block Spark read was served by the node services.
 async fn check_shuffle(bed: &kubebed::bed::Bed, ev: &[Value]) -> Jobs {
+    check_shuffle_with(ev, shuffle_metrics(bed).await)
+}
+
+/// [`check_shuffle`] against the given services' metrics.
+fn check_shuffle_with(ev: &[Value], m: Vec<String>) -> Jobs {
     let failures: Vec<&Value> = ev
         .iter()
         .filter(|e| {
@@ -267,13 +333,12 @@ async fn check_shuffle(bed: &kubebed::bed::Bed, ev: &[Value]) -> Jobs {
         .filter(|e| e["Event"] == "SparkListenerTaskEnd")
         .filter_map(|e| e["Task Metrics"]["Shuffle Read Metrics"]["Remote Blocks Fetched"].as_u64())
         .sum();
-    let m = shuffle_metrics(bed).await;
     let per_node: Vec<f64> = m
         .iter()
         .map(|t| metric(t, "shuffle_blocks_served_total"))
         .collect();
     let served: f64 = per_node.iter().sum();
-    eprintln!("remote blocks fetched by Spark: {remote}; served per node: {per_node:?}");
+    eprintln!("remote blocks fetched by Spark: {remote}; served per service: {per_node:?}");
     assert!(
         remote > 0,
         "no remote block was read: the test proves nothing"
@@ -486,5 +551,30 @@ async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
             .iter()
             .all(|p| { p["metadata"]["ownerReferences"][0]["uid"] == driver["metadata"]["uid"] })
     );
+    bed.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn client_mode_sidecar_shuffle_services_serve_static_executors() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let scraper = tokio::spawn(collect_sidecar_metrics(
+        std::sync::Arc::clone(&bed.store),
+        stop.clone(),
+    ));
+    let (_seen, ev) = client_job_with(
+        &bed,
+        dir.path(),
+        "static",
+        "k8s/shuffle-service/sidecar-emptydir.yaml",
+    )
+    .await;
+    stop.cancel();
+    scraper.await.unwrap();
+    let jobs = check_shuffle_with(&ev, sidecar_metrics().await);
+    assert_eq!(jobs.first.len(), 2, "both executors should hold map output");
     bed.stop().await;
 }

@@ -4,7 +4,9 @@ fetch every remote block from the nodes' shuffle services.
 
 Between the two reads the executors that wrote the map output go away:
 - `--mode dynamic`: dynamic allocation removes them (idle) and Spark deletes their pods;
-- `--mode delete-pod`: static allocation; one executor's pod is deleted through the API.
+- `--mode delete-pod`: static allocation; one executor's pod is deleted through the API;
+- `--mode static`: static allocation, nothing goes away (executors still read each other's
+  blocks through the shuffle services).
 
 Prints one JSON line: the results' check and what happened to the executors.
 """
@@ -18,7 +20,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 p = argparse.ArgumentParser()
-p.add_argument("--mode", choices=["dynamic", "delete-pod"], default="dynamic")
+p.add_argument("--mode", choices=["dynamic", "delete-pod", "static"], default="dynamic")
 p.add_argument("--api", help="the API server, for --mode delete-pod")
 p.add_argument("--master", help="client mode: the k8s:// master (cluster mode: from spark-submit)")
 p.add_argument("--driver-host", help="client mode: the driver's address")
@@ -93,7 +95,7 @@ def check(rows):
     return {r["k"]: (r["s"], r["n"]) for r in rows} == expected
 
 
-if a.mode == "delete-pod":
+if a.mode in ("delete-pod", "static"):
     # Both executors up, so that both hold map output.
     wait(lambda: len(executors()) >= 2, 120)
 ok1 = check(q.collect())
@@ -102,7 +104,7 @@ out = {"ok1": ok1, "app_id": sc.applicationId}
 if a.mode == "dynamic":
     # Executors idle for 2 s are removed and their pods deleted; the map output stays.
     out["all_removed"] = wait(lambda: not executors(), 180)
-else:
+elif a.mode == "delete-pod":
     victim = executors()[0]
     sel = f"spark-app-selector={sc.applicationId},spark-exec-id={victim}"
     url = f"{a.api}/api/v1/namespaces/{a.namespace}/pods?labelSelector={urllib.request.quote(sel)}"
@@ -121,4 +123,7 @@ out["ok2"] = check(q.collect())
 out["second"] = executors()
 print(json.dumps(out))
 sys.stdout.flush()
+if a.mode == "static":
+    # The sidecars' counters go with their pods: leave time to read them.
+    time.sleep(3)
 spark.stop()
