@@ -252,6 +252,10 @@ fn write_keys(
     res: &Resource,
     name: &str,
 ) -> Result<(), VolumeError> {
+    // Prepared again when another volume of the pod had to wait: start over.
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io("volume", &e))?;
+    }
     std::fs::create_dir_all(dir).map_err(|e| io("volume", &e))?;
     let files: Vec<(String, &[u8], i32)> = match items {
         Some(items) => items

@@ -578,3 +578,218 @@ async fn client_mode_sidecar_shuffle_services_serve_static_executors() {
     assert_eq!(jobs.first.len(), 2, "both executors should hold map output");
     bed.stop().await;
 }
+
+/// Runs `spark-submit --deploy-mode cluster` from the host with `confs`; returns the driver pod
+/// (Succeeded) and its log.
+async fn cluster_submit(
+    bed: &kubebed::bed::Bed,
+    dir: &std::path::Path,
+    confs: &[(&str, String)],
+    tail: &[&str],
+) -> (Value, String) {
+    let submit = workspace().join(".venv/bin/spark-submit");
+    assert!(
+        submit.exists(),
+        "{} missing: run scripts/test-deps.sh",
+        submit.display()
+    );
+    let mut args: Vec<String> = vec![
+        "--master".into(),
+        format!("k8s://{}", bed.api_url),
+        "--deploy-mode".into(),
+        "cluster".into(),
+    ];
+    for (k, v) in confs {
+        args.push("--conf".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.extend(tail.iter().map(|s| (*s).to_string()));
+    let mut cmd = tokio::process::Command::new(&submit);
+    cmd.args(&args)
+        .env("SPARK_HOME", crate::common::spark_home().unwrap())
+        .env_remove("PYSPARK_PYTHON")
+        .env_remove("PYSPARK_DRIVER_PYTHON")
+        .stdout(std::fs::File::create(dir.join("submit.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("submit.err")).unwrap())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(400), child.wait()).await else {
+        panic!("spark-submit took over 400 s\n{}", dump(bed, "default"));
+    };
+    let submit_log = std::fs::read_to_string(dir.join("submit.err")).unwrap_or_default();
+    assert!(
+        status.unwrap().success(),
+        "spark-submit failed:\n{submit_log}"
+    );
+    let sel = kubebed::selector::Selector::labels("spark-role=driver").unwrap();
+    let drivers = bed
+        .store
+        .list(&PODS, Some("default"), &sel, &Default::default())
+        .0;
+    assert_eq!(drivers.len(), 1, "one driver pod expected:\n{submit_log}");
+    let driver = drivers[0].clone();
+    let name = driver["metadata"]["name"].as_str().unwrap();
+    let log = bed.log("default", name, "spark-kubernetes-driver");
+    assert_eq!(
+        driver["status"]["phase"],
+        "Succeeded",
+        "driver pod: {}\n{log}\n{}",
+        driver["status"],
+        dump(bed, "default")
+    );
+    (driver, log)
+}
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_container() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    // The staging server, from k8s/staging-server/ as shipped.
+    bed.namespace("spark-staging").unwrap();
+    bed.apply(
+        &manifest("k8s/staging-server/staging-server.yaml"),
+        "spark-staging",
+    )
+    .unwrap();
+    let ready = bed
+        .wait_for(
+            &kubebed::resources::DEPLOYMENTS,
+            "spark-staging",
+            "staging-server",
+            Duration::from_secs(60),
+            |d| d.is_some_and(|d| d["status"]["readyReplicas"].as_u64() == Some(1)),
+        )
+        .await;
+    if let Err(e) = ready {
+        panic!("{e}\n{}", dump(&bed, "spark-staging"));
+    }
+    let sel = kubebed::selector::Selector::labels("app.kubernetes.io/name=staging-server").unwrap();
+    let pod = bed
+        .store
+        .list(&PODS, Some("spark-staging"), &sel, &Default::default())
+        .0
+        .remove(0);
+    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut up = false;
+    for _ in 0..150 {
+        if http
+            .get(format!("http://{ip}:10001/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        up,
+        "the staging server never answered:\n{}",
+        dump(&bed, "spark-staging")
+    );
+
+    // A jar with a class the job calls, and a file it reads.
+    let work = dir.path().join("app");
+    std::fs::create_dir_all(work.join("classes")).unwrap();
+    let spark_home = crate::common::spark_home().unwrap();
+    let java_home = crate::common::java_home().unwrap();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    run(std::process::Command::new(java_home.join("bin/javac"))
+        .arg("-cp")
+        .arg(format!("{}/jars/*", spark_home.display()))
+        .arg("-d")
+        .arg(work.join("classes"))
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/staged/Plus.java")));
+    run(std::process::Command::new(java_home.join("bin/jar"))
+        .arg("cf")
+        .arg(work.join("app.jar"))
+        .arg("-C")
+        .arg(work.join("classes"))
+        .arg("."));
+    std::fs::write(work.join("words.txt"), "alpha\nbeta\n").unwrap();
+    // Uploaded with the project's client, as the Secret Spark's pods mount.
+    let secret = run(
+        std::process::Command::new(crate::common::bin_dir().join("staging-server"))
+            .args([
+                "upload",
+                "--server",
+                &format!("http://{ip}:10000"),
+                "--namespace",
+                "default",
+            ])
+            .args([
+                "--label",
+                "spark-role=driver",
+                "--token",
+                "replace-with-a-long-random-token",
+            ])
+            .args(["--output", "secret", "--no-progress"])
+            .arg(work.join("app.jar"))
+            .arg(work.join("words.txt")),
+    );
+    bed.apply(&String::from_utf8(secret).unwrap(), "default")
+        .unwrap();
+
+    let template = workspace().join("k8s/staging-server/spark-pod-template.yaml");
+    let template = template.to_str().unwrap().to_string();
+    let (_driver, log) = cluster_submit(
+        &bed,
+        dir.path(),
+        &[
+            ("spark.kubernetes.driver.master", bed.api_url.clone()),
+            (
+                "spark.kubernetes.container.image",
+                "kubebed/spark:4.3.0".into(),
+            ),
+            ("spark.kubernetes.namespace", "default".into()),
+            ("spark.kubernetes.driver.podTemplateFile", template.clone()),
+            ("spark.kubernetes.executor.podTemplateFile", template),
+            ("spark.executor.instances", "2".into()),
+            ("spark.executor.memory", "512m".into()),
+            ("spark.kubernetes.report.interval", "5s".into()),
+        ],
+        &[
+            "--name",
+            "kubebed-staged",
+            "--jars",
+            "local:///var/spark-data/spark-jars/app.jar",
+            "local:///opt/spark/tests/staged_job.py",
+        ],
+    )
+    .await;
+    let seen: Value = log
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.get("lines").is_some())
+        })
+        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"));
+    assert_eq!(
+        seen["lines"],
+        serde_json::json!(["alpha", "beta"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["plus"],
+        serde_json::json!([1000, 1001, 1002]),
+        "{seen}"
+    );
+    bed.stop().await;
+}
