@@ -66,6 +66,8 @@ struct Run {
     volumes: HashMap<String, PathBuf>,
     containers: Vec<Cstate>,
     phase: &'static str,
+    /// The phase the pod ends in once its sidecars have stopped.
+    final_phase: Option<&'static str>,
     message: Option<String>,
     reason: Option<String>,
     started: String,
@@ -131,6 +133,7 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Value, mut stop: watch::Receiver<Option
         volumes: HashMap::new(),
         containers,
         phase: "Pending",
+        final_phase: None,
         message: None,
         reason: None,
         started: now(),
@@ -607,7 +610,8 @@ impl Run {
                     if mains_done {
                         let failed = self.containers.iter().filter(|c| !c.init)
                             .any(|c| c.state["terminated"]["exitCode"].as_i64() != Some(0));
-                        self.phase = if failed { "Failed" } else { "Succeeded" };
+                        // As a kubelet: the pod is done once its sidecars are stopped too.
+                        self.final_phase = Some(if failed { "Failed" } else { "Succeeded" });
                         self.publish();
                         return;
                     }
@@ -663,7 +667,9 @@ impl Run {
                 }
             }
         }
-        if self.phase == "Running" || self.phase == "Pending" {
+        if let Some(p) = self.final_phase.take() {
+            self.phase = p;
+        } else if self.phase == "Running" || self.phase == "Pending" {
             let failed = self
                 .containers
                 .iter()

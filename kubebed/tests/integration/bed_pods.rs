@@ -136,3 +136,55 @@ async fn pods_get_addresses_volumes_env_and_stop_answering_when_deleted() {
     assert!(r.is_err(), "{url} still answers after its pod was deleted");
     bed.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs root and network namespaces (scripts/test.sh runs it)"]
+async fn init_containers_run_in_order_and_native_sidecars_stay_until_the_main_container_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(1, false, dir.path()).await;
+    // Each step appends to a shared emptyDir; the sidecar keeps appending until stopped.
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: ordered }
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  initContainers:
+    - { name: first, image: debian, command: ["/bin/sh", "-c", "echo first >> /shared/log"],
+        volumeMounts: [{ name: shared, mountPath: /shared }] }
+    - name: sidecar
+      image: debian
+      restartPolicy: Always
+      command: ["/bin/sh", "-c", "echo sidecar-up >> /shared/log; trap 'echo sidecar-term >> /shared/log; exit 0' TERM; while true; do sleep 0.1; done"]
+      volumeMounts: [{ name: shared, mountPath: /shared }]
+    # Started, not necessarily past its first line (no startupProbe): wait for it, bounded.
+    - { name: second, image: debian, command: ["/bin/sh", "-c", "for i in $(seq 100); do grep -q sidecar-up /shared/log && break; sleep 0.05; done; grep -q sidecar-up /shared/log && echo second >> /shared/log"],
+        volumeMounts: [{ name: shared, mountPath: /shared }] }
+  containers:
+    - { name: main, image: debian, command: ["/bin/sh", "-c", "echo main >> /shared/log; cat /shared/log"],
+        volumeMounts: [{ name: shared, mountPath: /shared }] }
+  volumes:
+    - { name: shared, emptyDir: {} }
+"#;
+    bed.apply(pod, "default").unwrap();
+    let p = bed
+        .wait_for(&PODS, "default", "ordered", Duration::from_secs(30), |p| {
+            matches!(phase(p), "Succeeded" | "Failed")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(phase(Some(&p)), "Succeeded", "{}", p["status"]);
+    assert_eq!(
+        bed.log("default", "ordered", "main")
+            .lines()
+            .collect::<Vec<_>>(),
+        ["first", "sidecar-up", "second", "main"]
+    );
+    // The sidecar was stopped with SIGTERM once the main container ended.
+    let inits = p["status"]["initContainerStatuses"].as_array().unwrap();
+    let sidecar = inits.iter().find(|c| c["name"] == "sidecar").unwrap();
+    assert_eq!(sidecar["state"]["terminated"]["exitCode"], 0, "{sidecar}");
+    bed.stop().await;
+}

@@ -48,6 +48,10 @@ common = {
     "spark.kubernetes.executor.request.cores": "100m",
     "spark.kubernetes.allocation.batch.delay": "200ms",
     "spark.shuffle.service.enabled": "true",
+    # Every block of another executor goes through a shuffle service, even on the same node
+    # (where Spark would otherwise read the files itself), so that each run proves the services
+    # serve, whatever node the scheduler picked.
+    "spark.shuffle.readHostLocalDisk": "false",
     "spark.ui.enabled": "false",
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.shuffle.partitions": "6",
