@@ -114,6 +114,26 @@ fn rv_of(obj: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// Keys of the objects of `res` in `ns` (everywhere when `None`) that match the selectors.
+fn matching(
+    st: &State,
+    res: &Resource,
+    ns: Option<&str>,
+    labels: &Selector,
+    fields: &Selector,
+) -> Vec<Key> {
+    st.objects
+        .iter()
+        .filter(|((r, n, _), o)| {
+            r == res
+                && ns.is_none_or(|ns| !res.namespaced || n == ns)
+                && labels.matches_labels(o)
+                && fields.matches_fields(o)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
 /// A watch's start: the events to send first, then the live ones.
 #[derive(Debug)]
 pub struct WatchStart {
@@ -294,16 +314,9 @@ impl Store {
         fields: &Selector,
     ) -> (Vec<Value>, u64) {
         let st = self.lock();
-        let items = st
-            .objects
-            .iter()
-            .filter(|((r, n, _), o)| {
-                r == res
-                    && ns.is_none_or(|ns| !res.namespaced || n == ns)
-                    && labels.matches_labels(o)
-                    && fields.matches_fields(o)
-            })
-            .map(|(_, o)| o.clone())
+        let items = matching(&st, res, ns, labels, fields)
+            .into_iter()
+            .filter_map(|k| st.objects.get(&k).cloned())
             .collect();
         (items, st.rv)
     }
@@ -574,17 +587,7 @@ impl Store {
         opts: &DeleteOptions,
     ) -> Result<Vec<Value>, ApiError> {
         let mut st = self.lock();
-        let keys: Vec<Key> = st
-            .objects
-            .iter()
-            .filter(|((r, n, _), o)| {
-                r == res
-                    && ns.is_none_or(|ns| !res.namespaced || n == ns)
-                    && labels.matches_labels(o)
-                    && fields.matches_fields(o)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        let keys = matching(&st, res, ns, labels, fields);
         let mut out = Vec::new();
         for (r, n, name) in keys {
             if let Ok(v) = self.delete_locked(&mut st, &r, &n, &name, opts) {

@@ -76,29 +76,32 @@ async fn deploy_shuffle_service(bed: &kubebed::bed::Bed) {
     if let Err(e) = ready {
         panic!("{e}\n{}", dump(bed, "spark-shuffle"));
     }
+    for node in &bed.nodes {
+        let url = format!("http://{}:7339/healthz", node.netns.ip);
+        if !answers(&url).await {
+            panic!("{url} never answered:\n{}", dump(bed, "spark-shuffle"));
+        }
+    }
+}
+
+/// Whether `url` answers with a success within 30 s (polled every 200 ms).
+async fn answers(url: &str) -> bool {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
-    for node in &bed.nodes {
-        let url = format!("http://{}:7339/healthz", node.netns.ip);
-        let mut up = false;
-        for _ in 0..150 {
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..150 {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return true;
         }
-        if !up {
-            panic!("{url} never answered:\n{}", dump(bed, "spark-shuffle"));
-        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    false
 }
 
 /// Every pod of a namespace with its status and container logs.
@@ -436,83 +439,43 @@ async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     }
-    let submit = workspace().join(".venv/bin/spark-submit");
-    assert!(
-        submit.exists(),
-        "{} missing: run scripts/test-deps.sh",
-        submit.display()
-    );
-    let conf = |k: &str, v: &str| ["--conf".to_string(), format!("{k}={v}")];
-    let mut args: Vec<String> = vec![
-        "--master".into(),
-        format!("k8s://{}", bed.api_url),
-        "--deploy-mode".into(),
-        "cluster".into(),
-        "--name".into(),
-        "kubebed-shuffle".into(),
-    ];
-    for (k, v) in [
-        ("spark.kubernetes.driver.master", bed.api_url.as_str()),
-        ("spark.kubernetes.container.image", "kubebed/spark:4.3.0"),
-        ("spark.kubernetes.namespace", "default"),
-        (
-            "spark.kubernetes.executor.podTemplateFile",
-            workspace()
-                .join("k8s/shuffle-service/executor-pod-template.yaml")
-                .to_str()
-                .unwrap(),
-        ),
-        (
-            "spark.kubernetes.driver.volumes.hostPath.events.mount.path",
-            "/var/spark-events",
-        ),
-        (
-            "spark.kubernetes.driver.volumes.hostPath.events.options.path",
-            "/var/spark-events",
-        ),
-        ("spark.eventLog.enabled", "true"),
-        ("spark.eventLog.dir", "file:///var/spark-events"),
-        ("spark.eventLog.compress", "false"),
-        ("spark.kubernetes.submission.waitAppCompletion", "true"),
-        ("spark.kubernetes.report.interval", "5s"),
-    ] {
-        args.extend(conf(k, v));
-    }
-    args.push("local:///opt/spark/tests/shuffle_job.py".into());
-    args.extend(["--mode".into(), "dynamic".into()]);
-    let mut cmd = tokio::process::Command::new(&submit);
-    cmd.args(&args)
-        .env("SPARK_HOME", crate::common::spark_home().unwrap())
-        .env_remove("PYSPARK_PYTHON")
-        .env_remove("PYSPARK_DRIVER_PYTHON")
-        .stdout(std::fs::File::create(dir.path().join("submit.out")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("submit.err")).unwrap())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let Ok(status) = tokio::time::timeout(Duration::from_secs(400), child.wait()).await else {
-        panic!("spark-submit took over 400 s\n{}", dump(&bed, "default"));
-    };
-    let submit_log = std::fs::read_to_string(dir.path().join("submit.err")).unwrap_or_default();
-    assert!(
-        status.unwrap().success(),
-        "spark-submit failed:\n{submit_log}"
-    );
-    let sel = kubebed::selector::Selector::labels("spark-role=driver").unwrap();
-    let drivers = bed
-        .store
-        .list(&PODS, Some("default"), &sel, &Default::default())
-        .0;
-    assert_eq!(drivers.len(), 1, "one driver pod expected:\n{submit_log}");
-    let driver = &drivers[0];
-    let name = driver["metadata"]["name"].as_str().unwrap();
-    let log = bed.log("default", name, "spark-kubernetes-driver");
-    assert_eq!(
-        driver["status"]["phase"],
-        "Succeeded",
-        "driver pod: {}\n{log}\n{}",
-        driver["status"],
-        dump(&bed, "default")
-    );
+    let template = workspace().join("k8s/shuffle-service/executor-pod-template.yaml");
+    let (driver, log) = cluster_submit(
+        &bed,
+        dir.path(),
+        &[
+            ("spark.kubernetes.driver.master", bed.api_url.clone()),
+            (
+                "spark.kubernetes.container.image",
+                "kubebed/spark:4.3.0".into(),
+            ),
+            ("spark.kubernetes.namespace", "default".into()),
+            (
+                "spark.kubernetes.executor.podTemplateFile",
+                template.to_str().unwrap().into(),
+            ),
+            (
+                "spark.kubernetes.driver.volumes.hostPath.events.mount.path",
+                "/var/spark-events".into(),
+            ),
+            (
+                "spark.kubernetes.driver.volumes.hostPath.events.options.path",
+                "/var/spark-events".into(),
+            ),
+            ("spark.eventLog.enabled", "true".into()),
+            ("spark.eventLog.dir", "file:///var/spark-events".into()),
+            ("spark.eventLog.compress", "false".into()),
+            ("spark.kubernetes.report.interval", "5s".into()),
+        ],
+        &[
+            "--name",
+            "kubebed-shuffle",
+            "local:///opt/spark/tests/shuffle_job.py",
+            "--mode",
+            "dynamic",
+        ],
+    )
+    .await;
     let seen: Value = log
         .lines()
         .rev()
@@ -672,23 +635,7 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
         .0
         .remove(0);
     let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let mut up = false;
-    for _ in 0..150 {
-        if http
-            .get(format!("http://{ip}:10001/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let up = answers(&format!("http://{ip}:10001/healthz")).await;
     assert!(
         up,
         "the staging server never answered:\n{}",
