@@ -84,6 +84,19 @@ async fn deploy_shuffle_service(bed: &kubebed::bed::Bed) {
     }
 }
 
+/// The job's JSON result line (the last line of the driver's log that is a JSON object with
+/// `key`).
+fn result_line(log: &str, key: &str) -> Value {
+    log.lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .filter(|v| v.get(key).is_some())
+        })
+        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"))
+}
+
 /// Whether `url` answers with a success within 30 s (polled every 200 ms).
 async fn answers(url: &str) -> bool {
     let http = reqwest::Client::builder()
@@ -476,15 +489,7 @@ async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
         ],
     )
     .await;
-    let seen: Value = log
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(|v| v.get("ok2").is_some())
-        })
-        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"));
+    let seen = result_line(&log, "ok2");
     assert_eq!(
         (seen["ok1"].as_bool(), seen["ok2"].as_bool()),
         (Some(true), Some(true)),
@@ -719,15 +724,7 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
         ],
     )
     .await;
-    let seen: Value = log
-        .lines()
-        .rev()
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l)
-                .ok()
-                .filter(|v| v.get("lines").is_some())
-        })
-        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"));
+    let seen = result_line(&log, "lines");
     assert_eq!(
         seen["lines"],
         serde_json::json!(["alpha", "beta"]),
