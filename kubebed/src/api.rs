@@ -24,9 +24,40 @@ use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::store::{DeleteOptions, Event, EventType, Store};
 
+/// A switch that makes the API front unavailable (an API server outage): every request is
+/// answered 503 and open watches end. The store, kubelets and controllers go on.
+#[derive(Debug, Clone)]
+pub struct Outage(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Outage {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
+
+impl Outage {
+    /// Starts (`true`) or ends (`false`) the outage.
+    pub fn set(&self, down: bool) {
+        self.0.send_replace(down);
+    }
+
+    /// Whether the front is down.
+    #[must_use]
+    pub fn is_down(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    async fn begins(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|down| *down).await;
+    }
+}
+
 /// Settings of the HTTP front.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
+    /// The outage switch.
+    pub outage: Outage,
     /// How often a watch with `allowWatchBookmarks=true` gets a `BOOKMARK`.
     pub bookmark_interval: Duration,
     /// How long a watch without `timeoutSeconds` stays open before the server ends it.
@@ -36,6 +67,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
+            outage: Outage::default(),
             bookmark_interval: Duration::from_secs(60),
             watch_timeout: Duration::from_secs(1800),
         }
@@ -248,6 +280,9 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if ctx.config.outage.is_down() {
+        return ApiError::unavailable().into_response();
+    }
     match serve(&ctx, &method, &uri, &q, &headers, &body) {
         Ok(r) => r,
         Err(e) => {
@@ -475,6 +510,7 @@ fn watch(
     };
     let store = Arc::clone(&ctx.store);
     let interval = ctx.config.bookmark_interval;
+    let outage = ctx.config.outage.clone();
     let stream = async_stream(start, move |mut start, tx| async move {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last_rv = start.rv;
@@ -491,6 +527,7 @@ fn watch(
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => return,
                 () = tx.closed() => return,
+                () = outage.begins() => return,
                 _ = tick.tick(), if bookmarks => {
                     let rv = store.resource_version().max(last_rv);
                     let bm = json!({"kind": res.kind, "apiVersion": res.api_version(),

@@ -20,6 +20,7 @@ use crate::net::Fabric;
 use crate::patch::PatchKind;
 use crate::resources::Resource;
 use crate::store::Store;
+use crate::tls::ApiTls;
 
 /// How to build a bed.
 #[derive(Debug, Clone)]
@@ -45,6 +46,10 @@ pub struct Bed {
     pub api_url: String,
     /// The API server's address.
     pub api_addr: SocketAddr,
+    /// The API server's HTTPS URL (what `KUBERNETES_SERVICE_*` in pods point at).
+    pub api_https_url: String,
+    /// The CA of the HTTPS front (PEM).
+    pub api_ca_pem: String,
     /// The nodes.
     pub nodes: Vec<Arc<NodeCtx>>,
     /// The network.
@@ -76,6 +81,18 @@ impl Bed {
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
         }));
+        let tls = ApiTls::new(fabric.gateway.into())?;
+        let tls_listener = tokio::net::TcpListener::bind((fabric.gateway, 0))
+            .await
+            .context("binding the API server's HTTPS front")?;
+        let https_addr = tls_listener.local_addr()?;
+        let api_https_url = format!("https://{https_addr}");
+        let api_ca_pem = tls.ca_pem.clone();
+        tasks.push(tokio::spawn(tls.serve(
+            tls_listener,
+            router(Arc::clone(&store), config.api.clone()),
+            cancel.clone(),
+        )));
         let hosts = Arc::new(Hosts::default());
         let images = Arc::new(config.images.clone());
         let mut nodes = Vec::new();
@@ -97,7 +114,8 @@ impl Bed {
                 store: Arc::clone(&store),
                 fabric: Arc::clone(&fabric),
                 images: Arc::clone(&images),
-                api: Some((api_addr.ip().to_string(), api_addr.port())),
+                api: Some((https_addr.ip().to_string(), https_addr.port())),
+                api_ca: Some(api_ca_pem.clone()),
                 hosts: Arc::clone(&hosts),
             });
             tasks.push(tokio::spawn(kubelet::run(Arc::clone(&ctx), cancel.clone())));
@@ -110,6 +128,8 @@ impl Bed {
             store,
             api_url,
             api_addr,
+            api_https_url,
+            api_ca_pem,
             nodes,
             fabric,
             cancel,

@@ -22,4 +22,5 @@ pub mod resources;
 pub mod selector;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod validate;

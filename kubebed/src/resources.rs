@@ -69,6 +69,8 @@ pub const NAMESPACES: Resource = r("", "v1", "namespaces", "Namespace", false);
 pub const SECRETS: Resource = r("", "v1", "secrets", "Secret", true);
 /// ConfigMaps.
 pub const CONFIGMAPS: Resource = r("", "v1", "configmaps", "ConfigMap", true);
+/// Service accounts.
+pub const SERVICEACCOUNTS: Resource = r("", "v1", "serviceaccounts", "ServiceAccount", true);
 /// DaemonSets.
 pub const DAEMONSETS: Resource = r("apps", "v1", "daemonsets", "DaemonSet", true);
 /// Deployments.
@@ -89,7 +91,7 @@ pub const ALL: &[Resource] = &[
         "PersistentVolumeClaim",
         true,
     ),
-    r("", "v1", "serviceaccounts", "ServiceAccount", true),
+    SERVICEACCOUNTS,
     r("", "v1", "events", "Event", true),
     DAEMONSETS,
     DEPLOYMENTS,

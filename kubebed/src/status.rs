@@ -53,6 +53,17 @@ impl ApiError {
         )
     }
 
+    /// 503 while the server is made unavailable (an outage).
+    #[must_use]
+    pub fn unavailable() -> Self {
+        Self::new(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request".into(),
+            json!({}),
+        )
+    }
+
     /// 409 AlreadyExists.
     #[must_use]
     pub fn exists(res: &Resource, name: &str) -> Self {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use k8s_openapi::chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -90,9 +90,10 @@ pub fn now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let secs = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
-    DateTime::<Utc>::from_timestamp(secs, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Secs, true)
+    Timestamp::from_second(secs)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn key(res: &Resource, ns: &str, name: &str) -> Key {

@@ -49,6 +49,34 @@ pub const DEFAULT_SPARK_OPEN_FILES: usize = 4096;
 pub const DEFAULT_SPARK_SMALL_BODY: u64 = 16 << 10;
 /// How often capacity-limited volumes are rescanned.
 pub const DEFAULT_USAGE_SCAN_INTERVAL: Duration = Duration::from_secs(300);
+/// How long a driver pod stays `Succeeded` or `Failed` before its application's data goes.
+pub const DEFAULT_KUBE_APP_END_GRACE: Duration = Duration::from_secs(30);
+
+/// Whether the service follows Spark's pods through the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeWatch {
+    /// On when running in a pod (`KUBERNETES_SERVICE_HOST` set) with a node name.
+    #[default]
+    Auto,
+    /// On; a missing node name or API configuration is an error.
+    On,
+    /// Off: application data is deleted only on `UnregisterApplication` or the idle TTL.
+    Off,
+}
+
+/// The Kubernetes settings, resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// The node whose executor pods are followed.
+    pub node_name: String,
+    /// Namespaces followed (empty: all).
+    pub namespaces: Vec<String>,
+    /// How long a driver pod stays `Succeeded`/`Failed` before the data goes.
+    pub app_end_grace: Duration,
+    /// Learn each application's Spark secret from its executor pods.
+    pub learn_secrets: bool,
+}
 
 /// Arguments of `shuffle-service serve`.
 #[derive(Debug, Clone, Default, Args)]
@@ -130,6 +158,26 @@ pub struct ServeArgs {
     /// Block files open for sending at once across Spark connections.
     #[arg(long, env = "SHUFFLE_SPARK_OPEN_FILES")]
     pub spark_open_files: Option<usize>,
+    /// Follow Spark's driver and executor pods through the Kubernetes API (deletes an
+    /// application's data when its driver pod ends): `auto` (on inside a pod with a node
+    /// name), `on` or `off`.
+    #[arg(long, env = "SHUFFLE_KUBE_WATCH", value_enum)]
+    pub kube_watch: Option<KubeWatch>,
+    /// The node this service runs on (from the downward API: `spec.nodeName`).
+    #[arg(long, env = "SHUFFLE_KUBE_NODE_NAME")]
+    pub kube_node_name: Option<String>,
+    /// Namespaces whose Spark pods are followed, comma-separated (default: all, which needs
+    /// a ClusterRole).
+    #[arg(long, env = "SHUFFLE_KUBE_NAMESPACES", value_delimiter = ',')]
+    pub kube_namespaces: Vec<String>,
+    /// How long a driver pod stays `Succeeded` or `Failed` before its data is deleted.
+    #[arg(long, env = "SHUFFLE_KUBE_APP_END_GRACE", value_parser = humantime::parse_duration)]
+    pub kube_app_end_grace: Option<Duration>,
+    /// Learn each application's Spark secret (`_SPARK_AUTH_SECRET`) from its executor pods
+    /// on this node, so `spark.authenticate=true` works with Spark's per-application secret.
+    /// Needs the watch; held in memory only.
+    #[arg(long, env = "SHUFFLE_KUBE_LEARN_SECRETS")]
+    pub kube_learn_secrets: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +207,12 @@ struct FileConfig {
     spark_memory: Option<String>,
     spark_connection_memory: Option<String>,
     spark_open_files: Option<usize>,
+    kube_watch: Option<KubeWatch>,
+    kube_node_name: Option<String>,
+    #[serde(default)]
+    kube_namespaces: Vec<String>,
+    kube_app_end_grace: Option<String>,
+    kube_learn_secrets: Option<bool>,
 }
 
 /// Validated configuration.
@@ -214,6 +268,8 @@ pub struct Config {
     pub spark_open_files: usize,
     /// Bodies read into memory up to this size.
     pub spark_small_body: u64,
+    /// Following Spark's pods (`None`: off).
+    pub kube: Option<KubeSettings>,
 }
 
 impl Config {
@@ -250,6 +306,7 @@ impl Config {
             spark_connection_memory: DEFAULT_SPARK_CONNECTION_MEMORY,
             spark_open_files: DEFAULT_SPARK_OPEN_FILES,
             spark_small_body: DEFAULT_SPARK_SMALL_BODY,
+            kube: None,
         }
     }
 
@@ -386,6 +443,23 @@ impl Config {
                 "Spark connection, file, memory limits and idle timeout must be positive".into(),
             );
         }
+        c.kube = kube_settings(
+            args.kube_watch.or(file.kube_watch).unwrap_or_default(),
+            args.kube_node_name.or(file.kube_node_name),
+            if args.kube_namespaces.is_empty() {
+                file.kube_namespaces
+            } else {
+                args.kube_namespaces
+            },
+            dur(
+                args.kube_app_end_grace,
+                file.kube_app_end_grace,
+                DEFAULT_KUBE_APP_END_GRACE,
+                "kube_app_end_grace",
+            )?,
+            args.kube_learn_secrets || file.kube_learn_secrets.unwrap_or(false),
+            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        )?;
         c.validate()?;
         if c.cleanup_parallelism == 0 || c.max_fetch_blocks == 0 || c.sweep_interval.is_zero() {
             return Err(
@@ -406,14 +480,57 @@ impl Config {
             && !addr.ip().is_loopback()
             && self.spark_auth_secret_file.is_none()
             && self.spark_auth_secret_dir.is_none()
+            && !self.kube.as_ref().is_some_and(|k| k.learn_secrets)
             && !self.spark_allow_unauthenticated
         {
             return Err(format!(
-                "the Spark listener on {addr} has no authentication: anyone who reaches it reads and removes every application's blocks. Configure --spark-auth-secret-file or --spark-auth-secret-dir, listen on loopback, or accept it with --spark-allow-unauthenticated"
+                "the Spark listener on {addr} has no authentication: anyone who reaches it reads and removes every application's blocks. Configure --spark-auth-secret-file, --spark-auth-secret-dir or --kube-learn-secrets, listen on loopback, or accept it with --spark-allow-unauthenticated"
             ));
         }
         Ok(())
     }
+}
+
+/// Resolves the Kubernetes settings: `auto` turns the watch on inside a pod with a node name.
+fn kube_settings(
+    mode: KubeWatch,
+    node_name: Option<String>,
+    namespaces: Vec<String>,
+    app_end_grace: Duration,
+    learn_secrets: bool,
+    in_cluster: bool,
+) -> Result<Option<KubeSettings>, String> {
+    let node_name = node_name.filter(|n| !n.trim().is_empty());
+    let on = match (mode, &node_name) {
+        (KubeWatch::Off, _) => false,
+        (KubeWatch::On, Some(_)) => true,
+        (KubeWatch::On, None) => {
+            return Err("--kube-watch on needs --kube-node-name (SHUFFLE_KUBE_NODE_NAME, from the downward API's spec.nodeName)".into());
+        }
+        (KubeWatch::Auto, n) => in_cluster && n.is_some(),
+    };
+    if !on {
+        if learn_secrets {
+            return Err("--kube-learn-secrets needs the pod watch: --kube-watch on (or auto inside a pod) and --kube-node-name".into());
+        }
+        return Ok(None);
+    }
+    for ns in &namespaces {
+        if ns.is_empty()
+            || ns.len() > 63
+            || !ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!("kube_namespaces: {ns:?} is not a namespace name"));
+        }
+    }
+    Ok(Some(KubeSettings {
+        node_name: node_name.unwrap_or_default(),
+        namespaces,
+        app_end_grace,
+        learn_secrets,
+    }))
 }
 
 fn parse_sync(s: &str) -> Result<Durability, String> {
@@ -456,6 +573,55 @@ mod tests {
         assert!(c.validate().is_ok());
         c.spark_listen = None;
         c.spark_auth_secret_file = None;
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn the_pod_watch_is_on_in_a_pod_with_a_node_name_and_off_when_asked() {
+        let g = Duration::from_secs(30);
+        let node = || Some("node-1".to_owned());
+        let on = kube_settings(KubeWatch::Auto, node(), vec![], g, false, true).unwrap();
+        assert_eq!(on.unwrap().node_name, "node-1");
+        assert!(
+            kube_settings(KubeWatch::Auto, node(), vec![], g, false, false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            kube_settings(KubeWatch::Auto, None, vec![], g, false, true)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            kube_settings(KubeWatch::Off, node(), vec![], g, false, true)
+                .unwrap()
+                .is_none()
+        );
+        let e = kube_settings(KubeWatch::On, None, vec![], g, false, true).unwrap_err();
+        assert!(e.contains("--kube-node-name"), "{e}");
+        let e = kube_settings(KubeWatch::Off, node(), vec![], g, true, true).unwrap_err();
+        assert!(e.contains("--kube-learn-secrets"), "{e}");
+        let e = kube_settings(
+            KubeWatch::On,
+            node(),
+            vec!["Bad_NS".into()],
+            g,
+            false,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.contains("Bad_NS"), "{e}");
+    }
+
+    #[test]
+    fn learned_secrets_count_as_authentication_for_a_public_listener() {
+        let mut c = Config::for_data_dir("/tmp/x");
+        c.spark_listen = Some("0.0.0.0:7337".parse().unwrap());
+        c.kube = Some(KubeSettings {
+            node_name: "n".into(),
+            learn_secrets: true,
+            ..KubeSettings::default()
+        });
         assert!(c.validate().is_ok());
     }
 }

@@ -11,6 +11,7 @@
 //! - [`service`]: the gRPC front end (`shuffle.v1`);
 //! - [`spark`]: Spark's own protocol (port 7337), the front end unmodified executors use;
 //! - [`lifecycle`]: application liveness (idle TTL, vanished directories);
+//! - [`kube`]: application ends and Spark secrets from Spark's pods on Kubernetes;
 //! - [`admin`], [`metrics`], [`server`], [`config`].
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod grpc_metrics;
+pub mod kube;
 pub mod lifecycle;
 pub mod linger;
 pub mod lograte;

@@ -230,6 +230,9 @@ impl Metrics {
             "heartbeat_timeout",
             "idle_ttl",
             "directories_gone",
+            "driver_deleted",
+            "driver_succeeded",
+            "driver_failed",
         ] {
             m.apps_removed.with_label_values(&[reason]).inc_by(0);
         }

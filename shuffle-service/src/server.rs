@@ -145,6 +145,14 @@ pub async fn run(
         config.usage_scan_interval,
         background.clone(),
     )));
+    if let Some(k) = &config.kube {
+        core.adopt(tokio::spawn(crate::kube::run(
+            core.clone(),
+            k.clone(),
+            config.sweep_interval,
+            background.clone(),
+        )));
+    }
 
     shutdown.await;
     draining.store(true, Ordering::SeqCst);

@@ -45,8 +45,10 @@ pub struct NodeCtx {
     pub fabric: Arc<Fabric>,
     /// Known images.
     pub images: Arc<Images>,
-    /// The API server's address as pods reach it.
+    /// The API server's HTTPS address as pods reach it (`KUBERNETES_SERVICE_*`).
     pub api: Option<(String, u16)>,
+    /// The CA certificate of the API server (PEM), mounted as the service account's `ca.crt`.
+    pub api_ca: Option<String>,
     /// Name resolution files.
     pub hosts: Arc<Hosts>,
 }

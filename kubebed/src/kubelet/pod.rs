@@ -64,6 +64,8 @@ struct Run {
     netns: Option<Netns>,
     hostname: String,
     volumes: HashMap<String, PathBuf>,
+    /// The service-account volume, when mounted.
+    service_account: Option<PathBuf>,
     containers: Vec<Cstate>,
     phase: &'static str,
     /// The phase the pod ends in once its sidecars have stopped.
@@ -131,6 +133,7 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Value, mut stop: watch::Receiver<Option
         netns: None,
         hostname,
         volumes: HashMap::new(),
+        service_account: None,
         containers,
         phase: "Pending",
         final_phase: None,
@@ -263,6 +266,18 @@ impl Run {
             match volumes::prepare(&self.ctx.store, &self.ctx.roots, &self.typed, &self.dir) {
                 Ok(v) => {
                     self.volumes = v;
+                    match volumes::service_account(
+                        &self.ctx.store,
+                        &self.typed,
+                        &self.dir,
+                        self.ctx.api_ca.as_deref(),
+                    ) {
+                        Ok(sa) => self.service_account = sa,
+                        Err(VolumeError::Fail(m) | VolumeError::Wait(m)) => {
+                            self.fail("VolumeFailed", &m);
+                            return Err(());
+                        }
+                    }
                     break;
                 }
                 Err(VolumeError::Fail(m)) => {
@@ -486,6 +501,17 @@ impl Run {
                 source,
                 target: m.mount_path.clone(),
                 read_only: m.read_only == Some(true),
+            });
+        }
+        if let Some(sa) = &self.service_account
+            && !mounts
+                .iter()
+                .any(|m| m.target.trim_end_matches('/') == volumes::SERVICE_ACCOUNT_DIR)
+        {
+            mounts.push(Mount {
+                source: sa.clone(),
+                target: volumes::SERVICE_ACCOUNT_DIR.to_owned(),
+                read_only: true,
             });
         }
         let etc = self.dir.join("etc");

@@ -44,6 +44,63 @@ const PVCS: Resource = Resource {
     namespaced: true,
 };
 
+/// Where a pod's service-account credentials are mounted.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Writes the pod's service-account volume (`token`, `ca.crt`, `namespace`, 0644 and
+/// `fsGroup`-owned as the kubelet's projected volume) unless the pod or its service account
+/// turns automounting off or no CA is known; returns the directory.
+///
+/// # Errors
+/// [`VolumeError::Fail`] when the files cannot be written.
+pub fn service_account(
+    store: &Store,
+    pod: &Pod,
+    pod_dir: &Path,
+    ca_pem: Option<&str>,
+) -> Result<Option<PathBuf>, VolumeError> {
+    let Some(ca) = ca_pem else { return Ok(None) };
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sa_name = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    let automount = spec.automount_service_account_token.or_else(|| {
+        store
+            .get(&crate::resources::SERVICEACCOUNTS, &ns, &sa_name)
+            .ok()
+            .and_then(|sa| sa["automountServiceAccountToken"].as_bool())
+    });
+    if automount == Some(false) {
+        return Ok(None);
+    }
+    let fs_group = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    let dir = pod_dir.join("serviceaccount");
+    std::fs::create_dir_all(&dir).map_err(|e| io("service account", &e))?;
+    let token = format!("kubebed.{ns}.{sa_name}.{}", uuid::Uuid::new_v4().simple());
+    for (name, body) in [
+        ("token", token.as_str()),
+        ("ca.crt", ca),
+        ("namespace", &ns),
+    ] {
+        let p = dir.join(name);
+        if name == "token" || !p.exists() {
+            std::fs::write(&p, body).map_err(|e| io("service account", &e))?;
+        }
+        set_mode(&p, 0o644)?;
+        if let Some(g) = fs_group {
+            chown(&p, None, Some(g))?;
+        }
+    }
+    set_mode(&dir, 0o755)?;
+    Ok(Some(dir))
+}
+
 fn io(what: &str, e: &std::io::Error) -> VolumeError {
     VolumeError::Fail(format!("{what}: {e}"))
 }

@@ -413,3 +413,34 @@ async fn what_is_not_served_answers_as_a_real_server() {
     assert_eq!(code, 200);
     assert_eq!(v["major"], "1");
 }
+
+#[tokio::test]
+async fn an_outage_ends_watches_and_answers_503_until_it_is_over() {
+    let config = ApiConfig::default();
+    let outage = config.outage.clone();
+    let api = start(config).await;
+    let mut watch = api
+        .http
+        .get(format!("{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=290&allowWatchBookmarks=true", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    outage.set(true);
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.chunk())
+        .await
+        .expect("the watch should end with the outage");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let (code, body) = api
+        .send("GET", "/api/v1/namespaces/default/configmaps", "", None)
+        .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (503, Some("ServiceUnavailable"))
+    );
+    outage.set(false);
+    let (code, _) = api
+        .send("GET", "/api/v1/namespaces/default/configmaps", "", None)
+        .await;
+    assert_eq!(code, 200);
+}

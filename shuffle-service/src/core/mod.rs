@@ -117,6 +117,11 @@ impl Core {
             config.spark_auth_secret_dir.as_deref(),
         )
         .map_err(|e| ShuffleError::InvalidArgument(format!("Spark authentication: {e}")))?;
+        let secrets = if config.kube.as_ref().is_some_and(|k| k.learn_secrets) {
+            secrets.with_learned(Arc::default())
+        } else {
+            secrets
+        };
         let volumes = Arc::new(Volumes::open(&config.volumes)?);
         // One service per state directory and per volume: two would both delete.
         let mut locks = vec![lock_dir(&config.state_dir)?];
@@ -375,6 +380,11 @@ impl Core {
         self.refresh_gauges();
         tracing::info!(app = %app, reason, dirs = n, "application removed");
         Ok(n)
+    }
+
+    /// Whether an application is registered (has executors or a driver registration).
+    pub fn has_app(&self, app: &AppId) -> bool {
+        self.inner.registry.has_app(app)
     }
 
     /// Registers an executor after checking every directory against the volumes.

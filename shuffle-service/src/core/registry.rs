@@ -360,6 +360,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether an application is registered.
+    pub fn has_app(&self, app: &AppId) -> bool {
+        self.read().contains_key(app)
+    }
+
     /// Records activity of an application; returns whether it is registered.
     pub fn touch(&self, app: &AppId) -> bool {
         match self.read().get(app) {

@@ -1,16 +1,98 @@
 //! Secrets of Spark's authentication: one shared secret (`spark.authenticate.secret` on every
 //! application), per-application secrets (a directory of files named by application id, the
-//! shape of a mounted Kubernetes Secret), or both, the per-application one winning.
+//! shape of a mounted Kubernetes Secret), secrets learned from executor pods (Spark's own
+//! per-application secret on `k8s://`, see `crate::kube`), or several: a per-application file
+//! wins over a learned secret, which wins over the shared one.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use crate::ids::AppId;
 
-/// Where secrets come from.
-#[derive(Debug, Clone, Default)]
+/// Where secrets come from. `Debug` shows which sources are configured, never a secret.
+#[derive(Clone, Default)]
 pub struct Secrets {
     shared: Option<Vec<u8>>,
     per_app_dir: Option<PathBuf>,
+    learned: Option<Arc<Learned>>,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secrets")
+            .field("shared", &self.shared.is_some())
+            .field("per_app_dir", &self.per_app_dir)
+            .field("learned", &self.learned)
+            .finish()
+    }
+}
+
+/// Per-application secrets learned at run time, in memory only. Overwritten bytes are
+/// zeroed when an application is forgotten.
+#[derive(Default)]
+pub struct Learned {
+    map: RwLock<HashMap<AppId, Vec<u8>>>,
+}
+
+impl fmt::Debug for Learned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Learned")
+            .field("applications", &self.len())
+            .finish()
+    }
+}
+
+impl Learned {
+    /// Remembers an application's secret. Returns `false` (and keeps the first) when a
+    /// different secret is already known for the application.
+    pub fn learn(&self, app: &AppId, secret: &[u8]) -> bool {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match map.get(app) {
+            Some(known) => bool::from(subtle::ConstantTimeEq::ct_eq(known.as_slice(), secret)),
+            None => {
+                map.insert(app.clone(), secret.to_vec());
+                true
+            }
+        }
+    }
+
+    /// Forgets an application's secret.
+    pub fn forget(&self, app: &AppId) {
+        let mut map = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(mut s) = map.remove(app) {
+            s.fill(0);
+        }
+    }
+
+    /// The secret of an application, if learned.
+    pub fn get(&self, app: &AppId) -> Option<Vec<u8>> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .cloned()
+    }
+
+    /// Number of applications with a learned secret.
+    pub fn len(&self) -> usize {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no secret is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Reads a secret file with the rules every secret file of the project follows (mode, size,
@@ -38,7 +120,20 @@ impl Secrets {
         Ok(Self {
             shared,
             per_app_dir: per_app_dir.map(Path::to_path_buf),
+            learned: None,
         })
+    }
+
+    /// Also answers with secrets learned at run time (and so requires authentication).
+    #[must_use]
+    pub fn with_learned(mut self, learned: Arc<Learned>) -> Self {
+        self.learned = Some(learned);
+        self
+    }
+
+    /// The learned secrets, when that source is on.
+    pub fn learned(&self) -> Option<&Arc<Learned>> {
+        self.learned.as_ref()
     }
 
     /// Secrets for tests and embedding.
@@ -46,12 +141,13 @@ impl Secrets {
         Self {
             shared: Some(secret.into()),
             per_app_dir: None,
+            learned: None,
         }
     }
 
     /// Whether clients must authenticate.
     pub fn enabled(&self) -> bool {
-        self.shared.is_some() || self.per_app_dir.is_some()
+        self.shared.is_some() || self.per_app_dir.is_some() || self.learned.is_some()
     }
 
     /// The secret of an application (blocking read of a small file). The id is validated by
@@ -60,12 +156,57 @@ impl Secrets {
         if let Some(d) = &self.per_app_dir {
             match read_secret(&d.join(app.as_str())) {
                 Ok(s) => return Some(s),
-                Err(e) if self.shared.is_none() => {
+                Err(e) if self.shared.is_none() && self.learned.is_none() => {
                     tracing::warn!(app = %app, error = %e, "no secret for application");
                 }
                 Err(_) => {}
             }
         }
+        if let Some(s) = self.learned.as_ref().and_then(|l| l.get(app)) {
+            return Some(s);
+        }
         self.shared.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(s: &str) -> AppId {
+        s.parse().expect("app id")
+    }
+
+    #[test]
+    fn a_learned_secret_answers_for_its_application_only_and_is_forgotten() {
+        let learned = Arc::new(Learned::default());
+        let secrets = Secrets::default().with_learned(Arc::clone(&learned));
+        assert!(secrets.enabled());
+        assert!(learned.learn(&app("spark-a"), b"one"));
+        assert_eq!(
+            secrets.lookup(&app("spark-a")).as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(secrets.lookup(&app("spark-b")), None);
+        learned.forget(&app("spark-a"));
+        assert_eq!(secrets.lookup(&app("spark-a")), None);
+    }
+
+    #[test]
+    fn a_second_different_secret_does_not_replace_the_first() {
+        let learned = Learned::default();
+        assert!(learned.learn(&app("spark-a"), b"one"));
+        assert!(learned.learn(&app("spark-a"), b"one"));
+        assert!(!learned.learn(&app("spark-a"), b"two"));
+        assert_eq!(learned.get(&app("spark-a")).as_deref(), Some(&b"one"[..]));
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let learned = Arc::new(Learned::default());
+        learned.learn(&app("spark-a"), b"hunter2-learned");
+        let s = Secrets::shared(b"hunter2-shared".to_vec()).with_learned(learned);
+        let text = format!("{s:?}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

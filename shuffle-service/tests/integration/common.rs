@@ -39,6 +39,9 @@ impl TestService {
         let core = Core::open(&config, prometheus::Registry::new())
             .await
             .unwrap();
+        // Pod watches are started by the tests that want them, with a client of their own
+        // (never one inferred from the environment, which could name a real cluster).
+        config.kube = None;
         let grpc_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let spark_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod fetch;
 mod isolation;
+mod kube;
 mod lifecycle;
 mod links;
 mod security;

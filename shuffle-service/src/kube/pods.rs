@@ -1,0 +1,206 @@
+//! What the service reads from Spark's pods: the application, the driver an executor belongs
+//! to (its controller owner reference), the driver's phase, and Spark's per-application
+//! secret from an executor's environment.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::ids::AppId;
+
+/// Label Spark puts on its driver and executor pods with the application id.
+pub const APP_LABEL: &str = "spark-app-selector";
+/// Label Spark puts on its pods with `driver` or `executor`.
+pub const ROLE_LABEL: &str = "spark-role";
+/// The environment variable holding Spark's per-application secret in executor pods.
+pub const SECRET_ENV: &str = "_SPARK_AUTH_SECRET";
+
+/// An executor pod on this node.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExecutorPod {
+    /// The pod's uid.
+    pub uid: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The application (`spark-app-selector`).
+    pub app: AppId,
+    /// The uid of the driver pod that controls it (none in client mode without a driver pod).
+    pub driver_uid: Option<String>,
+    /// Spark's secret for the application, when asked for and present as a plain value.
+    pub secret: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ExecutorPod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutorPod")
+            .field("uid", &self.uid)
+            .field("namespace", &self.namespace)
+            .field("app", &self.app)
+            .field("driver_uid", &self.driver_uid)
+            .field("secret", &self.secret.is_some())
+            .finish()
+    }
+}
+
+/// How far a driver pod got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Pending, Running or Unknown.
+    Live,
+    /// `Succeeded`.
+    Succeeded,
+    /// `Failed`.
+    Failed,
+}
+
+/// A driver pod anywhere in the followed namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverPod {
+    /// The pod's uid.
+    pub uid: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The application it names (`spark-app-selector`).
+    pub app: Option<AppId>,
+    /// Its creation time, in seconds since the epoch (the API's resolution; 0 if unset).
+    pub created: i64,
+    /// Its phase.
+    pub phase: Phase,
+}
+
+/// The pod's uid and namespace, when both are set.
+pub fn identity(pod: &Pod) -> Option<(String, String)> {
+    Some((pod.metadata.uid.clone()?, pod.metadata.namespace.clone()?))
+}
+
+/// Reads an executor pod; `None` for a pod without a valid application label.
+pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
+    let (uid, namespace) = identity(pod)?;
+    let app = pod.metadata.labels.as_ref()?.get(APP_LABEL)?.parse().ok()?;
+    let driver_uid = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "Pod" && o.api_version == "v1" && o.controller == Some(true))
+        .map(|o| o.uid.clone());
+    let secret = if with_secret {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.env.iter().flatten())
+            .find(|e| e.name == SECRET_ENV && e.value_from.is_none())
+            .and_then(|e| e.value.as_deref())
+            .filter(|v| !v.is_empty())
+            .map(|v| v.as_bytes().to_vec())
+    } else {
+        None
+    };
+    Some(ExecutorPod {
+        uid,
+        namespace,
+        app,
+        driver_uid,
+        secret,
+    })
+}
+
+/// Reads a driver pod.
+pub fn driver(pod: &Pod) -> Option<DriverPod> {
+    let (uid, namespace) = identity(pod)?;
+    let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Succeeded") => Phase::Succeeded,
+        Some("Failed") => Phase::Failed,
+        _ => Phase::Live,
+    };
+    let app = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(APP_LABEL))
+        .and_then(|a| a.parse().ok());
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(0, |t| t.0.as_second());
+    Some(DriverPod {
+        uid,
+        namespace,
+        app,
+        created,
+        phase,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("pod")
+    }
+
+    fn executor_pod(owner_kind: &str) -> Pod {
+        pod(serde_json::json!({
+            "metadata": {
+                "name": "job-exec-1", "namespace": "spark", "uid": "e-1",
+                "labels": {"spark-app-selector": "spark-0123abcd", "spark-role": "executor"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": owner_kind, "name": "job-driver",
+                                     "uid": "d-1", "controller": true}]
+            },
+            "spec": {"containers": [{"name": "spark-kubernetes-executor", "env": [
+                {"name": "SPARK_EXECUTOR_ID", "value": "1"},
+                {"name": "_SPARK_AUTH_SECRET", "value": "00ff"}
+            ]}]}
+        }))
+    }
+
+    #[test]
+    fn an_executor_names_its_application_driver_and_secret() {
+        let e = executor(&executor_pod("Pod"), true).expect("executor");
+        assert_eq!(e.app.as_str(), "spark-0123abcd");
+        assert_eq!(e.namespace, "spark");
+        assert_eq!(e.driver_uid.as_deref(), Some("d-1"));
+        assert_eq!(e.secret.as_deref(), Some(&b"00ff"[..]));
+        assert!(!format!("{e:?}").contains("00ff"));
+        let e = executor(&executor_pod("Pod"), false).expect("executor");
+        assert_eq!(e.secret, None);
+    }
+
+    #[test]
+    fn only_a_controlling_pod_owner_is_a_driver() {
+        let e = executor(&executor_pod("ReplicaSet"), false).expect("executor");
+        assert_eq!(e.driver_uid, None);
+    }
+
+    #[test]
+    fn a_pod_without_a_valid_application_label_is_not_an_executor() {
+        let p = pod(
+            serde_json::json!({"metadata": {"uid": "u", "namespace": "n",
+            "labels": {"spark-app-selector": "../etc"}}}),
+        );
+        assert!(executor(&p, true).is_none());
+        let p = pod(serde_json::json!({"metadata": {"uid": "u", "namespace": "n"}}));
+        assert!(executor(&p, true).is_none());
+    }
+
+    #[test]
+    fn driver_phases() {
+        for (phase, want) in [
+            ("Succeeded", Phase::Succeeded),
+            ("Failed", Phase::Failed),
+            ("Running", Phase::Live),
+            ("Unknown", Phase::Live),
+        ] {
+            let p = pod(
+                serde_json::json!({"metadata": {"uid": "d", "namespace": "n",
+                "creationTimestamp": "2026-12-01T10:00:00Z",
+                "labels": {"spark-app-selector": "spark-1"}},
+                "status": {"phase": phase}}),
+            );
+            let d = driver(&p).expect("driver");
+            assert_eq!(d.phase, want);
+            assert_eq!(d.app.expect("app").as_str(), "spark-1");
+            assert_eq!(d.created, 1_796_119_200);
+        }
+    }
+}
