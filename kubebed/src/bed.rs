@@ -50,6 +50,8 @@ pub struct Bed {
     pub api_https_url: String,
     /// The CA of the HTTPS front (PEM).
     pub api_ca_pem: String,
+    /// Makes both API fronts unavailable (503, watches end) while set.
+    pub outage: crate::api::Outage,
     /// The nodes.
     pub nodes: Vec<Arc<NodeCtx>>,
     /// The network.
@@ -130,6 +132,7 @@ impl Bed {
             api_addr,
             api_https_url,
             api_ca_pem,
+            outage: config.api.outage.clone(),
             nodes,
             fabric,
             cancel,

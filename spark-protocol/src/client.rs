@@ -258,7 +258,7 @@ impl Client {
         let mut raw = [0u8; 30];
         rand::fill(&mut raw[..]);
         let cnonce = B64.encode(raw);
-        let password = B64.encode(secret);
+        let password = sasl::encode(secret);
         let uri = "null/default";
         let response = sasl::digest(
             &password,
@@ -272,7 +272,7 @@ impl Client {
         );
         let msg = format!(
             "charset=utf-8,username=\"{}\",realm=\"{}\",nonce=\"{nonce}\",nc=00000001,cnonce=\"{cnonce}\",digest-uri=\"{uri}\",maxbuf=65536,response={response},qop=auth",
-            B64.encode(sasl::USER),
+            sasl::encode(sasl::USER),
             sasl::REALM
         );
         match self.rpc(step(msg.into_bytes())).await? {

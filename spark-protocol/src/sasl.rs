@@ -1,6 +1,6 @@
 //! The server side of SASL DIGEST-MD5 as Spark speaks it (RFC 2831, qop `auth` only): the
-//! user is `sparkSaslUser`, the password the base64 of the application's secret, the realm
-//! `default`. Integrity and confidentiality layers (`auth-int`, `auth-conf`) are not offered,
+//! user is `sparkSaslUser`, the password the base64 of the application's secret as Netty
+//! writes it (a line break after every 76 characters, see [`encode`]), the realm `default`. Integrity and confidentiality layers (`auth-int`, `auth-conf`) are not offered,
 //! so a client that insists on SASL encryption fails its handshake cleanly.
 
 use base64::Engine as _;
@@ -14,6 +14,22 @@ pub const USER: &str = "sparkSaslUser";
 pub const REALM: &str = "default";
 /// Longest client response accepted.
 const MAX_RESPONSE: usize = 4096;
+
+/// Base64 as Spark encodes the SASL user and password (`SparkSaslServer.encodePassword`, with
+/// Netty's `Base64.encode`): standard alphabet and padding, a `\n` after every 76 characters
+/// except at the very end. A secret of more than 57 bytes (Spark's own 64-hex-character
+/// secrets on Kubernetes) therefore has a line break in its password.
+pub fn encode(bytes: impl AsRef<[u8]>) -> String {
+    let plain = B64.encode(bytes);
+    let mut out = String::with_capacity(plain.len() + plain.len() / 76);
+    for (i, c) in plain.chars().enumerate() {
+        if i > 0 && i % 76 == 0 {
+            out.push('\n');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// Why a handshake failed (sent to the client as an RPC failure).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -116,11 +132,11 @@ impl DigestServer {
         if nc != "00000001" {
             return Err(SaslError::Malformed("nc"));
         }
-        let expected_user = B64.encode(USER);
+        let expected_user = encode(USER);
         // Every comparison below runs to the end, so the time taken reveals nothing.
         let mut ok = username.as_bytes().ct_eq(expected_user.as_bytes());
         ok &= nonce.as_bytes().ct_eq(self.nonce.as_bytes());
-        let password = B64.encode(&self.secret);
+        let password = encode(&self.secret);
         let expected = digest(
             &password,
             realm,
@@ -233,6 +249,22 @@ fn parse_directives(s: &str) -> Result<Vec<(String, String)>, SaslError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_break_lines_as_netty_does() {
+        let b64 = |n: usize| encode(vec![b'a'; n]);
+        assert_eq!(b64(57).len(), 76);
+        assert!(!b64(57).contains('\n'));
+        let long = b64(64);
+        assert_eq!(long.len(), 89);
+        assert_eq!(long.find('\n'), Some(76));
+        assert_eq!(
+            b64(114).matches('\n').count(),
+            1,
+            "no line break at the very end"
+        );
+        assert_eq!(encode(USER), "c3BhcmtTYXNsVXNlcg==");
+    }
 
     const NONCE: &str = "0vC7X6/UfN2EVijaVM/6Z+dqxykAJyre7BbF7Wfi";
     const CNONCE: &str = "kRo7PWx8svzA5DXRzJx6Rf5WiZMmQbvxL45FuG2i";

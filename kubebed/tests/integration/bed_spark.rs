@@ -8,9 +8,12 @@ use std::time::Duration;
 use kubebed::resources::{DAEMONSETS, PODS};
 use serde_json::Value;
 
-use crate::common::{bed, manifest, workspace};
+use crate::common::{apply_dir, bed, manifest, workspace};
 
 /// One Spark application at a time: the machine has two cores.
+/// The upload token of the staging server deployed on the bed.
+const UPLOAD_TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn python() -> PathBuf {
@@ -49,20 +52,25 @@ fn events(dir: &std::path::Path) -> Vec<Value> {
     out
 }
 
-/// Deploys the DaemonSet from `k8s/shuffle-service/daemonset.yaml` with its admin Secret, and
-/// waits until every node's service answers.
+/// Deploys `k8s/shuffle-service/daemonset/` with its admin Secret, and waits until every node's
+/// service answers.
 async fn deploy_shuffle_service(bed: &kubebed::bed::Bed) {
-    bed.namespace("spark-shuffle").unwrap();
+    deploy_shuffle_service_with(bed, |t| t).await;
+}
+
+/// [`deploy_shuffle_service`] with each manifest's text edited first.
+async fn deploy_shuffle_service_with(bed: &kubebed::bed::Bed, edit: impl Fn(String) -> String) {
+    bed.apply(
+        &manifest("k8s/shuffle-service/daemonset/00-namespace.yaml"),
+        "default",
+    )
+    .unwrap();
     bed.apply(
         "apiVersion: v1\nkind: Secret\nmetadata: {name: shuffle-admin-tokens}\nstringData: {tokens: 0123456789abcdef0123456789abcdef}\n",
         "spark-shuffle",
     )
     .unwrap();
-    bed.apply(
-        &manifest("k8s/shuffle-service/daemonset.yaml"),
-        "spark-shuffle",
-    )
-    .unwrap();
+    apply_dir(bed, "k8s/shuffle-service/daemonset", "default", edit);
     let n = bed.nodes.len();
     let ready = bed
         .wait_for(
@@ -196,7 +204,7 @@ async fn shuffle_metrics(bed: &kubebed::bed::Bed) -> Vec<String> {
 }
 
 /// Runs `tests/spark/shuffle_job.py` in client mode (the driver on the host, at the pod
-/// network's gateway address) with executors from `k8s/shuffle-service/executor-pod-template.yaml`;
+/// network's gateway address) with executors from the DaemonSet mode's executor pod template;
 /// returns its result line and event log.
 async fn client_job(
     bed: &kubebed::bed::Bed,
@@ -207,7 +215,7 @@ async fn client_job(
         bed,
         dir,
         mode,
-        "k8s/shuffle-service/executor-pod-template.yaml",
+        "k8s/shuffle-service/daemonset/spark/executor-pod-template.yaml",
     )
     .await
 }
@@ -452,7 +460,8 @@ async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
     }
-    let template = workspace().join("k8s/shuffle-service/executor-pod-template.yaml");
+    let template =
+        workspace().join("k8s/shuffle-service/daemonset/spark/executor-pod-template.yaml");
     let (driver, log) = cluster_submit(
         &bed,
         dir.path(),
@@ -537,7 +546,7 @@ async fn client_mode_sidecar_shuffle_services_serve_static_executors() {
         &bed,
         dir.path(),
         "static",
-        "k8s/shuffle-service/sidecar-emptydir.yaml",
+        "k8s/shuffle-service/sidecar-emptydir/spark/executor-pod-template.yaml",
     )
     .await;
     stop.cancel();
@@ -555,12 +564,54 @@ async fn cluster_submit(
     confs: &[(&str, String)],
     tail: &[&str],
 ) -> (Value, String) {
+    let mut child = start_cluster_submit(dir, bed, confs, tail);
+    let Ok(status) = tokio::time::timeout(Duration::from_secs(400), child.wait()).await else {
+        panic!("spark-submit took over 400 s\n{}", dump(bed, "default"));
+    };
+    let submit_log = std::fs::read_to_string(dir.join("submit.err")).unwrap_or_default();
+    assert!(
+        status.unwrap().success(),
+        "spark-submit failed:\n{submit_log}"
+    );
+    let ns = confs
+        .iter()
+        .find(|(k, _)| *k == "spark.kubernetes.namespace")
+        .map_or("default", |(_, v)| v.as_str());
+    let driver = driver_pod(bed, ns).unwrap_or_else(|| panic!("no driver pod:\n{submit_log}"));
+    let name = driver["metadata"]["name"].as_str().unwrap();
+    let log = bed.log(ns, name, "spark-kubernetes-driver");
+    assert_eq!(
+        driver["status"]["phase"],
+        "Succeeded",
+        "driver pod: {}\n{log}\n{}",
+        driver["status"],
+        dump(bed, ns)
+    );
+    (driver, log)
+}
+
+/// The one driver pod of a namespace.
+fn driver_pod(bed: &kubebed::bed::Bed, ns: &str) -> Option<Value> {
+    let sel = kubebed::selector::Selector::labels("spark-role=driver").unwrap();
+    let drivers = bed.store.list(&PODS, Some(ns), &sel, &Default::default()).0;
+    assert!(drivers.len() <= 1, "one driver pod expected in {ns}");
+    drivers.into_iter().next()
+}
+
+/// Starts `spark-submit --deploy-mode cluster` (output in `dir/submit.{out,err}`).
+fn start_cluster_submit(
+    dir: &std::path::Path,
+    bed: &kubebed::bed::Bed,
+    confs: &[(&str, String)],
+    tail: &[&str],
+) -> tokio::process::Child {
     let submit = workspace().join(".venv/bin/spark-submit");
     assert!(
         submit.exists(),
         "{} missing: run scripts/test-deps.sh",
         submit.display()
     );
+    std::fs::create_dir_all(dir).unwrap();
     let mut args: Vec<String> = vec![
         "--master".into(),
         format!("k8s://{}", bed.api_url),
@@ -580,32 +631,7 @@ async fn cluster_submit(
         .stdout(std::fs::File::create(dir.join("submit.out")).unwrap())
         .stderr(std::fs::File::create(dir.join("submit.err")).unwrap())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let Ok(status) = tokio::time::timeout(Duration::from_secs(400), child.wait()).await else {
-        panic!("spark-submit took over 400 s\n{}", dump(bed, "default"));
-    };
-    let submit_log = std::fs::read_to_string(dir.join("submit.err")).unwrap_or_default();
-    assert!(
-        status.unwrap().success(),
-        "spark-submit failed:\n{submit_log}"
-    );
-    let sel = kubebed::selector::Selector::labels("spark-role=driver").unwrap();
-    let drivers = bed
-        .store
-        .list(&PODS, Some("default"), &sel, &Default::default())
-        .0;
-    assert_eq!(drivers.len(), 1, "one driver pod expected:\n{submit_log}");
-    let driver = drivers[0].clone();
-    let name = driver["metadata"]["name"].as_str().unwrap();
-    let log = bed.log("default", name, "spark-kubernetes-driver");
-    assert_eq!(
-        driver["status"]["phase"],
-        "Succeeded",
-        "driver pod: {}\n{log}\n{}",
-        driver["status"],
-        dump(bed, "default")
-    );
-    (driver, log)
+    cmd.spawn().unwrap()
 }
 
 #[tokio::test]
@@ -616,11 +642,15 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
     let bed = bed(2, true, dir.path()).await;
     // The staging server, from k8s/staging-server/ as shipped.
     bed.namespace("spark-staging").unwrap();
+    // The upload tokens Secret the manifest asks the operator to create.
     bed.apply(
-        &manifest("k8s/staging-server/staging-server.yaml"),
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: staging-upload-tokens}}\nstringData: {{tokens: {UPLOAD_TOKEN}}}\n"
+        ),
         "spark-staging",
     )
     .unwrap();
+    apply_dir(&bed, "k8s/staging-server", "spark-staging", |t| t);
     let ready = bed
         .wait_for(
             &kubebed::resources::DEPLOYMENTS,
@@ -684,12 +714,7 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
                 "--namespace",
                 "default",
             ])
-            .args([
-                "--label",
-                "spark-role=driver",
-                "--token",
-                "replace-with-a-long-random-token",
-            ])
+            .args(["--label", "spark-role=driver", "--token", UPLOAD_TOKEN])
             .args(["--output", "secret", "--no-progress"])
             .arg(work.join("app.jar"))
             .arg(work.join("words.txt")),
@@ -697,8 +722,10 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
     bed.apply(&String::from_utf8(secret).unwrap(), "default")
         .unwrap();
 
-    let template = workspace().join("k8s/staging-server/spark-pod-template.yaml");
-    let template = template.to_str().unwrap().to_string();
+    let template = |role: &str| {
+        let t = workspace().join(format!("k8s/staging-server/spark/{role}-pod-template.yaml"));
+        t.to_str().unwrap().to_string()
+    };
     let (_driver, log) = cluster_submit(
         &bed,
         dir.path(),
@@ -709,8 +736,14 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
                 "kubebed/spark:4.3.0".into(),
             ),
             ("spark.kubernetes.namespace", "default".into()),
-            ("spark.kubernetes.driver.podTemplateFile", template.clone()),
-            ("spark.kubernetes.executor.podTemplateFile", template),
+            (
+                "spark.kubernetes.driver.podTemplateFile",
+                template("driver"),
+            ),
+            (
+                "spark.kubernetes.executor.podTemplateFile",
+                template("executor"),
+            ),
             ("spark.executor.instances", "2".into()),
             ("spark.executor.memory", "512m".into()),
             ("spark.kubernetes.report.interval", "5s".into()),
@@ -735,5 +768,233 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
         serde_json::json!([1000, 1001, 1002]),
         "{seen}"
     );
+    bed.stop().await;
+}
+
+/// The `blockmgr-*` directories Spark's executors left in every node's hostPath.
+fn block_dirs(bed: &kubebed::bed::Bed) -> std::collections::BTreeSet<PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    for node in &bed.nodes {
+        let root = node.roots.host.join("var/spark/local");
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with("blockmgr-") {
+                out.insert(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Waits (at most `within`) until `cond` holds, polling every 500 ms.
+async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    true
+}
+
+/// Sums a series over every node's shuffle service.
+async fn node_sum(bed: &kubebed::bed::Bed, series: &str) -> f64 {
+    shuffle_metrics(bed)
+        .await
+        .iter()
+        .map(|t| metric(t, series))
+        .sum()
+}
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn driver_pods_ending_take_their_jobs_data_and_learned_secrets_authenticate() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    // As shipped, with Spark's per-application secrets learned from executor pods (which turns
+    // authentication on) and a grace of 20 s instead of 30 s.
+    deploy_shuffle_service_with(&bed, |t| {
+        t.replace("# - --kube-learn-secrets", "- --kube-learn-secrets")
+            .replace("            - --spark-allow-unauthenticated\n", "")
+            .replace("--kube-app-end-grace=30s", "--kube-app-end-grace=20s")
+    })
+    .await;
+    for ns in ["team-a", "team-b"] {
+        bed.namespace(ns).unwrap();
+    }
+    let template =
+        workspace().join("k8s/shuffle-service/daemonset/spark/executor-pod-template.yaml");
+    let confs = |ns: &str| {
+        vec![
+            ("spark.kubernetes.driver.master", bed.api_url.clone()),
+            (
+                "spark.kubernetes.container.image",
+                "kubebed/spark:4.3.0".to_owned(),
+            ),
+            ("spark.kubernetes.namespace", ns.to_owned()),
+            (
+                "spark.kubernetes.executor.podTemplateFile",
+                template.to_str().unwrap().to_owned(),
+            ),
+            ("spark.authenticate", "true".to_owned()),
+            ("spark.kubernetes.report.interval", "2s".to_owned()),
+        ]
+    };
+    let tail = |ns: &'static str, mode: &'static str| {
+        vec![
+            "local:///opt/spark/tests/shuffle_job.py",
+            "--mode",
+            mode,
+            "--namespace",
+            ns,
+            "--release",
+            "release",
+        ]
+    };
+    // Job A runs its shuffle, then holds.
+    let api = bed.api_url.clone();
+    let mut tail_a = tail("team-a", "hold");
+    tail_a.extend(["--api", api.as_str()]);
+    let mut submit_a = start_cluster_submit(&dir.path().join("a"), &bed, &confs("team-a"), &tail_a);
+    let held = eventually(Duration::from_secs(300), || {
+        driver_pod(&bed, "team-a").is_some_and(|d| {
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            bed.log("team-a", name, "spark-kubernetes-driver")
+                .contains("\"held\": true")
+        })
+    })
+    .await;
+    let driver_a = driver_pod(&bed, "team-a").expect("driver A");
+    let name_a = driver_a["metadata"]["name"].as_str().unwrap().to_owned();
+    let log_a = bed.log("team-a", &name_a, "spark-kubernetes-driver");
+    assert!(
+        held,
+        "job A never held:\n{log_a}\n{}\n{}\n{}",
+        dump(&bed, "team-a"),
+        dump(&bed, "spark-shuffle"),
+        shuffle_metrics(&bed)
+            .await
+            .iter()
+            .flat_map(|t| t.lines().filter(|l| l.starts_with("shuffle_kube")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let held_line = result_line(&log_a, "held");
+    assert_eq!(held_line["ok1"], true, "{held_line}");
+    let app_a = held_line["app_id"].as_str().unwrap().to_owned();
+    let dirs_a = block_dirs(&bed);
+    assert!(!dirs_a.is_empty(), "job A left no block directories");
+
+    // The secret learned for A answers; a wrong one is refused on every node.
+    let exec_sel = kubebed::selector::Selector::labels(&format!(
+        "spark-role=executor,spark-app-selector={app_a}"
+    ))
+    .unwrap();
+    let exec_a = bed
+        .store
+        .list(&PODS, Some("team-a"), &exec_sel, &Default::default())
+        .0
+        .remove(0);
+    let secret = exec_a["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "_SPARK_AUTH_SECRET")
+        .and_then(|e| e["value"].as_str())
+        .expect("Spark's secret in the executor pod")
+        .to_owned();
+    for node in &bed.nodes {
+        let addr = (node.netns.ip, 7337);
+        let mut c = spark_protocol::client::Client::connect(addr).await.unwrap();
+        let wrong = c.authenticate(&app_a, b"not-the-secret").await;
+        assert!(
+            !matches!(wrong, Ok(Ok(()))),
+            "{}: a wrong secret was accepted",
+            node.name
+        );
+        let mut c = spark_protocol::client::Client::connect(addr).await.unwrap();
+        let right = c.authenticate(&app_a, secret.as_bytes()).await.unwrap();
+        assert!(right.is_ok(), "{}: {right:?}", node.name);
+    }
+
+    // Job B runs to the end (authenticated registrations and fetches through the services).
+    let (driver_b, log_b) = cluster_submit(
+        &bed,
+        &dir.path().join("b"),
+        &confs("team-b"),
+        &tail("team-b", "static"),
+    )
+    .await;
+    let seen_b = result_line(&log_b, "ok2");
+    assert_eq!(
+        (seen_b["ok1"].as_bool(), seen_b["ok2"].as_bool()),
+        (Some(true), Some(true)),
+        "{seen_b}"
+    );
+    let dirs_ab = block_dirs(&bed);
+    assert!(
+        dirs_ab.len() > dirs_a.len(),
+        "job B left no block directories"
+    );
+    // Within the grace plus one sweep of its driver pod's Succeeded phase, B's data is gone
+    // from every node and A's is untouched.
+    let gone = eventually(Duration::from_secs(60), || block_dirs(&bed) == dirs_a).await;
+    assert!(
+        gone,
+        "B's data stayed: {:?} vs {dirs_a:?}",
+        block_dirs(&bed)
+    );
+    assert!(
+        node_sum(
+            &bed,
+            "shuffle_applications_removed_total{reason=\"driver_succeeded\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(driver_b["status"]["phase"], "Succeeded");
+
+    // An API server outage: the services notice, and delete nothing meanwhile.
+    bed.outage.set(true);
+    let noticed = {
+        let mut n = false;
+        for _ in 0..60 {
+            if node_sum(&bed, "shuffle_kube_watch_up{watch=\"drivers\"}").await == 0.0 {
+                n = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        n
+    };
+    assert!(noticed, "the services never noticed the outage");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(block_dirs(&bed), dirs_a, "data deleted during the outage");
+    bed.outage.set(false);
+
+    // A's driver pod deleted mid-job: its data goes.
+    bed.store
+        .delete(
+            &PODS,
+            "team-a",
+            &name_a,
+            &kubebed::store::DeleteOptions::default(),
+        )
+        .unwrap();
+    let gone = eventually(Duration::from_secs(60), || block_dirs(&bed).is_empty()).await;
+    assert!(
+        gone,
+        "A's data stayed: {:?}\n{}",
+        block_dirs(&bed),
+        dump(&bed, "spark-shuffle")
+    );
+    let _ = submit_a.kill().await;
+    // The secret went with the application.
+    let mut c = spark_protocol::client::Client::connect((bed.nodes[0].netns.ip, 7337))
+        .await
+        .unwrap();
+    let after = c.authenticate(&app_a, secret.as_bytes()).await;
+    assert!(!matches!(after, Ok(Ok(()))), "A's secret still answers");
     bed.stop().await;
 }

@@ -101,6 +101,29 @@ pub(crate) fn manifest(rel: &str) -> String {
     std::fs::read_to_string(workspace().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
+/// Applies every manifest of a directory of the project as `kubectl apply -f <dir>` does: the
+/// `*.yaml`/`*.yml`/`*.json` files directly in it (not in subdirectories), in name order,
+/// `edit` applied to each file's text first.
+pub(crate) fn apply_dir(bed: &Bed, rel: &str, namespace: &str, edit: impl Fn(String) -> String) {
+    let dir = workspace().join(rel);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let text = edit(std::fs::read_to_string(&f).unwrap());
+        bed.apply(&text, namespace)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+    }
+}
+
 /// A pod's phase.
 pub(crate) fn phase(p: Option<&serde_json::Value>) -> &str {
     p.and_then(|p| p["status"]["phase"].as_str()).unwrap_or("")

@@ -6,7 +6,9 @@ Between the two reads the executors that wrote the map output go away:
 - `--mode dynamic`: dynamic allocation removes them (idle) and Spark deletes their pods;
 - `--mode delete-pod`: static allocation; one executor's pod is deleted through the API;
 - `--mode static`: static allocation, nothing goes away (executors still read each other's
-  blocks through the shuffle services).
+  blocks through the shuffle services);
+- `--mode hold`: static allocation; after the first read, prints `{"held": ...}` and waits
+  (at most 10 minutes) for the ConfigMap `--release` to exist before reading again.
 
 Prints one JSON line: the results' check and what happened to the executors.
 """
@@ -20,8 +22,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 p = argparse.ArgumentParser()
-p.add_argument("--mode", choices=["dynamic", "delete-pod", "static"], default="dynamic")
-p.add_argument("--api", help="the API server, for --mode delete-pod")
+p.add_argument("--mode", choices=["dynamic", "delete-pod", "static", "hold"], default="dynamic")
+p.add_argument("--api", help="the API server, for --mode delete-pod and hold")
+p.add_argument("--release", help="--mode hold: the ConfigMap that ends the wait")
 p.add_argument("--master", help="client mode: the k8s:// master (cluster mode: from spark-submit)")
 p.add_argument("--driver-host", help="client mode: the driver's address")
 p.add_argument("--image")
@@ -99,7 +102,7 @@ def check(rows):
     return {r["k"]: (r["s"], r["n"]) for r in rows} == expected
 
 
-if a.mode in ("delete-pod", "static"):
+if a.mode in ("delete-pod", "static", "hold"):
     # Both executors up, so that both hold map output.
     wait(lambda: len(executors()) >= 2, 120)
 ok1 = check(q.collect())
@@ -108,6 +111,19 @@ out = {"ok1": ok1, "app_id": sc.applicationId}
 if a.mode == "dynamic":
     # Executors idle for 2 s are removed and their pods deleted; the map output stays.
     out["all_removed"] = wait(lambda: not executors(), 180)
+elif a.mode == "hold":
+    print(json.dumps({"held": True, "app_id": sc.applicationId, "ok1": ok1}))
+    sys.stdout.flush()
+    url = f"{a.api}/api/v1/namespaces/{a.namespace}/configmaps/{a.release}"
+
+    def released():
+        try:
+            urllib.request.urlopen(url, timeout=5).read()
+            return True
+        except Exception:
+            return False
+
+    out["released"] = wait(released, 600)
 elif a.mode == "delete-pod":
     victim = executors()[0]
     sel = f"spark-app-selector={sc.applicationId},spark-exec-id={victim}"

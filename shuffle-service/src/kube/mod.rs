@@ -204,6 +204,12 @@ fn on_event(
             }
             metrics.relists.with_label_values(&[watch]).inc();
             metrics.up.with_label_values(&[watch]).set(1);
+            tracing::info!(
+                watch,
+                apps = tracker.apps(),
+                drivers = tracker.drivers(),
+                "pod list complete"
+            );
         }
         watcher::Event::Delete(pod) => {
             metrics.events.with_label_values(&[watch, "delete"]).inc();
@@ -215,6 +221,13 @@ fn on_event(
                 tracker.executor_gone(&uid);
             }
         }
+    }
+    if learning.learned > 0 {
+        tracing::info!(
+            watch,
+            learned = learning.learned,
+            "Spark secrets learned from executor pods"
+        );
     }
     if learning.conflicts > 0 {
         metrics.secret_conflicts.inc_by(learning.conflicts as u64);
@@ -229,6 +242,9 @@ fn on_event(
 async fn decide(core: &Core, tracker: &mut Tracker) {
     let now = Instant::now();
     for (app, reason) in tracker.due(now) {
+        if tracker.is_removed(&app) && !core.has_app(&app) {
+            continue;
+        }
         match core.remove_app(&app, reason.as_str()).await {
             Ok(dirs) => {
                 tracing::info!(app = %app, reason = reason.as_str(), dirs, "driver pod ended; application data deleted");

@@ -295,15 +295,14 @@ impl Tracker {
     }
 
     /// Applications whose driver pod ended: deleted, or in a final phase for the grace period.
+    /// Those already removed are listed too: an executor that registers after its driver ended
+    /// (killed a moment later) must not leave data behind; see [`Tracker::is_removed`].
     pub fn due(&self, now: Instant) -> Vec<(AppId, Reason)> {
         let mut out = Vec::new();
         if !self.ready() {
             return out;
         }
         for (id, a) in &self.apps {
-            if a.removed {
-                continue;
-            }
             let Some(d) = self.owner(id) else { continue };
             if !a.namespaces.contains(&d.namespace) {
                 continue;
@@ -317,6 +316,11 @@ impl Tracker {
             }
         }
         out
+    }
+
+    /// Whether the application's data was deleted already.
+    pub fn is_removed(&self, app: &AppId) -> bool {
+        self.apps.get(app).is_some_and(|a| a.removed)
     }
 
     /// The application's data was deleted: its secret is forgotten; the record stays while
@@ -471,7 +475,7 @@ mod tests {
             vec![("spark-a".into(), Reason::DriverSucceeded)]
         );
         t.removed(&app("spark-a"));
-        assert!(t.due(t0 + GRACE * 2).is_empty(), "removed once");
+        assert!(t.is_removed(&app("spark-a")));
     }
 
     #[test]

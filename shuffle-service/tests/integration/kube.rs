@@ -280,6 +280,22 @@ async fn a_succeeded_driver_takes_its_data_after_the_grace_and_leaves_another_jo
         Some(1.0),
         "{text}"
     );
+    // An executor of the ended application registering late (its pod not killed yet) leaves
+    // nothing behind either.
+    let mut c = f.svc.client().await;
+    let token = register_app(&mut c, "spark-a").await;
+    let d = f.svc.exec_dir("blockmgr-spark-a");
+    register_exec(&mut c, &token, "spark-a", "2", &[&d]).await;
+    f.gone("spark-a").await;
+    let text = f.svc.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "shuffle_applications_removed_total{reason=\"driver_succeeded\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
     // A driver that failed goes the same way.
     set_phase(&f.api.store, "team-b", "b-driver", "Failed");
     f.gone("spark-b").await;

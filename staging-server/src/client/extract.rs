@@ -88,10 +88,12 @@ impl<R: Read> Read for Counting<R> {
 }
 
 /// Extracts the tar.gz at `archive` into `dest` (which must exist); returns the file names in
-/// archive order.
+/// archive order. A file already in `dest` with the same content is left as it is, so a
+/// re-run (an init container restarted after it finished or was killed midway) succeeds.
 ///
 /// # Errors
-/// [`ExtractError`]; on error nothing is left in `dest`.
+/// [`ExtractError`]: among others a file of `dest` with other content (never overwritten);
+/// on error nothing new is left in `dest`.
 pub fn extract(
     archive: &Path,
     dest: &Path,
@@ -103,15 +105,23 @@ pub fn extract(
         .map_err(io_err(dest))?;
     let names = unpack_into(archive, tmp.path(), limits)?;
     // Refuse before moving anything, so a clash leaves dest untouched.
+    let mut present = HashSet::new();
     for name in &names {
         let target = dest.join(name);
-        if target.symlink_metadata().is_ok() {
-            return Err(ExtractError::Unsafe(format!(
-                "{name} already exists in the destination"
-            )));
+        match target.symlink_metadata() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&target)(e)),
+            Ok(m) if m.is_file() && same_content(&tmp.path().join(name), &target)? => {
+                present.insert(name.clone());
+            }
+            Ok(_) => {
+                return Err(ExtractError::Unsafe(format!(
+                    "{name} already exists in the destination with other content"
+                )));
+            }
         }
     }
-    for name in &names {
+    for name in names.iter().filter(|n| !present.contains(*n)) {
         let from = tmp.path().join(name);
         let to = dest.join(name);
         // A hard link fails if the target exists, which makes the move no-overwrite even
@@ -122,6 +132,30 @@ pub fn extract(
     let dir = File::open(dest).map_err(io_err(dest))?;
     dir.sync_all().map_err(io_err(dest))?;
     Ok(names)
+}
+
+/// Whether two regular files hold the same bytes.
+fn same_content(a: &Path, b: &Path) -> Result<bool, ExtractError> {
+    let (ma, mb) = (
+        fs::metadata(a).map_err(io_err(a))?,
+        fs::metadata(b).map_err(io_err(b))?,
+    );
+    if ma.len() != mb.len() {
+        return Ok(false);
+    }
+    let mut fa = io::BufReader::new(File::open(a).map_err(io_err(a))?);
+    let mut fb = io::BufReader::new(File::open(b).map_err(io_err(b))?);
+    let (mut ba, mut bb) = ([0u8; 8192], [0u8; 8192]);
+    loop {
+        let n = fa.read(&mut ba).map_err(io_err(a))?;
+        if n == 0 {
+            return Ok(true);
+        }
+        fb.read_exact(&mut bb[..n]).map_err(io_err(b))?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 fn unpack_into(

@@ -202,6 +202,32 @@ fn existing_files_are_never_overwritten() {
 }
 
 #[test]
+fn a_rerun_over_its_own_files_succeeds_even_after_a_partial_run() {
+    let work = tempfile::tempdir().unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let path = write(
+        work.path(),
+        "x.tgz",
+        &raw_tar_gz(&[file("a.jar", b"aaa"), file("b.jar", b"bbbb")]),
+    );
+    extract(&path, dest.path(), ExtractLimits::default()).unwrap();
+    // The init container restarted after it finished: nothing to do, no error.
+    extract(&path, dest.path(), ExtractLimits::default()).unwrap();
+    // Killed midway (one file moved): the rest is moved.
+    std::fs::remove_file(dest.path().join("b.jar")).unwrap();
+    extract(&path, dest.path(), ExtractLimits::default()).unwrap();
+    assert_eq!(entries_in(dest.path()), vec!["a.jar", "b.jar"]);
+    assert_eq!(std::fs::read(dest.path().join("b.jar")).unwrap(), b"bbbb");
+    // Same size, other bytes: refused, untouched.
+    std::fs::write(dest.path().join("a.jar"), b"zzz").unwrap();
+    assert!(matches!(
+        extract(&path, dest.path(), ExtractLimits::default()),
+        Err(ExtractError::Unsafe(_))
+    ));
+    assert_eq!(std::fs::read(dest.path().join("a.jar")).unwrap(), b"zzz");
+}
+
+#[test]
 fn bundles_from_upload_extract_including_long_names() {
     let work = tempfile::tempdir().unwrap();
     let long = format!("{}.jar", "x".repeat(150));
@@ -291,8 +317,12 @@ async fn fetch_downloads_verifies_and_unpacks() {
     );
     a0.v0 = true;
     assert_eq!(run(a0).await.unwrap().len(), 2);
-    // A second fetch into the same directory would overwrite: refused.
+    // A second fetch into the same directory (a restarted init container) finds its files.
+    assert_eq!(run(a.clone()).await.unwrap(), vec!["app.jar", "conf.txt"]);
+    // One whose file there holds something else would overwrite: refused.
+    std::fs::write(dest.join("conf.txt"), b"edited").unwrap();
     assert_eq!(run(a).await.unwrap_err().code, EXIT_UNSAFE_ARCHIVE);
+    assert_eq!(std::fs::read(dest.join("conf.txt")).unwrap(), b"edited");
     s.shutdown().await;
 }
 
