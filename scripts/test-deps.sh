@@ -4,7 +4,8 @@
 #     hostname and python3 for the Kubernetes test bed (kubebed: network namespaces, mount
 #     namespaces, setpriv; its pod tests run /usr/bin/python3)
 #   - Python venv .venv: moto[server] (S3-protocol server for the object-store tests) and
-#     pyspark (real Spark against the shuffle service's Spark protocol; needs Java 17)
+#     pyspark (real Spark against the shuffle service's Spark protocol; needs Java 17),
+#     kubernetes-validate (strict schema validation of k8s/)
 # A component that cannot be installed is reported; the tests needing it are then skipped
 # (counted as ignored by cargo test), never passed.
 set -uo pipefail
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 MOTO_VERSION="5.2.5"
 PYSPARK_VERSION="4.3.0"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
@@ -42,6 +44,11 @@ if [ -x .venv/bin/pip ] && ! .venv/bin/python -c "import pyspark, sys; sys.exit(
   echo "test-deps: installing pyspark==${PYSPARK_VERSION} into .venv"
   .venv/bin/pip install -q "pyspark==${PYSPARK_VERSION}" >/tmp/test-deps-pyspark.log 2>&1 \
     || echo "test-deps: WARNING: pip install pyspark failed (see /tmp/test-deps-pyspark.log)"
+fi
+if [ -x .venv/bin/pip ] && [ ! -x .venv/bin/kubernetes-validate ]; then
+  echo "test-deps: installing kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} into .venv"
+  .venv/bin/pip install -q "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}" >/tmp/test-deps-kv.log 2>&1 \
+    || echo "test-deps: WARNING: pip install kubernetes-validate failed (see /tmp/test-deps-kv.log)"
 fi
 command -v java >/dev/null 2>&1 || echo "test-deps: WARNING: java is not installed; the real-Spark tests will be skipped"
 exit 0

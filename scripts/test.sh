@@ -33,6 +33,8 @@ external() { # external <tool> <test-name filter>
 external moto_server external::s3_
 external moto_server outage::s3_
 external promtool external::promtool_
+external promtool manifests::promtool_
+external kubernetes-validate manifests::kubernetes_validate_
 external prometheus external::a_real_prometheus
 if [ "$(id -u)" = 0 ]; then
   external mount full_disk::

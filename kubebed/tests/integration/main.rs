@@ -8,3 +8,4 @@ mod apiserver;
 mod bed_pods;
 mod bed_spark;
 mod common;
+mod manifests;
