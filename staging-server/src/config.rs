@@ -151,6 +151,35 @@ pub struct ServeArgs {
     /// Time in-flight transfers get after SIGTERM.
     #[arg(long, env = "STAGING_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Delete a resource when its owner pods end (Kubernetes API): `auto` (on inside a pod),
+    /// `on` or `off`.
+    #[arg(long, env = "STAGING_KUBE_OWNERS", value_enum)]
+    pub kube_owners: Option<KubeOwners>,
+    /// A resource whose owner pods never appear is deleted this long after its upload (15m).
+    #[arg(long, env = "STAGING_KUBE_OWNER_START_GRACE", value_parser = humantime::parse_duration)]
+    pub kube_owner_start_grace: Option<Duration>,
+    /// A resource whose owner pods all ended is deleted after they stayed so this long (1m).
+    #[arg(long, env = "STAGING_KUBE_OWNER_END_GRACE", value_parser = humantime::parse_duration)]
+    pub kube_owner_end_grace: Option<Duration>,
+    /// Time between two looks at the owner pods (15s).
+    #[arg(long, env = "STAGING_KUBE_OWNER_INTERVAL", value_parser = humantime::parse_duration)]
+    pub kube_owner_interval: Option<Duration>,
+    /// Keep the Secrets the client made for resources deleted with their owner.
+    #[arg(long, env = "STAGING_KUBE_KEEP_SECRETS")]
+    pub kube_keep_secrets: bool,
+}
+
+/// Whether resources follow their owner pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeOwners {
+    /// On when running in a pod (`KUBERNETES_SERVICE_HOST` set).
+    #[default]
+    Auto,
+    /// On.
+    On,
+    /// Off: resources live by their TTLs and explicit deletes only.
+    Off,
 }
 
 /// The TOML file: the same settings, snake_case, all optional.
@@ -193,6 +222,15 @@ struct FileConfig {
     disk_reserve: Option<ByteSize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
+    kube_owners: Option<KubeOwners>,
+    #[serde(default, with = "humantime_serde_opt")]
+    kube_owner_start_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    kube_owner_end_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    kube_owner_interval: Option<Duration>,
+    #[serde(default)]
+    kube_keep_secrets: bool,
 }
 
 mod humantime_serde_opt {
@@ -296,6 +334,8 @@ pub struct Config {
     pub store_connect_timeout: Duration,
     /// Size of the disk reserve file.
     pub disk_reserve: u64,
+    /// Following owner pods (`None`: off).
+    pub owners: Option<crate::owners::OwnerSettings>,
 }
 
 impl Config {
@@ -317,6 +357,7 @@ impl Config {
             store_timeout: DEFAULT_STORE_TIMEOUT,
             store_connect_timeout: DEFAULT_STORE_CONNECT_TIMEOUT,
             disk_reserve: DEFAULT_DISK_RESERVE,
+            owners: None,
         }
     }
 
@@ -442,6 +483,26 @@ impl Config {
                 .disk_reserve
                 .or(file.disk_reserve)
                 .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
+            owners: match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
+                KubeOwners::Off => None,
+                KubeOwners::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() => None,
+                KubeOwners::Auto | KubeOwners::On => Some(crate::owners::OwnerSettings {
+                    start_grace: args
+                        .kube_owner_start_grace
+                        .or(file.kube_owner_start_grace)
+                        .unwrap_or(Duration::from_secs(15 * 60)),
+                    end_grace: args
+                        .kube_owner_end_grace
+                        .or(file.kube_owner_end_grace)
+                        .unwrap_or(Duration::from_secs(60)),
+                    interval: args
+                        .kube_owner_interval
+                        .or(file.kube_owner_interval)
+                        .unwrap_or(Duration::from_secs(15))
+                        .max(Duration::from_secs(1)),
+                    delete_secrets: !(args.kube_keep_secrets || file.kube_keep_secrets),
+                }),
+            },
         };
         config.validate(
             args.insecure_allow_anonymous_upload || file.insecure_allow_anonymous_upload,

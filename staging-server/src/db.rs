@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS resources (
     namespace       TEXT,
     labels          TEXT NOT NULL DEFAULT '{}',
     owner_pod_uid   TEXT,
+    owner_seen_at   INTEGER,
     size            INTEGER NOT NULL DEFAULT 0,
     sha256          TEXT,
     created_at      INTEGER NOT NULL,
@@ -110,6 +111,19 @@ pub struct Owner {
     pub labels: Labels,
     /// The owner pod, when the uploader knows it.
     pub pod_uid: Option<String>,
+}
+
+/// A committed resource with owner pods, as the owner watch reads it.
+#[derive(Debug, Clone)]
+pub struct OwnedResource {
+    /// Id.
+    pub id: ResourceId,
+    /// Owner.
+    pub owner: Owner,
+    /// Upload commit time.
+    pub committed_at: UnixMillis,
+    /// When the owner pods were first seen.
+    pub owner_seen_at: Option<UnixMillis>,
 }
 
 /// A committed resource as stored.
@@ -240,6 +254,15 @@ impl Db {
             service_runtime::sqlite::Synchronous::Normal,
             SCHEMA,
         )?;
+        // Databases from before owner tracking lack this column.
+        let has_seen: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('resources') WHERE name = 'owner_seen_at'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_seen {
+            conn.execute("ALTER TABLE resources ADD COLUMN owner_seen_at INTEGER", [])?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -548,7 +571,10 @@ impl Db {
         .await
     }
 
-    /// Committed resources due for deletion at `now`, with the reason, at most `limit`.
+    /// Committed resources due for deletion at `now`, with the reason, at most `limit`. The
+    /// unused TTL does not apply once the owner pods were seen (a driver queued for longer than
+    /// the TTL keeps its bundle; the owner watch deletes it when the driver ends, the maximum
+    /// TTL in any case).
     ///
     /// # Errors
     /// SQLite errors, or [`DbError::Corrupt`].
@@ -562,7 +588,8 @@ impl Db {
                 "SELECT id, expires_at <= ?1 FROM resources
                  WHERE state = 'committed'
                    AND (expires_at <= ?1
-                        OR (first_access_at IS NULL AND committed_at + unused_ttl_ms <= ?1))
+                        OR (first_access_at IS NULL AND owner_seen_at IS NULL
+                            AND committed_at + unused_ttl_ms <= ?1))
                  LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![now, limit as i64], |r| {
@@ -585,6 +612,68 @@ impl Db {
                 ));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Committed resources that name owner pods (a namespace and labels or a pod uid), with
+    /// their commit time and when their owner pods were first seen, oldest first.
+    ///
+    /// # Errors
+    /// SQLite errors, or [`DbError::Corrupt`].
+    pub async fn owned(&self, limit: usize) -> DbResult<Vec<OwnedResource>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT id, namespace, labels, owner_pod_uid, committed_at, owner_seen_at
+                 FROM resources
+                 WHERE state = 'committed' AND namespace IS NOT NULL
+                   AND (labels != '{}' OR owner_pod_uid IS NOT NULL)
+                 ORDER BY committed_at LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![limit as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let row = row?;
+                let corrupt = |what: &str| DbError::Corrupt {
+                    id: row.0.clone(),
+                    what: what.into(),
+                };
+                out.push(OwnedResource {
+                    id: row.0.parse().map_err(|_| corrupt("id"))?,
+                    owner: Owner {
+                        namespace: row.1.parse().map_err(|_| corrupt("namespace"))?,
+                        labels: serde_json::from_str(&row.2).map_err(|_| corrupt("labels"))?,
+                        pod_uid: row.3.clone(),
+                    },
+                    committed_at: row.4.unwrap_or_default(),
+                    owner_seen_at: row.5,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Records that a resource's owner pods were seen (the first time only).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn mark_owner_seen(&self, id: ResourceId, now: UnixMillis) -> DbResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE resources SET owner_seen_at = ?2 WHERE id = ?1 AND owner_seen_at IS NULL",
+                params![id.to_string(), now],
+            )?;
+            Ok(())
         })
         .await
     }

@@ -27,6 +27,7 @@ pub mod ids;
 pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
+pub mod owners;
 pub mod pace;
 pub mod reserve;
 mod routes;

@@ -8,7 +8,8 @@
 //!
 //! The sweeper never dies: an error is logged and counted, and the next attempt comes after an
 //! exponential backoff capped at [`MAX_BACKOFF`]. Owners (namespace, labels, optional pod uid)
-//! are stored with every resource so that an owner watcher can plug in beside the TTLs.
+//! are stored with every resource; on Kubernetes `crate::owners` deletes a resource when its
+//! owner pods have ended or never appeared, and the TTLs stay as the backstop.
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,10 @@ pub enum DeleteReason {
     Expired(ExpiryReason),
     /// Explicit DELETE.
     Deleted,
+    /// Its owner pods existed and have all ended (see `crate::owners`).
+    OwnerEnded,
+    /// Its owner pods never appeared within the start grace.
+    OwnerNeverStarted,
 }
 
 impl DeleteReason {
@@ -37,6 +42,8 @@ impl DeleteReason {
         match self {
             Self::Expired(r) => r.as_str(),
             Self::Deleted => "deleted",
+            Self::OwnerEnded => "owner_ended",
+            Self::OwnerNeverStarted => "owner_never_started",
         }
     }
 }

@@ -650,7 +650,17 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
         "spark-staging",
     )
     .unwrap();
-    apply_dir(&bed, "k8s/staging-server", "spark-staging", |t| t);
+    // As shipped, with the owner watch's grace and interval shortened.
+    apply_dir(&bed, "k8s/staging-server", "spark-staging", |t| {
+        t.replace(
+            "kube_owner_end_grace = \"1m\"",
+            "kube_owner_end_grace = \"2s\"",
+        )
+        .replace(
+            "kube_owner_interval = \"15s\"",
+            "kube_owner_interval = \"1s\"",
+        )
+    });
     let ready = bed
         .wait_for(
             &kubebed::resources::DEPLOYMENTS,
@@ -722,6 +732,34 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
     bed.apply(&String::from_utf8(secret).unwrap(), "default")
         .unwrap();
 
+    // A second job whose driver is queued (no node matches it): its bundle must stay.
+    let queued = run(
+        std::process::Command::new(crate::common::bin_dir().join("staging-server"))
+            .args([
+                "upload",
+                "--server",
+                &format!("http://{ip}:10000"),
+                "--namespace",
+                "default",
+                "--label",
+                "job=queued",
+                "--token",
+                UPLOAD_TOKEN,
+                "--output",
+                "secret",
+                "--secret-name",
+                "queued-files",
+                "--no-progress",
+            ])
+            .arg(work.join("words.txt")),
+    );
+    bed.apply(&String::from_utf8(queued).unwrap(), "default")
+        .unwrap();
+    bed.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: queued-driver, labels: {job: queued}}\nspec:\n  nodeSelector: {pool: none}\n  containers: [{name: c, image: kubebed/spark:4.3.0}]\n",
+        "default",
+    )
+    .unwrap();
     let template = |role: &str| {
         let t = workspace().join(format!("k8s/staging-server/spark/{role}-pod-template.yaml"));
         t.to_str().unwrap().to_string()
@@ -768,7 +806,55 @@ async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_con
         serde_json::json!([1000, 1001, 1002]),
         "{seen}"
     );
+    // The driver pod ended: its bundle and its Secret go; the queued job's stay.
+    let gone = eventually(Duration::from_secs(60), || {
+        bed.store
+            .get(
+                &kubebed::resources::SECRETS,
+                "default",
+                "spark-staged-resources",
+            )
+            .is_err()
+    })
+    .await;
+    assert!(
+        gone,
+        "the ended job's Secret stayed:\n{}",
+        dump(&bed, "spark-staging")
+    );
+    let metrics = reqwest::get(format!("http://{ip}:10001/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "staging_cleanup_deletions_total{reason=\"owner_ended\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(
+        bed.store
+            .get(&kubebed::resources::SECRETS, "default", "queued-files")
+            .is_ok()
+    );
+    let phase = driver_pod_phase(&bed, "default", "queued-driver");
+    assert!(
+        bed.store.get(&PODS, "default", "queued-driver").is_ok()
+            && !matches!(phase.as_str(), "Succeeded" | "Failed"),
+        "the queued driver must still wait: {phase}"
+    );
     bed.stop().await;
+}
+
+fn driver_pod_phase(bed: &kubebed::bed::Bed, ns: &str, name: &str) -> String {
+    bed.store
+        .get(&PODS, ns, name)
+        .map(|p| p["status"]["phase"].as_str().unwrap_or("").to_owned())
+        .unwrap_or_default()
 }
 
 /// The `blockmgr-*` directories Spark's executors left in every node's hostPath.

@@ -30,6 +30,10 @@ use crate::core::Core;
 use metrics::KubeMetrics;
 use tracker::{Scope, Tracker};
 
+/// Server-side timeout of each watch request (seconds); the watch is then resumed from the
+/// last version seen, and a connection that died silently is noticed within this.
+const WATCH_TIMEOUT: u32 = 120;
+
 /// How long to wait before trying again when no API client can be built.
 const CLIENT_RETRY: Duration = Duration::from_secs(30);
 
@@ -47,6 +51,9 @@ pub async fn client() -> anyhow::Result<Client> {
     // The watches back off themselves (0.8 s to 30 s) and count every error; the client's own
     // retries of 429/503 would hide an unavailable API server for minutes.
     config.default_retry = false;
+    // Watches end after WATCH_TIMEOUT; a connection silent for longer is dead.
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(u64::from(WATCH_TIMEOUT) + 30));
     Ok(Client::try_from(config)?)
 }
 
@@ -136,9 +143,12 @@ fn streams(client: &Client, settings: &KubeSettings) -> futures::stream::SelectA
             None => Api::all(client.clone()),
         };
         let executors = watcher::Config::default()
+            .timeout(WATCH_TIMEOUT)
             .labels(&format!("{}=executor", pods::ROLE_LABEL))
             .fields(&format!("spec.nodeName={}", settings.node_name));
-        let drivers = watcher::Config::default().labels(&format!("{}=driver", pods::ROLE_LABEL));
+        let drivers = watcher::Config::default()
+            .timeout(WATCH_TIMEOUT)
+            .labels(&format!("{}=driver", pods::ROLE_LABEL));
         for (is_driver, cfg) in [(false, executors), (true, drivers)] {
             let scope = Scope {
                 drivers: is_driver,

@@ -227,8 +227,12 @@ pub async fn run(args: UploadArgs) -> Result<String, ClientError> {
 
 fn secret_manifest(name: &str, namespace: &str, c: &Created) -> String {
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app.kubernetes.io/managed-by: staging-server\ntype: Opaque\nstringData:\n  resource-id: \"{}\"\n  token: \"{}\"\n  sha256: \"{}\"\n",
-        c.id, c.token, c.sha256
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app.kubernetes.io/managed-by: staging-server\n    {}: \"{}\"\ntype: Opaque\nstringData:\n  resource-id: \"{}\"\n  token: \"{}\"\n  sha256: \"{}\"\n",
+        crate::owners::RESOURCE_LABEL,
+        c.id,
+        c.id,
+        c.token,
+        c.sha256
     )
 }
 

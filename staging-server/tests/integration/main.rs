@@ -9,6 +9,7 @@ mod fetch;
 mod full_disk;
 mod lifecycle;
 mod outage;
+mod owners;
 mod slow;
 mod tokens;
 mod uploads;
