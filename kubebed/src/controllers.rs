@@ -1,6 +1,6 @@
 //! The controllers a bed needs, reconciled together after every change: a scheduler (round
 //! robin over Ready nodes, honouring `nodeSelector` and `nodeName`), DaemonSets (one pod per
-//! node), Deployments (pods owned directly by the Deployment, without ReplicaSets), and Service
+//! node matching the template's `nodeSelector`), Deployments (pods owned directly by the Deployment, without ReplicaSets), and Service
 //! endpoints for the pods' `/etc/hosts`.
 
 use std::sync::Arc;
@@ -184,8 +184,20 @@ impl Controllers {
                     let _ = self.store.delete(&PODS, ns, pn, &DeleteOptions::default());
                 }
             }
+            // Only nodes whose labels hold the template's nodeSelector.
+            let selector = &ds["spec"]["template"]["spec"]["nodeSelector"];
+            let eligible: Vec<&Value> = nodes
+                .iter()
+                .filter(|n| {
+                    selector
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .all(|(k, v)| n["metadata"]["labels"][k.as_str()] == *v)
+                })
+                .collect();
             let mut ready_count = 0;
-            for n in nodes {
+            for n in &eligible {
                 let node = n["metadata"]["name"].as_str().unwrap_or_default();
                 let on_node: Vec<&&Value> = mine
                     .iter()
@@ -201,7 +213,7 @@ impl Controllers {
                     }
                 }
             }
-            let status = json!({"desiredNumberScheduled": nodes.len(), "currentNumberScheduled": nodes.len(),
+            let status = json!({"desiredNumberScheduled": eligible.len(), "currentNumberScheduled": eligible.len(),
                                 "numberReady": ready_count, "numberAvailable": ready_count,
                                 "observedGeneration": ds["metadata"]["generation"]});
             if ds["status"] != status {

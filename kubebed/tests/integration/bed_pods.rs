@@ -188,3 +188,72 @@ spec:
     assert_eq!(sidecar["state"]["terminated"]["exitCode"], 0, "{sidecar}");
     bed.stop().await;
 }
+
+#[tokio::test]
+#[ignore = "needs root and network namespaces (scripts/test.sh runs it)"]
+async fn the_nvme_raid0_daemonset_runs_as_shipped_on_labelled_nodes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, false, dir.path()).await;
+    bed.store
+        .update(&kubebed::resources::NODES, "", "node-0", |n| {
+            n["metadata"]["labels"]["spark.example.com/nvme-raid0"] = json!("true");
+            Ok(())
+        })
+        .unwrap();
+    bed.apply(
+        &crate::common::manifest("k8s/shuffle-service/nvme-raid0/00-namespace.yaml"),
+        "default",
+    )
+    .unwrap();
+    bed.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: shuffle-admin-tokens}\nstringData: {tokens: 0123456789abcdef0123456789abcdef}\n",
+        "spark-shuffle",
+    )
+    .unwrap();
+    crate::common::apply_dir(&bed, "k8s/shuffle-service/nvme-raid0", "default", |t| t);
+    let ready = bed
+        .wait_for(
+            &kubebed::resources::DAEMONSETS,
+            "spark-shuffle",
+            "shuffle-service",
+            Duration::from_secs(60),
+            |d| {
+                d.is_some_and(|d| {
+                    d["status"]["numberReady"].as_u64() == Some(1)
+                        && d["status"]["desiredNumberScheduled"].as_u64() == Some(1)
+                })
+            },
+        )
+        .await;
+    assert!(ready.is_ok(), "{ready:?}");
+    let pods = bed
+        .store
+        .list(
+            &PODS,
+            Some("spark-shuffle"),
+            &Default::default(),
+            &Default::default(),
+        )
+        .0;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["spec"]["nodeName"], "node-0");
+    let url = format!("http://{}:7339/healthz", bed.nodes[0].netns.ip);
+    let mut up = false;
+    for _ in 0..100 {
+        if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(up, "{url} never answered");
+    // The volume is on the array's mount point, as the manifest says.
+    assert!(
+        bed.nodes[0]
+            .roots
+            .host
+            .join("mnt/k8s-disks/0/spark/shuffle-state")
+            .is_dir()
+    );
+    bed.stop().await;
+}

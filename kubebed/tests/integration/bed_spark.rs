@@ -95,10 +95,15 @@ async fn deploy_shuffle_service_with(bed: &kubebed::bed::Bed, edit: impl Fn(Stri
 /// The job's JSON result line (the last line of the driver's log that is a JSON object with
 /// `key`).
 fn result_line(log: &str, key: &str) -> Value {
+    // The JVM's log lines share the file with Python's stdout: a line may go on after the
+    // JSON object, so only the object's own text is parsed.
     log.lines()
         .rev()
         .find_map(|l| {
-            serde_json::from_str::<Value>(l)
+            let start = l.find('{')?;
+            serde_json::Deserializer::from_str(&l[start..])
+                .into_iter::<Value>()
+                .next()?
                 .ok()
                 .filter(|v| v.get(key).is_some())
         })
@@ -227,6 +232,17 @@ async fn client_job_with(
     mode: &str,
     template: &str,
 ) -> (Value, Vec<Value>) {
+    client_job_with_confs(bed, dir, mode, template, &[]).await
+}
+
+/// [`client_job_with`] with extra Spark settings (`key=value`).
+async fn client_job_with_confs(
+    bed: &kubebed::bed::Bed,
+    dir: &std::path::Path,
+    mode: &str,
+    template: &str,
+    confs: &[String],
+) -> (Value, Vec<Value>) {
     let event_dir = dir.join("events");
     std::fs::create_dir_all(&event_dir).unwrap();
     let mut cmd = tokio::process::Command::new(python());
@@ -241,6 +257,7 @@ async fn client_job_with(
         .arg(workspace().join(template))
         .arg("--event-dir")
         .arg(&event_dir)
+        .args(confs.iter().flat_map(|c| ["--conf", c.as_str()]))
         .env("PYSPARK_PYTHON", python())
         .env_remove("SPARK_HOME")
         .stdout(std::fs::File::create(dir.join("driver.out")).unwrap())
@@ -528,6 +545,66 @@ async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
             .iter()
             .all(|p| { p["metadata"]["ownerReferences"][0]["uid"] == driver["metadata"]["uid"] })
     );
+    bed.stop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
+async fn client_mode_pvc_sidecars_serve_static_executors_with_the_shipped_configuration() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bed = bed(2, true, dir.path()).await;
+    // The exact lines of the mode's spark-defaults.conf (the template path is the test's own).
+    let confs: Vec<String> = manifest("k8s/shuffle-service/sidecar-pvc/spark/spark-defaults.conf")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .filter(|(k, _)| *k != "spark.kubernetes.executor.podTemplateFile")
+        .map(|(k, v)| format!("{k}={}", v.trim()))
+        .collect();
+    assert!(
+        confs.iter().any(|c| c.contains("claimName=OnDemand")),
+        "{confs:?}"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let scraper = tokio::spawn(collect_sidecar_metrics(
+        std::sync::Arc::clone(&bed.store),
+        stop.clone(),
+    ));
+    // Spark deletes its claims when the application stops: watch for them meanwhile.
+    let claims = {
+        let (store, stop) = (std::sync::Arc::clone(&bed.store), stop.clone());
+        let pvcs = kubebed::resources::by_kind("v1", "PersistentVolumeClaim").unwrap();
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while !stop.is_cancelled() && seen == 0 {
+                seen = store
+                    .list(
+                        &pvcs,
+                        Some("default"),
+                        &Default::default(),
+                        &Default::default(),
+                    )
+                    .0
+                    .len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            seen
+        })
+    };
+    let (_seen, ev) = client_job_with_confs(
+        &bed,
+        dir.path(),
+        "static",
+        "k8s/shuffle-service/sidecar-pvc/spark/executor-pod-template.yaml",
+        &confs,
+    )
+    .await;
+    stop.cancel();
+    scraper.await.unwrap();
+    assert!(claims.await.unwrap() > 0, "Spark made no on-demand claim");
+    let jobs = check_shuffle_with(&ev, sidecar_metrics().await);
+    assert_eq!(jobs.first.len(), 2, "both executors should hold map output");
     bed.stop().await;
 }
 
@@ -1068,7 +1145,9 @@ async fn driver_pods_ending_take_their_jobs_data_and_learned_secrets_authenticat
             &kubebed::store::DeleteOptions::default(),
         )
         .unwrap();
-    let gone = eventually(Duration::from_secs(60), || block_dirs(&bed).is_empty()).await;
+    // After an outage each service resumes within its back-off (at most 30 s) or, if its
+    // connection died silently, within the watch timeout (60 s), then one sweep.
+    let gone = eventually(Duration::from_secs(150), || block_dirs(&bed).is_empty()).await;
     assert!(
         gone,
         "A's data stayed: {:?}\n{}",

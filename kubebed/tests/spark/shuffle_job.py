@@ -31,6 +31,7 @@ p.add_argument("--image")
 p.add_argument("--namespace", default="default")
 p.add_argument("--executor-template")
 p.add_argument("--event-dir")
+p.add_argument("--conf", action="append", default=[], help="client mode: an extra key=value")
 a = p.parse_args()
 
 b = SparkSession.builder.appName("kubebed-shuffle")
@@ -45,6 +46,9 @@ if a.master:
          .config("spark.eventLog.enabled", "true")
          .config("spark.eventLog.dir", a.event_dir)
          .config("spark.eventLog.compress", "false"))
+    for kv in a.conf:
+        k, v = kv.split("=", 1)
+        b = b.config(k, v)
 common = {
     "spark.executor.memory": "512m",
     "spark.executor.cores": "1",

@@ -32,7 +32,7 @@ use tracker::{Scope, Tracker};
 
 /// Server-side timeout of each watch request (seconds); the watch is then resumed from the
 /// last version seen, and a connection that died silently is noticed within this.
-const WATCH_TIMEOUT: u32 = 120;
+const WATCH_TIMEOUT: u32 = 45;
 
 /// How long to wait before trying again when no API client can be built.
 const CLIENT_RETRY: Duration = Duration::from_secs(30);
@@ -53,7 +53,7 @@ pub async fn client() -> anyhow::Result<Client> {
     config.default_retry = false;
     // Watches end after WATCH_TIMEOUT; a connection silent for longer is dead.
     config.connect_timeout = Some(Duration::from_secs(10));
-    config.read_timeout = Some(Duration::from_secs(u64::from(WATCH_TIMEOUT) + 30));
+    config.read_timeout = Some(Duration::from_secs(u64::from(WATCH_TIMEOUT) + 15));
     Ok(Client::try_from(config)?)
 }
 
@@ -103,6 +103,7 @@ pub async fn follow(
     );
     let mut events = streams(&client, &settings);
     let mut lists: HashMap<Scope, HashSet<String>> = HashMap::new();
+    let mut failing: HashMap<&'static str, Instant> = HashMap::new();
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(node = %settings.node_name, namespaces = ?settings.namespaces,
@@ -113,9 +114,19 @@ pub async fn follow(
             () = cancel.cancelled() => return,
             ev = events.next() => {
                 let Some((scope, ev)) = ev else { return };
-                on_event(&mut tracker, &mut lists, &metrics, &settings, scope, ev);
+                on_event(&mut tracker, &mut lists, &mut failing, &metrics, &settings, scope, ev);
             }
             _ = ticker.tick() => {
+                // A watch resumed after an error yields nothing until something changes; a
+                // whole watch period without a new error means it is up again.
+                failing.retain(|watch, since| {
+                    let recovered = since.elapsed() > Duration::from_secs(u64::from(WATCH_TIMEOUT) + 15);
+                    if recovered {
+                        metrics.up.with_label_values(&[watch]).set(1);
+                        tracing::info!(watch = *watch, "pod watch recovered");
+                    }
+                    !recovered
+                });
                 decide(&core, &mut tracker).await;
                 metrics.apps.set(gauge(tracker.apps()));
                 metrics.drivers.set(gauge(tracker.drivers()));
@@ -168,6 +179,7 @@ fn streams(client: &Client, settings: &KubeSettings) -> futures::stream::SelectA
 fn on_event(
     tracker: &mut Tracker,
     lists: &mut HashMap<Scope, HashSet<String>>,
+    failing: &mut HashMap<&'static str, Instant>,
     metrics: &KubeMetrics,
     settings: &KubeSettings,
     scope: Scope,
@@ -184,6 +196,7 @@ fn on_event(
         Err(e) => {
             // An incomplete list proves nothing: it is dropped, the next one starts over.
             lists.remove(&scope);
+            failing.insert(watch, now);
             metrics.errors.with_label_values(&[watch]).inc();
             metrics.up.with_label_values(&[watch]).set(0);
             tracing::warn!(watch, error = %e, "pod watch error; retrying with back-off, nothing is deleted meanwhile");
@@ -191,6 +204,10 @@ fn on_event(
         }
     };
     let mut learning = tracker::Learning::default();
+    if failing.remove(watch).is_some() && !matches!(ev, watcher::Event::Init) {
+        metrics.up.with_label_values(&[watch]).set(1);
+        tracing::info!(watch, "pod watch recovered");
+    }
     match ev {
         watcher::Event::Init => {
             lists.insert(scope.clone(), HashSet::new());
