@@ -617,20 +617,21 @@ impl Db {
     }
 
     /// Committed resources that name owner pods (a namespace and labels or a pod uid), with
-    /// their commit time and when their owner pods were first seen, oldest first.
+    /// their commit time and when their owner pods were first seen, oldest first: the page of
+    /// at most `limit` after the first `offset`.
     ///
     /// # Errors
     /// SQLite errors, or [`DbError::Corrupt`].
-    pub async fn owned(&self, limit: usize) -> DbResult<Vec<OwnedResource>> {
+    pub async fn owned(&self, offset: usize, limit: usize) -> DbResult<Vec<OwnedResource>> {
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, namespace, labels, owner_pod_uid, committed_at, owner_seen_at
                  FROM resources
                  WHERE state = 'committed' AND namespace IS NOT NULL
                    AND (labels != '{}' OR owner_pod_uid IS NOT NULL)
-                 ORDER BY committed_at LIMIT ?1",
+                 ORDER BY committed_at, id LIMIT ?1 OFFSET ?2",
             )?;
-            let rows = stmt.query_map(params![limit as i64], |r| {
+            let rows = stmt.query_map(params![limit as i64, offset as i64], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,

@@ -23,8 +23,8 @@ use crate::state::AppState;
 
 /// Label carrying the resource id on Secrets the client prints (`upload --output secret`).
 pub const RESOURCE_LABEL: &str = "staging-server/resource-id";
-/// Resources examined per round.
-const BATCH: usize = 1000;
+/// Resources read from the database per query (a round reads every page).
+const PAGE: usize = 1000;
 
 /// How owners are followed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,13 +167,23 @@ async fn round(
     settings: &OwnerSettings,
     ended: &mut HashMap<ResourceId, Instant>,
 ) {
-    let owned = match state.db().owned(BATCH).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::warn!(error = %e, "owned resources not read");
-            return;
+    // Every owned resource, page by page, so that none waits behind older ones.
+    let mut owned = Vec::new();
+    loop {
+        match state.db().owned(owned.len(), PAGE).await {
+            Ok(page) => {
+                let last = page.len() < PAGE;
+                owned.extend(page);
+                if last {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "owned resources not read");
+                return;
+            }
         }
-    };
+    }
     let mut healthy = true;
     let mut lists: HashMap<(String, String), Option<Vec<Pod>>> = HashMap::new();
     for r in &owned {
@@ -198,8 +208,13 @@ async fn round(
         };
         let now = Instant::now();
         let s = seen(&r.owner, pods);
-        if s != Seen::None && r.owner_seen_at.is_none() {
-            let _ = state.db().mark_owner_seen(r.id, state.now_ms()).await;
+        if s != Seen::None
+            && r.owner_seen_at.is_none()
+            && let Err(e) = state.db().mark_owner_seen(r.id, state.now_ms()).await
+        {
+            // Until recorded, the unused TTL still applies and a later round without pods
+            // reads the owner as never started (the start grace then decides).
+            tracing::warn!(resource = %r.id, error = %e, "owner pods seen but not recorded");
         }
         let since = match s {
             Seen::Live => {

@@ -121,7 +121,7 @@ async fn resources_follow_their_owner_pods_and_take_their_secrets_along() {
     let seen = |id: ResourceId| {
         let db = s.state.db().clone();
         async move {
-            db.owned(100)
+            db.owned(0, 100)
                 .await
                 .unwrap()
                 .iter()
