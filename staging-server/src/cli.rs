@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::client::fetch::FetchArgs;
+use crate::client::submit::SubmitArgs;
 use crate::client::upload::UploadArgs;
 use crate::config::ServeArgs;
 
@@ -32,4 +33,7 @@ pub enum Command {
     Upload(UploadArgs),
     /// Download, verify and safely unpack a bundle (the init-container).
     Fetch(FetchArgs),
+    /// Run spark-submit against Kubernetes with local files: stage them, create the token's
+    /// Secret, wire the pod templates, run spark-submit.
+    Submit(Box<SubmitArgs>),
 }

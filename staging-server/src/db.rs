@@ -49,7 +49,7 @@ impl DbError {
     }
 }
 
-type DbResult<T> = Result<T, DbError>;
+pub(crate) type DbResult<T> = Result<T, DbError>;
 
 /// Parses a column of resource ids; an unparsable one is a corrupt row.
 fn parse_ids(rows: impl Iterator<Item = rusqlite::Result<String>>) -> DbResult<Vec<ResourceId>> {
@@ -94,6 +94,26 @@ CREATE TABLE IF NOT EXISTS store_deletions (
     id        TEXT PRIMARY KEY,
     queued_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blobs (
+    sha256        TEXT PRIMARY KEY,
+    object_id     TEXT NOT NULL UNIQUE,
+    size          INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL,
+    referenced_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS blob_grants (
+    sha256    TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    PRIMARY KEY (sha256, namespace)
+);
+CREATE TABLE IF NOT EXISTS resource_files (
+    resource_id TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    PRIMARY KEY (resource_id, name)
+);
+CREATE INDEX IF NOT EXISTS resource_files_by_blob ON resource_files(sha256);
 ";
 
 /// Handle to the metadata database.
@@ -196,6 +216,15 @@ pub enum CommitOutcome {
     Gone,
 }
 
+/// What [`Db::delete`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// Whether the resource row existed.
+    pub existed: bool,
+    /// Objects of stored files no resource references any more (queued for deletion).
+    pub freed: Vec<ResourceId>,
+}
+
 /// Why a token is not acceptable, from the database's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenState {
@@ -269,7 +298,7 @@ impl Db {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    async fn call<T, F>(&self, f: F) -> DbResult<T>
+    pub(crate) async fn call<T, F>(&self, f: F) -> DbResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
@@ -376,38 +405,14 @@ impl Db {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let ns = &req.owner.namespace;
-            let q = req.quotas;
-            if let Some(max) = q.namespace_bytes {
-                let used = committed_bytes(&tx, Some(ns))?;
-                if used.saturating_add(req.size) > max {
-                    return Ok(CommitOutcome::QuotaExceeded(format!(
-                        "namespace {ns} would exceed its quota of {max} bytes ({used} used, {} more)",
-                        req.size
-                    )));
-                }
+            if let Some(why) = quota_refusal(&tx, ns, req.size, req.quotas)? {
+                return Ok(CommitOutcome::QuotaExceeded(why));
             }
-            if let Some(max) = q.namespace_count {
-                let n: i64 = tx.query_row(
-                    "SELECT COUNT(*) FROM resources WHERE namespace = ?1 AND state = 'committed'",
-                    [ns.as_str()],
-                    |r| r.get(0),
-                )?;
-                if n as u64 >= max {
-                    return Ok(CommitOutcome::QuotaExceeded(format!(
-                        "namespace {ns} already holds its quota of {max} resources"
-                    )));
-                }
-            }
-            if let Some(cap) = q.capacity {
-                let used = committed_bytes(&tx, None)?;
-                if used.saturating_add(req.size) > cap {
-                    return Ok(CommitOutcome::QuotaExceeded(format!(
-                        "the store would exceed its capacity of {cap} bytes"
-                    )));
-                }
-            }
-            let labels = serde_json::to_string(req.owner.labels.as_map())
-                .map_err(|e| DbError::Corrupt { id: req.id.to_string(), what: e.to_string() })?;
+            let labels =
+                serde_json::to_string(req.owner.labels.as_map()).map_err(|e| DbError::Corrupt {
+                    id: req.id.to_string(),
+                    what: e.to_string(),
+                })?;
             let n = tx.execute(
                 "UPDATE resources SET state = 'committed', namespace = ?2, labels = ?3,
                         owner_pod_uid = ?4, size = ?5, sha256 = ?6, committed_at = ?7,
@@ -438,13 +443,14 @@ impl Db {
         .await
     }
 
-    /// Deletes a resource row of any state and revokes its tokens; returns whether it existed.
+    /// Deletes a resource row of any state and revokes its tokens; returns whether it existed
+    /// and the stored files it was the last to reference (their rows are gone too).
     /// The deletion of its bytes is queued in the same transaction, so that bytes a failed
     /// store call left behind are retried by the sweep (and survive a crash).
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn delete(&self, id: ResourceId, now: UnixMillis) -> DbResult<bool> {
+    pub async fn delete(&self, id: ResourceId, now: UnixMillis) -> DbResult<Deleted> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let n = tx.execute("DELETE FROM resources WHERE id = ?1", [id.to_string()])?;
@@ -456,8 +462,12 @@ impl Db {
                 "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
                 params![id.to_string(), now],
             )?;
+            let freed = crate::files::release(&tx, id, now)?;
             tx.commit()?;
-            Ok(n > 0)
+            Ok(Deleted {
+                existed: n > 0,
+                freed,
+            })
         })
         .await
     }
@@ -698,7 +708,8 @@ impl Db {
     pub async fn exists(&self, id: ResourceId) -> DbResult<bool> {
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT 1 FROM resources WHERE id = ?1",
+                "SELECT 1 FROM resources WHERE id = ?1
+                 UNION ALL SELECT 1 FROM blobs WHERE object_id = ?1",
                 [id.to_string()],
                 |_| Ok(()),
             )
@@ -805,7 +816,45 @@ fn token_state(c: &Connection, jti: &str, resource: ResourceId) -> DbResult<Toke
     })
 }
 
-fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
+/// Why committing `size` more bytes into `ns` would break a quota or the capacity, if it would.
+pub(crate) fn quota_refusal(
+    c: &Connection,
+    ns: &Namespace,
+    size: u64,
+    q: Quotas,
+) -> rusqlite::Result<Option<String>> {
+    if let Some(max) = q.namespace_bytes {
+        let used = committed_bytes(c, Some(ns))?;
+        if used.saturating_add(size) > max {
+            return Ok(Some(format!(
+                "namespace {ns} would exceed its quota of {max} bytes ({used} used, {size} more)"
+            )));
+        }
+    }
+    if let Some(max) = q.namespace_count {
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM resources WHERE namespace = ?1 AND state = 'committed'",
+            [ns.as_str()],
+            |r| r.get(0),
+        )?;
+        if n as u64 >= max {
+            return Ok(Some(format!(
+                "namespace {ns} already holds its quota of {max} resources"
+            )));
+        }
+    }
+    if let Some(cap) = q.capacity {
+        let used = committed_bytes(c, None)?;
+        if used.saturating_add(size) > cap {
+            return Ok(Some(format!(
+                "the store would exceed its capacity of {cap} bytes"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+pub(crate) fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
     let v: i64 = match ns {
         Some(ns) => c.query_row(
             "SELECT COALESCE(SUM(size), 0) FROM resources WHERE namespace = ?1 AND state = 'committed'",

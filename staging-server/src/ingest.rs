@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use crate::clock::duration_ms;
 use crate::db::{CommitOutcome, CommitRequest, Owner};
 use crate::error::ApiError;
+use crate::files::BlobCommit;
 use crate::ids::{Namespace, ResourceId, Sha256Digest};
 use crate::metrics::InflightGuard;
 use crate::pace::Pace;
@@ -295,6 +296,66 @@ impl PendingUpload {
 }
 
 impl PendingUpload {
+    /// Finishes the object and makes it the blob `expected` (the digest the client named),
+    /// granted to `namespace`.
+    ///
+    /// # Errors
+    /// 422 when the bytes do not have that digest, 500 on failures. Nothing is stored after an
+    /// error.
+    pub async fn commit_blob(
+        mut self,
+        namespace: Namespace,
+        expected: Sha256Digest,
+    ) -> Result<BlobCommit, ApiError> {
+        match self.try_commit_blob(namespace, expected).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.discard().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn try_commit_blob(
+        &mut self,
+        namespace: Namespace,
+        expected: Sha256Digest,
+    ) -> Result<BlobCommit, ApiError> {
+        let sha256 = std::mem::replace(&mut self.hasher, HashPipe::closed())
+            .finish()
+            .await?;
+        if sha256 != expected {
+            return Err(ApiError::new(
+                http::StatusCode::UNPROCESSABLE_ENTITY,
+                "digest_mismatch",
+                format!("body sha256 is {sha256}, expected {expected}"),
+            ));
+        }
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| ApiError::internal("writer gone"))?;
+        writer
+            .finish()
+            .await
+            .map_err(|e| ApiError::store(e, self.state.metrics()))?;
+        let outcome = self
+            .state
+            .db()
+            .commit_blob(self.id, sha256, self.size, namespace, self.state.now_ms())
+            .await
+            .map_err(|e| db_error(&self.state, e))?;
+        self.done = true;
+        if outcome == BlobCommit::Existed {
+            // A concurrent upload of the same content won; these bytes are surplus.
+            if self.state.store().delete(self.id).await.is_ok() {
+                let _ = self.state.db().deletion_done(self.id).await;
+            }
+        }
+        tracing::info!(sha256 = %sha256, size = self.size, "file stored");
+        Ok(outcome)
+    }
+
     /// Abandons the upload: removes the partial object and the pending row before returning,
     /// so that a client told of the failure never sees a trace of it.
     pub async fn discard(mut self) {

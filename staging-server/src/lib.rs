@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod files;
 pub mod ids;
 pub mod ingest;
 pub mod lifecycle;

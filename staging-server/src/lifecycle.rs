@@ -59,7 +59,7 @@ pub async fn remove(
     reason: DeleteReason,
 ) -> Result<bool, DbError> {
     let now = state.now_ms();
-    let existed = match state.with_room(|| state.db().delete(id, now)).await {
+    let deleted = match state.with_room(|| state.db().delete(id, now)).await {
         // Still full with the reserve gone: free this resource's own bytes first (a local
         // store shares the disk), then delete the row.
         Err(e) if e.is_full() => {
@@ -69,6 +69,11 @@ pub async fn remove(
         r => r?,
     };
     delete_bytes(state, id).await;
+    // Files no other submission names.
+    for object in &deleted.freed {
+        delete_bytes(state, *object).await;
+    }
+    let existed = deleted.existed;
     if existed {
         state
             .metrics()
@@ -139,6 +144,8 @@ pub struct SweepReport {
     pub tokens_pruned: usize,
     /// Byte deletions that had failed and succeeded now.
     pub deletions_retried: usize,
+    /// Files sent but never named by a submission within the grace.
+    pub unnamed_blobs: usize,
 }
 
 /// Periodic cleanup of expired resources.
@@ -182,6 +189,16 @@ impl Sweeper {
             }
         }
         let now = self.state.now_ms();
+        let cutoff =
+            now.saturating_sub(crate::clock::duration_ms(crate::files::UNNAMED_BLOB_GRACE));
+        let freed = self
+            .state
+            .with_room(|| self.state.db().collect_unnamed_blobs(cutoff))
+            .await?;
+        for object in freed {
+            delete_bytes(&self.state, object).await;
+            report.unnamed_blobs += 1;
+        }
         report.tokens_pruned = self
             .state
             .with_room(|| self.state.db().prune_tokens(now))

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Upload(args)) => runtime.block_on(client::upload::main(args)),
         Some(Command::Fetch(args)) => runtime.block_on(client::fetch::main(args)),
+        Some(Command::Submit(args)) => runtime.block_on(client::submit::main(*args)),
         Some(Command::Serve(args)) => runtime.block_on(serve(*args)),
         None => runtime.block_on(serve(cli.serve)),
     }

@@ -42,6 +42,9 @@ pub struct FetchArgs {
     /// Expected sha256 (hex); the server's digest is always checked too.
     #[arg(long)]
     pub sha256: Option<String>,
+    /// PEM CA certificates trusted for the server, beside the system roots.
+    #[arg(long, env = "STAGING_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Use the fork's v0 download route instead of v1.
     #[arg(long)]
     pub v0: bool,
@@ -92,11 +95,28 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
         .map_err(|e| ClientError::new(EXIT_USAGE, format!("{}: {e}", args.token_file.display())))?
         .trim()
         .to_owned();
-    if !args.dest.is_dir() {
-        return Err(ClientError::new(
-            EXIT_USAGE,
-            format!("{} is not a directory", args.dest.display()),
-        ));
+    match std::fs::metadata(&args.dest) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(ClientError::new(
+                EXIT_USAGE,
+                format!("--dest {} is not a directory", args.dest.display()),
+            ));
+        }
+        Err(e) => {
+            return Err(ClientError::new(
+                EXIT_USAGE,
+                format!(
+                    "--dest {}: {e} (the destination directory must exist)",
+                    args.dest.display()
+                ),
+            ));
+        }
+    }
+    if !args.v0
+        && let Some(files) = super::fetch_files::listing(&args, &token).await?
+    {
+        return super::fetch_files::fetch(&args, &token, files).await;
     }
     let expected = args
         .sha256
@@ -109,7 +129,8 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
         .suffix(".part")
         .tempfile_in(&args.dest)
         .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", args.dest.display())))?;
-    let (digest, server_digest) = download(&args, &token, archive.path()).await?;
+    let (digest, server_digest) =
+        download(&args, &bundle_url(&args), &token, archive.path()).await?;
     for (what, want) in [("server", server_digest), ("expected", expected)] {
         if let Some(want) = want
             && want != digest
@@ -151,30 +172,33 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
     Ok(names)
 }
 
-/// Downloads into `path` with retries; returns the local digest and the server's digest.
-async fn download(
+/// The bundle's URL.
+fn bundle_url(args: &FetchArgs) -> String {
+    let base = args.server.trim_end_matches('/');
+    if args.v0 {
+        format!("{base}/api/v0/resources/{}", args.id)
+    } else {
+        format!("{base}/api/v1/resources/{}/content", args.id)
+    }
+}
+
+/// The HTTP client of `fetch`.
+fn http_client(args: &FetchArgs) -> Result<reqwest::Client, ClientError> {
+    super::http::client(
+        args.ca_file.as_deref(),
+        args.connect_timeout,
+        Some(args.read_timeout),
+    )
+}
+
+/// Downloads `url` into `path` with retries; returns the local digest and the server's digest.
+pub(super) async fn download(
     args: &FetchArgs,
+    url: &str,
     token: &str,
     path: &Path,
 ) -> Result<(String, Option<String>), ClientError> {
-    let url = if args.v0 {
-        format!(
-            "{}/api/v0/resources/{}",
-            args.server.trim_end_matches('/'),
-            args.id
-        )
-    } else {
-        format!(
-            "{}/api/v1/resources/{}/content",
-            args.server.trim_end_matches('/'),
-            args.id
-        )
-    };
-    let client = reqwest::Client::builder()
-        .connect_timeout(args.connect_timeout)
-        .read_timeout(args.read_timeout)
-        .build()
-        .map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))?;
+    let client = http_client(args)?;
     let deadline = Instant::now() + args.timeout;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -189,7 +213,7 @@ async fn download(
     loop {
         let failure = match attempt_once(
             &client,
-            &url,
+            url,
             token,
             &mut file,
             &mut hasher,
@@ -213,7 +237,12 @@ async fn download(
                 format!("giving up after {attempt} attempts: {failure}"),
             ));
         }
-        tracing::warn!(attempt, retry_in = ?backoff, cause = %failure, "download failed; retrying");
+        eprintln!(
+            "staging-server fetch: {failure}; retrying in {} (attempt {} of {})",
+            humantime::format_duration(backoff),
+            attempt + 1,
+            args.retries + 1
+        );
         tokio::time::sleep(backoff).await;
     }
 }
@@ -244,10 +273,16 @@ async fn attempt_once(
             .header("range", format!("bytes={offset}-"))
             .header("if-range", tag);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| Attempt::Retry(e.to_string()))?;
+    let resp = req.send().await.map_err(|e| {
+        if super::http::transient(&e) {
+            Attempt::Retry(super::http::describe(&e))
+        } else {
+            Attempt::Fatal(ClientError::new(
+                EXIT_UNAVAILABLE,
+                super::http::describe(&e),
+            ))
+        }
+    })?;
     let status = resp.status().as_u16();
     match status {
         200 => {
@@ -286,7 +321,7 @@ async fn attempt_once(
     }
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Attempt::Retry(e.to_string()))?;
+        let chunk = chunk.map_err(|e| Attempt::Retry(super::http::describe(&e)))?;
         file.write_all(&chunk).map_err(|e| {
             Attempt::Fatal(ClientError::new(
                 EXIT_FAILURE,

@@ -8,7 +8,11 @@
 pub mod bundle;
 pub mod extract;
 pub mod fetch;
+pub mod fetch_files;
+pub mod http;
 pub mod names;
+pub mod stage;
+pub mod submit;
 pub mod upload;
 
 use std::process::ExitCode;

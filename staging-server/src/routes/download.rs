@@ -22,6 +22,28 @@ use crate::metrics::InflightGuard;
 use crate::state::AppState;
 use crate::store::StoreFailure;
 
+/// The bytes to serve: a bundle, or one file of a submission.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Object {
+    /// Store object.
+    pub id: ResourceId,
+    /// Size.
+    pub size: u64,
+    /// Digest.
+    pub sha256: crate::ids::Sha256Digest,
+}
+
+impl Resource {
+    /// The bundle's own object.
+    pub(super) fn object(&self) -> Object {
+        Object {
+            id: self.id,
+            size: self.size,
+            sha256: self.sha256,
+        }
+    }
+}
+
 /// Checks the request's download token against the resource named in the path, and loads the
 /// resource.
 ///
@@ -80,10 +102,11 @@ pub(super) async fn authorize(
 pub(super) async fn serve(
     state: &AppState,
     res: &Resource,
+    object: &Object,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, ApiError> {
-    let etag = format!("\"{}\"", res.sha256.to_hex());
+    let etag = format!("\"{}\"", object.sha256.to_hex());
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::ACCEPT_RANGES, "bytes")
@@ -91,9 +114,9 @@ pub(super) async fn serve(
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(
             "repr-digest",
-            format!("sha-256=:{}:", res.sha256.to_base64()),
+            format!("sha-256=:{}:", object.sha256.to_base64()),
         )
-        .header("digest", format!("sha-256={}", res.sha256.to_base64()));
+        .header("digest", format!("sha-256={}", object.sha256.to_base64()));
 
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
@@ -117,13 +140,13 @@ pub(super) async fn serve(
         .is_none_or(|v| v.trim() == etag);
     let range = match range_header.filter(|_| if_range_ok) {
         None => None,
-        Some(h) => match parse_range(h, res.size) {
+        Some(h) => match parse_range(h, object.size) {
             RangeSpec::Ignore => None,
             RangeSpec::Satisfiable(r) => Some(r),
             RangeSpec::Unsatisfiable => {
                 return builder
                     .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                    .header(header::CONTENT_RANGE, format!("bytes */{}", res.size))
+                    .header(header::CONTENT_RANGE, format!("bytes */{}", object.size))
                     .header(header::CONTENT_TYPE, "application/json")
                     .body(Body::from(
                         r#"{"code":"range_not_satisfiable","message":"the range is outside the resource"}"#,
@@ -137,11 +160,11 @@ pub(super) async fn serve(
         Some(r) => {
             builder = builder.header(
                 header::CONTENT_RANGE,
-                format!("bytes {}-{}/{}", r.start, r.end - 1, res.size),
+                format!("bytes {}-{}/{}", r.start, r.end - 1, object.size),
             );
             (StatusCode::PARTIAL_CONTENT, r.end - r.start)
         }
-        None => (StatusCode::OK, res.size),
+        None => (StatusCode::OK, object.size),
     };
     builder = builder
         .status(status)
@@ -179,7 +202,7 @@ pub(super) async fn serve(
     }
     let stream = match state
         .store()
-        .read(res.id, range.unwrap_or(0..res.size))
+        .read(object.id, range.unwrap_or(0..object.size))
         .await
     {
         Ok(s) => s,

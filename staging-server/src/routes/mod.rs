@@ -6,6 +6,7 @@
 //! [`ApiError`] are logged.
 
 mod download;
+mod files;
 mod health;
 mod v0;
 mod v1;
@@ -17,7 +18,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -25,6 +26,9 @@ use tracing::Level;
 
 use crate::error::{ApiError, InternalCause};
 use crate::state::AppState;
+
+/// Largest submission body (the JSON list of at most [`crate::files::MAX_FILES`] files).
+const SUBMISSION_BODY_LIMIT: usize = 1 << 20;
 
 /// The full API router (also serving the operational endpoints).
 pub fn router(state: AppState) -> Router {
@@ -39,6 +43,12 @@ pub fn router(state: AppState) -> Router {
             get(v1::metadata).delete(v1::delete),
         )
         .route("/api/v1/resources/{id}/content", get(v1::content))
+        .route("/api/v1/resources/{id}/files/{name}", get(files::file))
+        .route("/api/v1/blobs/{sha256}", put(files::put_blob))
+        .route(
+            "/api/v1/submissions",
+            post(files::submit).layer(DefaultBodyLimit::max(SUBMISSION_BODY_LIMIT)),
+        )
         .merge(ops_routes(false))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

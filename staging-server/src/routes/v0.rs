@@ -184,5 +184,12 @@ pub(super) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let res = download::authorize(&state, &headers, &id, true).await?;
-    download::serve(&state, &res, &headers, method == Method::HEAD).await
+    download::serve(
+        &state,
+        &res,
+        &res.object(),
+        &headers,
+        method == Method::HEAD,
+    )
+    .await
 }

@@ -49,15 +49,15 @@ struct UploadQuery {
 
 /// The 201 answer to an upload.
 #[derive(Debug, Serialize)]
-struct UploadResponse {
-    id: String,
-    token: String,
-    sha256: String,
-    size: u64,
-    namespace: String,
-    expires_at: String,
-    unused_expires_at: String,
-    content_url: String,
+pub(super) struct UploadResponse {
+    pub(super) id: String,
+    pub(super) token: String,
+    pub(super) sha256: String,
+    pub(super) size: u64,
+    pub(super) namespace: String,
+    pub(super) expires_at: String,
+    pub(super) unused_expires_at: String,
+    pub(super) content_url: String,
 }
 
 /// Resource metadata.
@@ -74,9 +74,20 @@ pub(super) struct Metadata {
     first_download_at: Option<String>,
     expires_at: String,
     unused_expires_at: Option<String>,
+    /// The files of a submission (absent for a bundle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<Vec<FileMeta>>,
 }
 
-fn rfc3339(ms: i64) -> String {
+/// One file of a submission.
+#[derive(Debug, Serialize)]
+pub(super) struct FileMeta {
+    name: String,
+    sha256: String,
+    size: u64,
+}
+
+pub(super) fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -88,13 +99,6 @@ pub(super) async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if let Err(e) = state.upload_auth().check(&headers) {
-        state.metrics().auth_failure(e.as_str());
-        return Err(ApiError::unauthorized(format!(
-            "upload credential {}",
-            e.as_str()
-        )));
-    }
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -117,6 +121,7 @@ pub(super) async fn upload(
     let q: UploadQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let namespace: Namespace = q.namespace.parse()?;
+    check_upload(&state, &headers, &namespace).await?;
     let labels = Labels::parse_selector(&q.labels)?;
     let pod_uid = q
         .owner_pod_uid
@@ -124,26 +129,10 @@ pub(super) async fn upload(
         .map(str::parse::<PodUid>)
         .transpose()?
         .map(|u| u.to_string());
-    let limits = state.limits();
-    let lifetime = |raw: Option<&str>, default: Duration, max: Duration, name: &str| {
-        let Some(raw) = raw else { return Ok(default) };
-        let d = humantime::parse_duration(raw)
-            .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
-        if d.is_zero() || d > max {
-            return Err(ApiError::bad_request(format!(
-                "{name} must be positive and at most {}",
-                humantime::format_duration(max)
-            )));
-        }
-        Ok(d)
-    };
-    let max_ttl = lifetime(q.ttl.as_deref(), limits.max_ttl, limits.max_ttl, "ttl")?;
-    let unused_ttl = lifetime(
-        q.unused_ttl.as_deref(),
-        limits.unused_ttl.min(max_ttl),
+    let Lifetimes {
+        unused_ttl,
         max_ttl,
-        "unused_ttl",
-    )?;
+    } = lifetimes(&state, q.ttl.as_deref(), q.unused_ttl.as_deref())?;
     let expected = match (q.sha256.as_deref(), content_digest(&headers)?) {
         (Some(hex), _) => Some(Sha256Digest::from_hex(hex)?),
         (None, header) => header,
@@ -191,6 +180,60 @@ pub(super) async fn upload(
         .into_response())
 }
 
+/// Checks the request's upload credential for `namespace`.
+///
+/// # Errors
+/// 401 when the credential is missing or refused.
+pub(super) async fn check_upload(
+    state: &AppState,
+    headers: &HeaderMap,
+    _namespace: &Namespace,
+) -> Result<(), ApiError> {
+    if let Err(e) = state.upload_auth().check(headers) {
+        state.metrics().auth_failure(e.as_str());
+        return Err(ApiError::unauthorized(format!(
+            "upload credential {}",
+            e.as_str()
+        )));
+    }
+    Ok(())
+}
+
+/// The lifetimes an upload asks for (`ttl`, `unused_ttl`), within the server's limits.
+///
+/// # Errors
+/// 400 for an unparsable, zero or too long lifetime.
+pub(super) fn lifetimes(
+    state: &AppState,
+    ttl: Option<&str>,
+    unused_ttl: Option<&str>,
+) -> Result<Lifetimes, ApiError> {
+    let limits = state.limits();
+    let lifetime = |raw: Option<&str>, default: Duration, max: Duration, name: &str| {
+        let Some(raw) = raw else { return Ok(default) };
+        let d = humantime::parse_duration(raw)
+            .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))?;
+        if d.is_zero() || d > max {
+            return Err(ApiError::bad_request(format!(
+                "{name} must be positive and at most {}",
+                humantime::format_duration(max)
+            )));
+        }
+        Ok(d)
+    };
+    let max_ttl = lifetime(ttl, limits.max_ttl, limits.max_ttl, "ttl")?;
+    let unused_ttl = lifetime(
+        unused_ttl,
+        limits.unused_ttl.min(max_ttl),
+        max_ttl,
+        "unused_ttl",
+    )?;
+    Ok(Lifetimes {
+        unused_ttl,
+        max_ttl,
+    })
+}
+
 /// An RFC 9530 `Content-Digest` or `Repr-Digest` with a `sha-256` member, if present.
 fn content_digest(headers: &HeaderMap) -> Result<Option<Sha256Digest>, ApiError> {
     use base64::Engine as _;
@@ -226,7 +269,23 @@ pub(super) async fn content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let res = download::authorize(&state, &headers, &id, false).await?;
-    download::serve(&state, &res, &headers, method == Method::HEAD).await
+    if res.api == "files" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "files_resource",
+            format!(
+                "resource {id} holds separate files: GET /api/v1/resources/{id} lists them, /api/v1/resources/{id}/files/{{name}} serves each"
+            ),
+        ));
+    }
+    download::serve(
+        &state,
+        &res,
+        &res.object(),
+        &headers,
+        method == Method::HEAD,
+    )
+    .await
 }
 
 /// `GET /api/v1/resources/{id}`.
@@ -236,7 +295,23 @@ pub(super) async fn metadata(
     headers: HeaderMap,
 ) -> Result<Json<Metadata>, ApiError> {
     let r = download::authorize(&state, &headers, &id, false).await?;
+    let files = if r.api == "files" {
+        let files = state.db().files(r.id).await.map_err(ApiError::internal)?;
+        Some(
+            files
+                .into_iter()
+                .map(|f| FileMeta {
+                    name: f.name,
+                    sha256: f.sha256.to_hex(),
+                    size: f.size,
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
     Ok(Json(Metadata {
+        files,
         id: r.id.to_string(),
         namespace: r.owner.namespace.to_string(),
         labels: r.owner.labels.as_map().clone(),

@@ -261,6 +261,7 @@ fn args(s: &TestServer, id: &str, token: &str, dest: &Path) -> FetchArgs {
         dest: dest.to_owned(),
         file_list: None,
         sha256: None,
+        ca_file: None,
         v0: false,
         connect_timeout: std::time::Duration::from_secs(5),
         read_timeout: std::time::Duration::from_secs(30),

@@ -11,5 +11,6 @@ mod lifecycle;
 mod outage;
 mod owners;
 mod slow;
+mod submissions;
 mod tokens;
 mod uploads;

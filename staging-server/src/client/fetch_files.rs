@@ -1,0 +1,231 @@
+//! `fetch` of a submission (a resource of separate files, see [`crate::files`]): each file is
+//! downloaded with the same retries and resumption as a bundle, checked against the digest the
+//! submission names, and moved into the destination under its name. A file already there
+//! with the right digest (a restarted init-container) is kept; any other existing file is
+//! never overwritten.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::fetch::{FetchArgs, download};
+use super::{
+    ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
+    EXIT_UNSAFE_ARCHIVE, names, server_message,
+};
+
+/// One file of a submission.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listed {
+    name: String,
+    sha256: String,
+    size: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Metadata {
+    files: Option<Vec<Listed>>,
+}
+
+/// The files of the resource, or `None` when it is a bundle.
+///
+/// # Errors
+/// [`ClientError`] with the exit code.
+pub async fn listing(args: &FetchArgs, token: &str) -> Result<Option<Vec<Listed>>, ClientError> {
+    let client = super::http::client(
+        args.ca_file.as_deref(),
+        args.connect_timeout,
+        Some(args.read_timeout),
+    )?;
+    let url = format!(
+        "{}/api/v1/resources/{}",
+        args.server.trim_end_matches('/'),
+        args.id
+    );
+    let mut attempt = 0;
+    loop {
+        let resp = super::http::send("fetch", args.retries, || {
+            client.get(&url).bearer_auth(token).timeout(args.timeout)
+        })
+        .await?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.unwrap_or_default();
+        match status {
+            200 => {
+                let meta: Metadata = serde_json::from_str(&body).map_err(|e| {
+                    ClientError::new(EXIT_FAILURE, format!("unexpected answer: {e}"))
+                })?;
+                return Ok(meta.files);
+            }
+            401 | 403 => {
+                return Err(ClientError::new(
+                    EXIT_AUTH,
+                    format!("server answered {status}: {}", server_message(&body)),
+                ));
+            }
+            404 | 410 => {
+                return Err(ClientError::new(
+                    EXIT_NOT_FOUND,
+                    format!("server answered {status}: {}", server_message(&body)),
+                ));
+            }
+            408 | 429 | 500..=599 if attempt < args.retries => {
+                attempt += 1;
+                let pause = std::time::Duration::from_millis(500 << attempt.min(6));
+                eprintln!(
+                    "staging-server fetch: server answered {status}; retrying in {} (attempt {} of {})",
+                    humantime::format_duration(pause),
+                    attempt + 1,
+                    args.retries + 1
+                );
+                tokio::time::sleep(pause).await;
+            }
+            _ => {
+                return Err(ClientError::new(
+                    if status >= 500 {
+                        EXIT_UNAVAILABLE
+                    } else {
+                        EXIT_FAILURE
+                    },
+                    format!("server answered {status}: {}", server_message(&body)),
+                ));
+            }
+        }
+    }
+}
+
+/// Downloads every file into the destination; returns their names.
+///
+/// # Errors
+/// [`ClientError`] with the exit code.
+pub async fn fetch(
+    args: &FetchArgs,
+    token: &str,
+    files: Vec<Listed>,
+) -> Result<Vec<String>, ClientError> {
+    if files.len() as u64 > args.max_entries {
+        return Err(ClientError::new(
+            EXIT_UNSAFE_ARCHIVE,
+            format!(
+                "{} files exceed --max-entries {}",
+                files.len(),
+                args.max_entries
+            ),
+        ));
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    if total > args.max_total_size.0 {
+        return Err(ClientError::new(
+            EXIT_UNSAFE_ARCHIVE,
+            format!(
+                "{total} bytes exceed --max-total-size {}",
+                args.max_total_size.0
+            ),
+        ));
+    }
+    let mut done = Vec::with_capacity(files.len());
+    for f in files {
+        names::validate(&f.name).map_err(|e| ClientError::new(EXIT_UNSAFE_ARCHIVE, e))?;
+        if f.size > args.max_entry_size.0 {
+            return Err(ClientError::new(
+                EXIT_UNSAFE_ARCHIVE,
+                format!("{} ({} bytes) exceeds --max-entry-size", f.name, f.size),
+            ));
+        }
+        let target = args.dest.join(&f.name);
+        if already_there(&target, &f.sha256)? {
+            done.push(f.name);
+            continue;
+        }
+        let part = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .suffix(".part")
+            .tempfile_in(&args.dest)
+            .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", args.dest.display())))?;
+        let url = format!(
+            "{}/api/v1/resources/{}/files/{}",
+            args.server.trim_end_matches('/'),
+            args.id,
+            f.name
+        );
+        let (digest, server_digest) = download(args, &url, token, part.path()).await?;
+        for (what, want) in [
+            ("listed", Some(f.sha256.clone())),
+            ("server", server_digest),
+        ] {
+            if let Some(want) = want
+                && want != digest
+            {
+                return Err(ClientError::new(
+                    EXIT_INTEGRITY,
+                    format!(
+                        "{}: downloaded sha256 {digest} does not match the {what} digest {want}",
+                        f.name
+                    ),
+                ));
+            }
+        }
+        set_readable(part.path())?;
+        part.persist_noclobber(&target).map_err(|e| {
+            ClientError::new(
+                EXIT_FAILURE,
+                format!(
+                    "{}: {} (existing files are never overwritten)",
+                    target.display(),
+                    e.error
+                ),
+            )
+        })?;
+        done.push(f.name);
+    }
+    let list = args
+        .file_list
+        .clone()
+        .unwrap_or_else(|| args.dest.join(".staged-files"));
+    let text: String = done
+        .iter()
+        .map(|n| format!("{}\n", args.dest.join(n).display()))
+        .collect();
+    std::fs::write(&list, text)
+        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", list.display())))?;
+    Ok(done)
+}
+
+/// Whether `target` exists with the digest `sha256`; an existing file of other content is an
+/// error.
+fn already_there(target: &Path, sha256: &str) -> Result<bool, ClientError> {
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(ClientError::new(
+            EXIT_FAILURE,
+            format!("{}: {e}", target.display()),
+        )),
+        Ok(m) if m.is_file() => {
+            let (have, _) = super::stage::hash_file(target).map_err(|e| {
+                ClientError::new(EXIT_FAILURE, format!("{}: {e}", target.display()))
+            })?;
+            if have == sha256 {
+                Ok(true)
+            } else {
+                Err(ClientError::new(
+                    EXIT_FAILURE,
+                    format!(
+                        "{} exists with other content; existing files are never overwritten",
+                        target.display()
+                    ),
+                ))
+            }
+        }
+        Ok(_) => Err(ClientError::new(
+            EXIT_UNSAFE_ARCHIVE,
+            format!("{} exists and is not a regular file", target.display()),
+        )),
+    }
+}
+
+/// Mode 0644, as files unpacked from a bundle.
+fn set_readable(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", path.display())))
+}

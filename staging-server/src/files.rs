@@ -1,0 +1,397 @@
+//! Content-addressed files: each distinct file is stored once, whatever the number of
+//! submissions that name it.
+//!
+//! - A *blob* is one stored file, keyed by its SHA-256 (table `blobs`, bytes under a fresh
+//!   object id, so that a blob deleted and uploaded again never shares an object with its
+//!   previous life).
+//! - A *grant* lets a namespace reference a blob without sending it: it is recorded when a
+//!   caller authorised for that namespace has sent the blob's bytes (verified against the
+//!   digest). Knowing a digest is never enough to read a file of another namespace.
+//! - A *files resource* is a submission: a resource row (api `files`, with its own id, tokens,
+//!   owner, quotas and lifetimes, charged the full size of its files) plus one
+//!   `resource_files` row per file name.
+//!
+//! A blob is deleted in the same transaction that deletes the last resource naming it; a blob
+//! sent but never named by a submission is deleted by the sweep after the upload grace.
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use crate::clock::UnixMillis;
+use crate::db::{Db, DbError, DbResult, Owner, Quotas, quota_refusal};
+use crate::ids::{Namespace, ResourceId, Sha256Digest};
+
+/// How long a blob that no submission names yet is kept (the time between sending the files
+/// and committing the submission).
+pub const UNNAMED_BLOB_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Most files in one submission.
+pub const MAX_FILES: usize = 1000;
+
+/// One file of a files resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Name in the destination directory.
+    pub name: String,
+    /// Content digest.
+    pub sha256: Sha256Digest,
+    /// Size in bytes.
+    pub size: u64,
+    /// Object holding the bytes.
+    pub object: ResourceId,
+}
+
+/// A file named by a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRef {
+    /// Name (validated).
+    pub name: String,
+    /// Digest of the content.
+    pub sha256: Sha256Digest,
+}
+
+/// What committing a blob upload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCommit {
+    /// The bytes are now the blob.
+    Stored,
+    /// The blob existed already (a concurrent upload); the new bytes are queued for deletion.
+    Existed,
+}
+
+/// A submission to commit.
+#[derive(Debug, Clone)]
+pub struct FilesCommit {
+    /// New resource id.
+    pub id: ResourceId,
+    /// Owner.
+    pub owner: Owner,
+    /// Files, names unique.
+    pub files: Vec<FileRef>,
+    /// Digest of the manifest (names and digests).
+    pub manifest: Sha256Digest,
+    /// Commit time.
+    pub now: UnixMillis,
+    /// Unused TTL.
+    pub unused_ttl_ms: i64,
+    /// Absolute expiry.
+    pub expires_at: UnixMillis,
+    /// First token id.
+    pub jti: String,
+    /// Quotas.
+    pub quotas: Quotas,
+}
+
+/// Outcome of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilesOutcome {
+    /// Committed, with its total size.
+    Committed(u64),
+    /// These digests are not available to the namespace: send them first.
+    Missing(Vec<Sha256Digest>),
+    /// A quota or the capacity would be exceeded.
+    QuotaExceeded(String),
+}
+
+impl Db {
+    /// Whether `namespace` may name the blob `sha256` without sending it.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn blob_granted(&self, sha256: Sha256Digest, namespace: Namespace) -> DbResult<bool> {
+        self.call(move |c| Ok(granted(c, &sha256, &namespace)?))
+            .await
+    }
+
+    /// Turns a finished pending upload into the blob `sha256` and grants it to `namespace`.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn commit_blob(
+        &self,
+        pending: ResourceId,
+        sha256: Sha256Digest,
+        size: u64,
+        namespace: Namespace,
+        now: UnixMillis,
+    ) -> DbResult<BlobCommit> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM resources WHERE id = ?1", [pending.to_string()])?;
+            let hex = sha256.to_hex();
+            let exists = tx
+                .query_row("SELECT 1 FROM blobs WHERE sha256 = ?1", [&hex], |_| Ok(()))
+                .optional()?
+                .is_some();
+            let outcome = if exists {
+                tx.execute(
+                    "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
+                    params![pending.to_string(), now],
+                )?;
+                BlobCommit::Existed
+            } else {
+                tx.execute(
+                    "INSERT INTO blobs (sha256, object_id, size, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![hex, pending.to_string(), size as i64, now],
+                )?;
+                BlobCommit::Stored
+            };
+            tx.execute(
+                "INSERT OR IGNORE INTO blob_grants (sha256, namespace) VALUES (?1, ?2)",
+                params![hex, namespace.as_str()],
+            )?;
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Commits a submission: checks that every blob is granted to the owner's namespace and
+    /// the quotas, then records the resource, its files and its first token in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn commit_files(&self, req: FilesCommit) -> DbResult<FilesOutcome> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let ns = &req.owner.namespace;
+            let mut missing = Vec::new();
+            let mut total: u64 = 0;
+            let mut sizes = Vec::with_capacity(req.files.len());
+            for f in &req.files {
+                let size: Option<i64> = tx
+                    .query_row(
+                        "SELECT b.size FROM blobs b JOIN blob_grants g ON g.sha256 = b.sha256
+                         WHERE b.sha256 = ?1 AND g.namespace = ?2",
+                        params![f.sha256.to_hex(), ns.as_str()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match size {
+                    Some(s) => {
+                        let s = s.max(0) as u64;
+                        total = total.saturating_add(s);
+                        sizes.push(s);
+                    }
+                    None if !missing.contains(&f.sha256) => missing.push(f.sha256),
+                    None => {}
+                }
+            }
+            if !missing.is_empty() {
+                return Ok(FilesOutcome::Missing(missing));
+            }
+            if let Some(why) = quota_refusal(&tx, ns, total, req.quotas)? {
+                return Ok(FilesOutcome::QuotaExceeded(why));
+            }
+            let labels = serde_json::to_string(req.owner.labels.as_map()).map_err(|e| {
+                DbError::Corrupt {
+                    id: req.id.to_string(),
+                    what: e.to_string(),
+                }
+            })?;
+            tx.execute(
+                "INSERT INTO resources (id, state, api, namespace, labels, owner_pod_uid, size,
+                        sha256, created_at, committed_at, unused_ttl_ms, expires_at)
+                 VALUES (?1, 'committed', 'files', ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+                params![
+                    req.id.to_string(),
+                    ns.as_str(),
+                    labels,
+                    req.owner.pod_uid,
+                    total as i64,
+                    req.manifest.to_hex(),
+                    req.now,
+                    req.unused_ttl_ms,
+                    req.expires_at,
+                ],
+            )?;
+            for (f, size) in req.files.iter().zip(sizes) {
+                tx.execute(
+                    "INSERT INTO resource_files (resource_id, name, sha256, size) VALUES (?1, ?2, ?3, ?4)",
+                    params![req.id.to_string(), f.name, f.sha256.to_hex(), size as i64],
+                )?;
+                tx.execute(
+                    "UPDATE blobs SET referenced_at = ?2 WHERE sha256 = ?1",
+                    params![f.sha256.to_hex(), req.now],
+                )?;
+            }
+            tx.execute(
+                "INSERT INTO tokens (jti, resource_id, expires_at) VALUES (?1, ?2, ?3)",
+                params![req.jti, req.id.to_string(), req.expires_at],
+            )?;
+            tx.commit()?;
+            Ok(FilesOutcome::Committed(total))
+        })
+        .await
+    }
+
+    /// The files of a resource, by name (empty for a bundle).
+    ///
+    /// # Errors
+    /// SQLite errors, or a corrupt row.
+    pub async fn files(&self, id: ResourceId) -> DbResult<Vec<StoredFile>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT f.name, f.sha256, f.size, b.object_id FROM resource_files f
+                 JOIN blobs b ON b.sha256 = f.sha256 WHERE f.resource_id = ?1 ORDER BY f.name",
+            )?;
+            let rows = stmt.query_map([id.to_string()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, sha, size, object) = row?;
+                let corrupt = |what: &str| DbError::Corrupt {
+                    id: id.to_string(),
+                    what: what.to_owned(),
+                };
+                out.push(StoredFile {
+                    name,
+                    sha256: Sha256Digest::from_hex(&sha).map_err(|_| corrupt("file digest"))?,
+                    size: size.max(0) as u64,
+                    object: object.parse().map_err(|_| corrupt("file object id"))?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes blobs that were sent but never named by a submission before `cutoff`; returns
+    /// their objects (queued for deletion in the same transaction).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn collect_unnamed_blobs(&self, cutoff: UnixMillis) -> DbResult<Vec<ResourceId>> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let shas: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT sha256 FROM blobs b WHERE referenced_at IS NULL AND created_at < ?1
+                     AND NOT EXISTS (SELECT 1 FROM resource_files f WHERE f.sha256 = b.sha256)
+                     LIMIT 1000",
+                )?;
+                stmt.query_map([cutoff], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            let mut freed = Vec::with_capacity(shas.len());
+            for sha in shas {
+                if let Some(object) = drop_blob(&tx, &sha, cutoff)? {
+                    freed.push(object);
+                }
+            }
+            tx.commit()?;
+            Ok(freed)
+        })
+        .await
+    }
+
+    /// Stored blobs and their bytes (the gauges).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn blob_census(&self) -> DbResult<(u64, u64)> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )?)
+        })
+        .await
+    }
+}
+
+fn granted(c: &Connection, sha256: &Sha256Digest, ns: &Namespace) -> rusqlite::Result<bool> {
+    Ok(c.query_row(
+        "SELECT 1 FROM blobs b JOIN blob_grants g ON g.sha256 = b.sha256
+         WHERE b.sha256 = ?1 AND g.namespace = ?2",
+        params![sha256.to_hex(), ns.as_str()],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+/// Within the deletion of resource `id`: drops its file rows and every blob no other resource
+/// names; returns the objects of those blobs (queued for deletion).
+pub(crate) fn release(
+    c: &Connection,
+    id: ResourceId,
+    now: UnixMillis,
+) -> rusqlite::Result<Vec<ResourceId>> {
+    let shas: Vec<String> = {
+        let mut stmt =
+            c.prepare("SELECT DISTINCT sha256 FROM resource_files WHERE resource_id = ?1")?;
+        stmt.query_map([id.to_string()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?
+    };
+    if shas.is_empty() {
+        return Ok(Vec::new());
+    }
+    c.execute(
+        "DELETE FROM resource_files WHERE resource_id = ?1",
+        [id.to_string()],
+    )?;
+    let mut freed = Vec::new();
+    for sha in shas {
+        let named: bool = c
+            .query_row(
+                "SELECT 1 FROM resource_files WHERE sha256 = ?1 LIMIT 1",
+                [&sha],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !named && let Some(object) = drop_blob(c, &sha, now)? {
+            freed.push(object);
+        }
+    }
+    Ok(freed)
+}
+
+/// Deletes a blob row and its grants and queues its object's deletion.
+fn drop_blob(c: &Connection, sha: &str, now: UnixMillis) -> rusqlite::Result<Option<ResourceId>> {
+    let object: Option<String> = c
+        .query_row(
+            "DELETE FROM blobs WHERE sha256 = ?1 RETURNING object_id",
+            [sha],
+            |r| r.get(0),
+        )
+        .optional()?;
+    c.execute("DELETE FROM blob_grants WHERE sha256 = ?1", [sha])?;
+    let Some(object) = object else {
+        return Ok(None);
+    };
+    c.execute(
+        "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
+        params![object, now],
+    )?;
+    Ok(object.parse().ok())
+}
+
+/// The digest of a submission's manifest: `name NUL sha256-hex LF` per file, in name order.
+#[must_use]
+pub fn manifest_digest(files: &[FileRef]) -> Sha256Digest {
+    use sha2::{Digest as _, Sha256};
+    let mut sorted: Vec<&FileRef> = files.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut h = Sha256::new();
+    for f in sorted {
+        h.update(f.name.as_bytes());
+        h.update([0]);
+        h.update(f.sha256.to_hex().as_bytes());
+        h.update(b"\n");
+    }
+    Sha256Digest(h.finalize().into())
+}

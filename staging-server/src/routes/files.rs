@@ -1,0 +1,249 @@
+//! Submissions of individually stored files (content addressing, see [`crate::files`]).
+//!
+//! - `PUT /api/v1/blobs/{sha256}?namespace=N`: one file's bytes (raw body). 201 when stored,
+//!   200 when the namespace already had it (the body is not read). 422 when the bytes do not
+//!   have that digest.
+//! - `POST /api/v1/submissions`: JSON `{namespace, labels, owner_pod_uid, ttl, unused_ttl,
+//!   files: [{name, sha256}]}`. 201 with the resource id and token, as an upload; 409
+//!   `missing_files` with the digests to send first.
+//! - `GET|HEAD /api/v1/resources/{id}/files/{name}`: one file, with the resource's download
+//!   token (ranges, validators and digests as for bundle content).
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::duration_ms;
+use crate::db::Owner;
+use crate::error::ApiError;
+use crate::files::{FileRef, FilesCommit, FilesOutcome, MAX_FILES, manifest_digest};
+use crate::ids::{Labels, Namespace, PodUid, Sha256Digest};
+use crate::ingest::PendingUpload;
+use crate::state::AppState;
+
+use super::download;
+use super::v1::{UploadResponse, lifetimes, rfc3339};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlobQuery {
+    namespace: String,
+}
+
+/// The answer to a blob upload.
+#[derive(Debug, Serialize)]
+struct BlobResponse {
+    sha256: String,
+    stored: bool,
+}
+
+/// `PUT /api/v1/blobs/{sha256}`.
+pub(super) async fn put_blob(
+    State(state): State<AppState>,
+    Path(sha): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let q: BlobQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let namespace: Namespace = q.namespace.parse()?;
+    super::v1::check_upload(&state, &headers, &namespace).await?;
+    let sha256 = Sha256Digest::from_hex(&sha)?;
+    if state
+        .db()
+        .blob_granted(sha256, namespace.clone())
+        .await
+        .map_err(ApiError::internal)?
+    {
+        return Ok((
+            StatusCode::OK,
+            Json(BlobResponse {
+                sha256: sha256.to_hex(),
+                stored: false,
+            }),
+        )
+            .into_response());
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut pending =
+        PendingUpload::begin(&state, "blob", Some(namespace.clone()), declared).await?;
+    if let Err(e) = pending.write_stream(body.into_data_stream()).await {
+        pending.discard().await;
+        return Err(e);
+    }
+    pending.commit_blob(namespace, sha256).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(BlobResponse {
+            sha256: sha256.to_hex(),
+            stored: true,
+        }),
+    )
+        .into_response())
+}
+
+/// One file of a submission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    name: String,
+    sha256: String,
+}
+
+/// A submission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submission {
+    namespace: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    owner_pod_uid: Option<String>,
+    ttl: Option<String>,
+    unused_ttl: Option<String>,
+    files: Vec<FileEntry>,
+}
+
+/// The 409 answer naming the files to send.
+#[derive(Debug, Serialize)]
+struct Missing {
+    code: &'static str,
+    message: String,
+    missing: Vec<String>,
+}
+
+/// `POST /api/v1/submissions`.
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let sub: Submission = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("submission: {e}")))?;
+    let namespace: Namespace = sub.namespace.parse()?;
+    super::v1::check_upload(&state, &headers, &namespace).await?;
+    let selector = sub
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let labels = Labels::parse_selector(&selector)?;
+    let pod_uid = sub
+        .owner_pod_uid
+        .as_deref()
+        .map(str::parse::<PodUid>)
+        .transpose()?
+        .map(|u| u.to_string());
+    if sub.files.is_empty() || sub.files.len() > MAX_FILES {
+        return Err(ApiError::bad_request(format!(
+            "a submission names 1 to {MAX_FILES} files"
+        )));
+    }
+    let mut names = HashSet::new();
+    let mut files = Vec::with_capacity(sub.files.len());
+    for f in sub.files {
+        crate::client::names::validate(&f.name).map_err(ApiError::bad_request)?;
+        if !names.insert(f.name.clone()) {
+            return Err(ApiError::bad_request(format!(
+                "file name {:?} appears twice",
+                f.name
+            )));
+        }
+        files.push(FileRef {
+            name: f.name,
+            sha256: Sha256Digest::from_hex(&f.sha256)?,
+        });
+    }
+    let lt = lifetimes(&state, sub.ttl.as_deref(), sub.unused_ttl.as_deref())?;
+    let id = crate::ids::ResourceId::random();
+    let now = state.now_ms();
+    let expires_at = now.saturating_add(duration_ms(lt.max_ttl));
+    let unused_ttl_ms = duration_ms(lt.unused_ttl);
+    let (token, jti) = state.keys().issue(id, now, expires_at);
+    let manifest = manifest_digest(&files);
+    let outcome = state
+        .db()
+        .commit_files(FilesCommit {
+            id,
+            owner: Owner {
+                namespace: namespace.clone(),
+                labels,
+                pod_uid,
+            },
+            files,
+            manifest,
+            now,
+            unused_ttl_ms,
+            expires_at,
+            jti,
+            quotas: state.quotas(),
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    match outcome {
+        FilesOutcome::Committed(size) => {
+            state.refresh_census().await;
+            tracing::info!(resource = %id, size, "submission committed");
+            let body = UploadResponse {
+                id: id.to_string(),
+                token,
+                sha256: manifest.to_hex(),
+                size,
+                namespace: namespace.to_string(),
+                expires_at: rfc3339(expires_at),
+                unused_expires_at: rfc3339(now.saturating_add(unused_ttl_ms)),
+                content_url: format!("/api/v1/resources/{id}/files"),
+            };
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, format!("/api/v1/resources/{id}"))],
+                Json(body),
+            )
+                .into_response())
+        }
+        FilesOutcome::Missing(missing) => Ok((
+            StatusCode::CONFLICT,
+            Json(Missing {
+                code: "missing_files",
+                message: format!(
+                    "{} file(s) are not stored for namespace {namespace}; send them with PUT /api/v1/blobs/{{sha256}}",
+                    missing.len()
+                ),
+                missing: missing.iter().map(Sha256Digest::to_hex).collect(),
+            }),
+        )
+            .into_response()),
+        FilesOutcome::QuotaExceeded(why) => Err(ApiError::insufficient_storage(why)),
+    }
+}
+
+/// `GET|HEAD /api/v1/resources/{id}/files/{name}`.
+pub(super) async fn file(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let res = download::authorize(&state, &headers, &id, false).await?;
+    let files = state.db().files(res.id).await.map_err(ApiError::internal)?;
+    let Some(f) = files.into_iter().find(|f| f.name == name) else {
+        return Err(ApiError::not_found(format!(
+            "resource {id} has no file {name:?}"
+        )));
+    };
+    let object = download::Object {
+        id: f.object,
+        size: f.size,
+        sha256: f.sha256,
+    };
+    download::serve(&state, &res, &object, &headers, method == Method::HEAD).await
+}
