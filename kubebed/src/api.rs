@@ -62,6 +62,8 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// How long a watch without `timeoutSeconds` stays open before the server ends it.
     pub watch_timeout: Duration,
+    /// Tokens and grants for `TokenReview` and `SubjectAccessReview`.
+    pub identities: crate::authn::Identities,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +72,7 @@ impl Default for ApiConfig {
             outage: Outage::default(),
             bookmark_interval: Duration::from_secs(60),
             watch_timeout: Duration::from_secs(1800),
+            identities: crate::authn::Identities::default(),
         }
     }
 }
@@ -303,6 +306,23 @@ fn serve(
     let path = uri.path();
     if matches!(path, "/healthz" | "/readyz" | "/livez") {
         return Ok((StatusCode::OK, "ok").into_response());
+    }
+    if *method == Method::POST {
+        let review = match path {
+            "/apis/authentication.k8s.io/v1/tokenreviews" => Some(true),
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews" => Some(false),
+            _ => None,
+        };
+        if let Some(token) = review {
+            let v: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("review: {e}")))?;
+            let out = if token {
+                ctx.config.identities.token_review(&v)
+            } else {
+                ctx.config.identities.access_review(&v)
+            };
+            return Ok(json_response(StatusCode::CREATED, &out));
+        }
     }
     let store = &ctx.store;
     let target = parse(path)?;

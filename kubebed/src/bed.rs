@@ -52,6 +52,8 @@ pub struct Bed {
     pub api_ca_pem: String,
     /// Makes both API fronts unavailable (503, watches end) while set.
     pub outage: crate::api::Outage,
+    /// Tokens and grants the API's `TokenReview` and `SubjectAccessReview` answer from.
+    pub identities: crate::authn::Identities,
     /// The nodes.
     pub nodes: Vec<Arc<NodeCtx>>,
     /// The network.
@@ -61,6 +63,30 @@ pub struct Bed {
 }
 
 impl Bed {
+    /// Writes a kubeconfig for the plain HTTP front, with `token` as the user's bearer token
+    /// (none: anonymous), and returns its path.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_kubeconfig(
+        &self,
+        path: &std::path::Path,
+        namespace: &str,
+        token: Option<&str>,
+    ) -> std::io::Result<()> {
+        let user = match token {
+            Some(t) => format!("{{token: \"{t}\"}}"),
+            None => "{}".to_owned(),
+        };
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: bed\n  cluster: {{server: \"{}\"}}\nusers:\n- name: user\n  user: {user}\ncontexts:\n- name: bed\n  context: {{cluster: bed, user: user, namespace: {namespace}}}\ncurrent-context: bed\n",
+                self.api_url
+            ),
+        )
+    }
+
     /// Starts a bed.
     ///
     /// # Errors
@@ -133,6 +159,7 @@ impl Bed {
             api_https_url,
             api_ca_pem,
             outage: config.api.outage.clone(),
+            identities: config.api.identities.clone(),
             nodes,
             fabric,
             cancel,

@@ -11,6 +11,7 @@
 //! `kubebed/README.md` lists what differs from a real cluster.
 
 pub mod api;
+pub mod authn;
 pub mod bed;
 pub mod cli;
 pub mod controllers;

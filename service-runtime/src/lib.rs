@@ -8,7 +8,8 @@
 //! - [`sqlite`]: opening a database (WAL, busy timeout, an explicit `synchronous`);
 //! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
-//! - [`accept`]: the accept loop's step (connection cap, back-off, `TCP_NODELAY`).
+//! - [`accept`]: the accept loop's step (connection cap, back-off, `TCP_NODELAY`);
+//! - [`tls`]: a TLS server certificate reloaded when its files change.
 
 pub mod accept;
 pub mod disk;
@@ -18,4 +19,5 @@ pub mod secret;
 pub mod shutdown;
 pub mod size;
 pub mod sqlite;
+pub mod tls;
 pub mod token;

@@ -167,6 +167,17 @@ pub struct ServeArgs {
     /// Keep the Secrets the client made for resources deleted with their owner.
     #[arg(long, env = "STAGING_KUBE_KEEP_SECRETS")]
     pub kube_keep_secrets: bool,
+    /// Accept Kubernetes bearer tokens for uploads (TokenReview), for namespaces where the
+    /// identity may create pods (SubjectAccessReview); upload tokens keep working beside them.
+    #[arg(long, env = "STAGING_KUBE_AUTH")]
+    pub kube_auth: bool,
+    /// PEM certificate chain of the API listener (TLS when given, with --tls-key); reloaded
+    /// when the file changes.
+    #[arg(long, env = "STAGING_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the API listener.
+    #[arg(long, env = "STAGING_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Whether resources follow their owner pods.
@@ -231,6 +242,10 @@ struct FileConfig {
     kube_owner_interval: Option<Duration>,
     #[serde(default)]
     kube_keep_secrets: bool,
+    #[serde(default)]
+    kube_auth: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 mod humantime_serde_opt {
@@ -336,6 +351,12 @@ pub struct Config {
     pub disk_reserve: u64,
     /// Following owner pods (`None`: off).
     pub owners: Option<crate::owners::OwnerSettings>,
+    /// Uploads may authenticate with Kubernetes credentials.
+    pub kube_auth: bool,
+    /// TLS of the API listener (`None`: plain HTTP).
+    pub tls: Option<service_runtime::tls::TlsFiles>,
+    /// How often the TLS files are looked at for a new certificate.
+    pub tls_reload_interval: Duration,
 }
 
 impl Config {
@@ -358,6 +379,9 @@ impl Config {
             store_connect_timeout: DEFAULT_STORE_CONNECT_TIMEOUT,
             disk_reserve: DEFAULT_DISK_RESERVE,
             owners: None,
+            kube_auth: false,
+            tls: None,
+            tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
         }
     }
 
@@ -418,7 +442,7 @@ impl Config {
             }
             local => local,
         };
-        let config = Self {
+        let mut config = Self {
             listen: args
                 .listen
                 .or(file.listen)
@@ -483,6 +507,9 @@ impl Config {
                 .disk_reserve
                 .or(file.disk_reserve)
                 .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
+            kube_auth: false,
+            tls: None,
+            tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             owners: match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
                 KubeOwners::Off => None,
                 KubeOwners::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() => None,
@@ -504,6 +531,19 @@ impl Config {
                 }),
             },
         };
+        config.kube_auth = args.kube_auth || file.kube_auth;
+        config.tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(service_runtime::tls::TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Config(
+                    "give both --tls-cert and --tls-key, or neither".into(),
+                ));
+            }
+        };
         config.validate(
             args.insecure_allow_anonymous_upload || file.insecure_allow_anonymous_upload,
         )?;
@@ -516,10 +556,10 @@ impl Config {
     /// [`Error::Config`] naming the broken rule.
     pub fn validate(&self, allow_anonymous: bool) -> Result<()> {
         let exposed = !self.listen.ip().is_loopback();
-        if exposed && self.upload_tokens.is_empty() && !allow_anonymous {
+        if exposed && self.upload_tokens.is_empty() && !self.kube_auth && !allow_anonymous {
             return Err(Error::Config(format!(
-                "listening on {} (not loopback) without upload tokens; set --upload-token-file, \
-                 or --insecure-allow-anonymous-upload to accept uploads from anyone",
+                "listening on {} (not loopback) without upload tokens; set --upload-token-file \
+                 or --kube-auth, or --insecure-allow-anonymous-upload to accept uploads from anyone",
                 self.listen
             )));
         }

@@ -26,6 +26,7 @@ pub mod error;
 pub mod files;
 pub mod ids;
 pub mod ingest;
+pub mod kube_auth;
 pub mod lifecycle;
 pub mod metrics;
 pub mod owners;

@@ -84,9 +84,23 @@ pub async fn run(
     let graceful = Arc::new(GracefulShutdown::new());
     let stop = CancellationToken::new();
 
+    let tls = match &config.tls {
+        Some(files) => {
+            let cert = service_runtime::tls::ReloadingCert::new(files.clone())
+                .map_err(std::io::Error::other)?;
+            let server_config = cert.server_config(&[b"h2", b"http/1.1"]);
+            let stopped = cancel.clone();
+            tokio::spawn(cert.watch(config.tls_reload_interval, async move {
+                stopped.cancelled().await;
+            }));
+            Some(tokio_rustls::TlsAcceptor::from(server_config))
+        }
+        None => None,
+    };
     let mut loops = Vec::new();
     loops.push(tokio::spawn(accept_loop(
         Acceptor::new(listeners.api, config.max_connections),
+        tls,
         routes::router(state.clone()),
         config.header_read_timeout,
         state.clone(),
@@ -98,6 +112,7 @@ pub async fn run(
         // listener is full.
         loops.push(tokio::spawn(accept_loop(
             Acceptor::new(admin, ADMIN_MAX_CONNECTIONS),
+            None,
             routes::admin_router(state.clone()),
             config.header_read_timeout,
             state.clone(),
@@ -134,6 +149,7 @@ pub async fn run(
 
 async fn accept_loop(
     acceptor: Acceptor,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
     header_timeout: Duration,
     state: AppState,
@@ -171,16 +187,37 @@ async fn accept_loop(
             seen.notify_one();
             req.map(axum::body::Body::new)
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
-            .into_owned();
-        let watched = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         let timed_out = state.metrics().connections_timed_out.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            // The TLS handshake counts against the header timeout too.
+            let io = match tls {
+                None => tokio_util::either::Either::Right(stream),
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
+                    Ok(Ok(s)) => tokio_util::either::Either::Left(s),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, cause = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        timed_out.inc();
+                        tracing::debug!(%peer, "no TLS handshake within the header read timeout; closing");
+                        return;
+                    }
+                },
+            };
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+                .into_owned();
+            let watched = watcher.watch(conn);
             let mut watched = std::pin::pin!(watched);
+            let remaining = header_timeout.saturating_sub(started.elapsed());
             let done = tokio::select! {
                 r = &mut watched => Some(r),
-                r = tokio::time::timeout(header_timeout, first.notified()) => match r {
+                r = tokio::time::timeout(remaining, first.notified()) => match r {
                     Ok(()) => None,
                     Err(_) => {
                         timed_out.inc();

@@ -41,6 +41,7 @@ struct Inner {
     store: BlobStore,
     keys: TokenKeys,
     upload_auth: UploadAuth,
+    kube_auth: Option<Arc<crate::kube_auth::KubeAuth>>,
     metrics: Metrics,
     registry: Registry,
     clock: Arc<dyn Clock>,
@@ -53,7 +54,7 @@ struct Inner {
 }
 
 /// Pieces an embedding or a test may substitute.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Overrides {
     /// Clock (default: system clock).
     pub clock: Option<Arc<dyn Clock>>,
@@ -61,6 +62,18 @@ pub struct Overrides {
     pub store: Option<BlobStore>,
     /// Registry (default: a fresh one).
     pub registry: Option<Registry>,
+    /// Kubernetes client for `--kube-auth` (default: in-cluster or kubeconfig).
+    pub kube_client: Option<kube::Client>,
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("clock", &self.clock)
+            .field("store", &self.store)
+            .field("kube_client", &self.kube_client.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl AppState {
@@ -86,12 +99,28 @@ impl AppState {
         let keys = TokenKeys::load_or_generate(config.signing_key.as_deref(), dir)?;
         let registry = overrides.registry.unwrap_or_default();
         let metrics = Metrics::new(&registry)?;
+        let kube_auth = if config.kube_auth {
+            let client = match overrides.kube_client {
+                Some(c) => c,
+                None => crate::owners::client().await.map_err(|e| {
+                    Error::Config(format!(
+                        "--kube-auth needs the Kubernetes API (service account or kubeconfig): {e}"
+                    ))
+                })?,
+            };
+            Some(Arc::new(crate::kube_auth::KubeAuth::new(
+                client, &registry,
+            )?))
+        } else {
+            None
+        };
         let state = Self {
             inner: Arc::new(Inner {
                 db,
                 store,
                 keys,
                 upload_auth: UploadAuth::new(&config.upload_tokens),
+                kube_auth,
                 metrics,
                 registry,
                 clock: overrides.clock.unwrap_or_else(|| Arc::new(SystemClock)),
@@ -236,6 +265,11 @@ impl AppState {
     /// Upload credentials.
     pub fn upload_auth(&self) -> &UploadAuth {
         &self.inner.upload_auth
+    }
+
+    /// The Kubernetes credential reviewer, with `--kube-auth`.
+    pub fn kube_auth(&self) -> Option<&crate::kube_auth::KubeAuth> {
+        self.inner.kube_auth.as_deref()
     }
 
     /// Metrics.

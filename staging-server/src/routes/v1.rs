@@ -180,23 +180,57 @@ pub(super) async fn upload(
         .into_response())
 }
 
-/// Checks the request's upload credential for `namespace`.
+/// Checks the request's upload credential for `namespace`: a shared upload token, or (with
+/// `--kube-auth`) a Kubernetes bearer token whose identity may create pods there.
 ///
 /// # Errors
-/// 401 when the credential is missing or refused.
+/// 401 when the credential is missing or refused, 403 when the identity may not create pods
+/// in the namespace, 503 when the API server cannot be asked.
 pub(super) async fn check_upload(
     state: &AppState,
     headers: &HeaderMap,
-    _namespace: &Namespace,
+    namespace: &Namespace,
 ) -> Result<(), ApiError> {
-    if let Err(e) = state.upload_auth().check(headers) {
-        state.metrics().auth_failure(e.as_str());
-        return Err(ApiError::unauthorized(format!(
-            "upload credential {}",
-            e.as_str()
-        )));
+    let shared = state.upload_auth();
+    let Some(kube) = state.kube_auth() else {
+        return shared.check(headers).map_err(|e| {
+            state.metrics().auth_failure(e.as_str());
+            ApiError::unauthorized(format!("upload credential {}", e.as_str()))
+        });
+    };
+    // Anonymous uploads are never accepted with --kube-auth.
+    if shared.required() && shared.check(headers).is_ok() {
+        return Ok(());
     }
-    Ok(())
+    let token = match credential(headers, false) {
+        Ok(Some((t, _))) => t,
+        Ok(None) => {
+            state.metrics().auth_failure("missing");
+            return Err(ApiError::unauthorized(
+                "an upload token or a Kubernetes bearer token is required",
+            ));
+        }
+        Err(_) => {
+            state.metrics().auth_failure("malformed");
+            return Err(ApiError::unauthorized(
+                "the Authorization header is not a bearer token",
+            ));
+        }
+    };
+    match kube.authorize(token, namespace.as_str()).await {
+        Ok(_) => Ok(()),
+        Err(e @ crate::kube_auth::Refusal::Unauthenticated) => {
+            state.metrics().auth_failure("invalid");
+            Err(ApiError::unauthorized(e.to_string()))
+        }
+        Err(e @ crate::kube_auth::Refusal::Forbidden { .. }) => {
+            state.metrics().auth_failure("forbidden");
+            Err(ApiError::forbidden(e.to_string()))
+        }
+        Err(e @ crate::kube_auth::Refusal::Unavailable(_)) => {
+            Err(ApiError::unavailable(e.to_string()))
+        }
+    }
 }
 
 /// The lifetimes an upload asks for (`ttl`, `unused_ttl`), within the server's limits.

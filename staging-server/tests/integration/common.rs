@@ -32,6 +32,16 @@ impl TestServer {
         tweak: impl FnOnce(&mut Config),
         store: Option<staging_server::store::BlobStore>,
     ) -> Self {
+        Self::start_with(dir, tweak, store, None).await
+    }
+
+    /// Starts a server in `dir` with an optional store and Kubernetes client.
+    pub(crate) async fn start_with(
+        dir: tempfile::TempDir,
+        tweak: impl FnOnce(&mut Config),
+        store: Option<staging_server::store::BlobStore>,
+        kube_client: Option<kube::Client>,
+    ) -> Self {
         let mut config = Config::for_data_dir(dir.path());
         tweak(&mut config);
         config.validate(true).unwrap();
@@ -42,6 +52,7 @@ impl TestServer {
                 clock: Some(Arc::new(clock.clone())),
                 store,
                 registry: None,
+                kube_client,
             },
         )
         .await

@@ -120,6 +120,7 @@ async fn the_sweeper_keeps_running_through_errors() {
             clock: Some(Arc::new(clock.clone())),
             store: None,
             registry: None,
+            kube_client: None,
         },
     )
     .await

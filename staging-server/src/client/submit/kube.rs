@@ -41,6 +41,7 @@ pub async fn config(context: Option<&str>) -> Result<kube::Config, ClientError> 
 /// # Errors
 /// A configuration the client cannot use.
 pub fn client(mut cfg: kube::Config) -> Result<Client, ClientError> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     cfg.read_timeout = Some(CALL_TIMEOUT);
     cfg.connect_timeout = Some(CALL_TIMEOUT);
     Client::try_from(cfg)

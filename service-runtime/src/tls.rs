@@ -1,0 +1,190 @@
+//! A TLS server certificate that follows its files: the PEM certificate chain and key are
+//! read at start and read again whenever either file changes (modification time, size or
+//! inode, so that the symlink swap of a Kubernetes Secret volume, as cert-manager rotation
+//! does it, counts), without a restart. New connections get the new certificate; open ones
+//! keep theirs. A file that cannot be read or parsed, or a key that does not match the
+//! certificate, keeps the previous certificate in use and is logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// How often the files are looked at.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Where a listener's certificate and key are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Why a certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or parsed.
+    #[error("{path}: {message}")]
+    File {
+        /// Which file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The key does not fit the certificate, or TLS refused them.
+    #[error("TLS certificate {cert} and key {key}: {message}")]
+    Pair {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Identity of a file's current content, as far as metadata tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// The provider in use: the process default, else aws-lc-rs.
+fn provider() -> Arc<CryptoProvider> {
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+}
+
+/// Reads and checks a certificate chain and its key.
+///
+/// # Errors
+/// [`TlsError`] naming the file or the mismatch.
+pub fn load(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+    let file_err = |path: &Path, message: String| TlsError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .map_err(|e| file_err(&files.cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(&files.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_err(&files.cert, "no PEM certificate in it".into()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| file_err(&files.key, format!("no usable PEM private key: {e}")))?;
+    CertifiedKey::from_der(certs, key, &provider()).map_err(|e| TlsError::Pair {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        message: e.to_string(),
+    })
+}
+
+/// The current certificate of a listener.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    files: TlsFiles,
+    current: RwLock<Arc<CertifiedKey>>,
+    stamps: Mutex<(Option<Stamp>, Option<Stamp>)>,
+}
+
+impl ReloadingCert {
+    /// Loads the files.
+    ///
+    /// # Errors
+    /// [`TlsError`] when they cannot be used.
+    pub fn new(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let stamps = (stamp(&files.cert), stamp(&files.key));
+        let key = load(&files)?;
+        Ok(Arc::new(Self {
+            files,
+            current: RwLock::new(Arc::new(key)),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    /// Loads the files again if they changed; returns whether a new certificate is in use.
+    ///
+    /// # Errors
+    /// [`TlsError`] when the changed files cannot be used (the previous certificate stays).
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = (stamp(&self.files.cert), stamp(&self.files.key));
+        {
+            let mut seen = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                return Ok(false);
+            }
+            // Recorded before loading: a broken file is reported once, not every interval.
+            *seen = now;
+        }
+        let key = load(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+        Ok(true)
+    }
+
+    /// Reloads every `interval` until `stop` resolves, logging each outcome.
+    pub async fn watch(self: Arc<Self>, interval: Duration, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
+                }
+            }
+        }
+    }
+
+    /// A server configuration that presents the current certificate, with `alpn` protocols.
+    #[must_use]
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|_| {
+                rustls::ServerConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("aws-lc-rs supports the default protocol versions")
+            })
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+}
