@@ -47,13 +47,14 @@ if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
   external ip bed_pods::
   if command -v java >/dev/null 2>&1; then
     external spark-submit bed_spark::
+    external spark-submit bed_submit::
   else
-    echo "!! SKIPPED external tests 'bed_spark::': java is not installed" >&2
-    skipped+=("bed_spark::")
+    echo "!! SKIPPED external tests 'bed_spark::' and 'bed_submit::': java is not installed" >&2
+    skipped+=("bed_spark::" "bed_submit::")
   fi
 else
-  echo "!! SKIPPED external tests 'bed_pods::' and 'bed_spark::': the test bed needs root and ip netns" >&2
-  skipped+=("bed_pods::" "bed_spark::")
+  echo "!! SKIPPED external tests 'bed_pods::', 'bed_spark::' and 'bed_submit::': the test bed needs root and ip netns" >&2
+  skipped+=("bed_pods::" "bed_spark::" "bed_submit::")
 fi
 if command -v java >/dev/null 2>&1; then
   external spark-submit spark_e2e::

@@ -550,8 +550,16 @@ fn watch(
                 () = outage.begins() => return,
                 _ = tick.tick(), if bookmarks => {
                     let rv = store.resource_version().max(last_rv);
-                    let bm = json!({"kind": res.kind, "apiVersion": res.api_version(),
-                                    "metadata": {"resourceVersion": rv.to_string()}});
+                    let mut bm = json!({"kind": res.kind, "apiVersion": res.api_version(),
+                                    "metadata": {"resourceVersion": rv.to_string(),
+                                                 "creationTimestamp": null}});
+                    // As the real server serializes an empty Go object: a Pod's spec and
+                    // status are structs, present and empty (Spark's submission client
+                    // reads both from every event it gets, bookmarks included).
+                    if res.kind == "Pod" {
+                        bm["spec"] = json!({"containers": null});
+                        bm["status"] = json!({});
+                    }
                     if tx.send(line("BOOKMARK", &bm)).await.is_err() { return; }
                 }
                 ev = start.live.recv() => match ev {

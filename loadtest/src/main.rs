@@ -10,6 +10,7 @@ mod shuffle;
 mod spark;
 mod staging;
 mod stats;
+mod submit;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,10 @@ enum Command {
     /// Staging server: upload and download throughput of a large bundle and small-download
     /// requests/s, beside nginx serving the same file and a plain write of the same bytes.
     Staging(staging::Args),
+    /// Staging server: what `staging-server submit` sends and how long staging takes for a
+    /// job of many jars (first time, resubmission, one jar changed), beside uploading the
+    /// whole bundle every time.
+    StagingSubmit(submit::Args),
     /// Shuffle service over gRPC and over its Spark-protocol listener: fetch throughput for
     /// 1 MiB and 32 KiB blocks at 16 and 64 concurrent streams beside raw TCP over loopback,
     /// and peak memory idle and under load.
@@ -50,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let report = match cli.command {
         Command::Staging(args) => staging::run(args).await?,
+        Command::StagingSubmit(args) => submit::run(args).await?,
         Command::ShuffleFetch(args) => shuffle::fetch(args).await?,
         Command::ShuffleCleanup(args) => shuffle::cleanup(args).await?,
         Command::SparkFetch(args) => spark::run(args).await?,

@@ -292,8 +292,13 @@ async fn hammer(
 }
 
 fn pseudo_random(n: usize) -> Vec<u8> {
+    pseudo_random_seeded(n, 0)
+}
+
+/// `n` incompressible bytes, different for each seed.
+pub(crate) fn pseudo_random_seeded(n: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; n];
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     for chunk in v.chunks_mut(8) {
         x ^= x << 13;
         x ^= x >> 7;

@@ -188,3 +188,48 @@ impl ResolvesServerCert for ReloadingCert {
         ))
     }
 }
+
+/// Longest a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs TLS handshakes for the connections of `incoming`, each on its own task (a slow or
+/// silent client holds only its own), and yields the finished ones; failed or timed-out
+/// handshakes are dropped and logged at debug level. Ends when `incoming` ends.
+pub fn handshakes<S, I>(
+    incoming: I,
+    config: Arc<rustls::ServerConfig>,
+    timeout: Duration,
+) -> impl futures::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<S>>> + Send + 'static
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: futures::Stream<Item = std::io::Result<S>> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut incoming = std::pin::pin!(incoming);
+        while let Some(conn) = incoming.next().await {
+            let stream = match conn {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(cause = %e, "accept failed");
+                    continue;
+                }
+            };
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(cause = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

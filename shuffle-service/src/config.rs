@@ -178,6 +178,20 @@ pub struct ServeArgs {
     /// Needs the watch; held in memory only.
     #[arg(long, env = "SHUFFLE_KUBE_LEARN_SECRETS")]
     pub kube_learn_secrets: bool,
+    /// PEM certificate chain of the gRPC listener (TLS with --grpc-tls-key); reloaded when the
+    /// file changes.
+    #[arg(long, env = "SHUFFLE_GRPC_TLS_CERT")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC listener.
+    #[arg(long, env = "SHUFFLE_GRPC_TLS_KEY")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM certificate chain of the admin listener (TLS with --admin-tls-key); reloaded when
+    /// the file changes.
+    #[arg(long, env = "SHUFFLE_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key of the admin listener.
+    #[arg(long, env = "SHUFFLE_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +227,10 @@ struct FileConfig {
     kube_namespaces: Vec<String>,
     kube_app_end_grace: Option<String>,
     kube_learn_secrets: Option<bool>,
+    grpc_tls_cert: Option<PathBuf>,
+    grpc_tls_key: Option<PathBuf>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
 }
 
 /// Validated configuration.
@@ -270,6 +288,12 @@ pub struct Config {
     pub spark_small_body: u64,
     /// Following Spark's pods (`None`: off).
     pub kube: Option<KubeSettings>,
+    /// TLS of the gRPC listener (`None`: plaintext).
+    pub grpc_tls: Option<service_runtime::tls::TlsFiles>,
+    /// TLS of the admin listener (`None`: plain HTTP).
+    pub admin_tls: Option<service_runtime::tls::TlsFiles>,
+    /// How often TLS files are looked at for a new certificate.
+    pub tls_reload_interval: Duration,
 }
 
 impl Config {
@@ -307,6 +331,9 @@ impl Config {
             spark_open_files: DEFAULT_SPARK_OPEN_FILES,
             spark_small_body: DEFAULT_SPARK_SMALL_BODY,
             kube: None,
+            grpc_tls: None,
+            admin_tls: None,
+            tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
         }
     }
 
@@ -459,6 +486,23 @@ impl Config {
             )?,
             args.kube_learn_secrets || file.kube_learn_secrets.unwrap_or(false),
             std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+        )?;
+        let tls = |cert: Option<PathBuf>, key: Option<PathBuf>, which: &str| match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(service_runtime::tls::TlsFiles { cert, key })),
+            (None, None) => Ok(None),
+            _ => Err(format!(
+                "give both --{which}-tls-cert and --{which}-tls-key, or neither"
+            )),
+        };
+        c.grpc_tls = tls(
+            args.grpc_tls_cert.or(file.grpc_tls_cert),
+            args.grpc_tls_key.or(file.grpc_tls_key),
+            "grpc",
+        )?;
+        c.admin_tls = tls(
+            args.admin_tls_cert.or(file.admin_tls_cert),
+            args.admin_tls_key.or(file.admin_tls_key),
+            "admin",
         )?;
         c.validate()?;
         if c.cleanup_parallelism == 0 || c.max_fetch_blocks == 0 || c.sweep_interval.is_zero() {

@@ -29,6 +29,7 @@ pub mod request;
 pub mod server;
 pub mod service;
 pub mod spark;
+pub mod tls;
 
 pub use service_runtime::shutdown;
 pub use spark_protocol::{ids, layout};

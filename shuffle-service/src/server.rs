@@ -107,38 +107,64 @@ pub async fn run(
     let grpc_stop = stop.clone();
     // Connections closing gracefully (see `linger`), awaited before the service exits.
     let lingering = TaskTracker::new();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(crate::grpc_metrics::GrpcMetricsLayer::new(
-                core.metrics().clone(),
-            ))
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_v1alpha)
-            .add_service(ShuffleServer::new(service.clone()))
-            .add_service(ShuffleAdminServer::new(service))
-            .serve_with_incoming_shutdown(
-                {
-                    let lingering = lingering.clone();
-                    TcpIncoming::from(grpc)
-                        .with_nodelay(Some(true))
-                        .map(move |r| r.map(|s| Lingering::new(s, lingering.clone())))
-                },
-                async move { grpc_stop.cancelled().await },
-            ),
-    );
+    let router = tonic::transport::Server::builder()
+        .layer(crate::grpc_metrics::GrpcMetricsLayer::new(
+            core.metrics().clone(),
+        ))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(ShuffleServer::new(service.clone()))
+        .add_service(ShuffleAdminServer::new(service));
+    let plain = {
+        let lingering = lingering.clone();
+        TcpIncoming::from(grpc)
+            .with_nodelay(Some(true))
+            .map(move |r| r.map(|s| Lingering::new(s, lingering.clone())))
+    };
+    let grpc_stopped = async move { grpc_stop.cancelled().await };
+    let grpc_task =
+        match &config.grpc_tls {
+            None => tokio::spawn(router.serve_with_incoming_shutdown(plain, grpc_stopped)),
+            Some(files) => {
+                let tls = crate::tls::server_config(
+                    files,
+                    &[b"h2"],
+                    config.tls_reload_interval,
+                    stop.clone(),
+                )?;
+                tokio::spawn(router.serve_with_incoming_shutdown(
+                    crate::tls::grpc_incoming(plain, tls),
+                    grpc_stopped,
+                ))
+            }
+        };
     let admin_stop = stop.clone();
-    let admin_task = tokio::spawn(
-        axum::serve(
-            admin,
-            crate::admin::router(core.clone(), Arc::clone(&draining)),
-        )
-        .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-        .into_future(),
-    );
+    let admin_router = crate::admin::router(core.clone(), Arc::clone(&draining));
+    let admin_stopped = async move { admin_stop.cancelled().await };
+    let admin_task = match &config.admin_tls {
+        None => tokio::spawn(
+            axum::serve(admin, admin_router)
+                .with_graceful_shutdown(admin_stopped)
+                .into_future(),
+        ),
+        Some(files) => {
+            let tls = crate::tls::server_config(
+                files,
+                &[b"http/1.1"],
+                config.tls_reload_interval,
+                stop.clone(),
+            )?;
+            tokio::spawn(
+                axum::serve(crate::tls::TlsListener::new(admin, tls)?, admin_router)
+                    .with_graceful_shutdown(admin_stopped)
+                    .into_future(),
+            )
+        }
+    };
     core.adopt(tokio::spawn(lifecycle::run(
         core.clone(),
         config.sweep_interval,

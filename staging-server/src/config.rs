@@ -393,7 +393,8 @@ impl Config {
     pub fn load(args: ServeArgs) -> Result<Self> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
                 toml::from_str::<FileConfig>(&text)
                     .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
             }

@@ -245,8 +245,12 @@ pub struct Census {
     pub unused: u64,
     /// Committed and downloaded at least once.
     pub active: u64,
-    /// Committed bytes.
+    /// Committed bytes (a submission counts the full size of its files).
     pub stored_bytes: u64,
+    /// Distinct stored files of submissions.
+    pub files: u64,
+    /// Their bytes, each counted once.
+    pub file_bytes: u64,
 }
 
 /// Why a resource is deleted; also a metric label.
@@ -734,6 +738,16 @@ impl Db {
     /// SQLite errors.
     pub async fn census(&self) -> DbResult<Census> {
         self.call(|c| {
+            let (files, file_bytes) = c.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?.max(0) as u64,
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                    ))
+                },
+            )?;
             Ok(c.query_row(
                 "SELECT
                     COALESCE(SUM(state = 'pending'), 0),
@@ -748,6 +762,8 @@ impl Db {
                         unused: r.get::<_, i64>(1)? as u64,
                         active: r.get::<_, i64>(2)? as u64,
                         stored_bytes: r.get::<_, i64>(3)? as u64,
+                        files,
+                        file_bytes,
                     })
                 },
             )?)

@@ -290,26 +290,6 @@ impl Db {
         })
         .await
     }
-
-    /// Stored blobs and their bytes (the gauges).
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub async fn blob_census(&self) -> DbResult<(u64, u64)> {
-        self.call(|c| {
-            Ok(c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs",
-                [],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?.max(0) as u64,
-                        r.get::<_, i64>(1)?.max(0) as u64,
-                    ))
-                },
-            )?)
-        })
-        .await
-    }
 }
 
 fn granted(c: &Connection, sha256: &Sha256Digest, ns: &Namespace) -> rusqlite::Result<bool> {

@@ -7,7 +7,18 @@ use staging_server::cli::{Cli, Command};
 use staging_server::{AppState, Config, Listeners, Overrides, client, shutdown};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (the documented code), help and version 0.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(staging_server::client::EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     service_runtime::logging::init("staging_server=info,tower_http=info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -25,6 +25,10 @@ pub struct Metrics {
     pub resources: IntGaugeVec,
     /// Bytes of committed resources.
     pub stored_bytes: IntGauge,
+    /// Distinct stored files of submissions.
+    pub stored_files: IntGauge,
+    /// Their bytes, each file counted once.
+    pub stored_files_bytes: IntGauge,
     /// Authentication failures by reason.
     pub auth_failures: IntCounterVec,
     /// Deleted resources by reason.
@@ -90,6 +94,14 @@ impl Metrics {
                 &["state"],
             )?,
             stored_bytes: IntGauge::new("staging_stored_bytes", "Bytes of committed resources.")?,
+            stored_files: IntGauge::new(
+                "staging_stored_files",
+                "Distinct files stored for submissions (each stored once).",
+            )?,
+            stored_files_bytes: IntGauge::new(
+                "staging_stored_files_bytes",
+                "Bytes of the distinct files stored for submissions.",
+            )?,
             auth_failures: IntCounterVec::new(
                 Opts::new(
                     "staging_auth_failures_total",
@@ -150,6 +162,8 @@ impl Metrics {
         registry.register(Box::new(m.connections_timed_out.clone()))?;
         registry.register(Box::new(m.uploads_too_slow.clone()))?;
         registry.register(Box::new(m.storage_full.clone()))?;
+        registry.register(Box::new(m.stored_files.clone()))?;
+        registry.register(Box::new(m.stored_files_bytes.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.pending_store_deletions.clone()))?;
         for kind in ["unavailable", "timeout", "lost"] {
@@ -203,6 +217,8 @@ impl Metrics {
             .with_label_values(&["active"])
             .set(g(c.active));
         self.stored_bytes.set(g(c.stored_bytes));
+        self.stored_files.set(g(c.files));
+        self.stored_files_bytes.set(g(c.file_bytes));
     }
 
     /// Counts an authentication failure.

@@ -11,9 +11,6 @@ use serde_json::Value;
 use crate::common::{apply_dir, bed, manifest, workspace};
 
 /// One Spark application at a time: the machine has two cores.
-/// The upload token of the staging server deployed on the bed.
-const UPLOAD_TOKEN: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
-
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn python() -> PathBuf {
@@ -26,7 +23,7 @@ fn python() -> PathBuf {
     p
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -94,7 +91,7 @@ async fn deploy_shuffle_service_with(bed: &kubebed::bed::Bed, edit: impl Fn(Stri
 
 /// The job's JSON result line (the last line of the driver's log that is a JSON object with
 /// `key`).
-fn result_line(log: &str, key: &str) -> Value {
+pub(crate) fn result_line(log: &str, key: &str) -> Value {
     // The JVM's log lines share the file with Python's stdout: a line may go on after the
     // JSON object, so only the object's own text is parsed.
     log.lines()
@@ -111,7 +108,7 @@ fn result_line(log: &str, key: &str) -> Value {
 }
 
 /// Whether `url` answers with a success within 30 s (polled every 200 ms).
-async fn answers(url: &str) -> bool {
+pub(crate) async fn answers(url: &str) -> bool {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -131,7 +128,7 @@ async fn answers(url: &str) -> bool {
 }
 
 /// Every pod of a namespace with its status and container logs.
-fn dump(bed: &kubebed::bed::Bed, ns: &str) -> String {
+pub(crate) fn dump(bed: &kubebed::bed::Bed, ns: &str) -> String {
     let pods = bed
         .store
         .list(&PODS, Some(ns), &Default::default(), &Default::default())
@@ -711,229 +708,6 @@ fn start_cluster_submit(
     cmd.spawn().unwrap()
 }
 
-#[tokio::test]
-#[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
-async fn staged_jar_and_file_reach_the_driver_and_executors_through_the_init_container() {
-    let _one = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
-    // The staging server, from k8s/staging-server/ as shipped.
-    bed.namespace("spark-staging").unwrap();
-    // The upload tokens Secret the manifest asks the operator to create.
-    bed.apply(
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata: {{name: staging-upload-tokens}}\nstringData: {{tokens: {UPLOAD_TOKEN}}}\n"
-        ),
-        "spark-staging",
-    )
-    .unwrap();
-    // As shipped, with the owner watch's grace and interval shortened.
-    apply_dir(&bed, "k8s/staging-server", "spark-staging", |t| {
-        t.replace(
-            "kube_owner_end_grace = \"1m\"",
-            "kube_owner_end_grace = \"2s\"",
-        )
-        .replace(
-            "kube_owner_interval = \"15s\"",
-            "kube_owner_interval = \"1s\"",
-        )
-    });
-    let ready = bed
-        .wait_for(
-            &kubebed::resources::DEPLOYMENTS,
-            "spark-staging",
-            "staging-server",
-            Duration::from_secs(60),
-            |d| d.is_some_and(|d| d["status"]["readyReplicas"].as_u64() == Some(1)),
-        )
-        .await;
-    if let Err(e) = ready {
-        panic!("{e}\n{}", dump(&bed, "spark-staging"));
-    }
-    let sel = kubebed::selector::Selector::labels("app.kubernetes.io/name=staging-server").unwrap();
-    let pod = bed
-        .store
-        .list(&PODS, Some("spark-staging"), &sel, &Default::default())
-        .0
-        .remove(0);
-    let ip = pod["status"]["podIP"].as_str().unwrap().to_string();
-    let up = answers(&format!("http://{ip}:10001/healthz")).await;
-    assert!(
-        up,
-        "the staging server never answered:\n{}",
-        dump(&bed, "spark-staging")
-    );
-
-    // A jar with a class the job calls, and a file it reads.
-    let work = dir.path().join("app");
-    std::fs::create_dir_all(work.join("classes")).unwrap();
-    let spark_home = crate::common::spark_home().unwrap();
-    let java_home = crate::common::java_home().unwrap();
-    let run = |cmd: &mut std::process::Command| {
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
-    run(std::process::Command::new(java_home.join("bin/javac"))
-        .arg("-cp")
-        .arg(format!("{}/jars/*", spark_home.display()))
-        .arg("-d")
-        .arg(work.join("classes"))
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/staged/Plus.java")));
-    run(std::process::Command::new(java_home.join("bin/jar"))
-        .arg("cf")
-        .arg(work.join("app.jar"))
-        .arg("-C")
-        .arg(work.join("classes"))
-        .arg("."));
-    std::fs::write(work.join("words.txt"), "alpha\nbeta\n").unwrap();
-    // Uploaded with the project's client, as the Secret Spark's pods mount.
-    let secret = run(
-        std::process::Command::new(crate::common::bin_dir().join("staging-server"))
-            .args([
-                "upload",
-                "--server",
-                &format!("http://{ip}:10000"),
-                "--namespace",
-                "default",
-            ])
-            .args(["--label", "spark-role=driver", "--token", UPLOAD_TOKEN])
-            .args(["--output", "secret", "--no-progress"])
-            .arg(work.join("app.jar"))
-            .arg(work.join("words.txt")),
-    );
-    bed.apply(&String::from_utf8(secret).unwrap(), "default")
-        .unwrap();
-
-    // A second job whose driver is queued (no node matches it): its bundle must stay.
-    let queued = run(
-        std::process::Command::new(crate::common::bin_dir().join("staging-server"))
-            .args([
-                "upload",
-                "--server",
-                &format!("http://{ip}:10000"),
-                "--namespace",
-                "default",
-                "--label",
-                "job=queued",
-                "--token",
-                UPLOAD_TOKEN,
-                "--output",
-                "secret",
-                "--secret-name",
-                "queued-files",
-                "--no-progress",
-            ])
-            .arg(work.join("words.txt")),
-    );
-    bed.apply(&String::from_utf8(queued).unwrap(), "default")
-        .unwrap();
-    bed.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: queued-driver, labels: {job: queued}}\nspec:\n  nodeSelector: {pool: none}\n  containers: [{name: c, image: kubebed/spark:4.3.0}]\n",
-        "default",
-    )
-    .unwrap();
-    let template = |role: &str| {
-        let t = workspace().join(format!("k8s/staging-server/spark/{role}-pod-template.yaml"));
-        t.to_str().unwrap().to_string()
-    };
-    let (_driver, log) = cluster_submit(
-        &bed,
-        dir.path(),
-        &[
-            ("spark.kubernetes.driver.master", bed.api_url.clone()),
-            (
-                "spark.kubernetes.container.image",
-                "kubebed/spark:4.3.0".into(),
-            ),
-            ("spark.kubernetes.namespace", "default".into()),
-            (
-                "spark.kubernetes.driver.podTemplateFile",
-                template("driver"),
-            ),
-            (
-                "spark.kubernetes.executor.podTemplateFile",
-                template("executor"),
-            ),
-            ("spark.executor.instances", "2".into()),
-            ("spark.executor.memory", "512m".into()),
-            ("spark.kubernetes.report.interval", "5s".into()),
-        ],
-        &[
-            "--name",
-            "kubebed-staged",
-            "--jars",
-            "local:///var/spark-data/spark-jars/app.jar",
-            "local:///opt/spark/tests/staged_job.py",
-        ],
-    )
-    .await;
-    let seen = result_line(&log, "lines");
-    assert_eq!(
-        seen["lines"],
-        serde_json::json!(["alpha", "beta"]),
-        "{seen}"
-    );
-    assert_eq!(
-        seen["plus"],
-        serde_json::json!([1000, 1001, 1002]),
-        "{seen}"
-    );
-    // The driver pod ended: its bundle and its Secret go; the queued job's stay.
-    let gone = eventually(Duration::from_secs(60), || {
-        bed.store
-            .get(
-                &kubebed::resources::SECRETS,
-                "default",
-                "spark-staged-resources",
-            )
-            .is_err()
-    })
-    .await;
-    assert!(
-        gone,
-        "the ended job's Secret stayed:\n{}",
-        dump(&bed, "spark-staging")
-    );
-    let metrics = reqwest::get(format!("http://{ip}:10001/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        metric(
-            &metrics,
-            "staging_cleanup_deletions_total{reason=\"owner_ended\"}"
-        ),
-        1.0,
-        "{metrics}"
-    );
-    assert!(
-        bed.store
-            .get(&kubebed::resources::SECRETS, "default", "queued-files")
-            .is_ok()
-    );
-    let phase = driver_pod_phase(&bed, "default", "queued-driver");
-    assert!(
-        bed.store.get(&PODS, "default", "queued-driver").is_ok()
-            && !matches!(phase.as_str(), "Succeeded" | "Failed"),
-        "the queued driver must still wait: {phase}"
-    );
-    bed.stop().await;
-}
-
-fn driver_pod_phase(bed: &kubebed::bed::Bed, ns: &str, name: &str) -> String {
-    bed.store
-        .get(&PODS, ns, name)
-        .map(|p| p["status"]["phase"].as_str().unwrap_or("").to_owned())
-        .unwrap_or_default()
-}
-
 /// The `blockmgr-*` directories Spark's executors left in every node's hostPath.
 fn block_dirs(bed: &kubebed::bed::Bed) -> std::collections::BTreeSet<PathBuf> {
     let mut out = std::collections::BTreeSet::new();
@@ -949,7 +723,7 @@ fn block_dirs(bed: &kubebed::bed::Bed) -> std::collections::BTreeSet<PathBuf> {
 }
 
 /// Waits (at most `within`) until `cond` holds, polling every 500 ms.
-async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub(crate) async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while !cond() {
         if tokio::time::Instant::now() >= deadline {

@@ -62,14 +62,10 @@ pub(crate) fn images(spark: bool, dir: &Path) -> Images {
         let entry = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/spark/entrypoint.sh");
         let mut image = images::spark(&home, &java, &entry, &dir.join("images/spark")).unwrap();
         // The image carries the test job, for cluster mode's `local://` primary resource.
-        for job in ["shuffle_job.py", "staged_job.py"] {
-            image.files.push((
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("tests/spark")
-                    .join(job),
-                format!("/opt/spark/tests/{job}"),
-            ));
-        }
+        image.files.push((
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/shuffle_job.py"),
+            "/opt/spark/tests/shuffle_job.py".to_owned(),
+        ));
         i.insert("kubebed/spark", image);
     }
     i

@@ -7,5 +7,6 @@
 mod apiserver;
 mod bed_pods;
 mod bed_spark;
+mod bed_submit;
 mod common;
 mod manifests;

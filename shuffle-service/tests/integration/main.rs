@@ -12,3 +12,4 @@ mod security;
 mod spark_codec;
 mod spark_e2e;
 mod spark_protocol;
+mod tls;

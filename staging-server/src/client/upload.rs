@@ -36,20 +36,26 @@ pub struct UploadArgs {
     #[arg(long, env = "STAGING_SERVER")]
     pub server: String,
     /// Namespace of the owner (the Spark application's namespace).
-    #[arg(long, env = "STAGING_NAMESPACE", default_value = "default")]
+    #[arg(long, env = "STAGING_NAMESPACE", default_value = "default", value_parser = parse_namespace)]
     pub namespace: String,
     /// Owner label key=value (repeatable), e.g. spark-app-selector=spark-123.
-    #[arg(long = "label")]
+    #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<String>,
     /// UID of the owner pod, when known.
     #[arg(long)]
     pub owner_pod_uid: Option<String>,
     /// Absolute lifetime of the bundle (at most the server's maximum), e.g. 24h.
-    #[arg(long)]
+    #[arg(long, value_parser = super::submit::parse_duration_arg)]
     pub ttl: Option<String>,
     /// Delete the bundle if not downloaded within this time, e.g. 2h.
-    #[arg(long)]
+    #[arg(long, value_parser = super::submit::parse_duration_arg)]
     pub unused_ttl: Option<String>,
+    /// PEM CA certificates trusted for the server, beside the system roots.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Retries of the first contact with an unreachable server.
+    #[arg(long, default_value_t = 4)]
+    pub retries: u32,
     /// File holding the upload token.
     #[arg(long, env = "STAGING_UPLOAD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
@@ -68,6 +74,38 @@ pub struct UploadArgs {
     /// Files to bundle (regular files; each is stored under its base name).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+}
+
+/// Checks `--namespace`.
+///
+/// # Errors
+/// A sentence naming the accepted form.
+pub fn parse_namespace(s: &str) -> Result<String, String> {
+    s.parse::<crate::ids::Namespace>()
+        .map(|_| s.to_owned())
+        .map_err(|_| {
+            "must be a Kubernetes namespace name: lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit (e.g. spark-jobs)".to_owned()
+        })
+}
+
+/// Checks one `--label`.
+///
+/// # Errors
+/// A sentence naming the accepted form.
+pub fn parse_label(s: &str) -> Result<String, String> {
+    if !s.contains('=') || s.contains(',') {
+        return Err(
+            "must be one key=value pair, e.g. spark-role=driver or app.kubernetes.io/name=etl"
+                .into(),
+        );
+    }
+    crate::ids::Labels::parse_selector(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            format!(
+                "{e}; a label is key=value with Kubernetes label syntax, e.g. spark-role=driver"
+            )
+        })
 }
 
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -157,10 +195,15 @@ pub async fn run(args: UploadArgs) -> Result<String, ClientError> {
     ))
     .map_err(|e| ClientError::new(EXIT_USAGE, format!("--server: {e}")))?;
     url.query_pairs_mut().extend_pairs(&query);
-    let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))?;
+    let client = super::http::client(
+        args.ca_file.as_deref(),
+        std::time::Duration::from_secs(10),
+        None,
+    )?;
+    // A first contact, retried: an unreachable server is reported (and waited for) before the
+    // bundle is built.
+    let ping = format!("{}/api/v0/ping", args.server.trim_end_matches('/'));
+    super::http::send("upload", args.retries, || client.get(&ping)).await?;
     let mut req = client
         .post(url.clone())
         .header("content-type", "application/gzip")
@@ -181,12 +224,12 @@ pub async fn run(args: UploadArgs) -> Result<String, ClientError> {
             format!("building the bundle: {e}"),
         ));
     }
-    let resp = resp.map_err(|e| ClientError::new(EXIT_UNAVAILABLE, format!("{url}: {e}")))?;
+    let resp = resp.map_err(|e| ClientError::new(EXIT_UNAVAILABLE, super::http::describe(&e)))?;
     let status = resp.status();
     let body = resp
         .text()
         .await
-        .map_err(|e| ClientError::new(EXIT_UNAVAILABLE, format!("{url}: {e}")))?;
+        .map_err(|e| ClientError::new(EXIT_UNAVAILABLE, super::http::describe(&e)))?;
     if !status.is_success() {
         let code = match status.as_u16() {
             401 | 403 => EXIT_AUTH,

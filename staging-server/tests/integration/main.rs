@@ -1,6 +1,7 @@
 #![allow(missing_docs)]
 //! Integration tests of the staging server: one binary, servers on port 0, no sleeps.
 
+mod cli;
 mod common;
 mod crash;
 mod downloads;

@@ -170,7 +170,13 @@ fn prepare(args: &SubmitArgs) -> Result<Plan, ClientError> {
     namespace
         .parse::<crate::ids::Namespace>()
         .map_err(|e| usage(format!("spark.kubernetes.namespace: {e}")))?;
-    let submission = crate::ids::ResourceId::random().to_string()[..12].to_ascii_lowercase();
+    let submission: String = crate::ids::ResourceId::random()
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect::<String>()
+        .to_ascii_lowercase();
     let secret = format!("spark-staged-{submission}");
     let read_template = |role: Role| -> Result<Option<serde_json::Value>, ClientError> {
         let key = format!("spark.kubernetes.{}.podTemplateFile", role.as_str());

@@ -1,0 +1,147 @@
+//! TLS on the gRPC and admin listeners: clients that trust the CA are served (gRPC over h2,
+//! the admin endpoints over HTTP/1.1), others are refused, and a rotated certificate is served
+//! without a restart.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use service_runtime::tls::TlsFiles;
+
+use crate::common::TestService;
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+fn ca() -> Ca {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        issuer: Issuer::new(params, key),
+        pem: cert.pem(),
+    }
+}
+
+/// Writes `<name>.crt` and `<name>.key` for `localhost`; returns the certificate's DER.
+fn issue(ca: &Ca, dir: &Path, name: &str, serial: u64) -> Vec<u8> {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.serial_number = Some(serial.into());
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    std::fs::write(dir.join(format!("{name}.key.new")), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.crt.new")), cert.pem()).unwrap();
+    std::fs::rename(
+        dir.join(format!("{name}.key.new")),
+        dir.join(format!("{name}.key")),
+    )
+    .unwrap();
+    std::fs::rename(
+        dir.join(format!("{name}.crt.new")),
+        dir.join(format!("{name}.crt")),
+    )
+    .unwrap();
+    cert.der().to_vec()
+}
+
+fn files(dir: &Path, name: &str) -> TlsFiles {
+    TlsFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    }
+}
+
+/// A client trusting `ca_pem` that never resumes sessions (a resumed session shows the
+/// certificate of its first handshake), HTTP/2 only when `h2`.
+fn client(ca_pem: &str, h2: bool) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.resumption = rustls::client::Resumption::disabled();
+    if h2 {
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+    }
+    let mut b = reqwest::Client::builder()
+        .tls_info(true)
+        .tls_backend_preconfigured(tls)
+        .pool_max_idle_per_host(0);
+    if h2 {
+        b = b.http2_prior_knowledge();
+    }
+    b.build().unwrap()
+}
+
+async fn served(client: &reqwest::Client, url: &str) -> Vec<u8> {
+    let r = client.get(url).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn grpc_and_admin_listeners_serve_tls_and_follow_rotation() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let certs = tempfile::tempdir().unwrap();
+    let ours = ca();
+    issue(&ours, certs.path(), "grpc", 1);
+    let first = issue(&ours, certs.path(), "admin", 2);
+    let (g, a) = (files(certs.path(), "grpc"), files(certs.path(), "admin"));
+    let svc = TestService::start(move |c| {
+        c.grpc_tls = Some(g);
+        c.admin_tls = Some(a);
+        c.tls_reload_interval = Duration::from_millis(50);
+    })
+    .await;
+
+    // gRPC over TLS (h2): the standard health check answers SERVING.
+    let grpc = client(&ours.pem, true);
+    let res = grpc
+        .post(format!(
+            "https://localhost:{}/grpc.health.v1.Health/Check",
+            svc.grpc.port()
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // One message: flag 0, length 2, field 1 (status) = 1 (SERVING).
+    assert_eq!(res.bytes().await.unwrap().as_ref(), [0, 0, 0, 0, 2, 8, 1]);
+
+    // Admin over TLS.
+    let admin = client(&ours.pem, false);
+    let url = format!("https://localhost:{}/healthz", svc.admin.port());
+    assert_eq!(served(&admin, &url).await, first);
+    // Not trusted without the CA, and no plaintext on a TLS port.
+    assert!(reqwest::Client::new().get(&url).send().await.is_err());
+    assert!(
+        reqwest::get(format!("http://localhost:{}/healthz", svc.admin.port()))
+            .await
+            .is_err()
+    );
+
+    // Rotation, no restart.
+    let second = issue(&ours, certs.path(), "admin", 3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while served(&admin, &url).await != second {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotation never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    svc.shutdown().await;
+}
