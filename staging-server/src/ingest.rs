@@ -235,26 +235,7 @@ impl PendingUpload {
         lifetimes: Lifetimes,
         expected: Option<Sha256Digest>,
     ) -> Result<Committed, ApiError> {
-        let sha256 = std::mem::replace(&mut self.hasher, HashPipe::closed())
-            .finish()
-            .await?;
-        if let Some(exp) = expected
-            && exp != sha256
-        {
-            return Err(ApiError::new(
-                http::StatusCode::UNPROCESSABLE_ENTITY,
-                "digest_mismatch",
-                format!("body sha256 is {sha256}, expected {exp}"),
-            ));
-        }
-        let writer = self
-            .writer
-            .take()
-            .ok_or_else(|| ApiError::internal("writer gone"))?;
-        writer
-            .finish()
-            .await
-            .map_err(|e| ApiError::store(e, self.state.metrics()))?;
+        let sha256 = self.finish_object(expected).await?;
         let now = self.state.now_ms();
         let expires_at = now.saturating_add(duration_ms(lifetimes.max_ttl));
         let unused_ttl_ms = duration_ms(lifetimes.unused_ttl);
@@ -296,6 +277,37 @@ impl PendingUpload {
 }
 
 impl PendingUpload {
+    /// Finishes the digest, checks it against `expected`, and makes the object durable.
+    ///
+    /// # Errors
+    /// 422 on a mismatch (nothing is made durable), store errors.
+    async fn finish_object(
+        &mut self,
+        expected: Option<Sha256Digest>,
+    ) -> Result<Sha256Digest, ApiError> {
+        let sha256 = std::mem::replace(&mut self.hasher, HashPipe::closed())
+            .finish()
+            .await?;
+        if let Some(exp) = expected
+            && exp != sha256
+        {
+            return Err(ApiError::new(
+                http::StatusCode::UNPROCESSABLE_ENTITY,
+                "digest_mismatch",
+                format!("body sha256 is {sha256}, expected {exp}"),
+            ));
+        }
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| ApiError::internal("writer gone"))?;
+        writer
+            .finish()
+            .await
+            .map_err(|e| ApiError::store(e, self.state.metrics()))?;
+        Ok(sha256)
+    }
+
     /// Finishes the object and makes it the blob `expected` (the digest the client named),
     /// granted to `namespace`.
     ///
@@ -321,24 +333,7 @@ impl PendingUpload {
         namespace: Namespace,
         expected: Sha256Digest,
     ) -> Result<BlobCommit, ApiError> {
-        let sha256 = std::mem::replace(&mut self.hasher, HashPipe::closed())
-            .finish()
-            .await?;
-        if sha256 != expected {
-            return Err(ApiError::new(
-                http::StatusCode::UNPROCESSABLE_ENTITY,
-                "digest_mismatch",
-                format!("body sha256 is {sha256}, expected {expected}"),
-            ));
-        }
-        let writer = self
-            .writer
-            .take()
-            .ok_or_else(|| ApiError::internal("writer gone"))?;
-        writer
-            .finish()
-            .await
-            .map_err(|e| ApiError::store(e, self.state.metrics()))?;
+        let sha256 = self.finish_object(Some(expected)).await?;
         let outcome = self
             .state
             .db()

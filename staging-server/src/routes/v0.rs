@@ -54,6 +54,13 @@ pub(super) async fn upload(
             e.as_str()
         )));
     }
+    // With --kube-auth, anonymous uploads are off; the fork's API takes upload tokens only.
+    if state.kube_auth().is_some() && !state.upload_auth().required() {
+        state.metrics().auth_failure("missing");
+        return Err(ApiError::unauthorized(
+            "the v0 API needs an upload token; this server has none and takes Kubernetes credentials on /api/v1",
+        ));
+    }
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -118,3 +118,31 @@ async fn uploads_need_pod_create_rights_in_their_namespace() {
     }
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn without_upload_tokens_the_fork_api_is_closed_too() {
+    let client = bed_api(ApiConfig::default()).await;
+    let s = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        |c| c.kube_auth = true,
+        None,
+        Some(client),
+    )
+    .await;
+    let (ctype, body) = crate::uploads::fork_multipart(
+        &random_bytes(100),
+        r#"{"ownerNamespace":"a","ownerLabels":{"x":"y"},"ownerType":"Pod"}"#,
+        false,
+    );
+    let res = s
+        .client
+        .post(s.url("/api/v0/resources"))
+        .header("content-type", ctype)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(put(&s, "a", None).await.0, 401);
+    s.shutdown().await;
+}

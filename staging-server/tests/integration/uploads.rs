@@ -331,7 +331,11 @@ async fn upload_slots_are_bounded_503() {
 /// The multipart request exactly as the fork's Retrofit client shapes it: the bundle part
 /// first, without a filename and with the part type `multipart/form-data`, then the owner
 /// JSON, posted to the trailing-slash URL.
-fn fork_multipart(bundle: &[u8], owner_json: &str, owner_first: bool) -> (String, Vec<u8>) {
+pub(crate) fn fork_multipart(
+    bundle: &[u8],
+    owner_json: &str,
+    owner_first: bool,
+) -> (String, Vec<u8>) {
     let boundary = "b2f1c8e6-6a3c-4b8e-9a53-1c5b0b8e7f10";
     let resources = [
         format!("--{boundary}\r\nContent-Disposition: form-data; name=\"resources\"\r\nContent-Transfer-Encoding: binary\r\nContent-Type: multipart/form-data\r\nContent-Length: {}\r\n\r\n", bundle.len()).into_bytes(),

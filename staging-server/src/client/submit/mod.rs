@@ -287,7 +287,11 @@ fn owner_labels(submission: &str) -> BTreeMap<String, String> {
 
 async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
     let plan = prepare(&args)?;
-    let submit = spark_submit(&args)?;
+    // A dry run shows the plan even where spark-submit is not installed.
+    let submit = match spark_submit(&args) {
+        Err(_) if args.dry_run => PathBuf::from("spark-submit"),
+        r => r?,
+    };
     let dir = tempfile::Builder::new()
         .prefix("staging-submit-")
         .tempdir()
