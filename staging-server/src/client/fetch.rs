@@ -159,6 +159,15 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
             other => ClientError::new(EXIT_FAILURE, other.to_string()),
         })?;
     drop(archive);
+    write_file_list(&args, &names)?;
+    Ok(names)
+}
+
+/// Writes the paths of the fetched files to `--file-list` (default `<dest>/.staged-files`).
+///
+/// # Errors
+/// The list cannot be written.
+pub(super) fn write_file_list(args: &FetchArgs, names: &[String]) -> Result<(), ClientError> {
     let list = args
         .file_list
         .clone()
@@ -168,8 +177,7 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
         .map(|n| format!("{}\n", args.dest.join(n).display()))
         .collect();
     std::fs::write(&list, text)
-        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", list.display())))?;
-    Ok(names)
+        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", list.display())))
 }
 
 /// The bundle's URL.

@@ -178,16 +178,7 @@ pub async fn fetch(
         })?;
         done.push(f.name);
     }
-    let list = args
-        .file_list
-        .clone()
-        .unwrap_or_else(|| args.dest.join(".staged-files"));
-    let text: String = done
-        .iter()
-        .map(|n| format!("{}\n", args.dest.join(n).display()))
-        .collect();
-    std::fs::write(&list, text)
-        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", list.display())))?;
+    super::fetch::write_file_list(args, &done)?;
     Ok(done)
 }
 
