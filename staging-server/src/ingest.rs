@@ -459,7 +459,8 @@ impl HashPipe {
 
 /// A database failure of an upload: 507 on a full disk (uploads are refused until space is
 /// freed; downloads go on), 500 otherwise.
-fn db_error(state: &AppState, e: crate::db::DbError) -> ApiError {
+/// A database error as answered: 507 (and the full flag set) on a full disk, else 500.
+pub(crate) fn db_error(state: &AppState, e: crate::db::DbError) -> ApiError {
     if e.is_full() {
         state.note_full();
         ApiError::insufficient_storage("the server's disk is full; retry after space is freed")

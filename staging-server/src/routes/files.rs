@@ -124,8 +124,32 @@ struct Missing {
 pub(super) async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    // A small body: read whole, within the idle timeout, so a client trickling it cannot
+    // hold the connection.
+    let limit = super::SUBMISSION_BODY_LIMIT;
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(ApiError::too_large(limit as u64));
+    }
+    let body = tokio::time::timeout(
+        state.limits().body_idle_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            "the submission was not received in time",
+        )
+    })?
+    .map_err(|e| ApiError::bad_request(format!("submission body: {e}")))?;
     let sub: Submission = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("submission: {e}")))?;
     let namespace: Namespace = sub.namespace.parse()?;
@@ -188,7 +212,7 @@ pub(super) async fn submit(
             quotas: state.quotas(),
         })
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|e| crate::ingest::db_error(&state, e))?;
     match outcome {
         FilesOutcome::Committed(size) => {
             state.refresh_census().await;

@@ -28,7 +28,7 @@ use crate::error::{ApiError, InternalCause};
 use crate::state::AppState;
 
 /// Largest submission body (the JSON list of at most [`crate::files::MAX_FILES`] files).
-const SUBMISSION_BODY_LIMIT: usize = 1 << 20;
+pub(super) const SUBMISSION_BODY_LIMIT: usize = 1 << 20;
 
 /// The full API router (also serving the operational endpoints).
 pub fn router(state: AppState) -> Router {
@@ -45,10 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/resources/{id}/content", get(v1::content))
         .route("/api/v1/resources/{id}/files/{name}", get(files::file))
         .route("/api/v1/blobs/{sha256}", put(files::put_blob))
-        .route(
-            "/api/v1/submissions",
-            post(files::submit).layer(DefaultBodyLimit::max(SUBMISSION_BODY_LIMIT)),
-        )
+        .route("/api/v1/submissions", post(files::submit))
         .merge(ops_routes(false))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

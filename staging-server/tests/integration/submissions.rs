@@ -169,6 +169,15 @@ async fn submissions_are_validated() {
             .send()
     };
     let sha = "a".repeat(64);
+    // Over the 1 MiB limit of a submission body.
+    let res = server
+        .client
+        .post(server.url("/api/v1/submissions"))
+        .body(vec![b' '; (1 << 20) + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
     for (body, want) in [
         (serde_json::json!({"namespace": "a", "files": []}), 400),
         (
