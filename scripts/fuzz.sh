@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../fuzz"
 CARGO_AFL_VERSION="0.18.2"
 seconds="${FUZZ_SECONDS:-20}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(spark_frames spark_messages sasl index_file archive ids grpc_requests v0_upload checksum_files)
+[ ${#targets[@]} -gt 0 ] || targets=(spark_frames spark_messages spark_crypto sasl index_file archive ids grpc_requests v0_upload checksum_files)
 
 echo "== fuzz: corpus replay"
 cargo test --locked --test corpus 2>&1 | grep -E "^test |panicked|error" || true

@@ -2,7 +2,8 @@
 # Installs what the tests need beyond the Rust toolchain, idempotently:
 #   - Debian: prometheus (prometheus + promtool, for the metrics tests); iproute2, util-linux,
 #     hostname and python3 for the Kubernetes test bed (kubebed: network namespaces, mount
-#     namespaces, setpriv; its pod tests run /usr/bin/python3)
+#     namespaces, setpriv; its pod tests run /usr/bin/python3), openssl (the real-Spark TLS
+#     test's PKCS12 key store; Java's keytool makes its trust store)
 #   - Python venv .venv: moto[server] (S3-protocol server for the object-store tests) and
 #     pyspark (real Spark against the shuffle service's Spark protocol; needs Java 17),
 #     kubernetes-validate (strict schema validation of k8s/)
@@ -21,6 +22,7 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 [ -x /usr/bin/setpriv ] && [ -x /usr/bin/unshare ] || need_apt+=(util-linux)
 [ -x /usr/bin/hostname ] || need_apt+=(hostname)
 [ -x /usr/bin/python3 ] || need_apt+=(python3)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test-deps: installing ${need_apt[*]} with apt-get"

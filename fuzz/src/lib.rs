@@ -54,6 +54,29 @@ pub fn spark_messages(data: &[u8]) {
     }
 }
 
+/// Network crypto's decoders: an `AuthMessage` (which must re-encode to itself, and which the
+/// server's answer refuses without the secret's seal) and Spark's AES-GCM messages fed in two
+/// pieces under both key sizes (nothing forged may decrypt).
+pub fn spark_crypto(data: &[u8]) {
+    use spark_protocol::crypto::auth::{AuthMessage, respond};
+    use spark_protocol::crypto::gcm::GcmOpener;
+    if let Ok(m) = AuthMessage::decode(Bytes::copy_from_slice(data)) {
+        assert_eq!(AuthMessage::decode(m.to_bytes()).expect("re-encoded"), m);
+        assert!(respond(b"fuzz-secret", &m).is_err());
+    }
+    for key in [&[7u8; 16][..], &[7u8; 32][..]] {
+        let mut opener = GcmOpener::new(key, 1 << 20).expect("valid key length");
+        let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+        let mut raw = bytes::BytesMut::from(&data[..split]);
+        let mut out = bytes::BytesMut::new();
+        if opener.open(&mut raw, &mut out).is_ok() {
+            raw.extend_from_slice(&data[split..]);
+            let _ = opener.open(&mut raw, &mut out);
+        }
+        assert!(out.is_empty(), "a forged GCM segment decrypted");
+    }
+}
+
 /// A SASL DIGEST-MD5 server fed client tokens split from the input by 0xff bytes: it must
 /// never complete without the secret's response, and never panic.
 pub fn sasl(data: &[u8]) {

@@ -20,6 +20,7 @@ fn replay(target: &str, f: fn(&[u8])) {
 fn corpus_replays() {
     replay("spark_frames", fuzz::spark_frames);
     replay("spark_messages", fuzz::spark_messages);
+    replay("spark_crypto", fuzz::spark_crypto);
     replay("sasl", fuzz::sasl);
     replay("index_file", fuzz::index_file);
     replay("archive", fuzz::archive);

@@ -2,13 +2,20 @@
 //! ExternalShuffleService (from the pyspark jars), serving the same files in the same run, to
 //! a Spark-protocol client: 4 KiB, 64 KiB and 1 MiB blocks over 1 to 64 connections.
 //! Reports throughput, p50/p99 request latency, server CPU seconds per GB and peak RSS.
+//! `--mode` picks the channel: `plain` (authentication off), network crypto (`ctr`, `gcm`:
+//! `spark.network.crypto.enabled=true` with that cipher on both servers, Spark's default
+//! engine version 1) or `tls` (`spark.ssl.rpc.enabled=true`; a certificate from a CA made
+//! for the run), where every byte is encrypted by the server and decrypted by the client.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use bytes::{Buf as _, BytesMut};
 use serde_json::{Value, json};
-use spark_protocol::client::{Client, chunk_fetch_requests};
+use spark_protocol::client::chunk_fetch_requests;
+use spark_protocol::crypto::auth::{AuthMessage, ClientHandshake};
+use spark_protocol::crypto::{Cipher, EngineVersion, Opener, Sealer};
 use spark_protocol::frame::Message;
 use spark_protocol::ids::{MapId, ShuffleId};
 use spark_protocol::layout;
@@ -39,7 +46,45 @@ pub(crate) struct Args {
     /// Spark installation (default: the pyspark package of the project's .venv).
     #[arg(long)]
     spark_home: Option<PathBuf>,
+    /// Channel: `plain`, `ctr` or `gcm` (network crypto with that cipher), or `tls`.
+    #[arg(long, default_value = "plain", value_parser = parse_mode)]
+    mode: Mode,
 }
+
+/// The channel both servers are measured on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    /// Authentication off.
+    Plain,
+    /// `spark.network.crypto.enabled=true` with this cipher, engine version 1.
+    Crypto(Cipher),
+    /// `spark.ssl.rpc.enabled=true`.
+    Tls,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "plain" => Ok(Mode::Plain),
+        "tls" => Ok(Mode::Tls),
+        other => Cipher::parse(other)
+            .map(Mode::Crypto)
+            .ok_or_else(|| format!("unknown mode {other:?}: plain, ctr, gcm or tls")),
+    }
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Crypto(Cipher::Ctr) => "network crypto, AES/CTR/NoPadding",
+            Self::Crypto(Cipher::Gcm) => "network crypto, AES/GCM/NoPadding",
+            Self::Tls => "TLS (spark.ssl.rpc)",
+        }
+    }
+}
+
+/// The secret both servers and the client share in the crypto modes.
+const SECRET: &str = "5f0c2d1b9e8a7c6d4b3a29180716253443526170819fa0b1c2d3e4f5a6b7c8d9";
 
 pub(crate) const APP: &str = "app-20261121000000-0042";
 const EXEC: &str = "1";
@@ -73,24 +118,83 @@ pub(crate) fn write_outputs(dirs: &[PathBuf], layouts: &[Layout]) -> anyhow::Res
     Ok(())
 }
 
-/// Registers the executor over Spark's protocol.
-pub(crate) async fn register(addr: &str, dirs: &[PathBuf]) -> anyhow::Result<()> {
-    let mut c = Client::connect(addr).await?;
-    let r = c
-        .call(&Btm::RegisterExecutor {
-            app_id: APP.into(),
-            exec_id: EXEC.into(),
-            info: ExecutorShuffleInfo {
-                local_dirs: dirs.iter().map(|d| d.display().to_string()).collect(),
-                sub_dirs_per_local_dir: 64,
-                shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
-            },
-        })
-        .await?;
-    if let Err(e) = r {
-        bail!("registration at {addr} refused: {e}");
-    }
+/// Registers the executor over Spark's protocol, on a channel of `mode`.
+async fn register(
+    addr: &str,
+    dirs: &[PathBuf],
+    mode: Mode,
+    tls: Option<&TlsRun>,
+) -> anyhow::Result<()> {
+    let mut c = Conn::connect(addr, mode, tls).await?;
+    let m = Btm::RegisterExecutor {
+        app_id: APP.into(),
+        exec_id: EXEC.into(),
+        info: ExecutorShuffleInfo {
+            local_dirs: dirs.iter().map(|d| d.display().to_string()).collect(),
+            sub_dirs_per_local_dir: 64,
+            shuffle_manager: "org.apache.spark.shuffle.sort.SortShuffleManager".into(),
+        },
+    };
+    c.rpc(m.to_bytes())
+        .await
+        .with_context(|| format!("registration at {addr}"))?;
     Ok(())
+}
+
+/// A CA and a certificate for `localhost` made for one run: PEM for this service, a PKCS12
+/// key store for Spark's (`openssl`), and the client's configuration.
+pub(crate) struct TlsRun {
+    cert: PathBuf,
+    key: PathBuf,
+    keystore: PathBuf,
+    client: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl TlsRun {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate()?;
+        let cert =
+            CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &issuer)?;
+        let (c, k, ks) = (
+            dir.join("tls.crt"),
+            dir.join("tls.key"),
+            dir.join("keystore.p12"),
+        );
+        std::fs::write(&c, cert.pem())?;
+        std::fs::write(&k, key.serialize_pem())?;
+        let out = std::process::Command::new("openssl")
+            .args([
+                "pkcs12",
+                "-export",
+                "-name",
+                "ess",
+                "-passout",
+                "pass:changeit",
+            ])
+            .arg("-in")
+            .arg(&c)
+            .arg("-inkey")
+            .arg(&k)
+            .arg("-out")
+            .arg(&ks)
+            .output()
+            .context("running openssl (for the JVM's key store)")?;
+        if !out.status.success() {
+            bail!("openssl pkcs12: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Self {
+            cert: c,
+            key: k,
+            keystore: ks,
+            client: tls_client(&ca_cert.pem())?,
+        })
+    }
 }
 
 /// One measurement: bytes fetched, the time it took, and each request's latency.
@@ -109,67 +213,158 @@ fn blocks_per_request(block: u64) -> usize {
 }
 
 /// A lean Spark-protocol connection for load: block bodies are counted and dropped from one
-/// reused buffer, so the client costs the same, and little, against every server.
+/// reused buffer, so the client costs the same, and little, against every server. With
+/// network crypto, it decrypts everything it reads (as an executor does).
 struct Conn {
-    rd: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    rd: tokio::io::BufReader<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    wr: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     scratch: Vec<u8>,
     next_id: i64,
+    crypt: Option<Crypt>,
+}
+
+struct Crypt {
+    opener: Opener,
+    sealer: Sealer,
+    raw: BytesMut,
+    plain: BytesMut,
+}
+
+/// The TLS client configuration of a run: trusts the run's CA only.
+pub(crate) fn tls_client(ca_pem: &str) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    Ok(std::sync::Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
 }
 
 impl Conn {
-    async fn connect(addr: &str) -> anyhow::Result<Self> {
+    async fn connect(addr: &str, mode: Mode, tls: Option<&TlsRun>) -> anyhow::Result<Self> {
         let s = tokio::net::TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        let (r, w) = s.into_split();
-        Ok(Self {
+        type Halves = (
+            Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+            Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+        );
+        let (r, w): Halves = match (mode, tls) {
+            (Mode::Tls, Some(t)) => {
+                let stream = tokio_rustls::TlsConnector::from(t.client.clone())
+                    .connect("localhost".try_into()?, s)
+                    .await?;
+                let (r, w) = tokio::io::split(stream);
+                (Box::new(r), Box::new(w))
+            }
+            (Mode::Tls, None) => bail!("TLS mode without certificates"),
+            _ => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+        };
+        let mut c = Self {
             rd: tokio::io::BufReader::with_capacity(256 << 10, r),
             wr: w,
             scratch: vec![0; 256 << 10],
             next_id: 1,
-        })
+            crypt: None,
+        };
+        if let Mode::Crypto(cipher) = mode {
+            let (hs, challenge) = ClientHandshake::start(APP, SECRET.as_bytes())?;
+            let body = c.rpc(challenge.to_bytes()).await?;
+            let keys = hs.finish(&AuthMessage::decode(body)?)?;
+            let (opener, sealer) = keys.client_channel(cipher, EngineVersion::V1, 1 << 31)?;
+            c.crypt = Some(Crypt {
+                opener,
+                sealer,
+                raw: BytesMut::with_capacity(512 << 10),
+                plain: BytesMut::with_capacity(512 << 10),
+            });
+        }
+        Ok(c)
+    }
+
+    async fn write(&mut self, b: &[u8]) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        match &mut self.crypt {
+            Some(c) => {
+                let mut out = BytesMut::with_capacity(c.sealer.sealed_len(b.len()));
+                c.sealer.seal(b, &mut out);
+                self.wr.write_all(&out).await?;
+            }
+            None => self.wr.write_all(b).await?,
+        }
+        self.wr.flush().await?;
+        Ok(())
+    }
+
+    /// Reads exactly `n` bytes into the scratch buffer's start.
+    async fn read_exact(&mut self, n: usize) -> anyhow::Result<()> {
+        use tokio::io::AsyncReadExt as _;
+        let Some(c) = &mut self.crypt else {
+            self.rd.read_exact(&mut self.scratch[..n]).await?;
+            return Ok(());
+        };
+        while c.plain.len() < n {
+            c.opener.open(&mut c.raw, &mut c.plain)?;
+            if c.plain.len() >= n {
+                break;
+            }
+            c.raw.reserve(256 << 10);
+            if self.rd.read_buf(&mut c.raw).await? == 0 {
+                bail!("connection closed");
+            }
+        }
+        self.scratch[..n].copy_from_slice(&c.plain[..n]);
+        c.plain.advance(n);
+        Ok(())
     }
 
     /// Reads one frame's length and type.
     async fn head(&mut self) -> anyhow::Result<(u64, u8)> {
-        use tokio::io::AsyncReadExt as _;
-        let len = self.rd.read_u64().await?;
-        let t = self.rd.read_u8().await?;
+        self.read_exact(9).await?;
+        let len = u64::from_be_bytes(self.scratch[..8].try_into()?);
+        let t = self.scratch[8];
         Ok((len.checked_sub(9).context("bad frame length")?, t))
     }
 
-    async fn fetch_handle(&mut self, m: &Btm) -> anyhow::Result<(i64, i32)> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    /// An RPC's reply body.
+    async fn rpc(&mut self, body: bytes::Bytes) -> anyhow::Result<bytes::Bytes> {
         let request_id = self.next_id;
         self.next_id += 1;
-        let req = Message::RpcRequest {
-            request_id,
-            body: m.to_bytes(),
-        };
-        self.wr.write_all(&req.to_bytes()).await?;
+        self.write(&Message::RpcRequest { request_id, body }.to_bytes())
+            .await?;
         let (rest, t) = self.head().await?;
-        let mut body = vec![0; usize::try_from(rest)?];
-        self.rd.read_exact(&mut body).await?;
+        let n = usize::try_from(rest)?;
+        if n > self.scratch.len() {
+            bail!("reply of {n} bytes");
+        }
+        self.read_exact(n).await?;
         let mut frame = vec![t];
-        frame.extend_from_slice(&body);
+        frame.extend_from_slice(&self.scratch[..n]);
         match Message::decode(frame.into())? {
-            Message::RpcResponse { body, .. } => match Btm::decode(body)? {
-                Btm::StreamHandle {
-                    stream_id,
-                    num_chunks,
-                } => Ok((stream_id, num_chunks)),
-                other => bail!("unexpected {other:?}"),
-            },
-            other => bail!("fetch refused: {other:?}"),
+            Message::RpcResponse { body, .. } => Ok(body),
+            other => bail!("refused: {other:?}"),
+        }
+    }
+
+    async fn fetch_handle(&mut self, m: &Btm) -> anyhow::Result<(i64, i32)> {
+        match Btm::decode(self.rpc(m.to_bytes()).await?)? {
+            Btm::StreamHandle {
+                stream_id,
+                num_chunks,
+            } => Ok((stream_id, num_chunks)),
+            other => bail!("unexpected {other:?}"),
         }
     }
 
     /// Sends pipelined chunk requests and consumes the replies; returns the body bytes.
     async fn chunks(&mut self, stream_id: i64, n: i32, block: u64) -> anyhow::Result<u64> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        self.wr
-            .write_all(&chunk_fetch_requests(stream_id, n))
-            .await?;
+        self.write(&chunk_fetch_requests(stream_id, n)).await?;
         let mut bytes = 0;
         for _ in 0..n {
             let (rest, t) = self.head().await?;
@@ -179,7 +374,7 @@ impl Conn {
             let mut left = rest;
             while left > 0 {
                 let k = usize::try_from(left.min(self.scratch.len() as u64))?;
-                self.rd.read_exact(&mut self.scratch[..k]).await?;
+                self.read_exact(k).await?;
                 left -= k as u64;
             }
             if rest - 12 != block {
@@ -201,13 +396,29 @@ pub(crate) async fn load(
     conns: usize,
     dur: Duration,
 ) -> anyhow::Result<Sample> {
+    load_in(addr, app, exec, l, conns, dur, Mode::Plain, None).await
+}
+
+/// [`load`] on a channel of `mode`.
+#[allow(clippy::too_many_arguments)]
+async fn load_in(
+    addr: &str,
+    app: &'static str,
+    exec: &'static str,
+    l: Layout,
+    conns: usize,
+    dur: Duration,
+    mode: Mode,
+    tls: Option<std::sync::Arc<TlsRun>>,
+) -> anyhow::Result<Sample> {
     let start = Instant::now();
     let deadline = start + dur;
     let mut tasks = Vec::new();
     for c in 0..conns {
         let addr = addr.to_owned();
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(&addr).await?;
+            let mut conn = Conn::connect(&addr, mode, tls.as_deref()).await?;
             let k = blocks_per_request(l.block);
             let total = l.maps as usize * l.parts as usize;
             let mut next = (c * 7919) % total;
@@ -289,9 +500,27 @@ struct Server {
     _child: Child,
 }
 
-async fn start_ours(work: &Path, vol: &Path) -> anyhow::Result<Server> {
+async fn start_ours(
+    work: &Path,
+    vol: &Path,
+    mode: Mode,
+    tls: Option<&TlsRun>,
+) -> anyhow::Result<Server> {
     let (g, a, s) = (free_port()?, free_port()?, free_port()?);
-    let child = Command::new(release_bin("shuffle-service")?)
+    let mut cmd = Command::new(release_bin("shuffle-service")?);
+    if let Some(t) = tls {
+        cmd.arg("--spark-tls-cert")
+            .arg(&t.cert)
+            .arg("--spark-tls-key")
+            .arg(&t.key);
+    }
+    if let Mode::Crypto(_) = mode {
+        let f = work.join("spark-secret");
+        std::fs::write(&f, SECRET)?;
+        std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        cmd.arg("--spark-auth-secret-file").arg(&f);
+    }
+    let child = cmd
         .arg("--grpc-listen")
         .arg(format!("127.0.0.1:{g}"))
         .arg("--admin-listen")
@@ -339,15 +568,32 @@ fn spark_home(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
-async fn start_jvm(home: &Path, work: &Path, vol: &Path) -> anyhow::Result<Server> {
+async fn start_jvm(
+    home: &Path,
+    work: &Path,
+    vol: &Path,
+    mode: Mode,
+    tls: Option<&TlsRun>,
+) -> anyhow::Result<Server> {
     let port = free_port()?;
+    let crypto = match (mode, tls) {
+        (Mode::Tls, Some(t)) => format!(
+            " -Dspark.ssl.rpc.enabled=true -Dspark.ssl.rpc.keyStore={} -Dspark.ssl.rpc.keyStorePassword=changeit -Dspark.ssl.rpc.keyPassword=changeit",
+            t.keystore.display()
+        ),
+        (Mode::Plain | Mode::Tls, _) => String::new(),
+        (Mode::Crypto(c), _) => format!(
+            " -Dspark.authenticate=true -Dspark.authenticate.secret={SECRET} -Dspark.network.crypto.enabled=true -Dspark.network.crypto.saslFallback=false -Dspark.network.crypto.cipher={}",
+            c.spark_name()
+        ),
+    };
     let child = Command::new(home.join("bin/spark-class"))
         .arg("org.apache.spark.deploy.ExternalShuffleService")
         .env("SPARK_HOME", home)
         .env(
             "SPARK_SHUFFLE_OPTS",
             format!(
-                "-Dspark.shuffle.service.port={port} -Dspark.local.dir={}",
+                "-Dspark.shuffle.service.port={port} -Dspark.local.dir={}{crypto}",
                 vol.display()
             ),
         )
@@ -392,15 +638,20 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
     eprintln!("writing map outputs");
     write_outputs(&dirs, &layouts)?;
     let home = spark_home(args.spark_home.as_deref())?;
+    let tls = match args.mode {
+        Mode::Tls => Some(std::sync::Arc::new(TlsRun::new(work.path())?)),
+        _ => None,
+    };
     let servers = [
-        start_ours(work.path(), &vol).await?,
-        start_jvm(&home, work.path(), &vol).await?,
+        start_ours(work.path(), &vol, args.mode, tls.as_deref()).await?,
+        start_jvm(&home, work.path(), &vol, args.mode, tls.as_deref()).await?,
     ];
     for s in &servers {
-        register(&s.addr, &dirs).await?;
+        register(&s.addr, &dirs, args.mode, tls.as_deref()).await?;
         // Warm-up (the JVM's JIT; both servers' page cache).
         for l in &layouts {
-            load(&s.addr, APP, EXEC, *l, 4, Duration::from_secs(1)).await?;
+            let warm = Duration::from_secs(1);
+            load_in(&s.addr, APP, EXEC, *l, 4, warm, args.mode, tls.clone()).await?;
         }
     }
     let dur = Duration::from_secs(args.seconds);
@@ -414,7 +665,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
                     let i = (k + run) % servers.len();
                     let s = &servers[i];
                     let cpu0 = cpu_seconds(s.pid)?;
-                    let mut sample = load(&s.addr, APP, EXEC, *l, conns, dur).await?;
+                    let mut sample =
+                        load_in(&s.addr, APP, EXEC, *l, conns, dur, args.mode, tls.clone()).await?;
                     let cpu = cpu_seconds(s.pid)? - cpu0;
                     let gb = sample.bytes as f64 / 1e9;
                     per[i].mbps.push(sample.bytes as f64 / 1e6 / sample.secs);
@@ -460,9 +712,26 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         .collect();
     Ok(json!({
         "benchmark": "spark-fetch",
+        "mode": args.mode.name(),
+        "hardware_aes": hardware_aes(),
         "seconds_per_run": args.seconds,
         "runs": args.runs,
         "rows": rows,
         "peak_rss": rss,
     }))
+}
+
+/// The CPU's AES instructions, as `/proc/cpuinfo` lists them (AES-NI, VAES, carry-less
+/// multiplication for GCM, AVX-512).
+fn hardware_aes() -> Vec<&'static str> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: std::collections::HashSet<&str> = info
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    ["aes", "vaes", "pclmulqdq", "vpclmulqdq", "avx2", "avx512f"]
+        .into_iter()
+        .filter(|f| flags.contains(f))
+        .collect()
 }

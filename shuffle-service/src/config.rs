@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::core::Durability;
 use crate::core::{VolumeSpec, parse_size};
+use spark_protocol::crypto::Cipher;
 
 /// gRPC API address; 7337 is left to Spark's own protocol.
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7338";
@@ -139,6 +140,13 @@ pub struct ServeArgs {
     /// own service with `spark.authenticate=false`.
     #[arg(long, env = "SHUFFLE_SPARK_ALLOW_UNAUTHENTICATED")]
     pub spark_allow_unauthenticated: bool,
+    /// Channel ciphers accepted from clients with `spark.network.crypto.enabled=true`,
+    /// comma-separated: `gcm`, `ctr` (default both; each client's own choice is recognised).
+    #[arg(long, env = "SHUFFLE_SPARK_CIPHERS", value_delimiter = ',', value_parser = parse_cipher)]
+    pub spark_ciphers: Vec<Cipher>,
+    /// Refuse Spark connections that do not encrypt (SASL without network crypto).
+    #[arg(long, env = "SHUFFLE_SPARK_REQUIRE_ENCRYPTION")]
+    pub spark_require_encryption: bool,
     /// How registrations reach the disk: `full` (default; an acknowledged registration
     /// survives a power loss) or `normal` (faster; survives a process crash only).
     #[arg(long, env = "SHUFFLE_REGISTRY_SYNC", value_parser = parse_sync)]
@@ -178,6 +186,13 @@ pub struct ServeArgs {
     /// Needs the watch; held in memory only.
     #[arg(long, env = "SHUFFLE_KUBE_LEARN_SECRETS")]
     pub kube_learn_secrets: bool,
+    /// PEM certificate chain of the Spark listener (TLS with --spark-tls-key, for
+    /// `spark.ssl.rpc.enabled=true`); reloaded when the file changes.
+    #[arg(long, env = "SHUFFLE_SPARK_TLS_CERT")]
+    pub spark_tls_cert: Option<PathBuf>,
+    /// PEM private key of the Spark listener.
+    #[arg(long, env = "SHUFFLE_SPARK_TLS_KEY")]
+    pub spark_tls_key: Option<PathBuf>,
     /// PEM certificate chain of the gRPC listener (TLS with --grpc-tls-key); reloaded when the
     /// file changes.
     #[arg(long, env = "SHUFFLE_GRPC_TLS_CERT")]
@@ -215,6 +230,9 @@ struct FileConfig {
     spark_auth_secret_file: Option<PathBuf>,
     spark_auth_secret_dir: Option<PathBuf>,
     spark_allow_unauthenticated: Option<bool>,
+    #[serde(default)]
+    spark_ciphers: Vec<String>,
+    spark_require_encryption: Option<bool>,
     registry_sync: Option<String>,
     spark_max_connections: Option<usize>,
     spark_idle_timeout: Option<String>,
@@ -227,6 +245,8 @@ struct FileConfig {
     kube_namespaces: Vec<String>,
     kube_app_end_grace: Option<String>,
     kube_learn_secrets: Option<bool>,
+    spark_tls_cert: Option<PathBuf>,
+    spark_tls_key: Option<PathBuf>,
     grpc_tls_cert: Option<PathBuf>,
     grpc_tls_key: Option<PathBuf>,
     admin_tls_cert: Option<PathBuf>,
@@ -270,6 +290,10 @@ pub struct Config {
     pub spark_auth_secret_dir: Option<PathBuf>,
     /// Spark's protocol may be served without authentication beyond loopback.
     pub spark_allow_unauthenticated: bool,
+    /// Channel ciphers accepted with network crypto.
+    pub spark_ciphers: Vec<Cipher>,
+    /// Connections that do not encrypt are refused.
+    pub spark_require_encryption: bool,
     /// How registrations reach the disk.
     pub registry_sync: Durability,
     /// Most Spark connections.
@@ -290,6 +314,8 @@ pub struct Config {
     pub kube: Option<KubeSettings>,
     /// TLS of the gRPC listener (`None`: plaintext).
     pub grpc_tls: Option<service_runtime::tls::TlsFiles>,
+    /// TLS of the Spark listener (`None`: plaintext).
+    pub spark_tls: Option<service_runtime::tls::TlsFiles>,
     /// TLS of the admin listener (`None`: plain HTTP).
     pub admin_tls: Option<service_runtime::tls::TlsFiles>,
     /// How often TLS files are looked at for a new certificate.
@@ -322,6 +348,8 @@ impl Config {
             spark_auth_secret_file: None,
             spark_auth_secret_dir: None,
             spark_allow_unauthenticated: false,
+            spark_ciphers: vec![Cipher::Gcm, Cipher::Ctr],
+            spark_require_encryption: false,
             registry_sync: Durability::Full,
             spark_max_connections: DEFAULT_SPARK_MAX_CONNECTIONS,
             spark_idle_timeout: DEFAULT_SPARK_IDLE_TIMEOUT,
@@ -332,6 +360,7 @@ impl Config {
             spark_small_body: DEFAULT_SPARK_SMALL_BODY,
             kube: None,
             grpc_tls: None,
+            spark_tls: None,
             admin_tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
         }
@@ -430,6 +459,17 @@ impl Config {
         c.spark_auth_secret_dir = args.spark_auth_secret_dir.or(file.spark_auth_secret_dir);
         c.spark_allow_unauthenticated =
             args.spark_allow_unauthenticated || file.spark_allow_unauthenticated.unwrap_or(false);
+        if !args.spark_ciphers.is_empty() {
+            c.spark_ciphers = args.spark_ciphers;
+        } else if !file.spark_ciphers.is_empty() {
+            c.spark_ciphers = file
+                .spark_ciphers
+                .iter()
+                .map(|s| parse_cipher(s))
+                .collect::<Result<_, _>>()?;
+        }
+        c.spark_require_encryption =
+            args.spark_require_encryption || file.spark_require_encryption.unwrap_or(false);
         match (args.registry_sync, file.registry_sync) {
             (Some(d), _) => c.registry_sync = d,
             (None, Some(s)) => c.registry_sync = parse_sync(&s)?,
@@ -498,6 +538,11 @@ impl Config {
             args.grpc_tls_cert.or(file.grpc_tls_cert),
             args.grpc_tls_key.or(file.grpc_tls_key),
             "grpc",
+        )?;
+        c.spark_tls = tls(
+            args.spark_tls_cert.or(file.spark_tls_cert),
+            args.spark_tls_key.or(file.spark_tls_key),
+            "spark",
         )?;
         c.admin_tls = tls(
             args.admin_tls_cert.or(file.admin_tls_cert),
@@ -597,6 +642,13 @@ fn read_tokens(path: &std::path::Path) -> Result<Vec<[u8; 32]>, String> {
         return Err(format!("{} holds no token", path.display()));
     }
     Ok(tokens)
+}
+
+/// `gcm` / `ctr`, or Spark's `AES/GCM/NoPadding` / `AES/CTR/NoPadding`.
+fn parse_cipher(s: &str) -> Result<Cipher, String> {
+    Cipher::parse(s.trim()).ok_or_else(|| {
+        format!("unknown cipher {s:?}: use gcm (AES/GCM/NoPadding) or ctr (AES/CTR/NoPadding)")
+    })
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub spark_frames_rejected: IntCounter,
     /// Failed Spark authentications.
     pub spark_auth_failures: IntCounter,
+    /// TLS handshakes on the Spark port that failed or timed out.
+    pub spark_tls_handshake_failures: IntCounter,
     /// Spark `FetchShuffleBlocks` requests with batch fetch (AQE coalesced reads).
     pub spark_batch_fetches: IntCounter,
     /// Spark chunk or stream requests that failed to resolve or open their block.
@@ -163,7 +165,11 @@ impl Metrics {
             )?,
             spark_auth_failures: IntCounter::new(
                 "shuffle_spark_auth_failures_total",
-                "Failed Spark (SASL) authentications.",
+                "Failed Spark authentications (SASL or network crypto).",
+            )?,
+            spark_tls_handshake_failures: IntCounter::new(
+                "shuffle_spark_tls_handshake_failures_total",
+                "TLS handshakes on the Spark port that failed or timed out",
             )?,
             spark_batch_fetches: IntCounter::new(
                 "shuffle_spark_batch_fetches_total",
@@ -208,6 +214,7 @@ impl Metrics {
         r.register(Box::new(m.spark_connections_refused.clone()))?;
         r.register(Box::new(m.spark_frames_rejected.clone()))?;
         r.register(Box::new(m.spark_auth_failures.clone()))?;
+        r.register(Box::new(m.spark_tls_handshake_failures.clone()))?;
         r.register(Box::new(m.spark_block_failures.clone()))?;
         r.register(Box::new(m.spark_batch_fetches.clone()))?;
         r.register(Box::new(m.rpc_duration.clone()))?;

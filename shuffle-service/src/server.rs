@@ -213,9 +213,19 @@ fn spark_front_end(
     stop: CancellationToken,
 ) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
     let secrets = core.spark_secrets().clone();
+    let tls = match &config.spark_tls {
+        Some(files) => Some(crate::tls::server_config(
+            files,
+            &[],
+            config.tls_reload_interval,
+            stop.clone(),
+        )?),
+        None => None,
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
         authentication = secrets.enabled(),
+        tls = tls.is_some(),
         "Spark protocol listener ready"
     );
     let shared = Arc::new(Shared {
@@ -223,6 +233,8 @@ fn spark_front_end(
         secrets,
         max_streams: MAX_STREAMS_PER_CONNECTION,
         logs: crate::spark::handler::SparkLogs::new(core.metrics()),
+        ciphers: config.spark_ciphers.clone(),
+        require_encryption: config.spark_require_encryption,
     });
     let units = |bytes: u64| usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(1);
     let limits = Limits {
@@ -238,6 +250,7 @@ fn spark_front_end(
         shared,
         limits,
         config.spark_max_connections,
+        tls,
         stop.clone(),
     ));
     Ok((stop, task))

@@ -1,5 +1,5 @@
-//! A minimal client of Spark's shuffle protocol: RPCs, pipelined chunk and stream fetches and
-//! the SASL handshake. Used by the tests and the load generator; Spark's executors are the
+//! A minimal client of Spark's shuffle protocol: RPCs, pipelined chunk and stream fetches, the
+//! SASL handshake and network crypto (`AuthEngine` with AES-CTR or AES-GCM). Used by the tests and the load generator; Spark's executors are the
 //! real clients.
 
 use std::io;
@@ -10,6 +10,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::crypto::auth::{AuthMessage, ClientHandshake};
+use crate::crypto::{Cipher, EngineVersion, Opener, Sealer};
 use crate::frame::{FrameDecoder, Message, StreamChunkId};
 use crate::message::{BlockTransferMessage, SaslMessage};
 use crate::sasl;
@@ -43,6 +45,10 @@ pub struct Client {
     buf: BytesMut,
     decoder: FrameDecoder,
     next_id: i64,
+    /// With network crypto: the channel's halves and the bytes not yet decrypted.
+    opener: Option<Opener>,
+    sealer: Option<Sealer>,
+    raw: BytesMut,
 }
 
 fn proto(e: impl std::fmt::Display) -> io::Error {
@@ -62,7 +68,39 @@ impl Client {
             buf: BytesMut::with_capacity(1 << 20),
             decoder: FrameDecoder::new(i32::MAX as usize),
             next_id: 1,
+            opener: None,
+            sealer: None,
+            raw: BytesMut::new(),
         })
+    }
+
+    /// Writes bytes, sealed when the channel is encrypted.
+    async fn write(&mut self, b: &[u8]) -> io::Result<()> {
+        match &mut self.sealer {
+            Some(s) => {
+                let mut out = BytesMut::with_capacity(s.sealed_len(b.len()));
+                s.seal(b, &mut out);
+                self.stream.write_all(&out).await
+            }
+            None => self.stream.write_all(b).await,
+        }
+    }
+
+    /// Reads more plaintext into the buffer; 0 at EOF.
+    async fn fill(&mut self) -> io::Result<usize> {
+        let Some(opener) = &mut self.opener else {
+            return self.stream.read_buf(&mut self.buf).await;
+        };
+        let before = self.buf.len();
+        loop {
+            opener.open(&mut self.raw, &mut self.buf).map_err(proto)?;
+            if self.buf.len() > before {
+                return Ok(self.buf.len() - before);
+            }
+            if self.stream.read_buf(&mut self.raw).await? == 0 {
+                return Ok(0);
+            }
+        }
     }
 
     /// Sends raw bytes (tests of malformed input).
@@ -70,7 +108,7 @@ impl Client {
     /// # Errors
     /// Write errors.
     pub async fn send_raw(&mut self, b: &[u8]) -> io::Result<()> {
-        self.stream.write_all(b).await
+        self.write(b).await
     }
 
     /// Sends one message.
@@ -78,7 +116,7 @@ impl Client {
     /// # Errors
     /// Write errors.
     pub async fn send(&mut self, m: &Message) -> io::Result<()> {
-        self.stream.write_all(&m.to_bytes()).await
+        self.write(&m.to_bytes()).await
     }
 
     /// Receives one message (EOF is `UnexpectedEof`), with the body of a `StreamResponse`.
@@ -108,7 +146,7 @@ impl Client {
             if let Some(m) = self.decoder.decode(&mut self.buf).map_err(proto)? {
                 return Ok(m);
             }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            if self.fill().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -121,7 +159,7 @@ impl Client {
     pub async fn read_raw(&mut self, n: usize) -> io::Result<Bytes> {
         while self.buf.len() < n {
             self.buf.reserve(n - self.buf.len());
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
+            if self.fill().await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -175,9 +213,7 @@ impl Client {
         stream_id: i64,
         n: i32,
     ) -> io::Result<Vec<Result<Bytes, String>>> {
-        self.stream
-            .write_all(&chunk_fetch_requests(stream_id, n))
-            .await?;
+        self.write(&chunk_fetch_requests(stream_id, n)).await?;
         let mut out: Vec<Option<Result<Bytes, String>>> = (0..n).map(|_| None).collect();
         for _ in 0..n {
             let (id, r) = match self.recv().await?.message {
@@ -211,7 +247,7 @@ impl Client {
         for i in 0..n {
             Message::StreamRequest(format!("{stream_id}_{i}")).encode(&mut req);
         }
-        self.stream.write_all(&req).await?;
+        self.write(&req).await?;
         let mut out = Vec::new();
         for i in 0..n {
             let inbound = self.recv().await?;
@@ -295,5 +331,37 @@ impl Client {
             }
             Err(e) => Ok(Err(e)),
         }
+    }
+
+    /// Runs Spark's network-crypto handshake (`AuthEngine`) for `app` with `secret`, then
+    /// encrypts the connection with `cipher` as Spark's executors do with
+    /// `spark.network.crypto.enabled=true`.
+    ///
+    /// # Errors
+    /// I/O errors; `Ok(Err(text))` when the service refuses.
+    pub async fn authenticate_crypto(
+        &mut self,
+        app: &str,
+        secret: &[u8],
+        cipher: Cipher,
+        version: EngineVersion,
+    ) -> io::Result<Result<(), String>> {
+        let (handshake, challenge) = ClientHandshake::start(app, secret).map_err(proto)?;
+        let response = match self.rpc(challenge.to_bytes()).await? {
+            Ok(r) => AuthMessage::decode(r).map_err(proto)?,
+            Err(e) => return Ok(Err(e)),
+        };
+        let keys = match handshake.finish(&response) {
+            Ok(k) => k,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let (opener, sealer) = keys
+            .client_channel(cipher, version, 1 << 31)
+            .map_err(proto)?;
+        // Bytes already read past the reply are ciphertext.
+        self.raw.extend_from_slice(&self.buf.split());
+        self.opener = Some(opener);
+        self.sealer = Some(sealer);
+        Ok(Ok(()))
     }
 }

@@ -11,9 +11,12 @@
 //!   an incremental frame decoder;
 //! - [`message`]: `BlockTransferMessage`s (`RegisterExecutor`, `FetchShuffleBlocks`, ...);
 //! - [`sasl`]: the DIGEST-MD5 exchange of `spark.authenticate`;
+//! - [`crypto`]: network crypto (`spark.network.crypto.enabled`): the `AuthEngine` exchange
+//!   and the AES-CTR and AES-GCM channels;
 //! - [`client`]: a small async client of the above.
 
 pub mod client;
+pub mod crypto;
 pub mod frame;
 pub mod ids;
 pub mod layout;

@@ -183,8 +183,9 @@ pub enum RpcPayload {
     Block(BlockTransferMessage),
     /// A SASL step.
     Sasl(SaslMessage),
-    /// An `AuthEngine` (new protocol) message, not decoded further.
-    AuthEngine,
+    /// An `AuthEngine` (network crypto) message, decoded by
+    /// [`AuthMessage::decode`](crate::crypto::auth::AuthMessage::decode).
+    AuthEngine(Bytes),
 }
 
 impl RpcPayload {
@@ -201,7 +202,7 @@ impl RpcPayload {
                 r.finish()?;
                 Ok(Self::Sasl(SaslMessage { app_id, payload }))
             }
-            Some(&AUTH_ENGINE_TAG) => Ok(Self::AuthEngine),
+            Some(&AUTH_ENGINE_TAG) => Ok(Self::AuthEngine(body)),
             _ => BlockTransferMessage::decode(body).map(Self::Block),
         }
     }

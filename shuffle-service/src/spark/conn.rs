@@ -9,22 +9,21 @@
 //! ```
 //! A malformed frame closes only its connection; closing never deletes data.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf as _, Bytes, BytesMut};
-use tokio::io::Interest;
-use tokio::net::TcpStream;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::channel::{Inbound, Out};
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
 use super::handler::{Action, Session, Shared, failure_text};
 use super::stream::BlockRef;
+use super::transport::{Outbox, ReadSide, Wire, WriteSide};
 use crate::core::Executor;
 
 /// Limits of one connection and the budgets shared by all.
@@ -118,19 +117,12 @@ struct Prepared {
 
 /// Serves one connection until the client leaves, a protocol error, the idle timeout or
 /// `stop`.
-pub async fn serve(
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    limits: Limits,
-    stop: CancellationToken,
-) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-    let stream = Arc::new(stream);
+pub async fn serve(wire: Wire, shared: Arc<Shared>, limits: Limits, stop: CancellationToken) {
+    let peer = wire.peer();
+    let (rd, mut wr, tcp) = wire.split();
     let conn_cancel = CancellationToken::new();
     let activity = Arc::new(Activity::new());
-    let (ctl_tx, ctl_rx) = mpsc::channel::<Bytes>(CONTROL_QUEUE);
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Out>(CONTROL_QUEUE);
     let (data_tx, data_rx) = mpsc::channel::<DataJob>(DATA_QUEUE);
     let (prep_tx, prep_rx) = mpsc::channel::<Vec<Prepared>>(PREPARED_QUEUE);
     let conn_memory = Arc::new(Semaphore::new(
@@ -145,21 +137,21 @@ pub async fn serve(
         limits.clone(),
     ));
     let writer = tokio::spawn({
-        let stream = Arc::clone(&stream);
         let cancel = conn_cancel.clone();
         let activity = Arc::clone(&activity);
         let shared = shared.clone();
         let stall = limits.idle_timeout;
         async move {
-            let r = write_loop(&stream, ctl_rx, prep_rx, &cancel, &activity, &shared, stall).await;
+            let r = write_loop(&mut wr, ctl_rx, prep_rx, &cancel, &activity, &shared, stall).await;
             if let Err(e) = &r {
                 tracing::debug!(error = %e, "connection write failed");
             }
             cancel.cancel();
+            wr.finish().await;
         }
     });
     let reader = Reader {
-        stream: &stream,
+        rd,
         shared: &shared,
         limits: &limits,
         ctl: ctl_tx,
@@ -183,7 +175,7 @@ pub async fn serve(
     // The reader's senders are gone: the preparer and writer finish what was asked, then end.
     let _ = preparer.await;
     let _ = writer.await;
-    if let Ok(stream) = Arc::try_unwrap(stream) {
+    if let Some(stream) = tcp.and_then(|s| Arc::try_unwrap(s).ok()) {
         crate::linger::close(stream).await;
     }
 }
@@ -194,24 +186,57 @@ enum Close {
 }
 
 struct Reader<'a> {
-    stream: &'a TcpStream,
+    rd: ReadSide,
     shared: &'a Arc<Shared>,
     limits: &'a Limits,
-    ctl: mpsc::Sender<Bytes>,
+    ctl: mpsc::Sender<Out>,
     data: mpsc::Sender<DataJob>,
     deferred: Arc<Semaphore>,
     activity: &'a Activity,
 }
 
 impl Reader<'_> {
-    async fn run(self, stop: &CancellationToken, cancel: &CancellationToken) -> Result<(), Close> {
+    async fn run(
+        mut self,
+        stop: &CancellationToken,
+        cancel: &CancellationToken,
+    ) -> Result<(), Close> {
         let mut session = Session::new(self.shared);
         let decoder = FrameDecoder::new(self.limits.max_frame);
+        // Plaintext frames, and (with network crypto) the bytes not yet decrypted.
         let mut buf = BytesMut::with_capacity(16 << 10);
+        let mut raw = BytesMut::new();
+        let mut inbound = Inbound::Plain;
         loop {
+            if inbound.encrypted() {
+                match inbound.decrypt(
+                    &mut raw,
+                    &mut buf,
+                    &self.shared.ciphers,
+                    self.limits.max_frame as u64,
+                ) {
+                    Ok(None) => {}
+                    Ok(Some((sealer, cipher, version))) => {
+                        tracing::debug!(%cipher, version, "network crypto channel");
+                        self.send(Out::Seal(sealer)).await?;
+                    }
+                    Err(e) => {
+                        self.shared.core.metrics().spark_auth_failures.inc();
+                        return Err(Close::Protocol(e));
+                    }
+                }
+            }
             loop {
                 match decoder.decode(&mut buf) {
-                    Ok(Some(m)) => self.handle(&mut session, m).await?,
+                    Ok(Some(m)) => {
+                        self.handle(&mut session, m).await?;
+                        if let Some(keys) = session.take_crypto() {
+                            // Whatever follows the handshake is ciphertext.
+                            raw.extend_from_slice(&buf.split());
+                            inbound = Inbound::Pending(keys);
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(FrameError::Length(n)) => {
                         return Err(Close::Protocol(format!("frame length {n} out of range")));
@@ -219,17 +244,13 @@ impl Reader<'_> {
                     Err(FrameError::Decode(e)) => return Err(Close::Protocol(e.to_string())),
                 }
             }
-            buf.reserve(16 << 10);
-            let read = async {
-                loop {
-                    self.stream.readable().await?;
-                    match self.stream.try_read_buf(&mut buf) {
-                        Ok(n) => return Ok::<usize, io::Error>(n),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
+            let target = if inbound.encrypted() {
+                &mut raw
+            } else {
+                &mut buf
             };
+            target.reserve(16 << 10);
+            let read = self.rd.read(target);
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 () = cancel.cancelled() => return Ok(()),
@@ -259,8 +280,12 @@ impl Reader<'_> {
     }
 
     async fn control(&self, frame: Message) -> Result<(), Close> {
+        self.send(Out::Frame(frame.to_bytes())).await
+    }
+
+    async fn send(&self, out: Out) -> Result<(), Close> {
         self.ctl
-            .send(frame.to_bytes())
+            .send(out)
             .await
             .map_err(|_| Close::Policy("writer gone".into()))
     }
@@ -308,7 +333,7 @@ impl Reader<'_> {
                                 .rpc_duration
                                 .with_label_values(&[method.as_str()])
                                 .observe(start.elapsed().as_secs_f64());
-                            let _ = ctl.send(reply(request_id, r).to_bytes()).await;
+                            let _ = ctl.send(Out::Frame(reply(request_id, r).to_bytes())).await;
                             drop(permit);
                         });
                     }
@@ -633,107 +658,9 @@ fn prepare_batch(
     out
 }
 
-/// Waits until the socket takes more bytes; a client that reads nothing for `stall` is cut
-/// off (Spark's client gives up on a quiet connection after its own timeout anyway).
-async fn writable(stream: &TcpStream, stall: Duration) -> io::Result<()> {
-    match tokio::time::timeout(stall, stream.writable()).await {
-        Ok(r) => r,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the client stopped reading",
-        )),
-    }
-}
-
-/// Bytes waiting to be written, written with `sendmsg`.
-struct Outbox {
-    parts: VecDeque<Bytes>,
-    stall: Duration,
-}
-
-impl Outbox {
-    fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.parts.push_back(b);
-        }
-    }
-
-    /// Writes everything; with `more`, tells the kernel that more data follows at once
-    /// (`MSG_MORE`: a frame header and its sendfile body leave in the same segments).
-    async fn flush(&mut self, stream: &TcpStream, more: bool) -> io::Result<()> {
-        use rustix::net::{SendAncillaryBuffer, SendFlags};
-        let flags = if more {
-            SendFlags::MORE | SendFlags::NOSIGNAL
-        } else {
-            SendFlags::NOSIGNAL
-        };
-        while !self.parts.is_empty() {
-            writable(stream, self.stall).await?;
-            let slices: Vec<IoSlice<'_>> = self
-                .parts
-                .iter()
-                .take(64)
-                .map(|b| IoSlice::new(b))
-                .collect();
-            let sent = stream.try_io(Interest::WRITABLE, || {
-                rustix::net::sendmsg(stream, &slices, &mut SendAncillaryBuffer::default(), flags)
-                    .map_err(io::Error::from)
-            });
-            match sent {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut n) => {
-                    while n > 0 {
-                        let front = self.parts.front_mut().expect("written bytes were queued");
-                        if front.len() <= n {
-                            n -= front.len();
-                            self.parts.pop_front();
-                        } else {
-                            front.advance(n);
-                            n = 0;
-                        }
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Sends `len` bytes of `file` from `offset` with `sendfile`, no user-space copy.
-async fn send_file(
-    stream: &TcpStream,
-    stall: Duration,
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-) -> io::Result<()> {
-    let mut off = offset;
-    let end = offset + len;
-    while off < end {
-        writable(stream, stall).await?;
-        let want = usize::try_from((end - off).min(1 << 30)).unwrap_or(1 << 30);
-        match stream.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(stream, file, Some(&mut off), want).map_err(io::Error::from)
-        }) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "data file shrank while being sent",
-                ));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 async fn write_loop(
-    stream: &TcpStream,
-    mut ctl: mpsc::Receiver<Bytes>,
+    wr: &mut WriteSide,
+    mut ctl: mpsc::Receiver<Out>,
     mut data: mpsc::Receiver<Vec<Prepared>>,
     cancel: &CancellationToken,
     activity: &Activity,
@@ -741,10 +668,7 @@ async fn write_loop(
     stall: Duration,
 ) -> io::Result<()> {
     let metrics = shared.core.metrics();
-    let mut out = Outbox {
-        parts: VecDeque::new(),
-        stall,
-    };
+    let mut out = Outbox::new(stall);
     let (mut ctl_open, mut data_open) = (true, true);
     // Budget permits of bodies in the outbox, released once written.
     let mut held: Vec<OwnedSemaphorePermit> = Vec::new();
@@ -753,7 +677,7 @@ async fn write_loop(
             biased;
             () = cancel.cancelled() => return Ok(()),
             c = ctl.recv(), if ctl_open => match c {
-                Some(frame) => { out.push(frame); None }
+                Some(o) => { out.control(o); None }
                 None => { ctl_open = false; None }
             },
             d = data.recv(), if data_open => match d {
@@ -763,8 +687,8 @@ async fn write_loop(
         };
         for p in batch.into_iter().flatten() {
             // Control replies go first, between block frames.
-            while let Ok(frame) = ctl.try_recv() {
-                out.push(frame);
+            while let Ok(o) = ctl.try_recv() {
+                out.control(o);
             }
             out.push(p.head);
             held.extend(p.permits);
@@ -772,8 +696,7 @@ async fn write_loop(
                 Body::None => {}
                 Body::Mem(b) => out.push(b),
                 Body::File { file, offset, len } => {
-                    out.flush(stream, true).await?;
-                    send_file(stream, stall, &file, offset, len).await?;
+                    out.send_file(wr, &file, offset, len).await?;
                 }
             }
             if let Some(n) = p.block_bytes {
@@ -792,10 +715,10 @@ async fn write_loop(
                 ])
                 .inc();
         }
-        while let Ok(frame) = ctl.try_recv() {
-            out.push(frame);
+        while let Ok(o) = ctl.try_recv() {
+            out.control(o);
         }
-        out.flush(stream, false).await?;
+        out.flush(wr, false).await?;
         held.clear();
         activity.touch();
     }

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use spark_protocol::crypto::Cipher;
+use spark_protocol::crypto::auth::{self, AuthMessage, SessionSecrets};
+
 use super::checksum::{self, Algorithm};
 use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
 use super::sasl::DigestServer;
@@ -44,6 +47,10 @@ pub struct Shared {
     pub max_streams: usize,
     /// Rate limits of the log lines clients can trigger.
     pub logs: SparkLogs,
+    /// Channel ciphers accepted with network crypto.
+    pub ciphers: Vec<Cipher>,
+    /// Connections that do not encrypt are refused.
+    pub require_encryption: bool,
 }
 
 /// Rate limits of the Spark front end's log lines, one per event.
@@ -78,6 +85,8 @@ pub struct Session {
     /// The authenticated application, once SASL completed.
     pub client: Option<AppId>,
     sasl: Option<(AppId, DigestServer)>,
+    /// Keys of a network-crypto handshake that just completed, for the connection to take.
+    crypto: Option<SessionSecrets>,
     /// Open streams.
     pub streams: StreamTable,
 }
@@ -104,6 +113,7 @@ impl Session {
         Self {
             client: None,
             sasl: None,
+            crypto: None,
             streams: StreamTable::counted(shared.core.metrics().open_streams.clone()),
         }
     }
@@ -141,12 +151,9 @@ impl Session {
                 *name = "SaslMessage";
                 self.sasl_step(shared, &m.app_id, &m.payload)
             }
-            RpcPayload::AuthEngine => {
+            RpcPayload::AuthEngine(body) => {
                 *name = "AuthMessage";
-                // The client falls back to SASL on the same connection.
-                Action::Reply(Err(
-                    "the AuthEngine protocol is not supported; use SASL (spark.network.crypto.enabled=false or saslFallback=true)".into(),
-                ))
+                self.auth_engine(shared, body)
             }
             RpcPayload::Block(m) => {
                 *name = m.name();
@@ -160,11 +167,66 @@ impl Session {
         }
     }
 
+    /// The keys of a network-crypto handshake completed by the last RPC: every later byte
+    /// of the connection is encrypted.
+    pub fn take_crypto(&mut self) -> Option<SessionSecrets> {
+        self.crypto.take()
+    }
+
+    fn auth_failed(shared: &Shared, app: &str, protocol: &str, e: &dyn std::fmt::Display) {
+        shared.core.metrics().spark_auth_failures.inc();
+        if let Some(left_out) = shared.logs.auth_failed.check() {
+            tracing::warn!(app = %app, protocol, error = %e, left_out, "Spark authentication failed");
+        }
+    }
+
+    /// Spark's `AuthEngine`: answers the challenge, after which the connection encrypts.
+    fn auth_engine(&mut self, shared: &Shared, body: Bytes) -> Action {
+        if !shared.secrets.enabled() {
+            return Action::Reply(Err(
+                "authentication is not enabled on this shuffle service".into()
+            ));
+        }
+        if self.client.is_some() || self.sasl.is_some() {
+            return Action::FailAndClose("already authenticating".into());
+        }
+        let challenge = match AuthMessage::decode(body) {
+            Ok(c) => c,
+            Err(e) => return Action::FailAndClose(format!("malformed auth challenge: {e}")),
+        };
+        let app: AppId = match challenge.app_id.parse() {
+            Ok(a) => a,
+            Err(e) => return Action::FailAndClose(fail(ShuffleError::from(e))),
+        };
+        let Some(secret) = shared.secrets.lookup(&app) else {
+            Self::auth_failed(shared, app.as_str(), "AuthEngine", &"no secret");
+            return Action::FailAndClose(format!("no secret for application {app}"));
+        };
+        match auth::respond(&secret, &challenge) {
+            Ok((response, keys)) => {
+                tracing::debug!(app = %app, "client authenticated (network crypto)");
+                self.client = Some(app);
+                self.crypto = Some(keys);
+                Action::Reply(Ok(response.to_bytes()))
+            }
+            Err(e) => {
+                Self::auth_failed(shared, app.as_str(), "AuthEngine", &e);
+                // Spark's own text; its client then tries SASL, which fails the same way.
+                Action::FailAndClose("Authentication failed.".into())
+            }
+        }
+    }
+
     fn sasl_step(&mut self, shared: &Shared, app_id: &str, token: &[u8]) -> Action {
         if !shared.secrets.enabled() {
             return Action::Reply(Err(
                 "authentication is not enabled on this shuffle service".into()
             ));
+        }
+        if shared.require_encryption {
+            return Action::FailAndClose(
+                "this shuffle service requires encrypted connections: set spark.network.crypto.enabled=true".into(),
+            );
         }
         if self.client.is_some() {
             return Action::Reply(Err("already authenticated".into()));
@@ -195,10 +257,7 @@ impl Session {
                 Action::Reply(Ok(Bytes::from(reply)))
             }
             Err(e) => {
-                shared.core.metrics().spark_auth_failures.inc();
-                if let Some(left_out) = shared.logs.auth_failed.check() {
-                    tracing::warn!(app = %app, error = %e, left_out, "SASL authentication failed");
-                }
+                Self::auth_failed(shared, app.as_str(), "SASL", &e);
                 Action::FailAndClose(e.to_string())
             }
         }

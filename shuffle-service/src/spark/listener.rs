@@ -1,16 +1,19 @@
 //! The Spark protocol listener: accepts connections up to a limit (beyond it a connection is
-//! closed at once, which Spark's client retries), serves each on its own task, and on `stop`
-//! stops accepting and lets connections finish what they were asked.
+//! closed at once, which Spark's client retries), runs the TLS handshake when configured
+//! (bounded in time, on the connection's own task), serves each on its own task, and on
+//! `stop` stops accepting and lets connections finish what they were asked.
 
 use std::sync::Arc;
 
 use service_runtime::accept::{Accepted, Acceptor};
+use service_runtime::tls::HANDSHAKE_TIMEOUT;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::conn::{self, Limits};
 use super::handler::Shared;
+use super::transport::Wire;
 
 /// Accepts until `stop`, then waits for the open connections.
 pub async fn serve(
@@ -18,6 +21,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     limits: Limits,
     max_connections: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
@@ -47,10 +51,30 @@ pub async fn serve(
         let stop = stop.clone();
         let metrics = metrics.clone();
         let trimmer = Arc::clone(&trimmer);
+        let tls = tls.clone();
         tracker.spawn(async move {
+            let wire = match tls {
+                None => Wire::Tcp(sock),
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(sock);
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        Ok(Ok(t)) => Wire::Tls(Box::new(t)),
+                        Ok(Err(e)) => {
+                            metrics.spark_tls_handshake_failures.inc();
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.spark_tls_handshake_failures.inc();
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             metrics.spark_connections.inc();
             trimmer.opened(metrics.spark_connections.get().max(0) as usize);
-            conn::serve(sock, shared, limits, stop).await;
+            conn::serve(wire, shared, limits, stop).await;
             metrics.spark_connections.dec();
             drop(slot);
             if trimmer.closed(metrics.spark_connections.get().max(0) as usize) {

@@ -8,11 +8,13 @@
 //! - [`handler`], [`stream`], [`checksum`]: what each message does;
 //! - [`conn`], [`listener`]: connections, budgets, zero-copy sends.
 
+pub mod channel;
 pub mod checksum;
 pub mod conn;
 pub mod handler;
 pub mod listener;
 pub mod secrets;
 pub mod stream;
+pub mod transport;
 
 pub use spark_protocol::{client, frame, message, sasl, wire};

@@ -10,6 +10,7 @@ mod lifecycle;
 mod links;
 mod security;
 mod spark_codec;
+mod spark_crypto;
 mod spark_e2e;
 mod spark_protocol;
 mod tls;

@@ -207,12 +207,12 @@ fn golden_payloads() {
         RpcPayload::decode(sasl.to_bytes()).unwrap(),
         RpcPayload::Sasl(sasl)
     );
+    let golden = h("fb000000056170702d3100000002010200000001 03"
+        .replace(' ', "")
+        .as_str());
     assert_eq!(
-        RpcPayload::decode(h("fb000000056170702d3100000002010200000001 03"
-            .replace(' ', "")
-            .as_str()))
-        .unwrap(),
-        RpcPayload::AuthEngine
+        RpcPayload::decode(golden.clone()).unwrap(),
+        RpcPayload::AuthEngine(golden)
     );
 }
 

@@ -14,9 +14,9 @@ use shuffle_service::spark::message::{BlockTransferMessage as Btm, Cause, Execut
 
 use crate::common::{TestService, random_bytes};
 
-const APP: &str = "app-20261121000000-0001";
+pub(crate) const APP: &str = "app-20261121000000-0001";
 
-fn register_msg(app: &str, exec: &str, dirs: &[&Path]) -> Btm {
+pub(crate) fn register_msg(app: &str, exec: &str, dirs: &[&Path]) -> Btm {
     Btm::RegisterExecutor {
         app_id: app.into(),
         exec_id: exec.into(),
@@ -30,7 +30,7 @@ fn register_msg(app: &str, exec: &str, dirs: &[&Path]) -> Btm {
 
 /// Writes a map output as a Spark executor does: data, index and ADLER32 checksums placed by
 /// Spark's formula.
-fn write_map(dirs: &[PathBuf], shuffle: i32, map: i64, parts: &[Vec<u8>]) {
+pub(crate) fn write_map(dirs: &[PathBuf], shuffle: i32, map: i64, parts: &[Vec<u8>]) {
     let (s, m) = (ShuffleId::new(shuffle).unwrap(), MapId::new(map).unwrap());
     let place = |name: &str| {
         let p = layout::placement(dirs, 64, name);
@@ -69,7 +69,7 @@ async fn registered(svc: &TestService, exec: &str) -> (Client, Vec<PathBuf>) {
     (c, dirs)
 }
 
-async fn open_stream(c: &mut Client, m: &Btm) -> (i64, i32) {
+pub(crate) async fn open_stream(c: &mut Client, m: &Btm) -> (i64, i32) {
     match c.call(m).await.unwrap() {
         Ok(Some(Btm::StreamHandle {
             stream_id,
@@ -79,7 +79,13 @@ async fn open_stream(c: &mut Client, m: &Btm) -> (i64, i32) {
     }
 }
 
-fn fetch_msg(exec: &str, shuffle: i32, maps: &[i64], reduces: Vec<Vec<i32>>, batch: bool) -> Btm {
+pub(crate) fn fetch_msg(
+    exec: &str,
+    shuffle: i32,
+    maps: &[i64],
+    reduces: Vec<Vec<i32>>,
+    batch: bool,
+) -> Btm {
     Btm::FetchShuffleBlocks {
         app_id: APP.into(),
         exec_id: exec.into(),
@@ -467,8 +473,8 @@ async fn sasl_authentication_binds_the_connection_to_its_application() {
     // A wrong secret fails.
     let mut c = Client::connect(svc.spark).await.unwrap();
     assert!(c.authenticate(APP, b"wrong").await.unwrap().is_err());
-    // AuthEngine first (Spark's default with crypto on) fails softly, then SASL succeeds on
-    // the same connection.
+    // A malformed AuthEngine challenge is refused and its connection closed; SASL on a new
+    // connection succeeds.
     let mut c = Client::connect(svc.spark).await.unwrap();
     assert!(
         c.rpc(Bytes::from_static(&[0xfb, 1, 2]))
@@ -476,6 +482,8 @@ async fn sasl_authentication_binds_the_connection_to_its_application() {
             .unwrap()
             .is_err()
     );
+    assert!(c.recv().await.is_err());
+    let mut c = Client::connect(svc.spark).await.unwrap();
     c.authenticate(APP, b"s3cr3t").await.unwrap().unwrap();
     assert_eq!(
         c.call(&register_msg(APP, "1", &[&dir])).await.unwrap(),

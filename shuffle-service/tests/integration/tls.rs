@@ -145,3 +145,141 @@ async fn grpc_and_admin_listeners_serve_tls_and_follow_rotation() {
     }
     svc.shutdown().await;
 }
+
+async fn spark_tls_connect(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+}
+
+async fn next_frame<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut bytes::BytesMut,
+) -> shuffle_service::spark::frame::Message {
+    use tokio::io::AsyncReadExt as _;
+    let decoder = shuffle_service::spark::frame::FrameDecoder::new(64 << 20);
+    loop {
+        if let Some(m) = decoder.decode(buf).unwrap() {
+            return m;
+        }
+        assert!(s.read_buf(buf).await.unwrap() > 0, "connection closed");
+    }
+}
+
+#[tokio::test]
+async fn spark_port_over_tls_serves_clients_that_trust_it_only() {
+    use shuffle_service::spark::client::chunk_fetch_requests;
+    use shuffle_service::spark::frame::Message;
+    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use crate::spark_protocol::{APP, fetch_msg, register_msg, write_map};
+
+    let (ca, other) = (ca(), ca());
+    let certs = tempfile::tempdir().unwrap();
+    issue(&ca, certs.path(), "spark", 1);
+    let svc = TestService::start(|c| c.spark_tls = Some(files(certs.path(), "spark"))).await;
+    let dirs = vec![svc.exec_dir("blockmgr-tls")];
+    // Bodies past the in-memory limit are copied through TLS in 256 KiB pieces: one of an
+    // odd size, so that a piece is still pending when the next frame comes.
+    let parts = vec![
+        crate::common::random_bytes((3 << 20) + 12_345, 5),
+        crate::common::random_bytes(100, 6),
+        crate::common::random_bytes(70_001, 7),
+        crate::common::random_bytes(9, 8),
+    ];
+    write_map(&dirs, 1, 1, &parts);
+
+    let mut s = spark_tls_connect(svc.spark, &ca.pem).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let rpc = async |s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+                     buf: &mut bytes::BytesMut,
+                     id: i64,
+                     m: Btm| {
+        s.write_all(
+            &Message::RpcRequest {
+                request_id: id,
+                body: m.to_bytes(),
+            }
+            .to_bytes(),
+        )
+        .await
+        .unwrap();
+        match next_frame(s, buf).await {
+            Message::RpcResponse { body, .. } => body,
+            other => panic!("{other:?}"),
+        }
+    };
+    let refs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    assert!(
+        rpc(&mut s, &mut buf, 1, register_msg(APP, "1", &refs))
+            .await
+            .is_empty()
+    );
+    let handle = rpc(
+        &mut s,
+        &mut buf,
+        2,
+        fetch_msg("1", 1, &[1], vec![vec![0, 1, 2, 3]], false),
+    )
+    .await;
+    let Btm::StreamHandle {
+        stream_id,
+        num_chunks,
+    } = Btm::decode(handle).unwrap()
+    else {
+        panic!("no stream handle");
+    };
+    s.write_all(&chunk_fetch_requests(stream_id, num_chunks))
+        .await
+        .unwrap();
+    for part in &parts {
+        match next_frame(&mut s, &mut buf).await {
+            Message::ChunkFetchSuccess(_, body) => assert_eq!(&body[..], &part[..]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // A client that trusts another CA refuses the service's certificate.
+    assert!(spark_tls_connect(svc.spark, &other.pem).await.is_err());
+    // A plaintext client gets no frame: its bytes are not a TLS handshake.
+    let mut plain = tokio::net::TcpStream::connect(svc.spark).await.unwrap();
+    plain
+        .write_all(
+            &Message::RpcRequest {
+                request_id: 1,
+                body: register_msg(APP, "2", &refs).to_bytes(),
+            }
+            .to_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply).await;
+    assert!(
+        reply.first().is_none_or(|b| *b == 0x15),
+        "a TLS alert at most: {reply:?}"
+    );
+    let m = svc.metrics().await;
+    let failures: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("shuffle_spark_tls_handshake_failures_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(failures >= 2.0, "{m}");
+    assert!(m.contains("shuffle_blocks_served_total 4"), "{m}");
+    svc.shutdown().await;
+}

@@ -1,6 +1,6 @@
 """Real Spark against the shuffle service's Spark protocol listener.
 
-    e2e.py --port N --scenario {default,oldfetch,todisk,auth} [--secret S]
+    e2e.py --port N --scenario {default,oldfetch,todisk,auth,crypto} [--secret S] [--conf k=v ...]
 
 Runs pyspark in local-cluster[2,1,1024] (whose workers start no shuffle service of their own)
 with spark.shuffle.service.enabled=true and spark.shuffle.service.port=N, and dynamic
@@ -35,11 +35,36 @@ def shuffle_files(shuffle_id):
     )
 
 
+MARKER = "PLAINTEXT-ROW-"
+
+
+def crypto(sc, seen):
+    """Rows whose text is easy to find: the test looks for it on the wire."""
+    n = 60_000
+    pairs = sc.parallelize(range(n), 8).map(lambda x: (x % 97, f"{MARKER}{x:08d}")).groupByKey(6)
+    counts = pairs.mapValues(len)
+    expected = {}
+    for x in range(n):
+        expected[x % 97] = expected.get(x % 97, 0) + 1
+    assert dict(counts.collect()) == expected, "first reduce differs"
+    wait_executors_gone(sc)
+    files = shuffle_files(0)
+    seen["shuffle_files_after_job1"] = len(files)
+    # The control of the wire check: the rows' text is in the files the service sends.
+    seen["marker_in_shuffle_files"] = any(
+        MARKER.encode() in open(f, "rb").read() for f in files if f.endswith(".data")
+    )
+    assert dict(counts.collect()) == expected, "reduce through the shuffle service differs"
+    seen["reduce_through_service"] = "ok"
+    seen["marker"] = MARKER
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--scenario", required=True, choices=["default", "oldfetch", "todisk", "auth"])
+    ap.add_argument("--scenario", required=True, choices=["default", "oldfetch", "todisk", "auth", "crypto"])
     ap.add_argument("--secret")
+    ap.add_argument("--conf", action="append", default=[], help="extra Spark setting k=v")
     a = ap.parse_args()
 
     b = (
@@ -66,12 +91,25 @@ def main():
         b = b.config("spark.shuffle.useOldFetchProtocol", "true")
     if a.scenario == "todisk":
         b = b.config("spark.network.maxRemoteBlockSizeFetchToMem", "1k")
-    if a.scenario == "auth":
+    if a.secret:
         b = b.config("spark.authenticate", "true").config("spark.authenticate.secret", a.secret)
+    if a.scenario == "crypto":
+        # Uncompressed shuffle data, so that a row's text would show on the wire if it were
+        # not encrypted.
+        b = b.config("spark.shuffle.compress", "false")
+    for kv in a.conf:
+        k, v = kv.split("=", 1)
+        b = b.config(k, v)
     spark = b.getOrCreate()
     sc = spark.sparkContext
     sc.setLogLevel("WARN")
     seen = {"scenario": a.scenario, "app_id": sc.applicationId}
+
+    if a.scenario == "crypto":
+        crypto(sc, seen)
+        spark.stop()
+        print(json.dumps(seen), flush=True)
+        return
 
     # Job 1 runs the map stage (shuffle 0) and a reduce; then every executor goes away.
     n = 200_000
