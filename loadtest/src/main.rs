@@ -2,7 +2,9 @@
 //! user would otherwise pick, in the same run. Results are printed as JSON on stdout; progress
 //! goes to stderr.
 
+mod chart;
 mod flood;
+mod limit;
 mod nginx;
 mod procs;
 mod registrations;
@@ -48,6 +50,11 @@ enum Command {
     /// Shuffle service: executor registrations per second with the durable setting the
     /// service runs (`synchronous=FULL`) beside `NORMAL`.
     ShuffleRegistrations(registrations::Args),
+    /// Draws `spark-fetch` results (JSON files) as SVG charts beside them.
+    Chart(chart::Args),
+    /// The physical-limit server of `spark-fetch` (started by it).
+    #[command(hide = true)]
+    LimitServer(limit::Args),
 }
 
 #[tokio::main]
@@ -61,6 +68,10 @@ async fn main() -> anyhow::Result<()> {
         Command::SparkFetch(args) => spark::run(args).await?,
         Command::ShuffleFlood(args) => flood::run(args).await?,
         Command::ShuffleRegistrations(args) => registrations::run(args).await?,
+        Command::Chart(args) => chart::run(args)?,
+        Command::LimitServer(args) => {
+            tokio::task::spawn_blocking(move || limit::run(args)).await??
+        }
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())

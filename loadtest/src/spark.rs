@@ -545,6 +545,33 @@ async fn start_ours(
     })
 }
 
+/// The physical limit (`limit.rs`), in its own process.
+async fn start_limit(dirs: &[PathBuf], mode: Mode) -> anyhow::Result<Server> {
+    let port = free_port()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("limit-server")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
+    for d in dirs {
+        cmd.arg("--dir").arg(d);
+    }
+    if let Mode::Crypto(_) = mode {
+        cmd.arg("--secret").arg(SECRET);
+    }
+    let child = cmd
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the limit server")?;
+    let pid = child.id().context("pid")?;
+    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).await?;
+    Ok(Server {
+        name: "limit",
+        addr: format!("127.0.0.1:{port}"),
+        pid,
+        _child: child,
+    })
+}
+
 fn spark_home(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_owned());
@@ -642,10 +669,14 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         Mode::Tls => Some(std::sync::Arc::new(TlsRun::new(work.path())?)),
         _ => None,
     };
-    let servers = [
+    let mut servers = vec![
         start_ours(work.path(), &vol, args.mode, tls.as_deref()).await?,
         start_jvm(&home, work.path(), &vol, args.mode, tls.as_deref()).await?,
     ];
+    // The physical limit, where it exists (TLS: not built).
+    if !matches!(args.mode, Mode::Tls) {
+        servers.push(start_limit(&dirs, args.mode).await?);
+    }
     for s in &servers {
         register(&s.addr, &dirs, args.mode, tls.as_deref()).await?;
         // Warm-up (the JVM's JIT; both servers' page cache).
@@ -690,20 +721,28 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
             };
             let ratio = median(&per[0].mbps) / median(&per[1].mbps).max(1e-9);
             let p99_ratio = median(&per[0].p99) / median(&per[1].p99).max(1e-9);
+            let of_limit =
+                (servers.len() > 2).then(|| median(&per[0].mbps) / median(&per[2].mbps).max(1e-9));
             eprintln!(
-                "block {:>8} conns {conns:>2}: ours {:>8.1} MB/s, jvm {:>8.1} MB/s, ratio {ratio:.2}, p99 ratio {p99_ratio:.2}",
+                "block {:>8} conns {conns:>2}: ours {:>8.1} MB/s, jvm {:>8.1} MB/s, ratio {ratio:.2}, p99 ratio {p99_ratio:.2}, of limit {}",
                 l.block,
                 median(&per[0].mbps),
-                median(&per[1].mbps)
+                median(&per[1].mbps),
+                of_limit.map_or("-".to_owned(), |f| format!("{f:.2}"))
             );
-            rows.push(json!({
+            let mut row = json!({
                 "block_bytes": l.block,
                 "connections": conns,
                 "ours": cell(0),
                 "spark_jvm": cell(1),
                 "throughput_ratio": round(ratio, 2),
                 "p99_ratio": round(p99_ratio, 2),
-            }));
+            });
+            if let Some(f) = of_limit {
+                row["limit"] = cell(2);
+                row["fraction_of_limit"] = json!(round(f, 2));
+            }
+            rows.push(row);
         }
     }
     let rss: Vec<Value> = servers

@@ -144,7 +144,8 @@ pub struct ServeArgs {
     /// comma-separated: `gcm`, `ctr` (default both; each client's own choice is recognised).
     #[arg(long, env = "SHUFFLE_SPARK_CIPHERS", value_delimiter = ',', value_parser = parse_cipher)]
     pub spark_ciphers: Vec<Cipher>,
-    /// Refuse Spark connections that do not encrypt (SASL without network crypto).
+    /// Refuse Spark connections that do not encrypt: SASL is offered with encryption
+    /// (`auth-conf`) only.
     #[arg(long, env = "SHUFFLE_SPARK_REQUIRE_ENCRYPTION")]
     pub spark_require_encryption: bool,
     /// How registrations reach the disk: `full` (default; an acknowledged registration

@@ -266,7 +266,7 @@ impl Client {
         Ok(out)
     }
 
-    /// Runs Spark's SASL DIGEST-MD5 handshake for `app` with `secret`.
+    /// Runs Spark's SASL DIGEST-MD5 handshake for `app` with `secret` (qop `auth`).
     ///
     /// # Errors
     /// I/O errors; `Ok(Err(text))` when the service refuses.
@@ -275,6 +275,36 @@ impl Client {
         app: &str,
         secret: &[u8],
     ) -> io::Result<Result<(), String>> {
+        Ok(self.sasl(app, secret, false).await?.map(|_| ()))
+    }
+
+    /// Runs the SASL handshake with qop `auth-conf` (cipher `rc4`), then encrypts the
+    /// connection as Spark does with `spark.authenticate.enableSaslEncryption=true`.
+    ///
+    /// # Errors
+    /// I/O errors; `Ok(Err(text))` when the service refuses.
+    pub async fn authenticate_sasl_encrypted(
+        &mut self,
+        app: &str,
+        secret: &[u8],
+    ) -> io::Result<Result<(), String>> {
+        let ha1 = match self.sasl(app, secret, true).await? {
+            Ok(h) => h,
+            Err(e) => return Ok(Err(e)),
+        };
+        let (open, seal) = crate::crypto::digest::client(&ha1, 16 << 20);
+        self.raw.extend_from_slice(&self.buf.split());
+        self.opener = Some(Opener::Sasl(open));
+        self.sealer = Some(Sealer::Sasl(seal));
+        Ok(Ok(()))
+    }
+
+    async fn sasl(
+        &mut self,
+        app: &str,
+        secret: &[u8],
+        conf: bool,
+    ) -> io::Result<Result<[u8; 16], String>> {
         let step = |payload: Vec<u8>| {
             SaslMessage {
                 app_id: app.to_owned(),
@@ -295,36 +325,28 @@ impl Client {
         rand::fill(&mut raw[..]);
         let cnonce = B64.encode(raw);
         let password = sasl::encode(secret);
-        let uri = "null/default";
-        let response = sasl::digest(
-            &password,
-            sasl::REALM,
-            &nonce,
-            &cnonce,
-            "00000001",
-            None,
-            uri,
-            "AUTHENTICATE",
-        );
+        let qop = if conf { "auth-conf" } else { "auth" };
+        let input = sasl::DigestInput {
+            password: &password,
+            realm: sasl::REALM,
+            nonce: &nonce,
+            cnonce: &cnonce,
+            nc: "00000001",
+            authzid: None,
+            uri: "null/default",
+            qop,
+        };
+        let (response, ha1) = input.response("AUTHENTICATE");
+        let cipher = if conf { ",cipher=\"rc4\"" } else { "" };
         let msg = format!(
-            "charset=utf-8,username=\"{}\",realm=\"{}\",nonce=\"{nonce}\",nc=00000001,cnonce=\"{cnonce}\",digest-uri=\"{uri}\",maxbuf=65536,response={response},qop=auth",
+            "charset=utf-8,username=\"{}\",realm=\"{}\",nonce=\"{nonce}\",nc=00000001,cnonce=\"{cnonce}\",digest-uri=\"null/default\",maxbuf=65536,response={response},qop={qop}{cipher}",
             sasl::encode(sasl::USER),
             sasl::REALM
         );
         match self.rpc(step(msg.into_bytes())).await? {
             Ok(fin) => {
-                let expected = sasl::digest(
-                    &password,
-                    sasl::REALM,
-                    &nonce,
-                    &cnonce,
-                    "00000001",
-                    None,
-                    uri,
-                    "",
-                );
-                if fin == format!("rspauth={expected}").as_bytes() {
-                    Ok(Ok(()))
+                if fin == format!("rspauth={}", input.response("").0).as_bytes() {
+                    Ok(Ok(ha1))
                 } else {
                     Ok(Err("server proof does not match".into()))
                 }

@@ -1,7 +1,8 @@
-//! The server side of SASL DIGEST-MD5 as Spark speaks it (RFC 2831, qop `auth` only): the
-//! user is `sparkSaslUser`, the password the base64 of the application's secret as Netty
-//! writes it (a line break after every 76 characters, see [`encode`]), the realm `default`. Integrity and confidentiality layers (`auth-int`, `auth-conf`) are not offered,
-//! so a client that insists on SASL encryption fails its handshake cleanly.
+//! The server side of SASL DIGEST-MD5 as Spark speaks it (RFC 2831): the user is
+//! `sparkSaslUser`, the password the base64 of the application's secret as Netty writes it (a
+//! line break after every 76 characters, see [`encode`]), the realm `default`. Qop `auth`, and
+//! `auth-conf` with cipher `rc4` ([`crate::crypto::digest`]) for Spark's SASL encryption;
+//! `auth-int` is not offered.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -45,12 +46,26 @@ pub enum SaslError {
     OutOfOrder,
 }
 
+/// The protection levels the server offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// `auth` only.
+    AuthOnly,
+    /// `auth-conf` or `auth` (Spark's own server).
+    AuthOrConf,
+    /// `auth-conf` only (encryption required).
+    ConfOnly,
+}
+
 /// One connection's handshake.
 #[derive(Debug)]
 pub struct DigestServer {
     nonce: String,
     secret: Vec<u8>,
     state: State,
+    offer: Protection,
+    /// H(A1) of a completed `auth-conf` handshake: the confidentiality layer's key material.
+    conf: Option<[u8; 16]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +89,22 @@ impl DigestServer {
             nonce,
             secret: secret.to_vec(),
             state: State::Start,
+            offer: Protection::AuthOrConf,
+            conf: None,
         }
+    }
+
+    /// Offers `p` instead of `auth-conf,auth`.
+    #[must_use]
+    pub fn offering(mut self, p: Protection) -> Self {
+        self.offer = p;
+        self
+    }
+
+    /// After an `auth-conf` handshake: the binary H(A1) the confidentiality layer derives
+    /// its keys from ([`crate::crypto::digest::server`]).
+    pub fn confidentiality(&self) -> Option<[u8; 16]> {
+        self.conf
     }
 
     /// Whether the client has proven itself.
@@ -91,8 +121,13 @@ impl DigestServer {
             State::Start => {
                 // DIGEST-MD5 has no initial response; any is ignored.
                 self.state = State::Challenged;
+                let qop = match self.offer {
+                    Protection::AuthOnly => "qop=\"auth\"",
+                    Protection::AuthOrConf => "qop=\"auth-conf,auth\",cipher=\"rc4\"",
+                    Protection::ConfOnly => "qop=\"auth-conf\",cipher=\"rc4\"",
+                };
                 Ok(format!(
-                    "realm=\"{REALM}\",nonce=\"{}\",qop=\"auth\",charset=utf-8,algorithm=md5-sess",
+                    "realm=\"{REALM}\",nonce=\"{}\",{qop},charset=utf-8,algorithm=md5-sess",
                     self.nonce
                 )
                 .into_bytes())
@@ -106,7 +141,7 @@ impl DigestServer {
         }
     }
 
-    fn verify(&self, token: &[u8]) -> Result<String, SaslError> {
+    fn verify(&mut self, token: &[u8]) -> Result<String, SaslError> {
         if token.len() > MAX_RESPONSE {
             return Err(SaslError::Malformed("too long"));
         }
@@ -126,8 +161,16 @@ impl DigestServer {
         let qop = get("qop").unwrap_or("auth");
         let realm = get("realm").unwrap_or(REALM);
         let authzid = get("authzid");
-        if qop != "auth" {
-            return Err(SaslError::Malformed("qop (only auth is offered)"));
+        let offered = match self.offer {
+            Protection::AuthOnly => qop == "auth",
+            Protection::AuthOrConf => qop == "auth" || qop == "auth-conf",
+            Protection::ConfOnly => qop == "auth-conf",
+        };
+        if !offered {
+            return Err(SaslError::Malformed("qop (not offered)"));
+        }
+        if qop == "auth-conf" && get("cipher") != Some("rc4") {
+            return Err(SaslError::Malformed("cipher (only rc4 is offered)"));
         }
         if nc != "00000001" {
             return Err(SaslError::Malformed("nc"));
@@ -137,16 +180,17 @@ impl DigestServer {
         let mut ok = username.as_bytes().ct_eq(expected_user.as_bytes());
         ok &= nonce.as_bytes().ct_eq(self.nonce.as_bytes());
         let password = encode(&self.secret);
-        let expected = digest(
-            &password,
+        let input = DigestInput {
+            password: &password,
             realm,
             nonce,
             cnonce,
             nc,
             authzid,
             uri,
-            "AUTHENTICATE",
-        );
+            qop,
+        };
+        let (expected, ha1) = input.response("AUTHENTICATE");
         ok &= response
             .to_ascii_lowercase()
             .as_bytes()
@@ -154,9 +198,63 @@ impl DigestServer {
         if !bool::from(ok) {
             return Err(SaslError::BadResponse);
         }
-        Ok(digest(
-            &password, realm, nonce, cnonce, nc, authzid, uri, "",
-        ))
+        self.conf = (qop == "auth-conf").then_some(ha1);
+        Ok(input.response("").0)
+    }
+}
+
+/// The values a DIGEST-MD5 response is computed over.
+#[derive(Debug, Clone, Copy)]
+pub struct DigestInput<'a> {
+    /// The password (Spark: [`encode`] of the secret).
+    pub password: &'a str,
+    /// Realm.
+    pub realm: &'a str,
+    /// Server nonce.
+    pub nonce: &'a str,
+    /// Client nonce.
+    pub cnonce: &'a str,
+    /// Nonce count.
+    pub nc: &'a str,
+    /// Authorization id, if sent.
+    pub authzid: Option<&'a str>,
+    /// `digest-uri`.
+    pub uri: &'a str,
+    /// `auth` or `auth-conf`.
+    pub qop: &'a str,
+}
+
+impl DigestInput<'_> {
+    /// RFC 2831 `response-value` (`method` `AUTHENTICATE` for the client's response, empty for
+    /// the server's `rspauth`) and the binary H(A1).
+    pub fn response(&self, method: &str) -> (String, [u8; 16]) {
+        let user_hash = Md5::digest(format!(
+            "{}:{}:{}",
+            B64.encode(USER),
+            self.realm,
+            self.password
+        ));
+        let mut a1 = user_hash.to_vec();
+        a1.extend_from_slice(format!(":{}:{}", self.nonce, self.cnonce).as_bytes());
+        if let Some(z) = self.authzid {
+            a1.extend_from_slice(format!(":{z}").as_bytes());
+        }
+        let ha1: [u8; 16] = Md5::digest(&a1).into();
+        let a2 = if self.qop == "auth" {
+            format!("{method}:{}", self.uri)
+        } else {
+            format!("{method}:{}:00000000000000000000000000000000", self.uri)
+        };
+        let ha2 = hex::encode(Md5::digest(a2));
+        let r = hex::encode(Md5::digest(format!(
+            "{}:{}:{}:{}:{}:{ha2}",
+            hex::encode(ha1),
+            self.nonce,
+            self.nc,
+            self.cnonce,
+            self.qop
+        )));
+        (r, ha1)
     }
 }
 
@@ -173,17 +271,18 @@ pub fn digest(
     uri: &str,
     method: &str,
 ) -> String {
-    let user_hash = Md5::digest(format!("{}:{realm}:{password}", B64.encode(USER)));
-    let mut a1 = user_hash.to_vec();
-    a1.extend_from_slice(format!(":{nonce}:{cnonce}").as_bytes());
-    if let Some(z) = authzid {
-        a1.extend_from_slice(format!(":{z}").as_bytes());
+    DigestInput {
+        password,
+        realm,
+        nonce,
+        cnonce,
+        nc,
+        authzid,
+        uri,
+        qop: "auth",
     }
-    let ha1 = hex::encode(Md5::digest(&a1));
-    let ha2 = hex::encode(Md5::digest(format!("{method}:{uri}")));
-    hex::encode(Md5::digest(format!(
-        "{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"
-    )))
+    .response(method)
+    .0
 }
 
 /// Parses `key=value,key="quoted, value",...`.
@@ -308,7 +407,7 @@ mod tests {
         let mut s = DigestServer::with_nonce(b"secret", NONCE.into());
         let challenge = String::from_utf8(s.step(b"").unwrap()).unwrap();
         assert!(challenge.contains(&format!("nonce=\"{NONCE}\"")));
-        assert!(challenge.contains("qop=\"auth\""));
+        assert!(challenge.contains("qop=\"auth-conf,auth\""));
         let fin = s
             .step(&client_response("bf4b19270d207975931c718eb601b48b"))
             .unwrap();

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::channel::{Inbound, Out};
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
-use super::handler::{Action, Session, Shared, failure_text};
+use super::handler::{Action, NewChannel, Session, Shared, failure_text};
 use super::stream::BlockRef;
 use super::transport::{Outbox, ReadSide, Wire, WriteSide};
 use crate::core::Executor;
@@ -230,10 +230,16 @@ impl Reader<'_> {
                 match decoder.decode(&mut buf) {
                     Ok(Some(m)) => {
                         self.handle(&mut session, m).await?;
-                        if let Some(keys) = session.take_crypto() {
+                        if let Some(channel) = session.take_crypto() {
                             // Whatever follows the handshake is ciphertext.
                             raw.extend_from_slice(&buf.split());
-                            inbound = Inbound::Pending(keys);
+                            inbound = match channel {
+                                NewChannel::Pending(keys) => Inbound::Pending(keys),
+                                NewChannel::Ready(open, seal) => {
+                                    self.send(Out::Seal(seal)).await?;
+                                    Inbound::Open(open)
+                                }
+                            };
                             break;
                         }
                     }

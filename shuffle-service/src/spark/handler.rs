@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use spark_protocol::crypto::Cipher;
 use spark_protocol::crypto::auth::{self, AuthMessage, SessionSecrets};
+use spark_protocol::crypto::{Cipher, Opener, Sealer, digest};
+use spark_protocol::sasl::Protection;
 
 use super::checksum::{self, Algorithm};
 use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
@@ -79,14 +80,26 @@ impl SparkLogs {
     }
 }
 
+/// What a completed handshake asks of the connection.
+#[derive(Debug)]
+pub enum NewChannel {
+    /// Network crypto: the cipher is read from the client's first encrypted bytes.
+    Pending(SessionSecrets),
+    /// SASL `auth-conf`: both halves, ready.
+    Ready(Opener, Sealer),
+}
+
+/// Largest SASL-wrapped piece accepted from a client (Spark's default is 64 KiB).
+const MAX_SASL_PIECE: usize = 16 << 20;
+
 /// One connection's state seen by the reader.
 #[derive(Debug)]
 pub struct Session {
     /// The authenticated application, once SASL completed.
     pub client: Option<AppId>,
     sasl: Option<(AppId, DigestServer)>,
-    /// Keys of a network-crypto handshake that just completed, for the connection to take.
-    crypto: Option<SessionSecrets>,
+    /// The channel of a handshake that just completed, for the connection to take.
+    crypto: Option<NewChannel>,
     /// Open streams.
     pub streams: StreamTable,
 }
@@ -169,7 +182,7 @@ impl Session {
 
     /// The keys of a network-crypto handshake completed by the last RPC: every later byte
     /// of the connection is encrypted.
-    pub fn take_crypto(&mut self) -> Option<SessionSecrets> {
+    pub fn take_crypto(&mut self) -> Option<NewChannel> {
         self.crypto.take()
     }
 
@@ -206,7 +219,7 @@ impl Session {
             Ok((response, keys)) => {
                 tracing::debug!(app = %app, "client authenticated (network crypto)");
                 self.client = Some(app);
-                self.crypto = Some(keys);
+                self.crypto = Some(NewChannel::Pending(keys));
                 Action::Reply(Ok(response.to_bytes()))
             }
             Err(e) => {
@@ -223,11 +236,6 @@ impl Session {
                 "authentication is not enabled on this shuffle service".into()
             ));
         }
-        if shared.require_encryption {
-            return Action::FailAndClose(
-                "this shuffle service requires encrypted connections: set spark.network.crypto.enabled=true".into(),
-            );
-        }
         if self.client.is_some() {
             return Action::Reply(Err("already authenticated".into()));
         }
@@ -241,7 +249,13 @@ impl Session {
                 let Some(secret) = shared.secrets.lookup(&app) else {
                     return Action::FailAndClose(format!("no secret for application {app}"));
                 };
-                self.sasl.insert((app.clone(), DigestServer::new(&secret)))
+                let offer = if shared.require_encryption {
+                    Protection::ConfOnly
+                } else {
+                    Protection::AuthOrConf
+                };
+                self.sasl
+                    .insert((app.clone(), DigestServer::new(&secret).offering(offer)))
             }
         };
         if *sasl_app != app {
@@ -250,7 +264,12 @@ impl Session {
         match server.step(token) {
             Ok(reply) => {
                 if server.is_complete() {
-                    tracing::debug!(app = %app, "client authenticated");
+                    tracing::debug!(app = %app, encrypted = server.confidentiality().is_some(), "client authenticated (SASL)");
+                    if let Some(ha1) = server.confidentiality() {
+                        let (open, seal) = digest::server(&ha1, MAX_SASL_PIECE);
+                        self.crypto =
+                            Some(NewChannel::Ready(Opener::Sasl(open), Sealer::Sasl(seal)));
+                    }
                     self.client = Some(app);
                     self.sasl = None;
                 }

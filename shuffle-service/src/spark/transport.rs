@@ -185,7 +185,7 @@ impl Outbox {
                 c.apply(&mut self.staged);
                 self.parts.push_back(self.staged.split().freeze());
             }
-            Some(sealer @ Sealer::Gcm(_)) => {
+            Some(sealer) => {
                 let mut out = BytesMut::with_capacity(sealer.sealed_len(self.staged.len()));
                 sealer.seal(&self.staged, &mut out);
                 self.staged.clear();
@@ -246,10 +246,21 @@ impl Outbox {
         match wr {
             WriteSide::Tcp(s) => self.flush_tcp(s, more).await,
             WriteSide::Tls(w) => {
-                while let Some(p) = self.parts.pop_front() {
-                    tokio::time::timeout(self.stall, w.write_all(&p))
+                // Vectored: rustls fills whole records from many frames and bodies.
+                while !self.parts.is_empty() {
+                    let slices: Vec<IoSlice<'_>> = self
+                        .parts
+                        .iter()
+                        .take(64)
+                        .map(|b| IoSlice::new(b))
+                        .collect();
+                    let n = tokio::time::timeout(self.stall, w.write_vectored(&slices))
                         .await
                         .map_err(|_| stalled())??;
+                    if n == 0 {
+                        return Err(io::ErrorKind::WriteZero.into());
+                    }
+                    self.advance(n);
                 }
                 if !more {
                     tokio::time::timeout(self.stall, w.flush())
@@ -257,6 +268,20 @@ impl Outbox {
                         .map_err(|_| stalled())??;
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let front = self.parts.front_mut().expect("written bytes were queued");
+            if front.len() <= n {
+                n -= front.len();
+                self.parts.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
             }
         }
     }
@@ -282,18 +307,7 @@ impl Outbox {
             });
             match sent {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(mut n) => {
-                    while n > 0 {
-                        let front = self.parts.front_mut().expect("written bytes were queued");
-                        if front.len() <= n {
-                            n -= front.len();
-                            self.parts.pop_front();
-                        } else {
-                            front.advance(n);
-                            n = 0;
-                        }
-                    }
-                }
+                Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }

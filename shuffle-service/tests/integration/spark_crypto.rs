@@ -1,7 +1,8 @@
-//! Network crypto (`spark.network.crypto.enabled=true`) against the in-process service:
-//! every cipher and engine version Spark offers, over every fetch path (in-memory and
-//! file-sized bodies, chunks and streams), with secrets from a shared file and from a
-//! per-application directory; wrong secrets, refused ciphers and unencrypted clients.
+//! Encrypted channels against the in-process service: network crypto
+//! (`spark.network.crypto.enabled=true`, every cipher and engine version Spark offers) and
+//! SASL encryption (`auth-conf`), over every fetch path (in-memory and file-sized bodies,
+//! chunks and streams), with secrets from a shared file and from a per-application
+//! directory; wrong secrets, refused ciphers and unencrypted clients.
 
 use std::path::{Path, PathBuf};
 
@@ -13,12 +14,40 @@ use crate::common::{TestService, random_bytes};
 use crate::spark_protocol::{APP, fetch_msg, open_stream, register_msg, write_map};
 
 const VERSIONS: [EngineVersion; 2] = [EngineVersion::V1, EngineVersion::V2];
-const CIPHERS: [Cipher; 2] = [Cipher::Ctr, Cipher::Gcm];
 
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    Crypto(Cipher, EngineVersion),
+    SaslConf,
+}
+
+const CHANNELS: [Channel; 5] = [
+    Channel::Crypto(Cipher::Ctr, EngineVersion::V1),
+    Channel::Crypto(Cipher::Ctr, EngineVersion::V2),
+    Channel::Crypto(Cipher::Gcm, EngineVersion::V1),
+    Channel::Crypto(Cipher::Gcm, EngineVersion::V2),
+    Channel::SaslConf,
+];
+
+async fn connect(svc: &TestService, secret: &[u8], ch: Channel) -> Client {
+    match ch {
+        Channel::Crypto(c, v) => encrypted(svc, secret, c, v).await,
+        Channel::SaslConf => {
+            let mut client = Client::connect(svc.spark).await.unwrap();
+            client
+                .authenticate_sasl_encrypted(APP, secret)
+                .await
+                .unwrap()
+                .unwrap();
+            client
+        }
+    }
 }
 
 async fn encrypted(svc: &TestService, secret: &[u8], c: Cipher, v: EngineVersion) -> Client {
@@ -38,20 +67,15 @@ async fn serves_everything(svc: &TestService, secret: &[u8]) {
         .enumerate()
         .map(|(i, n)| random_bytes(*n, i as u64 + 7))
         .collect();
-    for (k, (c, v)) in CIPHERS
-        .iter()
-        .flat_map(|c| VERSIONS.iter().map(move |v| (*c, *v)))
-        .enumerate()
-    {
+    for (k, ch) in CHANNELS.iter().enumerate() {
         let exec = format!("{k}");
         let dirs = vec![svc.exec_dir(&format!("blockmgr-crypto-{k}"))];
-        let mut client = encrypted(svc, secret, c, v).await;
+        let mut client = connect(svc, secret, *ch).await;
         let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
         assert_eq!(
             client.call(&register_msg(APP, &exec, &refs)).await.unwrap(),
             Ok(None),
-            "{c} v{}",
-            v.number()
+            "{ch:?}"
         );
         write_map(&dirs, 1, k as i64, &parts);
         let reduces: Vec<i32> = (0..parts.len() as i32).collect();
@@ -59,7 +83,11 @@ async fn serves_everything(svc: &TestService, secret: &[u8]) {
         let (sid, n) = open_stream(&mut client, &m).await;
         let got = client.fetch_chunks(sid, n).await.unwrap();
         for (i, g) in got.iter().enumerate() {
-            assert_eq!(g.as_ref().unwrap().as_ref(), &parts[i][..], "{c} chunk {i}");
+            assert_eq!(
+                g.as_ref().unwrap().as_ref(),
+                &parts[i][..],
+                "{ch:?} chunk {i}"
+            );
         }
         let (sid, n) = open_stream(&mut client, &m).await;
         let got = client.fetch_streams(sid, n).await.unwrap();
@@ -67,7 +95,7 @@ async fn serves_everything(svc: &TestService, secret: &[u8]) {
             assert_eq!(
                 g.as_ref().unwrap().as_ref(),
                 &parts[i][..],
-                "{c} stream {i}"
+                "{ch:?} stream {i}"
             );
         }
     }
@@ -164,9 +192,18 @@ async fn a_cipher_left_out_and_unencrypted_clients_can_be_refused() {
         .await
         .unwrap();
     assert!(r.is_ok(), "{r:?}");
-    // SASL without encryption is refused.
+    // SASL without encryption is refused (only qop auth-conf is offered); with it, served.
     let mut c = Client::connect(svc.spark).await.unwrap();
     let r = c.authenticate(APP, b"k").await.unwrap();
-    assert!(r.unwrap_err().contains("requires encrypted"));
+    assert!(r.unwrap_err().contains("qop"));
+    let mut c = connect(&svc, b"k", Channel::SaslConf).await;
+    let r = c
+        .call(&Btm::GetLocalDirsForExecutors {
+            app_id: APP.into(),
+            exec_ids: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{r:?}");
     svc.shutdown().await;
 }

@@ -338,6 +338,32 @@ async fn real_spark_network_crypto_gcm_engine_v1_and_ctr_engine_v2() {
     crypto_run(&["spark.network.crypto.authEngineVersion=2"]).await;
 }
 
+#[tokio::test]
+#[ignore = "needs pyspark 4.3.0 and Java 17 (scripts/test.sh)"]
+async fn real_spark_sasl_encryption() {
+    let _one = SERIAL.lock().await;
+    let run = run_with(
+        "crypto",
+        Opts {
+            secret: Some("bd49e3777e114f26358daa2c6c769594e57d27bd44c901830a1e325cd2717e74"),
+            // Only qop auth-conf is offered: the job passes only if the layer works.
+            service_args: &["--spark-require-encryption"],
+            spark_conf: &["spark.authenticate.enableSaslEncryption=true"],
+            capture: true,
+        },
+    )
+    .await;
+    let m = &run.metrics;
+    assert_eq!(run.seen["reduce_through_service"], "ok");
+    assert!(ok(m, "SaslMessage") >= 2.0, "{m}");
+    assert_eq!(ok(m, "AuthMessage"), 0.0, "{m}");
+    assert!(ok(m, "RegisterExecutor") >= 4.0, "{m}");
+    assert!(ok(m, "ChunkFetchRequest") > 0.0, "{m}");
+    assert_eq!(metric(m, "shuffle_spark_auth_failures_total"), 0.0, "{m}");
+    assert_eq!(failed(m), 0.0, "{m}");
+    no_plaintext_on_the_wire(&run);
+}
+
 /// A CA, and a certificate for `localhost` and 127.0.0.1 signed by it: PEM files for the
 /// service, a PKCS12 key store and trust store for Spark's JVMs (`openssl`, `keytool`).
 fn tls_material(dir: &std::path::Path) {

@@ -8,6 +8,8 @@
 //! - [`ctr`]: `AES/CTR/NoPadding` (the default), one key stream per direction;
 //! - [`gcm`]: `AES/GCM/NoPadding`, Spark's framed streaming AEAD (Tink's
 //!   `AesGcmHkdfStreaming` segments behind an 8-byte length);
+//! - [`digest`]: SASL's DIGEST-MD5 confidentiality layer (`auth-conf`, RC4), for
+//!   `spark.authenticate.enableSaslEncryption=true`;
 //! - [`detect`]: which cipher and version a client chose, read from its first encrypted
 //!   bytes, so that one service serves applications with any of these settings.
 //!
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod ctr;
 pub mod detect;
+pub mod digest;
 pub mod gcm;
 
 use bytes::BytesMut;
@@ -104,6 +107,8 @@ pub enum Sealer {
     Ctr(ctr::CtrStream),
     /// Spark's AES-GCM messages.
     Gcm(gcm::GcmSealer),
+    /// SASL DIGEST-MD5 `auth-conf`.
+    Sasl(digest::SaslWrap),
 }
 
 impl Sealer {
@@ -116,6 +121,7 @@ impl Sealer {
                 c.apply(&mut out[start..]);
             }
             Self::Gcm(g) => g.seal(plain, out),
+            Self::Sasl(w) => w.seal(plain, out),
         }
     }
 
@@ -124,6 +130,7 @@ impl Sealer {
         match self {
             Self::Ctr(_) => plain_len,
             Self::Gcm(g) => g.sealed_len(plain_len),
+            Self::Sasl(w) => w.sealed_len(plain_len),
         }
     }
 }
@@ -135,6 +142,8 @@ pub enum Opener {
     Ctr(ctr::CtrStream),
     /// Spark's AES-GCM messages.
     Gcm(gcm::GcmOpener),
+    /// SASL DIGEST-MD5 `auth-conf`.
+    Sasl(digest::SaslUnwrap),
 }
 
 impl Opener {
@@ -152,6 +161,7 @@ impl Opener {
                 Ok(())
             }
             Self::Gcm(g) => g.open(raw, out),
+            Self::Sasl(u) => u.open(raw, out),
         }
     }
 }
