@@ -161,7 +161,9 @@ fn rss(
             if (x - i).abs() > 0.01 || i < 0.0 {
                 return String::new();
             }
-            vals.get(i as usize).map(|v| v.0.clone()).unwrap_or_default()
+            vals.get(i as usize)
+                .map(|v| v.0.clone())
+                .unwrap_or_default()
         })
         .draw()?;
     chart.draw_series(vals.iter().enumerate().map(|(i, (name, y))| {

@@ -500,6 +500,26 @@ struct Server {
     _child: Child,
 }
 
+impl Server {
+    /// Starts `cmd` and waits until it listens on `port`.
+    async fn spawn(
+        mut cmd: Command,
+        name: &'static str,
+        port: u16,
+        within: Duration,
+    ) -> anyhow::Result<Self> {
+        let child = cmd.spawn()?;
+        let pid = child.id().context("pid")?;
+        wait_listening(([127, 0, 0, 1], port).into(), within).await?;
+        Ok(Self {
+            name,
+            addr: format!("127.0.0.1:{port}"),
+            pid,
+            _child: child,
+        })
+    }
+}
+
 async fn start_ours(
     work: &Path,
     vol: &Path,
@@ -520,8 +540,7 @@ async fn start_ours(
         std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         cmd.arg("--spark-auth-secret-file").arg(&f);
     }
-    let child = cmd
-        .arg("--grpc-listen")
+    cmd.arg("--grpc-listen")
         .arg(format!("127.0.0.1:{g}"))
         .arg("--admin-listen")
         .arg(format!("127.0.0.1:{a}"))
@@ -532,17 +551,10 @@ async fn start_ours(
         .arg("--volume")
         .arg(format!("{}:hostPath", vol.display()))
         .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting shuffle-service")?;
-    let pid = child.id().context("pid")?;
-    wait_listening(([127, 0, 0, 1], s).into(), Duration::from_secs(20)).await?;
-    Ok(Server {
-        name: "ours",
-        addr: format!("127.0.0.1:{s}"),
-        pid,
-        _child: child,
-    })
+        .kill_on_drop(true);
+    Server::spawn(cmd, "ours", s, Duration::from_secs(20))
+        .await
+        .context("starting shuffle-service")
 }
 
 /// The physical limit (`limit.rs`), in its own process.
@@ -558,18 +570,10 @@ async fn start_limit(dirs: &[PathBuf], mode: Mode) -> anyhow::Result<Server> {
     if let Mode::Crypto(_) = mode {
         cmd.arg("--secret").arg(SECRET);
     }
-    let child = cmd
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the limit server")?;
-    let pid = child.id().context("pid")?;
-    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).await?;
-    Ok(Server {
-        name: "limit",
-        addr: format!("127.0.0.1:{port}"),
-        pid,
-        _child: child,
-    })
+    cmd.kill_on_drop(true);
+    Server::spawn(cmd, "limit", port, Duration::from_secs(20))
+        .await
+        .context("starting the limit server")
 }
 
 fn spark_home(given: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -614,8 +618,8 @@ async fn start_jvm(
             c.spark_name()
         ),
     };
-    let child = Command::new(home.join("bin/spark-class"))
-        .arg("org.apache.spark.deploy.ExternalShuffleService")
+    let mut cmd = Command::new(home.join("bin/spark-class"));
+    cmd.arg("org.apache.spark.deploy.ExternalShuffleService")
         .env("SPARK_HOME", home)
         .env(
             "SPARK_SHUFFLE_OPTS",
@@ -628,17 +632,10 @@ async fn start_jvm(
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(work.join("jvm-ess.log"))?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting Spark's ExternalShuffleService")?;
-    let pid = child.id().context("pid")?;
-    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(60)).await?;
-    Ok(Server {
-        name: "spark-jvm",
-        addr: format!("127.0.0.1:{port}"),
-        pid,
-        _child: child,
-    })
+        .kill_on_drop(true);
+    Server::spawn(cmd, "spark-jvm", port, Duration::from_secs(60))
+        .await
+        .context("starting Spark's ExternalShuffleService")
 }
 
 /// Runs the comparison.

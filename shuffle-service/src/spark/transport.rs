@@ -248,12 +248,7 @@ impl Outbox {
             WriteSide::Tls(w) => {
                 // Vectored: rustls fills whole records from many frames and bodies.
                 while !self.parts.is_empty() {
-                    let slices: Vec<IoSlice<'_>> = self
-                        .parts
-                        .iter()
-                        .take(64)
-                        .map(|b| IoSlice::new(b))
-                        .collect();
+                    let slices = self.slices();
                     let n = tokio::time::timeout(self.stall, w.write_vectored(&slices))
                         .await
                         .map_err(|_| stalled())??;
@@ -270,6 +265,15 @@ impl Outbox {
                 Ok(())
             }
         }
+    }
+
+    /// The queue's first parts, for one vectored write.
+    fn slices(&self) -> Vec<IoSlice<'_>> {
+        self.parts
+            .iter()
+            .take(64)
+            .map(|b| IoSlice::new(b))
+            .collect()
     }
 
     /// Drops `n` written bytes from the front of the queue.
@@ -295,12 +299,7 @@ impl Outbox {
         };
         while !self.parts.is_empty() {
             writable(stream, self.stall).await?;
-            let slices: Vec<IoSlice<'_>> = self
-                .parts
-                .iter()
-                .take(64)
-                .map(|b| IoSlice::new(b))
-                .collect();
+            let slices = self.slices();
             let sent = stream.try_io(Interest::WRITABLE, || {
                 rustix::net::sendmsg(stream, &slices, &mut SendAncillaryBuffer::default(), flags)
                     .map_err(io::Error::from)

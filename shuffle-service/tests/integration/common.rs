@@ -319,3 +319,20 @@ pub(crate) fn write_secret(path: &Path, secret: impl AsRef<[u8]>) {
     std::fs::write(path, secret).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// Gives the service one Spark secret for every application (`--spark-auth-secret-file`).
+pub(crate) fn shared_spark_secret(c: &mut Config, secret: &str) {
+    let f = c.state_dir.parent().unwrap().join("secret");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    write_secret(&f, secret);
+    c.spark_auth_secret_file = Some(f);
+}
+
+/// Gives the service `app`'s own Spark secret, as a mounted Kubernetes Secret would
+/// (`--spark-auth-secret-dir`: one file per application id).
+pub(crate) fn per_app_spark_secret(c: &mut Config, app: &str, secret: &str) {
+    let d = c.state_dir.parent().unwrap().join("secrets");
+    std::fs::create_dir_all(&d).unwrap();
+    write_secret(&d.join(app), secret);
+    c.spark_auth_secret_dir = Some(d);
+}

@@ -104,10 +104,7 @@ async fn serves_everything(svc: &TestService, secret: &[u8]) {
 #[tokio::test]
 async fn every_cipher_and_engine_version_serves_every_fetch_path() {
     let svc = TestService::start(|c| {
-        let f = c.state_dir.parent().unwrap().join("secret");
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        crate::common::write_secret(&f, "s3cr3t\n");
-        c.spark_auth_secret_file = Some(f);
+        crate::common::shared_spark_secret(c, "s3cr3t\n");
     })
     .await;
     serves_everything(&svc, b"s3cr3t").await;
@@ -119,10 +116,7 @@ async fn every_cipher_and_engine_version_serves_every_fetch_path() {
 #[tokio::test]
 async fn per_application_secrets_work_with_network_crypto() {
     let svc = TestService::start(|c| {
-        let d = c.state_dir.parent().unwrap().join("secrets");
-        std::fs::create_dir_all(&d).unwrap();
-        crate::common::write_secret(&d.join(APP), "app-secret");
-        c.spark_auth_secret_dir = Some(d);
+        crate::common::per_app_spark_secret(c, APP, "app-secret");
     })
     .await;
     serves_everything(&svc, b"app-secret").await;
@@ -132,10 +126,7 @@ async fn per_application_secrets_work_with_network_crypto() {
 #[tokio::test]
 async fn a_wrong_secret_is_refused_and_nothing_is_served() {
     let svc = TestService::start(|c| {
-        let f = c.state_dir.parent().unwrap().join("secret");
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        crate::common::write_secret(&f, "right");
-        c.spark_auth_secret_file = Some(f);
+        crate::common::shared_spark_secret(c, "right");
     })
     .await;
     let dirs = vec![svc.exec_dir("blockmgr-w")];
@@ -164,10 +155,7 @@ async fn a_wrong_secret_is_refused_and_nothing_is_served() {
 #[tokio::test]
 async fn a_cipher_left_out_and_unencrypted_clients_can_be_refused() {
     let svc = TestService::start(|c| {
-        let f = c.state_dir.parent().unwrap().join("secret");
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        crate::common::write_secret(&f, "k");
-        c.spark_auth_secret_file = Some(f);
+        crate::common::shared_spark_secret(c, "k");
         c.spark_ciphers = vec![Cipher::Gcm];
         c.spark_require_encryption = true;
     })

@@ -458,10 +458,7 @@ async fn a_malformed_frame_closes_only_its_connection() {
 #[tokio::test]
 async fn sasl_authentication_binds_the_connection_to_its_application() {
     let svc = TestService::start(|c| {
-        let f = c.state_dir.parent().unwrap().join("secret");
-        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-        crate::common::write_secret(&f, "s3cr3t\n");
-        c.spark_auth_secret_file = Some(f);
+        crate::common::shared_spark_secret(c, "s3cr3t\n");
     })
     .await;
     let dir = svc.exec_dir("blockmgr-auth");
@@ -643,11 +640,8 @@ async fn blocks_over_2_gib_go_by_stream_with_64_bit_sizes() {
 #[tokio::test]
 async fn per_application_secrets_come_from_a_directory() {
     let svc = TestService::start(|c| {
-        let d = c.state_dir.parent().unwrap().join("secrets");
-        std::fs::create_dir_all(&d).unwrap();
         // As a mounted Kubernetes Secret: one file per application id.
-        crate::common::write_secret(&d.join(APP), "app-secret");
-        c.spark_auth_secret_dir = Some(d);
+        crate::common::per_app_spark_secret(c, APP, "app-secret");
     })
     .await;
     let mut c = Client::connect(svc.spark).await.unwrap();
