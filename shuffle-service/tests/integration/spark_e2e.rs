@@ -462,3 +462,111 @@ async fn real_spark_tls() {
     assert_eq!(failed(m), 0.0, "{m}");
     no_plaintext_on_the_wire(&run);
 }
+
+/// Starts a Spark job against a service it must not get into, waits until the service has
+/// refused `refusals` of its connections (by the metric `counter`), and returns the metrics.
+async fn refused(
+    service_args: &[&str],
+    secret: &str,
+    spark_conf: &[&str],
+    counter: &str,
+    refusals: f64,
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("vol/local");
+    std::fs::create_dir_all(&local).unwrap();
+    let (mut child, Ready { admin, spark, .. }) = spawn_service(dir.path(), service_args).await;
+    let port = spark.rsplit(':').next().unwrap().to_owned();
+    let mut cmd = tokio::process::Command::new(python());
+    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/e2e.py"))
+        .args(["--port", &port, "--scenario", "crypto", "--secret", secret])
+        .env("SPARK_LOCAL_DIRS", &local)
+        .env("SPARK_LOCAL_IP", "127.0.0.1")
+        .env("SPARK_WORKER_DIR", dir.path().join("work"))
+        .env("PYSPARK_PYTHON", python())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for c in spark_conf {
+        cmd.args(["--conf", c]);
+    }
+    let mut job = cmd.spawn().unwrap();
+    // Bounded: 240 looks, 0.5 s apart.
+    let mut metrics = String::new();
+    for _ in 0..240 {
+        metrics = reqwest_get(&format!("http://{admin}/metrics")).await;
+        if metric(&metrics, counter) >= refusals {
+            break;
+        }
+        assert!(
+            job.try_wait().unwrap().is_none_or(|s| !s.success()),
+            "the job succeeded against a service that should refuse it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let _ = job.kill().await;
+    child.kill().await.unwrap();
+    metrics
+}
+
+#[tokio::test]
+#[ignore = "needs pyspark 4.3.0 and Java 17 (scripts/test.sh)"]
+async fn real_spark_with_a_wrong_secret_or_an_untrusted_certificate_is_refused() {
+    let _one = SERIAL.lock().await;
+    // Network crypto with another secret than the service's.
+    let secret_dir = tempfile::tempdir().unwrap();
+    let f = secret_dir.path().join("secret");
+    crate::common::write_secret(&f, "the-service-secret");
+    let m = refused(
+        &["--spark-auth-secret-file", f.to_str().unwrap()],
+        "another-secret",
+        &[
+            "spark.network.crypto.enabled=true",
+            "spark.network.crypto.cipher=AES/GCM/NoPadding",
+        ],
+        "shuffle_spark_auth_failures_total",
+        2.0,
+    )
+    .await;
+    assert!(
+        metric(&m, "shuffle_spark_auth_failures_total") >= 2.0,
+        "{m}"
+    );
+    assert_eq!(ok(&m, "RegisterExecutor"), 0.0, "{m}");
+    assert_eq!(metric(&m, "shuffle_blocks_served_total"), 0.0, "{m}");
+
+    // TLS: Spark trusts one CA, the service's certificate comes from another.
+    let spark_certs = tempfile::tempdir().unwrap();
+    tls_material(spark_certs.path());
+    let service_certs = tempfile::tempdir().unwrap();
+    tls_material(service_certs.path());
+    let p = |d: &tempfile::TempDir, f: &str| d.path().join(f).display().to_string();
+    let (crt, key) = (p(&service_certs, "tls.crt"), p(&service_certs, "tls.key"));
+    let conf = [
+        "spark.ssl.rpc.enabled=true".to_owned(),
+        format!("spark.ssl.rpc.keyStore={}", p(&spark_certs, "keystore.p12")),
+        "spark.ssl.rpc.keyStorePassword=changeit".to_owned(),
+        "spark.ssl.rpc.keyPassword=changeit".to_owned(),
+        format!(
+            "spark.ssl.rpc.trustStore={}",
+            p(&spark_certs, "truststore.p12")
+        ),
+        "spark.ssl.rpc.trustStorePassword=changeit".to_owned(),
+    ];
+    let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
+    let m = refused(
+        &["--spark-tls-cert", &crt, "--spark-tls-key", &key],
+        // No spark.authenticate: the TLS handshake alone must refuse the job.
+        "",
+        &conf,
+        "shuffle_spark_tls_handshake_failures_total",
+        2.0,
+    )
+    .await;
+    assert!(
+        metric(&m, "shuffle_spark_tls_handshake_failures_total") >= 2.0,
+        "{m}"
+    );
+    assert_eq!(ok(&m, "RegisterExecutor"), 0.0, "{m}");
+    assert_eq!(metric(&m, "shuffle_blocks_served_total"), 0.0, "{m}");
+}
