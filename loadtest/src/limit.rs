@@ -5,7 +5,8 @@
 //! - plain: the frame header, then `sendfile` from the page cache;
 //! - network crypto (`ctr`, `gcm`): the same handshake, then each body read with `pread` in
 //!   256 KiB pieces and sealed with the cheapest cipher path this machine has (AWS-LC's
-//!   AES-GCM, AES-NI CTR), header and piece in one message.
+//!   AES-GCM, AES-NI CTR), header and piece in one message;
+//! - TLS: rustls (AWS-LC) over the blocking socket, header and piece in one write.
 //!
 //! No limits, no validation, no metrics: it is a measuring stick, run as `loadtest
 //! limit-server` in its own process so that its CPU is counted apart from the client's.
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
@@ -39,6 +40,55 @@ pub(crate) struct Args {
     /// The secret of the network-crypto handshake.
     #[arg(long)]
     secret: Option<String>,
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+}
+
+/// A connection's socket, plain or TLS.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl std::io::Read for Io {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(b),
+            Self::Tls(t) => t.read(b),
+        }
+    }
+}
+
+impl std::io::Write for Io {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.write(b),
+            Self::Tls(t) => t.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Self::Plain(s) => s.flush(),
+            Self::Tls(t) => t.flush(),
+        }
+    }
+}
+
+fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    Ok(Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?,
+    ))
 }
 
 /// One block: its data file and range.
@@ -71,18 +121,33 @@ pub(crate) fn run(args: Args) -> anyhow::Result<serde_json::Value> {
     let listener = TcpListener::bind(&args.listen)?;
     let dirs = Arc::new(args.dir);
     let secret = Arc::new(args.secret);
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(tls_config(c, k)?),
+        _ => None,
+    };
     for s in listener.incoming() {
         let s = s?;
-        let (dirs, secret) = (Arc::clone(&dirs), Arc::clone(&secret));
+        s.set_nodelay(true)?;
+        let (dirs, secret, tls) = (Arc::clone(&dirs), Arc::clone(&secret), tls.clone());
         std::thread::spawn(move || {
-            let _ = conn(s, &dirs, secret.as_deref());
+            let io = match tls {
+                None => Io::Plain(s),
+                Some(config) => match rustls::ServerConnection::new(config) {
+                    Ok(c) => Io::Tls(Box::new(rustls::StreamOwned::new(c, s))),
+                    Err(_) => return,
+                },
+            };
+            let _ = conn(io, &dirs, secret.as_deref());
         });
     }
     Ok(serde_json::Value::Null)
 }
 
-fn write_plain(s: &mut TcpStream, b: &[u8], more: bool) -> anyhow::Result<()> {
+fn write_plain(s: &mut Io, b: &[u8], more: bool) -> anyhow::Result<()> {
     use rustix::net::SendFlags;
+    let Io::Plain(s) = s else {
+        return Ok(s.write_all(b)?);
+    };
     let flags = if more {
         SendFlags::MORE | SendFlags::NOSIGNAL
     } else {
@@ -95,8 +160,7 @@ fn write_plain(s: &mut TcpStream, b: &[u8], more: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn conn(mut s: TcpStream, dirs: &[PathBuf], secret: Option<&str>) -> anyhow::Result<()> {
-    s.set_nodelay(true)?;
+fn conn(mut s: Io, dirs: &[PathBuf], secret: Option<&str>) -> anyhow::Result<()> {
     let decoder = FrameDecoder::new(64 << 20);
     let mut files = Files::default();
     let mut streams: HashMap<i64, Vec<Block>> = HashMap::new();
@@ -193,19 +257,20 @@ fn conn(mut s: TcpStream, dirs: &[PathBuf], secret: Option<&str>) -> anyhow::Res
                         },
                         len,
                     );
-                    match &mut chan {
-                        None => {
+                    match (&mut chan, &mut s) {
+                        (None, Io::Plain(_)) => {
                             write_plain(&mut s, &head, true)?;
                             let mut o = off;
                             while o < off + len {
                                 let want = usize::try_from(off + len - o)?;
-                                if rustix::fs::sendfile(&s, &*file, Some(&mut o), want)? == 0 {
+                                let Io::Plain(sock) = &s else { unreachable!() };
+                                if rustix::fs::sendfile(sock, &*file, Some(&mut o), want)? == 0 {
                                     bail!("short file");
                                 }
                             }
                         }
-                        Some(_) => {
-                            // Header and the first piece in one sealed message.
+                        _ => {
+                            // Header and the first piece in one sealed message or write.
                             let mut o = off;
                             let mut first = true;
                             while o < off + len || first {
@@ -234,7 +299,7 @@ fn conn(mut s: TcpStream, dirs: &[PathBuf], secret: Option<&str>) -> anyhow::Res
 
 /// Writes `plain`, sealed when the channel is encrypted.
 fn send(
-    s: &mut TcpStream,
+    s: &mut Io,
     chan: &mut Option<(Opener, Sealer)>,
     plain: &[u8],
     out: &mut BytesMut,

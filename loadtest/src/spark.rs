@@ -558,7 +558,7 @@ async fn start_ours(
 }
 
 /// The physical limit (`limit.rs`), in its own process.
-async fn start_limit(dirs: &[PathBuf], mode: Mode) -> anyhow::Result<Server> {
+async fn start_limit(dirs: &[PathBuf], mode: Mode, tls: Option<&TlsRun>) -> anyhow::Result<Server> {
     let port = free_port()?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("limit-server")
@@ -569,6 +569,12 @@ async fn start_limit(dirs: &[PathBuf], mode: Mode) -> anyhow::Result<Server> {
     }
     if let Mode::Crypto(_) = mode {
         cmd.arg("--secret").arg(SECRET);
+    }
+    if let Some(t) = tls {
+        cmd.arg("--tls-cert")
+            .arg(&t.cert)
+            .arg("--tls-key")
+            .arg(&t.key);
     }
     cmd.kill_on_drop(true);
     Server::spawn(cmd, "limit", port, Duration::from_secs(20))
@@ -670,10 +676,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         start_ours(work.path(), &vol, args.mode, tls.as_deref()).await?,
         start_jvm(&home, work.path(), &vol, args.mode, tls.as_deref()).await?,
     ];
-    // The physical limit, where it exists (TLS: not built).
-    if !matches!(args.mode, Mode::Tls) {
-        servers.push(start_limit(&dirs, args.mode).await?);
-    }
+    servers.push(start_limit(&dirs, args.mode, tls.as_deref()).await?);
     for s in &servers {
         register(&s.addr, &dirs, args.mode, tls.as_deref()).await?;
         // Warm-up (the JVM's JIT; both servers' page cache).

@@ -17,9 +17,12 @@ use tokio_rustls::server::TlsStream;
 
 use super::channel::Out;
 
-/// Plaintext read, sealed or written through TLS at once (one GCM message at most this
+/// Plaintext read and sealed at once with network crypto (one GCM message at most this
 /// large).
 pub const COPY_CHUNK: usize = 256 << 10;
+/// Plaintext read at once for TLS (four records): rustls holds its own records besides, so
+/// a smaller piece keeps a TLS connection's memory near that of an encrypted one.
+pub const TLS_COPY_CHUNK: usize = 64 << 10;
 
 /// An accepted connection.
 pub enum Wire {
@@ -203,15 +206,20 @@ impl Outbox {
         offset: u64,
         len: u64,
     ) -> io::Result<()> {
+        let chunk = if self.sealing() {
+            COPY_CHUNK
+        } else {
+            TLS_COPY_CHUNK
+        };
         let mut off = offset;
         let end = offset + len;
         while off < end {
-            let n = usize::try_from((end - off).min(COPY_CHUNK as u64)).unwrap_or(COPY_CHUNK);
+            let n = usize::try_from((end - off).min(chunk as u64)).unwrap_or(chunk);
             let at = self.staged.len();
             self.staged.resize(at + n, 0);
             file.read_exact_at(&mut self.staged[at..], off)?;
             off += n as u64;
-            if self.staged.len() >= COPY_CHUNK {
+            if self.staged.len() >= chunk {
                 self.seal_staged();
                 self.flush(wr, true).await?;
             }
