@@ -566,11 +566,17 @@ impl Config {
     /// # Errors
     /// A sentence naming the conflict.
     pub fn validate(&self) -> Result<(), String> {
+        let authenticated = self.spark_auth_secret_file.is_some()
+            || self.spark_auth_secret_dir.is_some()
+            || self.kube.as_ref().is_some_and(|k| k.learn_secrets);
+        // Without authentication or TLS nothing on the Spark port is encrypted, and plaintext
+        // clients are served: the flag would promise what it cannot keep.
+        if self.spark_require_encryption && !authenticated && self.spark_tls.is_none() {
+            return Err("--spark-require-encryption needs TLS (--spark-tls-cert/--spark-tls-key) or authentication (--spark-auth-secret-file, --spark-auth-secret-dir or --kube-learn-secrets): without either, Spark's clients connect in plaintext".into());
+        }
         if let Some(addr) = self.spark_listen
             && !addr.ip().is_loopback()
-            && self.spark_auth_secret_file.is_none()
-            && self.spark_auth_secret_dir.is_none()
-            && !self.kube.as_ref().is_some_and(|k| k.learn_secrets)
+            && !authenticated
             && !self.spark_allow_unauthenticated
         {
             return Err(format!(
@@ -718,6 +724,22 @@ mod tests {
             node_name: "n".into(),
             learn_secrets: true,
             ..KubeSettings::default()
+        });
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn requiring_encryption_needs_tls_or_authentication() {
+        let mut c = Config::for_data_dir("/tmp/x");
+        c.spark_require_encryption = true;
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("--spark-require-encryption"), "{e}");
+        c.spark_auth_secret_file = Some("/etc/secret".into());
+        assert!(c.validate().is_ok());
+        c.spark_auth_secret_file = None;
+        c.spark_tls = Some(service_runtime::tls::TlsFiles {
+            cert: "/c".into(),
+            key: "/k".into(),
         });
         assert!(c.validate().is_ok());
     }
