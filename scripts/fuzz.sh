@@ -4,32 +4,50 @@
 # init-container's archive extraction. Targets are in fuzz/src/lib.rs.
 #
 # 1. Replays the checked-in corpus (fuzz/corpus/<target>/, findings included) through every
-#    target in a debug build, overflow checks on: the regression test of every finding.
+#    target in a debug build, overflow checks on: the regression test of every finding (the
+#    same test runs with the rest of the workspace's tests in scripts/test.sh).
 # 2. Builds the targets with AFL instrumentation and fuzzes each for FUZZ_SECONDS (default 20),
 #    starting from the corpus; prints executions, new inputs and crashes per target, and fails
 #    when a crash is found (the inputs are kept under fuzz/out/<target>/default/crashes).
 #
+# The instrumented build goes to FUZZ_TARGET_DIR, by default a cache outside the checkout
+# (~/.cache/spark-k8s-services/afl-target): every dependency is rebuilt with AFL's flags, which
+# takes minutes, and a later run of any checkout on the same machine rebuilds only the
+# project's own crates. The cache is emptied when it outgrows FUZZ_CACHE_MAX_MB (default 8192).
+#
 # Usage: scripts/fuzz.sh [TARGET...]     (FUZZ_SECONDS=300 scripts/fuzz.sh archive)
+#        FUZZ_SKIP_REPLAY=1 skips step 1 (.ci/run: scripts/test.sh runs the replay).
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 CARGO_AFL_VERSION="0.18.2"
 seconds="${FUZZ_SECONDS:-20}"
+cache="${FUZZ_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/spark-k8s-services/afl-target}"
+cache_max_mb="${FUZZ_CACHE_MAX_MB:-8192}"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(spark_frames spark_messages spark_crypto sasl index_file archive ids grpc_requests v0_upload checksum_files)
 
-echo "== fuzz: corpus replay"
-cargo test --locked --test corpus 2>&1 | grep -E "^test |panicked|error" || true
-cargo test --locked --test corpus -q >/dev/null 2>&1 || { echo "fuzz: corpus replay FAILED"; exit 1; }
+if [ -z "${FUZZ_SKIP_REPLAY:-}" ]; then
+  echo "== fuzz: corpus replay"
+  cargo test --locked -p fuzz --test corpus 2>&1 | grep -E "^test |panicked|error" || true
+  cargo test --locked -p fuzz --test corpus -q >/dev/null 2>&1 || { echo "fuzz: corpus replay FAILED"; exit 1; }
+fi
 
 if ! cargo afl --version 2>/dev/null | grep -q "$CARGO_AFL_VERSION"; then
   echo "== fuzz: installing cargo-afl $CARGO_AFL_VERSION (builds AFL++)"
   cargo install --locked cargo-afl --version "$CARGO_AFL_VERSION" >/tmp/fuzz-install.log 2>&1 \
     || { echo "fuzz: cargo install cargo-afl failed (see /tmp/fuzz-install.log)"; exit 1; }
 fi
-echo "== fuzz: building the targets with AFL instrumentation"
-cargo afl build --locked --release --features afl >/tmp/fuzz-build.log 2>&1 \
+if [ -d "$cache" ] && [ "$(du -sm "$cache" | cut -f1)" -gt "$cache_max_mb" ]; then
+  echo "== fuzz: emptying $cache (over ${cache_max_mb} MB)"
+  rm -rf "$cache"
+fi
+mkdir -p "$cache"
+echo "== fuzz: building the targets with AFL instrumentation (in $cache)"
+start=$(date +%s)
+cargo afl build --locked --release -p fuzz --features afl --bins --target-dir "$cache" >/tmp/fuzz-build.log 2>&1 \
   || { tail -20 /tmp/fuzz-build.log; exit 1; }
+echo "fuzz: built in $(( $(date +%s) - start )) s"
 
 rm -rf out && mkdir -p out
 crashed=0
@@ -39,7 +57,7 @@ for t in "${targets[@]}"; do
   AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 \
     AFL_NO_AFFINITY=1 \
     timeout $((seconds + 60)) cargo afl fuzz -i "corpus/$t" -o "out/$t" -V "$seconds" \
-    "target/release/$t" >"out/$t.log" 2>&1 || true
+    "$cache/release/$t" >"out/$t.log" 2>&1 || true
   stats="out/$t/default/fuzzer_stats"
   if [ ! -f "$stats" ]; then
     echo "fuzz $t: did not run (see fuzz/out/$t.log)"; tail -5 "out/$t.log"; exit 1

@@ -2,74 +2,69 @@
 # The project's test command (README "Test"; .ci/run runs it too).
 #
 # 1. Installs the external test components (scripts/test-deps.sh).
-# 2. Runs every unit and integration test of the workspace.
-# 3. Runs the tests that need an external component, one group per component, only where the
-#    component is present; a missing component is announced loudly and its tests stay counted
-#    as ignored (skipped), never as passed.
+# 2. Runs every test of the workspace in one cargo-nextest run (.config/nextest.toml): each test
+#    in its own process, test binaries side by side, the real-Spark groups started first. The
+#    tests that need an external component are `#[ignore]`d; each group runs only where its
+#    component is present. A missing component is announced loudly and its tests are counted
+#    as skipped, never as passed.
+# 3. Runs the doc tests (compile_fail checks of the typed ids), which nextest does not run.
+# 4. Prints one closing line over both runs: `tests: N passed, N failed, N skipped`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/test-deps.sh
 export PATH="$PWD/.venv/bin:$PATH"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log" "$log.doc"' EXIT
 
-cargo test --workspace 2>&1 | tee "$log"
-# Sums a count ("passed", "failed", "ignored") over the libtest summary lines of a log.
-sum() { awk -v k="$2" '/^test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" k) s += $(i - 1) } END { print s + 0 }' "$1"; }
-main_ignored=$(sum "$log" ignored)
-: > "$log.ext"
-
-skipped=()
-external() { # external <tool> <test-name filter>
-  if command -v "$1" >/dev/null 2>&1; then
-    echo "== external tests '$2' (with $(command -v "$1"))"
-    cargo test --workspace -- --ignored "$2" 2>&1 | tee -a "$log.ext"
-  else
-    echo "!! SKIPPED external tests '$2': $1 is not installed" >&2
-    skipped+=("$2")
-  fi
+# The external groups: a nextest filterset each, and what it needs.
+missing=()
+skip() { # skip <filterset> <why>
+  echo "!! SKIPPED external tests $1: $2" >&2
+  missing+=("$1")
 }
-external moto_server external::s3_
-external moto_server outage::s3_
-external promtool external::promtool_
-external promtool manifests::promtool_
-external kubernetes-validate manifests::kubernetes_validate_
-external prometheus external::a_real_prometheus
-if [ "$(id -u)" = 0 ]; then
-  external mount full_disk::
-else
-  echo "!! SKIPPED external tests 'full_disk::': mounting a tmpfs needs root" >&2
-  skipped+=("full_disk::")
+command -v moto_server >/dev/null 2>&1 || { skip 'test(/^external::s3_/)' "moto_server is not installed"; skip 'test(/^outage::s3_/)' "moto_server is not installed"; }
+command -v promtool >/dev/null 2>&1 || { skip 'test(/^external::promtool_/)' "promtool is not installed"; skip 'test(/^manifests::promtool_/)' "promtool is not installed"; }
+command -v kubernetes-validate >/dev/null 2>&1 || skip 'test(/^manifests::kubernetes_validate_/)' "kubernetes-validate is not installed"
+command -v prometheus >/dev/null 2>&1 || skip 'test(/^external::a_real_prometheus/)' "prometheus is not installed"
+if [ "$(id -u)" != 0 ]; then
+  skip 'test(/^full_disk::/)' "mounting a tmpfs needs root"
 fi
 # The Kubernetes test bed: network namespaces need root; Spark on it needs Java and pyspark too.
 if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
-  external ip bed_pods::
-  if command -v java >/dev/null 2>&1; then
-    external spark-submit bed_spark::
-    external spark-submit bed_submit::
-  else
-    echo "!! SKIPPED external tests 'bed_spark::' and 'bed_submit::': java is not installed" >&2
-    skipped+=("bed_spark::" "bed_submit::")
+  if ! command -v java >/dev/null 2>&1 || ! command -v spark-submit >/dev/null 2>&1; then
+    skip 'test(/^bed_spark::/) | test(/^bed_submit::/)' "java or spark-submit is not installed"
   fi
 else
-  echo "!! SKIPPED external tests 'bed_pods::', 'bed_spark::' and 'bed_submit::': the test bed needs root and ip netns" >&2
-  skipped+=("bed_pods::" "bed_spark::" "bed_submit::")
+  skip 'test(/^bed_pods::/) | test(/^bed_spark::/) | test(/^bed_submit::/)' "the test bed needs root and ip netns"
 fi
-if command -v java >/dev/null 2>&1; then
-  external spark-submit spark_e2e::
-else
-  echo "!! SKIPPED external tests 'spark_e2e::': java is not installed" >&2
-  skipped+=("spark_e2e::")
+if ! command -v java >/dev/null 2>&1 || ! command -v spark-submit >/dev/null 2>&1; then
+  skip 'test(/^spark_e2e::/)' "java or spark-submit is not installed"
 fi
 
-if [ ${#skipped[@]} -gt 0 ]; then
-  echo "!! ${#skipped[@]} external test group(s) SKIPPED for missing components: ${skipped[*]}" >&2
+filter='all()'
+if [ ${#missing[@]} -gt 0 ]; then
+  filter="not ($(IFS='|'; echo "${missing[*]}" | sed 's/|/ | /g'))"
+  echo "!! ${#missing[@]} external test group(s) SKIPPED for missing components: ${missing[*]}" >&2
 fi
 
-# One closing line over every run: tests that ran, and ignored tests that never ran (skipped).
-passed=$(( $(sum "$log" passed) + $(sum "$log.ext" passed) ))
-failed=$(( $(sum "$log" failed) + $(sum "$log.ext" failed) ))
-ran_ext=$(( $(sum "$log.ext" passed) + $(sum "$log.ext" failed) ))
-rm -f "$log.ext"
-echo "tests: $passed passed, $failed failed, $(( main_ignored - ran_ext )) skipped"
+status=0
+cargo nextest run --workspace --run-ignored all -E "$filter" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --doc 2>&1 | tee "$log.doc" || status=$?
+
+# nextest's summary: "Summary [ 123.456s] 300 tests run: 298 passed, 2 failed, 29 skipped".
+count() { # count <word> : that count in nextest's summary line plus the doc tests' result lines
+  local n d
+  n=$(grep -E '^ *Summary \[' "$log" | tail -1 | grep -oE "[0-9]+ $1" | awk '{ s += $1 } END { print s + 0 }')
+  d=$(awk -v k="$1" '/^test result:/ { for (i = 2; i <= NF; i++) if ($i ~ "^" k) s += $(i - 1) } END { print s + 0 }' "$log.doc")
+  echo $(( n + d ))
+}
+passed=$(count passed)
+failed=$(( $(count failed) + $(count "timed out") ))
+skipped=$(( $(count skipped) + $(count ignored) ))
+if [ "$status" != 0 ] && [ "$failed" = 0 ]; then
+  echo "!! the test run failed before its summary (build error?)" >&2
+  failed=1
+fi
+echo "tests: $passed passed, $failed failed, $skipped skipped"
+exit "$status"

@@ -85,13 +85,16 @@ impl Fabric {
     pub fn create() -> anyhow::Result<Self> {
         let id: u16 = rand_u16();
         let prefix = format!("kb{id:04x}");
+        let _ = std::fs::create_dir_all(MARKERS);
+        // Beds of other processes (tests run side by side) choose their subnet too: the choice
+        // and the address that claims it are made under one lock across processes.
+        let _claim = ClaimLock::take();
         let routes = ip_out(&["-4", "route", "show"]);
         let octet = (0..100u16)
             .map(|i| u8::try_from(100 + (id.wrapping_add(i) % 100)).unwrap_or(100))
             .find(|o| !routes.contains(&format!("10.{o}.")))
             .context("no free 10.X.0.0/16 for the bed")?;
         sweep_stale();
-        let _ = std::fs::create_dir_all(MARKERS);
         let _ = std::fs::write(
             format!("{MARKERS}/{prefix}"),
             std::process::id().to_string(),
@@ -253,6 +256,28 @@ impl Drop for Fabric {
 
 /// One file per live bed (its prefix), holding the owning process id.
 const MARKERS: &str = "/run/kubebed";
+
+/// An exclusive lock on `/run/kubebed/.claim`, held while a bed chooses and claims its subnet;
+/// released when dropped (or when its process dies). Without the file (no `/run`), beds of one
+/// process still never collide, and those of two processes only as rarely as before.
+struct ClaimLock {
+    _file: Option<std::fs::File>,
+}
+
+impl ClaimLock {
+    fn take() -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{MARKERS}/.claim"))
+            .ok();
+        if let Some(f) = &file {
+            let _ = rustix::fs::flock(f, rustix::fs::FlockOperation::LockExclusive);
+        }
+        Self { _file: file }
+    }
+}
 
 /// Removes what beds whose process is gone (killed before they could clean up) left behind.
 fn sweep_stale() {
