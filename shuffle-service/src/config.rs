@@ -168,8 +168,9 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUFFLE_SPARK_OPEN_FILES")]
     pub spark_open_files: Option<usize>,
     /// Follow Spark's driver and executor pods through the Kubernetes API (deletes an
-    /// application's data when its driver pod ends): `auto` (on inside a pod with a node
-    /// name), `on` or `off`.
+    /// application's data when the driver pod named by its executor pods' controlling owner
+    /// reference ends; never one registered over gRPC or with an operator's secret): `auto`
+    /// (on inside a pod with a node name), `on` or `off`.
     #[arg(long, env = "SHUFFLE_KUBE_WATCH", value_enum)]
     pub kube_watch: Option<KubeWatch>,
     /// The node this service runs on (from the downward API: `spec.nodeName`).
@@ -182,9 +183,10 @@ pub struct ServeArgs {
     /// How long a driver pod stays `Succeeded` or `Failed` before its data is deleted.
     #[arg(long, env = "SHUFFLE_KUBE_APP_END_GRACE", value_parser = humantime::parse_duration)]
     pub kube_app_end_grace: Option<Duration>,
-    /// Learn each application's Spark secret (`_SPARK_AUTH_SECRET`) from its executor pods
-    /// on this node, so `spark.authenticate=true` works with Spark's per-application secret.
-    /// Needs the watch; held in memory only.
+    /// Learn each application's Spark secret (`_SPARK_AUTH_SECRET`) from the executor pods
+    /// on this node controlled by its driver pod, so `spark.authenticate=true` works with
+    /// Spark's per-application secret. Needs the watch; held in memory only; never used for
+    /// an application registered over gRPC or with an operator's secret.
     #[arg(long, env = "SHUFFLE_KUBE_LEARN_SECRETS")]
     pub kube_learn_secrets: bool,
     /// PEM certificate chain of the Spark listener (TLS with --spark-tls-key, for

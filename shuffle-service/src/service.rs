@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::MapOutput;
-use crate::core::{Core, Presented};
+use crate::core::{Core, Lifecycle, Presented};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ShuffleId};
 use crate::request::{BlockRange, ExecutorRegistration, FetchRequest};
@@ -154,7 +154,7 @@ impl Shuffle for ShuffleService {
         async {
             self.app(&req, &req.get_ref().app_id)?;
             let r = ExecutorRegistration::try_from(req.into_inner())?;
-            self.core.register_executor(r).await?;
+            self.core.register_executor(r, Lifecycle::Own).await?;
             Ok(Response::new(pb::RegisterExecutorResponse {}))
         }
         .await

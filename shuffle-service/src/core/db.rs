@@ -1,4 +1,6 @@
-//! Registrations in SQLite (WAL), so that fetches keep working after a restart (SPARK-27736).
+//! Registrations in SQLite (WAL), so that fetches keep working after a restart (SPARK-27736),
+//! and the driver pod each application was bound to by the pod watch (`crate::kube`), so that
+//! a restart does not reopen the question of who owns it.
 //!
 //! The registry writes here first and updates memory after, so memory never holds what the
 //! database lacks. Calls run on the blocking pool.
@@ -17,7 +19,8 @@ CREATE TABLE IF NOT EXISTS apps (
     namespace            TEXT NOT NULL DEFAULT '',
     driver_pod           TEXT NOT NULL DEFAULT '',
     heartbeat_timeout_ms INTEGER,
-    created_ms           INTEGER NOT NULL
+    created_ms           INTEGER NOT NULL,
+    own_lifecycle        INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS executors (
     app_id          TEXT NOT NULL,
@@ -26,6 +29,11 @@ CREATE TABLE IF NOT EXISTS executors (
     sub_dirs        INTEGER NOT NULL,
     shuffle_manager TEXT NOT NULL,
     PRIMARY KEY (app_id, exec_id)
+);
+CREATE TABLE IF NOT EXISTS pod_owners (
+    app_id     TEXT PRIMARY KEY,
+    namespace  TEXT NOT NULL,
+    driver_uid TEXT NOT NULL
 );
 ";
 
@@ -42,6 +50,20 @@ pub struct AppRow {
     pub driver_pod: String,
     /// Heartbeat timeout when the driver registered.
     pub heartbeat_timeout_ms: Option<u64>,
+    /// Registered over gRPC or authenticated with an operator's secret: only its own
+    /// lifecycle ends it, never the pod watch. Once set, never cleared.
+    pub own_lifecycle: bool,
+}
+
+/// The driver pod an application's data on this node follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRow {
+    /// Application.
+    pub app_id: String,
+    /// The driver pod's namespace.
+    pub namespace: String,
+    /// The driver pod's uid.
+    pub driver_uid: String,
 }
 
 /// A stored executor.
@@ -96,6 +118,19 @@ impl Db {
             Durability::Normal => Synchronous::Normal,
         };
         let conn = sqlite::open(path, sync, SCHEMA)?;
+        // Databases from before the lifecycle mark lack this column: their applications
+        // get it unset, except those holding a token (registered over gRPC).
+        let has_mark: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('apps') WHERE name = 'own_lifecycle'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_mark {
+            conn.execute_batch(
+                "ALTER TABLE apps ADD COLUMN own_lifecycle INTEGER NOT NULL DEFAULT 0;
+                 UPDATE apps SET own_lifecycle = 1 WHERE token_hash IS NOT NULL;",
+            )?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -124,24 +159,25 @@ impl Db {
         self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
-    /// Inserts or replaces an application.
+    /// Inserts or replaces an application; its lifecycle mark is only ever set, never cleared.
     ///
     /// # Errors
     /// SQLite errors.
     pub async fn put_app(&self, row: AppRow, now_ms: i64) -> Result<()> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO apps (app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO apps (app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, created_ms, own_lifecycle)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(app_id) DO UPDATE SET token_hash = ?2, namespace = ?3, driver_pod = ?4,
-                     heartbeat_timeout_ms = ?5",
+                     heartbeat_timeout_ms = ?5, own_lifecycle = MAX(own_lifecycle, ?7)",
                 params![
                     row.app_id,
                     row.token_hash.map(|h| h.to_vec()),
                     row.namespace,
                     row.driver_pod,
                     row.heartbeat_timeout_ms.map(|v| v as i64),
-                    now_ms
+                    now_ms,
+                    row.own_lifecycle
                 ],
             )
             .map(|_| ())
@@ -149,16 +185,18 @@ impl Db {
         .await
     }
 
-    /// Inserts or replaces an executor (and its application row if missing).
+    /// Inserts or replaces an executor (and its application row if missing); `own_lifecycle`
+    /// sets the application's mark (never clears it).
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_executor(&self, row: ExecRow, now_ms: i64) -> Result<()> {
+    pub async fn put_executor(&self, row: ExecRow, own_lifecycle: bool, now_ms: i64) -> Result<()> {
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT OR IGNORE INTO apps (app_id, created_ms) VALUES (?1, ?2)",
-                params![row.app_id, now_ms],
+                "INSERT INTO apps (app_id, created_ms, own_lifecycle) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(app_id) DO UPDATE SET own_lifecycle = MAX(own_lifecycle, ?3)",
+                params![row.app_id, now_ms, own_lifecycle],
             )?;
             let dirs: Vec<String> = row.local_dirs.iter().map(|d| d.to_string_lossy().into_owned()).collect();
             tx.execute(
@@ -199,7 +237,7 @@ impl Db {
         self.call(|c| {
             let mut apps = Vec::new();
             let mut stmt = c.prepare(
-                "SELECT app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms FROM apps",
+                "SELECT app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, own_lifecycle FROM apps",
             )?;
             let rows = stmt.query_map([], |r| {
                 let hash: Option<Vec<u8>> = r.get(1)?;
@@ -209,6 +247,7 @@ impl Db {
                     namespace: r.get(2)?,
                     driver_pod: r.get(3)?,
                     heartbeat_timeout_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+                    own_lifecycle: r.get(5)?,
                 })
             })?;
             for row in rows {
@@ -236,6 +275,52 @@ impl Db {
                 execs.push(row?);
             }
             Ok((apps, execs))
+        })
+        .await
+    }
+
+    /// Binds an application to its driver pod (replacing an earlier binding).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn put_owner(&self, row: OwnerRow) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO pod_owners (app_id, namespace, driver_uid) VALUES (?1, ?2, ?3)",
+                params![row.app_id, row.namespace, row.driver_uid],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Forgets an application's driver pod.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn delete_owner(&self, app_id: String) -> Result<()> {
+        self.call(move |c| {
+            c.execute("DELETE FROM pod_owners WHERE app_id = ?1", [&app_id])
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Every application's driver pod.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn owners(&self) -> Result<Vec<OwnerRow>> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT app_id, namespace, driver_uid FROM pod_owners")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(OwnerRow {
+                    app_id: r.get(0)?,
+                    namespace: r.get(1)?,
+                    driver_uid: r.get(2)?,
+                })
+            })?;
+            rows.collect()
         })
         .await
     }

@@ -6,12 +6,14 @@ mod blocks;
 mod cleanup;
 mod db;
 mod execfs;
+mod ownership;
 mod registry;
 mod volume;
 mod writer;
 
 pub use blocks::{OpenBlock, Segment, SegmentReader};
 pub use db::Durability;
+pub use ownership::{Lifecycle, PodOwner};
 pub use registry::Executor;
 pub use volume::{VolumeKind, VolumeSpec, Volumes, parse_size};
 pub use writer::MapOutput;
@@ -278,8 +280,8 @@ impl Core {
 
     fn spark_secret_matches(&self, app: &AppId, presented: Option<&[u8]>) -> bool {
         use subtle::ConstantTimeEq as _;
-        match (presented, self.inner.secrets.lookup(app)) {
-            (Some(p), Some(s)) => bool::from(p.ct_eq(&s)),
+        match (presented, self.spark_secret(app)) {
+            (Some(p), Some((s, _))) => bool::from(p.ct_eq(&s)),
             _ => false,
         }
     }
@@ -333,13 +335,21 @@ impl Core {
     ///
     /// # Errors
     /// An out-of-range timeout or database errors.
-    pub async fn register_driver(&self, app: &AppId, timeout: Duration) -> Result<()> {
+    pub async fn register_driver(
+        &self,
+        app: &AppId,
+        timeout: Duration,
+        lifecycle: Lifecycle,
+    ) -> Result<()> {
         if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(86_400) {
             return Err(ShuffleError::InvalidArgument(
                 "heartbeat timeout must be 1 s to 24 h".into(),
             ));
         }
-        self.inner.registry.register_driver(app, timeout).await?;
+        self.inner
+            .registry
+            .register_driver(app, timeout, lifecycle == Lifecycle::Own)
+            .await?;
         self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "driver registered over the Spark protocol");
         Ok(())
@@ -365,6 +375,12 @@ impl Core {
         let Some(removed) = self.inner.registry.remove_app(app).await? else {
             return Ok(0);
         };
+        Ok(self.discard(removed, reason))
+    }
+
+    /// Forgets a removed application's cached indexes and queues its directories for deletion.
+    fn discard(&self, removed: registry::RemovedApp, reason: &'static str) -> usize {
+        let app = &removed.app_id;
         for d in &removed.dirs {
             self.inner.cache.forget_under(d);
         }
@@ -379,7 +395,7 @@ impl Core {
             .enqueue(format!("{reason} {app}"), removed.dirs);
         self.refresh_gauges();
         tracing::info!(app = %app, reason, dirs = n, "application removed");
-        Ok(n)
+        n
     }
 
     /// Whether an application is registered (has executors or a driver registration).
@@ -387,11 +403,16 @@ impl Core {
         self.inner.registry.has_app(app)
     }
 
-    /// Registers an executor after checking every directory against the volumes.
+    /// Registers an executor after checking every directory against the volumes; `lifecycle`
+    /// says who may end its application (an [`Lifecycle::Own`] mark stays once set).
     ///
     /// # Errors
     /// Invalid arguments, refused directories, database errors.
-    pub async fn register_executor(&self, r: ExecutorRegistration) -> Result<()> {
+    pub async fn register_executor(
+        &self,
+        r: ExecutorRegistration,
+        lifecycle: Lifecycle,
+    ) -> Result<()> {
         if r.local_dirs.is_empty() || r.local_dirs.len() > MAX_LOCAL_DIRS {
             return Err(ShuffleError::InvalidArgument(format!(
                 "1 to {MAX_LOCAL_DIRS} local directories"
@@ -414,7 +435,7 @@ impl Core {
         };
         self.inner
             .registry
-            .register_executor(&r.app, &r.exec, e)
+            .register_executor(&r.app, &r.exec, e, lifecycle == Lifecycle::Own)
             .await?;
         self.refresh_gauges();
         tracing::info!(app = %r.app, exec = %r.exec, "executor registered");

@@ -8,6 +8,11 @@
 //! timeout; one known only from executor registrations (plain Spark) lives until an idle TTL
 //! passes without any call, or until its directories vanish. After a restart every application
 //! gets a fresh timeout from the moment the service is back.
+//!
+//! Who else may end an application: one registered over gRPC (it holds a token) or by a client
+//! that authenticated with a secret the operator configured has its own lifecycle only (the
+//! mark is persisted and never cleared); the others may also be ended by the pod watch when
+//! the driver pod that owns them ends (`crate::kube`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +43,9 @@ struct App {
     namespace: String,
     driver_pod: String,
     heartbeat_timeout: Option<Duration>,
+    /// Ended only by its own lifecycle, never by the pod watch; learned secrets never answer
+    /// for it.
+    own_lifecycle: bool,
     /// Last activity, as an offset from the registry's epoch: updated through a shared
     /// reference so that the fetch path needs only the read lock.
     last_seen: LastSeen,
@@ -52,6 +60,7 @@ impl App {
             namespace: String::new(),
             driver_pod: String::new(),
             heartbeat_timeout: None,
+            own_lifecycle: false,
             last_seen: LastSeen::now(),
             executors: HashMap::new(),
         }
@@ -158,6 +167,7 @@ impl Registry {
                     namespace: a.namespace,
                     driver_pod: a.driver_pod,
                     heartbeat_timeout: a.heartbeat_timeout_ms.map(Duration::from_millis),
+                    own_lifecycle: a.own_lifecycle || a.token_hash.is_some(),
                     last_seen: LastSeen::now(),
                     executors: HashMap::new(),
                 },
@@ -262,6 +272,7 @@ impl Registry {
                     heartbeat_timeout_ms: Some(
                         u64::try_from(reg.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
                     ),
+                    own_lifecycle: true,
                 },
                 now_ms(),
             )
@@ -272,6 +283,7 @@ impl Registry {
         a.namespace = reg.namespace;
         a.driver_pod = reg.driver_pod;
         a.heartbeat_timeout = Some(reg.heartbeat_timeout);
+        a.own_lifecycle = true;
         a.last_seen.touch();
         Ok(token)
     }
@@ -282,13 +294,24 @@ impl Registry {
         self.read().get(app).is_some_and(|a| a.token_hash.is_some())
     }
 
+    /// Whether only the application's own lifecycle ends it (see the module's doc).
+    pub fn own_lifecycle(&self, app: &AppId) -> bool {
+        self.read().get(app).is_some_and(|a| a.own_lifecycle)
+    }
+
     /// Records a driver's liveness signal without a token (Spark's `RegisterDriver` over the
     /// Spark protocol): the application then lives by heartbeats and `timeout`, like one
-    /// registered through the gRPC API. An existing token is kept.
+    /// registered through the gRPC API. An existing token is kept; `own_lifecycle` sets the
+    /// mark (never clears it).
     ///
     /// # Errors
     /// Database errors.
-    pub async fn register_driver(&self, app: &AppId, timeout: Duration) -> Result<()> {
+    pub async fn register_driver(
+        &self,
+        app: &AppId,
+        timeout: Duration,
+        own_lifecycle: bool,
+    ) -> Result<()> {
         let _w = self.writes.lock().await;
         let (token_hash, namespace, driver_pod) = self
             .read()
@@ -305,6 +328,7 @@ impl Registry {
                     heartbeat_timeout_ms: Some(
                         u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                     ),
+                    own_lifecycle,
                 },
                 now_ms(),
             )
@@ -312,17 +336,25 @@ impl Registry {
         let mut apps = self.write();
         let a = apps.entry(app.clone()).or_insert_with(App::new);
         a.heartbeat_timeout = Some(timeout);
+        a.own_lifecycle |= own_lifecycle;
         a.last_seen.touch();
         Ok(())
     }
 
     /// Registers (or re-registers) an executor. A directory may belong to one application only:
-    /// otherwise one application's cleanup could delete another's data.
+    /// otherwise one application's cleanup could delete another's data. `own_lifecycle` sets
+    /// the application's mark (never clears it).
     ///
     /// # Errors
     /// [`ShuffleError::DirectoryRefused`] for a directory of another application; database
     /// errors.
-    pub async fn register_executor(&self, app: &AppId, exec: &ExecId, e: Executor) -> Result<()> {
+    pub async fn register_executor(
+        &self,
+        app: &AppId,
+        exec: &ExecId,
+        e: Executor,
+        own_lifecycle: bool,
+    ) -> Result<()> {
         let _w = self.writes.lock().await;
         {
             let apps = self.read();
@@ -350,11 +382,13 @@ impl Registry {
                     sub_dirs: e.sub_dirs,
                     shuffle_manager: e.shuffle_manager.clone(),
                 },
+                own_lifecycle,
                 now_ms(),
             )
             .await?;
         let mut apps = self.write();
         let a = apps.entry(app.clone()).or_insert_with(App::new);
+        a.own_lifecycle |= own_lifecycle;
         a.executors.insert(exec.clone(), Arc::new(e));
         a.last_seen.touch();
         Ok(())
@@ -412,8 +446,25 @@ impl Registry {
     /// # Errors
     /// Database errors (memory is then unchanged).
     pub async fn remove_app(&self, app: &AppId) -> Result<Option<RemovedApp>> {
+        self.remove_app_if(app, |_| true).await
+    }
+
+    /// Removes an application, unless only its own lifecycle may end it (checked under the
+    /// write lock, so a registration that sets the mark meanwhile is never undone).
+    ///
+    /// # Errors
+    /// Database errors (memory is then unchanged).
+    pub async fn remove_app_following_pods(&self, app: &AppId) -> Result<Option<RemovedApp>> {
+        self.remove_app_if(app, |a| !a.own_lifecycle).await
+    }
+
+    async fn remove_app_if(
+        &self,
+        app: &AppId,
+        allowed: impl Fn(&App) -> bool,
+    ) -> Result<Option<RemovedApp>> {
         let _w = self.writes.lock().await;
-        if !self.read().contains_key(app) {
+        if !self.read().get(app).is_some_and(&allowed) {
             return Ok(None);
         }
         self.db.delete_app(app.to_string()).await?;

@@ -21,6 +21,8 @@ pub struct KubeMetrics {
     pub secrets: IntGauge,
     /// Secrets refused because another one was already known for the application.
     pub secret_conflicts: IntCounter,
+    /// Applications whose executor pods on this node name more than one driver pod.
+    pub contested: IntGauge,
 }
 
 impl KubeMetrics {
@@ -68,6 +70,10 @@ impl KubeMetrics {
                 "shuffle_kube_secret_conflicts_total",
                 "Executor pods whose secret differed from the one already learned.",
             )?,
+            contested: IntGauge::new(
+                "shuffle_kube_contested_applications",
+                "Applications whose executor pods on this node name more than one driver pod (an impostor, or an id reused); unbound ones are decided by no pod.",
+            )?,
         };
         r.register(Box::new(m.up.clone()))?;
         r.register(Box::new(m.errors.clone()))?;
@@ -77,6 +83,7 @@ impl KubeMetrics {
         r.register(Box::new(m.drivers.clone()))?;
         r.register(Box::new(m.secrets.clone()))?;
         r.register(Box::new(m.secret_conflicts.clone()))?;
+        r.register(Box::new(m.contested.clone()))?;
         for w in ["executors", "drivers"] {
             m.up.with_label_values(&[w]).set(0);
             m.errors.with_label_values(&[w]).inc_by(0);

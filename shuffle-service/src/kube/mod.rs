@@ -2,10 +2,13 @@
 //!
 //! Spark 4 on Kubernetes never tells a shuffle service that an application ended. The service
 //! watches the executor pods of its own node (`spark-role=executor`, `spec.nodeName`) and the
-//! driver pods (`spark-role=driver`); when an application's driver pod is deleted, or stays
+//! driver pods (`spark-role=driver`); when the driver pod that owns an application (named by
+//! its executor pods' controlling owner reference, see [`tracker`]) is deleted, or stays
 //! `Succeeded`/`Failed` for the grace period, the application's data on this node is deleted
-//! as on `UnregisterApplication` (see [`tracker`] for what counts as evidence). Optionally it
-//! learns each application's Spark secret from its executor pods ([`pods::SECRET_ENV`]).
+//! as on `UnregisterApplication`, unless only its own lifecycle may end it (registered over
+//! gRPC, or authenticated with an operator's secret: `crate::core::Lifecycle`). Optionally it
+//! learns each application's Spark secret from the executor pods its owner controls
+//! ([`pods::SECRET_ENV`]).
 //!
 //! The watches list first, then watch; they re-list on `410 Gone` and after errors, with
 //! exponential back-off (0.8 s to 30 s); lists are quorum reads, so a pod missing from a
@@ -101,6 +104,12 @@ pub async fn follow(
         learned.clone(),
         settings.namespaces.len().max(1),
     );
+    match core.pod_owners().await {
+        Ok(owners) => tracker.restore(owners),
+        Err(e) => {
+            tracing::error!(error = %e, "driver pod bindings not read; applications are bound again from their pods");
+        }
+    }
     let mut events = streams(&client, &settings);
     let mut lists: HashMap<Scope, HashSet<String>> = HashMap::new();
     let mut failing: HashMap<&'static str, Instant> = HashMap::new();
@@ -130,6 +139,7 @@ pub async fn follow(
                 decide(&core, &mut tracker).await;
                 metrics.apps.set(gauge(tracker.apps()));
                 metrics.drivers.set(gauge(tracker.drivers()));
+                metrics.contested.set(gauge(tracker.contested()));
                 metrics.secrets.set(gauge(learned.as_ref().map_or(0, |l| l.len())));
             }
         }
@@ -245,7 +255,7 @@ fn on_event(
                     tracker.driver_gone(d, now);
                 }
             } else if let Some((uid, _)) = pods::identity(&pod) {
-                tracker.executor_gone(&uid);
+                learning = tracker.executor_gone(&uid);
             }
         }
     }
@@ -264,16 +274,27 @@ fn on_event(
     }
 }
 
-/// Deletes the data of applications whose driver ended; a failed deletion is tried again at
-/// the next tick.
+/// Persists new bindings, then deletes the data of applications whose driver ended (except
+/// those with their own lifecycle); a failed write or deletion is tried again at the next tick.
 async fn decide(core: &Core, tracker: &mut Tracker) {
     let now = Instant::now();
+    for (app, owner) in tracker.take_changes() {
+        if let Err(e) = core.set_pod_owner(&app, owner.as_ref()).await {
+            tracing::warn!(app = %app, error = %e, "driver pod binding not persisted yet; retrying");
+            tracker.retry_change(app, owner);
+        }
+    }
     for (app, reason) in tracker.due(now) {
         if tracker.is_removed(&app) && !core.has_app(&app) {
             continue;
         }
-        match core.remove_app(&app, reason.as_str()).await {
+        if core.own_lifecycle(&app) {
+            // Registered over gRPC or with an operator's secret: its own lifecycle ends it.
+            continue;
+        }
+        match core.remove_app_following_pods(&app, reason.as_str()).await {
             Ok(dirs) => {
+                let dirs = dirs.unwrap_or(0);
                 tracing::info!(app = %app, reason = reason.as_str(), dirs, "driver pod ended; application data deleted");
                 tracker.removed(&app);
             }

@@ -1,9 +1,12 @@
-//! What the service reads from Spark's pods: the application, the driver an executor belongs
-//! to (its controller owner reference), the driver's phase, and Spark's per-application
-//! secret from an executor's environment.
+//! What the service reads from Spark's pods: the application an executor pod names, the
+//! driver pod that controls it (its controlling owner reference, which Spark sets and which
+//! names a pod of the executor's own namespace), a driver pod's uid and phase, and Spark's
+//! per-application secret from an executor's environment. A driver pod's labels and creation
+//! time are not read: anyone who may write pods in a namespace can set them.
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::core::PodOwner;
 use crate::ids::AppId;
 
 /// Label Spark puts on its driver and executor pods with the application id.
@@ -22,8 +25,9 @@ pub struct ExecutorPod {
     pub namespace: String,
     /// The application (`spark-app-selector`).
     pub app: AppId,
-    /// The uid of the driver pod that controls it (none in client mode without a driver pod).
-    pub driver_uid: Option<String>,
+    /// The driver pod that controls it, in its own namespace (none in client mode without a
+    /// driver pod).
+    pub driver: Option<PodOwner>,
     /// Spark's secret for the application, when asked for and present as a plain value.
     pub secret: Option<Vec<u8>>,
 }
@@ -34,7 +38,7 @@ impl std::fmt::Debug for ExecutorPod {
             .field("uid", &self.uid)
             .field("namespace", &self.namespace)
             .field("app", &self.app)
-            .field("driver_uid", &self.driver_uid)
+            .field("driver", &self.driver)
             .field("secret", &self.secret.is_some())
             .finish()
     }
@@ -58,10 +62,6 @@ pub struct DriverPod {
     pub uid: String,
     /// Its namespace.
     pub namespace: String,
-    /// The application it names (`spark-app-selector`).
-    pub app: Option<AppId>,
-    /// Its creation time, in seconds since the epoch (the API's resolution; 0 if unset).
-    pub created: i64,
     /// Its phase.
     pub phase: Phase,
 }
@@ -75,13 +75,18 @@ pub fn identity(pod: &Pod) -> Option<(String, String)> {
 pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
     let (uid, namespace) = identity(pod)?;
     let app = pod.metadata.labels.as_ref()?.get(APP_LABEL)?.parse().ok()?;
-    let driver_uid = pod
+    // Owner references never cross namespaces: the uid names a pod of this namespace.
+    let driver = pod
         .metadata
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.kind == "Pod" && o.api_version == "v1" && o.controller == Some(true))
-        .map(|o| o.uid.clone());
+        .filter(|o| !o.uid.is_empty())
+        .map(|o| PodOwner {
+            namespace: namespace.clone(),
+            driver_uid: o.uid.clone(),
+        });
     let secret = if with_secret {
         pod.spec
             .iter()
@@ -98,7 +103,7 @@ pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
         uid,
         namespace,
         app,
-        driver_uid,
+        driver,
         secret,
     })
 }
@@ -111,22 +116,9 @@ pub fn driver(pod: &Pod) -> Option<DriverPod> {
         Some("Failed") => Phase::Failed,
         _ => Phase::Live,
     };
-    let app = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(APP_LABEL))
-        .and_then(|a| a.parse().ok());
-    let created = pod
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map_or(0, |t| t.0.as_second());
     Some(DriverPod {
         uid,
         namespace,
-        app,
-        created,
         phase,
     })
 }
@@ -159,7 +151,11 @@ mod tests {
         let e = executor(&executor_pod("Pod"), true).expect("executor");
         assert_eq!(e.app.as_str(), "spark-0123abcd");
         assert_eq!(e.namespace, "spark");
-        assert_eq!(e.driver_uid.as_deref(), Some("d-1"));
+        let d = e.driver.as_ref().expect("driver");
+        assert_eq!(
+            (d.namespace.as_str(), d.driver_uid.as_str()),
+            ("spark", "d-1")
+        );
         assert_eq!(e.secret.as_deref(), Some(&b"00ff"[..]));
         assert!(!format!("{e:?}").contains("00ff"));
         let e = executor(&executor_pod("Pod"), false).expect("executor");
@@ -169,7 +165,7 @@ mod tests {
     #[test]
     fn only_a_controlling_pod_owner_is_a_driver() {
         let e = executor(&executor_pod("ReplicaSet"), false).expect("executor");
-        assert_eq!(e.driver_uid, None);
+        assert_eq!(e.driver, None);
     }
 
     #[test]
@@ -199,8 +195,7 @@ mod tests {
             );
             let d = driver(&p).expect("driver");
             assert_eq!(d.phase, want);
-            assert_eq!(d.app.expect("app").as_str(), "spark-1");
-            assert_eq!(d.created, 1_796_119_200);
+            assert_eq!((d.uid.as_str(), d.namespace.as_str()), ("d", "n"));
         }
     }
 }

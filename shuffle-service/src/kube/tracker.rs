@@ -1,20 +1,28 @@
 //! What the service knows about Spark's pods, and the decisions drawn from it: an
-//! application's data goes only on positive evidence that its driver pod ended (a delete
-//! event, a complete fresh list without it, or a final phase held for the grace period).
-//! Errors, watch gaps and restarts only ever leave things as they are.
+//! application's data goes only on positive evidence that the driver pod that owns it ended
+//! (a delete event, a complete fresh list without it, or a final phase held for the grace
+//! period). Errors, watch gaps and restarts only ever leave things as they are.
 //!
-//! Which driver pod owns an application: the oldest driver pod labelled with its id
-//! (`spark-app-selector`). Spark labels its driver before anything shows the id, so a pod
-//! copying the label is always younger; two created in the same second own nothing. The
-//! owner's namespace must also be one in which an executor pod of the application was seen on
-//! this node, and only executor pods of that namespace teach the application's secret: a pod
-//! in another namespace that claims the id changes nothing.
+//! Which driver pod owns an application: the one named by uid in the controlling owner
+//! reference of the application's executor pods on this node, in their own namespace (Spark
+//! sets it; owner references never cross namespaces). Once every driver watch has listed, an
+//! application whose executor pods all name one driver pod, seen in that namespace with that
+//! uid, is bound to it; the binding is persisted ([`Tracker::take_changes`]) and survives
+//! restarts, so that pods turning up later naming another driver change nothing. Executor pods
+//! naming different driver pods before a binding leave the application unbound: no driver
+//! decides it, no secret is learned for it. Labels, creation times and pods of other
+//! namespaces decide nothing, and only executor pods controlled by the owning driver pod teach
+//! the application's secret.
+//!
+//! The tracker takes pod facts as they come, whichever way they arrive (lists, watch events),
+//! and never talks to the API itself.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::pods::{DriverPod, ExecutorPod, Phase};
+use crate::core::PodOwner;
 use crate::ids::AppId;
 use crate::spark::secrets::Learned;
 
@@ -60,6 +68,8 @@ impl Scope {
 
 struct Exec {
     app: AppId,
+    /// The driver pod that controls it, in its namespace.
+    driver: Option<PodOwner>,
     namespace: String,
     /// Spark's secret from the pod, until it is learned or refused.
     secret: Option<Vec<u8>>,
@@ -69,10 +79,10 @@ struct Exec {
 
 #[derive(Debug, Default)]
 struct App {
-    /// Namespaces in which executor pods of the application were seen on this node.
-    namespaces: HashSet<String>,
     /// Executor pods present now.
     executors: HashSet<String>,
+    /// The driver pod it is bound to.
+    owner: Option<PodOwner>,
     removed: bool,
 }
 
@@ -86,8 +96,6 @@ enum DriverState {
 #[derive(Debug)]
 struct Driver {
     namespace: String,
-    app: Option<AppId>,
-    created: i64,
     state: DriverState,
 }
 
@@ -100,6 +108,13 @@ pub struct Learning {
     pub conflicts: usize,
 }
 
+impl Learning {
+    fn add(&mut self, other: Self) {
+        self.learned += other.learned;
+        self.conflicts += other.conflicts;
+    }
+}
+
 /// The state of the pods followed.
 pub struct Tracker {
     grace: Duration,
@@ -107,11 +122,13 @@ pub struct Tracker {
     apps: HashMap<AppId, App>,
     executors: HashMap<String, Exec>,
     drivers: HashMap<String, Driver>,
-    by_app: HashMap<AppId, Vec<String>>,
-    /// Driver watches (one per namespace, or one for all) that completed a list; until all
-    /// have, owners are not known and nothing is decided or learned.
-    driver_scopes: usize,
+    /// Watches per kind (one per namespace, or one for all); until every driver watch has
+    /// listed, owners are not known and nothing is bound, decided or learned; until every
+    /// watch has, nothing is pruned.
+    scopes: usize,
     synced: HashSet<Scope>,
+    /// Bindings made or dropped, not yet persisted.
+    changes: Vec<(AppId, Option<PodOwner>)>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -125,23 +142,34 @@ impl std::fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    /// An empty tracker for `driver_scopes` driver watches; `learned` receives verified
+    /// An empty tracker for `scopes` watches of each kind; `learned` receives verified
     /// secrets.
-    pub fn new(grace: Duration, learned: Option<Arc<Learned>>, driver_scopes: usize) -> Self {
+    pub fn new(grace: Duration, learned: Option<Arc<Learned>>, scopes: usize) -> Self {
         Self {
             grace,
             learned,
             apps: HashMap::new(),
             executors: HashMap::new(),
             drivers: HashMap::new(),
-            by_app: HashMap::new(),
-            driver_scopes,
+            scopes,
             synced: HashSet::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// Takes back the bindings persisted before a restart.
+    pub fn restore(&mut self, owners: impl IntoIterator<Item = (AppId, PodOwner)>) {
+        for (app, owner) in owners {
+            self.apps.entry(app).or_default().owner = Some(owner);
         }
     }
 
     fn ready(&self) -> bool {
-        self.synced.len() >= self.driver_scopes
+        self.synced.iter().filter(|s| s.drivers).count() >= self.scopes
+    }
+
+    fn all_listed(&self) -> bool {
+        self.synced.len() >= 2 * self.scopes
     }
 
     /// Applications followed.
@@ -154,49 +182,74 @@ impl Tracker {
         self.drivers.len()
     }
 
+    /// Applications whose executor pods on this node name more than one driver pod.
+    pub fn contested(&self) -> usize {
+        self.apps
+            .values()
+            .filter(|a| self.claims(a).len() > 1)
+            .count()
+    }
+
+    /// Bindings made or dropped since the last call, to persist; a failed write is handed
+    /// back with [`Tracker::retry_change`].
+    pub fn take_changes(&mut self) -> Vec<(AppId, Option<PodOwner>)> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// A binding change that could not be persisted, to try again (unless a newer one came).
+    pub fn retry_change(&mut self, app: AppId, owner: Option<PodOwner>) {
+        if !self.changes.iter().any(|(a, _)| *a == app) {
+            self.changes.push((app, owner));
+        }
+    }
+
     /// An executor pod was added or changed.
     pub fn executor_seen(&mut self, e: ExecutorPod) -> Learning {
-        let app = self.apps.entry(e.app.clone()).or_default();
-        app.namespaces.insert(e.namespace.clone());
-        app.executors.insert(e.uid.clone());
         let taught = self.executors.get(&e.uid).is_some_and(|x| x.taught);
+        if let Some(old) = self.executors.get(&e.uid)
+            && old.app != e.app
+        {
+            // Relabelled to another application: it leaves the first one.
+            let old_app = old.app.clone();
+            if let Some(a) = self.apps.get_mut(&old_app) {
+                a.executors.remove(&e.uid);
+            }
+        }
+        let app = self.apps.entry(e.app.clone()).or_default();
+        app.executors.insert(e.uid.clone());
         let secret = e.secret.filter(|_| self.learned.is_some() && !taught);
         self.executors.insert(
             e.uid,
             Exec {
                 app: e.app.clone(),
+                driver: e.driver,
                 namespace: e.namespace,
                 secret,
                 taught,
             },
         );
-        self.teach(&e.app)
+        self.settle(&e.app)
     }
 
-    /// An executor pod was deleted.
-    pub fn executor_gone(&mut self, uid: &str) {
-        if let Some(x) = self.executors.remove(uid)
-            && let Some(a) = self.apps.get_mut(&x.app)
-        {
+    /// An executor pod was deleted (the pods left may now name one driver pod).
+    pub fn executor_gone(&mut self, uid: &str) -> Learning {
+        let Some(mut x) = self.executors.remove(uid) else {
+            return Learning::default();
+        };
+        if let Some(s) = &mut x.secret {
+            s.fill(0);
+        }
+        if let Some(a) = self.apps.get_mut(&x.app) {
             a.executors.remove(uid);
         }
+        self.settle(&x.app)
     }
 
     /// A driver pod was added or changed.
     pub fn driver_seen(&mut self, d: DriverPod, now: Instant) -> Learning {
-        let app = d.app.clone();
-        if !self.drivers.contains_key(&d.uid)
-            && let Some(a) = &app
-        {
-            self.by_app
-                .entry(a.clone())
-                .or_default()
-                .push(d.uid.clone());
-        }
+        let uid = d.uid.clone();
         let entry = self.drivers.entry(d.uid).or_insert(Driver {
             namespace: d.namespace,
-            app: d.app,
-            created: d.created,
             state: DriverState::Live,
         });
         entry.state = match (entry.state, d.phase) {
@@ -211,10 +264,17 @@ impl Tracker {
                 since: now,
             },
         };
-        match app {
-            Some(a) => self.teach(&a),
-            None => Learning::default(),
+        let apps: HashSet<AppId> = self
+            .executors
+            .values()
+            .filter(|x| x.driver.as_ref().is_some_and(|o| o.driver_uid == uid))
+            .map(|x| x.app.clone())
+            .collect();
+        let mut out = Learning::default();
+        for a in apps {
+            out.add(self.settle(&a));
         }
+        out
     }
 
     /// A driver pod was deleted.
@@ -230,33 +290,34 @@ impl Tracker {
 
     /// A complete, fresh list of `scope` held exactly the pods `present`: executor pods not in
     /// it are forgotten, driver pods not in it are gone. The first complete list of every
-    /// driver watch makes owners known: secrets waiting are learned then.
+    /// driver watch makes owners known: applications are bound and secrets waiting are
+    /// learned then.
     pub fn relisted(&mut self, scope: &Scope, present: &HashSet<String>, now: Instant) -> Learning {
         if scope.drivers {
             let was_ready = self.ready();
             self.synced.insert(scope.clone());
+            self.mark_gone(scope, present, now);
             if !was_ready && self.ready() {
                 let apps: Vec<AppId> = self.apps.keys().cloned().collect();
                 let mut out = Learning::default();
                 for a in apps {
-                    let l = self.teach(&a);
-                    out.learned += l.learned;
-                    out.conflicts += l.conflicts;
+                    out.add(self.settle(&a));
                 }
-                self.mark_gone(scope, present, now);
                 return out;
             }
-            self.mark_gone(scope, present, now);
         } else {
+            self.synced.insert(scope.clone());
             let stale: Vec<String> = self
                 .executors
                 .iter()
                 .filter(|(uid, x)| scope.covers(&x.namespace) && !present.contains(*uid))
                 .map(|(uid, _)| uid.clone())
                 .collect();
+            let mut out = Learning::default();
             for uid in stale {
-                self.executor_gone(&uid);
+                out.add(self.executor_gone(&uid));
             }
+            return out;
         }
         Learning::default()
     }
@@ -272,26 +333,51 @@ impl Tracker {
         }
     }
 
-    /// The driver pod that owns an application: the oldest one labelled with it (none on a tie).
-    fn owner(&self, app: &AppId) -> Option<&Driver> {
-        let mut best: Option<&Driver> = None;
-        let mut tie = false;
-        for d in self
-            .by_app
-            .get(app)?
+    /// The distinct driver pods the application's executor pods name.
+    fn claims<'a>(&'a self, a: &'a App) -> HashSet<&'a PodOwner> {
+        a.executors
             .iter()
-            .filter_map(|u| self.drivers.get(u))
-        {
-            match best {
-                Some(b) if d.created == b.created => tie = true,
-                Some(b) if d.created > b.created => {}
-                _ => {
-                    best = Some(d);
-                    tie = false;
+            .filter_map(|u| self.executors.get(u)?.driver.as_ref())
+            .collect()
+    }
+
+    /// The driver pod named by `owner`, if seen with that uid in that namespace.
+    fn resolve(&self, owner: &PodOwner) -> Option<&Driver> {
+        self.drivers
+            .get(&owner.driver_uid)
+            .filter(|d| d.namespace == owner.namespace)
+    }
+
+    /// Binds the application when its executor pods name one driver pod, seen in their
+    /// namespace, then learns what its owner's executor pods carry.
+    fn settle(&mut self, app: &AppId) -> Learning {
+        if !self.ready() {
+            return Learning::default();
+        }
+        let Some(a) = self.apps.get(app) else {
+            return Learning::default();
+        };
+        if a.owner.is_none() {
+            let claims = self.claims(a);
+            let only = match claims.len() {
+                1 => claims.into_iter().next().cloned(),
+                _ => None,
+            };
+            if let Some(owner) = only.filter(|o| self.resolve(o).is_some()) {
+                tracing::info!(app = %app, namespace = %owner.namespace, driver_uid = %owner.driver_uid,
+                    "application bound to its driver pod");
+                self.changes.push((app.clone(), Some(owner.clone())));
+                if let Some(a) = self.apps.get_mut(app) {
+                    a.owner = Some(owner);
                 }
             }
         }
-        if tie { None } else { best }
+        self.teach(app)
+    }
+
+    /// The live state of the driver pod the application is bound to.
+    fn owner(&self, a: &App) -> Option<&Driver> {
+        self.resolve(a.owner.as_ref()?)
     }
 
     /// Applications whose driver pod ended: deleted, or in a final phase for the grace period.
@@ -303,10 +389,7 @@ impl Tracker {
             return out;
         }
         for (id, a) in &self.apps {
-            let Some(d) = self.owner(id) else { continue };
-            if !a.namespaces.contains(&d.namespace) {
-                continue;
-            }
+            let Some(d) = self.owner(a) else { continue };
             match d.state {
                 DriverState::Gone { .. } => out.push((id.clone(), Reason::DriverDeleted)),
                 DriverState::Final { reason, since } if now.duration_since(since) >= self.grace => {
@@ -334,10 +417,14 @@ impl Tracker {
         }
     }
 
-    /// Drops what no longer matters: removed applications without executor pods,
-    /// applications without executor pods that `registered` no longer knows (their data went
-    /// by another way), and old tombstones of drivers no followed application refers to.
+    /// Drops what no longer matters, once every watch has listed: removed applications
+    /// without executor pods, applications without executor pods that `registered` no longer
+    /// knows (their data went by another way), with their bindings, and old tombstones of
+    /// drivers no followed application is bound to.
     pub fn prune(&mut self, now: Instant, registered: impl Fn(&AppId) -> bool) {
+        if !self.all_listed() {
+            return;
+        }
         let drop: Vec<AppId> = self
             .apps
             .iter()
@@ -345,55 +432,53 @@ impl Tracker {
             .map(|(id, _)| id.clone())
             .collect();
         for id in drop {
-            self.apps.remove(&id);
+            if let Some(a) = self.apps.remove(&id)
+                && a.owner.is_some()
+            {
+                self.changes.push((id.clone(), None));
+            }
             if let Some(l) = &self.learned {
                 l.forget(&id);
             }
         }
+        let bound: HashSet<&str> = self
+            .apps
+            .values()
+            .filter_map(|a| a.owner.as_ref().map(|o| o.driver_uid.as_str()))
+            .collect();
         let old: Vec<String> = self
             .drivers
             .iter()
-            .filter(|(_, d)| {
+            .filter(|(uid, d)| {
                 matches!(d.state, DriverState::Gone { since } if now.duration_since(since) >= TOMBSTONE_TTL)
-                    && d.app.as_ref().is_none_or(|a| !self.apps.contains_key(a))
+                    && !bound.contains(uid.as_str())
             })
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in old {
-            if let Some(d) = self.drivers.remove(&uid)
-                && let Some(a) = d.app
-                && let Some(v) = self.by_app.get_mut(&a)
-            {
-                v.retain(|u| *u != uid);
-                if v.is_empty() {
-                    self.by_app.remove(&a);
-                }
-            }
+            self.drivers.remove(&uid);
         }
     }
 
-    /// Learns the secrets waiting in the application's executor pods of its owner's namespace.
+    /// Learns the secrets waiting in the executor pods controlled by the application's owner.
     fn teach(&mut self, app: &AppId) -> Learning {
         let mut out = Learning::default();
         let Some(learned) = self.learned.clone() else {
             return out;
         };
-        if !self.ready() {
-            return out;
-        }
-        let Some(ns) = self.owner(app).map(|d| d.namespace.clone()) else {
-            return out;
-        };
         let Some(a) = self.apps.get(app) else {
             return out;
         };
-        if a.removed {
+        let Some(owner) = a.owner.clone().filter(|_| !a.removed) else {
+            return out;
+        };
+        if self.resolve(&owner).is_none() {
             return out;
         }
         for uid in &a.executors {
             if let Some(x) = self.executors.get_mut(uid)
-                && x.namespace == ns
-                && let Some(secret) = x.secret.take()
+                && x.driver.as_ref() == Some(&owner)
+                && let Some(mut secret) = x.secret.take()
             {
                 x.taught = true;
                 if learned.learn(app, &secret) {
@@ -401,6 +486,7 @@ impl Tracker {
                 } else {
                     out.conflicts += 1;
                 }
+                secret.fill(0);
             }
         }
         out
@@ -417,22 +503,28 @@ mod tests {
         s.parse().expect("app id")
     }
 
-    fn exec(uid: &str, ns: &str, a: &str, secret: Option<&str>) -> ExecutorPod {
+    fn owner(ns: &str, uid: &str) -> PodOwner {
+        PodOwner {
+            namespace: ns.into(),
+            driver_uid: uid.into(),
+        }
+    }
+
+    /// An executor pod controlled by driver pod `driver` of its namespace.
+    fn exec(uid: &str, ns: &str, a: &str, driver: &str, secret: Option<&str>) -> ExecutorPod {
         ExecutorPod {
             uid: uid.into(),
             namespace: ns.into(),
             app: app(a),
-            driver_uid: None,
+            driver: Some(owner(ns, driver)),
             secret: secret.map(|s| s.as_bytes().to_vec()),
         }
     }
 
-    fn driver(uid: &str, ns: &str, a: &str, created: i64, phase: Phase) -> DriverPod {
+    fn driver(uid: &str, ns: &str, phase: Phase) -> DriverPod {
         DriverPod {
             uid: uid.into(),
             namespace: ns.into(),
-            app: Some(app(a)),
-            created,
             phase,
         }
     }
@@ -440,6 +532,13 @@ mod tests {
     fn drivers_all() -> Scope {
         Scope {
             drivers: true,
+            namespace: None,
+        }
+    }
+
+    fn executors_all() -> Scope {
+        Scope {
+            drivers: false,
             namespace: None,
         }
     }
@@ -464,11 +563,11 @@ mod tests {
     fn a_succeeded_driver_ends_its_application_after_the_grace_only() {
         let t0 = Instant::now();
         let mut t = tracker(None);
-        t.executor_seen(exec("e1", "ns", "spark-a", None));
-        t.executor_seen(exec("e2", "ns", "spark-b", None));
-        t.driver_seen(driver("d1", "ns", "spark-a", 1, Phase::Live), t0);
-        t.driver_seen(driver("d2", "ns", "spark-b", 1, Phase::Live), t0);
-        t.driver_seen(driver("d1", "ns", "spark-a", 1, Phase::Succeeded), t0);
+        t.driver_seen(driver("d1", "ns", Phase::Live), t0);
+        t.driver_seen(driver("d2", "ns", Phase::Live), t0);
+        t.executor_seen(exec("e1", "ns", "spark-a", "d1", None));
+        t.executor_seen(exec("e2", "ns", "spark-b", "d2", None));
+        t.driver_seen(driver("d1", "ns", Phase::Succeeded), t0);
         assert!(t.due(t0 + GRACE / 2).is_empty());
         assert_eq!(
             ids(t.due(t0 + GRACE)),
@@ -482,13 +581,10 @@ mod tests {
     fn a_deleted_driver_ends_its_application_at_once_even_if_executors_are_seen_later() {
         let t0 = Instant::now();
         let mut t = tracker(None);
-        t.driver_seen(driver("d1", "ns", "spark-a", 1, Phase::Live), t0);
-        t.driver_gone(driver("d1", "ns", "spark-a", 1, Phase::Live), t0);
-        assert!(
-            t.due(t0).is_empty(),
-            "no executor of spark-a seen on this node"
-        );
-        t.executor_seen(exec("e1", "ns", "spark-a", None));
+        t.driver_seen(driver("d1", "ns", Phase::Live), t0);
+        t.driver_gone(driver("d1", "ns", Phase::Live), t0);
+        assert!(t.due(t0).is_empty(), "no executor names d1 on this node");
+        t.executor_seen(exec("e1", "ns", "spark-a", "d1", None));
         assert_eq!(
             ids(t.due(t0)),
             vec![("spark-a".into(), Reason::DriverDeleted)]
@@ -498,29 +594,36 @@ mod tests {
     #[test]
     fn restarts_errors_and_unknown_drivers_delete_nothing() {
         let t0 = Instant::now();
-        let mut t = tracker(None);
-        // A fresh start: executors listed, their drivers not (yet) seen or without a label.
-        t.executor_seen(exec("e1", "ns", "spark-a", None));
-        t.executor_seen(exec("e2", "ns", "spark-b", None));
+        let mut t = Tracker::new(GRACE, None, 1);
+        // A fresh start: executors listed, their drivers not (yet) seen.
+        t.executor_seen(exec("e1", "ns", "spark-a", "d1", None));
+        t.executor_seen(exec("e2", "ns", "spark-b", "d2", None));
         t.relisted(&drivers_all(), &HashSet::new(), t0);
         assert!(t.due(t0 + GRACE * 10).is_empty());
+        // An executor without a controlling driver pod (client mode) names none.
+        let mut e = exec("e3", "ns", "spark-c", "d3", None);
+        e.driver = None;
+        t.executor_seen(e);
+        t.driver_gone(driver("d3", "ns", Phase::Live), t0);
+        assert!(t.due(t0 + GRACE * 10).is_empty());
+        assert!(t.take_changes().is_empty(), "nothing bound");
     }
 
     #[test]
     fn a_driver_missing_from_a_complete_list_is_gone_but_only_in_the_listed_namespace() {
         let t0 = Instant::now();
         let mut t = Tracker::new(GRACE, None, 2);
-        t.executor_seen(exec("e1", "ns1", "spark-a", None));
-        t.executor_seen(exec("e2", "ns2", "spark-b", None));
-        t.driver_seen(driver("d1", "ns1", "spark-a", 1, Phase::Live), t0);
-        t.driver_seen(driver("d2", "ns2", "spark-b", 1, Phase::Live), t0);
         let ns = |n: &str| Scope {
             drivers: true,
             namespace: Some(n.into()),
         };
         let listed = |u: &str| HashSet::from([u.to_owned()]);
+        t.driver_seen(driver("d1", "ns1", Phase::Live), t0);
+        t.driver_seen(driver("d2", "ns2", Phase::Live), t0);
         t.relisted(&ns("ns1"), &listed("d1"), t0);
         t.relisted(&ns("ns2"), &listed("d2"), t0);
+        t.executor_seen(exec("e1", "ns1", "spark-a", "d1", None));
+        t.executor_seen(exec("e2", "ns2", "spark-b", "d2", None));
         assert!(t.due(t0).is_empty());
         // A later list of ns1 without d1; d2 is not in it, but ns2 was not listed.
         t.relisted(&ns("ns1"), &HashSet::new(), t0);
@@ -531,70 +634,124 @@ mod tests {
     }
 
     #[test]
-    fn a_younger_driver_pod_copying_the_label_changes_nothing() {
+    fn labels_and_creation_times_of_another_namespace_decide_nothing_once_bound() {
         let t0 = Instant::now();
-        let mut t = tracker(None);
-        t.executor_seen(exec("e1", "victim", "spark-a", None));
-        t.driver_seen(driver("d1", "victim", "spark-a", 100, Phase::Live), t0);
-        // Seen first (a fresh list may come in any order), but created later.
-        t.driver_seen(driver("dx", "attacker", "spark-a", 101, Phase::Failed), t0);
-        t.executor_seen(exec("ex", "attacker", "spark-a", None));
-        t.driver_gone(driver("dx", "attacker", "spark-a", 101, Phase::Failed), t0);
+        let learned = Arc::new(Learned::default());
+        let mut t = tracker(Some(Arc::clone(&learned)));
+        t.driver_seen(driver("d1", "victim", Phase::Live), t0);
+        let l = t.executor_seen(exec("e1", "victim", "spark-a", "d1", Some("good")));
+        assert_eq!(l.learned, 1);
+        assert_eq!(
+            t.take_changes(),
+            vec![(app("spark-a"), Some(owner("victim", "d1")))]
+        );
+        // Another namespace's pod (old, relabelled as a driver) and an executor pod it
+        // controls, with its own secret.
+        t.driver_seen(driver("dx", "attacker", Phase::Live), t0);
+        let l = t.executor_seen(exec("ex", "attacker", "spark-a", "dx", Some("evil")));
+        assert_eq!(l, Learning::default(), "not the owner's pod: never offered");
+        assert_eq!(learned.get(&app("spark-a")).as_deref(), Some(&b"good"[..]));
+        assert_eq!(t.contested(), 1);
+        t.driver_gone(driver("dx", "attacker", Phase::Failed), t0);
         assert!(t.due(t0 + GRACE).is_empty());
+        // The owner still decides.
+        t.driver_gone(driver("d1", "victim", Phase::Live), t0);
+        assert_eq!(
+            ids(t.due(t0)),
+            vec![("spark-a".into(), Reason::DriverDeleted)]
+        );
     }
 
     #[test]
-    fn an_owner_in_a_namespace_without_executors_here_decides_nothing() {
+    fn an_owner_reference_into_another_namespace_is_not_followed() {
         let t0 = Instant::now();
-        let mut t = tracker(None);
-        // A client-mode application (no labelled driver) whose id another namespace copies.
-        t.executor_seen(exec("e1", "victim", "spark-a", None));
-        t.driver_seen(driver("dx", "attacker", "spark-a", 5, Phase::Failed), t0);
-        t.driver_gone(driver("dx", "attacker", "spark-a", 5, Phase::Failed), t0);
-        assert!(t.due(t0 + GRACE).is_empty());
-    }
-
-    #[test]
-    fn two_driver_pods_of_the_same_second_own_nothing() {
-        let t0 = Instant::now();
-        let mut t = tracker(None);
-        t.executor_seen(exec("e1", "ns", "spark-a", None));
-        t.driver_seen(driver("d1", "ns", "spark-a", 7, Phase::Live), t0);
-        t.driver_seen(driver("d2", "ns", "spark-a", 7, Phase::Live), t0);
-        t.driver_gone(driver("d1", "ns", "spark-a", 7, Phase::Live), t0);
+        let learned = Arc::new(Learned::default());
+        let mut t = tracker(Some(Arc::clone(&learned)));
+        t.driver_seen(driver("d1", "victim", Phase::Live), t0);
+        // A pod of "attacker" whose owner reference carries the victim driver's uid.
+        t.executor_seen(exec("ex", "attacker", "spark-a", "d1", Some("evil")));
+        assert!(learned.is_empty());
+        t.driver_gone(driver("d1", "victim", Phase::Live), t0);
         assert!(t.due(t0).is_empty());
+        assert!(t.take_changes().is_empty());
     }
 
     #[test]
-    fn secrets_come_only_from_the_owners_namespace_and_are_forgotten_with_the_application() {
+    fn executor_pods_naming_different_drivers_before_a_binding_bind_nothing() {
         let t0 = Instant::now();
         let learned = Arc::new(Learned::default());
         let mut t = Tracker::new(GRACE, Some(Arc::clone(&learned)), 1);
-        // The copy comes first in the lists; nothing is learned before the owner is known.
-        let l = t.executor_seen(exec("ex", "attacker", "spark-a", Some("evil")));
+        // A restart: both are listed before the driver list completes.
+        t.executor_seen(exec("e1", "victim", "spark-a", "d1", Some("good")));
+        t.executor_seen(exec("ex", "attacker", "spark-a", "dx", Some("evil")));
+        t.driver_seen(driver("dx", "attacker", Phase::Live), t0);
+        t.driver_seen(driver("d1", "victim", Phase::Live), t0);
+        let l = t.relisted(
+            &drivers_all(),
+            &HashSet::from(["d1".to_owned(), "dx".to_owned()]),
+            t0,
+        );
         assert_eq!(l, Learning::default());
-        let l = t.executor_seen(exec("e1", "ns", "spark-a", Some("s3cret")));
-        assert_eq!(l, Learning::default());
-        t.driver_seen(driver("dx", "attacker", "spark-a", 9, Phase::Live), t0);
-        let l = t.driver_seen(driver("d1", "ns", "spark-a", 8, Phase::Live), t0);
+        assert!(learned.is_empty());
+        t.driver_gone(driver("dx", "attacker", Phase::Live), t0);
+        assert!(t.due(t0).is_empty());
+        // The impostor leaves: the application is bound to the one driver left.
+        let l = t.executor_gone("ex");
+        assert_eq!(l.learned, 1);
+        assert_eq!(learned.get(&app("spark-a")).as_deref(), Some(&b"good"[..]));
+    }
+
+    #[test]
+    fn a_binding_restored_after_a_restart_holds_against_a_lone_impostor() {
+        let t0 = Instant::now();
+        let learned = Arc::new(Learned::default());
+        let mut t = Tracker::new(GRACE, Some(Arc::clone(&learned)), 1);
+        t.restore([(app("spark-a"), owner("victim", "d1"))]);
+        t.executor_seen(exec("ex", "attacker", "spark-a", "dx", Some("evil")));
+        t.driver_seen(driver("dx", "attacker", Phase::Live), t0);
+        t.driver_seen(driver("d1", "victim", Phase::Live), t0);
+        t.relisted(
+            &drivers_all(),
+            &HashSet::from(["d1".to_owned(), "dx".to_owned()]),
+            t0,
+        );
+        assert!(learned.is_empty());
+        t.executor_seen(exec("e1", "victim", "spark-a", "d1", Some("good")));
+        assert_eq!(learned.get(&app("spark-a")).as_deref(), Some(&b"good"[..]));
+        t.driver_gone(driver("dx", "attacker", Phase::Live), t0);
+        assert!(t.due(t0).is_empty());
+        t.driver_seen(driver("d1", "victim", Phase::Failed), t0);
+        assert_eq!(
+            ids(t.due(t0 + GRACE)),
+            vec![("spark-a".into(), Reason::DriverFailed)]
+        );
+        assert!(t.take_changes().is_empty(), "restored, not new");
+    }
+
+    #[test]
+    fn secrets_conflicts_and_forgetting() {
+        let t0 = Instant::now();
+        let learned = Arc::new(Learned::default());
+        let mut t = Tracker::new(GRACE, Some(Arc::clone(&learned)), 1);
+        let l = t.executor_seen(exec("e1", "ns", "spark-a", "d1", Some("s3cret")));
         assert_eq!(
             l,
             Learning::default(),
             "not before the driver list is complete"
         );
-        let listed = HashSet::from(["dx".to_owned(), "d1".to_owned()]);
-        let l = t.relisted(&drivers_all(), &listed, t0);
+        t.driver_seen(driver("d1", "ns", Phase::Live), t0);
+        let l = t.relisted(&drivers_all(), &HashSet::from(["d1".to_owned()]), t0);
         assert_eq!(l.learned, 1);
+        let l = t.executor_seen(exec("e2", "ns", "spark-a", "d1", Some("other")));
+        assert_eq!(l.conflicts, 1);
+        // The same pod again offers nothing new.
+        let l = t.executor_seen(exec("e2", "ns", "spark-a", "d1", Some("other")));
+        assert_eq!(l, Learning::default());
         assert_eq!(
             learned.get(&app("spark-a")).as_deref(),
             Some(&b"s3cret"[..])
         );
-        let l = t.executor_seen(exec("e2", "ns", "spark-a", Some("other")));
-        assert_eq!(l.conflicts, 1);
-        // The same pod again offers nothing new.
-        let l = t.executor_seen(exec("e2", "ns", "spark-a", Some("other")));
-        assert_eq!(l, Learning::default());
-        t.driver_gone(driver("d1", "ns", "spark-a", 8, Phase::Live), t0);
+        t.driver_gone(driver("d1", "ns", Phase::Live), t0);
         for (a, _) in t.due(t0) {
             t.removed(&a);
         }
@@ -602,32 +759,33 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_live_applications_and_drops_finished_ones() {
+    fn pruning_keeps_live_applications_and_drops_finished_ones_with_their_bindings() {
         let t0 = Instant::now();
         let learned = Arc::new(Learned::default());
         let mut t = tracker(Some(Arc::clone(&learned)));
-        t.driver_seen(driver("d1", "ns", "spark-a", 1, Phase::Live), t0);
-        t.executor_seen(exec("e1", "ns", "spark-a", Some("s")));
-        t.executor_seen(exec("e2", "ns", "spark-b", None));
-        // Dynamic allocation removed every executor of spark-a: still registered, kept.
+        t.driver_seen(driver("d1", "ns", Phase::Live), t0);
+        t.executor_seen(exec("e1", "ns", "spark-a", "d1", Some("s")));
+        t.executor_seen(exec("e2", "ns", "spark-b", "d2", None));
+        assert_eq!(t.take_changes().len(), 1);
         t.executor_gone("e1");
+        // Not before every watch has listed.
+        t.prune(t0, |_| false);
+        assert_eq!(t.apps(), 2);
+        t.relisted(&executors_all(), &HashSet::from(["e2".to_owned()]), t0);
+        // Dynamic allocation removed every executor of spark-a: still registered, kept.
         t.prune(t0, |_| true);
         assert_eq!(t.apps(), 2);
         assert!(!learned.is_empty());
-        // Its data went by the idle TTL: dropped, secret forgotten.
+        // Its data went by the idle TTL: dropped with its binding, secret forgotten.
         t.prune(t0, |a| a.as_str() != "spark-a");
         assert_eq!(t.apps(), 1);
         assert!(learned.is_empty());
-        // An executor relist without e2 forgets it.
-        let execs = Scope {
-            drivers: false,
-            namespace: None,
-        };
-        t.relisted(&execs, &HashSet::new(), t0);
+        assert_eq!(t.take_changes(), vec![(app("spark-a"), None)]);
+        t.relisted(&executors_all(), &HashSet::new(), t0);
         t.prune(t0, |_| false);
         assert_eq!(t.apps(), 0);
-        // Tombstones of drivers no application refers to go after their time.
-        t.driver_gone(driver("d1", "ns", "spark-a", 1, Phase::Live), t0);
+        // Tombstones of drivers no application is bound to go after their time.
+        t.driver_gone(driver("d1", "ns", Phase::Live), t0);
         t.prune(t0, |_| false);
         assert_eq!(t.drivers(), 1);
         t.prune(t0 + TOMBSTONE_TTL, |_| false);

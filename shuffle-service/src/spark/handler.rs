@@ -15,9 +15,9 @@ use spark_protocol::sasl::Protection;
 use super::checksum::{self, Algorithm};
 use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
 use super::sasl::DigestServer;
-use super::secrets::Secrets;
+use super::secrets::{Secrets, Source};
 use super::stream::{Blocks, Stream, StreamTable};
-use crate::core::Core;
+use crate::core::{Core, Lifecycle};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::layout;
@@ -97,7 +97,10 @@ const MAX_SASL_PIECE: usize = 16 << 20;
 pub struct Session {
     /// The authenticated application, once SASL completed.
     pub client: Option<AppId>,
-    sasl: Option<(AppId, DigestServer)>,
+    /// Where the secret the client proved came from: it decides who may end what the
+    /// connection registers ([`Lifecycle::of_spark`]).
+    source: Option<Source>,
+    sasl: Option<(AppId, DigestServer, Source)>,
     /// The channel of a handshake that just completed, for the connection to take.
     crypto: Option<NewChannel>,
     /// Open streams.
@@ -125,6 +128,7 @@ impl Session {
     pub fn new(shared: &Shared) -> Self {
         Self {
             client: None,
+            source: None,
             sasl: None,
             crypto: None,
             streams: StreamTable::counted(shared.core.metrics().open_streams.clone()),
@@ -211,7 +215,7 @@ impl Session {
             Ok(a) => a,
             Err(e) => return Action::FailAndClose(fail(ShuffleError::from(e))),
         };
-        let Some(secret) = shared.secrets.lookup(&app) else {
+        let Some((secret, source)) = shared.core.spark_secret(&app) else {
             Self::auth_failed(shared, app.as_str(), "AuthEngine", &"no secret");
             return Action::FailAndClose(format!("no secret for application {app}"));
         };
@@ -219,6 +223,7 @@ impl Session {
             Ok((response, keys)) => {
                 tracing::debug!(app = %app, "client authenticated (network crypto)");
                 self.client = Some(app);
+                self.source = Some(source);
                 self.crypto = Some(NewChannel::Pending(keys));
                 Action::Reply(Ok(response.to_bytes()))
             }
@@ -243,10 +248,10 @@ impl Session {
             Ok(a) => a,
             Err(e) => return Action::FailAndClose(fail(ShuffleError::from(e))),
         };
-        let (sasl_app, server) = match &mut self.sasl {
+        let (sasl_app, server, source) = match &mut self.sasl {
             Some(s) => s,
             None => {
-                let Some(secret) = shared.secrets.lookup(&app) else {
+                let Some((secret, source)) = shared.core.spark_secret(&app) else {
                     return Action::FailAndClose(format!("no secret for application {app}"));
                 };
                 let offer = if shared.require_encryption {
@@ -254,8 +259,11 @@ impl Session {
                 } else {
                     Protection::AuthOrConf
                 };
-                self.sasl
-                    .insert((app.clone(), DigestServer::new(&secret).offering(offer)))
+                self.sasl.insert((
+                    app.clone(),
+                    DigestServer::new(&secret).offering(offer),
+                    source,
+                ))
             }
         };
         if *sasl_app != app {
@@ -271,6 +279,7 @@ impl Session {
                             Some(NewChannel::Ready(Opener::Sasl(open), Sealer::Sasl(seal)));
                     }
                     self.client = Some(app);
+                    self.source = Some(*source);
                     self.sasl = None;
                 }
                 Action::Reply(Ok(Bytes::from(reply)))
@@ -296,6 +305,7 @@ impl Session {
 
     fn block_message(&mut self, shared: &Arc<Shared>, m: Btm) -> Action {
         let core = &shared.core;
+        let lifecycle = Lifecycle::of_spark(self.source);
         match m {
             Btm::RegisterExecutor {
                 app_id,
@@ -303,7 +313,7 @@ impl Session {
                 info,
             } => self.later(&app_id, core, move |app, core| async move {
                 let r = ExecutorRegistration::from_spark(app, &exec_id, info).map_err(fail)?;
-                core.register_executor(r).await.map_err(fail)?;
+                core.register_executor(r, lifecycle).await.map_err(fail)?;
                 Ok(Bytes::new())
             }),
             Btm::FetchShuffleBlocks {
@@ -366,7 +376,7 @@ impl Session {
             } => self.later(&app_id, core, move |app, core| async move {
                 let ms = u64::try_from(heartbeat_timeout_ms)
                     .map_err(|_| "negative heartbeat timeout".to_owned())?;
-                core.register_driver(&app, Duration::from_millis(ms))
+                core.register_driver(&app, Duration::from_millis(ms), lifecycle)
                     .await
                     .map_err(fail)?;
                 Ok(Bytes::new())

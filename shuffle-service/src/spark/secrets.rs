@@ -2,7 +2,10 @@
 //! application), per-application secrets (a directory of files named by application id, the
 //! shape of a mounted Kubernetes Secret), secrets learned from executor pods (Spark's own
 //! per-application secret on `k8s://`, see `crate::kube`), or several: a per-application file
-//! wins over a learned secret, which wins over the shared one.
+//! wins over a learned secret, which wins over the shared one. An application that only its
+//! own lifecycle may end (registered over gRPC, or authenticated with a secret the operator
+//! configured) is answered for by the operator's secrets only: a learned secret never
+//! replaces or shadows them (see [`Secrets::find`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,6 +13,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use crate::ids::AppId;
+
+/// Which kind of source answered for an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A secret the operator configured (the shared file or the per-application directory).
+    Operator,
+    /// A secret learned from the application's executor pods.
+    Learned,
+}
 
 /// Where secrets come from. `Debug` shows which sources are configured, never a secret.
 #[derive(Clone, Default)]
@@ -150,22 +162,29 @@ impl Secrets {
         self.shared.is_some() || self.per_app_dir.is_some() || self.learned.is_some()
     }
 
-    /// The secret of an application (blocking read of a small file). The id is validated by
-    /// its type before it names a file.
+    /// The secret of an application, from any source (see [`Secrets::find`]).
     pub fn lookup(&self, app: &AppId) -> Option<Vec<u8>> {
+        self.find(app, true).map(|(s, _)| s)
+    }
+
+    /// The secret of an application and its source (blocking read of a small file): the
+    /// per-application file, else (when `learned_allowed`) a learned secret, else the shared
+    /// one. The id is validated by its type before it names a file.
+    pub fn find(&self, app: &AppId, learned_allowed: bool) -> Option<(Vec<u8>, Source)> {
+        let learned = self.learned.as_ref().filter(|_| learned_allowed);
         if let Some(d) = &self.per_app_dir {
             match read_secret(&d.join(app.as_str())) {
-                Ok(s) => return Some(s),
-                Err(e) if self.shared.is_none() && self.learned.is_none() => {
+                Ok(s) => return Some((s, Source::Operator)),
+                Err(e) if self.shared.is_none() && learned.is_none() => {
                     tracing::warn!(app = %app, error = %e, "no secret for application");
                 }
                 Err(_) => {}
             }
         }
-        if let Some(s) = self.learned.as_ref().and_then(|l| l.get(app)) {
-            return Some(s);
+        if let Some(s) = learned.and_then(|l| l.get(app)) {
+            return Some((s, Source::Learned));
         }
-        self.shared.clone()
+        self.shared.clone().map(|s| (s, Source::Operator))
     }
 }
 
@@ -190,6 +209,23 @@ mod tests {
         assert_eq!(secrets.lookup(&app("spark-b")), None);
         learned.forget(&app("spark-a"));
         assert_eq!(secrets.lookup(&app("spark-a")), None);
+    }
+
+    #[test]
+    fn a_learned_secret_never_answers_where_it_is_not_allowed() {
+        let learned = Arc::new(Learned::default());
+        learned.learn(&app("spark-a"), b"learned");
+        let secrets = Secrets::shared(b"shared".to_vec()).with_learned(learned);
+        assert_eq!(
+            secrets.find(&app("spark-a"), true),
+            Some((b"learned".to_vec(), Source::Learned))
+        );
+        assert_eq!(
+            secrets.find(&app("spark-a"), false),
+            Some((b"shared".to_vec(), Source::Operator))
+        );
+        let only_learned = Secrets::default().with_learned(Arc::new(Learned::default()));
+        assert_eq!(only_learned.find(&app("spark-a"), false), None);
     }
 
     #[test]

@@ -119,23 +119,29 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     )
     .await
     .unwrap();
-    core.register_executor(shuffle_service::request::ExecutorRegistration {
-        app: a.clone(),
-        exec: "1".parse().unwrap(),
-        local_dirs: vec![dir_a.display().to_string()],
-        sub_dirs: 64,
-        shuffle_manager: String::new(),
-    })
+    core.register_executor(
+        shuffle_service::request::ExecutorRegistration {
+            app: a.clone(),
+            exec: "1".parse().unwrap(),
+            local_dirs: vec![dir_a.display().to_string()],
+            sub_dirs: 64,
+            shuffle_manager: String::new(),
+        },
+        shuffle_service::core::Lifecycle::Pods,
+    )
     .await
     .unwrap();
     // An application known only from its executors (plain Spark, no driver signal).
-    core.register_executor(shuffle_service::request::ExecutorRegistration {
-        app: b.clone(),
-        exec: "1".parse().unwrap(),
-        local_dirs: vec![dir_b.display().to_string()],
-        sub_dirs: 64,
-        shuffle_manager: String::new(),
-    })
+    core.register_executor(
+        shuffle_service::request::ExecutorRegistration {
+            app: b.clone(),
+            exec: "1".parse().unwrap(),
+            local_dirs: vec![dir_b.display().to_string()],
+            sub_dirs: 64,
+            shuffle_manager: String::new(),
+        },
+        shuffle_service::core::Lifecycle::Pods,
+    )
     .await
     .unwrap();
 
@@ -170,13 +176,16 @@ async fn apps_whose_directories_vanished_are_dropped() {
     let s = TestService::start(|_| {}).await;
     let d = s.exec_dir("gone/blockmgr");
     s.core
-        .register_executor(shuffle_service::request::ExecutorRegistration {
-            app: "app-v".parse().unwrap(),
-            exec: "1".parse().unwrap(),
-            local_dirs: vec![d.display().to_string()],
-            sub_dirs: 64,
-            shuffle_manager: String::new(),
-        })
+        .register_executor(
+            shuffle_service::request::ExecutorRegistration {
+                app: "app-v".parse().unwrap(),
+                exec: "1".parse().unwrap(),
+                local_dirs: vec![d.display().to_string()],
+                sub_dirs: 64,
+                shuffle_manager: String::new(),
+            },
+            shuffle_service::core::Lifecycle::Pods,
+        )
         .await
         .unwrap();
     std::fs::remove_dir_all(s.volume.join("gone")).unwrap();

@@ -1,7 +1,11 @@
 //! The pod watches against the test bed's API server (plain HTTP on loopback, no root): an
 //! application's data goes when its driver pod ends, and only then; API outages, restarts
 //! and other namespaces' pods delete nothing; Spark's secret is learned and forgotten.
+//! `ownership` performs the attacks of tenants who write pods in their own namespace.
 
+mod ownership;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,12 +14,14 @@ use kubebed::api::{ApiConfig, router};
 use kubebed::resources::PODS;
 use kubebed::store::{DeleteOptions, Store};
 use serde_json::{Value, json};
-use shuffle_service::config::KubeSettings;
+use shuffle_service::config::{Config, KubeSettings};
 use shuffle_service::ids::AppId;
 use shuffle_service::kube::metrics::KubeMetrics;
+use shuffle_service::spark::client::Client as SparkClient;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::{TestService, metric, register_app, register_exec};
+use crate::common::{TestService, metric};
+use crate::spark_protocol::register_msg;
 
 const NODE: &str = "node-1";
 const GRACE: Duration = Duration::from_millis(300);
@@ -23,14 +29,14 @@ const TICK: Duration = Duration::from_millis(50);
 /// Bound on every wait for something that must happen.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-struct Api {
+pub(crate) struct Api {
     store: Arc<Store>,
     config: ApiConfig,
     url: String,
     stop: CancellationToken,
 }
 
-async fn api(history: usize) -> Api {
+pub(crate) async fn api(history: usize) -> Api {
     let store = Store::new(history);
     for ns in ["spark", "team-a", "team-b", "other"] {
         store
@@ -60,14 +66,20 @@ async fn api(history: usize) -> Api {
     }
 }
 
-fn driver(ns: &str, name: &str, app: &str) -> Value {
+pub(crate) fn driver(ns: &str, name: &str, app: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns,
             "labels": {"spark-app-selector": app, "spark-role": "driver"}},
         "spec": {"containers": [{"name": "spark-kubernetes-driver", "image": "spark"}]}})
 }
 
-fn executor(ns: &str, name: &str, app: &str, owner: &Value, secret: Option<&str>) -> Value {
+pub(crate) fn executor(
+    ns: &str,
+    name: &str,
+    app: &str,
+    owner: &Value,
+    secret: Option<&str>,
+) -> Value {
     let mut env = vec![json!({"name": "SPARK_EXECUTOR_ID", "value": "1"})];
     if let Some(s) = secret {
         env.push(json!({"name": "_SPARK_AUTH_SECRET", "value": s}));
@@ -90,30 +102,58 @@ fn set_phase(store: &Store, ns: &str, name: &str, phase: &str) {
         .unwrap();
 }
 
-/// The service with one registered executor per application, and the pod watches running.
-struct Fixture {
+/// Registers executor `exec` of `app` over Spark's protocol, as Spark's executors do, in the
+/// directory `blockmgr-<app>`, after authenticating with `secret` when given; returns the
+/// directory.
+pub(crate) async fn spark_register(
+    svc: &TestService,
+    app: &str,
+    exec: &str,
+    secret: Option<&[u8]>,
+) -> Result<PathBuf, String> {
+    let d = svc.exec_dir(&format!("blockmgr-{app}"));
+    let mut c = SparkClient::connect(svc.spark).await.unwrap();
+    if let Some(s) = secret {
+        c.authenticate(app, s)
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)?;
+    }
+    c.call(&register_msg(app, exec, &[&d]))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)?;
+    Ok(d)
+}
+
+/// The service with one executor per application registered over Spark's protocol, and the
+/// pod watches running.
+pub(crate) struct Fixture {
     svc: TestService,
     api: Api,
     metrics: prometheus::Registry,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    learn_secrets: bool,
+    tweak: fn(&mut Config),
 }
 
 impl Fixture {
     async fn start(api: Api, learn_secrets: bool, apps: &[&str]) -> Self {
-        let svc = TestService::start(|c| {
-            c.kube = Some(KubeSettings {
-                node_name: NODE.into(),
-                learn_secrets,
-                ..KubeSettings::default()
-            });
-        })
-        .await;
-        let mut c = svc.client().await;
+        Self::start_with(api, learn_secrets, apps, |_| {}).await
+    }
+
+    /// As [`Fixture::start`], with `tweak` applied to the service's configuration (again at
+    /// each restart).
+    pub(crate) async fn start_with(
+        api: Api,
+        learn_secrets: bool,
+        apps: &[&str],
+        tweak: fn(&mut Config),
+    ) -> Self {
+        let svc = TestService::start(|c| Self::configure(c, learn_secrets, tweak)).await;
         for app in apps {
-            let token = register_app(&mut c, app).await;
-            let d = svc.exec_dir(&format!("blockmgr-{app}"));
-            register_exec(&mut c, &token, app, "1", &[&d]).await;
+            spark_register(&svc, app, "1", None).await.unwrap();
         }
         let mut f = Self {
             svc,
@@ -121,9 +161,32 @@ impl Fixture {
             metrics: prometheus::Registry::new(),
             cancel: CancellationToken::new(),
             task: tokio::spawn(async {}),
+            learn_secrets,
+            tweak,
         };
         f.follow(learn_secrets);
         f
+    }
+
+    fn configure(c: &mut Config, learn_secrets: bool, tweak: fn(&mut Config)) {
+        c.kube = Some(KubeSettings {
+            node_name: NODE.into(),
+            learn_secrets,
+            ..KubeSettings::default()
+        });
+        tweak(c);
+    }
+
+    /// Stops the watches and the service, and starts both again on the same state directory
+    /// and volume: what a restart of the service's pod does.
+    pub(crate) async fn restart(mut self) -> Self {
+        self.cancel.cancel();
+        let _ = std::mem::replace(&mut self.task, tokio::spawn(async {})).await;
+        let (learn, tweak) = (self.learn_secrets, self.tweak);
+        let dir = self.svc.shutdown().await;
+        self.svc = TestService::start_in(dir, |c| Self::configure(c, learn, tweak)).await;
+        self.follow(learn);
+        self
     }
 
     /// Starts (or restarts) the watches, as a service start would.
@@ -195,6 +258,27 @@ impl Fixture {
             .encode_to_string(&self.metrics.gather())
             .unwrap();
         metric(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    }
+
+    /// Waits until a watch metric reaches at least `n` (a series not yet written counts 0).
+    pub(crate) async fn wait_metric(&self, series: &str, n: f64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        let value = || {
+            let text = prometheus::TextEncoder::new()
+                .encode_to_string(&self.metrics.gather())
+                .unwrap();
+            metric(&text, series).unwrap_or(0.0)
+        };
+        while value() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} < {n}:\n{}",
+                prometheus::TextEncoder::new()
+                    .encode_to_string(&self.metrics.gather())
+                    .unwrap()
+            );
+            tokio::time::sleep(TICK).await;
+        }
     }
 
     /// Waits until a watch has completed `n` lists.
@@ -282,10 +366,7 @@ async fn a_succeeded_driver_takes_its_data_after_the_grace_and_leaves_another_jo
     );
     // An executor of the ended application registering late (its pod not killed yet) leaves
     // nothing behind either.
-    let mut c = f.svc.client().await;
-    let token = register_app(&mut c, "spark-a").await;
-    let d = f.svc.exec_dir("blockmgr-spark-a");
-    register_exec(&mut c, &token, "spark-a", "2", &[&d]).await;
+    spark_register(&f.svc, "spark-a", "2", None).await.unwrap();
     f.gone("spark-a").await;
     let text = f.svc.metrics().await;
     assert_eq!(
@@ -393,37 +474,14 @@ async fn a_restart_deletes_nothing_without_evidence_and_relists_after_410() {
 }
 
 #[tokio::test]
-async fn spark_secrets_are_learned_from_executor_pods_of_the_same_namespace_and_forgotten() {
+async fn spark_secrets_are_learned_from_executor_pods_of_the_owning_driver_and_forgotten() {
     let api = api(1000).await;
     let da = api
         .store
         .create(&PODS, "spark", driver("spark", "a-driver", "spark-a"))
         .unwrap();
-    // Created a second earlier than anything below (timestamps have a resolution of 1 s, and
-    // two driver pods of one second own nothing).
-    api.store
-        .update(&PODS, "spark", "a-driver", |p| {
-            p["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
-            Ok(())
-        })
-        .unwrap();
-    let f = Fixture::start(api, true, &["spark-a"]).await;
+    let f = Fixture::start(api, true, &[]).await;
     f.synced().await;
-    // A pod of another namespace that claims spark-a with its own secret, owned by a driver
-    // pod of its namespace: ignored.
-    let dx = f
-        .api
-        .store
-        .create(&PODS, "other", driver("other", "x-driver", "spark-a"))
-        .unwrap();
-    f.api
-        .store
-        .create(
-            &PODS,
-            "other",
-            executor("other", "x-exec", "spark-a", &dx, Some("evil")),
-        )
-        .unwrap();
     f.api
         .store
         .create(
@@ -442,7 +500,27 @@ async fn spark_secrets_are_learned_from_executor_pods_of_the_same_namespace_and_
         );
         tokio::time::sleep(TICK).await;
     }
-    // Whichever pod came first, only the namespace that owns the application may teach it.
+    // Spark's executor authenticates with it and registers.
+    spark_register(&f.svc, "spark-a", "1", Some(b"c0ffee"))
+        .await
+        .unwrap();
+    // A pod of another namespace that claims spark-a with its own secret, controlled by a
+    // driver pod of its namespace: ignored.
+    let dx = f
+        .api
+        .store
+        .create(&PODS, "other", driver("other", "x-driver", "spark-a"))
+        .unwrap();
+    f.api
+        .store
+        .create(
+            &PODS,
+            "other",
+            executor("other", "x-exec", "spark-a", &dx, Some("evil")),
+        )
+        .unwrap();
+    f.wait_metric("shuffle_kube_contested_applications", 1.0)
+        .await;
     assert_eq!(secrets.lookup(&app).as_deref(), Some(&b"c0ffee"[..]));
     f.api
         .store
