@@ -9,12 +9,14 @@
 //! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
 //! - [`accept`]: the accept loop's step (connection cap, back-off, `TCP_NODELAY`);
-//! - [`tls`]: a TLS server certificate reloaded when its files change.
+//! - [`tls`]: a TLS server certificate reloaded when its files change, and its expiry;
+//! - [`rlimit`]: the open-file limit raised to the hard limit at start.
 
 pub mod accept;
 pub mod disk;
 pub mod lock;
 pub mod logging;
+pub mod rlimit;
 pub mod secret;
 pub mod shutdown;
 pub mod size;

@@ -3,9 +3,13 @@
 //! inode, so that the symlink swap of a Kubernetes Secret volume, as cert-manager rotation
 //! does it, counts), without a restart. New connections get the new certificate; open ones
 //! keep theirs. A file that cannot be read or parsed, or a key that does not match the
-//! certificate, keeps the previous certificate in use and is logged.
+//! certificate, keeps the previous certificate in use and is logged. Reloads and refusals are
+//! logged at `info` and `error` under the `service_runtime` target (on by default, see
+//! [`crate::logging`]) and reported to an observer, which counts them; the served
+//! certificate's expiry is read from its leaf so that an alert can fire before it lapses.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -100,12 +104,40 @@ pub fn load(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
     })
 }
 
+/// When a DER certificate expires, in Unix seconds; `None` when it cannot be parsed.
+#[must_use]
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+/// What one look at the files found, for an observer to count.
+#[derive(Debug)]
+pub enum Reload<'a> {
+    /// A new certificate is in use; it expires then (Unix seconds), if that could be read.
+    Reloaded {
+        /// Expiry of the new leaf certificate.
+        not_after: Option<i64>,
+    },
+    /// The changed files were refused; the previous certificate stays in use.
+    Refused(&'a TlsError),
+}
+
+/// No expiry known.
+const NO_EXPIRY: i64 = i64::MIN;
+
 /// The current certificate of a listener.
 #[derive(Debug)]
 pub struct ReloadingCert {
     files: TlsFiles,
     current: RwLock<Arc<CertifiedKey>>,
     stamps: Mutex<(Option<Stamp>, Option<Stamp>)>,
+    expiry: AtomicI64,
+}
+
+fn leaf_expiry(key: &CertifiedKey) -> i64 {
+    key.cert.first().and_then(not_after).unwrap_or(NO_EXPIRY)
 }
 
 impl ReloadingCert {
@@ -118,9 +150,22 @@ impl ReloadingCert {
         let key = load(&files)?;
         Ok(Arc::new(Self {
             files,
+            expiry: AtomicI64::new(leaf_expiry(&key)),
             current: RwLock::new(Arc::new(key)),
             stamps: Mutex::new(stamps),
         }))
+    }
+
+    /// When the certificate in use expires (Unix seconds), if its leaf could be parsed.
+    #[must_use]
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.expiry.load(Ordering::Relaxed)).filter(|e| *e != NO_EXPIRY)
+    }
+
+    /// The certificate file.
+    #[must_use]
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
     }
 
     /// Loads the files again if they changed; returns whether a new certificate is in use.
@@ -138,26 +183,55 @@ impl ReloadingCert {
             *seen = now;
         }
         let key = load(&self.files)?;
+        self.expiry.store(leaf_expiry(&key), Ordering::Relaxed);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
         Ok(true)
     }
 
     /// Reloads every `interval` until `stop` resolves, logging each outcome.
     pub async fn watch(self: Arc<Self>, interval: Duration, stop: impl Future<Output = ()>) {
+        self.watch_observed(interval, stop, |_| {}).await;
+    }
+
+    /// [`Self::check`] every `interval` until `stop` resolves, telling `observer` of each
+    /// reload and refusal.
+    pub async fn watch_observed(
+        self: Arc<Self>,
+        interval: Duration,
+        stop: impl Future<Output = ()>,
+        observer: impl Fn(&Reload<'_>),
+    ) {
         let mut stop = std::pin::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => return,
                 () = tokio::time::sleep(interval) => {}
             }
-            match self.reload_if_changed() {
-                Ok(true) => {
-                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays in use")
-                }
+            self.check(&observer);
+        }
+    }
+
+    /// Looks at the files once: reloads them if they changed, logs the outcome (at `info` or
+    /// `error`) and tells `observer`.
+    pub fn check(&self, observer: &impl Fn(&Reload<'_>)) {
+        match self.reload_if_changed() {
+            Ok(true) => {
+                let not_after = self.not_after();
+                tracing::info!(
+                    cert = %self.files.cert.display(),
+                    not_after = not_after.unwrap_or_default(),
+                    "TLS certificate reloaded"
+                );
+                observer(&Reload::Reloaded { not_after });
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(
+                    cert = %self.files.cert.display(),
+                    error = %e,
+                    "TLS certificate not reloaded; the previous one stays in use"
+                );
+                observer(&Reload::Refused(&e));
             }
         }
     }

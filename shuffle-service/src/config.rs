@@ -40,6 +40,20 @@ pub const DEFAULT_SPARK_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_SPARK_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest Spark frame accepted from a client.
 pub const DEFAULT_SPARK_MAX_FRAME: u64 = 16 << 20;
+/// Largest Spark frame accepted before the client authenticated (when authentication is on).
+pub const DEFAULT_SPARK_PREAUTH_MAX_FRAME: u64 = 16 << 10;
+/// Memory for partly received Spark frames across connections.
+pub const DEFAULT_SPARK_FRAME_MEMORY: u64 = 128 << 20;
+/// Most gRPC connections at once.
+pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
+/// Most admin connections at once (probes and scrapes).
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// A gRPC or admin connection must send its first byte within this.
+pub const DEFAULT_CONNECTION_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A gRPC or admin connection must finish TLS and send its first request head within this.
+pub const DEFAULT_CONNECTION_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A gRPC or admin connection with no request in progress this long is closed.
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Memory for block bodies across Spark connections.
 pub const DEFAULT_SPARK_MEMORY: u64 = 64 << 20;
 /// Memory for block bodies per Spark connection.
@@ -167,6 +181,31 @@ pub struct ServeArgs {
     /// Block files open for sending at once across Spark connections.
     #[arg(long, env = "SHUFFLE_SPARK_OPEN_FILES")]
     pub spark_open_files: Option<usize>,
+    /// Largest Spark frame accepted before the client authenticated (e.g. 16KiB); larger
+    /// ones close the connection. Only SASL and AuthEngine messages come before.
+    #[arg(long, env = "SHUFFLE_SPARK_PREAUTH_MAX_FRAME", value_parser = parse_size)]
+    pub spark_preauth_max_frame: Option<u64>,
+    /// Memory for partly received Spark frames across connections (e.g. 128MiB); a
+    /// connection waits for it up to the idle timeout, then is closed.
+    #[arg(long, env = "SHUFFLE_SPARK_FRAME_MEMORY", value_parser = parse_size)]
+    pub spark_frame_memory: Option<u64>,
+    /// Most gRPC connections at once; beyond it a connection is closed at once.
+    #[arg(long, env = "SHUFFLE_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+    /// Most admin connections at once (probes, scrapes); beyond it a connection is closed.
+    #[arg(long, env = "SHUFFLE_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: Option<usize>,
+    /// gRPC and admin connections that send no byte within this are closed.
+    #[arg(long, env = "SHUFFLE_CONNECTION_FIRST_BYTE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub connection_first_byte_timeout: Option<Duration>,
+    /// gRPC and admin connections that have not finished TLS and sent a first request head
+    /// (after the HTTP/2 preface) within this are closed.
+    #[arg(long, env = "SHUFFLE_CONNECTION_FIRST_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub connection_first_request_timeout: Option<Duration>,
+    /// gRPC and admin connections with no request in progress for this long are closed
+    /// (HTTP/2: GOAWAY; PINGs do not count as activity).
+    #[arg(long, env = "SHUFFLE_CONNECTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub connection_idle_timeout: Option<Duration>,
     /// Follow Spark's driver and executor pods through the Kubernetes API (deletes an
     /// application's data when the driver pod named by its executor pods' controlling owner
     /// reference ends; never one registered over gRPC or with an operator's secret): `auto`
@@ -242,6 +281,13 @@ struct FileConfig {
     spark_memory: Option<String>,
     spark_connection_memory: Option<String>,
     spark_open_files: Option<usize>,
+    spark_preauth_max_frame: Option<String>,
+    spark_frame_memory: Option<String>,
+    grpc_max_connections: Option<usize>,
+    admin_max_connections: Option<usize>,
+    connection_first_byte_timeout: Option<String>,
+    connection_first_request_timeout: Option<String>,
+    connection_idle_timeout: Option<String>,
     kube_watch: Option<KubeWatch>,
     kube_node_name: Option<String>,
     #[serde(default)]
@@ -313,6 +359,12 @@ pub struct Config {
     pub spark_open_files: usize,
     /// Bodies read into memory up to this size.
     pub spark_small_body: u64,
+    /// Largest client frame before authentication.
+    pub spark_preauth_max_frame: usize,
+    /// Memory for partly received frames across connections.
+    pub spark_frame_memory: u64,
+    /// Connection caps, deadlines and idle close of the gRPC and admin listeners.
+    pub connections: ConnectionLimits,
     /// Following Spark's pods (`None`: off).
     pub kube: Option<KubeSettings>,
     /// TLS of the gRPC listener (`None`: plaintext).
@@ -361,6 +413,9 @@ impl Config {
             spark_connection_memory: DEFAULT_SPARK_CONNECTION_MEMORY,
             spark_open_files: DEFAULT_SPARK_OPEN_FILES,
             spark_small_body: DEFAULT_SPARK_SMALL_BODY,
+            spark_preauth_max_frame: DEFAULT_SPARK_PREAUTH_MAX_FRAME as usize,
+            spark_frame_memory: DEFAULT_SPARK_FRAME_MEMORY,
+            connections: ConnectionLimits::default(),
             kube: None,
             grpc_tls: None,
             spark_tls: None,
@@ -503,6 +558,42 @@ impl Config {
             file.spark_connection_memory,
             c.spark_connection_memory,
         )?;
+        if let Some(n) = args.grpc_max_connections.or(file.grpc_max_connections) {
+            c.connections.grpc_max_connections = n;
+        }
+        if let Some(n) = args.admin_max_connections.or(file.admin_max_connections) {
+            c.connections.admin_max_connections = n;
+        }
+        c.connections.first_byte_timeout = dur(
+            args.connection_first_byte_timeout,
+            file.connection_first_byte_timeout,
+            c.connections.first_byte_timeout,
+            "connection_first_byte_timeout",
+        )?;
+        c.connections.first_request_timeout = dur(
+            args.connection_first_request_timeout,
+            file.connection_first_request_timeout,
+            c.connections.first_request_timeout,
+            "connection_first_request_timeout",
+        )?;
+        c.connections.idle_timeout = dur(
+            args.connection_idle_timeout,
+            file.connection_idle_timeout,
+            c.connections.idle_timeout,
+            "connection_idle_timeout",
+        )?;
+        c.spark_preauth_max_frame = size(
+            args.spark_preauth_max_frame,
+            file.spark_preauth_max_frame,
+            c.spark_preauth_max_frame as u64,
+        )?
+        .try_into()
+        .map_err(|_| "spark_preauth_max_frame: too large".to_owned())?;
+        c.spark_frame_memory = size(
+            args.spark_frame_memory,
+            file.spark_frame_memory,
+            c.spark_frame_memory,
+        )?;
         if c.spark_max_connections == 0
             || c.spark_open_files < 64
             || c.spark_idle_timeout.is_zero()
@@ -568,6 +659,21 @@ impl Config {
     /// # Errors
     /// A sentence naming the conflict.
     pub fn validate(&self) -> Result<(), String> {
+        self.connections.validate()?;
+        if self.spark_preauth_max_frame < 1024
+            || self.spark_preauth_max_frame > self.spark_max_frame
+        {
+            return Err(format!(
+                "--spark-preauth-max-frame must be between 1KiB and the largest frame ({} bytes)",
+                self.spark_max_frame
+            ));
+        }
+        if self.spark_frame_memory < self.spark_max_frame as u64 {
+            return Err(format!(
+                "--spark-frame-memory must hold at least one largest frame ({} bytes)",
+                self.spark_max_frame
+            ));
+        }
         let authenticated = self.spark_auth_secret_file.is_some()
             || self.spark_auth_secret_dir.is_some()
             || self.kube.as_ref().is_some_and(|k| k.learn_secrets);
@@ -584,6 +690,52 @@ impl Config {
             return Err(format!(
                 "the Spark listener on {addr} has no authentication: anyone who reaches it reads and removes every application's blocks. Configure --spark-auth-secret-file, --spark-auth-secret-dir or --kube-learn-secrets, listen on loopback, or accept it with --spark-allow-unauthenticated"
             ));
+        }
+        Ok(())
+    }
+}
+
+/// Connection caps, deadlines and idle close of the gRPC and admin listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most gRPC connections.
+    pub grpc_max_connections: usize,
+    /// Most admin connections.
+    pub admin_max_connections: usize,
+    /// Deadline of a connection's first byte.
+    pub first_byte_timeout: Duration,
+    /// Deadline of the TLS handshake and first request head, from the accept.
+    pub first_request_timeout: Duration,
+    /// Close after this long with no request in progress.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            grpc_max_connections: DEFAULT_GRPC_MAX_CONNECTIONS,
+            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            first_byte_timeout: DEFAULT_CONNECTION_FIRST_BYTE_TIMEOUT,
+            first_request_timeout: DEFAULT_CONNECTION_FIRST_REQUEST_TIMEOUT,
+            idle_timeout: DEFAULT_CONNECTION_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    fn validate(&self) -> Result<(), String> {
+        if self.grpc_max_connections == 0
+            || self.admin_max_connections == 0
+            || self.first_byte_timeout.is_zero()
+            || self.idle_timeout.is_zero()
+        {
+            return Err(
+                "gRPC and admin connection caps, first-byte and idle timeouts must be positive"
+                    .into(),
+            );
+        }
+        if self.first_request_timeout < self.first_byte_timeout {
+            return Err("--connection-first-request-timeout must not be shorter than --connection-first-byte-timeout".into());
         }
         Ok(())
     }

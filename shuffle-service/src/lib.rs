@@ -12,6 +12,7 @@
 //! - [`spark`]: Spark's own protocol (port 7337), the front end unmodified executors use;
 //! - [`lifecycle`]: application liveness (idle TTL, vanished directories);
 //! - [`kube`]: application ends and Spark secrets from Spark's pods on Kubernetes;
+//! - [`listen`]: the gRPC and admin listeners' connection caps, deadlines and idle close;
 //! - [`admin`], [`metrics`], [`server`], [`config`].
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod grpc_metrics;
 pub mod kube;
 pub mod lifecycle;
 pub mod linger;
+pub mod listen;
 pub mod lograte;
 pub mod memory;
 pub mod metrics;

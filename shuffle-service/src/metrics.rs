@@ -64,6 +64,24 @@ pub struct Metrics {
     pub ownership_refusals: IntCounterVec,
     /// Used bytes of the filesystem holding each volume (shared with anything else on it).
     pub volume_fs_used: IntGaugeVec,
+    /// Spark connections closed for a frame larger than allowed before authentication.
+    pub spark_preauth_frames_refused: IntCounter,
+    /// Bytes of partly received Spark frames reserved from the shared budget.
+    pub spark_frame_memory: IntGauge,
+    /// Spark connections closed because the frame budget stayed spent.
+    pub spark_frame_memory_waits_failed: IntCounter,
+    /// Open connections of the gRPC and admin listeners, by listener.
+    pub http_connections: IntGaugeVec,
+    /// Connections closed at once for a listener's connection cap, by listener.
+    pub http_connections_refused: IntCounterVec,
+    /// Connections the service closed, by listener and reason.
+    pub http_connections_closed: IntCounterVec,
+    /// Failed `accept` calls (out of descriptors and the like), by listener.
+    pub accept_failures: IntCounterVec,
+    /// Certificate reloads, by listener and result (`reloaded`, `refused`).
+    pub tls_reloads: IntCounterVec,
+    /// When the served certificate expires (Unix seconds), by listener.
+    pub tls_expiry: IntGaugeVec,
 }
 
 impl Metrics {
@@ -204,7 +222,84 @@ impl Metrics {
                 ),
                 vol,
             )?,
+            spark_preauth_frames_refused: IntCounter::new(
+                "shuffle_spark_preauth_frames_refused_total",
+                "Spark connections closed for a frame larger than allowed before authentication.",
+            )?,
+            spark_frame_memory: IntGauge::new(
+                "shuffle_spark_frame_memory_bytes",
+                "Bytes of partly received Spark frames reserved from the shared budget.",
+            )?,
+            spark_frame_memory_waits_failed: IntCounter::new(
+                "shuffle_spark_frame_memory_exhausted_total",
+                "Spark connections closed because the frame memory budget stayed spent.",
+            )?,
+            http_connections: IntGaugeVec::new(
+                Opts::new(
+                    "shuffle_http_connections",
+                    "Open connections of the gRPC and admin listeners.",
+                ),
+                &["listener"],
+            )?,
+            http_connections_refused: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_http_connections_refused_total",
+                    "Connections closed at once for the listener's connection cap.",
+                ),
+                &["listener"],
+            )?,
+            http_connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_http_connections_closed_total",
+                    "Connections closed by the service: no first byte, no TLS handshake or first request in time, or idle.",
+                ),
+                &["listener", "reason"],
+            )?,
+            accept_failures: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_accept_failures_total",
+                    "Failed accepts (out of file descriptors and the like).",
+                ),
+                &["listener"],
+            )?,
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_tls_certificate_reloads_total",
+                    "Certificate reloads after its files changed, by result (reloaded, refused).",
+                ),
+                &["listener", "result"],
+            )?,
+            tls_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "shuffle_tls_certificate_expiry_timestamp_seconds",
+                    "When the certificate a TLS listener serves expires (Unix time).",
+                ),
+                &["listener"],
+            )?,
         };
+        r.register(Box::new(m.spark_preauth_frames_refused.clone()))?;
+        r.register(Box::new(m.spark_frame_memory.clone()))?;
+        r.register(Box::new(m.spark_frame_memory_waits_failed.clone()))?;
+        r.register(Box::new(m.http_connections.clone()))?;
+        r.register(Box::new(m.http_connections_refused.clone()))?;
+        r.register(Box::new(m.http_connections_closed.clone()))?;
+        r.register(Box::new(m.accept_failures.clone()))?;
+        r.register(Box::new(m.tls_reloads.clone()))?;
+        r.register(Box::new(m.tls_expiry.clone()))?;
+        for listener in ["grpc", "admin"] {
+            m.http_connections.with_label_values(&[listener]).set(0);
+            m.http_connections_refused
+                .with_label_values(&[listener])
+                .inc_by(0);
+            for reason in crate::listen::CloseReason::ALL {
+                m.http_connections_closed
+                    .with_label_values(&[listener, reason.label()])
+                    .inc_by(0);
+            }
+        }
+        for listener in ["grpc", "admin", "spark"] {
+            m.accept_failures.with_label_values(&[listener]).inc_by(0);
+        }
         r.register(Box::new(m.leftovers_removed.clone()))?;
         r.register(Box::new(m.log_suppressed.clone()))?;
         r.register(Box::new(m.ownership_refusals.clone()))?;

@@ -10,17 +10,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use shuffle_proto::v1::shuffle_admin_server::ShuffleAdminServer;
 use shuffle_proto::v1::shuffle_server::ShuffleServer;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::server::TcpIncoming;
-
-use crate::linger::Lingering;
+use tower::Layer as _;
 
 use crate::config::Config;
 use crate::core::Core;
 use crate::lifecycle;
+use crate::listen;
 use crate::service::ShuffleService;
+use crate::spark::budget::FrameMemory;
 use crate::spark::conn::Limits;
 use crate::spark::handler::Shared;
 use crate::spark::listener;
@@ -70,6 +69,34 @@ impl Listeners {
     }
 }
 
+/// Raises the soft open-file limit to the hard one and warns when the connection caps and
+/// open block files together could still exhaust it (one listener's flood would then take the
+/// others' descriptors).
+pub fn raise_open_file_limit(config: &Config) {
+    let limits = match service_runtime::rlimit::raise_open_files() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "open-file limit not raised");
+            return;
+        }
+    };
+    // Spark connections, block files, gRPC and admin connections, and a margin for the
+    // database, volumes, listeners and the Kubernetes client.
+    let needed = config.spark_max_connections as u64
+        + config.spark_open_files as u64
+        + config.connections.grpc_max_connections as u64
+        + config.connections.admin_max_connections as u64
+        + 256;
+    tracing::info!(soft = ?limits.soft, hard = ?limits.hard, before = ?limits.before, needed, "open-file limit");
+    if limits.soft.is_some_and(|soft| soft < needed) {
+        tracing::warn!(
+            soft = ?limits.soft,
+            needed,
+            "the open-file limit is below the connection caps and open files allowed: lower --spark-max-connections, --spark-open-files, --grpc-max-connections, --admin-max-connections, or raise the limit"
+        );
+    }
+}
+
 /// Serves until `shutdown` resolves.
 ///
 /// # Errors
@@ -104,66 +131,70 @@ pub async fn run(
         config.grpc_listen.ip().is_loopback(),
     );
     let stop = CancellationToken::new();
-    let grpc_stop = stop.clone();
     // Connections closing gracefully (see `linger`), awaited before the service exits.
     let lingering = TaskTracker::new();
-    let router = tonic::transport::Server::builder()
-        .layer(crate::grpc_metrics::GrpcMetricsLayer::new(
-            core.metrics().clone(),
-        ))
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(ShuffleServer::new(service.clone()))
-        .add_service(ShuffleAdminServer::new(service));
-    let plain = {
-        let lingering = lingering.clone();
-        TcpIncoming::from(grpc)
-            .with_nodelay(Some(true))
-            .map(move |r| r.map(|s| Lingering::new(s, lingering.clone())))
-    };
-    let grpc_stopped = async move { grpc_stop.cancelled().await };
-    let grpc_task =
-        match &config.grpc_tls {
-            None => tokio::spawn(router.serve_with_incoming_shutdown(plain, grpc_stopped)),
-            Some(files) => {
-                let tls = crate::tls::server_config(
-                    files,
-                    &[b"h2"],
+        .add_service(ShuffleAdminServer::new(service))
+        .prepare();
+    let grpc_service =
+        crate::grpc_metrics::GrpcMetricsLayer::new(core.metrics().clone()).layer(routes);
+    let tls = |files: &Option<service_runtime::tls::TlsFiles>,
+               alpn: &[&[u8]],
+               listener: &'static str|
+     -> anyhow::Result<_> {
+        files
+            .as_ref()
+            .map(|f| {
+                crate::tls::server_config(
+                    f,
+                    alpn,
                     config.tls_reload_interval,
+                    listener,
+                    core.metrics(),
                     stop.clone(),
-                )?;
-                tokio::spawn(router.serve_with_incoming_shutdown(
-                    crate::tls::grpc_incoming(plain, tls),
-                    grpc_stopped,
-                ))
-            }
-        };
-    let admin_stop = stop.clone();
+                )
+            })
+            .transpose()
+    };
+    let grpc_settings = listen::Listener {
+        protocol: listen::Protocol::Grpc {
+            stream_window: STREAM_WINDOW,
+            connection_window: CONNECTION_WINDOW,
+            max_frame: MAX_FRAME,
+        },
+        max_connections: config.connections.grpc_max_connections,
+        limits: config.connections,
+        tls: tls(&config.grpc_tls, &[b"h2"], "grpc")?,
+    };
+    let admin_settings = listen::Listener {
+        protocol: listen::Protocol::Admin,
+        max_connections: config.connections.admin_max_connections,
+        limits: config.connections,
+        tls: tls(&config.admin_tls, &[b"http/1.1"], "admin")?,
+    };
+    let grpc_task = {
+        let (metrics, lingering, stop) = (core.metrics().clone(), lingering.clone(), stop.clone());
+        tokio::spawn(async move {
+            listen::serve(grpc, grpc_settings, grpc_service, &metrics, lingering, stop).await;
+        })
+    };
     let admin_router = crate::admin::router(core.clone(), Arc::clone(&draining));
-    let admin_stopped = async move { admin_stop.cancelled().await };
-    let admin_task = match &config.admin_tls {
-        None => tokio::spawn(
-            axum::serve(admin, admin_router)
-                .with_graceful_shutdown(admin_stopped)
-                .into_future(),
-        ),
-        Some(files) => {
-            let tls = crate::tls::server_config(
-                files,
-                &[b"http/1.1"],
-                config.tls_reload_interval,
-                stop.clone(),
-            )?;
-            tokio::spawn(
-                axum::serve(crate::tls::TlsListener::new(admin, tls)?, admin_router)
-                    .with_graceful_shutdown(admin_stopped)
-                    .into_future(),
+    let admin_task = {
+        let (metrics, lingering, stop) = (core.metrics().clone(), lingering.clone(), stop.clone());
+        tokio::spawn(async move {
+            listen::serve(
+                admin,
+                admin_settings,
+                admin_router,
+                &metrics,
+                lingering,
+                stop,
             )
-        }
+            .await;
+        })
     };
     core.adopt(tokio::spawn(lifecycle::run(
         core.clone(),
@@ -218,6 +249,8 @@ fn spark_front_end(
             files,
             &[],
             config.tls_reload_interval,
+            "spark",
+            core.metrics(),
             stop.clone(),
         )?),
         None => None,
@@ -239,6 +272,11 @@ fn spark_front_end(
     let units = |bytes: u64| usize::try_from(bytes / 1024).unwrap_or(usize::MAX).max(1);
     let limits = Limits {
         max_frame: config.spark_max_frame,
+        preauth_max_frame: config.spark_preauth_max_frame,
+        frame_memory: FrameMemory::new(
+            config.spark_frame_memory,
+            core.metrics().spark_frame_memory.clone(),
+        ),
         idle_timeout: config.spark_idle_timeout,
         small_body: config.spark_small_body,
         connection_memory: usize::try_from(config.spark_connection_memory).unwrap_or(usize::MAX),

@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::budget::FrameMemory;
 use super::channel::{Inbound, Out};
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
 use super::handler::{Action, NewChannel, Session, Shared, failure_text};
@@ -31,6 +32,11 @@ use crate::core::Executor;
 pub struct Limits {
     /// Largest frame accepted from a client (contents, without the length field).
     pub max_frame: usize,
+    /// Largest frame accepted before the client authenticated (SASL and `AuthEngine`
+    /// messages are a few hundred bytes), when authentication is on.
+    pub preauth_max_frame: usize,
+    /// Memory for partly received frames, shared by all connections.
+    pub frame_memory: FrameMemory,
     /// A connection quiet this long in both directions is closed (the client reconnects).
     pub idle_timeout: Duration,
     /// Bodies up to this size are read into memory and batched; larger ones use sendfile.
@@ -53,6 +59,8 @@ const PREPARED_QUEUE: usize = 2;
 const CONTROL_QUEUE: usize = 64;
 /// Deferred RPCs (registrations, removals) running at once per connection.
 const DEFERRED: usize = 16;
+/// Bytes a read may add to a connection's buffers.
+const READ_CHUNK: usize = 16 << 10;
 /// Memory permits are counted in KiB.
 const UNIT: u64 = 1024;
 /// Largest in-frame body Spark's decoder takes (a frame must stay below 2 GiB).
@@ -202,7 +210,7 @@ impl Reader<'_> {
         cancel: &CancellationToken,
     ) -> Result<(), Close> {
         let mut session = Session::new(self.shared);
-        let decoder = FrameDecoder::new(self.limits.max_frame);
+        let mut reserved = self.limits.frame_memory.reservation();
         // Plaintext frames, and (with network crypto) the bytes not yet decrypted.
         let mut buf = BytesMut::with_capacity(16 << 10);
         let mut raw = BytesMut::new();
@@ -227,7 +235,14 @@ impl Reader<'_> {
                 }
             }
             loop {
-                match decoder.decode(&mut buf) {
+                // Before authentication only the handshake's small messages are legitimate.
+                let authorized = session.authorized(self.shared);
+                let max_frame = if authorized {
+                    self.limits.max_frame
+                } else {
+                    self.limits.preauth_max_frame
+                };
+                match FrameDecoder::new(max_frame).decode(&mut buf) {
                     Ok(Some(m)) => {
                         self.handle(&mut session, m).await?;
                         if let Some(channel) = session.take_crypto() {
@@ -244,19 +259,39 @@ impl Reader<'_> {
                         }
                     }
                     Ok(None) => break,
+                    Err(FrameError::Length(n)) if !authorized => {
+                        self.shared
+                            .core
+                            .metrics()
+                            .spark_preauth_frames_refused
+                            .inc();
+                        return Err(Close::Protocol(format!(
+                            "frame length {n} before authentication (at most {max_frame} bytes until then)"
+                        )));
+                    }
                     Err(FrameError::Length(n)) => {
                         return Err(Close::Protocol(format!("frame length {n} out of range")));
                     }
                     Err(FrameError::Decode(e)) => return Err(Close::Protocol(e.to_string())),
                 }
             }
+            // What the buffers will hold after this read, reserved from the shared budget.
+            let held = buf.len() + raw.len() + READ_CHUNK;
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = cancel.cancelled() => return Ok(()),
+                r = reserved.cover(held, self.limits.idle_timeout) => if let Err(e) = r {
+                    self.shared.core.metrics().spark_frame_memory_waits_failed.inc();
+                    return Err(Close::Policy(e.to_string()));
+                },
+            }
             let target = if inbound.encrypted() {
                 &mut raw
             } else {
                 &mut buf
             };
-            target.reserve(16 << 10);
-            let read = self.rd.read(target);
+            target.reserve(READ_CHUNK);
+            let read = self.rd.read(target, READ_CHUNK);
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 () = cancel.cancelled() => return Ok(()),

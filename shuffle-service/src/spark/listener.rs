@@ -4,6 +4,7 @@
 //! `stop` stops accepting and lets connections finish what they were asked.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use service_runtime::accept::{Accepted, Acceptor};
 use service_runtime::tls::HANDSHAKE_TIMEOUT;
@@ -28,6 +29,8 @@ pub async fn serve(
     let acceptor = Acceptor::new(listener, max_connections);
     let metrics = shared.core.metrics().clone();
     let trimmer = Arc::new(crate::memory::Trimmer::default());
+    // Connections accepted and not yet closed, handshakes included.
+    let open = Arc::new(AtomicUsize::new(0));
     while let Some(accepted) = acceptor.next(&stop).await {
         let (sock, slot) = match accepted {
             Accepted::Open(c) => (c.stream, c.permit),
@@ -40,6 +43,7 @@ pub async fn serve(
             }
             Accepted::Failed(e) => {
                 // Out of descriptors and the like: the acceptor has backed off.
+                metrics.accept_failures.with_label_values(&["spark"]).inc();
                 if let Some(left_out) = shared.logs.accept_failed.check() {
                     tracing::warn!(error = %e, left_out, "accept failed");
                 }
@@ -52,32 +56,38 @@ pub async fn serve(
         let metrics = metrics.clone();
         let trimmer = Arc::clone(&trimmer);
         let tls = tls.clone();
+        let open = Arc::clone(&open);
         tracker.spawn(async move {
-            let wire = match tls {
-                None => Wire::Tcp(sock),
-                Some(config) => {
-                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(sock);
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
-                        Ok(Ok(t)) => Wire::Tls(Box::new(t)),
-                        Ok(Err(e)) => {
-                            metrics.spark_tls_handshake_failures.inc();
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.spark_tls_handshake_failures.inc();
-                            tracing::debug!("TLS handshake timed out");
-                            return;
+            // Counted from the accept: a burst of handshakes, failed ones included, leaves
+            // memory behind too, which the trim after the burst gives back.
+            trimmer.opened(open.fetch_add(1, Ordering::SeqCst) + 1);
+            let served = async {
+                let wire = match tls {
+                    None => Wire::Tcp(sock),
+                    Some(config) => {
+                        let accept = tokio_rustls::TlsAcceptor::from(config).accept(sock);
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                            Ok(Ok(t)) => Wire::Tls(Box::new(t)),
+                            Ok(Err(e)) => {
+                                metrics.spark_tls_handshake_failures.inc();
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                metrics.spark_tls_handshake_failures.inc();
+                                tracing::debug!("TLS handshake timed out");
+                                return;
+                            }
                         }
                     }
-                }
+                };
+                metrics.spark_connections.inc();
+                conn::serve(wire, shared, limits, stop).await;
+                metrics.spark_connections.dec();
             };
-            metrics.spark_connections.inc();
-            trimmer.opened(metrics.spark_connections.get().max(0) as usize);
-            conn::serve(wire, shared, limits, stop).await;
-            metrics.spark_connections.dec();
+            served.await;
             drop(slot);
-            if trimmer.closed(metrics.spark_connections.get().max(0) as usize) {
+            if trimmer.closed(open.fetch_sub(1, Ordering::SeqCst) - 1) {
                 let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
             }
         });

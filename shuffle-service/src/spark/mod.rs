@@ -6,8 +6,9 @@
 //!   DIGEST-MD5 exchange, from the `spark-protocol` crate (re-exported here);
 //! - [`secrets`]: shared or per-application secrets;
 //! - [`handler`], [`stream`], [`checksum`]: what each message does;
-//! - [`conn`], [`listener`]: connections, budgets, zero-copy sends.
+//! - [`conn`], [`listener`], [`budget`]: connections, budgets, zero-copy sends.
 
+pub mod budget;
 pub mod channel;
 pub mod checksum;
 pub mod conn;

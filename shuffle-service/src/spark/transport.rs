@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use spark_protocol::crypto::Sealer;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -79,18 +79,19 @@ impl Wire {
 }
 
 impl ReadSide {
-    /// Reads what is there into `buf` (0 at EOF).
-    pub async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// Reads what is there into `buf`, at most `max` bytes (0 at EOF).
+    pub async fn read(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        let mut buf = buf.limit(max);
         match self {
             Self::Tcp(s) => loop {
                 s.readable().await?;
-                match s.try_read_buf(buf) {
+                match s.try_read_buf(&mut buf) {
                     Ok(n) => return Ok(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(e),
                 }
             },
-            Self::Tls(r) => r.read_buf(buf).await,
+            Self::Tls(r) => r.read_buf(&mut buf).await,
         }
     }
 }

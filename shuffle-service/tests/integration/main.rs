@@ -2,6 +2,7 @@
 #![allow(missing_docs)]
 
 mod common;
+mod connections;
 mod crash;
 mod fetch;
 mod isolation;

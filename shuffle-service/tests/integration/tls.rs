@@ -10,12 +10,12 @@ use service_runtime::tls::TlsFiles;
 
 use crate::common::TestService;
 
-struct Ca {
+pub(crate) struct Ca {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(crate) pem: String,
 }
 
-fn ca() -> Ca {
+pub(crate) fn ca() -> Ca {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -27,7 +27,7 @@ fn ca() -> Ca {
 }
 
 /// Writes `<name>.crt` and `<name>.key` for `localhost`; returns the certificate's DER.
-fn issue(ca: &Ca, dir: &Path, name: &str, serial: u64) -> Vec<u8> {
+pub(crate) fn issue(ca: &Ca, dir: &Path, name: &str, serial: u64) -> Vec<u8> {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     params.serial_number = Some(serial.into());
@@ -47,7 +47,7 @@ fn issue(ca: &Ca, dir: &Path, name: &str, serial: u64) -> Vec<u8> {
     cert.der().to_vec()
 }
 
-fn files(dir: &Path, name: &str) -> TlsFiles {
+pub(crate) fn files(dir: &Path, name: &str) -> TlsFiles {
     TlsFiles {
         cert: dir.join(format!("{name}.crt")),
         key: dir.join(format!("{name}.key")),

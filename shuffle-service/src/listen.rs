@@ -1,0 +1,405 @@
+//! The gRPC and admin listeners: which connections they keep and for how long. Each listener
+//! has a connection cap (beyond it a connection is closed at once); a connection must send its
+//! first byte within the first-byte timeout, and finish its TLS handshake and send its first
+//! request head (after the HTTP/2 preface) within the first-request timeout, both counted from
+//! the accept; afterwards a connection with no request in progress for the idle timeout is
+//! closed gracefully (HTTP/2 GOAWAY; PINGs and other frames do not count as activity). Freed
+//! memory is given back after a burst of connections (see [`crate::memory`]).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use prometheus::{IntCounter, IntGauge};
+use service_runtime::accept::{Accepted, Acceptor};
+use service_runtime::tls::HANDSHAKE_TIMEOUT;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use crate::config::ConnectionLimits;
+use crate::linger::Lingering;
+use crate::memory::Trimmer;
+use crate::metrics::Metrics;
+
+/// How long a connection closed for idleness may take to say goodbye (GOAWAY, lingering
+/// requests) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the service closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No byte within the first-byte timeout.
+    FirstByte,
+    /// The TLS handshake failed or did not finish in time.
+    TlsHandshake,
+    /// No request head within the first-request timeout.
+    FirstRequest,
+    /// No request in progress for the idle timeout.
+    Idle,
+}
+
+impl CloseReason {
+    /// Every reason, for metrics.
+    pub const ALL: [Self; 4] = [
+        Self::FirstByte,
+        Self::TlsHandshake,
+        Self::FirstRequest,
+        Self::Idle,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::FirstByte => "first_byte_timeout",
+            Self::TlsHandshake => "tls_handshake",
+            Self::FirstRequest => "first_request_timeout",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// The HTTP version a listener speaks.
+#[derive(Debug, Clone, Copy)]
+pub enum Protocol {
+    /// gRPC: HTTP/2 only, with these windows and frame size.
+    Grpc {
+        /// Per-stream window.
+        stream_window: u32,
+        /// Connection window.
+        connection_window: u32,
+        /// Largest frame.
+        max_frame: u32,
+    },
+    /// Admin: HTTP/1.1 only.
+    Admin,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Grpc { .. } => "grpc",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn builder(self, limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        match self {
+            Self::Grpc {
+                stream_window,
+                connection_window,
+                max_frame,
+            } => {
+                b = b.http2_only();
+                b.http2()
+                    .timer(TokioTimer::new())
+                    .initial_stream_window_size(stream_window)
+                    .initial_connection_window_size(connection_window)
+                    .max_frame_size(max_frame);
+            }
+            Self::Admin => {
+                b = b.http1_only();
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.first_request_timeout);
+            }
+        }
+        b
+    }
+}
+
+/// Requests in progress on one connection, and since when none is.
+#[derive(Debug)]
+struct Activity {
+    in_flight: AtomicUsize,
+    seen: AtomicBool,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+/// A request in progress; dropped with its response body.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            seen: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+        })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.seen.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+        InFlight(Arc::clone(self))
+    }
+
+    /// Resolves when the connection should be closed: no request by `first_deadline`, or
+    /// none in progress for `idle`.
+    async fn expired(&self, first_deadline: Instant, idle: Duration) -> CloseReason {
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                self.changed.notified().await;
+                continue;
+            }
+            let (deadline, reason) = if self.seen.load(Ordering::SeqCst) {
+                let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+                (since + idle, CloseReason::Idle)
+            } else {
+                (first_deadline, CloseReason::FirstRequest)
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {
+                    if self.in_flight.load(Ordering::SeqCst) == 0 {
+                        return reason;
+                    }
+                }
+                () = self.changed.notified() => {}
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        }
+        self.0.changed.notify_one();
+    }
+}
+
+/// One listener's settings.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// Its connection cap.
+    pub max_connections: usize,
+    /// Deadlines and idle close.
+    pub limits: ConnectionLimits,
+    /// TLS, when configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Per-listener metric handles.
+#[derive(Debug, Clone)]
+struct Counters {
+    open: IntGauge,
+    refused: IntCounter,
+    accept_failed: IntCounter,
+    closed: [IntCounter; 4],
+}
+
+impl Counters {
+    fn new(m: &Metrics, listener: &str) -> Self {
+        Self {
+            open: m.http_connections.with_label_values(&[listener]),
+            refused: m.http_connections_refused.with_label_values(&[listener]),
+            accept_failed: m.accept_failures.with_label_values(&[listener]),
+            closed: CloseReason::ALL.map(|r| {
+                m.http_connections_closed
+                    .with_label_values(&[listener, r.label()])
+            }),
+        }
+    }
+
+    fn closed(&self, reason: CloseReason) {
+        self.closed[reason as usize].inc();
+    }
+}
+
+/// Serves `service` on `listener` until `stop`; then lets each connection finish its
+/// requests (HTTP/2 GOAWAY, HTTP/1 close after the response) and waits for them.
+/// `lingering` tracks the graceful closes of the sockets.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    settings: Listener,
+    service: S,
+    metrics: &Metrics,
+    lingering: TaskTracker,
+    stop: CancellationToken,
+) where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    let name = settings.protocol.label();
+    let counters = Counters::new(metrics, name);
+    let builder = settings.protocol.builder(&settings.limits);
+    let acceptor = Acceptor::new(listener, settings.max_connections);
+    let trimmer = Arc::new(Trimmer::default());
+    let tracker = TaskTracker::new();
+    while let Some(accepted) = acceptor.next(&stop).await {
+        let (stream, permit) = match accepted {
+            Accepted::Open(c) => (c.stream, c.permit),
+            Accepted::Refused(peer) => {
+                counters.refused.inc();
+                tracing::debug!(listener = name, %peer, max_connections = settings.max_connections, "connection cap reached; closing");
+                continue;
+            }
+            Accepted::Failed(e) => {
+                counters.accept_failed.inc();
+                tracing::debug!(listener = name, error = %e, "accept failed");
+                continue;
+            }
+        };
+        counters.open.inc();
+        trimmer.opened(acceptor.open_connections());
+        let conn = Conn {
+            settings: settings.clone(),
+            counters: counters.clone(),
+            builder: builder.clone(),
+            lingering: lingering.clone(),
+            stop: stop.clone(),
+        };
+        let service = service.clone();
+        let trimmer = Arc::clone(&trimmer);
+        tracker.spawn(async move {
+            let counters = conn.counters.clone();
+            conn.run(stream, service).await;
+            counters.open.dec();
+            drop(permit);
+            if trimmer.closed(counters.open.get().max(0) as usize) {
+                let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// One accepted connection.
+struct Conn {
+    settings: Listener,
+    counters: Counters,
+    builder: auto::Builder<TokioExecutor>,
+    lingering: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Conn {
+    async fn run<S, B>(self, stream: tokio::net::TcpStream, service: S)
+    where
+        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let limits = self.settings.limits;
+        let accepted = Instant::now();
+        let first_deadline = accepted + limits.first_request_timeout;
+        // A client that connects and sends nothing holds a descriptor: it gets a short
+        // deadline of its own.
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut byte)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return,
+            Err(_) => {
+                self.counters.closed(CloseReason::FirstByte);
+                return;
+            }
+        }
+        let stream = Lingering::new(stream, self.lingering.clone());
+        let io = match &self.settings.tls {
+            None => Either::Right(stream),
+            Some(config) => {
+                let deadline = first_deadline.min(accepted + HANDSHAKE_TIMEOUT);
+                let accept = tokio_rustls::TlsAcceptor::from(Arc::clone(config)).accept(stream);
+                match tokio::time::timeout_at(deadline, accept).await {
+                    Ok(Ok(s)) => Either::Left(s),
+                    Ok(Err(e)) => {
+                        self.counters.closed(CloseReason::TlsHandshake);
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        self.counters.closed(CloseReason::TlsHandshake);
+                        tracing::debug!("TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
+        let activity = Activity::new();
+        let tracked = {
+            let activity = Arc::clone(&activity);
+            tower::service_fn(move |req: http::Request<Incoming>| {
+                let guard = activity.begin();
+                let service = service.clone();
+                async move {
+                    let response = service.oneshot(req).await?;
+                    // The request stays in progress until its response body is done.
+                    Ok::<_, S::Error>(response.map(|body| {
+                        body.map_frame(move |frame| {
+                            let _ = &guard;
+                            frame
+                        })
+                    }))
+                }
+            })
+        };
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(tracked));
+        let mut conn = std::pin::pin!(conn);
+        // Set when the connection was told to close: dropped at this instant if it has not.
+        let mut give_up: Option<Instant> = None;
+        let mut closing = false;
+        let expired = activity.expired(first_deadline, limits.idle_timeout);
+        let mut expired = std::pin::pin!(expired);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                reason = expired.as_mut(), if !closing => {
+                    self.counters.closed(reason);
+                    tracing::debug!(reason = reason.label(), "closing connection");
+                    if reason == CloseReason::FirstRequest {
+                        // No request was ever made: nothing to finish (HTTP/1 would wait
+                        // for a half-sent head).
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    give_up = Some(Instant::now() + CLOSE_GRACE);
+                }
+                () = self.stop.cancelled(), if !closing => {
+                    // Requests in progress finish; the server bounds the wait.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                () = tokio::time::sleep_until(give_up.unwrap_or_else(Instant::now)), if give_up.is_some() => {
+                    return;
+                }
+            }
+        }
+    }
+}
