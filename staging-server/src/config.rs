@@ -52,6 +52,11 @@ pub const DEFAULT_STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes kept in a reserve file beside the database, released when the disk is full so that
 /// deletions and start-up can still write (see `reserve`).
 pub const DEFAULT_DISK_RESERVE: u64 = 32 << 20;
+/// Bytes of files one namespace may hold sent but not yet named by a submission (they count
+/// against its quota and the capacity as well).
+pub const DEFAULT_NAMESPACE_UNNAMED_BYTES: u64 = 8 << 30;
+/// An object of the store without a row is deleted as an orphan only once it is this old.
+pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
@@ -178,6 +183,16 @@ pub struct ServeArgs {
     /// PEM private key of the API listener.
     #[arg(long, env = "STAGING_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Bytes of files one namespace may hold sent but not yet named by a submission (8GiB).
+    #[arg(long, env = "STAGING_NAMESPACE_UNNAMED_BYTES")]
+    pub namespace_unnamed_bytes: Option<ByteSize>,
+    /// Start on a store prefix that another server instance (its own database) has registered,
+    /// instead of refusing to; the orphan sweep then deletes nothing.
+    #[arg(long, env = "STAGING_STORE_SHARED")]
+    pub store_shared: bool,
+    /// An object without a row is deleted as an orphan only once it is this old (1h).
+    #[arg(long, env = "STAGING_ORPHAN_GRACE", value_parser = humantime::parse_duration)]
+    pub orphan_grace: Option<Duration>,
 }
 
 /// Whether resources follow their owner pods.
@@ -246,6 +261,11 @@ struct FileConfig {
     kube_auth: bool,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    namespace_unnamed_bytes: Option<ByteSize>,
+    #[serde(default)]
+    store_shared: bool,
+    #[serde(default, with = "humantime_serde_opt")]
+    orphan_grace: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -299,6 +319,8 @@ pub struct Limits {
     pub upload_min_rate: u64,
     /// Window of the upload rate.
     pub upload_rate_window: Duration,
+    /// Per-namespace bytes of files sent but not named by a submission.
+    pub namespace_unnamed_bytes: u64,
 }
 
 impl Default for Limits {
@@ -314,6 +336,7 @@ impl Default for Limits {
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             upload_min_rate: DEFAULT_UPLOAD_MIN_RATE,
             upload_rate_window: DEFAULT_UPLOAD_RATE_WINDOW,
+            namespace_unnamed_bytes: DEFAULT_NAMESPACE_UNNAMED_BYTES,
         }
     }
 }
@@ -357,6 +380,10 @@ pub struct Config {
     pub tls: Option<service_runtime::tls::TlsFiles>,
     /// How often the TLS files are looked at for a new certificate.
     pub tls_reload_interval: Duration,
+    /// Start although another instance registered the store prefix.
+    pub store_shared: bool,
+    /// Age before an object without a row counts as an orphan.
+    pub orphan_grace: Duration,
 }
 
 impl Config {
@@ -382,6 +409,8 @@ impl Config {
             kube_auth: false,
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
+            store_shared: false,
+            orphan_grace: DEFAULT_ORPHAN_GRACE,
         }
     }
 
@@ -482,6 +511,10 @@ impl Config {
                     .upload_rate_window
                     .or(file.upload_rate_window)
                     .unwrap_or(d.upload_rate_window),
+                namespace_unnamed_bytes: args
+                    .namespace_unnamed_bytes
+                    .or(file.namespace_unnamed_bytes)
+                    .map_or(d.namespace_unnamed_bytes, |b| b.0),
             },
             sweep_interval: args
                 .sweep_interval
@@ -511,6 +544,11 @@ impl Config {
             kube_auth: false,
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
+            store_shared: args.store_shared || file.store_shared,
+            orphan_grace: args
+                .orphan_grace
+                .or(file.orphan_grace)
+                .unwrap_or(DEFAULT_ORPHAN_GRACE),
             owners: match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
                 KubeOwners::Off => None,
                 KubeOwners::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() => None,

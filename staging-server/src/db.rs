@@ -102,9 +102,15 @@ CREATE TABLE IF NOT EXISTS blobs (
     referenced_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS blob_grants (
-    sha256    TEXT NOT NULL,
-    namespace TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    namespace  TEXT NOT NULL,
+    granted_at INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sha256, namespace)
+);
+CREATE INDEX IF NOT EXISTS blob_grants_by_namespace ON blob_grants(namespace);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS resource_files (
     resource_id TEXT NOT NULL,
@@ -203,6 +209,8 @@ pub struct Quotas {
     pub namespace_count: Option<u64>,
     /// Total bytes.
     pub capacity: Option<u64>,
+    /// Bytes per namespace of files sent but not named by one of its submissions.
+    pub unnamed_bytes: Option<u64>,
 }
 
 /// Why a commit was refused.
@@ -296,6 +304,20 @@ impl Db {
         if !has_seen {
             conn.execute("ALTER TABLE resources ADD COLUMN owner_seen_at INTEGER", [])?;
         }
+        // Databases from before per-namespace grant times: a grant runs from its blob's
+        // first send.
+        let has_granted_at: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('blob_grants') WHERE name = 'granted_at'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_granted_at {
+            conn.execute_batch(
+                "ALTER TABLE blob_grants ADD COLUMN granted_at INTEGER NOT NULL DEFAULT 0;
+                 UPDATE blob_grants SET granted_at = COALESCE(
+                     (SELECT created_at FROM blobs b WHERE b.sha256 = blob_grants.sha256), 0);",
+            )?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -355,7 +377,7 @@ impl Db {
                     }
                 }
                 if let Some(max) = quotas.namespace_bytes {
-                    let used = committed_bytes(&tx, Some(ns))?;
+                    let used = charged_bytes(&tx, Some(ns))?;
                     if used >= max {
                         return Ok(Some(format!(
                             "namespace {ns} has used its quota of {max} bytes"
@@ -364,7 +386,7 @@ impl Db {
                 }
             }
             if let Some(cap) = quotas.capacity
-                && committed_bytes(&tx, None)? >= cap {
+                && charged_bytes(&tx, None)? >= cap {
                     return Ok(Some(format!("the store is full ({cap} bytes)")));
                 }
             tx.execute(
@@ -378,7 +400,9 @@ impl Db {
         .await
     }
 
-    /// Bytes still available to an upload into `namespace` under the quotas and capacity.
+    /// Bytes still available to an upload into `namespace` under the quotas and capacity
+    /// (and, for a blob, under the namespace's bound on unnamed bytes). Committed resources
+    /// and the namespace's unnamed blobs count, whatever other namespaces hold.
     ///
     /// # Errors
     /// SQLite errors.
@@ -386,15 +410,19 @@ impl Db {
         &self,
         namespace: Option<Namespace>,
         quotas: Quotas,
+        blob: bool,
     ) -> DbResult<Option<u64>> {
         self.call(move |c| {
             let mut room: Option<u64> = None;
+            let mut limit = |r: u64| room = Some(room.map_or(r, |x: u64| x.min(r)));
             if let (Some(ns), Some(max)) = (&namespace, quotas.namespace_bytes) {
-                room = Some(max.saturating_sub(committed_bytes(c, Some(ns))?));
+                limit(max.saturating_sub(charged_bytes(c, Some(ns))?));
+            }
+            if let (true, Some(ns), Some(max)) = (blob, &namespace, quotas.unnamed_bytes) {
+                limit(max.saturating_sub(crate::files::unnamed_bytes(c, Some(ns))?));
             }
             if let Some(cap) = quotas.capacity {
-                let r = cap.saturating_sub(committed_bytes(c, None)?);
-                room = Some(room.map_or(r, |x| x.min(r)));
+                limit(cap.saturating_sub(charged_bytes(c, None)?));
             }
             Ok(room)
         })
@@ -840,7 +868,7 @@ pub(crate) fn quota_refusal(
     q: Quotas,
 ) -> rusqlite::Result<Option<String>> {
     if let Some(max) = q.namespace_bytes {
-        let used = committed_bytes(c, Some(ns))?;
+        let used = charged_bytes(c, Some(ns))?;
         if used.saturating_add(size) > max {
             return Ok(Some(format!(
                 "namespace {ns} would exceed its quota of {max} bytes ({used} used, {size} more)"
@@ -860,7 +888,7 @@ pub(crate) fn quota_refusal(
         }
     }
     if let Some(cap) = q.capacity {
-        let used = committed_bytes(c, None)?;
+        let used = charged_bytes(c, None)?;
         if used.saturating_add(size) > cap {
             return Ok(Some(format!(
                 "the store would exceed its capacity of {cap} bytes"
@@ -870,7 +898,14 @@ pub(crate) fn quota_refusal(
     Ok(None)
 }
 
-pub(crate) fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
+/// Bytes charged to `ns` (or to the whole store): its committed resources plus the blobs it
+/// sent and has not named in a submission, each at full size per namespace, so that the charge
+/// never depends on what another namespace holds.
+pub(crate) fn charged_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
+    Ok(committed_bytes(c, ns)?.saturating_add(crate::files::unnamed_bytes(c, ns)?))
+}
+
+fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
     let v: i64 = match ns {
         Some(ns) => c.query_row(
             "SELECT COALESCE(SUM(size), 0) FROM resources WHERE namespace = ?1 AND state = 'committed'",

@@ -6,13 +6,23 @@
 //!   previous life).
 //! - A *grant* lets a namespace reference a blob without sending it: it is recorded when a
 //!   caller authorised for that namespace has sent the blob's bytes (verified against the
-//!   digest). Knowing a digest is never enough to read a file of another namespace.
+//!   digest). Knowing a digest is never enough to read a file of another namespace. Each
+//!   namespace's grant runs from its own send: it lives while one of that namespace's
+//!   submissions names the blob, or for [`UNNAMED_BLOB_GRACE`] after its last send. What
+//!   another namespace does (deleting its last submission naming the blob) never ends it.
+//! - A grant that no submission of its namespace names is *unnamed*: its blob's full size is
+//!   charged to that namespace's quota, to the capacity and to the namespace's bound on unnamed
+//!   bytes, whether or not another namespace holds the same content, so that neither a
+//!   refusal nor a charge tells one tenant what another stores. Its sender may delete it.
 //! - A *files resource* is a submission: a resource row (api `files`, with its own id, tokens,
 //!   owner, quotas and lifetimes, charged the full size of its files) plus one
 //!   `resource_files` row per file name.
 //!
-//! A blob is deleted in the same transaction that deletes the last resource naming it; a blob
-//! sent but never named by a submission is deleted by the sweep after the upload grace.
+//! A blob is deleted in the same transaction that removes the last resource naming it or the
+//! last live grant on it, whichever goes last; the sweep drops grants past their grace and the
+//! blobs left without either.
+
+use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -50,13 +60,37 @@ pub struct FileRef {
 }
 
 /// What committing a blob upload did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobCommit {
     /// The bytes are now the blob.
     Stored,
-    /// The blob existed already (a concurrent upload); the new bytes are queued for deletion.
+    /// The blob existed already (another namespace's or a concurrent upload); the new bytes
+    /// are queued for deletion.
     Existed,
+    /// A quota, the capacity or the namespace's bound on unnamed bytes would be exceeded;
+    /// nothing was recorded.
+    QuotaExceeded(String),
 }
+
+/// What deleting a namespace's unnamed blob did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobRelease {
+    /// The namespace's grant is gone; the object to delete when no one else held the blob.
+    Released(Option<ResourceId>),
+    /// The namespace holds no grant on this digest.
+    NotHeld,
+    /// A submission of the namespace names the blob: delete the submission instead.
+    Named,
+}
+
+/// The oldest send time at which a grant is still live at `now`.
+pub(crate) fn grant_cutoff(now: UnixMillis) -> UnixMillis {
+    now.saturating_sub(crate::clock::duration_ms(UNNAMED_BLOB_GRACE))
+}
+
+/// SQL condition: grant `g` is named by a committed submission of its own namespace.
+const NAMED_BY_OWN: &str = "EXISTS (SELECT 1 FROM resource_files f JOIN resources r
+    ON r.id = f.resource_id WHERE f.sha256 = g.sha256 AND r.namespace = g.namespace)";
 
 /// A submission to commit.
 #[derive(Debug, Clone)]
@@ -93,16 +127,81 @@ pub enum FilesOutcome {
 }
 
 impl Db {
-    /// Whether `namespace` may name the blob `sha256` without sending it.
+    /// Whether `namespace` may name the blob `sha256` without sending it (its grant is live);
+    /// if so, the grant's grace starts again from `now` (the namespace asked for it again).
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn blob_granted(&self, sha256: Sha256Digest, namespace: Namespace) -> DbResult<bool> {
-        self.call(move |c| Ok(granted(c, &sha256, &namespace)?))
-            .await
+    pub async fn touch_grant(
+        &self,
+        sha256: Sha256Digest,
+        namespace: Namespace,
+        now: UnixMillis,
+    ) -> DbResult<bool> {
+        self.call(move |c| {
+            if !granted(c, &sha256, &namespace, grant_cutoff(now))? {
+                return Ok(false);
+            }
+            c.execute(
+                "UPDATE blob_grants SET granted_at = MAX(granted_at, ?3)
+                 WHERE sha256 = ?1 AND namespace = ?2",
+                params![sha256.to_hex(), namespace.as_str(), now],
+            )?;
+            Ok(true)
+        })
+        .await
     }
 
-    /// Turns a finished pending upload into the blob `sha256` and grants it to `namespace`.
+    /// Deletes `namespace`'s grant on a blob that none of its submissions names; the blob goes
+    /// too when no other live grant and no submission holds it (its object is returned, queued
+    /// for deletion).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn release_blob(
+        &self,
+        sha256: Sha256Digest,
+        namespace: Namespace,
+        now: UnixMillis,
+    ) -> DbResult<BlobRelease> {
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let hex = sha256.to_hex();
+            let named: Option<bool> = tx
+                .query_row(
+                    &format!(
+                        "SELECT {NAMED_BY_OWN} FROM blob_grants g
+                         WHERE g.sha256 = ?1 AND g.namespace = ?2"
+                    ),
+                    params![hex, namespace.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let outcome = match named {
+                None => BlobRelease::NotHeld,
+                Some(true) => BlobRelease::Named,
+                Some(false) => {
+                    tx.execute(
+                        "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
+                        params![hex, namespace.as_str()],
+                    )?;
+                    let freed = if held(&tx, &hex, grant_cutoff(now))? {
+                        None
+                    } else {
+                        drop_blob(&tx, &hex, now)?
+                    };
+                    BlobRelease::Released(freed)
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Turns a finished pending upload into the blob `sha256` and grants it to `namespace`,
+    /// charging its size to the namespace unless the namespace holds a live grant already.
+    /// The work is the same whether or not another namespace stores the content.
     ///
     /// # Errors
     /// SQLite errors.
@@ -113,11 +212,23 @@ impl Db {
         size: u64,
         namespace: Namespace,
         now: UnixMillis,
+        quotas: Quotas,
     ) -> DbResult<BlobCommit> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM resources WHERE id = ?1", [pending.to_string()])?;
             let hex = sha256.to_hex();
+            if !granted(&tx, &sha256, &namespace, grant_cutoff(now))? {
+                // A dead grant not swept yet is replaced by this send.
+                tx.execute(
+                    "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
+                    params![hex, namespace.as_str()],
+                )?;
+                if let Some(why) = blob_refusal(&tx, &namespace, size, quotas)? {
+                    // Rolled back: the caller discards the bytes and the pending row.
+                    return Ok(BlobCommit::QuotaExceeded(why));
+                }
+            }
             let exists = tx
                 .query_row("SELECT 1 FROM blobs WHERE sha256 = ?1", [&hex], |_| Ok(()))
                 .optional()?
@@ -136,8 +247,9 @@ impl Db {
                 BlobCommit::Stored
             };
             tx.execute(
-                "INSERT OR IGNORE INTO blob_grants (sha256, namespace) VALUES (?1, ?2)",
-                params![hex, namespace.as_str()],
+                "INSERT INTO blob_grants (sha256, namespace, granted_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (sha256, namespace) DO UPDATE SET granted_at = MAX(granted_at, ?3)",
+                params![hex, namespace.as_str(), now],
             )?;
             tx.commit()?;
             Ok(outcome)
@@ -161,9 +273,12 @@ impl Db {
             for f in &req.files {
                 let size: Option<i64> = tx
                     .query_row(
-                        "SELECT b.size FROM blobs b JOIN blob_grants g ON g.sha256 = b.sha256
-                         WHERE b.sha256 = ?1 AND g.namespace = ?2",
-                        params![f.sha256.to_hex(), ns.as_str()],
+                        &format!(
+                            "SELECT b.size FROM blobs b JOIN blob_grants g ON g.sha256 = b.sha256
+                             WHERE b.sha256 = ?1 AND g.namespace = ?2
+                               AND (g.granted_at >= ?3 OR {NAMED_BY_OWN})"
+                        ),
+                        params![f.sha256.to_hex(), ns.as_str(), grant_cutoff(req.now)],
                         |r| r.get(0),
                     )
                     .optional()?;
@@ -180,7 +295,21 @@ impl Db {
             if !missing.is_empty() {
                 return Ok(FilesOutcome::Missing(missing));
             }
-            if let Some(why) = quota_refusal(&tx, ns, total, req.quotas)? {
+            // Files this namespace sent and names now for the first time stop being charged
+            // as unnamed once committed: charge only the rest of the submission on top.
+            let newly_named: u64 = {
+                let mut seen = HashSet::new();
+                let mut n: u64 = 0;
+                for (f, size) in req.files.iter().zip(&sizes) {
+                    if seen.insert(f.sha256) && !named_by(&tx, &f.sha256, ns)? {
+                        n = n.saturating_add(*size);
+                    }
+                }
+                n
+            };
+            if let Some(why) =
+                quota_refusal(&tx, ns, total.saturating_sub(newly_named), req.quotas)?
+            {
                 return Ok(FilesOutcome::QuotaExceeded(why));
             }
             let labels = serde_json::to_string(req.owner.labels.as_map()).map_err(|e| {
@@ -262,21 +391,29 @@ impl Db {
         .await
     }
 
-    /// Deletes blobs that were sent but never named by a submission before `cutoff`; returns
-    /// their objects (queued for deletion in the same transaction).
+    /// Drops grants sent before `cutoff` that no submission of their namespace names, then
+    /// the blobs left with neither a grant nor a submission; returns their objects (queued
+    /// for deletion in the same transaction).
     ///
     /// # Errors
     /// SQLite errors.
     pub async fn collect_unnamed_blobs(&self, cutoff: UnixMillis) -> DbResult<Vec<ResourceId>> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                &format!(
+                    "DELETE FROM blob_grants AS g WHERE g.granted_at < ?1 AND NOT {NAMED_BY_OWN}"
+                ),
+                [cutoff],
+            )?;
             let shas: Vec<String> = {
                 let mut stmt = tx.prepare(
-                    "SELECT sha256 FROM blobs b WHERE referenced_at IS NULL AND created_at < ?1
-                     AND NOT EXISTS (SELECT 1 FROM resource_files f WHERE f.sha256 = b.sha256)
+                    "SELECT sha256 FROM blobs b
+                     WHERE NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = b.sha256)
+                       AND NOT EXISTS (SELECT 1 FROM resource_files f WHERE f.sha256 = b.sha256)
                      LIMIT 1000",
                 )?;
-                stmt.query_map([cutoff], |r| r.get(0))?
+                stmt.query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?
             };
             let mut freed = Vec::with_capacity(shas.len());
@@ -292,10 +429,51 @@ impl Db {
     }
 }
 
-fn granted(c: &Connection, sha256: &Sha256Digest, ns: &Namespace) -> rusqlite::Result<bool> {
+/// Bytes of the blobs sent by `ns` (or by anyone) that no submission of the sending namespace
+/// names, each counted once per namespace holding it.
+pub(crate) fn unnamed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
+    let sql = format!(
+        "SELECT COALESCE(SUM(b.size), 0) FROM blob_grants g JOIN blobs b ON b.sha256 = g.sha256
+         WHERE (?1 IS NULL OR g.namespace = ?1) AND NOT {NAMED_BY_OWN}"
+    );
+    let v: i64 = c.query_row(&sql, [ns.map(Namespace::as_str)], |r| r.get(0))?;
+    Ok(v.max(0) as u64)
+}
+
+/// Why charging `size` more unnamed bytes to `ns` would break a quota, the capacity or the
+/// bound on unnamed bytes, if it would.
+fn blob_refusal(
+    c: &Connection,
+    ns: &Namespace,
+    size: u64,
+    q: Quotas,
+) -> rusqlite::Result<Option<String>> {
+    if let Some(max) = q.unnamed_bytes {
+        let used = unnamed_bytes(c, Some(ns))?;
+        if used.saturating_add(size) > max {
+            return Ok(Some(format!(
+                "namespace {ns} would hold more than {max} bytes of files not named by a \
+                 submission ({used} held, {size} more); submit or delete them first"
+            )));
+        }
+    }
+    // The count quota counts submissions, not files.
+    quota_refusal(
+        c,
+        ns,
+        size,
+        Quotas {
+            namespace_count: None,
+            ..q
+        },
+    )
+}
+
+/// Whether a committed submission of `ns` names the blob.
+fn named_by(c: &Connection, sha256: &Sha256Digest, ns: &Namespace) -> rusqlite::Result<bool> {
     Ok(c.query_row(
-        "SELECT 1 FROM blobs b JOIN blob_grants g ON g.sha256 = b.sha256
-         WHERE b.sha256 = ?1 AND g.namespace = ?2",
+        "SELECT 1 FROM resource_files f JOIN resources r ON r.id = f.resource_id
+         WHERE f.sha256 = ?1 AND r.namespace = ?2 LIMIT 1",
         params![sha256.to_hex(), ns.as_str()],
         |_| Ok(()),
     )
@@ -303,8 +481,44 @@ fn granted(c: &Connection, sha256: &Sha256Digest, ns: &Namespace) -> rusqlite::R
     .is_some())
 }
 
-/// Within the deletion of resource `id`: drops its file rows and every blob no other resource
-/// names; returns the objects of those blobs (queued for deletion).
+/// Whether anything keeps the blob: a submission naming it or a live grant.
+fn held(c: &Connection, sha: &str, cutoff: UnixMillis) -> rusqlite::Result<bool> {
+    Ok(c.query_row(
+        &format!(
+            "SELECT 1 FROM resource_files WHERE sha256 = ?1
+             UNION ALL SELECT 1 FROM blob_grants g
+             WHERE g.sha256 = ?1 AND (g.granted_at >= ?2 OR {NAMED_BY_OWN})
+             LIMIT 1"
+        ),
+        params![sha, cutoff],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+/// Whether `ns` holds a live grant on the blob.
+fn granted(
+    c: &Connection,
+    sha256: &Sha256Digest,
+    ns: &Namespace,
+    cutoff: UnixMillis,
+) -> rusqlite::Result<bool> {
+    Ok(c.query_row(
+        &format!(
+            "SELECT 1 FROM blobs b JOIN blob_grants g ON g.sha256 = b.sha256
+             WHERE b.sha256 = ?1 AND g.namespace = ?2 AND (g.granted_at >= ?3 OR {NAMED_BY_OWN})"
+        ),
+        params![sha256.to_hex(), ns.as_str(), cutoff],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
+}
+
+/// Within the deletion of resource `id`: drops its file rows and every blob that no other
+/// resource names and no namespace holds a live grant on; returns the objects of those blobs
+/// (queued for deletion).
 pub(crate) fn release(
     c: &Connection,
     id: ResourceId,
@@ -323,17 +537,14 @@ pub(crate) fn release(
         "DELETE FROM resource_files WHERE resource_id = ?1",
         [id.to_string()],
     )?;
+    // A blob another submission names, or that a namespace sent within its grace, stays:
+    // one namespace's deletion never takes a blob from another.
+    let cutoff = grant_cutoff(now);
     let mut freed = Vec::new();
     for sha in shas {
-        let named: bool = c
-            .query_row(
-                "SELECT 1 FROM resource_files WHERE sha256 = ?1 LIMIT 1",
-                [&sha],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !named && let Some(object) = drop_blob(c, &sha, now)? {
+        if !held(c, &sha, cutoff)?
+            && let Some(object) = drop_blob(c, &sha, now)?
+        {
             freed.push(object);
         }
     }

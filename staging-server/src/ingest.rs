@@ -27,6 +27,9 @@ use crate::pace::Pace;
 use crate::state::AppState;
 use crate::store::BlobWriter;
 
+/// The `api` of a pending blob upload (a file of a submission).
+pub const BLOB_API: &str = "blob";
+
 /// Lifetimes requested for one upload (already capped by the server's limits).
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetimes {
@@ -94,14 +97,19 @@ impl PendingUpload {
         let quotas = state.quotas();
         let headroom = state
             .db()
-            .headroom(namespace.clone(), quotas)
+            .headroom(namespace.clone(), quotas, api == BLOB_API)
             .await
             .map_err(|e| db_error(state, e))?;
         if let (Some(room), Some(len)) = (headroom, declared_len)
             && len > room
         {
             return Err(ApiError::insufficient_storage(format!(
-                "{len} bytes do not fit: {room} bytes left under the quota or capacity"
+                "{len} bytes do not fit: {room} bytes left under the quota or capacity{}",
+                if api == BLOB_API {
+                    " or the bound on files not named by a submission"
+                } else {
+                    ""
+                }
             )));
         }
         let id = ResourceId::random();
@@ -259,7 +267,6 @@ impl PendingUpload {
         match outcome {
             CommitOutcome::Committed => {
                 self.done = true;
-                self.state.refresh_census().await;
                 tracing::info!(resource = %self.id, size = self.size, "resource committed");
                 Ok(Committed {
                     id: self.id,
@@ -337,17 +344,35 @@ impl PendingUpload {
         let outcome = self
             .state
             .db()
-            .commit_blob(self.id, sha256, self.size, namespace, self.state.now_ms())
+            .commit_blob(
+                self.id,
+                sha256,
+                self.size,
+                namespace,
+                self.state.now_ms(),
+                self.state.quotas(),
+            )
             .await
             .map_err(|e| db_error(&self.state, e))?;
-        self.done = true;
-        if outcome == BlobCommit::Existed {
-            // A concurrent upload of the same content won; these bytes are surplus.
-            if self.state.store().delete(self.id).await.is_ok() {
-                let _ = self.state.db().deletion_done(self.id).await;
+        match &outcome {
+            BlobCommit::QuotaExceeded(why) => {
+                return Err(ApiError::insufficient_storage(why.clone()));
             }
+            BlobCommit::Existed => {
+                // Another namespace or a concurrent upload holds the content; these bytes are
+                // surplus. Their deletion is queued in the commit and done off the request
+                // path, so the answer takes the same time as for new content.
+                let (state, id) = (self.state.clone(), self.id);
+                tokio::spawn(async move {
+                    if state.store().delete(id).await.is_ok() {
+                        let _ = state.db().deletion_done(id).await;
+                    }
+                });
+            }
+            BlobCommit::Stored => {}
         }
-        tracing::info!(sha256 = %sha256, size = self.size, "file stored");
+        self.done = true;
+        tracing::info!(sha256 = %sha256, size = self.size, "file received");
         Ok(outcome)
     }
 
@@ -383,7 +408,6 @@ async fn remove_abandoned(state: AppState, id: ResourceId, writer: Option<BlobWr
             tracing::warn!(resource = %id, cause = %e, "could not remove an abandoned row");
         }
     }
-    state.refresh_census().await;
 }
 
 impl Drop for PendingUpload {

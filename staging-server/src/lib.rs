@@ -10,7 +10,8 @@
 //! - [`state`]: shared state, data-directory lock, crash recovery.
 //! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints.
 //! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
-//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes.
+//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; `instance`: which server
+//!   owns a store prefix (and so which orphans it may delete).
 //! - [`token`], [`auth`]: download JWTs and upload bearer tokens.
 //! - [`lifecycle`]: deletion and the expiry sweeper.
 //! - [`server`]: accept loop, limits and graceful drain.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod files;
 pub mod ids;
 pub mod ingest;
+mod instance;
 pub mod kube_auth;
 pub mod lifecycle;
 pub mod metrics;

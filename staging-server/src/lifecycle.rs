@@ -81,7 +81,6 @@ pub async fn remove(
             .with_label_values(&[reason.as_str()])
             .inc();
         tracing::info!(resource = %id, reason = reason.as_str(), "resource deleted");
-        state.refresh_census().await;
     }
     Ok(existed)
 }

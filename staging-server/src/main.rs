@@ -61,7 +61,10 @@ async fn try_serve(args: staging_server::config::ServeArgs) -> staging_server::R
     };
     tracing::info!(
         listen = %api.local_addr().map_err(|e| staging_server::Error::io("listener", e))?,
-        admin = ?config.admin_listen,
+        admin = %admin
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| "none".to_owned(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
         upload_auth = !config.upload_tokens.is_empty(),
         "staging server ready"

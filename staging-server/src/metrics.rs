@@ -2,6 +2,10 @@
 //!
 //! Labels are bounded: route templates (`MatchedPath`), methods, status codes and fixed reason
 //! enums. Never ids, namespaces or raw paths.
+//!
+//! The gauges of what is stored ([`ADMIN_ONLY`]) are served on the admin listener only and
+//! recomputed by the sweep, never on the request path: a tenant watching them move after a
+//! request would learn whether another namespace stores the same content.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -9,6 +13,15 @@ use prometheus::{
 };
 
 use crate::db::Census;
+
+/// Metric families left out of the public listener's `/metrics`.
+pub const ADMIN_ONLY: &[&str] = &[
+    "staging_resources",
+    "staging_stored_bytes",
+    "staging_stored_files",
+    "staging_stored_files_bytes",
+    "staging_pending_store_deletions",
+];
 
 /// Every metric of the server.
 #[derive(Debug, Clone)]

@@ -28,6 +28,8 @@ use crate::token::TokenKeys;
 const LOCK_FILE: &str = "staging.lock";
 /// Name of the database file in the data directory.
 const DB_FILE: &str = "staging.db";
+/// Longest start-up waits for the store to answer the instance registration.
+const CLAIM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// State shared by every request handler and background task.
 #[derive(Debug, Clone)]
@@ -49,6 +51,12 @@ struct Inner {
     uploads: Arc<Semaphore>,
     draining: AtomicBool,
     reserve: Reserve,
+    /// This database's instance id (see `crate::instance`).
+    instance: crate::instance::InstanceId,
+    /// Whether the store prefix may be registered by other instances too.
+    store_shared: bool,
+    /// Age before an object without a row counts as an orphan.
+    orphan_grace: std::time::Duration,
     /// Held for the life of the process: the exclusive lock on the data directory.
     _lock: Option<File>,
 }
@@ -97,6 +105,7 @@ impl AppState {
             None => BlobStore::open(&config.store)?.with_timeout(config.store_timeout),
         };
         let keys = TokenKeys::load_or_generate(config.signing_key.as_deref(), dir)?;
+        let instance = db.instance_id().await?;
         let registry = overrides.registry.unwrap_or_default();
         let metrics = Metrics::new(&registry)?;
         let kube_auth = if config.kube_auth {
@@ -128,6 +137,9 @@ impl AppState {
                 uploads: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
                 draining: AtomicBool::new(false),
                 reserve,
+                instance,
+                store_shared: config.store_shared,
+                orphan_grace: config.orphan_grace,
                 _lock: Some(lock),
             }),
         };
@@ -141,9 +153,38 @@ impl AppState {
             }
             r => r?,
         }
+        state.claim_store().await?;
         state.ensure_reserve().await;
         state.refresh_census().await;
         Ok(state)
+    }
+
+    /// Registers this instance on the store prefix, refusing to start on a prefix another
+    /// instance registered (unless shared). Bounded by [`CLAIM_TIMEOUT`]: a store that is down
+    /// or hung does not hold start-up; the orphan sweep then checks again before deleting.
+    async fn claim_store(&self) -> Result<()> {
+        let claim =
+            crate::instance::claim(self.store(), self.inner.instance, self.inner.store_shared);
+        match tokio::time::timeout(CLAIM_TIMEOUT, claim).await {
+            Ok(Ok(crate::instance::Claim::Sole)) => Ok(()),
+            Ok(Ok(crate::instance::Claim::Shared(others))) => {
+                tracing::warn!(
+                    instance = %self.inner.instance,
+                    others = %others.join(","),
+                    "the store prefix is shared with other instances (--store-shared): the orphan sweep deletes nothing"
+                );
+                Ok(())
+            }
+            Ok(Err(e @ Error::Config(_))) => Err(e),
+            Ok(Err(e)) => {
+                tracing::warn!(cause = %e, "could not register on the store; the orphan sweep checks again before deleting");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?CLAIM_TIMEOUT, "the store did not answer the registration; the orphan sweep checks again before deleting");
+                Ok(())
+            }
+        }
     }
 
     /// Removes what a crash may have left locally before serving: local staging files, and
@@ -169,14 +210,26 @@ impl AppState {
     }
 
     /// Queues the deletion of every stored object that has no row (an upload whose process
-    /// died between writing the bytes and recording them); returns how many.
+    /// died between writing the bytes and recording them) and is older than the orphan
+    /// grace; returns how many. Only when this instance is the only one registered on the
+    /// store prefix: an object of another instance is never this one's orphan.
     ///
     /// # Errors
-    /// Store or database errors.
+    /// Store or database errors; [`Error::Config`] when another instance registered the
+    /// prefix and it is not shared (the sweep then deletes nothing and logs it).
     pub async fn queue_orphans(&self) -> Result<usize> {
+        match crate::instance::claim(self.store(), self.inner.instance, self.inner.store_shared)
+            .await?
+        {
+            crate::instance::Claim::Sole => {}
+            crate::instance::Claim::Shared(_) => return Ok(0),
+        }
+        let cutoff = self
+            .now_ms()
+            .saturating_sub(crate::clock::duration_ms(self.inner.orphan_grace));
         let mut orphans = 0;
-        for id in self.store().list_ids().await? {
-            if !self.db().exists(id).await? {
+        for (id, written_at) in self.store().list_objects().await? {
+            if written_at < cutoff && !self.db().exists(id).await? {
                 self.db().queue_deletion(id, self.now_ms()).await?;
                 orphans += 1;
             }
@@ -294,6 +347,7 @@ impl AppState {
             namespace_bytes: l.namespace_quota_bytes,
             namespace_count: l.namespace_quota_count,
             capacity: l.capacity,
+            unnamed_bytes: Some(l.namespace_unnamed_bytes),
         }
     }
 

@@ -285,6 +285,66 @@ impl BlobStore {
             .collect())
     }
 
+    /// Every stored object with the time it was last written (ms since the epoch), for the
+    /// orphan sweep.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn list_objects(&self) -> Result<Vec<(ResourceId, i64)>> {
+        let prefix = self.prefix.clone().join("resources");
+        let metas: Vec<_> = self
+            .bounded("list", self.inner.list(Some(&prefix)).try_collect())
+            .await?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| {
+                let id = m.location.filename()?.parse().ok()?;
+                Some((id, m.last_modified.timestamp_millis()))
+            })
+            .collect())
+    }
+
+    fn instance_key(&self, id: &str) -> ObjectPath {
+        self.prefix.clone().join("instances").join(id)
+    }
+
+    /// The server instances registered on this store prefix (their ids).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn instances(&self) -> Result<Vec<String>> {
+        let prefix = self.prefix.clone().join("instances");
+        let metas: Vec<_> = self
+            .bounded("list", self.inner.list(Some(&prefix)).try_collect())
+            .await?;
+        Ok(metas
+            .iter()
+            .filter_map(|m| m.location.filename().map(str::to_owned))
+            .collect())
+    }
+
+    /// Registers an instance on this store prefix: a small object under `instances/`
+    /// holding `about`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn register_instance(&self, id: &str, about: Vec<u8>) -> Result<()> {
+        self.bounded(
+            "register the instance",
+            self.inner.put(&self.instance_key(id), about.into()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Where an instance's registration lives, for messages.
+    pub fn instance_location(&self, id: &str) -> String {
+        match &self.local_root {
+            Some(root) => root.join("instances").join(id).display().to_string(),
+            None => self.instance_key(id).to_string(),
+        }
+    }
+
     /// Removes staging files that a killed process left behind in the local backend
     /// (`<key>#<n>`, invisible to listings). Remote stores abort incomplete multipart uploads
     /// through a bucket lifecycle rule (see README). Returns how many files were removed.

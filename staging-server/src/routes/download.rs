@@ -183,8 +183,7 @@ pub(super) async fn serve(
     let stale = res.last_access_at.is_none_or(|t| t < now - ACCESS_STAMP_MS);
     if res.first_access_at.is_none() || stale {
         match state.db().record_access(res.id, now).await {
-            Ok(true) => state.refresh_census().await,
-            Ok(false) => {}
+            Ok(_) => {}
             // A failed access stamp must not fail the download; the sweeper would at worst
             // treat the resource as unused, which the operator sees in the logs.
             Err(e) if e.is_full() => {

@@ -1,8 +1,12 @@
 //! Submissions of individually stored files (content addressing, see [`crate::files`]).
 //!
-//! - `PUT /api/v1/blobs/{sha256}?namespace=N`: one file's bytes (raw body). 201 when stored,
+//! - `PUT /api/v1/blobs/{sha256}?namespace=N`: one file's bytes (raw body). 201 when received,
 //!   200 when the namespace already had it (the body is not read). 422 when the bytes do not
-//!   have that digest.
+//!   have that digest, 507 over a quota, the capacity or the bound on unnamed bytes. Whether
+//!   another namespace holds the content changes nothing: the body is read, hashed and
+//!   written in full either way, and the answer is the same.
+//! - `DELETE /api/v1/blobs/{sha256}?namespace=N`: N's grant on a blob none of its submissions
+//!   names (204; 404 when N holds none; 409 when one of its submissions names it).
 //! - `POST /api/v1/submissions`: JSON `{namespace, labels, owner_pod_uid, ttl, unused_ttl,
 //!   files: [{name, sha256}]}`. 201 with the resource id and token, as an upload; 409
 //!   `missing_files` with the digests to send first.
@@ -21,9 +25,10 @@ use serde::{Deserialize, Serialize};
 use crate::clock::duration_ms;
 use crate::db::Owner;
 use crate::error::ApiError;
+use crate::files::BlobRelease;
 use crate::files::{FileRef, FilesCommit, FilesOutcome, MAX_FILES, manifest_digest};
 use crate::ids::{Labels, Namespace, PodUid, Sha256Digest};
-use crate::ingest::PendingUpload;
+use crate::ingest::{BLOB_API, PendingUpload};
 use crate::state::AppState;
 
 use super::download;
@@ -55,11 +60,12 @@ pub(super) async fn put_blob(
     let namespace: Namespace = q.namespace.parse()?;
     super::v1::check_upload(&state, &headers, &namespace).await?;
     let sha256 = Sha256Digest::from_hex(&sha)?;
+    // Only the namespace's own grant is looked at: another namespace's copy changes nothing.
     if state
         .db()
-        .blob_granted(sha256, namespace.clone())
+        .touch_grant(sha256, namespace.clone(), state.now_ms())
         .await
-        .map_err(ApiError::internal)?
+        .map_err(|e| crate::ingest::db_error(&state, e))?
     {
         return Ok((
             StatusCode::OK,
@@ -75,7 +81,7 @@ pub(super) async fn put_blob(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut pending =
-        PendingUpload::begin(&state, "blob", Some(namespace.clone()), declared).await?;
+        PendingUpload::begin(&state, BLOB_API, Some(namespace.clone()), declared).await?;
     if let Err(e) = pending.write_stream(body.into_data_stream()).await {
         pending.discard().await;
         return Err(e);
@@ -89,6 +95,49 @@ pub(super) async fn put_blob(
         }),
     )
         .into_response())
+}
+
+/// `DELETE /api/v1/blobs/{sha256}`: the sender takes back a blob it has not named. The bytes
+/// go off the request path when no one else holds them, so the answer does not tell.
+pub(super) async fn delete_blob(
+    State(state): State<AppState>,
+    Path(sha): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q: BlobQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let namespace: Namespace = q.namespace.parse()?;
+    super::v1::check_upload(&state, &headers, &namespace).await?;
+    let sha256 = Sha256Digest::from_hex(&sha)?;
+    let now = state.now_ms();
+    let released = state
+        .with_room(|| state.db().release_blob(sha256, namespace.clone(), now))
+        .await
+        .map_err(|e| crate::ingest::db_error(&state, e))?;
+    match released {
+        BlobRelease::Released(freed) => {
+            if let Some(object) = freed {
+                let st = state.clone();
+                tokio::spawn(async move {
+                    if st.store().delete(object).await.is_ok() {
+                        let _ = st.db().deletion_done(object).await;
+                    }
+                });
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        BlobRelease::NotHeld => Err(ApiError::not_found(format!(
+            "namespace {namespace} holds no file {sha256}"
+        ))),
+        BlobRelease::Named => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "named_by_submission",
+            format!(
+                "a submission of namespace {namespace} names file {sha256}; delete the submission"
+            ),
+        )),
+    }
 }
 
 /// One file of a submission.
@@ -215,7 +264,6 @@ pub(super) async fn submit(
         .map_err(|e| crate::ingest::db_error(&state, e))?;
     match outcome {
         FilesOutcome::Committed(size) => {
-            state.refresh_census().await;
             tracing::info!(resource = %id, size, "submission committed");
             let body = UploadResponse {
                 id: id.to_string(),

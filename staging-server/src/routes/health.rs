@@ -71,10 +71,22 @@ async fn ready(state: &AppState, detailed: bool) -> Result<String, ApiError> {
     }
 }
 
-/// `GET /metrics`: Prometheus text exposition.
+/// `GET /metrics` on the admin listener: every metric, in Prometheus text exposition.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    encode(&state.registry().gather())
+}
+
+/// `GET /metrics` on the public listener: without the stored-data gauges
+/// ([`crate::metrics::ADMIN_ONLY`]), which would tell a tenant what others store.
+pub(super) async fn metrics_public(State(state): State<AppState>) -> Response {
+    let mut families = state.registry().gather();
+    families.retain(|f| !crate::metrics::ADMIN_ONLY.contains(&f.name()));
+    encode(&families)
+}
+
+fn encode(families: &[prometheus::proto::MetricFamily]) -> Response {
     let mut buf = Vec::new();
-    match TextEncoder::new().encode(&state.registry().gather(), &mut buf) {
+    match TextEncoder::new().encode(families, &mut buf) {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],

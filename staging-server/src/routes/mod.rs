@@ -44,7 +44,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/resources/{id}/content", get(v1::content))
         .route("/api/v1/resources/{id}/files/{name}", get(files::file))
-        .route("/api/v1/blobs/{sha256}", put(files::put_blob))
+        .route(
+            "/api/v1/blobs/{sha256}",
+            put(files::put_blob).delete(files::delete_blob),
+        )
         .route("/api/v1/submissions", post(files::submit))
         .merge(ops_routes(false))
         .route_layer(middleware::from_fn_with_state(
@@ -71,17 +74,18 @@ pub fn admin_router(state: AppState) -> Router {
     with_common_layers(router)
 }
 
-/// The operational endpoints; `detailed` (the admin listener) says why it is not ready.
+/// The operational endpoints; `detailed` (the admin listener) says why it is not ready and
+/// serves the stored-data gauges.
 fn ops_routes(detailed: bool) -> Router<AppState> {
-    let readyz = if detailed {
-        get(health::readyz_detailed)
+    let (readyz, metrics) = if detailed {
+        (get(health::readyz_detailed), get(health::metrics))
     } else {
-        get(health::readyz)
+        (get(health::readyz), get(health::metrics_public))
     };
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", readyz)
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", metrics)
 }
 
 fn with_common_layers(router: Router) -> Router {

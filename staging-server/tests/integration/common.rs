@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 /// A running server.
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
+    pub(crate) admin_addr: SocketAddr,
     pub(crate) state: AppState,
     pub(crate) clock: ManualClock,
     pub(crate) dir: tempfile::TempDir,
@@ -59,10 +60,16 @@ impl TestServer {
         .unwrap();
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = api.local_addr().unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let st = state.clone();
         let handle = tokio::spawn(async move {
-            staging_server::run(&config, st, Listeners { api, admin: None }, async {
+            let listeners = Listeners {
+                api,
+                admin: Some(admin),
+            };
+            staging_server::run(&config, st, listeners, async {
                 let _ = rx.await;
             })
             .await
@@ -70,6 +77,7 @@ impl TestServer {
         });
         Self {
             addr,
+            admin_addr,
             state,
             clock,
             dir,
@@ -109,8 +117,22 @@ impl TestServer {
             .unwrap()
     }
 
-    /// The /metrics text.
+    /// The admin listener's /metrics text, after recomputing the stored-data gauges as the
+    /// sweep's timer does.
     pub(crate) async fn metrics(&self) -> String {
+        self.state.refresh_census().await;
+        self.client
+            .get(format!("http://{}/metrics", self.admin_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The public listener's /metrics text, as any client sees it.
+    pub(crate) async fn public_metrics(&self) -> String {
         self.client
             .get(self.url("/metrics"))
             .send()

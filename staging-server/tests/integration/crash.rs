@@ -14,10 +14,12 @@ use crate::common::{metric, random_bytes};
 pub(crate) struct Proc {
     pub(crate) child: Child,
     pub(crate) addr: SocketAddr,
+    /// The admin listener, when started with `--admin-listen`.
+    pub(crate) admin: Option<SocketAddr>,
 }
 
 /// Starts the binary on port 0 and waits for its "ready" log line, which names the address.
-async fn start(dir: &Path) -> Proc {
+pub(crate) async fn start(dir: &Path) -> Proc {
     start_with(dir, &[]).await
 }
 
@@ -36,7 +38,7 @@ pub(crate) async fn start_with(dir: &Path, extra: &[&str]) -> Proc {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
+    let (addr, admin) = loop {
         let line = lines
             .next_line()
             .await
@@ -47,12 +49,15 @@ pub(crate) async fn start_with(dir: &Path, extra: &[&str]) -> Proc {
             Err(_) => continue,
         };
         if v["fields"]["message"] == "staging server ready" {
-            break v["fields"]["listen"].as_str().unwrap().parse().unwrap();
+            break (
+                v["fields"]["listen"].as_str().unwrap().parse().unwrap(),
+                v["fields"]["admin"].as_str().and_then(|a| a.parse().ok()),
+            );
         }
     };
     // Keep draining the log so the pipe never fills.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Proc { child, addr }
+    Proc { child, addr, admin }
 }
 
 fn staging_files(dir: &Path) -> Vec<String> {
@@ -141,15 +146,16 @@ async fn kill_9_mid_upload_leaves_nothing_partial() {
     assert_eq!(pending_rows(dir.path()), 1);
 
     // Restart: recovery removes it all before serving.
-    let p = start(dir.path()).await;
+    let p = start_with(dir.path(), &["--admin-listen", "127.0.0.1:0"]).await;
     let base = format!("http://{}", p.addr);
+    let admin = format!("http://{}", p.admin.unwrap());
     assert_eq!(
         staging_files(dir.path()),
         vec![kept_up["id"].as_str().unwrap().to_owned()]
     );
     assert_eq!(pending_rows(dir.path()), 0);
     let m = client
-        .get(format!("{base}/metrics"))
+        .get(format!("{admin}/metrics"))
         .send()
         .await
         .unwrap()

@@ -155,13 +155,17 @@ async fn metrics_parse_as_prometheus_text() {
         "staging_http_request_duration_seconds_bucket",
         "staging_upload_bytes_total",
         "staging_download_bytes_total",
-        "staging_resources",
-        "staging_stored_bytes",
         "staging_auth_failures_total",
         "staging_cleanup_deletions_total",
         "staging_cleanup_errors_total",
     ] {
         assert!(text.contains(&format!("\n{name}")), "missing {name}");
+    }
+    // The stored-data gauges are on the admin listener only.
+    let admin = s.metrics().await;
+    for name in ["staging_resources", "staging_stored_bytes"] {
+        assert!(!text.contains(&format!("\n{name}")), "{name} is public");
+        assert!(admin.contains(&format!("\n{name}")), "missing {name}");
     }
     s.shutdown().await;
 }

@@ -1,6 +1,7 @@
 #![allow(missing_docs)]
 //! Integration tests of the staging server: one binary, servers on port 0, no sleeps.
 
+mod blobs;
 mod cli;
 mod common;
 mod crash;
@@ -8,6 +9,7 @@ mod downloads;
 mod external;
 mod fetch;
 mod full_disk;
+mod instances;
 mod kube_auth;
 mod lifecycle;
 mod outage;
