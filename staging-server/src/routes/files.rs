@@ -45,6 +45,7 @@ struct BlobResponse {
 /// `PUT /api/v1/blobs/{sha256}`.
 pub(super) async fn put_blob(
     State(state): State<AppState>,
+    super::client_addr::ClientAddr(client): super::client_addr::ClientAddr,
     Path(sha): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -53,7 +54,7 @@ pub(super) async fn put_blob(
     let q: BlobQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let namespace: Namespace = q.namespace.parse()?;
-    super::v1::check_upload(&state, &headers, &namespace).await?;
+    super::v1::check_upload(&state, &headers, client, &namespace).await?;
     let sha256 = Sha256Digest::from_hex(&sha)?;
     if state
         .db()
@@ -123,6 +124,7 @@ struct Missing {
 /// `POST /api/v1/submissions`.
 pub(super) async fn submit(
     State(state): State<AppState>,
+    super::client_addr::ClientAddr(client): super::client_addr::ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -153,7 +155,7 @@ pub(super) async fn submit(
     let sub: Submission = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("submission: {e}")))?;
     let namespace: Namespace = sub.namespace.parse()?;
-    super::v1::check_upload(&state, &headers, &namespace).await?;
+    super::v1::check_upload(&state, &headers, client, &namespace).await?;
     let selector = sub
         .labels
         .iter()
