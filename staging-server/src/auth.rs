@@ -1,11 +1,18 @@
 //! Credentials on requests: upload bearer tokens (held hashed, compared in constant time) and
 //! the parsing of `Authorization` headers.
 //!
+//! An upload token acts for every namespace unless it is limited to named ones: a token file
+//! line (or an `--upload-tokens` entry) is `TOKEN [NAMESPACE ...]`, and a token followed by
+//! namespaces uploads, submits and deletes in those namespaces only.
+//!
 //! Tokens are never logged. The tracing layer records method, route and status only, and no
 //! error message here repeats a presented credential.
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
+
+use crate::ids::{InvalidField, Namespace};
 
 /// How a request presented its credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +32,8 @@ pub enum UploadAuthError {
     Malformed,
     /// A token that matches none of the configured ones.
     Invalid,
+    /// A token limited to other namespaces.
+    WrongNamespace,
 }
 
 impl UploadAuthError {
@@ -34,6 +43,7 @@ impl UploadAuthError {
             Self::Missing => "missing",
             Self::Malformed => "malformed",
             Self::Invalid => "invalid",
+            Self::WrongNamespace => "wrong_namespace",
         }
     }
 }
@@ -70,17 +80,86 @@ pub fn credential(
     Err(MalformedCredential)
 }
 
+/// One configured upload token: the secret and, when limited, its namespaces.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UploadToken {
+    /// The token.
+    pub secret: String,
+    /// The namespaces it may act for; `None`: every namespace.
+    pub namespaces: Option<Vec<Namespace>>,
+}
+
+impl std::fmt::Debug for UploadToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadToken")
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<&str> for UploadToken {
+    /// A token for every namespace.
+    fn from(secret: &str) -> Self {
+        Self {
+            secret: secret.to_owned(),
+            namespaces: None,
+        }
+    }
+}
+
+impl UploadToken {
+    /// Parses `TOKEN [NAMESPACE ...]` (whitespace-separated); `None` for a blank entry.
+    ///
+    /// # Errors
+    /// [`InvalidField`] for a namespace that is not a namespace name.
+    pub fn parse(entry: &str) -> Result<Option<Self>, InvalidField> {
+        let mut words = entry.split_whitespace();
+        let Some(secret) = words.next() else {
+            return Ok(None);
+        };
+        let namespaces = words
+            .map(str::parse::<Namespace>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Self {
+            secret: secret.to_owned(),
+            namespaces: (!namespaces.is_empty()).then_some(namespaces),
+        }))
+    }
+}
+
+/// What a request's upload credential may act for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// No tokens are configured: anonymous upload.
+    Anonymous,
+    /// A token for every namespace.
+    Any,
+    /// A token limited to these namespaces.
+    Namespaces(&'a [Namespace]),
+}
+
+impl Scope<'_> {
+    /// Whether the credential may act for `namespace`.
+    pub fn allows(&self, namespace: &Namespace) -> bool {
+        match self {
+            Self::Anonymous | Self::Any => true,
+            Self::Namespaces(list) => list.contains(namespace),
+        }
+    }
+}
+
 /// The configured upload credentials.
 #[derive(Clone)]
 pub struct UploadAuth {
-    /// SHA-256 of each accepted token; the clear tokens are dropped after start-up.
-    hashes: Vec<[u8; 32]>,
+    /// SHA-256 of each accepted token, with its namespaces; the clear tokens are dropped
+    /// after start-up.
+    tokens: Vec<([u8; 32], Option<Vec<Namespace>>)>,
 }
 
 impl std::fmt::Debug for UploadAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UploadAuth")
-            .field("tokens", &self.hashes.len())
+            .field("tokens", &self.tokens.len())
             .finish()
     }
 }
@@ -88,40 +167,73 @@ impl std::fmt::Debug for UploadAuth {
 impl UploadAuth {
     /// Hashes the configured tokens. No tokens means anonymous upload (validated at config
     /// time to be loopback-only unless explicitly allowed).
-    pub fn new(tokens: &[String]) -> Self {
+    pub fn new(tokens: &[UploadToken]) -> Self {
         Self {
-            hashes: tokens
+            tokens: tokens
                 .iter()
-                .map(|t| service_runtime::token::hash(t))
+                .map(|t| {
+                    (
+                        service_runtime::token::hash(&t.secret),
+                        t.namespaces.clone(),
+                    )
+                })
                 .collect(),
         }
     }
 
     /// Whether uploads need a token.
     pub fn required(&self) -> bool {
-        !self.hashes.is_empty()
+        !self.tokens.is_empty()
     }
 
-    /// Checks a request's upload credential.
+    /// Checks a request's upload credential; what it may act for.
     ///
     /// Every configured hash is compared, without early exit, so timing reveals neither which
     /// token matched nor how much of it.
     ///
     /// # Errors
     /// [`UploadAuthError`] saying why.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), UploadAuthError> {
+    pub fn check(&self, headers: &HeaderMap) -> Result<Scope<'_>, UploadAuthError> {
         if !self.required() {
-            return Ok(());
+            return Ok(Scope::Anonymous);
         }
         let token = match credential(headers, false) {
             Ok(Some((t, _))) => t,
             Ok(None) => return Err(UploadAuthError::Missing),
             Err(MalformedCredential) => return Err(UploadAuthError::Malformed),
         };
-        if service_runtime::token::matches_any(token, &self.hashes) {
+        let presented = service_runtime::token::hash(token);
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u32;
+        for (i, (hash, _)) in self.tokens.iter().enumerate() {
+            let hit = hash.ct_eq(&presented);
+            found |= hit;
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            index.conditional_assign(&i, hit);
+        }
+        if !bool::from(found) {
+            return Err(UploadAuthError::Invalid);
+        }
+        Ok(match &self.tokens[index as usize].1 {
+            None => Scope::Any,
+            Some(list) => Scope::Namespaces(list),
+        })
+    }
+
+    /// Checks a request's upload credential for `namespace`.
+    ///
+    /// # Errors
+    /// [`UploadAuthError`] saying why; [`UploadAuthError::WrongNamespace`] for a token
+    /// limited to other namespaces.
+    pub fn check_for(
+        &self,
+        headers: &HeaderMap,
+        namespace: &Namespace,
+    ) -> Result<(), UploadAuthError> {
+        if self.check(headers)?.allows(namespace) {
             Ok(())
         } else {
-            Err(UploadAuthError::Invalid)
+            Err(UploadAuthError::WrongNamespace)
         }
     }
 }
@@ -143,8 +255,14 @@ mod tests {
             "a-long-upload-token-1".into(),
             "another-upload-token".into(),
         ]);
-        assert_eq!(auth.check(&headers("Bearer another-upload-token")), Ok(()));
-        assert_eq!(auth.check(&headers("bearer a-long-upload-token-1")), Ok(()));
+        assert_eq!(
+            auth.check(&headers("Bearer another-upload-token")),
+            Ok(Scope::Any)
+        );
+        assert_eq!(
+            auth.check(&headers("bearer a-long-upload-token-1")),
+            Ok(Scope::Any)
+        );
         assert_eq!(
             auth.check(&headers("Bearer nope")),
             Err(UploadAuthError::Invalid)
@@ -158,7 +276,34 @@ mod tests {
             Err(UploadAuthError::Malformed)
         );
         assert_eq!(auth.check(&HeaderMap::new()), Err(UploadAuthError::Missing));
-        assert_eq!(UploadAuth::new(&[]).check(&HeaderMap::new()), Ok(()));
+        assert_eq!(
+            UploadAuth::new(&[]).check(&HeaderMap::new()),
+            Ok(Scope::Anonymous)
+        );
+    }
+
+    #[test]
+    fn limited_tokens_act_for_their_namespaces_only() {
+        let limited = UploadToken::parse("team-a-upload-token  team-a team-c")
+            .unwrap()
+            .unwrap();
+        let auth = UploadAuth::new(&["every-namespace-token".into(), limited]);
+        let (a, b, c): (Namespace, Namespace, Namespace) = (
+            "team-a".parse().unwrap(),
+            "team-b".parse().unwrap(),
+            "team-c".parse().unwrap(),
+        );
+        let h = headers("Bearer team-a-upload-token");
+        assert_eq!(auth.check_for(&h, &a), Ok(()));
+        assert_eq!(auth.check_for(&h, &c), Ok(()));
+        assert_eq!(auth.check_for(&h, &b), Err(UploadAuthError::WrongNamespace));
+        assert_eq!(
+            auth.check_for(&headers("Bearer every-namespace-token"), &b),
+            Ok(())
+        );
+        assert!(UploadToken::parse("tok Team_A").is_err());
+        assert_eq!(UploadToken::parse("   ").unwrap(), None);
+        assert_eq!(UploadToken::parse("tok").unwrap().unwrap().namespaces, None);
     }
 
     #[test]

@@ -87,10 +87,12 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub store_options: Vec<String>,
-    /// File of upload bearer tokens, one per line (`#` comments allowed).
+    /// File of upload bearer tokens, one per line (`#` comments allowed): `TOKEN` acts for
+    /// every namespace, `TOKEN NAMESPACE...` only for the namespaces named after it.
     #[arg(long, env = "STAGING_UPLOAD_TOKEN_FILE")]
     pub upload_token_file: Option<PathBuf>,
-    /// Upload bearer tokens, comma-separated (prefer --upload-token-file).
+    /// Upload bearer tokens, comma-separated, each `TOKEN [NAMESPACE...]` (prefer
+    /// --upload-token-file).
     #[arg(long, env = "STAGING_UPLOAD_TOKENS", hide_env_values = true)]
     pub upload_tokens: Option<String>,
     /// Allow uploads without a token on a non-loopback listener. Anyone who reaches the port
@@ -176,6 +178,23 @@ pub struct ServeArgs {
     /// identity may create pods (SubjectAccessReview); upload tokens keep working beside them.
     #[arg(long, env = "STAGING_KUBE_AUTH")]
     pub kube_auth: bool,
+    /// With --kube-auth, accept only tokens bound to one of these audiences (TokenReview
+    /// `audiences`), e.g. tokens made with `kubectl create token --audience staging-server`;
+    /// comma-separated. Default: tokens for the API server's own audience.
+    #[arg(
+        long = "kube-auth-audience",
+        env = "STAGING_KUBE_AUTH_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub kube_auth_audiences: Vec<String>,
+    /// With --kube-auth, Kubernetes API reviews one client address (IPv6: its /64) may cause
+    /// at once (20); answers from the cache are free.
+    #[arg(long, env = "STAGING_KUBE_AUTH_REVIEW_BURST")]
+    pub kube_auth_review_burst: Option<u32>,
+    /// With --kube-auth, reviews one client may cause per minute after its burst (60); more
+    /// are answered 429 with Retry-After.
+    #[arg(long, env = "STAGING_KUBE_AUTH_REVIEWS_PER_MINUTE")]
+    pub kube_auth_reviews_per_minute: Option<u32>,
     /// PEM certificate chain of the API listener (TLS when given, with --tls-key); reloaded
     /// when the file changes.
     #[arg(long, env = "STAGING_TLS_CERT")]
@@ -259,6 +278,10 @@ struct FileConfig {
     kube_keep_secrets: bool,
     #[serde(default)]
     kube_auth: bool,
+    #[serde(default)]
+    kube_auth_audiences: Vec<String>,
+    kube_auth_review_burst: Option<u32>,
+    kube_auth_reviews_per_minute: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     namespace_unnamed_bytes: Option<ByteSize>,
@@ -353,7 +376,7 @@ pub struct Config {
     /// Bundle storage.
     pub store: StoreLocation,
     /// Upload tokens in clear, to be hashed by `auth` (empty = anonymous upload).
-    pub upload_tokens: Vec<String>,
+    pub upload_tokens: Vec<crate::auth::UploadToken>,
     /// Explicit signing key; `None` = generated and persisted in the data dir.
     pub signing_key: Option<Vec<u8>>,
     /// Limits and lifetimes.
@@ -376,6 +399,8 @@ pub struct Config {
     pub owners: Option<crate::owners::OwnerSettings>,
     /// Uploads may authenticate with Kubernetes credentials.
     pub kube_auth: bool,
+    /// Audiences and review limits of `--kube-auth`.
+    pub kube_auth_settings: crate::kube_auth::KubeAuthSettings,
     /// TLS of the API listener (`None`: plain HTTP).
     pub tls: Option<service_runtime::tls::TlsFiles>,
     /// How often the TLS files are looked at for a new certificate.
@@ -407,6 +432,7 @@ impl Config {
             disk_reserve: DEFAULT_DISK_RESERVE,
             owners: None,
             kube_auth: false,
+            kube_auth_settings: crate::kube_auth::KubeAuthSettings::default(),
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             store_shared: false,
@@ -542,6 +568,7 @@ impl Config {
                 .or(file.disk_reserve)
                 .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
             kube_auth: false,
+            kube_auth_settings: crate::kube_auth::KubeAuthSettings::default(),
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             store_shared: args.store_shared || file.store_shared,
@@ -571,6 +598,26 @@ impl Config {
             },
         };
         config.kube_auth = args.kube_auth || file.kube_auth;
+        let k = crate::kube_auth::KubeAuthSettings::default();
+        config.kube_auth_settings = crate::kube_auth::KubeAuthSettings {
+            audiences: if args.kube_auth_audiences.is_empty() {
+                file.kube_auth_audiences
+            } else {
+                args.kube_auth_audiences
+            }
+            .into_iter()
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect(),
+            review_burst: args
+                .kube_auth_review_burst
+                .or(file.kube_auth_review_burst)
+                .unwrap_or(k.review_burst),
+            reviews_per_minute: args
+                .kube_auth_reviews_per_minute
+                .or(file.kube_auth_reviews_per_minute)
+                .unwrap_or(k.reviews_per_minute),
+        };
         config.tls = match (
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
@@ -601,6 +648,18 @@ impl Config {
                  or --kube-auth, or --insecure-allow-anonymous-upload to accept uploads from anyone",
                 self.listen
             )));
+        }
+        let k = &self.kube_auth_settings;
+        if !self.kube_auth && !k.audiences.is_empty() {
+            return Err(Error::Config(
+                "--kube-auth-audience needs --kube-auth".into(),
+            ));
+        }
+        if k.review_burst == 0 || k.reviews_per_minute == 0 {
+            return Err(Error::Config(
+                "--kube-auth-review-burst and --kube-auth-reviews-per-minute must be positive"
+                    .into(),
+            ));
         }
         if let Some(key) = &self.signing_key
             && key.len() < 32
@@ -635,24 +694,31 @@ impl Config {
     }
 }
 
-fn read_upload_tokens(inline: Option<&str>, file: Option<&Path>) -> Result<Vec<String>> {
-    let mut tokens: Vec<String> = inline
+fn read_upload_tokens(
+    inline: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Vec<crate::auth::UploadToken>> {
+    let mut entries: Vec<String> = inline
         .unwrap_or_default()
         .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
         .map(str::to_owned)
         .collect();
     if let Some(path) = file {
         let text = secret::read_secret_file(path)?;
-        tokens.extend(
+        entries.extend(
             text.lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .filter(|l| !l.starts_with('#'))
                 .map(str::to_owned),
         );
     }
-    if tokens.iter().any(|t| t.len() < 16) {
+    let mut tokens = Vec::new();
+    for entry in &entries {
+        let token = crate::auth::UploadToken::parse(entry)
+            .map_err(|e| Error::Config(format!("an upload token's namespaces: {e}")))?;
+        tokens.extend(token);
+    }
+    if tokens.iter().any(|t| t.secret.len() < 16) {
         return Err(Error::Config(
             "upload tokens must be at least 16 characters".into(),
         ));

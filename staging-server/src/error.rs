@@ -82,6 +82,8 @@ pub struct ApiError {
     message: String,
     /// Logged, never sent.
     internal: Option<String>,
+    /// `Retry-After` of a 429.
+    retry_after: Option<std::time::Duration>,
 }
 
 /// The cause of an internal error, attached to the response for the logging middleware.
@@ -102,6 +104,15 @@ impl ApiError {
             code,
             message: message.into(),
             internal: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429 with `Retry-After` (whole seconds, at least 1).
+    pub fn too_many_requests(message: impl Into<String>, after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
         }
     }
 
@@ -176,6 +187,7 @@ impl ApiError {
                 code: "store_unavailable",
                 message: "the object store is not answering; retry later".into(),
                 internal: Some(e.to_string()),
+                retry_after: None,
             },
             StoreFailure::NotFound | StoreFailure::Other => Self::internal(e),
         }
@@ -198,6 +210,7 @@ impl ApiError {
             code: "internal",
             message: "internal error".into(),
             internal: Some(cause.to_string()),
+            retry_after: None,
         }
     }
 
@@ -247,6 +260,11 @@ impl IntoResponse for ApiError {
             };
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
+        }
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         if let Some(cause) = self.internal {
             res.extensions_mut().insert(InternalCause(cause));

@@ -3,12 +3,23 @@
 //! if that identity may create pods in N (`SubjectAccessReview`): whoever may run a job in a
 //! namespace may stage its files, and nobody else.
 //!
-//! Answers are cached briefly, keyed by the token's SHA-256 (the token itself is never kept
-//! or logged): reviews of a valid token for [`REVIEW_TTL`], access decisions for
-//! [`ALLOWED_TTL`] (allowed) or [`DENIED_TTL`] (denied, so that a new RoleBinding takes effect
-//! quickly). Failed API calls are never cached and refuse with 503.
+//! Answers are cached briefly; the token itself is never kept or logged. Token reviews are
+//! keyed by the token's SHA-256: a valid token's identity is reused for [`REVIEW_TTL`], an
+//! unknown token is refused from the cache for [`UNAUTHENTICATED_TTL`] (so that repeating a
+//! bad token does not repeat the review). Access decisions are keyed by the whole reviewed
+//! identity (user, uid, groups, extra) and the namespace, never by the user name alone: two
+//! tokens of one user with different groups or scopes are different identities. They are
+//! reused for [`ALLOWED_TTL`] (allowed) or [`DENIED_TTL`] (denied, so that a new RoleBinding
+//! takes effect quickly). Failed API calls are never cached and refuse with 503.
+//!
+//! Every review that reaches the API server takes from the calling client's budget
+//! ([`crate::review_limit`]); a client that spent it is answered 429 until it refills.
+//! With audiences configured, tokens are reviewed for those audiences and accepted only when
+//! the API server confirms one of them, so a token made for another service (or for the API
+//! server itself) is refused.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -20,17 +31,25 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, Opts, Registry};
 
+use crate::review_limit::ReviewLimit;
+
 /// How long a successful token review is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(60);
+/// How long a token the API server did not authenticate is refused without asking again.
+pub const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(10);
 /// How long an allowed access decision is reused.
 pub const ALLOWED_TTL: Duration = Duration::from_secs(30);
 /// How long a denied access decision is reused.
 pub const DENIED_TTL: Duration = Duration::from_secs(5);
+/// Default reviews one client may cause at once.
+pub const DEFAULT_REVIEW_BURST: u32 = 20;
+/// Default reviews one client may cause per minute after its burst.
+pub const DEFAULT_REVIEWS_PER_MINUTE: u32 = 60;
 /// Cached entries of each kind before the cache is emptied.
 const MAX_ENTRIES: usize = 10_000;
 
-/// An authenticated Kubernetes identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An authenticated Kubernetes identity, as the API server reviewed it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// User name (`system:serviceaccount:ns:name` for service accounts).
     pub user: String,
@@ -38,14 +57,36 @@ pub struct Identity {
     pub uid: Option<String>,
     /// Groups.
     pub groups: Vec<String>,
-    /// Extra attributes.
-    pub extra: std::collections::BTreeMap<String, Vec<String>>,
+    /// Extra attributes (scopes and the like).
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// Settings of the reviewer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeAuthSettings {
+    /// Audiences a token must be valid for (empty: the API server's own, as Kubernetes
+    /// defaults).
+    pub audiences: Vec<String>,
+    /// Reviews one client may cause at once.
+    pub review_burst: u32,
+    /// Reviews one client may cause per minute after its burst.
+    pub reviews_per_minute: u32,
+}
+
+impl Default for KubeAuthSettings {
+    fn default() -> Self {
+        Self {
+            audiences: Vec::new(),
+            review_burst: DEFAULT_REVIEW_BURST,
+            reviews_per_minute: DEFAULT_REVIEWS_PER_MINUTE,
+        }
+    }
 }
 
 /// Why an upload is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {
-    /// The API server does not know the token.
+    /// The API server does not know the token (or not for the required audience).
     #[error("the Kubernetes credential is not valid")]
     Unauthenticated,
     /// The identity may not create pods in the namespace.
@@ -56,23 +97,45 @@ pub enum Refusal {
         /// Where.
         namespace: String,
     },
+    /// The client caused too many reviews lately.
+    #[error("too many Kubernetes credential reviews from this client; retry in {}s", .retry_after.as_secs().max(1))]
+    Throttled {
+        /// When the next review is allowed.
+        retry_after: Duration,
+    },
     /// The API server could not be asked.
     #[error("the Kubernetes API server cannot verify the credential now: {0}")]
     Unavailable(String),
 }
 
+/// A cached token review: the identity, or `None` for a token the API server refused.
+type Reviewed = Option<Identity>;
+
 /// The reviewer.
 pub struct KubeAuth {
     client: Client,
-    reviews: Mutex<HashMap<[u8; 32], (Instant, Identity)>>,
-    decisions: Mutex<HashMap<(String, String), (Instant, bool)>>,
+    settings: KubeAuthSettings,
+    limit: ReviewLimit,
+    reviews: Mutex<HashMap<[u8; 32], (Instant, Reviewed)>>,
+    decisions: Mutex<HashMap<(Identity, String), (Instant, bool)>>,
     outcomes: IntCounterVec,
 }
 
 impl std::fmt::Debug for KubeAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeAuth").finish_non_exhaustive()
+        f.debug_struct("KubeAuth")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
+}
+
+/// Inserts into a bounded cache, emptying it when full.
+fn remember<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, V>>, key: K, value: V) {
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= MAX_ENTRIES {
+        c.clear();
+    }
+    c.insert(key, value);
 }
 
 impl KubeAuth {
@@ -80,33 +143,50 @@ impl KubeAuth {
     ///
     /// # Errors
     /// A registration conflict.
-    pub fn new(client: Client, registry: &Registry) -> prometheus::Result<Self> {
+    pub fn new(
+        client: Client,
+        settings: KubeAuthSettings,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
         let outcomes = IntCounterVec::new(
             Opts::new(
                 "staging_kube_auth_total",
-                "Uploads checked with Kubernetes credentials, by outcome (allowed, unauthenticated, forbidden, unavailable).",
+                "Uploads checked with Kubernetes credentials, by outcome (allowed, unauthenticated, forbidden, throttled, unavailable).",
             ),
             &["outcome"],
         )?;
         registry.register(Box::new(outcomes.clone()))?;
         Ok(Self {
             client,
+            limit: ReviewLimit::new(settings.reviews_per_minute, settings.review_burst),
+            settings,
             reviews: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
             outcomes,
         })
     }
 
-    /// Whether the holder of `token` may upload for `namespace`.
+    /// The audiences tokens must be valid for (empty: the API server's).
+    pub fn audiences(&self) -> &[String] {
+        &self.settings.audiences
+    }
+
+    /// Whether the holder of `token`, calling from `client`, may upload for `namespace`.
     ///
     /// # Errors
     /// [`Refusal`].
-    pub async fn authorize(&self, token: &str, namespace: &str) -> Result<Identity, Refusal> {
-        let r = self.try_authorize(token, namespace).await;
+    pub async fn authorize(
+        &self,
+        token: &str,
+        namespace: &str,
+        client: IpAddr,
+    ) -> Result<Identity, Refusal> {
+        let r = self.try_authorize(token, namespace, client).await;
         let outcome = match &r {
             Ok(_) => "allowed",
             Err(Refusal::Unauthenticated) => "unauthenticated",
             Err(Refusal::Forbidden { .. }) => "forbidden",
+            Err(Refusal::Throttled { .. }) => "throttled",
             Err(Refusal::Unavailable(_)) => "unavailable",
         };
         self.outcomes.with_label_values(&[outcome]).inc();
@@ -114,14 +194,19 @@ impl KubeAuth {
             Ok(id) => {
                 tracing::debug!(user = %id.user, namespace, "upload allowed by Kubernetes RBAC")
             }
-            Err(e) => tracing::info!(namespace, refusal = %e, "upload refused"),
+            Err(e) => tracing::info!(namespace, %client, refusal = %e, "upload refused"),
         }
         r
     }
 
-    async fn try_authorize(&self, token: &str, namespace: &str) -> Result<Identity, Refusal> {
-        let identity = self.review(token).await?;
-        let key = (identity.user.clone(), namespace.to_owned());
+    async fn try_authorize(
+        &self,
+        token: &str,
+        namespace: &str,
+        client: IpAddr,
+    ) -> Result<Identity, Refusal> {
+        let identity = self.review(token, client).await?;
+        let key = (identity, namespace.to_owned());
         let cached = {
             let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
             d.get(&key).and_then(|(at, allowed)| {
@@ -132,41 +217,54 @@ impl KubeAuth {
         let allowed = match cached {
             Some(a) => a,
             None => {
-                let a = self.may_create_pods(&identity, namespace).await?;
-                let mut d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
-                if d.len() >= MAX_ENTRIES {
-                    d.clear();
-                }
-                d.insert(key, (Instant::now(), a));
+                self.budget(client)?;
+                let a = self.may_create_pods(&key.0, namespace).await?;
+                remember(&self.decisions, key.clone(), (Instant::now(), a));
                 a
             }
         };
+        let (identity, namespace) = key;
         if allowed {
             Ok(identity)
         } else {
             Err(Refusal::Forbidden {
                 user: identity.user,
-                namespace: namespace.to_owned(),
+                namespace,
             })
         }
     }
 
-    async fn review(&self, token: &str) -> Result<Identity, Refusal> {
+    fn budget(&self, client: IpAddr) -> Result<(), Refusal> {
+        self.limit
+            .take(client)
+            .map_err(|retry_after| Refusal::Throttled { retry_after })
+    }
+
+    async fn review(&self, token: &str, client: IpAddr) -> Result<Identity, Refusal> {
         let key: [u8; 32] = service_runtime::token::hash(token);
-        if let Some((at, id)) = self
+        let cached = self
             .reviews
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-            && at.elapsed() < REVIEW_TTL
-        {
-            return Ok(id.clone());
+            .and_then(|(at, reviewed)| {
+                let ttl = if reviewed.is_some() {
+                    REVIEW_TTL
+                } else {
+                    UNAUTHENTICATED_TTL
+                };
+                (at.elapsed() < ttl).then(|| reviewed.clone())
+            });
+        if let Some(reviewed) = cached {
+            return reviewed.ok_or(Refusal::Unauthenticated);
         }
+        self.budget(client)?;
         let api: Api<TokenReview> = Api::all(self.client.clone());
+        let audiences = &self.settings.audiences;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
-                audiences: None,
+                audiences: (!audiences.is_empty()).then(|| audiences.clone()),
             },
             ..Default::default()
         };
@@ -175,22 +273,25 @@ impl KubeAuth {
             .await
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         let status = answer.status.unwrap_or_default();
+        // With audiences asked for, the API server names the ones the token is valid for;
+        // one of ours must be among them (an authenticator that ignores audiences names none).
+        let audience_ok = audiences.is_empty()
+            || status
+                .audiences
+                .as_ref()
+                .is_some_and(|got| got.iter().any(|a| audiences.contains(a)));
         let user = status.user.unwrap_or_default();
-        let Some(name) = user.username.filter(|_| status.authenticated == Some(true)) else {
-            return Err(Refusal::Unauthenticated);
-        };
-        let id = Identity {
-            user: name,
-            uid: user.uid,
-            groups: user.groups.unwrap_or_default(),
-            extra: user.extra.unwrap_or_default(),
-        };
-        let mut r = self.reviews.lock().unwrap_or_else(|p| p.into_inner());
-        if r.len() >= MAX_ENTRIES {
-            r.clear();
-        }
-        r.insert(key, (Instant::now(), id.clone()));
-        Ok(id)
+        let reviewed = user
+            .username
+            .filter(|_| status.authenticated == Some(true) && audience_ok)
+            .map(|name| Identity {
+                user: name,
+                uid: user.uid,
+                groups: user.groups.unwrap_or_default(),
+                extra: user.extra.unwrap_or_default(),
+            });
+        remember(&self.reviews, key, (Instant::now(), reviewed.clone()));
+        reviewed.ok_or(Refusal::Unauthenticated)
     }
 
     async fn may_create_pods(&self, id: &Identity, namespace: &str) -> Result<bool, Refusal> {

@@ -12,7 +12,8 @@
 //! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
 //! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; `instance`: which server
 //!   owns a store prefix (and so which orphans it may delete).
-//! - [`token`], [`auth`]: download JWTs and upload bearer tokens.
+//! - [`token`], [`auth`]: download JWTs and upload bearer tokens; [`kube_auth`]: Kubernetes
+//!   credentials (reviewed, cached, rate-limited per client by `review_limit`).
 //! - [`lifecycle`]: deletion and the expiry sweeper.
 //! - [`server`]: accept loop, limits and graceful drain.
 //! - [`client`]: the `upload` and `fetch` commands.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+mod conn_idle;
 pub mod db;
 pub mod error;
 pub mod files;
@@ -34,14 +36,19 @@ pub mod metrics;
 pub mod owners;
 pub mod pace;
 pub mod reserve;
+mod review_limit;
 mod routes;
 pub mod secret;
 pub mod server;
 pub mod state;
+mod tls_watch;
 
 pub use service_runtime::{shutdown, size};
 pub mod store;
 pub mod token;
+
+/// The log filter when `RUST_LOG` is not set: what an operator sees by default.
+pub const DEFAULT_LOG_FILTER: &str = "staging_server=info,tower_http=info";
 
 pub use config::Config;
 pub use error::{Error, Result};

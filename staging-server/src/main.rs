@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    service_runtime::logging::init("staging_server=info,tower_http=info");
+    service_runtime::logging::init(staging_server::DEFAULT_LOG_FILTER);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -1,7 +1,8 @@
 //! Serving: the accept loop, connection limits, graceful drain, and the background sweeper.
 //!
 //! The accept loop is hyper-util's, not `axum::serve`, because a public upload endpoint needs
-//! a header-read timeout (slow-loris) and a connection cap, which `axum::serve` does not offer.
+//! a header-read timeout (slow-loris), idle connections closed (HTTP/2 included, see
+//! `conn_idle`) and a connection cap, which `axum::serve` does not offer.
 //! On shutdown: readiness turns 503, the listeners close, in-flight requests and transfers get
 //! the grace period to finish, then the sweeper is stopped and awaited.
 
@@ -18,7 +19,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use service_runtime::accept::{Accepted, Acceptor};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -89,10 +89,17 @@ pub async fn run(
             let cert = service_runtime::tls::ReloadingCert::new(files.clone())
                 .map_err(std::io::Error::other)?;
             let server_config = cert.server_config(&[b"h2", b"http/1.1"]);
+            let metrics = crate::tls_watch::TlsMetrics::new(state.registry())
+                .map_err(std::io::Error::other)?;
+            crate::tls_watch::record_expiry(files, &metrics);
             let stopped = cancel.clone();
-            tokio::spawn(cert.watch(config.tls_reload_interval, async move {
-                stopped.cancelled().await;
-            }));
+            tokio::spawn(crate::tls_watch::watch(
+                cert,
+                files.clone(),
+                config.tls_reload_interval,
+                metrics,
+                async move { stopped.cancelled().await },
+            ));
             Some(tokio_rustls::TlsAcceptor::from(server_config))
         }
         None => None,
@@ -178,20 +185,33 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Signalled when the first request head has been read. Until then the connection
-        // lives on the header timeout below: hyper's own timer starts only once the protocol
-        // was detected, which a client that sends nothing (or one byte) never lets happen.
-        let first = Arc::new(Notify::new());
-        let seen = Arc::clone(&first);
-        let svc = router.clone().map_request(move |req: Request<Incoming>| {
-            seen.notify_one();
-            req.map(axum::body::Body::new)
+        // Requests in progress on this connection. With none for the header timeout, the
+        // connection closes: before its first request (a client that sends nothing, one
+        // byte, or only a TLS handshake), and between requests, HTTP/1.1 keep-alive and
+        // HTTP/2 alike, however many PINGs or SETTINGS the client answers.
+        let activity = crate::conn_idle::Activity::new();
+        let tracked = Arc::clone(&activity);
+        let router = router.clone();
+        let svc = tower::service_fn(move |mut req: Request<Incoming>| {
+            let in_flight = tracked.start();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let call = router.clone().oneshot(req.map(axum::body::Body::new));
+            async move {
+                let res = call.await?;
+                Ok::<_, std::convert::Infallible>(res.map(|body| {
+                    axum::body::Body::new(crate::conn_idle::Tracked::new(body, in_flight))
+                }))
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let timed_out = state.metrics().connections_timed_out.clone();
         let tls = tls.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
+            // Held until the connection ends: the drain after SIGTERM waits for it.
+            let _watcher = watcher;
             let started = tokio::time::Instant::now();
             // The TLS handshake counts against the header timeout too.
             let io = match tls {
@@ -212,24 +232,47 @@ async fn accept_loop(
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
                 .into_owned();
-            let watched = watcher.watch(conn);
-            let mut watched = std::pin::pin!(watched);
-            let remaining = header_timeout.saturating_sub(started.elapsed());
-            let done = tokio::select! {
-                r = &mut watched => Some(r),
-                r = tokio::time::timeout(remaining, first.notified()) => match r {
-                    Ok(()) => None,
-                    Err(_) => {
-                        timed_out.inc();
-                        tracing::debug!(%peer, "no request head within the header read timeout; closing");
-                        drop(permit);
-                        return;
-                    }
-                },
+            let mut conn = std::pin::pin!(conn);
+            let first_wait = header_timeout.saturating_sub(started.elapsed());
+            let idle = async {
+                // The first request head is due within the header timeout of the accept,
+                // the TLS handshake included.
+                if tokio::time::timeout(first_wait, activity.first_request())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                activity.idle_for(header_timeout).await;
             };
-            let result = match done {
+            let result = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = idle => {
+                    timed_out.inc();
+                    tracing::debug!(%peer, "no request within the header read timeout; closing");
+                    None
+                }
+                () = stop.cancelled() => None,
+            };
+            let result = match result {
                 Some(r) => r,
-                None => watched.await,
+                None => {
+                    // HTTP/2 says GOAWAY, HTTP/1.1 closes once its response is out. A peer
+                    // that does not let that finish is dropped after one more timeout.
+                    conn.as_mut().graceful_shutdown();
+                    let deadline = if stop.is_cancelled() {
+                        None
+                    } else {
+                        Some(header_timeout)
+                    };
+                    match deadline {
+                        None => conn.await,
+                        Some(d) => match tokio::time::timeout(d, conn).await {
+                            Ok(r) => r,
+                            Err(_) => Ok(()),
+                        },
+                    }
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, cause = %e, "connection ended with an error");

@@ -118,7 +118,9 @@ impl AppState {
                 })?,
             };
             Some(Arc::new(crate::kube_auth::KubeAuth::new(
-                client, &registry,
+                client,
+                config.kube_auth_settings.clone(),
+                &registry,
             )?))
         } else {
             None

@@ -40,6 +40,36 @@ pub fn client(
         .map_err(|e| ClientError::new(super::EXIT_FAILURE, format!("HTTP client: {e}")))
 }
 
+/// Refuses to send a credential worth more than this server's own (`what`, e.g. the user's
+/// Kubernetes token) over plain `http://`, except to this machine (loopback), where nothing
+/// crosses a network.
+///
+/// # Errors
+/// A usage error naming the server and the way out (`https://`).
+pub fn require_private_transport(server: &str, what: &str) -> Result<(), ClientError> {
+    let url = url::Url::parse(server)
+        .map_err(|e| ClientError::new(EXIT_USAGE, format!("--server {server}: {e}")))?;
+    if url.scheme() != "http" {
+        return Ok(());
+    }
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if loopback {
+        return Ok(());
+    }
+    Err(ClientError::new(
+        EXIT_USAGE,
+        format!(
+            "refusing to send {what} to {server} over plain http:// (anyone on the way could \
+             read and reuse it); use the server's https:// URL (with --ca-file for a private CA)"
+        ),
+    ))
+}
+
 /// Whether a failed request may succeed when repeated (the server was not reached, or the
 /// connection broke).
 #[must_use]

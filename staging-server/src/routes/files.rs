@@ -50,6 +50,7 @@ struct BlobResponse {
 /// `PUT /api/v1/blobs/{sha256}`.
 pub(super) async fn put_blob(
     State(state): State<AppState>,
+    super::client_addr::ClientAddr(client): super::client_addr::ClientAddr,
     Path(sha): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -58,7 +59,7 @@ pub(super) async fn put_blob(
     let q: BlobQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let namespace: Namespace = q.namespace.parse()?;
-    super::v1::check_upload(&state, &headers, &namespace).await?;
+    super::v1::check_upload(&state, &headers, client, &namespace).await?;
     let sha256 = Sha256Digest::from_hex(&sha)?;
     // Only the namespace's own grant is looked at: another namespace's copy changes nothing.
     if state
@@ -172,6 +173,7 @@ struct Missing {
 /// `POST /api/v1/submissions`.
 pub(super) async fn submit(
     State(state): State<AppState>,
+    super::client_addr::ClientAddr(client): super::client_addr::ClientAddr,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -202,7 +204,7 @@ pub(super) async fn submit(
     let sub: Submission = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("submission: {e}")))?;
     let namespace: Namespace = sub.namespace.parse()?;
-    super::v1::check_upload(&state, &headers, &namespace).await?;
+    super::v1::check_upload(&state, &headers, client, &namespace).await?;
     let selector = sub
         .labels
         .iter()

@@ -5,6 +5,7 @@
 //! id (never headers, so credentials stay out of logs), and internal error causes attached by
 //! [`ApiError`] are logged.
 
+mod client_addr;
 mod download;
 mod files;
 mod health;

@@ -4,16 +4,21 @@
 //! The fork client sends the `resources` part (the bundle) before `resourcesOwner`, so the
 //! bundle streams into a pending upload first and is committed once the owner is known and
 //! valid. Either order is accepted. The `resourceSecret` returned is a download token (a JWT),
-//! which fits in the fork's raw header as it is.
+//! which fits in the fork's raw header as it is. An upload token limited to namespaces is
+//! checked against `ownerNamespace` as soon as that part is read.
+//!
+//! The v0 GET serves bundles only: a submission of separate files (uploaded with v1) is
+//! answered 409 naming the v1 routes that serve it.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Scope, UploadAuthError};
 use crate::db::Owner;
 use crate::error::ApiError;
 use crate::ids::{Labels, Namespace};
@@ -47,13 +52,16 @@ pub(super) async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    if let Err(e) = state.upload_auth().check(&headers) {
-        state.metrics().auth_failure(e.as_str());
-        return Err(ApiError::unauthorized(format!(
-            "upload credential {}",
-            e.as_str()
-        )));
-    }
+    let scope = match state.upload_auth().check(&headers) {
+        Ok(scope) => scope,
+        Err(e) => {
+            state.metrics().auth_failure(e.as_str());
+            return Err(ApiError::unauthorized(format!(
+                "upload credential {}",
+                e.as_str()
+            )));
+        }
+    };
     // With --kube-auth, anonymous uploads are off; the fork's API takes upload tokens only.
     if state.kube_auth().is_some() && !state.upload_auth().required() {
         state.metrics().auth_failure("missing");
@@ -81,7 +89,7 @@ pub(super) async fn upload(
     let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
     let mut pending: Option<PendingUpload> = None;
     let mut owner: Option<V0Owner> = None;
-    if let Err(e) = read_parts(&state, &mut multipart, &mut pending, &mut owner).await {
+    if let Err(e) = read_parts(&state, scope, &mut multipart, &mut pending, &mut owner).await {
         if let Some(p) = pending {
             p.discard().await;
         }
@@ -118,6 +126,7 @@ pub(super) async fn upload(
 /// `resourcesOwner`, in whichever order they come.
 async fn read_parts(
     state: &AppState,
+    scope: Scope<'_>,
     multipart: &mut multer::Multipart<'static>,
     pending: &mut Option<PendingUpload>,
     owner: &mut Option<V0Owner>,
@@ -161,7 +170,17 @@ async fn read_parts(
                     }
                     buf.extend_from_slice(&c);
                 }
-                *owner = Some(parse_owner(Bytes::from(buf))?);
+                let parsed = parse_owner(Bytes::from(buf))?;
+                if !scope.allows(&parsed.owner_namespace) {
+                    state
+                        .metrics()
+                        .auth_failure(UploadAuthError::WrongNamespace.as_str());
+                    return Err(ApiError::forbidden(format!(
+                        "this upload token is limited to other namespaces than {}",
+                        parsed.owner_namespace
+                    )));
+                }
+                *owner = Some(parsed);
             }
             Some(other) => {
                 return Err(ApiError::bad_request(format!("unexpected part {other:?}")));
@@ -191,6 +210,15 @@ pub(super) async fn download(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let res = download::authorize(&state, &headers, &id, true).await?;
+    if res.api == "files" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "files_resource",
+            format!(
+                "resource {id} is a submission of separate files, which the v0 API does not serve: GET /api/v1/resources/{id} lists them, /api/v1/resources/{id}/files/{{name}} serves each"
+            ),
+        ));
+    }
     download::serve(
         &state,
         &res,

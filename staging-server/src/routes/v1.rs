@@ -15,14 +15,16 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::credential;
+use crate::auth::{UploadAuthError, credential};
 use crate::db::Owner;
 use crate::error::ApiError;
 use crate::ids::{Labels, Namespace, PodUid, Sha256Digest};
 use crate::ingest::{Lifetimes, PendingUpload};
+use crate::kube_auth::Refusal;
 use crate::lifecycle::{self, DeleteReason};
 use crate::state::AppState;
 
+use super::client_addr::ClientAddr;
 use super::download;
 
 /// Body types accepted for a bundle.
@@ -95,6 +97,7 @@ pub(super) fn rfc3339(ms: i64) -> String {
 /// `POST /api/v1/resources`.
 pub(super) async fn upload(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
@@ -121,7 +124,7 @@ pub(super) async fn upload(
     let q: UploadQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let namespace: Namespace = q.namespace.parse()?;
-    check_upload(&state, &headers, &namespace).await?;
+    check_upload(&state, &headers, client, &namespace).await?;
     let labels = Labels::parse_selector(&q.labels)?;
     let pod_uid = q
         .owner_pod_uid
@@ -180,27 +183,42 @@ pub(super) async fn upload(
         .into_response())
 }
 
-/// Checks the request's upload credential for `namespace`: a shared upload token, or (with
-/// `--kube-auth`) a Kubernetes bearer token whose identity may create pods there.
+/// Checks the request's upload credential for `namespace`: a shared upload token (limited
+/// to namespaces or not), or (with `--kube-auth`) a Kubernetes bearer token whose identity may
+/// create pods there. `client` is the caller's address, whose review budget a Kubernetes
+/// token's review takes from.
 ///
 /// # Errors
-/// 401 when the credential is missing or refused, 403 when the identity may not create pods
-/// in the namespace, 503 when the API server cannot be asked.
+/// 401 when the credential is missing or refused, 403 when the token or identity may not act
+/// in the namespace, 429 when the client caused too many reviews lately, 503 when the API
+/// server cannot be asked.
 pub(super) async fn check_upload(
     state: &AppState,
     headers: &HeaderMap,
+    client: std::net::IpAddr,
     namespace: &Namespace,
 ) -> Result<(), ApiError> {
     let shared = state.upload_auth();
-    let Some(kube) = state.kube_auth() else {
-        return shared.check(headers).map_err(|e| {
-            state.metrics().auth_failure(e.as_str());
-            ApiError::unauthorized(format!("upload credential {}", e.as_str()))
-        });
+    let refused = |e: UploadAuthError| {
+        state.metrics().auth_failure(e.as_str());
+        match e {
+            UploadAuthError::WrongNamespace => ApiError::forbidden(format!(
+                "this upload token is limited to other namespaces than {namespace}"
+            )),
+            e => ApiError::unauthorized(format!("upload credential {}", e.as_str())),
+        }
     };
-    // Anonymous uploads are never accepted with --kube-auth.
-    if shared.required() && shared.check(headers).is_ok() {
-        return Ok(());
+    let Some(kube) = state.kube_auth() else {
+        return shared.check_for(headers, namespace).map_err(refused);
+    };
+    // Anonymous uploads are never accepted with --kube-auth. A shared token decides alone,
+    // and is never sent to the API server.
+    if shared.required() {
+        match shared.check_for(headers, namespace) {
+            Ok(()) => return Ok(()),
+            Err(e @ UploadAuthError::WrongNamespace) => return Err(refused(e)),
+            Err(_) => {}
+        }
     }
     let token = match credential(headers, false) {
         Ok(Some((t, _))) => t,
@@ -217,19 +235,30 @@ pub(super) async fn check_upload(
             ));
         }
     };
-    match kube.authorize(token, namespace.as_str()).await {
+    match kube.authorize(token, namespace.as_str(), client).await {
         Ok(_) => Ok(()),
-        Err(e @ crate::kube_auth::Refusal::Unauthenticated) => {
+        Err(e @ Refusal::Unauthenticated) => {
             state.metrics().auth_failure("invalid");
-            Err(ApiError::unauthorized(e.to_string()))
+            let audiences = kube.audiences();
+            Err(ApiError::unauthorized(if audiences.is_empty() {
+                e.to_string()
+            } else {
+                format!(
+                    "{e} for this server: it takes tokens bound to the audience {} (e.g. kubectl create token NAME --audience {})",
+                    audiences.join(" or "),
+                    audiences[0]
+                )
+            }))
         }
-        Err(e @ crate::kube_auth::Refusal::Forbidden { .. }) => {
+        Err(e @ Refusal::Forbidden { .. }) => {
             state.metrics().auth_failure("forbidden");
             Err(ApiError::forbidden(e.to_string()))
         }
-        Err(e @ crate::kube_auth::Refusal::Unavailable(_)) => {
-            Err(ApiError::unavailable(e.to_string()))
+        Err(e @ Refusal::Throttled { retry_after }) => {
+            state.metrics().auth_failure("throttled");
+            Err(ApiError::too_many_requests(e.to_string(), retry_after))
         }
+        Err(e @ Refusal::Unavailable(_)) => Err(ApiError::unavailable(e.to_string())),
     }
 }
 
@@ -363,20 +392,36 @@ pub(super) async fn metadata(
     }))
 }
 
-/// `DELETE /api/v1/resources/{id}`: with the resource's download token, or an upload token.
+/// `DELETE /api/v1/resources/{id}`: with the resource's download token, or an upload token
+/// (a token limited to namespaces deletes in those only; for another namespace's resource it
+/// gets the same 404 as for a missing one, so it learns nothing about it).
 pub(super) async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let by_uploader = state.upload_auth().required()
-        && matches!(credential(&headers, false), Ok(Some(_)))
-        && state.upload_auth().check(&headers).is_ok();
-    let id = if by_uploader {
-        id.parse()
-            .map_err(|_| ApiError::not_found("resource not found"))?
-    } else {
-        download::authorize(&state, &headers, &id, false).await?.id
+    let uploader =
+        if state.upload_auth().required() && matches!(credential(&headers, false), Ok(Some(_))) {
+            state.upload_auth().check(&headers).ok()
+        } else {
+            None
+        };
+    let id = match uploader {
+        Some(scope) => {
+            let id = id
+                .parse()
+                .map_err(|_| ApiError::not_found("resource not found"))?;
+            if let crate::auth::Scope::Namespaces(_) = scope {
+                let res = state.db().get(id).await?;
+                if !res.is_some_and(|r| scope.allows(&r.owner.namespace)) {
+                    return Err(ApiError::not_found(
+                        "resource not found (expired or deleted)",
+                    ));
+                }
+            }
+            id
+        }
+        None => download::authorize(&state, &headers, &id, false).await?.id,
     };
     if lifecycle::remove(&state, id, DeleteReason::Deleted).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -229,6 +229,56 @@ fn submit_dry_run_shows_the_plan_and_sends_nothing() {
 }
 
 #[test]
+fn submit_kube_auth_refuses_plain_http_except_to_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.py"), "print(1)").unwrap();
+    let port = closed_port();
+    for (server, refused) in [
+        ("http://staging.example.com:10000".to_owned(), true),
+        ("http://10.0.0.5:10000".to_owned(), true),
+        ("http://[2001:db8::5]:10000".to_owned(), true),
+        (format!("http://127.0.0.1:{port}"), false),
+        (format!("http://localhost:{port}"), false),
+        (format!("http://[::1]:{port}"), false),
+        ("https://staging.example.com".to_owned(), false),
+    ] {
+        // A dry run: the check comes first, before anything is sent or read.
+        let o = bin()
+            .current_dir(dir.path())
+            .args(["submit", "--dry-run", "--kube-auth", "--server", &server])
+            .args([
+                "--init-image",
+                "img:1",
+                "--spark-submit",
+                "/bin/false",
+                "--",
+            ])
+            .args([
+                "--master",
+                "k8s://https://api:6443",
+                "--deploy-mode",
+                "cluster",
+            ])
+            .args(["--conf", "spark.kubernetes.namespace=jobs", "job.py"])
+            .output()
+            .unwrap();
+        if refused {
+            assert_eq!(o.status.code(), Some(64), "{server}: {}", stderr(&o));
+            let e = stderr(&o);
+            assert!(
+                e.contains("refusing to send your Kubernetes credential")
+                    && e.contains("plain http://")
+                    && e.contains("https://"),
+                "{server}: {e}"
+            );
+            assert!(o.stdout.is_empty(), "{server}: a refused run shows no plan");
+        } else {
+            assert!(o.status.success(), "{server}: {}", stderr(&o));
+        }
+    }
+}
+
+#[test]
 fn every_flag_is_in_the_readme() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();

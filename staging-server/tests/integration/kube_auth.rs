@@ -1,5 +1,7 @@
 //! Uploads authenticated with Kubernetes credentials, against the test bed's API server
-//! (TokenReview and SubjectAccessReview answered from its identity table).
+//! (TokenReview and SubjectAccessReview answered from its identity table): rights follow the
+//! whole reviewed identity, unknown tokens cannot drive the API server, and audience-bound
+//! tokens are required when configured.
 
 use std::sync::Arc;
 
@@ -23,11 +25,19 @@ async fn bed_api(api: ApiConfig) -> kube::Client {
 }
 
 async fn put(s: &TestServer, ns: &str, token: Option<&str>) -> (u16, String) {
+    put_from(&s.client, s, ns, token).await
+}
+
+async fn put_from(
+    client: &reqwest::Client,
+    s: &TestServer,
+    ns: &str,
+    token: Option<&str>,
+) -> (u16, String) {
     // Distinct content each time: a blob the namespace has already is answered 200, not 201.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let bytes = random_bytes(3000 + N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let mut req = s
-        .client
+    let mut req = client
         .put(s.url(&format!(
             "/api/v1/blobs/{}?namespace={ns}",
             sha256_hex(&bytes)
@@ -144,5 +154,176 @@ async fn without_upload_tokens_the_fork_api_is_closed_too() {
         .unwrap();
     assert_eq!(res.status(), 401);
     assert_eq!(put(&s, "a", None).await.0, 401);
+    s.shutdown().await;
+}
+
+fn user(name: &str, groups: &[&str]) -> User {
+    User {
+        name: name.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn rights_follow_the_whole_identity_not_the_user_name() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    // One user name, two tokens: only one carries the group that may create pods.
+    ids.add_token(
+        "dave-deployer",
+        user("dave", &["system:authenticated", "deployers"]),
+    );
+    ids.add_token("dave-plain", user("dave", &["system:authenticated"]));
+    ids.allow_group("deployers", "create", "pods", "team-a");
+    // One user name, two tokens: one scoped down (narrower extra) to what cannot run pods.
+    ids.add_token("erin-full", user("erin", &["system:authenticated"]));
+    ids.set_extra("erin-full", "scopes.example.com", &["user:full"]);
+    ids.add_token("erin-narrow", user("erin", &["system:authenticated"]));
+    ids.set_extra("erin-narrow", "scopes.example.com", &["user:info"]);
+    ids.allow_extra(
+        "scopes.example.com",
+        "user:full",
+        "create",
+        "pods",
+        "team-a",
+    );
+    let client = bed_api(api).await;
+    let s = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        |c| c.kube_auth = true,
+        None,
+        Some(client),
+    )
+    .await;
+
+    // The allowed identity first, so that its decision is in the cache.
+    assert_eq!(put(&s, "team-a", Some("dave-deployer")).await.0, 201);
+    let (code, body) = put(&s, "team-a", Some("dave-plain")).await;
+    assert_eq!(
+        code, 403,
+        "same user name without the granting group: {body}"
+    );
+    assert_eq!(put(&s, "team-a", Some("erin-full")).await.0, 201);
+    let (code, body) = put(&s, "team-a", Some("erin-narrow")).await;
+    assert_eq!(code, 403, "same user name with narrower extra: {body}");
+    // And the other way round: a refusal of the narrower token does not stick to the wider.
+    assert_eq!(put(&s, "team-a", Some("dave-deployer")).await.0, 201);
+    assert_eq!(put(&s, "team-a", Some("erin-full")).await.0, 201);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_cannot_drive_the_api_server() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    ids.add_token("gina-token", user("gina", &["system:authenticated"]));
+    ids.allow("gina", "create", "pods", "team-a");
+    let client = bed_api(api).await;
+    let s = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        |c| {
+            c.kube_auth = true;
+            c.kube_auth_settings.review_burst = 5;
+            c.kube_auth_settings.reviews_per_minute = 1;
+        },
+        None,
+        Some(client),
+    )
+    .await;
+    let started = std::time::Instant::now();
+
+    // One bad token, again and again: reviewed once, then refused from the cache.
+    for _ in 0..30 {
+        let (code, body) = put(&s, "team-a", Some("guessed-token-1")).await;
+        assert_eq!(code, 401, "{body}");
+    }
+    assert_eq!(ids.token_reviews(), 1);
+
+    // Ever new bad tokens from one client: the client's budget bounds the reviews.
+    let mut throttled = 0;
+    for i in 0..40 {
+        let res = s
+            .client
+            .put(s.url(&format!(
+                "/api/v1/blobs/{}?namespace=team-a",
+                "a".repeat(64)
+            )))
+            .bearer_auth(format!("guessed-token-{}", i + 2))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            401 => {}
+            429 => {
+                throttled += 1;
+                let after: u64 = res.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=60).contains(&after), "{after}");
+                let body = res.text().await.unwrap();
+                assert!(body.contains("too many"), "{body}");
+            }
+            other => panic!("{other}: {}", res.text().await.unwrap()),
+        }
+    }
+    // The burst, and one more for each minute the test took.
+    let minutes = started.elapsed().as_secs() / 60;
+    let reviews = ids.token_reviews();
+    assert!(reviews <= 5 + minutes + 1, "{reviews} reviews");
+    assert!(
+        throttled >= 40 - 5 - minutes as usize,
+        "{throttled} throttled"
+    );
+
+    // Another client has a budget of its own.
+    let other = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        put_from(&other, &s, "team-a", Some("gina-token")).await.0,
+        201
+    );
+    let m = s.metrics().await;
+    assert_eq!(
+        metric(&m, "staging_kube_auth_total{outcome=\"throttled\"}"),
+        Some(throttled as f64),
+        "{m}"
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn audience_bound_tokens_are_required_when_configured() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    // The same user's token for the API server, one bound to this server, one to another
+    // service.
+    for token in ["hank-api", "hank-staging", "hank-vault"] {
+        ids.add_token(token, user("hank", &["system:authenticated"]));
+    }
+    ids.bind_audiences("hank-staging", &["staging-server"]);
+    ids.bind_audiences("hank-vault", &["vault"]);
+    ids.allow("hank", "create", "pods", "team-a");
+    let client = bed_api(api).await;
+    let s = TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        |c| {
+            c.kube_auth = true;
+            c.kube_auth_settings.audiences = vec!["staging-server".into()];
+        },
+        None,
+        Some(client),
+    )
+    .await;
+    assert_eq!(put(&s, "team-a", Some("hank-staging")).await.0, 201);
+    for token in ["hank-api", "hank-vault"] {
+        let (code, body) = put(&s, "team-a", Some(token)).await;
+        assert_eq!(code, 401, "{token}: {body}");
+        assert!(body.contains("audience staging-server"), "{body}");
+    }
     s.shutdown().await;
 }

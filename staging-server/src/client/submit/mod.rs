@@ -57,8 +57,10 @@ pub struct SubmitArgs {
     /// A shared upload token (prefer --token-file).
     #[arg(long, env = "STAGING_UPLOAD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Authenticate to the server with the kubeconfig user's bearer token (the server checks
-    /// it with the API server and needs pod-create rights in the namespace).
+    /// Authenticate to the server with the kubeconfig user's bearer token, or with the
+    /// Kubernetes token in --token-file (e.g. one bound to the server's audience); the server
+    /// checks it with the API server and needs pod-create rights in the namespace. Refused
+    /// over plain http:// except to a loopback server: the token is worth your cluster access.
     #[arg(long)]
     pub kube_auth: bool,
     /// Kubeconfig context (default: the current one, or the in-cluster service account).
@@ -286,6 +288,9 @@ fn owner_labels(submission: &str) -> BTreeMap<String, String> {
 }
 
 async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
+    if args.kube_auth {
+        http::require_private_transport(&args.server, "your Kubernetes credential")?;
+    }
     let plan = prepare(&args)?;
     // A dry run shows the plan even where spark-submit is not installed.
     let submit = match spark_submit(&args) {
@@ -306,11 +311,13 @@ async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
         return exec(&submit, &plan.parsed.to_args()).await;
     }
     let token = match (&args.token, &args.token_file, args.kube_auth) {
-        (Some(_), Some(_), _) | (Some(_), _, true) | (_, Some(_), true) => {
-            return Err(usage("give one of --token, --token-file and --kube-auth"));
+        (Some(_), Some(_), _) | (Some(_), _, true) => {
+            return Err(usage(
+                "give one of --token, --token-file and --kube-auth (--kube-auth may take its token from --token-file)",
+            ));
         }
         (Some(t), None, false) => Some(t.trim().to_owned()),
-        (None, Some(p), false) => Some(
+        (None, Some(p), _) => Some(
             std::fs::read_to_string(p)
                 .map_err(|e| usage(format!("--token-file {}: {e}", p.display())))?
                 .trim()
@@ -319,10 +326,9 @@ async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
         (None, None, _) => None,
     };
     let kube_cfg = kube::config(args.kube_context.as_deref()).await?;
-    let credential = if args.kube_auth {
-        Some(kube::bearer_token(&kube_cfg)?)
-    } else {
-        token
+    let credential = match token {
+        None if args.kube_auth => Some(kube::bearer_token(&kube_cfg)?),
+        token => token,
     };
     let kube = kube::client(kube_cfg)?;
     let client = http::client(args.ca_file.as_deref(), args.connect_timeout, None)?;
