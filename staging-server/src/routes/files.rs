@@ -104,12 +104,13 @@ pub(super) async fn delete_blob(
     State(state): State<AppState>,
     Path(sha): Path<String>,
     RawQuery(query): RawQuery,
+    super::client_addr::ClientAddr(client): super::client_addr::ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q: BlobQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let namespace: Namespace = q.namespace.parse()?;
-    super::v1::check_upload(&state, &headers, &namespace).await?;
+    super::v1::check_upload(&state, &headers, client, &namespace).await?;
     let sha256 = Sha256Digest::from_hex(&sha)?;
     let now = state.now_ms();
     let released = state
