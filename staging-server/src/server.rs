@@ -234,6 +234,7 @@ async fn accept_loop(
                 .into_owned();
             let mut conn = std::pin::pin!(conn);
             let first_wait = header_timeout.saturating_sub(started.elapsed());
+            // Whether the connection ever had a request, once it is found idle.
             let idle = async {
                 // The first request head is due within the header timeout of the accept,
                 // the TLS handshake included.
@@ -241,15 +242,22 @@ async fn accept_loop(
                     .await
                     .is_err()
                 {
-                    return;
+                    return false;
                 }
                 activity.idle_for(header_timeout).await;
+                true
             };
             let result = tokio::select! {
                 r = conn.as_mut() => Some(r),
-                () = idle => {
+                served = idle => {
                     timed_out.inc();
-                    tracing::debug!(%peer, "no request within the header read timeout; closing");
+                    if !served {
+                        // Nothing to finish: closed at once, slot freed.
+                        tracing::debug!(%peer, "no request head within the header read timeout; closing");
+                        drop(permit);
+                        return;
+                    }
+                    tracing::debug!(%peer, "no request in progress for the header read timeout; closing");
                     None
                 }
                 () = stop.cancelled() => None,
