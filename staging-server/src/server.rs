@@ -91,11 +91,10 @@ pub async fn run(
             let server_config = cert.server_config(&[b"h2", b"http/1.1"]);
             let metrics = crate::tls_watch::TlsMetrics::new(state.registry())
                 .map_err(std::io::Error::other)?;
-            crate::tls_watch::record_expiry(files, &metrics);
+            crate::tls_watch::record_expiry(&cert, &metrics);
             let stopped = cancel.clone();
             tokio::spawn(crate::tls_watch::watch(
                 cert,
-                files.clone(),
                 config.tls_reload_interval,
                 metrics,
                 async move { stopped.cancelled().await },

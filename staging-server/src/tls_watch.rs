@@ -1,14 +1,14 @@
 //! The API listener's certificate, watched: its files are looked at every interval and a
-//! change is loaded (see [`service_runtime::tls::ReloadingCert`]); every reload and every
-//! refused reload is logged at the default level (as `staging_server` events, which the
-//! default filter shows) and counted, and the expiry of the certificate in use is exported,
-//! so that an alert fires before it lapses even when every rotation since was refused.
+//! change is loaded (see [`service_runtime::tls::ReloadingCert`], which logs every reload and
+//! every refused reload at the default level); each is counted here, and the expiry of the
+//! certificate in use is exported, so that an alert fires before it lapses even when every
+//! rotation since was refused.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use service_runtime::tls::{ReloadingCert, TlsFiles};
+use service_runtime::tls::{Reload, ReloadingCert};
 
 /// Metrics of the certificate.
 #[derive(Debug, Clone)]
@@ -42,60 +42,33 @@ impl TlsMetrics {
     }
 }
 
-/// The leaf certificate's `notAfter`, in seconds since the epoch.
-fn not_after(files: &TlsFiles) -> Option<i64> {
-    let key = service_runtime::tls::load(files).ok()?;
-    let leaf = key.cert.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
-    Some(cert.validity().not_after.timestamp())
-}
-
-/// Exports the expiry of the certificate just loaded from `files`.
-///
-/// The files are read once more for it: should they change in between, the next look
-/// notices the change and loads them again, so the gauge is right again one interval later.
-pub(crate) fn record_expiry(files: &TlsFiles, metrics: &TlsMetrics) {
-    match not_after(files) {
+/// Exports the expiry of the certificate `cert` serves now.
+pub(crate) fn record_expiry(cert: &ReloadingCert, metrics: &TlsMetrics) {
+    match cert.not_after() {
         Some(t) => metrics.expiry.set(t),
         None => tracing::warn!(
-            cert = %files.cert.display(),
+            cert = %cert.files().cert.display(),
             "the expiry of the TLS certificate could not be read; staging_tls_cert_expiry_timestamp_seconds is stale"
         ),
     }
 }
 
-/// Looks at the files every `interval` until `stop` resolves; logs, counts and exports.
+/// Looks at the files every `interval` until `stop` resolves; every reload and refusal is
+/// logged (by [`ReloadingCert::check`], at `info` and `error`, shown by the default filter),
+/// counted, and the new expiry exported.
 pub(crate) async fn watch(
     cert: Arc<ReloadingCert>,
-    files: TlsFiles,
     interval: Duration,
     metrics: TlsMetrics,
     stop: impl Future<Output = ()>,
 ) {
-    let mut stop = std::pin::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return,
-            () = tokio::time::sleep(interval) => {}
+    let served = Arc::clone(&cert);
+    cert.watch_observed(interval, stop, move |r| match r {
+        Reload::Reloaded { .. } => {
+            metrics.reloads.with_label_values(&["reloaded"]).inc();
+            record_expiry(&served, &metrics);
         }
-        match cert.reload_if_changed() {
-            Ok(true) => {
-                metrics.reloads.with_label_values(&["reloaded"]).inc();
-                record_expiry(&files, &metrics);
-                tracing::info!(
-                    cert = %files.cert.display(),
-                    expires = metrics.expiry.get(),
-                    "TLS certificate reloaded"
-                );
-            }
-            Ok(false) => {}
-            Err(e) => {
-                metrics.reloads.with_label_values(&["refused"]).inc();
-                tracing::error!(
-                    error = %e,
-                    "TLS certificate not reloaded; the previous one stays in use"
-                );
-            }
-        }
-    }
+        Reload::Refused(_) => metrics.reloads.with_label_values(&["refused"]).inc(),
+    })
+    .await;
 }

@@ -209,8 +209,9 @@ async fn a_refused_reload_is_logged_by_default_counted_and_expiry_exported() {
     let logs = Captured::default();
     let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
+        // The binary's filter when RUST_LOG is not set.
         .with_env_filter(tracing_subscriber::EnvFilter::new(
-            staging_server::DEFAULT_LOG_FILTER,
+            service_runtime::logging::default_filter(staging_server::DEFAULT_LOG_FILTER),
         ))
         .with_ansi(false)
         .with_writer(move || writer.clone())
