@@ -129,13 +129,42 @@ impl std::fmt::Debug for KubeAuth {
     }
 }
 
-/// Inserts into a bounded cache, emptying it when full.
-fn remember<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, V>>, key: K, value: V) {
+/// Inserts into a bounded cache of `(when, value)` entries. When it is full, expired entries
+/// go first (`ttl` tells each entry's lifetime), then refusals (`granted` tells which entries
+/// hold an identity or an allow), and only then everything: a flood of unknown tokens, each
+/// cached as a refusal, cannot push out the identities and decisions of the callers it serves.
+fn remember<K: std::hash::Hash + Eq, V>(
+    cache: &Mutex<HashMap<K, (Instant, V)>>,
+    key: K,
+    value: V,
+    ttl: impl Fn(&V) -> Duration,
+    granted: impl Fn(&V) -> bool,
+) {
     let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= MAX_ENTRIES {
+        c.retain(|_, (at, v)| at.elapsed() < ttl(v));
+    }
+    if c.len() >= MAX_ENTRIES {
+        c.retain(|_, (_, v)| granted(v));
+    }
     if c.len() >= MAX_ENTRIES {
         c.clear();
     }
-    c.insert(key, value);
+    c.insert(key, (Instant::now(), value));
+}
+
+/// How long a token review is reused.
+fn review_ttl(reviewed: &Reviewed) -> Duration {
+    if reviewed.is_some() {
+        REVIEW_TTL
+    } else {
+        UNAUTHENTICATED_TTL
+    }
+}
+
+/// How long a decision is reused.
+fn decision_ttl(allowed: &bool) -> Duration {
+    if *allowed { ALLOWED_TTL } else { DENIED_TTL }
 }
 
 impl KubeAuth {
@@ -210,8 +239,7 @@ impl KubeAuth {
         let cached = {
             let d = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
             d.get(&key).and_then(|(at, allowed)| {
-                let ttl = if *allowed { ALLOWED_TTL } else { DENIED_TTL };
-                (at.elapsed() < ttl).then_some(*allowed)
+                (at.elapsed() < decision_ttl(allowed)).then_some(*allowed)
             })
         };
         let allowed = match cached {
@@ -219,7 +247,7 @@ impl KubeAuth {
             None => {
                 self.budget(client)?;
                 let a = self.may_create_pods(&key.0, namespace).await?;
-                remember(&self.decisions, key.clone(), (Instant::now(), a));
+                remember(&self.decisions, key.clone(), a, decision_ttl, |a| *a);
                 a
             }
         };
@@ -248,12 +276,7 @@ impl KubeAuth {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .and_then(|(at, reviewed)| {
-                let ttl = if reviewed.is_some() {
-                    REVIEW_TTL
-                } else {
-                    UNAUTHENTICATED_TTL
-                };
-                (at.elapsed() < ttl).then(|| reviewed.clone())
+                (at.elapsed() < review_ttl(reviewed)).then(|| reviewed.clone())
             });
         if let Some(reviewed) = cached {
             return reviewed.ok_or(Refusal::Unauthenticated);
@@ -290,7 +313,13 @@ impl KubeAuth {
                 groups: user.groups.unwrap_or_default(),
                 extra: user.extra.unwrap_or_default(),
             });
-        remember(&self.reviews, key, (Instant::now(), reviewed.clone()));
+        remember(
+            &self.reviews,
+            key,
+            reviewed.clone(),
+            review_ttl,
+            Option::is_some,
+        );
         reviewed.ok_or(Refusal::Unauthenticated)
     }
 
@@ -318,5 +347,27 @@ impl KubeAuth {
             .await
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         Ok(answer.status.is_some_and(|s| s.allowed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refusals_does_not_push_out_granted_entries() {
+        let cache: Mutex<HashMap<u32, (Instant, bool)>> = Mutex::new(HashMap::new());
+        for k in 0..10u32 {
+            remember(&cache, k, true, decision_ttl, |a| *a);
+        }
+        let keys = u32::try_from(MAX_ENTRIES).unwrap() * 2;
+        for k in 10..keys {
+            remember(&cache, k, false, decision_ttl, |a| *a);
+        }
+        let c = cache.lock().unwrap();
+        assert!(c.len() <= MAX_ENTRIES);
+        for k in 0..10u32 {
+            assert_eq!(c.get(&k).map(|(_, a)| *a), Some(true), "granted entry {k} lost");
+        }
     }
 }
