@@ -325,3 +325,59 @@ impl Db {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_database_from_before_the_lifecycle_mark_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shuffle.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE apps (app_id TEXT PRIMARY KEY, token_hash BLOB,
+                     namespace TEXT NOT NULL DEFAULT '', driver_pod TEXT NOT NULL DEFAULT '',
+                     heartbeat_timeout_ms INTEGER, created_ms INTEGER NOT NULL);
+                 INSERT INTO apps (app_id, token_hash, created_ms) VALUES ('grpc-app', x'00', 1);
+                 INSERT INTO apps (app_id, created_ms) VALUES ('spark-app', 1);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let (mut apps, _) = db.load().await.unwrap();
+        apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+        let marks: Vec<(&str, bool)> = apps
+            .iter()
+            .map(|a| (a.app_id.as_str(), a.own_lifecycle))
+            .collect();
+        assert_eq!(marks, vec![("grpc-app", true), ("spark-app", false)]);
+        // The mark is only ever set.
+        let row = || ExecRow {
+            app_id: "spark-app".into(),
+            exec_id: "1".into(),
+            local_dirs: vec![],
+            sub_dirs: 64,
+            shuffle_manager: String::new(),
+        };
+        db.put_executor(row(), true, 2).await.unwrap();
+        db.put_executor(row(), false, 3).await.unwrap();
+        let (apps, _) = db.load().await.unwrap();
+        assert!(apps.iter().all(|a| a.own_lifecycle));
+        // Bindings are kept and forgotten.
+        let owner = OwnerRow {
+            app_id: "spark-app".into(),
+            namespace: "ns".into(),
+            driver_uid: "u-1".into(),
+        };
+        db.put_owner(owner.clone()).await.unwrap();
+        assert_eq!(db.owners().await.unwrap(), vec![owner]);
+        db.delete_owner("spark-app".into()).await.unwrap();
+        assert!(db.owners().await.unwrap().is_empty());
+        // Opening it again changes nothing.
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.load().await.unwrap().0.len(), 2);
+    }
+}
