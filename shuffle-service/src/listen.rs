@@ -297,7 +297,51 @@ struct Conn {
     stop: CancellationToken,
 }
 
+/// A connection's stream once its first byte came and TLS, if any, is done.
+type Io = Either<tokio_rustls::server::TlsStream<Lingering>, Lingering>;
+
 impl Conn {
+    /// Waits for the first byte, then runs the TLS handshake; `None` when the connection is
+    /// closed for either (counted).
+    async fn open(
+        &self,
+        stream: tokio::net::TcpStream,
+        accepted: Instant,
+        first_deadline: Instant,
+    ) -> Option<Io> {
+        // A client that connects and sends nothing holds a descriptor: it gets a short
+        // deadline of its own.
+        let mut byte = [0u8; 1];
+        let first_byte = self.settings.limits.first_byte_timeout;
+        match tokio::time::timeout(first_byte, stream.peek(&mut byte)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return None,
+            Err(_) => {
+                self.counters.closed(CloseReason::FirstByte);
+                return None;
+            }
+        }
+        let stream = Lingering::new(stream, self.lingering.clone());
+        let Some(config) = &self.settings.tls else {
+            return Some(Either::Right(stream));
+        };
+        let deadline = first_deadline.min(accepted + HANDSHAKE_TIMEOUT);
+        let accept = tokio_rustls::TlsAcceptor::from(Arc::clone(config)).accept(stream);
+        match tokio::time::timeout_at(deadline, accept).await {
+            Ok(Ok(s)) => Some(Either::Left(s)),
+            Ok(Err(e)) => {
+                self.counters.closed(CloseReason::TlsHandshake);
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                self.counters.closed(CloseReason::TlsHandshake);
+                tracing::debug!("TLS handshake timed out");
+                None
+            }
+        }
+    }
+
     async fn run<S, B>(self, stream: tokio::net::TcpStream, service: S)
     where
         S: tower::Service<http::Request<Incoming>, Response = http::Response<B>>
@@ -312,37 +356,13 @@ impl Conn {
         let limits = self.settings.limits;
         let accepted = Instant::now();
         let first_deadline = accepted + limits.first_request_timeout;
-        // A client that connects and sends nothing holds a descriptor: it gets a short
-        // deadline of its own.
-        let mut byte = [0u8; 1];
-        match tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut byte)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return,
-            Err(_) => {
-                self.counters.closed(CloseReason::FirstByte);
-                return;
-            }
-        }
-        let stream = Lingering::new(stream, self.lingering.clone());
-        let io = match &self.settings.tls {
-            None => Either::Right(stream),
-            Some(config) => {
-                let deadline = first_deadline.min(accepted + HANDSHAKE_TIMEOUT);
-                let accept = tokio_rustls::TlsAcceptor::from(Arc::clone(config)).accept(stream);
-                match tokio::time::timeout_at(deadline, accept).await {
-                    Ok(Ok(s)) => Either::Left(s),
-                    Ok(Err(e)) => {
-                        self.counters.closed(CloseReason::TlsHandshake);
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        self.counters.closed(CloseReason::TlsHandshake);
-                        tracing::debug!("TLS handshake timed out");
-                        return;
-                    }
-                }
-            }
+        // Before the first byte and during the handshake there is nothing to finish at stop.
+        let io = tokio::select! {
+            io = self.open(stream, accepted, first_deadline) => match io {
+                Some(io) => io,
+                None => return,
+            },
+            () = self.stop.cancelled() => return,
         };
         let activity = Activity::new();
         let tracked = {
