@@ -269,3 +269,58 @@ async fn a_real_prometheus_scrapes_the_server() {
     assert_eq!(up["data"]["result"][0]["value"][1], "1");
     s.shutdown().await;
 }
+
+#[tokio::test]
+#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+async fn s3_a_second_instance_on_one_bucket_prefix_is_refused_and_deletes_nothing() {
+    use std::sync::Arc;
+
+    use staging_server::clock::ManualClock;
+    use staging_server::{AppState, Config, Overrides};
+
+    let (_moto, endpoint) = start_moto().await;
+    let location = StoreLocation::Url {
+        url: "s3://staging-bucket/spark".into(),
+        options: s3_options(&endpoint),
+    };
+    let first = TestServer::start_in(
+        tempfile::tempdir().unwrap(),
+        |c| c.store = location.clone(),
+        None,
+    )
+    .await;
+    let up = first.upload("a", random_bytes(100_000)).await;
+    let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+
+    // A second server with its own database on the same bucket prefix is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_data_dir(dir.path());
+    config.store = location.clone();
+    let err = AppState::open(&config, Overrides::default())
+        .await
+        .expect_err("a second instance on the prefix must be refused");
+    assert!(err.is_usage(), "{err}");
+    assert!(err.to_string().contains("--store-shared"), "{err}");
+    assert!(err.to_string().contains("spark/instances/"), "{err}");
+
+    // Told to share it, it starts; a day later its orphan sweep still deletes nothing.
+    config.store_shared = true;
+    let clock = ManualClock::new();
+    let second = AppState::open(
+        &config,
+        Overrides {
+            clock: Some(Arc::new(clock.clone())),
+            ..Overrides::default()
+        },
+    )
+    .await
+    .unwrap();
+    clock.advance(Duration::from_secs(24 * 3600));
+    assert_eq!(second.queue_orphans().await.unwrap(), 0);
+    staging_server::lifecycle::retry_deletions(&second)
+        .await
+        .unwrap();
+    let got = first.get_content(id, token).await;
+    assert_eq!(got.status(), 200);
+    first.shutdown().await;
+}

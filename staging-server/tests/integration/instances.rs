@@ -57,8 +57,11 @@ async fn a_second_instance_on_the_same_store_is_refused_and_deletes_nothing() {
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(second_dir.path())
         .args(["--store-url", &url])
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
         .await
+        .expect("the second instance started instead of refusing")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
