@@ -920,3 +920,40 @@ fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u
     };
     Ok(v.max(0) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_of_an_older_database_run_from_their_blobs_first_send() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("staging.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, object_id TEXT NOT NULL UNIQUE,
+                     size INTEGER NOT NULL, created_at INTEGER NOT NULL, referenced_at INTEGER);
+                 CREATE TABLE blob_grants (sha256 TEXT NOT NULL, namespace TEXT NOT NULL,
+                     PRIMARY KEY (sha256, namespace));
+                 INSERT INTO blobs VALUES ('ab', 'o', 10, 1234, NULL);
+                 INSERT INTO blob_grants VALUES ('ab', 'team-a');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let c = db.conn.lock().unwrap();
+        let at: i64 = c
+            .query_row(
+                "SELECT granted_at FROM blob_grants WHERE sha256 = 'ab'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(at, 1234);
+        drop(c);
+        // Opening again changes nothing.
+        drop(db);
+        assert!(Db::open(&path).is_ok());
+    }
+}
