@@ -367,7 +367,11 @@ mod tests {
         let c = cache.lock().unwrap();
         assert!(c.len() <= MAX_ENTRIES);
         for k in 0..10u32 {
-            assert_eq!(c.get(&k).map(|(_, a)| *a), Some(true), "granted entry {k} lost");
+            assert_eq!(
+                c.get(&k).map(|(_, a)| *a),
+                Some(true),
+                "granted entry {k} lost"
+            );
         }
     }
 }
