@@ -167,6 +167,8 @@ async fn submit(
         ])
         .args(["--init-image", "ghcr.io/example/spark-k8s-services:0.1.0"])
         .arg("--kube-auth")
+        // The bed's pod network is this one machine.
+        .arg("--allow-plain-http")
         .arg("--spark-submit")
         .arg(&venv_submit)
         .arg("--")

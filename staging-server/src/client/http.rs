@@ -65,7 +65,8 @@ pub fn require_private_transport(server: &str, what: &str) -> Result<(), ClientE
         EXIT_USAGE,
         format!(
             "refusing to send {what} to {server} over plain http:// (anyone on the way could \
-             read and reuse it); use the server's https:// URL (with --ca-file for a private CA)"
+             read and reuse it); use the server's https:// URL (with --ca-file for a private CA), \
+             or --allow-plain-http where the network is encrypted by other means"
         ),
     ))
 }

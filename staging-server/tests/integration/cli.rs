@@ -276,6 +276,22 @@ fn submit_kube_auth_refuses_plain_http_except_to_loopback() {
             assert!(o.status.success(), "{server}: {}", stderr(&o));
         }
     }
+    // The submitter's explicit word for a network encrypted by other means.
+    let o = bin()
+        .current_dir(dir.path())
+        .args(["submit", "--dry-run", "--kube-auth", "--allow-plain-http"])
+        .args(["--server", "http://10.0.0.5:10000", "--init-image", "img:1"])
+        .args(["--spark-submit", "/bin/false", "--"])
+        .args([
+            "--master",
+            "k8s://https://api:6443",
+            "--deploy-mode",
+            "cluster",
+        ])
+        .args(["--conf", "spark.kubernetes.namespace=jobs", "job.py"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "--allow-plain-http: {}", stderr(&o));
 }
 
 #[test]
