@@ -212,6 +212,10 @@ pub struct ServeArgs {
     /// An object without a row is deleted as an orphan only once it is this old (1h).
     #[arg(long, env = "STAGING_ORPHAN_GRACE", value_parser = humantime::parse_duration)]
     pub orphan_grace: Option<Duration>,
+    /// How long a namespace keeps a file it sent that none of its submissions names, from the
+    /// send (1h): the time a staging has between sending its files and naming them.
+    #[arg(long, env = "STAGING_UNNAMED_BLOB_GRACE", value_parser = humantime::parse_duration)]
+    pub unnamed_blob_grace: Option<Duration>,
 }
 
 /// Whether resources follow their owner pods.
@@ -289,6 +293,8 @@ struct FileConfig {
     store_shared: bool,
     #[serde(default, with = "humantime_serde_opt")]
     orphan_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    unnamed_blob_grace: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -409,6 +415,8 @@ pub struct Config {
     pub store_shared: bool,
     /// Age before an object without a row counts as an orphan.
     pub orphan_grace: Duration,
+    /// How long a grant on a file no submission of its namespace names lives after its send.
+    pub unnamed_blob_grace: Duration,
 }
 
 impl Config {
@@ -437,6 +445,7 @@ impl Config {
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             store_shared: false,
             orphan_grace: DEFAULT_ORPHAN_GRACE,
+            unnamed_blob_grace: crate::files::UNNAMED_BLOB_GRACE,
         }
     }
 
@@ -576,6 +585,10 @@ impl Config {
                 .orphan_grace
                 .or(file.orphan_grace)
                 .unwrap_or(DEFAULT_ORPHAN_GRACE),
+            unnamed_blob_grace: args
+                .unnamed_blob_grace
+                .or(file.unnamed_blob_grace)
+                .unwrap_or(crate::files::UNNAMED_BLOB_GRACE),
             owners: match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
                 KubeOwners::Off => None,
                 KubeOwners::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() => None,
@@ -684,6 +697,11 @@ impl Config {
         }
         if self.store_timeout.is_zero() || self.store_connect_timeout.is_zero() {
             return Err(Error::Config("store timeouts must be positive".into()));
+        }
+        if self.unnamed_blob_grace < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "--unnamed-blob-grace must be at least 1s (a staging sends its files, then names them)".into(),
+            ));
         }
         if self.sweep_interval < Duration::from_millis(100) {
             return Err(Error::Config(

@@ -126,6 +126,9 @@ CREATE INDEX IF NOT EXISTS resource_files_by_blob ON resource_files(sha256);
 #[derive(Debug, Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    /// How long a namespace's grant on a blob lives after its send when no submission of the
+    /// namespace names it.
+    unnamed_grace: std::time::Duration,
 }
 
 /// The owner of a resource: pods in a namespace selected by labels, optionally one pod uid.
@@ -281,6 +284,20 @@ impl ExpiryReason {
 }
 
 impl Db {
+    /// The same database, with grants on blobs that no submission of their namespace names
+    /// living `grace` after their send (default [`crate::files::UNNAMED_BLOB_GRACE`]).
+    #[must_use]
+    pub fn with_unnamed_grace(mut self, grace: std::time::Duration) -> Self {
+        self.unnamed_grace = grace;
+        self
+    }
+
+    /// How long a grant on a blob no submission of its namespace names lives after its send.
+    #[must_use]
+    pub fn unnamed_grace(&self) -> std::time::Duration {
+        self.unnamed_grace
+    }
+
     /// Opens (creating if needed) the database at `path`, in WAL mode.
     ///
     /// # Errors
@@ -320,6 +337,7 @@ impl Db {
         }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            unnamed_grace: crate::files::UNNAMED_BLOB_GRACE,
         })
     }
 
@@ -483,6 +501,7 @@ impl Db {
     /// # Errors
     /// SQLite errors.
     pub async fn delete(&self, id: ResourceId, now: UnixMillis) -> DbResult<Deleted> {
+        let cutoff = self.grant_cutoff(now);
         self.call(move |c| {
             let tx = c.transaction()?;
             let n = tx.execute("DELETE FROM resources WHERE id = ?1", [id.to_string()])?;
@@ -494,7 +513,7 @@ impl Db {
                 "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
                 params![id.to_string(), now],
             )?;
-            let freed = crate::files::release(&tx, id, now)?;
+            let freed = crate::files::release(&tx, id, now, cutoff)?;
             tx.commit()?;
             Ok(Deleted {
                 existed: n > 0,

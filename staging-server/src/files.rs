@@ -83,9 +83,11 @@ pub enum BlobRelease {
     Named,
 }
 
-/// The oldest send time at which a grant is still live at `now`.
-pub(crate) fn grant_cutoff(now: UnixMillis) -> UnixMillis {
-    now.saturating_sub(crate::clock::duration_ms(UNNAMED_BLOB_GRACE))
+impl Db {
+    /// The oldest send time at which a grant is still live at `now`.
+    pub(crate) fn grant_cutoff(&self, now: UnixMillis) -> UnixMillis {
+        now.saturating_sub(crate::clock::duration_ms(self.unnamed_grace()))
+    }
 }
 
 /// SQL condition: grant `g` is named by a committed submission of its own namespace.
@@ -138,8 +140,9 @@ impl Db {
         namespace: Namespace,
         now: UnixMillis,
     ) -> DbResult<bool> {
+        let cutoff = self.grant_cutoff(now);
         self.call(move |c| {
-            if !granted(c, &sha256, &namespace, grant_cutoff(now))? {
+            if !granted(c, &sha256, &namespace, cutoff)? {
                 return Ok(false);
             }
             c.execute(
@@ -164,6 +167,7 @@ impl Db {
         namespace: Namespace,
         now: UnixMillis,
     ) -> DbResult<BlobRelease> {
+        let cutoff = self.grant_cutoff(now);
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let hex = sha256.to_hex();
@@ -185,7 +189,7 @@ impl Db {
                         "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
                         params![hex, namespace.as_str()],
                     )?;
-                    let freed = if held(&tx, &hex, grant_cutoff(now))? {
+                    let freed = if held(&tx, &hex, cutoff)? {
                         None
                     } else {
                         drop_blob(&tx, &hex, now)?
@@ -214,11 +218,12 @@ impl Db {
         now: UnixMillis,
         quotas: Quotas,
     ) -> DbResult<BlobCommit> {
+        let cutoff = self.grant_cutoff(now);
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM resources WHERE id = ?1", [pending.to_string()])?;
             let hex = sha256.to_hex();
-            if !granted(&tx, &sha256, &namespace, grant_cutoff(now))? {
+            if !granted(&tx, &sha256, &namespace, cutoff)? {
                 // A dead grant not swept yet is replaced by this send.
                 tx.execute(
                     "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
@@ -264,6 +269,7 @@ impl Db {
     /// # Errors
     /// SQLite errors.
     pub async fn commit_files(&self, req: FilesCommit) -> DbResult<FilesOutcome> {
+        let cutoff = self.grant_cutoff(req.now);
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let ns = &req.owner.namespace;
@@ -278,7 +284,7 @@ impl Db {
                              WHERE b.sha256 = ?1 AND g.namespace = ?2
                                AND (g.granted_at >= ?3 OR {NAMED_BY_OWN})"
                         ),
-                        params![f.sha256.to_hex(), ns.as_str(), grant_cutoff(req.now)],
+                        params![f.sha256.to_hex(), ns.as_str(), cutoff],
                         |r| r.get(0),
                     )
                     .optional()?;
@@ -523,6 +529,7 @@ pub(crate) fn release(
     c: &Connection,
     id: ResourceId,
     now: UnixMillis,
+    cutoff: UnixMillis,
 ) -> rusqlite::Result<Vec<ResourceId>> {
     let shas: Vec<String> = {
         let mut stmt =
@@ -539,7 +546,6 @@ pub(crate) fn release(
     )?;
     // A blob another submission names, or that a namespace sent within its grace, stays:
     // one namespace's deletion never takes a blob from another.
-    let cutoff = grant_cutoff(now);
     let mut freed = Vec::new();
     for sha in shas {
         if !held(c, &sha, cutoff)?

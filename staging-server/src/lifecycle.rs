@@ -188,8 +188,7 @@ impl Sweeper {
             }
         }
         let now = self.state.now_ms();
-        let cutoff =
-            now.saturating_sub(crate::clock::duration_ms(crate::files::UNNAMED_BLOB_GRACE));
+        let cutoff = self.state.db().grant_cutoff(now);
         let freed = self
             .state
             .with_room(|| self.state.db().collect_unnamed_blobs(cutoff))

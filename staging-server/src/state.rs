@@ -99,7 +99,8 @@ impl AppState {
         let db = match Db::open(&dir.join(DB_FILE)) {
             Err(e) if is_sqlite_full(&e) && reserve.release() => Db::open(&dir.join(DB_FILE))?,
             r => r?,
-        };
+        }
+        .with_unnamed_grace(config.unnamed_blob_grace);
         let store = match overrides.store {
             Some(s) => s,
             None => BlobStore::open(&config.store)?.with_timeout(config.store_timeout),

@@ -35,6 +35,10 @@ async fn deploy_staging(bed: &kubebed::bed::Bed) -> String {
             "kube_owner_interval = \"15s\"",
             "kube_owner_interval = \"1s\"",
         )
+        .replace(
+            "unnamed_blob_grace = \"1h\"",
+            "unnamed_blob_grace = \"20s\"",
+        )
     });
     let ready = bed
         .wait_for(
@@ -403,8 +407,12 @@ async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_aft
     assert!(gone, "Secrets stayed:\n{}", dump(&bed, "spark-staging"));
     // The queued job keeps its Secret (and its bundle, below).
     assert!(bed.store.get(&SECRETS, "default", "queued-files").is_ok());
+    // The finished jobs' submissions go; the files they named stay until their namespace's
+    // grant, which runs from the files' send, lapses (the unnamed-blob grace, 20 s here), so
+    // that another staging of the namespace in between never loses them; then the sweep
+    // (every 30 s) deletes them and recomputes the stored-data gauges.
     let mut m = String::new();
-    for _ in 0..60 {
+    for _ in 0..90 {
         m = staging_metrics(&ip).await;
         if metric(&m, "staging_stored_files_bytes") == 0.0 {
             break;
