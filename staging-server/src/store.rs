@@ -275,13 +275,11 @@ impl BlobStore {
     /// # Errors
     /// Store errors.
     pub async fn list_ids(&self) -> Result<Vec<ResourceId>> {
-        let prefix = self.prefix.clone().join("resources");
-        let metas: Vec<_> = self
-            .bounded("list", self.inner.list(Some(&prefix)).try_collect())
-            .await?;
-        Ok(metas
-            .iter()
-            .filter_map(|m| m.location.filename().and_then(|f| f.parse().ok()))
+        Ok(self
+            .list_objects()
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
             .collect())
     }
 
