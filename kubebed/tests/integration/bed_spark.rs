@@ -256,6 +256,7 @@ async fn client_job_with_confs(
         .arg(&event_dir)
         .args(confs.iter().flat_map(|c| ["--conf", c.as_str()]))
         .env("PYSPARK_PYTHON", python())
+        .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
         .env_remove("SPARK_HOME")
         .stdout(std::fs::File::create(dir.join("driver.out")).unwrap())
         .stderr(std::fs::File::create(dir.join("driver.err")).unwrap())
@@ -700,6 +701,7 @@ fn start_cluster_submit(
     let mut cmd = tokio::process::Command::new(&submit);
     cmd.args(&args)
         .env("SPARK_HOME", crate::common::spark_home().unwrap())
+        .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
         .env_remove("PYSPARK_PYTHON")
         .env_remove("PYSPARK_DRIVER_PYTHON")
         .stdout(std::fs::File::create(dir.join("submit.out")).unwrap())

@@ -197,6 +197,7 @@ async fn submit(
         .arg("/var/spark-staged")
         .env("KUBECONFIG", kubeconfig)
         .env("SPARK_HOME", spark_home().unwrap())
+        .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
         .env_remove("PYSPARK_PYTHON")
         .env_remove("PYSPARK_DRIVER_PYTHON")
         .stdout(std::fs::File::create(dir.join("submit.out")).unwrap())

@@ -140,6 +140,7 @@ async fn run_with(scenario: &str, o: Opts<'_>) -> Run {
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .env("SPARK_WORKER_DIR", dir.path().join("work"))
         .env("PYSPARK_PYTHON", python())
+        .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
         .kill_on_drop(true);
     if let Some(s) = o.secret {
         cmd.args(["--secret", s]);
@@ -484,6 +485,7 @@ async fn refused(
         .env("SPARK_LOCAL_IP", "127.0.0.1")
         .env("SPARK_WORKER_DIR", dir.path().join("work"))
         .env("PYSPARK_PYTHON", python())
+        .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
