@@ -33,10 +33,10 @@ fi
 # The Kubernetes test bed: network namespaces need root; Spark on it needs Java and pyspark too.
 if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
   if ! command -v java >/dev/null 2>&1 || ! command -v spark-submit >/dev/null 2>&1; then
-    skip 'test(/^bed_spark::/) | test(/^bed_submit::/)' "java or spark-submit is not installed"
+    skip 'binary_id(e2e::integration)' "java or spark-submit is not installed"
   fi
 else
-  skip 'test(/^bed_pods::/) | test(/^bed_spark::/) | test(/^bed_submit::/)' "the test bed needs root and ip netns"
+  skip 'test(/^bed_pods::/) | binary_id(e2e::integration)' "the test bed needs root and ip netns"
 fi
 if ! command -v java >/dev/null 2>&1 || ! command -v spark-submit >/dev/null 2>&1; then
   skip 'test(/^spark_e2e::/)' "java or spark-submit is not installed"

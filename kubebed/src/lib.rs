@@ -6,7 +6,8 @@
 //! - [`kubelet`]: node agents running pods as processes in their own network and mount
 //!   namespaces; [`net`]: the pod network; [`images`]: images mapped to local files;
 //! - [`controllers`]: scheduler, DaemonSets, Deployments, Service endpoints;
-//! - [`bed`]: all of it together, with `apply` of manifest files.
+//! - [`bed`]: all of it together, with `apply` of manifest files;
+//! - [`testing`]: what the tests that run on a bed share (this crate's and `e2e/`'s).
 //!
 //! `kubebed/README.md` lists what differs from a real cluster.
 
@@ -23,5 +24,6 @@ pub mod resources;
 pub mod selector;
 pub mod status;
 pub mod store;
+pub mod testing;
 pub mod tls;
 pub mod validate;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kubebed::resources::PODS;
 use serde_json::json;
 
-use crate::common::{bed, phase};
+use kubebed::testing::{apply_dir, bed_with, images, manifest, phase};
 
 const SERVER: &str = r#"
 apiVersion: v1
@@ -52,7 +52,7 @@ spec:
 #[ignore = "needs root and network namespaces (scripts/test.sh runs it)"]
 async fn pods_get_addresses_volumes_env_and_stop_answering_when_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, false, dir.path()).await;
+    let bed = bed_with(2, images(), dir.path()).await;
     bed.apply(SERVER, "default").unwrap();
     // The pod waits for its Secret and ConfigMap, as on a cluster.
     let p = bed.store.get(&PODS, "default", "server").unwrap();
@@ -141,7 +141,7 @@ async fn pods_get_addresses_volumes_env_and_stop_answering_when_deleted() {
 #[ignore = "needs root and network namespaces (scripts/test.sh runs it)"]
 async fn init_containers_run_in_order_and_native_sidecars_stay_until_the_main_container_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(1, false, dir.path()).await;
+    let bed = bed_with(1, images(), dir.path()).await;
     // Each step appends to a shared emptyDir; the sidecar keeps appending until stopped.
     let pod = r#"
 apiVersion: v1
@@ -193,7 +193,7 @@ spec:
 #[ignore = "needs root and network namespaces (scripts/test.sh runs it)"]
 async fn the_nvme_raid0_daemonset_runs_as_shipped_on_labelled_nodes_only() {
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, false, dir.path()).await;
+    let bed = bed_with(2, images(), dir.path()).await;
     bed.store
         .update(&kubebed::resources::NODES, "", "node-0", |n| {
             n["metadata"]["labels"]["spark.example.com/nvme-raid0"] = json!("true");
@@ -201,7 +201,7 @@ async fn the_nvme_raid0_daemonset_runs_as_shipped_on_labelled_nodes_only() {
         })
         .unwrap();
     bed.apply(
-        &crate::common::manifest("k8s/shuffle-service/nvme-raid0/00-namespace.yaml"),
+        &manifest("k8s/shuffle-service/nvme-raid0/00-namespace.yaml"),
         "default",
     )
     .unwrap();
@@ -210,7 +210,7 @@ async fn the_nvme_raid0_daemonset_runs_as_shipped_on_labelled_nodes_only() {
         "spark-shuffle",
     )
     .unwrap();
-    crate::common::apply_dir(&bed, "k8s/shuffle-service/nvme-raid0", "default", |t| t);
+    apply_dir(&bed, "k8s/shuffle-service/nvme-raid0", "default", |t| t);
     let ready = bed
         .wait_for(
             &kubebed::resources::DAEMONSETS,

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::common::{bin_dir, workspace};
+use kubebed::testing::{bin_dir, workspace};
 
 /// Every file under `k8s/` with one of the extensions, sorted.
 fn files(ext: &[&str]) -> Vec<PathBuf> {

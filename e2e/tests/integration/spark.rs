@@ -8,27 +8,11 @@ use std::time::Duration;
 use kubebed::resources::{DAEMONSETS, PODS};
 use serde_json::Value;
 
-use crate::common::{apply_dir, bed, manifest, workspace};
+use e2e::{answers, bed, dump, eventually, metric, python, result_line, spark_file};
+use kubebed::testing::{apply_dir, manifest, spark_home, workspace};
 
 /// One Spark application at a time: the machine has two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn python() -> PathBuf {
-    let p = workspace().join(".venv/bin/python");
-    assert!(
-        p.exists(),
-        "{} missing: run scripts/test-deps.sh",
-        p.display()
-    );
-    p
-}
-
-pub(crate) fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// The event log's lines (a file per application, or a directory of rolled files).
 fn events(dir: &std::path::Path) -> Vec<Value> {
@@ -87,68 +71,6 @@ async fn deploy_shuffle_service_with(bed: &kubebed::bed::Bed, edit: impl Fn(Stri
             panic!("{url} never answered:\n{}", dump(bed, "spark-shuffle"));
         }
     }
-}
-
-/// The job's JSON result line (the last line of the driver's log that is a JSON object with
-/// `key`).
-pub(crate) fn result_line(log: &str, key: &str) -> Value {
-    // The JVM's log lines share the file with Python's stdout: a line may go on after the
-    // JSON object, so only the object's own text is parsed.
-    log.lines()
-        .rev()
-        .find_map(|l| {
-            let start = l.find('{')?;
-            serde_json::Deserializer::from_str(&l[start..])
-                .into_iter::<Value>()
-                .next()?
-                .ok()
-                .filter(|v| v.get(key).is_some())
-        })
-        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"))
-}
-
-/// Whether `url` answers with a success within 30 s (polled every 200 ms).
-pub(crate) async fn answers(url: &str) -> bool {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    for _ in 0..150 {
-        if http
-            .get(url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
-}
-
-/// Every pod of a namespace with its status and container logs.
-pub(crate) fn dump(bed: &kubebed::bed::Bed, ns: &str) -> String {
-    let pods = bed
-        .store
-        .list(&PODS, Some(ns), &Default::default(), &Default::default())
-        .0;
-    pods.iter()
-        .map(|p| {
-            let name = p["metadata"]["name"].as_str().unwrap_or_default();
-            let containers: Vec<&str> = ["initContainers", "containers"]
-                .iter()
-                .flat_map(|k| p["spec"][k].as_array().into_iter().flatten())
-                .filter_map(|c| c["name"].as_str())
-                .collect();
-            let logs: Vec<String> = containers
-                .iter()
-                .map(|c| format!("--- {c}:\n{}", bed.log(ns, name, c)))
-                .collect();
-            format!("== {name}: {}\n{}", p["status"], logs.join("\n"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The last metrics of every shuffle service sidecar, scraped while its pod was up by
@@ -243,7 +165,7 @@ async fn client_job_with_confs(
     let event_dir = dir.join("events");
     std::fs::create_dir_all(&event_dir).unwrap();
     let mut cmd = tokio::process::Command::new(python());
-    cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/shuffle_job.py"))
+    cmd.arg(spark_file("shuffle_job.py"))
         .args(["--mode", mode, "--api", &bed.api_url])
         .arg("--master")
         .arg(format!("k8s://{}", bed.api_url))
@@ -407,7 +329,7 @@ fn live_executor_pods(bed: &kubebed::bed::Bed) -> Vec<Value> {
 async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
+    let bed = bed(2, dir.path()).await;
     deploy_shuffle_service(&bed).await;
     let (seen, ev) = client_job(&bed, dir.path(), "dynamic").await;
     assert_eq!(
@@ -440,7 +362,7 @@ async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset(
 async fn client_mode_an_executor_pod_deleted_mid_job_still_has_its_blocks_served() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
+    let bed = bed(2, dir.path()).await;
     deploy_shuffle_service(&bed).await;
     let (seen, ev) = client_job(&bed, dir.path(), "delete-pod").await;
     assert_eq!(
@@ -467,7 +389,7 @@ async fn client_mode_an_executor_pod_deleted_mid_job_still_has_its_blocks_served
 async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
+    let bed = bed(2, dir.path()).await;
     deploy_shuffle_service(&bed).await;
     // The event log goes to a node directory the driver (uid 185) may write.
     for node in &bed.nodes {
@@ -551,7 +473,7 @@ async fn cluster_mode_spark_submit_with_dynamic_allocation_on_the_daemonset() {
 async fn client_mode_pvc_sidecars_serve_static_executors_with_the_shipped_configuration() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
+    let bed = bed(2, dir.path()).await;
     // The exact lines of the mode's spark-defaults.conf (the template path is the test's own).
     let confs: Vec<String> = manifest("k8s/shuffle-service/sidecar-pvc/spark/spark-defaults.conf")
         .lines()
@@ -611,7 +533,7 @@ async fn client_mode_pvc_sidecars_serve_static_executors_with_the_shipped_config
 async fn client_mode_sidecar_shuffle_services_serve_static_executors() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
+    let bed = bed(2, dir.path()).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let scraper = tokio::spawn(collect_sidecar_metrics(
         std::sync::Arc::clone(&bed.store),
@@ -700,7 +622,7 @@ fn start_cluster_submit(
     args.extend(tail.iter().map(|s| (*s).to_string()));
     let mut cmd = tokio::process::Command::new(&submit);
     cmd.args(&args)
-        .env("SPARK_HOME", crate::common::spark_home().unwrap())
+        .env("SPARK_HOME", spark_home().unwrap())
         .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
         .env_remove("PYSPARK_PYTHON")
         .env_remove("PYSPARK_DRIVER_PYTHON")
@@ -724,18 +646,6 @@ fn block_dirs(bed: &kubebed::bed::Bed) -> std::collections::BTreeSet<PathBuf> {
     out
 }
 
-/// Waits (at most `within`) until `cond` holds, polling every 500 ms.
-pub(crate) async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond() {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    true
-}
-
 /// Sums a series over every node's shuffle service.
 async fn node_sum(bed: &kubebed::bed::Bed, series: &str) -> f64 {
     shuffle_metrics(bed)
@@ -750,7 +660,7 @@ async fn node_sum(bed: &kubebed::bed::Bed, series: &str) -> f64 {
 async fn driver_pods_ending_take_their_jobs_data_and_learned_secrets_authenticate() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
+    let bed = bed(2, dir.path()).await;
     // As shipped, with Spark's per-application secrets learned from executor pods (which turns
     // authentication on) and a grace of 20 s instead of 30 s.
     deploy_shuffle_service_with(&bed, |t| {

@@ -1,17 +1,25 @@
-//! Building beds for tests: images mapped to this machine's files.
+//! What the tests that run on a bed share: the workspace's files and binaries, the images mapped
+//! to this machine, a bed of `n` nodes, and `kubectl apply -f <dir>` of the project's manifests.
+//! Used by the bed's own tests (`kubebed/tests/`) and by the project's end-to-end tests
+//! (`e2e/`). Functions panic with a message naming what is missing: they are for tests.
 
 use std::path::{Path, PathBuf};
 
-use kubebed::bed::{Bed, BedConfig};
-use kubebed::images::{self, Image, Images};
+use crate::bed::{Bed, BedConfig};
+use crate::images::{self, Image, Images};
 
 /// The workspace root.
-pub(crate) fn workspace() -> PathBuf {
+#[must_use]
+pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Where cargo put the service binaries (`cargo test --workspace` builds them).
-pub(crate) fn bin_dir() -> PathBuf {
+///
+/// # Panics
+/// When a binary is missing.
+#[must_use]
+pub fn bin_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace().join("target"), PathBuf::from);
     let dir = target.join("debug");
@@ -26,7 +34,8 @@ pub(crate) fn bin_dir() -> PathBuf {
 }
 
 /// pyspark's package directory in the project's venv (a Spark distribution).
-pub(crate) fn spark_home() -> Option<PathBuf> {
+#[must_use]
+pub fn spark_home() -> Option<PathBuf> {
     let lib = workspace().join(".venv/lib");
     std::fs::read_dir(lib)
         .ok()?
@@ -36,7 +45,8 @@ pub(crate) fn spark_home() -> Option<PathBuf> {
 }
 
 /// `JAVA_HOME` of the `java` on `PATH`.
-pub(crate) fn java_home() -> Option<PathBuf> {
+#[must_use]
+pub fn java_home() -> Option<PathBuf> {
     let out = std::process::Command::new("sh")
         .args(["-c", "readlink -f \"$(command -v java)\""])
         .output()
@@ -46,8 +56,9 @@ pub(crate) fn java_home() -> Option<PathBuf> {
 }
 
 /// The bed's images: a plain Debian-like image (the host's root filesystem), busybox (the
-/// same), the project's image and, when Spark and Java are here, Spark's.
-pub(crate) fn images(spark: bool, dir: &Path) -> Images {
+/// same) and the project's image.
+#[must_use]
+pub fn images() -> Images {
     let mut i = Images::default();
     i.insert("debian", Image::default());
     i.insert("busybox", Image::default());
@@ -55,52 +66,64 @@ pub(crate) fn images(spark: bool, dir: &Path) -> Images {
         "ghcr.io/example/spark-k8s-services",
         images::services(&bin_dir()),
     );
-    if spark {
-        let (Some(home), Some(java)) = (spark_home(), java_home()) else {
-            panic!("Spark's image needs pyspark in .venv and java on PATH");
-        };
-        let entry = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/spark/entrypoint.sh");
-        let mut image = images::spark(&home, &java, &entry, &dir.join("images/spark")).unwrap();
-        // The image carries the test job, for cluster mode's `local://` primary resource.
-        image.files.push((
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/shuffle_job.py"),
-            "/opt/spark/tests/shuffle_job.py".to_owned(),
-        ));
-        i.insert("kubebed/spark", image);
-    }
     i
 }
 
-/// A bed with `nodes` nodes. These tests are ignored unless asked for (`scripts/test.sh` asks
-/// only where root and network namespaces are); asked for where they cannot run, they fail.
-pub(crate) async fn bed(nodes: u8, spark: bool, dir: &Path) -> Bed {
+/// Spark's image (`kubebed/spark`), from the venv's pyspark and the host's Java, with its
+/// scratch files under `dir`.
+///
+/// # Panics
+/// When pyspark or Java is missing.
+#[must_use]
+pub fn spark_image(dir: &Path) -> Image {
+    let (Some(home), Some(java)) = (spark_home(), java_home()) else {
+        panic!("Spark's image needs pyspark in .venv and java on PATH");
+    };
+    let entry = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("images/spark/entrypoint.sh");
+    images::spark(&home, &java, &entry, &dir.join("images/spark")).unwrap()
+}
+
+/// A bed with `nodes` nodes and `images`. The tests that use one are ignored unless asked for
+/// (`scripts/test.sh` asks only where root and network namespaces are); asked for where they
+/// cannot run, they fail.
+///
+/// # Panics
+/// Without root and network namespaces, or when the bed does not start.
+pub async fn bed_with(nodes: u8, images: Images, dir: &Path) -> Bed {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "kubebed=info".into()))
         .with_test_writer()
         .try_init();
-    if let Err(e) = kubebed::net::Fabric::available() {
+    if let Err(e) = crate::net::Fabric::available() {
         panic!("the test bed needs root and network namespaces: {e:#}");
     }
     Bed::start(BedConfig {
         nodes,
         dir: dir.to_path_buf(),
-        images: images(spark, dir),
+        images,
         history: 100_000,
-        api: kubebed::api::ApiConfig::default(),
+        api: crate::api::ApiConfig::default(),
     })
     .await
     .unwrap()
 }
 
 /// A manifest file of the project.
-pub(crate) fn manifest(rel: &str) -> String {
+///
+/// # Panics
+/// When it cannot be read.
+#[must_use]
+pub fn manifest(rel: &str) -> String {
     std::fs::read_to_string(workspace().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
 /// Applies every manifest of a directory of the project as `kubectl apply -f <dir>` does: the
 /// `*.yaml`/`*.yml`/`*.json` files directly in it (not in subdirectories), in name order,
 /// `edit` applied to each file's text first.
-pub(crate) fn apply_dir(bed: &Bed, rel: &str, namespace: &str, edit: impl Fn(String) -> String) {
+///
+/// # Panics
+/// When the directory cannot be read or a manifest is refused.
+pub fn apply_dir(bed: &Bed, rel: &str, namespace: &str, edit: impl Fn(String) -> String) {
     let dir = workspace().join(rel);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{rel}: {e}"))
@@ -121,6 +144,7 @@ pub(crate) fn apply_dir(bed: &Bed, rel: &str, namespace: &str, edit: impl Fn(Str
 }
 
 /// A pod's phase.
-pub(crate) fn phase(p: Option<&serde_json::Value>) -> &str {
+#[must_use]
+pub fn phase(p: Option<&serde_json::Value>) -> &str {
     p.and_then(|p| p["status"]["phase"].as_str()).unwrap_or("")
 }

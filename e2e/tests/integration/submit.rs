@@ -8,8 +8,8 @@ use kubebed::authn::User;
 use kubebed::resources::{PODS, SECRETS};
 use kubebed::selector::Selector;
 
-use crate::bed_spark::{answers, dump, eventually, metric, result_line};
-use crate::common::{apply_dir, bed, bin_dir, java_home, spark_home, workspace};
+use e2e::{answers, bed, dump, eventually, metric, result_line, spark_file};
+use kubebed::testing::{apply_dir, bin_dir, java_home, spark_home, workspace};
 
 const UPLOAD_TOKEN: &str = "5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d";
 const ALICE: &str = "alice-bearer-token-0123456789";
@@ -86,18 +86,14 @@ fn build_app(dir: &Path) -> PathBuf {
         .arg(format!("{}/jars/*", spark.display()))
         .arg("-d")
         .arg(work.join("classes"))
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/staged/Plus.java")));
+        .arg(spark_file("staged/Plus.java")));
     run(std::process::Command::new(java.join("bin/jar"))
         .arg("cf")
         .arg(work.join("plus.jar"))
         .arg("-C")
         .arg(work.join("classes"))
         .arg("."));
-    std::fs::copy(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spark/submit/job.py"),
-        work.join("job.py"),
-    )
-    .unwrap();
+    std::fs::copy(spark_file("submit/job.py"), work.join("job.py")).unwrap();
     work
 }
 
@@ -250,7 +246,7 @@ async fn staging_metrics(ip: &str) -> String {
 #[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
 async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_after_them() {
     let dir = tempfile::tempdir().unwrap();
-    let bed = bed(2, true, dir.path()).await;
+    let bed = bed(2, dir.path()).await;
     let ip = deploy_staging(&bed).await;
     let server = format!("http://{ip}:10000");
     // Alice may create pods in default; Mallory may not.

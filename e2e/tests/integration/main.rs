@@ -1,0 +1,8 @@
+//! The project's end-to-end tests on the kubebed test bed (the harness is this package's
+//! library): unmodified Spark with the shuffle service deployed from `k8s/shuffle-service/`
+//! (`spark::`), and `staging-server submit` with the staging server deployed from
+//! `k8s/staging-server/` (`submit::`). Ignored in a bare `cargo test`; `scripts/test.sh` runs
+//! them as root where Java and pyspark are, and reports them as skipped otherwise.
+
+mod spark;
+mod submit;
