@@ -10,7 +10,6 @@ mod kube;
 mod lifecycle;
 mod links;
 mod security;
-mod spark_codec;
 mod spark_crypto;
 mod spark_e2e;
 mod spark_protocol;

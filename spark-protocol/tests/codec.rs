@@ -1,10 +1,10 @@
-//! The Spark codecs against the golden bytes of Spark 4.3.0's own encoders, and against every
+//! This crate's codecs against the golden bytes of Spark 4.3.0's own encoders, and against every
 //! frame of three captures of a real Spark 4.3.0 job (default fetch, batch fetch, old fetch
 //! protocol): each decodes, and re-encodes to the same bytes.
 
 use bytes::{Bytes, BytesMut};
-use shuffle_service::spark::frame::{FrameDecoder, Message, StreamChunkId};
-use shuffle_service::spark::message::{
+use spark_protocol::frame::{FrameDecoder, Message, StreamChunkId};
+use spark_protocol::message::{
     BlockTransferMessage as Btm, Cause, ExecutorShuffleInfo, RpcPayload, SaslMessage,
 };
 
@@ -101,7 +101,7 @@ fn golden_frames() {
     );
     // The zero-copy header of a ChunkFetchSuccess matches the encoder's.
     assert_eq!(
-        hex::encode(shuffle_service::spark::frame::chunk_success_header(id, 3)),
+        hex::encode(spark_protocol::frame::chunk_success_header(id, 3)),
         "000000000000001801000000000000000500000001"
     );
 }
