@@ -122,7 +122,7 @@ pub fn ids(data: &[u8]) {
 /// lands in the destination is a regular file directly inside it, and a refused archive leaves
 /// nothing behind.
 pub fn archive(data: &[u8]) {
-    use staging_server::client::extract::{ExtractLimits, extract};
+    use staging_client::extract::{ExtractLimits, extract};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bundle.tar.gz");
     std::fs::File::create(&path)

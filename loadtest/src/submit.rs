@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
-use staging_server::client::stage::{LocalFile, StageRequest, stage};
+use staging_client::stage::{LocalFile, StageRequest, stage};
 use tokio::process::Command;
 
 use crate::procs::{free_port, release_bin, wait_listening, work_dir};

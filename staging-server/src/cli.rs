@@ -2,10 +2,10 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::client::fetch::FetchArgs;
-use crate::client::submit::SubmitArgs;
-use crate::client::upload::UploadArgs;
 use crate::config::ServeArgs;
+use staging_client::fetch::FetchArgs;
+use staging_client::submit::SubmitArgs;
+use staging_client::upload::UploadArgs;
 
 /// Resource staging server for Spark on Kubernetes, and its upload and init-container clients.
 #[derive(Debug, Parser)]

@@ -16,18 +16,18 @@
 //!   credentials (reviewed, cached, rate-limited per client by `review_limit`).
 //! - [`lifecycle`]: deletion and the expiry sweeper.
 //! - [`server`]: accept loop, limits and graceful drain.
-//! - [`client`]: the `upload` and `fetch` commands.
+//!
+//! The contract shared with the client commands (ids, file names, labels) is `staging-api`;
+//! the commands `upload`, `fetch` and `submit` are `staging-client`, which this binary runs.
 
 pub mod auth;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
 mod conn_idle;
 pub mod db;
 pub mod error;
 pub mod files;
-pub mod ids;
 pub mod ingest;
 mod instance;
 pub mod kube_auth;
@@ -44,6 +44,7 @@ pub mod state;
 mod tls_watch;
 
 pub use service_runtime::{shutdown, size};
+use staging_api::ids;
 pub mod store;
 pub mod token;
 

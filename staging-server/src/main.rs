@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use staging_client as client;
 use staging_server::cli::{Cli, Command};
-use staging_server::{AppState, Config, Listeners, Overrides, client, shutdown};
+use staging_server::{AppState, Config, Listeners, Overrides, shutdown};
 
 fn main() -> ExitCode {
     // Usage errors exit 64 (the documented code), help and version 0.
@@ -13,7 +14,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
-                ExitCode::from(staging_server::client::EXIT_USAGE)
+                ExitCode::from(client::EXIT_USAGE)
             } else {
                 ExitCode::SUCCESS
             };

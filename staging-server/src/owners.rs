@@ -21,8 +21,7 @@ use crate::ids::ResourceId;
 use crate::lifecycle::{DeleteReason, remove};
 use crate::state::AppState;
 
-/// Label carrying the resource id on Secrets the client prints (`upload --output secret`).
-pub const RESOURCE_LABEL: &str = "staging-server/resource-id";
+use staging_api::wire::RESOURCE_LABEL;
 /// Resources read from the database per query (a round reads every page).
 const PAGE: usize = 1000;
 

@@ -227,7 +227,7 @@ pub(super) async fn submit(
     let mut names = HashSet::new();
     let mut files = Vec::with_capacity(sub.files.len());
     for f in sub.files {
-        crate::client::names::validate(&f.name).map_err(ApiError::bad_request)?;
+        staging_api::names::validate(&f.name).map_err(ApiError::bad_request)?;
         if !names.insert(f.name.clone()) {
             return Err(ApiError::bad_request(format!(
                 "file name {:?} appears twice",

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use staging_server::client::stage::{LocalFile, StageRequest, stage};
+use staging_client::stage::{LocalFile, StageRequest, stage};
 use staging_server::lifecycle::Sweeper;
 
 use crate::common::{TestServer, metric, random_bytes, sha256_hex};

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use staging_server::client::bundle::{self, Input};
-use staging_server::client::extract::{ExtractError, ExtractLimits, extract};
-use staging_server::client::fetch::{FetchArgs, run};
-use staging_server::client::{EXIT_AUTH, EXIT_INTEGRITY, EXIT_UNAVAILABLE, EXIT_UNSAFE_ARCHIVE};
+use staging_client::bundle::{self, Input};
+use staging_client::extract::{ExtractError, ExtractLimits, extract};
+use staging_client::fetch::{FetchArgs, run};
+use staging_client::{EXIT_AUTH, EXIT_INTEGRITY, EXIT_UNAVAILABLE, EXIT_UNSAFE_ARCHIVE};
 
 use crate::common::{TestServer, random_bytes};
 

@@ -102,7 +102,7 @@ async fn orphans_are_deleted_only_past_the_grace() {
         (v["id"].as_str().unwrap().to_owned(), v)
     };
     // An object without a row (a process that died between writing and recording it).
-    let stray = staging_server::ids::ResourceId::random();
+    let stray = staging_api::ids::ResourceId::random();
     let objects = s.dir.path().join("objects").join("resources");
     std::fs::write(objects.join(stray.to_string()), b"left behind").unwrap();
     assert_eq!(

@@ -210,7 +210,7 @@ async fn s3_outages_fail_fast_and_deletions_are_completed_later() {
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(
         out.status.code(),
-        Some(staging_server::client::EXIT_NOT_FOUND.into()),
+        Some(staging_client::EXIT_NOT_FOUND.into()),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

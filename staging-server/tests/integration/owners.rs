@@ -11,8 +11,9 @@ use kubebed::api::{ApiConfig, router};
 use kubebed::resources::{NAMESPACES, PODS, SECRETS};
 use kubebed::store::{DeleteOptions, Store};
 use serde_json::{Value, json};
-use staging_server::ids::ResourceId;
-use staging_server::owners::{OwnerMetrics, OwnerSettings, RESOURCE_LABEL};
+use staging_api::ids::ResourceId;
+use staging_api::wire::RESOURCE_LABEL;
+use staging_server::owners::{OwnerMetrics, OwnerSettings};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{TestServer, random_bytes};

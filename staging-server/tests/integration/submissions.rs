@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use staging_server::client::fetch::FetchArgs;
-use staging_server::client::stage::{LocalFile, StageRequest, stage};
+use staging_client::fetch::FetchArgs;
+use staging_client::stage::{LocalFile, StageRequest, stage};
 use staging_server::lifecycle::Sweeper;
 
 use crate::common::{TestServer, metric, random_bytes, sha256_hex};
@@ -237,7 +237,7 @@ async fn fetch_gets_each_file_and_shared_bytes_outlive_one_submission() {
     let token_file = work.path().join("token");
     std::fs::write(&token_file, &a.token).unwrap();
     let dest = tempfile::tempdir().unwrap();
-    let got = staging_server::client::fetch::run(fetch_args(
+    let got = staging_client::fetch::run(fetch_args(
         &server,
         &a.id,
         token_file.clone(),
@@ -253,7 +253,7 @@ async fn fetch_gets_each_file_and_shared_bytes_outlive_one_submission() {
         );
     }
     // A restarted init-container finds its files and succeeds.
-    staging_server::client::fetch::run(fetch_args(
+    staging_client::fetch::run(fetch_args(
         &server,
         &a.id,
         token_file.clone(),
@@ -264,7 +264,7 @@ async fn fetch_gets_each_file_and_shared_bytes_outlive_one_submission() {
     // A file of other content in the destination is never overwritten.
     let other = tempfile::tempdir().unwrap();
     std::fs::write(other.path().join("lib-1.jar"), b"mine").unwrap();
-    let e = staging_server::client::fetch::run(fetch_args(
+    let e = staging_client::fetch::run(fetch_args(
         &server,
         &a.id,
         token_file.clone(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::pem::PemObject as _;
-use staging_server::client::http;
+use staging_client::http;
 
 use crate::common::TestServer;
 

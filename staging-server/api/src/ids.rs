@@ -7,7 +7,7 @@
 //! The id types are distinct, so one cannot be passed where another is expected:
 //!
 //! ```compile_fail
-//! use staging_server::ids::{Namespace, ResourceId};
+//! use staging_api::ids::{Namespace, ResourceId};
 //! fn wants_id(_: ResourceId) {}
 //! let ns: Namespace = "spark-jobs".parse().unwrap();
 //! wants_id(ns);

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
-use crate::client::{ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE};
+use crate::{ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE};
 
 /// Timeout of each API call.
 const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

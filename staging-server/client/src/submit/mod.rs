@@ -30,8 +30,7 @@ use super::{ClientError, EXIT_FAILURE, EXIT_USAGE, http};
 use cmdline::Parsed;
 use template::{Role, Wiring};
 
-/// Label tying the Secret and the pods to one submission.
-pub const SUBMISSION_LABEL: &str = "staging-server/submission";
+use staging_api::wire::SUBMISSION_LABEL;
 
 /// Arguments of `submit`.
 #[derive(Debug, Clone, Args)]
@@ -175,9 +174,9 @@ fn prepare(args: &SubmitArgs) -> Result<Plan, ClientError> {
         .unwrap_or("default")
         .to_owned();
     namespace
-        .parse::<crate::ids::Namespace>()
+        .parse::<staging_api::ids::Namespace>()
         .map_err(|e| usage(format!("spark.kubernetes.namespace: {e}")))?;
-    let submission: String = crate::ids::ResourceId::random()
+    let submission: String = staging_api::ids::ResourceId::random()
         .to_string()
         .chars()
         .filter(char::is_ascii_hexdigit)
@@ -368,7 +367,10 @@ async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
             "app.kubernetes.io/managed-by".to_owned(),
             "staging-server".to_owned(),
         ),
-        (crate::owners::RESOURCE_LABEL.to_owned(), staged.id.clone()),
+        (
+            staging_api::wire::RESOURCE_LABEL.to_owned(),
+            staged.id.clone(),
+        ),
         (SUBMISSION_LABEL.to_owned(), plan.submission.clone()),
     ]);
     let data = BTreeMap::from([
@@ -451,7 +453,7 @@ fn print_dry_run(
         plan.namespace,
         plan.secret,
         plan.submission,
-        crate::owners::RESOURCE_LABEL
+        staging_api::wire::RESOURCE_LABEL
     );
     for (role, text) in rendered {
         println!("{} pod template:", role.as_str());

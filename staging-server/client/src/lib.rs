@@ -10,7 +10,6 @@ pub mod extract;
 pub mod fetch;
 pub mod fetch_files;
 pub mod http;
-pub mod names;
 pub mod stage;
 pub mod submit;
 pub mod upload;

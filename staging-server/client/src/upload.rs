@@ -14,9 +14,8 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::bundle::{self, Input};
-use super::{
-    ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE, names, server_message,
-};
+use super::{ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE, server_message};
+use staging_api::names;
 
 /// How to print the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,7 +80,7 @@ pub struct UploadArgs {
 /// # Errors
 /// A sentence naming the accepted form.
 pub fn parse_namespace(s: &str) -> Result<String, String> {
-    s.parse::<crate::ids::Namespace>()
+    s.parse::<staging_api::ids::Namespace>()
         .map(|_| s.to_owned())
         .map_err(|_| {
             "must be a Kubernetes namespace name: lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit (e.g. spark-jobs)".to_owned()
@@ -99,7 +98,7 @@ pub fn parse_label(s: &str) -> Result<String, String> {
                 .into(),
         );
     }
-    crate::ids::Labels::parse_selector(s)
+    staging_api::ids::Labels::parse_selector(s)
         .map(|_| s.to_owned())
         .map_err(|e| {
             format!(
@@ -271,7 +270,7 @@ pub async fn run(args: UploadArgs) -> Result<String, ClientError> {
 fn secret_manifest(name: &str, namespace: &str, c: &Created) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app.kubernetes.io/managed-by: staging-server\n    {}: \"{}\"\ntype: Opaque\nstringData:\n  resource-id: \"{}\"\n  token: \"{}\"\n  sha256: \"{}\"\n",
-        crate::owners::RESOURCE_LABEL,
+        staging_api::wire::RESOURCE_LABEL,
         c.id,
         c.id,
         c.token,

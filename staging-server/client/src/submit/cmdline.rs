@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::client::names;
+use staging_api::names;
 
 /// spark-submit options that take a value (Spark 4's `SparkSubmitOptionParser`).
 const WITH_VALUE: &[&str] = &[

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use flate2::read::GzDecoder;
 
-use super::names;
+use staging_api::names;
 
 /// Caps applied while extracting.
 #[derive(Debug, Clone, Copy)]

@@ -19,7 +19,7 @@ use super::{
     ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
     EXIT_UNSAFE_ARCHIVE, EXIT_USAGE, server_message,
 };
-use crate::size::ByteSize;
+use service_runtime::size::ByteSize;
 
 /// Arguments of `fetch`.
 #[derive(Debug, Clone, Args)]
@@ -121,7 +121,7 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
     let expected = args
         .sha256
         .as_deref()
-        .map(|h| crate::ids::Sha256Digest::from_hex(h).map(|d| d.to_hex()))
+        .map(|h| staging_api::ids::Sha256Digest::from_hex(h).map(|d| d.to_hex()))
         .transpose()
         .map_err(|e| ClientError::new(EXIT_USAGE, e.to_string()))?;
     let archive = tempfile::Builder::new()

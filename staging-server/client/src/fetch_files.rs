@@ -11,8 +11,9 @@ use serde::Deserialize;
 use super::fetch::{FetchArgs, download};
 use super::{
     ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
-    EXIT_UNSAFE_ARCHIVE, names, server_message,
+    EXIT_UNSAFE_ARCHIVE, server_message,
 };
+use staging_api::names;
 
 /// One file of a submission.
 #[derive(Debug, Clone, Deserialize)]
