@@ -217,7 +217,7 @@ pub(super) async fn download(
     let mut offset: u64 = 0;
     let mut etag: Option<String> = None;
     let mut server_digest: Option<String> = None;
-    let mut attempt: u32 = 0;
+    let mut backoff = super::http::Backoff::new(args.retries).until(deadline);
     loop {
         let failure = match attempt_once(
             &client,
@@ -236,22 +236,14 @@ pub(super) async fn download(
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retry(why)) => why,
         };
-        attempt += 1;
-        let backoff = Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6)))
-            .min(Duration::from_secs(30));
-        if attempt > args.retries || Instant::now() + backoff >= deadline {
+        let Some(pause) = backoff.next_pause() else {
             return Err(ClientError::new(
                 EXIT_UNAVAILABLE,
-                format!("giving up after {attempt} attempts: {failure}"),
+                format!("giving up after {} attempts: {failure}", backoff.attempt()),
             ));
-        }
-        eprintln!(
-            "staging-server fetch: {failure}; retrying in {} (attempt {} of {})",
-            humantime::format_duration(backoff),
-            attempt + 1,
-            args.retries + 1
-        );
-        tokio::time::sleep(backoff).await;
+        };
+        backoff.announce("fetch", &failure, pause);
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -43,7 +43,7 @@ pub async fn listing(args: &FetchArgs, token: &str) -> Result<Option<Vec<Listed>
         args.server.trim_end_matches('/'),
         args.id
     );
-    let mut attempt = 0;
+    let mut backoff = super::http::Backoff::new(args.retries);
     loop {
         let resp = super::http::send("fetch", args.retries, || {
             client.get(&url).bearer_auth(token).timeout(args.timeout)
@@ -51,6 +51,13 @@ pub async fn listing(args: &FetchArgs, token: &str) -> Result<Option<Vec<Listed>
         .await?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
+        if matches!(status, 408 | 429 | 500..=599)
+            && let Some(pause) = backoff.next_pause()
+        {
+            backoff.announce("fetch", &format!("server answered {status}"), pause);
+            tokio::time::sleep(pause).await;
+            continue;
+        }
         match status {
             200 => {
                 let meta: Metadata = serde_json::from_str(&body).map_err(|e| {
@@ -69,17 +76,6 @@ pub async fn listing(args: &FetchArgs, token: &str) -> Result<Option<Vec<Listed>
                     EXIT_NOT_FOUND,
                     format!("server answered {status}: {}", server_message(&body)),
                 ));
-            }
-            408 | 429 | 500..=599 if attempt < args.retries => {
-                attempt += 1;
-                let pause = std::time::Duration::from_millis(500 << attempt.min(6));
-                eprintln!(
-                    "staging-server fetch: server answered {status}; retrying in {} (attempt {} of {})",
-                    humantime::format_duration(pause),
-                    attempt + 1,
-                    args.retries + 1
-                );
-                tokio::time::sleep(pause).await;
             }
             _ => {
                 return Err(ClientError::new(

@@ -172,15 +172,20 @@ pub async fn send(
     retries: u32,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, ClientError> {
-    let mut attempt = 0u32;
+    let mut backoff = Backoff::new(retries);
     loop {
         match make().send().await {
             Ok(r) => return Ok(r),
             Err(e) => {
                 let why = describe(&e);
-                if !transient(&e) || attempt >= retries {
-                    let tries = if attempt > 0 {
-                        format!(" (after {} attempts)", attempt + 1)
+                let pause = if transient(&e) {
+                    backoff.next_pause()
+                } else {
+                    None
+                };
+                let Some(pause) = pause else {
+                    let tries = if backoff.attempt() > 1 {
+                        format!(" (after {} attempts)", backoff.attempt())
                     } else {
                         String::new()
                     };
@@ -188,18 +193,109 @@ pub async fn send(
                         super::EXIT_UNAVAILABLE,
                         format!("{why}{tries}"),
                     ));
-                }
-                attempt += 1;
-                let pause =
-                    Duration::from_millis(500u64 << attempt.min(5)).min(Duration::from_secs(10));
-                eprintln!(
-                    "staging-server {command}: {why}; retrying in {} (attempt {} of {})",
-                    humantime::format_duration(pause),
-                    attempt + 1,
-                    retries + 1
-                );
+                };
+                backoff.announce(command, &why, pause);
                 tokio::time::sleep(pause).await;
             }
         }
+    }
+}
+
+/// Longest pause between two attempts.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// The one retry policy of the client commands: after the first attempt fails, pauses of
+/// 1 s, 2 s, 4 s, 8 s, then [`BACKOFF_CAP`], for at most `retries` more attempts, and none
+/// that would end past a deadline when one is set.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    retries: u32,
+    /// Attempts made so far, the one under way included.
+    attempt: u32,
+    deadline: Option<std::time::Instant>,
+}
+
+impl Backoff {
+    /// A policy allowing `retries` retries, with the first attempt under way.
+    #[must_use]
+    pub fn new(retries: u32) -> Self {
+        Self {
+            retries,
+            attempt: 1,
+            deadline: None,
+        }
+    }
+
+    /// No retry whose pause would end at or after `deadline`.
+    #[must_use]
+    pub fn until(mut self, deadline: std::time::Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The pause before the next attempt, counting that attempt, or `None` when no attempt is
+    /// left.
+    pub fn next_pause(&mut self) -> Option<Duration> {
+        if self.attempt > self.retries {
+            return None;
+        }
+        let pause = Duration::from_millis(500u64 << self.attempt.min(5)).min(BACKOFF_CAP);
+        if self
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() + pause >= d)
+        {
+            return None;
+        }
+        self.attempt += 1;
+        Some(pause)
+    }
+
+    /// Attempts made so far, the one under way included.
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Says on standard error that `command` failed with `why` and retries after `pause`.
+    pub fn announce(&self, command: &str, why: &str, pause: Duration) {
+        eprintln!(
+            "staging-server {command}: {why}; retrying in {} (attempt {} of {})",
+            humantime::format_duration(pause),
+            self.attempt,
+            self.retries + 1
+        );
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::{BACKOFF_CAP, Backoff};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn pauses_double_up_to_the_cap_and_stop_after_the_retries() {
+        let mut b = Backoff::new(7);
+        let pauses: Vec<u64> = std::iter::from_fn(|| b.next_pause())
+            .map(|p| p.as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]);
+        assert_eq!(b.attempt(), 8);
+        assert!(
+            pauses
+                .iter()
+                .all(|p| Duration::from_millis(*p) <= BACKOFF_CAP)
+        );
+    }
+
+    #[test]
+    fn no_retry_ends_past_the_deadline() {
+        let mut b = Backoff::new(5).until(Instant::now() + Duration::from_millis(1500));
+        assert_eq!(b.next_pause(), Some(Duration::from_secs(1)));
+        assert_eq!(
+            b.next_pause(),
+            None,
+            "a 2 s pause would end past the deadline"
+        );
+        assert_eq!(Backoff::new(0).next_pause(), None);
     }
 }

@@ -226,7 +226,7 @@ async fn put_file(
 ) -> Result<(), ClientError> {
     // Namespaces are DNS labels: nothing to escape.
     let url = format!("{base}/api/v1/blobs/{sha}?namespace={}", req.namespace);
-    let mut attempt = 0;
+    let mut backoff = http::Backoff::new(req.retries);
     loop {
         let file = tokio::fs::File::open(path)
             .await
@@ -247,30 +247,28 @@ async fn put_file(
             Ok(resp) => {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
-                if status.as_u16() == 503 && attempt < req.retries {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(500 << attempt.min(5)))
-                        .await;
+                if status.as_u16() == 503
+                    && let Some(pause) = backoff.next_pause()
+                {
+                    let why = format!("sending {}: server answered 503", path.display());
+                    backoff.announce("submit", &why, pause);
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
                 return Err(answer_error(status, &text));
             }
-            Err(e) if http::transient(&e) && attempt < req.retries => {
-                attempt += 1;
-                eprintln!(
-                    "staging-server submit: sending {}: {}; retrying (attempt {} of {})",
-                    path.display(),
-                    http::describe(&e),
-                    attempt + 1,
-                    req.retries + 1
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(500 << attempt.min(5))).await;
-            }
             Err(e) => {
-                return Err(ClientError::new(
-                    EXIT_UNAVAILABLE,
-                    format!("sending {}: {}", path.display(), http::describe(&e)),
-                ));
+                let why = format!("sending {}: {}", path.display(), http::describe(&e));
+                let pause = if http::transient(&e) {
+                    backoff.next_pause()
+                } else {
+                    None
+                };
+                let Some(pause) = pause else {
+                    return Err(ClientError::new(EXIT_UNAVAILABLE, why));
+                };
+                backoff.announce("submit", &why, pause);
+                tokio::time::sleep(pause).await;
             }
         }
     }
