@@ -214,10 +214,10 @@ impl Core {
                     Ok(offer.source)
                 }
                 Err(owner) => {
-                    tracing::warn!(app = %app, bound_namespace = %owner.namespace,
+                    // Counted and logged at a bounded rate below; the pods, for debugging.
+                    tracing::debug!(app = %app, bound_namespace = %owner.namespace,
                         bound_driver_uid = %owner.driver_uid, claimant_namespace = %claimant.namespace,
-                        claimant_driver_uid = %claimant.driver_uid,
-                        "a client proved the secret of another driver pod's executor pods than the one the application is bound to");
+                        claimant_driver_uid = %claimant.driver_uid, "binding refused");
                     Err(Refusal::BoundToAnotherDriver)
                 }
             },
@@ -266,8 +266,22 @@ impl Core {
             .with_label_values(&[protocol, reason])
             .inc();
         if let Some(left_out) = self.inner.authority_log.check() {
-            tracing::warn!(app = %app, protocol, reason, left_out,
-                "refused: the application belongs to the other protocol, or waits for its own secret");
+            let what = match reason {
+                "spark_application" => {
+                    "gRPC registration refused: the application belongs to Spark's protocol on this node"
+                }
+                "grpc_application" => {
+                    "Spark client refused: the application was registered through the gRPC API"
+                }
+                "awaiting_learned_secret" => {
+                    "Spark client refused: the application authenticates with its executor pods' secret, not known on this node yet (the shared secret does not stand in)"
+                }
+                "bound_to_another_driver" => {
+                    "Spark client refused: it proved the secret of another driver pod's executor pods than the one the application is bound to"
+                }
+                _ => "Spark client refused: too many driver pods claim the application",
+            };
+            tracing::warn!(app = %app, protocol, reason, left_out, "{what}");
         }
     }
 }
