@@ -1,8 +1,8 @@
 //! The real binary with learned secrets and a shared secret file, killed and started again
-//! while the applications' executor pods are gone (nothing to learn their secrets from): an
-//! application bound to its driver pod, or registered with a learned secret, is never opened
-//! by the shared secret meanwhile, and opens again with its own secret once an executor pod
-//! of its driver shows it.
+//! while nothing shows the applications' secrets (their executor pods gone, or left with the
+//! secret in a form the service does not read): an application bound to its driver pod, or
+//! registered with a learned secret, is never opened by the shared secret meanwhile, and opens
+//! again with its own secret once an executor pod of its driver shows it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +18,8 @@ const SHARED: &str = "operator-shared-secret";
 /// Registered with its learned secret, with data.
 const REGISTERED: &str = "spark-0a11ce0000000001";
 const REGISTERED_SECRET: &str = "registered-learned-secret";
-/// Only authenticated (a reducer fetching from elsewhere): bound, nothing registered.
+/// Only authenticated: bound, nothing registered (kept while an executor pod of it is on the
+/// node).
 const BOUND: &str = "spark-0b0b0000000000002";
 const BOUND_SECRET: &str = "bound-learned-secret";
 const BLOCK: &[u8] = b"rows of the registered application";
@@ -166,15 +167,29 @@ async fn after_a_restart_the_shared_secret_never_opens_a_bound_or_learned_applic
     }
 
     child.kill().await.unwrap();
-    // While the service is down, every executor pod goes (dynamic allocation): after the
-    // restart nothing shows the applications' secrets.
+    // While the service is down, REGISTERED's executor pod goes (dynamic allocation), and
+    // BOUND's is replaced by one whose secret comes from a Secret reference, which the service
+    // does not read: after the restart nothing shows either secret.
     for (ns, app) in [("team-a", REGISTERED), ("team-b", BOUND)] {
         api.store
             .delete(&PODS, ns, &format!("{app}-exec"), &gone_at_once())
             .unwrap();
     }
+    let d = api
+        .store
+        .get(&PODS, "team-b", &format!("{BOUND}-driver"))
+        .unwrap();
+    let mut by_reference = executor("team-b", &format!("{BOUND}-exec-2"), BOUND, &d, None);
+    by_reference["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "_SPARK_AUTH_SECRET",
+            "valueFrom": {"secretKeyRef": {"name": "spark-secret", "key": "secret"}}}));
+    api.store.create(&PODS, "team-b", by_reference).unwrap();
     let (mut child, ready) = spawn_service_env(dir.path(), &args, &env).await;
     until_synced(&ready.admin).await;
+    // Several decision ticks pass (to show that nothing drops the bindings meanwhile).
+    tokio::time::sleep(Duration::from_millis(800)).await;
     for app in [REGISTERED, BOUND] {
         let e = authenticates(&ready.spark, app, SHARED).await.unwrap_err();
         assert!(e.contains("not known on this node yet"), "{app}: {e}");
