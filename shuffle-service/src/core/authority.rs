@@ -5,9 +5,9 @@
 //! bindings and candidate secrets of [`super::claims`].
 //!
 //! Spark's side holds an application once one of its clients registered it over Spark's
-//! protocol, once the pod watch bound it to a driver pod, once executor pods on this node
-//! carry a secret for it (with learned secrets on), or when the operator gave it a secret file
-//! of its own. What is registered first keeps the id; Spark on Kubernetes makes its ids
+//! protocol, once it is bound to a driver pod (by a client proving its pods' secret, or by the
+//! pod watch without learned secrets), once executor pods on this node carry a secret for it
+//! (with learned secrets on), or when the operator gave it a secret file of its own. What is registered first keeps the id; Spark on Kubernetes makes its ids
 //! random (`spark-<uuid>`), so nobody can claim one over gRPC before the application exists.
 
 use crate::error::{Result, ShuffleError};
