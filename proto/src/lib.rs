@@ -14,11 +14,6 @@ pub use shuffle::v1;
 /// Metadata key carrying `Bearer <token>` on every app-scoped or admin call.
 pub const AUTHORIZATION: &str = "authorization";
 
-/// Metadata key carrying an application's Spark secret (`spark.authenticate.secret`), the
-/// proof of ownership for `RegisterApplication` of an application whose executors registered
-/// over Spark's protocol first.
-pub const SPARK_APP_SECRET: &str = "x-spark-app-secret";
-
 /// Encoded file descriptor set of the schema, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/shuffle_descriptor.bin"));

@@ -222,10 +222,12 @@ pub struct ServeArgs {
     /// How long a driver pod stays `Succeeded` or `Failed` before its data is deleted.
     #[arg(long, env = "SHUFFLE_KUBE_APP_END_GRACE", value_parser = humantime::parse_duration)]
     pub kube_app_end_grace: Option<Duration>,
-    /// Learn each application's Spark secret (`_SPARK_AUTH_SECRET`) from the executor pods
-    /// on this node controlled by its driver pod, so `spark.authenticate=true` works with
-    /// Spark's per-application secret. Needs the watch; held in memory only; never used for
-    /// an application registered over gRPC or with an operator's secret.
+    /// Learn Spark's per-application secret (`_SPARK_AUTH_SECRET`) from the executor pods
+    /// on this node, per driver pod claiming the application, so `spark.authenticate=true`
+    /// works with it; the application is bound to the driver pod whose pods' secret a client
+    /// first proves. Needs the watch; held in memory only; never used for an application
+    /// registered over gRPC or with an operator's secret; an application bound or registered
+    /// with it is never opened by the shared secret.
     #[arg(long, env = "SHUFFLE_KUBE_LEARN_SECRETS")]
     pub kube_learn_secrets: bool,
     /// PEM certificate chain of the Spark listener (TLS with --spark-tls-key, for

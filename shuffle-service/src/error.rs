@@ -35,12 +35,16 @@ pub enum ShuffleError {
     /// The application is already registered (with another token).
     #[error("application {0} is already registered")]
     AlreadyRegistered(String),
-    /// An application known from Spark's protocol claimed through the gRPC API without proof
-    /// of ownership.
+    /// A gRPC registration of an application Spark's side holds (registered over Spark's
+    /// protocol, bound to its driver pod, claimed by executor pods with a secret, or given a
+    /// secret file by the operator): one application, one protocol.
     #[error(
-        "application {0} is already known from Spark's protocol; registering it through the gRPC API needs the admin token or its Spark secret (x-spark-app-secret)"
+        "application {0} belongs to Spark's protocol on this node (registered by Spark, bound to its driver pod, claimed by its executor pods, or given its own secret file); it cannot be registered through the gRPC API"
     )]
-    OwnershipUnproven(String),
+    HeldBySpark(String),
+    /// A Spark-protocol registration or request for an application registered over gRPC.
+    #[error("application {0} was registered through the gRPC API; Spark's protocol may not use it")]
+    HeldByGrpc(String),
     /// Unknown application or executor.
     #[error("{0} not found")]
     NotFound(String),
@@ -99,7 +103,8 @@ impl ShuffleError {
                 "invalid_argument"
             }
             Self::Unauthenticated(_) => "unauthenticated",
-            Self::PermissionDenied(_) | Self::OwnershipUnproven(_) => "permission_denied",
+            Self::PermissionDenied(_) => "permission_denied",
+            Self::HeldBySpark(_) | Self::HeldByGrpc(_) => "failed_precondition",
             Self::AlreadyRegistered(_) | Self::AlreadyExists(_) => "already_exists",
             Self::NotFound(_) | Self::BlockNotFound(_) => "not_found",
             Self::OutOfRange { .. } => "out_of_range",
@@ -131,8 +136,10 @@ impl From<ShuffleError> for tonic::Status {
             | ShuffleError::InvalidArgument(_)
             | ShuffleError::DirectoryRefused { .. } => Status::invalid_argument(e.to_string()),
             ShuffleError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
-            ShuffleError::PermissionDenied(_) | ShuffleError::OwnershipUnproven(_) => {
-                Status::permission_denied(e.to_string())
+            ShuffleError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            // The id is taken by the other protocol: no credential changes that.
+            ShuffleError::HeldBySpark(_) | ShuffleError::HeldByGrpc(_) => {
+                Status::failed_precondition(e.to_string())
             }
             ShuffleError::AlreadyRegistered(_) | ShuffleError::AlreadyExists(_) => {
                 Status::already_exists(e.to_string())

@@ -62,6 +62,9 @@ pub struct Metrics {
     /// Requests refused because the caller did not hold the application's credential, by
     /// protocol.
     pub ownership_refusals: IntCounterVec,
+    /// Refusals because an application belongs to the other protocol or waits for its own
+    /// secret, by protocol and reason.
+    pub authority_refusals: IntCounterVec,
     /// Used bytes of the filesystem holding each volume (shared with anything else on it).
     pub volume_fs_used: IntGaugeVec,
     /// Spark connections closed for a frame larger than allowed before authentication.
@@ -215,6 +218,13 @@ impl Metrics {
                 ),
                 &["protocol"],
             )?,
+            authority_refusals: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_authority_refusals_total",
+                    "Refusals for an application's authority, by protocol and reason: grpc/spark_application (registration of an id Spark's side holds), spark/grpc_application (an id registered over gRPC), spark/awaiting_learned_secret, spark/bound_to_another_driver, spark/too_many_claimants.",
+                ),
+                &["protocol", "reason"],
+            )?,
             volume_fs_used: IntGaugeVec::new(
                 Opts::new(
                     "shuffle_volume_filesystem_used_bytes",
@@ -300,9 +310,21 @@ impl Metrics {
         for listener in ["grpc", "admin", "spark"] {
             m.accept_failures.with_label_values(&[listener]).inc_by(0);
         }
+        for (protocol, reason) in [
+            ("grpc", "spark_application"),
+            ("spark", "grpc_application"),
+            ("spark", "awaiting_learned_secret"),
+            ("spark", "bound_to_another_driver"),
+            ("spark", "too_many_claimants"),
+        ] {
+            m.authority_refusals
+                .with_label_values(&[protocol, reason])
+                .inc_by(0);
+        }
         r.register(Box::new(m.leftovers_removed.clone()))?;
         r.register(Box::new(m.log_suppressed.clone()))?;
         r.register(Box::new(m.ownership_refusals.clone()))?;
+        r.register(Box::new(m.authority_refusals.clone()))?;
         r.register(Box::new(m.volume_fs_used.clone()))?;
         r.register(Box::new(m.rpcs.clone()))?;
         r.register(Box::new(m.spark_connections.clone()))?;

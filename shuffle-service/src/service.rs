@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::MapOutput;
-use crate::core::{Core, Lifecycle, Presented};
+use crate::core::{Core, Presented, Registrant};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ShuffleId};
 use crate::request::{BlockRange, ExecutorRegistration, FetchRequest};
@@ -59,10 +59,6 @@ impl ShuffleService {
         let admin = token.is_some_and(|t| self.is_admin(t));
         Presented {
             token: token.filter(|_| !admin),
-            spark_secret: req
-                .metadata()
-                .get(shuffle_proto::SPARK_APP_SECRET)
-                .map(|v| v.as_bytes()),
             admin,
         }
     }
@@ -154,7 +150,7 @@ impl Shuffle for ShuffleService {
         async {
             self.app(&req, &req.get_ref().app_id)?;
             let r = ExecutorRegistration::try_from(req.into_inner())?;
-            self.core.register_executor(r, Lifecycle::Own).await?;
+            self.core.register_executor(r, Registrant::Grpc).await?;
             Ok(Response::new(pb::RegisterExecutorResponse {}))
         }
         .await
@@ -182,7 +178,6 @@ impl Shuffle for ShuffleService {
                 &app,
                 &Presented {
                     token: token.as_deref().filter(|_| !admin),
-                    spark_secret: None,
                     admin,
                 },
             )?;

@@ -57,15 +57,28 @@ pub enum Protection {
     ConfOnly,
 }
 
-/// One connection's handshake.
-#[derive(Debug)]
+/// One connection's handshake, against one secret or several (an application whose secret
+/// is not yet settled: the response says which one the client knows, [`DigestServer::matched`]).
 pub struct DigestServer {
     nonce: String,
-    secret: Vec<u8>,
+    secrets: Vec<Vec<u8>>,
     state: State,
     offer: Protection,
     /// H(A1) of a completed `auth-conf` handshake: the confidentiality layer's key material.
     conf: Option<[u8; 16]>,
+    /// Which secret the client proved.
+    matched: Option<usize>,
+}
+
+impl std::fmt::Debug for DigestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestServer")
+            .field("secrets", &self.secrets.len())
+            .field("state", &self.state)
+            .field("offer", &self.offer)
+            .field("matched", &self.matched)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,20 +91,37 @@ enum State {
 impl DigestServer {
     /// A handshake for an application whose secret is `secret`.
     pub fn new(secret: &[u8]) -> Self {
+        Self::new_any(vec![secret.to_vec()])
+    }
+
+    /// A handshake that accepts whichever of `secrets` the client proves (none: every
+    /// response fails).
+    pub fn new_any(secrets: Vec<Vec<u8>>) -> Self {
         let mut raw = [0u8; 30];
         rand::fill(&mut raw[..]);
-        Self::with_nonce(secret, B64.encode(raw))
+        Self::with_nonce_any(secrets, B64.encode(raw))
     }
 
     /// A handshake with a given nonce (tests).
     pub fn with_nonce(secret: &[u8], nonce: String) -> Self {
+        Self::with_nonce_any(vec![secret.to_vec()], nonce)
+    }
+
+    /// A handshake against several secrets with a given nonce (tests).
+    pub fn with_nonce_any(secrets: Vec<Vec<u8>>, nonce: String) -> Self {
         Self {
             nonce,
-            secret: secret.to_vec(),
+            secrets,
             state: State::Start,
             offer: Protection::AuthOrConf,
             conf: None,
+            matched: None,
         }
+    }
+
+    /// After a completed handshake: the index of the secret the client proved.
+    pub fn matched(&self) -> Option<usize> {
+        self.matched
     }
 
     /// Offers `p` instead of `auth-conf,auth`.
@@ -176,30 +206,36 @@ impl DigestServer {
             return Err(SaslError::Malformed("nc"));
         }
         let expected_user = encode(USER);
-        // Every comparison below runs to the end, so the time taken reveals nothing.
+        // Every comparison below runs to the end, and every secret is tried, so the time
+        // taken reveals nothing about which part was wrong.
         let mut ok = username.as_bytes().ct_eq(expected_user.as_bytes());
         ok &= nonce.as_bytes().ct_eq(self.nonce.as_bytes());
-        let password = encode(&self.secret);
-        let input = DigestInput {
-            password: &password,
-            realm,
-            nonce,
-            cnonce,
-            nc,
-            authzid,
-            uri,
-            qop,
-        };
-        let (expected, ha1) = input.response("AUTHENTICATE");
-        ok &= response
-            .to_ascii_lowercase()
-            .as_bytes()
-            .ct_eq(expected.as_bytes());
-        if !bool::from(ok) {
-            return Err(SaslError::BadResponse);
+        let response = response.to_ascii_lowercase();
+        let mut found: Option<(usize, String, [u8; 16])> = None;
+        for (i, secret) in self.secrets.iter().enumerate() {
+            let password = encode(secret);
+            let input = DigestInput {
+                password: &password,
+                realm,
+                nonce,
+                cnonce,
+                nc,
+                authzid,
+                uri,
+                qop,
+            };
+            let (expected, ha1) = input.response("AUTHENTICATE");
+            let this = response.as_bytes().ct_eq(expected.as_bytes());
+            if bool::from(this & ok) && found.is_none() {
+                found = Some((i, input.response("").0, ha1));
+            }
         }
+        let Some((i, rspauth, ha1)) = found else {
+            return Err(SaslError::BadResponse);
+        };
+        self.matched = Some(i);
         self.conf = (qop == "auth-conf").then_some(ha1);
-        Ok(input.response("").0)
+        Ok(rspauth)
     }
 }
 
@@ -443,5 +479,25 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn several_secrets_say_which_one_the_client_knows() {
+        let secrets = vec![b"first".to_vec(), b"secret".to_vec(), b"third".to_vec()];
+        let mut s = DigestServer::with_nonce_any(secrets, NONCE.into());
+        s.step(b"").unwrap();
+        let fin = s
+            .step(&client_response("bf4b19270d207975931c718eb601b48b"))
+            .unwrap();
+        assert_eq!(fin, b"rspauth=a58612c0d70f5a867fd2da79b3b723d5");
+        assert_eq!(s.matched(), Some(1));
+        let mut none = DigestServer::with_nonce_any(vec![], NONCE.into());
+        none.step(b"").unwrap();
+        assert_eq!(
+            none.step(&client_response("bf4b19270d207975931c718eb601b48b")),
+            Err(SaslError::BadResponse)
+        );
+        assert_eq!(none.matched(), None);
+        assert!(!format!("{s:?}").contains("third"), "Debug shows no secret");
     }
 }

@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS apps (
     driver_pod           TEXT NOT NULL DEFAULT '',
     heartbeat_timeout_ms INTEGER,
     created_ms           INTEGER NOT NULL,
-    own_lifecycle        INTEGER NOT NULL DEFAULT 0
+    own_lifecycle        INTEGER NOT NULL DEFAULT 0,
+    learned_secret       INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS executors (
     app_id          TEXT NOT NULL,
@@ -53,6 +54,9 @@ pub struct AppRow {
     /// Registered over gRPC or authenticated with an operator's secret: only its own
     /// lifecycle ends it, never the pod watch. Once set, never cleared.
     pub own_lifecycle: bool,
+    /// Registered by a Spark client that proved a secret learned from pods: the shared secret
+    /// never opens it. Once set, never cleared.
+    pub learned_secret: bool,
 }
 
 /// The driver pod an application's data on this node follows.
@@ -131,6 +135,18 @@ impl Db {
                  UPDATE apps SET own_lifecycle = 1 WHERE token_hash IS NOT NULL;",
             )?;
         }
+        // Databases from before the learned mark: their applications bound to a driver pod
+        // (the pod_owners table) are covered by their binding.
+        let has_learned: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('apps') WHERE name = 'learned_secret'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_learned {
+            conn.execute_batch(
+                "ALTER TABLE apps ADD COLUMN learned_secret INTEGER NOT NULL DEFAULT 0;",
+            )?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -159,17 +175,18 @@ impl Db {
         self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
-    /// Inserts or replaces an application; its lifecycle mark is only ever set, never cleared.
+    /// Inserts or replaces an application; its marks are only ever set, never cleared.
     ///
     /// # Errors
     /// SQLite errors.
     pub async fn put_app(&self, row: AppRow, now_ms: i64) -> Result<()> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO apps (app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, created_ms, own_lifecycle)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO apps (app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, created_ms, own_lifecycle, learned_secret)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(app_id) DO UPDATE SET token_hash = ?2, namespace = ?3, driver_pod = ?4,
-                     heartbeat_timeout_ms = ?5, own_lifecycle = MAX(own_lifecycle, ?7)",
+                     heartbeat_timeout_ms = ?5, own_lifecycle = MAX(own_lifecycle, ?7),
+                     learned_secret = MAX(learned_secret, ?8)",
                 params![
                     row.app_id,
                     row.token_hash.map(|h| h.to_vec()),
@@ -177,7 +194,8 @@ impl Db {
                     row.driver_pod,
                     row.heartbeat_timeout_ms.map(|v| v as i64),
                     now_ms,
-                    row.own_lifecycle
+                    row.own_lifecycle,
+                    row.learned_secret
                 ],
             )
             .map(|_| ())
@@ -186,17 +204,24 @@ impl Db {
     }
 
     /// Inserts or replaces an executor (and its application row if missing); `own_lifecycle`
-    /// sets the application's mark (never clears it).
+    /// and `learned` set the application's marks (never clear them).
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_executor(&self, row: ExecRow, own_lifecycle: bool, now_ms: i64) -> Result<()> {
+    pub async fn put_executor(
+        &self,
+        row: ExecRow,
+        own_lifecycle: bool,
+        learned: bool,
+        now_ms: i64,
+    ) -> Result<()> {
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO apps (app_id, created_ms, own_lifecycle) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(app_id) DO UPDATE SET own_lifecycle = MAX(own_lifecycle, ?3)",
-                params![row.app_id, now_ms, own_lifecycle],
+                "INSERT INTO apps (app_id, created_ms, own_lifecycle, learned_secret) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(app_id) DO UPDATE SET own_lifecycle = MAX(own_lifecycle, ?3),
+                     learned_secret = MAX(learned_secret, ?4)",
+                params![row.app_id, now_ms, own_lifecycle, learned],
             )?;
             let dirs: Vec<String> = row.local_dirs.iter().map(|d| d.to_string_lossy().into_owned()).collect();
             tx.execute(
@@ -237,7 +262,7 @@ impl Db {
         self.call(|c| {
             let mut apps = Vec::new();
             let mut stmt = c.prepare(
-                "SELECT app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, own_lifecycle FROM apps",
+                "SELECT app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, own_lifecycle, learned_secret FROM apps",
             )?;
             let rows = stmt.query_map([], |r| {
                 let hash: Option<Vec<u8>> = r.get(1)?;
@@ -248,6 +273,7 @@ impl Db {
                     driver_pod: r.get(3)?,
                     heartbeat_timeout_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
                     own_lifecycle: r.get(5)?,
+                    learned_secret: r.get(6)?,
                 })
             })?;
             for row in rows {
@@ -361,10 +387,12 @@ mod tests {
             sub_dirs: 64,
             shuffle_manager: String::new(),
         };
-        db.put_executor(row(), true, 2).await.unwrap();
-        db.put_executor(row(), false, 3).await.unwrap();
+        db.put_executor(row(), true, true, 2).await.unwrap();
+        db.put_executor(row(), false, false, 3).await.unwrap();
         let (apps, _) = db.load().await.unwrap();
         assert!(apps.iter().all(|a| a.own_lifecycle));
+        let spark = apps.iter().find(|a| a.app_id == "spark-app").unwrap();
+        assert!(spark.learned_secret, "the learned mark is only ever set");
         // Bindings are kept and forgotten.
         let owner = OwnerRow {
             app_id: "spark-app".into(),

@@ -2,7 +2,9 @@
 //! writes, removal and cleanup. Front ends (gRPC, Spark's protocol) authenticate and decode;
 //! everything they do to data goes through [`Core`].
 
+mod authority;
 mod blocks;
+pub mod claims;
 mod cleanup;
 mod db;
 mod execfs;
@@ -11,7 +13,9 @@ mod registry;
 mod volume;
 mod writer;
 
+pub use authority::{Offer, Refusal, Registrant};
 pub use blocks::{OpenBlock, Segment, SegmentReader};
+pub use claims::Claims;
 pub use db::Durability;
 pub use ownership::{Lifecycle, PodOwner};
 pub use registry::Executor;
@@ -33,6 +37,7 @@ use crate::config::Config;
 use crate::error::{Result, ShuffleError};
 use crate::ids::{AppId, ExecId, ShuffleId};
 use crate::layout;
+use crate::lograte::LogLimit;
 use crate::metrics::Metrics;
 use crate::request::{BlockRange, ExecutorRegistration};
 use crate::spark::secrets::Secrets;
@@ -41,14 +46,12 @@ use cleanup::Cleaner;
 use db::Db;
 use registry::{AppRegistration, AppSummary, Registry};
 
-/// What a gRPC caller presented: the application token (`authorization: Bearer`), the
-/// application's Spark secret (`x-spark-app-secret`), and whether its bearer is an admin token.
+/// What a gRPC caller presented: the application token (`authorization: Bearer`), and
+/// whether its bearer is an admin token.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Presented<'a> {
     /// The bearer token, when not an admin token.
     pub token: Option<&'a str>,
-    /// The Spark secret claimed for the application.
-    pub spark_secret: Option<&'a [u8]>,
     /// The bearer is an admin token.
     pub admin: bool,
 }
@@ -77,6 +80,10 @@ struct Inner {
     metrics: Metrics,
     prometheus: PromRegistry,
     secrets: Secrets,
+    /// Driver pod bindings and the secrets of claimants' executor pods.
+    claims: Arc<Claims>,
+    /// Rate limit of the log lines of refusals for an application's authority.
+    authority_log: LogLimit,
     default_heartbeat_timeout: Duration,
     idle_ttl: Duration,
     max_fetch_blocks: usize,
@@ -120,7 +127,7 @@ impl Core {
         )
         .map_err(|e| ShuffleError::InvalidArgument(format!("Spark authentication: {e}")))?;
         let secrets = if config.kube.as_ref().is_some_and(|k| k.learn_secrets) {
-            secrets.with_learned(Arc::default())
+            secrets.with_learning()
         } else {
             secrets
         };
@@ -132,8 +139,22 @@ impl Core {
         }
         let db = Db::open_with(&config.state_dir.join("shuffle.db"), config.registry_sync)?;
         let registry = Registry::open(db).await?;
+        let claims = Arc::new(Claims::default());
+        claims.restore(
+            registry
+                .db()
+                .owners()
+                .await?
+                .into_iter()
+                .filter_map(|r| Some((r.app_id.parse().ok()?, PodOwner::from(r)))),
+        );
         let metrics =
             Metrics::new(&prometheus).map_err(|e| ShuffleError::InvalidArgument(e.to_string()))?;
+        let authority_log = LogLimit::new(
+            metrics
+                .log_suppressed
+                .with_label_values(&["authority_refused"]),
+        );
         let (cleaner, handle) = Cleaner::start(
             Arc::clone(&volumes),
             config.cleanup_parallelism,
@@ -151,6 +172,8 @@ impl Core {
                 metrics,
                 prometheus,
                 secrets,
+                claims,
+                authority_log,
                 default_heartbeat_timeout: config.heartbeat_timeout,
                 idle_ttl: config.idle_ttl,
                 max_fetch_blocks: config.max_fetch_blocks,
@@ -238,11 +261,13 @@ impl Core {
         }
     }
 
-    /// Registers a driver and returns the application's token and heartbeat timeout.
+    /// Registers a driver and returns the application's token and heartbeat timeout. An
+    /// application Spark's side holds is refused whatever the caller presents
+    /// (`authority`): its data would otherwise answer to two parties.
     ///
     /// # Errors
-    /// An application registered by another caller whose credential is not presented,
-    /// limits, and registry (SQLite) failures.
+    /// An application registered by another caller whose credential is not presented, one
+    /// Spark's side holds, limits, and registry (SQLite) failures.
     pub async fn register_app(
         &self,
         app: &AppId,
@@ -262,28 +287,20 @@ impl Core {
             namespace: bounded(namespace, 253),
             driver_pod: bounded(driver_pod, 253),
         };
-        let proof = presented.admin || self.spark_secret_matches(app, presented.spark_secret);
+        self.check_grpc_registration(app)?;
         let token = self
             .inner
             .registry
-            .register_app(app, reg, presented.token, proof)
+            .register_app(app, reg, presented.token)
             .await
             .inspect_err(|e| {
-                if matches!(e, ShuffleError::OwnershipUnproven(_)) {
-                    self.refused("grpc");
+                if matches!(e, ShuffleError::HeldBySpark(_)) {
+                    self.refuse_authority("grpc", app, "spark_application");
                 }
             })?;
         self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "application registered");
         Ok((token, timeout))
-    }
-
-    fn spark_secret_matches(&self, app: &AppId, presented: Option<&[u8]>) -> bool {
-        use subtle::ConstantTimeEq as _;
-        match (presented, self.spark_secret(app)) {
-            (Some(p), Some((s, _))) => bool::from(p.ct_eq(&s)),
-            _ => false,
-        }
     }
 
     fn refused(&self, protocol: &str) {
@@ -309,19 +326,16 @@ impl Core {
             .inspect_err(|_| self.refused("grpc"))
     }
 
-    /// Checks a Spark-protocol client's right to an application. An application registered
-    /// through the gRPC API holds a token, which an unauthenticated Spark connection cannot
-    /// match: it is served only to connections that authenticated with the application's
-    /// secret. Otherwise Spark's own model holds (open when authentication is off).
+    /// Checks a Spark-protocol client's right to an application: one registered through the
+    /// gRPC API is gRPC's alone, whatever the connection authenticated with. Otherwise Spark's
+    /// own model holds (open when authentication is off).
     ///
     /// # Errors
-    /// [`ShuffleError::PermissionDenied`].
-    pub fn authorize_spark(&self, app: &AppId, authenticated: bool) -> Result<()> {
-        if !authenticated && self.inner.registry.has_token(app) {
-            self.refused("spark");
-            return Err(ShuffleError::PermissionDenied(format!(
-                "application {app} was registered through the gRPC API; Spark-protocol access to it needs authentication"
-            )));
+    /// [`ShuffleError::HeldByGrpc`].
+    pub fn authorize_spark(&self, app: &AppId) -> Result<()> {
+        if self.inner.registry.has_token(app) {
+            self.refuse_authority("spark", app, Refusal::GrpcApplication.as_str());
+            return Err(ShuffleError::HeldByGrpc(app.to_string()));
         }
         Ok(())
     }
@@ -331,15 +345,20 @@ impl Core {
         &self.inner.secrets
     }
 
+    /// Driver pod bindings and the secrets of claimants' executor pods.
+    pub fn claims(&self) -> &Arc<Claims> {
+        &self.inner.claims
+    }
+
     /// A driver's liveness registration over Spark's protocol (`RegisterDriver`).
     ///
     /// # Errors
-    /// An out-of-range timeout or database errors.
+    /// An out-of-range timeout, an application registered over gRPC, or database errors.
     pub async fn register_driver(
         &self,
         app: &AppId,
         timeout: Duration,
-        lifecycle: Lifecycle,
+        who: Registrant,
     ) -> Result<()> {
         if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(86_400) {
             return Err(ShuffleError::InvalidArgument(
@@ -348,8 +367,9 @@ impl Core {
         }
         self.inner
             .registry
-            .register_driver(app, timeout, lifecycle == Lifecycle::Own)
-            .await?;
+            .register_driver(app, timeout, who)
+            .await
+            .inspect_err(|e| self.count_held_by_grpc(app, e))?;
         self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "driver registered over the Spark protocol");
         Ok(())
@@ -398,21 +418,26 @@ impl Core {
         n
     }
 
+    /// Counts a Spark registration the registry refused for a gRPC application (it raced
+    /// with the gRPC registration past [`Core::authorize_spark`]).
+    fn count_held_by_grpc(&self, app: &AppId, e: &ShuffleError) {
+        if matches!(e, ShuffleError::HeldByGrpc(_)) {
+            self.refuse_authority("spark", app, Refusal::GrpcApplication.as_str());
+        }
+    }
+
     /// Whether an application is registered (has executors or a driver registration).
     pub fn has_app(&self, app: &AppId) -> bool {
         self.inner.registry.has_app(app)
     }
 
-    /// Registers an executor after checking every directory against the volumes; `lifecycle`
+    /// Registers an executor after checking every directory against the volumes; `who`
     /// says who may end its application (an [`Lifecycle::Own`] mark stays once set).
     ///
     /// # Errors
-    /// Invalid arguments, refused directories, database errors.
-    pub async fn register_executor(
-        &self,
-        r: ExecutorRegistration,
-        lifecycle: Lifecycle,
-    ) -> Result<()> {
+    /// Invalid arguments, refused directories, a Spark registration of an application
+    /// registered over gRPC, database errors.
+    pub async fn register_executor(&self, r: ExecutorRegistration, who: Registrant) -> Result<()> {
         if r.local_dirs.is_empty() || r.local_dirs.len() > MAX_LOCAL_DIRS {
             return Err(ShuffleError::InvalidArgument(format!(
                 "1 to {MAX_LOCAL_DIRS} local directories"
@@ -435,8 +460,9 @@ impl Core {
         };
         self.inner
             .registry
-            .register_executor(&r.app, &r.exec, e, lifecycle == Lifecycle::Own)
-            .await?;
+            .register_executor(&r.app, &r.exec, e, who)
+            .await
+            .inspect_err(|e| self.count_held_by_grpc(&r.app, e))?;
         self.refresh_gauges();
         tracing::info!(app = %r.app, exec = %r.exec, "executor registered");
         Ok(())

@@ -1,11 +1,11 @@
-//! Who may end an application besides its own lifecycle, and which secrets answer for it.
+//! Who may end an application besides its own lifecycle.
 //!
 //! An application registered over gRPC (it holds a token) or by a Spark client that
 //! authenticated with a secret the operator configured is [`Lifecycle::Own`]: unregistration,
-//! heartbeat timeout and idle TTL end it, the pod watch never does, and only the operator's
-//! secrets authenticate for it (a secret learned from pods never replaces or shadows them).
-//! The others ([`Lifecycle::Pods`]) may also be ended by the pod watch, when the driver pod
-//! they are bound to ([`PodOwner`], persisted) ends.
+//! heartbeat timeout and idle TTL end it, the pod watch never does (and, see
+//! `super::authority`, only the operator's secrets authenticate for one of Spark's). The
+//! others ([`Lifecycle::Pods`]) may also be ended by the pod watch, when the driver pod they
+//! are bound to ([`PodOwner`], persisted, see `super::claims`) ends.
 
 use crate::error::Result;
 use crate::ids::AppId;
@@ -46,14 +46,16 @@ pub struct PodOwner {
     pub driver_uid: String,
 }
 
-impl Core {
-    /// The secret that authenticates a Spark client of `app`, and its source: a learned
-    /// secret is never used for an application with its own lifecycle.
-    pub fn spark_secret(&self, app: &AppId) -> Option<(Vec<u8>, Source)> {
-        let learned_allowed = !self.inner.registry.own_lifecycle(app);
-        self.inner.secrets.find(app, learned_allowed)
+impl From<OwnerRow> for PodOwner {
+    fn from(r: OwnerRow) -> Self {
+        Self {
+            namespace: r.namespace,
+            driver_uid: r.driver_uid,
+        }
     }
+}
 
+impl Core {
     /// Whether only the application's own lifecycle may end it.
     pub fn own_lifecycle(&self, app: &AppId) -> bool {
         self.inner.registry.own_lifecycle(app)
@@ -73,7 +75,7 @@ impl Core {
         Ok(removed.map(|r| self.discard(r, reason)))
     }
 
-    /// Every application's persisted driver pod.
+    /// Every application's driver pod as written in the state directory.
     ///
     /// # Errors
     /// Database errors.
@@ -81,20 +83,12 @@ impl Core {
         let rows = self.inner.registry.db().owners().await?;
         Ok(rows
             .into_iter()
-            .filter_map(|r| {
-                let app = r.app_id.parse().ok()?;
-                Some((
-                    app,
-                    PodOwner {
-                        namespace: r.namespace,
-                        driver_uid: r.driver_uid,
-                    },
-                ))
-            })
+            .filter_map(|r| Some((r.app_id.parse().ok()?, PodOwner::from(r))))
             .collect())
     }
 
-    /// Persists (or, with `None`, forgets) the driver pod an application follows.
+    /// Writes (or, with `None`, deletes) the driver pod an application follows; the binding
+    /// itself is made in [`Core::claims`].
     ///
     /// # Errors
     /// Database errors.

@@ -13,6 +13,12 @@
 //! that authenticated with a secret the operator configured has its own lifecycle only (the
 //! mark is persisted and never cleared); the others may also be ended by the pod watch when
 //! the driver pod that owns them ends (`crate::kube`).
+//!
+//! One application, one protocol (`crate::core::authority`): an application holding a token
+//! takes no registration over Spark's protocol, and one known from Spark's protocol gets no
+//! token. Both are checked here under the write lock, so that two registrations racing over
+//! the two protocols cannot both succeed. One registered by a client that proved a learned
+//! secret is marked so (persisted, never cleared): the shared secret never opens it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -22,9 +28,11 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::core::authority::Registrant;
 use crate::core::db::{AppRow, Db, ExecRow};
 use crate::error::{Result, ShuffleError};
 use crate::ids::{AppId, ExecId};
+use crate::spark::secrets::Source;
 
 /// A registered executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +54,9 @@ struct App {
     /// Ended only by its own lifecycle, never by the pod watch; learned secrets never answer
     /// for it.
     own_lifecycle: bool,
+    /// Registered by a Spark client that proved a secret learned from pods: the shared secret
+    /// never opens it.
+    learned: bool,
     /// Last activity, as an offset from the registry's epoch: updated through a shared
     /// reference so that the fetch path needs only the read lock.
     last_seen: LastSeen,
@@ -61,6 +72,7 @@ impl App {
             driver_pod: String::new(),
             heartbeat_timeout: None,
             own_lifecycle: false,
+            learned: false,
             last_seen: LastSeen::now(),
             executors: HashMap::new(),
         }
@@ -168,6 +180,7 @@ impl Registry {
                     driver_pod: a.driver_pod,
                     heartbeat_timeout: a.heartbeat_timeout_ms.map(Duration::from_millis),
                     own_lifecycle: a.own_lifecycle || a.token_hash.is_some(),
+                    learned: a.learned_secret,
                     last_seen: LastSeen::now(),
                     executors: HashMap::new(),
                 },
@@ -233,19 +246,18 @@ impl Registry {
     ///
     /// Who may register: a new application, anyone (the token returned is its credential);
     /// an application with a token, only its holder (who gets the same token back); an
-    /// application already known without a token (its executors registered over Spark's
-    /// protocol), only a caller that proved ownership some other way (`proof`: the admin token
-    /// or the application's Spark secret), since handing out a token would hand out its data.
+    /// application already known without a token (registered over Spark's protocol), nobody:
+    /// it is Spark's, and a token would hand its data to a second party.
     ///
     /// # Errors
-    /// [`ShuffleError::AlreadyRegistered`] without the current token or an ownership proof;
+    /// [`ShuffleError::AlreadyRegistered`] without the current token,
+    /// [`ShuffleError::HeldBySpark`] for an application registered over Spark's protocol;
     /// database errors.
     pub async fn register_app(
         &self,
         app: &AppId,
         reg: AppRegistration,
         presented: Option<&str>,
-        proof: bool,
     ) -> Result<String> {
         let _w = self.writes.lock().await;
         let existing = self.read().get(app).map(|a| a.token_hash);
@@ -257,8 +269,7 @@ impl Registry {
         let token = match (existing, presented) {
             (Some(Some(h)), Some(p)) if service_runtime::token::matches(p, &h) => p.to_owned(),
             (Some(Some(_)), _) => return Err(ShuffleError::AlreadyRegistered(app.to_string())),
-            (Some(None), _) if proof => fresh(),
-            (Some(None), _) => return Err(ShuffleError::OwnershipUnproven(app.to_string())),
+            (Some(None), _) => return Err(ShuffleError::HeldBySpark(app.to_string())),
             (None, _) => fresh(),
         };
         let hash = hash_token(&token);
@@ -273,6 +284,7 @@ impl Registry {
                         u64::try_from(reg.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
                     ),
                     own_lifecycle: true,
+                    learned_secret: false,
                 },
                 now_ms(),
             )
@@ -299,20 +311,37 @@ impl Registry {
         self.read().get(app).is_some_and(|a| a.own_lifecycle)
     }
 
+    /// Whether a Spark client that proved a learned secret registered the application.
+    pub fn learned(&self, app: &AppId) -> bool {
+        self.read().get(app).is_some_and(|a| a.learned)
+    }
+
+    /// Refuses a Spark-protocol registration of an application that holds a token; returns
+    /// the marks the registration sets (own lifecycle, learned secret).
+    fn admit(&self, app: &AppId, who: Registrant) -> Result<(bool, bool)> {
+        if matches!(who, Registrant::Spark(_)) && self.has_token(app) {
+            return Err(ShuffleError::HeldByGrpc(app.to_string()));
+        }
+        Ok((
+            who.lifecycle() == crate::core::Lifecycle::Own,
+            who == Registrant::Spark(Some(Source::Learned)),
+        ))
+    }
+
     /// Records a driver's liveness signal without a token (Spark's `RegisterDriver` over the
     /// Spark protocol): the application then lives by heartbeats and `timeout`, like one
-    /// registered through the gRPC API. An existing token is kept; `own_lifecycle` sets the
-    /// mark (never clears it).
+    /// registered through the gRPC API. The registrant's marks are set (never cleared).
     ///
     /// # Errors
-    /// Database errors.
+    /// [`ShuffleError::HeldByGrpc`] for an application registered over gRPC; database errors.
     pub async fn register_driver(
         &self,
         app: &AppId,
         timeout: Duration,
-        own_lifecycle: bool,
+        who: Registrant,
     ) -> Result<()> {
         let _w = self.writes.lock().await;
+        let (own_lifecycle, learned) = self.admit(app, who)?;
         let (token_hash, namespace, driver_pod) = self
             .read()
             .get(app)
@@ -329,6 +358,7 @@ impl Registry {
                         u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
                     ),
                     own_lifecycle,
+                    learned_secret: learned,
                 },
                 now_ms(),
             )
@@ -337,25 +367,28 @@ impl Registry {
         let a = apps.entry(app.clone()).or_insert_with(App::new);
         a.heartbeat_timeout = Some(timeout);
         a.own_lifecycle |= own_lifecycle;
+        a.learned |= learned;
         a.last_seen.touch();
         Ok(())
     }
 
     /// Registers (or re-registers) an executor. A directory may belong to one application only:
-    /// otherwise one application's cleanup could delete another's data. `own_lifecycle` sets
-    /// the application's mark (never clears it).
+    /// otherwise one application's cleanup could delete another's data. The registrant's
+    /// marks are set (never cleared).
     ///
     /// # Errors
-    /// [`ShuffleError::DirectoryRefused`] for a directory of another application; database
-    /// errors.
+    /// [`ShuffleError::DirectoryRefused`] for a directory of another application,
+    /// [`ShuffleError::HeldByGrpc`] for a Spark registration of an application registered over
+    /// gRPC; database errors.
     pub async fn register_executor(
         &self,
         app: &AppId,
         exec: &ExecId,
         e: Executor,
-        own_lifecycle: bool,
+        who: Registrant,
     ) -> Result<()> {
         let _w = self.writes.lock().await;
+        let (own_lifecycle, learned) = self.admit(app, who)?;
         {
             let apps = self.read();
             for (other_id, other) in apps.iter().filter(|(id, _)| *id != app) {
@@ -383,12 +416,14 @@ impl Registry {
                     shuffle_manager: e.shuffle_manager.clone(),
                 },
                 own_lifecycle,
+                learned,
                 now_ms(),
             )
             .await?;
         let mut apps = self.write();
         let a = apps.entry(app.clone()).or_insert_with(App::new);
         a.own_lifecycle |= own_lifecycle;
+        a.learned |= learned;
         a.executors.insert(exec.clone(), Arc::new(e));
         a.last_seen.touch();
         Ok(())

@@ -17,9 +17,9 @@ pub struct KubeMetrics {
     pub apps: IntGauge,
     /// Driver pods known.
     pub drivers: IntGauge,
-    /// Applications with a learned Spark secret.
+    /// Applications with a Spark secret from the executor pods of a driver pod claiming them.
     pub secrets: IntGauge,
-    /// Secrets refused because another one was already known for the application.
+    /// Secrets refused because another one was already known for the same driver pod.
     pub secret_conflicts: IntCounter,
     /// Applications whose executor pods on this node name more than one driver pod.
     pub contested: IntGauge,
@@ -64,15 +64,15 @@ impl KubeMetrics {
             drivers: IntGauge::new("shuffle_kube_driver_pods", "Driver pods known.")?,
             secrets: IntGauge::new(
                 "shuffle_kube_learned_secrets",
-                "Applications whose Spark secret was learned from their executor pods.",
+                "Applications with a Spark secret from the executor pods of a driver pod that claims them (a candidate until a client proves it).",
             )?,
             secret_conflicts: IntCounter::new(
                 "shuffle_kube_secret_conflicts_total",
-                "Executor pods whose secret differed from the one already learned.",
+                "Executor pods whose secret differed from the one already known for their driver pod.",
             )?,
             contested: IntGauge::new(
                 "shuffle_kube_contested_applications",
-                "Applications whose executor pods on this node name more than one driver pod (an impostor, or an id reused); unbound ones are decided by no pod.",
+                "Applications whose executor pods on this node name more than one driver pod (an impostor, or an id reused): none is bound but by a client proving its pods' secret, and a binding is never replaced.",
             )?,
         };
         r.register(Box::new(m.up.clone()))?;

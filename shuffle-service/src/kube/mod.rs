@@ -7,8 +7,10 @@
 //! `Succeeded`/`Failed` for the grace period, the application's data on this node is deleted
 //! as on `UnregisterApplication`, unless only its own lifecycle may end it (registered over
 //! gRPC, or authenticated with an operator's secret: `crate::core::Lifecycle`). Optionally it
-//! learns each application's Spark secret from the executor pods its owner controls
-//! ([`pods::SECRET_ENV`]).
+//! learns the Spark secret ([`pods::SECRET_ENV`]) of the executor pods of each driver pod that
+//! claims an application; a client proving one of them binds the application to that driver
+//! pod (`crate::core::claims`). Bindings are written to the state directory as soon as they
+//! are made, and once more before the task ends.
 //!
 //! The watches list first, then watch; they re-list on `410 Gone` and after errors, with
 //! exponential back-off (0.8 s to 30 s); lists are quorum reads, so a pod missing from a
@@ -20,6 +22,7 @@ pub mod tracker;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt as _};
@@ -29,7 +32,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KubeSettings;
-use crate::core::Core;
+use crate::core::{Claims, Core};
 use metrics::KubeMetrics;
 use tracker::{Scope, Tracker};
 
@@ -98,18 +101,14 @@ pub async fn follow(
     tick: Duration,
     cancel: CancellationToken,
 ) {
-    let learned = core.spark_secrets().learned().cloned();
+    let claims = Arc::clone(core.claims());
+    // Bindings written before a restart are in `claims` already (read when the core opened).
     let mut tracker = Tracker::new(
         settings.app_end_grace,
-        learned.clone(),
+        Arc::clone(&claims),
+        settings.learn_secrets,
         settings.namespaces.len().max(1),
     );
-    match core.pod_owners().await {
-        Ok(owners) => tracker.restore(owners),
-        Err(e) => {
-            tracing::error!(error = %e, "driver pod bindings not read; applications are bound again from their pods");
-        }
-    }
     let mut events = streams(&client, &settings);
     let mut lists: HashMap<Scope, HashSet<String>> = HashMap::new();
     let mut failing: HashMap<&'static str, Instant> = HashMap::new();
@@ -120,11 +119,19 @@ pub async fn follow(
         "following Spark's pods");
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                persist(&core, &claims).await;
+                return;
+            }
             ev = events.next() => {
-                let Some((scope, ev)) = ev else { return };
+                let Some((scope, ev)) = ev else {
+                    persist(&core, &claims).await;
+                    return;
+                };
                 on_event(&mut tracker, &mut lists, &mut failing, &metrics, &settings, scope, ev);
             }
+            // A handshake bound an application: written at once, not at the next tick.
+            () = claims.changed() => persist(&core, &claims).await,
             _ = ticker.tick() => {
                 // A watch resumed after an error yields nothing until something changes; a
                 // whole watch period without a new error means it is up again.
@@ -140,7 +147,7 @@ pub async fn follow(
                 metrics.apps.set(gauge(tracker.apps()));
                 metrics.drivers.set(gauge(tracker.drivers()));
                 metrics.contested.set(gauge(tracker.contested()));
-                metrics.secrets.set(gauge(learned.as_ref().map_or(0, |l| l.len())));
+                metrics.secrets.set(gauge(claims.with_secrets()));
             }
         }
     }
@@ -267,10 +274,19 @@ fn on_event(
         );
     }
     if learning.conflicts > 0 {
+        // The tracker's warning names the pod.
         metrics.secret_conflicts.inc_by(learning.conflicts as u64);
-        tracing::warn!(
-            "an executor pod carries a different Spark secret than the one learned for its application; the first one stays"
-        );
+    }
+}
+
+/// Writes the bindings made or dropped since the last call; a failed write is tried again at
+/// the next tick.
+async fn persist(core: &Core, claims: &Claims) {
+    for (app, owner) in claims.take_pending() {
+        if let Err(e) = core.set_pod_owner(&app, owner.as_ref()).await {
+            tracing::warn!(app = %app, error = %e, "driver pod binding not persisted yet; retrying");
+            claims.retry(app, owner);
+        }
     }
 }
 
@@ -278,12 +294,7 @@ fn on_event(
 /// those with their own lifecycle); a failed write or deletion is tried again at the next tick.
 async fn decide(core: &Core, tracker: &mut Tracker) {
     let now = Instant::now();
-    for (app, owner) in tracker.take_changes() {
-        if let Err(e) = core.set_pod_owner(&app, owner.as_ref()).await {
-            tracing::warn!(app = %app, error = %e, "driver pod binding not persisted yet; retrying");
-            tracker.retry_change(app, owner);
-        }
-    }
+    persist(core, core.claims()).await;
     for (app, reason) in tracker.due(now) {
         if tracker.is_removed(&app) && !core.has_app(&app) {
             continue;

@@ -21,6 +21,8 @@ pub const SECRET_ENV: &str = "_SPARK_AUTH_SECRET";
 pub struct ExecutorPod {
     /// The pod's uid.
     pub uid: String,
+    /// Its name (for logs).
+    pub name: String,
     /// Its namespace.
     pub namespace: String,
     /// The application (`spark-app-selector`).
@@ -36,6 +38,7 @@ impl std::fmt::Debug for ExecutorPod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExecutorPod")
             .field("uid", &self.uid)
+            .field("name", &self.name)
             .field("namespace", &self.namespace)
             .field("app", &self.app)
             .field("driver", &self.driver)
@@ -60,6 +63,8 @@ pub enum Phase {
 pub struct DriverPod {
     /// The pod's uid.
     pub uid: String,
+    /// Its name (for logs).
+    pub name: String,
     /// Its namespace.
     pub namespace: String,
     /// Its phase.
@@ -101,6 +106,7 @@ pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
     };
     Some(ExecutorPod {
         uid,
+        name: name(pod),
         namespace,
         app,
         driver,
@@ -118,9 +124,14 @@ pub fn driver(pod: &Pod) -> Option<DriverPod> {
     };
     Some(DriverPod {
         uid,
+        name: name(pod),
         namespace,
         phase,
     })
+}
+
+fn name(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -151,6 +162,7 @@ mod tests {
         let e = executor(&executor_pod("Pod"), true).expect("executor");
         assert_eq!(e.app.as_str(), "spark-0123abcd");
         assert_eq!(e.namespace, "spark");
+        assert_eq!(e.name, "job-exec-1");
         let d = e.driver.as_ref().expect("driver");
         assert_eq!(
             (d.namespace.as_str(), d.driver_uid.as_str()),

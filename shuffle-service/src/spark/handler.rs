@@ -17,7 +17,7 @@ use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
 use super::sasl::DigestServer;
 use super::secrets::{Secrets, Source};
 use super::stream::{Blocks, Stream, StreamTable};
-use crate::core::{Core, Lifecycle};
+use crate::core::{Core, Offer, Refusal, Registrant};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::layout;
@@ -98,9 +98,10 @@ pub struct Session {
     /// The authenticated application, once SASL completed.
     pub client: Option<AppId>,
     /// Where the secret the client proved came from: it decides who may end what the
-    /// connection registers ([`Lifecycle::of_spark`]).
+    /// connection registers ([`Registrant::lifecycle`]).
     source: Option<Source>,
-    sasl: Option<(AppId, DigestServer, Source)>,
+    /// A SASL handshake under way, with the secrets its server tries.
+    sasl: Option<(AppId, DigestServer, Vec<Offer>)>,
     /// The channel of a handshake that just completed, for the connection to take.
     crypto: Option<NewChannel>,
     /// Open streams.
@@ -149,8 +150,7 @@ impl Session {
                 "Client for {c} not authorized for application {app}."
             ));
         }
-        core.authorize_spark(&app, self.client.is_some())
-            .map_err(fail)?;
+        core.authorize_spark(&app).map_err(fail)?;
         Ok(app)
     }
 
@@ -197,7 +197,20 @@ impl Session {
         }
     }
 
-    /// Spark's `AuthEngine`: answers the challenge, after which the connection encrypts.
+    /// The secrets that may authenticate a client of `app`, or the failure that closes the
+    /// connection.
+    fn offers(shared: &Shared, app: &AppId, protocol: &str) -> Result<Vec<Offer>, Action> {
+        shared.core.spark_offers(app).map_err(|r| {
+            if r == Refusal::NoSecret {
+                Self::auth_failed(shared, app.as_str(), protocol, &"no secret");
+            }
+            Action::FailAndClose(r.message(app))
+        })
+    }
+
+    /// Spark's `AuthEngine`: answers the challenge, after which the connection encrypts. The
+    /// challenge is sealed with the client's secret: the one of `offers` that opens it is the
+    /// one it knows.
     fn auth_engine(&mut self, shared: &Shared, body: Bytes) -> Action {
         if !shared.secrets.enabled() {
             return Action::Reply(Err(
@@ -215,24 +228,31 @@ impl Session {
             Ok(a) => a,
             Err(e) => return Action::FailAndClose(fail(ShuffleError::from(e))),
         };
-        let Some((secret, source)) = shared.core.spark_secret(&app) else {
-            Self::auth_failed(shared, app.as_str(), "AuthEngine", &"no secret");
-            return Action::FailAndClose(format!("no secret for application {app}"));
+        let offers = match Self::offers(shared, &app, "AuthEngine") {
+            Ok(o) => o,
+            Err(a) => return a,
         };
-        match auth::respond(&secret, &challenge) {
-            Ok((response, keys)) => {
-                tracing::debug!(app = %app, "client authenticated (network crypto)");
-                self.client = Some(app);
-                self.source = Some(source);
-                self.crypto = Some(NewChannel::Pending(keys));
-                Action::Reply(Ok(response.to_bytes()))
-            }
-            Err(e) => {
-                Self::auth_failed(shared, app.as_str(), "AuthEngine", &e);
-                // Spark's own text; its client then tries SASL, which fails the same way.
-                Action::FailAndClose("Authentication failed.".into())
+        let mut last = None;
+        for offer in &offers {
+            match auth::respond(&offer.secret, &challenge) {
+                Ok((response, keys)) => {
+                    let source = match shared.core.spark_accept(&app, offer) {
+                        Ok(s) => s,
+                        Err(r) => return Action::FailAndClose(r.message(&app)),
+                    };
+                    tracing::debug!(app = %app, "client authenticated (network crypto)");
+                    self.client = Some(app);
+                    self.source = Some(source);
+                    self.crypto = Some(NewChannel::Pending(keys));
+                    return Action::Reply(Ok(response.to_bytes()));
+                }
+                Err(e) => last = Some(e),
             }
         }
+        let e = last.map_or_else(|| "no secret".to_owned(), |e| e.to_string());
+        Self::auth_failed(shared, app.as_str(), "AuthEngine", &e);
+        // Spark's own text; its client then tries SASL, which fails the same way.
+        Action::FailAndClose("Authentication failed.".into())
     }
 
     fn sasl_step(&mut self, shared: &Shared, app_id: &str, token: &[u8]) -> Action {
@@ -248,21 +268,23 @@ impl Session {
             Ok(a) => a,
             Err(e) => return Action::FailAndClose(fail(ShuffleError::from(e))),
         };
-        let (sasl_app, server, source) = match &mut self.sasl {
+        let (sasl_app, server, offers) = match &mut self.sasl {
             Some(s) => s,
             None => {
-                let Some((secret, source)) = shared.core.spark_secret(&app) else {
-                    return Action::FailAndClose(format!("no secret for application {app}"));
+                let offers = match Self::offers(shared, &app, "SASL") {
+                    Ok(o) => o,
+                    Err(a) => return a,
                 };
-                let offer = if shared.require_encryption {
+                let protection = if shared.require_encryption {
                     Protection::ConfOnly
                 } else {
                     Protection::AuthOrConf
                 };
+                let secrets = offers.iter().map(|o| o.secret.clone()).collect();
                 self.sasl.insert((
                     app.clone(),
-                    DigestServer::new(&secret).offering(offer),
-                    source,
+                    DigestServer::new_any(secrets).offering(protection),
+                    offers,
                 ))
             }
         };
@@ -272,6 +294,13 @@ impl Session {
         match server.step(token) {
             Ok(reply) => {
                 if server.is_complete() {
+                    let Some(offer) = server.matched().and_then(|i| offers.get(i)) else {
+                        return Action::FailAndClose("Authentication failed.".into());
+                    };
+                    let source = match shared.core.spark_accept(&app, offer) {
+                        Ok(s) => s,
+                        Err(r) => return Action::FailAndClose(r.message(&app)),
+                    };
                     tracing::debug!(app = %app, encrypted = server.confidentiality().is_some(), "client authenticated (SASL)");
                     if let Some(ha1) = server.confidentiality() {
                         let (open, seal) = digest::server(&ha1, MAX_SASL_PIECE);
@@ -279,7 +308,7 @@ impl Session {
                             Some(NewChannel::Ready(Opener::Sasl(open), Sealer::Sasl(seal)));
                     }
                     self.client = Some(app);
-                    self.source = Some(*source);
+                    self.source = Some(source);
                     self.sasl = None;
                 }
                 Action::Reply(Ok(Bytes::from(reply)))
@@ -305,7 +334,7 @@ impl Session {
 
     fn block_message(&mut self, shared: &Arc<Shared>, m: Btm) -> Action {
         let core = &shared.core;
-        let lifecycle = Lifecycle::of_spark(self.source);
+        let who = Registrant::Spark(self.source);
         match m {
             Btm::RegisterExecutor {
                 app_id,
@@ -313,7 +342,7 @@ impl Session {
                 info,
             } => self.later(&app_id, core, move |app, core| async move {
                 let r = ExecutorRegistration::from_spark(app, &exec_id, info).map_err(fail)?;
-                core.register_executor(r, lifecycle).await.map_err(fail)?;
+                core.register_executor(r, who).await.map_err(fail)?;
                 Ok(Bytes::new())
             }),
             Btm::FetchShuffleBlocks {
@@ -376,7 +405,7 @@ impl Session {
             } => self.later(&app_id, core, move |app, core| async move {
                 let ms = u64::try_from(heartbeat_timeout_ms)
                     .map_err(|_| "negative heartbeat timeout".to_owned())?;
-                core.register_driver(&app, Duration::from_millis(ms), lifecycle)
+                core.register_driver(&app, Duration::from_millis(ms), who)
                     .await
                     .map_err(fail)?;
                 Ok(Bytes::new())

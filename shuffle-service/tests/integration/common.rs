@@ -265,6 +265,15 @@ pub(crate) struct Ready {
 /// Starts the real binary on port 0 everywhere with a hostPath volume `<dir>/vol`, plus
 /// `extra` flags; waits for its "ready" log line.
 pub(crate) async fn spawn_service(dir: &Path, extra: &[&str]) -> (tokio::process::Child, Ready) {
+    spawn_service_env(dir, extra, &[]).await
+}
+
+/// As [`spawn_service`], with environment variables (`KUBECONFIG` for the pod watch).
+pub(crate) async fn spawn_service_env(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> (tokio::process::Child, Ready) {
     use tokio::io::AsyncBufReadExt as _;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_shuffle-service"))
         .args([
@@ -283,6 +292,7 @@ pub(crate) async fn spawn_service(dir: &Path, extra: &[&str]) -> (tokio::process
             format!("{}:hostPath", dir.join("vol").display())
         })
         .args(extra)
+        .envs(env.iter().copied())
         .env("LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -42,14 +42,6 @@ fn write_spark_output(dir: &Path, bytes: &[u8]) {
     }
 }
 
-fn with_secret<T>(mut r: tonic::Request<T>, secret: &[u8]) -> tonic::Request<T> {
-    r.metadata_mut().insert(
-        shuffle_proto::SPARK_APP_SECRET,
-        std::str::from_utf8(secret).unwrap().parse().unwrap(),
-    );
-    r
-}
-
 fn register_req() -> pb::RegisterApplicationRequest {
     pb::RegisterApplicationRequest {
         app_id: APP.into(),
@@ -57,10 +49,11 @@ fn register_req() -> pb::RegisterApplicationRequest {
     }
 }
 
-/// Spark first: C's executors register over Spark's protocol with C's own secret; a gRPC
-/// client without a credential cannot claim C, read it or delete it.
+/// Spark first: C's executors register over Spark's protocol with C's own secret; no gRPC
+/// client gets a token for C, whatever it presents (one application, one protocol), nor
+/// reads or deletes it; the admin token still reads it without any registration.
 #[tokio::test]
-async fn spark_first_then_grpc_needs_ownership() {
+async fn spark_first_then_grpc_registration_is_refused_whatever_is_presented() {
     let admin_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(admin_file.path(), "admin-token\n").unwrap();
     std::fs::set_permissions(
@@ -86,14 +79,15 @@ async fn spark_first_then_grpc_needs_ownership() {
     );
 
     let mut c = svc.client().await;
-    // No credential, a made-up token, a wrong secret: refused, nothing handed out.
+    // No credential, a made-up token, the admin token: refused, nothing handed out.
     for req in [
         tonic::Request::new(register_req()),
         authed(register_req(), "made-up"),
-        with_secret(tonic::Request::new(register_req()), b"wrong"),
+        authed(register_req(), "admin-token"),
     ] {
         let e = c.register_application(req).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("Spark's protocol"), "{e:?}");
     }
     let e = fetch(&mut c, "made-up", APP, "1", &[(0, 1, 0, 1)])
         .await
@@ -109,38 +103,36 @@ async fn spark_first_then_grpc_needs_ownership() {
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert!(dir.exists());
     let m = svc.metrics().await;
-    assert!(
-        metric(&m, "shuffle_ownership_refusals_total{protocol=\"grpc\"}").unwrap() >= 5.0,
+    assert_eq!(
+        metric(
+            &m,
+            "shuffle_authority_refusals_total{protocol=\"grpc\",reason=\"spark_application\"}"
+        ),
+        Some(3.0),
         "{m}"
     );
-
-    // The application's own secret proves ownership: a token comes back and reads C's data.
-    let token = c
-        .register_application(with_secret(tonic::Request::new(register_req()), SECRET))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    assert_eq!(
-        fetch(&mut c, &token, APP, "1", &[(0, 1, 0, 1)])
-            .await
-            .unwrap()[0],
-        b"c's rows"
+    assert!(
+        metric(&m, "shuffle_ownership_refusals_total{protocol=\"grpc\"}").unwrap() >= 2.0,
+        "{m}"
     );
-    // The admin token reads it too, without any registration.
+    // The admin token reads it, without any registration; C's executors still work.
     assert_eq!(
         fetch(&mut c, "admin-token", APP, "1", &[(0, 1, 0, 1)])
             .await
             .unwrap()[0],
         b"c's rows"
     );
+    assert_eq!(
+        spark.call(&register_msg("2", &dir)).await.unwrap(),
+        Ok(None)
+    );
     svc.shutdown().await;
 }
 
 /// Spark first, authentication off: the data is as open as Spark's own service over Spark's
-/// protocol, but the gRPC API hands out no token for it without the admin token.
+/// protocol, but the gRPC API hands out no token for it.
 #[tokio::test]
-async fn spark_first_without_authentication_needs_the_admin_token() {
+async fn spark_first_without_authentication_refuses_grpc_registration() {
     let svc = TestService::start(|_| {}).await;
     let dir = svc.exec_dir("c/blockmgr");
     let mut spark = Client::connect(svc.spark).await.unwrap();
@@ -150,8 +142,13 @@ async fn spark_first_without_authentication_needs_the_admin_token() {
     );
     let mut c = svc.client().await;
     let e = c.register_application(register_req()).await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::PermissionDenied);
-    assert!(e.message().contains("admin token"), "{e:?}");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    // A restart keeps the rule: the registration is in the state directory.
+    let dir = svc.shutdown().await;
+    let svc = TestService::start_in(dir, |_| {}).await;
+    let mut c = svc.client().await;
+    let e = c.register_application(register_req()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     svc.shutdown().await;
 }
 
@@ -172,7 +169,7 @@ async fn grpc_first_then_unauthenticated_spark_is_refused() {
     let other = svc.exec_dir("attacker/blockmgr");
     let refused = |r: Result<Option<Btm>, String>| {
         let e = r.unwrap_err();
-        assert!(e.contains("needs authentication"), "{e}");
+        assert!(e.contains("registered through the gRPC API"), "{e}");
     };
     refused(spark.call(&register_msg("2", &other)).await.unwrap());
     refused(
@@ -225,34 +222,49 @@ async fn grpc_first_then_unauthenticated_spark_is_refused() {
     );
     let m = svc.metrics().await;
     assert_eq!(
-        metric(&m, "shuffle_ownership_refusals_total{protocol=\"spark\"}"),
-        Some(5.0)
+        metric(
+            &m,
+            "shuffle_authority_refusals_total{protocol=\"spark\",reason=\"grpc_application\"}"
+        ),
+        Some(5.0),
+        "{m}"
     );
     svc.shutdown().await;
 }
 
-/// gRPC first with Spark authentication on: a Spark connection authenticated with C's own
-/// secret is C, and is served; another application's secret is not.
+/// gRPC first with Spark authentication on: whoever registers an id over gRPC first holds
+/// it over gRPC alone. Spark's executors of that id, authenticating with the operator's shared
+/// secret (network crypto or SASL), are refused and never join the gRPC registrant's
+/// application; after a restart too.
 #[tokio::test]
-async fn grpc_first_then_spark_with_the_apps_secret() {
-    let svc = TestService::start(|c| {
-        let d = c.state_dir.parent().unwrap().join("secrets");
-        std::fs::create_dir_all(&d).unwrap();
-        write_secret(&d.join(APP), SECRET);
-        write_secret(&d.join("app-other"), b"other-secret");
-        c.spark_auth_secret_dir = Some(d);
-    })
-    .await;
+async fn grpc_first_then_spark_with_the_shared_secret_is_refused() {
+    const SHARED: &str = "operator-shared";
+    let svc = TestService::start(|c| shared_spark_secret(c, SHARED)).await;
     let mut c = svc.client().await;
     let token = register_app(&mut c, APP).await;
-    let dir = svc.exec_dir("c/blockmgr");
-    register_exec(&mut c, &token, APP, "1", &[&dir]).await;
-    write_output(&mut c, &token, APP, "1", 0, 1, &[b"c's rows".to_vec()])
-        .await
-        .unwrap();
+    let refused = |r: Result<(), String>| {
+        let e = r.unwrap_err();
+        assert!(e.contains("registered through the gRPC API"), "{e}");
+    };
+    let mut sasl = Client::connect(svc.spark).await.unwrap();
+    refused(sasl.authenticate(APP, SHARED.as_bytes()).await.unwrap());
+    let mut crypto = Client::connect(svc.spark).await.unwrap();
+    refused(
+        crypto
+            .authenticate_crypto(
+                APP,
+                SHARED.as_bytes(),
+                spark_protocol::crypto::Cipher::Ctr,
+                spark_protocol::crypto::EngineVersion::V1,
+            )
+            .await
+            .unwrap(),
+    );
+    // Another application's executors still authenticate with the shared secret, but may
+    // not reach into the gRPC one.
     let mut other = Client::connect(svc.spark).await.unwrap();
     other
-        .authenticate("app-other", b"other-secret")
+        .authenticate("app-other", SHARED.as_bytes())
         .await
         .unwrap()
         .unwrap();
@@ -265,17 +277,51 @@ async fn grpc_first_then_spark_with_the_apps_secret() {
         .unwrap()
         .unwrap_err();
     assert!(e.contains("not authorized"), "{e}");
-    let mut own = Client::connect(svc.spark).await.unwrap();
-    own.authenticate(APP, SECRET).await.unwrap().unwrap();
-    assert!(matches!(
-        own.call(&Btm::GetLocalDirsForExecutors {
-            app_id: APP.into(),
-            exec_ids: vec!["1".into()],
-        })
+    let m = svc.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "shuffle_authority_refusals_total{protocol=\"spark\",reason=\"grpc_application\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    // Nothing of Spark's joined the gRPC registrant's application.
+    let dirs = c
+        .get_local_dirs(authed(
+            pb::GetLocalDirsRequest {
+                app_id: APP.into(),
+                exec_ids: vec!["1".into()],
+            },
+            &token,
+        ))
         .await
-        .unwrap(),
-        Ok(Some(Btm::LocalDirsForExecutors { .. }))
-    ));
+        .unwrap_err();
+    assert_eq!(dirs.code(), tonic::Code::NotFound);
+    // A restart keeps the rule: the token is in the state directory.
+    let dir = svc.shutdown().await;
+    let svc = TestService::start_in(dir, |c| shared_spark_secret(c, SHARED)).await;
+    let mut sasl = Client::connect(svc.spark).await.unwrap();
+    refused(sasl.authenticate(APP, SHARED.as_bytes()).await.unwrap());
+    svc.shutdown().await;
+}
+
+/// An id the operator gave a secret file of its own is a Spark application: nobody
+/// registers it over gRPC, even before its executors come.
+#[tokio::test]
+async fn an_id_with_its_own_secret_file_is_never_registered_over_grpc() {
+    let svc = TestService::start(|c| per_app_spark_secret(c, APP, "c-secret")).await;
+    let mut c = svc.client().await;
+    let e = c.register_application(register_req()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    // Its executors then authenticate and register as usual.
+    let dir = svc.exec_dir("c/blockmgr");
+    let mut spark = Client::connect(svc.spark).await.unwrap();
+    spark.authenticate(APP, SECRET).await.unwrap().unwrap();
+    assert_eq!(
+        spark.call(&register_msg("1", &dir)).await.unwrap(),
+        Ok(None)
+    );
     svc.shutdown().await;
 }
 

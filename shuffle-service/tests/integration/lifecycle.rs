@@ -127,7 +127,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
             sub_dirs: 64,
             shuffle_manager: String::new(),
         },
-        shuffle_service::core::Lifecycle::Pods,
+        shuffle_service::core::Registrant::Grpc,
     )
     .await
     .unwrap();
@@ -140,7 +140,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
             sub_dirs: 64,
             shuffle_manager: String::new(),
         },
-        shuffle_service::core::Lifecycle::Pods,
+        shuffle_service::core::Registrant::Spark(None),
     )
     .await
     .unwrap();
@@ -184,7 +184,7 @@ async fn apps_whose_directories_vanished_are_dropped() {
                 sub_dirs: 64,
                 shuffle_manager: String::new(),
             },
-            shuffle_service::core::Lifecycle::Pods,
+            shuffle_service::core::Registrant::Spark(None),
         )
         .await
         .unwrap();

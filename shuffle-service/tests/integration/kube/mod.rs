@@ -1,9 +1,11 @@
 //! The pod watches against the test bed's API server (plain HTTP on loopback, no root): an
 //! application's data goes when its driver pod ends, and only then; API outages, restarts
 //! and other namespaces' pods delete nothing; Spark's secret is learned and forgotten.
-//! `ownership` performs the attacks of tenants who write pods in their own namespace.
+//! `ownership` performs the attacks of tenants who write pods in their own namespace;
+//! `restart` restarts the real binary between an application's binding and its pods' return.
 
 mod ownership;
+mod restart;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -491,19 +493,24 @@ async fn spark_secrets_are_learned_from_executor_pods_of_the_owning_driver_and_f
         )
         .unwrap();
     let app: AppId = "spark-a".parse().unwrap();
-    let secrets = f.svc.core.spark_secrets().clone();
+    let claims = std::sync::Arc::clone(f.svc.core.claims());
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while secrets.lookup(&app).is_none() {
+    while claims.view(&app).candidates.is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "secret never learned"
         );
         tokio::time::sleep(TICK).await;
     }
-    // Spark's executor authenticates with it and registers.
+    // Spark's executor authenticates with it (which binds the application to a-driver) and
+    // registers.
     spark_register(&f.svc, "spark-a", "1", Some(b"c0ffee"))
         .await
         .unwrap();
+    assert_eq!(
+        claims.owner(&app).map(|o| o.driver_uid),
+        da["metadata"]["uid"].as_str().map(str::to_owned)
+    );
     // A pod of another namespace that claims spark-a with its own secret, controlled by a
     // driver pod of its namespace: ignored.
     let dx = f
@@ -521,12 +528,12 @@ async fn spark_secrets_are_learned_from_executor_pods_of_the_owning_driver_and_f
         .unwrap();
     f.wait_metric("shuffle_kube_contested_applications", 1.0)
         .await;
-    assert_eq!(secrets.lookup(&app).as_deref(), Some(&b"c0ffee"[..]));
+    assert_eq!(claims.owner_secret(&app).as_deref(), Some(&b"c0ffee"[..]));
     f.api
         .store
         .delete(&PODS, "spark", "a-driver", &DeleteOptions::default())
         .unwrap();
     f.gone("spark-a").await;
-    assert_eq!(secrets.lookup(&app), None, "forgotten with the application");
+    assert_eq!(claims.with_secrets(), 0, "forgotten with the application");
     f.stop().await;
 }

@@ -237,10 +237,10 @@ async fn plant_secret(f: &Fixture) {
             executor("team-b", "x-exec", APP, &dx, Some(EVIL_SECRET)),
         )
         .unwrap();
-    let learned = f.svc.core.spark_secrets().learned().cloned().unwrap();
+    let claims = f.svc.core.claims();
     let app = APP.parse().unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while learned.get(&app).is_none() {
+    while claims.view(&app).candidates.is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the planted secret never reached the service"
@@ -324,4 +324,252 @@ async fn fake_pods_neither_shadow_the_operators_secret_nor_delete_its_applicatio
     );
     assert_eq!(spark_fetch(&f, APP, OPERATOR).await.unwrap(), BLOCK);
     f.stop().await;
+}
+
+/// The tenant's pre-emptive move: it learned `APP` (Spark's UI, a log line) before the
+/// victim's executors reach this node, and makes its own driver pod and an executor pod on
+/// the node controlled by it, with `APP` in the label and a secret of its own.
+fn pre_create(store: &Store) -> Value {
+    let dt = store
+        .create(&PODS, "team-b", driver("team-b", "b-driver", APP))
+        .unwrap();
+    store
+        .create(
+            &PODS,
+            "team-b",
+            executor("team-b", "b-exec", APP, &dt, Some(EVIL_SECRET)),
+        )
+        .unwrap();
+    dt
+}
+
+/// Waits until the service knows the secrets of `n` claimants of `APP`.
+async fn until_candidates(f: &Fixture, n: usize) {
+    let app: AppId = APP.parse().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while f.svc.core.claims().view(&app).candidates.len() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no claimant's secret ever reached the service"
+        );
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// A counter of the service's own metrics (0 when not written yet).
+async fn svc_metric(f: &Fixture, series: &str) -> f64 {
+    crate::common::metric(&f.svc.metrics().await, series).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn pods_a_tenant_makes_before_the_victims_executors_arrive_bind_nothing() {
+    let api = api(1000).await;
+    pre_create(&api.store);
+    let f = Fixture::start(api, true, &[]).await;
+    f.synced().await;
+    until_candidates(&f, 1).await;
+    // Alone on the node, the tenant's pods bind nothing.
+    f.quiet_period().await;
+    let app: AppId = APP.parse().unwrap();
+    assert_eq!(f.svc.core.claims().owner(&app), None);
+    assert!(f.svc.core.pod_owners().await.unwrap().is_empty());
+    // The victim's job arrives: two driver pods claim APP; the victim's executor proves its
+    // secret, which binds APP to the victim's driver pod, registers and writes.
+    let victim_driver = victim_job(&f).await;
+    f.wait_metric("shuffle_kube_contested_applications", 1.0)
+        .await;
+    // Network crypto works as well as SASL for the victim.
+    let mut c = Client::connect(f.svc.spark).await.unwrap();
+    c.authenticate_crypto(
+        APP,
+        VICTIM_SECRET.as_bytes(),
+        spark_protocol::crypto::Cipher::Gcm,
+        spark_protocol::crypto::EngineVersion::V2,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // The tenant, proving its own pods' secret now, is refused, and counted as such.
+    assert!(!authenticates(&f, APP, EVIL_SECRET).await);
+    assert!(
+        svc_metric(
+            &f,
+            "shuffle_authority_refusals_total{protocol=\"spark\",reason=\"bound_to_another_driver\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // The tenant's driver pod ends: nothing of the victim's goes.
+    delete_tenant_driver_and_check(&f).await;
+    // A restart keeps the binding: the victim's secret answers, the tenant's does not.
+    let f = f.restart().await;
+    f.synced().await;
+    until_authenticates(&f, APP, VICTIM_SECRET).await;
+    assert!(!authenticates(&f, APP, EVIL_SECRET).await);
+    assert_eq!(spark_fetch(&f, APP, VICTIM_SECRET).await.unwrap(), BLOCK);
+    // The victim's own driver still decides.
+    f.api
+        .store
+        .delete(
+            &PODS,
+            "team-a",
+            victim_driver["metadata"]["name"].as_str().unwrap(),
+            &DeleteOptions::default(),
+        )
+        .unwrap();
+    f.gone(APP).await;
+    f.stop().await;
+}
+
+/// Deletes the tenant's driver pod, waits until the driver watch saw it go, lets several grace
+/// periods pass, and checks that the victim's data is all there.
+async fn delete_tenant_driver_and_check(f: &Fixture) {
+    f.api
+        .store
+        .delete(&PODS, "team-b", "b-driver", &DeleteOptions::default())
+        .unwrap();
+    f.wait_metric(
+        "shuffle_kube_watch_events_total{type=\"delete\",watch=\"drivers\"}",
+        1.0,
+    )
+    .await;
+    f.quiet_period().await;
+    assert!(f.has(APP) && f.dir_exists(APP), "the victim's data went");
+    assert_eq!(spark_fetch(f, APP, VICTIM_SECRET).await.unwrap(), BLOCK);
+}
+
+/// What stays open, made visible: a tenant that pre-creates pods AND authenticates with its
+/// own pods' secret before any executor of the victim does binds the id on this node to its
+/// own driver pod. The victim's executors on this node are then refused (counted, logged),
+/// never served into the tenant's application, and the tenant sees nothing of the victim's.
+#[tokio::test]
+async fn a_tenant_that_authenticates_first_locks_the_id_on_the_node_but_reads_nothing() {
+    let api = api(1000).await;
+    pre_create(&api.store);
+    let f = Fixture::start(api, true, &[]).await;
+    f.synced().await;
+    until_candidates(&f, 1).await;
+    until_authenticates(&f, APP, EVIL_SECRET).await;
+    let dv = f
+        .api
+        .store
+        .create(&PODS, "team-a", driver("team-a", "a-driver", APP))
+        .unwrap();
+    f.api
+        .store
+        .create(
+            &PODS,
+            "team-a",
+            executor("team-a", "a-exec-1", APP, &dv, Some(VICTIM_SECRET)),
+        )
+        .unwrap();
+    f.wait_metric("shuffle_kube_contested_applications", 1.0)
+        .await;
+    until_candidates(&f, 2).await;
+    let err = spark_register(&f.svc, APP, "1", Some(VICTIM_SECRET.as_bytes()))
+        .await
+        .unwrap_err();
+    assert!(err.contains("bound to another driver pod"), "{err}");
+    assert!(
+        svc_metric(
+            &f,
+            "shuffle_authority_refusals_total{protocol=\"spark\",reason=\"bound_to_another_driver\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(!f.has(APP), "nothing of the victim's was registered");
+    f.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_registration_of_an_id_its_executor_pods_claim_or_bind_is_refused() {
+    let api = api(1000).await;
+    let f = Fixture::start(api, true, &[]).await;
+    f.synced().await;
+    // The victim's executor pod is on the node with its secret: claimed, not yet bound.
+    let d = f
+        .api
+        .store
+        .create(&PODS, "team-a", driver("team-a", "a-driver", APP))
+        .unwrap();
+    f.api
+        .store
+        .create(
+            &PODS,
+            "team-a",
+            executor("team-a", "a-exec-1", APP, &d, Some(VICTIM_SECRET)),
+        )
+        .unwrap();
+    until_candidates(&f, 1).await;
+    let e = grpc_register(&f).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    // Bound and registered with the learned secret: refused too, and the victim's executors
+    // keep working.
+    until_authenticates(&f, APP, VICTIM_SECRET).await;
+    let dir = spark_register(&f.svc, APP, "1", Some(VICTIM_SECRET.as_bytes()))
+        .await
+        .unwrap();
+    write_map(&[dir], 0, 1, &[BLOCK.to_vec()]);
+    let e = grpc_register(&f).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert_eq!(spark_fetch(&f, APP, VICTIM_SECRET).await.unwrap(), BLOCK);
+    // After a restart, with the executor pod gone meanwhile (nothing claims it now): the
+    // registration and the binding keep the rule.
+    let app: AppId = APP.parse().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !f
+        .svc
+        .core
+        .pod_owners()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(a, _)| *a == app)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "binding not persisted"
+        );
+        tokio::time::sleep(TICK).await;
+    }
+    f.api
+        .store
+        .delete(
+            &PODS,
+            "team-a",
+            "a-exec-1",
+            &DeleteOptions {
+                grace: Some(0),
+                ..DeleteOptions::default()
+            },
+        )
+        .unwrap();
+    let f = f.restart().await;
+    f.synced().await;
+    let e = grpc_register(&f).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(
+        svc_metric(
+            &f,
+            "shuffle_authority_refusals_total{protocol=\"grpc\",reason=\"spark_application\"}"
+        )
+        .await
+            >= 1.0
+    );
+    f.stop().await;
+}
+
+/// Registers `APP` over gRPC, with no credential.
+async fn grpc_register(
+    f: &Fixture,
+) -> Result<tonic::Response<shuffle_proto::v1::RegisterApplicationResponse>, tonic::Status> {
+    f.svc
+        .client()
+        .await
+        .register_application(shuffle_proto::v1::RegisterApplicationRequest {
+            app_id: APP.into(),
+            ..Default::default()
+        })
+        .await
 }
