@@ -174,7 +174,7 @@ async fn accept_loop(
     while let Some(accepted) = acceptor.next(&stop).await {
         let (stream, peer, permit) = match accepted {
             Accepted::Open(c) => (c.stream, c.peer, c.permit),
-            Accepted::Refused(peer) => {
+            Accepted::Refused(peer, _) => {
                 state.metrics().connections_refused.inc();
                 tracing::warn!(%peer, "connection cap reached; closing");
                 continue;
