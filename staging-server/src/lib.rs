@@ -23,7 +23,6 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
-mod conn_idle;
 pub mod db;
 pub mod error;
 pub mod files;
