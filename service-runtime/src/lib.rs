@@ -8,7 +8,9 @@
 //! - [`sqlite`]: opening a database (WAL, busy timeout, an explicit `synchronous`);
 //! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
-//! - [`accept`]: the accept loop's step (connection cap, back-off, `TCP_NODELAY`);
+//! - [`accept`]: the accept loop's step (connection caps, back-off, `TCP_NODELAY`);
+//! - [`peer`]: who a connection comes from, for per-peer limits (IPv6 by /64);
+//! - [`progress`]: whether an HTTP connection's requests still move (idle and stall deadlines);
 //! - [`tls`]: a TLS server certificate reloaded when its files change, and its expiry;
 //! - [`rlimit`]: the open-file limit raised to the hard limit at start.
 
@@ -16,6 +18,8 @@ pub mod accept;
 pub mod disk;
 pub mod lock;
 pub mod logging;
+pub mod peer;
+pub mod progress;
 pub mod rlimit;
 pub mod secret;
 pub mod shutdown;

@@ -8,6 +8,13 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+mod connections;
+mod kube;
+
+pub use connections::*;
+use kube::kube_settings;
+pub use kube::{KubeSettings, KubeWatch};
+
 use crate::core::Durability;
 use crate::core::{VolumeSpec, parse_size};
 use spark_protocol::crypto::Cipher;
@@ -44,16 +51,12 @@ pub const DEFAULT_SPARK_MAX_FRAME: u64 = 16 << 20;
 pub const DEFAULT_SPARK_PREAUTH_MAX_FRAME: u64 = 16 << 10;
 /// Memory for partly received Spark frames across connections.
 pub const DEFAULT_SPARK_FRAME_MEMORY: u64 = 128 << 20;
-/// Most gRPC connections at once.
-pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
-/// Most admin connections at once (probes and scrapes).
-pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
-/// A gRPC or admin connection must send its first byte within this.
-pub const DEFAULT_CONNECTION_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A gRPC or admin connection must finish TLS and send its first request head within this.
-pub const DEFAULT_CONNECTION_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// A gRPC or admin connection with no request in progress this long is closed.
-pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// A Spark connection must authenticate within this when authentication is on: Spark's client
+/// does so in its first round trips, so only a stranger needs longer.
+pub const DEFAULT_SPARK_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// The share of `--spark-frame-memory` one peer may hold, as a divisor: a quarter, so that one
+/// client (or one pod's many connections) cannot starve the others.
+pub const SPARK_FRAME_MEMORY_PEER_DIVISOR: u64 = 4;
 /// Memory for block bodies across Spark connections.
 pub const DEFAULT_SPARK_MEMORY: u64 = 64 << 20;
 /// Memory for block bodies per Spark connection.
@@ -66,32 +69,6 @@ pub const DEFAULT_SPARK_SMALL_BODY: u64 = 16 << 10;
 pub const DEFAULT_USAGE_SCAN_INTERVAL: Duration = Duration::from_secs(300);
 /// How long a driver pod stays `Succeeded` or `Failed` before its application's data goes.
 pub const DEFAULT_KUBE_APP_END_GRACE: Duration = Duration::from_secs(30);
-
-/// Whether the service follows Spark's pods through the Kubernetes API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KubeWatch {
-    /// On when running in a pod (`KUBERNETES_SERVICE_HOST` set) with a node name.
-    #[default]
-    Auto,
-    /// On; a missing node name or API configuration is an error.
-    On,
-    /// Off: application data is deleted only on `UnregisterApplication` or the idle TTL.
-    Off,
-}
-
-/// The Kubernetes settings, resolved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KubeSettings {
-    /// The node whose executor pods are followed.
-    pub node_name: String,
-    /// Namespaces followed (empty: all).
-    pub namespaces: Vec<String>,
-    /// How long a driver pod stays `Succeeded`/`Failed` before the data goes.
-    pub app_end_grace: Duration,
-    /// Learn each application's Spark secret from its executor pods.
-    pub learn_secrets: bool,
-}
 
 /// Arguments of `shuffle-service serve`.
 #[derive(Debug, Clone, Default, Args)]
@@ -185,16 +162,33 @@ pub struct ServeArgs {
     /// ones close the connection. Only SASL and AuthEngine messages come before.
     #[arg(long, env = "SHUFFLE_SPARK_PREAUTH_MAX_FRAME", value_parser = parse_size)]
     pub spark_preauth_max_frame: Option<u64>,
-    /// Memory for partly received Spark frames across connections (e.g. 128MiB); a
-    /// connection waits for it up to the idle timeout, then is closed.
+    /// Memory for partly received Spark frames across connections (e.g. 128MiB), reserved
+    /// for a frame's declared length when its header arrives; a connection waits for it up
+    /// to the idle timeout, then is closed.
     #[arg(long, env = "SHUFFLE_SPARK_FRAME_MEMORY", value_parser = parse_size)]
     pub spark_frame_memory: Option<u64>,
-    /// Most gRPC connections at once; beyond it a connection is closed at once.
+    /// The part of --spark-frame-memory one peer (IPv4 address, IPv6 /64) may hold (default:
+    /// a quarter of it, at least one largest frame).
+    #[arg(long, env = "SHUFFLE_SPARK_FRAME_MEMORY_PER_PEER", value_parser = parse_size)]
+    pub spark_frame_memory_per_peer: Option<u64>,
+    /// Spark connections that have not authenticated within this are closed (when
+    /// authentication is on) [default: 30s].
+    #[arg(long, env = "SHUFFLE_SPARK_AUTH_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub spark_auth_timeout: Option<Duration>,
+    /// Most gRPC connections at once; beyond it a connection is closed at once [default: 1024].
     #[arg(long, env = "SHUFFLE_GRPC_MAX_CONNECTIONS")]
     pub grpc_max_connections: Option<usize>,
-    /// Most admin connections at once (probes, scrapes); beyond it a connection is closed.
+    /// Most gRPC connections of one peer (IPv4 address, IPv6 /64) at once [default: 64].
+    #[arg(long, env = "SHUFFLE_GRPC_MAX_CONNECTIONS_PER_PEER")]
+    pub grpc_max_connections_per_peer: Option<usize>,
+    /// Most admin connections at once (probes, scrapes); beyond it a connection is closed
+    /// [default: 64].
     #[arg(long, env = "SHUFFLE_ADMIN_MAX_CONNECTIONS")]
     pub admin_max_connections: Option<usize>,
+    /// Most admin connections of one peer (IPv4 address, IPv6 /64) at once, so that one
+    /// client cannot lock the kubelet's probes out [default: 8].
+    #[arg(long, env = "SHUFFLE_ADMIN_MAX_CONNECTIONS_PER_PEER")]
+    pub admin_max_connections_per_peer: Option<usize>,
     /// gRPC and admin connections that send no byte within this are closed.
     #[arg(long, env = "SHUFFLE_CONNECTION_FIRST_BYTE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub connection_first_byte_timeout: Option<Duration>,
@@ -203,7 +197,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUFFLE_CONNECTION_FIRST_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
     pub connection_first_request_timeout: Option<Duration>,
     /// gRPC and admin connections with no request in progress for this long are closed
-    /// (HTTP/2: GOAWAY; PINGs do not count as activity).
+    /// (HTTP/2: GOAWAY; PINGs do not count as activity), and so are those whose requests in
+    /// progress move no body byte either way for this long.
     #[arg(long, env = "SHUFFLE_CONNECTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub connection_idle_timeout: Option<Duration>,
     /// Follow Spark's driver and executor pods through the Kubernetes API (deletes an
@@ -285,8 +280,12 @@ struct FileConfig {
     spark_open_files: Option<usize>,
     spark_preauth_max_frame: Option<String>,
     spark_frame_memory: Option<String>,
+    spark_frame_memory_per_peer: Option<String>,
+    spark_auth_timeout: Option<String>,
     grpc_max_connections: Option<usize>,
+    grpc_max_connections_per_peer: Option<usize>,
     admin_max_connections: Option<usize>,
+    admin_max_connections_per_peer: Option<usize>,
     connection_first_byte_timeout: Option<String>,
     connection_first_request_timeout: Option<String>,
     connection_idle_timeout: Option<String>,
@@ -365,6 +364,10 @@ pub struct Config {
     pub spark_preauth_max_frame: usize,
     /// Memory for partly received frames across connections.
     pub spark_frame_memory: u64,
+    /// The part of it one peer may hold; `None`: a quarter, at least one largest frame.
+    pub spark_frame_memory_per_peer: Option<u64>,
+    /// Unauthenticated connections are closed after this (when authentication is on).
+    pub spark_auth_timeout: Duration,
     /// Connection caps, deadlines and idle close of the gRPC and admin listeners.
     pub connections: ConnectionLimits,
     /// Following Spark's pods (`None`: off).
@@ -417,6 +420,8 @@ impl Config {
             spark_small_body: DEFAULT_SPARK_SMALL_BODY,
             spark_preauth_max_frame: DEFAULT_SPARK_PREAUTH_MAX_FRAME as usize,
             spark_frame_memory: DEFAULT_SPARK_FRAME_MEMORY,
+            spark_frame_memory_per_peer: None,
+            spark_auth_timeout: DEFAULT_SPARK_AUTH_TIMEOUT,
             connections: ConnectionLimits::default(),
             kube: None,
             grpc_tls: None,
@@ -566,6 +571,24 @@ impl Config {
         if let Some(n) = args.admin_max_connections.or(file.admin_max_connections) {
             c.connections.admin_max_connections = n;
         }
+        if let Some(n) = args
+            .grpc_max_connections_per_peer
+            .or(file.grpc_max_connections_per_peer)
+        {
+            c.connections.grpc_max_connections_per_peer = n;
+        }
+        if let Some(n) = args
+            .admin_max_connections_per_peer
+            .or(file.admin_max_connections_per_peer)
+        {
+            c.connections.admin_max_connections_per_peer = n;
+        }
+        c.spark_auth_timeout = dur(
+            args.spark_auth_timeout,
+            file.spark_auth_timeout,
+            c.spark_auth_timeout,
+            "spark_auth_timeout",
+        )?;
         c.connections.first_byte_timeout = dur(
             args.connection_first_byte_timeout,
             file.connection_first_byte_timeout,
@@ -596,14 +619,24 @@ impl Config {
             file.spark_frame_memory,
             c.spark_frame_memory,
         )?;
+        c.spark_frame_memory_per_peer = match (
+            args.spark_frame_memory_per_peer,
+            file.spark_frame_memory_per_peer,
+        ) {
+            (Some(v), _) => Some(v),
+            (None, Some(s)) => Some(parse_size(&s)?),
+            (None, None) => None,
+        };
         if c.spark_max_connections == 0
             || c.spark_open_files < 64
             || c.spark_idle_timeout.is_zero()
+            || c.spark_auth_timeout.is_zero()
             || c.spark_memory < 1024
             || c.spark_connection_memory < 1024
         {
             return Err(
-                "Spark connection, file, memory limits and idle timeout must be positive".into(),
+                "Spark connection, file, memory limits, idle and auth timeouts must be positive"
+                    .into(),
             );
         }
         c.kube = kube_settings(
@@ -656,6 +689,16 @@ impl Config {
 }
 
 impl Config {
+    /// The part of the frame memory one peer may hold: as configured, or a quarter of it and
+    /// at least one largest frame.
+    pub fn spark_frame_memory_per_peer(&self) -> u64 {
+        self.spark_frame_memory_per_peer.unwrap_or_else(|| {
+            (self.spark_frame_memory / SPARK_FRAME_MEMORY_PEER_DIVISOR)
+                .max(self.spark_max_frame as u64)
+                .min(self.spark_frame_memory)
+        })
+    }
+
     /// Checks settings that are wrong together.
     ///
     /// # Errors
@@ -674,6 +717,13 @@ impl Config {
             return Err(format!(
                 "--spark-frame-memory must hold at least one largest frame ({} bytes)",
                 self.spark_max_frame
+            ));
+        }
+        let per_peer = self.spark_frame_memory_per_peer();
+        if per_peer < self.spark_max_frame as u64 || per_peer > self.spark_frame_memory {
+            return Err(format!(
+                "--spark-frame-memory-per-peer must hold at least one largest frame ({} bytes) and at most --spark-frame-memory ({} bytes)",
+                self.spark_max_frame, self.spark_frame_memory
             ));
         }
         let authenticated = self.spark_auth_secret_file.is_some()
@@ -695,94 +745,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Connection caps, deadlines and idle close of the gRPC and admin listeners.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Most gRPC connections.
-    pub grpc_max_connections: usize,
-    /// Most admin connections.
-    pub admin_max_connections: usize,
-    /// Deadline of a connection's first byte.
-    pub first_byte_timeout: Duration,
-    /// Deadline of the TLS handshake and first request head, from the accept.
-    pub first_request_timeout: Duration,
-    /// Close after this long with no request in progress.
-    pub idle_timeout: Duration,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            grpc_max_connections: DEFAULT_GRPC_MAX_CONNECTIONS,
-            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
-            first_byte_timeout: DEFAULT_CONNECTION_FIRST_BYTE_TIMEOUT,
-            first_request_timeout: DEFAULT_CONNECTION_FIRST_REQUEST_TIMEOUT,
-            idle_timeout: DEFAULT_CONNECTION_IDLE_TIMEOUT,
-        }
-    }
-}
-
-impl ConnectionLimits {
-    fn validate(&self) -> Result<(), String> {
-        if self.grpc_max_connections == 0
-            || self.admin_max_connections == 0
-            || self.first_byte_timeout.is_zero()
-            || self.idle_timeout.is_zero()
-        {
-            return Err(
-                "gRPC and admin connection caps, first-byte and idle timeouts must be positive"
-                    .into(),
-            );
-        }
-        if self.first_request_timeout < self.first_byte_timeout {
-            return Err("--connection-first-request-timeout must not be shorter than --connection-first-byte-timeout".into());
-        }
-        Ok(())
-    }
-}
-
-/// Resolves the Kubernetes settings: `auto` turns the watch on inside a pod with a node name.
-fn kube_settings(
-    mode: KubeWatch,
-    node_name: Option<String>,
-    namespaces: Vec<String>,
-    app_end_grace: Duration,
-    learn_secrets: bool,
-    in_cluster: bool,
-) -> Result<Option<KubeSettings>, String> {
-    let node_name = node_name.filter(|n| !n.trim().is_empty());
-    let on = match (mode, &node_name) {
-        (KubeWatch::Off, _) => false,
-        (KubeWatch::On, Some(_)) => true,
-        (KubeWatch::On, None) => {
-            return Err("--kube-watch on needs --kube-node-name (SHUFFLE_KUBE_NODE_NAME, from the downward API's spec.nodeName)".into());
-        }
-        (KubeWatch::Auto, n) => in_cluster && n.is_some(),
-    };
-    if !on {
-        if learn_secrets {
-            return Err("--kube-learn-secrets needs the pod watch: --kube-watch on (or auto inside a pod) and --kube-node-name".into());
-        }
-        return Ok(None);
-    }
-    for ns in &namespaces {
-        if ns.is_empty()
-            || ns.len() > 63
-            || !ns
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(format!("kube_namespaces: {ns:?} is not a namespace name"));
-        }
-    }
-    Ok(Some(KubeSettings {
-        node_name: node_name.unwrap_or_default(),
-        namespaces,
-        app_end_grace,
-        learn_secrets,
-    }))
 }
 
 fn parse_sync(s: &str) -> Result<Durability, String> {
@@ -815,88 +777,4 @@ fn parse_cipher(s: &str) -> Result<Cipher, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_unauthenticated_spark_listener_stays_on_loopback_unless_accepted() {
-        let mut c = Config::for_data_dir("/tmp/x");
-        assert!(c.validate().is_ok());
-        c.spark_listen = Some("0.0.0.0:7337".parse().unwrap());
-        let e = c.validate().unwrap_err();
-        assert!(e.contains("--spark-allow-unauthenticated"), "{e}");
-        c.spark_allow_unauthenticated = true;
-        assert!(c.validate().is_ok());
-        c.spark_allow_unauthenticated = false;
-        c.spark_auth_secret_file = Some("/etc/secret".into());
-        assert!(c.validate().is_ok());
-        c.spark_listen = None;
-        c.spark_auth_secret_file = None;
-        assert!(c.validate().is_ok());
-    }
-
-    #[test]
-    fn the_pod_watch_is_on_in_a_pod_with_a_node_name_and_off_when_asked() {
-        let g = Duration::from_secs(30);
-        let node = || Some("node-1".to_owned());
-        let on = kube_settings(KubeWatch::Auto, node(), vec![], g, false, true).unwrap();
-        assert_eq!(on.unwrap().node_name, "node-1");
-        assert!(
-            kube_settings(KubeWatch::Auto, node(), vec![], g, false, false)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            kube_settings(KubeWatch::Auto, None, vec![], g, false, true)
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            kube_settings(KubeWatch::Off, node(), vec![], g, false, true)
-                .unwrap()
-                .is_none()
-        );
-        let e = kube_settings(KubeWatch::On, None, vec![], g, false, true).unwrap_err();
-        assert!(e.contains("--kube-node-name"), "{e}");
-        let e = kube_settings(KubeWatch::Off, node(), vec![], g, true, true).unwrap_err();
-        assert!(e.contains("--kube-learn-secrets"), "{e}");
-        let e = kube_settings(
-            KubeWatch::On,
-            node(),
-            vec!["Bad_NS".into()],
-            g,
-            false,
-            false,
-        )
-        .unwrap_err();
-        assert!(e.contains("Bad_NS"), "{e}");
-    }
-
-    #[test]
-    fn learned_secrets_count_as_authentication_for_a_public_listener() {
-        let mut c = Config::for_data_dir("/tmp/x");
-        c.spark_listen = Some("0.0.0.0:7337".parse().unwrap());
-        c.kube = Some(KubeSettings {
-            node_name: "n".into(),
-            learn_secrets: true,
-            ..KubeSettings::default()
-        });
-        assert!(c.validate().is_ok());
-    }
-
-    #[test]
-    fn requiring_encryption_needs_tls_or_authentication() {
-        let mut c = Config::for_data_dir("/tmp/x");
-        c.spark_require_encryption = true;
-        let e = c.validate().unwrap_err();
-        assert!(e.contains("--spark-require-encryption"), "{e}");
-        c.spark_auth_secret_file = Some("/etc/secret".into());
-        assert!(c.validate().is_ok());
-        c.spark_auth_secret_file = None;
-        c.spark_tls = Some(service_runtime::tls::TlsFiles {
-            cert: "/c".into(),
-            key: "/k".into(),
-        });
-        assert!(c.validate().is_ok());
-    }
-}
+mod tests;

@@ -1,25 +1,26 @@
 //! The gRPC and admin listeners: which connections they keep and for how long. Each listener
-//! has a connection cap (beyond it a connection is closed at once); a connection must send its
-//! first byte within the first-byte timeout, and finish its TLS handshake and send its first
-//! request head (after the HTTP/2 preface) within the first-request timeout, both counted from
-//! the accept; afterwards a connection with no request in progress for the idle timeout is
-//! closed gracefully (HTTP/2 GOAWAY; PINGs and other frames do not count as activity). Freed
-//! memory is given back after a burst of connections (see [`crate::memory`]).
+//! has a connection cap and a cap per peer (beyond either a connection is closed at once, so
+//! one client cannot take the slots of the others, the kubelet's probes among them); a
+//! connection must send its first byte within the first-byte timeout, and finish its TLS
+//! handshake and send its first request head (after the HTTP/2 preface) within the
+//! first-request timeout, both counted from the accept; afterwards a connection with no
+//! request in progress for the idle timeout is closed gracefully (HTTP/2 GOAWAY; PINGs and
+//! other frames do not count as activity), and one whose requests in progress have moved no
+//! body byte for as long is closed at once (see [`service_runtime::progress`]). Freed memory
+//! is given back after a burst of connections (see [`crate::memory`]).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounter, IntGauge};
-use service_runtime::accept::{Accepted, Acceptor};
+use service_runtime::accept::{Accepted, Acceptor, Refusal};
+use service_runtime::progress::{Activity, Expiry, Watched};
 use service_runtime::tls::HANDSHAKE_TIMEOUT;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,9 @@ use crate::config::ConnectionLimits;
 use crate::linger::Lingering;
 use crate::memory::Trimmer;
 use crate::metrics::Metrics;
+
+/// The request body the listeners' services get: hyper's, its frames counted as progress.
+pub type RequestBody = Watched<Incoming>;
 
 /// How long a connection closed for idleness may take to say goodbye (GOAWAY, lingering
 /// requests) before it is dropped.
@@ -46,15 +50,18 @@ pub enum CloseReason {
     FirstRequest,
     /// No request in progress for the idle timeout.
     Idle,
+    /// Requests in progress whose bodies moved no byte for the idle timeout.
+    Stalled,
 }
 
 impl CloseReason {
     /// Every reason, for metrics.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::FirstByte,
         Self::TlsHandshake,
         Self::FirstRequest,
         Self::Idle,
+        Self::Stalled,
     ];
 
     /// The metric label.
@@ -64,6 +71,17 @@ impl CloseReason {
             Self::TlsHandshake => "tls_handshake",
             Self::FirstRequest => "first_request_timeout",
             Self::Idle => "idle",
+            Self::Stalled => "stalled",
+        }
+    }
+}
+
+impl From<Expiry> for CloseReason {
+    fn from(e: Expiry) -> Self {
+        match e {
+            Expiry::FirstRequest => Self::FirstRequest,
+            Expiry::Idle => Self::Idle,
+            Expiry::Stalled => Self::Stalled,
         }
     }
 }
@@ -118,71 +136,6 @@ impl Protocol {
     }
 }
 
-/// Requests in progress on one connection, and since when none is.
-#[derive(Debug)]
-struct Activity {
-    in_flight: AtomicUsize,
-    seen: AtomicBool,
-    idle_since: Mutex<Instant>,
-    changed: Notify,
-}
-
-/// A request in progress; dropped with its response body.
-#[derive(Debug)]
-struct InFlight(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            in_flight: AtomicUsize::new(0),
-            seen: AtomicBool::new(false),
-            idle_since: Mutex::new(Instant::now()),
-            changed: Notify::new(),
-        })
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        self.seen.store(true, Ordering::SeqCst);
-        self.changed.notify_one();
-        InFlight(Arc::clone(self))
-    }
-
-    /// Resolves when the connection should be closed: no request by `first_deadline`, or
-    /// none in progress for `idle`.
-    async fn expired(&self, first_deadline: Instant, idle: Duration) -> CloseReason {
-        loop {
-            if self.in_flight.load(Ordering::SeqCst) > 0 {
-                self.changed.notified().await;
-                continue;
-            }
-            let (deadline, reason) = if self.seen.load(Ordering::SeqCst) {
-                let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
-                (since + idle, CloseReason::Idle)
-            } else {
-                (first_deadline, CloseReason::FirstRequest)
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(deadline) => {
-                    if self.in_flight.load(Ordering::SeqCst) == 0 {
-                        return reason;
-                    }
-                }
-                () = self.changed.notified() => {}
-            }
-        }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        }
-        self.0.changed.notify_one();
-    }
-}
-
 /// One listener's settings.
 #[derive(Debug, Clone)]
 pub struct Listener {
@@ -190,6 +143,8 @@ pub struct Listener {
     pub protocol: Protocol,
     /// Its connection cap.
     pub max_connections: usize,
+    /// Its connection cap per peer (IPv4 address, IPv6 /64).
+    pub max_connections_per_peer: usize,
     /// Deadlines and idle close.
     pub limits: ConnectionLimits,
     /// TLS, when configured.
@@ -200,16 +155,19 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 struct Counters {
     open: IntGauge,
-    refused: IntCounter,
+    refused: [IntCounter; 2],
     accept_failed: IntCounter,
-    closed: [IntCounter; 4],
+    closed: [IntCounter; 5],
 }
 
 impl Counters {
     fn new(m: &Metrics, listener: &str) -> Self {
         Self {
             open: m.http_connections.with_label_values(&[listener]),
-            refused: m.http_connections_refused.with_label_values(&[listener]),
+            refused: Refusal::ALL.map(|r| {
+                m.http_connections_refused
+                    .with_label_values(&[listener, r.label()])
+            }),
             accept_failed: m.accept_failures.with_label_values(&[listener]),
             closed: CloseReason::ALL.map(|r| {
                 m.http_connections_closed
@@ -220,6 +178,10 @@ impl Counters {
 
     fn closed(&self, reason: CloseReason) {
         self.closed[reason as usize].inc();
+    }
+
+    fn refused(&self, refusal: Refusal) {
+        self.refused[refusal as usize].inc();
     }
 }
 
@@ -234,7 +196,7 @@ pub async fn serve<S, B>(
     lingering: TaskTracker,
     stop: CancellationToken,
 ) where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>>
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>>
         + Clone
         + Send
         + 'static,
@@ -246,15 +208,23 @@ pub async fn serve<S, B>(
     let name = settings.protocol.label();
     let counters = Counters::new(metrics, name);
     let builder = settings.protocol.builder(&settings.limits);
-    let acceptor = Acceptor::new(listener, settings.max_connections);
+    let acceptor = Acceptor::new(listener, settings.max_connections)
+        .per_peer(settings.max_connections_per_peer);
     let trimmer = Arc::new(Trimmer::default());
     let tracker = TaskTracker::new();
     while let Some(accepted) = acceptor.next(&stop).await {
         let (stream, permit) = match accepted {
             Accepted::Open(c) => (c.stream, c.permit),
-            Accepted::Refused(peer) => {
-                counters.refused.inc();
-                tracing::debug!(listener = name, %peer, max_connections = settings.max_connections, "connection cap reached; closing");
+            Accepted::Refused(peer, refusal) => {
+                counters.refused(refusal);
+                tracing::debug!(
+                    listener = name,
+                    %peer,
+                    cap = refusal.label(),
+                    max_connections = settings.max_connections,
+                    max_connections_per_peer = settings.max_connections_per_peer,
+                    "connection cap reached; closing"
+                );
                 continue;
             }
             Accepted::Failed(e) => {
@@ -344,7 +314,7 @@ impl Conn {
 
     async fn run<S, B>(self, stream: tokio::net::TcpStream, service: S)
     where
-        S: tower::Service<http::Request<Incoming>, Response = http::Response<B>>
+        S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>>
             + Clone
             + Send
             + 'static,
@@ -370,15 +340,12 @@ impl Conn {
             tower::service_fn(move |req: http::Request<Incoming>| {
                 let guard = activity.begin();
                 let service = service.clone();
+                let req = req.map(|body| Watched::new(body, &activity));
                 async move {
                     let response = service.oneshot(req).await?;
-                    // The request stays in progress until its response body is done.
-                    Ok::<_, S::Error>(response.map(|body| {
-                        body.map_frame(move |frame| {
-                            let _ = &guard;
-                            frame
-                        })
-                    }))
+                    // The request stays in progress until its response body is done; each
+                    // piece the connection takes from it is progress.
+                    Ok::<_, S::Error>(response.map(|body| Watched::ending(body, guard)))
                 }
             })
         };
@@ -389,7 +356,7 @@ impl Conn {
         // Set when the connection was told to close: dropped at this instant if it has not.
         let mut give_up: Option<Instant> = None;
         let mut closing = false;
-        let expired = activity.expired(first_deadline, limits.idle_timeout);
+        let expired = activity.expired(first_deadline, limits.idle_timeout, limits.idle_timeout);
         let mut expired = std::pin::pin!(expired);
         loop {
             tokio::select! {
@@ -399,12 +366,14 @@ impl Conn {
                     }
                     return;
                 }
-                reason = expired.as_mut(), if !closing => {
+                expiry = expired.as_mut(), if !closing => {
+                    let reason = CloseReason::from(expiry);
                     self.counters.closed(reason);
                     tracing::debug!(reason = reason.label(), "closing connection");
-                    if reason == CloseReason::FirstRequest {
-                        // No request was ever made: nothing to finish (HTTP/1 would wait
-                        // for a half-sent head).
+                    if matches!(reason, CloseReason::FirstRequest | CloseReason::Stalled) {
+                        // No request was ever made, or nothing moved for the idle timeout:
+                        // nothing to finish (HTTP/1 would wait for a half-sent head, HTTP/2
+                        // for streams that do not move).
                         return;
                     }
                     conn.as_mut().graceful_shutdown();

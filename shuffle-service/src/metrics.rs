@@ -71,11 +71,15 @@ pub struct Metrics {
     pub spark_preauth_frames_refused: IntCounter,
     /// Bytes of partly received Spark frames reserved from the shared budget.
     pub spark_frame_memory: IntGauge,
-    /// Spark connections closed because the frame budget stayed spent.
-    pub spark_frame_memory_waits_failed: IntCounter,
+    /// Spark connections closed because the frame budget stayed spent, by limit (`total`:
+    /// the budget; `peer_share`: the peer's part of it).
+    pub spark_frame_memory_waits_failed: IntCounterVec,
+    /// Spark connections closed at a deadline, by reason.
+    pub spark_connections_closed: IntCounterVec,
     /// Open connections of the gRPC and admin listeners, by listener.
     pub http_connections: IntGaugeVec,
-    /// Connections closed at once for a listener's connection cap, by listener.
+    /// Connections closed at once for a listener's connection cap, by listener and cap
+    /// (`max_connections`, `max_connections_per_peer`).
     pub http_connections_refused: IntCounterVec,
     /// Connections the service closed, by listener and reason.
     pub http_connections_closed: IntCounterVec,
@@ -240,9 +244,19 @@ impl Metrics {
                 "shuffle_spark_frame_memory_bytes",
                 "Bytes of partly received Spark frames reserved from the shared budget.",
             )?,
-            spark_frame_memory_waits_failed: IntCounter::new(
-                "shuffle_spark_frame_memory_exhausted_total",
-                "Spark connections closed because the frame memory budget stayed spent.",
+            spark_frame_memory_waits_failed: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_spark_frame_memory_exhausted_total",
+                    "Spark connections closed because the frame memory budget (limit=total) or the peer's share of it (limit=peer_share) stayed spent.",
+                ),
+                &["limit"],
+            )?,
+            spark_connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_spark_connections_closed_total",
+                    "Spark connections closed at a deadline: not authenticated in time, idle, or stalled in the middle of a frame.",
+                ),
+                &["reason"],
             )?,
             http_connections: IntGaugeVec::new(
                 Opts::new(
@@ -254,14 +268,14 @@ impl Metrics {
             http_connections_refused: IntCounterVec::new(
                 Opts::new(
                     "shuffle_http_connections_refused_total",
-                    "Connections closed at once for the listener's connection cap.",
+                    "Connections closed at once for the listener's connection cap or its cap per peer.",
                 ),
-                &["listener"],
+                &["listener", "reason"],
             )?,
             http_connections_closed: IntCounterVec::new(
                 Opts::new(
                     "shuffle_http_connections_closed_total",
-                    "Connections closed by the service: no first byte, no TLS handshake or first request in time, or idle.",
+                    "Connections closed by the service: no first byte, no TLS handshake or first request in time, idle, or requests in progress stalled.",
                 ),
                 &["listener", "reason"],
             )?,
@@ -290,6 +304,17 @@ impl Metrics {
         r.register(Box::new(m.spark_preauth_frames_refused.clone()))?;
         r.register(Box::new(m.spark_frame_memory.clone()))?;
         r.register(Box::new(m.spark_frame_memory_waits_failed.clone()))?;
+        r.register(Box::new(m.spark_connections_closed.clone()))?;
+        for limit in crate::spark::budget::BudgetError::LIMITS {
+            m.spark_frame_memory_waits_failed
+                .with_label_values(&[limit])
+                .inc_by(0);
+        }
+        for reason in crate::spark::deadline::Deadline::ALL {
+            m.spark_connections_closed
+                .with_label_values(&[reason.label()])
+                .inc_by(0);
+        }
         r.register(Box::new(m.http_connections.clone()))?;
         r.register(Box::new(m.http_connections_refused.clone()))?;
         r.register(Box::new(m.http_connections_closed.clone()))?;
@@ -298,9 +323,11 @@ impl Metrics {
         r.register(Box::new(m.tls_expiry.clone()))?;
         for listener in ["grpc", "admin"] {
             m.http_connections.with_label_values(&[listener]).set(0);
-            m.http_connections_refused
-                .with_label_values(&[listener])
-                .inc_by(0);
+            for refusal in service_runtime::accept::Refusal::ALL {
+                m.http_connections_refused
+                    .with_label_values(&[listener, refusal.label()])
+                    .inc_by(0);
+            }
             for reason in crate::listen::CloseReason::ALL {
                 m.http_connections_closed
                     .with_label_values(&[listener, reason.label()])

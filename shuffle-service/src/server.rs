@@ -166,12 +166,14 @@ pub async fn run(
             max_frame: MAX_FRAME,
         },
         max_connections: config.connections.grpc_max_connections,
+        max_connections_per_peer: config.connections.grpc_max_connections_per_peer,
         limits: config.connections,
         tls: tls(&config.grpc_tls, &[b"h2"], "grpc")?,
     };
     let admin_settings = listen::Listener {
         protocol: listen::Protocol::Admin,
         max_connections: config.connections.admin_max_connections,
+        max_connections_per_peer: config.connections.admin_max_connections_per_peer,
         limits: config.connections,
         tls: tls(&config.admin_tls, &[b"http/1.1"], "admin")?,
     };
@@ -275,9 +277,11 @@ fn spark_front_end(
         preauth_max_frame: config.spark_preauth_max_frame,
         frame_memory: FrameMemory::new(
             config.spark_frame_memory,
+            config.spark_frame_memory_per_peer(),
             core.metrics().spark_frame_memory.clone(),
         ),
         idle_timeout: config.spark_idle_timeout,
+        auth_timeout: config.spark_auth_timeout,
         small_body: config.spark_small_body,
         connection_memory: usize::try_from(config.spark_connection_memory).unwrap_or(usize::MAX),
         global_memory: Arc::new(Semaphore::new(units(config.spark_memory))),

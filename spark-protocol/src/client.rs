@@ -61,7 +61,14 @@ impl Client {
     /// # Errors
     /// Connection errors.
     pub async fn connect(addr: impl ToSocketAddrs) -> io::Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
+        Self::from_stream(TcpStream::connect(addr).await?)
+    }
+
+    /// A client on a connected socket (one bound to a chosen source address, say).
+    ///
+    /// # Errors
+    /// Setting `TCP_NODELAY` failed.
+    pub fn from_stream(stream: TcpStream) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,

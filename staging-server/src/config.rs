@@ -35,7 +35,9 @@ pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Time a client has to send its request headers (slow-loris protection).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest pause between two body chunks of an upload before it is abandoned.
+/// Longest pause between two body chunks of an upload before it is abandoned, and longest a
+/// connection's requests in progress may move no body byte either way (a download whose client
+/// stopped reading) before the connection is closed.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Slowest upload accepted, in bytes per second over [`DEFAULT_UPLOAD_RATE_WINDOW`]: a client
 /// that trickles a byte just often enough to dodge the idle timeout would otherwise hold an
@@ -136,7 +138,8 @@ pub struct ServeArgs {
     /// Time allowed for request headers.
     #[arg(long, env = "STAGING_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Option<Duration>,
-    /// Longest pause between two chunks of an upload body.
+    /// Longest pause between two chunks of an upload body (408), and longest a connection's
+    /// requests in progress may move no body byte either way before it is closed [default: 60s].
     #[arg(long, env = "STAGING_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub body_idle_timeout: Option<Duration>,
     /// Slowest accepted upload, bytes per second over --upload-rate-window (0 turns the check
@@ -342,7 +345,8 @@ pub struct Limits {
     pub capacity: Option<u64>,
     /// Concurrent uploads.
     pub max_concurrent_uploads: usize,
-    /// Pause allowed between body chunks.
+    /// Pause allowed between body chunks, and longest a connection's requests in progress
+    /// may move no body byte.
     pub body_idle_timeout: Duration,
     /// Slowest accepted upload, bytes per second over `upload_rate_window` (0: off).
     pub upload_min_rate: u64,
@@ -689,6 +693,11 @@ impl Config {
         }
         if l.max_concurrent_uploads == 0 || self.max_connections == 0 || l.max_upload_size == 0 {
             return Err(Error::Config("limits must be positive".into()));
+        }
+        if self.header_read_timeout.is_zero() || l.body_idle_timeout.is_zero() {
+            return Err(Error::Config(
+                "--header-read-timeout and --body-idle-timeout must be positive".into(),
+            ));
         }
         if l.upload_rate_window < Duration::from_secs(1) {
             return Err(Error::Config(

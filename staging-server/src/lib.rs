@@ -24,7 +24,6 @@ pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
-mod conn_idle;
 pub mod db;
 pub mod error;
 pub mod files;

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Connections closed for not sending a request head in time.
     pub connections_timed_out: IntCounter,
+    /// Connections closed because their requests in progress moved no body byte for the
+    /// body idle timeout.
+    pub connections_stalled: IntCounter,
     /// Uploads refused for pausing too long or sending too slowly.
     pub uploads_too_slow: IntCounter,
     /// 1 while the data directory's disk (database or local store) is full.
@@ -152,6 +155,10 @@ impl Metrics {
                 "staging_connections_header_timeout_total",
                 "Connections closed for not sending a complete request head within the header read timeout.",
             )?,
+            connections_stalled: IntCounter::new(
+                "staging_connections_stalled_total",
+                "Connections closed because their requests in progress moved no body byte (received or taken for sending) within the body idle timeout.",
+            )?,
             uploads_too_slow: IntCounter::new(
                 "staging_uploads_too_slow_total",
                 "Uploads refused for pausing past the idle timeout or sending below the minimum rate.",
@@ -173,6 +180,7 @@ impl Metrics {
             )?,
         };
         registry.register(Box::new(m.connections_timed_out.clone()))?;
+        registry.register(Box::new(m.connections_stalled.clone()))?;
         registry.register(Box::new(m.uploads_too_slow.clone()))?;
         registry.register(Box::new(m.storage_full.clone()))?;
         registry.register(Box::new(m.stored_files.clone()))?;

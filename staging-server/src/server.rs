@@ -1,8 +1,8 @@
 //! Serving: the accept loop, connection limits, graceful drain, and the background sweeper.
 //!
 //! The accept loop is hyper-util's, not `axum::serve`, because a public upload endpoint needs
-//! a header-read timeout (slow-loris), idle connections closed (HTTP/2 included, see
-//! `conn_idle`) and a connection cap, which `axum::serve` does not offer.
+//! a header-read timeout (slow-loris), idle and stalled connections closed (HTTP/2 included,
+//! see [`service_runtime::progress`]) and a connection cap, which `axum::serve` does not offer.
 //! On shutdown: readiness turns 503, the listeners close, in-flight requests and transfers get
 //! the grace period to finish, then the sweeper is stopped and awaited.
 
@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use service_runtime::accept::{Accepted, Acceptor};
+use service_runtime::progress::{Activity, Expiry, Watched};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
@@ -108,7 +109,7 @@ pub async fn run(
         Acceptor::new(listeners.api, config.max_connections),
         tls,
         routes::router(state.clone()),
-        config.header_read_timeout,
+        Deadlines::of(config),
         state.clone(),
         Arc::clone(&graceful),
         stop.clone(),
@@ -120,7 +121,7 @@ pub async fn run(
             Acceptor::new(admin, ADMIN_MAX_CONNECTIONS),
             None,
             routes::admin_router(state.clone()),
-            config.header_read_timeout,
+            Deadlines::of(config),
             state.clone(),
             Arc::clone(&graceful),
             stop.clone(),
@@ -153,15 +154,36 @@ pub async fn run(
     Ok(())
 }
 
+/// How long a connection may take or stay without doing anything.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    /// For the request head (from the accept, TLS included), and longest without a request
+    /// in progress.
+    header: Duration,
+    /// Longest the requests in progress may move no body byte either way (the body idle
+    /// timeout, which also bounds a pause inside an upload).
+    stall: Duration,
+}
+
+impl Deadlines {
+    fn of(config: &Config) -> Self {
+        Self {
+            header: config.header_read_timeout,
+            stall: config.limits.body_idle_timeout,
+        }
+    }
+}
+
 async fn accept_loop(
     acceptor: Acceptor,
     tls: Option<tokio_rustls::TlsAcceptor>,
     router: Router,
-    header_timeout: Duration,
+    deadlines: Deadlines,
     state: AppState,
     graceful: Arc<GracefulShutdown>,
     stop: CancellationToken,
 ) {
+    let header_timeout = deadlines.header;
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -174,7 +196,7 @@ async fn accept_loop(
     while let Some(accepted) = acceptor.next(&stop).await {
         let (stream, peer, permit) = match accepted {
             Accepted::Open(c) => (c.stream, c.peer, c.permit),
-            Accepted::Refused(peer) => {
+            Accepted::Refused(peer, _) => {
                 state.metrics().connections_refused.inc();
                 tracing::warn!(%peer, "connection cap reached; closing");
                 continue;
@@ -187,25 +209,29 @@ async fn accept_loop(
         // Requests in progress on this connection. With none for the header timeout, the
         // connection closes: before its first request (a client that sends nothing, one
         // byte, or only a TLS handshake), and between requests, HTTP/1.1 keep-alive and
-        // HTTP/2 alike, however many PINGs or SETTINGS the client answers.
-        let activity = crate::conn_idle::Activity::new();
+        // HTTP/2 alike, however many PINGs or SETTINGS the client answers. With requests in
+        // progress whose bodies move no byte for the body idle timeout (an upload whose body
+        // never comes, a download its client stopped reading), it closes too.
+        let activity = Activity::new();
         let tracked = Arc::clone(&activity);
         let router = router.clone();
         let svc = tower::service_fn(move |mut req: Request<Incoming>| {
-            let in_flight = tracked.start();
+            let in_flight = tracked.begin();
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
-            let call = router.clone().oneshot(req.map(axum::body::Body::new));
+            let req = req.map(|body| axum::body::Body::new(Watched::new(body, &tracked)));
+            let call = router.clone().oneshot(req);
             async move {
                 let res = call.await?;
-                Ok::<_, std::convert::Infallible>(res.map(|body| {
-                    axum::body::Body::new(crate::conn_idle::Tracked::new(body, in_flight))
-                }))
+                Ok::<_, std::convert::Infallible>(
+                    res.map(|body| axum::body::Body::new(Watched::ending(body, in_flight))),
+                )
             }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let timed_out = state.metrics().connections_timed_out.clone();
+        let stalled = state.metrics().connections_stalled.clone();
         let tls = tls.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -232,31 +258,32 @@ async fn accept_loop(
                 .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
                 .into_owned();
             let mut conn = std::pin::pin!(conn);
-            let first_wait = header_timeout.saturating_sub(started.elapsed());
-            // Whether the connection ever had a request, once it is found idle.
-            let idle = async {
-                // The first request head is due within the header timeout of the accept,
-                // the TLS handshake included.
-                if tokio::time::timeout(first_wait, activity.first_request())
-                    .await
-                    .is_err()
-                {
-                    return false;
-                }
-                activity.idle_for(header_timeout).await;
-                true
-            };
+            // The first request head is due within the header timeout of the accept, the TLS
+            // handshake included.
+            let expired =
+                activity.expired(started + header_timeout, header_timeout, deadlines.stall);
             let result = tokio::select! {
                 r = conn.as_mut() => Some(r),
-                served = idle => {
-                    timed_out.inc();
-                    if !served {
-                        // Nothing to finish: closed at once, slot freed.
-                        tracing::debug!(%peer, "no request head within the header read timeout; closing");
-                        drop(permit);
-                        return;
+                expiry = expired => {
+                    match expiry {
+                        Expiry::FirstRequest => {
+                            timed_out.inc();
+                            // Nothing to finish: closed at once, slot freed.
+                            tracing::debug!(%peer, "no request head within the header read timeout; closing");
+                            drop(permit);
+                            return;
+                        }
+                        Expiry::Idle => {
+                            timed_out.inc();
+                            tracing::debug!(%peer, "no request in progress for the header read timeout; closing");
+                        }
+                        Expiry::Stalled => {
+                            // GOAWAY, then one more header timeout: an upload's own 408 (body
+                            // idle timeout, minimum rate) still gets out meanwhile.
+                            stalled.inc();
+                            tracing::debug!(%peer, "requests in progress moved nothing for the body idle timeout; closing");
+                        }
                     }
-                    tracing::debug!(%peer, "no request in progress for the header read timeout; closing");
                     None
                 }
                 () = stop.cancelled() => None,

@@ -8,19 +8,23 @@
 //!                  └── chunk/stream requests ──preparer── blocks ┴──writer── socket
 //! ```
 //! A malformed frame closes only its connection; closing never deletes data.
+//! When a connection is closed before its client leaves: [`super::deadline`]; what its
+//! partly received frames may hold: [`super::budget`].
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::budget::FrameMemory;
+use super::budget::{FrameMemory, declared_frame};
 use super::channel::{Inbound, Out};
+use super::deadline::{Activity, Deadline};
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
 use super::handler::{Action, NewChannel, Session, Shared, failure_text};
 use super::stream::BlockRef;
@@ -37,8 +41,12 @@ pub struct Limits {
     pub preauth_max_frame: usize,
     /// Memory for partly received frames, shared by all connections.
     pub frame_memory: FrameMemory,
-    /// A connection quiet this long in both directions is closed (the client reconnects).
+    /// A connection quiet this long in both directions, or in the middle of a frame and
+    /// receiving nothing this long, is closed (the client reconnects).
     pub idle_timeout: Duration,
+    /// A connection not authenticated this long after it opened is closed (when
+    /// authentication is on).
+    pub auth_timeout: Duration,
     /// Bodies up to this size are read into memory and batched; larger ones use sendfile.
     pub small_body: u64,
     /// Memory for block bodies per connection.
@@ -65,34 +73,6 @@ const READ_CHUNK: usize = 16 << 10;
 const UNIT: u64 = 1024;
 /// Largest in-frame body Spark's decoder takes (a frame must stay below 2 GiB).
 const MAX_IN_FRAME: u64 = i32::MAX as u64 - 64;
-
-/// When the connection last moved bytes, in either direction.
-#[derive(Debug)]
-struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        self.last_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle(&self) -> Duration {
-        Duration::from_millis(
-            (self.started.elapsed().as_millis() as u64)
-                .saturating_sub(self.last_ms.load(Ordering::Relaxed)),
-        )
-    }
-}
 
 enum ReplyTo {
     Chunk(StreamChunkId),
@@ -123,10 +103,15 @@ struct Prepared {
     permits: Vec<OwnedSemaphorePermit>,
 }
 
-/// Serves one connection until the client leaves, a protocol error, the idle timeout or
+/// Serves one connection from `peer` until the client leaves, a protocol error, a deadline or
 /// `stop`.
-pub async fn serve(wire: Wire, shared: Arc<Shared>, limits: Limits, stop: CancellationToken) {
-    let peer = wire.peer();
+pub async fn serve(
+    wire: Wire,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
     let (rd, mut wr, tcp) = wire.split();
     let conn_cancel = CancellationToken::new();
     let activity = Arc::new(Activity::new());
@@ -158,17 +143,43 @@ pub async fn serve(wire: Wire, shared: Arc<Shared>, limits: Limits, stop: Cancel
             wr.finish().await;
         }
     });
+    let authenticated = AtomicBool::new(false);
     let reader = Reader {
         rd,
+        peer,
         shared: &shared,
         limits: &limits,
         ctl: ctl_tx,
         data: data_tx,
         deferred: Arc::new(Semaphore::new(DEFERRED)),
         activity: &activity,
+        authenticated: &authenticated,
     };
-    match reader.run(&stop, &conn_cancel).await {
+    // Raced against the whole reader, so that a client is cut off at the deadline wherever
+    // the reader waits (a read, the frame budget, a full reply queue).
+    let auth_deadline = async {
+        tokio::time::sleep(limits.auth_timeout).await;
+        if authenticated.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = reader.run(&stop, &conn_cancel) => r,
+        () = auth_deadline => Err(Close::Deadline(Deadline::Auth)),
+    };
+    match result {
         Ok(()) => {}
+        Err(Close::Deadline(d)) => {
+            shared
+                .core
+                .metrics()
+                .spark_connections_closed
+                .with_label_values(&[d.label()])
+                .inc();
+            tracing::debug!(peer = %peer, reason = d.label(), "closing connection at a deadline");
+            // Nothing the writer still holds is worth waiting for.
+            conn_cancel.cancel();
+        }
         Err(Close::Protocol(e)) => {
             shared.core.metrics().spark_frames_rejected.inc();
             if let Some(left_out) = shared.logs.malformed.check() {
@@ -191,16 +202,20 @@ pub async fn serve(wire: Wire, shared: Arc<Shared>, limits: Limits, stop: Cancel
 enum Close {
     Protocol(String),
     Policy(String),
+    Deadline(Deadline),
 }
 
 struct Reader<'a> {
     rd: ReadSide,
+    peer: SocketAddr,
     shared: &'a Arc<Shared>,
     limits: &'a Limits,
     ctl: mpsc::Sender<Out>,
     data: mpsc::Sender<DataJob>,
     deferred: Arc<Semaphore>,
     activity: &'a Activity,
+    /// Set once the client authenticated (or at once when authentication is off).
+    authenticated: &'a AtomicBool,
 }
 
 impl Reader<'_> {
@@ -210,7 +225,7 @@ impl Reader<'_> {
         cancel: &CancellationToken,
     ) -> Result<(), Close> {
         let mut session = Session::new(self.shared);
-        let mut reserved = self.limits.frame_memory.reservation();
+        let mut reserved = self.limits.frame_memory.reservation(self.peer.ip());
         // Plaintext frames, and (with network crypto) the bytes not yet decrypted.
         let mut buf = BytesMut::with_capacity(16 << 10);
         let mut raw = BytesMut::new();
@@ -237,6 +252,9 @@ impl Reader<'_> {
             loop {
                 // Before authentication only the handshake's small messages are legitimate.
                 let authorized = session.authorized(self.shared);
+                if authorized {
+                    self.authenticated.store(true, Ordering::SeqCst);
+                }
                 let max_frame = if authorized {
                     self.limits.max_frame
                 } else {
@@ -275,13 +293,26 @@ impl Reader<'_> {
                     Err(FrameError::Decode(e)) => return Err(Close::Protocol(e.to_string())),
                 }
             }
-            // What the buffers will hold after this read, reserved from the shared budget.
-            let held = buf.len() + raw.len() + READ_CHUNK;
+            // What the buffers will hold until the frame they begin is complete (the whole
+            // declared length, as soon as its header is in), reserved from the shared budget.
+            let max_frame = if session.authorized(self.shared) {
+                self.limits.max_frame
+            } else {
+                self.limits.preauth_max_frame
+            };
+            let held = buf.len().max(declared_frame(&buf, max_frame)) + raw.len() + READ_CHUNK;
             tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 () = cancel.cancelled() => return Ok(()),
                 r = reserved.cover(held, self.limits.idle_timeout) => if let Err(e) = r {
-                    self.shared.core.metrics().spark_frame_memory_waits_failed.inc();
+                    if let Some(limit) = e.limit() {
+                        self.shared
+                            .core
+                            .metrics()
+                            .spark_frame_memory_waits_failed
+                            .with_label_values(&[limit])
+                            .inc();
+                    }
                     return Err(Close::Policy(e.to_string()));
                 },
             }
@@ -300,8 +331,13 @@ impl Reader<'_> {
                     Ok(Ok(_)) => self.activity.touch(),
                     Ok(Err(e)) => return Err(Close::Policy(format!("read failed: {e}"))),
                     Err(_) => {
+                        // In the middle of a frame only the client's bytes count: replies
+                        // going out meanwhile do not complete it.
+                        if !buf.is_empty() || !raw.is_empty() {
+                            return Err(Close::Deadline(Deadline::StalledFrame));
+                        }
                         if self.activity.idle() >= self.limits.idle_timeout {
-                            return Err(Close::Policy("idle".into()));
+                            return Err(Close::Deadline(Deadline::Idle));
                         }
                     }
                 },

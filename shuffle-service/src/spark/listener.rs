@@ -32,9 +32,9 @@ pub async fn serve(
     // Connections accepted and not yet closed, handshakes included.
     let open = Arc::new(AtomicUsize::new(0));
     while let Some(accepted) = acceptor.next(&stop).await {
-        let (sock, slot) = match accepted {
-            Accepted::Open(c) => (c.stream, c.permit),
-            Accepted::Refused(peer) => {
+        let (sock, peer, slot) = match accepted {
+            Accepted::Open(c) => (c.stream, c.peer, c.permit),
+            Accepted::Refused(peer, _) => {
                 metrics.spark_connections_refused.inc();
                 if let Some(left_out) = shared.logs.connection_limit.check() {
                     tracing::warn!(peer = %peer, max_connections, left_out, "connection limit reached; closing");
@@ -82,7 +82,7 @@ pub async fn serve(
                     }
                 };
                 metrics.spark_connections.inc();
-                conn::serve(wire, shared, limits, stop).await;
+                conn::serve(wire, peer, shared, limits, stop).await;
                 metrics.spark_connections.dec();
             };
             served.await;

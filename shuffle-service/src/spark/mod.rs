@@ -6,12 +6,14 @@
 //!   DIGEST-MD5 exchange, from the `spark-protocol` crate (re-exported here);
 //! - [`secrets`]: shared or per-application secrets;
 //! - [`handler`], [`stream`], [`checksum`]: what each message does;
-//! - [`conn`], [`listener`], [`budget`]: connections, budgets, zero-copy sends.
+//! - [`conn`], [`listener`], [`budget`], [`deadline`]: connections, budgets, deadlines,
+//!   zero-copy sends.
 
 pub mod budget;
 pub mod channel;
 pub mod checksum;
 pub mod conn;
+pub mod deadline;
 pub mod handler;
 pub mod listener;
 pub mod secrets;

@@ -66,16 +66,6 @@ impl Wire {
             }
         }
     }
-
-    /// The peer's address.
-    pub fn peer(&self) -> String {
-        let tcp = match self {
-            Self::Tcp(s) => s,
-            Self::Tls(t) => t.get_ref().0,
-        };
-        tcp.peer_addr()
-            .map_or_else(|_| "?".to_owned(), |a| a.to_string())
-    }
 }
 
 impl ReadSide {

@@ -1,7 +1,12 @@
 //! Connections a stranger can hold: oversized frames before Spark authentication, partly
-//! received frames beyond the shared budget, silent and idle connections on the gRPC and admin
-//! listeners, a descriptor flood on one listener, and the memory a burst of TLS handshakes
-//! leaves behind. Each test performs the attack on real sockets.
+//! received frames beyond the shared budget, silent, idle and stalled connections on the gRPC
+//! and admin listeners, a descriptor flood on one listener, and the memory a burst of TLS
+//! handshakes leaves behind; [`peers`]: what one peer address may take of what all share;
+//! [`stalls`]: requests, downloads and Spark frames that stop moving, and Spark clients that
+//! never authenticate. Each test performs the attack on real sockets.
+
+mod peers;
+mod stalls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -91,11 +96,14 @@ async fn partly_received_frames_share_one_budget() {
     let svc = TestService::start(|c| {
         c.spark_max_frame = 1 << 20;
         c.spark_frame_memory = 2 << 20;
+        c.spark_frame_memory_per_peer = Some(2 << 20);
         c.spark_idle_timeout = Duration::from_secs(2);
     })
     .await;
     // Six clients each declare a 1 MiB frame, send 900 KiB of it, then trickle a byte now and
-    // then so that they are never idle: together they would hold 5.3 MiB; the budget is 2 MiB.
+    // then so that they are never idle: together they would hold 5.7 MiB (a frame's declared
+    // length is reserved as its header arrives); the budget is 2 MiB. They all come from one
+    // address, whose share is here the whole budget (see `peers` for the share).
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = Vec::new();
     for _ in 0..6 {
@@ -131,7 +139,7 @@ async fn partly_received_frames_share_one_budget() {
     // Those that cannot get memory wait the idle timeout and are closed.
     metric_reaches(
         &admin,
-        "shuffle_spark_frame_memory_exhausted_total",
+        r#"shuffle_spark_frame_memory_exhausted_total{limit="total"}"#,
         1.0,
         Duration::from_secs(20),
     )
@@ -225,29 +233,46 @@ async fn tls_connect(addr: SocketAddr, ca_pem: &str) -> tokio_rustls::client::Tl
         .unwrap()
 }
 
+/// One frame of a request body the test sends.
+type BodyFrame = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+
+/// A request body the test sends frame by frame.
+type ChannelBody = http_body_util::StreamBody<tokio_stream::wrappers::ReceiverStream<BodyFrame>>;
+
+/// A response the test awaits on a task.
+type PendingResponse =
+    tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>;
+
 /// An HTTP/2 client connection that answers the server's PINGs and sends its own every
 /// 100 ms; the task ends when the server closes the connection.
 async fn h2_client(
     addr: SocketAddr,
 ) -> (
-    hyper::client::conn::http2::SendRequest<
-        http_body_util::StreamBody<
-            tokio_stream::wrappers::ReceiverStream<
-                Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
-            >,
-        >,
-    >,
+    hyper::client::conn::http2::SendRequest<ChannelBody>,
+    tokio::task::JoinHandle<()>,
+) {
+    h2_client_on(TcpStream::connect(addr).await.unwrap(), None).await
+}
+
+/// [`h2_client`] on a connected socket, with a stream window of `stream_window` bytes when
+/// given (what the client lets the server send before it reads).
+async fn h2_client_on(
+    tcp: TcpStream,
+    stream_window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<ChannelBody>,
     tokio::task::JoinHandle<()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_millis(100))
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
+        .keep_alive_while_idle(true);
+    if let Some(w) = stream_window {
+        builder.initial_stream_window_size(w);
+    }
+    let (send, conn) = builder.handshake(TokioIo::new(tcp)).await.unwrap();
     (
         send,
         tokio::spawn(async move {
@@ -256,8 +281,54 @@ async fn h2_client(
     )
 }
 
+/// A gRPC call whose request body the test sends (`tx`); the response is awaited on a task.
+fn grpc_call(
+    send: &mut hyper::client::conn::http2::SendRequest<ChannelBody>,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (tokio::sync::mpsc::Sender<BodyFrame>, PendingResponse) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut request = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let response = tokio::spawn(send.send_request(request.body(body).unwrap()));
+    (tx, response)
+}
+
+/// One DATA frame.
+fn data(b: &[u8]) -> BodyFrame {
+    Ok(hyper::body::Frame::data(bytes::Bytes::copy_from_slice(b)))
+}
+
+/// A TCP connection to `addr` from `source` (another address of the loopback network is
+/// another peer).
+async fn connect_from(source: &str, addr: impl std::fmt::Display) -> TcpStream {
+    let addr: SocketAddr = addr.to_string().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// [`reqwest_get`] from `source`.
+async fn get_from(source: &str, addr: impl std::fmt::Display, path: &str) -> String {
+    let mut s = connect_from(source, &addr).await;
+    let _ = s
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test]
-async fn idle_http2_connections_are_closed_but_not_while_a_request_is_open() {
+async fn idle_http2_connections_are_closed_and_so_are_requests_that_stop_moving() {
     use http_body_util::BodyExt as _;
     let idle = Duration::from_secs(1);
     let svc = TestService::start(move |c| {
@@ -280,27 +351,18 @@ async fn idle_http2_connections_are_closed_but_not_while_a_request_is_open() {
         r#"shuffle_http_connections_closed_total{listener="grpc",reason="first_request_timeout"}"#;
     metric_reaches(&admin, series, 1.0, Duration::from_secs(5)).await;
 
-    // A health check whose request body stays open for three idle timeouts: the request is
-    // in progress, so the connection stays.
+    // A health check whose request body comes a byte every 0.6 idle timeouts, three idle
+    // timeouts in all: it never stops moving, so the connection stays.
     let (mut send, mut conn) = h2_client(svc.grpc).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let request = http::Request::post(format!("http://{}/grpc.health.v1.Health/Check", svc.grpc))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(body)
-        .unwrap();
-    let response = tokio::spawn(send.send_request(request));
-    let hold = Instant::now() + 3 * idle;
-    while Instant::now() < hold {
-        assert!(!conn.is_finished(), "closed with a request in progress");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let (tx, response) = grpc_call(&mut send, svc.grpc, "/grpc.health.v1.Health/Check", None);
+    for _ in 0..5 {
+        let next = Instant::now() + idle * 3 / 5;
+        while Instant::now() < next {
+            assert!(!conn.is_finished(), "closed while the request body moved");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tx.send(data(&[0])).await.unwrap();
     }
-    tx.send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(&[
-        0, 0, 0, 0, 0,
-    ]))))
-    .await
-    .unwrap();
     drop(tx);
     let response = tokio::time::timeout(Duration::from_secs(10), response)
         .await
@@ -319,6 +381,25 @@ async fn idle_http2_connections_are_closed_but_not_while_a_request_is_open() {
         .unwrap();
     assert!(answered.elapsed() >= idle - Duration::from_millis(100));
     let series = r#"shuffle_http_connections_closed_total{listener="grpc",reason="idle"}"#;
+    metric_reaches(&admin, series, 1.0, Duration::from_secs(5)).await;
+
+    // A health check whose headers come and whose body never does, its client answering
+    // PINGs: the request is in progress but does not move, so the connection is closed after
+    // the idle timeout (it used to be held for as long as the client liked).
+    let (mut send, conn) = h2_client(svc.grpc).await;
+    let (_tx, response) = grpc_call(&mut send, svc.grpc, "/grpc.health.v1.Health/Check", None);
+    let sent = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("a request that never sends its body holds its connection")
+        .unwrap();
+    assert!(sent.elapsed() >= idle - Duration::from_millis(100));
+    let r = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.is_err(), "{r:?}");
+    let series = r#"shuffle_http_connections_closed_total{listener="grpc",reason="stalled"}"#;
     metric_reaches(&admin, series, 1.0, Duration::from_secs(5)).await;
     svc.shutdown().await;
 }
@@ -464,7 +545,8 @@ async fn a_flood_of_silent_grpc_connections_leaves_the_spark_port_and_probes_ans
     }
     healthz_answers(&ready.admin).await;
     spark_answers(&ready.spark).await;
-    let refused = r#"shuffle_http_connections_refused_total{listener="grpc"}"#;
+    let refused =
+        r#"shuffle_http_connections_refused_total{listener="grpc",reason="max_connections"}"#;
     metric_reaches(&ready.admin, refused, 200.0, Duration::from_secs(10)).await;
     // The silent ones within the cap are closed at the first-byte deadline.
     let closed =
@@ -499,7 +581,15 @@ async fn memory_taken_by_a_burst_of_tls_handshakes_is_given_back() {
     );
     let (child, ready, _logs) = spawn_limited(
         dir.path(),
-        &["--grpc-tls-cert", &cert, "--grpc-tls-key", &key],
+        &[
+            "--grpc-tls-cert",
+            &cert,
+            "--grpc-tls-key",
+            &key,
+            // All 500 come from one address.
+            "--grpc-max-connections-per-peer",
+            "1024",
+        ],
         None,
     )
     .await;
