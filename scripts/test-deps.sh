@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond the Rust toolchain, idempotently:
+#   - cargo-nextest (the test runner of scripts/test.sh), with cargo install when missing
 #   - Debian: prometheus (prometheus + promtool, for the metrics tests); iproute2, util-linux,
 #     hostname and python3 for the Kubernetes test bed (kubebed: network namespaces, mount
 #     namespaces, setpriv; its pod tests run /usr/bin/python3), openssl (the real-Spark TLS
@@ -15,6 +16,12 @@ cd "$(dirname "$0")/.."
 MOTO_VERSION="5.2.5"
 PYSPARK_VERSION="4.3.0"
 KUBERNETES_VALIDATE_VERSION="1.37.0"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "test-deps: installing cargo-nextest with cargo install"
+  cargo install --locked cargo-nextest >/tmp/test-deps-nextest.log 2>&1 \
+    || echo "test-deps: cargo install cargo-nextest FAILED (see /tmp/test-deps-nextest.log)"
+fi
 
 need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)

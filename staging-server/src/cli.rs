@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `upload` and `fetch`.
+//! The command line: `serve` (default), and the client commands `upload`, `fetch` and `submit`
+//! (run by `staging-client`).
 
 use clap::{Parser, Subcommand};
 
@@ -7,7 +8,7 @@ use staging_client::fetch::FetchArgs;
 use staging_client::submit::SubmitArgs;
 use staging_client::upload::UploadArgs;
 
-/// Resource staging server for Spark on Kubernetes, and its upload and init-container clients.
+/// Resource staging server for Spark on Kubernetes, and its client commands.
 #[derive(Debug, Parser)]
 #[command(
     name = "staging-server",

@@ -1,20 +1,23 @@
 //! Resource staging server for Spark on Kubernetes.
 //!
-//! spark-submit uploads the submitter's local jars and files as one bundle and gets back a
-//! resource id and a download token; driver and executor init-containers download and unpack
-//! the bundle with that token. The same binary is the server (`serve`), the uploader
-//! (`upload`) and the init-container (`fetch`).
+//! The client commands stage a submitter's local jars and files, as one bundle (`upload`) or
+//! as a submission of content-addressed files (`submit`), and get back a resource id and a
+//! download token; driver and executor init-containers download them with that token
+//! (`fetch`). This crate is the server (`serve`); the binary also runs the client commands of
+//! `staging-client` ([`cli`]).
 //!
 //! Modules:
 //! - [`config`]: flags, env and TOML → validated [`Config`].
 //! - [`state`]: shared state, data-directory lock, crash recovery.
 //! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints.
 //! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
-//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; `instance`: which server
+//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; [`files`]: content-addressed
+//!   files of submissions; `instance`: which server
 //!   owns a store prefix (and so which orphans it may delete).
 //! - [`token`], [`auth`]: download JWTs and upload bearer tokens; [`kube_auth`]: Kubernetes
 //!   credentials (reviewed, cached, rate-limited per client by `review_limit`).
-//! - [`lifecycle`]: deletion and the expiry sweeper.
+//! - [`lifecycle`]: deletion and the expiry sweeper; [`owners`]: the Kubernetes watch that
+//!   ends a resource with its owner pods.
 //! - [`server`]: accept loop, limits and graceful drain.
 //!
 //! The contract shared with the client commands (ids, file names, labels) is `staging-api`;

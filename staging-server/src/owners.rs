@@ -21,7 +21,7 @@ use crate::ids::ResourceId;
 use crate::lifecycle::{DeleteReason, remove};
 use crate::state::AppState;
 
-use staging_api::wire::RESOURCE_LABEL;
+use staging_api::wire::{MANAGED_BY, MANAGED_BY_LABEL, RESOURCE_LABEL};
 /// Resources read from the database per query (a round reads every page).
 const PAGE: usize = 1000;
 
@@ -245,7 +245,7 @@ async fn round(
 
 async fn delete_secrets(client: &Client, metrics: &OwnerMetrics, ns: &str, id: ResourceId) {
     let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let sel = format!("{RESOURCE_LABEL}={id},app.kubernetes.io/managed-by=staging-server");
+    let sel = format!("{RESOURCE_LABEL}={id},{MANAGED_BY_LABEL}={MANAGED_BY}");
     if let Err(e) = api
         .delete_collection(
             &DeleteParams::default(),

@@ -8,5 +8,8 @@ pub const RESOURCE_LABEL: &str = "staging-server/resource-id";
 /// Label tying the Secret and the pods of one `submit` to its submission.
 pub const SUBMISSION_LABEL: &str = "staging-server/submission";
 
-/// `app.kubernetes.io/managed-by` value on what the client creates.
+/// The well-known label naming the tool that manages an object.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+
+/// [`MANAGED_BY_LABEL`]'s value on what the client creates; the owner watch selects by it.
 pub const MANAGED_BY: &str = "staging-server";

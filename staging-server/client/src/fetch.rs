@@ -91,6 +91,9 @@ pub async fn main(args: FetchArgs) -> ExitCode {
 /// # Errors
 /// [`ClientError`] with the exit code.
 pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
+    // `--timeout` bounds the whole fetch: the listing and every file's download, retries
+    // included.
+    let deadline = Instant::now() + args.timeout;
     let token = std::fs::read_to_string(&args.token_file)
         .map_err(|e| ClientError::new(EXIT_USAGE, format!("{}: {e}", args.token_file.display())))?
         .trim()
@@ -114,9 +117,9 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
         }
     }
     if !args.v0
-        && let Some(files) = super::fetch_files::listing(&args, &token).await?
+        && let Some(files) = super::fetch_files::listing(&args, &token, deadline).await?
     {
-        return super::fetch_files::fetch(&args, &token, files).await;
+        return super::fetch_files::fetch(&args, &token, files, deadline).await;
     }
     let expected = args
         .sha256
@@ -130,7 +133,7 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
         .tempfile_in(&args.dest)
         .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", args.dest.display())))?;
     let (digest, server_digest) =
-        download(&args, &bundle_url(&args), &token, archive.path()).await?;
+        download(&args, &bundle_url(&args), &token, archive.path(), deadline).await?;
     for (what, want) in [("server", server_digest), ("expected", expected)] {
         if let Some(want) = want
             && want != digest
@@ -199,15 +202,16 @@ fn http_client(args: &FetchArgs) -> Result<reqwest::Client, ClientError> {
     )
 }
 
-/// Downloads `url` into `path` with retries; returns the local digest and the server's digest.
+/// Downloads `url` into `path` with retries, none past `deadline`; returns the local digest and
+/// the server's digest.
 pub(super) async fn download(
     args: &FetchArgs,
     url: &str,
     token: &str,
     path: &Path,
+    deadline: Instant,
 ) -> Result<(String, Option<String>), ClientError> {
     let client = http_client(args)?;
-    let deadline = Instant::now() + args.timeout;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)

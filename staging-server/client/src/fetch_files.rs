@@ -1,4 +1,4 @@
-//! `fetch` of a submission (a resource of separate files, see [`crate::files`]): each file is
+//! `fetch` of a submission (a resource of separate files, the server's `files` module): each file is
 //! downloaded with the same retries and resumption as a bundle, checked against the digest the
 //! submission names, and moved into the destination under its name. A file already there
 //! with the right digest (a restarted init-container) is kept; any other existing file is
@@ -32,7 +32,11 @@ struct Metadata {
 ///
 /// # Errors
 /// [`ClientError`] with the exit code.
-pub async fn listing(args: &FetchArgs, token: &str) -> Result<Option<Vec<Listed>>, ClientError> {
+pub async fn listing(
+    args: &FetchArgs,
+    token: &str,
+    deadline: std::time::Instant,
+) -> Result<Option<Vec<Listed>>, ClientError> {
     let client = super::http::client(
         args.ca_file.as_deref(),
         args.connect_timeout,
@@ -43,9 +47,10 @@ pub async fn listing(args: &FetchArgs, token: &str) -> Result<Option<Vec<Listed>
         args.server.trim_end_matches('/'),
         args.id
     );
-    let mut backoff = super::http::Backoff::new(args.retries);
+    // One budget for the failures of the connection and the server's 5xx/408/429 answers.
+    let mut backoff = super::http::Backoff::new(args.retries).until(deadline);
     loop {
-        let resp = super::http::send("fetch", args.retries, || {
+        let resp = super::http::send_with("fetch", &mut backoff, || {
             client.get(&url).bearer_auth(token).timeout(args.timeout)
         })
         .await?;
@@ -99,6 +104,7 @@ pub async fn fetch(
     args: &FetchArgs,
     token: &str,
     files: Vec<Listed>,
+    deadline: std::time::Instant,
 ) -> Result<Vec<String>, ClientError> {
     if files.len() as u64 > args.max_entries {
         return Err(ClientError::new(
@@ -145,7 +151,7 @@ pub async fn fetch(
             args.id,
             f.name
         );
-        let (digest, server_digest) = download(args, &url, token, part.path()).await?;
+        let (digest, server_digest) = download(args, &url, token, part.path(), deadline).await?;
         for (what, want) in [
             ("listed", Some(f.sha256.clone())),
             ("server", server_digest),

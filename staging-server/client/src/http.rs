@@ -1,6 +1,7 @@
-//! The HTTP client of the client commands: TLS trust (system roots, or `--ca-file`), and
-//! failures described by their cause (connection refused, DNS, TLS, timeout) rather than
-//! "error sending request".
+//! The HTTP client of the client commands: TLS trust (system roots, or `--ca-file`), failures
+//! described by their cause (connection refused, DNS, TLS, timeout) rather than "error sending
+//! request", and the commands' one retry policy ([`Backoff`], used by [`send`] and by every
+//! command that retries on the server's answer).
 
 use std::path::Path;
 use std::time::Duration;
@@ -172,7 +173,19 @@ pub async fn send(
     retries: u32,
     make: impl Fn() -> reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, ClientError> {
-    let mut backoff = Backoff::new(retries);
+    send_with(command, &mut Backoff::new(retries), make).await
+}
+
+/// [`send`] drawing on a caller's [`Backoff`], so that a caller that also retries on the
+/// answer (5xx, 429) spends one budget for both.
+///
+/// # Errors
+/// As [`send`].
+pub async fn send_with(
+    command: &str,
+    backoff: &mut Backoff,
+    make: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<reqwest::Response, ClientError> {
     loop {
         match make().send().await {
             Ok(r) => return Ok(r),

@@ -1,6 +1,8 @@
-//! The client commands: `upload` (spark-submit side) and `fetch` (the init-container).
+//! The staging server's client commands, which the `staging-server` binary runs: `upload` (a
+//! bundle, spark-submit side), `submit` (spark-submit with its local files staged as a
+//! submission: `stage`, then the Secret and pod templates) and `fetch` (the init-container).
 //!
-//! Exit codes of both, distinct so that a pod's termination reason tells what went wrong:
+//! Exit codes of all three, distinct so that a pod's termination reason tells what went wrong:
 //! 0 success, 1 other failure, 3 credential refused (401/403), 4 resource not found (404),
 //! 5 integrity failure (digest mismatch), 6 unsafe or oversized archive, 7 server unreachable
 //! or failing after all retries, 64 bad usage.

@@ -1,4 +1,4 @@
-//! Stages local files as a submission (the server's `db::blobs`): hashes each file, asks the
+//! Stages local files as a submission (the server's `files` module): hashes each file, asks the
 //! server to commit the submission, sends only the files the server does not hold for the
 //! namespace, and asks again. Resubmitting the same files sends no file bytes.
 

@@ -269,7 +269,9 @@ pub async fn run(args: UploadArgs) -> Result<String, ClientError> {
 
 fn secret_manifest(name: &str, namespace: &str, c: &Created) -> String {
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    app.kubernetes.io/managed-by: staging-server\n    {}: \"{}\"\ntype: Opaque\nstringData:\n  resource-id: \"{}\"\n  token: \"{}\"\n  sha256: \"{}\"\n",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {namespace}\n  labels:\n    {}: {}\n    {}: \"{}\"\ntype: Opaque\nstringData:\n  resource-id: \"{}\"\n  token: \"{}\"\n  sha256: \"{}\"\n",
+        staging_api::wire::MANAGED_BY_LABEL,
+        staging_api::wire::MANAGED_BY,
         staging_api::wire::RESOURCE_LABEL,
         c.id,
         c.id,

@@ -364,8 +364,8 @@ async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
     );
     let secret_labels = BTreeMap::from([
         (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "staging-server".to_owned(),
+            staging_api::wire::MANAGED_BY_LABEL.to_owned(),
+            staging_api::wire::MANAGED_BY.to_owned(),
         ),
         (
             staging_api::wire::RESOURCE_LABEL.to_owned(),
