@@ -33,6 +33,10 @@ pub(crate) struct Args {
     /// Runs of each size (medians are reported).
     #[arg(long, default_value_t = 21)]
     runs: usize,
+    /// Control run: `owner` stores an unrelated file, so that both cases send new content;
+    /// what differs between them then is the method's own bias.
+    #[arg(long)]
+    control: bool,
     /// Work directory (must be on the disk under test); default: target/loadtest.
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -67,8 +71,13 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
             let x = pseudo_random_seeded(size, seed);
             let y = pseudo_random_seeded(size, seed + 1);
             let probe = format!("probe-{s}-{run}");
+            let stored = if args.control {
+                pseudo_random_seeded(size, u64::MAX - seed)
+            } else {
+                x.clone()
+            };
             ensure!(
-                put(&client, &api, "owner", &x).await?.0 == 201,
+                put(&client, &api, "owner", &stored).await?.0 == 201,
                 "owner send"
             );
             let (mut t_held, mut t_new) = (0.0, 0.0);
@@ -121,6 +130,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
     }
     Ok(json!({
         "benchmark": "staging-dedup",
+        "control": args.control,
         "runs": args.runs,
         "sizes": results,
     }))
