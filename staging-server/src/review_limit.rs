@@ -9,8 +9,9 @@
 //!   the budget for reviews of tokens not in the cache: identities already reviewed keep
 //!   working. A client is its IPv4 address, or the /64 prefix of its IPv6 address (one host
 //!   commonly holds a whole /64 and can rotate through it);
-//! - *refusals per identity*: a SubjectAccessReview that refuses costs the reviewed identity
-//!   (a valid token asking for ever new namespaces);
+//! - *per identity*: a SubjectAccessReview that refuses costs the reviewed identity (a valid
+//!   token asking for ever new namespaces), and so does the review of each of its new tokens
+//!   (tokens minted in bulk; beyond this budget such a review costs the address as a failure);
 //! - *all reviews*, one bucket: every review that reaches the API server, whatever its
 //!   outcome, so that many callers together cannot drive it harder than the operator allows.
 //!
