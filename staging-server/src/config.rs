@@ -67,6 +67,10 @@ pub const DEFAULT_NAMESPACE_MAX_BLOBS: u64 = 10_000;
 /// Namespaces that may hold files not named by a submission at once (a staging's files wait
 /// unnamed for seconds; a thousand namespaces staging at the same moment is a large cluster).
 pub const DEFAULT_MAX_UNNAMED_NAMESPACES: u64 = 1000;
+/// Namespaces where one credential may hold such files at once: a tenth of
+/// [`DEFAULT_MAX_UNNAMED_NAMESPACES`], so that one credential making up namespace names cannot
+/// take every place, and still room for a shared token staging for a hundred teams at once.
+pub const DEFAULT_CREDENTIAL_MAX_NAMESPACES: u64 = 100;
 /// An object of the store without a row is deleted as an orphan only once it is this old.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 /// Time in-flight transfers get to finish after SIGTERM.
@@ -239,6 +243,10 @@ pub struct ServeArgs {
     /// Namespaces that may hold files not yet named by a submission at once (1000).
     #[arg(long, env = "STAGING_MAX_UNNAMED_NAMESPACES")]
     pub max_unnamed_namespaces: Option<u64>,
+    /// Namespaces where one upload credential may hold files not yet named by a submission at
+    /// once (100).
+    #[arg(long, env = "STAGING_CREDENTIAL_MAX_NAMESPACES")]
+    pub credential_max_namespaces: Option<u64>,
     /// Start on a store prefix that another server instance (its own database) has registered,
     /// instead of refusing to; the orphan sweep then deletes nothing.
     #[arg(long, env = "STAGING_STORE_SHARED")]
@@ -328,6 +336,7 @@ struct FileConfig {
     credential_unnamed_bytes: Option<ByteSize>,
     namespace_max_blobs: Option<u64>,
     max_unnamed_namespaces: Option<u64>,
+    credential_max_namespaces: Option<u64>,
     #[serde(default)]
     store_shared: bool,
     #[serde(default, with = "humantime_serde_opt")]
@@ -395,6 +404,8 @@ pub struct Limits {
     pub namespace_max_blobs: u64,
     /// Namespaces holding such files at once.
     pub max_unnamed_namespaces: u64,
+    /// Namespaces where one credential holds such files at once.
+    pub credential_max_namespaces: u64,
 }
 
 impl Default for Limits {
@@ -414,6 +425,7 @@ impl Default for Limits {
             credential_unnamed_bytes: DEFAULT_CREDENTIAL_UNNAMED_BYTES,
             namespace_max_blobs: DEFAULT_NAMESPACE_MAX_BLOBS,
             max_unnamed_namespaces: DEFAULT_MAX_UNNAMED_NAMESPACES,
+            credential_max_namespaces: DEFAULT_CREDENTIAL_MAX_NAMESPACES,
         }
     }
 }
@@ -610,6 +622,10 @@ impl Config {
                     .max_unnamed_namespaces
                     .or(file.max_unnamed_namespaces)
                     .unwrap_or(d.max_unnamed_namespaces),
+                credential_max_namespaces: args
+                    .credential_max_namespaces
+                    .or(file.credential_max_namespaces)
+                    .unwrap_or(d.credential_max_namespaces),
             },
             sweep_interval: args
                 .sweep_interval
@@ -765,6 +781,7 @@ impl Config {
             || l.max_upload_size == 0
             || l.namespace_max_blobs == 0
             || l.max_unnamed_namespaces == 0
+            || l.credential_max_namespaces == 0
         {
             return Err(Error::Config("limits must be positive".into()));
         }

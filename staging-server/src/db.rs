@@ -229,6 +229,8 @@ pub struct Quotas {
     pub namespace_max_blobs: Option<u64>,
     /// Namespaces holding such files at once.
     pub max_unnamed_namespaces: Option<u64>,
+    /// Namespaces where one credential holds such files at once.
+    pub credential_max_namespaces: Option<u64>,
 }
 
 /// Bytes an upload may still bring, and the bound that leaves no more.

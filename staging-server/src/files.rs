@@ -18,8 +18,9 @@
 //!   unnamed bytes of the credential that sent it, whether or not another namespace holds the
 //!   same content, so that neither a refusal nor a charge tells one tenant what another
 //!   stores. The credential's bound does not grow with the namespaces it names: a shared
-//!   upload token cannot multiply its allowance by making up namespace names, and the number
-//!   of namespaces holding unnamed files is capped as well. Its sender may delete it.
+//!   upload token cannot multiply its allowance by making up namespace names. The namespaces
+//!   holding unnamed files are capped, in all and per credential (so that one credential
+//!   cannot take every place). Its sender may delete it.
 //! - Every change of a grant or a resource updates the running counters of [`crate::usage`]
 //!   in the same transaction; quota checks read those instead of summing rows.
 //! - A *files resource* is a submission: a resource row (api `files`, with its own id, tokens,
@@ -500,6 +501,15 @@ fn blob_refusal(
         return Ok(Some(format!(
             "{max} namespaces already hold files not named by a submission (the server's \
              maximum); retry once they are submitted"
+        )));
+    }
+    if let Some(max) = q.credential_max_namespaces
+        && usage::pair(c, credential.as_str(), ns)?.unnamed_count == 0
+        && usage::credential_namespaces(c, credential.as_str())? >= max
+    {
+        return Ok(Some(format!(
+            "this credential already holds files not named by a submission in {max} \
+             namespaces; submit or delete them first"
         )));
     }
     if let Some(max) = q.credential_unnamed_bytes {

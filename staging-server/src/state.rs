@@ -354,6 +354,7 @@ impl AppState {
             credential_unnamed_bytes: Some(l.credential_unnamed_bytes),
             namespace_max_blobs: Some(l.namespace_max_blobs),
             max_unnamed_namespaces: Some(l.max_unnamed_namespaces),
+            credential_max_namespaces: Some(l.credential_max_namespaces),
         }
     }
 

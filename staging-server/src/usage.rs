@@ -7,7 +7,9 @@
 //!
 //! - *Committed*: resources (a bundle, or a submission counted by its files) and their charge.
 //! - *Unnamed*: grants on files that no submission of their namespace names, counted for the
-//!   namespace and for the credential that sent the file (see [`crate::ids::CredentialId`]).
+//!   namespace, for the credential that sent the file (see [`crate::ids::CredentialId`]) and
+//!   for the pair of the two (so that the namespaces where a credential holds such files can
+//!   be counted).
 //!
 //! Every object is charged at least [`MIN_CHARGE`] bytes: a file's rows and its object cost the
 //! server the same whatever its size, so a quota of bytes also bounds the number of files.
@@ -60,6 +62,11 @@ fn namespace_key(ns: &str) -> String {
 /// Key of the credential `id`.
 fn credential_key(id: &str) -> String {
     format!("cred:{id}")
+}
+
+/// Key of what the credential `id` holds in the namespace `ns`.
+fn pair_key(id: &str, ns: &str) -> String {
+    format!("cn:{id}/{ns}")
 }
 
 /// Key of the whole store.
@@ -136,6 +143,7 @@ pub(crate) fn unnamed(
     apply(c, &namespace_key(ns), d)?;
     if let Some(id) = credential {
         apply(c, &credential_key(id), d)?;
+        apply(c, &pair_key(id, ns), d)?;
     }
     apply(c, TOTAL, d)
 }
@@ -169,6 +177,11 @@ pub(crate) fn credential(c: &Connection, id: &str) -> rusqlite::Result<Usage> {
     get(c, &credential_key(id))
 }
 
+/// What the credential `id` is charged for unnamed files in the namespace `ns`.
+pub(crate) fn pair(c: &Connection, id: &str, ns: &Namespace) -> rusqlite::Result<Usage> {
+    get(c, &pair_key(id, ns.as_str()))
+}
+
 /// What the whole store is charged.
 pub(crate) fn total(c: &Connection) -> rusqlite::Result<Usage> {
     get(c, TOTAL)
@@ -177,10 +190,22 @@ pub(crate) fn total(c: &Connection) -> rusqlite::Result<Usage> {
 /// Namespaces holding at least one unnamed file. Read through a partial index of those rows
 /// only, so its cost is bounded by the cap it is checked against.
 pub(crate) fn unnamed_namespaces(c: &Connection) -> rusqlite::Result<u64> {
+    // ';' follows ':': the range holds exactly the keys starting with "ns:".
+    count_unnamed(c, "ns:", "ns;")
+}
+
+/// Namespaces where the credential `id` holds at least one unnamed file (bounded the same
+/// way).
+pub(crate) fn credential_namespaces(c: &Connection, id: &str) -> rusqlite::Result<u64> {
+    // '0' follows '/', and a credential id holds no '/'.
+    count_unnamed(c, &format!("cn:{id}/"), &format!("cn:{id}0"))
+}
+
+fn count_unnamed(c: &Connection, from: &str, to: &str) -> rusqlite::Result<u64> {
     let n: i64 = c.query_row(
         "SELECT COUNT(*) FROM usage INDEXED BY usage_unnamed
-         WHERE unnamed_count > 0 AND account >= 'ns:' AND account < 'ns;'",
-        [],
+         WHERE unnamed_count > 0 AND account >= ?1 AND account < ?2",
+        params![from, to],
         |r| r.get(0),
     )?;
     Ok(n.max(0) as u64)
@@ -245,7 +270,10 @@ pub(crate) fn recount(c: &Connection) -> rusqlite::Result<BTreeMap<String, Usage
         for row in rows {
             let (ns, credential, bytes) = row?;
             let mut keys = vec![namespace_key(&ns), TOTAL.to_owned()];
-            keys.extend(credential.as_deref().map(credential_key));
+            if let Some(id) = credential.as_deref() {
+                keys.push(credential_key(id));
+                keys.push(pair_key(id, &ns));
+            }
             for key in keys {
                 add(key, &|u| {
                     u.unnamed_count += 1;
@@ -257,17 +285,22 @@ pub(crate) fn recount(c: &Connection) -> rusqlite::Result<BTreeMap<String, Usage
     Ok(out)
 }
 
-/// Meta key set once the counters hold what the rows give.
+/// Meta key holding the version of the counters the database keeps.
 const COUNTED: &str = "usage_counted";
+/// The version of the counters: what accounts there are and how objects are charged. A
+/// database whose counters are of another version is counted again when opened.
+const VERSION: &str = "2";
 
-/// Counts a database from before the counters (once: later opens find them counted).
+/// Counts a database from before the counters, or from before their present version (once:
+/// later opens find them counted).
 pub(crate) fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let done = tx
-        .query_row("SELECT 1 FROM meta WHERE key = ?1", [COUNTED], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if !done {
+    let version: Option<String> = tx
+        .query_row("SELECT value FROM meta WHERE key = ?1", [COUNTED], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if version.as_deref() != Some(VERSION) {
         tx.execute("DELETE FROM usage", [])?;
         for (account, u) in recount(&tx)? {
             tx.execute(
@@ -282,7 +315,11 @@ pub(crate) fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
                 ],
             )?;
         }
-        tx.execute("INSERT INTO meta (key, value) VALUES (?1, '1')", [COUNTED])?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = ?2",
+            [COUNTED, VERSION],
+        )?;
     }
     tx.commit()
 }
@@ -358,5 +395,13 @@ mod tests {
         // Credentials are not namespaces, whatever their name.
         unnamed(&c, "team-c", Some("ns:x"), 4096, true).unwrap();
         assert_eq!(unnamed_namespaces(&c).unwrap(), 2);
+        // The namespaces of a credential are its own, not those of a credential whose id
+        // begins the same.
+        unnamed(&c, "team-d", Some("token:10"), 4096, true).unwrap();
+        assert_eq!(credential_namespaces(&c, "token:1").unwrap(), 1);
+        assert_eq!(credential_namespaces(&c, "token:10").unwrap(), 1);
+        unnamed(&c, "team-b", Some("token:1"), 4096, true).unwrap();
+        assert_eq!(credential_namespaces(&c, "token:1").unwrap(), 2);
+        assert_eq!(pair(&c, "token:1", &a).unwrap().unnamed_bytes, 5000);
     }
 }

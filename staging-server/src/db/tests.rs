@@ -101,4 +101,16 @@ fn an_older_database_is_counted_once_when_opened() {
         1,
         "the row changed by hand"
     );
+    // Counters of another version are counted again.
+    c.execute(
+        "UPDATE meta SET value = '1' WHERE key = 'usage_counted'",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    drop(db);
+    let db = Db::open(&path).unwrap();
+    let c = db.conn.lock().unwrap();
+    assert_eq!(usage::namespace(&c, &a).unwrap().committed_count, 2);
+    assert_eq!(usage::drift(&c).unwrap(), Vec::<String>::new());
 }

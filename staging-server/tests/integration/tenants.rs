@@ -303,3 +303,37 @@ async fn a_shared_token_cannot_multiply_its_unnamed_allowance_with_made_up_names
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_credential_cannot_take_every_place_for_unnamed_files() {
+    let s = TestServer::start(|c| {
+        c.upload_tokens = vec![
+            SHARED.into(),
+            SHARED_2.into(),
+            limited(&format!("{TEAM_A} team-a")),
+        ];
+        c.limits.max_unnamed_namespaces = 4;
+        c.limits.credential_max_namespaces = 2;
+    })
+    .await;
+    // Tiny files into ever new made-up namespaces: two places, then refused ...
+    for i in 0..2u8 {
+        let (code, body) = send(&s, SHARED, &format!("made-up-{i}"), &content(100, i)).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let (code, body) = send(&s, SHARED, "made-up-2", &content(100, 2)).await;
+    assert_eq!(code, 507, "{body}");
+    assert!(body.contains("in 2 namespaces"), "{body}");
+    // ... while its namespaces take more, and other credentials still find places.
+    assert_eq!(send(&s, SHARED, "made-up-1", &content(100, 3)).await.0, 201);
+    assert_eq!(
+        send(&s, SHARED_2, "made-up-2", &content(100, 4)).await.0,
+        201
+    );
+    assert_eq!(send(&s, TEAM_A, "team-a", &content(100, 5)).await.0, 201);
+    assert_eq!(
+        s.state.db().usage_drift().await.unwrap(),
+        Vec::<String>::new()
+    );
+    s.shutdown().await;
+}
