@@ -12,15 +12,13 @@
 //! holds it itself: that tells the sender only about its own files), and checks that a
 //! body-less send of another namespace's file is refused.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use serde_json::{Value, json};
 use sha2::Digest as _;
-use tokio::process::Command;
 
-use crate::procs::{free_port, release_bin, wait_listening, work_dir};
+use crate::procs::{start_staging, work_dir};
 use crate::staging::pseudo_random_seeded;
 use crate::stats::{median, round};
 
@@ -45,19 +43,7 @@ pub(crate) struct Args {
 /// Runs the benchmark and returns the report.
 pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
     let work = work_dir(args.dir.as_deref())?;
-    let port = free_port()?;
-    let _server = Command::new(release_bin("staging-server")?)
-        .arg("--data-dir")
-        .arg(work.path().join("staging"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting staging-server")?;
-    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).await?;
-    let api = format!("http://127.0.0.1:{port}");
+    let (_server, api) = start_staging(&work.path().join("staging"), &[]).await?;
     // One connection at a time, kept alive: no connection set-up inside a timing.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)

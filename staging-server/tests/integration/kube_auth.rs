@@ -329,6 +329,23 @@ async fn audience_bound_tokens_are_required_when_configured() {
     s.shutdown().await;
 }
 
+/// A server with `--kube-auth` against `client`, its configuration changed by `tweak`.
+async fn kube_server(
+    client: kube::Client,
+    tweak: impl FnOnce(&mut staging_server::Config),
+) -> TestServer {
+    TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        |c| {
+            c.kube_auth = true;
+            tweak(c);
+        },
+        None,
+        Some(client),
+    )
+    .await
+}
+
 /// A client whose connections come from `ip` (a loopback address of 127/8).
 fn client_from(ip: &str) -> reqwest::Client {
     reqwest::Client::builder()
@@ -349,18 +366,12 @@ async fn junk_tokens_from_one_address_spend_only_what_needs_a_review() {
         ids.allow(name, "create", "pods", "team-a");
     }
     let client = bed_api(api).await;
-    let s = TestServer::start_with(
-        tempfile::tempdir().unwrap(),
-        |c| {
-            c.kube_auth = true;
-            c.kube_auth_settings.review_burst = 3;
-            c.kube_auth_settings.reviews_per_minute = 1;
-            c.kube_auth_settings.global_review_burst = 12;
-            c.kube_auth_settings.global_reviews_per_minute = 1;
-        },
-        None,
-        Some(client),
-    )
+    let s = kube_server(client, |c| {
+        c.kube_auth_settings.review_burst = 3;
+        c.kube_auth_settings.reviews_per_minute = 1;
+        c.kube_auth_settings.global_review_burst = 12;
+        c.kube_auth_settings.global_reviews_per_minute = 1;
+    })
     .await;
     let started = std::time::Instant::now();
     // Two users behind one address (a proxy, SNAT): the neighbour stages first (a token
@@ -459,16 +470,10 @@ async fn refused_access_reviews_cost_the_identity_not_its_address() {
     ids.add_token("sam-token", user("sam", &["system:authenticated"]));
     ids.allow("sam", "create", "pods", "team-a");
     let client = bed_api(api).await;
-    let s = TestServer::start_with(
-        tempfile::tempdir().unwrap(),
-        |c| {
-            c.kube_auth = true;
-            c.kube_auth_settings.review_burst = 3;
-            c.kube_auth_settings.reviews_per_minute = 1;
-        },
-        None,
-        Some(client),
-    )
+    let s = kube_server(client, |c| {
+        c.kube_auth_settings.review_burst = 3;
+        c.kube_auth_settings.reviews_per_minute = 1;
+    })
     .await;
     // A valid identity asking for ever new namespaces where it has no rights.
     let mut codes = Vec::new();
@@ -505,16 +510,10 @@ async fn tokens_minted_in_bulk_cost_their_address_once_their_identity_spent_its_
     ids.add_token("tara-token", user("tara", &["system:authenticated"]));
     ids.allow("tara", "create", "pods", "team-a");
     let client = bed_api(api).await;
-    let s = TestServer::start_with(
-        tempfile::tempdir().unwrap(),
-        |c| {
-            c.kube_auth = true;
-            c.kube_auth_settings.review_burst = 3;
-            c.kube_auth_settings.reviews_per_minute = 1;
-        },
-        None,
-        Some(client),
-    )
+    let s = kube_server(client, |c| {
+        c.kube_auth_settings.review_burst = 3;
+        c.kube_auth_settings.reviews_per_minute = 1;
+    })
     .await;
     let neighbour = client_from("127.0.0.1");
     assert_eq!(
