@@ -3,6 +3,7 @@
 //! goes to stderr.
 
 mod chart;
+mod dedup;
 mod flood;
 mod limit;
 mod nginx;
@@ -33,6 +34,10 @@ enum Command {
     /// job of many jars (first time, resubmission, one jar changed), beside uploading the
     /// whole bundle every time.
     StagingSubmit(submit::Args),
+    /// Staging server: whether a file's send is answered faster when another namespace
+    /// already stores its content than when it is new (a timing side channel of the
+    /// deduplication), medians of interleaved runs per size.
+    StagingDedup(dedup::Args),
     /// Shuffle service over gRPC and over its Spark-protocol listener: fetch throughput for
     /// 1 MiB and 32 KiB blocks at 16 and 64 concurrent streams beside raw TCP over loopback,
     /// and peak memory idle and under load.
@@ -63,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let report = match cli.command {
         Command::Staging(args) => staging::run(args).await?,
         Command::StagingSubmit(args) => submit::run(args).await?,
+        Command::StagingDedup(args) => dedup::run(args).await?,
         Command::ShuffleFetch(args) => shuffle::fetch(args).await?,
         Command::ShuffleCleanup(args) => shuffle::cleanup(args).await?,
         Command::SparkFetch(args) => spark::run(args).await?,

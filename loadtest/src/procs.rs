@@ -6,6 +6,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+/// Starts the release `staging-server` on a free loopback port with its data in `data_dir`
+/// and `extra` flags, and waits until it listens; the child (killed on drop) and the API's
+/// base URL.
+pub(crate) async fn start_staging(
+    data_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let port = free_port()?;
+    let server = tokio::process::Command::new(release_bin("staging-server")?)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting staging-server")?;
+    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).await?;
+    Ok((server, format!("http://127.0.0.1:{port}")))
+}
+
 /// A free loopback port (for servers that cannot report a port-0 bind).
 pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

@@ -9,7 +9,6 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,10 +17,9 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
 use crate::nginx::Nginx;
-use crate::procs::{free_port, release_bin, vm_hwm, wait_listening, work_dir};
+use crate::procs::{start_staging, vm_hwm, work_dir};
 use crate::stats::{mb_per_s, median, round};
 
 /// Arguments of `loadtest staging`.
@@ -51,25 +49,8 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
     let work = work_dir(args.dir.as_deref())?;
     let data_dir = work.path().join("staging");
-    let port = free_port()?;
-    let mut server = Command::new(release_bin("staging-server")?)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--max-upload-size",
-            "4GiB",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting staging-server")?;
+    let (mut server, api) = start_staging(&data_dir, &["--max-upload-size", "4GiB"]).await?;
     let pid = server.id().context("server pid")?;
-    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).await?;
-    let api = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;

@@ -10,14 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context as _;
 use serde_json::{Value, json};
 use staging_client::stage::{LocalFile, StageRequest, stage};
 use tokio::process::Command;
 
-use crate::procs::{free_port, release_bin, wait_listening, work_dir};
+use crate::procs::{release_bin, start_staging, work_dir};
 use crate::stats::{median, round};
 
 /// Arguments of `loadtest staging-submit`.
@@ -52,25 +51,16 @@ impl Case {
 /// Runs the benchmark and returns the report.
 pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
     let work = work_dir(args.dir.as_deref())?;
-    let port = free_port()?;
-    let _server = Command::new(release_bin("staging-server")?)
-        .arg("--data-dir")
-        .arg(work.path().join("staging"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args([
+    let (_server, server) = start_staging(
+        &work.path().join("staging"),
+        &[
             "--max-upload-size",
             "8GiB",
             "--namespace-quota-bytes",
             "1Ti",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting staging-server")?;
-    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).await?;
-    let server = format!("http://127.0.0.1:{port}");
+        ],
+    )
+    .await?;
     let client = reqwest::Client::new();
 
     let src = work.path().join("job");

@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
-use crate::ids::{InvalidField, Namespace};
+use crate::ids::{CredentialId, InvalidField, Namespace};
 
 /// How a request presented its credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,14 +188,51 @@ impl UploadAuth {
 
     /// Checks a request's upload credential; what it may act for.
     ///
-    /// Every configured hash is compared, without early exit, so timing reveals neither which
-    /// token matched nor how much of it.
-    ///
     /// # Errors
     /// [`UploadAuthError`] saying why.
     pub fn check(&self, headers: &HeaderMap) -> Result<Scope<'_>, UploadAuthError> {
+        Ok(self.scope(self.matched(headers)?))
+    }
+
+    /// What the configured token `matched` (`None`: anonymous upload) may act for.
+    fn scope(&self, matched: Option<usize>) -> Scope<'_> {
+        match matched {
+            None => Scope::Anonymous,
+            Some(i) => match &self.tokens[i].1 {
+                None => Scope::Any,
+                Some(list) => Scope::Namespaces(list),
+            },
+        }
+    }
+
+    /// Checks a request's upload credential for `namespace`; which credential it is (the
+    /// account its unnamed files are charged to beside the namespace).
+    ///
+    /// # Errors
+    /// [`UploadAuthError`] saying why; [`UploadAuthError::WrongNamespace`] for a token
+    /// limited to other namespaces.
+    pub fn check_for(
+        &self,
+        headers: &HeaderMap,
+        namespace: &Namespace,
+    ) -> Result<CredentialId, UploadAuthError> {
+        let matched = self.matched(headers)?;
+        if !self.scope(matched).allows(namespace) {
+            return Err(UploadAuthError::WrongNamespace);
+        }
+        Ok(match matched {
+            None => CredentialId::anonymous(),
+            Some(i) => CredentialId::upload_token(&self.tokens[i].0),
+        })
+    }
+
+    /// The index of the configured token the request presents (`None`: anonymous upload).
+    ///
+    /// Every configured hash is compared, without early exit, so timing reveals neither which
+    /// token matched nor how much of it.
+    fn matched(&self, headers: &HeaderMap) -> Result<Option<usize>, UploadAuthError> {
         if !self.required() {
-            return Ok(Scope::Anonymous);
+            return Ok(None);
         }
         let token = match credential(headers, false) {
             Ok(Some((t, _))) => t,
@@ -214,27 +251,7 @@ impl UploadAuth {
         if !bool::from(found) {
             return Err(UploadAuthError::Invalid);
         }
-        Ok(match &self.tokens[index as usize].1 {
-            None => Scope::Any,
-            Some(list) => Scope::Namespaces(list),
-        })
-    }
-
-    /// Checks a request's upload credential for `namespace`.
-    ///
-    /// # Errors
-    /// [`UploadAuthError`] saying why; [`UploadAuthError::WrongNamespace`] for a token
-    /// limited to other namespaces.
-    pub fn check_for(
-        &self,
-        headers: &HeaderMap,
-        namespace: &Namespace,
-    ) -> Result<(), UploadAuthError> {
-        if self.check(headers)?.allows(namespace) {
-            Ok(())
-        } else {
-            Err(UploadAuthError::WrongNamespace)
-        }
+        Ok(Some(index as usize))
     }
 }
 
@@ -294,12 +311,17 @@ mod tests {
             "team-c".parse().unwrap(),
         );
         let h = headers("Bearer team-a-upload-token");
-        assert_eq!(auth.check_for(&h, &a), Ok(()));
-        assert_eq!(auth.check_for(&h, &c), Ok(()));
+        let limited_id = auth.check_for(&h, &a).unwrap();
+        // One credential, whatever the namespace it acts for.
+        assert_eq!(auth.check_for(&h, &c), Ok(limited_id.clone()));
         assert_eq!(auth.check_for(&h, &b), Err(UploadAuthError::WrongNamespace));
+        let shared = headers("Bearer every-namespace-token");
+        let shared_id = auth.check_for(&shared, &b).unwrap();
+        assert_eq!(auth.check_for(&shared, &a), Ok(shared_id.clone()));
+        assert_ne!(shared_id, limited_id);
         assert_eq!(
-            auth.check_for(&headers("Bearer every-namespace-token"), &b),
-            Ok(())
+            UploadAuth::new(&[]).check_for(&HeaderMap::new(), &a),
+            Ok(CredentialId::anonymous())
         );
         assert!(UploadToken::parse("tok Team_A").is_err());
         assert_eq!(UploadToken::parse("   ").unwrap(), None);

@@ -57,6 +57,22 @@ pub const DEFAULT_DISK_RESERVE: u64 = 32 << 20;
 /// Bytes of files one namespace may hold sent but not yet named by a submission (they count
 /// against its quota and the capacity as well).
 pub const DEFAULT_NAMESPACE_UNNAMED_BYTES: u64 = 8 << 30;
+/// Bytes of files one upload credential (an upload token, a Kubernetes identity, or anonymous
+/// uploads) may hold sent but not yet named by a submission, across all the namespaces it
+/// names: a shared token cannot multiply [`DEFAULT_NAMESPACE_UNNAMED_BYTES`] by making up
+/// namespace names. Twice the namespace bound leaves room for a shared token serving several
+/// teams' stagings at once (their files wait unnamed only between send and submission).
+pub const DEFAULT_CREDENTIAL_UNNAMED_BYTES: u64 = 16 << 30;
+/// Files one namespace may hold sent but not yet named by a submission: a staging names at
+/// most [`crate::files::MAX_FILES`] files, so ten at once fit.
+pub const DEFAULT_NAMESPACE_MAX_BLOBS: u64 = 10_000;
+/// Namespaces that may hold files not named by a submission at once (a staging's files wait
+/// unnamed for seconds; a thousand namespaces staging at the same moment is a large cluster).
+pub const DEFAULT_MAX_UNNAMED_NAMESPACES: u64 = 1000;
+/// Namespaces where one credential may hold such files at once: a tenth of
+/// [`DEFAULT_MAX_UNNAMED_NAMESPACES`], so that one credential making up namespace names cannot
+/// take every place, and still room for a shared token staging for a hundred teams at once.
+pub const DEFAULT_CREDENTIAL_MAX_NAMESPACES: u64 = 100;
 /// An object of the store without a row is deleted as an orphan only once it is this old.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 /// Time in-flight transfers get to finish after SIGTERM.
@@ -190,14 +206,25 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub kube_auth_audiences: Vec<String>,
-    /// With --kube-auth, Kubernetes API reviews one client address (IPv6: its /64) may cause
-    /// at once (20); answers from the cache are free.
+    /// With --kube-auth, failed Kubernetes API reviews one client address (IPv6: its /64)
+    /// may cause at once (20): token reviews of tokens the API server does not authenticate
+    /// (and, per identity, access reviews that refuse and reviews of its new tokens). Reviews
+    /// of valid tokens and answers from the cache are free to the address.
     #[arg(long, env = "STAGING_KUBE_AUTH_REVIEW_BURST")]
     pub kube_auth_review_burst: Option<u32>,
-    /// With --kube-auth, reviews one client may cause per minute after its burst (60); more
-    /// are answered 429 with Retry-After.
+    /// With --kube-auth, failed reviews one client address (or identity) may cause per minute
+    /// after its burst (60); beyond, tokens not in the cache are answered 429 with
+    /// Retry-After.
     #[arg(long, env = "STAGING_KUBE_AUTH_REVIEWS_PER_MINUTE")]
     pub kube_auth_reviews_per_minute: Option<u32>,
+    /// With --kube-auth, Kubernetes API reviews of all callers together at once (100),
+    /// whatever their outcome: what the server may ask of the API server.
+    #[arg(long, env = "STAGING_KUBE_AUTH_GLOBAL_REVIEW_BURST")]
+    pub kube_auth_global_review_burst: Option<u32>,
+    /// With --kube-auth, reviews of all callers together per minute after that burst (600);
+    /// beyond, what needs a review is answered 429 with Retry-After.
+    #[arg(long, env = "STAGING_KUBE_AUTH_GLOBAL_REVIEWS_PER_MINUTE")]
+    pub kube_auth_global_reviews_per_minute: Option<u32>,
     /// PEM certificate chain of the API listener (TLS when given, with --tls-key); reloaded
     /// when the file changes.
     #[arg(long, env = "STAGING_TLS_CERT")]
@@ -208,6 +235,21 @@ pub struct ServeArgs {
     /// Bytes of files one namespace may hold sent but not yet named by a submission (8GiB).
     #[arg(long, env = "STAGING_NAMESPACE_UNNAMED_BYTES")]
     pub namespace_unnamed_bytes: Option<ByteSize>,
+    /// Bytes of files one upload credential (an upload token, a Kubernetes identity, or
+    /// anonymous uploads) may hold sent but not yet named by a submission, across every
+    /// namespace it names (16GiB).
+    #[arg(long, env = "STAGING_CREDENTIAL_UNNAMED_BYTES")]
+    pub credential_unnamed_bytes: Option<ByteSize>,
+    /// Files one namespace may hold sent but not yet named by a submission (10000).
+    #[arg(long, env = "STAGING_NAMESPACE_MAX_BLOBS")]
+    pub namespace_max_blobs: Option<u64>,
+    /// Namespaces that may hold files not yet named by a submission at once (1000).
+    #[arg(long, env = "STAGING_MAX_UNNAMED_NAMESPACES")]
+    pub max_unnamed_namespaces: Option<u64>,
+    /// Namespaces where one upload credential may hold files not yet named by a submission at
+    /// once (100).
+    #[arg(long, env = "STAGING_CREDENTIAL_MAX_NAMESPACES")]
+    pub credential_max_namespaces: Option<u64>,
     /// Start on a store prefix that another server instance (its own database) has registered,
     /// instead of refusing to; the orphan sweep then deletes nothing.
     #[arg(long, env = "STAGING_STORE_SHARED")]
@@ -289,9 +331,15 @@ struct FileConfig {
     kube_auth_audiences: Vec<String>,
     kube_auth_review_burst: Option<u32>,
     kube_auth_reviews_per_minute: Option<u32>,
+    kube_auth_global_review_burst: Option<u32>,
+    kube_auth_global_reviews_per_minute: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     namespace_unnamed_bytes: Option<ByteSize>,
+    credential_unnamed_bytes: Option<ByteSize>,
+    namespace_max_blobs: Option<u64>,
+    max_unnamed_namespaces: Option<u64>,
+    credential_max_namespaces: Option<u64>,
     #[serde(default)]
     store_shared: bool,
     #[serde(default, with = "humantime_serde_opt")]
@@ -354,6 +402,14 @@ pub struct Limits {
     pub upload_rate_window: Duration,
     /// Per-namespace bytes of files sent but not named by a submission.
     pub namespace_unnamed_bytes: u64,
+    /// Per-credential bytes of such files, across namespaces.
+    pub credential_unnamed_bytes: u64,
+    /// Per-namespace count of such files.
+    pub namespace_max_blobs: u64,
+    /// Namespaces holding such files at once.
+    pub max_unnamed_namespaces: u64,
+    /// Namespaces where one credential holds such files at once.
+    pub credential_max_namespaces: u64,
 }
 
 impl Default for Limits {
@@ -370,6 +426,10 @@ impl Default for Limits {
             upload_min_rate: DEFAULT_UPLOAD_MIN_RATE,
             upload_rate_window: DEFAULT_UPLOAD_RATE_WINDOW,
             namespace_unnamed_bytes: DEFAULT_NAMESPACE_UNNAMED_BYTES,
+            credential_unnamed_bytes: DEFAULT_CREDENTIAL_UNNAMED_BYTES,
+            namespace_max_blobs: DEFAULT_NAMESPACE_MAX_BLOBS,
+            max_unnamed_namespaces: DEFAULT_MAX_UNNAMED_NAMESPACES,
+            credential_max_namespaces: DEFAULT_CREDENTIAL_MAX_NAMESPACES,
         }
     }
 }
@@ -554,6 +614,22 @@ impl Config {
                     .namespace_unnamed_bytes
                     .or(file.namespace_unnamed_bytes)
                     .map_or(d.namespace_unnamed_bytes, |b| b.0),
+                credential_unnamed_bytes: args
+                    .credential_unnamed_bytes
+                    .or(file.credential_unnamed_bytes)
+                    .map_or(d.credential_unnamed_bytes, |b| b.0),
+                namespace_max_blobs: args
+                    .namespace_max_blobs
+                    .or(file.namespace_max_blobs)
+                    .unwrap_or(d.namespace_max_blobs),
+                max_unnamed_namespaces: args
+                    .max_unnamed_namespaces
+                    .or(file.max_unnamed_namespaces)
+                    .unwrap_or(d.max_unnamed_namespaces),
+                credential_max_namespaces: args
+                    .credential_max_namespaces
+                    .or(file.credential_max_namespaces)
+                    .unwrap_or(d.credential_max_namespaces),
             },
             sweep_interval: args
                 .sweep_interval
@@ -634,6 +710,14 @@ impl Config {
                 .kube_auth_reviews_per_minute
                 .or(file.kube_auth_reviews_per_minute)
                 .unwrap_or(k.reviews_per_minute),
+            global_review_burst: args
+                .kube_auth_global_review_burst
+                .or(file.kube_auth_global_review_burst)
+                .unwrap_or(k.global_review_burst),
+            global_reviews_per_minute: args
+                .kube_auth_global_reviews_per_minute
+                .or(file.kube_auth_global_reviews_per_minute)
+                .unwrap_or(k.global_reviews_per_minute),
         };
         config.tls = match (
             args.tls_cert.or(file.tls_cert),
@@ -672,9 +756,14 @@ impl Config {
                 "--kube-auth-audience needs --kube-auth".into(),
             ));
         }
-        if k.review_burst == 0 || k.reviews_per_minute == 0 {
+        if k.review_burst == 0
+            || k.reviews_per_minute == 0
+            || k.global_review_burst == 0
+            || k.global_reviews_per_minute == 0
+        {
             return Err(Error::Config(
-                "--kube-auth-review-burst and --kube-auth-reviews-per-minute must be positive"
+                "--kube-auth-review-burst, --kube-auth-reviews-per-minute and their --kube-auth-global-* \
+                 counterparts must be positive"
                     .into(),
             ));
         }
@@ -691,7 +780,13 @@ impl Config {
                 "TTLs must be positive and --unused-ttl must not exceed --max-ttl".into(),
             ));
         }
-        if l.max_concurrent_uploads == 0 || self.max_connections == 0 || l.max_upload_size == 0 {
+        if l.max_concurrent_uploads == 0
+            || self.max_connections == 0
+            || l.max_upload_size == 0
+            || l.namespace_max_blobs == 0
+            || l.max_unnamed_namespaces == 0
+            || l.credential_max_namespaces == 0
+        {
             return Err(Error::Config("limits must be positive".into()));
         }
         if self.header_read_timeout.is_zero() || l.body_idle_timeout.is_zero() {

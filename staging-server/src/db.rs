@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock::UnixMillis;
-use crate::ids::{Labels, Namespace, ResourceId, Sha256Digest};
+use crate::ids::{CredentialId, Labels, Namespace, ResourceId, Sha256Digest};
 
 /// Database failures.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS blob_grants (
     sha256     TEXT NOT NULL,
     namespace  TEXT NOT NULL,
     granted_at INTEGER NOT NULL DEFAULT 0,
+    credential TEXT,
     PRIMARY KEY (sha256, namespace)
 );
 CREATE INDEX IF NOT EXISTS blob_grants_by_namespace ON blob_grants(namespace);
@@ -120,6 +121,14 @@ CREATE TABLE IF NOT EXISTS resource_files (
     PRIMARY KEY (resource_id, name)
 );
 CREATE INDEX IF NOT EXISTS resource_files_by_blob ON resource_files(sha256);
+CREATE TABLE IF NOT EXISTS usage (
+    account         TEXT PRIMARY KEY,
+    committed_bytes INTEGER NOT NULL DEFAULT 0,
+    committed_count INTEGER NOT NULL DEFAULT 0,
+    unnamed_bytes   INTEGER NOT NULL DEFAULT 0,
+    unnamed_count   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS usage_unnamed ON usage(account) WHERE unnamed_count > 0;
 ";
 
 /// Handle to the metadata database.
@@ -214,6 +223,23 @@ pub struct Quotas {
     pub capacity: Option<u64>,
     /// Bytes per namespace of files sent but not named by one of its submissions.
     pub unnamed_bytes: Option<u64>,
+    /// Bytes of such files per upload credential, across namespaces.
+    pub credential_unnamed_bytes: Option<u64>,
+    /// Such files per namespace.
+    pub namespace_max_blobs: Option<u64>,
+    /// Namespaces holding such files at once.
+    pub max_unnamed_namespaces: Option<u64>,
+    /// Namespaces where one credential holds such files at once.
+    pub credential_max_namespaces: Option<u64>,
+}
+
+/// Bytes an upload may still bring, and the bound that leaves no more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    /// Bytes left.
+    pub bytes: u64,
+    /// What bounds them, for the refusal's message.
+    pub bound: &'static str,
 }
 
 /// Why a commit was refused.
@@ -335,6 +361,18 @@ impl Db {
                      (SELECT created_at FROM blobs b WHERE b.sha256 = blob_grants.sha256), 0);",
             )?;
         }
+        // Databases from before grants recorded their sender: those grants are charged to
+        // their namespace only.
+        let has_credential: bool = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('blob_grants') WHERE name = 'credential'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_credential {
+            conn.execute("ALTER TABLE blob_grants ADD COLUMN credential TEXT", [])?;
+        }
+        let mut conn = conn;
+        crate::usage::migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             unnamed_grace: crate::files::UNNAMED_BLOB_GRACE,
@@ -382,31 +420,27 @@ impl Db {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if let Some(ns) = &namespace {
-                if let Some(max) = quotas.namespace_count {
-                    let n: i64 = tx.query_row(
-                        "SELECT COUNT(*) FROM resources WHERE namespace = ?1",
-                        [ns.as_str()],
-                        |r| r.get(0),
-                    )?;
-                    if n as u64 >= max {
-                        return Ok(Some(format!(
-                            "namespace {ns} already holds its quota of {max} resources"
-                        )));
-                    }
+                let used = crate::usage::namespace(&tx, ns)?;
+                if let Some(max) = quotas.namespace_count
+                    && used.committed_count >= max
+                {
+                    return Ok(Some(format!(
+                        "namespace {ns} already holds its quota of {max} resources"
+                    )));
                 }
-                if let Some(max) = quotas.namespace_bytes {
-                    let used = charged_bytes(&tx, Some(ns))?;
-                    if used >= max {
-                        return Ok(Some(format!(
-                            "namespace {ns} has used its quota of {max} bytes"
-                        )));
-                    }
+                if let Some(max) = quotas.namespace_bytes
+                    && used.bytes() >= max
+                {
+                    return Ok(Some(format!(
+                        "namespace {ns} has used its quota of {max} bytes"
+                    )));
                 }
             }
             if let Some(cap) = quotas.capacity
-                && charged_bytes(&tx, None)? >= cap {
-                    return Ok(Some(format!("the store is full ({cap} bytes)")));
-                }
+                && crate::usage::total(&tx)?.bytes() >= cap
+            {
+                return Ok(Some(format!("the store is full ({cap} bytes)")));
+            }
             tx.execute(
                 "INSERT INTO resources (id, state, api, namespace, created_at, unused_ttl_ms, expires_at)
                  VALUES (?1, 'pending', ?2, ?3, ?4, 0, 0)",
@@ -419,8 +453,9 @@ impl Db {
     }
 
     /// Bytes still available to an upload into `namespace` under the quotas and capacity
-    /// (and, for a blob, under the namespace's bound on unnamed bytes). Committed resources
-    /// and the namespace's unnamed blobs count, whatever other namespaces hold.
+    /// (and, for a blob sent with `credential`, under the bounds on unnamed bytes of the
+    /// namespace and of the credential), with the bound that leaves the least. Only what the
+    /// namespace and the credential hold counts, whatever other namespaces hold.
     ///
     /// # Errors
     /// SQLite errors.
@@ -428,19 +463,38 @@ impl Db {
         &self,
         namespace: Option<Namespace>,
         quotas: Quotas,
-        blob: bool,
-    ) -> DbResult<Option<u64>> {
+        blob: Option<CredentialId>,
+    ) -> DbResult<Option<Headroom>> {
         self.call(move |c| {
-            let mut room: Option<u64> = None;
-            let mut limit = |r: u64| room = Some(room.map_or(r, |x: u64| x.min(r)));
-            if let (Some(ns), Some(max)) = (&namespace, quotas.namespace_bytes) {
-                limit(max.saturating_sub(charged_bytes(c, Some(ns))?));
+            let mut room: Option<Headroom> = None;
+            let mut limit = |max: u64, used: u64, bound: &'static str| {
+                let bytes = max.saturating_sub(used);
+                if room.is_none_or(|r| bytes < r.bytes) {
+                    room = Some(Headroom { bytes, bound });
+                }
+            };
+            if let Some(ns) = &namespace {
+                let used = crate::usage::namespace(c, ns)?;
+                if let Some(max) = quotas.namespace_bytes {
+                    limit(max, used.bytes(), "the namespace's quota");
+                }
+                if let (true, Some(max)) = (blob.is_some(), quotas.unnamed_bytes) {
+                    limit(
+                        max,
+                        used.unnamed_bytes,
+                        "the namespace's bound on files not named by a submission",
+                    );
+                }
             }
-            if let (true, Some(ns), Some(max)) = (blob, &namespace, quotas.unnamed_bytes) {
-                limit(max.saturating_sub(crate::files::unnamed_bytes(c, Some(ns))?));
+            if let (Some(id), Some(max)) = (&blob, quotas.credential_unnamed_bytes) {
+                limit(
+                    max,
+                    crate::usage::credential(c, id.as_str())?.unnamed_bytes,
+                    "this credential's bound on files not named by a submission",
+                );
             }
             if let Some(cap) = quotas.capacity {
-                limit(cap.saturating_sub(charged_bytes(c, None)?));
+                limit(cap, crate::usage::total(c)?.bytes(), "the capacity");
             }
             Ok(room)
         })
@@ -455,7 +509,8 @@ impl Db {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let ns = &req.owner.namespace;
-            if let Some(why) = quota_refusal(&tx, ns, req.size, req.quotas)? {
+            let charge = crate::usage::charge(req.size);
+            if let Some(why) = quota_refusal(&tx, ns, charge, req.quotas)? {
                 return Ok(CommitOutcome::QuotaExceeded(why));
             }
             let labels =
@@ -483,6 +538,7 @@ impl Db {
             if n == 0 {
                 return Ok(CommitOutcome::Gone);
             }
+            crate::usage::committed(&tx, ns.as_str(), charge, true)?;
             tx.execute(
                 "INSERT INTO tokens (jti, resource_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![req.jti, req.id.to_string(), req.expires_at],
@@ -504,7 +560,23 @@ impl Db {
         let cutoff = self.grant_cutoff(now);
         self.call(move |c| {
             let tx = c.transaction()?;
+            // A committed resource leaves its namespace's counters; its files' charge is read
+            // before `release` drops their rows.
+            let committed: Option<(String, u64)> = tx
+                .query_row(
+                    "SELECT namespace, CASE WHEN api = 'files'
+                         THEN COALESCE((SELECT SUM(MAX(f.size, ?2)) FROM resource_files f
+                                        WHERE f.resource_id = ?1), 0)
+                         ELSE MAX(size, ?2) END
+                     FROM resources WHERE id = ?1 AND state = 'committed' AND namespace IS NOT NULL",
+                    params![id.to_string(), crate::usage::MIN_CHARGE as i64],
+                    |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)),
+                )
+                .optional()?;
             let n = tx.execute("DELETE FROM resources WHERE id = ?1", [id.to_string()])?;
+            if let Some((ns, charge)) = &committed {
+                crate::usage::committed(&tx, ns, *charge, false)?;
+            }
             tx.execute(
                 "UPDATE tokens SET revoked_at = ?2 WHERE resource_id = ?1 AND revoked_at IS NULL",
                 params![id.to_string(), now],
@@ -513,7 +585,8 @@ impl Db {
                 "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
                 params![id.to_string(), now],
             )?;
-            let freed = crate::files::release(&tx, id, now, cutoff)?;
+            let namespace = committed.map(|(ns, _)| ns);
+            let freed = crate::files::release(&tx, id, namespace.as_deref(), now, cutoff)?;
             tx.commit()?;
             Ok(Deleted {
                 existed: n > 0,
@@ -779,6 +852,25 @@ impl Db {
             .await
     }
 
+    /// Accounts whose running counters of charges differ from a recount of the rows, with
+    /// both values; empty when they are right. A check for tests and operators: it scans
+    /// every resource and grant.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn usage_drift(&self) -> DbResult<Vec<String>> {
+        self.call(|c| Ok(crate::usage::drift(c)?)).await
+    }
+
+    /// What a namespace is charged, from the running counters.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn usage(&self, namespace: Namespace) -> DbResult<crate::usage::Usage> {
+        self.call(move |c| Ok(crate::usage::namespace(c, &namespace)?))
+            .await
+    }
+
     /// Counts for the gauges.
     ///
     /// # Errors
@@ -879,36 +971,34 @@ fn token_state(c: &Connection, jti: &str, resource: ResourceId) -> DbResult<Toke
     })
 }
 
-/// Why committing `size` more bytes into `ns` would break a quota or the capacity, if it would.
+/// Why charging `charge` more bytes to `ns` would break a quota or the capacity, if it would.
+/// Reads the running counters ([`crate::usage`]): its cost does not grow with what `ns`
+/// holds.
 pub(crate) fn quota_refusal(
     c: &Connection,
     ns: &Namespace,
-    size: u64,
+    charge: u64,
     q: Quotas,
 ) -> rusqlite::Result<Option<String>> {
+    let used = crate::usage::namespace(c, ns)?;
     if let Some(max) = q.namespace_bytes {
-        let used = charged_bytes(c, Some(ns))?;
-        if used.saturating_add(size) > max {
+        let used = used.bytes();
+        if used.saturating_add(charge) > max {
             return Ok(Some(format!(
-                "namespace {ns} would exceed its quota of {max} bytes ({used} used, {size} more)"
+                "namespace {ns} would exceed its quota of {max} bytes ({used} used, {charge} more)"
             )));
         }
     }
-    if let Some(max) = q.namespace_count {
-        let n: i64 = c.query_row(
-            "SELECT COUNT(*) FROM resources WHERE namespace = ?1 AND state = 'committed'",
-            [ns.as_str()],
-            |r| r.get(0),
-        )?;
-        if n as u64 >= max {
-            return Ok(Some(format!(
-                "namespace {ns} already holds its quota of {max} resources"
-            )));
-        }
+    if let Some(max) = q.namespace_count
+        && used.committed_count >= max
+    {
+        return Ok(Some(format!(
+            "namespace {ns} already holds its quota of {max} resources"
+        )));
     }
     if let Some(cap) = q.capacity {
-        let used = charged_bytes(c, None)?;
-        if used.saturating_add(size) > cap {
+        let used = crate::usage::total(c)?.bytes();
+        if used.saturating_add(charge) > cap {
             return Ok(Some(format!(
                 "the store would exceed its capacity of {cap} bytes"
             )));
@@ -917,62 +1007,5 @@ pub(crate) fn quota_refusal(
     Ok(None)
 }
 
-/// Bytes charged to `ns` (or to the whole store): its committed resources plus the blobs it
-/// sent and has not named in a submission, each at full size per namespace, so that the charge
-/// never depends on what another namespace holds.
-pub(crate) fn charged_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
-    Ok(committed_bytes(c, ns)?.saturating_add(crate::files::unnamed_bytes(c, ns)?))
-}
-
-fn committed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
-    let v: i64 = match ns {
-        Some(ns) => c.query_row(
-            "SELECT COALESCE(SUM(size), 0) FROM resources WHERE namespace = ?1 AND state = 'committed'",
-            [ns.as_str()],
-            |r| r.get(0),
-        )?,
-        None => c.query_row(
-            "SELECT COALESCE(SUM(size), 0) FROM resources WHERE state = 'committed'",
-            [],
-            |r| r.get(0),
-        )?,
-    };
-    Ok(v.max(0) as u64)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grants_of_an_older_database_run_from_their_blobs_first_send() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("staging.db");
-        {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(
-                "CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, object_id TEXT NOT NULL UNIQUE,
-                     size INTEGER NOT NULL, created_at INTEGER NOT NULL, referenced_at INTEGER);
-                 CREATE TABLE blob_grants (sha256 TEXT NOT NULL, namespace TEXT NOT NULL,
-                     PRIMARY KEY (sha256, namespace));
-                 INSERT INTO blobs VALUES ('ab', 'o', 10, 1234, NULL);
-                 INSERT INTO blob_grants VALUES ('ab', 'team-a');",
-            )
-            .unwrap();
-        }
-        let db = Db::open(&path).unwrap();
-        let c = db.conn.lock().unwrap();
-        let at: i64 = c
-            .query_row(
-                "SELECT granted_at FROM blob_grants WHERE sha256 = 'ab'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(at, 1234);
-        drop(c);
-        // Opening again changes nothing.
-        drop(db);
-        assert!(Db::open(&path).is_ok());
-    }
-}
+mod tests;

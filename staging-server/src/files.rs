@@ -7,13 +7,22 @@
 //! - A *grant* lets a namespace reference a blob without sending it: it is recorded when a
 //!   caller authorised for that namespace has sent the blob's bytes (verified against the
 //!   digest). Knowing a digest is never enough to read a file of another namespace. Each
-//!   namespace's grant runs from its own send: it lives while one of that namespace's
-//!   submissions names the blob, or for [`UNNAMED_BLOB_GRACE`] after its last send. What
-//!   another namespace does (deleting its last submission naming the blob) never ends it.
-//! - A grant that no submission of its namespace names is *unnamed*: its blob's full size is
-//!   charged to that namespace's quota, to the capacity and to the namespace's bound on unnamed
-//!   bytes, whether or not another namespace holds the same content, so that neither a
-//!   refusal nor a charge tells one tenant what another stores. Its sender may delete it.
+//!   namespace's grant runs from its own first send: it lives while one of that namespace's
+//!   submissions names the blob, or for [`UNNAMED_BLOB_GRACE`] after that send. Sending the
+//!   file again while the grant lives does not renew it, so a file no submission names cannot
+//!   be kept by sending it every hour. What another namespace does (deleting its last
+//!   submission naming the blob) never ends it.
+//! - A grant that no submission of its namespace names is *unnamed*: its blob's full size
+//!   (at least [`crate::usage::MIN_CHARGE`]) is charged to that namespace's quota, to the
+//!   capacity, to the namespace's bounds on unnamed bytes and files, and to the bound on
+//!   unnamed bytes of the credential that sent it, whether or not another namespace holds the
+//!   same content, so that neither a refusal nor a charge tells one tenant what another
+//!   stores. The credential's bound does not grow with the namespaces it names: a shared
+//!   upload token cannot multiply its allowance by making up namespace names. The namespaces
+//!   holding unnamed files are capped, in all and per credential (so that one credential
+//!   cannot take every place). Its sender may delete it.
+//! - Every change of a grant or a resource updates the running counters of [`crate::usage`]
+//!   in the same transaction; quota checks read those instead of summing rows.
 //! - A *files resource* is a submission: a resource row (api `files`, with its own id, tokens,
 //!   owner, quotas and lifetimes, charged the full size of its files) plus one
 //!   `resource_files` row per file name.
@@ -28,7 +37,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::clock::UnixMillis;
 use crate::db::{Db, DbError, DbResult, Owner, Quotas, quota_refusal};
-use crate::ids::{Namespace, ResourceId, Sha256Digest};
+use crate::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
+use crate::usage;
 
 /// How long a blob that no submission names yet is kept (the time between sending the files
 /// and committing the submission).
@@ -36,6 +46,9 @@ pub const UNNAMED_BLOB_GRACE: std::time::Duration = std::time::Duration::from_se
 
 /// Most files in one submission.
 pub const MAX_FILES: usize = 1000;
+
+/// Most dead grants one sweep pass drops (one transaction); the rest go with the next sweep.
+pub const COLLECT_BATCH: usize = 10_000;
 
 /// One file of a files resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +104,7 @@ impl Db {
 }
 
 /// SQL condition: grant `g` is named by a committed submission of its own namespace.
-const NAMED_BY_OWN: &str = "EXISTS (SELECT 1 FROM resource_files f JOIN resources r
+pub(crate) const NAMED_BY_OWN: &str = "EXISTS (SELECT 1 FROM resource_files f JOIN resources r
     ON r.id = f.resource_id WHERE f.sha256 = g.sha256 AND r.namespace = g.namespace)";
 
 /// A submission to commit.
@@ -129,30 +142,20 @@ pub enum FilesOutcome {
 }
 
 impl Db {
-    /// Whether `namespace` may name the blob `sha256` without sending it (its grant is live);
-    /// if so, the grant's grace starts again from `now` (the namespace asked for it again).
+    /// Whether `namespace` may name the blob `sha256` without sending it (its grant is live).
+    /// Asking does not renew the grant: an unnamed grant's grace counts from its first send.
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn touch_grant(
+    pub async fn holds(
         &self,
         sha256: Sha256Digest,
         namespace: Namespace,
         now: UnixMillis,
     ) -> DbResult<bool> {
         let cutoff = self.grant_cutoff(now);
-        self.call(move |c| {
-            if !granted(c, &sha256, &namespace, cutoff)? {
-                return Ok(false);
-            }
-            c.execute(
-                "UPDATE blob_grants SET granted_at = MAX(granted_at, ?3)
-                 WHERE sha256 = ?1 AND namespace = ?2",
-                params![sha256.to_hex(), namespace.as_str(), now],
-            )?;
-            Ok(true)
-        })
-        .await
+        self.call(move |c| Ok(granted(c, &sha256, &namespace, cutoff)?))
+            .await
     }
 
     /// Deletes `namespace`'s grant on a blob that none of its submissions names; the blob goes
@@ -185,10 +188,7 @@ impl Db {
                 None => BlobRelease::NotHeld,
                 Some(true) => BlobRelease::Named,
                 Some(false) => {
-                    tx.execute(
-                        "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
-                        params![hex, namespace.as_str()],
-                    )?;
+                    drop_grant(&tx, &hex, &namespace)?;
                     let freed = if held(&tx, &hex, cutoff)? {
                         None
                     } else {
@@ -204,17 +204,20 @@ impl Db {
     }
 
     /// Turns a finished pending upload into the blob `sha256` and grants it to `namespace`,
-    /// charging its size to the namespace unless the namespace holds a live grant already.
+    /// charging it to the namespace and to `credential` (the sender) unless the namespace
+    /// holds a live grant already (which is left as it is: a send does not renew a grant).
     /// The work is the same whether or not another namespace stores the content.
     ///
     /// # Errors
     /// SQLite errors.
+    #[allow(clippy::too_many_arguments)]
     pub async fn commit_blob(
         &self,
         pending: ResourceId,
         sha256: Sha256Digest,
         size: u64,
         namespace: Namespace,
+        credential: CredentialId,
         now: UnixMillis,
         quotas: Quotas,
     ) -> DbResult<BlobCommit> {
@@ -223,13 +226,13 @@ impl Db {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute("DELETE FROM resources WHERE id = ?1", [pending.to_string()])?;
             let hex = sha256.to_hex();
-            if !granted(&tx, &sha256, &namespace, cutoff)? {
+            let live = granted(&tx, &sha256, &namespace, cutoff)?;
+            if !live {
                 // A dead grant not swept yet is replaced by this send.
-                tx.execute(
-                    "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
-                    params![hex, namespace.as_str()],
-                )?;
-                if let Some(why) = blob_refusal(&tx, &namespace, size, quotas)? {
+                drop_grant(&tx, &hex, &namespace)?;
+                if let Some(why) =
+                    blob_refusal(&tx, &namespace, &credential, usage::charge(size), quotas)?
+                {
                     // Rolled back: the caller discards the bytes and the pending row.
                     return Ok(BlobCommit::QuotaExceeded(why));
                 }
@@ -251,11 +254,20 @@ impl Db {
                 )?;
                 BlobCommit::Stored
             };
-            tx.execute(
-                "INSERT INTO blob_grants (sha256, namespace, granted_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (sha256, namespace) DO UPDATE SET granted_at = MAX(granted_at, ?3)",
-                params![hex, namespace.as_str(), now],
-            )?;
+            if !live {
+                tx.execute(
+                    "INSERT INTO blob_grants (sha256, namespace, granted_at, credential)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![hex, namespace.as_str(), now, credential.as_str()],
+                )?;
+                usage::unnamed(
+                    &tx,
+                    namespace.as_str(),
+                    Some(credential.as_str()),
+                    usage::charge(size),
+                    true,
+                )?;
+            }
             tx.commit()?;
             Ok(outcome)
         })
@@ -275,6 +287,7 @@ impl Db {
             let ns = &req.owner.namespace;
             let mut missing = Vec::new();
             let mut total: u64 = 0;
+            let mut charge: u64 = 0;
             let mut sizes = Vec::with_capacity(req.files.len());
             for f in &req.files {
                 let size: Option<i64> = tx
@@ -292,6 +305,7 @@ impl Db {
                     Some(s) => {
                         let s = s.max(0) as u64;
                         total = total.saturating_add(s);
+                        charge = charge.saturating_add(usage::charge(s));
                         sizes.push(s);
                     }
                     None if !missing.contains(&f.sha256) => missing.push(f.sha256),
@@ -303,21 +317,25 @@ impl Db {
             }
             // Files this namespace sent and names now for the first time stop being charged
             // as unnamed once committed: charge only the rest of the submission on top.
-            let newly_named: u64 = {
-                let mut seen = HashSet::new();
-                let mut n: u64 = 0;
-                for (f, size) in req.files.iter().zip(&sizes) {
-                    if seen.insert(f.sha256) && !named_by(&tx, &f.sha256, ns)? {
-                        n = n.saturating_add(*size);
-                    }
+            let mut newly_named = Vec::new();
+            let mut seen = HashSet::new();
+            for (f, size) in req.files.iter().zip(&sizes) {
+                let hex = f.sha256.to_hex();
+                if seen.insert(f.sha256)
+                    && !named_by(&tx, &hex, ns)?
+                    && let Some(credential) = grant_of(&tx, &hex, ns)?
+                {
+                    newly_named.push((usage::charge(*size), credential));
                 }
-                n
-            };
-            if let Some(why) =
-                quota_refusal(&tx, ns, total.saturating_sub(newly_named), req.quotas)?
-            {
+            }
+            let moved: u64 = newly_named.iter().map(|(c, _)| *c).sum();
+            if let Some(why) = quota_refusal(&tx, ns, charge.saturating_sub(moved), req.quotas)? {
                 return Ok(FilesOutcome::QuotaExceeded(why));
             }
+            for (c, credential) in &newly_named {
+                usage::unnamed(&tx, ns.as_str(), credential.as_deref(), *c, false)?;
+            }
+            usage::committed(&tx, ns.as_str(), charge, true)?;
             let labels = serde_json::to_string(req.owner.labels.as_map()).map_err(|e| {
                 DbError::Corrupt {
                     id: req.id.to_string(),
@@ -397,29 +415,42 @@ impl Db {
         .await
     }
 
-    /// Drops grants sent before `cutoff` that no submission of their namespace names, then
-    /// the blobs left with neither a grant nor a submission; returns their objects (queued
-    /// for deletion in the same transaction).
+    /// Drops grants sent before `cutoff` that no submission of their namespace names (at most
+    /// [`COLLECT_BATCH`] a call), then the blobs left with neither a grant nor a submission;
+    /// returns their objects (queued for deletion in the same transaction).
     ///
     /// # Errors
     /// SQLite errors.
     pub async fn collect_unnamed_blobs(&self, cutoff: UnixMillis) -> DbResult<Vec<ResourceId>> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute(
-                &format!(
-                    "DELETE FROM blob_grants AS g WHERE g.granted_at < ?1 AND NOT {NAMED_BY_OWN}"
-                ),
-                [cutoff],
-            )?;
+            let dead: Vec<(String, String, Option<String>, i64)> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT g.sha256, g.namespace, g.credential, b.size FROM blob_grants g
+                     JOIN blobs b ON b.sha256 = g.sha256
+                     WHERE g.granted_at < ?1 AND NOT {NAMED_BY_OWN} LIMIT ?2"
+                ))?;
+                stmt.query_map(params![cutoff, COLLECT_BATCH as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?
+            };
+            for (sha, ns, credential, size) in dead {
+                tx.execute(
+                    "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
+                    params![sha, ns],
+                )?;
+                let charge = usage::charge(size.max(0) as u64);
+                usage::unnamed(&tx, &ns, credential.as_deref(), charge, false)?;
+            }
             let shas: Vec<String> = {
                 let mut stmt = tx.prepare(
                     "SELECT sha256 FROM blobs b
                      WHERE NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = b.sha256)
                        AND NOT EXISTS (SELECT 1 FROM resource_files f WHERE f.sha256 = b.sha256)
-                     LIMIT 1000",
+                     LIMIT ?1",
                 )?;
-                stmt.query_map([], |r| r.get(0))?
+                stmt.query_map([COLLECT_BATCH as i64], |r| r.get(0))?
                     .collect::<Result<_, _>>()?
             };
             let mut freed = Vec::with_capacity(shas.len());
@@ -435,31 +466,59 @@ impl Db {
     }
 }
 
-/// Bytes of the blobs sent by `ns` (or by anyone) that no submission of the sending namespace
-/// names, each counted once per namespace holding it.
-pub(crate) fn unnamed_bytes(c: &Connection, ns: Option<&Namespace>) -> rusqlite::Result<u64> {
-    let sql = format!(
-        "SELECT COALESCE(SUM(b.size), 0) FROM blob_grants g JOIN blobs b ON b.sha256 = g.sha256
-         WHERE (?1 IS NULL OR g.namespace = ?1) AND NOT {NAMED_BY_OWN}"
-    );
-    let v: i64 = c.query_row(&sql, [ns.map(Namespace::as_str)], |r| r.get(0))?;
-    Ok(v.max(0) as u64)
-}
-
-/// Why charging `size` more unnamed bytes to `ns` would break a quota, the capacity or the
-/// bound on unnamed bytes, if it would.
+/// Why charging one more unnamed file of `charge` bytes to `ns` and `credential` would break
+/// a bound on unnamed files, a quota or the capacity, if it would. Reads the running counters
+/// only.
 fn blob_refusal(
     c: &Connection,
     ns: &Namespace,
-    size: u64,
+    credential: &CredentialId,
+    charge: u64,
     q: Quotas,
 ) -> rusqlite::Result<Option<String>> {
+    let held = usage::namespace(c, ns)?;
     if let Some(max) = q.unnamed_bytes {
-        let used = unnamed_bytes(c, Some(ns))?;
-        if used.saturating_add(size) > max {
+        let used = held.unnamed_bytes;
+        if used.saturating_add(charge) > max {
             return Ok(Some(format!(
                 "namespace {ns} would hold more than {max} bytes of files not named by a \
-                 submission ({used} held, {size} more); submit or delete them first"
+                 submission ({used} held, {charge} more); submit or delete them first"
+            )));
+        }
+    }
+    if let Some(max) = q.namespace_max_blobs
+        && held.unnamed_count >= max
+    {
+        return Ok(Some(format!(
+            "namespace {ns} already holds {max} files not named by a submission; submit or \
+             delete them first"
+        )));
+    }
+    if let Some(max) = q.max_unnamed_namespaces
+        && held.unnamed_count == 0
+        && usage::unnamed_namespaces(c)? >= max
+    {
+        return Ok(Some(format!(
+            "{max} namespaces already hold files not named by a submission (the server's \
+             maximum); retry once they are submitted"
+        )));
+    }
+    if let Some(max) = q.credential_max_namespaces
+        && usage::pair(c, credential.as_str(), ns)?.unnamed_count == 0
+        && usage::credential_namespaces(c, credential.as_str())? >= max
+    {
+        return Ok(Some(format!(
+            "this credential already holds files not named by a submission in {max} \
+             namespaces; submit or delete them first"
+        )));
+    }
+    if let Some(max) = q.credential_unnamed_bytes {
+        let used = usage::credential(c, credential.as_str())?.unnamed_bytes;
+        if used.saturating_add(charge) > max {
+            return Ok(Some(format!(
+                "this credential would hold more than {max} bytes of files not named by a \
+                 submission across its namespaces ({used} held, {charge} more); submit or \
+                 delete them first"
             )));
         }
     }
@@ -467,7 +526,7 @@ fn blob_refusal(
     quota_refusal(
         c,
         ns,
-        size,
+        charge,
         Quotas {
             namespace_count: None,
             ..q
@@ -475,12 +534,50 @@ fn blob_refusal(
     )
 }
 
+/// The sender of `ns`'s grant on the blob, if it holds one (`Some(None)`: a grant from
+/// before senders were recorded).
+fn grant_of(c: &Connection, sha: &str, ns: &Namespace) -> rusqlite::Result<Option<Option<String>>> {
+    c.query_row(
+        "SELECT credential FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
+        params![sha, ns.as_str()],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Deletes `ns`'s grant on a blob that none of its submissions names (dead or alive), if it
+/// holds one, and takes it out of the counters.
+fn drop_grant(c: &Connection, sha: &str, ns: &Namespace) -> rusqlite::Result<()> {
+    let credential: Option<Option<String>> = c
+        .query_row(
+            "DELETE FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2 RETURNING credential",
+            params![sha, ns.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(credential) = credential {
+        let charge = usage::charge(blob_size(c, sha)?);
+        usage::unnamed(c, ns.as_str(), credential.as_deref(), charge, false)?;
+    }
+    Ok(())
+}
+
+/// The size of a stored blob (0 for none: a grant never outlives its blob).
+fn blob_size(c: &Connection, sha: &str) -> rusqlite::Result<u64> {
+    let size: Option<i64> = c
+        .query_row("SELECT size FROM blobs WHERE sha256 = ?1", [sha], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(size.unwrap_or(0).max(0) as u64)
+}
+
 /// Whether a committed submission of `ns` names the blob.
-fn named_by(c: &Connection, sha256: &Sha256Digest, ns: &Namespace) -> rusqlite::Result<bool> {
+fn named_by(c: &Connection, sha: &str, ns: &Namespace) -> rusqlite::Result<bool> {
     Ok(c.query_row(
         "SELECT 1 FROM resource_files f JOIN resources r ON r.id = f.resource_id
          WHERE f.sha256 = ?1 AND r.namespace = ?2 LIMIT 1",
-        params![sha256.to_hex(), ns.as_str()],
+        params![sha, ns.as_str()],
         |_| Ok(()),
     )
     .optional()?
@@ -522,12 +619,15 @@ fn granted(
     .is_some())
 }
 
-/// Within the deletion of resource `id`: drops its file rows and every blob that no other
-/// resource names and no namespace holds a live grant on; returns the objects of those blobs
-/// (queued for deletion).
+/// Within the deletion of resource `id` of `namespace` (committed): drops its file rows;
+/// grants of the namespace on files no other of its submissions names become unnamed again
+/// (counted so; they go with their grace from their first send), and every blob that no
+/// other resource names and no namespace holds a live grant on is dropped; returns the
+/// objects of those blobs (queued for deletion).
 pub(crate) fn release(
     c: &Connection,
     id: ResourceId,
+    namespace: Option<&str>,
     now: UnixMillis,
     cutoff: UnixMillis,
 ) -> rusqlite::Result<Vec<ResourceId>> {
@@ -544,10 +644,18 @@ pub(crate) fn release(
         "DELETE FROM resource_files WHERE resource_id = ?1",
         [id.to_string()],
     )?;
+    let namespace: Option<Namespace> = namespace.and_then(|n| n.parse().ok());
     // A blob another submission names, or that a namespace sent within its grace, stays:
     // one namespace's deletion never takes a blob from another.
     let mut freed = Vec::new();
     for sha in shas {
+        if let Some(ns) = &namespace
+            && let Some(credential) = grant_of(c, &sha, ns)?
+            && !named_by(c, &sha, ns)?
+        {
+            let charge = usage::charge(blob_size(c, &sha)?);
+            usage::unnamed(c, ns.as_str(), credential.as_deref(), charge, true)?;
+        }
         if !held(c, &sha, cutoff)?
             && let Some(object) = drop_blob(c, &sha, now)?
         {
@@ -557,8 +665,20 @@ pub(crate) fn release(
     Ok(freed)
 }
 
-/// Deletes a blob row and its grants and queues its object's deletion.
+/// Deletes a blob row and its grants (taking them out of the counters) and queues its
+/// object's deletion. Only called for a blob no submission names, so every grant on it is
+/// unnamed.
 fn drop_blob(c: &Connection, sha: &str, now: UnixMillis) -> rusqlite::Result<Option<ResourceId>> {
+    let charge = usage::charge(blob_size(c, sha)?);
+    let grants: Vec<(String, Option<String>)> = {
+        let mut stmt =
+            c.prepare("DELETE FROM blob_grants WHERE sha256 = ?1 RETURNING namespace, credential")?;
+        stmt.query_map([sha], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    for (ns, credential) in grants {
+        usage::unnamed(c, &ns, credential.as_deref(), charge, false)?;
+    }
     let object: Option<String> = c
         .query_row(
             "DELETE FROM blobs WHERE sha256 = ?1 RETURNING object_id",
@@ -566,7 +686,6 @@ fn drop_blob(c: &Connection, sha: &str, now: UnixMillis) -> rusqlite::Result<Opt
             |r| r.get(0),
         )
         .optional()?;
-    c.execute("DELETE FROM blob_grants WHERE sha256 = ?1", [sha])?;
     let Some(object) = object else {
         return Ok(None);
     };

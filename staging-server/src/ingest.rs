@@ -18,10 +18,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::clock::duration_ms;
-use crate::db::{CommitOutcome, CommitRequest, Owner};
+use crate::db::{CommitOutcome, CommitRequest, Headroom, Owner};
 use crate::error::ApiError;
 use crate::files::BlobCommit;
-use crate::ids::{Namespace, ResourceId, Sha256Digest};
+use crate::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 use crate::metrics::InflightGuard;
 use crate::pace::Pace;
 use crate::state::AppState;
@@ -65,7 +65,7 @@ pub struct PendingUpload {
     hasher: HashPipe,
     size: u64,
     /// Bytes the quotas leave for this upload at start, if limited.
-    headroom: Option<u64>,
+    headroom: Option<Headroom>,
     done: bool,
     pace: Pace,
     _slot: OwnedSemaphorePermit,
@@ -83,6 +83,7 @@ impl PendingUpload {
         state: &AppState,
         api: &'static str,
         namespace: Option<Namespace>,
+        sender: Option<CredentialId>,
         declared_len: Option<u64>,
     ) -> Result<Self, ApiError> {
         let limit = state.limits().max_upload_size;
@@ -97,19 +98,19 @@ impl PendingUpload {
         let quotas = state.quotas();
         let headroom = state
             .db()
-            .headroom(namespace.clone(), quotas, api == BLOB_API)
+            .headroom(
+                namespace.clone(),
+                quotas,
+                sender.filter(|_| api == BLOB_API),
+            )
             .await
             .map_err(|e| db_error(state, e))?;
         if let (Some(room), Some(len)) = (headroom, declared_len)
-            && len > room
+            && len > room.bytes
         {
             return Err(ApiError::insufficient_storage(format!(
-                "{len} bytes do not fit: {room} bytes left under the quota or capacity{}",
-                if api == BLOB_API {
-                    " or the bound on files not named by a submission"
-                } else {
-                    ""
-                }
+                "{len} bytes do not fit: {} bytes left under {}",
+                room.bytes, room.bound
             )));
         }
         let id = ResourceId::random();
@@ -199,10 +200,11 @@ impl PendingUpload {
             return Err(ApiError::too_large(limit));
         }
         if let Some(room) = self.headroom
-            && self.size > room
+            && self.size > room.bytes
         {
             return Err(ApiError::insufficient_storage(format!(
-                "upload passes the {room} bytes left under the quota or capacity"
+                "upload passes the {} bytes left under {}",
+                room.bytes, room.bound
             )));
         }
         self.state.metrics().upload_bytes.inc_by(n);
@@ -324,9 +326,10 @@ impl PendingUpload {
     pub async fn commit_blob(
         mut self,
         namespace: Namespace,
+        sender: CredentialId,
         expected: Sha256Digest,
     ) -> Result<BlobCommit, ApiError> {
-        match self.try_commit_blob(namespace, expected).await {
+        match self.try_commit_blob(namespace, sender, expected).await {
             Ok(c) => Ok(c),
             Err(e) => {
                 self.discard().await;
@@ -338,6 +341,7 @@ impl PendingUpload {
     async fn try_commit_blob(
         &mut self,
         namespace: Namespace,
+        sender: CredentialId,
         expected: Sha256Digest,
     ) -> Result<BlobCommit, ApiError> {
         let sha256 = self.finish_object(Some(expected)).await?;
@@ -349,6 +353,7 @@ impl PendingUpload {
                 sha256,
                 self.size,
                 namespace,
+                sender,
                 self.state.now_ms(),
                 self.state.quotas(),
             )

@@ -12,8 +12,15 @@
 //! reused for [`ALLOWED_TTL`] (allowed) or [`DENIED_TTL`] (denied, so that a new RoleBinding
 //! takes effect quickly). Failed API calls are never cached and refuse with 503.
 //!
-//! Every review that reaches the API server takes from the calling client's budget
-//! ([`crate::review_limit`]); a client that spent it is answered 429 until it refills.
+//! Reviews that reach the API server are budgeted ([`crate::review_limit`]): a token review
+//! that fails costs the calling client's address (IPv6: its /64); an access review that
+//! refuses, and the review of each new token, cost the reviewed identity (and once that is
+//! spent, a new token's review costs the address as a failed one would: tokens minted in bulk
+//! are no way around the address's budget); every review costs one budget of the whole server
+//! that protects the API server. A caller whose budget is spent is answered 429 until it
+//! refills, for what would need a review only: a valid token already in the cache keeps
+//! working, so one caller sending junk tokens from behind a shared proxy address does not lock
+//! out the others behind it.
 //! With audiences configured, tokens are reviewed for those audiences and accepted only when
 //! the API server confirms one of them, so a token made for another service (or for the API
 //! server itself) is refused.
@@ -31,7 +38,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::review_limit::ReviewLimit;
+use crate::ids::CredentialId;
+use crate::review_limit::{PeerKey, ReviewLimit};
 
 /// How long a successful token review is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(60);
@@ -41,10 +49,17 @@ pub const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(10);
 pub const ALLOWED_TTL: Duration = Duration::from_secs(30);
 /// How long a denied access decision is reused.
 pub const DENIED_TTL: Duration = Duration::from_secs(5);
-/// Default reviews one client may cause at once.
+/// Default failed reviews one client address (or one identity) may cause at once.
 pub const DEFAULT_REVIEW_BURST: u32 = 20;
-/// Default reviews one client may cause per minute after its burst.
+/// Default failed reviews one client address (or one identity) may cause per minute after its
+/// burst.
 pub const DEFAULT_REVIEWS_PER_MINUTE: u32 = 60;
+/// Default reviews of all callers together at once: a burst of new submitters (each valid
+/// token is reviewed once a minute at most) without a queue at the API server.
+pub const DEFAULT_GLOBAL_REVIEW_BURST: u32 = 100;
+/// Default reviews of all callers together per minute after the burst: ten a second, a small
+/// share of what one API server serves.
+pub const DEFAULT_GLOBAL_REVIEWS_PER_MINUTE: u32 = 600;
 /// Cached entries of each kind before the cache is emptied.
 const MAX_ENTRIES: usize = 10_000;
 
@@ -67,10 +82,15 @@ pub struct KubeAuthSettings {
     /// Audiences a token must be valid for (empty: the API server's own, as Kubernetes
     /// defaults).
     pub audiences: Vec<String>,
-    /// Reviews one client may cause at once.
+    /// Failed reviews one client address (or one identity) may cause at once.
     pub review_burst: u32,
-    /// Reviews one client may cause per minute after its burst.
+    /// Failed reviews one client address (or one identity) may cause per minute after its
+    /// burst.
     pub reviews_per_minute: u32,
+    /// Reviews of all callers together at once.
+    pub global_review_burst: u32,
+    /// Reviews of all callers together per minute after the burst.
+    pub global_reviews_per_minute: u32,
 }
 
 impl Default for KubeAuthSettings {
@@ -79,7 +99,32 @@ impl Default for KubeAuthSettings {
             audiences: Vec::new(),
             review_burst: DEFAULT_REVIEW_BURST,
             reviews_per_minute: DEFAULT_REVIEWS_PER_MINUTE,
+            global_review_burst: DEFAULT_GLOBAL_REVIEW_BURST,
+            global_reviews_per_minute: DEFAULT_GLOBAL_REVIEWS_PER_MINUTE,
         }
+    }
+}
+
+/// Whose review budget is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// The client address's, for token reviews that failed.
+    Client,
+    /// The identity's, for access reviews that refused and reviews of its new tokens.
+    Identity,
+    /// The whole server's, for every review.
+    Server,
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Client => {
+                "too many failed Kubernetes credential reviews from this client address"
+            }
+            Self::Identity => "too many refused or new-token reviews for this identity",
+            Self::Server => "too many Kubernetes credential reviews on this server",
+        })
     }
 }
 
@@ -97,9 +142,11 @@ pub enum Refusal {
         /// Where.
         namespace: String,
     },
-    /// The client caused too many reviews lately.
-    #[error("too many Kubernetes credential reviews from this client; retry in {}s", .retry_after.as_secs().max(1))]
+    /// A review budget is spent.
+    #[error("{budget}; retry in {}s", .retry_after.as_secs().max(1))]
     Throttled {
+        /// Whose.
+        budget: Budget,
         /// When the next review is allowed.
         retry_after: Duration,
     },
@@ -115,7 +162,12 @@ type Reviewed = Option<Identity>;
 pub struct KubeAuth {
     client: Client,
     settings: KubeAuthSettings,
-    limit: ReviewLimit,
+    /// Failed token reviews per client address.
+    client_failures: ReviewLimit<PeerKey>,
+    /// Refusing access reviews and reviews of new tokens, per identity.
+    identity_reviews: ReviewLimit<CredentialId>,
+    /// Every review.
+    all: ReviewLimit<()>,
     reviews: Mutex<HashMap<[u8; 32], (Instant, Reviewed)>>,
     decisions: Mutex<HashMap<(Identity, String), (Instant, bool)>>,
     outcomes: IntCounterVec,
@@ -187,7 +239,12 @@ impl KubeAuth {
         registry.register(Box::new(outcomes.clone()))?;
         Ok(Self {
             client,
-            limit: ReviewLimit::new(settings.reviews_per_minute, settings.review_burst),
+            client_failures: ReviewLimit::new(settings.reviews_per_minute, settings.review_burst),
+            identity_reviews: ReviewLimit::new(settings.reviews_per_minute, settings.review_burst),
+            all: ReviewLimit::new(
+                settings.global_reviews_per_minute,
+                settings.global_review_burst,
+            ),
             settings,
             reviews: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
@@ -245,8 +302,15 @@ impl KubeAuth {
         let allowed = match cached {
             Some(a) => a,
             None => {
-                self.budget(client)?;
-                let a = self.may_create_pods(&key.0, namespace).await?;
+                let who = CredentialId::kube(&key.0.user, key.0.uid.as_deref());
+                self.reserve(&self.identity_reviews, &who, Budget::Identity)?;
+                let a = self
+                    .may_create_pods(&key.0, namespace)
+                    .await
+                    .inspect_err(|_| self.identity_reviews.refund(&who))?;
+                if a {
+                    self.identity_reviews.refund(&who);
+                }
                 remember(&self.decisions, key.clone(), a, decision_ttl, |a| *a);
                 a
             }
@@ -262,10 +326,29 @@ impl KubeAuth {
         }
     }
 
-    fn budget(&self, client: IpAddr) -> Result<(), Refusal> {
-        self.limit
-            .take(client)
-            .map_err(|retry_after| Refusal::Throttled { retry_after })
+    /// Takes one review from `failures` for `key` and one from the server's budget; gives
+    /// the first back when the second is spent. The caller refunds `failures` when the review
+    /// succeeds (or the API server cannot be asked: not the caller's failure).
+    fn reserve<K: std::hash::Hash + Eq + Clone>(
+        &self,
+        failures: &ReviewLimit<K>,
+        key: &K,
+        budget: Budget,
+    ) -> Result<(), Refusal> {
+        failures
+            .take(key)
+            .map_err(|retry_after| Refusal::Throttled {
+                budget,
+                retry_after,
+            })?;
+        if let Err(retry_after) = self.all.take(&()) {
+            failures.refund(key);
+            return Err(Refusal::Throttled {
+                budget: Budget::Server,
+                retry_after,
+            });
+        }
+        Ok(())
     }
 
     async fn review(&self, token: &str, client: IpAddr) -> Result<Identity, Refusal> {
@@ -281,7 +364,8 @@ impl KubeAuth {
         if let Some(reviewed) = cached {
             return reviewed.ok_or(Refusal::Unauthenticated);
         }
-        self.budget(client)?;
+        let peer = PeerKey::of(client);
+        self.reserve(&self.client_failures, &peer, Budget::Client)?;
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let audiences = &self.settings.audiences;
         let review = TokenReview {
@@ -294,7 +378,10 @@ impl KubeAuth {
         let answer = api
             .create(&PostParams::default(), &review)
             .await
-            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+            .map_err(|e| {
+                self.client_failures.refund(&peer);
+                Refusal::Unavailable(e.to_string())
+            })?;
         let status = answer.status.unwrap_or_default();
         // With audiences asked for, the API server names the ones the token is valid for;
         // one of ours must be among them (an authenticator that ignores audiences names none).
@@ -313,6 +400,16 @@ impl KubeAuth {
                 groups: user.groups.unwrap_or_default(),
                 extra: user.extra.unwrap_or_default(),
             });
+        // A valid token costs its caller's address nothing, unless its identity keeps
+        // presenting new ones: beyond the identity's budget it counts as a failure.
+        if let Some(id) = &reviewed
+            && self
+                .identity_reviews
+                .take(&CredentialId::kube(&id.user, id.uid.as_deref()))
+                .is_ok()
+        {
+            self.client_failures.refund(&peer);
+        }
         remember(
             &self.reviews,
             key,

@@ -11,9 +11,10 @@
 //! - [`state`]: shared state, data-directory lock, crash recovery.
 //! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints.
 //! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
-//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; [`files`]: content-addressed
-//!   files of submissions; `instance`: which server
-//!   owns a store prefix (and so which orphans it may delete).
+//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; `instance`: which server
+//!   owns a store prefix (and so which orphans it may delete); [`files`]: content-addressed
+//!   files of submissions; [`usage`]: running counters of what each namespace and credential
+//!   is charged.
 //! - [`token`], [`auth`]: download JWTs and upload bearer tokens; [`kube_auth`]: Kubernetes
 //!   credentials (reviewed, cached, rate-limited per client by `review_limit`).
 //! - [`lifecycle`]: deletion and the expiry sweeper; [`owners`]: the Kubernetes watch that
@@ -44,6 +45,7 @@ pub mod secret;
 pub mod server;
 pub mod state;
 mod tls_watch;
+pub mod usage;
 
 pub use service_runtime::{shutdown, size};
 use staging_api::ids;

@@ -351,6 +351,10 @@ impl AppState {
             namespace_count: l.namespace_quota_count,
             capacity: l.capacity,
             unnamed_bytes: Some(l.namespace_unnamed_bytes),
+            credential_unnamed_bytes: Some(l.credential_unnamed_bytes),
+            namespace_max_blobs: Some(l.namespace_max_blobs),
+            max_unnamed_namespaces: Some(l.max_unnamed_namespaces),
+            credential_max_namespaces: Some(l.credential_max_namespaces),
         }
     }
 

@@ -284,6 +284,61 @@ impl fmt::Display for Sha256Digest {
     }
 }
 
+// === impl CredentialId ===
+
+/// Who sent a file: the upload credential its unnamed bytes are charged to beside its
+/// namespace, so that a credential allowed in many namespaces (a shared upload token, an
+/// identity with cluster-wide rights) does not get a fresh allowance for every namespace name
+/// it makes up. A 64-bit fingerprint: the database never holds a token or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CredentialId(String);
+
+impl CredentialId {
+    /// Uploads without a credential (no upload tokens configured, loopback only).
+    pub fn anonymous() -> Self {
+        Self("anonymous".into())
+    }
+
+    /// An upload token, from the SHA-256 the server keeps of it.
+    pub fn upload_token(token_hash: &[u8; 32]) -> Self {
+        Self(format!(
+            "token:{}",
+            fingerprint(&[b"upload-token", token_hash])
+        ))
+    }
+
+    /// A Kubernetes identity as the API server reviewed it (user name and uid).
+    pub fn kube(user: &str, uid: Option<&str>) -> Self {
+        let uid = uid.unwrap_or_default();
+        Self(format!(
+            "kube:{}",
+            fingerprint(&[b"kube-user", user.as_bytes(), uid.as_bytes()])
+        ))
+    }
+
+    /// As stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The first 8 bytes, in hex, of the SHA-256 of `parts` (each length-prefixed).
+fn fingerprint(parts: &[&[u8]]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +366,27 @@ mod tests {
         assert_eq!(id.to_string().parse::<ResourceId>(), Ok(id));
         assert!(id.to_string().to_uppercase().parse::<ResourceId>().is_err());
         assert!("../../etc/passwd".parse::<ResourceId>().is_err());
+    }
+
+    #[test]
+    fn credential_ids_tell_credentials_apart_and_hide_them() {
+        let a = CredentialId::upload_token(&[1; 32]);
+        assert_eq!(a, CredentialId::upload_token(&[1; 32]));
+        assert_ne!(a, CredentialId::upload_token(&[2; 32]));
+        assert!(!a.as_str().contains(&hex::encode([1u8; 32])[..16]));
+        assert_eq!(a.as_str().len(), "token:".len() + 16);
+        // The uid is part of the identity; the parts cannot slide into each other.
+        assert_ne!(
+            CredentialId::kube("ab", Some("c")),
+            CredentialId::kube("a", Some("bc"))
+        );
+        assert_ne!(
+            CredentialId::kube("a", None),
+            CredentialId::kube("a", Some("u"))
+        );
+        assert_ne!(
+            CredentialId::anonymous(),
+            CredentialId::kube("anonymous", None)
+        );
     }
 }

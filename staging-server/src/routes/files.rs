@@ -59,12 +59,13 @@ pub(super) async fn put_blob(
     let q: BlobQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or_default())
         .map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let namespace: Namespace = q.namespace.parse()?;
-    super::v1::check_upload(&state, &headers, client, &namespace).await?;
+    let sender = super::v1::check_upload(&state, &headers, client, &namespace).await?;
     let sha256 = Sha256Digest::from_hex(&sha)?;
     // Only the namespace's own grant is looked at: another namespace's copy changes nothing.
+    // Asking does not renew the grant.
     if state
         .db()
-        .touch_grant(sha256, namespace.clone(), state.now_ms())
+        .holds(sha256, namespace.clone(), state.now_ms())
         .await
         .map_err(|e| crate::ingest::db_error(&state, e))?
     {
@@ -81,13 +82,19 @@ pub(super) async fn put_blob(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut pending =
-        PendingUpload::begin(&state, BLOB_API, Some(namespace.clone()), declared).await?;
+    let mut pending = PendingUpload::begin(
+        &state,
+        BLOB_API,
+        Some(namespace.clone()),
+        Some(sender.clone()),
+        declared,
+    )
+    .await?;
     if let Err(e) = pending.write_stream(body.into_data_stream()).await {
         pending.discard().await;
         return Err(e);
     }
-    pending.commit_blob(namespace, sha256).await?;
+    pending.commit_blob(namespace, sender, sha256).await?;
     Ok((
         StatusCode::CREATED,
         Json(BlobResponse {

@@ -144,7 +144,7 @@ async fn read_parts(
                     return Err(ApiError::bad_request("part `resources` appears twice"));
                 }
                 let ns = owner.as_ref().map(|o| o.owner_namespace.clone());
-                let up = pending.insert(PendingUpload::begin(state, "v0", ns, None).await?);
+                let up = pending.insert(PendingUpload::begin(state, "v0", ns, None, None).await?);
                 loop {
                     let chunk = up.next_piece(field.chunk()).await?.map_err(|e| {
                         ApiError::bad_request(format!("malformed multipart body: {e}"))

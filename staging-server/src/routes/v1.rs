@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{UploadAuthError, credential};
 use crate::db::Owner;
 use crate::error::ApiError;
-use crate::ids::{Labels, Namespace, PodUid, Sha256Digest};
+use crate::ids::{CredentialId, Labels, Namespace, PodUid, Sha256Digest};
 use crate::ingest::{Lifetimes, PendingUpload};
 use crate::kube_auth::Refusal;
 use crate::lifecycle::{self, DeleteReason};
@@ -145,7 +145,8 @@ pub(super) async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
 
-    let mut pending = PendingUpload::begin(&state, "v1", Some(namespace.clone()), declared).await?;
+    let mut pending =
+        PendingUpload::begin(&state, "v1", Some(namespace.clone()), None, declared).await?;
     if let Err(e) = pending.write_stream(body.into_data_stream()).await {
         pending.discard().await;
         return Err(e);
@@ -188,16 +189,19 @@ pub(super) async fn upload(
 /// create pods there. `client` is the caller's address, whose review budget a Kubernetes
 /// token's review takes from.
 ///
+/// Returns which credential it is: the account its unnamed files are charged to beside the
+/// namespace.
+///
 /// # Errors
 /// 401 when the credential is missing or refused, 403 when the token or identity may not act
-/// in the namespace, 429 when the client caused too many reviews lately, 503 when the API
-/// server cannot be asked.
+/// in the namespace, 429 when the client or the identity caused too many failed reviews
+/// lately or the server's review budget is spent, 503 when the API server cannot be asked.
 pub(super) async fn check_upload(
     state: &AppState,
     headers: &HeaderMap,
     client: std::net::IpAddr,
     namespace: &Namespace,
-) -> Result<(), ApiError> {
+) -> Result<CredentialId, ApiError> {
     let shared = state.upload_auth();
     let refused = |e: UploadAuthError| {
         state.metrics().auth_failure(e.as_str());
@@ -215,7 +219,7 @@ pub(super) async fn check_upload(
     // and is never sent to the API server.
     if shared.required() {
         match shared.check_for(headers, namespace) {
-            Ok(()) => return Ok(()),
+            Ok(id) => return Ok(id),
             Err(e @ UploadAuthError::WrongNamespace) => return Err(refused(e)),
             Err(_) => {}
         }
@@ -236,7 +240,7 @@ pub(super) async fn check_upload(
         }
     };
     match kube.authorize(token, namespace.as_str(), client).await {
-        Ok(_) => Ok(()),
+        Ok(id) => Ok(CredentialId::kube(&id.user, id.uid.as_deref())),
         Err(e @ Refusal::Unauthenticated) => {
             state.metrics().auth_failure("invalid");
             let audiences = kube.audiences();
@@ -254,7 +258,7 @@ pub(super) async fn check_upload(
             state.metrics().auth_failure("forbidden");
             Err(ApiError::forbidden(e.to_string()))
         }
-        Err(e @ Refusal::Throttled { retry_after }) => {
+        Err(e @ Refusal::Throttled { retry_after, .. }) => {
             state.metrics().auth_failure("throttled");
             Err(ApiError::too_many_requests(e.to_string(), retry_after))
         }

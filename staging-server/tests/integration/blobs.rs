@@ -7,17 +7,9 @@ use std::time::Duration;
 use staging_client::stage::{LocalFile, StageRequest, stage};
 use staging_server::lifecycle::Sweeper;
 
-use crate::common::{TestServer, metric, random_bytes, sha256_hex};
+use crate::common::{TestServer, content, metric, random_bytes, sha256_hex};
 
 const MIB: usize = 1 << 20;
-
-/// Distinct content of `n` bytes for `seed`.
-fn content(n: usize, seed: u8) -> Vec<u8> {
-    let mut b = random_bytes(n);
-    b[0] = seed;
-    b[1] = seed.wrapping_mul(31);
-    b
-}
 
 async fn put_blob(s: &TestServer, ns: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
     put_blob_as(s, ns, &sha256_hex(bytes), bytes).await
@@ -318,5 +310,169 @@ async fn another_namespaces_deletion_never_takes_a_grant() {
     s.clock.advance(Duration::from_secs(8 * 24 * 3600));
     sweeper.sweep_once().await.unwrap();
     wait_stored(&s, 0).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_of_another_namespace_cannot_be_claimed_without_its_bytes() {
+    let s = TestServer::start(|_| {}).await;
+    let file = content(20_000, 21);
+    let sha = sha256_hex(&file);
+    assert_eq!(put_blob(&s, "team-a", &file).await.0, 201);
+    // Knowing the digest, team b sends no body: refused as wrong bytes, and it holds nothing.
+    let (status, body) = put_blob_as(&s, "team-b", &sha, b"").await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = submit(&s, "team-b", &[("lib.jar", &file)]).await;
+    assert_eq!(status, 409, "{body}");
+    // Team a, which holds it, needs no body.
+    assert_eq!(put_blob_as(&s, "team-a", &sha, b"").await.0, 200);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_resend_does_not_keep_an_unnamed_file_past_its_grace() {
+    let s = TestServer::start(|_| {}).await;
+    let file = content(50_000, 40);
+    let sha = sha256_hex(&file);
+    let grace = staging_server::files::UNNAMED_BLOB_GRACE;
+    let sweeper = Sweeper::new(s.state.clone());
+    assert_eq!(put_blob(&s, "team-a", &file).await.0, 201);
+    // The sender sends it again shortly before the grace ends, without a body and with it:
+    // held both times ...
+    s.clock.advance(grace - Duration::from_secs(600));
+    assert_eq!(put_blob_as(&s, "team-a", &sha, b"").await.0, 200);
+    assert_eq!(put_blob(&s, "team-a", &file).await.0, 200);
+    sweeper.sweep_once().await.unwrap();
+    // ... but the grace counts from the first send: it ends on time.
+    s.clock.advance(Duration::from_secs(601));
+    assert_eq!(sweeper.sweep_once().await.unwrap().unnamed_blobs, 1);
+    let (status, body) = submit(&s, "team-a", &[("lib.jar", &file)]).await;
+    assert_eq!(status, 409, "{body}");
+    wait_stored(&s, 0).await;
+    assert_eq!(put_blob_as(&s, "team-a", &sha, b"").await.0, 422);
+    // Sending the bytes again is a new first send, and a submission keeps what it names.
+    assert_eq!(put_blob(&s, "team-a", &file).await.0, 201);
+    assert_eq!(submit(&s, "team-a", &[("lib.jar", &file)]).await.0, 201);
+    assert_eq!(
+        s.state.db().usage_drift().await.unwrap(),
+        Vec::<String>::new()
+    );
+    s.shutdown().await;
+}
+
+fn ns(name: &str) -> staging_api::ids::Namespace {
+    name.parse().unwrap()
+}
+
+/// Asserts that the running counters hold what a recount of the rows gives.
+async fn assert_counted(s: &TestServer, step: &str) {
+    let drift = s.state.db().usage_drift().await.unwrap();
+    assert!(drift.is_empty(), "after {step}: {drift:#?}");
+}
+
+#[tokio::test]
+async fn charges_are_running_counters_right_across_grants_collection_deletion_and_a_restart() {
+    use staging_server::usage::MIN_CHARGE;
+    let tweak = |c: &mut staging_server::Config| {
+        c.limits.namespace_max_blobs = 6;
+        // Submissions live past the grace unless deleted.
+        c.limits.unused_ttl = c.limits.max_ttl;
+    };
+    let s = TestServer::start(tweak).await;
+    let usage = async |s: &TestServer, n: &str| s.state.db().usage(ns(n)).await.unwrap();
+
+    // Tiny files cost the minimum each, and a namespace holds at most six unnamed.
+    let tiny: Vec<Vec<u8>> = (0..7).map(|i| content(10, 60 + i)).collect();
+    for t in &tiny[..6] {
+        assert_eq!(put_blob(&s, "team-a", t).await.0, 201);
+    }
+    let u = usage(&s, "team-a").await;
+    assert_eq!((u.unnamed_count, u.unnamed_bytes), (6, 6 * MIN_CHARGE));
+    let (status, body) = put_blob(&s, "team-a", &tiny[6]).await;
+    assert_eq!(status, 507, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("already holds 6 files"),
+        "{body}"
+    );
+    assert_counted(&s, "tiny files").await;
+
+    // Naming moves the charge from unnamed to committed.
+    let (status, first) = submit(
+        &s,
+        "team-a",
+        &[("a", &tiny[0]), ("b", &tiny[1]), ("c", &tiny[2])],
+    )
+    .await;
+    assert_eq!(status, 201, "{first}");
+    let big = content(100_000, 90);
+    assert_eq!(put_blob(&s, "team-a", &big).await.0, 201);
+    let (status, second) = submit(&s, "team-a", &[("big", &big), ("d", &tiny[3])]).await;
+    assert_eq!(status, 201, "{second}");
+    let u = usage(&s, "team-a").await;
+    assert_eq!(
+        (u.committed_count, u.committed_bytes, u.unnamed_count),
+        (2, 4 * MIN_CHARGE + 100_000, 2)
+    );
+    assert_counted(&s, "submissions").await;
+
+    // Another namespace's grants on the same files are its own, and it may take one back.
+    assert_eq!(put_blob(&s, "team-b", &tiny[0]).await.0, 201);
+    assert_eq!(put_blob(&s, "team-b", &big).await.0, 201);
+    assert_eq!(delete_blob(&s, "team-b", &sha256_hex(&tiny[0])).await, 204);
+    assert_eq!(usage(&s, "team-b").await.unnamed_bytes, 100_000);
+    assert_counted(&s, "another namespace's grants").await;
+
+    // Deleting a submission makes its files unnamed again (they go with their grace).
+    let res = s
+        .client
+        .delete(s.url(&format!(
+            "/api/v1/resources/{}",
+            first["id"].as_str().unwrap()
+        )))
+        .bearer_auth(first["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(usage(&s, "team-a").await.unnamed_count, 5);
+    // A bundle is charged too.
+    s.upload("team-c", random_bytes(1000)).await;
+    assert_eq!(usage(&s, "team-c").await.committed_bytes, MIN_CHARGE);
+    assert_counted(&s, "deletion and a bundle").await;
+
+    // Past the grace: a dead grant is replaced by a new send, the others are collected.
+    s.clock
+        .advance(staging_server::files::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
+    assert_eq!(put_blob(&s, "team-a", &tiny[4]).await.0, 201);
+    assert_counted(&s, "a dead grant replaced").await;
+    Sweeper::new(s.state.clone()).sweep_once().await.unwrap();
+    let a = usage(&s, "team-a").await;
+    assert_eq!(
+        (a.committed_count, a.unnamed_count, a.unnamed_bytes),
+        (1, 1, MIN_CHARGE)
+    );
+    assert_eq!(usage(&s, "team-b").await.unnamed_count, 0);
+    assert_counted(&s, "collection").await;
+
+    // The counters are kept, not recounted, across a restart.
+    let before = (
+        usage(&s, "team-a").await,
+        usage(&s, "team-b").await,
+        usage(&s, "team-c").await,
+    );
+    let dir = s.shutdown().await;
+    let s = TestServer::start_in(dir, tweak, None).await;
+    assert_counted(&s, "a restart").await;
+    assert_eq!(
+        before,
+        (
+            usage(&s, "team-a").await,
+            usage(&s, "team-b").await,
+            usage(&s, "team-c").await
+        )
+    );
     s.shutdown().await;
 }

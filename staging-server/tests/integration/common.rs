@@ -178,6 +178,14 @@ pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     v
 }
 
+/// Distinct content of `n` bytes (at least 2) for `seed`.
+pub(crate) fn content(n: usize, seed: u8) -> Vec<u8> {
+    let mut b = random_bytes(n);
+    b[0] = seed;
+    b[1] = seed.wrapping_mul(31);
+    b
+}
+
 fn rand_fill(buf: &mut [u8]) {
     // A small xorshift: test data needs no cryptographic randomness.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ buf.len() as u64;

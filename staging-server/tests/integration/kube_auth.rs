@@ -1,7 +1,8 @@
 //! Uploads authenticated with Kubernetes credentials, against the test bed's API server
 //! (TokenReview and SubjectAccessReview answered from its identity table): rights follow the
-//! whole reviewed identity, unknown tokens cannot drive the API server, and audience-bound
-//! tokens are required when configured.
+//! whole reviewed identity, unknown tokens cannot drive the API server (nor lock out the
+//! valid tokens of others behind the same address), and audience-bound tokens are required
+//! when configured.
 
 use std::sync::Arc;
 
@@ -325,5 +326,223 @@ async fn audience_bound_tokens_are_required_when_configured() {
         assert_eq!(code, 401, "{token}: {body}");
         assert!(body.contains("audience staging-server"), "{body}");
     }
+    s.shutdown().await;
+}
+
+/// A server with `--kube-auth` against `client`, its configuration changed by `tweak`.
+async fn kube_server(
+    client: kube::Client,
+    tweak: impl FnOnce(&mut staging_server::Config),
+) -> TestServer {
+    TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        |c| {
+            c.kube_auth = true;
+            tweak(c);
+        },
+        None,
+        Some(client),
+    )
+    .await
+}
+
+/// A client whose connections come from `ip` (a loopback address of 127/8).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn junk_tokens_from_one_address_spend_only_what_needs_a_review() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    for name in ["nina", "olga", "pia"] {
+        ids.add_token(
+            &format!("{name}-token"),
+            user(name, &["system:authenticated"]),
+        );
+        ids.allow(name, "create", "pods", "team-a");
+    }
+    let client = bed_api(api).await;
+    let s = kube_server(client, |c| {
+        c.kube_auth_settings.review_burst = 3;
+        c.kube_auth_settings.reviews_per_minute = 1;
+        c.kube_auth_settings.global_review_burst = 12;
+        c.kube_auth_settings.global_reviews_per_minute = 1;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // Two users behind one address (a proxy, SNAT): the neighbour stages first (a token
+    // review and an access review of the server's 12).
+    let neighbour = client_from("127.0.0.1");
+    let attacker = client_from("127.0.0.1");
+    assert_eq!(
+        put_from(&neighbour, &s, "team-a", Some("nina-token"))
+            .await
+            .0,
+        201
+    );
+    // Valid tokens cost the address nothing: more of them than its failure budget pass.
+    for name in ["olga", "pia", "olga", "pia"] {
+        let token = format!("{name}-token");
+        assert_eq!(
+            put_from(&neighbour, &s, "team-a", Some(&token)).await.0,
+            201
+        );
+    }
+    // The attacker sends junk tokens from the same address: three reviews, then 429.
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let (code, body) = put_from(&attacker, &s, "team-a", Some(&format!("junk-{i}"))).await;
+        if code == 429 {
+            assert!(body.contains("from this client address"), "{body}");
+        }
+        codes.push(code);
+    }
+    let minutes = started.elapsed().as_secs() / 60;
+    let unauthenticated = codes.iter().filter(|c| **c == 401).count();
+    assert!(
+        (3..=3 + minutes as usize).contains(&unauthenticated),
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.iter().filter(|c| **c == 429).count(),
+        10 - unauthenticated
+    );
+    // The neighbour's tokens are in the cache: they keep working from that address.
+    for token in ["nina-token", "olga-token"] {
+        assert_eq!(put_from(&neighbour, &s, "team-a", Some(token)).await.0, 201);
+    }
+    // A valid token from another address is reviewed on that address's budget.
+    ids.add_token("quinn-token", user("quinn", &["system:authenticated"]));
+    ids.allow("quinn", "create", "pods", "team-a");
+    assert_eq!(
+        put_from(&client_from("127.0.0.2"), &s, "team-a", Some("quinn-token"))
+            .await
+            .0,
+        201
+    );
+
+    // The server's budget holds whatever the number of addresses: junk from many addresses
+    // is reviewed until it is spent (12 reviews in all), then refused without a review.
+    let reviews_before = ids.token_reviews();
+    let mut server_throttled = 0;
+    for host in 3..40 {
+        let c = client_from(&format!("127.0.0.{host}"));
+        let (code, body) = put_from(&c, &s, "team-a", Some(&format!("junk-from-{host}"))).await;
+        match code {
+            401 => {}
+            429 => {
+                assert!(body.contains("on this server"), "{body}");
+                server_throttled += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    let minutes = started.elapsed().as_secs() / 60;
+    let reviews = ids.token_reviews();
+    // 3 users (a token and an access review each), 3 junk tokens, quinn's two reviews.
+    let spent_before = 2 * 3 + 3 + 2;
+    assert!(
+        reviews - reviews_before <= 12 - spent_before + minutes,
+        "{} reviews after the server's budget: {reviews_before} before",
+        reviews - reviews_before
+    );
+    assert!(server_throttled >= 37 - (12 - spent_before + minutes) as usize);
+    // Identities in the cache still work when the server's budget is spent.
+    assert_eq!(
+        put_from(&neighbour, &s, "team-a", Some("nina-token"))
+            .await
+            .0,
+        201
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_access_reviews_cost_the_identity_not_its_address() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    ids.add_token("rita-token", user("rita", &["system:authenticated"]));
+    ids.allow("rita", "create", "pods", "team-a");
+    ids.add_token("sam-token", user("sam", &["system:authenticated"]));
+    ids.allow("sam", "create", "pods", "team-a");
+    let client = bed_api(api).await;
+    let s = kube_server(client, |c| {
+        c.kube_auth_settings.review_burst = 3;
+        c.kube_auth_settings.reviews_per_minute = 1;
+    })
+    .await;
+    // A valid identity asking for ever new namespaces where it has no rights.
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let (code, body) = put(&s, &format!("made-up-{i}"), Some("rita-token")).await;
+        if code == 429 {
+            assert!(body.contains("for this identity"), "{body}");
+        }
+        codes.push(code);
+    }
+    // Its budget of three: the review of its token, then two refusals.
+    assert_eq!(codes.iter().filter(|c| **c == 403).count(), 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 6, "{codes:?}");
+    // Until its budget refills, a namespace not yet decided for it is not asked either, even
+    // one where it may create pods; another identity from the same address is unaffected.
+    assert_eq!(put(&s, "team-a", Some("rita-token")).await.0, 429);
+    assert_eq!(put(&s, "team-a", Some("sam-token")).await.0, 201);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn tokens_minted_in_bulk_cost_their_address_once_their_identity_spent_its_budget() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    // One identity with many valid tokens (as anyone allowed to create its service account's
+    // tokens can mint), and a neighbour behind the same address.
+    for i in 0..12 {
+        ids.add_token(
+            &format!("mint-{i}"),
+            user("minter", &["system:authenticated"]),
+        );
+    }
+    ids.allow("minter", "create", "pods", "team-a");
+    ids.add_token("tara-token", user("tara", &["system:authenticated"]));
+    ids.allow("tara", "create", "pods", "team-a");
+    let client = bed_api(api).await;
+    let s = kube_server(client, |c| {
+        c.kube_auth_settings.review_burst = 3;
+        c.kube_auth_settings.reviews_per_minute = 1;
+    })
+    .await;
+    let neighbour = client_from("127.0.0.1");
+    assert_eq!(
+        put_from(&neighbour, &s, "team-a", Some("tara-token"))
+            .await
+            .0,
+        201
+    );
+    // The identity's budget covers three new tokens (its first access review was allowed and
+    // cost nothing); the next three are let in but cost the address, then the address is
+    // spent for tokens not in the cache.
+    let minter = client_from("127.0.0.1");
+    let mut codes = Vec::new();
+    for i in 0..12 {
+        codes.push(
+            put_from(&minter, &s, "team-a", Some(&format!("mint-{i}")))
+                .await
+                .0,
+        );
+    }
+    assert_eq!(&codes[..6], &[201; 6], "{codes:?}");
+    assert!(codes[6..].iter().all(|c| *c == 429), "{codes:?}");
+    assert!(ids.token_reviews() <= 1 + 6 + 2, "{}", ids.token_reviews());
+    // The neighbour's cached token still works.
+    assert_eq!(
+        put_from(&neighbour, &s, "team-a", Some("tara-token"))
+            .await
+            .0,
+        201
+    );
     s.shutdown().await;
 }

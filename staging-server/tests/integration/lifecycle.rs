@@ -125,7 +125,7 @@ async fn the_sweeper_keeps_running_through_errors() {
     )
     .await
     .unwrap();
-    let mut up = PendingUpload::begin(&state, "v1", Some("a".parse().unwrap()), None)
+    let mut up = PendingUpload::begin(&state, "v1", Some("a".parse().unwrap()), None, None)
         .await
         .unwrap();
     up.write(bytes::Bytes::from_static(b"abc")).await.unwrap();
