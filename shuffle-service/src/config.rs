@@ -43,6 +43,9 @@ pub const DEFAULT_MAX_FETCH_BLOCKS: usize = 100_000;
 pub const DEFAULT_SPARK_LISTEN: &str = "127.0.0.1:7337";
 /// Most Spark-protocol connections at once.
 pub const DEFAULT_SPARK_MAX_CONNECTIONS: usize = 4096;
+/// Default of `--spark-max-connections-per-peer`: a quarter of the listener, so that one
+/// address (a pod, or a node's hostNetwork executors together) cannot take every connection.
+pub const DEFAULT_SPARK_MAX_CONNECTIONS_PER_PEER: usize = 1024;
 /// Spark-protocol connections idle this long are closed (Spark's `connectionTimeout`).
 pub const DEFAULT_SPARK_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest Spark frame accepted from a client.
@@ -146,6 +149,10 @@ pub struct ServeArgs {
     /// Most Spark-protocol connections at once.
     #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS")]
     pub spark_max_connections: Option<usize>,
+    /// Most Spark-protocol connections from one peer (an IPv4 address or an IPv6 /64) at once
+    /// (default 1024); beyond it a connection is closed at once.
+    #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS_PER_PEER")]
+    pub spark_max_connections_per_peer: Option<usize>,
     /// Idle Spark connections are closed after this long.
     #[arg(long, env = "SHUFFLE_SPARK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub spark_idle_timeout: Option<Duration>,
@@ -274,6 +281,7 @@ struct FileConfig {
     spark_require_encryption: Option<bool>,
     registry_sync: Option<String>,
     spark_max_connections: Option<usize>,
+    spark_max_connections_per_peer: Option<usize>,
     spark_idle_timeout: Option<String>,
     spark_memory: Option<String>,
     spark_connection_memory: Option<String>,
@@ -348,6 +356,8 @@ pub struct Config {
     pub registry_sync: Durability,
     /// Most Spark connections.
     pub spark_max_connections: usize,
+    /// Most Spark connections from one peer.
+    pub spark_max_connections_per_peer: usize,
     /// Idle close.
     pub spark_idle_timeout: Duration,
     /// Largest client frame.
@@ -412,6 +422,7 @@ impl Config {
             spark_require_encryption: false,
             registry_sync: Durability::Full,
             spark_max_connections: DEFAULT_SPARK_MAX_CONNECTIONS,
+            spark_max_connections_per_peer: DEFAULT_SPARK_MAX_CONNECTIONS_PER_PEER,
             spark_idle_timeout: DEFAULT_SPARK_IDLE_TIMEOUT,
             spark_max_frame: DEFAULT_SPARK_MAX_FRAME as usize,
             spark_memory: DEFAULT_SPARK_MEMORY,
@@ -543,6 +554,12 @@ impl Config {
         if let Some(n) = args.spark_max_connections.or(file.spark_max_connections) {
             c.spark_max_connections = n;
         }
+        if let Some(n) = args
+            .spark_max_connections_per_peer
+            .or(file.spark_max_connections_per_peer)
+        {
+            c.spark_max_connections_per_peer = n;
+        }
         if let Some(n) = args.spark_open_files.or(file.spark_open_files) {
             c.spark_open_files = n;
         }
@@ -628,6 +645,7 @@ impl Config {
             (None, None) => None,
         };
         if c.spark_max_connections == 0
+            || c.spark_max_connections_per_peer == 0
             || c.spark_open_files < 64
             || c.spark_idle_timeout.is_zero()
             || c.spark_auth_timeout.is_zero()

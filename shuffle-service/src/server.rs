@@ -291,7 +291,10 @@ fn spark_front_end(
         listener,
         shared,
         limits,
-        config.spark_max_connections,
+        (
+            config.spark_max_connections,
+            config.spark_max_connections_per_peer,
+        ),
         tls,
         stop.clone(),
     ));

@@ -1,5 +1,5 @@
-//! The Spark protocol listener: accepts connections up to a limit (beyond it a connection is
-//! closed at once, which Spark's client retries), runs the TLS handshake when configured
+//! The Spark protocol listener: accepts connections up to a limit, and up to a limit per peer
+//! address (beyond either a connection is closed at once, which Spark's client retries), runs the TLS handshake when configured
 //! (bounded in time, on the connection's own task), serves each on its own task, and on
 //! `stop` stops accepting and lets connections finish what they were asked.
 
@@ -21,12 +21,12 @@ pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     limits: Limits,
-    max_connections: usize,
+    (max_connections, max_per_peer): (usize, usize),
     tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let acceptor = Acceptor::new(listener, max_connections);
+    let acceptor = Acceptor::new(listener, max_connections).per_peer(max_per_peer);
     let metrics = shared.core.metrics().clone();
     let trimmer = Arc::new(crate::memory::Trimmer::default());
     // Connections accepted and not yet closed, handshakes included.
@@ -34,10 +34,10 @@ pub async fn serve(
     while let Some(accepted) = acceptor.next(&stop).await {
         let (sock, peer, slot) = match accepted {
             Accepted::Open(c) => (c.stream, c.peer, c.permit),
-            Accepted::Refused(peer, _) => {
+            Accepted::Refused(peer, why) => {
                 metrics.spark_connections_refused.inc();
                 if let Some(left_out) = shared.logs.connection_limit.check() {
-                    tracing::warn!(peer = %peer, max_connections, left_out, "connection limit reached; closing");
+                    tracing::warn!(peer = %peer, limit = why.label(), max_connections, max_per_peer, left_out, "connection limit reached; closing");
                 }
                 continue;
             }

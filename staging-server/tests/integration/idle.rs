@@ -176,9 +176,10 @@ async fn a_download_whose_client_stops_reading_is_closed() {
     }
     assert!(stopped.elapsed() >= stall - Duration::from_millis(100));
     let m = s.metrics().await;
-    assert_eq!(
-        metric(&m, "staging_connections_stalled_total"),
-        Some(1.0),
+    // At least this connection (on a loaded machine a pause of the slow reader longer than
+    // the 1 s timeout may also have counted, without closing a download that moved on).
+    assert!(
+        metric(&m, "staging_connections_stalled_total").is_some_and(|n| n >= 1.0),
         "{m}"
     );
     drop(body);

@@ -202,3 +202,56 @@ async fn one_peers_partly_sent_frames_take_only_its_share_and_another_peers_fram
     }
     svc.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_peer_cannot_take_every_spark_connection() {
+    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, ready, _logs) = spawn_limited(
+        dir.path(),
+        &[
+            "--spark-max-connections",
+            "32",
+            "--spark-max-connections-per-peer",
+            "8",
+        ],
+        None,
+    )
+    .await;
+    // One address opens every connection the listener has: it keeps its 8, the other 24 are
+    // closed at once.
+    let mut conns = Vec::new();
+    for _ in 0..32 {
+        conns.push(TcpStream::connect(&ready.spark).await.unwrap());
+    }
+    metric_reaches(
+        &ready.admin,
+        "shuffle_spark_connections_refused_total",
+        24.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let checks = conns.into_iter().map(|mut s| async move {
+        let mut buf = [0u8; 1];
+        // Closed: an end of stream (or a reset) at once; held: nothing within the wait.
+        let r = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+        (matches!(r, Ok(Ok(0) | Err(_))), s)
+    });
+    let results = futures::future::join_all(checks).await;
+    let held = results.iter().filter(|(closed, _)| !closed).count();
+    assert_eq!(held, 8, "connections one address keeps");
+    // Another address still gets in and is answered.
+    let s = connect_from("127.0.0.2", &ready.spark).await;
+    let mut other = shuffle_service::spark::client::Client::from_stream(s).unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        other.call(&Btm::GetLocalDirsForExecutors {
+            app_id: "app-nobody".into(),
+            exec_ids: vec!["1".into()],
+        }),
+    )
+    .await
+    .expect("another peer was not answered")
+    .unwrap();
+    assert!(r.is_err(), "an unknown application: {r:?}");
+}
