@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 
-use crate::ids::{CredentialId, InvalidField, Namespace};
+use staging_api::ids::{CredentialId, InvalidField, Namespace};
 
 /// How a request presented its credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

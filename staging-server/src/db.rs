@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::clock::UnixMillis;
-use crate::ids::{CredentialId, Labels, Namespace, ResourceId, Sha256Digest};
+use staging_api::ids::{CredentialId, Labels, Namespace, ResourceId, Sha256Digest};
 
 /// Database failures.
 #[derive(Debug, thiserror::Error)]

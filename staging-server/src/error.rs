@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::ids::InvalidField;
+use staging_api::ids::InvalidField;
 
 /// Start-up and configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +195,7 @@ impl ApiError {
 
     /// 410 for a committed resource whose bytes are gone from the store: retrying cannot
     /// help, so clients stop at once.
-    pub fn lost(id: crate::ids::ResourceId) -> Self {
+    pub fn lost(id: staging_api::ids::ResourceId) -> Self {
         Self::new(
             StatusCode::GONE,
             "lost",

@@ -37,8 +37,8 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::clock::UnixMillis;
 use crate::db::{Db, DbError, DbResult, Owner, Quotas, quota_refusal};
-use crate::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 use crate::usage;
+use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
 /// How long a blob that no submission names yet is kept (the time between sending the files
 /// and committing the submission).

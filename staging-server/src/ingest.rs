@@ -21,11 +21,11 @@ use crate::clock::duration_ms;
 use crate::db::{CommitOutcome, CommitRequest, Headroom, Owner};
 use crate::error::ApiError;
 use crate::files::BlobCommit;
-use crate::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 use crate::metrics::InflightGuard;
 use crate::pace::Pace;
 use crate::state::AppState;
 use crate::store::BlobWriter;
+use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
 /// The `api` of a pending blob upload (a file of a submission).
 pub const BLOB_API: &str = "blob";

@@ -38,8 +38,8 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::ids::CredentialId;
 use crate::review_limit::{PeerKey, ReviewLimit};
+use staging_api::ids::CredentialId;
 
 /// How long a successful token review is reused.
 pub const REVIEW_TTL: Duration = Duration::from_secs(60);

@@ -48,7 +48,6 @@ mod tls_watch;
 pub mod usage;
 
 pub use service_runtime::{shutdown, size};
-use staging_api::ids;
 pub mod store;
 pub mod token;
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{DbError, ExpiryReason};
-use crate::ids::ResourceId;
 use crate::state::AppState;
+use staging_api::ids::ResourceId;
 
 /// Longest wait between two sweeps after repeated errors.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);

@@ -17,9 +17,9 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{OwnedResource, Owner};
-use crate::ids::ResourceId;
 use crate::lifecycle::{DeleteReason, remove};
 use crate::state::AppState;
+use staging_api::ids::ResourceId;
 
 use staging_api::wire::{MANAGED_BY, MANAGED_BY_LABEL, RESOURCE_LABEL};
 /// Resources read from the database per query (a round reads every page).
@@ -291,7 +291,7 @@ mod tests {
             id: ResourceId::random(),
             owner: Owner {
                 namespace: "ns".parse().unwrap(),
-                labels: crate::ids::Labels::parse_selector("spark-role=driver").unwrap(),
+                labels: staging_api::ids::Labels::parse_selector("spark-role=driver").unwrap(),
                 pod_uid: None,
             },
             committed_at: 1_000_000,

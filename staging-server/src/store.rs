@@ -23,7 +23,7 @@ use object_store::{
 
 use crate::config::StoreLocation;
 use crate::error::{Error, Result};
-use crate::ids::ResourceId;
+use staging_api::ids::ResourceId;
 
 /// Part size for the local backend: each part is one positional write into the staging file.
 const LOCAL_PART_SIZE: usize = 4 << 20;

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
-use crate::ids::ResourceId;
 use crate::secret;
+use staging_api::ids::ResourceId;
 
 /// Token issuer claim.
 pub const ISSUER: &str = "staging-server";

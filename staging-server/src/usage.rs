@@ -7,7 +7,7 @@
 //!
 //! - *Committed*: resources (a bundle, or a submission counted by its files) and their charge.
 //! - *Unnamed*: grants on files that no submission of their namespace names, counted for the
-//!   namespace, for the credential that sent the file (see [`crate::ids::CredentialId`]) and
+//!   namespace, for the credential that sent the file (see [`staging_api::ids::CredentialId`]) and
 //!   for the pair of the two (so that the namespaces where a credential holds such files can
 //!   be counted).
 //!
@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use crate::ids::Namespace;
+use staging_api::ids::Namespace;
 
 /// Least charge of a stored object (a bundle, one file of a submission, one unnamed file).
 pub const MIN_CHARGE: u64 = 4 << 10;

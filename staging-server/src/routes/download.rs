@@ -14,7 +14,7 @@ use futures::TryStreamExt as _;
 use crate::auth::credential;
 use crate::db::{Resource, TokenState};
 use crate::error::ApiError;
-use crate::ids::ResourceId;
+use staging_api::ids::ResourceId;
 
 /// How stale the last-access stamp may get before a download rewrites it.
 const ACCESS_STAMP_MS: i64 = 60_000;
@@ -30,7 +30,7 @@ pub(super) struct Object {
     /// Size.
     pub size: u64,
     /// Digest.
-    pub sha256: crate::ids::Sha256Digest,
+    pub sha256: staging_api::ids::Sha256Digest,
 }
 
 impl Resource {

@@ -27,9 +27,9 @@ use crate::db::Owner;
 use crate::error::ApiError;
 use crate::files::BlobRelease;
 use crate::files::{FileRef, FilesCommit, FilesOutcome, MAX_FILES, manifest_digest};
-use crate::ids::{Labels, Namespace, PodUid, Sha256Digest};
 use crate::ingest::{BLOB_API, PendingUpload};
 use crate::state::AppState;
+use staging_api::ids::{Labels, Namespace, PodUid, Sha256Digest};
 
 use super::download;
 use super::v1::{UploadResponse, lifetimes, rfc3339};
@@ -247,7 +247,7 @@ pub(super) async fn submit(
         });
     }
     let lt = lifetimes(&state, sub.ttl.as_deref(), sub.unused_ttl.as_deref())?;
-    let id = crate::ids::ResourceId::random();
+    let id = staging_api::ids::ResourceId::random();
     let now = state.now_ms();
     let expires_at = now.saturating_add(duration_ms(lt.max_ttl));
     let unused_ttl_ms = duration_ms(lt.unused_ttl);

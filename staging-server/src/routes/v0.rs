@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Scope, UploadAuthError};
 use crate::db::Owner;
 use crate::error::ApiError;
-use crate::ids::{Labels, Namespace};
 use crate::ingest::{Lifetimes, PendingUpload};
 use crate::state::AppState;
+use staging_api::ids::{Labels, Namespace};
 
 use super::download;
 

@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{UploadAuthError, credential};
 use crate::db::Owner;
 use crate::error::ApiError;
-use crate::ids::{CredentialId, Labels, Namespace, PodUid, Sha256Digest};
 use crate::ingest::{Lifetimes, PendingUpload};
 use crate::kube_auth::Refusal;
 use crate::lifecycle::{self, DeleteReason};
 use crate::state::AppState;
+use staging_api::ids::{CredentialId, Labels, Namespace, PodUid, Sha256Digest};
 
 use super::client_addr::ClientAddr;
 use super::download;
