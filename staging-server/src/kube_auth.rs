@@ -158,6 +158,13 @@ pub enum Refusal {
 /// A cached token review: the identity, or `None` for a token the API server refused.
 type Reviewed = Option<Identity>;
 
+/// How long an address whose token review failed draws on the server-wide budget of failing
+/// addresses instead of the one of everyone else.
+const SUSPECT_FOR: Duration = Duration::from_secs(60);
+
+/// Most addresses remembered as recently failing.
+const MAX_SUSPECTS: usize = 16_384;
+
 /// The reviewer.
 pub struct KubeAuth {
     client: Client,
@@ -166,8 +173,14 @@ pub struct KubeAuth {
     client_failures: ReviewLimit<PeerKey>,
     /// Refusing access reviews and reviews of new tokens, per identity.
     identity_reviews: ReviewLimit<CredentialId>,
-    /// Every review.
+    /// Every review from addresses without a recent failure.
     all: ReviewLimit<()>,
+    /// Every review from addresses whose last failed review is under [`SUSPECT_FOR`] old: a
+    /// second server-wide budget of the same size, so that addresses sending junk tokens
+    /// spend each other's reviews and not those of every other submitter.
+    all_failing: ReviewLimit<()>,
+    /// When each address's last token review failed (at most `MAX_SUSPECTS` addresses).
+    failed_at: Mutex<HashMap<PeerKey, Instant>>,
     reviews: Mutex<HashMap<[u8; 32], (Instant, Reviewed)>>,
     decisions: Mutex<HashMap<(Identity, String), (Instant, bool)>>,
     outcomes: IntCounterVec,
@@ -245,6 +258,11 @@ impl KubeAuth {
                 settings.global_reviews_per_minute,
                 settings.global_review_burst,
             ),
+            all_failing: ReviewLimit::new(
+                settings.global_reviews_per_minute,
+                settings.global_review_burst,
+            ),
+            failed_at: Mutex::new(HashMap::new()),
             settings,
             reviews: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
@@ -303,7 +321,7 @@ impl KubeAuth {
             Some(a) => a,
             None => {
                 let who = CredentialId::kube(&key.0.user, key.0.uid.as_deref());
-                self.reserve(&self.identity_reviews, &who, Budget::Identity)?;
+                self.reserve(&self.identity_reviews, &who, Budget::Identity, &self.all)?;
                 let a = self
                     .may_create_pods(&key.0, namespace)
                     .await
@@ -334,6 +352,7 @@ impl KubeAuth {
         failures: &ReviewLimit<K>,
         key: &K,
         budget: Budget,
+        server: &ReviewLimit<()>,
     ) -> Result<(), Refusal> {
         failures
             .take(key)
@@ -341,7 +360,7 @@ impl KubeAuth {
                 budget,
                 retry_after,
             })?;
-        if let Err(retry_after) = self.all.take(&()) {
+        if let Err(retry_after) = server.take(&()) {
             failures.refund(key);
             return Err(Refusal::Throttled {
                 budget: Budget::Server,
@@ -349,6 +368,28 @@ impl KubeAuth {
             });
         }
         Ok(())
+    }
+
+    /// Whether `peer`'s last token review failed under [`SUSPECT_FOR`] ago.
+    fn failed_recently(&self, peer: &PeerKey) -> bool {
+        let failed = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(peer)
+            .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
+    }
+
+    /// Remembers that `peer`'s token review failed now.
+    fn note_failure(&self, peer: PeerKey) {
+        let mut failed = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        if !failed.contains_key(&peer) && failed.len() >= MAX_SUSPECTS {
+            failed.retain(|_, at| at.elapsed() < SUSPECT_FOR);
+            if failed.len() >= MAX_SUSPECTS {
+                // Every remembered address failed within the minute: forgetting them sends
+                // them back to the budget of the others, the same as before they failed.
+                failed.clear();
+            }
+        }
+        failed.insert(peer, Instant::now());
     }
 
     async fn review(&self, token: &str, client: IpAddr) -> Result<Identity, Refusal> {
@@ -365,7 +406,12 @@ impl KubeAuth {
             return reviewed.ok_or(Refusal::Unauthenticated);
         }
         let peer = PeerKey::of(client);
-        self.reserve(&self.client_failures, &peer, Budget::Client)?;
+        let server = if self.failed_recently(&peer) {
+            &self.all_failing
+        } else {
+            &self.all
+        };
+        self.reserve(&self.client_failures, &peer, Budget::Client, server)?;
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let audiences = &self.settings.audiences;
         let review = TokenReview {
@@ -409,6 +455,9 @@ impl KubeAuth {
                 .is_ok()
         {
             self.client_failures.refund(&peer);
+        }
+        if reviewed.is_none() {
+            self.note_failure(peer);
         }
         remember(
             &self.reviews,

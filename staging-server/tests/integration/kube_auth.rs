@@ -443,8 +443,9 @@ async fn junk_tokens_from_one_address_spend_only_what_needs_a_review() {
     }
     let minutes = started.elapsed().as_secs() / 60;
     let reviews = ids.token_reviews();
-    // 3 users (a token and an access review each), 3 junk tokens, quinn's two reviews.
-    let spent_before = 2 * 3 + 3 + 2;
+    // 3 users (a token and an access review each), the first junk token (the next two came
+    // from an address that had just failed: the failing addresses' budget), quinn's two.
+    let spent_before = 2 * 3 + 1 + 2;
     assert!(
         reviews - reviews_before <= 12 - spent_before + minutes,
         "{} reviews after the server's budget: {reviews_before} before",
@@ -545,4 +546,50 @@ async fn tokens_minted_in_bulk_cost_their_address_once_their_identity_spent_its_
         201
     );
     s.shutdown().await;
+}
+
+#[tokio::test]
+async fn addresses_sending_junk_spend_a_server_budget_of_their_own() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    ids.add_token("rosa-token", user("rosa", &["system:authenticated"]));
+    ids.allow("rosa", "create", "pods", "team-a");
+    let client = bed_api(api).await;
+    let s = kube_server(client, |c| {
+        // Each address could fail 100 times: only the server's budget (6) stops them.
+        c.kube_auth_settings.review_burst = 100;
+        c.kube_auth_settings.reviews_per_minute = 100;
+        c.kube_auth_settings.global_review_burst = 6;
+        c.kube_auth_settings.global_reviews_per_minute = 1;
+    })
+    .await;
+    // Three addresses send junk until the server refuses them without a review: their first
+    // junk token each is reviewed on everyone's budget (3 of 6), the rest on the budget of
+    // failing addresses (6), then 429.
+    let mut reviewed = 0;
+    let mut throttled = 0;
+    for round in 0..6 {
+        for host in 2..5 {
+            let c = client_from(&format!("127.0.0.{host}"));
+            let (code, body) =
+                put_from(&c, &s, "team-a", Some(&format!("junk-{host}-{round}"))).await;
+            match code {
+                401 => reviewed += 1,
+                429 => {
+                    assert!(body.contains("on this server"), "{body}");
+                    throttled += 1;
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+    }
+    assert!((9..=10).contains(&reviewed), "reviewed {reviewed}");
+    assert_eq!(reviewed + throttled, 18);
+    // A submitter at another address is still reviewed (token and access: 2 of the 3 left).
+    assert_eq!(
+        put_from(&client_from("127.0.0.9"), &s, "team-a", Some("rosa-token"))
+            .await
+            .0,
+        201
+    );
 }
