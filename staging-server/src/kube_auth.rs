@@ -405,7 +405,7 @@ impl KubeAuth {
         if let Some(reviewed) = cached {
             return reviewed.ok_or(Refusal::Unauthenticated);
         }
-        let peer = PeerKey::of(client);
+        let peer = PeerKey::from(client);
         let server = if self.failed_recently(&peer) {
             &self.all_failing
         } else {

@@ -24,33 +24,15 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Keys tracked at once per budget.
 const MAX_KEYS: usize = 10_000;
 
-/// The budget key of a client address: IPv4 as is, IPv6 by its /64 (IPv4-mapped as IPv4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct PeerKey(IpAddr);
-
-impl PeerKey {
-    /// The key of `ip`.
-    pub(crate) fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Self(ip),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(IpAddr::V4(v4)),
-                None => {
-                    let mut s = v6.segments();
-                    s[4..].fill(0);
-                    Self(IpAddr::V6(s.into()))
-                }
-            },
-        }
-    }
-}
+/// The budget key of a client address: the grouping of the services' other per-peer limits
+/// (IPv4 as is, IPv6 by its /64, IPv4-mapped as IPv4).
+pub(crate) use service_runtime::peer::PeerKey;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -136,7 +118,7 @@ mod tests {
     use super::*;
 
     fn peer(ip: &str) -> PeerKey {
-        PeerKey::of(ip.parse().unwrap())
+        PeerKey::from(ip.parse::<std::net::IpAddr>().unwrap())
     }
 
     #[test]
