@@ -50,7 +50,9 @@ pub struct Metrics {
     /// Failed Spark authentications.
     pub spark_auth_failures: IntCounter,
     /// TLS handshakes on the Spark port that failed or timed out.
-    pub spark_tls_handshake_failures: IntCounter,
+    /// By reason: `timeout` (no handshake within the deadline), `closed` (the client went away
+    /// during it), `refused` (a TLS error: protocol, version, certificate).
+    pub spark_tls_handshake_failures: IntCounterVec,
     /// Spark `FetchShuffleBlocks` requests with batch fetch (AQE coalesced reads).
     pub spark_batch_fetches: IntCounter,
     /// Spark chunk or stream requests that failed to resolve or open their block.
@@ -192,9 +194,12 @@ impl Metrics {
                 "shuffle_spark_auth_failures_total",
                 "Failed Spark authentications (SASL or network crypto).",
             )?,
-            spark_tls_handshake_failures: IntCounter::new(
-                "shuffle_spark_tls_handshake_failures_total",
-                "TLS handshakes on the Spark port that failed or timed out",
+            spark_tls_handshake_failures: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_spark_tls_handshake_failures_total",
+                    "TLS handshakes on the Spark port that failed, by reason: timeout, closed (the client went away), refused (a TLS error)",
+                ),
+                &["reason"],
             )?,
             spark_batch_fetches: IntCounter::new(
                 "shuffle_spark_batch_fetches_total",
@@ -359,6 +364,11 @@ impl Metrics {
         r.register(Box::new(m.spark_frames_rejected.clone()))?;
         r.register(Box::new(m.spark_auth_failures.clone()))?;
         r.register(Box::new(m.spark_tls_handshake_failures.clone()))?;
+        for reason in ["timeout", "closed", "refused"] {
+            m.spark_tls_handshake_failures
+                .with_label_values(&[reason])
+                .inc_by(0);
+        }
         r.register(Box::new(m.spark_block_failures.clone()))?;
         r.register(Box::new(m.spark_batch_fetches.clone()))?;
         r.register(Box::new(m.rpc_duration.clone()))?;

@@ -69,12 +69,19 @@ pub async fn serve(
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
                             Ok(Ok(t)) => Wire::Tls(Box::new(t)),
                             Ok(Err(e)) => {
-                                metrics.spark_tls_handshake_failures.inc();
-                                tracing::debug!(error = %e, "TLS handshake failed");
+                                let reason = handshake_failure(&e);
+                                metrics
+                                    .spark_tls_handshake_failures
+                                    .with_label_values(&[reason])
+                                    .inc();
+                                tracing::debug!(error = %e, reason, "TLS handshake failed");
                                 return;
                             }
                             Err(_) => {
-                                metrics.spark_tls_handshake_failures.inc();
+                                metrics
+                                    .spark_tls_handshake_failures
+                                    .with_label_values(&["timeout"])
+                                    .inc();
                                 tracing::debug!("TLS handshake timed out");
                                 return;
                             }
@@ -94,4 +101,18 @@ pub async fn serve(
     }
     tracker.close();
     tracker.wait().await;
+}
+
+/// The metric's reason for a failed handshake: the client went away (`closed`), or a TLS
+/// error (`refused`: protocol, version, certificate).
+fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    if matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+    ) {
+        "closed"
+    } else {
+        "refused"
+    }
 }

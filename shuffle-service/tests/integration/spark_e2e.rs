@@ -455,8 +455,14 @@ async fn real_spark_tls() {
     assert_eq!(run.seen["reduce_through_service"], "ok");
     assert!(ok(m, "RegisterExecutor") >= 4.0, "{m}");
     assert!(ok(m, "ChunkFetchRequest") > 0.0, "{m}");
+    // No handshake refused: Spark's TLS and the service's agree. (A handshake that timed out or
+    // that the client abandoned is retried by Spark and is not a disagreement; on a loaded
+    // machine a cold JVM's first handshake can take longer than the deadline.)
     assert_eq!(
-        metric(m, "shuffle_spark_tls_handshake_failures_total"),
+        metric(
+            m,
+            "shuffle_spark_tls_handshake_failures_total{reason=\"refused\"}"
+        ),
         0.0,
         "{m}"
     );
