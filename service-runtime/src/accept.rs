@@ -27,6 +27,7 @@ pub struct Acceptor {
     slots: Arc<Semaphore>,
     max_connections: usize,
     per_peer: Option<(PeerCounts, usize)>,
+    ipv6_prefix: u8,
 }
 
 /// A connection's slot (and its peer's count): freed when dropped.
@@ -90,13 +91,22 @@ impl Acceptor {
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             per_peer: None,
+            ipv6_prefix: crate::peer::DEFAULT_IPV6_PREFIX,
         }
     }
 
-    /// Also allows at most `max` open connections per peer (IPv6 peers grouped by /64).
+    /// Also allows at most `max` open connections per peer (IPv6 peers grouped by /64 unless
+    /// [`Self::ipv6_prefix`] says otherwise).
     #[must_use]
     pub fn per_peer(mut self, max: usize) -> Self {
         self.per_peer = Some((PeerCounts::default(), max));
+        self
+    }
+
+    /// Groups IPv6 peers by their first `prefix` bits for [`Self::per_peer`].
+    #[must_use]
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.ipv6_prefix = prefix;
         self
     }
 
@@ -135,13 +145,15 @@ impl Acceptor {
         };
         let peer_count = match &self.per_peer {
             None => None,
-            Some((counts, max)) => match counts.try_add(PeerKey::from(peer.ip()), 1, *max) {
-                Some(c) => Some(c),
-                None => {
-                    drop(stream);
-                    return Some(Accepted::Refused(peer, Refusal::PeerCap));
+            Some((counts, max)) => {
+                match counts.try_add(PeerKey::new(peer.ip(), self.ipv6_prefix), 1, *max) {
+                    Some(c) => Some(c),
+                    None => {
+                        drop(stream);
+                        return Some(Accepted::Refused(peer, Refusal::PeerCap));
+                    }
                 }
-            },
+            }
         };
         let _ = stream.set_nodelay(true);
         Some(Accepted::Open(Connection {

@@ -10,6 +10,7 @@
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
 //! - [`accept`]: the accept loop's step (connection caps, back-off, `TCP_NODELAY`);
 //! - [`peer`]: who a connection comes from, for per-peer limits (IPv6 by /64);
+//! - [`probe`]: Kubernetes exec probes through a Unix socket no other pod can reach;
 //! - [`progress`]: whether an HTTP connection's requests still move (idle and stall deadlines);
 //! - [`tls`]: a TLS server certificate reloaded when its files change, and its expiry;
 //! - [`rlimit`]: the open-file limit raised to the hard limit at start.
@@ -19,6 +20,7 @@ pub mod disk;
 pub mod lock;
 pub mod logging;
 pub mod peer;
+pub mod probe;
 pub mod progress;
 pub mod rlimit;
 pub mod secret;

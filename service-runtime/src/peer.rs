@@ -1,8 +1,11 @@
 //! Who a connection comes from, for limits that one client must not exhaust on its own (a
 //! listener's connection slots, a shared memory budget). An IPv4 peer is its address; an IPv6
-//! peer is its /64, because one host is usually given a whole /64 and picks a new address in
-//! it at will (privacy addresses), so a per-address limit would not bind it. IPv4 addresses
-//! mapped into IPv6 (a dual-stack listener on `[::]`) count as the IPv4 address.
+//! peer is the network of a configurable prefix length around its address: /64 by default,
+//! because a host on the internet is usually given a whole /64 and picks a new address in it
+//! at will (privacy addresses), so a per-address limit would not bind it; inside a cluster,
+//! where the network assigns each pod its address and a node's pods share one range, /128
+//! keeps one pod from spending its neighbours' share. IPv4 addresses mapped into IPv6 (a
+//! dual-stack listener on `[::]`) count as the IPv4 address.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,21 +13,37 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
+/// The prefix length IPv6 peers are grouped by unless configured otherwise.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 /// The group a peer address belongs to for per-peer limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PeerKey {
     /// One IPv4 address.
     V4(Ipv4Addr),
-    /// The first 64 bits of an IPv6 address.
-    V6(u64),
+    /// An IPv6 network: its address (the bits past the prefix zero) and prefix length.
+    V6(u128, u8),
+}
+
+impl PeerKey {
+    /// The group of `ip`, IPv6 addresses grouped by their first `ipv6_prefix` bits (0 to
+    /// 128; larger values count as 128).
+    #[must_use]
+    pub fn new(ip: IpAddr, ipv6_prefix: u8) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => Self::V4(a),
+            IpAddr::V6(a) => {
+                let prefix = ipv6_prefix.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                Self::V6(a.to_bits() & mask, prefix)
+            }
+        }
+    }
 }
 
 impl From<IpAddr> for PeerKey {
     fn from(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(a) => Self::V4(a),
-            IpAddr::V6(a) => Self::V6((a.to_bits() >> 64) as u64),
-        }
+        Self::new(ip, DEFAULT_IPV6_PREFIX)
     }
 }
 
@@ -32,7 +51,7 @@ impl fmt::Display for PeerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::V4(a) => a.fmt(f),
-            Self::V6(prefix) => write!(f, "{}/64", Ipv6Addr::from_bits(u128::from(*prefix) << 64)),
+            Self::V6(net, prefix) => write!(f, "{}/{prefix}", Ipv6Addr::from_bits(*net)),
         }
     }
 }
@@ -138,6 +157,23 @@ mod tests {
         assert_ne!(
             PeerKey::from(v4),
             PeerKey::from("10.0.0.8".parse::<IpAddr>().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_ipv6_prefix_length_is_configurable_from_one_address_to_everything() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2::2".parse().unwrap();
+        assert_ne!(PeerKey::new(a, 128), PeerKey::new(b, 128));
+        assert_eq!(PeerKey::new(a, 128).to_string(), "2001:db8:1:2::1/128");
+        assert_eq!(PeerKey::new(a, 200), PeerKey::new(a, 128));
+        assert_eq!(PeerKey::new(a, 112), PeerKey::new(b, 112));
+        assert_eq!(PeerKey::new(a, 0), PeerKey::new("::1".parse().unwrap(), 0));
+        assert_eq!(PeerKey::new(a, 0).to_string(), "::/0");
+        let v4: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(
+            PeerKey::new(v4, 0),
+            PeerKey::V4("10.0.0.7".parse().unwrap())
         );
     }
 

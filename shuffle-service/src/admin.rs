@@ -1,5 +1,6 @@
 //! The admin HTTP port: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (database answers, volumes reachable, not draining).
+//! (database answers, volumes reachable, not draining). The probes are also served on the
+//! probe socket (`--probe-socket`, asked by `shuffle-service probe`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,11 +22,20 @@ struct AdminState {
 
 /// The admin router.
 pub fn router(core: Core, draining: Arc<AtomicBool>) -> Router {
+    probes()
+        .route("/metrics", get(metrics))
+        .with_state(AdminState { core, draining })
+}
+
+/// The probes alone (`/healthz`, `/readyz`), for the probe socket.
+pub fn probe_router(core: Core, draining: Arc<AtomicBool>) -> Router {
+    probes().with_state(AdminState { core, draining })
+}
+
+fn probes() -> Router<AdminState> {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(AdminState { core, draining })
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {

@@ -46,6 +46,10 @@ pub const DEFAULT_SPARK_MAX_CONNECTIONS: usize = 4096;
 /// Default of `--spark-max-connections-per-peer`: a quarter of the listener, so that one
 /// address (a pod, or a node's hostNetwork executors together) cannot take every connection.
 pub const DEFAULT_SPARK_MAX_CONNECTIONS_PER_PEER: usize = 1024;
+/// Most authenticated Spark-protocol connections of one application at once: a quarter of
+/// the cap, more than an application of a thousand executors opens to one node (one
+/// connection per executor, Spark's `numConnectionsPerPeer`).
+pub const DEFAULT_SPARK_MAX_CONNECTIONS_PER_APP: usize = 1024;
 /// Spark-protocol connections idle this long are closed (Spark's `connectionTimeout`).
 pub const DEFAULT_SPARK_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Largest Spark frame accepted from a client.
@@ -85,6 +89,10 @@ pub struct ServeArgs {
     /// Admin HTTP listener (/metrics, /healthz, /readyz).
     #[arg(long, env = "SHUFFLE_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Unix socket serving /healthz and /readyz to `shuffle-service probe` (Kubernetes exec
+    /// probes), apart from every TCP listener and its caps.
+    #[arg(long, env = "SHUFFLE_PROBE_SOCKET")]
+    pub probe_socket: Option<PathBuf>,
     /// Data directory for the default volume and state (when those are not given).
     #[arg(long, env = "SHUFFLE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -149,10 +157,16 @@ pub struct ServeArgs {
     /// Most Spark-protocol connections at once.
     #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS")]
     pub spark_max_connections: Option<usize>,
-    /// Most Spark-protocol connections from one peer (an IPv4 address or an IPv6 /64) at once
-    /// (default 1024); beyond it a connection is closed at once.
+    /// Most Spark-protocol connections from one peer (an IPv4 address, an IPv6 address or
+    /// network) at once (default 1024): without authentication a connection beyond it is
+    /// closed at once; with authentication it counts only connections not yet authenticated,
+    /// and the peer's oldest of them is closed to admit a new one.
     #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS_PER_PEER")]
     pub spark_max_connections_per_peer: Option<usize>,
+    /// Most authenticated Spark-protocol connections of one application at once (default
+    /// 1024); a connection authenticating beyond it is closed.
+    #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS_PER_APP")]
+    pub spark_max_connections_per_app: Option<usize>,
     /// Idle Spark connections are closed after this long.
     #[arg(long, env = "SHUFFLE_SPARK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub spark_idle_timeout: Option<Duration>,
@@ -192,10 +206,15 @@ pub struct ServeArgs {
     /// [default: 64].
     #[arg(long, env = "SHUFFLE_ADMIN_MAX_CONNECTIONS")]
     pub admin_max_connections: Option<usize>,
-    /// Most admin connections of one peer (IPv4 address, IPv6 /64) at once, so that one
-    /// client cannot lock the kubelet's probes out [default: 8].
+    /// Most admin connections of one peer (IPv4 address, IPv6 address or network) at once, so
+    /// that one client cannot lock the kubelet's probes out [default: 8].
     #[arg(long, env = "SHUFFLE_ADMIN_MAX_CONNECTIONS_PER_PEER")]
     pub admin_max_connections_per_peer: Option<usize>,
+    /// The prefix length that groups IPv6 peers for every per-peer cap and share (128: each
+    /// address its own peer, as pods have in a cluster; 64 where clients pick addresses in
+    /// their /64) [default: 128].
+    #[arg(long, env = "SHUFFLE_PEER_IPV6_PREFIX", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub peer_ipv6_prefix: Option<u8>,
     /// gRPC and admin connections that send no byte within this are closed.
     #[arg(long, env = "SHUFFLE_CONNECTION_FIRST_BYTE_TIMEOUT", value_parser = humantime::parse_duration)]
     pub connection_first_byte_timeout: Option<Duration>,
@@ -260,6 +279,7 @@ pub struct ServeArgs {
 struct FileConfig {
     grpc_listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    probe_socket: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     volumes: Vec<String>,
@@ -282,6 +302,7 @@ struct FileConfig {
     registry_sync: Option<String>,
     spark_max_connections: Option<usize>,
     spark_max_connections_per_peer: Option<usize>,
+    spark_max_connections_per_app: Option<usize>,
     spark_idle_timeout: Option<String>,
     spark_memory: Option<String>,
     spark_connection_memory: Option<String>,
@@ -294,6 +315,7 @@ struct FileConfig {
     grpc_max_connections_per_peer: Option<usize>,
     admin_max_connections: Option<usize>,
     admin_max_connections_per_peer: Option<usize>,
+    peer_ipv6_prefix: Option<u8>,
     connection_first_byte_timeout: Option<String>,
     connection_first_request_timeout: Option<String>,
     connection_idle_timeout: Option<String>,
@@ -318,6 +340,8 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// Unix socket of the probes (`shuffle-service probe`), if any.
+    pub probe_socket: Option<PathBuf>,
     /// Volumes.
     pub volumes: Vec<VolumeSpec>,
     /// State directory.
@@ -356,8 +380,10 @@ pub struct Config {
     pub registry_sync: Durability,
     /// Most Spark connections.
     pub spark_max_connections: usize,
-    /// Most Spark connections from one peer.
+    /// Most Spark connections from one peer (with authentication: not yet authenticated).
     pub spark_max_connections_per_peer: usize,
+    /// Most authenticated Spark connections of one application.
+    pub spark_max_connections_per_app: usize,
     /// Idle close.
     pub spark_idle_timeout: Duration,
     /// Largest client frame.
@@ -399,6 +425,7 @@ impl Config {
         Self {
             grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("constant"),
             admin_listen: DEFAULT_ADMIN_LISTEN.parse().expect("constant"),
+            probe_socket: None,
             volumes: vec![VolumeSpec {
                 path: d.join("volume"),
                 kind: crate::core::VolumeKind::EmptyDir,
@@ -423,6 +450,7 @@ impl Config {
             registry_sync: Durability::Full,
             spark_max_connections: DEFAULT_SPARK_MAX_CONNECTIONS,
             spark_max_connections_per_peer: DEFAULT_SPARK_MAX_CONNECTIONS_PER_PEER,
+            spark_max_connections_per_app: DEFAULT_SPARK_MAX_CONNECTIONS_PER_APP,
             spark_idle_timeout: DEFAULT_SPARK_IDLE_TIMEOUT,
             spark_max_frame: DEFAULT_SPARK_MAX_FRAME as usize,
             spark_memory: DEFAULT_SPARK_MEMORY,
@@ -491,6 +519,7 @@ impl Config {
         if let Some(a) = args.admin_listen.or(file.admin_listen) {
             c.admin_listen = a;
         }
+        c.probe_socket = args.probe_socket.or(file.probe_socket);
         if let Some(p) = args.admin_token_file.or(file.admin_token_file) {
             c.admin_token_hashes = read_tokens(&p)?;
         }
@@ -560,6 +589,12 @@ impl Config {
         {
             c.spark_max_connections_per_peer = n;
         }
+        if let Some(n) = args
+            .spark_max_connections_per_app
+            .or(file.spark_max_connections_per_app)
+        {
+            c.spark_max_connections_per_app = n;
+        }
         if let Some(n) = args.spark_open_files.or(file.spark_open_files) {
             c.spark_open_files = n;
         }
@@ -599,6 +634,9 @@ impl Config {
             .or(file.admin_max_connections_per_peer)
         {
             c.connections.admin_max_connections_per_peer = n;
+        }
+        if let Some(n) = args.peer_ipv6_prefix.or(file.peer_ipv6_prefix) {
+            c.connections.peer_ipv6_prefix = n;
         }
         c.spark_auth_timeout = dur(
             args.spark_auth_timeout,
@@ -646,6 +684,7 @@ impl Config {
         };
         if c.spark_max_connections == 0
             || c.spark_max_connections_per_peer == 0
+            || c.spark_max_connections_per_app == 0
             || c.spark_open_files < 64
             || c.spark_idle_timeout.is_zero()
             || c.spark_auth_timeout.is_zero()

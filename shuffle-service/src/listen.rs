@@ -209,7 +209,8 @@ pub async fn serve<S, B>(
     let counters = Counters::new(metrics, name);
     let builder = settings.protocol.builder(&settings.limits);
     let acceptor = Acceptor::new(listener, settings.max_connections)
-        .per_peer(settings.max_connections_per_peer);
+        .per_peer(settings.max_connections_per_peer)
+        .ipv6_prefix(settings.limits.peer_ipv6_prefix);
     let trimmer = Arc::new(Trimmer::default());
     let tracker = TaskTracker::new();
     while let Some(accepted) = acceptor.next(&stop).await {

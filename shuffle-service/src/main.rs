@@ -25,16 +25,43 @@ struct Cli {
 enum Command {
     /// Run the service (the default).
     Serve(Box<ServeArgs>),
+    /// Ask a running service's probe socket (a Kubernetes exec probe): exits 0 when the
+    /// service answers 200, 1 otherwise.
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// The service's probe socket (its `--probe-socket`).
+    #[arg(long, env = "SHUFFLE_PROBE_SOCKET")]
+    socket: std::path::PathBuf,
+    /// What to ask: `/healthz` (alive) or `/readyz` (ready to serve).
+    #[arg(default_value = "/readyz")]
+    path: String,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+fn probe(args: &ProbeArgs) -> ExitCode {
+    match service_runtime::probe::probe(&args.socket, &args.path, args.timeout) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shuffle-service probe {}: {e}", args.path);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    service_runtime::logging::init("shuffle_service=info");
     let args = match cli.command {
         Some(Command::Serve(a)) => *a,
+        Some(Command::Probe(p)) => return probe(&p),
         None => cli.serve,
     };
+    service_runtime::logging::init("shuffle_service=info");
     let config = match Config::load(args) {
         Ok(c) => c,
         Err(e) => {

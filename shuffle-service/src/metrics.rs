@@ -259,7 +259,7 @@ impl Metrics {
             spark_connections_closed: IntCounterVec::new(
                 Opts::new(
                     "shuffle_spark_connections_closed_total",
-                    "Spark connections closed at a deadline: not authenticated in time, idle, or stalled in the middle of a frame.",
+                    "Spark connections the service closed: not authenticated in time, idle, stalled in the middle of a frame, closed unauthenticated to admit a newer connection of the peer, or beyond the application's share.",
                 ),
                 &["reason"],
             )?,

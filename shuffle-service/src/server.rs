@@ -45,6 +45,8 @@ pub struct Listeners {
     pub admin: TcpListener,
     /// Spark's protocol, when enabled.
     pub spark: Option<TcpListener>,
+    /// The probes' Unix socket, when configured.
+    pub probe: Option<service_runtime::probe::ProbeSocket>,
 }
 
 impl Listeners {
@@ -63,6 +65,13 @@ impl Listeners {
             admin: bind(config.admin_listen).await?,
             spark: match config.spark_listen {
                 Some(a) => Some(bind(a).await?),
+                None => None,
+            },
+            probe: match &config.probe_socket {
+                Some(p) => Some(
+                    service_runtime::probe::ProbeSocket::bind(p)
+                        .map_err(|e| anyhow::anyhow!("bind {}: {e}", p.display()))?,
+                ),
                 None => None,
             },
         })
@@ -108,7 +117,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let background = core.background();
-    let Listeners { grpc, admin, spark } = listeners;
+    let Listeners {
+        grpc,
+        admin,
+        spark,
+        probe,
+    } = listeners;
     let spark_task = match spark {
         // Cancelled at shutdown, or with the background tasks at the very end.
         Some(l) => Some(spark_front_end(config, &core, l, background.child_token())?),
@@ -183,6 +197,10 @@ pub async fn run(
             listen::serve(grpc, grpc_settings, grpc_service, &metrics, lingering, stop).await;
         })
     };
+    let probe_task = probe.map(|socket| {
+        let router = crate::admin::probe_router(core.clone(), Arc::clone(&draining));
+        tokio::spawn(socket.serve(router, stop.clone()))
+    });
     let admin_router = crate::admin::router(core.clone(), Arc::clone(&draining));
     let admin_task = {
         let (metrics, lingering, stop) = (core.metrics().clone(), lingering.clone(), stop.clone());
@@ -226,6 +244,9 @@ pub async fn run(
         }
         let _ = grpc_task.await;
         let _ = admin_task.await;
+        if let Some(task) = probe_task {
+            let _ = task.await;
+        }
     };
     if tokio::time::timeout(config.shutdown_grace, drain)
         .await
@@ -279,7 +300,8 @@ fn spark_front_end(
             config.spark_frame_memory,
             config.spark_frame_memory_per_peer(),
             core.metrics().spark_frame_memory.clone(),
-        ),
+        )
+        .ipv6_prefix(config.connections.peer_ipv6_prefix),
         idle_timeout: config.spark_idle_timeout,
         auth_timeout: config.spark_auth_timeout,
         small_body: config.spark_small_body,
@@ -291,10 +313,12 @@ fn spark_front_end(
         listener,
         shared,
         limits,
-        (
-            config.spark_max_connections,
-            config.spark_max_connections_per_peer,
-        ),
+        listener::Caps {
+            max_connections: config.spark_max_connections,
+            max_per_peer: config.spark_max_connections_per_peer,
+            max_per_app: config.spark_max_connections_per_app,
+            ipv6_prefix: config.connections.peer_ipv6_prefix,
+        },
         tls,
         stop.clone(),
     ));

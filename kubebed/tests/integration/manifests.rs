@@ -175,6 +175,46 @@ fn every_flag_and_variable_exists_and_probes_and_scrapes_reach_the_listeners() {
                         );
                     }
                 }
+                if let Some(e) = p.get("exec") {
+                    // `<binary> probe --socket=<its --probe-socket> /healthz|/readyz`, the
+                    // socket in a volume of the container (a read-only root holds no socket).
+                    let cmd: Vec<&str> = e["command"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let socket = args
+                        .iter()
+                        .find_map(|a| a.strip_prefix("--probe-socket="))
+                        .unwrap_or_else(|| panic!("{}: {probe} without --probe-socket", where_(c)));
+                    assert_eq!(
+                        cmd[..3],
+                        [
+                            c["command"][0].as_str().unwrap(),
+                            "probe",
+                            &format!("--socket={socket}")
+                        ],
+                        "{}: {probe}",
+                        where_(c)
+                    );
+                    assert!(
+                        matches!(cmd.get(3).copied(), Some("/healthz" | "/readyz")),
+                        "{}: {probe} {cmd:?}",
+                        where_(c)
+                    );
+                    let dir = Path::new(socket).parent().unwrap();
+                    assert!(
+                        c["volumeMounts"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|m| m["mountPath"].as_str().map(Path::new) == Some(dir)),
+                        "{}: no volume at {}",
+                        where_(c),
+                        dir.display()
+                    );
+                }
                 if let Some(g) = p.get("grpc") {
                     assert_eq!(binary, "shuffle-service", "{}", where_(c));
                     assert_eq!(

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 /// Most gRPC connections at once.
 pub const DEFAULT_GRPC_MAX_CONNECTIONS: usize = 1024;
-/// Most gRPC connections one peer (an IPv4 address, an IPv6 /64) holds at once: a sixteenth of
+/// Most gRPC connections one peer (an IPv4 address, an IPv6 address or network, see
+/// [`DEFAULT_PEER_IPV6_PREFIX`]) holds at once: a sixteenth of
 /// the cap, far above what one executor or driver opens.
 pub const DEFAULT_GRPC_MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// Most admin connections at once (probes and scrapes).
@@ -13,6 +14,10 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// two, and with the DaemonSet on the host network any pod reaches the admin port, so one pod
 /// must not be able to take the slots the kubelet's probes need.
 pub const DEFAULT_ADMIN_MAX_CONNECTIONS_PER_PEER: usize = 8;
+/// The prefix length by which IPv6 peers are grouped for every per-peer cap and share: one
+/// address, because in a cluster the network gives each pod its own and a node's pods share a
+/// range (often a /64), so a wider group would let one pod spend its neighbours' share.
+pub const DEFAULT_PEER_IPV6_PREFIX: u8 = 128;
 /// A gRPC or admin connection must send its first byte within this.
 pub const DEFAULT_CONNECTION_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A gRPC or admin connection must finish TLS and send its first request head within this.
@@ -32,6 +37,9 @@ pub struct ConnectionLimits {
     pub admin_max_connections: usize,
     /// Most admin connections of one peer.
     pub admin_max_connections_per_peer: usize,
+    /// IPv6 peers are grouped by this prefix length for the per-peer caps (the Spark port's
+    /// too).
+    pub peer_ipv6_prefix: u8,
     /// Deadline of a connection's first byte.
     pub first_byte_timeout: Duration,
     /// Deadline of the TLS handshake and first request head, from the accept.
@@ -48,6 +56,7 @@ impl Default for ConnectionLimits {
             grpc_max_connections_per_peer: DEFAULT_GRPC_MAX_CONNECTIONS_PER_PEER,
             admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             admin_max_connections_per_peer: DEFAULT_ADMIN_MAX_CONNECTIONS_PER_PEER,
+            peer_ipv6_prefix: DEFAULT_PEER_IPV6_PREFIX,
             first_byte_timeout: DEFAULT_CONNECTION_FIRST_BYTE_TIMEOUT,
             first_request_timeout: DEFAULT_CONNECTION_FIRST_REQUEST_TIMEOUT,
             idle_timeout: DEFAULT_CONNECTION_IDLE_TIMEOUT,
@@ -68,6 +77,9 @@ impl ConnectionLimits {
                 "gRPC and admin connection caps (per peer too), first-byte and idle timeouts must be positive"
                     .into(),
             );
+        }
+        if self.peer_ipv6_prefix > 128 {
+            return Err("--peer-ipv6-prefix must be at most 128".into());
         }
         if self.first_request_timeout < self.first_byte_timeout {
             return Err("--connection-first-request-timeout must not be shorter than --connection-first-byte-timeout".into());

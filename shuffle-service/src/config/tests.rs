@@ -134,3 +134,15 @@ fn a_peer_holds_a_quarter_of_the_frame_memory_and_at_least_one_largest_frame() {
     c.connections.admin_max_connections_per_peer = 0;
     assert!(c.validate().is_err());
 }
+
+#[test]
+fn ipv6_peers_are_one_address_each_unless_told_otherwise() {
+    let c = Config::load(ServeArgs::default()).unwrap();
+    assert_eq!(c.connections.peer_ipv6_prefix, 128);
+    let c = Config::load(ServeArgs {
+        peer_ipv6_prefix: Some(64),
+        ..ServeArgs::default()
+    })
+    .unwrap();
+    assert_eq!(c.connections.peer_ipv6_prefix, 64);
+}

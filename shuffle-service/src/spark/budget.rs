@@ -76,6 +76,7 @@ pub struct FrameMemory {
     units: Arc<Semaphore>,
     peers: PeerCounts,
     peer_units: usize,
+    ipv6_prefix: u8,
     /// Woken when a peer's share shrinks.
     released: Arc<Notify>,
     gauge: IntGauge,
@@ -95,16 +96,24 @@ impl FrameMemory {
             units: Arc::new(Semaphore::new(total_units)),
             peers: PeerCounts::default(),
             peer_units: units(per_peer).min(total_units),
+            ipv6_prefix: service_runtime::peer::DEFAULT_IPV6_PREFIX,
             released: Arc::new(Notify::new()),
             gauge,
         }
+    }
+
+    /// Groups IPv6 peers by their first `prefix` bits.
+    #[must_use]
+    pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
+        self.ipv6_prefix = prefix;
+        self
     }
 
     /// One connection's reservation, empty; `peer` is the connection's remote address.
     pub fn reservation(&self, peer: IpAddr) -> Reservation {
         Reservation {
             memory: self.clone(),
-            peer: PeerKey::from(peer),
+            peer: PeerKey::new(peer, self.ipv6_prefix),
             permit: None,
             share: None,
             units: 0,

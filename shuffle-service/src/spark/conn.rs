@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Ticket;
 use super::budget::{FrameMemory, declared_frame};
 use super::channel::{Inbound, Out};
 use super::deadline::{Activity, Deadline};
@@ -108,6 +109,7 @@ struct Prepared {
 pub async fn serve(
     wire: Wire,
     peer: SocketAddr,
+    ticket: Ticket,
     shared: Arc<Shared>,
     limits: Limits,
     stop: CancellationToken,
@@ -144,7 +146,9 @@ pub async fn serve(
         }
     });
     let authenticated = AtomicBool::new(false);
+    let evicted = ticket.evicted();
     let reader = Reader {
+        ticket,
         rd,
         peer,
         shared: &shared,
@@ -166,6 +170,8 @@ pub async fn serve(
     let result = tokio::select! {
         r = reader.run(&stop, &conn_cancel) => r,
         () = auth_deadline => Err(Close::Deadline(Deadline::Auth)),
+        // Only a connection that has not authenticated is ever evicted.
+        () = evicted.cancelled() => Err(Close::Deadline(Deadline::Evicted)),
     };
     match result {
         Ok(()) => {}
@@ -206,6 +212,8 @@ enum Close {
 }
 
 struct Reader<'a> {
+    /// The connection's share (its peer's, then once authenticated its application's).
+    ticket: Ticket,
     rd: ReadSide,
     peer: SocketAddr,
     shared: &'a Arc<Shared>,
@@ -252,7 +260,12 @@ impl Reader<'_> {
             loop {
                 // Before authentication only the handshake's small messages are legitimate.
                 let authorized = session.authorized(self.shared);
-                if authorized {
+                if authorized && !self.authenticated.load(Ordering::SeqCst) {
+                    if let Some(app) = &session.client {
+                        self.ticket
+                            .authenticated(app)
+                            .map_err(|_| Close::Deadline(Deadline::AppShare))?;
+                    }
                     self.authenticated.store(true, Ordering::SeqCst);
                 }
                 let max_frame = if authorized {

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Why a connection was closed at a deadline.
+/// Why the service closed a connection: a deadline, or a share (see [`super::admission`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
     /// Not authenticated within the auth timeout.
@@ -16,11 +16,22 @@ pub enum Deadline {
     Idle,
     /// No byte for the idle timeout in the middle of a frame.
     StalledFrame,
+    /// Not authenticated, and closed to admit a newer connection of its peer, which held its
+    /// share ([`super::admission`]).
+    Evicted,
+    /// Authenticated as an application that holds its share of connections.
+    AppShare,
 }
 
 impl Deadline {
     /// Every reason, for metrics.
-    pub const ALL: [Self; 3] = [Self::Auth, Self::Idle, Self::StalledFrame];
+    pub const ALL: [Self; 5] = [
+        Self::Auth,
+        Self::Idle,
+        Self::StalledFrame,
+        Self::Evicted,
+        Self::AppShare,
+    ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
@@ -28,6 +39,8 @@ impl Deadline {
             Self::Auth => "auth_timeout",
             Self::Idle => "idle",
             Self::StalledFrame => "stalled_frame",
+            Self::Evicted => "evicted_for_newer",
+            Self::AppShare => "application_share",
         }
     }
 }

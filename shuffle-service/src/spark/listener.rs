@@ -1,5 +1,6 @@
-//! The Spark protocol listener: accepts connections up to a limit, and up to a limit per peer
-//! address (beyond either a connection is closed at once, which Spark's client retries), runs the TLS handshake when configured
+//! The Spark protocol listener: accepts connections up to a limit (beyond it a connection is
+//! closed at once, which Spark's client retries) and within the shares of
+//! [`super::admission`] (per peer, then per application), runs the TLS handshake when configured
 //! (bounded in time, on the connection's own task), serves each on its own task, and on
 //! `stop` stops accepting and lets connections finish what they were asked.
 
@@ -7,26 +8,48 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use service_runtime::accept::{Accepted, Acceptor};
+use service_runtime::peer::PeerKey;
 use service_runtime::tls::HANDSHAKE_TIMEOUT;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::{Admission, Refused};
 use super::conn::{self, Limits};
 use super::handler::Shared;
 use super::transport::Wire;
+
+/// The listener's connection caps.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// A peer's share (with authentication: of connections not yet authenticated).
+    pub max_per_peer: usize,
+    /// An application's share of authenticated connections.
+    pub max_per_app: usize,
+    /// IPv6 peers are grouped by this prefix length.
+    pub ipv6_prefix: u8,
+}
 
 /// Accepts until `stop`, then waits for the open connections.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     limits: Limits,
-    (max_connections, max_per_peer): (usize, usize),
+    caps: Caps,
     tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) {
+    let Caps {
+        max_connections,
+        max_per_peer,
+        max_per_app,
+        ipv6_prefix,
+    } = caps;
     let tracker = TaskTracker::new();
-    let acceptor = Acceptor::new(listener, max_connections).per_peer(max_per_peer);
+    let acceptor = Acceptor::new(listener, max_connections);
+    let admission = Admission::new(max_per_peer, max_per_app, shared.secrets.enabled());
     let metrics = shared.core.metrics().clone();
     let trimmer = Arc::new(crate::memory::Trimmer::default());
     // Connections accepted and not yet closed, handshakes included.
@@ -46,6 +69,16 @@ pub async fn serve(
                 metrics.accept_failures.with_label_values(&["spark"]).inc();
                 if let Some(left_out) = shared.logs.accept_failed.check() {
                     tracing::warn!(error = %e, left_out, "accept failed");
+                }
+                continue;
+            }
+        };
+        let ticket = match admission.admit(PeerKey::new(peer.ip(), ipv6_prefix)) {
+            Ok((ticket, _)) => ticket,
+            Err(Refused::Peer | Refused::App) => {
+                metrics.spark_connections_refused.inc();
+                if let Some(left_out) = shared.logs.connection_limit.check() {
+                    tracing::warn!(peer = %peer, limit = "max_connections_per_peer", max_connections, max_per_peer, left_out, "connection limit reached; closing");
                 }
                 continue;
             }
@@ -89,7 +122,7 @@ pub async fn serve(
                     }
                 };
                 metrics.spark_connections.inc();
-                conn::serve(wire, peer, shared, limits, stop).await;
+                conn::serve(wire, peer, ticket, shared, limits, stop).await;
                 metrics.spark_connections.dec();
             };
             served.await;

@@ -9,6 +9,7 @@
 //! - [`conn`], [`listener`], [`budget`], [`deadline`]: connections, budgets, deadlines,
 //!   zero-copy sends.
 
+pub mod admission;
 pub mod budget;
 pub mod channel;
 pub mod checksum;

@@ -51,6 +51,7 @@ impl TestService {
             grpc: grpc_l,
             admin: admin_l,
             spark: Some(spark_l),
+            probe: None,
         };
         let (tx, rx) = oneshot::channel::<()>();
         let c = core.clone();

@@ -2,6 +2,7 @@
 //! slots (the kubelet's probes must still get in), and the Spark port's memory for partly
 //! received frames. The second peer is 127.0.0.2: another address of the loopback network.
 
+use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -254,4 +255,155 @@ async fn one_peer_cannot_take_every_spark_connection() {
     .expect("another peer was not answered")
     .unwrap();
     assert!(r.is_err(), "an unknown application: {r:?}");
+}
+
+/// Runs `shuffle-service probe` (as a Kubernetes exec probe does) and returns whether it
+/// succeeded, with its error output.
+async fn exec_probe(socket: &std::path::Path, path: &str) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_shuffle-service"))
+        .arg("probe")
+        .arg("--socket")
+        .arg(socket)
+        .arg(path)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_pod_on_the_kubelets_own_address_cannot_fail_the_exec_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("probe.sock");
+    let socket_arg = socket.display().to_string();
+    let (mut child, ready, _logs) = spawn_limited(
+        dir.path(),
+        &[
+            "--probe-socket",
+            &socket_arg,
+            "--admin-max-connections-per-peer",
+            "4",
+            "--connection-first-byte-timeout",
+            "60s",
+            "--connection-first-request-timeout",
+            "60s",
+        ],
+        None,
+    )
+    .await;
+
+    // With hostNetwork, a tenant's pod connects from the node's address, the kubelet's own:
+    // it holds every admin slot that address may have.
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        flood.push(TcpStream::connect(&ready.admin).await.unwrap());
+    }
+    let refused = r#"shuffle_http_connections_refused_total{listener="admin",reason="max_connections_per_peer"}"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &get_from("127.0.0.2", &ready.admin, "/metrics").await,
+        refused,
+    ) != Some(4.0)
+    {
+        assert!(Instant::now() < deadline, "{refused} not 4");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut more = TcpStream::connect(&ready.admin).await.unwrap();
+    closed_by_server(&mut more, Duration::from_secs(5)).await;
+
+    // The exec probes ask the socket in the container, which no pod reaches: both answer.
+    assert_eq!(exec_probe(&socket, "/healthz").await, (true, String::new()));
+    assert_eq!(exec_probe(&socket, "/readyz").await, (true, String::new()));
+    // The socket serves the probes only.
+    let (ok, err) = exec_probe(&socket, "/metrics").await;
+    assert!(!ok && err.contains("404"), "{err}");
+
+    // A service that is gone fails them.
+    child.kill().await.unwrap();
+    child.wait().await.unwrap();
+    let (ok, err) = exec_probe(&socket, "/healthz").await;
+    assert!(!ok, "{err}");
+    drop(flood);
+}
+
+/// An authenticated client of `app`, or the reason it was not served: answered a call
+/// (whatever the answer) after authenticating, or the connection closed on it.
+async fn authenticated_call(spark: SocketAddr, app: &str, secret: &[u8]) -> io::Result<()> {
+    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    let mut c = shuffle_service::spark::client::Client::connect(&spark.to_string()).await?;
+    c.authenticate(app, secret)
+        .await?
+        .map_err(io::Error::other)?;
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        c.call(&Btm::GetLocalDirsForExecutors {
+            app_id: app.into(),
+            exec_ids: vec!["1".into()],
+        }),
+    )
+    .await
+    .map_err(|_| io::Error::other("no answer"))?;
+    answered.map(drop)
+}
+
+#[tokio::test]
+async fn a_neighbour_holding_unauthenticated_connections_cannot_lock_out_its_nodes_executors() {
+    // The DaemonSet: every executor of the node, whatever its tenant, connects from the
+    // node's address; a tenant's pod there holds as many connections as that address may
+    // have, and never authenticates (each closed at the auth deadline and opened again).
+    let svc = TestService::start(|c| {
+        shared_spark_secret(c, "s3cret");
+        c.spark_max_connections_per_peer = 8;
+        c.spark_max_connections_per_app = 2;
+    })
+    .await;
+    let mut strangers = Vec::new();
+    for _ in 0..8 {
+        strangers.push(TcpStream::connect(svc.spark).await.unwrap());
+    }
+    // Before, the node's executors were refused at once until the strangers left. Now an
+    // executor's connection is admitted, the address's oldest stranger closed for it, and
+    // once authenticated it no longer counts against the address.
+    authenticated_call(svc.spark, "app-1", b"s3cret")
+        .await
+        .expect("an executor of the node is served");
+    closed_by_server(&mut strangers[0], Duration::from_secs(5)).await;
+    let m = svc.metrics().await;
+    let evicted = r#"shuffle_spark_connections_closed_total{reason="evicted_for_newer"}"#;
+    assert_eq!(metric(&m, evicted), Some(1.0), "{m}");
+    assert_eq!(
+        metric(&m, "shuffle_spark_connections_refused_total"),
+        Some(0.0)
+    );
+
+    // An application holds at most its share of authenticated connections: a tenant
+    // authenticating many connections as its own application does not take the others'.
+    let spark = svc.spark.to_string();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = shuffle_service::spark::client::Client::connect(&spark)
+            .await
+            .unwrap();
+        c.authenticate("app-greedy", b"s3cret")
+            .await
+            .unwrap()
+            .unwrap();
+        held.push(c);
+    }
+    assert!(
+        authenticated_call(svc.spark, "app-greedy", b"s3cret")
+            .await
+            .is_err(),
+        "a third connection of the application was served"
+    );
+    let share = r#"shuffle_spark_connections_closed_total{reason="application_share"}"#;
+    metric_reaches(&svc.admin.to_string(), share, 1.0, Duration::from_secs(5)).await;
+    authenticated_call(svc.spark, "app-2", b"s3cret")
+        .await
+        .expect("another application is served");
+    drop(held);
+    svc.shutdown().await;
 }
