@@ -19,7 +19,7 @@ KUBERNETES_VALIDATE_VERSION="1.37.0"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test-deps: installing cargo-nextest with cargo install"
-  cargo install --locked cargo-nextest >/tmp/test-deps-nextest.log 2>&1 \
+  env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS cargo install --locked cargo-nextest >/tmp/test-deps-nextest.log 2>&1 \
     || echo "test-deps: cargo install cargo-nextest FAILED (see /tmp/test-deps-nextest.log)"
 fi
 
