@@ -12,7 +12,9 @@
 //! admit the new one, instead of the new one being refused: a tenant that keeps opening
 //! connections it never authenticates cannot lock out the other executors of its node, whose
 //! clients authenticate within a round trip or two, unless it opens a whole share of new
-//! connections within each of their handshakes.
+//! connections within each of their handshakes. A closed connection counts against its peer
+//! until its slot is free (it is closed at once, its TLS handshake abandoned), and a peer never
+//! holds more than twice its share of the listener's slots, closed ones included.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -34,7 +36,8 @@ pub struct Admission {
 #[derive(Debug, Default)]
 struct State {
     next: u64,
-    /// Each peer's connections counted against it, oldest first, with how to close them.
+    /// Each peer's connections counted against it, oldest first, with how to close them (a
+    /// cancelled token: closed to make room, its slot not free yet).
     peers: HashMap<PeerKey, VecDeque<(u64, CancellationToken)>>,
     apps: HashMap<AppId, usize>,
 }
@@ -97,13 +100,18 @@ impl Admission {
         let id = state.next;
         state.next += 1;
         let mut admitted = Admitted::default();
-        if state.peers.get(&peer).map_or(0, VecDeque::len) >= self.per_peer {
-            if !self.by_app {
-                return Err(Refused::Peer);
-            }
-            if let Some((_, oldest)) = state.peers.get_mut(&peer).and_then(VecDeque::pop_front) {
-                oldest.cancel();
-                admitted.evicted_another = true;
+        if let Some(held) = state.peers.get_mut(&peer) {
+            let live = held.iter().filter(|(_, t)| !t.is_cancelled()).count();
+            if live >= self.per_peer {
+                // Closed ones hold their slots a moment longer: a peer holds at most twice its
+                // share.
+                if !self.by_app || held.len() >= 2 * self.per_peer {
+                    return Err(Refused::Peer);
+                }
+                if let Some((_, oldest)) = held.iter().find(|(_, t)| !t.is_cancelled()) {
+                    oldest.cancel();
+                    admitted.evicted_another = true;
+                }
             }
         }
         let evicted = CancellationToken::new();
@@ -132,7 +140,8 @@ impl Admission {
         }
     }
 
-    /// Connections counted against `peer` now.
+    /// Connections counted against `peer` now, closed ones whose slots are not free yet
+    /// included.
     #[must_use]
     pub fn peer_count(&self, peer: PeerKey) -> usize {
         self.state().peers.get(&peer).map_or(0, VecDeque::len)
@@ -228,10 +237,29 @@ mod tests {
         assert!(admitted.evicted_another);
         assert!(oldest.evicted().is_cancelled());
         assert!(!second.evicted().is_cancelled() && !newest.evicted().is_cancelled());
-        assert_eq!(a.peer_count(peer("10.0.0.1")), 2);
-        // The evicted one's drop does not take another's place away.
+        // The closed one counts until its slot is free.
+        assert_eq!(a.peer_count(peer("10.0.0.1")), 3);
         drop(oldest);
         assert_eq!(a.peer_count(peer("10.0.0.1")), 2);
+    }
+
+    #[test]
+    fn a_peer_never_holds_more_than_twice_its_share_closed_connections_included() {
+        let a = Admission::new(2, 10, true);
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(a.admit(peer("10.0.0.1")).unwrap().0);
+        }
+        // Two open, two closed whose slots are not free yet: the next one is refused.
+        assert_eq!(
+            held.iter().filter(|t| t.evicted().is_cancelled()).count(),
+            2
+        );
+        assert_eq!(a.admit(peer("10.0.0.1")).unwrap_err(), Refused::Peer);
+        assert!(a.admit(peer("10.0.0.2")).is_ok());
+        // A closed one's slot freed: room again.
+        held.remove(0);
+        assert!(a.admit(peer("10.0.0.1")).is_ok());
     }
 
     #[test]

@@ -109,7 +109,7 @@ struct Prepared {
 pub async fn serve(
     wire: Wire,
     peer: SocketAddr,
-    ticket: Ticket,
+    ticket: &mut Ticket,
     shared: Arc<Shared>,
     limits: Limits,
     stop: CancellationToken,
@@ -200,7 +200,11 @@ pub async fn serve(
     // The reader's senders are gone: the preparer and writer finish what was asked, then end.
     let _ = preparer.await;
     let _ = writer.await;
-    if let Some(stream) = tcp.and_then(|s| Arc::try_unwrap(s).ok()) {
+    // A connection that never authenticated (with authentication on) is owed nothing: it is
+    // closed at once, so that its slot is free at once.
+    if authenticated.load(Ordering::SeqCst)
+        && let Some(stream) = tcp.and_then(|s| Arc::try_unwrap(s).ok())
+    {
         crate::linger::close(stream).await;
     }
 }
@@ -213,7 +217,7 @@ enum Close {
 
 struct Reader<'a> {
     /// The connection's share (its peer's, then once authenticated its application's).
-    ticket: Ticket,
+    ticket: &'a mut Ticket,
     rd: ReadSide,
     peer: SocketAddr,
     shared: &'a Arc<Shared>,

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::admission::{Admission, Refused};
 use super::conn::{self, Limits};
+use super::deadline::Deadline;
 use super::handler::Shared;
 use super::transport::Wire;
 
@@ -73,7 +74,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let ticket = match admission.admit(PeerKey::new(peer.ip(), ipv6_prefix)) {
+        let mut ticket = match admission.admit(PeerKey::new(peer.ip(), ipv6_prefix)) {
             Ok((ticket, _)) => ticket,
             Err(Refused::Peer | Refused::App) => {
                 metrics.spark_connections_refused.inc();
@@ -99,7 +100,20 @@ pub async fn serve(
                     None => Wire::Tcp(sock),
                     Some(config) => {
                         let accept = tokio_rustls::TlsAcceptor::from(config).accept(sock);
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+                        // A handshake is abandoned when the connection is closed to make room
+                        // for a newer one of its peer.
+                        let evicted = ticket.evicted();
+                        let handshake = tokio::select! {
+                            h = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept) => h,
+                            () = evicted.cancelled() => {
+                                metrics
+                                    .spark_connections_closed
+                                    .with_label_values(&[Deadline::Evicted.label()])
+                                    .inc();
+                                return;
+                            }
+                        };
+                        match handshake {
                             Ok(Ok(t)) => Wire::Tls(Box::new(t)),
                             Ok(Err(e)) => {
                                 let reason = handshake_failure(&e);
@@ -122,10 +136,12 @@ pub async fn serve(
                     }
                 };
                 metrics.spark_connections.inc();
-                conn::serve(wire, peer, ticket, shared, limits, stop).await;
+                conn::serve(wire, peer, &mut ticket, shared, limits, stop).await;
                 metrics.spark_connections.dec();
             };
             served.await;
+            // The peer's count and the slot go together.
+            drop(ticket);
             drop(slot);
             if trimmer.closed(open.fetch_sub(1, Ordering::SeqCst) - 1) {
                 let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;

@@ -356,6 +356,7 @@ async fn a_neighbour_holding_unauthenticated_connections_cannot_lock_out_its_nod
     // have, and never authenticates (each closed at the auth deadline and opened again).
     let svc = TestService::start(|c| {
         shared_spark_secret(c, "s3cret");
+        c.spark_max_connections = 32;
         c.spark_max_connections_per_peer = 8;
         c.spark_max_connections_per_app = 2;
     })
@@ -378,6 +379,25 @@ async fn a_neighbour_holding_unauthenticated_connections_cannot_lock_out_its_nod
         metric(&m, "shuffle_spark_connections_refused_total"),
         Some(0.0)
     );
+
+    // The pod churns: 200 more connections as fast as it can open them, none authenticated.
+    // Each closes an older one at once, and the closed ones count against the address until
+    // their slots are free, so the address never holds more than twice its share of the
+    // listener's 32 slots: another address still gets in.
+    let mut churn = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = TcpStream::connect(svc.spark).await {
+            churn.push(s);
+        }
+    }
+    let other = connect_from("127.0.0.2", svc.spark).await;
+    let mut other = shuffle_service::spark::client::Client::from_stream(other).unwrap();
+    other
+        .authenticate("app-3", b"s3cret")
+        .await
+        .unwrap()
+        .expect("another address is served during the churn");
+    drop(churn);
 
     // An application holds at most its share of authenticated connections: a tenant
     // authenticating many connections as its own application does not take the others'.
