@@ -11,10 +11,9 @@
 #    when a crash is found (the inputs are kept under fuzz/out/<target>/default/crashes).
 #
 # The instrumented build goes to FUZZ_TARGET_DIR, by default a cache outside the checkout
-# (~/.cache/spark-k8s-services/afl-target): the project's crates and the parsers they feed are
-# built with AFL's coverage instrumentation, every other dependency without it
-# (scripts/afl-rustc), which takes minutes, and a later run of any checkout on the same
-# machine rebuilds only the project's own crates. The cache is emptied when it outgrows FUZZ_CACHE_MAX_MB (default 8192).
+# (~/.cache/spark-k8s-services/afl-target): every dependency is rebuilt with AFL's flags, which
+# takes minutes, and a later run of any checkout on the same machine rebuilds only the
+# project's own crates. The cache is emptied when it outgrows FUZZ_CACHE_MAX_MB (default 8192).
 #
 # Usage: scripts/fuzz.sh [TARGET...]     (FUZZ_SECONDS=300 scripts/fuzz.sh archive)
 #        FUZZ_SKIP_REPLAY=1 skips step 1 (.ci/run: scripts/test.sh runs the replay).
@@ -50,9 +49,7 @@ fi
 mkdir -p "$cache"
 echo "== fuzz: building the targets with AFL instrumentation (in $cache)"
 start=$(date +%s)
-# scripts/afl-rustc keeps the instrumentation to the project's crates and the parsers they
-# feed; the other dependencies build without it, in a fraction of the time.
-RUSTC_WRAPPER="$PWD/../scripts/afl-rustc" nice -n "${FUZZ_BUILD_NICE:-0}" \
+nice -n "${FUZZ_BUILD_NICE:-0}" \
   cargo afl build --locked --release -p fuzz --features afl --bins --target-dir "$cache" >/tmp/fuzz-build.log 2>&1 \
   || { tail -20 /tmp/fuzz-build.log; exit 1; }
 echo "fuzz: built in $(( $(date +%s) - start )) s"
