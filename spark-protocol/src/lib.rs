@@ -5,6 +5,8 @@
 //! - [`ids`]: Spark's identifiers (application, executor, shuffle, map, reduce), validated
 //!   before any of them names a file;
 //! - [`layout`]: Spark's on-disk layout of sort-shuffle output (placement, index files);
+//! - [`checksum`]: Spark's shuffle checksums (Adler32, CRC32, CRC32C) and the diagnosis of a
+//!   corrupt block (`DiagnoseCorruption`);
 //! - [`wire`]: Spark's `Encoders` (strings, byte arrays, string arrays) with bounds-checked
 //!   readers;
 //! - [`frame`]: transport frames (`RpcRequest`, `ChunkFetchRequest`, `StreamResponse`, ...) and
@@ -15,6 +17,7 @@
 //!   and the AES-CTR and AES-GCM channels;
 //! - [`client`]: a small async client of the above.
 
+pub mod checksum;
 pub mod client;
 pub mod crypto;
 pub mod frame;

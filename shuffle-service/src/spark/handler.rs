@@ -12,7 +12,6 @@ use spark_protocol::crypto::auth::{self, AuthMessage, SessionSecrets};
 use spark_protocol::crypto::{Cipher, Opener, Sealer, digest};
 use spark_protocol::sasl::Protection;
 
-use super::checksum::{self, Algorithm};
 use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
 use super::sasl::DigestServer;
 use super::secrets::{Secrets, Source};
@@ -23,6 +22,7 @@ use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 use crate::layout;
 use crate::lograte::LogLimit;
 use crate::request::{BlockRange, ExecutorRegistration};
+use spark_protocol::checksum::{self, Algorithm};
 
 /// Work that finishes off the reader (a database write or file deletion).
 pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
@@ -676,7 +676,12 @@ async fn diagnose(
         ) else {
             return Cause::UnknownIssue;
         };
-        checksum::diagnose(alg, sums, data, reduce.get() as u32, &seg, reader_checksum)
+        let range = (seg.offset, seg.len);
+        checksum::diagnose(alg, sums, data, reduce.get() as u32, range, reader_checksum)
+            .unwrap_or_else(|e| {
+                tracing::info!(file = %seg.path.display(), error = %e, "cannot diagnose corruption");
+                Cause::UnknownIssue
+            })
     })
     .await
     .unwrap_or(Cause::UnknownIssue)

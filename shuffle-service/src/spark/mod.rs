@@ -5,14 +5,13 @@
 //! - [`wire`], [`frame`], [`message`], [`sasl`], [`client`]: the byte formats and the
 //!   DIGEST-MD5 exchange, from the `spark-protocol` crate (re-exported here);
 //! - [`secrets`]: shared or per-application secrets;
-//! - [`handler`], [`stream`], [`checksum`]: what each message does;
+//! - [`handler`], [`stream`]: what each message does (checksums from `spark-protocol`);
 //! - [`conn`], [`listener`], [`budget`], [`deadline`]: connections, budgets, deadlines,
 //!   zero-copy sends.
 
 pub mod admission;
 pub mod budget;
 pub mod channel;
-pub mod checksum;
 pub mod conn;
 pub mod deadline;
 pub mod handler;

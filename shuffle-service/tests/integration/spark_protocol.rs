@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use shuffle_service::ids::{MapId, ShuffleId};
 use shuffle_service::layout;
-use shuffle_service::spark::checksum::{self, Algorithm};
+use spark_protocol::checksum::{self, Algorithm};
 use shuffle_service::spark::client::Client;
 use shuffle_service::spark::frame::{Message, StreamChunkId};
 use shuffle_service::spark::message::{BlockTransferMessage as Btm, Cause, ExecutorShuffleInfo};

@@ -1,10 +1,9 @@
 //! `DiagnoseCorruption`: recompute a block's checksum and compare it with the writer's
 //! (`shuffle_<s>_<m>_0.checksum.<ALGO>`, one big-endian i64 per partition) and the reader's.
 
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 
-use super::message::Cause;
-use crate::core::Segment;
+use crate::message::Cause;
 
 /// A checksum algorithm Spark writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +47,7 @@ enum State {
 ///
 /// # Errors
 /// Read errors.
-pub fn checksum(alg: Algorithm, r: &mut impl std::io::Read) -> std::io::Result<i64> {
+pub fn checksum(alg: Algorithm, r: &mut impl Read) -> std::io::Result<i64> {
     let mut st = match alg {
         Algorithm::Adler32 => State::Adler(adler2::Adler32::new()),
         Algorithm::Crc32 => State::Crc(crc32fast::Hasher::new()),
@@ -73,35 +72,32 @@ pub fn checksum(alg: Algorithm, r: &mut impl std::io::Read) -> std::io::Result<i
     }))
 }
 
-/// Decides the cause for one block (blocking I/O). `checksums` is the open file of the
-/// writer's checksums; `data` the open data file, of which `segment` is the block's range;
-/// `reduce` the partition; `reader` the checksum the reader computed.
+/// Decides the cause for one block (blocking I/O): `checksums` is the writer's checksum file,
+/// `data` the data file, of which the block is `len` bytes at `offset`; `reduce` the
+/// partition; `reader` the checksum the reader computed.
+///
+/// # Errors
+/// Reading either file (the caller answers `UnknownIssue`).
 pub fn diagnose(
     alg: Algorithm,
-    mut checksums: std::fs::File,
-    mut data: std::fs::File,
+    mut checksums: impl Read + Seek,
+    mut data: impl Read + Seek,
     reduce: u32,
-    segment: &Segment,
+    (offset, len): (u64, u64),
     reader: i64,
-) -> Cause {
-    let mut run = || -> std::io::Result<Cause> {
-        checksums.seek(SeekFrom::Start(u64::from(reduce) * 8))?;
-        let mut b = [0u8; 8];
-        checksums.read_exact(&mut b)?;
-        let writer = i64::from_be_bytes(b);
-        data.seek(SeekFrom::Start(segment.offset))?;
-        let actual = checksum(alg, &mut (&data).take(segment.len))?;
-        Ok(if writer != actual {
-            Cause::DiskIssue
-        } else if writer != reader {
-            Cause::NetworkIssue
-        } else {
-            Cause::ChecksumVerifyPass
-        })
-    };
-    run().unwrap_or_else(|e| {
-        tracing::info!(file = %segment.path.display(), error = %e, "cannot diagnose corruption");
-        Cause::UnknownIssue
+) -> std::io::Result<Cause> {
+    checksums.seek(SeekFrom::Start(u64::from(reduce) * 8))?;
+    let mut b = [0u8; 8];
+    checksums.read_exact(&mut b)?;
+    let writer = i64::from_be_bytes(b);
+    data.seek(SeekFrom::Start(offset))?;
+    let actual = checksum(alg, &mut data.take(len))?;
+    Ok(if writer != actual {
+        Cause::DiskIssue
+    } else if writer != reader {
+        Cause::NetworkIssue
+    } else {
+        Cause::ChecksumVerifyPass
     })
 }
 
