@@ -156,28 +156,50 @@ pub fn archive(data: &[u8]) {
     assert_eq!(beside.len(), 2, "{beside:?}");
 }
 
-/// gRPC request messages as a client may send them (protobuf bytes): what converts into a
-/// typed request holds only valid ids; nothing panics.
+/// gRPC request messages as a client may send them (protobuf bytes): what decodes re-encodes
+/// to a message that decodes to the same, and the ids the service's typed requests take from
+/// it parse only into plain file-name components (the conversion into the service's typed
+/// requests replays this corpus in `shuffle-service`'s tests, `grpc_requests_corpus`).
 pub fn grpc_requests(data: &[u8]) {
     use prost::Message as _;
     use shuffle_proto::v1 as pb;
-    use shuffle_service::request::{ExecutorRegistration, FetchRequest};
+    use spark_protocol::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
     let Some((kind, body)) = data.split_first() else {
         return;
     };
-    if kind % 2 == 0 {
-        if let Ok(m) = pb::FetchBlocksRequest::decode(body)
-            && let Ok(r) = FetchRequest::try_from(&m)
-        {
-            assert_eq!(r.blocks.len(), m.blocks.len());
-            assert!(m.blocks.iter().all(|b| b.shuffle_id >= 0 && b.map_id >= 0));
-            assert_eq!(r.app.as_str(), m.app_id);
+    let plain = |s: &str| {
+        assert!(!s.is_empty() && s != "." && s != "..");
+        assert!(!s.contains(['/', '\\', '\0']));
+    };
+    let ids = |app: &str, exec: &str| {
+        if let Ok(a) = app.parse::<AppId>() {
+            plain(a.as_str());
         }
-    } else if let Ok(m) = pb::RegisterExecutorRequest::decode(body)
-        && let Ok(r) = ExecutorRegistration::try_from(m.clone())
-    {
-        assert_eq!(r.exec.as_str(), m.exec_id);
-        assert!(!r.app.as_str().contains('/'));
+        if let Ok(e) = exec.parse::<ExecId>() {
+            plain(e.as_str());
+        }
+    };
+    if kind % 2 == 0 {
+        if let Ok(m) = pb::FetchBlocksRequest::decode(body) {
+            assert_eq!(
+                pb::FetchBlocksRequest::decode(&m.encode_to_vec()[..]).ok(),
+                Some(m.clone())
+            );
+            ids(&m.app_id, &m.exec_id);
+            for b in &m.blocks {
+                let valid = ShuffleId::new(b.shuffle_id).is_ok()
+                    && MapId::new(b.map_id).is_ok()
+                    && ReduceId::new(b.start_reduce).is_ok()
+                    && ReduceId::new(b.end_reduce).is_ok();
+                assert!(!valid || (b.shuffle_id >= 0 && b.map_id >= 0));
+            }
+        }
+    } else if let Ok(m) = pb::RegisterExecutorRequest::decode(body) {
+        assert_eq!(
+            pb::RegisterExecutorRequest::decode(&m.encode_to_vec()[..]).ok(),
+            Some(m.clone())
+        );
+        ids(&m.app_id, &m.exec_id);
     }
 }
 

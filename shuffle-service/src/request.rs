@@ -110,6 +110,37 @@ impl ExecutorRegistration {
 mod tests {
     use super::*;
 
+    /// The `grpc_requests` fuzz corpus (`fuzz/corpus/grpc_requests`, inputs AFL found
+    /// included) through the conversions: what converts holds the message's blocks, in order,
+    /// and its ids unchanged.
+    #[test]
+    fn grpc_requests_corpus() {
+        use prost::Message as _;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/grpc_requests");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            n += 1;
+            let Some((kind, body)) = data.split_first() else {
+                continue;
+            };
+            if kind % 2 == 0 {
+                if let Ok(m) = pb::FetchBlocksRequest::decode(body)
+                    && let Ok(r) = FetchRequest::try_from(&m)
+                {
+                    assert_eq!(r.blocks.len(), m.blocks.len());
+                    assert_eq!((r.app.as_str(), r.exec.as_str()), (&*m.app_id, &*m.exec_id));
+                }
+            } else if let Ok(m) = pb::RegisterExecutorRequest::decode(body)
+                && let Ok(r) = ExecutorRegistration::try_from(m.clone())
+            {
+                assert_eq!((r.app.as_str(), r.exec.as_str()), (&*m.app_id, &*m.exec_id));
+            }
+        }
+        assert!(n > 0, "no corpus in {}", dir.display());
+    }
+
     #[test]
     fn ids_are_validated_at_the_edge() {
         let mut r = pb::FetchBlocksRequest {

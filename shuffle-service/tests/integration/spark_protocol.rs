@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use shuffle_service::ids::{MapId, ShuffleId};
 use shuffle_service::layout;
-use spark_protocol::checksum::{self, Algorithm};
 use shuffle_service::spark::client::Client;
 use shuffle_service::spark::frame::{Message, StreamChunkId};
 use shuffle_service::spark::message::{BlockTransferMessage as Btm, Cause, ExecutorShuffleInfo};
+use spark_protocol::checksum::{self, Algorithm};
 
 use crate::common::{TestService, random_bytes};
 
