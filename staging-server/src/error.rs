@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 
+use staging_api::bodies::ErrorBody;
 use staging_api::ids::InvalidField;
 
 /// Start-up and configuration errors.
@@ -89,12 +89,6 @@ pub struct ApiError {
 /// The cause of an internal error, attached to the response for the logging middleware.
 #[derive(Debug, Clone)]
 pub struct InternalCause(pub String);
-
-#[derive(Serialize)]
-struct Body<'a> {
-    code: &'a str,
-    message: &'a str,
-}
 
 impl ApiError {
     /// An error with an explicit status, machine code and message.
@@ -241,9 +235,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = (
             self.status,
-            Json(Body {
-                code: self.code,
-                message: &self.message,
+            Json(ErrorBody {
+                code: self.code.to_owned(),
+                message: self.message,
             }),
         )
             .into_response();
