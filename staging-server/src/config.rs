@@ -64,7 +64,7 @@ pub const DEFAULT_NAMESPACE_UNNAMED_BYTES: u64 = 8 << 30;
 /// teams' stagings at once (their files wait unnamed only between send and submission).
 pub const DEFAULT_CREDENTIAL_UNNAMED_BYTES: u64 = 16 << 30;
 /// Files one namespace may hold sent but not yet named by a submission: a staging names at
-/// most [`crate::files::MAX_FILES`] files, so ten at once fit.
+/// most [`crate::db::MAX_FILES`] files, so ten at once fit.
 pub const DEFAULT_NAMESPACE_MAX_BLOBS: u64 = 10_000;
 /// Namespaces that may hold files not named by a submission at once (a staging's files wait
 /// unnamed for seconds; a thousand namespaces staging at the same moment is a large cluster).
@@ -77,6 +77,17 @@ pub const DEFAULT_CREDENTIAL_MAX_NAMESPACES: u64 = 100;
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Default failed reviews one client address (or one identity) may cause at once.
+pub const DEFAULT_REVIEW_BURST: u32 = 20;
+/// Default failed reviews one client address (or one identity) may cause per minute after its
+/// burst.
+pub const DEFAULT_REVIEWS_PER_MINUTE: u32 = 60;
+/// Default reviews of all callers together at once: a burst of new submitters (each valid
+/// token is reviewed once a minute at most) without a queue at the API server.
+pub const DEFAULT_GLOBAL_REVIEW_BURST: u32 = 100;
+/// Default reviews of all callers together per minute after the burst: ten a second, a small
+/// share of what one API server serves.
+pub const DEFAULT_GLOBAL_REVIEWS_PER_MINUTE: u32 = 600;
 
 /// Arguments of `staging-server serve`.
 #[derive(Debug, Clone, Default, Args)]
@@ -276,6 +287,48 @@ pub enum KubeOwners {
     Off,
 }
 
+/// How the owner watch follows owner pods (`--kube-owners` and its `--kube-owner-*` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerSettings {
+    /// A resource whose owner pods never appear is deleted this long after its upload.
+    pub start_grace: Duration,
+    /// A resource whose owner pods all ended is deleted after they stayed so this long.
+    pub end_grace: Duration,
+    /// Time between two rounds.
+    pub interval: Duration,
+    /// Also delete the Secrets the client made for a deleted resource.
+    pub delete_secrets: bool,
+}
+
+/// Settings of the Kubernetes credential reviews (`--kube-auth-audience`, `--kube-auth-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeAuthSettings {
+    /// Audiences a token must be valid for (empty: the API server's own, as Kubernetes
+    /// defaults).
+    pub audiences: Vec<String>,
+    /// Failed reviews one client address (or one identity) may cause at once.
+    pub review_burst: u32,
+    /// Failed reviews one client address (or one identity) may cause per minute after its
+    /// burst.
+    pub reviews_per_minute: u32,
+    /// Reviews of all callers together at once.
+    pub global_review_burst: u32,
+    /// Reviews of all callers together per minute after the burst.
+    pub global_reviews_per_minute: u32,
+}
+
+impl Default for KubeAuthSettings {
+    fn default() -> Self {
+        Self {
+            audiences: Vec::new(),
+            review_burst: DEFAULT_REVIEW_BURST,
+            reviews_per_minute: DEFAULT_REVIEWS_PER_MINUTE,
+            global_review_burst: DEFAULT_GLOBAL_REVIEW_BURST,
+            global_reviews_per_minute: DEFAULT_GLOBAL_REVIEWS_PER_MINUTE,
+        }
+    }
+}
+
 /// The TOML file: the same settings, snake_case, all optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -466,11 +519,11 @@ pub struct Config {
     /// Size of the disk reserve file.
     pub disk_reserve: u64,
     /// Following owner pods (`None`: off).
-    pub owners: Option<crate::owners::OwnerSettings>,
+    pub owners: Option<OwnerSettings>,
     /// Uploads may authenticate with Kubernetes credentials.
     pub kube_auth: bool,
     /// Audiences and review limits of `--kube-auth`.
-    pub kube_auth_settings: crate::kube_auth::KubeAuthSettings,
+    pub kube_auth_settings: KubeAuthSettings,
     /// TLS of the API listener (`None`: plain HTTP).
     pub tls: Option<service_runtime::tls::TlsFiles>,
     /// How often the TLS files are looked at for a new certificate.
@@ -504,12 +557,12 @@ impl Config {
             disk_reserve: DEFAULT_DISK_RESERVE,
             owners: None,
             kube_auth: false,
-            kube_auth_settings: crate::kube_auth::KubeAuthSettings::default(),
+            kube_auth_settings: KubeAuthSettings::default(),
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             store_shared: false,
             orphan_grace: DEFAULT_ORPHAN_GRACE,
-            unnamed_blob_grace: crate::files::UNNAMED_BLOB_GRACE,
+            unnamed_blob_grace: crate::db::UNNAMED_BLOB_GRACE,
         }
     }
 
@@ -657,7 +710,7 @@ impl Config {
                 .or(file.disk_reserve)
                 .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
             kube_auth: false,
-            kube_auth_settings: crate::kube_auth::KubeAuthSettings::default(),
+            kube_auth_settings: KubeAuthSettings::default(),
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             store_shared: args.store_shared || file.store_shared,
@@ -668,11 +721,11 @@ impl Config {
             unnamed_blob_grace: args
                 .unnamed_blob_grace
                 .or(file.unnamed_blob_grace)
-                .unwrap_or(crate::files::UNNAMED_BLOB_GRACE),
+                .unwrap_or(crate::db::UNNAMED_BLOB_GRACE),
             owners: match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
                 KubeOwners::Off => None,
                 KubeOwners::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() => None,
-                KubeOwners::Auto | KubeOwners::On => Some(crate::owners::OwnerSettings {
+                KubeOwners::Auto | KubeOwners::On => Some(OwnerSettings {
                     start_grace: args
                         .kube_owner_start_grace
                         .or(file.kube_owner_start_grace)
@@ -691,8 +744,8 @@ impl Config {
             },
         };
         config.kube_auth = args.kube_auth || file.kube_auth;
-        let k = crate::kube_auth::KubeAuthSettings::default();
-        config.kube_auth_settings = crate::kube_auth::KubeAuthSettings {
+        let k = KubeAuthSettings::default();
+        config.kube_auth_settings = KubeAuthSettings {
             audiences: if args.kube_auth_audiences.is_empty() {
                 file.kube_auth_audiences
             } else {

@@ -7,45 +7,45 @@
 //! `staging-client` ([`cli`]).
 //!
 //! Modules:
-//! - [`config`]: flags, env and TOML → validated [`Config`].
+//! - [`config`]: flags, env and TOML → validated [`Config`] (with the settings of the owner
+//!   watch and of the Kubernetes reviews).
 //! - [`state`]: shared state, data-directory lock, crash recovery.
-//! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints.
+//! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints;
+//!   [`api_error`]: the one mapping of failures to HTTP answers, above everything else.
 //! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
-//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; `instance`: which server
-//!   owns a store prefix (and so which orphans it may delete); [`files`]: content-addressed
-//!   files of submissions; [`usage`]: running counters of what each namespace and credential
-//!   is charged.
-//! - [`token`], [`auth`]: download JWTs and upload bearer tokens; [`kube_auth`]: Kubernetes
-//!   credentials (reviewed, cached, rate-limited per client by `review_limit`).
-//! - [`lifecycle`]: deletion and the expiry sweeper; [`owners`]: the Kubernetes watch that
-//!   ends a resource with its owner pods.
+//! - [`db`], [`store`]: SQLite metadata (resources, tokens, the content-addressed files of
+//!   submissions, running counters of what each namespace and credential is charged, the
+//!   schema) and `object_store` bytes; `instance`: which server owns a store prefix (and so
+//!   which orphans it may delete).
+//! - [`token`], [`auth`]: download JWTs and upload bearer tokens.
+//! - [`kube`]: the Kubernetes API: the owner watch that ends a resource with its owner pods,
+//!   and the reviews of Kubernetes credentials (cached, rate-limited per client).
+//! - [`lifecycle`]: deletion and the expiry sweeper.
 //! - [`server`]: accept loop, limits and graceful drain.
+//! - [`error`]: the crate error of start-up and of the layers below the HTTP edge.
 //!
 //! The contract shared with the client commands (ids, file names, labels) is `staging-api`;
 //! the commands `upload`, `fetch` and `submit` are `staging-client`, which this binary runs.
 
+pub mod api_error;
 pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod files;
 pub mod ingest;
 mod instance;
-pub mod kube_auth;
+pub mod kube;
 pub mod lifecycle;
 pub mod metrics;
-pub mod owners;
 pub mod pace;
 pub mod reserve;
-mod review_limit;
 mod routes;
 pub mod secret;
 pub mod server;
 pub mod state;
 mod tls_watch;
-pub mod usage;
 
 pub use service_runtime::{shutdown, size};
 pub mod store;

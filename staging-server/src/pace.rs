@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::ApiError;
+use crate::api_error::ApiError;
 
 /// Watches one body.
 #[derive(Debug)]

@@ -43,7 +43,7 @@ struct Inner {
     store: BlobStore,
     keys: TokenKeys,
     upload_auth: UploadAuth,
-    kube_auth: Option<Arc<crate::kube_auth::KubeAuth>>,
+    kube_auth: Option<Arc<crate::kube::review::KubeAuth>>,
     metrics: Metrics,
     registry: Registry,
     clock: Arc<dyn Clock>,
@@ -112,13 +112,13 @@ impl AppState {
         let kube_auth = if config.kube_auth {
             let client = match overrides.kube_client {
                 Some(c) => c,
-                None => crate::owners::client().await.map_err(|e| {
+                None => crate::kube::client().await.map_err(|e| {
                     Error::Config(format!(
                         "--kube-auth needs the Kubernetes API (service account or kubeconfig): {e}"
                     ))
                 })?,
             };
-            Some(Arc::new(crate::kube_auth::KubeAuth::new(
+            Some(Arc::new(crate::kube::review::KubeAuth::new(
                 client,
                 config.kube_auth_settings.clone(),
                 &registry,
@@ -324,7 +324,7 @@ impl AppState {
     }
 
     /// The Kubernetes credential reviewer, with `--kube-auth`.
-    pub fn kube_auth(&self) -> Option<&crate::kube_auth::KubeAuth> {
+    pub fn kube_auth(&self) -> Option<&crate::kube::review::KubeAuth> {
         self.inner.kube_auth.as_deref()
     }
 

@@ -1,8 +1,7 @@
-//! `fetch` of a submission (a resource of separate files, the server's `files` module): each file is
-//! downloaded with the same retries and resumption as a bundle, checked against the digest the
-//! submission names, and moved into the destination under its name. A file already there
-//! with the right digest (a restarted init-container) is kept; any other existing file is
-//! never overwritten.
+//! `fetch` of a submission (a resource of separate files): each file is downloaded with the
+//! same retries and resumption as a bundle, checked against the digest the submission names,
+//! and moved into the destination under its name. A file already there with the right digest
+//! (a restarted init-container) is kept; any other existing file is never overwritten.
 
 use std::path::Path;
 

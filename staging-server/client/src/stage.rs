@@ -1,6 +1,7 @@
-//! Stages local files as a submission (the server's `files` module): hashes each file, asks the
-//! server to commit the submission, sends only the files the server does not hold for the
-//! namespace, and asks again. Resubmitting the same files sends no file bytes.
+//! Stages local files as a submission (content-addressed files, `POST /api/v1/submissions`):
+//! hashes each file, asks the server to commit the submission, sends only the files the server
+//! does not hold for the namespace, and asks again. Resubmitting the same files sends no file
+//! bytes.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;

@@ -1,6 +1,9 @@
 //! Opening databases of earlier schemas.
 
+use rusqlite::Connection;
+
 use super::*;
+use staging_api::ids::Namespace;
 
 #[test]
 fn grants_of_an_older_database_run_from_their_blobs_first_send() {
@@ -36,7 +39,7 @@ fn grants_of_an_older_database_run_from_their_blobs_first_send() {
 
 #[test]
 fn an_older_database_is_counted_once_when_opened() {
-    use crate::usage::{self, MIN_CHARGE, Usage};
+    use super::usage::{self, MIN_CHARGE, Usage};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("staging.db");
     {

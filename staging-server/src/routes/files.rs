@@ -1,4 +1,4 @@
-//! Submissions of individually stored files (content addressing, see [`crate::files`]).
+//! Submissions of individually stored files (content addressing, see `crate::db`'s blobs).
 //!
 //! - `PUT /api/v1/blobs/{sha256}?namespace=N`: one file's bytes (raw body). 201 when received,
 //!   200 when the namespace already had it (the body is not read). 422 when the bytes do not
@@ -22,11 +22,11 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::api_error::ApiError;
 use crate::clock::duration_ms;
-use crate::db::Owner;
-use crate::error::ApiError;
-use crate::files::BlobRelease;
-use crate::files::{FileRef, FilesCommit, FilesOutcome, MAX_FILES, manifest_digest};
+use crate::db::{
+    BlobRelease, FileRef, FilesCommit, FilesOutcome, MAX_FILES, Owner, manifest_digest,
+};
 use crate::ingest::{BLOB_API, PendingUpload};
 use crate::state::AppState;
 use staging_api::bodies::{BlobReceived, Created, MISSING_FILES, MissingFiles, Submission};

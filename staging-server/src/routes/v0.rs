@@ -17,9 +17,9 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
+use crate::api_error::ApiError;
 use crate::auth::{Scope, UploadAuthError};
 use crate::db::Owner;
-use crate::error::ApiError;
 use crate::ingest::{Lifetimes, PendingUpload};
 use crate::state::AppState;
 use staging_api::bodies::{V0Owner, V0Response};

@@ -15,11 +15,11 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::api_error::ApiError;
 use crate::auth::{UploadAuthError, credential};
 use crate::db::Owner;
-use crate::error::ApiError;
 use crate::ingest::{Lifetimes, PendingUpload};
-use crate::kube_auth::Refusal;
+use crate::kube::review::Refusal;
 use crate::lifecycle::{self, DeleteReason};
 use crate::state::AppState;
 use staging_api::bodies::{Created, FileMeta, ResourceMetadata};

@@ -13,7 +13,7 @@
 //!   be kept by sending it every hour. What another namespace does (deleting its last
 //!   submission naming the blob) never ends it.
 //! - A grant that no submission of its namespace names is *unnamed*: its blob's full size
-//!   (at least [`crate::usage::MIN_CHARGE`]) is charged to that namespace's quota, to the
+//!   (at least [`super::MIN_CHARGE`]) is charged to that namespace's quota, to the
 //!   capacity, to the namespace's bounds on unnamed bytes and files, and to the bound on
 //!   unnamed bytes of the credential that sent it, whether or not another namespace holds the
 //!   same content, so that neither a refusal nor a charge tells one tenant what another
@@ -21,7 +21,7 @@
 //!   upload token cannot multiply its allowance by making up namespace names. The namespaces
 //!   holding unnamed files are capped, in all and per credential (so that one credential
 //!   cannot take every place). Its sender may delete it.
-//! - Every change of a grant or a resource updates the running counters of [`crate::usage`]
+//! - Every change of a grant or a resource updates the running counters (`usage`)
 //!   in the same transaction; quota checks read those instead of summing rows.
 //! - A *files resource* is a submission: a resource row (api `files`, with its own id, tokens,
 //!   owner, quotas and lifetimes, charged the full size of its files) plus one
@@ -35,9 +35,10 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::quotas::{Quotas, quota_refusal};
+use super::usage::{self, NAMED_BY_OWN};
+use super::{Db, DbError, DbResult, Owner};
 use crate::clock::UnixMillis;
-use crate::db::{Db, DbError, DbResult, Owner, Quotas, quota_refusal};
-use crate::usage;
 use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
 /// How long a blob that no submission names yet is kept (the time between sending the files
@@ -102,10 +103,6 @@ impl Db {
         now.saturating_sub(crate::clock::duration_ms(self.unnamed_grace()))
     }
 }
-
-/// SQL condition: grant `g` is named by a committed submission of its own namespace.
-pub(crate) const NAMED_BY_OWN: &str = "EXISTS (SELECT 1 FROM resource_files f JOIN resources r
-    ON r.id = f.resource_id WHERE f.sha256 = g.sha256 AND r.namespace = g.namespace)";
 
 /// A submission to commit.
 #[derive(Debug, Clone)]
