@@ -30,10 +30,8 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
-    /// The metadata database failed to open.
-    #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
-    /// A metadata query failed (start-up recovery).
+    /// The metadata database failed to open (or is of an unknown schema version), or a query
+    /// failed (start-up recovery).
     #[error("database: {0}")]
     Metadata(#[from] crate::db::DbError),
     /// The object store failed.

@@ -24,15 +24,21 @@ impl Db {
         .await
     }
 
-    /// Byte deletions still to do (oldest first), at most `limit`.
+    /// Byte deletions still to do (oldest first), at most `limit`. A row whose id does not
+    /// parse is logged, counted and left out (it stays queued, and is counted at every read).
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
+    /// SQLite errors.
     pub async fn queued_deletions(&self, limit: usize) -> DbResult<Vec<ResourceId>> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let mut stmt =
                 c.prepare("SELECT id FROM store_deletions ORDER BY queued_at LIMIT ?1")?;
-            parse_ids(stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?)
+            parse_ids(
+                stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?,
+                &unreadable,
+                "store_deletions",
+            )
         })
         .await
     }

@@ -32,9 +32,10 @@ mod usage;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use prometheus::{IntCounterVec, Opts, Registry};
 use rusqlite::Connection;
 
 use staging_api::ids::{Labels, Namespace, ResourceId};
@@ -45,7 +46,7 @@ pub use blobs::{
 };
 pub use quotas::{Headroom, Quotas};
 pub use resources::{
-    Census, CommitOutcome, CommitRequest, Deleted, ExpiryReason, OwnedResource, Resource,
+    Census, CommitOutcome, CommitRequest, Deleted, ExpiryReason, OwnedPage, OwnedResource, Resource,
 };
 pub use tokens::TokenState;
 pub use usage::{MIN_CHARGE, Usage, charge};
@@ -58,12 +59,27 @@ pub enum DbError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// A stored value does not parse (the database was edited by hand or is corrupt).
-    #[error("corrupt row for resource {id}: {what}")]
+    #[error("unreadable row of {table} ({id}): {what}")]
     Corrupt {
+        /// The table.
+        table: &'static str,
         /// Row id.
         id: String,
         /// What did not parse.
         what: String,
+    },
+    /// The database's schema version is not one this server knows: a newer server wrote it.
+    #[error(
+        "{} has schema version {found}, which this server does not know (it reads versions up to {known}): a newer staging-server wrote it; run that version, or restore a copy of the data directory from before the upgrade",
+        path.display()
+    )]
+    UnknownSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version (`PRAGMA user_version`).
+        found: i64,
+        /// The newest version this server knows.
+        known: i64,
     },
     /// The blocking task panicked or was cancelled.
     #[error("database task failed: {0}")]
@@ -83,16 +99,75 @@ impl DbError {
 
 pub(crate) type DbResult<T> = Result<T, DbError>;
 
-/// Parses a column of resource ids; an unparsable one is a corrupt row.
-fn parse_ids(rows: impl Iterator<Item = rusqlite::Result<String>>) -> DbResult<Vec<ResourceId>> {
-    rows.map(|id| {
+/// Parses a column of resource ids read for background work; an unparsable one is logged,
+/// counted and left out, so that one bad row does not stop the others.
+fn parse_ids(
+    rows: impl Iterator<Item = rusqlite::Result<String>>,
+    unreadable: &UnreadableRows,
+    table: &'static str,
+) -> DbResult<Vec<ResourceId>> {
+    let mut ids = Vec::new();
+    for id in rows {
         let id = id?;
-        id.parse().map_err(|_| DbError::Corrupt {
-            id,
-            what: "id".into(),
-        })
-    })
-    .collect()
+        match id.parse() {
+            Ok(parsed) => ids.push(parsed),
+            Err(_) => unreadable.skipped(table, &id, "id"),
+        }
+    }
+    Ok(ids)
+}
+
+/// The tables whose rows are parsed after reading, the label values of
+/// `staging_db_unreadable_rows_total`.
+const TABLES: [&str; 5] = [
+    "resources",
+    "resource_files",
+    "blobs",
+    "store_deletions",
+    "meta",
+];
+
+/// Rows that could not be read (a value that does not parse: the database was edited by hand
+/// or is damaged), counted by table in `staging_db_unreadable_rows_total`.
+///
+/// A read of many rows for background work (expiry, the owner watch, queued deletions,
+/// start-up recovery) logs such a row, counts it and goes on with the others; a read of one
+/// resource fails with [`DbError::Corrupt`] (answered as an internal error, whose cause is
+/// logged) and counts it too. Either way no row is passed over silently.
+#[derive(Debug, Clone)]
+pub(crate) struct UnreadableRows(IntCounterVec);
+
+impl UnreadableRows {
+    fn new() -> Self {
+        let counter = IntCounterVec::new(
+            Opts::new(
+                "staging_db_unreadable_rows_total",
+                "Database rows that could not be read (a stored value that does not parse), by table.",
+            ),
+            &["table"],
+        )
+        .expect("constant metric options are valid");
+        for table in TABLES {
+            counter.with_label_values(&[table]).inc_by(0);
+        }
+        Self(counter)
+    }
+
+    /// Logs and counts a row that a read of many rows leaves out.
+    pub(crate) fn skipped(&self, table: &'static str, id: &str, what: &str) {
+        self.0.with_label_values(&[table]).inc();
+        tracing::warn!(table, row = id, what, "database row not readable; left out");
+    }
+
+    /// Counts a row that fails a read, and the error to return for it.
+    pub(crate) fn failed(&self, table: &'static str, id: &str, what: &str) -> DbError {
+        self.0.with_label_values(&[table]).inc();
+        DbError::Corrupt {
+            table,
+            id: id.to_owned(),
+            what: what.to_owned(),
+        }
+    }
 }
 
 /// The owner of a resource: pods in a namespace selected by labels, optionally one pod uid.
@@ -110,6 +185,8 @@ pub struct Owner {
 #[derive(Debug, Clone)]
 pub struct Db {
     conn: Arc<Mutex<Connection>>,
+    /// Rows that could not be read.
+    unreadable: UnreadableRows,
     /// How long a namespace's grant on a blob lives after its send when no submission of the
     /// namespace names it.
     unnamed_grace: std::time::Duration,
@@ -130,15 +207,32 @@ impl Db {
         self.unnamed_grace
     }
 
-    /// Opens (creating if needed) the database at `path`, in WAL mode.
+    /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it to the
+    /// schema version of this server.
     ///
     /// # Errors
-    /// SQLite errors opening or migrating the file.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+    /// [`DbError::UnknownSchema`] for a database of a newer version; SQLite errors opening or
+    /// migrating the file.
+    pub fn open(path: &Path) -> DbResult<Self> {
         Ok(Self {
             conn: Arc::new(Mutex::new(schema::open(path)?)),
+            unreadable: UnreadableRows::new(),
             unnamed_grace: UNNAMED_BLOB_GRACE,
         })
+    }
+
+    /// Registers the database's metrics (`staging_db_unreadable_rows_total`) on `registry`;
+    /// rows counted before are kept.
+    ///
+    /// # Errors
+    /// A registration conflict.
+    pub fn register_metrics(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.unreadable.0.clone()))
+    }
+
+    /// The counter of unreadable rows, for reads outside this module.
+    pub(crate) fn unreadable(&self) -> &UnreadableRows {
+        &self.unreadable
     }
 
     /// Runs `f` with the connection on the blocking pool.

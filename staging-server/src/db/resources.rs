@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::quotas::{Headroom, Quotas, quota_refusal};
-use super::{Db, DbError, DbResult, Owner, parse_ids, usage};
+use super::{Db, DbError, DbResult, Owner, UnreadableRows, parse_ids, usage};
 use crate::clock::UnixMillis;
 use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
@@ -20,6 +20,16 @@ pub struct OwnedResource {
     pub committed_at: UnixMillis,
     /// When the owner pods were first seen.
     pub owner_seen_at: Option<UnixMillis>,
+}
+
+/// A page of [`Db::owned`].
+#[derive(Debug, Clone, Default)]
+pub struct OwnedPage {
+    /// The resources of the page that could be read.
+    pub resources: Vec<OwnedResource>,
+    /// Rows the page read, those left out as unreadable included: the next page starts this
+    /// many rows further, and a page that read fewer than it asked for is the last.
+    pub read: usize,
 }
 
 /// A committed resource as stored.
@@ -238,6 +248,7 @@ impl Db {
             }
             let labels =
                 serde_json::to_string(req.owner.labels.as_map()).map_err(|e| DbError::Corrupt {
+                    table: "resources",
                     id: req.id.to_string(),
                     what: e.to_string(),
                 })?;
@@ -281,6 +292,7 @@ impl Db {
     /// SQLite errors.
     pub async fn delete(&self, id: ResourceId, now: UnixMillis) -> DbResult<Deleted> {
         let cutoff = self.grant_cutoff(now);
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let tx = c.transaction()?;
             // A committed resource leaves its namespace's counters; its files' charge is read
@@ -309,7 +321,8 @@ impl Db {
                 params![id.to_string(), now],
             )?;
             let namespace = committed.map(|(ns, _)| ns);
-            let freed = super::blobs::release(&tx, id, namespace.as_deref(), now, cutoff)?;
+            let freed =
+                super::blobs::release(&tx, id, namespace.as_deref(), now, cutoff, &unreadable)?;
             tx.commit()?;
             Ok(Deleted {
                 existed: n > 0,
@@ -322,9 +335,10 @@ impl Db {
     /// A committed resource.
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`] for unparsable rows.
+    /// SQLite errors, or [`DbError::Corrupt`] for an unparsable row (counted).
     pub async fn get(&self, id: ResourceId) -> DbResult<Option<Resource>> {
-        self.call(move |c| load_resource(c, id)).await
+        let unreadable = self.unreadable.clone();
+        self.call(move |c| load_resource(c, id, &unreadable)).await
     }
 
     /// Records a download: the first one moves the resource from unused to active. The last
@@ -353,13 +367,16 @@ impl Db {
     /// the TTL keeps its bundle; the owner watch deletes it when the driver ends, the maximum
     /// TTL in any case).
     ///
+    /// A row whose id does not parse is logged, counted and left out.
+    ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
+    /// SQLite errors.
     pub async fn expired(
         &self,
         now: UnixMillis,
         limit: usize,
     ) -> DbResult<Vec<(ResourceId, ExpiryReason)>> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, expires_at <= ?1 FROM resources
@@ -375,10 +392,10 @@ impl Db {
             let mut out = Vec::new();
             for row in rows {
                 let (id, hard) = row?;
-                let id = id.parse().map_err(|_| DbError::Corrupt {
-                    id: id.clone(),
-                    what: "id".into(),
-                })?;
+                let Ok(id) = id.parse() else {
+                    unreadable.skipped("resources", &id, "id");
+                    continue;
+                };
                 out.push((
                     id,
                     if hard {
@@ -395,11 +412,14 @@ impl Db {
 
     /// Committed resources that name owner pods (a namespace and labels or a pod uid), with
     /// their commit time and when their owner pods were first seen, oldest first: the page of
-    /// at most `limit` after the first `offset`.
+    /// at most `limit` after the first `offset`. A row that does not parse (or has no commit
+    /// time) is logged, counted and left out of the page, never read as a default that would
+    /// decide its deletion.
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
-    pub async fn owned(&self, offset: usize, limit: usize) -> DbResult<Vec<OwnedResource>> {
+    /// SQLite errors.
+    pub async fn owned(&self, offset: usize, limit: usize) -> DbResult<OwnedPage> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, namespace, labels, owner_pod_uid, committed_at, owner_seen_at
@@ -418,25 +438,19 @@ impl Db {
                     r.get::<_, Option<i64>>(5)?,
                 ))
             })?;
-            let mut out = Vec::new();
+            let mut page = OwnedPage {
+                resources: Vec::new(),
+                read: 0,
+            };
             for row in rows {
                 let row = row?;
-                let corrupt = |what: &str| DbError::Corrupt {
-                    id: row.0.clone(),
-                    what: what.into(),
-                };
-                out.push(OwnedResource {
-                    id: row.0.parse().map_err(|_| corrupt("id"))?,
-                    owner: Owner {
-                        namespace: row.1.parse().map_err(|_| corrupt("namespace"))?,
-                        labels: serde_json::from_str(&row.2).map_err(|_| corrupt("labels"))?,
-                        pod_uid: row.3.clone(),
-                    },
-                    committed_at: row.4.unwrap_or_default(),
-                    owner_seen_at: row.5,
-                });
+                page.read += 1;
+                match owned_resource(&row) {
+                    Ok(r) => page.resources.push(r),
+                    Err(what) => unreadable.skipped("resources", &row.0, what),
+                }
             }
-            Ok(out)
+            Ok(page)
         })
         .await
     }
@@ -456,14 +470,20 @@ impl Db {
         .await
     }
 
-    /// Pending rows: uploads interrupted by a crash (only called before serving starts).
+    /// Pending rows: uploads interrupted by a crash (only called before serving starts). A row
+    /// whose id does not parse is logged, counted and left out.
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
+    /// SQLite errors.
     pub async fn pending(&self) -> DbResult<Vec<ResourceId>> {
-        self.call(|c| {
+        let unreadable = self.unreadable.clone();
+        self.call(move |c| {
             let mut stmt = c.prepare("SELECT id FROM resources WHERE state = 'pending'")?;
-            parse_ids(stmt.query_map([], |r| r.get::<_, String>(0))?)
+            parse_ids(
+                stmt.query_map([], |r| r.get::<_, String>(0))?,
+                &unreadable,
+                "resources",
+            )
         })
         .await
     }
@@ -545,7 +565,36 @@ impl Db {
     }
 }
 
-pub(super) fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<Resource>> {
+/// A row of [`Db::owned`]: id, namespace, labels, owner pod uid, commit and first-seen times.
+type OwnedRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Parses a row of [`Db::owned`], or names what does not parse.
+fn owned_resource(row: &OwnedRow) -> Result<OwnedResource, &'static str> {
+    Ok(OwnedResource {
+        id: row.0.parse().map_err(|_| "id")?,
+        owner: Owner {
+            namespace: row.1.parse().map_err(|_| "namespace")?,
+            labels: serde_json::from_str(&row.2).map_err(|_| "labels")?,
+            pod_uid: row.3.clone(),
+        },
+        committed_at: row.4.ok_or("committed_at")?,
+        owner_seen_at: row.5,
+    })
+}
+
+/// A committed resource; a row that does not parse is counted and fails the read.
+pub(super) fn load_resource(
+    c: &Connection,
+    id: ResourceId,
+    unreadable: &UnreadableRows,
+) -> DbResult<Option<Resource>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, api, namespace, labels, owner_pod_uid, size, sha256, committed_at,
                 first_access_at, unused_ttl_ms, expires_at, last_access_at
@@ -556,7 +605,7 @@ pub(super) fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<R
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, i64>(5)?,
@@ -570,15 +619,16 @@ pub(super) fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<R
         })
         .optional()?;
     let Some(row) = row else { return Ok(None) };
-    let corrupt = |what: &str| DbError::Corrupt {
-        id: row.0.clone(),
-        what: what.into(),
-    };
+    let corrupt = |what: &str| unreadable.failed("resources", &row.0, what);
     Ok(Some(Resource {
         id: row.0.parse().map_err(|_| corrupt("id"))?,
         api: row.1.clone(),
         owner: Owner {
-            namespace: row.2.parse().map_err(|_| corrupt("namespace"))?,
+            namespace: row
+                .2
+                .as_deref()
+                .and_then(|ns| ns.parse().ok())
+                .ok_or_else(|| corrupt("namespace"))?,
             labels: serde_json::from_str(&row.3).map_err(|_| corrupt("labels"))?,
             pod_uid: row.4.clone(),
         },

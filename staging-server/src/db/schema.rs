@@ -1,9 +1,24 @@
-//! The database's tables, and the changes that bring a database of an earlier layout up to
-//! them when it is opened.
+//! The database's layout and its version (`PRAGMA user_version`), and the migrations that bring
+//! a database of an earlier version up to this server's.
+//!
+//! [`MIGRATIONS`] are applied in order, each in the transaction that records the version it
+//! reaches, so a crash leaves a database at one version or the next, never between. Version 0
+//! is a database without a version: an empty file, or one written before versions were kept
+//! (whose layout grew by the columns [`to_v1`] adds when missing), or one written by version 1
+//! of this code before it set the version. A database of a version newer than this server's is
+//! refused untouched: an older server would not know what the newer one stored.
 
 use std::path::Path;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::{DbError, DbResult};
+
+/// The version of the layout this server reads and writes.
+pub(super) const VERSION: i64 = 1;
+
+/// `MIGRATIONS[n]` takes a database from version `n` to `n + 1`.
+const MIGRATIONS: [fn(&Connection) -> rusqlite::Result<()>; VERSION as usize] = [to_v1];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -73,36 +88,28 @@ CREATE TABLE IF NOT EXISTS usage (
 CREATE INDEX IF NOT EXISTS usage_unnamed ON usage(account) WHERE unnamed_count > 0;
 ";
 
-/// Opens (creating if needed) the database at `path`, in WAL mode, with every table of
-/// [`SCHEMA`] and the columns databases of earlier layouts lack.
-///
-/// # Errors
-/// SQLite errors opening or migrating the file.
-pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
-    // NORMAL in WAL mode is durable against process crashes; a power loss can roll back
-    // the last transactions (never corrupt the database): an upload acknowledged just
-    // before is then unknown, its download answers 404 and its bytes are an orphan that
-    // the sweeper removes.
-    let conn =
-        service_runtime::sqlite::open(path, service_runtime::sqlite::Synchronous::Normal, SCHEMA)?;
+/// Version 1: every table of [`SCHEMA`], and the columns databases from before versions were
+/// kept lack.
+fn to_v1(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch(SCHEMA)?;
     // Databases from before owner tracking lack this column.
-    let has_seen: bool = conn.query_row(
+    let has_seen: bool = c.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('resources') WHERE name = 'owner_seen_at'",
         [],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if !has_seen {
-        conn.execute("ALTER TABLE resources ADD COLUMN owner_seen_at INTEGER", [])?;
+        c.execute("ALTER TABLE resources ADD COLUMN owner_seen_at INTEGER", [])?;
     }
     // Databases from before per-namespace grant times: a grant runs from its blob's
     // first send.
-    let has_granted_at: bool = conn.query_row(
+    let has_granted_at: bool = c.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('blob_grants') WHERE name = 'granted_at'",
         [],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if !has_granted_at {
-        conn.execute_batch(
+        c.execute_batch(
             "ALTER TABLE blob_grants ADD COLUMN granted_at INTEGER NOT NULL DEFAULT 0;
              UPDATE blob_grants SET granted_at = COALESCE(
                  (SELECT created_at FROM blobs b WHERE b.sha256 = blob_grants.sha256), 0);",
@@ -110,15 +117,60 @@ pub(super) fn open(path: &Path) -> rusqlite::Result<Connection> {
     }
     // Databases from before grants recorded their sender: those grants are charged to
     // their namespace only.
-    let has_credential: bool = conn.query_row(
+    let has_credential: bool = c.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('blob_grants') WHERE name = 'credential'",
         [],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if !has_credential {
-        conn.execute("ALTER TABLE blob_grants ADD COLUMN credential TEXT", [])?;
+        c.execute("ALTER TABLE blob_grants ADD COLUMN credential TEXT", [])?;
     }
-    let mut conn = conn;
+    Ok(())
+}
+
+/// Opens (creating if needed) the database at `path` in WAL mode, brings it up to [`VERSION`],
+/// and counts the usage of a database from before the counters.
+///
+/// # Errors
+/// [`DbError::UnknownSchema`] for a database of a newer version (left as it is); SQLite errors
+/// opening or migrating the file.
+pub(super) fn open(path: &Path) -> DbResult<Connection> {
+    // NORMAL in WAL mode is durable against process crashes; a power loss can roll back
+    // the last transactions (never corrupt the database): an upload acknowledged just
+    // before is then unknown, its download answers 404 and its bytes are an orphan that
+    // the sweeper removes.
+    let mut conn =
+        service_runtime::sqlite::open(path, service_runtime::sqlite::Synchronous::Normal, "")?;
+    migrate(&mut conn, path)?;
     super::usage::migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// The database's version.
+pub(super) fn version(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Applies the migrations from the database's version up to [`VERSION`].
+fn migrate(c: &mut Connection, path: &Path) -> DbResult<()> {
+    loop {
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = version(&tx)?;
+        if !(0..=VERSION).contains(&found) {
+            return Err(DbError::UnknownSchema {
+                path: path.to_owned(),
+                found,
+                known: VERSION,
+            });
+        }
+        let Some(step) = usize::try_from(found).ok().and_then(|n| MIGRATIONS.get(n)) else {
+            return Ok(());
+        };
+        step(&tx)?;
+        tx.pragma_update(None, "user_version", found + 1)?;
+        tx.commit()?;
+        if found > 0 {
+            tracing::info!(path = %path.display(), from = found, to = found + 1, "database migrated");
+        }
+    }
 }

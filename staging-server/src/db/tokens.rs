@@ -24,16 +24,17 @@ impl Db {
     /// round trip (the hot path of every download).
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
+    /// SQLite errors, or [`super::DbError::Corrupt`].
     pub async fn authorize(
         &self,
         jti: String,
         id: ResourceId,
     ) -> DbResult<(TokenState, Option<Resource>)> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let state = token_state(c, &jti, id)?;
             let res = if state == TokenState::Valid {
-                load_resource(c, id)?
+                load_resource(c, id, &unreadable)?
             } else {
                 None
             };

@@ -121,12 +121,13 @@ async fn round(
 ) {
     // Every owned resource, page by page, so that none waits behind older ones.
     let mut owned = Vec::new();
+    let mut offset = 0;
     loop {
-        match state.db().owned(owned.len(), PAGE).await {
+        match state.db().owned(offset, PAGE).await {
             Ok(page) => {
-                let last = page.len() < PAGE;
-                owned.extend(page);
-                if last {
+                offset += page.read;
+                owned.extend(page.resources);
+                if page.read < PAGE {
                     break;
                 }
             }

@@ -126,6 +126,7 @@ async fn resources_follow_their_owner_pods_and_take_their_secrets_along() {
             db.owned(0, 100)
                 .await
                 .unwrap()
+                .resources
                 .iter()
                 .any(|r| r.id == id && r.owner_seen_at.is_some())
         }
