@@ -28,7 +28,7 @@ pub struct ApiError {
 
 /// The cause of an internal error, attached to the response for the logging middleware.
 #[derive(Debug, Clone)]
-pub struct InternalCause(pub String);
+pub(crate) struct InternalCause(pub String);
 
 impl ApiError {
     /// An error with an explicit status, machine code and message.

@@ -684,7 +684,7 @@ impl Config {
     ///
     /// # Errors
     /// [`Error::Config`] for conflicting or invalid settings, the secret-file errors of
-    /// [`secret`], and I/O errors reading the files.
+    /// `secret`, and I/O errors reading the files.
     pub fn load(args: ServeArgs) -> Result<Self> {
         let file = match &args.config {
             Some(path) => {

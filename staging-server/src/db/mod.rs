@@ -1,7 +1,7 @@
 //! Metadata in SQLite: resources and their lifecycle state, issued download tokens, the
 //! content-addressed files of submissions, and what each namespace and credential is charged.
 //!
-//! rusqlite is synchronous, so every call runs on the blocking pool through [`Db::call`]; the
+//! rusqlite is synchronous, so every call runs on the blocking pool through `Db::call`; the
 //! async runtime never waits on SQLite. One connection in WAL mode serves the process: SQLite
 //! allows a single writer anyway, and the statements here are short. The data directory holds
 //! an exclusive lock (see `state.rs`) so two processes never share one database.

@@ -1,10 +1,10 @@
 //! The staging server and the Kubernetes API (the `kube` crate): the API client, the owner
 //! watch and the reviews of Kubernetes credentials.
 //!
-//! - [`owners`] reads what a resource's owner pods show and decides whether the resource goes
+//! - `owners` reads what a resource's owner pods show and decides whether the resource goes
 //!   (pure, unit-tested without a cluster); [`watch`] lists the pods every interval, acts on
 //!   those decisions and deletes the client's Secrets with them.
-//! - [`review`]: uploads authenticated with Kubernetes credentials (`--kube-auth`),
+//! - `review`: uploads authenticated with Kubernetes credentials (`--kube-auth`),
 //!   `TokenReview` and `SubjectAccessReview`, cached; `review_limit` keeps their budgets per
 //!   client address, identity and server.
 //!
@@ -12,8 +12,8 @@
 //! `crate::config::KubeAuthSettings`). The client the user's own commands build (`submit`, with
 //! the user's kubeconfig) is `staging-client`'s, not this one.
 
-pub mod owners;
-pub mod review;
+mod owners;
+pub(crate) mod review;
 mod review_limit;
 pub mod watch;
 

@@ -14,7 +14,7 @@ use crate::lifecycle::DeleteReason;
 
 /// What the owner pods of a resource show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     /// No matching pod.
     None,
     /// At least one pod not in a final phase.
@@ -24,7 +24,7 @@ pub enum Seen {
 }
 
 /// Reads a list of the owner's pods.
-pub fn seen(owner: &Owner, pods: &[Pod]) -> Seen {
+pub(crate) fn seen(owner: &Owner, pods: &[Pod]) -> Seen {
     let mine = pods.iter().filter(|p| {
         owner
             .pod_uid
@@ -43,7 +43,7 @@ pub fn seen(owner: &Owner, pods: &[Pod]) -> Seen {
 }
 
 /// The decision for one resource, given what its owner pods show now.
-pub fn decide(
+pub(crate) fn decide(
     r: &OwnedResource,
     now_ms: i64,
     seen: Seen,

@@ -43,13 +43,13 @@ use crate::config::KubeAuthSettings;
 use staging_api::ids::CredentialId;
 
 /// How long a successful token review is reused.
-pub const REVIEW_TTL: Duration = Duration::from_secs(60);
+pub(crate) const REVIEW_TTL: Duration = Duration::from_secs(60);
 /// How long a token the API server did not authenticate is refused without asking again.
-pub const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(10);
+pub(crate) const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(10);
 /// How long an allowed access decision is reused.
-pub const ALLOWED_TTL: Duration = Duration::from_secs(30);
+pub(crate) const ALLOWED_TTL: Duration = Duration::from_secs(30);
 /// How long a denied access decision is reused.
-pub const DENIED_TTL: Duration = Duration::from_secs(5);
+pub(crate) const DENIED_TTL: Duration = Duration::from_secs(5);
 /// Cached entries of each kind before the cache is emptied.
 const MAX_ENTRIES: usize = 10_000;
 

@@ -1,5 +1,5 @@
 //! The owner watch: every interval the server lists the owner pods of each resource that names
-//! them and deletes the resources whose owners ended or never started ([`super::owners`]
+//! them and deletes the resources whose owners ended or never started (`super::owners`
 //! decides). With the resource goes any Secret the project's client made for it (label
 //! [`RESOURCE_LABEL`]`=<id>` and `app.kubernetes.io/managed-by=staging-server`, in the owner's
 //! namespace). Only a successful list decides; an API error leaves everything as it is, and the
@@ -64,7 +64,7 @@ impl OwnerMetrics {
     }
 }
 
-/// Registers the metrics, builds the API client (trying again every [`CLIENT_RETRY`] while
+/// Registers the metrics, builds the API client (trying again every `CLIENT_RETRY` while
 /// there is none) and follows owners until `cancel` fires.
 pub async fn follow(state: AppState, settings: OwnerSettings, cancel: CancellationToken) {
     let metrics = match OwnerMetrics::new(state.registry()) {
