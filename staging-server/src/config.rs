@@ -6,8 +6,10 @@
 //! `DEFAULT_*` constant. Loading is pure: nothing is bound and the environment is not changed.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Args;
@@ -64,7 +66,7 @@ pub const DEFAULT_NAMESPACE_UNNAMED_BYTES: u64 = 8 << 30;
 /// teams' stagings at once (their files wait unnamed only between send and submission).
 pub const DEFAULT_CREDENTIAL_UNNAMED_BYTES: u64 = 16 << 30;
 /// Files one namespace may hold sent but not yet named by a submission: a staging names at
-/// most [`crate::files::MAX_FILES`] files, so ten at once fit.
+/// most [`crate::db::MAX_FILES`] files, so ten at once fit.
 pub const DEFAULT_NAMESPACE_MAX_BLOBS: u64 = 10_000;
 /// Namespaces that may hold files not named by a submission at once (a staging's files wait
 /// unnamed for seconds; a thousand namespaces staging at the same moment is a large cluster).
@@ -77,6 +79,52 @@ pub const DEFAULT_CREDENTIAL_MAX_NAMESPACES: u64 = 100;
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+/// Default failed reviews one client address (or one identity) may cause at once.
+pub const DEFAULT_REVIEW_BURST: u32 = 20;
+/// Default failed reviews one client address (or one identity) may cause per minute after its
+/// burst.
+pub const DEFAULT_REVIEWS_PER_MINUTE: u32 = 60;
+/// Default reviews of all callers together at once: a burst of new submitters (each valid
+/// token is reviewed once a minute at most) without a queue at the API server.
+pub const DEFAULT_GLOBAL_REVIEW_BURST: u32 = 100;
+/// Default reviews of all callers together per minute after the burst: ten a second, a small
+/// share of what one API server serves.
+pub const DEFAULT_GLOBAL_REVIEWS_PER_MINUTE: u32 = 600;
+
+/// A flag value that is, or may hold, a secret (upload tokens, the signing key, store options):
+/// taken as given, and printed by `Debug` as `<redacted>`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretArg(String);
+
+impl SecretArg {
+    /// The value as given.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SecretArg {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&Redacted, f)
+    }
+}
+
+/// What `Debug` prints in place of a secret.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// Arguments of `staging-server serve`.
 #[derive(Debug, Clone, Default, Args)]
@@ -104,7 +152,7 @@ pub struct ServeArgs {
         env = "STAGING_STORE_OPTIONS",
         value_delimiter = ','
     )]
-    pub store_options: Vec<String>,
+    pub store_options: Vec<SecretArg>,
     /// File of upload bearer tokens, one per line (`#` comments allowed): `TOKEN` acts for
     /// every namespace, `TOKEN NAMESPACE...` only for the namespaces named after it.
     #[arg(long, env = "STAGING_UPLOAD_TOKEN_FILE")]
@@ -112,7 +160,7 @@ pub struct ServeArgs {
     /// Upload bearer tokens, comma-separated, each `TOKEN [NAMESPACE...]` (prefer
     /// --upload-token-file).
     #[arg(long, env = "STAGING_UPLOAD_TOKENS", hide_env_values = true)]
-    pub upload_tokens: Option<String>,
+    pub upload_tokens: Option<SecretArg>,
     /// Allow uploads without a token on a non-loopback listener. Anyone who reaches the port
     /// can then fill the store.
     #[arg(long, env = "STAGING_INSECURE_ALLOW_ANONYMOUS_UPLOAD")]
@@ -123,7 +171,7 @@ pub struct ServeArgs {
     pub signing_key_file: Option<PathBuf>,
     /// The download-token signing key itself (prefer --signing-key-file).
     #[arg(long, env = "STAGING_SIGNING_KEY", hide_env_values = true)]
-    pub signing_key: Option<String>,
+    pub signing_key: Option<SecretArg>,
     /// Largest accepted bundle (e.g. 2GiB).
     #[arg(long, env = "STAGING_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<ByteSize>,
@@ -276,6 +324,48 @@ pub enum KubeOwners {
     Off,
 }
 
+/// How the owner watch follows owner pods (`--kube-owners` and its `--kube-owner-*` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerSettings {
+    /// A resource whose owner pods never appear is deleted this long after its upload.
+    pub start_grace: Duration,
+    /// A resource whose owner pods all ended is deleted after they stayed so this long.
+    pub end_grace: Duration,
+    /// Time between two rounds.
+    pub interval: Duration,
+    /// Also delete the Secrets the client made for a deleted resource.
+    pub delete_secrets: bool,
+}
+
+/// Settings of the Kubernetes credential reviews (`--kube-auth-audience`, `--kube-auth-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeAuthSettings {
+    /// Audiences a token must be valid for (empty: the API server's own, as Kubernetes
+    /// defaults).
+    pub audiences: Vec<String>,
+    /// Failed reviews one client address (or one identity) may cause at once.
+    pub review_burst: u32,
+    /// Failed reviews one client address (or one identity) may cause per minute after its
+    /// burst.
+    pub reviews_per_minute: u32,
+    /// Reviews of all callers together at once.
+    pub global_review_burst: u32,
+    /// Reviews of all callers together per minute after the burst.
+    pub global_reviews_per_minute: u32,
+}
+
+impl Default for KubeAuthSettings {
+    fn default() -> Self {
+        Self {
+            audiences: Vec::new(),
+            review_burst: DEFAULT_REVIEW_BURST,
+            reviews_per_minute: DEFAULT_REVIEWS_PER_MINUTE,
+            global_review_burst: DEFAULT_GLOBAL_REVIEW_BURST,
+            global_reviews_per_minute: DEFAULT_GLOBAL_REVIEWS_PER_MINUTE,
+        }
+    }
+}
+
 /// The TOML file: the same settings, snake_case, all optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -363,7 +453,7 @@ mod humantime_serde_opt {
 }
 
 /// Where bundle bytes live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// The local filesystem under this directory.
     Local(PathBuf),
@@ -374,6 +464,26 @@ pub enum StoreLocation {
         /// Builder options (`aws_endpoint`, ...).
         options: BTreeMap<String, String>,
     },
+}
+
+impl fmt::Debug for StoreLocation {
+    // Option values are left out: they may hold the store's credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Local(root) => f.debug_tuple("Local").field(root).finish(),
+            Self::Url { url, options } => f
+                .debug_struct("Url")
+                .field("url", url)
+                .field(
+                    "options",
+                    &options
+                        .keys()
+                        .map(|k| (k, Redacted))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+                .finish(),
+        }
+    }
 }
 
 /// Limits and lifetimes, grouped because the request path needs them together.
@@ -434,8 +544,9 @@ impl Default for Limits {
     }
 }
 
-/// Validated runtime configuration of the server.
-#[derive(Debug, Clone)]
+/// Validated runtime configuration of the server. Its `Debug` never prints the signing key, the
+/// upload tokens or the store's option values.
+#[derive(Clone)]
 pub struct Config {
     /// API listener address.
     pub listen: SocketAddr,
@@ -466,11 +577,11 @@ pub struct Config {
     /// Size of the disk reserve file.
     pub disk_reserve: u64,
     /// Following owner pods (`None`: off).
-    pub owners: Option<crate::owners::OwnerSettings>,
+    pub owners: Option<OwnerSettings>,
     /// Uploads may authenticate with Kubernetes credentials.
     pub kube_auth: bool,
     /// Audiences and review limits of `--kube-auth`.
-    pub kube_auth_settings: crate::kube_auth::KubeAuthSettings,
+    pub kube_auth_settings: KubeAuthSettings,
     /// TLS of the API listener (`None`: plain HTTP).
     pub tls: Option<service_runtime::tls::TlsFiles>,
     /// How often the TLS files are looked at for a new certificate.
@@ -481,6 +592,62 @@ pub struct Config {
     pub orphan_grace: Duration,
     /// How long a grant on a file no submission of its namespace names lives after its send.
     pub unnamed_blob_grace: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Every field is named, so that a new one cannot be added without deciding here
+        // whether it may be printed.
+        let Self {
+            listen,
+            admin_listen,
+            data_dir,
+            store,
+            upload_tokens,
+            signing_key,
+            limits,
+            sweep_interval,
+            max_connections,
+            header_read_timeout,
+            shutdown_grace,
+            store_timeout,
+            store_connect_timeout,
+            disk_reserve,
+            owners,
+            kube_auth,
+            kube_auth_settings,
+            tls,
+            tls_reload_interval,
+            store_shared,
+            orphan_grace,
+            unnamed_blob_grace,
+        } = self;
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("admin_listen", admin_listen)
+            .field("data_dir", data_dir)
+            .field("store", store)
+            // An upload token's own Debug shows its namespaces, never the token.
+            .field("upload_tokens", upload_tokens)
+            .field("signing_key", &signing_key.as_ref().map(|_| Redacted))
+            .field("limits", limits)
+            .field("sweep_interval", sweep_interval)
+            .field("max_connections", max_connections)
+            .field("header_read_timeout", header_read_timeout)
+            .field("shutdown_grace", shutdown_grace)
+            .field("store_timeout", store_timeout)
+            .field("store_connect_timeout", store_connect_timeout)
+            .field("disk_reserve", disk_reserve)
+            .field("owners", owners)
+            .field("kube_auth", kube_auth)
+            .field("kube_auth_settings", kube_auth_settings)
+            .field("tls", tls)
+            .field("tls_reload_interval", tls_reload_interval)
+            .field("store_shared", store_shared)
+            .field("orphan_grace", orphan_grace)
+            .field("unnamed_blob_grace", unnamed_blob_grace)
+            .finish()
+    }
 }
 
 impl Config {
@@ -504,12 +671,12 @@ impl Config {
             disk_reserve: DEFAULT_DISK_RESERVE,
             owners: None,
             kube_auth: false,
-            kube_auth_settings: crate::kube_auth::KubeAuthSettings::default(),
+            kube_auth_settings: KubeAuthSettings::default(),
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             store_shared: false,
             orphan_grace: DEFAULT_ORPHAN_GRACE,
-            unnamed_blob_grace: crate::files::UNNAMED_BLOB_GRACE,
+            unnamed_blob_grace: crate::db::UNNAMED_BLOB_GRACE,
         }
     }
 
@@ -517,7 +684,7 @@ impl Config {
     ///
     /// # Errors
     /// [`Error::Config`] for conflicting or invalid settings, the secret-file errors of
-    /// [`secret`], and I/O errors reading the files.
+    /// `secret`, and I/O errors reading the files.
     pub fn load(args: ServeArgs) -> Result<Self> {
         let file = match &args.config {
             Some(path) => {
@@ -535,6 +702,7 @@ impl Config {
         let mut options = file.store_options;
         for kv in &args.store_options {
             let (k, v) = kv
+                .expose()
                 .split_once('=')
                 .ok_or_else(|| Error::Config(format!("--store-option {kv:?} is not KEY=VALUE")))?;
             options.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
@@ -547,11 +715,13 @@ impl Config {
             Some(url) => StoreLocation::Url { url, options },
         };
         let token_file = args.upload_token_file.or(file.upload_token_file);
-        let upload_tokens =
-            read_upload_tokens(args.upload_tokens.as_deref(), token_file.as_deref())?;
+        let upload_tokens = read_upload_tokens(
+            args.upload_tokens.as_ref().map(SecretArg::expose),
+            token_file.as_deref(),
+        )?;
         let signing_key = secret::resolve(
             "signing key",
-            args.signing_key.as_deref(),
+            args.signing_key.as_ref().map(SecretArg::expose),
             args.signing_key_file.or(file.signing_key_file).as_deref(),
         )?
         .map(String::into_bytes);
@@ -657,7 +827,7 @@ impl Config {
                 .or(file.disk_reserve)
                 .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
             kube_auth: false,
-            kube_auth_settings: crate::kube_auth::KubeAuthSettings::default(),
+            kube_auth_settings: KubeAuthSettings::default(),
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
             store_shared: args.store_shared || file.store_shared,
@@ -668,11 +838,11 @@ impl Config {
             unnamed_blob_grace: args
                 .unnamed_blob_grace
                 .or(file.unnamed_blob_grace)
-                .unwrap_or(crate::files::UNNAMED_BLOB_GRACE),
+                .unwrap_or(crate::db::UNNAMED_BLOB_GRACE),
             owners: match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
                 KubeOwners::Off => None,
                 KubeOwners::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() => None,
-                KubeOwners::Auto | KubeOwners::On => Some(crate::owners::OwnerSettings {
+                KubeOwners::Auto | KubeOwners::On => Some(OwnerSettings {
                     start_grace: args
                         .kube_owner_start_grace
                         .or(file.kube_owner_start_grace)
@@ -691,8 +861,8 @@ impl Config {
             },
         };
         config.kube_auth = args.kube_auth || file.kube_auth;
-        let k = crate::kube_auth::KubeAuthSettings::default();
-        config.kube_auth_settings = crate::kube_auth::KubeAuthSettings {
+        let k = KubeAuthSettings::default();
+        config.kube_auth_settings = KubeAuthSettings {
             audiences: if args.kube_auth_audiences.is_empty() {
                 file.kube_auth_audiences
             } else {
@@ -892,5 +1062,40 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::load(args).is_err());
+    }
+
+    #[test]
+    fn debug_never_prints_tokens_keys_or_store_options() {
+        const TOKEN: &str = "upload-token-0123456789";
+        const KEY: &str = "signing-key-0123456789-0123456789-0123456789";
+        const STORE_SECRET: &str = "store-secret-0123456789";
+        let mut config = Config::for_data_dir("/data");
+        config.upload_tokens = vec![crate::auth::UploadToken::from(TOKEN)];
+        config.signing_key = Some(KEY.as_bytes().to_vec());
+        config.store = StoreLocation::Url {
+            url: "s3://bucket/prefix".into(),
+            options: BTreeMap::from([("aws_secret_access_key".into(), STORE_SECRET.into())]),
+        };
+        let printed = format!("{config:?}");
+        for secret in [TOKEN, KEY, STORE_SECRET] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        // The rest is still there to read.
+        assert!(printed.contains("aws_secret_access_key") && printed.contains("/data"));
+
+        let args = ServeArgs {
+            upload_tokens: Some(TOKEN.parse().unwrap()),
+            signing_key: Some(KEY.parse().unwrap()),
+            store_options: vec![
+                format!("aws_secret_access_key={STORE_SECRET}")
+                    .parse()
+                    .unwrap(),
+            ],
+            ..Default::default()
+        };
+        let printed = format!("{args:?} {:#?}", args);
+        for secret in [TOKEN, KEY, STORE_SECRET] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
     }
 }

@@ -17,10 +17,9 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use crate::api_error::ApiError;
 use crate::clock::duration_ms;
-use crate::db::{CommitOutcome, CommitRequest, Headroom, Owner};
-use crate::error::ApiError;
-use crate::files::BlobCommit;
+use crate::db::{BlobCommit, CommitOutcome, CommitRequest, Headroom, Owner};
 use crate::metrics::InflightGuard;
 use crate::pace::Pace;
 use crate::state::AppState;

@@ -35,7 +35,8 @@ impl Db {
     /// # Errors
     /// SQLite errors, or a corrupt stored id.
     pub async fn instance_id(&self) -> DbResult<InstanceId> {
-        self.call(|c| {
+        let unreadable = self.unreadable().clone();
+        self.call(move |c| {
             let fresh = Uuid::new_v4().to_string();
             c.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('instance_id', ?1)",
@@ -51,10 +52,7 @@ impl Db {
             let v = v.unwrap_or(fresh);
             Uuid::try_parse(&v)
                 .map(InstanceId)
-                .map_err(|_| crate::db::DbError::Corrupt {
-                    id: "meta.instance_id".into(),
-                    what: v,
-                })
+                .map_err(|_| unreadable.failed("meta", "instance_id", &v))
         })
         .await
     }

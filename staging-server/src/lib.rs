@@ -7,49 +7,55 @@
 //! `staging-client` ([`cli`]).
 //!
 //! Modules:
-//! - [`config`]: flags, env and TOML → validated [`Config`].
+//! - [`config`]: flags, env and TOML → validated [`Config`] (with the settings of the owner
+//!   watch and of the Kubernetes reviews).
 //! - [`state`]: shared state, data-directory lock, crash recovery.
-//! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints.
+//! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints;
+//!   `api_error`: the one mapping of failures to HTTP answers, above everything else.
 //! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
-//! - [`db`], [`store`]: SQLite metadata and `object_store` bytes; `instance`: which server
-//!   owns a store prefix (and so which orphans it may delete); [`files`]: content-addressed
-//!   files of submissions; [`usage`]: running counters of what each namespace and credential
-//!   is charged.
-//! - [`token`], [`auth`]: download JWTs and upload bearer tokens; [`kube_auth`]: Kubernetes
-//!   credentials (reviewed, cached, rate-limited per client by `review_limit`).
-//! - [`lifecycle`]: deletion and the expiry sweeper; [`owners`]: the Kubernetes watch that
-//!   ends a resource with its owner pods.
+//! - [`db`], [`store`]: SQLite metadata (resources, tokens, the content-addressed files of
+//!   submissions, running counters of what each namespace and credential is charged, the
+//!   schema) and `object_store` bytes; `instance`: which server owns a store prefix (and so
+//!   which orphans it may delete).
+//! - [`token`], [`auth`]: download JWTs and upload bearer tokens.
+//! - [`kube`]: the Kubernetes API: the owner watch that ends a resource with its owner pods,
+//!   and the reviews of Kubernetes credentials (cached, rate-limited per client).
+//! - [`lifecycle`]: deletion and the expiry sweeper.
 //! - [`server`]: accept loop, limits and graceful drain.
+//! - `error`: the crate error ([`Error`]) of start-up and of the layers below the HTTP edge;
+//!   `metrics`: the server's Prometheus metrics; `pace`, `reserve`, `secret`: upload pacing,
+//!   the disk reserve, secret files.
 //!
-//! The contract shared with the client commands (ids, file names, labels) is `staging-api`;
-//! the commands `upload`, `fetch` and `submit` are `staging-client`, which this binary runs.
+//! Modules that only the server uses are private; the public ones are those the integration
+//! tests, the fuzz targets and the binary reach into.
+//!
+//! The contract shared with the client commands (ids, file names, JSON bodies, labels) is
+//! `staging-api`; the commands `upload`, `fetch` and `submit` are `staging-client`, which this
+//! binary runs.
 
+mod api_error;
 pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod db;
-pub mod error;
-pub mod files;
+mod error;
 pub mod ingest;
 mod instance;
-pub mod kube_auth;
+pub mod kube;
 pub mod lifecycle;
-pub mod metrics;
-pub mod owners;
-pub mod pace;
-pub mod reserve;
-mod review_limit;
+mod metrics;
+mod pace;
+mod reserve;
 mod routes;
-pub mod secret;
+mod secret;
 pub mod server;
 pub mod state;
+pub mod store;
 mod tls_watch;
-pub mod usage;
+pub mod token;
 
 pub use service_runtime::{shutdown, size};
-pub mod store;
-pub mod token;
 
 /// The log filter when `RUST_LOG` is not set: what an operator sees by default.
 pub const DEFAULT_LOG_FILTER: &str = "staging_server=info,tower_http=info";

@@ -8,7 +8,7 @@
 //!
 //! The sweeper never dies: an error is logged and counted, and the next attempt comes after an
 //! exponential backoff capped at [`MAX_BACKOFF`]. Owners (namespace, labels, optional pod uid)
-//! are stored with every resource; on Kubernetes `crate::owners` deletes a resource when its
+//! are stored with every resource; on Kubernetes `crate::kube::watch` deletes a resource when its
 //! owner pods have ended or never appeared, and the TTLs stay as the backstop.
 
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ pub enum DeleteReason {
     Expired(ExpiryReason),
     /// Explicit DELETE.
     Deleted,
-    /// Its owner pods existed and have all ended (see `crate::owners`).
+    /// Its owner pods existed and have all ended (see `crate::kube::watch`).
     OwnerEnded,
     /// Its owner pods never appeared within the start grace.
     OwnerNeverStarted,

@@ -15,7 +15,7 @@ use prometheus::{
 use crate::db::Census;
 
 /// Metric families left out of the public listener's `/metrics`.
-pub const ADMIN_ONLY: &[&str] = &[
+pub(crate) const ADMIN_ONLY: &[&str] = &[
     "staging_resources",
     "staging_stored_bytes",
     "staging_stored_files",
@@ -250,11 +250,11 @@ impl Metrics {
 
 /// Decrements an in-flight gauge when dropped.
 #[derive(Debug)]
-pub struct InflightGuard(IntGauge);
+pub(crate) struct InflightGuard(IntGauge);
 
 impl InflightGuard {
     /// Increments `gauge` until the guard drops.
-    pub fn new(gauge: IntGauge) -> Self {
+    pub(crate) fn new(gauge: IntGauge) -> Self {
         gauge.inc();
         Self(gauge)
     }

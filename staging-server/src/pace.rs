@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::ApiError;
+use crate::api_error::ApiError;
 
 /// Watches one body.
 #[derive(Debug)]
-pub struct Pace {
+pub(crate) struct Pace {
     idle: Duration,
     min_rate: u64,
     window: Duration,
@@ -24,7 +24,7 @@ pub struct Pace {
 
 impl Pace {
     /// A body starting now.
-    pub fn new(idle: Duration, min_rate: u64, window: Duration) -> Self {
+    pub(crate) fn new(idle: Duration, min_rate: u64, window: Duration) -> Self {
         Self {
             idle,
             min_rate,
@@ -40,7 +40,7 @@ impl Pace {
     ///
     /// # Errors
     /// 408 when the client pauses past the idle timeout or falls below the rate.
-    pub async fn next<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, ApiError> {
+    pub(crate) async fn next<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, ApiError> {
         let mut fut = std::pin::pin!(fut);
         let idle_deadline = Instant::now() + self.idle;
         loop {
@@ -67,7 +67,7 @@ impl Pace {
     ///
     /// # Errors
     /// 408 when a window that has ended brought too few bytes.
-    pub fn add(&mut self, n: u64) -> Result<(), ApiError> {
+    pub(crate) fn add(&mut self, n: u64) -> Result<(), ApiError> {
         self.total += n;
         self.check()
     }

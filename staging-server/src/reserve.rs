@@ -13,18 +13,18 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The reserve file's name in the data directory.
-pub const RESERVE_FILE: &str = "reserve";
+pub(crate) const RESERVE_FILE: &str = "reserve";
 
 /// The reserve of one data directory.
 #[derive(Debug)]
-pub struct Reserve {
+pub(crate) struct Reserve {
     path: PathBuf,
     size: u64,
 }
 
 impl Reserve {
     /// The reserve of `dir`, `size` bytes (0: none).
-    pub fn new(dir: &Path, size: u64) -> Self {
+    pub(crate) fn new(dir: &Path, size: u64) -> Self {
         Self {
             path: dir.join(RESERVE_FILE),
             size,
@@ -32,13 +32,13 @@ impl Reserve {
     }
 
     /// Whether the reserve file is in place.
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         self.size == 0 || std::fs::metadata(&self.path).is_ok_and(|m| m.len() >= self.size)
     }
 
     /// Writes the reserve if it is missing and the disk has twice its size free; returns
     /// whether it is in place afterwards (blocking).
-    pub fn ensure(&self) -> bool {
+    pub(crate) fn ensure(&self) -> bool {
         if self.is_held() {
             return true;
         }
@@ -74,7 +74,7 @@ impl Reserve {
     }
 
     /// Deletes the reserve to make room; returns whether there was one to delete.
-    pub fn release(&self) -> bool {
+    pub(crate) fn release(&self) -> bool {
         match std::fs::remove_file(&self.path) {
             Ok(()) => {
                 tracing::warn!(

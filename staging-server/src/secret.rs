@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 ///
 /// # Errors
 /// [`Error::InsecureSecretFile`] for a mode with any of `0o077`, [`Error::Io`] if unreadable.
-pub fn read_secret_file(path: &Path) -> Result<String> {
+pub(crate) fn read_secret_file(path: &Path) -> Result<String> {
     use service_runtime::secret::{self, SecretError};
     secret::read_string(path).map_err(|e| match e {
         SecretError::Insecure { path, mode } => Error::InsecureSecretFile { path, mode },
@@ -21,7 +21,11 @@ pub fn read_secret_file(path: &Path) -> Result<String> {
 ///
 /// # Errors
 /// [`Error::Config`] if both are set, or the errors of [`read_secret_file`].
-pub fn resolve(name: &str, value: Option<&str>, file: Option<&Path>) -> Result<Option<String>> {
+pub(crate) fn resolve(
+    name: &str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>> {
     match (value, file) {
         (Some(_), Some(_)) => Err(Error::Config(format!(
             "{name} is set both as a value and as a file; set one"

@@ -55,32 +55,11 @@ pub async fn run(
     let sweeper =
         tokio::spawn(Sweeper::new(state.clone()).run(config.sweep_interval, cancel.clone()));
     let owners = config.owners.clone().map(|settings| {
-        let (state, cancel) = (state.clone(), cancel.clone());
-        tokio::spawn(async move {
-            let metrics = match crate::owners::OwnerMetrics::new(state.registry()) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "owner metrics not registered; owner watch off");
-                    return;
-                }
-            };
-            // Without a client (no service account, no kubeconfig) resources live by their
-            // TTLs; trying again costs nothing.
-            let client = loop {
-                match crate::owners::client().await {
-                    Ok(c) => break c,
-                    Err(e) => {
-                        metrics.errors.with_label_values(&["list_pods"]).inc();
-                        tracing::error!(error = %e, "no Kubernetes API client; resources follow their TTLs only");
-                    }
-                }
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
-                }
-            };
-            crate::owners::run(state, client, metrics, settings, cancel).await;
-        })
+        tokio::spawn(crate::kube::watch::follow(
+            state.clone(),
+            settings,
+            cancel.clone(),
+        ))
     });
     let graceful = Arc::new(GracefulShutdown::new());
     let stop = CancellationToken::new();

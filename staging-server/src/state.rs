@@ -43,7 +43,7 @@ struct Inner {
     store: BlobStore,
     keys: TokenKeys,
     upload_auth: UploadAuth,
-    kube_auth: Option<Arc<crate::kube_auth::KubeAuth>>,
+    kube_auth: Option<Arc<crate::kube::review::KubeAuth>>,
     metrics: Metrics,
     registry: Registry,
     clock: Arc<dyn Clock>,
@@ -97,7 +97,7 @@ impl AppState {
         let reserve = Reserve::new(dir, config.disk_reserve);
         // After a crash on a full disk, opening the database needs room (WAL recovery).
         let db = match Db::open(&dir.join(DB_FILE)) {
-            Err(e) if is_sqlite_full(&e) && reserve.release() => Db::open(&dir.join(DB_FILE))?,
+            Err(e) if e.is_full() && reserve.release() => Db::open(&dir.join(DB_FILE))?,
             r => r?,
         }
         .with_unnamed_grace(config.unnamed_blob_grace);
@@ -109,16 +109,17 @@ impl AppState {
         let instance = db.instance_id().await?;
         let registry = overrides.registry.unwrap_or_default();
         let metrics = Metrics::new(&registry)?;
+        db.register_metrics(&registry)?;
         let kube_auth = if config.kube_auth {
             let client = match overrides.kube_client {
                 Some(c) => c,
-                None => crate::owners::client().await.map_err(|e| {
+                None => crate::kube::client().await.map_err(|e| {
                     Error::Config(format!(
                         "--kube-auth needs the Kubernetes API (service account or kubeconfig): {e}"
                     ))
                 })?,
             };
-            Some(Arc::new(crate::kube_auth::KubeAuth::new(
+            Some(Arc::new(crate::kube::review::KubeAuth::new(
                 client,
                 config.kube_auth_settings.clone(),
                 &registry,
@@ -324,7 +325,7 @@ impl AppState {
     }
 
     /// The Kubernetes credential reviewer, with `--kube-auth`.
-    pub fn kube_auth(&self) -> Option<&crate::kube_auth::KubeAuth> {
+    pub fn kube_auth(&self) -> Option<&crate::kube::review::KubeAuth> {
         self.inner.kube_auth.as_deref()
     }
 
@@ -377,10 +378,6 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
     }
-}
-
-fn is_sqlite_full(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 fn lock_data_dir(dir: &Path) -> Result<File> {

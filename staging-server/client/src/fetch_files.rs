@@ -1,32 +1,17 @@
-//! `fetch` of a submission (a resource of separate files, the server's `files` module): each file is
-//! downloaded with the same retries and resumption as a bundle, checked against the digest the
-//! submission names, and moved into the destination under its name. A file already there
-//! with the right digest (a restarted init-container) is kept; any other existing file is
-//! never overwritten.
+//! `fetch` of a submission (a resource of separate files): each file is downloaded with the
+//! same retries and resumption as a bundle, checked against the digest the submission names,
+//! and moved into the destination under its name. A file already there with the right digest
+//! (a restarted init-container) is kept; any other existing file is never overwritten.
 
 use std::path::Path;
-
-use serde::Deserialize;
 
 use super::fetch::{FetchArgs, download};
 use super::{
     ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
     EXIT_UNSAFE_ARCHIVE, server_message,
 };
+use staging_api::bodies::{FileMeta, ResourceMetadata};
 use staging_api::names;
-
-/// One file of a submission.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Listed {
-    name: String,
-    sha256: String,
-    size: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct Metadata {
-    files: Option<Vec<Listed>>,
-}
 
 /// The files of the resource, or `None` when it is a bundle.
 ///
@@ -36,7 +21,7 @@ pub async fn listing(
     args: &FetchArgs,
     token: &str,
     deadline: std::time::Instant,
-) -> Result<Option<Vec<Listed>>, ClientError> {
+) -> Result<Option<Vec<FileMeta>>, ClientError> {
     let client = super::http::client(
         args.ca_file.as_deref(),
         args.connect_timeout,
@@ -65,7 +50,7 @@ pub async fn listing(
         }
         match status {
             200 => {
-                let meta: Metadata = serde_json::from_str(&body).map_err(|e| {
+                let meta: ResourceMetadata = serde_json::from_str(&body).map_err(|e| {
                     ClientError::new(EXIT_FAILURE, format!("unexpected answer: {e}"))
                 })?;
                 return Ok(meta.files);
@@ -103,7 +88,7 @@ pub async fn listing(
 pub async fn fetch(
     args: &FetchArgs,
     token: &str,
-    files: Vec<Listed>,
+    files: Vec<FileMeta>,
     deadline: std::time::Instant,
 ) -> Result<Vec<String>, ClientError> {
     if files.len() as u64 > args.max_entries {

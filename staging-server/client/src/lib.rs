@@ -66,11 +66,7 @@ pub fn exit(result: Result<(), ClientError>, command: &str) -> ExitCode {
 
 /// The `message` of a JSON error body, or the body itself, shortened.
 fn server_message(body: &str) -> String {
-    #[derive(serde::Deserialize)]
-    struct E {
-        message: String,
-    }
-    serde_json::from_str::<E>(body)
+    serde_json::from_str::<staging_api::bodies::ErrorBody>(body)
         .map(|e| e.message)
         .unwrap_or_else(|_| body.chars().take(300).collect())
 }

@@ -1,15 +1,17 @@
-//! Stages local files as a submission (the server's `files` module): hashes each file, asks the
-//! server to commit the submission, sends only the files the server does not hold for the
-//! namespace, and asks again. Resubmitting the same files sends no file bytes.
+//! Stages local files as a submission (content-addressed files, `POST /api/v1/submissions`):
+//! hashes each file, asks the server to commit the submission, sends only the files the server
+//! does not hold for the namespace, and asks again. Resubmitting the same files sends no file
+//! bytes.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use super::{ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE, http, server_message};
+use staging_api::bodies::{Created, MissingFiles, Submission, SubmissionFile};
 
 /// Rounds of "commit, send what is missing": a file deleted by the server between the rounds
 /// (its last submission ended) is sent again, within this bound.
@@ -45,8 +47,8 @@ pub struct StageRequest {
     pub retries: u32,
 }
 
-/// The staged submission.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// The staged submission: the server's answer ([`Created`]) and what was sent for it.
+#[derive(Debug, Clone, Serialize)]
 pub struct Staged {
     /// Resource id.
     pub id: String,
@@ -59,31 +61,9 @@ pub struct Staged {
     /// Expiry.
     pub expires_at: String,
     /// Files whose bytes were sent.
-    #[serde(default)]
     pub sent_files: usize,
     /// Bytes sent for them.
-    #[serde(default)]
     pub sent_bytes: u64,
-}
-
-#[derive(Serialize)]
-struct FileEntry<'a> {
-    name: &'a str,
-    sha256: &'a str,
-}
-
-#[derive(Serialize)]
-struct Submission<'a> {
-    namespace: &'a str,
-    labels: &'a BTreeMap<String, String>,
-    ttl: Option<&'a str>,
-    unused_ttl: Option<&'a str>,
-    files: Vec<FileEntry<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Missing {
-    missing: Vec<String>,
 }
 
 /// SHA-256 (hex) and size of a file.
@@ -122,17 +102,18 @@ pub async fn stage(client: &reqwest::Client, req: &StageRequest) -> Result<Stage
     }
     let base = req.server.trim_end_matches('/').to_owned();
     let submission = Submission {
-        namespace: &req.namespace,
-        labels: &req.labels,
-        ttl: req.ttl.as_deref(),
-        unused_ttl: req.unused_ttl.as_deref(),
+        namespace: req.namespace.clone(),
+        labels: req.labels.clone(),
+        owner_pod_uid: None,
+        ttl: req.ttl.clone(),
+        unused_ttl: req.unused_ttl.clone(),
         files: req
             .files
             .iter()
             .zip(&digests)
-            .map(|(f, (sha, _))| FileEntry {
-                name: &f.name,
-                sha256: sha,
+            .map(|(f, (sha, _))| SubmissionFile {
+                name: f.name.clone(),
+                sha256: sha.clone(),
             })
             .collect(),
     };
@@ -159,15 +140,21 @@ pub async fn stage(client: &reqwest::Client, req: &StageRequest) -> Result<Stage
             .map_err(|e| ClientError::new(EXIT_UNAVAILABLE, http::describe(&e)))?;
         match status.as_u16() {
             201 => {
-                let mut staged: Staged = serde_json::from_str(&text).map_err(|e| {
+                let created: Created = serde_json::from_str(&text).map_err(|e| {
                     ClientError::new(EXIT_FAILURE, format!("unexpected answer: {e}"))
                 })?;
-                staged.sent_files = sent_files;
-                staged.sent_bytes = sent_bytes;
-                return Ok(staged);
+                return Ok(Staged {
+                    id: created.id,
+                    token: created.token,
+                    sha256: created.sha256,
+                    size: created.size,
+                    expires_at: created.expires_at,
+                    sent_files,
+                    sent_bytes,
+                });
             }
             409 => {
-                let missing: Missing = serde_json::from_str(&text).map_err(|e| {
+                let missing: MissingFiles = serde_json::from_str(&text).map_err(|e| {
                     ClientError::new(EXIT_FAILURE, format!("unexpected answer: {e}"))
                 })?;
                 for sha in missing.missing {

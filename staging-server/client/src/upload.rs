@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
-use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::bundle::{self, Input};
 use super::{ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE, server_message};
+use staging_api::bodies::Created;
 use staging_api::names;
 
 /// How to print the result.
@@ -105,18 +105,6 @@ pub fn parse_label(s: &str) -> Result<String, String> {
                 "{e}; a label is key=value with Kubernetes label syntax, e.g. spark-role=driver"
             )
         })
-}
-
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct Created {
-    id: String,
-    token: String,
-    sha256: String,
-    size: u64,
-    namespace: String,
-    expires_at: String,
-    unused_expires_at: String,
-    content_url: String,
 }
 
 /// Runs `upload` and returns the exit code.

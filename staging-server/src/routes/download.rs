@@ -11,9 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::TryStreamExt as _;
 
+use crate::api_error::ApiError;
 use crate::auth::credential;
 use crate::db::{Resource, TokenState};
-use crate::error::ApiError;
 use staging_api::ids::ResourceId;
 
 /// How stale the last-access stamp may get before a download rewrites it.

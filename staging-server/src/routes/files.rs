@@ -1,4 +1,4 @@
-//! Submissions of individually stored files (content addressing, see [`crate::files`]).
+//! Submissions of individually stored files (content addressing, see `crate::db`'s blobs).
 //!
 //! - `PUT /api/v1/blobs/{sha256}?namespace=N`: one file's bytes (raw body). 201 when received,
 //!   200 when the namespace already had it (the body is not read). 422 when the bytes do not
@@ -13,38 +13,32 @@
 //! - `GET|HEAD /api/v1/resources/{id}/files/{name}`: one file, with the resource's download
 //!   token (ranges, validators and digests as for bundle content).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::api_error::ApiError;
 use crate::clock::duration_ms;
-use crate::db::Owner;
-use crate::error::ApiError;
-use crate::files::BlobRelease;
-use crate::files::{FileRef, FilesCommit, FilesOutcome, MAX_FILES, manifest_digest};
+use crate::db::{
+    BlobRelease, FileRef, FilesCommit, FilesOutcome, MAX_FILES, Owner, manifest_digest,
+};
 use crate::ingest::{BLOB_API, PendingUpload};
 use crate::state::AppState;
+use staging_api::bodies::{BlobReceived, Created, MISSING_FILES, MissingFiles, Submission};
 use staging_api::ids::{Labels, Namespace, PodUid, Sha256Digest};
 
 use super::download;
-use super::v1::{UploadResponse, lifetimes, rfc3339};
+use super::v1::{lifetimes, rfc3339};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BlobQuery {
     namespace: String,
-}
-
-/// The answer to a blob upload.
-#[derive(Debug, Serialize)]
-struct BlobResponse {
-    sha256: String,
-    stored: bool,
 }
 
 /// `PUT /api/v1/blobs/{sha256}`.
@@ -71,7 +65,7 @@ pub(super) async fn put_blob(
     {
         return Ok((
             StatusCode::OK,
-            Json(BlobResponse {
+            Json(BlobReceived {
                 sha256: sha256.to_hex(),
                 stored: false,
             }),
@@ -97,7 +91,7 @@ pub(super) async fn put_blob(
     pending.commit_blob(namespace, sender, sha256).await?;
     Ok((
         StatusCode::CREATED,
-        Json(BlobResponse {
+        Json(BlobReceived {
             sha256: sha256.to_hex(),
             stored: true,
         }),
@@ -147,35 +141,6 @@ pub(super) async fn delete_blob(
             ),
         )),
     }
-}
-
-/// One file of a submission.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileEntry {
-    name: String,
-    sha256: String,
-}
-
-/// A submission.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Submission {
-    namespace: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    owner_pod_uid: Option<String>,
-    ttl: Option<String>,
-    unused_ttl: Option<String>,
-    files: Vec<FileEntry>,
-}
-
-/// The 409 answer naming the files to send.
-#[derive(Debug, Serialize)]
-struct Missing {
-    code: &'static str,
-    message: String,
-    missing: Vec<String>,
 }
 
 /// `POST /api/v1/submissions`.
@@ -275,7 +240,7 @@ pub(super) async fn submit(
     match outcome {
         FilesOutcome::Committed(size) => {
             tracing::info!(resource = %id, size, "submission committed");
-            let body = UploadResponse {
+            let body = Created {
                 id: id.to_string(),
                 token,
                 sha256: manifest.to_hex(),
@@ -294,8 +259,8 @@ pub(super) async fn submit(
         }
         FilesOutcome::Missing(missing) => Ok((
             StatusCode::CONFLICT,
-            Json(Missing {
-                code: "missing_files",
+            Json(MissingFiles {
+                code: MISSING_FILES.to_owned(),
                 message: format!(
                     "{} file(s) are not stored for namespace {namespace}; send them with PUT /api/v1/blobs/{{sha256}}",
                     missing.len()

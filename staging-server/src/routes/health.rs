@@ -10,7 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus::{Encoder as _, TextEncoder};
 
-use crate::error::ApiError;
+use crate::api_error::ApiError;
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is alive.

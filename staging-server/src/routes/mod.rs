@@ -25,10 +25,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::error::{ApiError, InternalCause};
+use crate::api_error::{ApiError, InternalCause};
 use crate::state::AppState;
 
-/// Largest submission body (the JSON list of at most [`crate::files::MAX_FILES`] files).
+/// Largest submission body (the JSON list of at most [`crate::db::MAX_FILES`] files).
 pub(super) const SUBMISSION_BODY_LIMIT: usize = 1 << 20;
 
 /// The full API router (also serving the operational endpoints).

@@ -16,35 +16,18 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
+use crate::api_error::ApiError;
 use crate::auth::{Scope, UploadAuthError};
 use crate::db::Owner;
-use crate::error::ApiError;
 use crate::ingest::{Lifetimes, PendingUpload};
 use crate::state::AppState;
-use staging_api::ids::{Labels, Namespace};
+use staging_api::bodies::{V0Owner, V0Response};
 
 use super::download;
 
 /// Largest accepted `resourcesOwner` part.
 const MAX_OWNER_JSON: usize = 64 << 10;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct V0Owner {
-    owner_namespace: Namespace,
-    #[serde(default)]
-    owner_labels: Labels,
-    owner_type: String,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct V0Response {
-    resource_id: String,
-    resource_secret: String,
-}
 
 /// `POST /api/v0/resources`.
 pub(super) async fn upload(

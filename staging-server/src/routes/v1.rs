@@ -13,15 +13,16 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use crate::api_error::ApiError;
 use crate::auth::{UploadAuthError, credential};
 use crate::db::Owner;
-use crate::error::ApiError;
 use crate::ingest::{Lifetimes, PendingUpload};
-use crate::kube_auth::Refusal;
+use crate::kube::review::Refusal;
 use crate::lifecycle::{self, DeleteReason};
 use crate::state::AppState;
+use staging_api::bodies::{Created, FileMeta, ResourceMetadata};
 use staging_api::ids::{CredentialId, Labels, Namespace, PodUid, Sha256Digest};
 
 use super::client_addr::ClientAddr;
@@ -47,46 +48,6 @@ struct UploadQuery {
     ttl: Option<String>,
     unused_ttl: Option<String>,
     sha256: Option<String>,
-}
-
-/// The 201 answer to an upload.
-#[derive(Debug, Serialize)]
-pub(super) struct UploadResponse {
-    pub(super) id: String,
-    pub(super) token: String,
-    pub(super) sha256: String,
-    pub(super) size: u64,
-    pub(super) namespace: String,
-    pub(super) expires_at: String,
-    pub(super) unused_expires_at: String,
-    pub(super) content_url: String,
-}
-
-/// Resource metadata.
-#[derive(Debug, Serialize)]
-pub(super) struct Metadata {
-    id: String,
-    namespace: String,
-    labels: std::collections::BTreeMap<String, String>,
-    owner_pod_uid: Option<String>,
-    size: u64,
-    sha256: String,
-    api: String,
-    committed_at: String,
-    first_download_at: Option<String>,
-    expires_at: String,
-    unused_expires_at: Option<String>,
-    /// The files of a submission (absent for a bundle).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    files: Option<Vec<FileMeta>>,
-}
-
-/// One file of a submission.
-#[derive(Debug, Serialize)]
-pub(super) struct FileMeta {
-    name: String,
-    sha256: String,
-    size: u64,
 }
 
 pub(super) fn rfc3339(ms: i64) -> String {
@@ -166,7 +127,7 @@ pub(super) async fn upload(
         )
         .await?;
     let url = format!("/api/v1/resources/{}/content", c.id);
-    let body = UploadResponse {
+    let body = Created {
         id: c.id.to_string(),
         token: c.token,
         sha256: c.sha256.to_hex(),
@@ -360,7 +321,7 @@ pub(super) async fn metadata(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Metadata>, ApiError> {
+) -> Result<Json<ResourceMetadata>, ApiError> {
     let r = download::authorize(&state, &headers, &id, false).await?;
     let files = if r.api == "files" {
         let files = state.db().files(r.id).await.map_err(ApiError::internal)?;
@@ -377,7 +338,7 @@ pub(super) async fn metadata(
     } else {
         None
     };
-    Ok(Json(Metadata {
+    Ok(Json(ResourceMetadata {
         files,
         id: r.id.to_string(),
         namespace: r.owner.namespace.to_string(),

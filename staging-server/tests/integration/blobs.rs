@@ -300,7 +300,7 @@ async fn another_namespaces_deletion_never_takes_a_grant() {
     assert_eq!(put_blob(&s, "team-c", &popular).await.0, 201);
     let sweeper = Sweeper::new(s.state.clone());
     s.clock
-        .advance(staging_server::files::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
+        .advance(staging_server::db::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
     sweeper.sweep_once().await.unwrap();
     let (status, body) = submit(&s, "team-c", &[("lib.jar", &popular)]).await;
     assert_eq!(status, 409, "{body}");
@@ -334,7 +334,7 @@ async fn a_resend_does_not_keep_an_unnamed_file_past_its_grace() {
     let s = TestServer::start(|_| {}).await;
     let file = content(50_000, 40);
     let sha = sha256_hex(&file);
-    let grace = staging_server::files::UNNAMED_BLOB_GRACE;
+    let grace = staging_server::db::UNNAMED_BLOB_GRACE;
     let sweeper = Sweeper::new(s.state.clone());
     assert_eq!(put_blob(&s, "team-a", &file).await.0, 201);
     // The sender sends it again shortly before the grace ends, without a body and with it:
@@ -372,7 +372,7 @@ async fn assert_counted(s: &TestServer, step: &str) {
 
 #[tokio::test]
 async fn charges_are_running_counters_right_across_grants_collection_deletion_and_a_restart() {
-    use staging_server::usage::MIN_CHARGE;
+    use staging_server::db::MIN_CHARGE;
     let tweak = |c: &mut staging_server::Config| {
         c.limits.namespace_max_blobs = 6;
         // Submissions live past the grace unless deleted.
@@ -445,7 +445,7 @@ async fn charges_are_running_counters_right_across_grants_collection_deletion_an
 
     // Past the grace: a dead grant is replaced by a new send, the others are collected.
     s.clock
-        .advance(staging_server::files::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
+        .advance(staging_server::db::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
     assert_eq!(put_blob(&s, "team-a", &tiny[4]).await.0, 201);
     assert_counted(&s, "a dead grant replaced").await;
     Sweeper::new(s.state.clone()).sweep_once().await.unwrap();

@@ -13,7 +13,8 @@ use kubebed::store::{DeleteOptions, Store};
 use serde_json::{Value, json};
 use staging_api::ids::ResourceId;
 use staging_api::wire::RESOURCE_LABEL;
-use staging_server::owners::{OwnerMetrics, OwnerSettings};
+use staging_server::config::OwnerSettings;
+use staging_server::kube::watch::OwnerMetrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{TestServer, random_bytes};
@@ -107,7 +108,7 @@ async fn resources_follow_their_owner_pods_and_take_their_secrets_along() {
     config.default_retry = false;
     let registry = prometheus::Registry::new();
     let cancel = CancellationToken::new();
-    let task = tokio::spawn(staging_server::owners::run(
+    let task = tokio::spawn(staging_server::kube::watch::run(
         s.state.clone(),
         Client::try_from(config).unwrap(),
         OwnerMetrics::new(&registry).unwrap(),
@@ -125,6 +126,7 @@ async fn resources_follow_their_owner_pods_and_take_their_secrets_along() {
             db.owned(0, 100)
                 .await
                 .unwrap()
+                .resources
                 .iter()
                 .any(|r| r.id == id && r.owner_seen_at.is_some())
         }

@@ -313,7 +313,7 @@ async fn fetch_gets_each_file_and_shared_bytes_outlive_one_submission() {
     // Past the grace of team-a's send, the files no submission names go.
     server
         .clock
-        .advance(staging_server::files::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
+        .advance(staging_server::db::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
     Sweeper::new(server.state.clone())
         .sweep_once()
         .await
@@ -357,7 +357,7 @@ async fn files_sent_but_never_submitted_are_deleted_after_the_grace() {
     assert_eq!(objects(&server), 1, "within the grace");
     server
         .clock
-        .advance(staging_server::files::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
+        .advance(staging_server::db::UNNAMED_BLOB_GRACE + Duration::from_secs(1));
     let report = sweeper.sweep_once().await.unwrap();
     assert_eq!(report.unnamed_blobs, 1);
     assert_eq!(objects(&server), 0);

@@ -279,7 +279,7 @@ async fn a_shared_token_cannot_multiply_its_unnamed_allowance_with_made_up_names
     // Unnamed files go with their grace, however often they are offered again; then the
     // allowances are whole again.
     s.clock
-        .advance(staging_server::files::UNNAMED_BLOB_GRACE - Duration::from_secs(60));
+        .advance(staging_server::db::UNNAMED_BLOB_GRACE - Duration::from_secs(60));
     for (i, bytes) in accepted.iter().enumerate().skip(1) {
         let sha = sha256_hex(bytes);
         let (code, _) = send_as(&s, SHARED, &format!("made-up-{i}"), &sha, b"").await;

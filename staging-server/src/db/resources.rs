@@ -1,155 +1,13 @@
-//! Metadata in SQLite: resources, their lifecycle state, and issued download tokens.
-//!
-//! rusqlite is synchronous, so every call runs on the blocking pool through [`Db::call`]; the
-//! async runtime never waits on SQLite. One connection in WAL mode serves the process: SQLite
-//! allows a single writer anyway, and the statements here are short. The data directory holds
-//! an exclusive lock (see `state.rs`) so two processes never share one database.
-//!
-//! A resource row is `pending` while its bytes stream into the store and becomes `committed`
-//! in the same transaction that checks quotas and records its first token. Readers only ever
-//! see `committed` rows, which is what makes the commit atomic: a crash leaves at most a
-//! `pending` row, which start-up recovery deletes together with its object.
-
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+//! Resources: a bundle or a submission, `pending` while its bytes stream in and `committed` in
+//! the transaction that checks the quotas and records its first token; its owner, lifetimes
+//! and downloads; what is due for deletion; and the counts the gauges publish.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::quotas::{Headroom, Quotas, quota_refusal};
+use super::{Db, DbError, DbResult, Owner, UnreadableRows, parse_ids, usage};
 use crate::clock::UnixMillis;
-use staging_api::ids::{CredentialId, Labels, Namespace, ResourceId, Sha256Digest};
-
-/// Database failures.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DbError {
-    /// SQLite reported an error.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// A stored value does not parse (the database was edited by hand or is corrupt).
-    #[error("corrupt row for resource {id}: {what}")]
-    Corrupt {
-        /// Row id.
-        id: String,
-        /// What did not parse.
-        what: String,
-    },
-    /// The blocking task panicked or was cancelled.
-    #[error("database task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
-}
-
-impl DbError {
-    /// Whether SQLite could not write for a full disk (or quota).
-    pub fn is_full(&self) -> bool {
-        matches!(
-            self,
-            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DiskFull
-        )
-    }
-}
-
-pub(crate) type DbResult<T> = Result<T, DbError>;
-
-/// Parses a column of resource ids; an unparsable one is a corrupt row.
-fn parse_ids(rows: impl Iterator<Item = rusqlite::Result<String>>) -> DbResult<Vec<ResourceId>> {
-    rows.map(|id| {
-        let id = id?;
-        id.parse().map_err(|_| DbError::Corrupt {
-            id,
-            what: "id".into(),
-        })
-    })
-    .collect()
-}
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS resources (
-    id              TEXT PRIMARY KEY,
-    state           TEXT NOT NULL CHECK (state IN ('pending', 'committed')),
-    api             TEXT NOT NULL,
-    namespace       TEXT,
-    labels          TEXT NOT NULL DEFAULT '{}',
-    owner_pod_uid   TEXT,
-    owner_seen_at   INTEGER,
-    size            INTEGER NOT NULL DEFAULT 0,
-    sha256          TEXT,
-    created_at      INTEGER NOT NULL,
-    committed_at    INTEGER,
-    first_access_at INTEGER,
-    last_access_at  INTEGER,
-    unused_ttl_ms   INTEGER NOT NULL,
-    expires_at      INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS resources_by_namespace ON resources(namespace, state);
-CREATE INDEX IF NOT EXISTS resources_by_expiry ON resources(state, expires_at);
-CREATE TABLE IF NOT EXISTS tokens (
-    jti         TEXT PRIMARY KEY,
-    resource_id TEXT NOT NULL,
-    expires_at  INTEGER NOT NULL,
-    revoked_at  INTEGER
-);
-CREATE INDEX IF NOT EXISTS tokens_by_resource ON tokens(resource_id);
-CREATE TABLE IF NOT EXISTS store_deletions (
-    id        TEXT PRIMARY KEY,
-    queued_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blobs (
-    sha256        TEXT PRIMARY KEY,
-    object_id     TEXT NOT NULL UNIQUE,
-    size          INTEGER NOT NULL,
-    created_at    INTEGER NOT NULL,
-    referenced_at INTEGER
-);
-CREATE TABLE IF NOT EXISTS blob_grants (
-    sha256     TEXT NOT NULL,
-    namespace  TEXT NOT NULL,
-    granted_at INTEGER NOT NULL DEFAULT 0,
-    credential TEXT,
-    PRIMARY KEY (sha256, namespace)
-);
-CREATE INDEX IF NOT EXISTS blob_grants_by_namespace ON blob_grants(namespace);
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS resource_files (
-    resource_id TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    sha256      TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    PRIMARY KEY (resource_id, name)
-);
-CREATE INDEX IF NOT EXISTS resource_files_by_blob ON resource_files(sha256);
-CREATE TABLE IF NOT EXISTS usage (
-    account         TEXT PRIMARY KEY,
-    committed_bytes INTEGER NOT NULL DEFAULT 0,
-    committed_count INTEGER NOT NULL DEFAULT 0,
-    unnamed_bytes   INTEGER NOT NULL DEFAULT 0,
-    unnamed_count   INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS usage_unnamed ON usage(account) WHERE unnamed_count > 0;
-";
-
-/// Handle to the metadata database.
-#[derive(Debug, Clone)]
-pub struct Db {
-    conn: Arc<Mutex<Connection>>,
-    /// How long a namespace's grant on a blob lives after its send when no submission of the
-    /// namespace names it.
-    unnamed_grace: std::time::Duration,
-}
-
-/// The owner of a resource: pods in a namespace selected by labels, optionally one pod uid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    /// Namespace of the owner pods.
-    pub namespace: Namespace,
-    /// AND label selector for the owner pods.
-    pub labels: Labels,
-    /// The owner pod, when the uploader knows it.
-    pub pod_uid: Option<String>,
-}
+use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
 /// A committed resource with owner pods, as the owner watch reads it.
 #[derive(Debug, Clone)]
@@ -162,6 +20,16 @@ pub struct OwnedResource {
     pub committed_at: UnixMillis,
     /// When the owner pods were first seen.
     pub owner_seen_at: Option<UnixMillis>,
+}
+
+/// A page of [`Db::owned`].
+#[derive(Debug, Clone, Default)]
+pub struct OwnedPage {
+    /// The resources of the page that could be read.
+    pub resources: Vec<OwnedResource>,
+    /// Rows the page read, those left out as unreadable included: the next page starts this
+    /// many rows further, and a page that read fewer than it asked for is the last.
+    pub read: usize,
 }
 
 /// A committed resource as stored.
@@ -212,36 +80,6 @@ pub struct CommitRequest {
     pub quotas: Quotas,
 }
 
-/// Storage quotas checked at commit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Quotas {
-    /// Bytes per namespace.
-    pub namespace_bytes: Option<u64>,
-    /// Resources per namespace.
-    pub namespace_count: Option<u64>,
-    /// Total bytes.
-    pub capacity: Option<u64>,
-    /// Bytes per namespace of files sent but not named by one of its submissions.
-    pub unnamed_bytes: Option<u64>,
-    /// Bytes of such files per upload credential, across namespaces.
-    pub credential_unnamed_bytes: Option<u64>,
-    /// Such files per namespace.
-    pub namespace_max_blobs: Option<u64>,
-    /// Namespaces holding such files at once.
-    pub max_unnamed_namespaces: Option<u64>,
-    /// Namespaces where one credential holds such files at once.
-    pub credential_max_namespaces: Option<u64>,
-}
-
-/// Bytes an upload may still bring, and the bound that leaves no more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Headroom {
-    /// Bytes left.
-    pub bytes: u64,
-    /// What bounds them, for the refusal's message.
-    pub bound: &'static str,
-}
-
 /// Why a commit was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommitOutcome {
@@ -260,17 +98,6 @@ pub struct Deleted {
     pub existed: bool,
     /// Objects of stored files no resource references any more (queued for deletion).
     pub freed: Vec<ResourceId>,
-}
-
-/// Why a token is not acceptable, from the database's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenState {
-    /// Issued and not revoked.
-    Valid,
-    /// Revoked (resource deleted or explicitly revoked).
-    Revoked,
-    /// Never issued by this server (or long pruned).
-    Unknown,
 }
 
 /// Per-state counts for the resource gauges.
@@ -310,100 +137,6 @@ impl ExpiryReason {
 }
 
 impl Db {
-    /// The same database, with grants on blobs that no submission of their namespace names
-    /// living `grace` after their send (default [`crate::files::UNNAMED_BLOB_GRACE`]).
-    #[must_use]
-    pub fn with_unnamed_grace(mut self, grace: std::time::Duration) -> Self {
-        self.unnamed_grace = grace;
-        self
-    }
-
-    /// How long a grant on a blob no submission of its namespace names lives after its send.
-    #[must_use]
-    pub fn unnamed_grace(&self) -> std::time::Duration {
-        self.unnamed_grace
-    }
-
-    /// Opens (creating if needed) the database at `path`, in WAL mode.
-    ///
-    /// # Errors
-    /// SQLite errors opening or migrating the file.
-    pub fn open(path: &Path) -> Result<Self, rusqlite::Error> {
-        // NORMAL in WAL mode is durable against process crashes; a power loss can roll back
-        // the last transactions (never corrupt the database): an upload acknowledged just
-        // before is then unknown, its download answers 404 and its bytes are an orphan that
-        // the sweeper removes.
-        let conn = service_runtime::sqlite::open(
-            path,
-            service_runtime::sqlite::Synchronous::Normal,
-            SCHEMA,
-        )?;
-        // Databases from before owner tracking lack this column.
-        let has_seen: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('resources') WHERE name = 'owner_seen_at'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_seen {
-            conn.execute("ALTER TABLE resources ADD COLUMN owner_seen_at INTEGER", [])?;
-        }
-        // Databases from before per-namespace grant times: a grant runs from its blob's
-        // first send.
-        let has_granted_at: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('blob_grants') WHERE name = 'granted_at'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_granted_at {
-            conn.execute_batch(
-                "ALTER TABLE blob_grants ADD COLUMN granted_at INTEGER NOT NULL DEFAULT 0;
-                 UPDATE blob_grants SET granted_at = COALESCE(
-                     (SELECT created_at FROM blobs b WHERE b.sha256 = blob_grants.sha256), 0);",
-            )?;
-        }
-        // Databases from before grants recorded their sender: those grants are charged to
-        // their namespace only.
-        let has_credential: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('blob_grants') WHERE name = 'credential'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_credential {
-            conn.execute("ALTER TABLE blob_grants ADD COLUMN credential TEXT", [])?;
-        }
-        let mut conn = conn;
-        crate::usage::migrate(&mut conn)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            unnamed_grace: crate::files::UNNAMED_BLOB_GRACE,
-        })
-    }
-
-    /// Runs `f` with the connection on the blocking pool.
-    pub(crate) async fn call<T, F>(&self, f: F) -> DbResult<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> DbResult<T> + Send + 'static,
-    {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            // A poisoned lock means a panic mid-statement; SQLite itself rolled back, so the
-            // connection is still consistent and can be used.
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await?
-    }
-
-    /// Checks that the database answers.
-    ///
-    /// # Errors
-    /// Any SQLite error.
-    pub async fn ping(&self) -> DbResult<()> {
-        self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
-    }
-
     /// Records a pending upload, refusing it when the namespace's count quota or the capacity
     /// is already exhausted. Returns the refusal text, or `None` when inserted.
     ///
@@ -420,7 +153,7 @@ impl Db {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if let Some(ns) = &namespace {
-                let used = crate::usage::namespace(&tx, ns)?;
+                let used = usage::namespace(&tx, ns)?;
                 if let Some(max) = quotas.namespace_count
                     && used.committed_count >= max
                 {
@@ -437,7 +170,7 @@ impl Db {
                 }
             }
             if let Some(cap) = quotas.capacity
-                && crate::usage::total(&tx)?.bytes() >= cap
+                && usage::total(&tx)?.bytes() >= cap
             {
                 return Ok(Some(format!("the store is full ({cap} bytes)")));
             }
@@ -474,7 +207,7 @@ impl Db {
                 }
             };
             if let Some(ns) = &namespace {
-                let used = crate::usage::namespace(c, ns)?;
+                let used = usage::namespace(c, ns)?;
                 if let Some(max) = quotas.namespace_bytes {
                     limit(max, used.bytes(), "the namespace's quota");
                 }
@@ -489,12 +222,12 @@ impl Db {
             if let (Some(id), Some(max)) = (&blob, quotas.credential_unnamed_bytes) {
                 limit(
                     max,
-                    crate::usage::credential(c, id.as_str())?.unnamed_bytes,
+                    usage::credential(c, id.as_str())?.unnamed_bytes,
                     "this credential's bound on files not named by a submission",
                 );
             }
             if let Some(cap) = quotas.capacity {
-                limit(cap, crate::usage::total(c)?.bytes(), "the capacity");
+                limit(cap, usage::total(c)?.bytes(), "the capacity");
             }
             Ok(room)
         })
@@ -509,12 +242,13 @@ impl Db {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let ns = &req.owner.namespace;
-            let charge = crate::usage::charge(req.size);
+            let charge = usage::charge(req.size);
             if let Some(why) = quota_refusal(&tx, ns, charge, req.quotas)? {
                 return Ok(CommitOutcome::QuotaExceeded(why));
             }
             let labels =
                 serde_json::to_string(req.owner.labels.as_map()).map_err(|e| DbError::Corrupt {
+                    table: "resources",
                     id: req.id.to_string(),
                     what: e.to_string(),
                 })?;
@@ -538,7 +272,7 @@ impl Db {
             if n == 0 {
                 return Ok(CommitOutcome::Gone);
             }
-            crate::usage::committed(&tx, ns.as_str(), charge, true)?;
+            usage::committed(&tx, ns.as_str(), charge, true)?;
             tx.execute(
                 "INSERT INTO tokens (jti, resource_id, expires_at) VALUES (?1, ?2, ?3)",
                 params![req.jti, req.id.to_string(), req.expires_at],
@@ -558,6 +292,7 @@ impl Db {
     /// SQLite errors.
     pub async fn delete(&self, id: ResourceId, now: UnixMillis) -> DbResult<Deleted> {
         let cutoff = self.grant_cutoff(now);
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let tx = c.transaction()?;
             // A committed resource leaves its namespace's counters; its files' charge is read
@@ -569,13 +304,13 @@ impl Db {
                                         WHERE f.resource_id = ?1), 0)
                          ELSE MAX(size, ?2) END
                      FROM resources WHERE id = ?1 AND state = 'committed' AND namespace IS NOT NULL",
-                    params![id.to_string(), crate::usage::MIN_CHARGE as i64],
+                    params![id.to_string(), usage::MIN_CHARGE as i64],
                     |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)),
                 )
                 .optional()?;
             let n = tx.execute("DELETE FROM resources WHERE id = ?1", [id.to_string()])?;
             if let Some((ns, charge)) = &committed {
-                crate::usage::committed(&tx, ns, *charge, false)?;
+                usage::committed(&tx, ns, *charge, false)?;
             }
             tx.execute(
                 "UPDATE tokens SET revoked_at = ?2 WHERE resource_id = ?1 AND revoked_at IS NULL",
@@ -586,7 +321,8 @@ impl Db {
                 params![id.to_string(), now],
             )?;
             let namespace = committed.map(|(ns, _)| ns);
-            let freed = crate::files::release(&tx, id, namespace.as_deref(), now, cutoff)?;
+            let freed =
+                super::blobs::release(&tx, id, namespace.as_deref(), now, cutoff, &unreadable)?;
             tx.commit()?;
             Ok(Deleted {
                 existed: n > 0,
@@ -596,92 +332,13 @@ impl Db {
         .await
     }
 
-    /// Queues the deletion of an object's bytes.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub async fn queue_deletion(&self, id: ResourceId, now: UnixMillis) -> DbResult<()> {
-        self.call(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
-                params![id.to_string(), now],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Byte deletions still to do (oldest first), at most `limit`.
-    ///
-    /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
-    pub async fn queued_deletions(&self, limit: usize) -> DbResult<Vec<ResourceId>> {
-        self.call(move |c| {
-            let mut stmt =
-                c.prepare("SELECT id FROM store_deletions ORDER BY queued_at LIMIT ?1")?;
-            parse_ids(stmt.query_map([limit as i64], |r| r.get::<_, String>(0))?)
-        })
-        .await
-    }
-
-    /// Marks a byte deletion done.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub async fn deletion_done(&self, id: ResourceId) -> DbResult<()> {
-        self.call(move |c| {
-            c.execute(
-                "DELETE FROM store_deletions WHERE id = ?1",
-                [id.to_string()],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Byte deletions still to do.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub async fn queued_deletion_count(&self) -> DbResult<u64> {
-        self.call(|c| {
-            Ok(
-                c.query_row("SELECT COUNT(*) FROM store_deletions", [], |r| {
-                    r.get::<_, i64>(0)
-                })? as u64,
-            )
-        })
-        .await
-    }
-
     /// A committed resource.
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`] for unparsable rows.
+    /// SQLite errors, or [`DbError::Corrupt`] for an unparsable row (counted).
     pub async fn get(&self, id: ResourceId) -> DbResult<Option<Resource>> {
-        self.call(move |c| load_resource(c, id)).await
-    }
-
-    /// A token's state and, when it is valid, the committed resource it grants, in one
-    /// round trip (the hot path of every download).
-    ///
-    /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
-    pub async fn authorize(
-        &self,
-        jti: String,
-        id: ResourceId,
-    ) -> DbResult<(TokenState, Option<Resource>)> {
-        self.call(move |c| {
-            let state = token_state(c, &jti, id)?;
-            let res = if state == TokenState::Valid {
-                load_resource(c, id)?
-            } else {
-                None
-            };
-            Ok((state, res))
-        })
-        .await
+        let unreadable = self.unreadable.clone();
+        self.call(move |c| load_resource(c, id, &unreadable)).await
     }
 
     /// Records a download: the first one moves the resource from unused to active. The last
@@ -710,13 +367,16 @@ impl Db {
     /// the TTL keeps its bundle; the owner watch deletes it when the driver ends, the maximum
     /// TTL in any case).
     ///
+    /// A row whose id does not parse is logged, counted and left out.
+    ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
+    /// SQLite errors.
     pub async fn expired(
         &self,
         now: UnixMillis,
         limit: usize,
     ) -> DbResult<Vec<(ResourceId, ExpiryReason)>> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, expires_at <= ?1 FROM resources
@@ -732,10 +392,10 @@ impl Db {
             let mut out = Vec::new();
             for row in rows {
                 let (id, hard) = row?;
-                let id = id.parse().map_err(|_| DbError::Corrupt {
-                    id: id.clone(),
-                    what: "id".into(),
-                })?;
+                let Ok(id) = id.parse() else {
+                    unreadable.skipped("resources", &id, "id");
+                    continue;
+                };
                 out.push((
                     id,
                     if hard {
@@ -752,11 +412,14 @@ impl Db {
 
     /// Committed resources that name owner pods (a namespace and labels or a pod uid), with
     /// their commit time and when their owner pods were first seen, oldest first: the page of
-    /// at most `limit` after the first `offset`.
+    /// at most `limit` after the first `offset`. A row that does not parse (or has no commit
+    /// time) is logged, counted and left out of the page, never read as a default that would
+    /// decide its deletion.
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
-    pub async fn owned(&self, offset: usize, limit: usize) -> DbResult<Vec<OwnedResource>> {
+    /// SQLite errors.
+    pub async fn owned(&self, offset: usize, limit: usize) -> DbResult<OwnedPage> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT id, namespace, labels, owner_pod_uid, committed_at, owner_seen_at
@@ -775,25 +438,19 @@ impl Db {
                     r.get::<_, Option<i64>>(5)?,
                 ))
             })?;
-            let mut out = Vec::new();
+            let mut page = OwnedPage {
+                resources: Vec::new(),
+                read: 0,
+            };
             for row in rows {
                 let row = row?;
-                let corrupt = |what: &str| DbError::Corrupt {
-                    id: row.0.clone(),
-                    what: what.into(),
-                };
-                out.push(OwnedResource {
-                    id: row.0.parse().map_err(|_| corrupt("id"))?,
-                    owner: Owner {
-                        namespace: row.1.parse().map_err(|_| corrupt("namespace"))?,
-                        labels: serde_json::from_str(&row.2).map_err(|_| corrupt("labels"))?,
-                        pod_uid: row.3.clone(),
-                    },
-                    committed_at: row.4.unwrap_or_default(),
-                    owner_seen_at: row.5,
-                });
+                page.read += 1;
+                match owned_resource(&row) {
+                    Ok(r) => page.resources.push(r),
+                    Err(what) => unreadable.skipped("resources", &row.0, what),
+                }
             }
-            Ok(out)
+            Ok(page)
         })
         .await
     }
@@ -813,14 +470,20 @@ impl Db {
         .await
     }
 
-    /// Pending rows: uploads interrupted by a crash (only called before serving starts).
+    /// Pending rows: uploads interrupted by a crash (only called before serving starts). A row
+    /// whose id does not parse is logged, counted and left out.
     ///
     /// # Errors
-    /// SQLite errors, or [`DbError::Corrupt`].
+    /// SQLite errors.
     pub async fn pending(&self) -> DbResult<Vec<ResourceId>> {
-        self.call(|c| {
+        let unreadable = self.unreadable.clone();
+        self.call(move |c| {
             let mut stmt = c.prepare("SELECT id FROM resources WHERE state = 'pending'")?;
-            parse_ids(stmt.query_map([], |r| r.get::<_, String>(0))?)
+            parse_ids(
+                stmt.query_map([], |r| r.get::<_, String>(0))?,
+                &unreadable,
+                "resources",
+            )
         })
         .await
     }
@@ -843,15 +506,6 @@ impl Db {
         .await
     }
 
-    /// Drops token rows that expired before `now` (they are rejected by `exp` anyway).
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub async fn prune_tokens(&self, now: UnixMillis) -> DbResult<usize> {
-        self.call(move |c| Ok(c.execute("DELETE FROM tokens WHERE expires_at < ?1", [now])?))
-            .await
-    }
-
     /// Accounts whose running counters of charges differ from a recount of the rows, with
     /// both values; empty when they are right. A check for tests and operators: it scans
     /// every resource and grant.
@@ -859,15 +513,15 @@ impl Db {
     /// # Errors
     /// SQLite errors.
     pub async fn usage_drift(&self) -> DbResult<Vec<String>> {
-        self.call(|c| Ok(crate::usage::drift(c)?)).await
+        self.call(|c| Ok(usage::drift(c)?)).await
     }
 
     /// What a namespace is charged, from the running counters.
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn usage(&self, namespace: Namespace) -> DbResult<crate::usage::Usage> {
-        self.call(move |c| Ok(crate::usage::namespace(c, &namespace)?))
+    pub async fn usage(&self, namespace: Namespace) -> DbResult<usage::Usage> {
+        self.call(move |c| Ok(usage::namespace(c, &namespace)?))
             .await
     }
 
@@ -911,7 +565,36 @@ impl Db {
     }
 }
 
-fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<Resource>> {
+/// A row of [`Db::owned`]: id, namespace, labels, owner pod uid, commit and first-seen times.
+type OwnedRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// Parses a row of [`Db::owned`], or names what does not parse.
+fn owned_resource(row: &OwnedRow) -> Result<OwnedResource, &'static str> {
+    Ok(OwnedResource {
+        id: row.0.parse().map_err(|_| "id")?,
+        owner: Owner {
+            namespace: row.1.parse().map_err(|_| "namespace")?,
+            labels: serde_json::from_str(&row.2).map_err(|_| "labels")?,
+            pod_uid: row.3.clone(),
+        },
+        committed_at: row.4.ok_or("committed_at")?,
+        owner_seen_at: row.5,
+    })
+}
+
+/// A committed resource; a row that does not parse is counted and fails the read.
+pub(super) fn load_resource(
+    c: &Connection,
+    id: ResourceId,
+    unreadable: &UnreadableRows,
+) -> DbResult<Option<Resource>> {
     let mut stmt = c.prepare_cached(
         "SELECT id, api, namespace, labels, owner_pod_uid, size, sha256, committed_at,
                 first_access_at, unused_ttl_ms, expires_at, last_access_at
@@ -922,7 +605,7 @@ fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<Resource>> {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, i64>(5)?,
@@ -936,15 +619,16 @@ fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<Resource>> {
         })
         .optional()?;
     let Some(row) = row else { return Ok(None) };
-    let corrupt = |what: &str| DbError::Corrupt {
-        id: row.0.clone(),
-        what: what.into(),
-    };
+    let corrupt = |what: &str| unreadable.failed("resources", &row.0, what);
     Ok(Some(Resource {
         id: row.0.parse().map_err(|_| corrupt("id"))?,
         api: row.1.clone(),
         owner: Owner {
-            namespace: row.2.parse().map_err(|_| corrupt("namespace"))?,
+            namespace: row
+                .2
+                .as_deref()
+                .and_then(|ns| ns.parse().ok())
+                .ok_or_else(|| corrupt("namespace"))?,
             labels: serde_json::from_str(&row.3).map_err(|_| corrupt("labels"))?,
             pod_uid: row.4.clone(),
         },
@@ -957,55 +641,3 @@ fn load_resource(c: &Connection, id: ResourceId) -> DbResult<Option<Resource>> {
         expires_at: row.10,
     }))
 }
-
-fn token_state(c: &Connection, jti: &str, resource: ResourceId) -> DbResult<TokenState> {
-    let mut stmt = c.prepare_cached("SELECT resource_id, revoked_at FROM tokens WHERE jti = ?1")?;
-    let row: Option<(String, Option<i64>)> = stmt
-        .query_row([jti], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let rid = resource.to_string();
-    Ok(match row {
-        Some((r, None)) if r == rid => TokenState::Valid,
-        Some((r, Some(_))) if r == rid => TokenState::Revoked,
-        _ => TokenState::Unknown,
-    })
-}
-
-/// Why charging `charge` more bytes to `ns` would break a quota or the capacity, if it would.
-/// Reads the running counters ([`crate::usage`]): its cost does not grow with what `ns`
-/// holds.
-pub(crate) fn quota_refusal(
-    c: &Connection,
-    ns: &Namespace,
-    charge: u64,
-    q: Quotas,
-) -> rusqlite::Result<Option<String>> {
-    let used = crate::usage::namespace(c, ns)?;
-    if let Some(max) = q.namespace_bytes {
-        let used = used.bytes();
-        if used.saturating_add(charge) > max {
-            return Ok(Some(format!(
-                "namespace {ns} would exceed its quota of {max} bytes ({used} used, {charge} more)"
-            )));
-        }
-    }
-    if let Some(max) = q.namespace_count
-        && used.committed_count >= max
-    {
-        return Ok(Some(format!(
-            "namespace {ns} already holds its quota of {max} resources"
-        )));
-    }
-    if let Some(cap) = q.capacity {
-        let used = crate::usage::total(c)?.bytes();
-        if used.saturating_add(charge) > cap {
-            return Ok(Some(format!(
-                "the store would exceed its capacity of {cap} bytes"
-            )));
-        }
-    }
-    Ok(None)
-}
-
-#[cfg(test)]
-mod tests;

@@ -12,7 +12,7 @@
 //! reused for [`ALLOWED_TTL`] (allowed) or [`DENIED_TTL`] (denied, so that a new RoleBinding
 //! takes effect quickly). Failed API calls are never cached and refuse with 503.
 //!
-//! Reviews that reach the API server are budgeted ([`crate::review_limit`]): a token review
+//! Reviews that reach the API server are budgeted ([`super::review_limit`]): a token review
 //! that fails costs the calling client's address (IPv6: its /64); an access review that
 //! refuses, and the review of each new token, cost the reviewed identity (and once that is
 //! spent, a new token's review costs the address as a failed one would: tokens minted in bulk
@@ -38,28 +38,18 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use crate::review_limit::{PeerKey, ReviewLimit};
+use super::review_limit::{PeerKey, ReviewLimit};
+use crate::config::KubeAuthSettings;
 use staging_api::ids::CredentialId;
 
 /// How long a successful token review is reused.
-pub const REVIEW_TTL: Duration = Duration::from_secs(60);
+pub(crate) const REVIEW_TTL: Duration = Duration::from_secs(60);
 /// How long a token the API server did not authenticate is refused without asking again.
-pub const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(10);
+pub(crate) const UNAUTHENTICATED_TTL: Duration = Duration::from_secs(10);
 /// How long an allowed access decision is reused.
-pub const ALLOWED_TTL: Duration = Duration::from_secs(30);
+pub(crate) const ALLOWED_TTL: Duration = Duration::from_secs(30);
 /// How long a denied access decision is reused.
-pub const DENIED_TTL: Duration = Duration::from_secs(5);
-/// Default failed reviews one client address (or one identity) may cause at once.
-pub const DEFAULT_REVIEW_BURST: u32 = 20;
-/// Default failed reviews one client address (or one identity) may cause per minute after its
-/// burst.
-pub const DEFAULT_REVIEWS_PER_MINUTE: u32 = 60;
-/// Default reviews of all callers together at once: a burst of new submitters (each valid
-/// token is reviewed once a minute at most) without a queue at the API server.
-pub const DEFAULT_GLOBAL_REVIEW_BURST: u32 = 100;
-/// Default reviews of all callers together per minute after the burst: ten a second, a small
-/// share of what one API server serves.
-pub const DEFAULT_GLOBAL_REVIEWS_PER_MINUTE: u32 = 600;
+pub(crate) const DENIED_TTL: Duration = Duration::from_secs(5);
 /// Cached entries of each kind before the cache is emptied.
 const MAX_ENTRIES: usize = 10_000;
 
@@ -74,35 +64,6 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// Extra attributes (scopes and the like).
     pub extra: BTreeMap<String, Vec<String>>,
-}
-
-/// Settings of the reviewer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubeAuthSettings {
-    /// Audiences a token must be valid for (empty: the API server's own, as Kubernetes
-    /// defaults).
-    pub audiences: Vec<String>,
-    /// Failed reviews one client address (or one identity) may cause at once.
-    pub review_burst: u32,
-    /// Failed reviews one client address (or one identity) may cause per minute after its
-    /// burst.
-    pub reviews_per_minute: u32,
-    /// Reviews of all callers together at once.
-    pub global_review_burst: u32,
-    /// Reviews of all callers together per minute after the burst.
-    pub global_reviews_per_minute: u32,
-}
-
-impl Default for KubeAuthSettings {
-    fn default() -> Self {
-        Self {
-            audiences: Vec::new(),
-            review_burst: DEFAULT_REVIEW_BURST,
-            reviews_per_minute: DEFAULT_REVIEWS_PER_MINUTE,
-            global_review_burst: DEFAULT_GLOBAL_REVIEW_BURST,
-            global_reviews_per_minute: DEFAULT_GLOBAL_REVIEWS_PER_MINUTE,
-        }
-    }
 }
 
 /// Whose review budget is spent.

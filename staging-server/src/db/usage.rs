@@ -24,6 +24,10 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use staging_api::ids::Namespace;
 
+/// SQL condition: grant `g` is named by a committed submission of its own namespace.
+pub(super) const NAMED_BY_OWN: &str = "EXISTS (SELECT 1 FROM resource_files f JOIN resources r
+    ON r.id = f.resource_id WHERE f.sha256 = g.sha256 AND r.namespace = g.namespace)";
+
 /// Least charge of a stored object (a bundle, one file of a submission, one unnamed file).
 pub const MIN_CHARGE: u64 = 4 << 10;
 
@@ -257,8 +261,7 @@ pub(crate) fn recount(c: &Connection) -> rusqlite::Result<BTreeMap<String, Usage
     {
         let mut stmt = c.prepare(&format!(
             "SELECT g.namespace, g.credential, MAX(b.size, ?1) FROM blob_grants g
-             JOIN blobs b ON b.sha256 = g.sha256 WHERE NOT {}",
-            crate::files::NAMED_BY_OWN
+             JOIN blobs b ON b.sha256 = g.sha256 WHERE NOT {NAMED_BY_OWN}"
         ))?;
         let rows = stmt.query_map([min], |r| {
             Ok((

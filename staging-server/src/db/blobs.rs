@@ -13,7 +13,7 @@
 //!   be kept by sending it every hour. What another namespace does (deleting its last
 //!   submission naming the blob) never ends it.
 //! - A grant that no submission of its namespace names is *unnamed*: its blob's full size
-//!   (at least [`crate::usage::MIN_CHARGE`]) is charged to that namespace's quota, to the
+//!   (at least [`super::MIN_CHARGE`]) is charged to that namespace's quota, to the
 //!   capacity, to the namespace's bounds on unnamed bytes and files, and to the bound on
 //!   unnamed bytes of the credential that sent it, whether or not another namespace holds the
 //!   same content, so that neither a refusal nor a charge tells one tenant what another
@@ -21,7 +21,7 @@
 //!   upload token cannot multiply its allowance by making up namespace names. The namespaces
 //!   holding unnamed files are capped, in all and per credential (so that one credential
 //!   cannot take every place). Its sender may delete it.
-//! - Every change of a grant or a resource updates the running counters of [`crate::usage`]
+//! - Every change of a grant or a resource updates the running counters (`usage`)
 //!   in the same transaction; quota checks read those instead of summing rows.
 //! - A *files resource* is a submission: a resource row (api `files`, with its own id, tokens,
 //!   owner, quotas and lifetimes, charged the full size of its files) plus one
@@ -35,9 +35,10 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
+use super::quotas::{Quotas, quota_refusal};
+use super::usage::{self, NAMED_BY_OWN};
+use super::{Db, DbError, DbResult, Owner, UnreadableRows};
 use crate::clock::UnixMillis;
-use crate::db::{Db, DbError, DbResult, Owner, Quotas, quota_refusal};
-use crate::usage;
 use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
 /// How long a blob that no submission names yet is kept (the time between sending the files
@@ -103,10 +104,6 @@ impl Db {
     }
 }
 
-/// SQL condition: grant `g` is named by a committed submission of its own namespace.
-pub(crate) const NAMED_BY_OWN: &str = "EXISTS (SELECT 1 FROM resource_files f JOIN resources r
-    ON r.id = f.resource_id WHERE f.sha256 = g.sha256 AND r.namespace = g.namespace)";
-
 /// A submission to commit.
 #[derive(Debug, Clone)]
 pub struct FilesCommit {
@@ -171,6 +168,7 @@ impl Db {
         now: UnixMillis,
     ) -> DbResult<BlobRelease> {
         let cutoff = self.grant_cutoff(now);
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let hex = sha256.to_hex();
@@ -192,7 +190,7 @@ impl Db {
                     let freed = if held(&tx, &hex, cutoff)? {
                         None
                     } else {
-                        drop_blob(&tx, &hex, now)?
+                        drop_blob(&tx, &hex, now, &unreadable)?
                     };
                     BlobRelease::Released(freed)
                 }
@@ -338,6 +336,7 @@ impl Db {
             usage::committed(&tx, ns.as_str(), charge, true)?;
             let labels = serde_json::to_string(req.owner.labels.as_map()).map_err(|e| {
                 DbError::Corrupt {
+                    table: "resources",
                     id: req.id.to_string(),
                     what: e.to_string(),
                 }
@@ -381,8 +380,10 @@ impl Db {
     /// The files of a resource, by name (empty for a bundle).
     ///
     /// # Errors
-    /// SQLite errors, or a corrupt row.
+    /// SQLite errors, or [`DbError::Corrupt`] for a file row that does not parse (counted): a
+    /// submission is served whole or not at all.
     pub async fn files(&self, id: ResourceId) -> DbResult<Vec<StoredFile>> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let mut stmt = c.prepare(
                 "SELECT f.name, f.sha256, f.size, b.object_id FROM resource_files f
@@ -399,10 +400,8 @@ impl Db {
             let mut out = Vec::new();
             for row in rows {
                 let (name, sha, size, object) = row?;
-                let corrupt = |what: &str| DbError::Corrupt {
-                    id: id.to_string(),
-                    what: what.to_owned(),
-                };
+                let corrupt =
+                    |what: &str| unreadable.failed("resource_files", &id.to_string(), what);
                 out.push(StoredFile {
                     name,
                     sha256: Sha256Digest::from_hex(&sha).map_err(|_| corrupt("file digest"))?,
@@ -422,6 +421,7 @@ impl Db {
     /// # Errors
     /// SQLite errors.
     pub async fn collect_unnamed_blobs(&self, cutoff: UnixMillis) -> DbResult<Vec<ResourceId>> {
+        let unreadable = self.unreadable.clone();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let dead: Vec<(String, String, Option<String>, i64)> = {
@@ -455,7 +455,7 @@ impl Db {
             };
             let mut freed = Vec::with_capacity(shas.len());
             for sha in shas {
-                if let Some(object) = drop_blob(&tx, &sha, cutoff)? {
+                if let Some(object) = drop_blob(&tx, &sha, cutoff, &unreadable)? {
                     freed.push(object);
                 }
             }
@@ -624,12 +624,13 @@ fn granted(
 /// (counted so; they go with their grace from their first send), and every blob that no
 /// other resource names and no namespace holds a live grant on is dropped; returns the
 /// objects of those blobs (queued for deletion).
-pub(crate) fn release(
+pub(super) fn release(
     c: &Connection,
     id: ResourceId,
     namespace: Option<&str>,
     now: UnixMillis,
     cutoff: UnixMillis,
+    unreadable: &UnreadableRows,
 ) -> rusqlite::Result<Vec<ResourceId>> {
     let shas: Vec<String> = {
         let mut stmt =
@@ -644,7 +645,14 @@ pub(crate) fn release(
         "DELETE FROM resource_files WHERE resource_id = ?1",
         [id.to_string()],
     )?;
-    let namespace: Option<Namespace> = namespace.and_then(|n| n.parse().ok());
+    let namespace: Option<Namespace> = namespace.and_then(|n| match n.parse() {
+        Ok(ns) => Some(ns),
+        Err(_) => {
+            // Its grants are then left as they are: `Db::usage_drift` shows the difference.
+            unreadable.skipped("resources", &id.to_string(), "namespace");
+            None
+        }
+    });
     // A blob another submission names, or that a namespace sent within its grace, stays:
     // one namespace's deletion never takes a blob from another.
     let mut freed = Vec::new();
@@ -657,7 +665,7 @@ pub(crate) fn release(
             usage::unnamed(c, ns.as_str(), credential.as_deref(), charge, true)?;
         }
         if !held(c, &sha, cutoff)?
-            && let Some(object) = drop_blob(c, &sha, now)?
+            && let Some(object) = drop_blob(c, &sha, now, unreadable)?
         {
             freed.push(object);
         }
@@ -667,8 +675,14 @@ pub(crate) fn release(
 
 /// Deletes a blob row and its grants (taking them out of the counters) and queues its
 /// object's deletion. Only called for a blob no submission names, so every grant on it is
-/// unnamed.
-fn drop_blob(c: &Connection, sha: &str, now: UnixMillis) -> rusqlite::Result<Option<ResourceId>> {
+/// unnamed. An object id that does not parse is queued as stored (the queue's reader counts
+/// it again) and not returned.
+fn drop_blob(
+    c: &Connection,
+    sha: &str,
+    now: UnixMillis,
+    unreadable: &UnreadableRows,
+) -> rusqlite::Result<Option<ResourceId>> {
     let charge = usage::charge(blob_size(c, sha)?);
     let grants: Vec<(String, Option<String>)> = {
         let mut stmt =
@@ -693,7 +707,13 @@ fn drop_blob(c: &Connection, sha: &str, now: UnixMillis) -> rusqlite::Result<Opt
         "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
         params![object, now],
     )?;
-    Ok(object.parse().ok())
+    match object.parse() {
+        Ok(id) => Ok(Some(id)),
+        Err(_) => {
+            unreadable.skipped("blobs", sha, "object id");
+            Ok(None)
+        }
+    }
 }
 
 /// The digest of a submission's manifest: `name NUL sha256-hex LF` per file, in name order.

@@ -1,6 +1,6 @@
 //! Budgets of Kubernetes API reviews: token buckets keyed by whom a review is charged to.
 //!
-//! [`crate::kube_auth`] keeps three of them:
+//! [`super::review`] keeps three of them:
 //!
 //! - *failures per client address* ([`PeerKey`]): a TokenReview that does not authenticate
 //!   the token (an unknown, guessed or expired token) costs its caller's address. Reviews of
