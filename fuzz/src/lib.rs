@@ -122,7 +122,7 @@ pub fn ids(data: &[u8]) {
 /// lands in the destination is a regular file directly inside it, and a refused archive leaves
 /// nothing behind.
 pub fn archive(data: &[u8]) {
-    use staging_client::extract::{ExtractLimits, extract};
+    use staging_bundle::extract::{ExtractLimits, extract};
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bundle.tar.gz");
     std::fs::File::create(&path)
@@ -203,44 +203,29 @@ pub fn grpc_requests(data: &[u8]) {
     }
 }
 
-/// v0 (fork) uploads: the input is a multipart body (boundary `B`) posted to
-/// `/api/v0/resources` of a real server state; whatever it holds, the answer is never a
-/// server error and the server never panics.
+/// v0 (fork) uploads: the input is a multipart body (boundary `B`) as posted to
+/// `/api/v0/resources`, read part by part as the server reads it (multer's framing, the
+/// `resourcesOwner` part as the fork's owner JSON): nothing panics, and an owner that parses
+/// names a valid namespace. The whole route replays this corpus against a real server state
+/// in `staging-server`'s tests (`uploads::v0_upload_corpus`: never a 5xx but 507).
 pub fn v0_upload(data: &[u8]) {
-    use std::sync::OnceLock;
-    use tower::ServiceExt as _;
-    static SERVER: OnceLock<(tokio::runtime::Runtime, axum::Router, tempfile::TempDir)> =
-        OnceLock::new();
-    let (rt, router, _) = SERVER.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = staging_server::Config::for_data_dir(dir.path());
-        config.limits.max_upload_size = 64 << 10;
-        config.limits.capacity = Some(8 << 20);
-        config.disk_reserve = 0;
-        let state = rt
-            .block_on(staging_server::AppState::open(
-                &config,
-                staging_server::Overrides::default(),
-            ))
-            .expect("state");
-        (rt, staging_server::router(state), dir)
+    use staging_api::bodies::V0Owner;
+    let body = Bytes::copy_from_slice(data);
+    let stream = futures::stream::once(futures::future::ready(Ok::<_, std::io::Error>(body)));
+    let mut parts = multer::Multipart::new(stream, "B");
+    futures::executor::block_on(async {
+        while let Ok(Some(mut field)) = parts.next_field().await {
+            let owner = field.name() == Some("resourcesOwner");
+            let mut buf = Vec::new();
+            while let Ok(Some(chunk)) = field.chunk().await {
+                buf.extend_from_slice(&chunk);
+            }
+            if owner && let Ok(o) = serde_json::from_slice::<V0Owner>(&buf) {
+                let ns = o.owner_namespace.as_str();
+                assert!(ns.parse::<staging_api::ids::Namespace>().is_ok(), "{ns:?}");
+            }
+        }
     });
-    let req = axum::http::Request::post("/api/v0/resources")
-        .header("content-type", "multipart/form-data; boundary=B")
-        .body(axum::body::Body::from(data.to_vec()))
-        .expect("request");
-    let res = rt
-        .block_on(router.clone().oneshot(req))
-        .expect("infallible");
-    assert!(
-        !res.status().is_server_error() || res.status().as_u16() == 507,
-        "v0 upload answered {}",
-        res.status()
-    );
 }
 
 /// Spark checksum files (`DiagnoseCorruption`): the checksum file and the data file come from

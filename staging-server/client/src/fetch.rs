@@ -14,12 +14,12 @@ use clap::Args;
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use super::extract::{self, ExtractError, ExtractLimits};
 use super::{
     ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
     EXIT_UNSAFE_ARCHIVE, EXIT_USAGE, server_message,
 };
 use service_runtime::size::ByteSize;
+use staging_bundle::extract::{self, ExtractError, ExtractLimits};
 
 /// Arguments of `fetch`.
 #[derive(Debug, Clone, Args)]

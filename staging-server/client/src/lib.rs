@@ -7,8 +7,6 @@
 //! 5 integrity failure (digest mismatch), 6 unsafe or oversized archive, 7 server unreachable
 //! or failing after all retries, 64 bad usage.
 
-pub mod bundle;
-pub mod extract;
 pub mod fetch;
 pub mod fetch_files;
 pub mod http;

@@ -12,10 +12,10 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use super::bundle::{self, Input};
 use super::{ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE, EXIT_USAGE, server_message};
 use staging_api::bodies::Created;
 use staging_api::names;
+use staging_bundle::create::{self as bundle, Input};
 
 /// How to print the result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use staging_client::bundle::{self, Input};
-use staging_client::extract::{ExtractError, ExtractLimits, extract};
+use staging_bundle::create::{self as bundle, Input};
+use staging_bundle::extract::{ExtractError, ExtractLimits, extract};
 use staging_client::fetch::{FetchArgs, run};
 use staging_client::{EXIT_AUTH, EXIT_INTEGRITY, EXIT_UNAVAILABLE, EXIT_UNSAFE_ARCHIVE};
 
