@@ -56,27 +56,36 @@ impl fmt::Display for PeerKey {
     }
 }
 
-/// Counts per peer, shared by the holders of [`PeerCount`] guards: each peer's entry goes
-/// when its count falls to zero, so the map holds only peers with something open.
-#[derive(Debug, Clone, Default)]
-pub struct PeerCounts {
-    counts: Arc<Mutex<HashMap<PeerKey, usize>>>,
+/// Counts per peer (or per any other key: a namespace, a credential), shared by the holders of
+/// [`PeerCount`] guards: each key's entry goes when its count falls to zero, so the map holds
+/// only keys with something open.
+#[derive(Debug, Clone)]
+pub struct PeerCounts<K = PeerKey> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-/// `n` counted for one peer; uncounted when dropped.
+impl<K> Default for PeerCounts<K> {
+    fn default() -> Self {
+        Self {
+            counts: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// `n` counted for one key; uncounted when dropped.
 #[derive(Debug)]
-pub struct PeerCount {
-    counts: PeerCounts,
-    peer: PeerKey,
+pub struct PeerCount<K: Eq + Hash + Clone = PeerKey> {
+    counts: PeerCounts<K>,
+    peer: K,
     n: usize,
 }
 
-impl PeerCounts {
+impl<K: Eq + Hash + Clone> PeerCounts<K> {
     /// Counts `n` more for `peer` when its count stays within `max`; `None` otherwise.
     #[must_use]
-    pub fn try_add(&self, peer: PeerKey, n: usize, max: usize) -> Option<PeerCount> {
+    pub fn try_add(&self, peer: K, n: usize, max: usize) -> Option<PeerCount<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let c = counts.entry(peer).or_insert(0);
+        let c = counts.entry(peer.clone()).or_insert(0);
         if c.saturating_add(n) > max {
             if *c == 0 {
                 counts.remove(&peer);
@@ -93,26 +102,26 @@ impl PeerCounts {
 
     /// What `peer` has counted now.
     #[must_use]
-    pub fn get(&self, peer: PeerKey) -> usize {
+    pub fn get(&self, peer: &K) -> usize {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        counts.get(&peer).copied().unwrap_or(0)
+        counts.get(peer).copied().unwrap_or(0)
     }
 
-    fn sub(&self, peer: PeerKey, n: usize) {
+    fn sub(&self, peer: &K, n: usize) {
         if n == 0 {
             return;
         }
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = counts.get_mut(&peer) {
+        if let Some(c) = counts.get_mut(peer) {
             *c = c.saturating_sub(n);
             if *c == 0 {
-                counts.remove(&peer);
+                counts.remove(peer);
             }
         }
     }
 }
 
-impl PeerCount {
+impl<K: Eq + Hash + Clone> PeerCount<K> {
     /// How much this guard counts.
     #[must_use]
     pub fn n(&self) -> usize {
@@ -122,20 +131,20 @@ impl PeerCount {
     /// Uncounts `n` of this guard's count now (at most what it holds).
     pub fn release(&mut self, n: usize) {
         let n = n.min(self.n);
-        self.counts.sub(self.peer, n);
+        self.counts.sub(&self.peer, n);
         self.n -= n;
     }
 
-    /// Adds `other`'s count (for the same peer) to this guard.
-    pub fn merge(&mut self, mut other: PeerCount) {
-        debug_assert_eq!(self.peer, other.peer);
+    /// Adds `other`'s count (for the same key) to this guard.
+    pub fn merge(&mut self, mut other: PeerCount<K>) {
+        debug_assert!(self.peer == other.peer);
         self.n += std::mem::take(&mut other.n);
     }
 }
 
-impl Drop for PeerCount {
+impl<K: Eq + Hash + Clone> Drop for PeerCount<K> {
     fn drop(&mut self) {
-        self.counts.sub(self.peer, self.n);
+        self.counts.sub(&self.peer, self.n);
     }
 }
 
@@ -186,14 +195,14 @@ mod tests {
         assert!(counts.try_add(p, 2, 4).is_none());
         let b = counts.try_add(q, 4, 4).unwrap();
         let c = counts.try_add(p, 1, 4).unwrap();
-        assert_eq!(counts.get(p), 4);
+        assert_eq!(counts.get(&p), 4);
         a.release(2);
-        assert_eq!((a.n(), counts.get(p)), (1, 2));
+        assert_eq!((a.n(), counts.get(&p)), (1, 2));
         a.merge(c);
-        assert_eq!((a.n(), counts.get(p)), (2, 2));
+        assert_eq!((a.n(), counts.get(&p)), (2, 2));
         drop(a);
         drop(b);
-        assert_eq!((counts.get(p), counts.get(q)), (0, 0));
+        assert_eq!((counts.get(&p), counts.get(&q)), (0, 0));
         assert!(counts.counts.lock().unwrap().is_empty());
     }
 }

@@ -226,6 +226,18 @@ impl UploadAuth {
         })
     }
 
+    /// Which credential a request presents, whatever its namespace (for a v0 upload, whose
+    /// namespace may come after its bundle).
+    ///
+    /// # Errors
+    /// [`UploadAuthError`] saying why.
+    pub fn credential(&self, headers: &HeaderMap) -> Result<CredentialId, UploadAuthError> {
+        Ok(match self.matched(headers)? {
+            None => CredentialId::anonymous(),
+            Some(i) => CredentialId::upload_token(&self.tokens[i].0),
+        })
+    }
+
     /// The index of the configured token the request presents (`None`: anonymous upload).
     ///
     /// Every configured hash is compared, without early exit, so timing reveals neither which

@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(48 * 3600);
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 /// Uploads streaming at once; more are answered 503 with `Retry-After`.
 pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 32;
+/// Uploads of one namespace (or, before its namespace is known, of one credential) at once:
+/// a quarter of the slots, so that one tenant's uploads, however slow, leave the others
+/// three quarters.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS_PER_NAMESPACE: usize = 8;
 /// Open client connections; more are closed at accept.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Time a client has to send its request headers (slow-loris protection).
@@ -196,6 +200,10 @@ pub struct ServeArgs {
     /// Uploads streaming at once.
     #[arg(long, env = "STAGING_MAX_CONCURRENT_UPLOADS")]
     pub max_concurrent_uploads: Option<usize>,
+    /// Uploads of one namespace (or, before its namespace is known, of one credential)
+    /// streaming at once [default: 8].
+    #[arg(long, env = "STAGING_MAX_CONCURRENT_UPLOADS_PER_NAMESPACE")]
+    pub max_concurrent_uploads_per_namespace: Option<usize>,
     /// Open client connections.
     #[arg(long, env = "STAGING_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -391,6 +399,7 @@ struct FileConfig {
     namespace_quota_count: Option<u64>,
     capacity: Option<ByteSize>,
     max_concurrent_uploads: Option<usize>,
+    max_concurrent_uploads_per_namespace: Option<usize>,
     max_connections: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     header_read_timeout: Option<Duration>,
@@ -503,6 +512,8 @@ pub struct Limits {
     pub capacity: Option<u64>,
     /// Concurrent uploads.
     pub max_concurrent_uploads: usize,
+    /// Concurrent uploads of one namespace (or credential).
+    pub max_concurrent_uploads_per_namespace: usize,
     /// Pause allowed between body chunks, and longest a connection's requests in progress
     /// may move no body byte.
     pub body_idle_timeout: Duration,
@@ -532,6 +543,7 @@ impl Default for Limits {
             namespace_quota_count: None,
             capacity: None,
             max_concurrent_uploads: DEFAULT_MAX_CONCURRENT_UPLOADS,
+            max_concurrent_uploads_per_namespace: DEFAULT_MAX_CONCURRENT_UPLOADS_PER_NAMESPACE,
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             upload_min_rate: DEFAULT_UPLOAD_MIN_RATE,
             upload_rate_window: DEFAULT_UPLOAD_RATE_WINDOW,
@@ -768,6 +780,10 @@ impl Config {
                     .max_concurrent_uploads
                     .or(file.max_concurrent_uploads)
                     .unwrap_or(d.max_concurrent_uploads),
+                max_concurrent_uploads_per_namespace: args
+                    .max_concurrent_uploads_per_namespace
+                    .or(file.max_concurrent_uploads_per_namespace)
+                    .unwrap_or(d.max_concurrent_uploads_per_namespace),
                 body_idle_timeout: args
                     .body_idle_timeout
                     .or(file.body_idle_timeout)
@@ -951,6 +967,7 @@ impl Config {
             ));
         }
         if l.max_concurrent_uploads == 0
+            || l.max_concurrent_uploads_per_namespace == 0
             || self.max_connections == 0
             || l.max_upload_size == 0
             || l.namespace_max_blobs == 0

@@ -55,6 +55,18 @@ pub struct Committed {
     pub unused_deadline: i64,
 }
 
+/// Whose share of the upload slots an upload takes: its namespace, or before that is known
+/// (a v0 body whose owner part comes after the bundle) its credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Uploader {
+    /// The upload's namespace.
+    Namespace(Namespace),
+    /// The credential that sends it.
+    Credential(CredentialId),
+    /// Neither known (an anonymous upload without a namespace).
+    Unknown,
+}
+
 /// An upload in progress.
 #[derive(Debug)]
 pub struct PendingUpload {
@@ -68,6 +80,7 @@ pub struct PendingUpload {
     done: bool,
     pace: Pace,
     _slot: OwnedSemaphorePermit,
+    _share: service_runtime::peer::PeerCount<Uploader>,
     _inflight: InflightGuard,
 }
 
@@ -89,6 +102,22 @@ impl PendingUpload {
         if declared_len.is_some_and(|n| n > limit) {
             return Err(ApiError::too_large(limit));
         }
+        let uploader = match (&namespace, &sender) {
+            (Some(ns), _) => Uploader::Namespace(ns.clone()),
+            (None, Some(c)) => Uploader::Credential(c.clone()),
+            (None, None) => Uploader::Unknown,
+        };
+        let share = state
+            .upload_shares()
+            .try_add(
+                uploader,
+                1,
+                state.limits().max_concurrent_uploads_per_namespace,
+            )
+            .ok_or_else(|| {
+                state.metrics().uploads_refused_for_share.inc();
+                ApiError::unavailable("too many uploads of this namespace in progress; retry")
+            })?;
         let slot = state
             .upload_slots()
             .clone()
@@ -142,6 +171,7 @@ impl PendingUpload {
                 state.limits().upload_rate_window,
             ),
             _slot: slot,
+            _share: share,
             _inflight: InflightGuard::new(state.metrics().inflight.with_label_values(&["upload"])),
         })
     }

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub connections_stalled: IntCounter,
     /// Uploads refused for pausing too long or sending too slowly.
     pub uploads_too_slow: IntCounter,
+    /// Uploads refused (503) because their namespace (or credential) held its share of the
+    /// upload slots.
+    pub uploads_refused_for_share: IntCounter,
     /// 1 while the data directory's disk (database or local store) is full.
     pub storage_full: IntGauge,
     /// Object-store failures by kind (unavailable, timeout, lost).
@@ -159,6 +162,10 @@ impl Metrics {
                 "staging_connections_stalled_total",
                 "Connections closed because their requests in progress moved no body byte (received or taken for sending) within the body idle timeout.",
             )?,
+            uploads_refused_for_share: IntCounter::new(
+                "staging_uploads_refused_for_share_total",
+                "Uploads refused (503) because their namespace, or their credential before the namespace is known, held its share of the upload slots (--max-concurrent-uploads-per-namespace).",
+            )?,
             uploads_too_slow: IntCounter::new(
                 "staging_uploads_too_slow_total",
                 "Uploads refused for pausing past the idle timeout or sending below the minimum rate.",
@@ -182,6 +189,7 @@ impl Metrics {
         registry.register(Box::new(m.connections_timed_out.clone()))?;
         registry.register(Box::new(m.connections_stalled.clone()))?;
         registry.register(Box::new(m.uploads_too_slow.clone()))?;
+        registry.register(Box::new(m.uploads_refused_for_share.clone()))?;
         registry.register(Box::new(m.storage_full.clone()))?;
         registry.register(Box::new(m.stored_files.clone()))?;
         registry.register(Box::new(m.stored_files_bytes.clone()))?;

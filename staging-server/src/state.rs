@@ -49,6 +49,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     limits: Limits,
     uploads: Arc<Semaphore>,
+    /// Upload slots held per namespace (or credential).
+    upload_shares: service_runtime::peer::PeerCounts<crate::ingest::Uploader>,
     draining: AtomicBool,
     reserve: Reserve,
     /// This database's instance id (see `crate::instance`).
@@ -139,6 +141,7 @@ impl AppState {
                 clock: overrides.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 limits: config.limits.clone(),
                 uploads: Arc::new(Semaphore::new(config.limits.max_concurrent_uploads)),
+                upload_shares: service_runtime::peer::PeerCounts::default(),
                 draining: AtomicBool::new(false),
                 reserve,
                 instance,
@@ -367,6 +370,13 @@ impl AppState {
     /// Upload slots.
     pub fn upload_slots(&self) -> &Arc<Semaphore> {
         &self.inner.uploads
+    }
+
+    /// Upload slots held per namespace (or credential).
+    pub(crate) fn upload_shares(
+        &self,
+    ) -> &service_runtime::peer::PeerCounts<crate::ingest::Uploader> {
+        &self.inner.upload_shares
     }
 
     /// Marks the server as draining: readiness fails from now on.

@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(gauge.get(), (768 << 10) + (1 << 20));
         drop((first, second, other));
         assert_eq!(gauge.get(), 0);
-        assert_eq!(memory.peers.get(PeerKey::from(ip("10.0.0.1"))), 0);
+        assert_eq!(memory.peers.get(&PeerKey::from(ip("10.0.0.1"))), 0);
         assert_eq!(memory.units.available_permits(), 4096);
     }
 

@@ -23,6 +23,7 @@ use crate::db::Owner;
 use crate::ingest::{Lifetimes, PendingUpload};
 use crate::state::AppState;
 use staging_api::bodies::{V0Owner, V0Response};
+use staging_api::ids::CredentialId;
 
 use super::download;
 
@@ -72,7 +73,18 @@ pub(super) async fn upload(
     let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
     let mut pending: Option<PendingUpload> = None;
     let mut owner: Option<V0Owner> = None;
-    if let Err(e) = read_parts(&state, scope, &mut multipart, &mut pending, &mut owner).await {
+    // The credential's share of the upload slots holds the bundle until the owner part names
+    // the namespace (the fork's client sends the bundle first).
+    let sender = state.upload_auth().credential(&headers).ok();
+    if let Err(e) = read_parts(
+        &state,
+        (scope, sender),
+        &mut multipart,
+        &mut pending,
+        &mut owner,
+    )
+    .await
+    {
         if let Some(p) = pending {
             p.discard().await;
         }
@@ -109,7 +121,7 @@ pub(super) async fn upload(
 /// `resourcesOwner`, in whichever order they come.
 async fn read_parts(
     state: &AppState,
-    scope: Scope<'_>,
+    (scope, sender): (Scope<'_>, Option<CredentialId>),
     multipart: &mut multer::Multipart<'static>,
     pending: &mut Option<PendingUpload>,
     owner: &mut Option<V0Owner>,
@@ -127,7 +139,8 @@ async fn read_parts(
                     return Err(ApiError::bad_request("part `resources` appears twice"));
                 }
                 let ns = owner.as_ref().map(|o| o.owner_namespace.clone());
-                let up = pending.insert(PendingUpload::begin(state, "v0", ns, None, None).await?);
+                let up = pending
+                    .insert(PendingUpload::begin(state, "v0", ns, sender.clone(), None).await?);
                 loop {
                     let chunk = up.next_piece(field.chunk()).await?.map_err(|e| {
                         ApiError::bad_request(format!("malformed multipart body: {e}"))

@@ -328,6 +328,69 @@ async fn upload_slots_are_bounded_503() {
     s.shutdown().await;
 }
 
+/// Starts an upload to `namespace` that sends one chunk and then holds its slot until the
+/// returned sender is dropped.
+fn held_upload(
+    s: &TestServer,
+    namespace: &str,
+) -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::StatusCode>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    tx.try_send(Ok(Bytes::from_static(b"first chunk"))).unwrap();
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let request = s
+        .client
+        .post(s.url(&format!("/api/v1/resources?namespace={namespace}")))
+        .header("content-type", "application/gzip")
+        .body(reqwest::Body::wrap_stream(stream));
+    (
+        tx,
+        tokio::spawn(async move { request.send().await.unwrap().status() }),
+    )
+}
+
+#[tokio::test]
+async fn one_namespace_holds_only_its_share_of_the_upload_slots() {
+    let s = TestServer::start(|c| {
+        c.limits.max_concurrent_uploads = 8;
+        c.limits.max_concurrent_uploads_per_namespace = 2;
+    })
+    .await;
+    // A tenant opens as many uploads as the server has slots and sends nothing more: before,
+    // it held every slot and every other tenant got 503 until its uploads timed out.
+    let held: Vec<_> = (0..8).map(|_| held_upload(&s, "greedy")).collect();
+    loop {
+        let m = s.metrics().await;
+        let refused = metric(&m, "staging_uploads_refused_for_share_total");
+        let inflight = metric(&m, "staging_inflight_transfers{direction=\"upload\"}");
+        if refused == Some(6.0) && inflight == Some(2.0) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Another namespace uploads at once.
+    let res = s
+        .client
+        .post(s.url("/api/v1/resources?namespace=other"))
+        .header("content-type", "application/gzip")
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let mut statuses = Vec::new();
+    for (tx, task) in held {
+        drop(tx);
+        statuses.push(task.await.unwrap().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 201, 503, 503, 503, 503, 503, 503]);
+    s.shutdown().await;
+}
+
 /// The multipart request exactly as the fork's Retrofit client shapes it: the bundle part
 /// first, without a filename and with the part type `multipart/form-data`, then the owner
 /// JSON, posted to the trailing-slash URL.
