@@ -77,6 +77,36 @@ pub trait Holder: Send + Sync + 'static {
     ) -> impl Future<Output = crate::Result<Option<usize>>> + Send;
 }
 
+impl<H: Holder> Holder for Arc<H> {
+    fn claims(&self) -> &Arc<Claims> {
+        (**self).claims()
+    }
+
+    fn has_app(&self, app: &AppId) -> bool {
+        (**self).has_app(app)
+    }
+
+    fn own_lifecycle(&self, app: &AppId) -> bool {
+        (**self).own_lifecycle(app)
+    }
+
+    fn set_pod_owner(
+        &self,
+        app: &AppId,
+        owner: Option<&PodOwner>,
+    ) -> impl Future<Output = crate::Result<()>> + Send {
+        (**self).set_pod_owner(app, owner)
+    }
+
+    fn remove_app_following_pods(
+        &self,
+        app: &AppId,
+        reason: &'static str,
+    ) -> impl Future<Output = crate::Result<Option<usize>>> + Send {
+        (**self).remove_app_following_pods(app, reason)
+    }
+}
+
 impl Holder for Core {
     fn claims(&self) -> &Arc<Claims> {
         Core::claims(self)
