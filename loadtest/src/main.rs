@@ -5,6 +5,7 @@
 mod chart;
 mod dedup;
 mod flood;
+mod kube_scale;
 mod limit;
 mod nginx;
 mod procs;
@@ -55,6 +56,11 @@ enum Command {
     /// Shuffle service: executor registrations per second with the durable setting the
     /// service runs (`synchronous=FULL`) beside `NORMAL`.
     ShuffleRegistrations(registrations::Args),
+    /// Shuffle service on Kubernetes: API requests, watch events and bytes per node and in
+    /// total at 1,000 simulated nodes and 1,000 concurrent jobs (each node running the
+    /// service's Kubernetes code against the API server stand-in), the per-node design beside
+    /// the former all-drivers watch and the kubelet's floor, and the cleanup decision delay.
+    KubeScale(kube_scale::Args),
     /// Draws `spark-fetch` results (JSON files) as SVG charts beside them.
     Chart(chart::Args),
     /// The physical-limit server of `spark-fetch` (started by it).
@@ -74,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         Command::SparkFetch(args) => spark::run(args).await?,
         Command::ShuffleFlood(args) => flood::run(args).await?,
         Command::ShuffleRegistrations(args) => registrations::run(args).await?,
+        Command::KubeScale(args) => kube_scale::run(args).await?,
         Command::Chart(args) => chart::run(args)?,
         Command::LimitServer(args) => {
             tokio::task::spawn_blocking(move || limit::run(args)).await??

@@ -13,7 +13,7 @@ mod kube;
 
 pub use connections::*;
 use kube::kube_settings;
-pub use kube::{KubeSettings, KubeWatch};
+pub use kube::{DriverScope, KubeSettings, KubeWatch};
 
 use crate::core::Durability;
 use crate::core::{VolumeSpec, parse_size};

@@ -444,3 +444,71 @@ async fn an_outage_ends_watches_and_answers_503_until_it_is_over() {
         .await;
     assert_eq!(code, 200);
 }
+
+/// What a node's driver watch relies on: a watch resumed from a `resourceVersion` with a
+/// set-based selector replays only the selected objects' changes after it (the real server's
+/// watch cache filters its history by the new selector), and an object whose labels leave the
+/// selection is `DELETED` for that watch.
+#[tokio::test]
+async fn a_resumed_watch_with_a_set_based_selector_replays_the_selected_changes() {
+    let api = start(ApiConfig::default()).await;
+    let pod = |name: &str, app: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name,
+            "labels": {"spark-app-selector": app, "spark-role": "driver"}},
+          "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    };
+    let (_, a) = api
+        .post("/api/v1/namespaces/default/pods", pod("a", "spark-a"))
+        .await;
+    let rv = a["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.post("/api/v1/namespaces/default/pods", pod("b", "spark-b"))
+        .await;
+    api.post("/api/v1/namespaces/default/pods", pod("c", "spark-c"))
+        .await;
+    let sel = "spark-role%3Ddriver%2Cspark-app-selector%20in%20(spark-a%2Cspark-b)";
+    let mut rx = api
+        .watch(&format!(
+            "/api/v1/pods?watch=true&resourceVersion={rv}&labelSelector={sel}"
+        ))
+        .await;
+    let ev = next(&mut rx).await;
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("ADDED"), Some("b")),
+        "c is not selected, a is older than the version resumed from"
+    );
+    // b's label changes to an application not selected: DELETED for this watch.
+    api.send(
+        "PATCH",
+        "/api/v1/namespaces/default/pods/b",
+        "application/merge-patch+json",
+        Some(json!({"metadata": {"labels": {"spark-app-selector": "spark-z"}}})),
+    )
+    .await;
+    let ev = next(&mut rx).await;
+    assert_eq!(
+        (
+            ev["type"].as_str(),
+            ev["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("b"))
+    );
+    // notin and exists select as the real server does.
+    let (_, list) = api
+        .get("/api/v1/pods?labelSelector=spark-app-selector%20notin%20(spark-a),spark-role")
+        .await;
+    let mut names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["b", "c"]);
+}

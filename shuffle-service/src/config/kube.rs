@@ -17,6 +17,18 @@ pub enum KubeWatch {
     Off,
 }
 
+/// Which driver pods a node's service follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DriverScope {
+    /// Only those of the applications with executor pods or data on this node, through one
+    /// watch whose label selector names them (`crate::kube::drivers`).
+    #[default]
+    NodeApps,
+    /// Every driver pod of the followed namespaces (the design before per-node selection,
+    /// kept to measure it beside the other in `loadtest kube-scale`).
+    All,
+}
+
 /// The Kubernetes settings, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KubeSettings {
@@ -28,6 +40,8 @@ pub struct KubeSettings {
     pub app_end_grace: Duration,
     /// Learn each application's Spark secret from its executor pods.
     pub learn_secrets: bool,
+    /// Which driver pods are followed.
+    pub drivers: DriverScope,
 }
 
 /// Resolves the Kubernetes settings: `auto` turns the watch on inside a pod with a node name.
@@ -69,5 +83,6 @@ pub(super) fn kube_settings(
         namespaces,
         app_end_grace,
         learn_secrets,
+        drivers: DriverScope::NodeApps,
     }))
 }

@@ -13,6 +13,8 @@ pub struct KubeMetrics {
     pub relists: IntCounterVec,
     /// Pod events, by watch and type (`apply`, `delete`).
     pub events: IntCounterVec,
+    /// Renewals of the driver watch for applications added to the node's selection.
+    pub renewals: IntCounter,
     /// Applications followed on this node.
     pub apps: IntGauge,
     /// Driver pods known.
@@ -57,6 +59,10 @@ impl KubeMetrics {
                 Opts::new("shuffle_kube_watch_events_total", "Pod events by type."),
                 &["watch", "type"],
             )?,
+            renewals: IntCounter::new(
+                "shuffle_kube_driver_watch_renewals_total",
+                "Driver watch renewals for applications added to this node's selection (their driver pods listed, the watch reopened).",
+            )?,
             apps: IntGauge::new(
                 "shuffle_kube_applications",
                 "Applications followed through their executor pods on this node.",
@@ -79,6 +85,7 @@ impl KubeMetrics {
         r.register(Box::new(m.errors.clone()))?;
         r.register(Box::new(m.relists.clone()))?;
         r.register(Box::new(m.events.clone()))?;
+        r.register(Box::new(m.renewals.clone()))?;
         r.register(Box::new(m.apps.clone()))?;
         r.register(Box::new(m.drivers.clone()))?;
         r.register(Box::new(m.secrets.clone()))?;

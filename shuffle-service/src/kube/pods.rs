@@ -1,8 +1,10 @@
 //! What the service reads from Spark's pods: the application an executor pod names, the
 //! driver pod that controls it (its controlling owner reference, which Spark sets and which
 //! names a pod of the executor's own namespace), a driver pod's uid and phase, and Spark's
-//! per-application secret from an executor's environment. A driver pod's labels and creation
-//! time are not read: anyone who may write pods in a namespace can set them.
+//! per-application secret from an executor's environment. A driver pod's creation time is not
+//! read, and its application label only scopes the lists of the node's driver watch (which
+//! drivers a list answers for): anyone who may write pods in a namespace can set it, and the
+//! same writer could delete the pod.
 
 use k8s_openapi::api::core::v1::Pod;
 
@@ -69,6 +71,8 @@ pub struct DriverPod {
     pub namespace: String,
     /// Its phase.
     pub phase: Phase,
+    /// Its application label (`spark-app-selector`), when valid: which list covers it.
+    pub app: Option<AppId>,
 }
 
 /// The pod's uid and namespace, when both are set.
@@ -122,11 +126,18 @@ pub fn driver(pod: &Pod) -> Option<DriverPod> {
         Some("Failed") => Phase::Failed,
         _ => Phase::Live,
     };
+    let app = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(APP_LABEL))
+        .and_then(|a| a.parse().ok());
     Some(DriverPod {
         uid,
         name: name(pod),
         namespace,
         phase,
+        app,
     })
 }
 
@@ -208,6 +219,7 @@ mod tests {
             let d = driver(&p).expect("driver");
             assert_eq!(d.phase, want);
             assert_eq!((d.uid.as_str(), d.namespace.as_str()), ("d", "n"));
+            assert_eq!(d.app.as_ref().map(AppId::as_str), Some("spark-1"));
         }
     }
 }

@@ -18,9 +18,12 @@
 //! nothing.
 //!
 //! The tracker takes pod facts as they come, whichever way they arrive (lists, watch events),
-//! and never talks to the API itself.
+//! and never talks to the API itself. It names the applications whose drivers it needs
+//! ([`Tracker::wanted`]): those with executor pods on this node or a binding, the node's own.
+//! A list of the driver pods of some applications (selected by their application label) is
+//! evidence only about the driver pods carrying one of those labels.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,6 +105,8 @@ enum DriverState {
 struct Driver {
     namespace: String,
     name: String,
+    /// Its application label when last seen: which lists of selected applications cover it.
+    label: Option<AppId>,
     state: DriverState,
 }
 
@@ -172,6 +177,11 @@ impl Tracker {
         self.synced.iter().filter(|s| s.drivers).count() >= self.scopes
     }
 
+    /// Whether every executor watch has completed a list (the node's applications are known).
+    pub fn executors_listed(&self) -> bool {
+        self.synced.iter().filter(|s| !s.drivers).count() >= self.scopes
+    }
+
     fn all_listed(&self) -> bool {
         self.synced.len() >= 2 * self.scopes
     }
@@ -179,6 +189,12 @@ impl Tracker {
     /// Applications followed.
     pub fn apps(&self) -> usize {
         self.apps.len()
+    }
+
+    /// The applications whose driver pods this node needs to follow: those with executor
+    /// pods on this node, with data not yet pruned, or bound (restored bindings included).
+    pub fn wanted(&self) -> BTreeSet<AppId> {
+        self.apps.keys().cloned().collect()
     }
 
     /// Driver pods known (including recently gone ones).
@@ -253,9 +269,11 @@ impl Tracker {
         let entry = self.drivers.entry(d.uid).or_insert(Driver {
             namespace: d.namespace,
             name: d.name.clone(),
+            label: d.app.clone(),
             state: DriverState::Live,
         });
         entry.name = d.name;
+        entry.label = d.app;
         entry.state = match (entry.state, d.phase) {
             (s @ (DriverState::Gone { .. } | DriverState::Final { .. }), _)
             | (s @ DriverState::Live, Phase::Live) => s,
@@ -297,10 +315,34 @@ impl Tracker {
     /// driver watch makes claimants known: applications are bound (without learned secrets)
     /// and claimants' secrets offered then.
     pub fn relisted(&mut self, scope: &Scope, present: &HashSet<String>, now: Instant) -> Learning {
+        self.listed(scope, None, present, now)
+    }
+
+    /// As [`Tracker::relisted`] for a list of the driver pods of `apps` only (selected by
+    /// their application label): driver pods last seen with another label, or none, are not
+    /// covered by it and stay as they are.
+    pub fn drivers_listed(
+        &mut self,
+        scope: &Scope,
+        apps: &BTreeSet<AppId>,
+        present: &HashSet<String>,
+        now: Instant,
+    ) -> Learning {
+        debug_assert!(scope.drivers);
+        self.listed(scope, Some(apps), present, now)
+    }
+
+    fn listed(
+        &mut self,
+        scope: &Scope,
+        apps: Option<&BTreeSet<AppId>>,
+        present: &HashSet<String>,
+        now: Instant,
+    ) -> Learning {
         if scope.drivers {
             let was_ready = self.ready();
             self.synced.insert(scope.clone());
-            self.mark_gone(scope, present, now);
+            self.mark_gone(scope, apps, present, now);
             if !was_ready && self.ready() {
                 let apps: Vec<AppId> = self.apps.keys().cloned().collect();
                 let mut out = Learning::default();
@@ -326,9 +368,18 @@ impl Tracker {
         Learning::default()
     }
 
-    fn mark_gone(&mut self, scope: &Scope, present: &HashSet<String>, now: Instant) {
+    fn mark_gone(
+        &mut self,
+        scope: &Scope,
+        apps: Option<&BTreeSet<AppId>>,
+        present: &HashSet<String>,
+        now: Instant,
+    ) {
         for (uid, d) in &mut self.drivers {
-            if scope.covers(&d.namespace)
+            let covered =
+                apps.is_none_or(|apps| d.label.as_ref().is_some_and(|l| apps.contains(l)));
+            if covered
+                && scope.covers(&d.namespace)
                 && !present.contains(uid)
                 && !matches!(d.state, DriverState::Gone { .. })
             {
@@ -491,6 +542,30 @@ impl Tracker {
         for uid in old {
             self.drivers.remove(&uid);
         }
+    }
+
+    /// Forgets the driver pods no followed application needs: neither named by an executor
+    /// pod on this node, nor bound, nor labelled with a wanted application. For a driver
+    /// watch that selects the node's applications, whose lists say nothing about the others
+    /// (a forgotten one needed again is listed again with its application).
+    pub fn forget_unwanted_drivers(&mut self) {
+        let needed: HashSet<&str> = self
+            .executors
+            .values()
+            .filter_map(|x| Some(x.driver.as_ref()?.driver_uid.as_str()))
+            .collect();
+        let bound: HashSet<String> = self
+            .claims
+            .bound()
+            .into_iter()
+            .map(|(_, o)| o.driver_uid)
+            .collect();
+        let apps = &self.apps;
+        self.drivers.retain(|uid, d| {
+            needed.contains(uid.as_str())
+                || bound.contains(uid)
+                || d.label.as_ref().is_some_and(|l| apps.contains_key(l))
+        });
     }
 
     /// Offers the secrets waiting in the executor pods of the application's claimants (each

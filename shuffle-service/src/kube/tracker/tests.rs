@@ -33,6 +33,7 @@ fn driver(uid: &str, ns: &str, phase: Phase) -> DriverPod {
         name: format!("{uid}-driver"),
         namespace: ns.into(),
         phase,
+        app: None,
     }
 }
 
@@ -341,4 +342,43 @@ fn pruning_keeps_live_applications_and_drops_finished_ones_with_their_bindings()
     assert_eq!(t.drivers(), 1);
     t.prune(t0 + TOMBSTONE_TTL, |_| false);
     assert_eq!(t.drivers(), 0);
+}
+
+fn labelled(uid: &str, app_label: &str, phase: Phase) -> DriverPod {
+    DriverPod {
+        app: Some(app(app_label)),
+        ..driver(uid, "ns", phase)
+    }
+}
+
+#[test]
+fn a_list_of_some_applications_drivers_is_evidence_about_those_only() {
+    let t0 = Instant::now();
+    let (mut t, _) = tracker(false);
+    t.executor_seen(exec("e1", "ns", "spark-a", "d1", None));
+    t.executor_seen(exec("e2", "ns", "spark-b", "d2", None));
+    t.driver_seen(labelled("d1", "spark-a", Phase::Live), t0);
+    t.driver_seen(labelled("d2", "spark-b", Phase::Live), t0);
+    assert_eq!(
+        t.wanted().iter().map(AppId::as_str).collect::<Vec<_>>(),
+        ["spark-a", "spark-b"]
+    );
+    // A list of spark-b's drivers without d2: d2 is gone; d1 (spark-a's) is not covered.
+    let only_b = [app("spark-b")].into_iter().collect();
+    t.drivers_listed(&drivers_all(), &only_b, &HashSet::new(), t0);
+    assert_eq!(
+        ids(t.due(t0)),
+        vec![("spark-b".into(), Reason::DriverDeleted)]
+    );
+}
+
+#[test]
+fn drivers_no_followed_application_needs_are_forgotten() {
+    let t0 = Instant::now();
+    let (mut t, _) = tracker(false);
+    t.executor_seen(exec("e1", "ns", "spark-a", "d1", None));
+    t.driver_seen(labelled("d1", "spark-a", Phase::Live), t0);
+    t.driver_seen(labelled("d9", "spark-z", Phase::Live), t0);
+    t.forget_unwanted_drivers();
+    assert_eq!(t.drivers(), 1, "spark-z's driver is nobody's here");
 }

@@ -2,10 +2,12 @@
 //! application's data goes when its driver pod ends, and only then; API outages, restarts
 //! and other namespaces' pods delete nothing; Spark's secret is learned and forgotten.
 //! `ownership` performs the attacks of tenants who write pods in their own namespace;
-//! `restart` restarts the real binary between an application's binding and its pods' return.
+//! `restart` restarts the real binary between an application's binding and its pods' return;
+//! `selection` follows the node's own applications as they come and go.
 
 mod ownership;
 mod restart;
+mod selection;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -205,6 +207,7 @@ impl Fixture {
             namespaces: vec![],
             app_end_grace: GRACE,
             learn_secrets,
+            ..KubeSettings::default()
         };
         self.task = tokio::spawn(shuffle_service::kube::follow(
             self.svc.core.clone(),
