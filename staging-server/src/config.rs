@@ -281,6 +281,11 @@ pub struct ServeArgs {
     /// beyond, what needs a review is answered 429 with Retry-After.
     #[arg(long, env = "STAGING_KUBE_AUTH_GLOBAL_REVIEWS_PER_MINUTE")]
     pub kube_auth_global_reviews_per_minute: Option<u32>,
+    /// With --kube-auth, the prefix length that makes one IPv6 client for the per-address
+    /// review budgets (128: each address, as pods have in a cluster, where a node's pods share
+    /// one /64; 64 for clients on networks that hand each host a /64) [default: 128].
+    #[arg(long, env = "STAGING_KUBE_AUTH_IPV6_PREFIX", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub kube_auth_ipv6_prefix: Option<u8>,
     /// PEM certificate chain of the API listener (TLS when given, with --tls-key); reloaded
     /// when the file changes.
     #[arg(long, env = "STAGING_TLS_CERT")]
@@ -360,6 +365,8 @@ pub struct KubeAuthSettings {
     pub global_review_burst: u32,
     /// Reviews of all callers together per minute after the burst.
     pub global_reviews_per_minute: u32,
+    /// IPv6 client addresses are grouped by this prefix length for the per-address budgets.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for KubeAuthSettings {
@@ -370,6 +377,7 @@ impl Default for KubeAuthSettings {
             reviews_per_minute: DEFAULT_REVIEWS_PER_MINUTE,
             global_review_burst: DEFAULT_GLOBAL_REVIEW_BURST,
             global_reviews_per_minute: DEFAULT_GLOBAL_REVIEWS_PER_MINUTE,
+            ipv6_prefix: 128,
         }
     }
 }
@@ -432,6 +440,7 @@ struct FileConfig {
     kube_auth_reviews_per_minute: Option<u32>,
     kube_auth_global_review_burst: Option<u32>,
     kube_auth_global_reviews_per_minute: Option<u32>,
+    kube_auth_ipv6_prefix: Option<u8>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     namespace_unnamed_bytes: Option<ByteSize>,
@@ -904,6 +913,11 @@ impl Config {
                 .kube_auth_global_reviews_per_minute
                 .or(file.kube_auth_global_reviews_per_minute)
                 .unwrap_or(k.global_reviews_per_minute),
+            ipv6_prefix: args
+                .kube_auth_ipv6_prefix
+                .or(file.kube_auth_ipv6_prefix)
+                .unwrap_or(k.ipv6_prefix)
+                .min(128),
         };
         config.tls = match (
             args.tls_cert.or(file.tls_cert),

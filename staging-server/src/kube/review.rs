@@ -366,7 +366,7 @@ impl KubeAuth {
         if let Some(reviewed) = cached {
             return reviewed.ok_or(Refusal::Unauthenticated);
         }
-        let peer = PeerKey::from(client);
+        let peer = PeerKey::new(client, self.settings.ipv6_prefix);
         let server = if self.failed_recently(&peer) {
             &self.all_failing
         } else {
@@ -408,16 +408,17 @@ impl KubeAuth {
                 extra: user.extra.unwrap_or_default(),
             });
         // A valid token costs its caller's address nothing, unless its identity keeps
-        // presenting new ones: beyond the identity's budget it counts as a failure.
-        if let Some(id) = &reviewed
-            && self
-                .identity_reviews
+        // presenting new ones: beyond the identity's budget it counts as a failure, and the
+        // address's next reviews draw on the budget of failing addresses (a pod presenting
+        // many valid tokens, from projected volumes, would otherwise spend everyone's).
+        let within_identity_budget = reviewed.as_ref().is_some_and(|id| {
+            self.identity_reviews
                 .take(&CredentialId::kube(&id.user, id.uid.as_deref()))
                 .is_ok()
-        {
+        });
+        if within_identity_budget {
             self.client_failures.refund(&peer);
-        }
-        if reviewed.is_none() {
+        } else {
             self.note_failure(peer);
         }
         remember(

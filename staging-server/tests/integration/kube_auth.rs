@@ -593,3 +593,48 @@ async fn addresses_sending_junk_spend_a_server_budget_of_their_own() {
         201
     );
 }
+
+#[tokio::test]
+async fn valid_tokens_beyond_their_identitys_budget_do_not_spend_everyones_reviews() {
+    let api = ApiConfig::default();
+    let ids = api.identities.clone();
+    // One pod presents many valid tokens of its service account (projected volumes, each
+    // another token); a submitter elsewhere needs reviews too.
+    for i in 0..12 {
+        ids.add_token(
+            &format!("mint-{i}"),
+            user("minter", &["system:authenticated"]),
+        );
+    }
+    ids.allow("minter", "create", "pods", "team-a");
+    ids.add_token("rosa-token", user("rosa", &["system:authenticated"]));
+    ids.allow("rosa", "create", "pods", "team-a");
+    let client = bed_api(api).await;
+    let s = kube_server(client, |c| {
+        // An address or an identity may cause three failed reviews; the server twelve
+        // reviews in all.
+        c.kube_auth_settings.review_burst = 3;
+        c.kube_auth_settings.reviews_per_minute = 1;
+        c.kube_auth_settings.global_review_burst = 12;
+        c.kube_auth_settings.global_reviews_per_minute = 1;
+    })
+    .await;
+    // Four of the tenant's pods (four addresses), three tokens each.
+    for (pod, host) in (2..6).enumerate() {
+        let c = client_from(&format!("127.0.0.{host}"));
+        for t in 0..3 {
+            let token = format!("mint-{}", pod * 3 + t);
+            let _ = put_from(&c, &s, "team-a", Some(&token)).await;
+        }
+    }
+    // Before, each of the minter's tokens was reviewed on everyone's budget until it was
+    // spent and the submitter got 429; beyond its identity's budget the minter's address now
+    // draws on the budget of failing addresses.
+    assert_eq!(
+        put_from(&client_from("127.0.0.9"), &s, "team-a", Some("rosa-token"))
+            .await
+            .0,
+        201
+    );
+    s.shutdown().await;
+}
