@@ -142,6 +142,13 @@ pub struct ServeArgs {
     /// own service with `spark.authenticate=false`.
     #[arg(long, env = "SHUFFLE_SPARK_ALLOW_UNAUTHENTICATED")]
     pub spark_allow_unauthenticated: bool,
+    /// Accept a shared secret (`--spark-auth-secret-file`) beside learned secrets
+    /// (`--kube-learn-secrets`). Refused otherwise: on a node where an application id is not
+    /// yet the operator's, a tenant's pods claiming it make the service open it with their
+    /// secret only, shadowing the shared one there. Give the operator's applications their own
+    /// files (`--spark-auth-secret-dir`) instead, which nothing shadows.
+    #[arg(long, env = "SHUFFLE_SPARK_ALLOW_SHARED_SECRET_WITH_LEARNED")]
+    pub spark_allow_shared_secret_with_learned: bool,
     /// Channel ciphers accepted from clients with `spark.network.crypto.enabled=true`,
     /// comma-separated: `gcm`, `ctr` (default both; each client's own choice is recognised).
     #[arg(long, env = "SHUFFLE_SPARK_CIPHERS", value_delimiter = ',', value_parser = parse_cipher)]
@@ -296,6 +303,7 @@ struct FileConfig {
     spark_auth_secret_file: Option<PathBuf>,
     spark_auth_secret_dir: Option<PathBuf>,
     spark_allow_unauthenticated: Option<bool>,
+    spark_allow_shared_secret_with_learned: Option<bool>,
     #[serde(default)]
     spark_ciphers: Vec<String>,
     spark_require_encryption: Option<bool>,
@@ -371,6 +379,8 @@ pub struct Config {
     /// Per-application Spark secrets.
     pub spark_auth_secret_dir: Option<PathBuf>,
     /// Spark's protocol may be served without authentication beyond loopback.
+    /// A shared secret beside learned secrets is accepted.
+    pub spark_allow_shared_secret_with_learned: bool,
     pub spark_allow_unauthenticated: bool,
     /// Channel ciphers accepted with network crypto.
     pub spark_ciphers: Vec<Cipher>,
@@ -445,6 +455,7 @@ impl Config {
             spark_auth_secret_file: None,
             spark_auth_secret_dir: None,
             spark_allow_unauthenticated: false,
+            spark_allow_shared_secret_with_learned: false,
             spark_ciphers: vec![Cipher::Gcm, Cipher::Ctr],
             spark_require_encryption: false,
             registry_sync: Durability::Full,
@@ -564,6 +575,8 @@ impl Config {
         c.spark_auth_secret_dir = args.spark_auth_secret_dir.or(file.spark_auth_secret_dir);
         c.spark_allow_unauthenticated =
             args.spark_allow_unauthenticated || file.spark_allow_unauthenticated.unwrap_or(false);
+        c.spark_allow_shared_secret_with_learned = args.spark_allow_shared_secret_with_learned
+            || file.spark_allow_shared_secret_with_learned.unwrap_or(false);
         if !args.spark_ciphers.is_empty() {
             c.spark_ciphers = args.spark_ciphers;
         } else if !file.spark_ciphers.is_empty() {
@@ -782,6 +795,12 @@ impl Config {
                 "--spark-frame-memory-per-peer must hold at least one largest frame ({} bytes) and at most --spark-frame-memory ({} bytes)",
                 self.spark_max_frame, self.spark_frame_memory
             ));
+        }
+        if self.spark_auth_secret_file.is_some()
+            && self.kube.as_ref().is_some_and(|k| k.learn_secrets)
+            && !self.spark_allow_shared_secret_with_learned
+        {
+            return Err("--spark-auth-secret-file with --kube-learn-secrets: on a node where an application id is not yet the operator's, a tenant's pods claiming it shadow the shared secret there. Give the operator's applications their own secret files (--spark-auth-secret-dir), or accept it with --spark-allow-shared-secret-with-learned".into());
         }
         let authenticated = self.spark_auth_secret_file.is_some()
             || self.spark_auth_secret_dir.is_some()

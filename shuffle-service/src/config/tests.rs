@@ -146,3 +146,29 @@ fn ipv6_peers_are_one_address_each_unless_told_otherwise() {
     .unwrap();
     assert_eq!(c.connections.peer_ipv6_prefix, 64);
 }
+
+#[test]
+fn a_shared_secret_beside_learned_secrets_needs_the_operators_consent() {
+    let mut c = Config::for_data_dir("/tmp/x");
+    c.spark_auth_secret_file = Some("/etc/secret".into());
+    c.kube = kube_settings(
+        KubeWatch::On,
+        Some("node-1".to_owned()),
+        vec![],
+        Duration::from_secs(30),
+        true,
+        true,
+    )
+    .unwrap();
+    let e = c.validate().unwrap_err();
+    assert!(
+        e.contains("--spark-allow-shared-secret-with-learned"),
+        "{e}"
+    );
+    c.spark_allow_shared_secret_with_learned = true;
+    assert!(c.validate().is_ok());
+    c.spark_allow_shared_secret_with_learned = false;
+    c.spark_auth_secret_file = None;
+    c.spark_auth_secret_dir = Some("/etc/secrets".into());
+    assert!(c.validate().is_ok());
+}

@@ -123,6 +123,7 @@ async fn after_a_restart_the_shared_secret_never_opens_a_bound_or_learned_applic
         "--kube-learn-secrets",
         "--spark-auth-secret-file",
         secret_file.to_str().unwrap(),
+        "--spark-allow-shared-secret-with-learned",
         "--sweep-interval",
         "100ms",
     ];
