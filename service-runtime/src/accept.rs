@@ -95,7 +95,7 @@ impl Acceptor {
         }
     }
 
-    /// Also allows at most `max` open connections per peer (IPv6 peers grouped by /64 unless
+    /// Also allows at most `max` open connections per peer (IPv6 peers grouped by [`crate::peer::DEFAULT_IPV6_PREFIX`] unless
     /// [`Self::ipv6_prefix`] says otherwise).
     #[must_use]
     pub fn per_peer(mut self, max: usize) -> Self {

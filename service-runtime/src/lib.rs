@@ -9,7 +9,7 @@
 //! - [`logging`]: `tracing` set-up from `RUST_LOG` and `LOG_FORMAT`;
 //! - [`shutdown`]: the SIGTERM/SIGINT future;
 //! - [`accept`]: the accept loop's step (connection caps, back-off, `TCP_NODELAY`);
-//! - [`peer`]: who a connection comes from, for per-peer limits (IPv6 by /64);
+//! - [`peer`]: who a connection comes from, for per-peer limits (IPv6 by a prefix length);
 //! - [`probe`]: Kubernetes exec probes through a Unix socket no other pod can reach;
 //! - [`progress`]: whether an HTTP connection's requests still move (idle and stall deadlines);
 //! - [`tls`]: a TLS server certificate reloaded when its files change, and its expiry;

@@ -1,10 +1,10 @@
 //! Who a connection comes from, for limits that one client must not exhaust on its own (a
 //! listener's connection slots, a shared memory budget). An IPv4 peer is its address; an IPv6
-//! peer is the network of a configurable prefix length around its address: /64 by default,
-//! because a host on the internet is usually given a whole /64 and picks a new address in it
-//! at will (privacy addresses), so a per-address limit would not bind it; inside a cluster,
-//! where the network assigns each pod its address and a node's pods share one range, /128
-//! keeps one pod from spending its neighbours' share. IPv4 addresses mapped into IPv6 (a
+//! peer is the network of a configurable prefix length around its address: /128 by default,
+//! because inside a cluster the network assigns each pod its address and a node's pods share
+//! one range (often a /64), so a wider group would let one pod spend its neighbours' share;
+//! /64 where clients are hosts on networks that hand each a whole /64, in which they pick new
+//! addresses at will (privacy addresses) and a per-address limit would not bind them. IPv4 addresses mapped into IPv6 (a
 //! dual-stack listener on `[::]`) count as the IPv4 address.
 
 use std::collections::HashMap;
@@ -13,8 +13,8 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
-/// The prefix length IPv6 peers are grouped by unless configured otherwise.
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// The prefix length IPv6 peers are grouped by unless configured otherwise: one address.
+pub const DEFAULT_IPV6_PREFIX: u8 = 128;
 
 /// The group a peer address belongs to for per-peer limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,13 +153,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ipv6_peers_are_grouped_by_their_64_and_mapped_ipv4_is_ipv4() {
+    fn ipv6_peers_grouped_by_64_share_their_network_and_mapped_ipv4_is_ipv4() {
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(PeerKey::from(a), PeerKey::from(b));
-        assert_ne!(PeerKey::from(a), PeerKey::from(c));
-        assert_eq!(PeerKey::from(a).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(PeerKey::new(a, 64), PeerKey::new(b, 64));
+        assert_ne!(PeerKey::new(a, 64), PeerKey::new(c, 64));
+        assert_ne!(PeerKey::from(a), PeerKey::from(b));
+        assert_eq!(PeerKey::new(a, 64).to_string(), "2001:db8:1:2::/64");
         let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
         let v4: IpAddr = "10.0.0.7".parse().unwrap();
         assert_eq!(PeerKey::from(mapped), PeerKey::from(v4));

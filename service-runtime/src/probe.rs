@@ -65,12 +65,6 @@ impl ProbeSocket {
         })
     }
 
-    /// The socket's path.
-    #[must_use]
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Serves `service` (HTTP/1.1, one request per connection) until `stop` is cancelled,
     /// then waits for the connections in progress and removes the socket.
     pub async fn serve<S, B>(self, service: S, stop: CancellationToken)

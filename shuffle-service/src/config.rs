@@ -195,7 +195,7 @@ pub struct ServeArgs {
     /// to the idle timeout, then is closed.
     #[arg(long, env = "SHUFFLE_SPARK_FRAME_MEMORY", value_parser = parse_size)]
     pub spark_frame_memory: Option<u64>,
-    /// The part of --spark-frame-memory one peer (IPv4 address, IPv6 /64) may hold (default:
+    /// The part of --spark-frame-memory one peer (IPv4 address, IPv6 address or network) may hold (default:
     /// a quarter of it, at least one largest frame).
     #[arg(long, env = "SHUFFLE_SPARK_FRAME_MEMORY_PER_PEER", value_parser = parse_size)]
     pub spark_frame_memory_per_peer: Option<u64>,
@@ -206,7 +206,7 @@ pub struct ServeArgs {
     /// Most gRPC connections at once; beyond it a connection is closed at once [default: 1024].
     #[arg(long, env = "SHUFFLE_GRPC_MAX_CONNECTIONS")]
     pub grpc_max_connections: Option<usize>,
-    /// Most gRPC connections of one peer (IPv4 address, IPv6 /64) at once [default: 64].
+    /// Most gRPC connections of one peer (IPv4 address, IPv6 address or network) at once [default: 64].
     #[arg(long, env = "SHUFFLE_GRPC_MAX_CONNECTIONS_PER_PEER")]
     pub grpc_max_connections_per_peer: Option<usize>,
     /// Most admin connections at once (probes, scrapes); beyond it a connection is closed

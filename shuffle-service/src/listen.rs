@@ -143,7 +143,7 @@ pub struct Listener {
     pub protocol: Protocol,
     /// Its connection cap.
     pub max_connections: usize,
-    /// Its connection cap per peer (IPv4 address, IPv6 /64).
+    /// Its connection cap per peer (IPv4 address, IPv6 address or `--peer-ipv6-prefix` network).
     pub max_connections_per_peer: usize,
     /// Deadlines and idle close.
     pub limits: ConnectionLimits,

@@ -262,7 +262,7 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub kube_auth_audiences: Vec<String>,
-    /// With --kube-auth, failed Kubernetes API reviews one client address (IPv6: its /64)
+    /// With --kube-auth, failed Kubernetes API reviews one client address (IPv6: see --kube-auth-ipv6-prefix)
     /// may cause at once (20): token reviews of tokens the API server does not authenticate
     /// (and, per identity, access reviews that refuse and reviews of its new tokens). Reviews
     /// of valid tokens and answers from the cache are free to the address.
@@ -377,7 +377,7 @@ impl Default for KubeAuthSettings {
             reviews_per_minute: DEFAULT_REVIEWS_PER_MINUTE,
             global_review_burst: DEFAULT_GLOBAL_REVIEW_BURST,
             global_reviews_per_minute: DEFAULT_GLOBAL_REVIEWS_PER_MINUTE,
-            ipv6_prefix: 128,
+            ipv6_prefix: service_runtime::peer::DEFAULT_IPV6_PREFIX,
         }
     }
 }

@@ -61,10 +61,8 @@ pub struct Committed {
 pub enum Uploader {
     /// The upload's namespace.
     Namespace(Namespace),
-    /// The credential that sends it.
+    /// The credential that sends it (anonymous uploads share one).
     Credential(CredentialId),
-    /// Neither known (an anonymous upload without a namespace).
-    Unknown,
 }
 
 /// An upload in progress.
@@ -105,7 +103,7 @@ impl PendingUpload {
         let uploader = match (&namespace, &sender) {
             (Some(ns), _) => Uploader::Namespace(ns.clone()),
             (None, Some(c)) => Uploader::Credential(c.clone()),
-            (None, None) => Uploader::Unknown,
+            (None, None) => Uploader::Credential(CredentialId::anonymous()),
         };
         let share = state
             .upload_shares()

@@ -27,7 +27,7 @@
 //!   the disk reserve, secret files.
 //!
 //! Modules that only the server uses are private; the public ones are those the integration
-//! tests, the fuzz targets and the binary reach into.
+//! tests and the binary reach into.
 //!
 //! The contract shared with the client commands (ids, file names, JSON bodies, labels) is
 //! `staging-api`; the commands `upload`, `fetch` and `submit` are `staging-client`, which this

@@ -452,7 +452,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         "staging_server": {
             "status": "not measured yet",
             "requests_per_s": {"10_jobs": null, "100_jobs": null, "1000_jobs": null},
-            "note": "the staging server's owner watch is being restructured separately; its part of this harness is to be added with it",
+            "note": "the staging server still polls its owners (one list per owner and interval); its part of this harness comes with the watch that replaces the polls",
         },
     }))
 }

@@ -17,7 +17,7 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS_PER_PEER: usize = 8;
 /// The prefix length by which IPv6 peers are grouped for every per-peer cap and share: one
 /// address, because in a cluster the network gives each pod its own and a node's pods share a
 /// range (often a /64), so a wider group would let one pod spend its neighbours' share.
-pub const DEFAULT_PEER_IPV6_PREFIX: u8 = 128;
+pub const DEFAULT_PEER_IPV6_PREFIX: u8 = service_runtime::peer::DEFAULT_IPV6_PREFIX;
 /// A gRPC or admin connection must send its first byte within this.
 pub const DEFAULT_CONNECTION_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A gRPC or admin connection must finish TLS and send its first request head within this.

@@ -45,7 +45,8 @@ struct State {
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// Its peer holds its share (authentication off).
+    /// Its peer holds its share (authentication off), or twice its share counting the
+    /// connections closed to make room whose slots are not free yet (authentication on).
     Peer,
     /// Its application holds its share.
     App,
@@ -94,7 +95,8 @@ impl Admission {
     /// Admits a connection from `peer`.
     ///
     /// # Errors
-    /// [`Refused::Peer`] when the peer holds its share and connections cannot authenticate.
+    /// [`Refused::Peer`] when the peer holds its share and connections cannot authenticate,
+    /// or holds twice its share counting connections closed to make room.
     pub fn admit(self: &Arc<Self>, peer: PeerKey) -> Result<(Ticket, Admitted), Refused> {
         let mut state = self.state();
         let id = state.next;
@@ -176,9 +178,7 @@ impl Ticket {
         }
         let n = state.apps.entry(app.clone()).or_insert(0);
         if *n >= self.admission.per_app {
-            if *n == 0 {
-                state.apps.remove(app);
-            }
+            // `per_app` is at least 1, so the entry holds others' connections: it stays.
             return Err(Refused::App);
         }
         *n += 1;

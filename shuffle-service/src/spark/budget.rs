@@ -6,7 +6,7 @@
 //! rest. Once the budget is spent, other connections wait for it (reading nothing meanwhile,
 //! so TCP pushes back) for at most the idle timeout, then are closed.
 //!
-//! One peer (an IPv4 address, an IPv6 /64; see [`service_runtime::peer`]) holds at most its
+//! One peer (an IPv4 address, an IPv6 address or `--peer-ipv6-prefix` network; see [`service_runtime::peer`]) holds at most its
 //! share of the budget (`--spark-frame-memory-per-peer`, a quarter by default) across its
 //! connections: a client that declares large frames and trickles their bodies on many
 //! connections spends its own share, and the others' frames still get memory. Connections

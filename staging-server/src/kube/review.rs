@@ -13,7 +13,7 @@
 //! takes effect quickly). Failed API calls are never cached and refuse with 503.
 //!
 //! Reviews that reach the API server are budgeted ([`super::review_limit`]): a token review
-//! that fails costs the calling client's address (IPv6: its /64); an access review that
+//! that fails costs the calling client's address (IPv6: its `--kube-auth-ipv6-prefix` network); an access review that
 //! refuses, and the review of each new token, cost the reviewed identity (and once that is
 //! spent, a new token's review costs the address as a failed one would: tokens minted in bulk
 //! are no way around the address's budget); every review costs one budget of the whole server

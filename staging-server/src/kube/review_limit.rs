@@ -7,8 +7,9 @@
 //!   valid tokens cost nothing there, and answers from the cache are free, so behind a proxy
 //!   or SNAT, where many users share one address, one caller sending junk tokens spends only
 //!   the budget for reviews of tokens not in the cache: identities already reviewed keep
-//!   working. A client is its IPv4 address, or the /64 prefix of its IPv6 address (one host
-//!   commonly holds a whole /64 and can rotate through it);
+//!   working. A client is its IPv4 address, or its IPv6 address or the network of
+//!   `--kube-auth-ipv6-prefix` bits around it (64 where one host holds a whole /64 and can
+//!   rotate through it);
 //! - *per identity*: a SubjectAccessReview that refuses costs the reviewed identity (a valid
 //!   token asking for ever new namespaces), and so does the review of each of its new tokens
 //!   (tokens minted in bulk; beyond this budget such a review costs the address as a failure);
@@ -31,7 +32,7 @@ use std::time::{Duration, Instant};
 const MAX_KEYS: usize = 10_000;
 
 /// The budget key of a client address: the grouping of the services' other per-peer limits
-/// (IPv4 as is, IPv6 by its /64, IPv4-mapped as IPv4).
+/// (IPv4 as is, IPv6 by the configured prefix length, IPv4-mapped as IPv4).
 pub(crate) use service_runtime::peer::PeerKey;
 
 #[derive(Debug, Clone, Copy)]
@@ -142,7 +143,8 @@ mod tests {
     }
 
     #[test]
-    fn an_ipv6_host_is_its_slash_64() {
+    fn an_ipv6_host_grouped_by_64_is_its_slash_64() {
+        let peer = |ip: &str| PeerKey::new(ip.parse().unwrap(), 64);
         let limit = ReviewLimit::new(1, 1);
         let t0 = Instant::now();
         assert_eq!(limit.take_at(&peer("2001:db8::1"), t0), Ok(()));

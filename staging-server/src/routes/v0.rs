@@ -73,8 +73,8 @@ pub(super) async fn upload(
     let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
     let mut pending: Option<PendingUpload> = None;
     let mut owner: Option<V0Owner> = None;
-    // The credential's share of the upload slots holds the bundle until the owner part names
-    // the namespace (the fork's client sends the bundle first).
+    // An upload whose owner part has not come yet (the fork's client sends the bundle first)
+    // takes its credential's share of the upload slots, for the whole upload.
     let sender = state.upload_auth().credential(&headers).ok();
     if let Err(e) = read_parts(
         &state,
