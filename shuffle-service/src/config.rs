@@ -379,9 +379,9 @@ pub struct Config {
     /// Per-application Spark secrets.
     pub spark_auth_secret_dir: Option<PathBuf>,
     /// Spark's protocol may be served without authentication beyond loopback.
+    pub spark_allow_unauthenticated: bool,
     /// A shared secret beside learned secrets is accepted.
     pub spark_allow_shared_secret_with_learned: bool,
-    pub spark_allow_unauthenticated: bool,
     /// Channel ciphers accepted with network crypto.
     pub spark_ciphers: Vec<Cipher>,
     /// Connections that do not encrypt are refused.
