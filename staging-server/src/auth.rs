@@ -220,10 +220,7 @@ impl UploadAuth {
         if !self.scope(matched).allows(namespace) {
             return Err(UploadAuthError::WrongNamespace);
         }
-        Ok(match matched {
-            None => CredentialId::anonymous(),
-            Some(i) => CredentialId::upload_token(&self.tokens[i].0),
-        })
+        Ok(self.credential_of(matched))
     }
 
     /// Which credential a request presents, whatever its namespace (for a v0 upload, whose
@@ -232,10 +229,15 @@ impl UploadAuth {
     /// # Errors
     /// [`UploadAuthError`] saying why.
     pub fn credential(&self, headers: &HeaderMap) -> Result<CredentialId, UploadAuthError> {
-        Ok(match self.matched(headers)? {
+        Ok(self.credential_of(self.matched(headers)?))
+    }
+
+    /// The credential of a matched token (`None`: anonymous).
+    fn credential_of(&self, matched: Option<usize>) -> CredentialId {
+        match matched {
             None => CredentialId::anonymous(),
             Some(i) => CredentialId::upload_token(&self.tokens[i].0),
-        })
+        }
     }
 
     /// The index of the configured token the request presents (`None`: anonymous upload).

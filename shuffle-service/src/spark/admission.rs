@@ -19,7 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use service_runtime::peer::PeerKey;
+use service_runtime::peer::{PeerCount, PeerCounts, PeerKey};
 use spark_protocol::ids::AppId;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,8 @@ pub struct Admission {
     /// Whether connections become an application's once authenticated (authentication on).
     by_app: bool,
     state: Mutex<State>,
+    /// Authenticated connections per application.
+    apps: PeerCounts<AppId>,
 }
 
 #[derive(Debug, Default)]
@@ -39,7 +41,6 @@ struct State {
     /// Each peer's connections counted against it, oldest first, with how to close them (a
     /// cancelled token: closed to make room, its slot not free yet).
     peers: HashMap<PeerKey, VecDeque<(u64, CancellationToken)>>,
-    apps: HashMap<AppId, usize>,
 }
 
 /// Why a connection was not admitted.
@@ -64,7 +65,7 @@ pub struct Ticket {
 #[derive(Debug)]
 enum Held {
     Peer(PeerKey),
-    App(AppId),
+    App(PeerCount<AppId>),
     Nothing,
 }
 
@@ -85,6 +86,7 @@ impl Admission {
             per_app: per_app.max(1),
             by_app,
             state: Mutex::new(State::default()),
+            apps: PeerCounts::default(),
         })
     }
 
@@ -152,7 +154,7 @@ impl Admission {
     /// Connections counted against `app` now.
     #[must_use]
     pub fn app_count(&self, app: &AppId) -> usize {
-        self.state().apps.get(app).copied().unwrap_or(0)
+        self.apps.get(app)
     }
 }
 
@@ -172,35 +174,26 @@ impl Ticket {
         if !self.admission.by_app || !matches!(self.held, Held::Peer(_)) {
             return Ok(());
         }
-        let mut state = self.admission.state();
         if let Held::Peer(peer) = std::mem::replace(&mut self.held, Held::Nothing) {
+            let mut state = self.admission.state();
             self.admission.leave_peer(&mut state, peer, self.id);
         }
-        let n = state.apps.entry(app.clone()).or_insert(0);
-        if *n >= self.admission.per_app {
-            // `per_app` is at least 1, so the entry holds others' connections: it stays.
-            return Err(Refused::App);
-        }
-        *n += 1;
-        self.held = Held::App(app.clone());
+        let count = self
+            .admission
+            .apps
+            .try_add(app.clone(), 1, self.admission.per_app)
+            .ok_or(Refused::App)?;
+        self.held = Held::App(count);
         Ok(())
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let mut state = self.admission.state();
-        match std::mem::replace(&mut self.held, Held::Nothing) {
-            Held::Peer(peer) => self.admission.leave_peer(&mut state, peer, self.id),
-            Held::App(app) => {
-                if let Some(n) = state.apps.get_mut(&app) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        state.apps.remove(&app);
-                    }
-                }
-            }
-            Held::Nothing => {}
+        // An application's count goes with its guard.
+        if let Held::Peer(peer) = std::mem::replace(&mut self.held, Held::Nothing) {
+            let mut state = self.admission.state();
+            self.admission.leave_peer(&mut state, peer, self.id);
         }
     }
 }
@@ -286,7 +279,8 @@ mod tests {
         drop(two);
         drop(other);
         assert_eq!(a.app_count(&app("app-1")), 0);
-        assert!(a.state().apps.is_empty() && a.state().peers.is_empty());
+        assert_eq!(a.app_count(&app("app-2")), 0);
+        assert!(a.state().peers.is_empty());
     }
 
     #[test]
