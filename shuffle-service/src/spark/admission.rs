@@ -65,7 +65,10 @@ pub struct Ticket {
 #[derive(Debug)]
 enum Held {
     Peer(PeerKey),
-    App(PeerCount<AppId>),
+    /// Authenticated: the application's count, given back when dropped.
+    App {
+        _count: PeerCount<AppId>,
+    },
     Nothing,
 }
 
@@ -183,7 +186,7 @@ impl Ticket {
             .apps
             .try_add(app.clone(), 1, self.admission.per_app)
             .ok_or(Refused::App)?;
-        self.held = Held::App(count);
+        self.held = Held::App { _count: count };
         Ok(())
     }
 }
