@@ -454,7 +454,11 @@ fn on_driver_event(
                 &mut learning,
                 tracker.drivers_listed(scope, &apps, &present, now),
             );
-            metrics.relists.with_label_values(&[WATCH]).inc();
+            // A complete list counts as a relist; a list of added applications' drivers
+            // counts as a renewal (below).
+            if full {
+                metrics.relists.with_label_values(&[WATCH]).inc();
+            }
             if failing.remove(WATCH).is_some() {
                 tracing::info!(watch = WATCH, "pod watch recovered");
             }
