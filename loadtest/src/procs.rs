@@ -13,12 +13,22 @@ pub(crate) async fn start_staging(
     data_dir: &Path,
     extra: &[&str],
 ) -> anyhow::Result<(tokio::process::Child, String)> {
+    start_staging_with(data_dir, extra, &[]).await
+}
+
+/// [`start_staging`] with environment variables `env` set for the server.
+pub(crate) async fn start_staging_with(
+    data_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> anyhow::Result<(tokio::process::Child, String)> {
     let port = free_port()?;
     let server = tokio::process::Command::new(release_bin("staging-server")?)
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())

@@ -2,12 +2,19 @@
 //! resource names its owner (namespace and labels, or a pod uid); it goes when its owner pods
 //! have existed and all ended (`Succeeded`, `Failed` or gone) for the end grace, or when none
 //! appeared within the start grace after the upload. These are pure functions of a pod list and
-//! the clock; [`super::watch`] lists the pods and acts on the decisions.
+//! the clock; [`super::watch`] acts on the decisions.
+//!
+//! Owners are followed by a few watches, not by a list per owner: each owner belongs to a
+//! [`Group`] named by one of its label keys (the submission label `submit` sets, Spark's
+//! application label, or else its first label), and one watch across the cluster selects the
+//! pods carrying that key (with `spark-role=<role>` when the owner names a role). The number of
+//! watches follows the number of distinct keys, not of owners or jobs.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use staging_api::wire::SUBMISSION_LABEL;
 
+use super::pods::OwnerPod;
 use crate::config::OwnerSettings;
 use crate::db::{OwnedResource, Owner};
 use crate::lifecycle::DeleteReason;
@@ -23,23 +30,68 @@ pub(crate) enum Seen {
     Ended,
 }
 
-/// Reads a list of the owner's pods.
-pub(crate) fn seen(owner: &Owner, pods: &[Pod]) -> Seen {
-    let mine = pods.iter().filter(|p| {
-        owner
-            .pod_uid
-            .as_deref()
-            .is_none_or(|u| p.metadata.uid.as_deref() == Some(u))
-    });
+/// Reads the owner's pods (those [`OwnerPod::belongs_to`] it).
+pub(crate) fn seen<'a>(pods: impl IntoIterator<Item = &'a OwnerPod>) -> Seen {
     let mut any = false;
-    for p in mine {
+    for p in pods {
         any = true;
-        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-        if !matches!(phase, Some("Succeeded" | "Failed")) {
+        if !matches!(p.phase.as_deref(), Some("Succeeded" | "Failed")) {
             return Seen::Live;
         }
     }
     if any { Seen::Ended } else { Seen::None }
+}
+
+/// The label of Spark's pods that names their role (`driver`, `executor`).
+const ROLE_LABEL: &str = "spark-role";
+
+/// The label Spark gives every pod of an application.
+const APP_LABEL: &str = "spark-app-selector";
+
+/// The owners followed by one watch: those whose labels include `key` (and `spark-role=role`
+/// when `role` is set); the watch selects every pod of the cluster with that key and role.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Group {
+    /// The label key the owners of the group all name.
+    pub(super) key: String,
+    /// The `spark-role` they all name, if any.
+    pub(super) role: Option<String>,
+}
+
+impl Group {
+    /// The group that follows `owner`; `None` for an owner without labels (followed by a list
+    /// of its namespace's pods instead).
+    pub(super) fn of(owner: &Owner) -> Option<Self> {
+        let labels = owner.labels.as_map();
+        let key = [SUBMISSION_LABEL, APP_LABEL]
+            .into_iter()
+            .find(|k| labels.contains_key(*k))
+            .or_else(|| labels.keys().map(String::as_str).find(|k| *k != ROLE_LABEL))
+            .or_else(|| labels.keys().next().map(String::as_str))?;
+        let role = if key == ROLE_LABEL {
+            None
+        } else {
+            labels.get(ROLE_LABEL).cloned()
+        };
+        Some(Self {
+            key: key.to_owned(),
+            role,
+        })
+    }
+
+    /// The label selector of the group's watch.
+    pub(super) fn selector(&self) -> String {
+        match &self.role {
+            Some(r) => format!("{},{ROLE_LABEL}={r}", self.key),
+            None => self.key.clone(),
+        }
+    }
+
+    /// Whether the group is one of the project's or Spark's own (always watched; groups of
+    /// other keys are watched up to a limit).
+    pub(super) fn is_well_known(&self) -> bool {
+        self.key == SUBMISSION_LABEL || self.key == APP_LABEL
+    }
 }
 
 /// The decision for one resource, given what its owner pods show now.
@@ -65,7 +117,7 @@ pub(crate) fn decide(
     }
 }
 
-/// The label selector of an owner.
+/// The label selector of an owner (for the list of an owner no group follows).
 pub(super) fn selector(owner: &Owner) -> String {
     owner
         .labels
@@ -103,11 +155,52 @@ mod tests {
         }
     }
 
-    fn pod(uid: &str, phase: &str) -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"uid": uid}, "status": {"phase": phase}
-        }))
-        .unwrap()
+    fn pod(uid: &str, phase: &str) -> OwnerPod {
+        OwnerPod {
+            namespace: "ns".into(),
+            uid: uid.into(),
+            labels: [("spark-role".to_owned(), "driver".to_owned())].into(),
+            phase: Some(phase.into()),
+        }
+    }
+
+    /// What `owner`'s pods among `pods` show.
+    fn seen_by(owner: &Owner, pods: &[OwnerPod]) -> Seen {
+        seen(pods.iter().filter(|p| p.belongs_to(owner)))
+    }
+
+    fn owner(labels: &str) -> Owner {
+        Owner {
+            namespace: "ns".parse().unwrap(),
+            labels: staging_api::ids::Labels::parse_selector(labels).unwrap(),
+            pod_uid: None,
+        }
+    }
+
+    #[test]
+    fn owners_are_grouped_by_the_submission_or_application_label_else_their_first() {
+        let g = |l: &str| Group::of(&owner(l)).map(|g| g.selector());
+        assert_eq!(
+            g("staging-server/submission=s1,spark-role=driver,team=x").as_deref(),
+            Some("staging-server/submission,spark-role=driver")
+        );
+        assert_eq!(
+            g("spark-app-selector=spark-1,spark-role=driver,a=b").as_deref(),
+            Some("spark-app-selector,spark-role=driver")
+        );
+        assert_eq!(
+            g("job=x,spark-role=driver").as_deref(),
+            Some("job,spark-role=driver")
+        );
+        assert_eq!(g("team=x,job=y").as_deref(), Some("job"));
+        assert_eq!(g("spark-role=driver").as_deref(), Some("spark-role"));
+        assert_eq!(g(""), None);
+        assert!(
+            Group::of(&owner("spark-app-selector=a"))
+                .unwrap()
+                .is_well_known()
+        );
+        assert!(!Group::of(&owner("job=a")).unwrap().is_well_known());
     }
 
     #[test]
@@ -115,13 +208,13 @@ mod tests {
         let s = settings();
         let t0 = Instant::now();
         let r = resource(Some(1_000_100));
-        assert_eq!(seen(&r.owner, &[pod("a", "Running")]), Seen::Live);
+        assert_eq!(seen_by(&r.owner, &[pod("a", "Running")]), Seen::Live);
         assert_eq!(
-            seen(&r.owner, &[pod("a", "Succeeded"), pod("b", "Pending")]),
+            seen_by(&r.owner, &[pod("a", "Succeeded"), pod("b", "Pending")]),
             Seen::Live
         );
         assert_eq!(
-            seen(&r.owner, &[pod("a", "Succeeded"), pod("b", "Failed")]),
+            seen_by(&r.owner, &[pod("a", "Succeeded"), pod("b", "Failed")]),
             Seen::Ended
         );
         assert_eq!(decide(&r, 2_000_000, Seen::Live, None, t0, &s), None);
@@ -151,7 +244,7 @@ mod tests {
             Some(DeleteReason::OwnerNeverStarted)
         );
         // A queued (Pending) driver keeps it however long it waits.
-        assert_eq!(seen(&r.owner, &[pod("a", "Pending")]), Seen::Live);
+        assert_eq!(seen_by(&r.owner, &[pod("a", "Pending")]), Seen::Live);
         assert_eq!(decide(&r, i64::MAX, Seen::Live, None, t0, &s), None);
     }
 
@@ -159,9 +252,9 @@ mod tests {
     fn an_owner_uid_selects_that_pod_only() {
         let mut r = resource(None);
         r.owner.pod_uid = Some("b".into());
-        assert_eq!(seen(&r.owner, &[pod("a", "Running")]), Seen::None);
+        assert_eq!(seen_by(&r.owner, &[pod("a", "Running")]), Seen::None);
         assert_eq!(
-            seen(&r.owner, &[pod("a", "Running"), pod("b", "Failed")]),
+            seen_by(&r.owner, &[pod("a", "Running"), pod("b", "Failed")]),
             Seen::Ended
         );
     }

@@ -1,21 +1,34 @@
-//! The owner watch: every interval the server lists the owner pods of each resource that names
-//! them and deletes the resources whose owners ended or never started (`super::owners`
-//! decides). With the resource goes any Secret the project's client made for it (label
-//! [`RESOURCE_LABEL`]`=<id>` and `app.kubernetes.io/managed-by=staging-server`, in the owner's
-//! namespace). Only a successful list decides; an API error leaves everything as it is, and the
-//! TTLs stay as the backstop.
+//! The owner watch: the server follows the owner pods that resources name through one watch
+//! per owner [`Group`] (`super::pod_watch`; see `super::owners` for the groups), and deletes
+//! the resources whose owners ended or never started (`super::owners` decides). The API cost
+//! follows the number of groups (one or two in practice: `submit`'s label and Spark's), not
+//! the number of owners or jobs. Owners without labels, and owners of groups past
+//! [`MAX_OTHER_GROUPS`], are followed by a list of their pods at each round instead.
+//!
+//! A round reads the owned resources from the database and decides each from the watched pods
+//! (no API request); rounds run when a watch reports a change (at most one per
+//! [`MIN_ROUND_GAP`]), when a grace runs out, and at least every interval. With the resource
+//! goes any Secret the project's client made for it (label [`RESOURCE_LABEL`]`=<id>` and
+//! `app.kubernetes.io/managed-by=staging-server`, in the owner's namespace). Only a complete,
+//! current picture decides: while a group's watch has failed and not listed again, or a list
+//! failed, its owners' resources stay as they are, and the TTLs stay as the backstop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::owners::{Seen, decide, seen, selector};
+use super::owners::{Group, Seen, decide, seen, selector};
+use super::pod_watch::{self, Shared};
+use super::pods::{OwnerPod, PodCache};
 use crate::config::OwnerSettings;
+use crate::db::OwnedResource;
 use crate::lifecycle::remove;
 use crate::state::AppState;
 use staging_api::ids::ResourceId;
@@ -27,13 +40,26 @@ const PAGE: usize = 1000;
 /// How long to wait before trying again when no API client can be built.
 const CLIENT_RETRY: Duration = Duration::from_secs(30);
 
+/// Most groups watched at once besides the submission label's and Spark's application
+/// label's (which are always watched): label keys are the uploaders' to choose, and each
+/// group is a watch on the API server. Owners of further groups are listed at each round.
+pub const MAX_OTHER_GROUPS: usize = 8;
+
+/// The shortest time between two rounds woken by changes: changes that arrive together are
+/// decided in one round.
+pub const MIN_ROUND_GAP: Duration = Duration::from_secs(1);
+
 /// Metrics of the owner watch.
 #[derive(Debug, Clone)]
 pub struct OwnerMetrics {
-    /// 1 while the last round's lists all succeeded.
+    /// 1 while the last round could decide every owner.
     pub up: IntGauge,
-    /// Failed API calls, by call (`list_pods`, `delete_secrets`).
+    /// Failed API calls, by call (`list_pods`, `watch_pods`, `delete_secrets`).
     pub errors: IntCounterVec,
+    /// Watches open (one per owner group).
+    pub watches: IntGauge,
+    /// Pods the watches hold.
+    pub pods: IntGauge,
 }
 
 impl OwnerMetrics {
@@ -45,7 +71,7 @@ impl OwnerMetrics {
         let m = Self {
             up: IntGauge::new(
                 "staging_kube_owner_watch_up",
-                "1 while the last round of owner pod lists succeeded.",
+                "1 while the last round of the owner watch could decide every owner (its group's watch current, or its list answered).",
             )?,
             errors: IntCounterVec::new(
                 Opts::new(
@@ -54,10 +80,17 @@ impl OwnerMetrics {
                 ),
                 &["call"],
             )?,
+            watches: IntGauge::new(
+                "staging_kube_owner_watches",
+                "Pod watches of the owner watch (one per owner group).",
+            )?,
+            pods: IntGauge::new("staging_kube_owner_pods", "Pods held by the owner watch.")?,
         };
         r.register(Box::new(m.up.clone()))?;
         r.register(Box::new(m.errors.clone()))?;
-        for c in ["list_pods", "delete_secrets"] {
+        r.register(Box::new(m.watches.clone()))?;
+        r.register(Box::new(m.pods.clone()))?;
+        for c in ["list_pods", "watch_pods", "delete_secrets"] {
             m.errors.with_label_values(&[c]).inc_by(0);
         }
         Ok(m)
@@ -77,7 +110,7 @@ pub async fn follow(state: AppState, settings: OwnerSettings, cancel: Cancellati
     // Without a client (no service account, no kubeconfig) resources live by their
     // TTLs; trying again costs nothing.
     let client = loop {
-        match super::client().await {
+        match super::watch_client().await {
             Ok(c) => break c,
             Err(e) => {
                 metrics.errors.with_label_values(&["list_pods"]).inc();
@@ -92,6 +125,47 @@ pub async fn follow(state: AppState, settings: OwnerSettings, cancel: Cancellati
     run(state, client, metrics, settings, cancel).await;
 }
 
+/// The group watches running.
+struct Watches {
+    client: Client,
+    shared: Shared,
+    running: HashMap<Group, CancellationToken>,
+    cancel: CancellationToken,
+}
+
+impl Watches {
+    /// Runs a watch for every group of `wanted` and for no other.
+    fn set(&mut self, wanted: &BTreeSet<Group>) {
+        self.running.retain(|g, stop| {
+            let keep = wanted.contains(g);
+            if !keep {
+                stop.cancel();
+                lock(&self.shared.cache).drop_group(g);
+                tracing::info!(selector = %g.selector(), "owner pod watch stopped: no owner left in its group");
+            }
+            keep
+        });
+        for g in wanted {
+            if !self.running.contains_key(g) {
+                let stop = self.cancel.child_token();
+                tracing::info!(selector = %g.selector(), "owner pod watch started");
+                tokio::spawn(pod_watch::run(
+                    self.client.clone(),
+                    g.clone(),
+                    self.shared.clone(),
+                    stop.clone(),
+                ));
+                self.running.insert(g.clone(), stop);
+            }
+        }
+        self.shared.metrics.watches.set(self.running.len() as i64);
+    }
+}
+
+fn lock(cache: &Mutex<PodCache>) -> std::sync::MutexGuard<'_, PodCache> {
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Follows owners until `cancel` fires.
 pub async fn run(
     state: AppState,
@@ -100,26 +174,40 @@ pub async fn run(
     settings: OwnerSettings,
     cancel: CancellationToken,
 ) {
+    let shared = Shared {
+        cache: Arc::new(Mutex::new(PodCache::default())),
+        wake: Arc::new(Notify::new()),
+        metrics,
+    };
+    let mut watches = Watches {
+        client,
+        shared: shared.clone(),
+        running: HashMap::new(),
+        cancel: cancel.child_token(),
+    };
     let mut ended: HashMap<ResourceId, Instant> = HashMap::new();
     tracing::info!(start_grace = ?settings.start_grace, end_grace = ?settings.end_grace,
         "following the owner pods of staged resources");
     loop {
-        round(&state, &client, &metrics, &settings, &mut ended).await;
+        let started = tokio::time::Instant::now();
+        let due = round(&state, &mut watches, &settings, &mut ended).await;
+        let wait = due.map_or(settings.interval, |d| d.min(settings.interval));
         tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(settings.interval) => {}
+            () = cancel.cancelled() => break,
+            () = shared.wake.notified() => {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep_until(started + MIN_ROUND_GAP) => {}
+                }
+            }
+            () = tokio::time::sleep(wait) => {}
         }
     }
+    watches.cancel.cancel();
 }
 
-async fn round(
-    state: &AppState,
-    client: &Client,
-    metrics: &OwnerMetrics,
-    settings: &OwnerSettings,
-    ended: &mut HashMap<ResourceId, Instant>,
-) {
-    // Every owned resource, page by page, so that none waits behind older ones.
+/// Reads every owned resource, page by page, so that none waits behind older ones.
+async fn owned(state: &AppState) -> Option<Vec<OwnedResource>> {
     let mut owned = Vec::new();
     let mut offset = 0;
     loop {
@@ -128,39 +216,82 @@ async fn round(
                 offset += page.read;
                 owned.extend(page.resources);
                 if page.read < PAGE {
-                    break;
+                    return Some(owned);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "owned resources not read");
-                return;
+                return None;
             }
         }
     }
+}
+
+/// The groups to watch for `owned`: the well-known ones, the ones already watched, then new
+/// ones (oldest owners first) up to [`MAX_OTHER_GROUPS`].
+fn wanted_groups(
+    owned: &[OwnedResource],
+    running: &HashMap<Group, CancellationToken>,
+) -> BTreeSet<Group> {
+    let groups: BTreeSet<Group> = owned.iter().filter_map(|r| Group::of(&r.owner)).collect();
+    let mut wanted: BTreeSet<Group> = groups
+        .iter()
+        .filter(|g| g.is_well_known() || running.contains_key(*g))
+        .cloned()
+        .collect();
+    let mut others = wanted.iter().filter(|g| !g.is_well_known()).count();
+    for r in owned {
+        if others >= MAX_OTHER_GROUPS {
+            break;
+        }
+        if let Some(g) = Group::of(&r.owner)
+            && wanted.insert(g)
+        {
+            others += 1;
+        }
+    }
+    wanted
+}
+
+/// One round; returns how long until the next grace runs out, if one is running.
+async fn round(
+    state: &AppState,
+    watches: &mut Watches,
+    settings: &OwnerSettings,
+    ended: &mut HashMap<ResourceId, Instant>,
+) -> Option<Duration> {
+    let owned = owned(state).await?;
+    let wanted = wanted_groups(&owned, &watches.running);
+    watches.set(&wanted);
+    let shared = watches.shared.clone();
+    let client = watches.client.clone();
     let mut healthy = true;
-    let mut lists: HashMap<(String, String), Option<Vec<Pod>>> = HashMap::new();
+    let mut due: Option<Duration> = None;
+    let mut soonest = |d: Duration| due = Some(due.map_or(d, |x| x.min(d)));
+    // Lists of owners that no watch follows, one per (namespace, selector) per round.
+    let mut lists: HashMap<(String, String), Option<Vec<OwnerPod>>> = HashMap::new();
     for r in &owned {
         let ns = r.owner.namespace.as_str().to_owned();
-        let sel = selector(&r.owner);
-        let key = (ns.clone(), sel.clone());
-        if !lists.contains_key(&key) {
-            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-            let got = match api.list(&ListParams::default().labels(&sel)).await {
-                Ok(l) => Some(l.items),
-                Err(e) => {
-                    healthy = false;
-                    metrics.errors.with_label_values(&["list_pods"]).inc();
-                    tracing::warn!(namespace = %ns, error = %e, "owner pods not listed; nothing decided for them");
-                    None
+        let watched = Group::of(&r.owner).filter(|g| wanted.contains(g));
+        let s = match watched {
+            Some(g) => lock(&shared.cache).pods_of(&g, &r.owner).map(seen),
+            None => {
+                let key = (ns.clone(), selector(&r.owner));
+                if !lists.contains_key(&key) {
+                    let got = list(&client, &shared, &key.0, &key.1).await;
+                    lists.insert(key.clone(), got);
                 }
-            };
-            lists.insert(key.clone(), got);
-        }
-        let Some(Some(pods)) = lists.get(&key) else {
+                lists
+                    .get(&key)
+                    .and_then(Option::as_ref)
+                    .map(|pods| seen(pods.iter().filter(|p| p.belongs_to(&r.owner))))
+            }
+        };
+        let Some(s) = s else {
+            healthy = false;
             continue;
         };
         let now = Instant::now();
-        let s = seen(&r.owner, pods);
         if s != Seen::None
             && r.owner_seen_at.is_none()
             && let Err(e) = state.db().mark_owner_seen(r.id, state.now_ms()).await
@@ -180,6 +311,15 @@ async fn round(
             _ => None,
         };
         let Some(reason) = decide(r, state.now_ms(), s, since, now, settings) else {
+            match since {
+                Some(t) => soonest(settings.end_grace.saturating_sub(now.duration_since(t))),
+                None if s == Seen::None => {
+                    let age = state.now_ms().saturating_sub(r.committed_at);
+                    let age = Duration::from_millis(u64::try_from(age).unwrap_or(0));
+                    soonest(settings.start_grace.saturating_sub(age));
+                }
+                None => {}
+            }
             continue;
         };
         match remove(state, r.id, reason).await {
@@ -187,14 +327,33 @@ async fn round(
                 ended.remove(&r.id);
                 tracing::info!(resource = %r.id, namespace = %ns, reason = ?reason, "resource deleted with its owner");
                 if settings.delete_secrets {
-                    delete_secrets(client, metrics, &ns, r.id).await;
+                    delete_secrets(&client, &shared.metrics, &ns, r.id).await;
                 }
             }
             Err(e) => tracing::warn!(resource = %r.id, error = %e, "resource not deleted yet"),
         }
     }
     ended.retain(|id, _| owned.iter().any(|r| r.id == *id));
-    metrics.up.set(i64::from(healthy));
+    shared.metrics.up.set(i64::from(healthy));
+    shared.metrics.pods.set(lock(&shared.cache).len() as i64);
+    due
+}
+
+/// Lists the pods of an owner no watch follows; `None` after an error (counted).
+async fn list(client: &Client, shared: &Shared, ns: &str, sel: &str) -> Option<Vec<OwnerPod>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    match api.list(&ListParams::default().labels(sel)).await {
+        Ok(l) => Some(l.items.iter().filter_map(OwnerPod::of).collect()),
+        Err(e) => {
+            shared
+                .metrics
+                .errors
+                .with_label_values(&["list_pods"])
+                .inc();
+            tracing::warn!(namespace = %ns, error = %e, "owner pods not listed; nothing decided for them");
+            None
+        }
+    }
 }
 
 async fn delete_secrets(client: &Client, metrics: &OwnerMetrics, ns: &str, id: ResourceId) {
@@ -209,5 +368,46 @@ async fn delete_secrets(client: &Client, metrics: &OwnerMetrics, ns: &str, id: R
     {
         metrics.errors.with_label_values(&["delete_secrets"]).inc();
         tracing::warn!(namespace = %ns, resource = %id, error = %e, "the resource's Secret was not deleted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Owner;
+    use staging_api::ids::Labels;
+
+    fn owned(labels: &str) -> OwnedResource {
+        OwnedResource {
+            id: ResourceId::random(),
+            owner: Owner {
+                namespace: "ns".parse().unwrap(),
+                labels: Labels::parse_selector(labels).unwrap(),
+                pod_uid: None,
+            },
+            committed_at: 0,
+            owner_seen_at: None,
+        }
+    }
+
+    #[test]
+    fn uploaders_label_keys_open_a_bounded_number_of_watches() {
+        let mut all = vec![
+            owned("staging-server/submission=a,spark-role=driver"),
+            owned("spark-app-selector=b,spark-role=driver"),
+        ];
+        // A tenant naming a new label key on every upload.
+        all.extend((0..50).map(|i| owned(&format!("key{i:02}=x"))));
+        let running = HashMap::new();
+        let wanted = wanted_groups(&all, &running);
+        assert_eq!(wanted.len(), 2 + MAX_OTHER_GROUPS);
+        assert_eq!(wanted.iter().filter(|g| g.is_well_known()).count(), 2);
+        // Groups already watched keep their watch; new ones wait for a free slot.
+        let running: HashMap<Group, CancellationToken> = wanted
+            .iter()
+            .map(|g| (g.clone(), CancellationToken::new()))
+            .collect();
+        all.insert(0, owned("aaa=x"));
+        assert_eq!(wanted_groups(&all, &running), wanted);
     }
 }

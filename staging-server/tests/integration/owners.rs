@@ -1,9 +1,12 @@
 //! Resources that follow their owner pods, against the test bed's API server (plain HTTP on
 //! loopback, no root): a resource goes with its ended driver and takes its Secret along, one
-//! whose driver is queued stays, one whose owner never appears goes after the start grace, and
-//! an API outage decides nothing.
+//! whose driver is queued stays, one whose owner never appears goes after the start grace, an
+//! API outage decides nothing, and forty owners cost one watch, not forty lists a round.
+//! Conditions are polled with a deadline; one check that nothing happens during an outage
+//! waits a fixed 600 ms.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kube::Client;
@@ -192,5 +195,163 @@ async fn resources_follow_their_owner_pods_and_take_their_secrets_along() {
             "{text}"
         );
     }
+    s.shutdown().await;
+}
+
+/// The stand-in's router, counting the requests it answers.
+fn counting_router(store: Arc<Store>, api: ApiConfig, n: Arc<AtomicUsize>) -> axum::Router {
+    router(store, api).layer(tower::util::MapRequestLayer::new(
+        move |r: axum::extract::Request| {
+            n.fetch_add(1, Ordering::Relaxed);
+            r
+        },
+    ))
+}
+
+async fn upload_owned(s: &TestServer, labels: &str) -> ResourceId {
+    let res = s
+        .client
+        .post(s.url(&format!(
+            "/api/v1/resources?namespace=spark&labels={labels}"
+        )))
+        .header("content-type", "application/gzip")
+        .body(random_bytes(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let v: Value = res.json().await.unwrap();
+    v["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn submission_driver(name: &str, ns: &str, submission: &str, phase: &str) -> Value {
+    json!({"metadata": {"name": name, "namespace": ns,
+            "labels": {"spark-role": "driver", "staging-server/submission": submission}},
+        "spec": {"containers": [{"name": "spark-kubernetes-driver", "image": "spark"}]},
+        "status": {"phase": phase}})
+}
+
+/// Forty owners cost one list and one watch, not forty lists a round: the API requests do not
+/// grow with the number of jobs. An owner whose resource arrives after the watch started is
+/// followed by that same watch, and a pod of another namespace with the same labels is not
+/// the owner.
+#[tokio::test]
+async fn owners_are_followed_by_one_watch_whatever_their_number() {
+    const JOBS: usize = 40;
+    let store = Store::new(1000);
+    for ns in ["spark", "other"] {
+        store
+            .create(&NAMESPACES, "", json!({"metadata": {"name": ns}}))
+            .unwrap();
+    }
+    let requests = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = counting_router(
+        Arc::clone(&store),
+        ApiConfig::default(),
+        Arc::clone(&requests),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let s = TestServer::start(|_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        let sub = format!("s{i}");
+        ids.push(
+            upload_owned(
+                &s,
+                &format!("staging-server/submission={sub},spark-role=driver"),
+            )
+            .await,
+        );
+        store
+            .create(
+                &PODS,
+                "spark",
+                submission_driver(&format!("d{i}"), "spark", &sub, "Running"),
+            )
+            .unwrap();
+    }
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.default_retry = false;
+    let registry = prometheus::Registry::new();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(staging_server::kube::watch::run(
+        s.state.clone(),
+        Client::try_from(config).unwrap(),
+        OwnerMetrics::new(&registry).unwrap(),
+        OwnerSettings {
+            start_grace: Duration::from_secs(900),
+            end_grace: Duration::from_millis(100),
+            interval: TICK,
+            delete_secrets: false,
+        },
+        cancel.clone(),
+    ));
+    let all_seen = || {
+        let db = s.state.db().clone();
+        async move {
+            let owned = db.owned(0, 1000).await.unwrap().resources;
+            owned.iter().filter(|r| r.owner_seen_at.is_some()).count()
+        }
+    };
+    until("every owner seen", async || all_seen().await == JOBS).await;
+
+    // A late resource, whose driver appears after the watch started, and a same-labelled pod in
+    // another namespace that must not count as its owner.
+    let late = upload_owned(&s, "staging-server/submission=late,spark-role=driver").await;
+    store
+        .create(
+            &PODS,
+            "other",
+            submission_driver("impostor", "other", "late", "Running"),
+        )
+        .unwrap();
+    store
+        .create(
+            &PODS,
+            "spark",
+            submission_driver("late", "spark", "late", "Running"),
+        )
+        .unwrap();
+    until("late owner seen", async || all_seen().await == JOBS + 1).await;
+
+    // Half the drivers end; their resources go (many rounds at a 50 ms interval); the
+    // others stay.
+    for i in 0..JOBS / 2 {
+        store
+            .update(&PODS, "spark", &format!("d{i}"), |p| {
+                p["status"]["phase"] = json!("Succeeded");
+                Ok(())
+            })
+            .unwrap();
+    }
+    store
+        .delete(&PODS, "spark", "late", &DeleteOptions::default())
+        .unwrap();
+    for (i, id) in ids.iter().enumerate().take(JOBS / 2) {
+        until(&format!("resource {i} deleted"), async || {
+            !exists(&s, *id).await
+        })
+        .await;
+    }
+    // The impostor in the other namespace, still running, does not keep the late resource.
+    until("late resource deleted", async || !exists(&s, late).await).await;
+    for id in &ids[JOBS / 2..] {
+        assert!(exists(&s, *id).await);
+    }
+    let made = requests.load(Ordering::Relaxed);
+    // One list and the watch (reopened if the stand-in ended it): far from a list per owner
+    // and round (40 owners x dozens of rounds).
+    assert!(made <= 6, "{made} API requests for {JOBS} owners");
+    let watches = registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == "staging_kube_owner_watches")
+        .map(|f| f.get_metric()[0].get_gauge().get_value());
+    assert_eq!(watches, Some(1.0));
+    cancel.cancel();
+    task.await.unwrap();
     s.shutdown().await;
 }
