@@ -70,6 +70,9 @@ pub(crate) struct Args {
     /// What to measure: the shuffle service's nodes, the staging server, or both.
     #[arg(long, value_enum, default_value_t = Part::Both)]
     part: Part,
+    /// Runs of each part and phase (medians reported, leaf by leaf).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
     /// The staging server's phases: concurrent jobs of each (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     staging_jobs: Vec<usize>,
@@ -267,11 +270,46 @@ fn gauge(r: &prometheus::Registry, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The median, leaf by leaf, of runs of the same shape (numbers; anything else from the first;
+/// runs without a value there are left out).
+pub(crate) fn median_of(runs: &[Value]) -> Value {
+    let runs: Vec<Value> = runs.iter().filter(|v| !v.is_null()).cloned().collect();
+    match runs.first() {
+        Some(Value::Object(first)) => Value::Object(
+            first
+                .keys()
+                .map(|k| {
+                    let at: Vec<Value> = runs.iter().map(|r| r[k].clone()).collect();
+                    (k.clone(), median_of(&at))
+                })
+                .collect(),
+        ),
+        Some(Value::Number(_)) => {
+            let mut v: Vec<f64> = runs.iter().filter_map(Value::as_f64).collect();
+            v.sort_by(f64::total_cmp);
+            json!(v[v.len() / 2])
+        }
+        Some(other) => other.clone(),
+        None => Value::Null,
+    }
+}
+
 /// Runs the benchmark.
 pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
     let mut out = match args.part {
         Part::Staging => json!({"benchmark": "kube-scale"}),
-        Part::Shuffle | Part::Both => shuffle(args.clone()).await?,
+        Part::Shuffle | Part::Both => {
+            let mut runs = Vec::new();
+            for run in 0..args.runs.max(1) {
+                eprintln!("kube-scale: shuffle service nodes, run {}", run + 1);
+                let mut a = args.clone();
+                a.seed = args.seed + run as u64;
+                runs.push(shuffle(a).await?);
+            }
+            let mut out = median_of(&runs);
+            out["runs"] = json!(runs.len());
+            out
+        }
     };
     out["staging_server"] = match args.part {
         Part::Shuffle => json!("not run (--part shuffle)"),
@@ -508,4 +546,22 @@ async fn axum_serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_are_taken_leaf_by_leaf_and_runs_without_a_value_left_out() {
+        let runs = [
+            json!({"a": 1, "b": {"c": 10.0, "d": "x"}, "e": null}),
+            json!({"a": 3, "b": {"c": 30.0, "d": "y"}, "e": 5}),
+            json!({"a": 2, "b": {"c": 20.0, "d": "z"}, "e": 7}),
+        ];
+        assert_eq!(
+            median_of(&runs),
+            json!({"a": 2.0, "b": {"c": 20.0, "d": "x"}, "e": 7.0})
+        );
+    }
 }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::churn::{self, Job, Rng};
 use super::client::{self, Counters, Counts};
-use super::{Args, STEP, axum_serve, stats};
+use super::{Args, STEP, axum_serve, median_of, stats};
 use crate::procs;
 
 /// The upload token the server is started with.
@@ -45,8 +45,9 @@ const POLL: Duration = Duration::from_millis(500);
 const REPLAY_CONCURRENCY: usize = 8;
 
 /// The stand-in's router, counting what it sends into `c` (one request per request; watch
-/// events as JSON lines).
-fn counted(store: Arc<Store>, c: Arc<Counters>) -> axum::Router {
+/// events as JSON lines) and, apart, the deletions it is asked for into `deletes` (the
+/// Secrets deleted with each resource, the same in either design).
+fn counted(store: Arc<Store>, c: Arc<Counters>, deletes: Arc<Counters>) -> axum::Router {
     let requests = Arc::clone(&c);
     router(store, ApiConfig::default())
         .layer(tower::util::MapResponseLayer::new(
@@ -66,7 +67,12 @@ fn counted(store: Arc<Store>, c: Arc<Counters>) -> axum::Router {
         ))
         .layer(tower::util::MapRequestLayer::new(
             move |r: axum::extract::Request| {
-                requests.requests.fetch_add(1, Ordering::Relaxed);
+                let c = if r.method() == http::Method::DELETE {
+                    &deletes
+                } else {
+                    &requests
+                };
+                c.requests.fetch_add(1, Ordering::Relaxed);
                 r
             },
         ))
@@ -129,7 +135,8 @@ async fn deleted_after(
             .send()
             .await
             .ok()?;
-        if matches!(r.status().as_u16(), 404 | 410) {
+        // The server forgets a resource's tokens with it: 401 for a token that worked before.
+        if matches!(r.status().as_u16(), 401 | 404 | 410) {
             return Some(ended.elapsed().as_secs_f64());
         }
         tokio::time::sleep(POLL).await;
@@ -186,8 +193,13 @@ async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
     }
     let stop = CancellationToken::new();
     let server_counts = Arc::new(Counters::default());
+    let server_deletes = Arc::new(Counters::default());
     let server_url = serve(
-        counted(Arc::clone(&store), Arc::clone(&server_counts)),
+        counted(
+            Arc::clone(&store),
+            Arc::clone(&server_counts),
+            Arc::clone(&server_deletes),
+        ),
         &stop,
     )
     .await?;
@@ -266,18 +278,24 @@ async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
     let rate = jobs as f64 / args.lifetime;
     let mut owed = 0.0;
     let mut ticker = tokio::time::interval(STEP);
-    let warm_end = Instant::now() + Duration::from_secs_f64(args.warmup);
+    // The first round after the uploads opens the watch: the window starts after it.
+    let warm_end = Instant::now() + Duration::from_secs_f64(args.warmup).max(INTERVAL * 2);
     let run_end = warm_end + Duration::from_secs_f64(args.duration);
     let linger = Duration::from_secs_f64(args.linger);
     let patience = Duration::from_secs_f64(args.grace) + INTERVAL + Duration::from_secs(30);
     let mut ended: VecDeque<(Staged, Instant)> = VecDeque::new();
     let mut delays = Vec::new();
-    let mut before: Option<(Counts, Counts, Instant)> = None;
+    let mut before: Option<(Counts, Counts, Counts, Instant)> = None;
     loop {
         ticker.tick().await;
         let now = Instant::now();
         if before.is_none() && now >= warm_end {
-            before = Some((server_counts.get(), replay_counts.get(), now));
+            before = Some((
+                server_counts.get(),
+                replay_counts.get(),
+                server_deletes.get(),
+                now,
+            ));
         }
         if now >= run_end {
             break;
@@ -322,8 +340,12 @@ async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
             *o = owner_list(&running, &ended);
         }
     }
-    let (s0, r0, at0) = before.context("no measurement window")?;
-    let (s1, r1) = (server_counts.get(), replay_counts.get());
+    let (s0, r0, d0, at0) = before.context("no measurement window")?;
+    let (s1, r1, d1) = (
+        server_counts.get(),
+        replay_counts.get(),
+        server_deletes.get(),
+    );
     let secs = at0.elapsed().as_secs_f64();
     let rates = |c: Counts| {
         json!({"requests_per_s": c.requests as f64 / secs, "events_per_s": c.events as f64 / secs,
@@ -350,6 +372,7 @@ async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
         "concurrent_jobs": jobs, "jobs_started": next, "window_s": secs,
         "owner_watch": rates(s1 - s0),
         "former_polls_replayed": rates(r1 - r0),
+        "secret_deletions_per_s": (d1 - d0).requests as f64 / secs,
         "server_rss_bytes": rss,
         "owner_pods_held": gauge(&metrics, "staging_kube_owner_pods"),
         "owner_watches": gauge(&metrics, "staging_kube_owner_watches"),
@@ -358,12 +381,22 @@ async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
     }))
 }
 
-/// Runs the staging server's phases, one per number of concurrent jobs.
+/// Runs the staging server's phases, one per number of concurrent jobs, each `runs` times
+/// (the medians are reported).
 pub(super) async fn run(args: &Args) -> anyhow::Result<Value> {
     let mut out = serde_json::Map::new();
     for &jobs in &args.staging_jobs {
-        eprintln!("kube-scale: staging server, {jobs} concurrent jobs");
-        out.insert(format!("{jobs}_jobs"), phase(args, jobs).await?);
+        let mut runs = Vec::new();
+        for run in 0..args.runs.max(1) {
+            eprintln!(
+                "kube-scale: staging server, {jobs} concurrent jobs, run {}",
+                run + 1
+            );
+            let mut a = args.clone();
+            a.seed = args.seed + run as u64;
+            runs.push(phase(&a, jobs).await?);
+        }
+        out.insert(format!("{jobs}_jobs"), median_of(&runs));
     }
     out.insert(
         "note".into(),

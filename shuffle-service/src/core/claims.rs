@@ -27,18 +27,24 @@ use tokio::sync::Notify;
 use crate::core::PodOwner;
 use crate::ids::AppId;
 
-/// Most claimants of one application whose secrets are kept besides its owner's. Each claimant
-/// needs an executor pod on this node, so the bound is set above the pods a kubelet runs (110
-/// by default, 256 at most on the common managed clusters): a tenant cannot crowd the
-/// application's own driver out of the candidates by making pods. More would mean a node
-/// allowed more pods; the application is then refused until it is bound or the claimants go,
-/// rather than bound to a claimant chosen by a limit.
+/// Most claimants of one application whose secrets are kept besides its owner's. A live
+/// claimant (one with an executor pod on this node that has not ended) needs a pod the kubelet
+/// runs, so the bound is set above the pods a kubelet runs (110 by default, 256 at most on the
+/// common managed clusters). Ended pods cost a tenant nothing on the node (a pod created with
+/// the node's name that the kubelet rejects ends `Failed` at once, and stays), so a live
+/// claimant takes the place of an ended one when the candidates are full, and ended ones never
+/// push anything out: a tenant cannot crowd the application's own running driver out of the
+/// candidates by making pods. Only more live claimants than this (a node allowed more pods)
+/// refuse the application, until it is bound or the claimants go, rather than bind it to a
+/// claimant chosen by a limit.
 pub const MAX_CANDIDATES: usize = 256;
 
 /// A claimant's secret, zeroed when dropped.
 struct Candidate {
     claimant: PodOwner,
     secret: Vec<u8>,
+    /// The claimant had an executor pod on this node that had not ended, at the last count.
+    live: bool,
 }
 
 impl Drop for Candidate {
@@ -51,7 +57,7 @@ impl Drop for Candidate {
 struct AppClaims {
     owner: Option<PodOwner>,
     candidates: Vec<Candidate>,
-    /// More claimants with secrets than [`MAX_CANDIDATES`] at the last count.
+    /// More live claimants with secrets than [`MAX_CANDIDATES`] at the last count.
     overflow: bool,
 }
 
@@ -171,42 +177,55 @@ impl Claims {
         }
     }
 
-    /// Keeps `secret` as the candidate of `claimant` for `app`.
-    pub fn offer(&self, app: &AppId, claimant: &PodOwner, secret: &[u8]) -> Offered {
+    /// Keeps `secret` as the candidate of `claimant` for `app`; `live` when the claimant has
+    /// an executor pod on this node that has not ended (see [`MAX_CANDIDATES`]).
+    pub fn offer(&self, app: &AppId, claimant: &PodOwner, secret: &[u8], live: bool) -> Offered {
         let mut apps = self.write();
         let a = apps.entry(app.clone()).or_default();
-        if let Some(c) = a.candidates.iter().find(|c| c.claimant == *claimant) {
+        if let Some(c) = a.candidates.iter_mut().find(|c| c.claimant == *claimant) {
+            c.live |= live;
             return if bool::from(c.secret.as_slice().ct_eq(secret)) {
                 Offered::Same
             } else {
                 Offered::Conflict
             };
         }
-        let others = a
-            .candidates
-            .iter()
-            .filter(|c| a.owner.as_ref() != Some(&c.claimant))
-            .count();
-        if a.owner.as_ref() != Some(claimant) && others >= MAX_CANDIDATES {
-            a.overflow = true;
-            return Offered::Full;
+        let owner = a.owner.clone();
+        let is_other = |c: &Candidate| owner.as_ref() != Some(&c.claimant);
+        let others = a.candidates.iter().filter(|c| is_other(c)).count();
+        if owner.as_ref() != Some(claimant) && others >= MAX_CANDIDATES {
+            // An ended claimant gives its place to a live one; nothing else is pushed out.
+            let ended = a.candidates.iter().position(|c| !c.live && is_other(c));
+            match ended {
+                Some(i) if live => {
+                    a.candidates.swap_remove(i);
+                }
+                _ => {
+                    a.overflow |= live;
+                    return Offered::Full;
+                }
+            }
         }
         a.candidates.push(Candidate {
             claimant: claimant.clone(),
             secret: secret.to_vec(),
+            live,
         });
         Offered::New
     }
 
     /// Drops the secrets of claimants no longer in `present` (the owner's stays: reducers on
-    /// other nodes still fetch what its executors left here) and starts the count of
-    /// claimants over.
-    pub fn retain(&self, app: &AppId, present: &HashSet<&PodOwner>) {
+    /// other nodes still fetch what its executors left here), marks which are `live`, and
+    /// starts the count of claimants over.
+    pub fn retain(&self, app: &AppId, present: &HashSet<&PodOwner>, live: &HashSet<&PodOwner>) {
         let mut apps = self.write();
         if let Some(a) = apps.get_mut(app) {
             let owner = a.owner.clone();
             a.candidates
                 .retain(|c| owner.as_ref() == Some(&c.claimant) || present.contains(&c.claimant));
+            for c in &mut a.candidates {
+                c.live = live.contains(&c.claimant);
+            }
             a.overflow = false;
         }
     }
@@ -321,10 +340,10 @@ mod tests {
     fn candidates_are_kept_per_claimant_the_owners_first_and_sticky() {
         let c = Claims::default();
         let (a, v, t) = (app("spark-a"), owner("team-a", "v"), owner("team-b", "t"));
-        assert_eq!(c.offer(&a, &t, b"evil"), Offered::New);
-        assert_eq!(c.offer(&a, &v, b"good"), Offered::New);
-        assert_eq!(c.offer(&a, &v, b"good"), Offered::Same);
-        assert_eq!(c.offer(&a, &v, b"other"), Offered::Conflict);
+        assert_eq!(c.offer(&a, &t, b"evil", true), Offered::New);
+        assert_eq!(c.offer(&a, &v, b"good", true), Offered::New);
+        assert_eq!(c.offer(&a, &v, b"good", true), Offered::Same);
+        assert_eq!(c.offer(&a, &v, b"other", true), Offered::Conflict);
         assert!(c.held(&a));
         assert_eq!(c.owner_secret(&a), None);
         c.bind(&a, &v).unwrap();
@@ -332,7 +351,7 @@ mod tests {
         assert_eq!(view.candidates[0], (v.clone(), b"good".to_vec()));
         assert_eq!(view.candidates.len(), 2);
         // Every claimant's pods gone: the owner's secret stays, the other's goes.
-        c.retain(&a, &HashSet::new());
+        c.retain(&a, &HashSet::new(), &HashSet::new());
         assert_eq!(c.view(&a).candidates.len(), 1);
         assert_eq!(c.owner_secret(&a).as_deref(), Some(&b"good"[..]));
         assert_eq!(c.with_secrets(), 1);
@@ -349,17 +368,52 @@ mod tests {
             .map(|i| owner("team-b", &format!("t{i}")))
             .collect();
         for t in &many[..MAX_CANDIDATES] {
-            assert_eq!(c.offer(&a, t, b"evil"), Offered::New);
+            assert_eq!(c.offer(&a, t, b"evil", true), Offered::New);
         }
-        assert_eq!(c.offer(&a, &many[MAX_CANDIDATES], b"evil"), Offered::Full);
+        assert_eq!(
+            c.offer(&a, &many[MAX_CANDIDATES], b"evil", true),
+            Offered::Full
+        );
         assert!(c.view(&a).overflow);
         let v = owner("team-a", "v");
         c.bind(&a, &v).unwrap();
-        assert_eq!(c.offer(&a, &v, b"good"), Offered::New);
+        assert_eq!(c.offer(&a, &v, b"good", true), Offered::New);
         let present: HashSet<&PodOwner> = many[..2].iter().collect();
-        c.retain(&a, &present);
+        c.retain(&a, &present, &present);
         let view = c.view(&a);
         assert!(!view.overflow);
         assert_eq!(view.candidates.len(), 3);
+    }
+
+    #[test]
+    fn ended_claimants_never_crowd_out_a_live_one() {
+        let c = Claims::default();
+        let a = app("spark-a");
+        // A tenant's pods named after the node, rejected by its kubelet: ended, each its own
+        // claimant.
+        for i in 0..MAX_CANDIDATES + 50 {
+            let ended = c.offer(&a, &owner("team-b", &format!("t{i}")), b"evil", false);
+            assert_eq!(
+                ended,
+                if i < MAX_CANDIDATES {
+                    Offered::New
+                } else {
+                    Offered::Full
+                }
+            );
+        }
+        assert!(!c.view(&a).overflow, "ended claimants refuse nothing");
+        // The application's own running executor: its secret is kept in an ended one's place.
+        let v = owner("team-a", "v");
+        assert_eq!(c.offer(&a, &v, b"good", true), Offered::New);
+        let view = c.view(&a);
+        assert!(!view.overflow);
+        assert_eq!(view.candidates.len(), MAX_CANDIDATES);
+        assert!(view.candidates.iter().any(|(o, s)| *o == v && s == b"good"));
+        // Live claimants beyond the limit (a node running more pods) refuse the application.
+        for i in 0..MAX_CANDIDATES {
+            c.offer(&a, &owner("team-c", &format!("l{i}")), b"evil", true);
+        }
+        assert!(c.view(&a).overflow);
     }
 }

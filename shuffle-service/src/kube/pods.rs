@@ -34,6 +34,8 @@ pub struct ExecutorPod {
     pub driver: Option<PodOwner>,
     /// Spark's secret for the application, when asked for and present as a plain value.
     pub secret: Option<Vec<u8>>,
+    /// The pod ended (`Succeeded` or `Failed`; a pod the kubelet rejected is `Failed`).
+    pub ended: bool,
 }
 
 impl std::fmt::Debug for ExecutorPod {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for ExecutorPod {
             .field("app", &self.app)
             .field("driver", &self.driver)
             .field("secret", &self.secret.is_some())
+            .field("ended", &self.ended)
             .finish()
     }
 }
@@ -108,6 +111,10 @@ pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
     } else {
         None
     };
+    let ended = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
     Some(ExecutorPod {
         uid,
         name: name(pod),
@@ -115,6 +122,7 @@ pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
         app,
         driver,
         secret,
+        ended,
     })
 }
 

@@ -83,6 +83,8 @@ struct Exec {
     secret: Option<Vec<u8>>,
     /// The pod's secret was offered already (kept, same or refused).
     taught: bool,
+    /// The pod ended (its claimant is not live by it).
+    ended: bool,
 }
 
 #[derive(Debug, Default)]
@@ -240,6 +242,7 @@ impl Tracker {
                 namespace: e.namespace,
                 secret,
                 taught,
+                ended: e.ended,
             },
         );
         let mut out = self.settle(&e.app);
@@ -396,6 +399,19 @@ impl Tracker {
             .collect()
     }
 
+    /// The claimants of `app` with an executor pod on this node that has not ended.
+    fn live_claimants(&self, app: &AppId) -> HashSet<PodOwner> {
+        let Some(a) = self.apps.get(app) else {
+            return HashSet::new();
+        };
+        a.executors
+            .iter()
+            .filter_map(|u| self.executors.get(u))
+            .filter(|x| !x.ended)
+            .filter_map(|x| x.driver.clone())
+            .collect()
+    }
+
     /// The driver pod named by `owner`, if seen with that uid in that namespace.
     fn resolve(&self, owner: &PodOwner) -> Option<&Driver> {
         self.drivers
@@ -440,8 +456,9 @@ impl Tracker {
             .iter()
             .filter(|o| self.resolve(o).is_some())
             .collect();
-        self.claims.retain(app, &present);
-        self.teach(app)
+        let live = self.live_claimants(app);
+        self.claims.retain(app, &present, &live.iter().collect());
+        self.teach(app, &live)
     }
 
     /// Writes a warning when more than one driver pod starts claiming the application, and a
@@ -570,7 +587,7 @@ impl Tracker {
 
     /// Offers the secrets waiting in the executor pods of the application's claimants (each
     /// pod once; one refused for too many claimants is offered again later).
-    fn teach(&mut self, app: &AppId) -> Learning {
+    fn teach(&mut self, app: &AppId, live: &HashSet<PodOwner>) -> Learning {
         let mut out = Learning::default();
         let Some(a) = self.apps.get(app) else {
             return out;
@@ -592,7 +609,10 @@ impl Tracker {
             let Some(secret) = x.secret.as_deref() else {
                 continue;
             };
-            match self.claims.offer(app, &claimant, secret) {
+            match self
+                .claims
+                .offer(app, &claimant, secret, live.contains(&claimant))
+            {
                 Offered::New => out.learned += 1,
                 Offered::Same => {}
                 Offered::Conflict => {

@@ -24,6 +24,7 @@ fn exec(uid: &str, ns: &str, a: &str, driver: &str, secret: Option<&str>) -> Exe
         app: app(a),
         driver: Some(owner(ns, driver)),
         secret: secret.map(|s| s.as_bytes().to_vec()),
+        ended: false,
     }
 }
 
@@ -381,4 +382,39 @@ fn drivers_no_followed_application_needs_are_forgotten() {
     t.driver_seen(labelled("d9", "spark-z", Phase::Live), t0);
     t.forget_unwanted_drivers();
     assert_eq!(t.drivers(), 1, "spark-z's driver is nobody's here");
+}
+
+#[test]
+fn a_tenants_ended_pods_on_the_node_never_crowd_out_the_applications_running_executor() {
+    let t0 = Instant::now();
+    let (mut t, claims) = tracker(true);
+    let a = app("spark-a");
+    let many = crate::core::claims::MAX_CANDIDATES + 20;
+    // Pods created with the node's name and the victim's application label, each controlled
+    // by its own driver pod of the tenant's namespace; the kubelet rejected them (Failed).
+    for i in 0..many {
+        t.driver_seen(driver(&format!("t{i}"), "team-b", Phase::Live), t0);
+        let mut x = exec(
+            &format!("x{i}"),
+            "team-b",
+            "spark-a",
+            &format!("t{i}"),
+            Some("evil"),
+        );
+        x.ended = true;
+        t.executor_seen(x);
+    }
+    assert!(!claims.view(&a).overflow, "ended pods refuse nothing");
+    // The application's own executor arrives, running: its secret is a candidate.
+    t.driver_seen(driver("dv", "team-a", Phase::Live), t0);
+    t.executor_seen(exec("ev", "team-a", "spark-a", "dv", Some("good")));
+    let view = claims.view(&a);
+    assert!(!view.overflow);
+    assert!(
+        view.candidates
+            .iter()
+            .any(|(o, s)| *o == owner("team-a", "dv") && s == b"good")
+    );
+    // Its secret proves itself and binds the application to its driver pod.
+    assert_eq!(claims.bind(&a, &owner("team-a", "dv")), Ok(true));
 }

@@ -97,7 +97,7 @@ pub(crate) fn executor(
             "containers": [{"name": "spark-kubernetes-executor", "image": "spark", "env": env}]}})
 }
 
-fn set_phase(store: &Store, ns: &str, name: &str, phase: &str) {
+pub(crate) fn set_phase(store: &Store, ns: &str, name: &str, phase: &str) {
     store
         .update(&PODS, ns, name, |p| {
             p["status"]["phase"] = json!(phase);

@@ -573,3 +573,44 @@ async fn grpc_register(
         })
         .await
 }
+
+/// Pods that cost a tenant nothing on the node: created with the node's name, the victim's
+/// application label and each its own driver pod, and rejected by the kubelet (`Failed`),
+/// more of them than the claimants the service keeps secrets for. The victim's running
+/// executor still teaches its secret, which authenticates and reads its blocks.
+#[tokio::test]
+async fn a_tenants_rejected_pods_on_the_node_do_not_lock_the_victim_out() {
+    let api = api(1000).await;
+    let f = Fixture::start(api, true, &[]).await;
+    f.synced().await;
+    let rejected = shuffle_service::core::claims::MAX_CANDIDATES + 8;
+    for i in 0..rejected {
+        let d = f
+            .api
+            .store
+            .create(
+                &PODS,
+                "team-b",
+                driver("team-b", &format!("b-driver-{i}"), APP),
+            )
+            .unwrap();
+        let name = format!("b-exec-{i}");
+        f.api
+            .store
+            .create(
+                &PODS,
+                "team-b",
+                executor("team-b", &name, APP, &d, Some(EVIL_SECRET)),
+            )
+            .unwrap();
+        super::set_phase(&f.api.store, "team-b", &name, "Failed");
+    }
+    f.wait_metric(
+        "shuffle_kube_watch_events_total{type=\"apply\",watch=\"executors\"}",
+        (2 * rejected) as f64,
+    )
+    .await;
+    victim_job(&f).await;
+    assert!(!authenticates(&f, APP, EVIL_SECRET).await);
+    f.stop().await;
+}
