@@ -116,7 +116,7 @@ impl AppState {
             let client = match overrides.kube_client {
                 Some(c) => c,
                 None => crate::kube::client().await.map_err(|e| {
-                    Error::Config(format!(
+                    Error::config(format!(
                         "--kube-auth needs the Kubernetes API (service account or kubeconfig): {e}"
                     ))
                 })?,
@@ -394,6 +394,6 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
     use service_runtime::lock::{self, LockError};
     lock::exclusive(dir, LOCK_FILE, "staging-server").map_err(|e| match e {
         LockError::Io { path, source } => Error::io(path, source),
-        other => Error::Config(other.to_string()),
+        other => Error::config(other.to_string()),
     })
 }

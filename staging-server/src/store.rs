@@ -136,7 +136,7 @@ impl BlobStore {
             }
             StoreLocation::Url { url, options } => {
                 let parsed = url::Url::parse(url)
-                    .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
+                    .map_err(|e| Error::config(format!("store URL {url:?}: {e}")))?;
                 if parsed.scheme() == "memory" {
                     return Ok(Self::in_memory());
                 }
@@ -151,7 +151,7 @@ impl BlobStore {
                 opts.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
 
                 let (store, prefix) = object_store::parse_url_opts(&parsed, opts)
-                    .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
+                    .map_err(|e| Error::config(format!("store URL {url:?}: {e}")))?;
                 Ok(Self {
                     inner: Arc::from(store),
                     timeout: crate::config::DEFAULT_STORE_TIMEOUT,
