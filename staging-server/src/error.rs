@@ -28,11 +28,8 @@ pub enum Error {
     #[error("database: {0}")]
     Metadata(#[from] crate::db::DbError),
     /// The object store failed.
-    #[error("object store: {0}")]
-    Store(#[from] object_store::Error),
-    /// An object-store call did not finish within the configured timeout.
-    #[error("object store: no answer within the timeout ({0})")]
-    StoreTimeout(&'static str),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Metric registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
