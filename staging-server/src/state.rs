@@ -299,7 +299,9 @@ impl AppState {
         }
     }
 
-    /// Recomputes the resource gauges from the database.
+    /// Recomputes the gauges of stored data from the database: two full counts, so it runs
+    /// at start and at the end of every sweep (the sweeper's timer, `--sweep-interval`), never
+    /// on the request path; tests call it before they read the gauges.
     pub async fn refresh_census(&self) {
         match self.db().census().await {
             Ok(c) => self.metrics().set_census(c),
