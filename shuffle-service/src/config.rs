@@ -367,6 +367,9 @@ impl Config {
             usage_scan_interval: d.usage_scan_interval,
             spark_listen: args
                 .spark_listen
+                .map(|a| a.parse::<SparkListen>())
+                .transpose()
+                .map_err(ConfigError::Invalid)?
                 .or(file.spark_listen)
                 .map_or(d.spark_listen, |l| l.0),
             spark_auth_secret_file: args.spark_auth_secret_file.or(file.spark_auth_secret_file),

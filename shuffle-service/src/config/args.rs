@@ -15,7 +15,7 @@ use clap::Args;
 use service_runtime::size::ByteSize;
 use spark_protocol::crypto::Cipher;
 
-use super::{KubeWatch, SparkListen, parse_cipher, parse_sync};
+use super::{KubeWatch, parse_cipher, parse_sync};
 use crate::core::{Durability, VolumeSpec};
 
 /// Arguments of `shuffle-service serve`.
@@ -68,8 +68,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SHUFFLE_MAX_FETCH_BLOCKS")]
     pub max_fetch_blocks: Option<usize>,
     /// Spark protocol listener, or `off`.
+    // Parsed at load ([`SparkListen`]), so that a bad address is a configuration error (exit
+    // code 64) as it always was, not clap's.
     #[arg(long, env = "SHUFFLE_SPARK_LISTEN")]
-    pub spark_listen: Option<SparkListen>,
+    pub spark_listen: Option<String>,
     /// File holding the secret shared with every application (`spark.authenticate.secret`);
     /// enables SASL authentication on the Spark listener.
     #[arg(long, env = "SHUFFLE_SPARK_AUTH_SECRET_FILE")]
