@@ -1,6 +1,7 @@
 //! The small runtime pieces both services share, so that they behave the same way:
 //!
 //! - [`size`]: byte sizes in configuration (`512Mi`, `2GiB`, `100MB`), Kubernetes' units;
+//! - [`duration`]: durations in configuration files (`30s`, `5m`), read as the flags read them;
 //! - [`secret`]: secret files (refused when group or others may read them);
 //! - [`token`]: SHA-256 token hashes compared in constant time;
 //! - [`disk`]: whether an I/O error means a full disk (`ENOSPC`, `EDQUOT`);
@@ -17,6 +18,7 @@
 
 pub mod accept;
 pub mod disk;
+pub mod duration;
 pub mod lock;
 pub mod logging;
 pub mod peer;

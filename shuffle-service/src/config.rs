@@ -1,22 +1,35 @@
-//! Configuration of `shuffle-service serve`: flags, `SHUFFLE_*` env, optional TOML, defaults.
-//! Precedence: flag > env > file > default.
+//! Configuration of `shuffle-service serve`: flags and `SHUFFLE_*` env ([`ServeArgs`]), an
+//! optional TOML file, defaults, and the validated runtime [`Config`].
+//!
+//! Precedence: flag > env > file > default. Every argument is an `Option`, so that "not given"
+//! falls through to the file and then to the `DEFAULT_*` constant; switches too, so that
+//! `--spark-require-encryption=false` can turn off what the file turned on. The file is typed
+//! by serde (sizes, durations, volumes), never merged as strings. Loading is pure: it reads the
+//! files it is pointed at and nothing else (whether the process runs in a cluster is the
+//! caller's to say) and changes no environment. Every rule a [`Config`] must keep is checked by
+//! [`Config::validate`], so that a `Config` built in a test is held to the same rules as a
+//! loaded one.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Args;
-use serde::Deserialize;
+use service_runtime::secret::SecretError;
 
+mod args;
 mod connections;
+mod file;
 mod kube;
 
+pub use args::ServeArgs;
 pub use connections::*;
-use kube::kube_settings;
+use file::FileConfig;
 pub use kube::{DriverScope, KubeSettings, KubeWatch};
+use kube::{kube_settings, validate_namespaces};
 
 use crate::core::Durability;
-use crate::core::{VolumeSpec, parse_size};
+use crate::core::VolumeSpec;
 use spark_protocol::crypto::Cipher;
 
 /// gRPC API address; 7337 is left to Spark's own protocol.
@@ -77,268 +90,67 @@ pub const DEFAULT_USAGE_SCAN_INTERVAL: Duration = Duration::from_secs(300);
 /// How long a driver pod stays `Succeeded` or `Failed` before its application's data goes.
 pub const DEFAULT_KUBE_APP_END_GRACE: Duration = Duration::from_secs(30);
 
-/// Arguments of `shuffle-service serve`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "SHUFFLE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// gRPC listener.
-    #[arg(long, env = "SHUFFLE_GRPC_LISTEN")]
-    pub grpc_listen: Option<SocketAddr>,
-    /// Admin HTTP listener (/metrics, /healthz, /readyz).
-    #[arg(long, env = "SHUFFLE_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Unix socket serving /healthz and /readyz to `shuffle-service probe` (Kubernetes exec
-    /// probes), apart from every TCP listener and its caps.
-    #[arg(long, env = "SHUFFLE_PROBE_SOCKET")]
-    pub probe_socket: Option<PathBuf>,
-    /// Data directory for the default volume and state (when those are not given).
-    #[arg(long, env = "SHUFFLE_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Volume PATH[:KIND[:CAPACITY]], KIND one of hostPath, emptyDir, nvme-raid0, pvc; repeatable.
-    #[arg(long = "volume", env = "SHUFFLE_VOLUMES", value_delimiter = ',')]
-    pub volumes: Vec<VolumeSpec>,
-    /// Directory of the registration database.
-    #[arg(long, env = "SHUFFLE_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// File of admin tokens, one per line (mode 0600).
-    #[arg(long, env = "SHUFFLE_ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
-    /// Heartbeat timeout default.
-    #[arg(long, env = "SHUFFLE_HEARTBEAT_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub heartbeat_timeout: Option<Duration>,
-    /// Idle TTL of applications without a driver registration.
-    #[arg(long, env = "SHUFFLE_IDLE_TTL", value_parser = humantime::parse_duration)]
-    pub idle_ttl: Option<Duration>,
-    /// Liveness sweep period.
-    #[arg(long, env = "SHUFFLE_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
-    pub sweep_interval: Option<Duration>,
-    /// Concurrent deletions per volume.
-    #[arg(long, env = "SHUFFLE_CLEANUP_PARALLELISM")]
-    pub cleanup_parallelism: Option<usize>,
-    /// Index cache size (e.g. 64MiB).
-    #[arg(long, env = "SHUFFLE_INDEX_CACHE_SIZE", value_parser = parse_size)]
-    pub index_cache_size: Option<u64>,
-    /// Drain time after SIGTERM.
-    #[arg(long, env = "SHUFFLE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Option<Duration>,
-    /// Most blocks per FetchBlocks request (and per Spark fetch).
-    #[arg(long, env = "SHUFFLE_MAX_FETCH_BLOCKS")]
-    pub max_fetch_blocks: Option<usize>,
-    /// Spark protocol listener, or `off`.
-    #[arg(long, env = "SHUFFLE_SPARK_LISTEN")]
-    pub spark_listen: Option<String>,
-    /// File holding the secret shared with every application (`spark.authenticate.secret`);
-    /// enables SASL authentication on the Spark listener.
-    #[arg(long, env = "SHUFFLE_SPARK_AUTH_SECRET_FILE")]
-    pub spark_auth_secret_file: Option<PathBuf>,
-    /// Directory of per-application secrets, one file named by application id (a mounted
-    /// Kubernetes Secret); enables authentication.
-    #[arg(long, env = "SHUFFLE_SPARK_AUTH_SECRET_DIR")]
-    pub spark_auth_secret_dir: Option<PathBuf>,
-    /// Serve Spark's protocol without authentication on a non-loopback address: any client
-    /// that reaches the port reads and removes every application's blocks, as with Spark's
-    /// own service with `spark.authenticate=false`.
-    #[arg(long, env = "SHUFFLE_SPARK_ALLOW_UNAUTHENTICATED")]
-    pub spark_allow_unauthenticated: bool,
-    /// Accept a shared secret (`--spark-auth-secret-file`) beside learned secrets
-    /// (`--kube-learn-secrets`). Refused otherwise: on a node where an application id is not
-    /// yet the operator's, a tenant's pods claiming it make the service open it with their
-    /// secret only, shadowing the shared one there. Give the operator's applications their own
-    /// files (`--spark-auth-secret-dir`) instead, which nothing shadows.
-    #[arg(long, env = "SHUFFLE_SPARK_ALLOW_SHARED_SECRET_WITH_LEARNED")]
-    pub spark_allow_shared_secret_with_learned: bool,
-    /// Channel ciphers accepted from clients with `spark.network.crypto.enabled=true`,
-    /// comma-separated: `gcm`, `ctr` (default both; each client's own choice is recognised).
-    #[arg(long, env = "SHUFFLE_SPARK_CIPHERS", value_delimiter = ',', value_parser = parse_cipher)]
-    pub spark_ciphers: Vec<Cipher>,
-    /// Refuse Spark connections that do not encrypt: SASL is offered with encryption
-    /// (`auth-conf`) only.
-    #[arg(long, env = "SHUFFLE_SPARK_REQUIRE_ENCRYPTION")]
-    pub spark_require_encryption: bool,
-    /// How registrations reach the disk: `full` (default; an acknowledged registration
-    /// survives a power loss) or `normal` (faster; survives a process crash only).
-    #[arg(long, env = "SHUFFLE_REGISTRY_SYNC", value_parser = parse_sync)]
-    pub registry_sync: Option<Durability>,
-    /// Most Spark-protocol connections at once.
-    #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS")]
-    pub spark_max_connections: Option<usize>,
-    /// Most Spark-protocol connections from one peer (an IPv4 address, an IPv6 address or
-    /// network) at once (default 1024): without authentication a connection beyond it is
-    /// closed at once; with authentication it counts only connections not yet authenticated,
-    /// and the peer's oldest of them is closed to admit a new one.
-    #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS_PER_PEER")]
-    pub spark_max_connections_per_peer: Option<usize>,
-    /// Most authenticated Spark-protocol connections of one application at once (default
-    /// 1024); a connection authenticating beyond it is closed.
-    #[arg(long, env = "SHUFFLE_SPARK_MAX_CONNECTIONS_PER_APP")]
-    pub spark_max_connections_per_app: Option<usize>,
-    /// Idle Spark connections are closed after this long.
-    #[arg(long, env = "SHUFFLE_SPARK_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub spark_idle_timeout: Option<Duration>,
-    /// Memory for block bodies across Spark connections (e.g. 256MiB).
-    #[arg(long, env = "SHUFFLE_SPARK_MEMORY", value_parser = parse_size)]
-    pub spark_memory: Option<u64>,
-    /// Memory for block bodies per Spark connection (e.g. 4MiB).
-    #[arg(long, env = "SHUFFLE_SPARK_CONNECTION_MEMORY", value_parser = parse_size)]
-    pub spark_connection_memory: Option<u64>,
-    /// Block files open for sending at once across Spark connections.
-    #[arg(long, env = "SHUFFLE_SPARK_OPEN_FILES")]
-    pub spark_open_files: Option<usize>,
-    /// Largest Spark frame accepted before the client authenticated (e.g. 16KiB); larger
-    /// ones close the connection. Only SASL and AuthEngine messages come before.
-    #[arg(long, env = "SHUFFLE_SPARK_PREAUTH_MAX_FRAME", value_parser = parse_size)]
-    pub spark_preauth_max_frame: Option<u64>,
-    /// Memory for partly received Spark frames across connections (e.g. 128MiB), reserved
-    /// for a frame's declared length when its header arrives; a connection waits for it up
-    /// to the idle timeout, then is closed.
-    #[arg(long, env = "SHUFFLE_SPARK_FRAME_MEMORY", value_parser = parse_size)]
-    pub spark_frame_memory: Option<u64>,
-    /// The part of --spark-frame-memory one peer (IPv4 address, IPv6 address or network) may hold (default:
-    /// a quarter of it, at least one largest frame).
-    #[arg(long, env = "SHUFFLE_SPARK_FRAME_MEMORY_PER_PEER", value_parser = parse_size)]
-    pub spark_frame_memory_per_peer: Option<u64>,
-    /// Spark connections that have not authenticated within this are closed (when
-    /// authentication is on) [default: 30s].
-    #[arg(long, env = "SHUFFLE_SPARK_AUTH_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub spark_auth_timeout: Option<Duration>,
-    /// Most gRPC connections at once; beyond it a connection is closed at once [default: 1024].
-    #[arg(long, env = "SHUFFLE_GRPC_MAX_CONNECTIONS")]
-    pub grpc_max_connections: Option<usize>,
-    /// Most gRPC connections of one peer (IPv4 address, IPv6 address or network) at once [default: 64].
-    #[arg(long, env = "SHUFFLE_GRPC_MAX_CONNECTIONS_PER_PEER")]
-    pub grpc_max_connections_per_peer: Option<usize>,
-    /// Most admin connections at once (probes, scrapes); beyond it a connection is closed
-    /// [default: 64].
-    #[arg(long, env = "SHUFFLE_ADMIN_MAX_CONNECTIONS")]
-    pub admin_max_connections: Option<usize>,
-    /// Most admin connections of one peer (IPv4 address, IPv6 address or network) at once, so
-    /// that one client cannot lock the kubelet's probes out [default: 8].
-    #[arg(long, env = "SHUFFLE_ADMIN_MAX_CONNECTIONS_PER_PEER")]
-    pub admin_max_connections_per_peer: Option<usize>,
-    /// The prefix length that groups IPv6 peers for every per-peer cap and share (128: each
-    /// address its own peer, as pods have in a cluster; 64 where clients pick addresses in
-    /// their /64) [default: 128].
-    #[arg(long, env = "SHUFFLE_PEER_IPV6_PREFIX", value_parser = clap::value_parser!(u8).range(0..=128))]
-    pub peer_ipv6_prefix: Option<u8>,
-    /// gRPC and admin connections that send no byte within this are closed.
-    #[arg(long, env = "SHUFFLE_CONNECTION_FIRST_BYTE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub connection_first_byte_timeout: Option<Duration>,
-    /// gRPC and admin connections that have not finished TLS and sent a first request head
-    /// (after the HTTP/2 preface) within this are closed.
-    #[arg(long, env = "SHUFFLE_CONNECTION_FIRST_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub connection_first_request_timeout: Option<Duration>,
-    /// gRPC and admin connections with no request in progress for this long are closed
-    /// (HTTP/2: GOAWAY; PINGs do not count as activity), and so are those whose requests in
-    /// progress move no body byte either way for this long.
-    #[arg(long, env = "SHUFFLE_CONNECTION_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub connection_idle_timeout: Option<Duration>,
-    /// Follow Spark's driver and executor pods through the Kubernetes API (deletes an
-    /// application's data when the driver pod named by its executor pods' controlling owner
-    /// reference ends; never one registered over gRPC or with an operator's secret): `auto`
-    /// (on inside a pod with a node name), `on` or `off`.
-    #[arg(long, env = "SHUFFLE_KUBE_WATCH", value_enum)]
-    pub kube_watch: Option<KubeWatch>,
-    /// The node this service runs on (from the downward API: `spec.nodeName`).
-    #[arg(long, env = "SHUFFLE_KUBE_NODE_NAME")]
-    pub kube_node_name: Option<String>,
-    /// Namespaces whose Spark pods are followed, comma-separated (default: all, which needs
-    /// a ClusterRole).
-    #[arg(long, env = "SHUFFLE_KUBE_NAMESPACES", value_delimiter = ',')]
-    pub kube_namespaces: Vec<String>,
-    /// How long a driver pod stays `Succeeded` or `Failed` before its data is deleted.
-    #[arg(long, env = "SHUFFLE_KUBE_APP_END_GRACE", value_parser = humantime::parse_duration)]
-    pub kube_app_end_grace: Option<Duration>,
-    /// Learn Spark's per-application secret (`_SPARK_AUTH_SECRET`) from the executor pods
-    /// on this node, per driver pod claiming the application, so `spark.authenticate=true`
-    /// works with it; the application is bound to the driver pod whose pods' secret a client
-    /// first proves. Needs the watch; held in memory only; never used for an application
-    /// registered over gRPC or with an operator's secret; an application bound or registered
-    /// with it is never opened by the shared secret.
-    #[arg(long, env = "SHUFFLE_KUBE_LEARN_SECRETS")]
-    pub kube_learn_secrets: bool,
-    /// PEM certificate chain of the Spark listener (TLS with --spark-tls-key, for
-    /// `spark.ssl.rpc.enabled=true`); reloaded when the file changes.
-    #[arg(long, env = "SHUFFLE_SPARK_TLS_CERT")]
-    pub spark_tls_cert: Option<PathBuf>,
-    /// PEM private key of the Spark listener.
-    #[arg(long, env = "SHUFFLE_SPARK_TLS_KEY")]
-    pub spark_tls_key: Option<PathBuf>,
-    /// PEM certificate chain of the gRPC listener (TLS with --grpc-tls-key); reloaded when the
-    /// file changes.
-    #[arg(long, env = "SHUFFLE_GRPC_TLS_CERT")]
-    pub grpc_tls_cert: Option<PathBuf>,
-    /// PEM private key of the gRPC listener.
-    #[arg(long, env = "SHUFFLE_GRPC_TLS_KEY")]
-    pub grpc_tls_key: Option<PathBuf>,
-    /// PEM certificate chain of the admin listener (TLS with --admin-tls-key); reloaded when
-    /// the file changes.
-    #[arg(long, env = "SHUFFLE_ADMIN_TLS_CERT")]
-    pub admin_tls_cert: Option<PathBuf>,
-    /// PEM private key of the admin listener.
-    #[arg(long, env = "SHUFFLE_ADMIN_TLS_KEY")]
-    pub admin_tls_key: Option<PathBuf>,
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is invalid or two settings conflict.
+    #[error("{0}")]
+    Invalid(String),
+    /// The `--config` file cannot be read.
+    #[error("{}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not TOML, names an unknown key or holds a bad value.
+    #[error("{}: {source}", path.display())]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        source: Box<toml::de::Error>,
+    },
+    /// The admin token file is refused or cannot be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    grpc_listen: Option<SocketAddr>,
-    admin_listen: Option<SocketAddr>,
-    probe_socket: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    #[serde(default)]
-    volumes: Vec<String>,
-    state_dir: Option<PathBuf>,
-    admin_token_file: Option<PathBuf>,
-    heartbeat_timeout: Option<String>,
-    idle_ttl: Option<String>,
-    sweep_interval: Option<String>,
-    cleanup_parallelism: Option<usize>,
-    index_cache_size: Option<String>,
-    shutdown_grace: Option<String>,
-    max_fetch_blocks: Option<usize>,
-    spark_listen: Option<String>,
-    spark_auth_secret_file: Option<PathBuf>,
-    spark_auth_secret_dir: Option<PathBuf>,
-    spark_allow_unauthenticated: Option<bool>,
-    spark_allow_shared_secret_with_learned: Option<bool>,
-    #[serde(default)]
-    spark_ciphers: Vec<String>,
-    spark_require_encryption: Option<bool>,
-    registry_sync: Option<String>,
-    spark_max_connections: Option<usize>,
-    spark_max_connections_per_peer: Option<usize>,
-    spark_max_connections_per_app: Option<usize>,
-    spark_idle_timeout: Option<String>,
-    spark_memory: Option<String>,
-    spark_connection_memory: Option<String>,
-    spark_open_files: Option<usize>,
-    spark_preauth_max_frame: Option<String>,
-    spark_frame_memory: Option<String>,
-    spark_frame_memory_per_peer: Option<String>,
-    spark_auth_timeout: Option<String>,
-    grpc_max_connections: Option<usize>,
-    grpc_max_connections_per_peer: Option<usize>,
-    admin_max_connections: Option<usize>,
-    admin_max_connections_per_peer: Option<usize>,
-    peer_ipv6_prefix: Option<u8>,
-    connection_first_byte_timeout: Option<String>,
-    connection_first_request_timeout: Option<String>,
-    connection_idle_timeout: Option<String>,
-    kube_watch: Option<KubeWatch>,
-    kube_node_name: Option<String>,
-    #[serde(default)]
-    kube_namespaces: Vec<String>,
-    kube_app_end_grace: Option<String>,
-    kube_learn_secrets: Option<bool>,
-    spark_tls_cert: Option<PathBuf>,
-    spark_tls_key: Option<PathBuf>,
-    grpc_tls_cert: Option<PathBuf>,
-    grpc_tls_key: Option<PathBuf>,
-    admin_tls_cert: Option<PathBuf>,
-    admin_tls_key: Option<PathBuf>,
+impl ConfigError {
+    /// Whether the operator's settings are at fault (exit code 64, `EX_USAGE`) rather than the
+    /// machine. Every refusal of the configuration is: the files read at load are the ones the
+    /// operator named, so one that cannot be read is a setting to correct too.
+    pub fn is_usage(&self) -> bool {
+        match self {
+            Self::Invalid(_) | Self::ReadFile { .. } | Self::ParseFile { .. } | Self::Secret(_) => {
+                true
+            }
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+}
+
+/// `--spark-listen`: an address, or `off` (also `none` or empty) for no Spark listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparkListen(pub Option<SocketAddr>);
+
+impl FromStr for SparkListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" | "none" | "" => Ok(Self(None)),
+            a => a
+                .parse()
+                .map(|a| Self(Some(a)))
+                .map_err(|e| format!("spark_listen {a:?}: {e}")),
+        }
+    }
 }
 
 /// Validated configuration.
@@ -480,280 +292,225 @@ impl Config {
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
         }
     }
-
-    /// Merges flags, env and file over the defaults.
+    /// Merges flags, env and file over the defaults, then validates. `in_cluster` says whether
+    /// the process runs in a Kubernetes pod (the caller looks at `KUBERNETES_SERVICE_HOST`):
+    /// `--kube-watch auto` follows Spark's pods only there.
     ///
     /// # Errors
-    /// A sentence naming the bad setting.
-    pub fn load(args: ServeArgs) -> Result<Self, String> {
-        let file: FileConfig = match &args.config {
-            Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))?
-            }
+    /// [`ConfigError`]: an unreadable or invalid file, a refused token file, conflicting or
+    /// invalid settings.
+    pub fn load(args: ServeArgs, in_cluster: bool) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
             None => FileConfig::default(),
-        };
-        let dur = |cli: Option<Duration>,
-                   f: Option<String>,
-                   d: Duration,
-                   name: &str|
-         -> Result<Duration, String> {
-            match (cli, f) {
-                (Some(v), _) => Ok(v),
-                (None, Some(s)) => {
-                    humantime::parse_duration(&s).map_err(|e| format!("{name}: {e}"))
-                }
-                (None, None) => Ok(d),
-            }
         };
         let data_dir = args
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let mut c = Self::for_data_dir(&data_dir);
-        if !args.volumes.is_empty() {
-            c.volumes = args.volumes;
-        } else if !file.volumes.is_empty() {
-            c.volumes = file
-                .volumes
-                .iter()
-                .map(|s| s.parse())
-                .collect::<Result<_, _>>()?;
-        }
-        if let Some(s) = args.state_dir.or(file.state_dir) {
-            c.state_dir = s;
-        }
-        if let Some(a) = args.grpc_listen.or(file.grpc_listen) {
-            c.grpc_listen = a;
-        }
-        if let Some(a) = args.admin_listen.or(file.admin_listen) {
-            c.admin_listen = a;
-        }
-        c.probe_socket = args.probe_socket.or(file.probe_socket);
-        if let Some(p) = args.admin_token_file.or(file.admin_token_file) {
-            c.admin_token_hashes = read_tokens(&p)?;
-        }
-        c.heartbeat_timeout = dur(
-            args.heartbeat_timeout,
-            file.heartbeat_timeout,
-            c.heartbeat_timeout,
-            "heartbeat_timeout",
-        )?;
-        c.idle_ttl = dur(args.idle_ttl, file.idle_ttl, c.idle_ttl, "idle_ttl")?;
-        c.sweep_interval = dur(
-            args.sweep_interval,
-            file.sweep_interval,
-            c.sweep_interval,
-            "sweep_interval",
-        )?;
-        c.shutdown_grace = dur(
-            args.shutdown_grace,
-            file.shutdown_grace,
-            c.shutdown_grace,
-            "shutdown_grace",
-        )?;
-        if let Some(n) = args.cleanup_parallelism.or(file.cleanup_parallelism) {
-            c.cleanup_parallelism = n;
-        }
-        if let Some(n) = args.max_fetch_blocks.or(file.max_fetch_blocks) {
-            c.max_fetch_blocks = n;
-        }
-        match (args.index_cache_size, file.index_cache_size) {
-            (Some(n), _) => c.index_cache_bytes = n as usize,
-            (None, Some(s)) => c.index_cache_bytes = parse_size(&s)? as usize,
-            _ => {}
-        }
-        match args.spark_listen.or(file.spark_listen).as_deref() {
-            None => {}
-            Some("off" | "none" | "") => c.spark_listen = None,
-            Some(a) => {
-                c.spark_listen = Some(a.parse().map_err(|e| format!("spark_listen {a:?}: {e}"))?);
-            }
-        }
-        c.spark_auth_secret_file = args.spark_auth_secret_file.or(file.spark_auth_secret_file);
-        c.spark_auth_secret_dir = args.spark_auth_secret_dir.or(file.spark_auth_secret_dir);
-        c.spark_allow_unauthenticated =
-            args.spark_allow_unauthenticated || file.spark_allow_unauthenticated.unwrap_or(false);
-        c.spark_allow_shared_secret_with_learned = args.spark_allow_shared_secret_with_learned
-            || file.spark_allow_shared_secret_with_learned.unwrap_or(false);
-        if !args.spark_ciphers.is_empty() {
-            c.spark_ciphers = args.spark_ciphers;
-        } else if !file.spark_ciphers.is_empty() {
-            c.spark_ciphers = file
-                .spark_ciphers
-                .iter()
-                .map(|s| parse_cipher(s))
-                .collect::<Result<_, _>>()?;
-        }
-        c.spark_require_encryption =
-            args.spark_require_encryption || file.spark_require_encryption.unwrap_or(false);
-        match (args.registry_sync, file.registry_sync) {
-            (Some(d), _) => c.registry_sync = d,
-            (None, Some(s)) => c.registry_sync = parse_sync(&s)?,
-            (None, None) => {}
-        }
-        if let Some(n) = args.spark_max_connections.or(file.spark_max_connections) {
-            c.spark_max_connections = n;
-        }
-        if let Some(n) = args
-            .spark_max_connections_per_peer
-            .or(file.spark_max_connections_per_peer)
-        {
-            c.spark_max_connections_per_peer = n;
-        }
-        if let Some(n) = args
-            .spark_max_connections_per_app
-            .or(file.spark_max_connections_per_app)
-        {
-            c.spark_max_connections_per_app = n;
-        }
-        if let Some(n) = args.spark_open_files.or(file.spark_open_files) {
-            c.spark_open_files = n;
-        }
-        c.spark_idle_timeout = dur(
-            args.spark_idle_timeout,
-            file.spark_idle_timeout,
-            c.spark_idle_timeout,
-            "spark_idle_timeout",
-        )?;
-        let size = |cli: Option<u64>, f: Option<String>, d: u64| -> Result<u64, String> {
-            match (cli, f) {
-                (Some(v), _) => Ok(v),
-                (None, Some(s)) => parse_size(&s),
-                (None, None) => Ok(d),
-            }
+        let d = Self::for_data_dir(&data_dir);
+        let size = |a: Option<service_runtime::size::ByteSize>, f, default: u64| {
+            a.or(f).map_or(default, |b| b.0)
         };
-        c.spark_memory = size(args.spark_memory, file.spark_memory, c.spark_memory)?;
-        c.spark_connection_memory = size(
-            args.spark_connection_memory,
-            file.spark_connection_memory,
-            c.spark_connection_memory,
-        )?;
-        if let Some(n) = args.grpc_max_connections.or(file.grpc_max_connections) {
-            c.connections.grpc_max_connections = n;
-        }
-        if let Some(n) = args.admin_max_connections.or(file.admin_max_connections) {
-            c.connections.admin_max_connections = n;
-        }
-        if let Some(n) = args
-            .grpc_max_connections_per_peer
-            .or(file.grpc_max_connections_per_peer)
-        {
-            c.connections.grpc_max_connections_per_peer = n;
-        }
-        if let Some(n) = args
-            .admin_max_connections_per_peer
-            .or(file.admin_max_connections_per_peer)
-        {
-            c.connections.admin_max_connections_per_peer = n;
-        }
-        if let Some(n) = args.peer_ipv6_prefix.or(file.peer_ipv6_prefix) {
-            c.connections.peer_ipv6_prefix = n;
-        }
-        c.spark_auth_timeout = dur(
-            args.spark_auth_timeout,
-            file.spark_auth_timeout,
-            c.spark_auth_timeout,
-            "spark_auth_timeout",
-        )?;
-        c.connections.first_byte_timeout = dur(
-            args.connection_first_byte_timeout,
-            file.connection_first_byte_timeout,
-            c.connections.first_byte_timeout,
-            "connection_first_byte_timeout",
-        )?;
-        c.connections.first_request_timeout = dur(
-            args.connection_first_request_timeout,
-            file.connection_first_request_timeout,
-            c.connections.first_request_timeout,
-            "connection_first_request_timeout",
-        )?;
-        c.connections.idle_timeout = dur(
-            args.connection_idle_timeout,
-            file.connection_idle_timeout,
-            c.connections.idle_timeout,
-            "connection_idle_timeout",
-        )?;
-        c.spark_preauth_max_frame = size(
-            args.spark_preauth_max_frame,
-            file.spark_preauth_max_frame,
-            c.spark_preauth_max_frame as u64,
-        )?
-        .try_into()
-        .map_err(|_| "spark_preauth_max_frame: too large".to_owned())?;
-        c.spark_frame_memory = size(
-            args.spark_frame_memory,
-            file.spark_frame_memory,
-            c.spark_frame_memory,
-        )?;
-        c.spark_frame_memory_per_peer = match (
-            args.spark_frame_memory_per_peer,
-            file.spark_frame_memory_per_peer,
-        ) {
-            (Some(v), _) => Some(v),
-            (None, Some(s)) => Some(parse_size(&s)?),
-            (None, None) => None,
-        };
-        if c.spark_max_connections == 0
-            || c.spark_max_connections_per_peer == 0
-            || c.spark_max_connections_per_app == 0
-            || c.spark_open_files < 64
-            || c.spark_idle_timeout.is_zero()
-            || c.spark_auth_timeout.is_zero()
-            || c.spark_memory < 1024
-            || c.spark_connection_memory < 1024
-        {
-            return Err(
-                "Spark connection, file, memory limits, idle and auth timeouts must be positive"
-                    .into(),
-            );
-        }
-        c.kube = kube_settings(
-            args.kube_watch.or(file.kube_watch).unwrap_or_default(),
-            args.kube_node_name.or(file.kube_node_name),
-            if args.kube_namespaces.is_empty() {
-                file.kube_namespaces
-            } else {
-                args.kube_namespaces
-            },
-            dur(
-                args.kube_app_end_grace,
-                file.kube_app_end_grace,
-                DEFAULT_KUBE_APP_END_GRACE,
-                "kube_app_end_grace",
-            )?,
-            args.kube_learn_secrets || file.kube_learn_secrets.unwrap_or(false),
-            std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
-        )?;
         let tls = |cert: Option<PathBuf>, key: Option<PathBuf>, which: &str| match (cert, key) {
             (Some(cert), Some(key)) => Ok(Some(service_runtime::tls::TlsFiles { cert, key })),
             (None, None) => Ok(None),
-            _ => Err(format!(
+            _ => Err(ConfigError::invalid(format!(
                 "give both --{which}-tls-cert and --{which}-tls-key, or neither"
-            )),
+            ))),
         };
-        c.grpc_tls = tls(
-            args.grpc_tls_cert.or(file.grpc_tls_cert),
-            args.grpc_tls_key.or(file.grpc_tls_key),
-            "grpc",
-        )?;
-        c.spark_tls = tls(
-            args.spark_tls_cert.or(file.spark_tls_cert),
-            args.spark_tls_key.or(file.spark_tls_key),
-            "spark",
-        )?;
-        c.admin_tls = tls(
-            args.admin_tls_cert.or(file.admin_tls_cert),
-            args.admin_tls_key.or(file.admin_tls_key),
-            "admin",
-        )?;
+        let c = Self {
+            grpc_listen: args
+                .grpc_listen
+                .or(file.grpc_listen)
+                .unwrap_or(d.grpc_listen),
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or(d.admin_listen),
+            probe_socket: args.probe_socket.or(file.probe_socket),
+            volumes: [args.volumes, file.volumes]
+                .into_iter()
+                .find(|v| !v.is_empty())
+                .unwrap_or(d.volumes),
+            state_dir: args.state_dir.or(file.state_dir).unwrap_or(d.state_dir),
+            admin_token_hashes: match args.admin_token_file.or(file.admin_token_file) {
+                Some(p) => read_tokens(&p)?,
+                None => d.admin_token_hashes,
+            },
+            heartbeat_timeout: args
+                .heartbeat_timeout
+                .or(file.heartbeat_timeout)
+                .unwrap_or(d.heartbeat_timeout),
+            idle_ttl: args.idle_ttl.or(file.idle_ttl).unwrap_or(d.idle_ttl),
+            sweep_interval: args
+                .sweep_interval
+                .or(file.sweep_interval)
+                .unwrap_or(d.sweep_interval),
+            cleanup_parallelism: args
+                .cleanup_parallelism
+                .or(file.cleanup_parallelism)
+                .unwrap_or(d.cleanup_parallelism),
+            index_cache_bytes: size(
+                args.index_cache_size,
+                file.index_cache_size,
+                d.index_cache_bytes as u64,
+            ) as usize,
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(d.shutdown_grace),
+            max_fetch_blocks: args
+                .max_fetch_blocks
+                .or(file.max_fetch_blocks)
+                .unwrap_or(d.max_fetch_blocks),
+            usage_scan_interval: d.usage_scan_interval,
+            spark_listen: args
+                .spark_listen
+                .map(|a| a.parse::<SparkListen>())
+                .transpose()
+                .map_err(ConfigError::Invalid)?
+                .or(file.spark_listen)
+                .map_or(d.spark_listen, |l| l.0),
+            spark_auth_secret_file: args.spark_auth_secret_file.or(file.spark_auth_secret_file),
+            spark_auth_secret_dir: args.spark_auth_secret_dir.or(file.spark_auth_secret_dir),
+            spark_allow_unauthenticated: args
+                .spark_allow_unauthenticated
+                .or(file.spark_allow_unauthenticated)
+                .unwrap_or(d.spark_allow_unauthenticated),
+            spark_allow_shared_secret_with_learned: args
+                .spark_allow_shared_secret_with_learned
+                .or(file.spark_allow_shared_secret_with_learned)
+                .unwrap_or(d.spark_allow_shared_secret_with_learned),
+            spark_ciphers: [args.spark_ciphers, file.spark_ciphers]
+                .into_iter()
+                .find(|c| !c.is_empty())
+                .unwrap_or(d.spark_ciphers),
+            spark_require_encryption: args
+                .spark_require_encryption
+                .or(file.spark_require_encryption)
+                .unwrap_or(d.spark_require_encryption),
+            registry_sync: args
+                .registry_sync
+                .or(file.registry_sync)
+                .unwrap_or(d.registry_sync),
+            spark_max_connections: args
+                .spark_max_connections
+                .or(file.spark_max_connections)
+                .unwrap_or(d.spark_max_connections),
+            spark_max_connections_per_peer: args
+                .spark_max_connections_per_peer
+                .or(file.spark_max_connections_per_peer)
+                .unwrap_or(d.spark_max_connections_per_peer),
+            spark_max_connections_per_app: args
+                .spark_max_connections_per_app
+                .or(file.spark_max_connections_per_app)
+                .unwrap_or(d.spark_max_connections_per_app),
+            spark_idle_timeout: args
+                .spark_idle_timeout
+                .or(file.spark_idle_timeout)
+                .unwrap_or(d.spark_idle_timeout),
+            spark_max_frame: d.spark_max_frame,
+            spark_memory: size(args.spark_memory, file.spark_memory, d.spark_memory),
+            spark_connection_memory: size(
+                args.spark_connection_memory,
+                file.spark_connection_memory,
+                d.spark_connection_memory,
+            ),
+            spark_open_files: args
+                .spark_open_files
+                .or(file.spark_open_files)
+                .unwrap_or(d.spark_open_files),
+            spark_small_body: d.spark_small_body,
+            spark_preauth_max_frame: size(
+                args.spark_preauth_max_frame,
+                file.spark_preauth_max_frame,
+                d.spark_preauth_max_frame as u64,
+            )
+            .try_into()
+            .map_err(|_| ConfigError::invalid("spark_preauth_max_frame: too large"))?,
+            spark_frame_memory: size(
+                args.spark_frame_memory,
+                file.spark_frame_memory,
+                d.spark_frame_memory,
+            ),
+            spark_frame_memory_per_peer: args
+                .spark_frame_memory_per_peer
+                .or(file.spark_frame_memory_per_peer)
+                .map(|b| b.0),
+            spark_auth_timeout: args
+                .spark_auth_timeout
+                .or(file.spark_auth_timeout)
+                .unwrap_or(d.spark_auth_timeout),
+            connections: ConnectionLimits {
+                grpc_max_connections: args
+                    .grpc_max_connections
+                    .or(file.grpc_max_connections)
+                    .unwrap_or(d.connections.grpc_max_connections),
+                grpc_max_connections_per_peer: args
+                    .grpc_max_connections_per_peer
+                    .or(file.grpc_max_connections_per_peer)
+                    .unwrap_or(d.connections.grpc_max_connections_per_peer),
+                admin_max_connections: args
+                    .admin_max_connections
+                    .or(file.admin_max_connections)
+                    .unwrap_or(d.connections.admin_max_connections),
+                admin_max_connections_per_peer: args
+                    .admin_max_connections_per_peer
+                    .or(file.admin_max_connections_per_peer)
+                    .unwrap_or(d.connections.admin_max_connections_per_peer),
+                peer_ipv6_prefix: args
+                    .peer_ipv6_prefix
+                    .or(file.peer_ipv6_prefix)
+                    .unwrap_or(d.connections.peer_ipv6_prefix),
+                first_byte_timeout: args
+                    .connection_first_byte_timeout
+                    .or(file.connection_first_byte_timeout)
+                    .unwrap_or(d.connections.first_byte_timeout),
+                first_request_timeout: args
+                    .connection_first_request_timeout
+                    .or(file.connection_first_request_timeout)
+                    .unwrap_or(d.connections.first_request_timeout),
+                idle_timeout: args
+                    .connection_idle_timeout
+                    .or(file.connection_idle_timeout)
+                    .unwrap_or(d.connections.idle_timeout),
+            },
+            kube: kube_settings(
+                args.kube_watch.or(file.kube_watch).unwrap_or_default(),
+                args.kube_node_name.or(file.kube_node_name),
+                if args.kube_namespaces.is_empty() {
+                    file.kube_namespaces
+                } else {
+                    args.kube_namespaces
+                },
+                args.kube_app_end_grace
+                    .or(file.kube_app_end_grace)
+                    .unwrap_or(DEFAULT_KUBE_APP_END_GRACE),
+                args.kube_learn_secrets
+                    .or(file.kube_learn_secrets)
+                    .unwrap_or(false),
+                in_cluster,
+            )
+            .map_err(ConfigError::Invalid)?,
+            grpc_tls: tls(
+                args.grpc_tls_cert.or(file.grpc_tls_cert),
+                args.grpc_tls_key.or(file.grpc_tls_key),
+                "grpc",
+            )?,
+            spark_tls: tls(
+                args.spark_tls_cert.or(file.spark_tls_cert),
+                args.spark_tls_key.or(file.spark_tls_key),
+                "spark",
+            )?,
+            admin_tls: tls(
+                args.admin_tls_cert.or(file.admin_tls_cert),
+                args.admin_tls_key.or(file.admin_tls_key),
+                "admin",
+            )?,
+            tls_reload_interval: d.tls_reload_interval,
+        };
         c.validate()?;
-        if c.cleanup_parallelism == 0 || c.max_fetch_blocks == 0 || c.sweep_interval.is_zero() {
-            return Err(
-                "cleanup parallelism, max fetch blocks and sweep interval must be positive".into(),
-            );
-        }
         Ok(c)
     }
 }
@@ -768,39 +525,69 @@ impl Config {
                 .min(self.spark_frame_memory)
         })
     }
-
-    /// Checks settings that are wrong together.
+    /// Checks every rule a configuration must keep, alone and across settings.
     ///
     /// # Errors
-    /// A sentence naming the conflict.
-    pub fn validate(&self) -> Result<(), String> {
-        self.connections.validate()?;
+    /// [`ConfigError::Invalid`] naming the broken rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.connections.validate().map_err(ConfigError::Invalid)?;
+        if self.spark_max_connections == 0
+            || self.spark_max_connections_per_peer == 0
+            || self.spark_max_connections_per_app == 0
+            || self.spark_open_files < 64
+            || self.spark_idle_timeout.is_zero()
+            || self.spark_auth_timeout.is_zero()
+            || self.spark_memory < 1024
+            || self.spark_connection_memory < 1024
+        {
+            return Err(ConfigError::invalid(
+                "Spark connection, file, memory limits, idle and auth timeouts must be positive",
+            ));
+        }
+        if self.cleanup_parallelism == 0
+            || self.max_fetch_blocks == 0
+            || self.sweep_interval.is_zero()
+        {
+            return Err(ConfigError::invalid(
+                "cleanup parallelism, max fetch blocks and sweep interval must be positive",
+            ));
+        }
+        if let Some(k) = &self.kube {
+            if k.node_name.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "the pod watch needs --kube-node-name (SHUFFLE_KUBE_NODE_NAME, from the downward API's spec.nodeName)",
+                ));
+            }
+            validate_namespaces(&k.namespaces).map_err(ConfigError::Invalid)?;
+        }
         if self.spark_preauth_max_frame < 1024
             || self.spark_preauth_max_frame > self.spark_max_frame
         {
-            return Err(format!(
+            return Err(ConfigError::invalid(format!(
                 "--spark-preauth-max-frame must be between 1KiB and the largest frame ({} bytes)",
                 self.spark_max_frame
-            ));
+            )));
         }
         if self.spark_frame_memory < self.spark_max_frame as u64 {
-            return Err(format!(
+            return Err(ConfigError::invalid(format!(
                 "--spark-frame-memory must hold at least one largest frame ({} bytes)",
                 self.spark_max_frame
-            ));
+            )));
         }
         let per_peer = self.spark_frame_memory_per_peer();
         if per_peer < self.spark_max_frame as u64 || per_peer > self.spark_frame_memory {
-            return Err(format!(
+            return Err(ConfigError::invalid(format!(
                 "--spark-frame-memory-per-peer must hold at least one largest frame ({} bytes) and at most --spark-frame-memory ({} bytes)",
                 self.spark_max_frame, self.spark_frame_memory
-            ));
+            )));
         }
         if self.spark_auth_secret_file.is_some()
             && self.kube.as_ref().is_some_and(|k| k.learn_secrets)
             && !self.spark_allow_shared_secret_with_learned
         {
-            return Err("--spark-auth-secret-file with --kube-learn-secrets: on a node where an application id is not yet the operator's, a tenant's pods claiming it shadow the shared secret there. Give the operator's applications their own secret files (--spark-auth-secret-dir), or accept it with --spark-allow-shared-secret-with-learned".into());
+            return Err(ConfigError::invalid(
+                "--spark-auth-secret-file with --kube-learn-secrets: on a node where an application id is not yet the operator's, a tenant's pods claiming it shadow the shared secret there. Give the operator's applications their own secret files (--spark-auth-secret-dir), or accept it with --spark-allow-shared-secret-with-learned",
+            ));
         }
         let authenticated = self.spark_auth_secret_file.is_some()
             || self.spark_auth_secret_dir.is_some()
@@ -808,19 +595,32 @@ impl Config {
         // Without authentication or TLS nothing on the Spark port is encrypted, and plaintext
         // clients are served: the flag would promise what it cannot keep.
         if self.spark_require_encryption && !authenticated && self.spark_tls.is_none() {
-            return Err("--spark-require-encryption needs TLS (--spark-tls-cert/--spark-tls-key) or authentication (--spark-auth-secret-file, --spark-auth-secret-dir or --kube-learn-secrets): without either, Spark's clients connect in plaintext".into());
+            return Err(ConfigError::invalid(
+                "--spark-require-encryption needs TLS (--spark-tls-cert/--spark-tls-key) or authentication (--spark-auth-secret-file, --spark-auth-secret-dir or --kube-learn-secrets): without either, Spark's clients connect in plaintext",
+            ));
         }
         if let Some(addr) = self.spark_listen
             && !addr.ip().is_loopback()
             && !authenticated
             && !self.spark_allow_unauthenticated
         {
-            return Err(format!(
+            return Err(ConfigError::invalid(format!(
                 "the Spark listener on {addr} has no authentication: anyone who reaches it reads and removes every application's blocks. Configure --spark-auth-secret-file, --spark-auth-secret-dir or --kube-learn-secrets, listen on loopback, or accept it with --spark-allow-unauthenticated"
-            ));
+            )));
         }
         Ok(())
     }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 fn parse_sync(s: &str) -> Result<Durability, String> {
@@ -831,8 +631,8 @@ fn parse_sync(s: &str) -> Result<Durability, String> {
     }
 }
 
-fn read_tokens(path: &std::path::Path) -> Result<Vec<[u8; 32]>, String> {
-    let text = service_runtime::secret::read_string(path).map_err(|e| e.to_string())?;
+fn read_tokens(path: &Path) -> Result<Vec<[u8; 32]>, ConfigError> {
+    let text = service_runtime::secret::read_string(path)?;
     let tokens: Vec<[u8; 32]> = text
         .lines()
         .map(str::trim)
@@ -840,7 +640,10 @@ fn read_tokens(path: &std::path::Path) -> Result<Vec<[u8; 32]>, String> {
         .map(service_runtime::token::hash)
         .collect();
     if tokens.is_empty() {
-        return Err(format!("{} holds no token", path.display()));
+        return Err(ConfigError::invalid(format!(
+            "{} holds no token",
+            path.display()
+        )));
     }
     Ok(tokens)
 }

@@ -62,11 +62,13 @@ async fn main() -> ExitCode {
         None => cli.serve,
     };
     service_runtime::logging::init("shuffle_service=info");
-    let config = match Config::load(args) {
+    // `--kube-watch auto` follows Spark's pods when the process runs in a pod.
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let config = match Config::load(args, in_cluster) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("shuffle-service: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(if e.is_usage() { 64 } else { 1 });
         }
     };
     match serve(config).await {

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::error::Error;
+use crate::store::StoreError;
 use staging_api::bodies::ErrorBody;
 use staging_api::ids::InvalidField;
 
@@ -105,25 +105,23 @@ impl ApiError {
     /// The one mapping of object-store failures: 507 for a full store, 503 (with
     /// `Retry-After`) for a store that is down or does not answer in time, so clients and
     /// proxies know to retry, 500 otherwise. Timeouts and outages are counted.
-    pub fn store(e: Error, metrics: &crate::metrics::Metrics) -> Self {
-        use crate::store::StoreFailure;
-        let failure = StoreFailure::of(&e);
-        if let Some(kind) = failure.metric_kind() {
+    pub fn store(e: StoreError, metrics: &crate::metrics::Metrics) -> Self {
+        if let Some(kind) = e.metric_kind() {
             metrics.store_errors.with_label_values(&[kind]).inc();
         }
-        match failure {
-            StoreFailure::Full => {
+        match e {
+            StoreError::Full { .. } => {
                 metrics.storage_full.set(1);
                 Self::insufficient_storage("the store is out of space")
             }
-            StoreFailure::Timeout | StoreFailure::Unavailable => Self {
+            StoreError::Timeout { .. } | StoreError::Unavailable { .. } => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "store_unavailable",
                 message: "the object store is not answering; retry later".into(),
                 internal: Some(e.to_string()),
                 retry_after: None,
             },
-            StoreFailure::NotFound | StoreFailure::Other => Self::internal(e),
+            _ => Self::internal(e),
         }
     }
 

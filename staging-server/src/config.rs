@@ -1,23 +1,28 @@
-//! Server configuration: the clap arguments of `serve`, an optional TOML file, and the validated
-//! runtime [`Config`].
+//! Server configuration: the clap arguments of `serve` ([`ServeArgs`]), an optional TOML file,
+//! and the validated runtime [`Config`].
 //!
 //! Precedence is command line > `STAGING_*` environment > `--config` TOML file > defaults. Every
 //! argument is an `Option` so that "not given" can fall through to the file and then to the
-//! `DEFAULT_*` constant. Loading is pure: nothing is bound and the environment is not changed.
+//! `DEFAULT_*` constant; switches too, so that `--kube-auth=false` can turn off what the file
+//! turned on. Loading is pure: it reads the files it is pointed at and nothing else (whether the
+//! process runs in a cluster is the caller's to say), binds nothing and changes no environment.
+//! Every rule a [`Config`] must keep is checked by [`Config::validate`], so that a `Config` built
+//! in a test is held to the same rules as a loaded one.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Args;
 use serde::Deserialize;
+use service_runtime::secret::SecretError;
 
-use crate::error::{Error, Result};
-use crate::secret;
-use crate::size::ByteSize;
+mod args;
+mod file;
+
+pub use args::{SecretArg, ServeArgs};
+use file::FileConfig;
 
 /// The fork's port, so that existing `spark.kubernetes.resourceStagingServer.uri` values work.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10000";
@@ -95,32 +100,6 @@ pub const DEFAULT_GLOBAL_REVIEW_BURST: u32 = 100;
 /// share of what one API server serves.
 pub const DEFAULT_GLOBAL_REVIEWS_PER_MINUTE: u32 = 600;
 
-/// A flag value that is, or may hold, a secret (upload tokens, the signing key, store options):
-/// taken as given, and printed by `Debug` as `<redacted>`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct SecretArg(String);
-
-impl SecretArg {
-    /// The value as given.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for SecretArg {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for SecretArg {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&Redacted, f)
-    }
-}
-
 /// What `Debug` prints in place of a secret.
 struct Redacted;
 
@@ -130,198 +109,45 @@ impl fmt::Debug for Redacted {
     }
 }
 
-/// Arguments of `staging-server serve`.
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// TOML configuration file; command-line flags and env override its values.
-    #[arg(long, env = "STAGING_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Address of the API listener.
-    #[arg(long, env = "STAGING_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Optional separate listener for /metrics, /healthz and /readyz (also served on --listen).
-    #[arg(long, env = "STAGING_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Directory for the database, the signing key and the default local object store.
-    #[arg(long, env = "STAGING_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Object store URL (s3://bucket/prefix, gs://, az://, memory://, file:///path).
-    /// Default: the local filesystem under <data-dir>/objects.
-    #[arg(long, env = "STAGING_STORE_URL")]
-    pub store_url: Option<String>,
-    /// Object store option KEY=VALUE (e.g. aws_endpoint=http://minio:9000); repeatable.
-    /// Credentials are best left to the store's usual env variables (AWS_*, GOOGLE_*, AZURE_*).
-    #[arg(
-        long = "store-option",
-        env = "STAGING_STORE_OPTIONS",
-        value_delimiter = ','
-    )]
-    pub store_options: Vec<SecretArg>,
-    /// File of upload bearer tokens, one per line (`#` comments allowed): `TOKEN` acts for
-    /// every namespace, `TOKEN NAMESPACE...` only for the namespaces named after it.
-    #[arg(long, env = "STAGING_UPLOAD_TOKEN_FILE")]
-    pub upload_token_file: Option<PathBuf>,
-    /// Upload bearer tokens, comma-separated, each `TOKEN [NAMESPACE...]` (prefer
-    /// --upload-token-file).
-    #[arg(long, env = "STAGING_UPLOAD_TOKENS", hide_env_values = true)]
-    pub upload_tokens: Option<SecretArg>,
-    /// Allow uploads without a token on a non-loopback listener. Anyone who reaches the port
-    /// can then fill the store.
-    #[arg(long, env = "STAGING_INSECURE_ALLOW_ANONYMOUS_UPLOAD")]
-    pub insecure_allow_anonymous_upload: bool,
-    /// File holding the download-token signing key (at least 32 bytes; mode 0600).
-    /// Default: generated on first start as <data-dir>/signing.key.
-    #[arg(long, env = "STAGING_SIGNING_KEY_FILE")]
-    pub signing_key_file: Option<PathBuf>,
-    /// The download-token signing key itself (prefer --signing-key-file).
-    #[arg(long, env = "STAGING_SIGNING_KEY", hide_env_values = true)]
-    pub signing_key: Option<SecretArg>,
-    /// Largest accepted bundle (e.g. 2GiB).
-    #[arg(long, env = "STAGING_MAX_UPLOAD_SIZE")]
-    pub max_upload_size: Option<ByteSize>,
-    /// Delete bundles never downloaded within this time (e.g. 30m).
-    #[arg(long, env = "STAGING_UNUSED_TTL", value_parser = humantime::parse_duration)]
-    pub unused_ttl: Option<Duration>,
-    /// Delete every bundle this long after upload (e.g. 48h).
-    #[arg(long, env = "STAGING_MAX_TTL", value_parser = humantime::parse_duration)]
-    pub max_ttl: Option<Duration>,
-    /// How often expired bundles are swept.
-    #[arg(long, env = "STAGING_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
-    pub sweep_interval: Option<Duration>,
-    /// Bytes one namespace may keep stored.
-    #[arg(long, env = "STAGING_NAMESPACE_QUOTA_BYTES")]
-    pub namespace_quota_bytes: Option<ByteSize>,
-    /// Bundles one namespace may keep stored.
-    #[arg(long, env = "STAGING_NAMESPACE_QUOTA_COUNT")]
-    pub namespace_quota_count: Option<u64>,
-    /// Total bytes the server may keep stored.
-    #[arg(long, env = "STAGING_CAPACITY")]
-    pub capacity: Option<ByteSize>,
-    /// Uploads streaming at once.
-    #[arg(long, env = "STAGING_MAX_CONCURRENT_UPLOADS")]
-    pub max_concurrent_uploads: Option<usize>,
-    /// Uploads of one namespace (or, before its namespace is known, of one credential)
-    /// streaming at once [default: 8].
-    #[arg(long, env = "STAGING_MAX_CONCURRENT_UPLOADS_PER_NAMESPACE")]
-    pub max_concurrent_uploads_per_namespace: Option<usize>,
-    /// Open client connections.
-    #[arg(long, env = "STAGING_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Time allowed for request headers.
-    #[arg(long, env = "STAGING_HEADER_READ_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub header_read_timeout: Option<Duration>,
-    /// Longest pause between two chunks of an upload body (408), and longest a connection's
-    /// requests in progress may move no body byte either way before it is closed [default: 60s].
-    #[arg(long, env = "STAGING_BODY_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub body_idle_timeout: Option<Duration>,
-    /// Slowest accepted upload, bytes per second over --upload-rate-window (0 turns the check
-    /// off).
-    #[arg(long, env = "STAGING_UPLOAD_MIN_RATE")]
-    pub upload_min_rate: Option<ByteSize>,
-    /// Window over which the upload rate is measured.
-    #[arg(long, env = "STAGING_UPLOAD_RATE_WINDOW", value_parser = humantime::parse_duration)]
-    pub upload_rate_window: Option<Duration>,
-    /// Longest one object-store request may take.
-    #[arg(long, env = "STAGING_STORE_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub store_timeout: Option<Duration>,
-    /// Longest an object-store connection may take to open.
-    #[arg(long, env = "STAGING_STORE_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
-    pub store_connect_timeout: Option<Duration>,
-    /// Size of the reserve file that lets deletions through on a full disk (0: none).
-    #[arg(long, env = "STAGING_DISK_RESERVE")]
-    pub disk_reserve: Option<ByteSize>,
-    /// Time in-flight transfers get after SIGTERM.
-    #[arg(long, env = "STAGING_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
-    pub shutdown_grace: Option<Duration>,
-    /// Delete a resource when its owner pods end (Kubernetes API): `auto` (on inside a pod),
-    /// `on` or `off`.
-    #[arg(long, env = "STAGING_KUBE_OWNERS", value_enum)]
-    pub kube_owners: Option<KubeOwners>,
-    /// A resource whose owner pods never appear is deleted this long after its upload (15m).
-    #[arg(long, env = "STAGING_KUBE_OWNER_START_GRACE", value_parser = humantime::parse_duration)]
-    pub kube_owner_start_grace: Option<Duration>,
-    /// A resource whose owner pods all ended is deleted after they stayed so this long (1m).
-    #[arg(long, env = "STAGING_KUBE_OWNER_END_GRACE", value_parser = humantime::parse_duration)]
-    pub kube_owner_end_grace: Option<Duration>,
-    /// Time between two looks at the owner pods (15s).
-    #[arg(long, env = "STAGING_KUBE_OWNER_INTERVAL", value_parser = humantime::parse_duration)]
-    pub kube_owner_interval: Option<Duration>,
-    /// Keep the Secrets the client made for resources deleted with their owner.
-    #[arg(long, env = "STAGING_KUBE_KEEP_SECRETS")]
-    pub kube_keep_secrets: bool,
-    /// Accept Kubernetes bearer tokens for uploads (TokenReview), for namespaces where the
-    /// identity may create pods (SubjectAccessReview); upload tokens keep working beside them.
-    #[arg(long, env = "STAGING_KUBE_AUTH")]
-    pub kube_auth: bool,
-    /// With --kube-auth, accept only tokens bound to one of these audiences (TokenReview
-    /// `audiences`), e.g. tokens made with `kubectl create token --audience staging-server`;
-    /// comma-separated. Default: tokens for the API server's own audience.
-    #[arg(
-        long = "kube-auth-audience",
-        env = "STAGING_KUBE_AUTH_AUDIENCES",
-        value_delimiter = ','
-    )]
-    pub kube_auth_audiences: Vec<String>,
-    /// With --kube-auth, failed Kubernetes API reviews one client address (IPv6: see --kube-auth-ipv6-prefix)
-    /// may cause at once (20): token reviews of tokens the API server does not authenticate
-    /// (and, per identity, access reviews that refuse and reviews of its new tokens). Reviews
-    /// of valid tokens and answers from the cache are free to the address.
-    #[arg(long, env = "STAGING_KUBE_AUTH_REVIEW_BURST")]
-    pub kube_auth_review_burst: Option<u32>,
-    /// With --kube-auth, failed reviews one client address (or identity) may cause per minute
-    /// after its burst (60); beyond, tokens not in the cache are answered 429 with
-    /// Retry-After.
-    #[arg(long, env = "STAGING_KUBE_AUTH_REVIEWS_PER_MINUTE")]
-    pub kube_auth_reviews_per_minute: Option<u32>,
-    /// With --kube-auth, Kubernetes API reviews of all callers together at once (100),
-    /// whatever their outcome: what the server may ask of the API server.
-    #[arg(long, env = "STAGING_KUBE_AUTH_GLOBAL_REVIEW_BURST")]
-    pub kube_auth_global_review_burst: Option<u32>,
-    /// With --kube-auth, reviews of all callers together per minute after that burst (600);
-    /// beyond, what needs a review is answered 429 with Retry-After.
-    #[arg(long, env = "STAGING_KUBE_AUTH_GLOBAL_REVIEWS_PER_MINUTE")]
-    pub kube_auth_global_reviews_per_minute: Option<u32>,
-    /// With --kube-auth, the prefix length that makes one IPv6 client for the per-address
-    /// review budgets (128: each address, as pods have in a cluster, where a node's pods share
-    /// one /64; 64 for clients on networks that hand each host a /64) [default: 128].
-    #[arg(long, env = "STAGING_KUBE_AUTH_IPV6_PREFIX", value_parser = clap::value_parser!(u8).range(0..=128))]
-    pub kube_auth_ipv6_prefix: Option<u8>,
-    /// PEM certificate chain of the API listener (TLS when given, with --tls-key); reloaded
-    /// when the file changes.
-    #[arg(long, env = "STAGING_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of the API listener.
-    #[arg(long, env = "STAGING_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// Bytes of files one namespace may hold sent but not yet named by a submission (8GiB).
-    #[arg(long, env = "STAGING_NAMESPACE_UNNAMED_BYTES")]
-    pub namespace_unnamed_bytes: Option<ByteSize>,
-    /// Bytes of files one upload credential (an upload token, a Kubernetes identity, or
-    /// anonymous uploads) may hold sent but not yet named by a submission, across every
-    /// namespace it names (16GiB).
-    #[arg(long, env = "STAGING_CREDENTIAL_UNNAMED_BYTES")]
-    pub credential_unnamed_bytes: Option<ByteSize>,
-    /// Files one namespace may hold sent but not yet named by a submission (10000).
-    #[arg(long, env = "STAGING_NAMESPACE_MAX_BLOBS")]
-    pub namespace_max_blobs: Option<u64>,
-    /// Namespaces that may hold files not yet named by a submission at once (1000).
-    #[arg(long, env = "STAGING_MAX_UNNAMED_NAMESPACES")]
-    pub max_unnamed_namespaces: Option<u64>,
-    /// Namespaces where one upload credential may hold files not yet named by a submission at
-    /// once (100).
-    #[arg(long, env = "STAGING_CREDENTIAL_MAX_NAMESPACES")]
-    pub credential_max_namespaces: Option<u64>,
-    /// Start on a store prefix that another server instance (its own database) has registered,
-    /// instead of refusing to; the orphan sweep then deletes nothing.
-    #[arg(long, env = "STAGING_STORE_SHARED")]
-    pub store_shared: bool,
-    /// An object without a row is deleted as an orphan only once it is this old (1h).
-    #[arg(long, env = "STAGING_ORPHAN_GRACE", value_parser = humantime::parse_duration)]
-    pub orphan_grace: Option<Duration>,
-    /// How long a namespace keeps a file it sent that none of its submissions names, from the
-    /// send (1h): the time a staging has between sending its files and naming them.
-    #[arg(long, env = "STAGING_UNNAMED_BLOB_GRACE", value_parser = humantime::parse_duration)]
-    pub unnamed_blob_grace: Option<Duration>,
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A setting is invalid, two settings conflict, or what they name refuses them (another
+    /// process holds the data directory, another instance the store prefix).
+    #[error("configuration: {0}")]
+    Invalid(String),
+    /// The `--config` file cannot be read.
+    #[error("configuration: --config {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not TOML, names an unknown key or holds a bad value.
+    #[error("configuration: {}: {source}", path.display())]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with its line.
+        source: Box<toml::de::Error>,
+    },
+    /// A secret file (upload tokens, signing key) is refused or cannot be read.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+}
+
+impl ConfigError {
+    /// Whether the operator's settings are at fault (exit code 64, `EX_USAGE`) rather than the
+    /// machine: everything but a secret file that exists and cannot be read.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, Self::Secret(SecretError::Io { .. }))
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
 }
 
 /// Whether resources follow their owner pods.
@@ -379,94 +205,6 @@ impl Default for KubeAuthSettings {
             global_reviews_per_minute: DEFAULT_GLOBAL_REVIEWS_PER_MINUTE,
             ipv6_prefix: service_runtime::peer::DEFAULT_IPV6_PREFIX,
         }
-    }
-}
-
-/// The TOML file: the same settings, snake_case, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    admin_listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    store_url: Option<String>,
-    #[serde(default)]
-    store_options: BTreeMap<String, String>,
-    upload_token_file: Option<PathBuf>,
-    #[serde(default)]
-    insecure_allow_anonymous_upload: bool,
-    signing_key_file: Option<PathBuf>,
-    max_upload_size: Option<ByteSize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    unused_ttl: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    max_ttl: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    sweep_interval: Option<Duration>,
-    namespace_quota_bytes: Option<ByteSize>,
-    namespace_quota_count: Option<u64>,
-    capacity: Option<ByteSize>,
-    max_concurrent_uploads: Option<usize>,
-    max_concurrent_uploads_per_namespace: Option<usize>,
-    max_connections: Option<usize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    header_read_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    body_idle_timeout: Option<Duration>,
-    upload_min_rate: Option<ByteSize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    upload_rate_window: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    store_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    store_connect_timeout: Option<Duration>,
-    disk_reserve: Option<ByteSize>,
-    #[serde(default, with = "humantime_serde_opt")]
-    shutdown_grace: Option<Duration>,
-    kube_owners: Option<KubeOwners>,
-    #[serde(default, with = "humantime_serde_opt")]
-    kube_owner_start_grace: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    kube_owner_end_grace: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    kube_owner_interval: Option<Duration>,
-    #[serde(default)]
-    kube_keep_secrets: bool,
-    #[serde(default)]
-    kube_auth: bool,
-    #[serde(default)]
-    kube_auth_audiences: Vec<String>,
-    kube_auth_review_burst: Option<u32>,
-    kube_auth_reviews_per_minute: Option<u32>,
-    kube_auth_global_review_burst: Option<u32>,
-    kube_auth_global_reviews_per_minute: Option<u32>,
-    kube_auth_ipv6_prefix: Option<u8>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    namespace_unnamed_bytes: Option<ByteSize>,
-    credential_unnamed_bytes: Option<ByteSize>,
-    namespace_max_blobs: Option<u64>,
-    max_unnamed_namespaces: Option<u64>,
-    credential_max_namespaces: Option<u64>,
-    #[serde(default)]
-    store_shared: bool,
-    #[serde(default, with = "humantime_serde_opt")]
-    orphan_grace: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    unnamed_blob_grace: Option<Duration>,
-}
-
-mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 
@@ -601,6 +339,8 @@ pub struct Config {
     pub owners: Option<OwnerSettings>,
     /// Uploads may authenticate with Kubernetes credentials.
     pub kube_auth: bool,
+    /// Uploads without a token are accepted on a non-loopback listener.
+    pub insecure_allow_anonymous_upload: bool,
     /// Audiences and review limits of `--kube-auth`.
     pub kube_auth_settings: KubeAuthSettings,
     /// TLS of the API listener (`None`: plain HTTP).
@@ -636,6 +376,7 @@ impl fmt::Debug for Config {
             disk_reserve,
             owners,
             kube_auth,
+            insecure_allow_anonymous_upload,
             kube_auth_settings,
             tls,
             tls_reload_interval,
@@ -661,6 +402,10 @@ impl fmt::Debug for Config {
             .field("disk_reserve", disk_reserve)
             .field("owners", owners)
             .field("kube_auth", kube_auth)
+            .field(
+                "insecure_allow_anonymous_upload",
+                insecure_allow_anonymous_upload,
+            )
             .field("kube_auth_settings", kube_auth_settings)
             .field("tls", tls)
             .field("tls_reload_interval", tls_reload_interval)
@@ -692,6 +437,7 @@ impl Config {
             disk_reserve: DEFAULT_DISK_RESERVE,
             owners: None,
             kube_auth: false,
+            insecure_allow_anonymous_upload: false,
             kube_auth_settings: KubeAuthSettings::default(),
             tls: None,
             tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
@@ -702,18 +448,15 @@ impl Config {
     }
 
     /// Merges the arguments over the optional TOML file and the defaults, then validates.
+    /// `in_cluster` says whether the process runs in a Kubernetes pod (the caller looks at
+    /// `KUBERNETES_SERVICE_HOST`): `--kube-owners auto` follows owner pods only there.
     ///
     /// # Errors
-    /// [`Error::Config`] for conflicting or invalid settings, the secret-file errors of
-    /// `secret`, and I/O errors reading the files.
-    pub fn load(args: ServeArgs) -> Result<Self> {
+    /// [`ConfigError`]: an unreadable or invalid file, a refused secret file, conflicting or
+    /// invalid settings.
+    pub fn load(args: ServeArgs, in_cluster: bool) -> Result<Self, ConfigError> {
         let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("--config {}: {e}", path.display())))?;
-                toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
-            }
+            Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
         let data_dir = args
@@ -722,172 +465,120 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let mut options = file.store_options;
         for kv in &args.store_options {
-            let (k, v) = kv
-                .expose()
-                .split_once('=')
-                .ok_or_else(|| Error::Config(format!("--store-option {kv:?} is not KEY=VALUE")))?;
+            let (k, v) = kv.expose().split_once('=').ok_or_else(|| {
+                ConfigError::invalid(format!("--store-option {kv:?} is not KEY=VALUE"))
+            })?;
             options.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
         }
+        let store_connect_timeout = args
+            .store_connect_timeout
+            .or(file.store_connect_timeout)
+            .unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT);
         let store = match args.store_url.or(file.store_url) {
             None => StoreLocation::Local(data_dir.join("objects")),
             Some(url) if url.starts_with("file://") => {
                 StoreLocation::Local(PathBuf::from(url.trim_start_matches("file://")))
             }
-            Some(url) => StoreLocation::Url { url, options },
+            Some(url) => {
+                // Each attempt of the store client fails fast on a dead endpoint; the whole
+                // call is bounded by --store-timeout on top of the client's retries.
+                options
+                    .entry("connect_timeout".into())
+                    .or_insert_with(|| format!("{}ms", store_connect_timeout.as_millis()));
+                StoreLocation::Url { url, options }
+            }
         };
         let token_file = args.upload_token_file.or(file.upload_token_file);
         let upload_tokens = read_upload_tokens(
             args.upload_tokens.as_ref().map(SecretArg::expose),
             token_file.as_deref(),
         )?;
-        let signing_key = secret::resolve(
+        let signing_key = secret_value(
             "signing key",
             args.signing_key.as_ref().map(SecretArg::expose),
             args.signing_key_file.or(file.signing_key_file).as_deref(),
         )?
         .map(String::into_bytes);
         let d = Limits::default();
-        let store_connect_timeout = args
-            .store_connect_timeout
-            .or(file.store_connect_timeout)
-            .unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT);
-        // Each attempt of the store client fails fast on a dead endpoint; the whole call is
-        // bounded by --store-timeout on top of the client's retries.
-        let store = match store {
-            StoreLocation::Url { url, mut options } => {
-                options
-                    .entry("connect_timeout".into())
-                    .or_insert_with(|| format!("{}ms", store_connect_timeout.as_millis()));
-                StoreLocation::Url { url, options }
-            }
-            local => local,
+        let limits = Limits {
+            max_upload_size: args
+                .max_upload_size
+                .or(file.max_upload_size)
+                .map_or(d.max_upload_size, |b| b.0),
+            unused_ttl: args.unused_ttl.or(file.unused_ttl).unwrap_or(d.unused_ttl),
+            max_ttl: args.max_ttl.or(file.max_ttl).unwrap_or(d.max_ttl),
+            namespace_quota_bytes: args
+                .namespace_quota_bytes
+                .or(file.namespace_quota_bytes)
+                .map(|b| b.0),
+            namespace_quota_count: args.namespace_quota_count.or(file.namespace_quota_count),
+            capacity: args.capacity.or(file.capacity).map(|b| b.0),
+            max_concurrent_uploads: args
+                .max_concurrent_uploads
+                .or(file.max_concurrent_uploads)
+                .unwrap_or(d.max_concurrent_uploads),
+            max_concurrent_uploads_per_namespace: args
+                .max_concurrent_uploads_per_namespace
+                .or(file.max_concurrent_uploads_per_namespace)
+                .unwrap_or(d.max_concurrent_uploads_per_namespace),
+            body_idle_timeout: args
+                .body_idle_timeout
+                .or(file.body_idle_timeout)
+                .unwrap_or(d.body_idle_timeout),
+            upload_min_rate: args
+                .upload_min_rate
+                .or(file.upload_min_rate)
+                .map_or(d.upload_min_rate, |b| b.0),
+            upload_rate_window: args
+                .upload_rate_window
+                .or(file.upload_rate_window)
+                .unwrap_or(d.upload_rate_window),
+            namespace_unnamed_bytes: args
+                .namespace_unnamed_bytes
+                .or(file.namespace_unnamed_bytes)
+                .map_or(d.namespace_unnamed_bytes, |b| b.0),
+            credential_unnamed_bytes: args
+                .credential_unnamed_bytes
+                .or(file.credential_unnamed_bytes)
+                .map_or(d.credential_unnamed_bytes, |b| b.0),
+            namespace_max_blobs: args
+                .namespace_max_blobs
+                .or(file.namespace_max_blobs)
+                .unwrap_or(d.namespace_max_blobs),
+            max_unnamed_namespaces: args
+                .max_unnamed_namespaces
+                .or(file.max_unnamed_namespaces)
+                .unwrap_or(d.max_unnamed_namespaces),
+            credential_max_namespaces: args
+                .credential_max_namespaces
+                .or(file.credential_max_namespaces)
+                .unwrap_or(d.credential_max_namespaces),
         };
-        let mut config = Self {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("constant address parses")),
-            admin_listen: args.admin_listen.or(file.admin_listen),
-            data_dir,
-            store,
-            upload_tokens,
-            signing_key,
-            limits: Limits {
-                max_upload_size: args
-                    .max_upload_size
-                    .or(file.max_upload_size)
-                    .map_or(d.max_upload_size, |b| b.0),
-                unused_ttl: args.unused_ttl.or(file.unused_ttl).unwrap_or(d.unused_ttl),
-                max_ttl: args.max_ttl.or(file.max_ttl).unwrap_or(d.max_ttl),
-                namespace_quota_bytes: args
-                    .namespace_quota_bytes
-                    .or(file.namespace_quota_bytes)
-                    .map(|b| b.0),
-                namespace_quota_count: args.namespace_quota_count.or(file.namespace_quota_count),
-                capacity: args.capacity.or(file.capacity).map(|b| b.0),
-                max_concurrent_uploads: args
-                    .max_concurrent_uploads
-                    .or(file.max_concurrent_uploads)
-                    .unwrap_or(d.max_concurrent_uploads),
-                max_concurrent_uploads_per_namespace: args
-                    .max_concurrent_uploads_per_namespace
-                    .or(file.max_concurrent_uploads_per_namespace)
-                    .unwrap_or(d.max_concurrent_uploads_per_namespace),
-                body_idle_timeout: args
-                    .body_idle_timeout
-                    .or(file.body_idle_timeout)
-                    .unwrap_or(d.body_idle_timeout),
-                upload_min_rate: args
-                    .upload_min_rate
-                    .or(file.upload_min_rate)
-                    .map_or(d.upload_min_rate, |b| b.0),
-                upload_rate_window: args
-                    .upload_rate_window
-                    .or(file.upload_rate_window)
-                    .unwrap_or(d.upload_rate_window),
-                namespace_unnamed_bytes: args
-                    .namespace_unnamed_bytes
-                    .or(file.namespace_unnamed_bytes)
-                    .map_or(d.namespace_unnamed_bytes, |b| b.0),
-                credential_unnamed_bytes: args
-                    .credential_unnamed_bytes
-                    .or(file.credential_unnamed_bytes)
-                    .map_or(d.credential_unnamed_bytes, |b| b.0),
-                namespace_max_blobs: args
-                    .namespace_max_blobs
-                    .or(file.namespace_max_blobs)
-                    .unwrap_or(d.namespace_max_blobs),
-                max_unnamed_namespaces: args
-                    .max_unnamed_namespaces
-                    .or(file.max_unnamed_namespaces)
-                    .unwrap_or(d.max_unnamed_namespaces),
-                credential_max_namespaces: args
-                    .credential_max_namespaces
-                    .or(file.credential_max_namespaces)
-                    .unwrap_or(d.credential_max_namespaces),
-            },
-            sweep_interval: args
-                .sweep_interval
-                .or(file.sweep_interval)
-                .unwrap_or(DEFAULT_SWEEP_INTERVAL),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            header_read_timeout: args
-                .header_read_timeout
-                .or(file.header_read_timeout)
-                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
-            shutdown_grace: args
-                .shutdown_grace
-                .or(file.shutdown_grace)
-                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
-            store_timeout: args
-                .store_timeout
-                .or(file.store_timeout)
-                .unwrap_or(DEFAULT_STORE_TIMEOUT),
-            store_connect_timeout,
-            disk_reserve: args
-                .disk_reserve
-                .or(file.disk_reserve)
-                .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
-            kube_auth: false,
-            kube_auth_settings: KubeAuthSettings::default(),
-            tls: None,
-            tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
-            store_shared: args.store_shared || file.store_shared,
-            orphan_grace: args
-                .orphan_grace
-                .or(file.orphan_grace)
-                .unwrap_or(DEFAULT_ORPHAN_GRACE),
-            unnamed_blob_grace: args
-                .unnamed_blob_grace
-                .or(file.unnamed_blob_grace)
-                .unwrap_or(crate::db::UNNAMED_BLOB_GRACE),
-            owners: match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
-                KubeOwners::Off => None,
-                KubeOwners::Auto if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() => None,
-                KubeOwners::Auto | KubeOwners::On => Some(OwnerSettings {
-                    start_grace: args
-                        .kube_owner_start_grace
-                        .or(file.kube_owner_start_grace)
-                        .unwrap_or(Duration::from_secs(15 * 60)),
-                    end_grace: args
-                        .kube_owner_end_grace
-                        .or(file.kube_owner_end_grace)
-                        .unwrap_or(Duration::from_secs(60)),
-                    interval: args
-                        .kube_owner_interval
-                        .or(file.kube_owner_interval)
-                        .unwrap_or(Duration::from_secs(15))
-                        .max(Duration::from_secs(1)),
-                    delete_secrets: !(args.kube_keep_secrets || file.kube_keep_secrets),
-                }),
-            },
+        let owners = match args.kube_owners.or(file.kube_owners).unwrap_or_default() {
+            KubeOwners::Off => None,
+            KubeOwners::Auto if !in_cluster => None,
+            KubeOwners::Auto | KubeOwners::On => Some(OwnerSettings {
+                start_grace: args
+                    .kube_owner_start_grace
+                    .or(file.kube_owner_start_grace)
+                    .unwrap_or(Duration::from_secs(15 * 60)),
+                end_grace: args
+                    .kube_owner_end_grace
+                    .or(file.kube_owner_end_grace)
+                    .unwrap_or(Duration::from_secs(60)),
+                interval: args
+                    .kube_owner_interval
+                    .or(file.kube_owner_interval)
+                    .unwrap_or(Duration::from_secs(15))
+                    .max(Duration::from_secs(1)),
+                delete_secrets: !args
+                    .kube_keep_secrets
+                    .or(file.kube_keep_secrets)
+                    .unwrap_or(false),
+            }),
         };
-        config.kube_auth = args.kube_auth || file.kube_auth;
         let k = KubeAuthSettings::default();
-        config.kube_auth_settings = KubeAuthSettings {
+        let kube_auth_settings = KubeAuthSettings {
             audiences: if args.kube_auth_audiences.is_empty() {
                 file.kube_auth_audiences
             } else {
@@ -919,41 +610,107 @@ impl Config {
                 .unwrap_or(k.ipv6_prefix)
                 .min(128),
         };
-        config.tls = match (
+        let tls = match (
             args.tls_cert.or(file.tls_cert),
             args.tls_key.or(file.tls_key),
         ) {
             (Some(cert), Some(key)) => Some(service_runtime::tls::TlsFiles { cert, key }),
             (None, None) => None,
             _ => {
-                return Err(Error::Config(
-                    "give both --tls-cert and --tls-key, or neither".into(),
+                return Err(ConfigError::invalid(
+                    "give both --tls-cert and --tls-key, or neither",
                 ));
             }
         };
-        config.validate(
-            args.insecure_allow_anonymous_upload || file.insecure_allow_anonymous_upload,
-        )?;
+        let config = Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("constant address parses")),
+            admin_listen: args.admin_listen.or(file.admin_listen),
+            data_dir,
+            store,
+            upload_tokens,
+            signing_key,
+            limits,
+            sweep_interval: args
+                .sweep_interval
+                .or(file.sweep_interval)
+                .unwrap_or(DEFAULT_SWEEP_INTERVAL),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            header_read_timeout: args
+                .header_read_timeout
+                .or(file.header_read_timeout)
+                .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+            store_timeout: args
+                .store_timeout
+                .or(file.store_timeout)
+                .unwrap_or(DEFAULT_STORE_TIMEOUT),
+            store_connect_timeout,
+            disk_reserve: args
+                .disk_reserve
+                .or(file.disk_reserve)
+                .map_or(DEFAULT_DISK_RESERVE, |b| b.0),
+            owners,
+            kube_auth: args.kube_auth.or(file.kube_auth).unwrap_or(false),
+            insecure_allow_anonymous_upload: args
+                .insecure_allow_anonymous_upload
+                .or(file.insecure_allow_anonymous_upload)
+                .unwrap_or(false),
+            kube_auth_settings,
+            tls,
+            tls_reload_interval: service_runtime::tls::RELOAD_INTERVAL,
+            store_shared: args.store_shared.or(file.store_shared).unwrap_or(false),
+            orphan_grace: args
+                .orphan_grace
+                .or(file.orphan_grace)
+                .unwrap_or(DEFAULT_ORPHAN_GRACE),
+            unnamed_blob_grace: args
+                .unnamed_blob_grace
+                .or(file.unnamed_blob_grace)
+                .unwrap_or(crate::db::UNNAMED_BLOB_GRACE),
+        };
+        config.validate()?;
         Ok(config)
     }
 
-    /// Checks the cross-field rules.
+    /// Checks every rule a configuration must keep, alone and across settings.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the broken rule.
-    pub fn validate(&self, allow_anonymous: bool) -> Result<()> {
+    /// [`ConfigError::Invalid`] naming the broken rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let exposed = !self.listen.ip().is_loopback();
-        if exposed && self.upload_tokens.is_empty() && !self.kube_auth && !allow_anonymous {
-            return Err(Error::Config(format!(
+        if exposed
+            && self.upload_tokens.is_empty()
+            && !self.kube_auth
+            && !self.insecure_allow_anonymous_upload
+        {
+            return Err(ConfigError::invalid(format!(
                 "listening on {} (not loopback) without upload tokens; set --upload-token-file \
                  or --kube-auth, or --insecure-allow-anonymous-upload to accept uploads from anyone",
                 self.listen
             )));
         }
+        if self
+            .upload_tokens
+            .iter()
+            .any(|t| t.secret.len() < MIN_UPLOAD_TOKEN_LEN)
+        {
+            return Err(ConfigError::invalid(
+                "upload tokens must be at least 16 characters",
+            ));
+        }
         let k = &self.kube_auth_settings;
         if !self.kube_auth && !k.audiences.is_empty() {
-            return Err(Error::Config(
-                "--kube-auth-audience needs --kube-auth".into(),
+            return Err(ConfigError::invalid(
+                "--kube-auth-audience needs --kube-auth",
             ));
         }
         if k.review_burst == 0
@@ -961,23 +718,27 @@ impl Config {
             || k.global_review_burst == 0
             || k.global_reviews_per_minute == 0
         {
-            return Err(Error::Config(
+            return Err(ConfigError::invalid(
                 "--kube-auth-review-burst, --kube-auth-reviews-per-minute and their --kube-auth-global-* \
-                 counterparts must be positive"
-                    .into(),
+                 counterparts must be positive",
+            ));
+        }
+        if k.ipv6_prefix > 128 {
+            return Err(ConfigError::invalid(
+                "--kube-auth-ipv6-prefix must be at most 128",
             ));
         }
         if let Some(key) = &self.signing_key
             && key.len() < 32
         {
-            return Err(Error::Config(
-                "the signing key must be at least 32 bytes".into(),
+            return Err(ConfigError::invalid(
+                "the signing key must be at least 32 bytes",
             ));
         }
         let l = &self.limits;
         if l.unused_ttl.is_zero() || l.max_ttl.is_zero() || l.unused_ttl > l.max_ttl {
-            return Err(Error::Config(
-                "TTLs must be positive and --unused-ttl must not exceed --max-ttl".into(),
+            return Err(ConfigError::invalid(
+                "TTLs must be positive and --unused-ttl must not exceed --max-ttl",
             ));
         }
         if l.max_concurrent_uploads == 0
@@ -988,46 +749,85 @@ impl Config {
             || l.max_unnamed_namespaces == 0
             || l.credential_max_namespaces == 0
         {
-            return Err(Error::Config("limits must be positive".into()));
+            return Err(ConfigError::invalid("limits must be positive"));
         }
         if self.header_read_timeout.is_zero() || l.body_idle_timeout.is_zero() {
-            return Err(Error::Config(
-                "--header-read-timeout and --body-idle-timeout must be positive".into(),
+            return Err(ConfigError::invalid(
+                "--header-read-timeout and --body-idle-timeout must be positive",
             ));
         }
         if l.upload_rate_window < Duration::from_secs(1) {
-            return Err(Error::Config(
-                "--upload-rate-window must be at least 1s".into(),
+            return Err(ConfigError::invalid(
+                "--upload-rate-window must be at least 1s",
             ));
         }
         if self.store_timeout.is_zero() || self.store_connect_timeout.is_zero() {
-            return Err(Error::Config("store timeouts must be positive".into()));
+            return Err(ConfigError::invalid("store timeouts must be positive"));
         }
         if self.unnamed_blob_grace < Duration::from_secs(1) {
-            return Err(Error::Config(
-                "--unnamed-blob-grace must be at least 1s (a staging sends its files, then names them)".into(),
+            return Err(ConfigError::invalid(
+                "--unnamed-blob-grace must be at least 1s (a staging sends its files, then names them)",
             ));
         }
         if self.sweep_interval < Duration::from_millis(100) {
-            return Err(Error::Config(
-                "--sweep-interval must be at least 100ms".into(),
+            return Err(ConfigError::invalid(
+                "--sweep-interval must be at least 100ms",
+            ));
+        }
+        if let Some(o) = &self.owners
+            && o.interval < Duration::from_secs(1)
+        {
+            return Err(ConfigError::invalid(
+                "--kube-owner-interval must be at least 1s",
             ));
         }
         Ok(())
     }
 }
 
+/// Shortest upload token accepted: 16 characters leave no room for guessing.
+const MIN_UPLOAD_TOKEN_LEN: usize = 16;
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// A secret given either inline or as a file path (both at once is an error), trimmed.
+fn secret_value(
+    name: &str,
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(format!(
+            "{name} is set both as a value and as a file; set one"
+        ))),
+        (Some(v), None) => Ok(Some(v.trim().to_owned())),
+        (None, Some(p)) => Ok(Some(
+            service_runtime::secret::read_string(p)?.trim().to_owned(),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
 fn read_upload_tokens(
     inline: Option<&str>,
     file: Option<&Path>,
-) -> Result<Vec<crate::auth::UploadToken>> {
+) -> Result<Vec<crate::auth::UploadToken>, ConfigError> {
     let mut entries: Vec<String> = inline
         .unwrap_or_default()
         .split(',')
         .map(str::to_owned)
         .collect();
     if let Some(path) = file {
-        let text = secret::read_secret_file(path)?;
+        let text = service_runtime::secret::read_string(path)?;
         entries.extend(
             text.lines()
                 .map(str::trim)
@@ -1038,95 +838,11 @@ fn read_upload_tokens(
     let mut tokens = Vec::new();
     for entry in &entries {
         let token = crate::auth::UploadToken::parse(entry)
-            .map_err(|e| Error::Config(format!("an upload token's namespaces: {e}")))?;
+            .map_err(|e| ConfigError::invalid(format!("an upload token's namespaces: {e}")))?;
         tokens.extend(token);
-    }
-    if tokens.iter().any(|t| t.secret.len() < 16) {
-        return Err(Error::Config(
-            "upload tokens must be at least 16 characters".into(),
-        ));
     }
     Ok(tokens)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refuses_anonymous_upload_on_exposed_listener() {
-        let args = ServeArgs {
-            listen: Some("0.0.0.0:10000".parse().unwrap()),
-            ..Default::default()
-        };
-        assert!(Config::load(args.clone()).unwrap_err().is_usage());
-        let ok = ServeArgs {
-            insecure_allow_anonymous_upload: true,
-            ..args
-        };
-        assert!(Config::load(ok).is_ok());
-    }
-
-    #[test]
-    fn cli_overrides_file_which_overrides_defaults() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("staging.toml");
-        std::fs::write(&path, "unused_ttl = \"5m\"\nmax_upload_size = \"1MiB\"\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            max_upload_size: Some(ByteSize(10)),
-            ..Default::default()
-        };
-        let c = Config::load(args).unwrap();
-        assert_eq!(c.limits.unused_ttl, Duration::from_secs(300));
-        assert_eq!(c.limits.max_upload_size, 10);
-        assert_eq!(c.limits.max_ttl, DEFAULT_MAX_TTL);
-    }
-
-    #[test]
-    fn rejects_unknown_file_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("staging.toml");
-        std::fs::write(&path, "lisen = \"0.0.0.0:1\"\n").unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            ..Default::default()
-        };
-        assert!(Config::load(args).is_err());
-    }
-
-    #[test]
-    fn debug_never_prints_tokens_keys_or_store_options() {
-        const TOKEN: &str = "upload-token-0123456789";
-        const KEY: &str = "signing-key-0123456789-0123456789-0123456789";
-        const STORE_SECRET: &str = "store-secret-0123456789";
-        let mut config = Config::for_data_dir("/data");
-        config.upload_tokens = vec![crate::auth::UploadToken::from(TOKEN)];
-        config.signing_key = Some(KEY.as_bytes().to_vec());
-        config.store = StoreLocation::Url {
-            url: "s3://bucket/prefix".into(),
-            options: BTreeMap::from([("aws_secret_access_key".into(), STORE_SECRET.into())]),
-        };
-        let printed = format!("{config:?}");
-        for secret in [TOKEN, KEY, STORE_SECRET] {
-            assert!(!printed.contains(secret), "{secret} in {printed}");
-        }
-        // The rest is still there to read.
-        assert!(printed.contains("aws_secret_access_key") && printed.contains("/data"));
-
-        let args = ServeArgs {
-            upload_tokens: Some(TOKEN.parse().unwrap()),
-            signing_key: Some(KEY.parse().unwrap()),
-            store_options: vec![
-                format!("aws_secret_access_key={STORE_SECRET}")
-                    .parse()
-                    .unwrap(),
-            ],
-            ..Default::default()
-        };
-        let printed = format!("{args:?} {:#?}", args);
-        for secret in [TOKEN, KEY, STORE_SECRET] {
-            assert!(!printed.contains(secret), "{secret} in {printed}");
-        }
-    }
-}
+mod tests;

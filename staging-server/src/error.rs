@@ -5,23 +5,16 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::config::ConfigError;
+
 /// Start-up and configuration errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A configuration value is invalid or two settings conflict.
-    #[error("configuration: {0}")]
-    Config(String),
-    /// A secret file is readable by group or others.
-    #[error(
-        "secret file {path} is readable by others, writable by group or others, or group-readable without being owned by root (mode {mode:o}); chmod 600 it"
-    )]
-    InsecureSecretFile {
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
-    },
+    /// The configuration is refused: an invalid value, conflicting settings, a refused secret
+    /// file, or a data directory or store prefix that another server holds.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// An I/O operation on a local path failed.
     #[error("{path}: {source}")]
     Io {
@@ -35,11 +28,8 @@ pub enum Error {
     #[error("database: {0}")]
     Metadata(#[from] crate::db::DbError),
     /// The object store failed.
-    #[error("object store: {0}")]
-    Store(#[from] object_store::Error),
-    /// An object-store call did not finish within the configured timeout.
-    #[error("object store: no answer within the timeout ({0})")]
-    StoreTimeout(&'static str),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Metric registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -54,9 +44,14 @@ impl Error {
         }
     }
 
+    /// A refused setting, named by a sentence.
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::Config(ConfigError::Invalid(message.into()))
+    }
+
     /// Whether this is a configuration problem (exit code 64) rather than a runtime failure.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::InsecureSecretFile { .. })
+        matches!(self, Self::Config(e) if e.is_usage())
     }
 }
 

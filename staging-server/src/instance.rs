@@ -78,7 +78,7 @@ pub(crate) async fn claim(store: &BlobStore, id: InstanceId, shared: bool) -> Re
     let others: Vec<String> = registered.iter().filter(|i| **i != me).cloned().collect();
     if !others.is_empty() && !shared {
         let places: Vec<String> = others.iter().map(|o| store.instance_location(o)).collect();
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "the object store prefix is used by another staging-server instance ({}), whose \
              database is not this one; its orphan sweep and this one's would delete each \
              other's objects. Give each server its own prefix; if that instance is gone for \

@@ -9,7 +9,7 @@
 //! Modules:
 //! - [`config`]: flags, env and TOML → validated [`Config`] (with the settings of the owner
 //!   watch and of the Kubernetes reviews).
-//! - [`state`]: shared state, data-directory lock, crash recovery.
+//! - `state`: shared state ([`AppState`]), data-directory lock, crash recovery.
 //! - `routes`: the v0 (fork-compatible) and v1 HTTP APIs and the operational endpoints;
 //!   `api_error`: the one mapping of failures to HTTP answers, above everything else.
 //! - [`ingest`]: the streamed upload pipeline (limits, digest, quotas, atomic commit).
@@ -21,7 +21,7 @@
 //! - [`kube`]: the Kubernetes API: the owner watch that ends a resource with its owner pods,
 //!   and the reviews of Kubernetes credentials (cached, rate-limited per client).
 //! - [`lifecycle`]: deletion and the expiry sweeper.
-//! - [`server`]: accept loop, limits and graceful drain.
+//! - `server`: accept loop, limits and graceful drain ([`run`]).
 //! - `error`: the crate error ([`Error`]) of start-up and of the layers below the HTTP edge;
 //!   `metrics`: the server's Prometheus metrics; `pace`, `reserve`, `secret`: upload pacing,
 //!   the disk reserve, secret files.
@@ -49,8 +49,8 @@ mod pace;
 mod reserve;
 mod routes;
 mod secret;
-pub mod server;
-pub mod state;
+mod server;
+mod state;
 pub mod store;
 mod tls_watch;
 pub mod token;

@@ -97,7 +97,7 @@ async fn delete_bytes(state: &AppState, id: ResourceId) -> bool {
         }
         Err(e) => {
             state.metrics().cleanup_errors.inc();
-            if let Some(kind) = crate::store::StoreFailure::of(&e).metric_kind() {
+            if let Some(kind) = e.metric_kind() {
                 state
                     .metrics()
                     .store_errors

@@ -48,7 +48,9 @@ async fn serve(args: staging_server::config::ServeArgs) -> ExitCode {
 }
 
 async fn try_serve(args: staging_server::config::ServeArgs) -> staging_server::Result<()> {
-    let config = Config::load(args)?;
+    // `--kube-owners auto` follows owner pods when the process runs in a pod.
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let config = Config::load(args, in_cluster)?;
     let state = AppState::open(&config, Overrides::default()).await?;
     let bind = |addr| async move {
         tokio::net::TcpListener::bind(addr)

@@ -30,7 +30,7 @@ use crate::state::AppState;
 
 /// Most connections open at once on the admin listener (probes, scrapes), apart from the
 /// public listener's `max_connections`.
-pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Listeners for [`run`]: bound by the caller, so tests can bind port 0 first.
 #[derive(Debug)]

@@ -116,7 +116,7 @@ impl AppState {
             let client = match overrides.kube_client {
                 Some(c) => c,
                 None => crate::kube::client().await.map_err(|e| {
-                    Error::Config(format!(
+                    Error::config(format!(
                         "--kube-auth needs the Kubernetes API (service account or kubeconfig): {e}"
                     ))
                 })?,
@@ -299,7 +299,9 @@ impl AppState {
         }
     }
 
-    /// Recomputes the resource gauges from the database.
+    /// Recomputes the gauges of stored data from the database: two full counts, so it runs
+    /// at start and at the end of every sweep (the sweeper's timer, `--sweep-interval`), never
+    /// on the request path; tests call it before they read the gauges.
     pub async fn refresh_census(&self) {
         match self.db().census().await {
             Ok(c) => self.metrics().set_census(c),
@@ -394,6 +396,6 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
     use service_runtime::lock::{self, LockError};
     lock::exclusive(dir, LOCK_FILE, "staging-server").map_err(|e| match e {
         LockError::Io { path, source } => Error::io(path, source),
-        other => Error::Config(other.to_string()),
+        other => Error::config(other.to_string()),
     })
 }

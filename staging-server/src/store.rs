@@ -41,62 +41,105 @@ const LOCAL_READ_AHEAD: usize = 2;
 /// A stream of bundle bytes.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
 
-/// How a store call failed, for the one HTTP mapping and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreFailure {
+/// Why a store call failed, classified where `object_store` answers (see
+/// [`StoreError::classify`]), for the one HTTP mapping and the metrics.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
     /// The object is not there.
-    NotFound,
+    #[error("object store: {what}: {source}")]
+    NotFound {
+        /// The call.
+        what: &'static str,
+        /// The store's answer.
+        source: object_store::Error,
+    },
     /// The store's disk is full (local backend).
-    Full,
-    /// The store did not answer within the configured timeout.
-    Timeout,
-    /// The store refused connections or answered with a server error: temporary.
-    Unavailable,
-    /// Anything else.
-    Other,
+    #[error("object store: {what}: {source}")]
+    Full {
+        /// The call.
+        what: &'static str,
+        /// The store's answer.
+        source: object_store::Error,
+    },
+    /// The store did not answer in time: the configured bound on the call (no source), or
+    /// the store client's own request timeout.
+    #[error("object store: no answer within the timeout ({what})")]
+    Timeout {
+        /// The call.
+        what: &'static str,
+        /// The store client's timeout, when it was that one.
+        source: Option<object_store::Error>,
+    },
+    /// The store refused connections, broke them, or kept answering with an error status
+    /// after the store client's retries: temporary, as far as this server can tell.
+    #[error("object store: {what}: {source}")]
+    Unavailable {
+        /// The call.
+        what: &'static str,
+        /// The store's answer.
+        source: object_store::Error,
+    },
+    /// Anything else: an object already there or changed, a refused credential, an
+    /// unsupported call, a local I/O error other than a full disk.
+    #[error("object store: {what}: {source}")]
+    Other {
+        /// The call.
+        what: &'static str,
+        /// The store's answer.
+        source: object_store::Error,
+    },
 }
 
-impl StoreFailure {
-    /// Classifies a store error by walking its causes.
-    pub fn of(err: &Error) -> Self {
-        if matches!(err, Error::StoreTimeout(_)) {
-            return Self::Timeout;
+impl StoreError {
+    /// Classifies an answer of `object_store` by its variant and, for the generic one, by its
+    /// cause: a full disk, or the store client's HTTP error kind. `remote` says whether the
+    /// store is reached over HTTP.
+    ///
+    /// A generic error of a remote store with no transport cause is a status the client has no
+    /// variant for (it names 404, 304, 409, 412, 401 and 403 itself), given after it retried
+    /// server errors and throttling: it is taken as the store being unavailable, answered 503
+    /// so that clients retry.
+    pub fn classify(what: &'static str, source: object_store::Error, remote: bool) -> Self {
+        use object_store::Error as E;
+        use object_store::client::{HttpError, HttpErrorKind as K};
+        let cause: &(dyn std::error::Error + 'static) = match &source {
+            E::NotFound { .. } => return Self::NotFound { what, source },
+            E::Generic { source: cause, .. } => cause.as_ref(),
+            _ => return Self::Other { what, source },
+        };
+        if service_runtime::disk::chain_is_full(cause) {
+            return Self::Full { what, source };
         }
-        if is_storage_full(err) {
-            return Self::Full;
+        let mut next = Some(cause);
+        while let Some(e) = next {
+            if let Some(h) = e.downcast_ref::<HttpError>() {
+                return match h.kind() {
+                    K::Timeout => Self::Timeout {
+                        what,
+                        source: Some(source),
+                    },
+                    K::Connect | K::Request | K::Interrupted => Self::Unavailable { what, source },
+                    _ => Self::Other { what, source },
+                };
+            }
+            if e.is::<std::io::Error>() {
+                return Self::Other { what, source };
+            }
+            next = e.source();
         }
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-        while let Some(e) = source {
-            if let Some(os) = e.downcast_ref::<object_store::Error>()
-                && matches!(os, object_store::Error::NotFound { .. })
-            {
-                return Self::NotFound;
-            }
-            // object_store does not export its retry error; a 5xx after the retries is
-            // recognised by its message.
-            if e.to_string()
-                .contains("Server returned non-2xx status code: 5")
-            {
-                return Self::Unavailable;
-            }
-            if let Some(h) = e.downcast_ref::<object_store::client::HttpError>() {
-                use object_store::client::HttpErrorKind as K;
-                match h.kind() {
-                    K::Timeout => return Self::Timeout,
-                    K::Connect | K::Request | K::Interrupted => return Self::Unavailable,
-                    _ => {}
-                }
-            }
-            source = e.source();
+        if remote {
+            Self::Unavailable { what, source }
+        } else {
+            Self::Other { what, source }
         }
-        Self::Other
     }
 
     /// The `kind` label of `staging_store_errors_total`, for failures worth counting.
-    pub fn metric_kind(self) -> Option<&'static str> {
+    pub fn metric_kind(&self) -> Option<&'static str> {
         match self {
-            Self::Timeout => Some("timeout"),
-            Self::Unavailable => Some("unavailable"),
+            Self::Timeout { .. } => Some("timeout"),
+            Self::Unavailable { .. } => Some("unavailable"),
             _ => None,
         }
     }
@@ -112,6 +155,8 @@ pub struct BlobStore {
     prefix: ObjectPath,
     /// Root directory when the backend is the local filesystem.
     local_root: Option<PathBuf>,
+    /// Whether the store is reached over HTTP (for [`StoreError::classify`]).
+    remote: bool,
 }
 
 impl BlobStore {
@@ -123,7 +168,8 @@ impl BlobStore {
         match location {
             StoreLocation::Local(root) => {
                 std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-                let fs = LocalFileSystem::new_with_prefix(root)?
+                let fs = LocalFileSystem::new_with_prefix(root)
+                    .map_err(|e| StoreError::classify("open", e, false))?
                     .with_fsync(true)
                     .with_automatic_cleanup(true);
                 let root = std::fs::canonicalize(root).map_err(|e| Error::io(root, e))?;
@@ -132,11 +178,12 @@ impl BlobStore {
                     timeout: crate::config::DEFAULT_STORE_TIMEOUT,
                     prefix: ObjectPath::default(),
                     local_root: Some(root),
+                    remote: false,
                 })
             }
             StoreLocation::Url { url, options } => {
                 let parsed = url::Url::parse(url)
-                    .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
+                    .map_err(|e| Error::config(format!("store URL {url:?}: {e}")))?;
                 if parsed.scheme() == "memory" {
                     return Ok(Self::in_memory());
                 }
@@ -151,12 +198,13 @@ impl BlobStore {
                 opts.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
 
                 let (store, prefix) = object_store::parse_url_opts(&parsed, opts)
-                    .map_err(|e| Error::Config(format!("store URL {url:?}: {e}")))?;
+                    .map_err(|e| Error::config(format!("store URL {url:?}: {e}")))?;
                 Ok(Self {
                     inner: Arc::from(store),
                     timeout: crate::config::DEFAULT_STORE_TIMEOUT,
                     prefix,
                     local_root: None,
+                    remote: true,
                 })
             }
         }
@@ -169,11 +217,12 @@ impl BlobStore {
             timeout: crate::config::DEFAULT_STORE_TIMEOUT,
             prefix: ObjectPath::default(),
             local_root: None,
+            remote: false,
         }
     }
 
     /// Bounds every call to `timeout`: a store that accepts connections and never answers
-    /// then fails the call with [`Error::StoreTimeout`] instead of blocking it for the store
+    /// then fails the call with [`StoreError::Timeout`] instead of blocking it for the store
     /// client's own retry budget (three minutes).
     pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout = timeout;
@@ -185,11 +234,8 @@ impl BlobStore {
         &self,
         what: &'static str,
         fut: impl std::future::Future<Output = object_store::Result<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(Error::StoreTimeout(what)),
-        }
+    ) -> Result<T, StoreError> {
+        bounded(self.timeout, self.remote, what, fut).await
     }
 
     fn key(&self, id: ResourceId) -> ObjectPath {
@@ -200,7 +246,7 @@ impl BlobStore {
     ///
     /// # Errors
     /// Store errors creating the upload.
-    pub async fn writer(&self, id: ResourceId) -> Result<BlobWriter> {
+    pub async fn writer(&self, id: ResourceId) -> Result<BlobWriter, StoreError> {
         let upload = self
             .bounded("create an upload", self.inner.put_multipart(&self.key(id)))
             .await?;
@@ -212,6 +258,7 @@ impl BlobStore {
         Ok(BlobWriter {
             inner: WriteMultipart::new_with_chunk_size(upload, part),
             timeout: self.timeout,
+            remote: self.remote,
         })
     }
 
@@ -219,7 +266,7 @@ impl BlobStore {
     ///
     /// # Errors
     /// Store errors, including `NotFound`.
-    pub async fn read(&self, id: ResourceId, range: Range<u64>) -> Result<ByteStream> {
+    pub async fn read(&self, id: ResourceId, range: Range<u64>) -> Result<ByteStream, StoreError> {
         if range.end - range.start <= SMALL_READ {
             // One round trip (one blocking task locally) for small bodies.
             let bytes = self
@@ -245,13 +292,13 @@ impl BlobStore {
     ///
     /// # Errors
     /// Other store errors.
-    pub async fn delete(&self, id: ResourceId) -> Result<()> {
+    pub async fn delete(&self, id: ResourceId) -> Result<(), StoreError> {
         match self
             .bounded("delete", self.inner.delete(&self.key(id)))
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if StoreFailure::of(&e) == StoreFailure::NotFound => Ok(()),
+            Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -260,7 +307,7 @@ impl BlobStore {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn ping(&self) -> Result<()> {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(
             "list",
             self.inner
@@ -274,7 +321,7 @@ impl BlobStore {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn list_ids(&self) -> Result<Vec<ResourceId>> {
+    pub async fn list_ids(&self) -> Result<Vec<ResourceId>, StoreError> {
         Ok(self
             .list_objects()
             .await?
@@ -288,7 +335,7 @@ impl BlobStore {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn list_objects(&self) -> Result<Vec<(ResourceId, i64)>> {
+    pub async fn list_objects(&self) -> Result<Vec<(ResourceId, i64)>, StoreError> {
         let prefix = self.prefix.clone().join("resources");
         let metas: Vec<_> = self
             .bounded("list", self.inner.list(Some(&prefix)).try_collect())
@@ -310,7 +357,7 @@ impl BlobStore {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn instances(&self) -> Result<Vec<String>> {
+    pub async fn instances(&self) -> Result<Vec<String>, StoreError> {
         let prefix = self.prefix.clone().join("instances");
         let metas: Vec<_> = self
             .bounded("list", self.inner.list(Some(&prefix)).try_collect())
@@ -326,7 +373,7 @@ impl BlobStore {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn register_instance(&self, id: &str, about: Vec<u8>) -> Result<()> {
+    pub async fn register_instance(&self, id: &str, about: Vec<u8>) -> Result<(), StoreError> {
         self.bounded(
             "register the instance",
             self.inner.put(&self.instance_key(id), about.into()),
@@ -441,6 +488,7 @@ fn remove_staging_files(dir: &Path) -> Result<usize> {
 pub struct BlobWriter {
     inner: WriteMultipart,
     timeout: std::time::Duration,
+    remote: bool,
 }
 
 impl std::fmt::Debug for BlobWriter {
@@ -454,13 +502,10 @@ impl BlobWriter {
     ///
     /// # Errors
     /// Store errors from completed parts.
-    pub async fn write(&mut self, bytes: Bytes) -> Result<()> {
-        tokio::time::timeout(
-            self.timeout,
-            self.inner.wait_for_capacity(MAX_PARTS_IN_FLIGHT),
-        )
-        .await
-        .map_err(|_| Error::StoreTimeout("write a part"))??;
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
+        let room = self.inner.wait_for_capacity(MAX_PARTS_IN_FLIGHT);
+        let remote = self.remote;
+        bounded(self.timeout, remote, "write a part", room).await?;
         self.inner.put(bytes);
         Ok(())
     }
@@ -469,10 +514,14 @@ impl BlobWriter {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn finish(self) -> Result<()> {
-        tokio::time::timeout(self.timeout, self.inner.finish())
-            .await
-            .map_err(|_| Error::StoreTimeout("complete an upload"))??;
+    pub async fn finish(self) -> Result<(), StoreError> {
+        bounded(
+            self.timeout,
+            self.remote,
+            "complete an upload",
+            self.inner.finish(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -480,15 +529,114 @@ impl BlobWriter {
     ///
     /// # Errors
     /// Store errors.
-    pub async fn abort(self) -> Result<()> {
-        tokio::time::timeout(self.timeout, self.inner.abort())
-            .await
-            .map_err(|_| Error::StoreTimeout("abort an upload"))??;
-        Ok(())
+    pub async fn abort(self) -> Result<(), StoreError> {
+        bounded(
+            self.timeout,
+            self.remote,
+            "abort an upload",
+            self.inner.abort(),
+        )
+        .await
     }
 }
 
-/// Whether a store error comes from a full disk.
-pub fn is_storage_full(err: &Error) -> bool {
-    service_runtime::disk::chain_is_full(err)
+/// Runs one store call within `timeout`, classifying its failure.
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    remote: bool,
+    what: &'static str,
+    fut: impl std::future::Future<Output = object_store::Result<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(|e| StoreError::classify(what, e, remote)),
+        Err(_) => Err(StoreError::Timeout { what, source: None }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::client::{HttpError, HttpErrorKind};
+
+    use super::*;
+
+    fn generic(source: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(source),
+        }
+    }
+
+    fn http(kind: HttpErrorKind) -> object_store::Error {
+        generic(HttpError::new(kind, std::io::Error::other("cause")))
+    }
+
+    #[test]
+    fn failures_are_classified_by_variant_and_cause() {
+        let not_found = object_store::Error::NotFound {
+            path: "resources/x".into(),
+            source: "gone".into(),
+        };
+        let c = StoreError::classify;
+        assert!(matches!(
+            c("read", not_found, true),
+            StoreError::NotFound { .. }
+        ));
+        let exists = object_store::Error::AlreadyExists {
+            path: "x".into(),
+            source: "there".into(),
+        };
+        assert!(matches!(c("write", exists, true), StoreError::Other { .. }));
+        let full = generic(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        assert!(matches!(c("write", full, false), StoreError::Full { .. }));
+        let eio = generic(std::io::Error::from_raw_os_error(5)); // EIO
+        assert!(matches!(c("write", eio, false), StoreError::Other { .. }));
+
+        let t = c("read", http(HttpErrorKind::Timeout), true);
+        assert!(matches!(
+            t,
+            StoreError::Timeout {
+                source: Some(_),
+                ..
+            }
+        ));
+        assert_eq!(t.metric_kind(), Some("timeout"));
+        for kind in [
+            HttpErrorKind::Connect,
+            HttpErrorKind::Request,
+            HttpErrorKind::Interrupted,
+        ] {
+            let e = c("read", http(kind), true);
+            assert_eq!(e.metric_kind(), Some("unavailable"), "{e}");
+        }
+        assert!(matches!(
+            c("read", http(HttpErrorKind::Decode), true),
+            StoreError::Other { .. }
+        ));
+        // A status the store client gave up on after its retries, with no transport cause.
+        #[derive(Debug, thiserror::Error)]
+        #[error("503 Slow Down")]
+        struct Status;
+        assert!(matches!(
+            c("read", generic(Status), true),
+            StoreError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            c("read", generic(Status), false),
+            StoreError::Other { .. }
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_an_answer_times_out() {
+        let store = BlobStore::in_memory().with_timeout(std::time::Duration::from_secs(1));
+        let never = std::future::pending::<object_store::Result<()>>();
+        let e = store.bounded("list", never).await.unwrap_err();
+        assert!(matches!(e, StoreError::Timeout { source: None, .. }), "{e}");
+        let id = ResourceId::random();
+        assert!(matches!(
+            store.read(id, 0..10).await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(store.delete(id).await.is_ok());
+    }
 }

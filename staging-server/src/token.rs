@@ -123,9 +123,9 @@ impl TokenKeys {
         match secret::read_secret_file(&path) {
             Ok(text) => {
                 let key = hex::decode(text.trim())
-                    .map_err(|_| Error::Config(format!("{} is not hex", path.display())))?;
+                    .map_err(|_| Error::config(format!("{} is not hex", path.display())))?;
                 if key.len() < GENERATED_KEY_BYTES {
-                    return Err(Error::Config(format!("{} is too short", path.display())));
+                    return Err(Error::config(format!("{} is too short", path.display())));
                 }
                 Ok(Self::from_secret(&key))
             }

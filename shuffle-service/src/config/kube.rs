@@ -68,7 +68,19 @@ pub(super) fn kube_settings(
         }
         return Ok(None);
     }
-    for ns in &namespaces {
+    validate_namespaces(&namespaces)?;
+    Ok(Some(KubeSettings {
+        node_name: node_name.unwrap_or_default(),
+        namespaces,
+        app_end_grace,
+        learn_secrets,
+        drivers: DriverScope::NodeApps,
+    }))
+}
+
+/// Checks that each followed namespace is a namespace name (a DNS label).
+pub(super) fn validate_namespaces(namespaces: &[String]) -> Result<(), String> {
+    for ns in namespaces {
         if ns.is_empty()
             || ns.len() > 63
             || !ns
@@ -78,11 +90,5 @@ pub(super) fn kube_settings(
             return Err(format!("kube_namespaces: {ns:?} is not a namespace name"));
         }
     }
-    Ok(Some(KubeSettings {
-        node_name: node_name.unwrap_or_default(),
-        namespaces,
-        app_end_grace,
-        learn_secrets,
-        drivers: DriverScope::NodeApps,
-    }))
+    Ok(())
 }

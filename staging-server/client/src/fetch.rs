@@ -240,14 +240,12 @@ pub(super) async fn download(
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retry(why)) => why,
         };
-        let Some(pause) = backoff.next_pause() else {
+        if !backoff.wait("fetch", &failure).await {
             return Err(ClientError::new(
                 EXIT_UNAVAILABLE,
                 format!("giving up after {} attempts: {failure}", backoff.attempt()),
             ));
-        };
-        backoff.announce("fetch", &failure, pause);
-        tokio::time::sleep(pause).await;
+        }
     }
 }
 

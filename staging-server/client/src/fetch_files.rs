@@ -42,10 +42,10 @@ pub async fn listing(
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         if matches!(status, 408 | 429 | 500..=599)
-            && let Some(pause) = backoff.next_pause()
+            && backoff
+                .wait("fetch", &format!("server answered {status}"))
+                .await
         {
-            backoff.announce("fetch", &format!("server answered {status}"), pause);
-            tokio::time::sleep(pause).await;
             continue;
         }
         match status {

@@ -1,7 +1,7 @@
 //! The HTTP client of the client commands: TLS trust (system roots, or `--ca-file`), failures
 //! described by their cause (connection refused, DNS, TLS, timeout) rather than "error sending
-//! request", and the commands' one retry policy ([`Backoff`], used by [`send`] and by every
-//! command that retries on the server's answer).
+//! request", and the commands' one retry policy ([`Backoff`]: one formula, a deadline when the
+//! command has one, and [`Backoff::wait`], where every retry loop waits, [`send`]'s included).
 
 use std::path::Path;
 use std::time::Duration;
@@ -191,12 +191,7 @@ pub async fn send_with(
             Ok(r) => return Ok(r),
             Err(e) => {
                 let why = describe(&e);
-                let pause = if transient(&e) {
-                    backoff.next_pause()
-                } else {
-                    None
-                };
-                let Some(pause) = pause else {
+                if !(transient(&e) && backoff.wait(command, &why).await) {
                     let tries = if backoff.attempt() > 1 {
                         format!(" (after {} attempts)", backoff.attempt())
                     } else {
@@ -206,9 +201,7 @@ pub async fn send_with(
                         super::EXIT_UNAVAILABLE,
                         format!("{why}{tries}"),
                     ));
-                };
-                backoff.announce(command, &why, pause);
-                tokio::time::sleep(pause).await;
+                }
             }
         }
     }
@@ -269,8 +262,20 @@ impl Backoff {
         self.attempt
     }
 
+    /// Waits before the next attempt, having said on standard error that `command` failed
+    /// with `why` and when it retries; `false` at once when no attempt is left (the caller then
+    /// fails with its own error). Every retry loop of the commands waits here.
+    pub async fn wait(&mut self, command: &str, why: &str) -> bool {
+        let Some(pause) = self.next_pause() else {
+            return false;
+        };
+        self.announce(command, why, pause);
+        tokio::time::sleep(pause).await;
+        true
+    }
+
     /// Says on standard error that `command` failed with `why` and retries after `pause`.
-    pub fn announce(&self, command: &str, why: &str, pause: Duration) {
+    fn announce(&self, command: &str, why: &str, pause: Duration) {
         eprintln!(
             "staging-server {command}: {why}; retrying in {} (attempt {} of {})",
             humantime::format_duration(pause),
@@ -310,5 +315,23 @@ mod backoff_tests {
             "a 2 s pause would end past the deadline"
         );
         assert_eq!(Backoff::new(0).next_pause(), None);
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_the_pause_then_refuses_when_no_attempt_is_left() {
+        let mut b = Backoff::new(2);
+        let start = tokio::time::Instant::now();
+        assert!(b.wait("test", "refused").await);
+        assert!(b.wait("test", "refused").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert!(!b.wait("test", "refused").await);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        assert_eq!(b.attempt(), 3);
     }
 }

@@ -234,28 +234,17 @@ async fn put_file(
             Ok(resp) => {
                 let status = resp.status();
                 let text = resp.text().await.unwrap_or_default();
-                if status.as_u16() == 503
-                    && let Some(pause) = backoff.next_pause()
-                {
-                    let why = format!("sending {}: server answered 503", path.display());
-                    backoff.announce("submit", &why, pause);
-                    tokio::time::sleep(pause).await;
+                let why = format!("sending {}: server answered 503", path.display());
+                if status.as_u16() == 503 && backoff.wait("submit", &why).await {
                     continue;
                 }
                 return Err(answer_error(status, &text));
             }
             Err(e) => {
                 let why = format!("sending {}: {}", path.display(), http::describe(&e));
-                let pause = if http::transient(&e) {
-                    backoff.next_pause()
-                } else {
-                    None
-                };
-                let Some(pause) = pause else {
+                if !(http::transient(&e) && backoff.wait("submit", &why).await) {
                     return Err(ClientError::new(EXIT_UNAVAILABLE, why));
-                };
-                backoff.announce("submit", &why, pause);
-                tokio::time::sleep(pause).await;
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ use staging_api::ids::ResourceId;
 const ACCESS_STAMP_MS: i64 = 60_000;
 use crate::metrics::InflightGuard;
 use crate::state::AppState;
-use crate::store::StoreFailure;
+use crate::store::StoreError;
 
 /// The bytes to serve: a bundle, or one file of a submission.
 #[derive(Debug, Clone, Copy)]
@@ -205,7 +205,7 @@ pub(super) async fn serve(
         .await
     {
         Ok(s) => s,
-        Err(e) if StoreFailure::of(&e) == StoreFailure::NotFound => {
+        Err(StoreError::NotFound { .. }) => {
             state
                 .metrics()
                 .store_errors

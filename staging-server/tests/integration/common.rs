@@ -45,7 +45,7 @@ impl TestServer {
     ) -> Self {
         let mut config = Config::for_data_dir(dir.path());
         tweak(&mut config);
-        config.validate(true).unwrap();
+        config.validate().unwrap();
         let clock = ManualClock::new();
         let state = AppState::open(
             &config,

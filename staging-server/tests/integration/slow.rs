@@ -140,7 +140,7 @@ async fn the_admin_listener_gets_in_when_the_api_listener_is_full() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = staging_server::Config::for_data_dir(dir.path());
     config.max_connections = 2;
-    config.validate(true).unwrap();
+    config.validate().unwrap();
     let state = staging_server::AppState::open(&config, staging_server::Overrides::default())
         .await
         .unwrap();
