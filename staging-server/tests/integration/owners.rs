@@ -355,3 +355,161 @@ async fn owners_are_followed_by_one_watch_whatever_their_number() {
     task.await.unwrap();
     s.shutdown().await;
 }
+
+// === Attacks (security review): each test states what a tenant should not be able to do ===
+
+/// Starts the owner watch against `url` with `interval`, returning its registry and cancel.
+fn start_watch(
+    s: &TestServer,
+    url: &str,
+    interval: Duration,
+) -> (
+    prometheus::Registry,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config.default_retry = false;
+    let registry = prometheus::Registry::new();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(staging_server::kube::watch::run(
+        s.state.clone(),
+        Client::try_from(config).unwrap(),
+        OwnerMetrics::new(&registry).unwrap(),
+        OwnerSettings {
+            start_grace: Duration::from_secs(900),
+            end_grace: Duration::from_secs(60),
+            interval,
+            delete_secrets: false,
+        },
+        cancel.clone(),
+    ));
+    (registry, cancel, task)
+}
+
+fn gauge(registry: &prometheus::Registry, name: &str) -> Option<f64> {
+    registry
+        .gather()
+        .iter()
+        .find(|f| f.name() == name)
+        .map(|f| f.get_metric()[0].get_gauge().get_value())
+}
+
+/// ATTACK: `Group::is_well_known` looks at the key only, and the group is (key, role): a tenant
+/// uploading bundles whose owners name Spark's application label with a different
+/// `spark-role` value each opens one more "always watched" cluster-wide watch per upload,
+/// past `MAX_OTHER_GROUPS`, with no bound but its resource quota.
+#[tokio::test]
+async fn attack_spark_role_values_open_unbounded_well_known_watches() {
+    const UPLOADS: usize = 24;
+    let store = Store::new(1000);
+    store
+        .create(&NAMESPACES, "", json!({"metadata": {"name": "spark"}}))
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(Arc::clone(&store), ApiConfig::default());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let s = TestServer::start(|_| {}).await;
+    for i in 0..UPLOADS {
+        upload_owned(&s, &format!("spark-app-selector=spark-x,spark-role=r{i}")).await;
+    }
+    let (registry, cancel, task) = start_watch(&s, &url, TICK);
+    until("watches started", async || {
+        gauge(&registry, "staging_kube_owner_watches").is_some_and(|w| w > 0.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watches = gauge(&registry, "staging_kube_owner_watches").unwrap();
+    cancel.cancel();
+    task.await.unwrap();
+    s.shutdown().await;
+    let bound = 2 + staging_server::kube::watch::MAX_OTHER_GROUPS;
+    assert!(
+        watches <= bound as f64,
+        "{watches} cluster-wide pod watches opened by one tenant's {UPLOADS} uploads (bound {bound})"
+    );
+}
+
+/// ATTACK: owners no watch follows (no labels, or keys past `MAX_OTHER_GROUPS`) are listed at
+/// every round, and any change a watch reports starts a round (at most once a second), not
+/// once per `--kube-owner-interval` as the README says. A tenant relabelling one of its own
+/// pods that a watched group selects makes the server list every fallback owner's pods once
+/// a second, whatever the interval.
+#[tokio::test]
+async fn attack_watched_changes_drive_fallback_lists_past_the_interval() {
+    let store = Store::new(1000);
+    store
+        .create(&NAMESPACES, "", json!({"metadata": {"name": "spark"}}))
+        .unwrap();
+    let fallback_lists = Arc::new(AtomicUsize::new(0));
+    let n = Arc::clone(&fallback_lists);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(Arc::clone(&store), ApiConfig::default()).layer(
+        tower::util::MapRequestLayer::new(move |r: axum::extract::Request| {
+            // The namespaced list of the label-less owner (the watches are cluster-wide).
+            if r.uri().path() == "/api/v1/namespaces/spark/pods"
+                && !r.uri().query().unwrap_or("").contains("watch")
+            {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+            r
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let s = TestServer::start(|_| {}).await;
+    // The tenant's own owner in a watched group, and its pod.
+    upload_owned(&s, "spark-app-selector=spark-t,spark-role=driver").await;
+    store
+        .create(
+            &PODS,
+            "spark",
+            json!({"metadata": {"name": "t-driver",
+                "labels": {"spark-role": "driver", "spark-app-selector": "spark-t", "flip": "a"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+                "status": {"phase": "Running"}}),
+        )
+        .unwrap();
+    // An owner no watch follows (a uid only): listed at each round.
+    let res = s
+        .client
+        .post(s.url(
+            "/api/v1/resources?namespace=spark&labels=&owner_pod_uid=0b8f6c1e-1111-4222-8333-944444444444",
+        ))
+        .header("content-type", "application/gzip")
+        .body(random_bytes(100))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    let interval = Duration::from_secs(30);
+    let (registry, cancel, task) = start_watch(&s, &url, interval);
+    until("watch up", async || {
+        gauge(&registry, "staging_kube_owner_watches") == Some(1.0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = fallback_lists.load(Ordering::Relaxed);
+    // The tenant flips a label of its own pod for 5 s (well inside one interval).
+    for i in 0..50 {
+        store
+            .update(&PODS, "spark", "t-driver", |p| {
+                p["metadata"]["labels"]["flip"] = json!(if i % 2 == 0 { "b" } else { "a" });
+                Ok(())
+            })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = fallback_lists.load(Ordering::Relaxed) - before;
+    cancel.cancel();
+    task.await.unwrap();
+    s.shutdown().await;
+    assert!(
+        during <= 1,
+        "{during} lists of a fallback owner in 5 s with a {interval:?} interval, driven by another tenant's relabelling"
+    );
+}

@@ -418,3 +418,49 @@ fn a_tenants_ended_pods_on_the_node_never_crowd_out_the_applications_running_exe
     // Its secret proves itself and binds the application to its driver pod.
     assert_eq!(claims.bind(&a, &owner("team-a", "dv")), Ok(true));
 }
+
+/// ATTACK (security review): `pods::executor` reads a pod as ended from its phase only. A
+/// tenant's pod created with the node's name and a finalizer of its own, then deleted, is
+/// terminated by the kubelet (its containers stop and it no longer counts against the node's
+/// pods) but keeps the phase it had on kubelets that do not write a terminal phase for deleted
+/// pods (before Kubernetes 1.27), or for as long as its grace period lasts: it costs the tenant
+/// no place on the node and still counts as a running claimant. Enough of them refuse the
+/// victim application on the node (`too_many_claimants`).
+#[test]
+fn attack_deleted_pods_held_by_a_finalizer_count_as_running_claimants() {
+    let t0 = Instant::now();
+    let (mut t, claims) = tracker(true);
+    let a = app("spark-a");
+    for i in 0..crate::core::claims::MAX_CANDIDATES + 1 {
+        t.driver_seen(driver(&format!("t{i}"), "team-b", Phase::Live), t0);
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": format!("x{i}"), "namespace": "team-b", "uid": format!("x{i}"),
+                "labels": {"spark-app-selector": "spark-a", "spark-role": "executor"},
+                "finalizers": ["team-b.example/hold"],
+                "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": format!("t{i}"),
+                                     "uid": format!("t{i}"), "controller": true}]
+            },
+            "spec": {"nodeName": "node-1", "containers": [{"name": "c", "env": [
+                {"name": "_SPARK_AUTH_SECRET", "value": "evil"}]}]},
+            "status": {"phase": "Running"}
+        }))
+        .expect("pod");
+        let x = crate::kube::pods::executor(&pod, true).expect("executor");
+        t.executor_seen(x);
+    }
+    // The application's own executor arrives, running.
+    t.driver_seen(driver("dv", "team-a", Phase::Live), t0);
+    t.executor_seen(exec("ev", "team-a", "spark-a", "dv", Some("good")));
+    let view = claims.view(&a);
+    assert!(
+        !view.overflow
+            && view
+                .candidates
+                .iter()
+                .any(|(o, s)| *o == owner("team-a", "dv") && s == b"good"),
+        "deleted (terminated) pods of another tenant refuse the application: overflow {}",
+        view.overflow
+    );
+}
