@@ -34,7 +34,8 @@ pub struct ExecutorPod {
     pub driver: Option<PodOwner>,
     /// Spark's secret for the application, when asked for and present as a plain value.
     pub secret: Option<Vec<u8>>,
-    /// The pod ended (`Succeeded` or `Failed`; a pod the kubelet rejected is `Failed`).
+    /// The pod ended (`Succeeded` or `Failed`; a pod the kubelet rejected is `Failed`) or is
+    /// being deleted.
     pub ended: bool,
 }
 
@@ -111,10 +112,13 @@ pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
     } else {
         None
     };
-    let ended = matches!(
-        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    );
+    // A pod being deleted has ended for this purpose: the kubelet stops it and no longer
+    // counts it against the node, whatever phase it keeps while a finalizer holds it.
+    let ended = pod.metadata.deletion_timestamp.is_some()
+        || matches!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        );
     Some(ExecutorPod {
         uid,
         name: name(pod),

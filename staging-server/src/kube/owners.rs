@@ -87,10 +87,12 @@ impl Group {
         }
     }
 
-    /// Whether the group is one of the project's or Spark's own (always watched; groups of
-    /// other keys are watched up to a limit).
+    /// Whether the group is one of the project's or Spark's own: the submission label or
+    /// Spark's application label, with no role or one of Spark's two (always watched; other
+    /// groups, whose keys and roles uploaders choose, are watched up to a limit).
     pub(super) fn is_well_known(&self) -> bool {
-        self.key == SUBMISSION_LABEL || self.key == APP_LABEL
+        (self.key == SUBMISSION_LABEL || self.key == APP_LABEL)
+            && matches!(self.role.as_deref(), None | Some("driver" | "executor"))
     }
 }
 
@@ -201,6 +203,11 @@ mod tests {
                 .is_well_known()
         );
         assert!(!Group::of(&owner("job=a")).unwrap().is_well_known());
+        assert!(
+            !Group::of(&owner("spark-app-selector=a,spark-role=r7"))
+                .unwrap()
+                .is_well_known()
+        );
     }
 
     #[test]

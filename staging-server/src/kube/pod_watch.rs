@@ -5,7 +5,12 @@
 //! `410 Gone` lists again at once; any other error after a back-off (0.8 s doubling to 30 s).
 //! Either way the group's pods decide nothing until that complete list, so no decision is taken
 //! on a picture with a gap in it. Every change wakes the owner watch.
+//!
+//! Pods keep only the labels the group's owners name (`keys`, which grow as owners with new
+//! keys arrive): when they grow, the group is listed again, at most once per
+//! [`KEYS_RELIST_GAP`]; owners naming a key not yet kept are decided after that list.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +18,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::owners::Group;
@@ -29,6 +34,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(800);
 
 /// The longest pause between two attempts after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The shortest time between two lists of a group made because its owners named new label
+/// keys (uploaders choose the keys; each list reads every pod the group selects).
+pub(super) const KEYS_RELIST_GAP: Duration = Duration::from_secs(10);
 
 /// What one group's watch shares with the owner watch.
 #[derive(Clone)]
@@ -56,35 +65,58 @@ enum Next {
     Gone,
     /// An error: list again after the back-off.
     Failed,
+    /// The owners name new label keys: list again (no sooner than [`KEYS_RELIST_GAP`] after
+    /// the last list).
+    Keys,
 }
 
-/// Follows `group`'s pods until `cancel` fires.
-pub(super) async fn run(client: Client, group: Group, shared: Shared, cancel: CancellationToken) {
-    let api: Api<Pod> = Api::all(client);
-    let selector = group.selector();
+/// One run of a group's watch.
+pub(super) struct GroupWatch {
+    pub client: Client,
+    pub group: Group,
+    /// Distinguishes this run's writes from those of an earlier, stopped one.
+    pub generation: u64,
+    /// The label keys the group's owners name.
+    pub keys: watch::Receiver<BTreeSet<String>>,
+    pub shared: Shared,
+    pub cancel: CancellationToken,
+}
+
+/// Follows `w.group`'s pods until `w.cancel` fires.
+pub(super) async fn run(mut w: GroupWatch) {
+    let api: Api<Pod> = Api::all(w.client.clone());
+    let selector = w.group.selector();
     let lp = ListParams::default().labels(&selector);
+    let (group, generation) = (w.group.clone(), w.generation);
+    let cancel = w.cancel.clone();
     let mut backoff = FIRST_BACKOFF;
     loop {
+        let keys = w.keys.borrow_and_update().clone();
+        let listed_at = tokio::time::Instant::now();
         let listed = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = w.cancel.cancelled() => return,
             r = api.list(&lp) => r,
         };
         let mut rv = match listed {
             Ok(list) => {
-                shared
-                    .with_cache(|c| c.replace(&group, list.items.iter().filter_map(OwnerPod::of)));
+                let pods = list
+                    .items
+                    .iter()
+                    .filter_map(|p| OwnerPod::of(p, Some(&keys)));
+                w.shared
+                    .with_cache(|c| c.replace(&group, generation, keys.clone(), pods));
                 backoff = FIRST_BACKOFF;
                 list.metadata.resource_version.unwrap_or_default()
             }
             Err(e) => {
-                shared
+                w.shared
                     .metrics
                     .errors
                     .with_label_values(&["list_pods"])
                     .inc();
                 tracing::warn!(selector = %selector, error = %e, "owner pods not listed; nothing decided for them");
-                shared.with_cache(|c| c.unsync(&group));
-                if !pause(&mut backoff, &cancel).await {
+                w.shared.with_cache(|c| c.unsync(&group, generation));
+                if !pause(&mut backoff, &w.cancel).await {
                     return;
                 }
                 continue;
@@ -93,18 +125,26 @@ pub(super) async fn run(client: Client, group: Group, shared: Shared, cancel: Ca
         loop {
             let next = tokio::select! {
                 () = cancel.cancelled() => return,
-                n = session(&api, &group, &selector, &shared, &mut rv) => n,
+                n = session(&api, &mut w, &selector, &keys, &mut rv) => n,
             };
             match next {
                 Next::Rewatch => {}
                 Next::Gone => {
-                    shared.with_cache(|c| c.unsync(&group));
+                    w.shared.with_cache(|c| c.unsync(&group, generation));
                     break;
                 }
                 Next::Failed => {
-                    shared.with_cache(|c| c.unsync(&group));
-                    if !pause(&mut backoff, &cancel).await {
+                    w.shared.with_cache(|c| c.unsync(&group, generation));
+                    if !pause(&mut backoff, &w.cancel).await {
                         return;
+                    }
+                    break;
+                }
+                Next::Keys => {
+                    // The pods as kept go on deciding for the owners whose keys they keep.
+                    tokio::select! {
+                        () = w.cancel.cancelled() => return,
+                        () = tokio::time::sleep_until(listed_at + KEYS_RELIST_GAP) => {}
                     }
                     break;
                 }
@@ -113,14 +153,15 @@ pub(super) async fn run(client: Client, group: Group, shared: Shared, cancel: Ca
     }
 }
 
-/// One watch request from `rv`, until it ends or fails.
+/// One watch request from `rv`, until it ends or fails, or the owners name new keys.
 async fn session(
     api: &Api<Pod>,
-    group: &Group,
+    w: &mut GroupWatch,
     selector: &str,
-    shared: &Shared,
+    keys: &BTreeSet<String>,
     rv: &mut String,
 ) -> Next {
+    let (group, generation, shared) = (&w.group, w.generation, &w.shared);
     let wp = WatchParams::default()
         .labels(selector)
         .timeout(WATCH_TIMEOUT);
@@ -139,14 +180,31 @@ async fn session(
         Err(e) => return fail("not opened", &e),
     };
     let mut stream = std::pin::pin!(stream);
-    while let Some(ev) = stream.next().await {
+    loop {
+        let ev = tokio::select! {
+            changed = w.keys.changed() => {
+                if changed.is_err() {
+                    // The owner watch let go of this group: it is being stopped.
+                    w.cancel.cancelled().await;
+                    return Next::Rewatch;
+                }
+                if !w.keys.borrow().is_subset(keys) {
+                    return Next::Keys;
+                }
+                continue;
+            }
+            ev = stream.next() => ev,
+        };
+        let Some(ev) = ev else {
+            return Next::Rewatch;
+        };
         match ev {
             Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) => {
                 if let Some(v) = &p.metadata.resource_version {
                     rv.clone_from(v);
                 }
-                if let Some(p) = OwnerPod::of(&p) {
-                    shared.with_cache(|c| c.apply(group, p));
+                if let Some(p) = OwnerPod::of(&p, Some(keys)) {
+                    shared.with_cache(|c| c.apply(group, generation, p));
                 }
             }
             Ok(WatchEvent::Deleted(p)) => {
@@ -154,7 +212,7 @@ async fn session(
                     rv.clone_from(v);
                 }
                 if let Some(uid) = &p.metadata.uid {
-                    shared.with_cache(|c| c.delete(group, uid));
+                    shared.with_cache(|c| c.delete(group, generation, uid));
                 }
             }
             Ok(WatchEvent::Bookmark(b)) => rv.clone_from(&b.metadata.resource_version),
@@ -164,7 +222,6 @@ async fn session(
             Err(e) => return fail("failed", &e),
         }
     }
-    Next::Rewatch
 }
 
 /// Waits out the back-off (doubling it); `false` when cancelled.

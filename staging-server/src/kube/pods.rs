@@ -1,7 +1,9 @@
-//! What the owner watch keeps of a pod (namespace, uid, labels, phase: a few hundred bytes,
-//! not the whole object), and the pods each watched [`Group`] has selected, indexed by the
-//! namespace and value of the group's key label so that an owner's pods are found without a
-//! scan. Pure: [`super::pod_watch`] feeds it, [`super::watch`] reads it.
+//! What the owner watch keeps of a pod (namespace, uid, phase, and only the labels whose keys
+//! an owner of its group names: a few hundred bytes whatever labels the pod carries), and the
+//! pods each watched [`Group`] has selected, indexed by the namespace and value of the group's
+//! key label so that an owner's pods are found without a scan. Each group's entry belongs to
+//! one run of its watch (a generation): writes of an earlier, stopped run are ignored. Pure:
+//! [`super::pod_watch`] feeds it, [`super::watch`] reads it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -24,13 +26,21 @@ pub(crate) struct OwnerPod {
 }
 
 impl OwnerPod {
-    /// The parts of `p` the owner watch reads; `None` without a namespace or uid (never so
-    /// for a pod the API server sends).
-    pub(super) fn of(p: &Pod) -> Option<Self> {
+    /// The parts of `p` the owner watch reads, its labels limited to `keys` (all of them when
+    /// `None`); `None` without a namespace or uid (never so for a pod the API server sends).
+    pub(super) fn of(p: &Pod, keys: Option<&BTreeSet<String>>) -> Option<Self> {
+        let labels = p
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .filter(|(k, _)| keys.is_none_or(|keys| keys.contains(*k)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Some(Self {
             namespace: p.metadata.namespace.clone()?,
             uid: p.metadata.uid.clone()?,
-            labels: p.metadata.labels.clone().unwrap_or_default(),
+            labels,
             phase: p.status.as_ref().and_then(|s| s.phase.clone()),
         })
     }
@@ -51,9 +61,13 @@ impl OwnerPod {
 /// The pods one group's watch selected, as of its last event.
 #[derive(Debug, Default)]
 struct Selected {
+    /// The run of the group's watch that wrote it.
+    generation: u64,
     /// Whether the pods are a complete, current picture: a list succeeded and no watch error
     /// followed. Until then nothing is decided from them.
     synced: bool,
+    /// The label keys kept (those the group's owners named at the last list).
+    keys: BTreeSet<String>,
     pods: HashMap<String, OwnerPod>,
     /// (namespace, value of the group's key) to pod uids.
     index: HashMap<(String, String), BTreeSet<String>>,
@@ -93,10 +107,19 @@ pub(crate) struct PodCache {
 }
 
 impl PodCache {
-    /// Replaces `group`'s pods with a complete list; the group is synced from now on.
-    pub(super) fn replace(&mut self, group: &Group, pods: impl IntoIterator<Item = OwnerPod>) {
+    /// Replaces `group`'s pods with a complete list made by run `generation` of its watch,
+    /// keeping the labels `keys`; the group is synced from now on.
+    pub(super) fn replace(
+        &mut self,
+        group: &Group,
+        generation: u64,
+        keys: BTreeSet<String>,
+        pods: impl IntoIterator<Item = OwnerPod>,
+    ) {
         let mut s = Selected {
+            generation,
             synced: true,
+            keys,
             ..Selected::default()
         };
         for p in pods {
@@ -105,24 +128,30 @@ impl PodCache {
         self.groups.insert(group.clone(), s);
     }
 
-    /// A pod of `group` was added or changed.
-    pub(super) fn apply(&mut self, group: &Group, p: OwnerPod) {
+    /// The group's entry, if run `generation` of its watch wrote it.
+    fn current(&mut self, group: &Group, generation: u64) -> Option<&mut Selected> {
         self.groups
-            .entry(group.clone())
-            .or_default()
-            .insert(group, p);
+            .get_mut(group)
+            .filter(|s| s.generation == generation)
+    }
+
+    /// A pod of `group` was added or changed.
+    pub(super) fn apply(&mut self, group: &Group, generation: u64, p: OwnerPod) {
+        if let Some(s) = self.current(group, generation) {
+            s.insert(group, p);
+        }
     }
 
     /// A pod of `group` was deleted (or stopped matching its selector).
-    pub(super) fn delete(&mut self, group: &Group, uid: &str) {
-        if let Some(s) = self.groups.get_mut(group) {
+    pub(super) fn delete(&mut self, group: &Group, generation: u64, uid: &str) {
+        if let Some(s) = self.current(group, generation) {
             s.remove(group, uid);
         }
     }
 
     /// `group`'s watch failed: its pods decide nothing until its next complete list.
-    pub(super) fn unsync(&mut self, group: &Group) {
-        if let Some(s) = self.groups.get_mut(group) {
+    pub(super) fn unsync(&mut self, group: &Group, generation: u64) {
+        if let Some(s) = self.current(group, generation) {
             s.synced = false;
         }
     }
@@ -132,9 +161,13 @@ impl PodCache {
         self.groups.remove(group);
     }
 
-    /// `owner`'s pods in `group`, or `None` while the group is not synced.
+    /// `owner`'s pods in `group`, or `None` while the group is not synced or its last list
+    /// did not keep every label the owner names.
     pub(super) fn pods_of(&self, group: &Group, owner: &Owner) -> Option<Vec<&OwnerPod>> {
         let s = self.groups.get(group).filter(|s| s.synced)?;
+        if !owner.labels.as_map().keys().all(|k| s.keys.contains(k)) {
+            return None;
+        }
         let Some(v) = owner.labels.as_map().get(&group.key) else {
             return Some(Vec::new());
         };
@@ -181,6 +214,10 @@ mod tests {
         }
     }
 
+    fn keys(k: &[&str]) -> BTreeSet<String> {
+        k.iter().map(|s| (*s).to_owned()).collect()
+    }
+
     fn group() -> Group {
         Group {
             key: "job".into(),
@@ -196,6 +233,8 @@ mod tests {
         assert!(c.pods_of(&g, &o).is_none(), "nothing decided before a list");
         c.replace(
             &g,
+            1,
+            keys(&["job", "spark-role"]),
             [
                 pod(
                     "a",
@@ -227,23 +266,56 @@ mod tests {
         let g = group();
         let mut c = PodCache::default();
         let o = owner("a", "job=x");
-        c.replace(&g, []);
+        c.replace(&g, 1, keys(&["job"]), []);
         assert_eq!(c.pods_of(&g, &o).unwrap().len(), 0);
-        c.apply(&g, pod("a", "1", &[("job", "x")], "Running"));
+        c.apply(&g, 1, pod("a", "1", &[("job", "x")], "Running"));
         assert_eq!(
             c.pods_of(&g, &o).unwrap()[0].phase.as_deref(),
             Some("Running")
         );
         // Relabelled away from the owner: no longer its pod.
-        c.apply(&g, pod("a", "1", &[("job", "z")], "Running"));
+        c.apply(&g, 1, pod("a", "1", &[("job", "z")], "Running"));
         assert_eq!(c.pods_of(&g, &o).unwrap().len(), 0);
-        c.apply(&g, pod("a", "1", &[("job", "x")], "Succeeded"));
+        c.apply(&g, 1, pod("a", "1", &[("job", "x")], "Succeeded"));
         assert_eq!(c.len(), 1);
-        c.unsync(&g);
+        c.unsync(&g, 1);
         assert!(c.pods_of(&g, &o).is_none());
-        c.replace(&g, [pod("a", "1", &[("job", "x")], "Succeeded")]);
-        c.delete(&g, "1");
+        c.replace(
+            &g,
+            2,
+            keys(&["job"]),
+            [pod("a", "1", &[("job", "x")], "Succeeded")],
+        );
+        c.delete(&g, 2, "1");
         assert_eq!(c.pods_of(&g, &o).unwrap().len(), 0);
         assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn a_stopped_watchs_late_writes_and_owners_naming_unkept_labels_decide_nothing() {
+        let g = group();
+        let mut c = PodCache::default();
+        c.replace(&g, 2, keys(&["job"]), []);
+        // Run 1 of the watch, stopped, still delivering.
+        c.apply(&g, 1, pod("a", "1", &[("job", "x")], "Running"));
+        c.unsync(&g, 1);
+        assert_eq!(c.pods_of(&g, &owner("a", "job=x")).unwrap().len(), 0);
+        // An owner naming a label the last list did not keep: undecided until a list keeps it.
+        assert!(c.pods_of(&g, &owner("a", "job=x,team=t")).is_none());
+        c.drop_group(&g);
+        c.apply(&g, 2, pod("a", "1", &[("job", "x")], "Running"));
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn only_the_labels_owners_name_are_kept() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "a", "uid": "1",
+                "labels": {"job": "x", "big": "y".repeat(63), "other": "z"}},
+            "status": {"phase": "Running"}}))
+        .unwrap();
+        let kept = OwnerPod::of(&p, Some(&keys(&["job"]))).unwrap();
+        assert_eq!(kept.labels.len(), 1);
+        assert_eq!(OwnerPod::of(&p, None).unwrap().labels.len(), 3);
     }
 }

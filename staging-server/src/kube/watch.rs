@@ -2,18 +2,19 @@
 //! per owner [`Group`] (`super::pod_watch`; see `super::owners` for the groups), and deletes
 //! the resources whose owners ended or never started (`super::owners` decides). The API cost
 //! follows the number of groups (one or two in practice: `submit`'s label and Spark's), not
-//! the number of owners or jobs. Owners without labels, and owners of groups past
-//! [`MAX_OTHER_GROUPS`], are followed by a list of their pods at each round instead.
+//! the number of owners or jobs. Owners without labels, owners of groups past
+//! [`MAX_OTHER_GROUPS`] and owners whose labels would take their group past [`MAX_GROUP_KEYS`]
+//! are followed by a list of their pods once per interval instead.
 //!
 //! A round reads the owned resources from the database and decides each from the watched pods
-//! (no API request); rounds run when a watch reports a change (at most one per
-//! [`MIN_ROUND_GAP`]), when a grace runs out, and at least every interval. With the resource
+//! (no API request beyond those lists); rounds run when a watch reports a change, when a grace
+//! runs out, and at least every interval, at most one per [`MIN_ROUND_GAP`]. With the resource
 //! goes any Secret the project's client made for it (label [`RESOURCE_LABEL`]`=<id>` and
 //! `app.kubernetes.io/managed-by=staging-server`, in the owner's namespace). Only a complete,
 //! current picture decides: while a group's watch has failed and not listed again, or a list
 //! failed, its owners' resources stay as they are, and the TTLs stay as the backstop.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -25,10 +26,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::owners::{Group, Seen, decide, seen, selector};
-use super::pod_watch::{self, Shared};
+use super::pod_watch::{self, GroupWatch, Shared};
 use super::pods::{OwnerPod, PodCache};
 use crate::config::OwnerSettings;
-use crate::db::OwnedResource;
+use crate::db::{OwnedResource, Owner};
 use crate::lifecycle::remove;
 use crate::state::AppState;
 use staging_api::ids::ResourceId;
@@ -125,40 +126,84 @@ pub async fn follow(state: AppState, settings: OwnerSettings, cancel: Cancellati
     run(state, client, metrics, settings, cancel).await;
 }
 
-/// The group watches running.
+/// Most label keys the owners of one group may name together (each kept on every pod the
+/// group selects); owners naming further keys are listed at each interval instead.
+pub const MAX_GROUP_KEYS: usize = 32;
+
+/// A list of an owner's pods: when made, and the pods (`None` after an error).
+type Listed = (Instant, Option<Vec<OwnerPod>>);
+
+/// A group's watch as it runs.
+struct Running {
+    stop: CancellationToken,
+    keys: tokio::sync::watch::Sender<BTreeSet<String>>,
+}
+
+/// The group watches running, and the lists of owners no watch follows.
 struct Watches {
     client: Client,
     shared: Shared,
-    running: HashMap<Group, CancellationToken>,
+    running: HashMap<Group, Running>,
+    generation: u64,
+    /// Lists of owners no watch follows, by (namespace, selector): when made, and the pods
+    /// (`None` after an error). Each is made again once per interval, whatever wakes the rounds.
+    lists: HashMap<(String, String), Listed>,
     cancel: CancellationToken,
 }
 
 impl Watches {
-    /// Runs a watch for every group of `wanted` and for no other.
-    fn set(&mut self, wanted: &BTreeSet<Group>) {
-        self.running.retain(|g, stop| {
-            let keep = wanted.contains(g);
+    /// Runs a watch for every group of `wanted` (keeping the label keys it names) and for no
+    /// other.
+    fn set(&mut self, wanted: &BTreeMap<Group, BTreeSet<String>>) {
+        self.running.retain(|g, r| {
+            let keep = wanted.contains_key(g);
             if !keep {
-                stop.cancel();
+                r.stop.cancel();
                 lock(&self.shared.cache).drop_group(g);
                 tracing::info!(selector = %g.selector(), "owner pod watch stopped: no owner left in its group");
             }
             keep
         });
-        for g in wanted {
-            if !self.running.contains_key(g) {
-                let stop = self.cancel.child_token();
-                tracing::info!(selector = %g.selector(), "owner pod watch started");
-                tokio::spawn(pod_watch::run(
-                    self.client.clone(),
-                    g.clone(),
-                    self.shared.clone(),
-                    stop.clone(),
-                ));
-                self.running.insert(g.clone(), stop);
+        for (g, keys) in wanted {
+            if let Some(r) = self.running.get(g) {
+                r.keys.send_if_modified(|k| {
+                    let grows = !keys.is_subset(k);
+                    if grows {
+                        k.clone_from(keys);
+                    }
+                    grows
+                });
+                continue;
             }
+            let stop = self.cancel.child_token();
+            let (tx, rx) = tokio::sync::watch::channel(keys.clone());
+            self.generation += 1;
+            tracing::info!(selector = %g.selector(), "owner pod watch started");
+            tokio::spawn(pod_watch::run(GroupWatch {
+                client: self.client.clone(),
+                group: g.clone(),
+                generation: self.generation,
+                keys: rx,
+                shared: self.shared.clone(),
+                cancel: stop.clone(),
+            }));
+            self.running.insert(g.clone(), Running { stop, keys: tx });
         }
         self.shared.metrics.watches.set(self.running.len() as i64);
+    }
+
+    /// The pods of an owner no watch follows: its list, made again once per `interval`.
+    async fn listed(&mut self, ns: &str, sel: &str, interval: Duration) -> Option<&[OwnerPod]> {
+        let key = (ns.to_owned(), sel.to_owned());
+        let fresh = self
+            .lists
+            .get(&key)
+            .is_some_and(|(at, _)| at.elapsed() < interval);
+        if !fresh {
+            let got = list(&self.client, &self.shared, ns, sel).await;
+            self.lists.insert(key.clone(), (Instant::now(), got));
+        }
+        self.lists.get(&key).and_then(|(_, p)| p.as_deref())
     }
 }
 
@@ -183,6 +228,8 @@ pub async fn run(
         client,
         shared: shared.clone(),
         running: HashMap::new(),
+        generation: 0,
+        lists: HashMap::new(),
         cancel: cancel.child_token(),
     };
     let mut ended: HashMap<ResourceId, Instant> = HashMap::new();
@@ -191,7 +238,10 @@ pub async fn run(
     loop {
         let started = tokio::time::Instant::now();
         let due = round(&state, &mut watches, &settings, &mut ended).await;
-        let wait = due.map_or(settings.interval, |d| d.min(settings.interval));
+        // At most one round per MIN_ROUND_GAP, whatever wakes it.
+        let wait = due
+            .map_or(settings.interval, |d| d.min(settings.interval))
+            .max(MIN_ROUND_GAP);
         tokio::select! {
             () = cancel.cancelled() => break,
             () = shared.wake.notified() => {
@@ -227,30 +277,53 @@ async fn owned(state: &AppState) -> Option<Vec<OwnedResource>> {
     }
 }
 
-/// The groups to watch for `owned`: the well-known ones, the ones already watched, then new
-/// ones (oldest owners first) up to [`MAX_OTHER_GROUPS`].
+/// The groups to watch for `owned`, each with the label keys its owners name: the
+/// well-known ones, the ones already watched, then new ones (oldest owners first) up to
+/// [`MAX_OTHER_GROUPS`]. A group's keys only grow while it runs (the ones it keeps first), up
+/// to [`MAX_GROUP_KEYS`].
 fn wanted_groups(
     owned: &[OwnedResource],
-    running: &HashMap<Group, CancellationToken>,
-) -> BTreeSet<Group> {
+    running: &HashMap<Group, BTreeSet<String>>,
+) -> BTreeMap<Group, BTreeSet<String>> {
     let groups: BTreeSet<Group> = owned.iter().filter_map(|r| Group::of(&r.owner)).collect();
-    let mut wanted: BTreeSet<Group> = groups
+    let mut wanted: BTreeMap<Group, BTreeSet<String>> = groups
         .iter()
         .filter(|g| g.is_well_known() || running.contains_key(*g))
-        .cloned()
+        .map(|g| (g.clone(), running.get(g).cloned().unwrap_or_default()))
         .collect();
-    let mut others = wanted.iter().filter(|g| !g.is_well_known()).count();
+    let mut others = wanted.keys().filter(|g| !g.is_well_known()).count();
     for r in owned {
-        if others >= MAX_OTHER_GROUPS {
-            break;
-        }
-        if let Some(g) = Group::of(&r.owner)
-            && wanted.insert(g)
-        {
-            others += 1;
+        let Some(g) = Group::of(&r.owner) else {
+            continue;
+        };
+        let keys = match wanted.get_mut(&g) {
+            Some(k) => k,
+            None if others < MAX_OTHER_GROUPS => {
+                others += 1;
+                wanted.entry(g).or_default()
+            }
+            None => continue,
+        };
+        let names = r.owner.labels.as_map();
+        let new = names.keys().filter(|k| !keys.contains(*k)).count();
+        if keys.len() + new <= MAX_GROUP_KEYS {
+            keys.extend(names.keys().cloned());
         }
     }
     wanted
+}
+
+/// Whether `wanted` follows `owner` by a watch: its group is watched and keeps every label
+/// it names.
+fn watched(wanted: &BTreeMap<Group, BTreeSet<String>>, owner: &Owner) -> Option<Group> {
+    let g = Group::of(owner)?;
+    let keys = wanted.get(&g)?;
+    owner
+        .labels
+        .as_map()
+        .keys()
+        .all(|k| keys.contains(k))
+        .then_some(g)
 }
 
 /// One round; returns how long until the next grace runs out, if one is running.
@@ -261,30 +334,29 @@ async fn round(
     ended: &mut HashMap<ResourceId, Instant>,
 ) -> Option<Duration> {
     let owned = owned(state).await?;
-    let wanted = wanted_groups(&owned, &watches.running);
+    let running: HashMap<Group, BTreeSet<String>> = watches
+        .running
+        .iter()
+        .map(|(g, r)| (g.clone(), r.keys.borrow().clone()))
+        .collect();
+    let wanted = wanted_groups(&owned, &running);
     watches.set(&wanted);
     let shared = watches.shared.clone();
     let client = watches.client.clone();
     let mut healthy = true;
     let mut due: Option<Duration> = None;
     let mut soonest = |d: Duration| due = Some(due.map_or(d, |x| x.min(d)));
-    // Lists of owners that no watch follows, one per (namespace, selector) per round.
-    let mut lists: HashMap<(String, String), Option<Vec<OwnerPod>>> = HashMap::new();
+    let mut listed: HashSet<(String, String)> = HashSet::new();
     for r in &owned {
         let ns = r.owner.namespace.as_str().to_owned();
-        let watched = Group::of(&r.owner).filter(|g| wanted.contains(g));
-        let s = match watched {
+        let s = match watched(&wanted, &r.owner) {
             Some(g) => lock(&shared.cache).pods_of(&g, &r.owner).map(seen),
             None => {
-                let key = (ns.clone(), selector(&r.owner));
-                if !lists.contains_key(&key) {
-                    let got = list(&client, &shared, &key.0, &key.1).await;
-                    lists.insert(key.clone(), got);
-                }
-                lists
-                    .get(&key)
-                    .and_then(Option::as_ref)
-                    .map(|pods| seen(pods.iter().filter(|p| p.belongs_to(&r.owner))))
+                let sel = selector(&r.owner);
+                let pods = watches.listed(&ns, &sel, settings.interval).await;
+                let s = pods.map(|pods| seen(pods.iter().filter(|p| p.belongs_to(&r.owner))));
+                listed.insert((ns.clone(), sel));
+                s
             }
         };
         let Some(s) = s else {
@@ -334,6 +406,7 @@ async fn round(
         }
     }
     ended.retain(|id, _| owned.iter().any(|r| r.id == *id));
+    watches.lists.retain(|k, _| listed.contains(k));
     shared.metrics.up.set(i64::from(healthy));
     shared.metrics.pods.set(lock(&shared.cache).len() as i64);
     due
@@ -343,7 +416,12 @@ async fn round(
 async fn list(client: &Client, shared: &Shared, ns: &str, sel: &str) -> Option<Vec<OwnerPod>> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     match api.list(&ListParams::default().labels(sel)).await {
-        Ok(l) => Some(l.items.iter().filter_map(OwnerPod::of).collect()),
+        Ok(l) => Some(
+            l.items
+                .iter()
+                .filter_map(|p| OwnerPod::of(p, None))
+                .collect(),
+        ),
         Err(e) => {
             shared
                 .metrics
@@ -396,18 +474,36 @@ mod tests {
             owned("staging-server/submission=a,spark-role=driver"),
             owned("spark-app-selector=b,spark-role=driver"),
         ];
-        // A tenant naming a new label key on every upload.
+        // A tenant naming a new label key on every upload, or Spark's with new roles.
         all.extend((0..50).map(|i| owned(&format!("key{i:02}=x"))));
-        let running = HashMap::new();
-        let wanted = wanted_groups(&all, &running);
+        all.extend((0..50).map(|i| owned(&format!("spark-app-selector=b,spark-role=r{i}"))));
+        let wanted = wanted_groups(&all, &HashMap::new());
         assert_eq!(wanted.len(), 2 + MAX_OTHER_GROUPS);
-        assert_eq!(wanted.iter().filter(|g| g.is_well_known()).count(), 2);
+        assert_eq!(wanted.keys().filter(|g| g.is_well_known()).count(), 2);
         // Groups already watched keep their watch; new ones wait for a free slot.
-        let running: HashMap<Group, CancellationToken> = wanted
-            .iter()
-            .map(|g| (g.clone(), CancellationToken::new()))
-            .collect();
         all.insert(0, owned("aaa=x"));
+        let running: HashMap<Group, BTreeSet<String>> = wanted.clone().into_iter().collect();
         assert_eq!(wanted_groups(&all, &running), wanted);
+        assert!(watched(&wanted, &owned("aaa=x").owner).is_none());
+    }
+
+    #[test]
+    fn a_group_keeps_the_label_keys_its_owners_name_up_to_a_bound() {
+        let mut all = vec![owned("spark-app-selector=a,spark-role=driver")];
+        // One owner naming many extra keys.
+        let many: Vec<String> = (0..MAX_GROUP_KEYS).map(|i| format!("k{i:02}=v")).collect();
+        let wide = owned(&format!(
+            "spark-app-selector=b,spark-role=driver,{}",
+            many.join(",")
+        ));
+        all.push(wide.clone());
+        all.push(owned("spark-app-selector=c,spark-role=driver,team=x"));
+        let wanted = wanted_groups(&all, &HashMap::new());
+        let keys = wanted.values().next().unwrap();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert!(watched(&wanted, &all[0].owner).is_some());
+        assert!(watched(&wanted, &all[2].owner).is_some());
+        // The wide owner is listed instead of widening every pod of the group.
+        assert!(watched(&wanted, &wide.owner).is_none());
     }
 }

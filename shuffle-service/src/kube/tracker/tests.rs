@@ -419,15 +419,13 @@ fn a_tenants_ended_pods_on_the_node_never_crowd_out_the_applications_running_exe
     assert_eq!(claims.bind(&a, &owner("team-a", "dv")), Ok(true));
 }
 
-/// ATTACK (security review): `pods::executor` reads a pod as ended from its phase only. A
-/// tenant's pod created with the node's name and a finalizer of its own, then deleted, is
+/// A tenant's pod created with the node's name and a finalizer of its own, then deleted, is
 /// terminated by the kubelet (its containers stop and it no longer counts against the node's
 /// pods) but keeps the phase it had on kubelets that do not write a terminal phase for deleted
-/// pods (before Kubernetes 1.27), or for as long as its grace period lasts: it costs the tenant
-/// no place on the node and still counts as a running claimant. Enough of them refuse the
-/// victim application on the node (`too_many_claimants`).
+/// pods (before Kubernetes 1.27), or for as long as its grace period lasts: a pod being deleted
+/// is read as ended, so enough of them do not refuse the victim application on the node.
 #[test]
-fn attack_deleted_pods_held_by_a_finalizer_count_as_running_claimants() {
+fn deleted_pods_held_by_a_finalizer_do_not_count_as_running_claimants() {
     let t0 = Instant::now();
     let (mut t, claims) = tracker(true);
     let a = app("spark-a");
