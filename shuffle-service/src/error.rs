@@ -29,6 +29,14 @@ pub enum ShuffleError {
     /// A credential of another application, or a non-admin calling an admin RPC.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A Spark connection authenticated as one application asking for another's data.
+    #[error("Client for {client} not authorized for application {app}.")]
+    ClientMismatch {
+        /// The application the connection authenticated as.
+        client: String,
+        /// The application asked for.
+        app: String,
+    },
     /// The map output already exists (the first committed attempt wins, as in Spark).
     #[error("already exists: {0}")]
     AlreadyExists(String),
@@ -103,7 +111,7 @@ impl ShuffleError {
                 "invalid_argument"
             }
             Self::Unauthenticated(_) => "unauthenticated",
-            Self::PermissionDenied(_) => "permission_denied",
+            Self::PermissionDenied(_) | Self::ClientMismatch { .. } => "permission_denied",
             Self::HeldBySpark(_) | Self::HeldByGrpc(_) => "failed_precondition",
             Self::AlreadyRegistered(_) | Self::AlreadyExists(_) => "already_exists",
             Self::NotFound(_) | Self::BlockNotFound(_) => "not_found",
@@ -136,7 +144,9 @@ impl From<ShuffleError> for tonic::Status {
             | ShuffleError::InvalidArgument(_)
             | ShuffleError::DirectoryRefused { .. } => Status::invalid_argument(e.to_string()),
             ShuffleError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
-            ShuffleError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            ShuffleError::PermissionDenied(_) | ShuffleError::ClientMismatch { .. } => {
+                Status::permission_denied(e.to_string())
+            }
             // The id is taken by the other protocol: no credential changes that.
             ShuffleError::HeldBySpark(_) | ShuffleError::HeldByGrpc(_) => {
                 Status::failed_precondition(e.to_string())

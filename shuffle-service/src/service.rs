@@ -12,10 +12,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::MapOutput;
-use crate::core::{Core, Presented, Registrant};
+use crate::core::{Block, Caller, Core, Presented, Registrant};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId, MapId, ShuffleId};
-use crate::request::{BlockRange, ExecutorRegistration, FetchRequest};
+use crate::request::{ExecutorRegistration, FetchRequest};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -65,7 +65,8 @@ impl ShuffleService {
 
     fn app<T>(&self, req: &Request<T>, app_id: &str) -> Result<AppId, Status> {
         let app: AppId = app_id.parse().map_err(ShuffleError::from)?;
-        self.core.authorize_grpc(&app, &self.presented(req))?;
+        self.core
+            .authorize(&app, &Caller::Grpc(self.presented(req)))?;
         Ok(app)
     }
 
@@ -174,12 +175,12 @@ impl Shuffle for ShuffleService {
                 ));
             };
             let app: AppId = h.app_id.parse().map_err(ShuffleError::from)?;
-            self.core.authorize_grpc(
+            self.core.authorize(
                 &app,
-                &Presented {
+                &Caller::Grpc(Presented {
                     token: token.as_deref().filter(|_| !admin),
                     admin,
-                },
+                }),
             )?;
             let exec: ExecId = h.exec_id.parse().map_err(ShuffleError::from)?;
             let out = MapOutput {
@@ -231,11 +232,9 @@ impl Shuffle for ShuffleService {
         req: Request<pb::FetchBlocksRequest>,
     ) -> Result<Response<Self::FetchBlocksStream>, Status> {
         (|| {
-            self.app(&req, &req.get_ref().app_id)?;
             let r = FetchRequest::try_from(req.get_ref())?;
-            self.core.check_fetch_size(r.blocks.len())?;
-            let executor = self.core.executor(&r.app, &r.exec)?;
-            let blocks = r.blocks;
+            let fetch = self.core.fetch(r, &Caller::Grpc(self.presented(&req)))?;
+            let executor = std::sync::Arc::clone(fetch.executor());
             let (tx, rx) = mpsc::channel(FETCH_QUEUE);
             let core = self.core.clone();
             let m = core.metrics().clone();
@@ -243,8 +242,8 @@ impl Shuffle for ShuffleService {
             let guard = StreamGuard(m.open_streams.clone());
             tokio::task::spawn_blocking(move || {
                 let _guard = guard;
-                for (i, block) in blocks.iter().enumerate() {
-                    if send_block(&core, &executor, i, block, &tx).is_err() {
+                for (i, block) in fetch.enumerate() {
+                    if send_block(&core, &executor, i, &block, &tx).is_err() {
                         return;
                     }
                 }
@@ -317,7 +316,7 @@ fn send_block(
     core: &Core,
     exec: &crate::core::Executor,
     index: usize,
-    block: &BlockRange,
+    block: &Block,
     tx: &mpsc::Sender<Result<pb::FetchBlocksResponse, Status>>,
 ) -> Result<(), ()> {
     let fail = |e: ShuffleError| {

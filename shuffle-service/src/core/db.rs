@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS pod_owners (
 
 /// A stored application.
 #[derive(Debug, Clone)]
-pub struct AppRow {
+pub(super) struct AppRow {
     /// Id.
     pub app_id: String,
     /// SHA-256 of its token, when registered through RegisterApplication.
@@ -72,7 +72,7 @@ pub struct OwnerRow {
 
 /// A stored executor.
 #[derive(Debug, Clone)]
-pub struct ExecRow {
+pub(super) struct ExecRow {
     /// Application.
     pub app_id: String,
     /// Executor.
@@ -87,7 +87,7 @@ pub struct ExecRow {
 
 /// The registration database.
 #[derive(Debug, Clone)]
-pub struct Db {
+pub(super) struct Db {
     conn: Arc<Mutex<Connection>>,
 }
 
@@ -103,19 +103,11 @@ pub enum Durability {
 }
 
 impl Db {
-    /// Opens or creates the database with [`Durability::Full`].
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, Durability::Full)
-    }
-
     /// Opens or creates the database.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn open_with(path: &Path, durability: Durability) -> Result<Self> {
+    pub(super) fn open_with(path: &Path, durability: Durability) -> Result<Self> {
         use service_runtime::sqlite::{self, Synchronous};
         let sync = match durability {
             Durability::Full => Synchronous::Full,
@@ -171,7 +163,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn ping(&self) -> Result<()> {
+    pub(super) async fn ping(&self) -> Result<()> {
         self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
@@ -179,7 +171,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_app(&self, row: AppRow, now_ms: i64) -> Result<()> {
+    pub(super) async fn put_app(&self, row: AppRow, now_ms: i64) -> Result<()> {
         self.call(move |c| {
             c.execute(
                 "INSERT INTO apps (app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, created_ms, own_lifecycle, learned_secret)
@@ -208,7 +200,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_executor(
+    pub(super) async fn put_executor(
         &self,
         row: ExecRow,
         own_lifecycle: bool,
@@ -244,7 +236,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn delete_app(&self, app_id: String) -> Result<()> {
+    pub(super) async fn delete_app(&self, app_id: String) -> Result<()> {
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute("DELETE FROM executors WHERE app_id = ?1", [&app_id])?;
@@ -258,7 +250,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn load(&self) -> Result<(Vec<AppRow>, Vec<ExecRow>)> {
+    pub(super) async fn load(&self) -> Result<(Vec<AppRow>, Vec<ExecRow>)> {
         self.call(|c| {
             let mut apps = Vec::new();
             let mut stmt = c.prepare(
@@ -309,7 +301,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_owner(&self, row: OwnerRow) -> Result<()> {
+    pub(super) async fn put_owner(&self, row: OwnerRow) -> Result<()> {
         self.call(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO pod_owners (app_id, namespace, driver_uid) VALUES (?1, ?2, ?3)",
@@ -324,7 +316,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn delete_owner(&self, app_id: String) -> Result<()> {
+    pub(super) async fn delete_owner(&self, app_id: String) -> Result<()> {
         self.call(move |c| {
             c.execute("DELETE FROM pod_owners WHERE app_id = ?1", [&app_id])
                 .map(|_| ())
@@ -336,7 +328,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn owners(&self) -> Result<Vec<OwnerRow>> {
+    pub(super) async fn owners(&self) -> Result<Vec<OwnerRow>> {
         self.call(|c| {
             let mut stmt = c.prepare("SELECT app_id, namespace, driver_uid FROM pod_owners")?;
             let rows = stmt.query_map([], |r| {
@@ -371,7 +363,7 @@ mod tests {
             )
             .unwrap();
         }
-        let db = Db::open(&path).unwrap();
+        let db = Db::open_with(&path, Durability::Full).unwrap();
         let (mut apps, _) = db.load().await.unwrap();
         apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
         let marks: Vec<(&str, bool)> = apps
@@ -405,7 +397,7 @@ mod tests {
         assert!(db.owners().await.unwrap().is_empty());
         // Opening it again changes nothing.
         drop(db);
-        let db = Db::open(&path).unwrap();
+        let db = Db::open_with(&path, Durability::Full).unwrap();
         assert_eq!(db.load().await.unwrap().0.len(), 2);
     }
 }

@@ -8,6 +8,8 @@ pub mod claims;
 mod cleanup;
 mod db;
 mod execfs;
+mod fetch;
+mod liveness;
 mod ownership;
 mod registry;
 mod volume;
@@ -17,6 +19,8 @@ pub use authority::{Offer, Refusal, Registrant};
 pub use blocks::{OpenBlock, Segment, SegmentReader};
 pub use claims::Claims;
 pub use db::Durability;
+pub use fetch::{Block, Caller, Fetch};
+pub use liveness::{NotReady, SweepReport};
 pub use ownership::{Lifecycle, PodOwner};
 pub use registry::Executor;
 pub use volume::{VolumeKind, VolumeSpec, Volumes, parse_size};
@@ -217,21 +221,6 @@ impl Core {
         &self.inner.prometheus
     }
 
-    /// The registry.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
-    /// The volumes.
-    pub fn volumes(&self) -> &Arc<Volumes> {
-        &self.inner.volumes
-    }
-
-    /// Idle TTL of applications without a driver registration.
-    pub fn idle_ttl(&self) -> Duration {
-        self.inner.idle_ttl
-    }
-
     /// Updates the registration and volume gauges.
     pub fn refresh_gauges(&self) {
         let m = &self.inner.metrics;
@@ -311,28 +300,10 @@ impl Core {
             .inc();
     }
 
-    /// Checks a gRPC caller's right to an application: its token, or the admin token.
-    ///
-    /// # Errors
-    /// [`ShuffleError::Unauthenticated`] with no credential, [`ShuffleError::PermissionDenied`]
-    /// with another application's.
-    pub fn authorize_grpc(&self, app: &AppId, presented: &Presented<'_>) -> Result<()> {
-        if presented.admin {
-            return Ok(());
-        }
-        self.inner
-            .registry
-            .check_token(app, presented.token)
-            .inspect_err(|_| self.refused("grpc"))
-    }
-
     /// Checks a Spark-protocol client's right to an application: one registered through the
     /// gRPC API is gRPC's alone, whatever the connection authenticated with. Otherwise Spark's
     /// own model holds (open when authentication is off).
-    ///
-    /// # Errors
-    /// [`ShuffleError::HeldByGrpc`].
-    pub fn authorize_spark(&self, app: &AppId) -> Result<()> {
+    fn authorize_spark(&self, app: &AppId) -> Result<()> {
         if self.inner.registry.has_token(app) {
             self.refuse_authority("spark", app, Refusal::GrpcApplication.as_str());
             return Err(ShuffleError::HeldByGrpc(app.to_string()));
@@ -468,21 +439,6 @@ impl Core {
         Ok(())
     }
 
-    /// Checks the number of blocks one fetch names against `--max-fetch-blocks`, the same
-    /// limit for both protocols.
-    ///
-    /// # Errors
-    /// [`ShuffleError::InvalidArgument`] for none or too many.
-    pub fn check_fetch_size(&self, blocks: usize) -> Result<()> {
-        let max = self.inner.max_fetch_blocks;
-        if blocks == 0 || blocks > max {
-            return Err(ShuffleError::InvalidArgument(format!(
-                "{blocks} blocks in one request; 1 to {max} are served"
-            )));
-        }
-        Ok(())
-    }
-
     /// The registered executor.
     ///
     /// # Errors
@@ -492,10 +448,7 @@ impl Core {
     }
 
     /// Resolves a block (blocking I/O for the index).
-    ///
-    /// # Errors
-    /// An unknown or invalid block, a corrupt or missing index, I/O.
-    pub fn resolve(&self, exec: &Executor, block: &BlockRange) -> Result<Segment> {
+    fn resolve(&self, exec: &Executor, block: &BlockRange) -> Result<Segment> {
         blocks::resolve(
             &self.inner.volumes,
             exec,
@@ -505,33 +458,6 @@ impl Core {
             block.start,
             block.end,
         )
-    }
-
-    /// Resolves a block and opens it for sending (blocking): the one way both front ends
-    /// reach block data.
-    ///
-    /// # Errors
-    /// See [`Core::resolve`]; opening the data file beneath the volume root (a link is refused).
-    pub fn open_block(&self, exec: &Executor, block: &BlockRange) -> Result<OpenBlock> {
-        let seg = self.resolve(exec, block)?;
-        OpenBlock::open(&self.inner.volumes, exec, &seg)
-    }
-
-    /// Opens a whole named file of an executor (an RDD block) for sending (blocking).
-    ///
-    /// # Errors
-    /// An invalid name, a missing file, a link on the way, I/O.
-    pub fn open_named_block(&self, exec: &Executor, name: &str) -> Result<OpenBlock> {
-        OpenBlock::whole(&self.inner.volumes, exec, name)
-    }
-
-    /// Opens a file of an executor for reading beneath its volume root, no link followed
-    /// (blocking); returns it with its size.
-    ///
-    /// # Errors
-    /// A path outside the executor's directories, a missing file, a link on the way, I/O.
-    pub fn open_file(&self, exec: &Executor, path: &Path) -> Result<(std::fs::File, u64)> {
-        blocks::open_verified(&self.inner.volumes, exec, path)
     }
 
     /// Writes a map output from `chunks` into the executor's directories.
@@ -612,47 +538,6 @@ impl Core {
         Ok(found.len() as u64)
     }
 
-    /// Removes the temporary files that writes interrupted by a crash left in executor
-    /// directories (never those of a write in flight); returns how many. Run at start-up and
-    /// with every usage rescan.
-    pub async fn remove_leftovers(&self) -> usize {
-        let dirs: Vec<(PathBuf, u32)> = self.inner.registry.all_dirs().into_iter().collect();
-        let inner = Arc::clone(&self.inner);
-        let removed = tokio::task::spawn_blocking(move || {
-            let mut removed = 0;
-            for (dir, subs) in dirs {
-                let Some(vol) = inner.volumes.containing(&dir) else {
-                    continue;
-                };
-                for s in 0..subs {
-                    let sub = dir.join(format!("{s:02x}"));
-                    let Ok((fd, entries)) = vol.dir.list(&sub) else {
-                        continue;
-                    };
-                    for (name, is_dir) in entries {
-                        let path = sub.join(&name);
-                        if !is_dir
-                            && writer::is_temp_name(&name.to_string_lossy())
-                            && !inner.in_flight.contains(&path)
-                            && rustix::fs::unlinkat(&fd, &*name, rustix::fs::AtFlags::empty())
-                                .is_ok()
-                        {
-                            tracing::info!(path = %path.display(), "removed an interrupted write's temporary file");
-                            removed += 1;
-                        }
-                    }
-                }
-            }
-            removed
-        })
-        .await
-        .unwrap_or(0);
-        if removed > 0 {
-            self.inner.metrics.leftovers_removed.inc_by(removed as u64);
-        }
-        removed
-    }
-
     /// Deletes named block files of one executor, Spark's RemoveBlocks: names are file names
     /// placed by the formula; names that could escape (`/`, `\`, NUL, `.`, `..`, empty) are
     /// skipped. Returns how many files were deleted.
@@ -724,11 +609,6 @@ impl Core {
     /// Every application.
     pub fn list_apps(&self) -> Vec<AppSummary> {
         self.inner.registry.list()
-    }
-
-    /// Queues a directory list for deletion with a completion signal (tests, benchmarks).
-    pub fn cleaner(&self) -> &Cleaner {
-        &self.inner.cleaner
     }
 }
 

@@ -28,9 +28,8 @@ use super::channel::{Inbound, Out};
 use super::deadline::{Activity, Deadline};
 use super::frame::{self, FrameDecoder, FrameError, Message, StreamChunkId};
 use super::handler::{Action, NewChannel, Session, Shared, failure_text};
-use super::stream::BlockRef;
 use super::transport::{Outbox, ReadSide, Wire, WriteSide};
-use crate::core::Executor;
+use crate::core::{Block, Executor};
 
 /// Limits of one connection and the budgets shared by all.
 #[derive(Debug, Clone)]
@@ -82,7 +81,7 @@ enum ReplyTo {
 
 struct DataJob {
     reply: ReplyTo,
-    target: Result<(Arc<Executor>, BlockRef), String>,
+    target: Result<(Arc<Executor>, Block), String>,
 }
 
 enum Body {
@@ -596,27 +595,12 @@ fn try_open_block(core: &crate::Core, job: DataJob) -> Result<Opened, Box<Prepar
         Ok(t) => t,
         Err(e) => return Err(Box::new(failure(&job.reply, e))),
     };
-    let opened = match &block {
-        BlockRef::Shuffle {
-            shuffle,
-            map,
-            start,
-            end,
-        } => core.open_block(
-            &exec,
-            &crate::request::BlockRange {
-                shuffle: *shuffle,
-                map: *map,
-                start: *start,
-                end: *end,
-            },
-        ),
-        BlockRef::Rdd { name } => core.open_named_block(&exec, name),
-    }
-    .map(|b| (b.file, b.offset, b.len));
+    let opened = core
+        .open_block(&exec, &block)
+        .map(|b| (b.file, b.offset, b.len));
     let (file, offset, len) = match opened {
         Ok(x) => x,
-        Err(crate::ShuffleError::BlockNotFound(_)) if matches!(block, BlockRef::Rdd { .. }) => {
+        Err(crate::ShuffleError::BlockNotFound(_)) if matches!(block, Block::File(_)) => {
             let text = match &job.reply {
                 ReplyTo::Chunk(_) => "Chunk was not found".to_owned(),
                 ReplyTo::Stream(s) => format!("Stream '{s}' was not found."),

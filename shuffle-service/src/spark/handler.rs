@@ -12,17 +12,16 @@ use spark_protocol::crypto::auth::{self, AuthMessage, SessionSecrets};
 use spark_protocol::crypto::{Cipher, Opener, Sealer, digest};
 use spark_protocol::sasl::Protection;
 
-use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
+use super::message::{BlockTransferMessage as Btm, RpcPayload};
+use super::request;
 use super::sasl::DigestServer;
 use super::secrets::{Secrets, Source};
-use super::stream::{Blocks, Stream, StreamTable};
-use crate::core::{Core, Offer, Refusal, Registrant};
+use super::stream::{Stream, StreamTable};
+use crate::core::{Caller, Core, Offer, Refusal, Registrant};
 use crate::error::ShuffleError;
-use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
-use crate::layout;
+use crate::ids::{AppId, ExecId};
 use crate::lograte::LogLimit;
-use crate::request::{BlockRange, ExecutorRegistration};
-use spark_protocol::checksum::{self, Algorithm};
+use crate::request::{ExecutorRegistration, FetchRequest};
 
 /// Work that finishes off the reader (a database write or file deletion).
 pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
@@ -124,6 +123,10 @@ fn fail(e: ShuffleError) -> String {
     failure_text(&e)
 }
 
+fn parse_app(app_id: &str) -> Result<AppId, String> {
+    app_id.parse().map_err(|e| fail(ShuffleError::from(e)))
+}
+
 impl Session {
     /// A connection's fresh state; its open streams count in `shuffle_open_streams`.
     pub fn new(shared: &Shared) -> Self {
@@ -141,16 +144,15 @@ impl Session {
         !shared.secrets.enabled() || self.client.is_some()
     }
 
-    fn check_app(&self, core: &Core, app_id: &str) -> Result<AppId, String> {
-        let app: AppId = app_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-        if let Some(c) = &self.client
-            && *c != app
-        {
-            return Err(format!(
-                "Client for {c} not authorized for application {app}."
-            ));
+    fn caller(&self) -> Caller<'_> {
+        Caller::Spark {
+            client: self.client.as_ref(),
         }
-        core.authorize_spark(&app).map_err(fail)?;
+    }
+
+    fn check_app(&self, core: &Core, app_id: &str) -> Result<AppId, String> {
+        let app = parse_app(app_id)?;
+        core.authorize(&app, &self.caller()).map_err(fail)?;
         Ok(app)
     }
 
@@ -351,21 +353,27 @@ impl Session {
                 shuffle_id,
                 map_ids,
                 reduce_ids,
-                batch_fetch_enabled,
-            } => Action::Reply(self.fetch(
-                shared,
-                &app_id,
-                &exec_id,
-                shuffle_id,
-                map_ids,
-                reduce_ids,
-                batch_fetch_enabled,
-            )),
+                batch_fetch_enabled: batch,
+            } => {
+                let r = parse_app(&app_id).and_then(|app| {
+                    request::fetch_shuffle_blocks(
+                        app, &exec_id, shuffle_id, map_ids, reduce_ids, batch,
+                    )
+                });
+                if batch && r.is_ok() {
+                    core.metrics().spark_batch_fetches.inc();
+                }
+                Action::Reply(r.and_then(|r| self.open_stream(shared, r)))
+            }
             Btm::OpenBlocks {
                 app_id,
                 exec_id,
                 block_ids,
-            } => Action::Reply(self.open(shared, &app_id, &exec_id, &block_ids)),
+            } => Action::Reply(
+                parse_app(&app_id)
+                    .and_then(|app| request::open_blocks(app, &exec_id, &block_ids))
+                    .and_then(|r| self.open_stream(shared, r)),
+            ),
             Btm::GetLocalDirsForExecutors { app_id, exec_ids } => {
                 Action::Reply(self.local_dirs(core, &app_id, &exec_ids))
             }
@@ -393,10 +401,12 @@ impl Session {
                 checksum,
                 algorithm,
             } => self.later(&app_id, core, move |app, core| async move {
-                let cause = diagnose(
-                    &core, &app, &exec_id, shuffle_id, map_id, reduce_id, checksum, &algorithm,
-                )
-                .await;
+                let cause = match request::diagnosis(
+                    &exec_id, shuffle_id, map_id, reduce_id, checksum, &algorithm,
+                ) {
+                    Ok(d) => core.diagnose(&app, d).await,
+                    Err(cause) => cause,
+                };
                 Ok(Btm::CorruptionCause(cause).to_bytes())
             }),
             Btm::RegisterDriver {
@@ -444,92 +454,20 @@ impl Session {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // The fields of FetchShuffleBlocks.
-    fn fetch(
-        &mut self,
-        shared: &Shared,
-        app_id: &str,
-        exec_id: &str,
-        shuffle_id: i32,
-        map_ids: Vec<i64>,
-        reduce_ids: Vec<Vec<i32>>,
-        batch: bool,
-    ) -> Result<Bytes, String> {
-        let app = self.check_app(&shared.core, app_id)?;
-        let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-        let shuffle = ShuffleId::new(shuffle_id).map_err(|e| fail(e.into()))?;
-        if map_ids.len() != reduce_ids.len() {
-            return Err(format!(
-                "{} map ids but {} reduce id lists",
-                map_ids.len(),
-                reduce_ids.len()
-            ));
-        }
-        let maps: Vec<MapId> = map_ids
-            .into_iter()
-            .map(MapId::new)
-            .collect::<Result<_, _>>()
-            .map_err(|e| fail(e.into()))?;
-        for r in &reduce_ids {
-            if batch {
-                if r.len() != 2 || r[0] < 0 || r[0] >= r[1] {
-                    return Err(format!(
-                        "batch fetch needs [start, end) with 0 <= start < end, got {r:?}"
-                    ));
-                }
-            } else if r.iter().any(|x| *x < 0 || *x == i32::MAX) {
-                return Err("negative reduce id".into());
-            }
-        }
-        if batch {
-            shared.core.metrics().spark_batch_fetches.inc();
-        }
-        let blocks = Blocks::Fetch {
-            shuffle,
-            maps,
-            reduces: reduce_ids,
-            batch,
-        };
-        self.open_stream(shared, &app, &exec, blocks)
-    }
-
-    fn open(
-        &mut self,
-        shared: &Shared,
-        app_id: &str,
-        exec_id: &str,
-        ids: &[String],
-    ) -> Result<Bytes, String> {
-        let app = self.check_app(&shared.core, app_id)?;
-        let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-        let blocks = parse_open_blocks(ids)?;
-        self.open_stream(shared, &app, &exec, blocks)
-    }
-
-    fn open_stream(
-        &mut self,
-        shared: &Shared,
-        app: &AppId,
-        exec: &ExecId,
-        blocks: Blocks,
-    ) -> Result<Bytes, String> {
-        let n = blocks.chunks();
-        // A stream without chunks is answered (it never opens), so only the upper bound.
-        if n > 0 {
-            shared.core.check_fetch_size(n).map_err(fail)?;
-        }
+    fn open_stream(&mut self, shared: &Shared, r: FetchRequest) -> Result<Bytes, String> {
         if self.streams.len() >= shared.max_streams {
             return Err(format!(
                 "{} streams open on this connection; finish some first",
                 self.streams.len()
             ));
         }
-        let executor = shared.core.executor(app, exec).map_err(fail)?;
+        let fetch = shared.core.fetch(r, &self.caller()).map_err(fail)?;
+        let n = fetch.len();
         // A stream without chunks would never be finished, so it is not kept.
-        let stream_id = if n == 0 {
+        let stream_id = if fetch.is_empty() {
             (rand::random::<u64>() >> 1) as i64
         } else {
-            self.streams.open(Stream::new(executor, blocks))
+            self.streams.open(Stream::new(fetch))
         };
         Ok(Btm::StreamHandle {
             stream_id,
@@ -560,129 +498,4 @@ impl Session {
         }
         .to_bytes())
     }
-}
-
-/// Parses `OpenBlocks` ids: all `shuffle_<s>_<m>_<r>` of one shuffle, or all `rdd_<r>_<p>`.
-///
-/// # Errors
-/// Text for the client.
-pub fn parse_open_blocks(ids: &[String]) -> Result<Blocks, String> {
-    let first = ids.first().ok_or("no block ids")?;
-    if first.starts_with("rdd_") {
-        let names = ids
-            .iter()
-            .map(|id| {
-                let p: Vec<&str> = id.split('_').collect();
-                let ok = p.len() == 3
-                    && p[0] == "rdd"
-                    && p[1].parse::<u32>().is_ok()
-                    && p[2].parse::<u32>().is_ok();
-                if ok {
-                    Ok(id.clone())
-                } else {
-                    Err(format!("Unexpected block id format: {id}"))
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        return Ok(Blocks::Rdd(names));
-    }
-    if first.starts_with("shuffleChunk_") {
-        return Err("push-based shuffle chunks are not served by this shuffle service".into());
-    }
-    let mut shuffle = None;
-    let mut blocks = Vec::with_capacity(ids.len());
-    for id in ids {
-        let p: Vec<&str> = id.split('_').collect();
-        let bad = || format!("Unexpected shuffle block id format: {id}");
-        if p.len() != 4 || p[0] != "shuffle" {
-            return Err(bad());
-        }
-        let s = p[1]
-            .parse::<i32>()
-            .ok()
-            .and_then(|v| ShuffleId::new(v).ok());
-        let m = p[2].parse::<i64>().ok().and_then(|v| MapId::new(v).ok());
-        let r = p[3]
-            .parse::<i32>()
-            .ok()
-            .filter(|v| *v < i32::MAX)
-            .and_then(|v| ReduceId::new(v).ok());
-        let (Some(s), Some(m), Some(r)) = (s, m, r) else {
-            return Err(bad());
-        };
-        match shuffle {
-            None => shuffle = Some(s),
-            Some(x) if x != s => {
-                return Err(format!("Expected shuffleId={}, got: {id}", x.get()));
-            }
-            Some(_) => {}
-        }
-        blocks.push((m, r));
-    }
-    Ok(Blocks::Open {
-        shuffle: shuffle.expect("at least one id"),
-        blocks,
-    })
-}
-
-#[allow(clippy::too_many_arguments)] // The fields of DiagnoseCorruption.
-async fn diagnose(
-    core: &Core,
-    app: &AppId,
-    exec_id: &str,
-    shuffle_id: i32,
-    map_id: i64,
-    reduce_id: i32,
-    reader_checksum: i64,
-    algorithm: &str,
-) -> Cause {
-    let Some(alg) = Algorithm::parse(algorithm) else {
-        return Cause::UnsupportedChecksumAlgorithm;
-    };
-    let (Ok(exec), Ok(shuffle), Ok(map), Ok(reduce)) = (
-        exec_id.parse::<ExecId>(),
-        ShuffleId::new(shuffle_id),
-        MapId::new(map_id),
-        ReduceId::new(reduce_id),
-    ) else {
-        return Cause::UnknownIssue;
-    };
-    let Ok(executor) = core.executor(app, &exec) else {
-        return Cause::UnknownIssue;
-    };
-    let core = core.clone();
-    tokio::task::spawn_blocking(move || {
-        let Ok(end) = ReduceId::new(reduce.get().saturating_add(1)) else {
-            return Cause::UnknownIssue;
-        };
-        let block = BlockRange {
-            shuffle,
-            map,
-            start: reduce,
-            end,
-        };
-        let seg = match core.resolve(&executor, &block) {
-            Ok(s) => s,
-            Err(_) => return Cause::UnknownIssue,
-        };
-        let file = layout::placement(
-            &executor.local_dirs,
-            executor.sub_dirs,
-            &layout::checksum_file(shuffle, map, alg.as_str()),
-        );
-        let (Ok((sums, _)), Ok((data, _))) = (
-            core.open_file(&executor, &file),
-            core.open_file(&executor, &seg.path),
-        ) else {
-            return Cause::UnknownIssue;
-        };
-        let range = (seg.offset, seg.len);
-        checksum::diagnose(alg, sums, data, reduce.get() as u32, range, reader_checksum)
-            .unwrap_or_else(|e| {
-                tracing::info!(file = %seg.path.display(), error = %e, "cannot diagnose corruption");
-                Cause::UnknownIssue
-            })
-    })
-    .await
-    .unwrap_or(Cause::UnknownIssue)
 }

@@ -16,6 +16,7 @@ pub mod conn;
 pub mod deadline;
 pub mod handler;
 pub mod listener;
+pub mod request;
 pub mod secrets;
 pub mod stream;
 pub mod transport;

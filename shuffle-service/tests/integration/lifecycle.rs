@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use shuffle_proto::v1 as pb;
+use shuffle_service::Core;
 use shuffle_service::config::Config;
 use shuffle_service::core::{VolumeKind, VolumeSpec};
-use shuffle_service::{Core, lifecycle};
 
 use crate::common::*;
 use shuffle_service::ids::AppId;
@@ -148,16 +148,12 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     tokio::time::advance(Duration::from_secs(20)).await;
     core.heartbeat(&a).unwrap();
     tokio::time::advance(Duration::from_secs(20)).await;
-    assert_eq!(
-        lifecycle::sweep_once(&core).await.lapsed,
-        0,
-        "heartbeat kept it alive"
-    );
+    assert_eq!(core.sweep().await.lapsed, 0, "heartbeat kept it alive");
     tokio::time::advance(Duration::from_secs(31)).await;
-    assert_eq!(lifecycle::sweep_once(&core).await.lapsed, 1);
+    assert_eq!(core.sweep().await.lapsed, 1);
     assert_eq!(core.list_apps().len(), 1);
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert_eq!(lifecycle::sweep_once(&core).await.lapsed, 1);
+    assert_eq!(core.sweep().await.lapsed, 1);
     assert!(core.list_apps().is_empty());
     core.shutdown().await;
     assert!(!dir_a.exists() && !dir_b.exists());
@@ -189,7 +185,7 @@ async fn apps_whose_directories_vanished_are_dropped() {
         .await
         .unwrap();
     std::fs::remove_dir_all(s.volume.join("gone")).unwrap();
-    assert_eq!(lifecycle::sweep_once(&s.core).await.vanished, 1);
+    assert_eq!(s.core.sweep().await.vanished, 1);
     assert!(s.core.list_apps().is_empty());
     s.shutdown().await;
 }

@@ -261,7 +261,7 @@ async fn a_missing_persistent_volume_is_an_error_an_empty_dir_is_created() {
 async fn volume_used_bytes_reports_what_the_volume_holds() {
     let s = TestService::start(|_| {}).await;
     let (_, _, _, _) = two_apps(&s).await;
-    shuffle_service::lifecycle::scan_usage(&s.core).await;
+    s.core.rescan_usage().await;
     let m = s.metrics().await;
     let used = metric(
         &m,
