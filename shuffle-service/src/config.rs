@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 mod connections;
 mod kube;
+mod settings;
 
 pub use connections::*;
 use kube::kube_settings;

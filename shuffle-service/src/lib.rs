@@ -27,7 +27,6 @@ pub mod listen;
 pub mod lograte;
 pub mod memory;
 pub mod metrics;
-pub mod request;
 pub mod server;
 pub mod service;
 pub mod spark;

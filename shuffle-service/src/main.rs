@@ -80,7 +80,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     shuffle_service::server::raise_open_file_limit(&config);
-    let core = Core::open(&config, prometheus::Registry::new()).await?;
+    let core = Core::open(&config.core(), prometheus::Registry::new()).await?;
     let listeners = shuffle_service::server::Listeners::bind(&config).await?;
     tracing::info!(
         grpc = %listeners.grpc.local_addr()?,

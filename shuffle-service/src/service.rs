@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::MapOutput;
 use crate::core::{Block, Caller, Core, Presented, Registrant};
-use crate::error::ShuffleError;
-use crate::ids::{AppId, ExecId, MapId, ShuffleId};
-use crate::request::{ExecutorRegistration, FetchRequest};
+use crate::core::{BlockRange, Blocks, ExecutorRegistration, FetchRequest};
+use crate::error::{Result as CoreResult, ShuffleError};
+use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -389,5 +389,107 @@ impl ShuffleAdmin for ShuffleService {
                 .collect();
             Response::new(pb::ListApplicationsResponse { applications })
         })
+    }
+}
+
+// === conversions at the edge: gRPC messages into the core's requests ===
+
+impl TryFrom<&pb::BlockRange> for BlockRange {
+    type Error = ShuffleError;
+
+    fn try_from(b: &pb::BlockRange) -> CoreResult<Self> {
+        Ok(Self {
+            shuffle: ShuffleId::new(b.shuffle_id)?,
+            map: MapId::new(b.map_id)?,
+            start: ReduceId::new(b.start_reduce)?,
+            end: ReduceId::new(b.end_reduce)?,
+        })
+    }
+}
+
+impl TryFrom<&pb::FetchBlocksRequest> for FetchRequest {
+    type Error = ShuffleError;
+
+    fn try_from(r: &pb::FetchBlocksRequest) -> CoreResult<Self> {
+        Ok(Self {
+            app: r.app_id.parse()?,
+            exec: r.exec_id.parse()?,
+            blocks: Blocks::Ranges(
+                r.blocks
+                    .iter()
+                    .map(BlockRange::try_from)
+                    .collect::<CoreResult<_>>()?,
+            ),
+        })
+    }
+}
+
+impl TryFrom<pb::RegisterExecutorRequest> for ExecutorRegistration {
+    type Error = ShuffleError;
+
+    fn try_from(r: pb::RegisterExecutorRequest) -> CoreResult<Self> {
+        Ok(Self {
+            app: r.app_id.parse()?,
+            exec: r.exec_id.parse()?,
+            local_dirs: r.local_dirs,
+            sub_dirs: r.sub_dirs_per_local_dir,
+            shuffle_manager: r.shuffle_manager,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `grpc_requests` fuzz corpus (`fuzz/corpus/grpc_requests`, inputs AFL found
+    /// included) through the conversions: what converts holds the message's blocks, in order,
+    /// and its ids unchanged.
+    #[test]
+    fn grpc_requests_corpus() {
+        use prost::Message as _;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/grpc_requests");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            n += 1;
+            let Some((kind, body)) = data.split_first() else {
+                continue;
+            };
+            if kind % 2 == 0 {
+                if let Ok(m) = pb::FetchBlocksRequest::decode(body)
+                    && let Ok(r) = FetchRequest::try_from(&m)
+                {
+                    assert_eq!(r.blocks.count(), m.blocks.len());
+                    assert_eq!((r.app.as_str(), r.exec.as_str()), (&*m.app_id, &*m.exec_id));
+                }
+            } else if let Ok(m) = pb::RegisterExecutorRequest::decode(body)
+                && let Ok(r) = ExecutorRegistration::try_from(m.clone())
+            {
+                assert_eq!((r.app.as_str(), r.exec.as_str()), (&*m.app_id, &*m.exec_id));
+            }
+        }
+        assert!(n > 0, "no corpus in {}", dir.display());
+    }
+
+    #[test]
+    fn ids_are_validated_at_the_edge() {
+        let mut r = pb::FetchBlocksRequest {
+            app_id: "app-1".into(),
+            exec_id: "1".into(),
+            blocks: vec![pb::BlockRange {
+                shuffle_id: 0,
+                map_id: 1,
+                start_reduce: 0,
+                end_reduce: 1,
+            }],
+        };
+        assert_eq!(FetchRequest::try_from(&r).unwrap().blocks.count(), 1);
+        r.blocks[0].map_id = -1;
+        assert!(FetchRequest::try_from(&r).is_err());
+        r.blocks.clear();
+        r.app_id = "../x".into();
+        assert!(FetchRequest::try_from(&r).is_err());
     }
 }

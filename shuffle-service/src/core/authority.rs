@@ -10,9 +10,9 @@
 //! (with learned secrets on), or when the operator gave it a secret file of its own. What is registered first keeps the id; Spark on Kubernetes makes its ids
 //! random (`spark-<uuid>`), so nobody can claim one over gRPC before the application exists.
 
+use super::secrets::Source;
 use crate::error::{Result, ShuffleError};
 use crate::ids::AppId;
-use crate::spark::secrets::Source;
 
 use super::Core;
 use super::PodOwner;

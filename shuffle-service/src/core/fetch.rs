@@ -8,11 +8,11 @@ use std::sync::Arc;
 use spark_protocol::checksum;
 use spark_protocol::message::Cause;
 
+use super::{BlockRange, Blocks, Diagnosis, FetchRequest};
 use super::{Core, Executor, OpenBlock, Presented, blocks};
 use crate::error::{Result, ShuffleError};
 use crate::ids::AppId;
 use crate::layout;
-use crate::request::{BlockRange, Blocks, Diagnosis, FetchRequest};
 
 /// Who asks, as each front end authenticated it.
 #[derive(Debug, Clone, Copy)]
@@ -225,8 +225,8 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::ReduceRange;
     use crate::ids::{MapId, ShuffleId};
-    use crate::request::ReduceRange;
 
     fn exec() -> Arc<Executor> {
         Arc::new(Executor {

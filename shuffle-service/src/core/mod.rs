@@ -12,6 +12,8 @@ mod fetch;
 mod liveness;
 mod ownership;
 mod registry;
+mod request;
+mod secrets;
 mod volume;
 mod writer;
 
@@ -23,6 +25,8 @@ pub use fetch::{Block, Caller, Fetch};
 pub use liveness::{NotReady, SweepReport};
 pub use ownership::{Lifecycle, PodOwner};
 pub use registry::Executor;
+pub use request::{BlockRange, Blocks, Diagnosis, ExecutorRegistration, FetchRequest, ReduceRange};
+pub use secrets::{Secrets, Source};
 pub use volume::{VolumeKind, VolumeSpec, Volumes, parse_size};
 pub use writer::MapOutput;
 
@@ -37,14 +41,11 @@ use prometheus::Registry as PromRegistry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::error::{Result, ShuffleError};
 use crate::ids::{AppId, ExecId, ShuffleId};
 use crate::layout;
 use crate::lograte::LogLimit;
 use crate::metrics::Metrics;
-use crate::request::{BlockRange, ExecutorRegistration};
-use crate::spark::secrets::Secrets;
 use blocks::IndexCache;
 use cleanup::Cleaner;
 use db::Db;
@@ -58,6 +59,34 @@ pub struct Presented<'a> {
     pub token: Option<&'a str>,
     /// The bearer is an admin token.
     pub admin: bool,
+}
+
+/// What the core is opened with; built from the service's configuration
+/// (`crate::config::Config::core`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory of the registration database (and its lock).
+    pub state_dir: PathBuf,
+    /// Volumes.
+    pub volumes: Vec<VolumeSpec>,
+    /// How registrations reach the disk.
+    pub registry_sync: Durability,
+    /// File of the secret Spark's clients of every application may prove.
+    pub spark_auth_secret_file: Option<PathBuf>,
+    /// Directory of per-application Spark secrets.
+    pub spark_auth_secret_dir: Option<PathBuf>,
+    /// Spark secrets are also learned from executor pods (`crate::kube`).
+    pub learn_secrets: bool,
+    /// Concurrent deletions per volume.
+    pub cleanup_parallelism: usize,
+    /// Index cache bound.
+    pub index_cache_bytes: usize,
+    /// Heartbeat timeout of a driver that gives none.
+    pub heartbeat_timeout: Duration,
+    /// Idle TTL of applications without a driver registration.
+    pub idle_ttl: Duration,
+    /// Most blocks in one fetch.
+    pub max_fetch_blocks: usize,
 }
 
 /// Most directories one executor may register.
@@ -121,7 +150,7 @@ impl Core {
     ///
     /// # Errors
     /// Volume, database or metric registration errors.
-    pub async fn open(config: &Config, prometheus: PromRegistry) -> Result<Self> {
+    pub async fn open(config: &Settings, prometheus: PromRegistry) -> Result<Self> {
         let cancel = CancellationToken::new();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ShuffleError::io(&config.state_dir, e))?;
@@ -130,7 +159,7 @@ impl Core {
             config.spark_auth_secret_dir.as_deref(),
         )
         .map_err(|e| ShuffleError::InvalidArgument(format!("Spark authentication: {e}")))?;
-        let secrets = if config.kube.as_ref().is_some_and(|k| k.learn_secrets) {
+        let secrets = if config.learn_secrets {
             secrets.with_learning()
         } else {
             secrets

@@ -7,9 +7,9 @@
 //! others ([`Lifecycle::Pods`]) may also be ended by the pod watch, when the driver pod they
 //! are bound to ([`PodOwner`], persisted, see `super::claims`) ends.
 
+use super::secrets::Source;
 use crate::error::Result;
 use crate::ids::AppId;
-use crate::spark::secrets::Source;
 
 use super::Core;
 use super::db::OwnerRow;

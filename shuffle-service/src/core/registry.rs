@@ -28,11 +28,11 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::secrets::Source;
 use crate::core::authority::Registrant;
 use crate::core::db::{AppRow, Db, ExecRow};
 use crate::error::{Result, ShuffleError};
 use crate::ids::{AppId, ExecId};
-use crate::spark::secrets::Source;
 
 /// A registered executor.
 #[derive(Debug, Clone, PartialEq, Eq)]

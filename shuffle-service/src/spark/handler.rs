@@ -15,13 +15,13 @@ use spark_protocol::sasl::Protection;
 use super::message::{BlockTransferMessage as Btm, RpcPayload};
 use super::request;
 use super::sasl::DigestServer;
-use super::secrets::{Secrets, Source};
 use super::stream::{Stream, StreamTable};
+use crate::core::FetchRequest;
 use crate::core::{Caller, Core, Offer, Refusal, Registrant};
+use crate::core::{Secrets, Source};
 use crate::error::ShuffleError;
 use crate::ids::{AppId, ExecId};
 use crate::lograte::LogLimit;
-use crate::request::{ExecutorRegistration, FetchRequest};
 
 /// Work that finishes off the reader (a database write or file deletion).
 pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
@@ -343,7 +343,7 @@ impl Session {
                 exec_id,
                 info,
             } => self.later(&app_id, core, move |app, core| async move {
-                let r = ExecutorRegistration::from_spark(app, &exec_id, info).map_err(fail)?;
+                let r = request::registration(app, &exec_id, info).map_err(fail)?;
                 core.register_executor(r, who).await.map_err(fail)?;
                 Ok(Bytes::new())
             }),

@@ -4,7 +4,7 @@
 //!
 //! - [`wire`], [`frame`], [`message`], [`sasl`], [`client`]: the byte formats and the
 //!   DIGEST-MD5 exchange, from the `spark-protocol` crate (re-exported here);
-//! - [`secrets`]: shared or per-application secrets;
+//! - [`request`]: block messages made into the core's typed requests;
 //! - [`handler`], [`stream`]: what each message does (checksums from `spark-protocol`);
 //! - [`conn`], [`listener`], [`budget`], [`deadline`]: connections, budgets, deadlines,
 //!   zero-copy sends.
@@ -17,7 +17,6 @@ pub mod deadline;
 pub mod handler;
 pub mod listener;
 pub mod request;
-pub mod secrets;
 pub mod stream;
 pub mod transport;
 

@@ -4,10 +4,30 @@
 //! text of the `RpcFailure` Spark's client shows.
 
 use spark_protocol::checksum::Algorithm;
-use spark_protocol::message::Cause;
+use spark_protocol::message::{Cause, ExecutorShuffleInfo};
 
+use crate::core::{Blocks, Diagnosis, ExecutorRegistration, FetchRequest, ReduceRange};
+use crate::error::{Result, ShuffleError};
 use crate::ids::{AppId, ExecId, MapId, ShuffleId};
-use crate::request::{Blocks, Diagnosis, FetchRequest, ReduceRange};
+
+/// `RegisterExecutor` of an application already checked by the front end.
+///
+/// # Errors
+/// A malformed executor id or a negative subdirectory count.
+pub fn registration(
+    app: AppId,
+    exec_id: &str,
+    info: ExecutorShuffleInfo,
+) -> Result<ExecutorRegistration> {
+    Ok(ExecutorRegistration {
+        app,
+        exec: exec_id.parse()?,
+        local_dirs: info.local_dirs,
+        sub_dirs: u32::try_from(info.sub_dirs_per_local_dir)
+            .map_err(|_| ShuffleError::InvalidArgument("negative subDirsPerLocalDir".into()))?,
+        shuffle_manager: info.shuffle_manager,
+    })
+}
 
 /// `FetchShuffleBlocks`: for each map id, its reduce ids, or with batch fetch one
 /// `[start, end)` pair.
@@ -21,7 +41,7 @@ pub fn fetch_shuffle_blocks(
     map_ids: Vec<i64>,
     reduce_ids: Vec<Vec<i32>>,
     batch: bool,
-) -> Result<FetchRequest, String> {
+) -> std::result::Result<FetchRequest, String> {
     let exec: ExecId = exec_id.parse().map_err(|e| text(&e))?;
     let shuffle = ShuffleId::new(shuffle_id).map_err(|e| text(&e))?;
     if map_ids.len() != reduce_ids.len() {
@@ -68,7 +88,11 @@ pub fn fetch_shuffle_blocks(
 ///
 /// # Errors
 /// Text for the client.
-pub fn open_blocks(app: AppId, exec_id: &str, ids: &[String]) -> Result<FetchRequest, String> {
+pub fn open_blocks(
+    app: AppId,
+    exec_id: &str,
+    ids: &[String],
+) -> std::result::Result<FetchRequest, String> {
     let exec: ExecId = exec_id.parse().map_err(|e| text(&e))?;
     Ok(FetchRequest {
         app,
@@ -77,7 +101,7 @@ pub fn open_blocks(app: AppId, exec_id: &str, ids: &[String]) -> Result<FetchReq
     })
 }
 
-fn block_ids(ids: &[String]) -> Result<Blocks, String> {
+fn block_ids(ids: &[String]) -> std::result::Result<Blocks, String> {
     let first = ids.first().ok_or("no block ids")?;
     if first.starts_with("rdd_") {
         let names = ids
@@ -141,7 +165,7 @@ pub fn diagnosis(
     reduce_id: i32,
     checksum: i64,
     algorithm: &str,
-) -> Result<Diagnosis, Cause> {
+) -> std::result::Result<Diagnosis, Cause> {
     let algorithm = Algorithm::parse(algorithm).ok_or(Cause::UnsupportedChecksumAlgorithm)?;
     let (Ok(exec), Ok(shuffle), Ok(map), Some(reduce)) = (
         exec_id.parse::<ExecId>(),
@@ -167,7 +191,7 @@ fn text(e: &crate::ids::InvalidId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::BlockRange;
+    use crate::core::BlockRange;
 
     fn ranges(b: &Blocks) -> Vec<BlockRange> {
         match b {
@@ -217,6 +241,16 @@ mod tests {
         assert!(f(vec![vec![-1]], false).is_err());
         assert!(f(vec![vec![i32::MAX]], false).is_err());
         assert!(fetch_shuffle_blocks(app(), "1", 0, vec![1], vec![], false).is_err());
+    }
+
+    #[test]
+    fn a_negative_subdirectory_count_is_refused() {
+        let info = ExecutorShuffleInfo {
+            local_dirs: vec!["/v/a".into()],
+            sub_dirs_per_local_dir: -1,
+            shuffle_manager: String::new(),
+        };
+        assert!(registration(app(), "1", info).is_err());
     }
 
     #[test]

@@ -120,8 +120,8 @@ impl StreamTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::{Blocks, ReduceRange};
     use crate::ids::{MapId, ShuffleId};
-    use crate::request::{Blocks, ReduceRange};
 
     fn stream(maps: Vec<(i64, Vec<i32>)>) -> Stream {
         let maps = maps

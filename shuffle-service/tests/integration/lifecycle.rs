@@ -98,7 +98,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(dir.path());
     config.idle_ttl = Duration::from_secs(3600);
-    let core = Core::open(&config, prometheus::Registry::new())
+    let core = Core::open(&config.core(), prometheus::Registry::new())
         .await
         .unwrap();
     let vol = config.volumes[0].path.canonicalize().unwrap();
@@ -120,7 +120,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     .await
     .unwrap();
     core.register_executor(
-        shuffle_service::request::ExecutorRegistration {
+        shuffle_service::core::ExecutorRegistration {
             app: a.clone(),
             exec: "1".parse().unwrap(),
             local_dirs: vec![dir_a.display().to_string()],
@@ -133,7 +133,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     .unwrap();
     // An application known only from its executors (plain Spark, no driver signal).
     core.register_executor(
-        shuffle_service::request::ExecutorRegistration {
+        shuffle_service::core::ExecutorRegistration {
             app: b.clone(),
             exec: "1".parse().unwrap(),
             local_dirs: vec![dir_b.display().to_string()],
@@ -173,7 +173,7 @@ async fn apps_whose_directories_vanished_are_dropped() {
     let d = s.exec_dir("gone/blockmgr");
     s.core
         .register_executor(
-            shuffle_service::request::ExecutorRegistration {
+            shuffle_service::core::ExecutorRegistration {
                 app: "app-v".parse().unwrap(),
                 exec: "1".parse().unwrap(),
                 local_dirs: vec![d.display().to_string()],

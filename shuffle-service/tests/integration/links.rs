@@ -217,13 +217,13 @@ async fn a_second_service_on_the_same_directories_is_refused() {
         kind: VolumeKind::HostPath,
         capacity: None,
     }];
-    let e = Core::open(&config, prometheus::Registry::new())
+    let e = Core::open(&config.core(), prometheus::Registry::new())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("in use by another"), "{e}");
     // Another state directory over the same volume is refused too.
     config.state_dir = s.dir.path().join("other-state");
-    let e = Core::open(&config, prometheus::Registry::new())
+    let e = Core::open(&config.core(), prometheus::Registry::new())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("in use by another"), "{e}");
@@ -240,7 +240,7 @@ async fn a_missing_persistent_volume_is_an_error_an_empty_dir_is_created() {
             kind,
             capacity: None,
         }];
-        let e = Core::open(&config, prometheus::Registry::new())
+        let e = Core::open(&config.core(), prometheus::Registry::new())
             .await
             .unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
@@ -252,7 +252,7 @@ async fn a_missing_persistent_volume_is_an_error_an_empty_dir_is_created() {
         kind: VolumeKind::EmptyDir,
         capacity: None,
     }];
-    let core = Core::open(&config, prometheus::Registry::new()).await;
+    let core = Core::open(&config.core(), prometheus::Registry::new()).await;
     assert!(core.is_ok());
     assert!(tmp.path().join("scratch").is_dir());
 }
