@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 /// `listener` names the listener in metrics (`grpc`, `admin`, `spark`).
 ///
 /// # Errors
-/// The files cannot be used.
+/// [`crate::ShuffleError::Tls`]: the files cannot be used.
 pub fn server_config(
     files: &TlsFiles,
     alpn: &[&[u8]],
@@ -23,8 +23,9 @@ pub fn server_config(
     listener: &'static str,
     metrics: &Metrics,
     stop: CancellationToken,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let cert = ReloadingCert::new(files.clone())?;
+) -> crate::Result<Arc<rustls::ServerConfig>> {
+    let cert = ReloadingCert::new(files.clone())
+        .map_err(|source| crate::ShuffleError::Tls { listener, source })?;
     let config = cert.server_config(alpn);
     let expiry = metrics.tls_expiry.with_label_values(&[listener]);
     let reloaded = metrics

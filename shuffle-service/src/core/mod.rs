@@ -26,7 +26,7 @@ pub use liveness::{NotReady, SweepReport};
 pub use ownership::{Lifecycle, PodOwner};
 pub use registry::Executor;
 pub use request::{BlockRange, Blocks, Diagnosis, ExecutorRegistration, FetchRequest, ReduceRange};
-pub use secrets::{Secrets, Source};
+pub use secrets::{SecretError, Secrets, Source};
 pub use volume::{VolumeKind, VolumeSpec, Volumes, parse_size};
 pub use writer::MapOutput;
 
@@ -157,8 +157,7 @@ impl Core {
         let secrets = Secrets::load(
             config.spark_auth_secret_file.as_deref(),
             config.spark_auth_secret_dir.as_deref(),
-        )
-        .map_err(|e| ShuffleError::InvalidArgument(format!("Spark authentication: {e}")))?;
+        )?;
         let secrets = if config.learn_secrets {
             secrets.with_learning()
         } else {
@@ -181,8 +180,7 @@ impl Core {
                 .into_iter()
                 .filter_map(|r| Some((r.app_id.parse().ok()?, PodOwner::from(r)))),
         );
-        let metrics =
-            Metrics::new(&prometheus).map_err(|e| ShuffleError::InvalidArgument(e.to_string()))?;
+        let metrics = Metrics::new(&prometheus)?;
         let authority_log = LogLimit::new(
             metrics
                 .log_suppressed
@@ -649,7 +647,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     use service_runtime::lock::{self, LockError};
     lock::exclusive(dir, LOCK_FILE, "shuffle-service").map_err(|e| match e {
         LockError::Io { path, source } => ShuffleError::io(path, source),
-        other => ShuffleError::InvalidArgument(other.to_string()),
+        source => ShuffleError::Locked { source },
     })
 }
 

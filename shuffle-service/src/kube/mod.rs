@@ -140,11 +140,23 @@ impl Holder for Core {
 type Events =
     Pin<Box<dyn Stream<Item = (Scope, Result<watcher::Event<Pod>, watcher::Error>)> + Send>>;
 
+/// Why no API client could be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Neither a service account nor a kubeconfig is usable.
+    #[error(transparent)]
+    Config(#[from] kube::config::InferConfigError),
+    /// The configuration found does not make a client.
+    #[error(transparent)]
+    Client(#[from] kube::Error),
+}
+
 /// Builds the API client from the pod's service account (or `KUBECONFIG` outside a pod).
 ///
 /// # Errors
 /// No usable configuration.
-pub async fn client() -> anyhow::Result<Client> {
+pub async fn client() -> Result<Client, ClientError> {
     // Both rustls back-ends may be compiled in; the process picks one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut config = kube::Config::infer().await?;

@@ -19,7 +19,7 @@ use super::stream::{Stream, StreamTable};
 use crate::core::FetchRequest;
 use crate::core::{Caller, Core, Offer, Refusal, Registrant};
 use crate::core::{Secrets, Source};
-use crate::error::ShuffleError;
+use crate::error::{ShuffleError, failure_text};
 use crate::ids::{AppId, ExecId};
 use crate::lograte::LogLimit;
 
@@ -105,18 +105,6 @@ pub struct Session {
     crypto: Option<NewChannel>,
     /// Open streams.
     pub streams: StreamTable,
-}
-
-/// The text of an `RpcFailure` or chunk failure for a core error; internal causes are logged
-/// and not shown.
-pub fn failure_text(e: &ShuffleError) -> String {
-    match e {
-        ShuffleError::Io { .. } | ShuffleError::Db(_) | ShuffleError::Task(_) => {
-            tracing::error!(cause = %e, "internal error");
-            "internal error in the shuffle service".to_owned()
-        }
-        other => other.to_string(),
-    }
 }
 
 fn fail(e: ShuffleError) -> String {

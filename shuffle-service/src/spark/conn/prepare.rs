@@ -11,8 +11,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{BATCH, Body, DataJob, Limits, MAX_IN_FRAME, Prepared, ReplyTo, UNIT};
 use crate::core::Block;
+use crate::error::failure_text;
 use crate::spark::frame::{self, Message};
-use crate::spark::handler::{Shared, failure_text};
+use crate::spark::handler::Shared;
 
 pub(super) async fn prepare_loop(
     shared: Arc<Shared>,
