@@ -169,7 +169,13 @@ impl Core {
         for v in volumes.iter() {
             locks.push(lock_dir(&v.root)?);
         }
-        let db = Db::open_with(&config.state_dir.join("shuffle.db"), config.registry_sync)?;
+        // Before the database: the rows it cannot read are counted as it loads them.
+        let metrics = Metrics::new(&prometheus)?;
+        let db = Db::open_with(
+            &config.state_dir.join("shuffle.db"),
+            config.registry_sync,
+            db::UnreadableRows::new(metrics.db_unreadable_rows.clone()),
+        )?;
         let registry = Registry::open(db).await?;
         let claims = Arc::new(Claims::default());
         claims.restore(
@@ -178,9 +184,8 @@ impl Core {
                 .owners()
                 .await?
                 .into_iter()
-                .filter_map(|r| Some((r.app_id.parse().ok()?, PodOwner::from(r)))),
+                .map(|(app, r)| (app, PodOwner::from(r))),
         );
-        let metrics = Metrics::new(&prometheus)?;
         let authority_log = LogLimit::new(
             metrics
                 .log_suppressed

@@ -83,7 +83,7 @@ impl Core {
         let rows = self.inner.registry.db().owners().await?;
         Ok(rows
             .into_iter()
-            .filter_map(|r| Some((r.app_id.parse().ok()?, PodOwner::from(r))))
+            .map(|(app, r)| (app, PodOwner::from(r)))
             .collect())
     }
 

@@ -168,8 +168,10 @@ impl Registry {
     pub(super) async fn open(db: Db) -> Result<Self> {
         let (apps, execs) = db.load().await?;
         let mut map: HashMap<AppId, App> = HashMap::new();
+        let unreadable = db.unreadable();
         for a in apps {
             let Ok(id) = a.app_id.parse::<AppId>() else {
+                unreadable.skipped("apps", &a.app_id, "app_id");
                 continue;
             };
             map.insert(
@@ -187,11 +189,19 @@ impl Registry {
             );
         }
         for e in execs {
+            let row = format!("{}/{}", e.app_id, e.exec_id);
             let (Ok(app), Ok(exec)) = (e.app_id.parse::<AppId>(), e.exec_id.parse::<ExecId>())
             else {
+                unreadable.skipped("executors", &row, "app_id or exec_id");
                 continue;
             };
-            if let Some(a) = map.get_mut(&app) {
+            // Every executor row is written with its application's: one without is what
+            // remains of an application row left out above.
+            let Some(a) = map.get_mut(&app) else {
+                unreadable.skipped("executors", &row, "its application");
+                continue;
+            };
+            {
                 a.executors.insert(
                     exec,
                     Arc::new(Executor {
