@@ -21,14 +21,14 @@ struct AdminState {
 }
 
 /// The admin router.
-pub fn router(core: Core, draining: Arc<AtomicBool>) -> Router {
+pub(crate) fn router(core: Core, draining: Arc<AtomicBool>) -> Router {
     probes()
         .route("/metrics", get(metrics))
         .with_state(AdminState { core, draining })
 }
 
 /// The probes alone (`/healthz`, `/readyz`), for the probe socket.
-pub fn probe_router(core: Core, draining: Arc<AtomicBool>) -> Router {
+pub(crate) fn probe_router(core: Core, draining: Arc<AtomicBool>) -> Router {
     probes().with_state(AdminState { core, draining })
 }
 

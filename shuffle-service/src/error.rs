@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::core::SecretError;
-use crate::ids::InvalidId;
+use spark_protocol::ids::InvalidId;
 
 /// Errors of the shuffle core, named by what happened.
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +238,7 @@ impl ShuffleError {
 
 /// The text of a Spark `RpcFailure` or chunk failure for an error: internal causes are logged
 /// and not shown.
-pub fn failure_text(e: &ShuffleError) -> String {
+pub(crate) fn failure_text(e: &ShuffleError) -> String {
     if e.is_internal() {
         tracing::error!(cause = %e, "internal error");
         return "internal error in the shuffle service".to_owned();

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::Core;
 
 /// Sweeps every `interval` and rescans usage every `scan_interval` until `cancel` fires.
-pub async fn run(
+pub(crate) async fn run(
     core: Core,
     interval: Duration,
     scan_interval: Duration,

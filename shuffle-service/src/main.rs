@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use service_runtime::shutdown;
+use shuffle_service::Core;
 use shuffle_service::config::{Config, ServeArgs};
-use shuffle_service::{Core, shutdown};
 
 /// External shuffle service for Spark on Kubernetes.
 #[derive(Debug, Parser)]

@@ -15,11 +15,11 @@ use crate::core::MapOutput;
 use crate::core::{Block, Caller, Core, Presented, Registrant};
 use crate::core::{BlockRange, Blocks, ExecutorRegistration, FetchRequest};
 use crate::error::{Result as CoreResult, ShuffleError};
-use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+use spark_protocol::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
-pub struct ShuffleService {
+pub(crate) struct ShuffleService {
     core: Core,
     admin_hashes: Vec<[u8; 32]>,
     /// Admin calls without a token are allowed only on a loopback listener.
@@ -41,7 +41,7 @@ fn bearer<T>(req: &Request<T>) -> Option<&str> {
 
 impl ShuffleService {
     /// A service over `core`.
-    pub fn new(core: Core, admin_hashes: Vec<[u8; 32]>, admin_open: bool) -> Self {
+    pub(crate) fn new(core: Core, admin_hashes: Vec<[u8; 32]>, admin_open: bool) -> Self {
         Self {
             core,
             admin_hashes,

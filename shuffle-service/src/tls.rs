@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 ///
 /// # Errors
 /// [`crate::ShuffleError::Tls`]: the files cannot be used.
-pub fn server_config(
+pub(crate) fn server_config(
     files: &TlsFiles,
     alpn: &[&[u8]],
     reload_interval: std::time::Duration,

@@ -12,7 +12,7 @@
 
 use super::secrets::Source;
 use crate::error::{Result, ShuffleError};
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 use super::Core;
 use super::PodOwner;
@@ -68,7 +68,7 @@ pub enum Refusal {
     /// yet (after a restart, until an executor pod of that driver shows it again): the shared
     /// secret never stands in for it.
     AwaitingLearnedSecret,
-    /// More driver pods claim it than are followed ([`super::claims::MAX_CANDIDATES`]).
+    /// More driver pods claim it than are followed (`claims::MAX_CANDIDATES`).
     TooManyClaimants,
     /// The client proved the secret of another claimant than the driver pod it is bound to.
     BoundToAnotherDriver,

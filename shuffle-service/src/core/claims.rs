@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
 use crate::core::PodOwner;
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// Most claimants of one application whose secrets are kept besides its owner's. Each claimant
 /// needs an executor pod on this node, so the bound is set above the pods a kubelet runs (110
@@ -33,7 +33,7 @@ use crate::ids::AppId;
 /// application's own driver out of the candidates by making pods. More would mean a node
 /// allowed more pods; the application is then refused until it is bound or the claimants go,
 /// rather than bound to a claimant chosen by a limit.
-pub const MAX_CANDIDATES: usize = 256;
+pub(crate) const MAX_CANDIDATES: usize = 256;
 
 /// A claimant's secret, zeroed when dropped.
 struct Candidate {

@@ -11,8 +11,8 @@ use spark_protocol::message::Cause;
 use super::{BlockRange, Blocks, Diagnosis, FetchRequest};
 use super::{Core, Executor, OpenBlock, Presented, blocks};
 use crate::error::{Result, ShuffleError};
-use crate::ids::AppId;
-use crate::layout;
+use spark_protocol::ids::AppId;
+use spark_protocol::layout;
 
 /// Who asks, as each front end authenticated it.
 #[derive(Debug, Clone, Copy)]
@@ -226,7 +226,7 @@ impl Core {
 mod tests {
     use super::*;
     use crate::core::ReduceRange;
-    use crate::ids::{MapId, ShuffleId};
+    use spark_protocol::ids::{MapId, ShuffleId};
 
     fn exec() -> Arc<Executor> {
         Arc::new(Executor {

@@ -4,7 +4,7 @@
 
 mod authority;
 mod blocks;
-pub mod claims;
+pub(crate) mod claims;
 mod cleanup;
 mod db;
 mod execfs;
@@ -42,14 +42,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Result, ShuffleError};
-use crate::ids::{AppId, ExecId, ShuffleId};
-use crate::layout;
 use crate::lograte::LogLimit;
 use crate::metrics::Metrics;
 use blocks::IndexCache;
 use cleanup::Cleaner;
 use db::Db;
 use registry::{AppRegistration, AppSummary, Registry};
+use spark_protocol::ids::{AppId, ExecId, ShuffleId};
+use spark_protocol::layout;
 
 /// What a gRPC caller presented: the application token (`authorization: Bearer`), and
 /// whether its bearer is an admin token.

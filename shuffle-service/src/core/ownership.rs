@@ -9,7 +9,7 @@
 
 use super::secrets::Source;
 use crate::error::Result;
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 use super::Core;
 use super::db::OwnerRow;

@@ -32,7 +32,7 @@ use super::secrets::Source;
 use crate::core::authority::Registrant;
 use crate::core::db::{AppRow, Db, ExecRow};
 use crate::error::{Result, ShuffleError};
-use crate::ids::{AppId, ExecId};
+use spark_protocol::ids::{AppId, ExecId};
 
 /// A registered executor.
 #[derive(Debug, Clone, PartialEq, Eq)]

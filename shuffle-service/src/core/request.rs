@@ -4,7 +4,7 @@
 
 use spark_protocol::checksum::Algorithm;
 
-use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
+use spark_protocol::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 
 /// Reduce partitions `[start, end)` of one map output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

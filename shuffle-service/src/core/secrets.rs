@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// Which kind of source answered for an application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,22 +12,22 @@ use spark_protocol::crypto::auth::{self, AuthMessage, SessionSecrets};
 use spark_protocol::crypto::{Cipher, Opener, Sealer, digest};
 use spark_protocol::sasl::Protection;
 
-use super::message::{BlockTransferMessage as Btm, RpcPayload};
 use super::request;
-use super::sasl::DigestServer;
 use super::stream::{Stream, StreamTable};
 use crate::core::FetchRequest;
 use crate::core::{Caller, Core, Offer, Refusal, Registrant};
 use crate::core::{Secrets, Source};
 use crate::error::{ShuffleError, failure_text};
-use crate::ids::{AppId, ExecId};
 use crate::lograte::LogLimit;
+use spark_protocol::ids::{AppId, ExecId};
+use spark_protocol::message::{BlockTransferMessage as Btm, RpcPayload};
+use spark_protocol::sasl::DigestServer;
 
 /// Work that finishes off the reader (a database write or file deletion).
-pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
 
 /// What the reader does with an RPC.
-pub enum Action {
+pub(crate) enum Action {
     /// Reply now (`Ok` = `RpcResponse`, `Err` = `RpcFailure`).
     Reply(Result<Bytes, String>),
     /// Reply when the work completes.
@@ -38,7 +38,7 @@ pub enum Action {
 
 /// Settings shared by every connection.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The core.
     pub core: Core,
     /// Authentication secrets (disabled when empty).
@@ -55,7 +55,7 @@ pub struct Shared {
 
 /// Rate limits of the Spark front end's log lines, one per event.
 #[derive(Debug)]
-pub struct SparkLogs {
+pub(crate) struct SparkLogs {
     /// A connection closed for a malformed frame.
     pub malformed: LogLimit,
     /// A failed SASL authentication.
@@ -68,7 +68,7 @@ pub struct SparkLogs {
 
 impl SparkLogs {
     /// Limits counting what they leave out in `shuffle_log_lines_suppressed_total`.
-    pub fn new(m: &crate::metrics::Metrics) -> Self {
+    pub(crate) fn new(m: &crate::metrics::Metrics) -> Self {
         let l = |event: &str| LogLimit::new(m.log_suppressed.with_label_values(&[event]));
         Self {
             malformed: l("spark_malformed_frame"),
@@ -81,7 +81,7 @@ impl SparkLogs {
 
 /// What a completed handshake asks of the connection.
 #[derive(Debug)]
-pub enum NewChannel {
+pub(crate) enum NewChannel {
     /// Network crypto: the cipher is read from the client's first encrypted bytes.
     Pending(SessionSecrets),
     /// SASL `auth-conf`: both halves, ready.
@@ -93,7 +93,7 @@ const MAX_SASL_PIECE: usize = 16 << 20;
 
 /// One connection's state seen by the reader.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// The authenticated application, once SASL completed.
     pub client: Option<AppId>,
     /// Where the secret the client proved came from: it decides who may end what the
@@ -117,7 +117,7 @@ fn parse_app(app_id: &str) -> Result<AppId, String> {
 
 impl Session {
     /// A connection's fresh state; its open streams count in `shuffle_open_streams`.
-    pub fn new(shared: &Shared) -> Self {
+    pub(crate) fn new(shared: &Shared) -> Self {
         Self {
             client: None,
             source: None,
@@ -128,7 +128,7 @@ impl Session {
     }
 
     /// Whether requests may be served: authentication is off, or it completed.
-    pub fn authorized(&self, shared: &Shared) -> bool {
+    pub(crate) fn authorized(&self, shared: &Shared) -> bool {
         !shared.secrets.enabled() || self.client.is_some()
     }
 
@@ -145,7 +145,12 @@ impl Session {
     }
 
     /// Handles an RPC body. `name` receives the message name for metrics.
-    pub fn rpc(&mut self, shared: &Arc<Shared>, body: Bytes, name: &mut &'static str) -> Action {
+    pub(crate) fn rpc(
+        &mut self,
+        shared: &Arc<Shared>,
+        body: Bytes,
+        name: &mut &'static str,
+    ) -> Action {
         let payload = match RpcPayload::decode(body) {
             Ok(p) => p,
             Err(e) => {
@@ -176,7 +181,7 @@ impl Session {
 
     /// The keys of a network-crypto handshake completed by the last RPC: every later byte
     /// of the connection is encrypted.
-    pub fn take_crypto(&mut self) -> Option<NewChannel> {
+    pub(crate) fn take_crypto(&mut self) -> Option<NewChannel> {
         self.crypto.take()
     }
 
@@ -424,7 +429,7 @@ impl Session {
     }
 
     /// Handles a one-way message: heartbeats count; the rest is ignored, as Spark does.
-    pub fn one_way(&mut self, shared: &Shared, body: Bytes) -> &'static str {
+    pub(crate) fn one_way(&mut self, shared: &Shared, body: Bytes) -> &'static str {
         if !self.authorized(shared) {
             return "Unauthenticated";
         }

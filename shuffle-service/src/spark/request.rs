@@ -8,13 +8,13 @@ use spark_protocol::message::{Cause, ExecutorShuffleInfo};
 
 use crate::core::{Blocks, Diagnosis, ExecutorRegistration, FetchRequest, ReduceRange};
 use crate::error::{Result, ShuffleError};
-use crate::ids::{AppId, ExecId, MapId, ShuffleId};
+use spark_protocol::ids::{AppId, ExecId, MapId, ShuffleId};
 
 /// `RegisterExecutor` of an application already checked by the front end.
 ///
 /// # Errors
 /// A malformed executor id or a negative subdirectory count.
-pub fn registration(
+pub(crate) fn registration(
     app: AppId,
     exec_id: &str,
     info: ExecutorShuffleInfo,
@@ -34,7 +34,7 @@ pub fn registration(
 ///
 /// # Errors
 /// Text for the client: a malformed id, lists of different lengths, a bad range.
-pub fn fetch_shuffle_blocks(
+pub(crate) fn fetch_shuffle_blocks(
     app: AppId,
     exec_id: &str,
     shuffle_id: i32,
@@ -88,7 +88,7 @@ pub fn fetch_shuffle_blocks(
 ///
 /// # Errors
 /// Text for the client.
-pub fn open_blocks(
+pub(crate) fn open_blocks(
     app: AppId,
     exec_id: &str,
     ids: &[String],
@@ -158,7 +158,7 @@ fn block_ids(ids: &[String]) -> std::result::Result<Blocks, String> {
 /// # Errors
 /// The answer Spark gets for it: an algorithm it does not know, or an unknown issue for a
 /// malformed id.
-pub fn diagnosis(
+pub(crate) fn diagnosis(
     exec_id: &str,
     shuffle_id: i32,
     map_id: i64,
@@ -184,7 +184,7 @@ pub fn diagnosis(
 }
 
 /// The client's text for a malformed id.
-fn text(e: &crate::ids::InvalidId) -> String {
+fn text(e: &spark_protocol::ids::InvalidId) -> String {
     e.to_string()
 }
 

@@ -10,23 +10,24 @@ use crate::core::{Block, Executor, Fetch};
 
 /// An open stream: an authorized fetch, whose blocks are handed out in order.
 #[derive(Debug)]
-pub struct Stream {
+pub(crate) struct Stream {
     fetch: Fetch,
 }
 
 impl Stream {
     /// A stream over the blocks of `fetch`.
-    pub fn new(fetch: Fetch) -> Self {
+    pub(crate) fn new(fetch: Fetch) -> Self {
         Self { fetch }
     }
 
     /// Chunk count.
-    pub fn chunks(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn chunks(&self) -> usize {
         self.fetch.len()
     }
 
     /// Whether every chunk has been handed out.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.fetch.taken() >= self.fetch.len()
     }
 
@@ -35,7 +36,7 @@ impl Stream {
     ///
     /// # Errors
     /// Text for the client: an out-of-order or past-the-end index.
-    pub fn take(&mut self, index: i32) -> Result<Block, String> {
+    pub(crate) fn take(&mut self, index: i32) -> Result<Block, String> {
         let next = self.fetch.taken();
         if usize::try_from(index).ok() != Some(next) {
             return Err(format!(
@@ -50,7 +51,7 @@ impl Stream {
 
 /// One connection's streams, counted in a gauge while open.
 #[derive(Debug, Default)]
-pub struct StreamTable {
+pub(crate) struct StreamTable {
     streams: HashMap<i64, Stream>,
     gauge: Option<prometheus::IntGauge>,
 }
@@ -65,7 +66,7 @@ impl Drop for StreamTable {
 
 impl StreamTable {
     /// A table whose open streams are counted in `gauge`.
-    pub fn counted(gauge: prometheus::IntGauge) -> Self {
+    pub(crate) fn counted(gauge: prometheus::IntGauge) -> Self {
         Self {
             streams: HashMap::new(),
             gauge: Some(gauge),
@@ -73,17 +74,18 @@ impl StreamTable {
     }
 
     /// Open streams.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.streams.len()
     }
 
     /// Whether none is open.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.streams.is_empty()
     }
 
     /// Registers a stream under a fresh random non-negative id.
-    pub fn open(&mut self, stream: Stream) -> i64 {
+    pub(crate) fn open(&mut self, stream: Stream) -> i64 {
         loop {
             let id = (rand::random::<u64>() >> 1) as i64;
             if let std::collections::hash_map::Entry::Vacant(v) = self.streams.entry(id) {
@@ -101,7 +103,7 @@ impl StreamTable {
     ///
     /// # Errors
     /// Text for the client.
-    pub fn take(&mut self, id: i64, index: i32) -> Result<(Arc<Executor>, Block), String> {
+    pub(crate) fn take(&mut self, id: i64, index: i32) -> Result<(Arc<Executor>, Block), String> {
         let s = self.streams.get_mut(&id).ok_or_else(|| {
             format!("Unknown stream ID {id} on this connection (closed or never opened)")
         })?;
@@ -121,7 +123,7 @@ impl StreamTable {
 mod tests {
     use super::*;
     use crate::core::{Blocks, ReduceRange};
-    use crate::ids::{MapId, ShuffleId};
+    use spark_protocol::ids::{MapId, ShuffleId};
 
     fn stream(maps: Vec<(i64, Vec<i32>)>) -> Stream {
         let maps = maps

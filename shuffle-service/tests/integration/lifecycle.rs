@@ -8,7 +8,7 @@ use shuffle_service::config::Config;
 use shuffle_service::core::{VolumeKind, VolumeSpec};
 
 use crate::common::*;
-use shuffle_service::ids::AppId;
+use spark_protocol::ids::AppId;
 
 async fn wait_cleaned(s: &TestService) {
     loop {

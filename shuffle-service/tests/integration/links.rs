@@ -10,7 +10,7 @@ use shuffle_proto::v1 as pb;
 use shuffle_service::Core;
 use shuffle_service::config::Config;
 use shuffle_service::core::{VolumeKind, VolumeSpec};
-use shuffle_service::layout;
+use spark_protocol::layout;
 
 use crate::common::*;
 

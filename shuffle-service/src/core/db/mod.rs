@@ -20,7 +20,7 @@ use prometheus::IntCounterVec;
 use rusqlite::{Connection, params};
 
 use crate::error::{Result, ShuffleError};
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// The tables whose rows are read back, the label values of
 /// `shuffle_db_unreadable_rows_total`.

@@ -33,18 +33,16 @@ use super::admission::Ticket;
 use super::budget::FrameMemory;
 use super::channel::Out;
 use super::deadline::{Activity, Deadline};
-use super::frame::StreamChunkId;
 use super::handler::Shared;
 use super::transport::Wire;
 use crate::core::{Block, Executor};
 use crate::metrics::Metrics;
 use reader::Reader;
-
-pub use reader::parse_stream_id;
+use spark_protocol::frame::StreamChunkId;
 
 /// Limits of one connection and the budgets shared by all.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest frame accepted from a client (contents, without the length field).
     pub max_frame: usize,
     /// Largest frame accepted before the client authenticated (SASL and `AuthEngine`
@@ -116,7 +114,7 @@ struct Prepared {
 
 /// Serves one connection from `peer` until the client leaves, a protocol error, a deadline or
 /// `stop`.
-pub async fn serve(
+pub(crate) async fn serve(
     wire: Wire,
     peer: SocketAddr,
     ticket: &mut Ticket,

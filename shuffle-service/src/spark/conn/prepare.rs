@@ -12,8 +12,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use super::{BATCH, Body, DataJob, Limits, MAX_IN_FRAME, Prepared, ReplyTo, UNIT};
 use crate::core::Block;
 use crate::error::failure_text;
-use crate::spark::frame::{self, Message};
 use crate::spark::handler::Shared;
+use spark_protocol::frame::{self, Message};
 
 pub(super) async fn prepare_loop(
     shared: Arc<Shared>,

@@ -17,9 +17,9 @@ use crate::spark::admission::Ticket;
 use crate::spark::budget::declared_frame;
 use crate::spark::channel::{Inbound, Out};
 use crate::spark::deadline::{Activity, Deadline};
-use crate::spark::frame::{FrameDecoder, FrameError, Message};
 use crate::spark::handler::{Action, NewChannel, Session, Shared};
 use crate::spark::transport::ReadSide;
+use spark_protocol::frame::{FrameDecoder, FrameError, Message};
 
 pub(super) struct Reader<'a> {
     /// The connection's share (its peer's, then once authenticated its application's).
@@ -288,7 +288,7 @@ fn reply(request_id: i64, r: Result<Bytes, String>) -> Message {
 }
 
 /// `"<streamId>_<chunkIndex>"`.
-pub fn parse_stream_id(s: &str) -> Option<(i64, i32)> {
+pub(crate) fn parse_stream_id(s: &str) -> Option<(i64, i32)> {
     let (a, b) = s.split_once('_')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }

@@ -19,9 +19,9 @@ use kubebed::resources::PODS;
 use kubebed::store::{DeleteOptions, Store};
 use serde_json::{Value, json};
 use shuffle_service::config::{Config, KubeSettings};
-use shuffle_service::ids::AppId;
 use shuffle_service::kube::metrics::KubeMetrics;
-use shuffle_service::spark::client::Client as SparkClient;
+use spark_protocol::client::Client as SparkClient;
+use spark_protocol::ids::AppId;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{TestService, metric};
