@@ -253,8 +253,10 @@ impl Core {
         &self.inner.prometheus
     }
 
-    /// Updates the registration and volume gauges.
-    pub fn refresh_gauges(&self) {
+    /// Updates the registration and volume gauges (counts under the registry's read lock, and
+    /// a `statvfs` per volume): at start, with every sweep and usage rescan (their timers), and
+    /// before every scrape of `/metrics`, never on a request's path.
+    pub(crate) fn refresh_gauges(&self) {
         let m = &self.inner.metrics;
         let (apps, execs) = self.inner.registry.counts();
         m.apps.set(apps as i64);
@@ -319,7 +321,6 @@ impl Core {
                     self.refuse_authority("grpc", app, "spark_application");
                 }
             })?;
-        self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "application registered");
         Ok((token, timeout))
     }
@@ -373,7 +374,6 @@ impl Core {
             .register_driver(app, timeout, who)
             .await
             .inspect_err(|e| self.count_held_by_grpc(app, e))?;
-        self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "driver registered over the Spark protocol");
         Ok(())
     }
@@ -416,7 +416,6 @@ impl Core {
             .inner
             .cleaner
             .enqueue(format!("{reason} {app}"), removed.dirs);
-        self.refresh_gauges();
         tracing::info!(app = %app, reason, dirs = n, "application removed");
         n
     }
@@ -466,7 +465,6 @@ impl Core {
             .register_executor(&r.app, &r.exec, e, who)
             .await
             .inspect_err(|e| self.count_held_by_grpc(&r.app, e))?;
-        self.refresh_gauges();
         tracing::info!(app = %r.app, exec = %r.exec, "executor registered");
         Ok(())
     }
@@ -514,7 +512,6 @@ impl Core {
         if let Ok(n) = &result {
             self.inner.metrics.bytes_written.inc_by(*n);
         }
-        self.refresh_gauges();
         result
     }
 
@@ -566,7 +563,6 @@ impl Core {
         for p in &found {
             self.inner.cache.forget(p);
         }
-        self.refresh_gauges();
         Ok(found.len() as u64)
     }
 
@@ -616,7 +612,6 @@ impl Core {
         })
         .await
         .map_err(ShuffleError::from)?;
-        self.refresh_gauges();
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }
 
