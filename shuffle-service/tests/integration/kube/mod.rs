@@ -316,7 +316,9 @@ impl Fixture {
         }
     }
 
-    /// Lets several grace periods and ticks pass (to show that nothing happens).
+    /// Lets several grace periods and ticks pass (to show that nothing happens). Real time:
+    /// the watches talk to the bed's API server over loopback and take their decisions by the
+    /// process clock, which paused tokio time does not move.
     async fn quiet_period(&self) {
         tokio::time::sleep(GRACE * 4).await;
     }
