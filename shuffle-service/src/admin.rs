@@ -21,14 +21,14 @@ struct AdminState {
 }
 
 /// The admin router.
-pub fn router(core: Core, draining: Arc<AtomicBool>) -> Router {
+pub(crate) fn router(core: Core, draining: Arc<AtomicBool>) -> Router {
     probes()
         .route("/metrics", get(metrics))
         .with_state(AdminState { core, draining })
 }
 
 /// The probes alone (`/healthz`, `/readyz`), for the probe socket.
-pub fn probe_router(core: Core, draining: Arc<AtomicBool>) -> Router {
+pub(crate) fn probe_router(core: Core, draining: Arc<AtomicBool>) -> Router {
     probes().with_state(AdminState { core, draining })
 }
 
@@ -42,16 +42,10 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.draining.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned());
     }
-    if let Err(e) = s.core.registry().db().ping().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}"));
+    match s.core.ready().await {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-    if let Some(v) = s.core.volumes().iter().find(|v| !v.root.is_dir()) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("volume {} unreachable", v.root.display()),
-        );
-    }
-    (StatusCode::OK, "ready".to_owned())
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {

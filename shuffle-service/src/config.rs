@@ -21,6 +21,7 @@ mod args;
 mod connections;
 mod file;
 mod kube;
+mod settings;
 
 pub use args::ServeArgs;
 pub use connections::*;

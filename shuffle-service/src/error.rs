@@ -1,9 +1,13 @@
-//! The service error and its one gRPC mapping.
+//! The service error, and its two mappings to what clients see: a gRPC `Status`, and the text
+//! of a Spark `RpcFailure` or chunk failure. Internal causes (I/O, the database, a failed
+//! task, start-up) are logged with their sources and never shown to clients.
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::ids::InvalidId;
+use crate::core::SecretError;
+use spark_protocol::ids::InvalidId;
 
 /// Errors of the shuffle core, named by what happened.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +33,14 @@ pub enum ShuffleError {
     /// A credential of another application, or a non-admin calling an admin RPC.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A Spark connection authenticated as one application asking for another's data.
+    #[error("Client for {client} not authorized for application {app}.")]
+    ClientMismatch {
+        /// The application the connection authenticated as.
+        client: String,
+        /// The application asked for.
+        app: String,
+    },
     /// The map output already exists (the first committed attempt wins, as in Spark).
     #[error("already exists: {0}")]
     AlreadyExists(String),
@@ -61,14 +73,31 @@ pub enum ShuffleError {
         /// Partitions of the map output.
         partitions: usize,
     },
-    /// Not enough space on the volume.
-    #[error("volume full: {0}")]
-    VolumeFull(String),
+    /// A write the volume's configured capacity cannot take.
+    #[error("volume full: {} ({kind}) has {free} bytes free, {needed} bytes needed", root.display())]
+    CapacityReached {
+        /// The volume root.
+        root: PathBuf,
+        /// Its kind.
+        kind: &'static str,
+        /// Bytes free.
+        free: u64,
+        /// Bytes the write needs.
+        needed: u64,
+    },
+    /// The filesystem refused a write for space (or quota).
+    #[error("volume full: {}: {source}", path.display())]
+    VolumeFull {
+        /// The file written.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
     /// A corrupt file on disk.
     #[error("corrupt shuffle file: {0}")]
     Corrupt(String),
     /// A local I/O failure.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The path.
         path: PathBuf,
@@ -76,11 +105,75 @@ pub enum ShuffleError {
         source: io::Error,
     },
     /// The metadata database failed.
-    #[error("database: {0}")]
-    Db(String),
+    #[error("database: {source}")]
+    Db {
+        /// The cause.
+        #[from]
+        source: rusqlite::Error,
+    },
+    /// The metadata database was written by a newer version of the service.
+    #[error(
+        "{} has schema version {found}, which this service does not know (it reads versions up to {known}): a newer shuffle-service wrote it; run that version, or move the state directory aside (registrations are then lost)",
+        path.display()
+    )]
+    UnknownSchema {
+        /// The database file.
+        path: PathBuf,
+        /// Its version (`PRAGMA user_version`).
+        found: i64,
+        /// The newest version this service knows.
+        known: i64,
+    },
     /// A blocking task panicked or was cancelled.
-    #[error("background task failed: {0}")]
-    Task(String),
+    #[error("background task failed: {source}")]
+    Task {
+        /// The cause.
+        #[from]
+        source: tokio::task::JoinError,
+    },
+    /// Start-up: Spark's authentication secrets cannot be used.
+    #[error("Spark authentication: {source}")]
+    SparkSecret {
+        /// The cause.
+        #[from]
+        source: SecretError,
+    },
+    /// Start-up: another process holds the state directory or a volume.
+    #[error("{source}")]
+    Locked {
+        /// The cause.
+        source: service_runtime::lock::LockError,
+    },
+    /// Start-up: a metric could not be registered (a name registered twice).
+    #[error("metrics: {source}")]
+    Metrics {
+        /// The cause.
+        #[from]
+        source: prometheus::Error,
+    },
+    /// Start-up: a listener could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address (or the probe socket's path).
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Start-up: a listener's TLS certificate and key cannot be used.
+    #[error("TLS of the {listener} listener: {source}")]
+    Tls {
+        /// The listener (`grpc`, `admin`, `spark`).
+        listener: &'static str,
+        /// The cause.
+        source: service_runtime::tls::TlsError,
+    },
+    /// Start-up: the gRPC reflection service could not be built.
+    #[error("gRPC reflection: {source}")]
+    Reflection {
+        /// The cause.
+        #[from]
+        source: tonic_reflection::server::Error,
+    },
     /// The service is shutting down.
     #[error("shutting down")]
     ShuttingDown,
@@ -91,7 +184,7 @@ impl ShuffleError {
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         let path = path.into();
         if service_runtime::disk::is_full(&source) {
-            return Self::VolumeFull(format!("{}: {source}", path.display()));
+            return Self::VolumeFull { path, source };
         }
         Self::Io { path, source }
     }
@@ -103,29 +196,54 @@ impl ShuffleError {
                 "invalid_argument"
             }
             Self::Unauthenticated(_) => "unauthenticated",
-            Self::PermissionDenied(_) => "permission_denied",
+            Self::PermissionDenied(_) | Self::ClientMismatch { .. } => "permission_denied",
             Self::HeldBySpark(_) | Self::HeldByGrpc(_) => "failed_precondition",
             Self::AlreadyRegistered(_) | Self::AlreadyExists(_) => "already_exists",
             Self::NotFound(_) | Self::BlockNotFound(_) => "not_found",
             Self::OutOfRange { .. } => "out_of_range",
-            Self::VolumeFull(_) => "resource_exhausted",
+            Self::CapacityReached { .. } | Self::VolumeFull { .. } => "resource_exhausted",
             Self::Corrupt(_) => "data_loss",
-            Self::Io { .. } | Self::Db(_) | Self::Task(_) => "internal",
             Self::ShuttingDown => "unavailable",
+            // The rest is internal (`is_internal`).
+            _ => "internal",
+        }
+    }
+
+    /// Whether the cause is the service's, not the request's: logged, and shown to clients
+    /// as an internal error only.
+    pub fn is_internal(&self) -> bool {
+        matches!(
+            self,
+            Self::Io { .. }
+                | Self::Db { .. }
+                | Self::UnknownSchema { .. }
+                | Self::Task { .. }
+                | Self::SparkSecret { .. }
+                | Self::Locked { .. }
+                | Self::Metrics { .. }
+                | Self::Bind { .. }
+                | Self::Tls { .. }
+                | Self::Reflection { .. }
+        )
+    }
+
+    /// A bind failure of `addr`.
+    pub fn bind(addr: SocketAddr, source: io::Error) -> Self {
+        Self::Bind {
+            addr: addr.to_string(),
+            source,
         }
     }
 }
 
-impl From<tokio::task::JoinError> for ShuffleError {
-    fn from(e: tokio::task::JoinError) -> Self {
-        Self::Task(e.to_string())
+/// The text of a Spark `RpcFailure` or chunk failure for an error: internal causes are logged
+/// and not shown.
+pub(crate) fn failure_text(e: &ShuffleError) -> String {
+    if e.is_internal() {
+        tracing::error!(cause = %e, "internal error");
+        return "internal error in the shuffle service".to_owned();
     }
-}
-
-impl From<rusqlite::Error> for ShuffleError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Db(e.to_string())
-    }
+    e.to_string()
 }
 
 impl From<ShuffleError> for tonic::Status {
@@ -136,7 +254,9 @@ impl From<ShuffleError> for tonic::Status {
             | ShuffleError::InvalidArgument(_)
             | ShuffleError::DirectoryRefused { .. } => Status::invalid_argument(e.to_string()),
             ShuffleError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
-            ShuffleError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+            ShuffleError::PermissionDenied(_) | ShuffleError::ClientMismatch { .. } => {
+                Status::permission_denied(e.to_string())
+            }
             // The id is taken by the other protocol: no credential changes that.
             ShuffleError::HeldBySpark(_) | ShuffleError::HeldByGrpc(_) => {
                 Status::failed_precondition(e.to_string())
@@ -148,10 +268,12 @@ impl From<ShuffleError> for tonic::Status {
                 Status::not_found(e.to_string())
             }
             ShuffleError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
-            ShuffleError::VolumeFull(_) => Status::resource_exhausted(e.to_string()),
+            ShuffleError::CapacityReached { .. } | ShuffleError::VolumeFull { .. } => {
+                Status::resource_exhausted(e.to_string())
+            }
             ShuffleError::Corrupt(_) => Status::data_loss(e.to_string()),
             ShuffleError::ShuttingDown => Status::unavailable("shutting down"),
-            ShuffleError::Io { .. } | ShuffleError::Db(_) | ShuffleError::Task(_) => {
+            _ => {
                 tracing::error!(cause = %e, "internal error");
                 Status::internal("internal error")
             }

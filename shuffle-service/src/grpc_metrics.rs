@@ -29,13 +29,13 @@ const METHODS: &[&str] = &[
 
 /// The layer.
 #[derive(Debug, Clone)]
-pub struct GrpcMetricsLayer {
+pub(crate) struct GrpcMetricsLayer {
     metrics: Metrics,
 }
 
 impl GrpcMetricsLayer {
     /// A layer recording into `metrics`.
-    pub fn new(metrics: Metrics) -> Self {
+    pub(crate) fn new(metrics: Metrics) -> Self {
         Self { metrics }
     }
 }
@@ -53,7 +53,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 
 /// The service the layer wraps around the gRPC server's routes.
 #[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
+pub(crate) struct GrpcMetrics<S> {
     inner: S,
     metrics: Metrics,
 }

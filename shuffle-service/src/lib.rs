@@ -4,37 +4,34 @@
 //! node-local volumes; the service serves those blocks to reducers so that executors can go
 //! away, and deletes an application's data when its driver deregisters or dies.
 //!
-//! Modules:
+//! Modules (those named in brackets are public: the entry points, and what the loadtest's
+//! pod-watch benchmark and the integration tests drive directly):
 //! - [`core`]: the shared core used by every front end; it alone touches executor
 //!   directories (registrations in memory and in SQLite, volumes, Spark's on-disk layout,
 //!   block reads, writes, cleanup), through handles opened beneath each volume root;
-//! - [`service`]: the gRPC front end (`shuffle.v1`);
-//! - [`spark`]: Spark's own protocol (port 7337), the front end unmodified executors use;
-//! - [`lifecycle`]: application liveness (idle TTL, vanished directories);
+//! - `service`: the gRPC front end (`shuffle.v1`);
+//! - `spark`: Spark's own protocol (port 7337), the front end unmodified executors use;
+//! - `lifecycle`: the timers of application liveness (idle TTL, vanished directories);
 //! - [`kube`]: application ends and Spark secrets from Spark's pods on Kubernetes;
-//! - [`listen`]: the gRPC and admin listeners' connection caps, deadlines and idle close;
-//! - [`admin`], [`metrics`], [`server`], [`config`].
+//! - `listen`: the gRPC and admin listeners' connection caps, deadlines and idle close;
+//! - `admin`, `metrics`, `error`, [`server`], [`config`], [`lograte`].
 
-pub mod admin;
+mod admin;
 pub mod config;
 pub mod core;
-pub mod error;
-pub mod grpc_metrics;
+mod error;
+mod grpc_metrics;
 pub mod kube;
-pub mod lifecycle;
-pub mod linger;
-pub mod listen;
+mod lifecycle;
+mod linger;
+mod listen;
 pub mod lograte;
-pub mod memory;
-pub mod metrics;
-pub mod request;
+mod memory;
+mod metrics;
 pub mod server;
-pub mod service;
-pub mod spark;
-pub mod tls;
-
-pub use service_runtime::shutdown;
-pub use spark_protocol::{ids, layout};
+mod service;
+mod spark;
+mod tls;
 
 pub use config::Config;
 pub use core::Core;

@@ -14,12 +14,12 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Longest a closed connection waits for the client to close its side.
-pub const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read and discarded while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Closes `stream` gracefully (see the module documentation).
-pub async fn close(mut stream: TcpStream) {
+pub(crate) async fn close(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
     let mut buf = [0u8; 8192];
     let mut seen = 0;
@@ -37,14 +37,14 @@ pub async fn close(mut stream: TcpStream) {
 /// A server-side TCP stream that lingers when dropped, on a task of `tracker` (which the
 /// server awaits before it exits).
 #[derive(Debug)]
-pub struct Lingering {
+pub(crate) struct Lingering {
     inner: Option<TcpStream>,
     tracker: TaskTracker,
 }
 
 impl Lingering {
     /// Wraps an accepted stream.
-    pub fn new(stream: TcpStream, tracker: TaskTracker) -> Self {
+    pub(crate) fn new(stream: TcpStream, tracker: TaskTracker) -> Self {
         Self {
             inner: Some(stream),
             tracker,

@@ -33,7 +33,7 @@ use crate::memory::Trimmer;
 use crate::metrics::Metrics;
 
 /// The request body the listeners' services get: hyper's, its frames counted as progress.
-pub type RequestBody = Watched<Incoming>;
+pub(crate) type RequestBody = Watched<Incoming>;
 
 /// How long a connection closed for idleness may take to say goodbye (GOAWAY, lingering
 /// requests) before it is dropped.
@@ -41,7 +41,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the service closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// No byte within the first-byte timeout.
     FirstByte,
     /// The TLS handshake failed or did not finish in time.
@@ -56,7 +56,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for metrics.
-    pub const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 5] = [
         Self::FirstByte,
         Self::TlsHandshake,
         Self::FirstRequest,
@@ -65,7 +65,7 @@ impl CloseReason {
     ];
 
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::FirstByte => "first_byte_timeout",
             Self::TlsHandshake => "tls_handshake",
@@ -88,7 +88,7 @@ impl From<Expiry> for CloseReason {
 
 /// The HTTP version a listener speaks.
 #[derive(Debug, Clone, Copy)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// gRPC: HTTP/2 only, with these windows and frame size.
     Grpc {
         /// Per-stream window.
@@ -138,7 +138,7 @@ impl Protocol {
 
 /// One listener's settings.
 #[derive(Debug, Clone)]
-pub struct Listener {
+pub(crate) struct Listener {
     /// What it speaks.
     pub protocol: Protocol,
     /// Its connection cap.
@@ -188,7 +188,7 @@ impl Counters {
 /// Serves `service` on `listener` until `stop`; then lets each connection finish its
 /// requests (HTTP/2 GOAWAY, HTTP/1 close after the response) and waits for them.
 /// `lingering` tracks the graceful closes of the sockets.
-pub async fn serve<S, B>(
+pub(crate) async fn serve<S, B>(
     listener: TcpListener,
     settings: Listener,
     service: S,

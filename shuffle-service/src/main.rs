@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use service_runtime::shutdown;
+use shuffle_service::Core;
 use shuffle_service::config::{Config, ServeArgs};
-use shuffle_service::{Core, shutdown};
 
 /// External shuffle service for Spark on Kubernetes.
 #[derive(Debug, Parser)]
@@ -74,27 +75,28 @@ async fn main() -> ExitCode {
     match serve(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("shuffle-service: {e:#}");
+            eprintln!("shuffle-service: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> shuffle_service::Result<()> {
     shuffle_service::server::raise_open_file_limit(&config);
-    let core = Core::open(&config, prometheus::Registry::new()).await?;
+    let core = Core::open(&config.core(), prometheus::Registry::new()).await?;
     let listeners = shuffle_service::server::Listeners::bind(&config).await?;
     tracing::info!(
-        grpc = %listeners.grpc.local_addr()?,
-        admin = %listeners.admin.local_addr()?,
-        spark = %listeners
-            .spark
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        grpc = %addr(&listeners.grpc),
+        admin = %addr(&listeners.admin),
+        spark = %listeners.spark.as_ref().map_or_else(|| "off".to_owned(), addr),
         volumes = config.volumes.len(),
         state_dir = %config.state_dir.display(),
         "shuffle service ready"
     );
     shuffle_service::run(&config, core, listeners, shutdown::signal()).await
+}
+
+fn addr(l: &tokio::net::TcpListener) -> String {
+    l.local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
 }

@@ -17,19 +17,19 @@ const MIN_PEAK: usize = 64;
 
 /// Tracks the peak of open connections and decides when to trim.
 #[derive(Debug, Default)]
-pub struct Trimmer {
+pub(crate) struct Trimmer {
     peak: Mutex<usize>,
 }
 
 impl Trimmer {
     /// Records the open count after a connection opened.
-    pub fn opened(&self, open: usize) {
+    pub(crate) fn opened(&self, open: usize) {
         let mut p = self.peak.lock().unwrap_or_else(|e| e.into_inner());
         *p = (*p).max(open);
     }
 
     /// Records the open count after a connection closed; returns whether to trim now.
-    pub fn closed(&self, open: usize) -> bool {
+    pub(crate) fn closed(&self, open: usize) -> bool {
         let mut p = self.peak.lock().unwrap_or_else(|e| e.into_inner());
         if *p >= MIN_PEAK && open * 2 <= *p {
             *p = open;
@@ -41,7 +41,7 @@ impl Trimmer {
 }
 
 /// Returns free heap memory to the system (blocking: it walks every arena).
-pub fn release_free_memory() {
+pub(crate) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: malloc_trim takes no pointer and only reorganises the allocator's own free

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// When the served certificate expires (Unix seconds), by listener.
     pub tls_expiry: IntGaugeVec,
+    /// Rows of the registration database that could not be read and were left out, by table.
+    pub db_unreadable_rows: IntCounterVec,
 }
 
 impl Metrics {
@@ -305,6 +307,13 @@ impl Metrics {
                 ),
                 &["listener"],
             )?,
+            db_unreadable_rows: IntCounterVec::new(
+                Opts::new(
+                    "shuffle_db_unreadable_rows_total",
+                    "Rows of the registration database that could not be read (a stored value that does not parse) and were left out, by table.",
+                ),
+                &["table"],
+            )?,
         };
         r.register(Box::new(m.spark_preauth_frames_refused.clone()))?;
         r.register(Box::new(m.spark_frame_memory.clone()))?;
@@ -326,6 +335,7 @@ impl Metrics {
         r.register(Box::new(m.accept_failures.clone()))?;
         r.register(Box::new(m.tls_reloads.clone()))?;
         r.register(Box::new(m.tls_expiry.clone()))?;
+        r.register(Box::new(m.db_unreadable_rows.clone()))?;
         for listener in ["grpc", "admin"] {
             m.http_connections.with_label_values(&[listener]).set(0);
             for refusal in service_runtime::accept::Refusal::ALL {

@@ -16,6 +16,7 @@ use tower::Layer as _;
 
 use crate::config::Config;
 use crate::core::Core;
+use crate::error::{Result, ShuffleError};
 use crate::lifecycle;
 use crate::listen;
 use crate::service::ShuffleService;
@@ -53,12 +54,12 @@ impl Listeners {
     /// Binds the configured addresses.
     ///
     /// # Errors
-    /// A bind failure, naming the address.
-    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+    /// [`ShuffleError::Bind`], naming the address.
+    pub async fn bind(config: &Config) -> Result<Self> {
         let bind = |a: std::net::SocketAddr| async move {
             TcpListener::bind(a)
                 .await
-                .map_err(|e| anyhow::anyhow!("bind {a}: {e}"))
+                .map_err(|e| ShuffleError::bind(a, e))
         };
         Ok(Self {
             grpc: bind(config.grpc_listen).await?,
@@ -68,10 +69,12 @@ impl Listeners {
                 None => None,
             },
             probe: match &config.probe_socket {
-                Some(p) => Some(
-                    service_runtime::probe::ProbeSocket::bind(p)
-                        .map_err(|e| anyhow::anyhow!("bind {}: {e}", p.display()))?,
-                ),
+                Some(p) => Some(service_runtime::probe::ProbeSocket::bind(p).map_err(
+                    |source| ShuffleError::Bind {
+                        addr: p.display().to_string(),
+                        source,
+                    },
+                )?),
                 None => None,
             },
         })
@@ -109,13 +112,13 @@ pub fn raise_open_file_limit(config: &Config) {
 /// Serves until `shutdown` resolves.
 ///
 /// # Errors
-/// Transport, reflection or secret setup errors.
+/// Start-up failures: the gRPC reflection service, a listener's TLS files.
 pub async fn run(
     config: &Config,
     core: Core,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let background = core.background();
     let Listeners {
         grpc,
@@ -158,7 +161,7 @@ pub async fn run(
     let tls = |files: &Option<service_runtime::tls::TlsFiles>,
                alpn: &[&[u8]],
                listener: &'static str|
-     -> anyhow::Result<_> {
+     -> Result<_> {
         files
             .as_ref()
             .map(|f| {
@@ -265,7 +268,7 @@ fn spark_front_end(
     core: &Core,
     listener: TcpListener,
     stop: CancellationToken,
-) -> anyhow::Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
+) -> Result<(CancellationToken, tokio::task::JoinHandle<()>)> {
     let secrets = core.spark_secrets().clone();
     let tls = match &config.spark_tls {
         Some(files) => Some(crate::tls::server_config(
@@ -279,7 +282,9 @@ fn spark_front_end(
         None => None,
     };
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string()),
         authentication = secrets.enabled(),
         tls = tls.is_some(),
         "Spark protocol listener ready"

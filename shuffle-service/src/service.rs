@@ -12,14 +12,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::MapOutput;
-use crate::core::{Core, Presented, Registrant};
-use crate::error::ShuffleError;
-use crate::ids::{AppId, ExecId, MapId, ShuffleId};
-use crate::request::{BlockRange, ExecutorRegistration, FetchRequest};
+use crate::core::{Block, Caller, Core, Presented, Registrant};
+use crate::core::{BlockRange, Blocks, ExecutorRegistration, FetchRequest};
+use crate::error::{Result as CoreResult, ShuffleError};
+use spark_protocol::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
-pub struct ShuffleService {
+pub(crate) struct ShuffleService {
     core: Core,
     admin_hashes: Vec<[u8; 32]>,
     /// Admin calls without a token are allowed only on a loopback listener.
@@ -41,7 +41,7 @@ fn bearer<T>(req: &Request<T>) -> Option<&str> {
 
 impl ShuffleService {
     /// A service over `core`.
-    pub fn new(core: Core, admin_hashes: Vec<[u8; 32]>, admin_open: bool) -> Self {
+    pub(crate) fn new(core: Core, admin_hashes: Vec<[u8; 32]>, admin_open: bool) -> Self {
         Self {
             core,
             admin_hashes,
@@ -65,7 +65,8 @@ impl ShuffleService {
 
     fn app<T>(&self, req: &Request<T>, app_id: &str) -> Result<AppId, Status> {
         let app: AppId = app_id.parse().map_err(ShuffleError::from)?;
-        self.core.authorize_grpc(&app, &self.presented(req))?;
+        self.core
+            .authorize(&app, &Caller::Grpc(self.presented(req)))?;
         Ok(app)
     }
 
@@ -174,12 +175,12 @@ impl Shuffle for ShuffleService {
                 ));
             };
             let app: AppId = h.app_id.parse().map_err(ShuffleError::from)?;
-            self.core.authorize_grpc(
+            self.core.authorize(
                 &app,
-                &Presented {
+                &Caller::Grpc(Presented {
                     token: token.as_deref().filter(|_| !admin),
                     admin,
-                },
+                }),
             )?;
             let exec: ExecId = h.exec_id.parse().map_err(ShuffleError::from)?;
             let out = MapOutput {
@@ -231,11 +232,9 @@ impl Shuffle for ShuffleService {
         req: Request<pb::FetchBlocksRequest>,
     ) -> Result<Response<Self::FetchBlocksStream>, Status> {
         (|| {
-            self.app(&req, &req.get_ref().app_id)?;
             let r = FetchRequest::try_from(req.get_ref())?;
-            self.core.check_fetch_size(r.blocks.len())?;
-            let executor = self.core.executor(&r.app, &r.exec)?;
-            let blocks = r.blocks;
+            let fetch = self.core.fetch(r, &Caller::Grpc(self.presented(&req)))?;
+            let executor = std::sync::Arc::clone(fetch.executor());
             let (tx, rx) = mpsc::channel(FETCH_QUEUE);
             let core = self.core.clone();
             let m = core.metrics().clone();
@@ -243,8 +242,8 @@ impl Shuffle for ShuffleService {
             let guard = StreamGuard(m.open_streams.clone());
             tokio::task::spawn_blocking(move || {
                 let _guard = guard;
-                for (i, block) in blocks.iter().enumerate() {
-                    if send_block(&core, &executor, i, block, &tx).is_err() {
+                for (i, block) in fetch.enumerate() {
+                    if send_block(&core, &executor, i, &block, &tx).is_err() {
                         return;
                     }
                 }
@@ -317,7 +316,7 @@ fn send_block(
     core: &Core,
     exec: &crate::core::Executor,
     index: usize,
-    block: &BlockRange,
+    block: &Block,
     tx: &mpsc::Sender<Result<pb::FetchBlocksResponse, Status>>,
 ) -> Result<(), ()> {
     let fail = |e: ShuffleError| {
@@ -390,5 +389,107 @@ impl ShuffleAdmin for ShuffleService {
                 .collect();
             Response::new(pb::ListApplicationsResponse { applications })
         })
+    }
+}
+
+// === conversions at the edge: gRPC messages into the core's requests ===
+
+impl TryFrom<&pb::BlockRange> for BlockRange {
+    type Error = ShuffleError;
+
+    fn try_from(b: &pb::BlockRange) -> CoreResult<Self> {
+        Ok(Self {
+            shuffle: ShuffleId::new(b.shuffle_id)?,
+            map: MapId::new(b.map_id)?,
+            start: ReduceId::new(b.start_reduce)?,
+            end: ReduceId::new(b.end_reduce)?,
+        })
+    }
+}
+
+impl TryFrom<&pb::FetchBlocksRequest> for FetchRequest {
+    type Error = ShuffleError;
+
+    fn try_from(r: &pb::FetchBlocksRequest) -> CoreResult<Self> {
+        Ok(Self {
+            app: r.app_id.parse()?,
+            exec: r.exec_id.parse()?,
+            blocks: Blocks::Ranges(
+                r.blocks
+                    .iter()
+                    .map(BlockRange::try_from)
+                    .collect::<CoreResult<_>>()?,
+            ),
+        })
+    }
+}
+
+impl TryFrom<pb::RegisterExecutorRequest> for ExecutorRegistration {
+    type Error = ShuffleError;
+
+    fn try_from(r: pb::RegisterExecutorRequest) -> CoreResult<Self> {
+        Ok(Self {
+            app: r.app_id.parse()?,
+            exec: r.exec_id.parse()?,
+            local_dirs: r.local_dirs,
+            sub_dirs: r.sub_dirs_per_local_dir,
+            shuffle_manager: r.shuffle_manager,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `grpc_requests` fuzz corpus (`fuzz/corpus/grpc_requests`, inputs AFL found
+    /// included) through the conversions: what converts holds the message's blocks, in order,
+    /// and its ids unchanged.
+    #[test]
+    fn grpc_requests_corpus() {
+        use prost::Message as _;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/grpc_requests");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(e.unwrap().path()).unwrap();
+            n += 1;
+            let Some((kind, body)) = data.split_first() else {
+                continue;
+            };
+            if kind % 2 == 0 {
+                if let Ok(m) = pb::FetchBlocksRequest::decode(body)
+                    && let Ok(r) = FetchRequest::try_from(&m)
+                {
+                    assert_eq!(r.blocks.count(), m.blocks.len());
+                    assert_eq!((r.app.as_str(), r.exec.as_str()), (&*m.app_id, &*m.exec_id));
+                }
+            } else if let Ok(m) = pb::RegisterExecutorRequest::decode(body)
+                && let Ok(r) = ExecutorRegistration::try_from(m.clone())
+            {
+                assert_eq!((r.app.as_str(), r.exec.as_str()), (&*m.app_id, &*m.exec_id));
+            }
+        }
+        assert!(n > 0, "no corpus in {}", dir.display());
+    }
+
+    #[test]
+    fn ids_are_validated_at_the_edge() {
+        let mut r = pb::FetchBlocksRequest {
+            app_id: "app-1".into(),
+            exec_id: "1".into(),
+            blocks: vec![pb::BlockRange {
+                shuffle_id: 0,
+                map_id: 1,
+                start_reduce: 0,
+                end_reduce: 1,
+            }],
+        };
+        assert_eq!(FetchRequest::try_from(&r).unwrap().blocks.count(), 1);
+        r.blocks[0].map_id = -1;
+        assert!(FetchRequest::try_from(&r).is_err());
+        r.blocks.clear();
+        r.app_id = "../x".into();
+        assert!(FetchRequest::try_from(&r).is_err());
     }
 }

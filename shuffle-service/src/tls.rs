@@ -15,16 +15,17 @@ use crate::metrics::Metrics;
 /// `listener` names the listener in metrics (`grpc`, `admin`, `spark`).
 ///
 /// # Errors
-/// The files cannot be used.
-pub fn server_config(
+/// [`crate::ShuffleError::Tls`]: the files cannot be used.
+pub(crate) fn server_config(
     files: &TlsFiles,
     alpn: &[&[u8]],
     reload_interval: std::time::Duration,
     listener: &'static str,
     metrics: &Metrics,
     stop: CancellationToken,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let cert = ReloadingCert::new(files.clone())?;
+) -> crate::Result<Arc<rustls::ServerConfig>> {
+    let cert = ReloadingCert::new(files.clone())
+        .map_err(|source| crate::ShuffleError::Tls { listener, source })?;
     let config = cert.server_config(alpn);
     let expiry = metrics.tls_expiry.with_label_values(&[listener]);
     let reloaded = metrics

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use http_body_util::BodyExt as _;
 use shuffle_service::core::{Claims, PodOwner};
-use shuffle_service::ids::AppId;
 use shuffle_service::kube::Holder;
+use spark_protocol::ids::AppId;
 
 /// What one client received.
 #[derive(Debug, Default)]

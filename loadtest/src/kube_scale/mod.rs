@@ -23,8 +23,8 @@ use kubebed::resources::{NAMESPACES, PODS};
 use kubebed::store::{EventType, Store};
 use serde_json::{Value, json};
 use shuffle_service::config::{DriverScope, KubeSettings};
-use shuffle_service::ids::AppId;
 use shuffle_service::kube::metrics::KubeMetrics;
+use spark_protocol::ids::AppId;
 use tokio_util::sync::CancellationToken;
 
 use churn::{Job, Rng};

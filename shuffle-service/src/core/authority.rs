@@ -10,9 +10,9 @@
 //! (with learned secrets on), or when the operator gave it a secret file of its own. What is registered first keeps the id; Spark on Kubernetes makes its ids
 //! random (`spark-<uuid>`), so nobody can claim one over gRPC before the application exists.
 
+use super::secrets::Source;
 use crate::error::{Result, ShuffleError};
-use crate::ids::AppId;
-use crate::spark::secrets::Source;
+use spark_protocol::ids::AppId;
 
 use super::Core;
 use super::PodOwner;
@@ -68,7 +68,7 @@ pub enum Refusal {
     /// yet (after a restart, until an executor pod of that driver shows it again): the shared
     /// secret never stands in for it.
     AwaitingLearnedSecret,
-    /// More driver pods claim it than are followed ([`super::claims::MAX_CANDIDATES`]).
+    /// More driver pods claim it than are followed (`claims::MAX_CANDIDATES`).
     TooManyClaimants,
     /// The client proved the secret of another claimant than the driver pod it is bound to.
     BoundToAnotherDriver,

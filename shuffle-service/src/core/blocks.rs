@@ -17,8 +17,8 @@ use bytes::Bytes;
 use crate::core::registry::Executor;
 use crate::core::volume::Volumes;
 use crate::error::{Result, ShuffleError};
-use crate::ids::{MapId, ReduceId, ShuffleId};
-use crate::layout;
+use spark_protocol::ids::{MapId, ReduceId, ShuffleId};
+use spark_protocol::layout;
 
 /// A byte range of a data file.
 #[derive(Debug, Clone, PartialEq, Eq)]

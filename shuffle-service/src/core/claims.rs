@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
 use crate::core::PodOwner;
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// Most claimants of one application whose secrets are kept besides its owner's. A live
 /// claimant (one with an executor pod on this node that has not ended) needs a pod the kubelet

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 
 /// A cleanup job: directories to delete recursively.
 #[derive(Debug)]
-pub struct Job {
+pub(super) struct Job {
     /// What it is for (logs).
     pub reason: String,
     /// Directories.
@@ -33,14 +33,14 @@ pub struct Job {
 
 /// Handle to enqueue cleanup jobs.
 #[derive(Debug, Clone)]
-pub struct Cleaner {
+pub(super) struct Cleaner {
     tx: mpsc::UnboundedSender<Job>,
     metrics: Metrics,
 }
 
 impl Cleaner {
     /// Starts the cleaner; it runs until `cancel` fires and the queue is drained.
-    pub fn start(
+    pub(super) fn start(
         volumes: Arc<Volumes>,
         parallelism: usize,
         metrics: Metrics,
@@ -58,7 +58,7 @@ impl Cleaner {
     }
 
     /// Queues directories for deletion; returns how many.
-    pub fn enqueue(&self, reason: String, dirs: Vec<PathBuf>) -> usize {
+    pub(super) fn enqueue(&self, reason: String, dirs: Vec<PathBuf>) -> usize {
         self.enqueue_job(Job {
             reason,
             dirs,
@@ -67,7 +67,7 @@ impl Cleaner {
     }
 
     /// Queues a job.
-    pub fn enqueue_job(&self, job: Job) -> usize {
+    pub(super) fn enqueue_job(&self, job: Job) -> usize {
         let n = job.dirs.len();
         self.metrics.cleanup_backlog.add(n as i64);
         if self.tx.send(job).is_err() {

@@ -4,21 +4,29 @@
 
 mod authority;
 mod blocks;
-pub mod claims;
+pub(crate) mod claims;
 mod cleanup;
 mod db;
 mod execfs;
+mod fetch;
+mod liveness;
 mod ownership;
 mod registry;
+mod request;
+mod secrets;
 mod volume;
 mod writer;
 
 pub use authority::{Offer, Refusal, Registrant};
 pub use blocks::{OpenBlock, Segment, SegmentReader};
-pub use claims::Claims;
+pub use claims::{Claims, MAX_CANDIDATES};
 pub use db::Durability;
+pub use fetch::{Block, Caller, Fetch};
+pub use liveness::{NotReady, SweepReport};
 pub use ownership::{Lifecycle, PodOwner};
 pub use registry::Executor;
+pub use request::{BlockRange, Blocks, Diagnosis, ExecutorRegistration, FetchRequest, ReduceRange};
+pub use secrets::{SecretError, Secrets, Source};
 pub use volume::{VolumeKind, VolumeSpec, Volumes, parse_size};
 pub use writer::MapOutput;
 
@@ -33,18 +41,15 @@ use prometheus::Registry as PromRegistry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::error::{Result, ShuffleError};
-use crate::ids::{AppId, ExecId, ShuffleId};
-use crate::layout;
 use crate::lograte::LogLimit;
 use crate::metrics::Metrics;
-use crate::request::{BlockRange, ExecutorRegistration};
-use crate::spark::secrets::Secrets;
 use blocks::IndexCache;
 use cleanup::Cleaner;
 use db::Db;
 use registry::{AppRegistration, AppSummary, Registry};
+use spark_protocol::ids::{AppId, ExecId, ShuffleId};
+use spark_protocol::layout;
 
 /// What a gRPC caller presented: the application token (`authorization: Bearer`), and
 /// whether its bearer is an admin token.
@@ -54,6 +59,34 @@ pub struct Presented<'a> {
     pub token: Option<&'a str>,
     /// The bearer is an admin token.
     pub admin: bool,
+}
+
+/// What the core is opened with; built from the service's configuration
+/// (`crate::config::Config::core`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Directory of the registration database (and its lock).
+    pub state_dir: PathBuf,
+    /// Volumes.
+    pub volumes: Vec<VolumeSpec>,
+    /// How registrations reach the disk.
+    pub registry_sync: Durability,
+    /// File of the secret Spark's clients of every application may prove.
+    pub spark_auth_secret_file: Option<PathBuf>,
+    /// Directory of per-application Spark secrets.
+    pub spark_auth_secret_dir: Option<PathBuf>,
+    /// Spark secrets are also learned from executor pods (`crate::kube`).
+    pub learn_secrets: bool,
+    /// Concurrent deletions per volume.
+    pub cleanup_parallelism: usize,
+    /// Index cache bound.
+    pub index_cache_bytes: usize,
+    /// Heartbeat timeout of a driver that gives none.
+    pub heartbeat_timeout: Duration,
+    /// Idle TTL of applications without a driver registration.
+    pub idle_ttl: Duration,
+    /// Most blocks in one fetch.
+    pub max_fetch_blocks: usize,
 }
 
 /// Most directories one executor may register.
@@ -117,16 +150,15 @@ impl Core {
     ///
     /// # Errors
     /// Volume, database or metric registration errors.
-    pub async fn open(config: &Config, prometheus: PromRegistry) -> Result<Self> {
+    pub async fn open(config: &Settings, prometheus: PromRegistry) -> Result<Self> {
         let cancel = CancellationToken::new();
         std::fs::create_dir_all(&config.state_dir)
             .map_err(|e| ShuffleError::io(&config.state_dir, e))?;
         let secrets = Secrets::load(
             config.spark_auth_secret_file.as_deref(),
             config.spark_auth_secret_dir.as_deref(),
-        )
-        .map_err(|e| ShuffleError::InvalidArgument(format!("Spark authentication: {e}")))?;
-        let secrets = if config.kube.as_ref().is_some_and(|k| k.learn_secrets) {
+        )?;
+        let secrets = if config.learn_secrets {
             secrets.with_learning()
         } else {
             secrets
@@ -137,7 +169,13 @@ impl Core {
         for v in volumes.iter() {
             locks.push(lock_dir(&v.root)?);
         }
-        let db = Db::open_with(&config.state_dir.join("shuffle.db"), config.registry_sync)?;
+        // Before the database: the rows it cannot read are counted as it loads them.
+        let metrics = Metrics::new(&prometheus)?;
+        let db = Db::open_with(
+            &config.state_dir.join("shuffle.db"),
+            config.registry_sync,
+            db::UnreadableRows::new(metrics.db_unreadable_rows.clone()),
+        )?;
         let registry = Registry::open(db).await?;
         let claims = Arc::new(Claims::default());
         claims.restore(
@@ -146,10 +184,8 @@ impl Core {
                 .owners()
                 .await?
                 .into_iter()
-                .filter_map(|r| Some((r.app_id.parse().ok()?, PodOwner::from(r)))),
+                .map(|(app, r)| (app, PodOwner::from(r))),
         );
-        let metrics =
-            Metrics::new(&prometheus).map_err(|e| ShuffleError::InvalidArgument(e.to_string()))?;
         let authority_log = LogLimit::new(
             metrics
                 .log_suppressed
@@ -217,23 +253,10 @@ impl Core {
         &self.inner.prometheus
     }
 
-    /// The registry.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
-    /// The volumes.
-    pub fn volumes(&self) -> &Arc<Volumes> {
-        &self.inner.volumes
-    }
-
-    /// Idle TTL of applications without a driver registration.
-    pub fn idle_ttl(&self) -> Duration {
-        self.inner.idle_ttl
-    }
-
-    /// Updates the registration and volume gauges.
-    pub fn refresh_gauges(&self) {
+    /// Updates the registration and volume gauges (counts under the registry's read lock, and
+    /// a `statvfs` per volume): at start, with every sweep and usage rescan (their timers), and
+    /// before every scrape of `/metrics`, never on a request's path.
+    pub(crate) fn refresh_gauges(&self) {
         let m = &self.inner.metrics;
         let (apps, execs) = self.inner.registry.counts();
         m.apps.set(apps as i64);
@@ -298,7 +321,6 @@ impl Core {
                     self.refuse_authority("grpc", app, "spark_application");
                 }
             })?;
-        self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "application registered");
         Ok((token, timeout))
     }
@@ -311,28 +333,10 @@ impl Core {
             .inc();
     }
 
-    /// Checks a gRPC caller's right to an application: its token, or the admin token.
-    ///
-    /// # Errors
-    /// [`ShuffleError::Unauthenticated`] with no credential, [`ShuffleError::PermissionDenied`]
-    /// with another application's.
-    pub fn authorize_grpc(&self, app: &AppId, presented: &Presented<'_>) -> Result<()> {
-        if presented.admin {
-            return Ok(());
-        }
-        self.inner
-            .registry
-            .check_token(app, presented.token)
-            .inspect_err(|_| self.refused("grpc"))
-    }
-
     /// Checks a Spark-protocol client's right to an application: one registered through the
     /// gRPC API is gRPC's alone, whatever the connection authenticated with. Otherwise Spark's
     /// own model holds (open when authentication is off).
-    ///
-    /// # Errors
-    /// [`ShuffleError::HeldByGrpc`].
-    pub fn authorize_spark(&self, app: &AppId) -> Result<()> {
+    fn authorize_spark(&self, app: &AppId) -> Result<()> {
         if self.inner.registry.has_token(app) {
             self.refuse_authority("spark", app, Refusal::GrpcApplication.as_str());
             return Err(ShuffleError::HeldByGrpc(app.to_string()));
@@ -370,7 +374,6 @@ impl Core {
             .register_driver(app, timeout, who)
             .await
             .inspect_err(|e| self.count_held_by_grpc(app, e))?;
-        self.refresh_gauges();
         tracing::info!(app = %app, timeout = ?timeout, "driver registered over the Spark protocol");
         Ok(())
     }
@@ -413,7 +416,6 @@ impl Core {
             .inner
             .cleaner
             .enqueue(format!("{reason} {app}"), removed.dirs);
-        self.refresh_gauges();
         tracing::info!(app = %app, reason, dirs = n, "application removed");
         n
     }
@@ -463,23 +465,7 @@ impl Core {
             .register_executor(&r.app, &r.exec, e, who)
             .await
             .inspect_err(|e| self.count_held_by_grpc(&r.app, e))?;
-        self.refresh_gauges();
         tracing::info!(app = %r.app, exec = %r.exec, "executor registered");
-        Ok(())
-    }
-
-    /// Checks the number of blocks one fetch names against `--max-fetch-blocks`, the same
-    /// limit for both protocols.
-    ///
-    /// # Errors
-    /// [`ShuffleError::InvalidArgument`] for none or too many.
-    pub fn check_fetch_size(&self, blocks: usize) -> Result<()> {
-        let max = self.inner.max_fetch_blocks;
-        if blocks == 0 || blocks > max {
-            return Err(ShuffleError::InvalidArgument(format!(
-                "{blocks} blocks in one request; 1 to {max} are served"
-            )));
-        }
         Ok(())
     }
 
@@ -492,10 +478,7 @@ impl Core {
     }
 
     /// Resolves a block (blocking I/O for the index).
-    ///
-    /// # Errors
-    /// An unknown or invalid block, a corrupt or missing index, I/O.
-    pub fn resolve(&self, exec: &Executor, block: &BlockRange) -> Result<Segment> {
+    fn resolve(&self, exec: &Executor, block: &BlockRange) -> Result<Segment> {
         blocks::resolve(
             &self.inner.volumes,
             exec,
@@ -505,33 +488,6 @@ impl Core {
             block.start,
             block.end,
         )
-    }
-
-    /// Resolves a block and opens it for sending (blocking): the one way both front ends
-    /// reach block data.
-    ///
-    /// # Errors
-    /// See [`Core::resolve`]; opening the data file beneath the volume root (a link is refused).
-    pub fn open_block(&self, exec: &Executor, block: &BlockRange) -> Result<OpenBlock> {
-        let seg = self.resolve(exec, block)?;
-        OpenBlock::open(&self.inner.volumes, exec, &seg)
-    }
-
-    /// Opens a whole named file of an executor (an RDD block) for sending (blocking).
-    ///
-    /// # Errors
-    /// An invalid name, a missing file, a link on the way, I/O.
-    pub fn open_named_block(&self, exec: &Executor, name: &str) -> Result<OpenBlock> {
-        OpenBlock::whole(&self.inner.volumes, exec, name)
-    }
-
-    /// Opens a file of an executor for reading beneath its volume root, no link followed
-    /// (blocking); returns it with its size.
-    ///
-    /// # Errors
-    /// A path outside the executor's directories, a missing file, a link on the way, I/O.
-    pub fn open_file(&self, exec: &Executor, path: &Path) -> Result<(std::fs::File, u64)> {
-        blocks::open_verified(&self.inner.volumes, exec, path)
     }
 
     /// Writes a map output from `chunks` into the executor's directories.
@@ -556,7 +512,6 @@ impl Core {
         if let Ok(n) = &result {
             self.inner.metrics.bytes_written.inc_by(*n);
         }
-        self.refresh_gauges();
         result
     }
 
@@ -608,49 +563,7 @@ impl Core {
         for p in &found {
             self.inner.cache.forget(p);
         }
-        self.refresh_gauges();
         Ok(found.len() as u64)
-    }
-
-    /// Removes the temporary files that writes interrupted by a crash left in executor
-    /// directories (never those of a write in flight); returns how many. Run at start-up and
-    /// with every usage rescan.
-    pub async fn remove_leftovers(&self) -> usize {
-        let dirs: Vec<(PathBuf, u32)> = self.inner.registry.all_dirs().into_iter().collect();
-        let inner = Arc::clone(&self.inner);
-        let removed = tokio::task::spawn_blocking(move || {
-            let mut removed = 0;
-            for (dir, subs) in dirs {
-                let Some(vol) = inner.volumes.containing(&dir) else {
-                    continue;
-                };
-                for s in 0..subs {
-                    let sub = dir.join(format!("{s:02x}"));
-                    let Ok((fd, entries)) = vol.dir.list(&sub) else {
-                        continue;
-                    };
-                    for (name, is_dir) in entries {
-                        let path = sub.join(&name);
-                        if !is_dir
-                            && writer::is_temp_name(&name.to_string_lossy())
-                            && !inner.in_flight.contains(&path)
-                            && rustix::fs::unlinkat(&fd, &*name, rustix::fs::AtFlags::empty())
-                                .is_ok()
-                        {
-                            tracing::info!(path = %path.display(), "removed an interrupted write's temporary file");
-                            removed += 1;
-                        }
-                    }
-                }
-            }
-            removed
-        })
-        .await
-        .unwrap_or(0);
-        if removed > 0 {
-            self.inner.metrics.leftovers_removed.inc_by(removed as u64);
-        }
-        removed
     }
 
     /// Deletes named block files of one executor, Spark's RemoveBlocks: names are file names
@@ -699,7 +612,6 @@ impl Core {
         })
         .await
         .map_err(ShuffleError::from)?;
-        self.refresh_gauges();
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
     }
 
@@ -725,11 +637,6 @@ impl Core {
     pub fn list_apps(&self) -> Vec<AppSummary> {
         self.inner.registry.list()
     }
-
-    /// Queues a directory list for deletion with a completion signal (tests, benchmarks).
-    pub fn cleaner(&self) -> &Cleaner {
-        &self.inner.cleaner
-    }
 }
 
 /// Name of the lock file in the state directory and in each volume root.
@@ -740,7 +647,7 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     use service_runtime::lock::{self, LockError};
     lock::exclusive(dir, LOCK_FILE, "shuffle-service").map_err(|e| match e {
         LockError::Io { path, source } => ShuffleError::io(path, source),
-        other => ShuffleError::InvalidArgument(other.to_string()),
+        source => ShuffleError::Locked { source },
     })
 }
 

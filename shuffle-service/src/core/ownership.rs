@@ -7,9 +7,9 @@
 //! others ([`Lifecycle::Pods`]) may also be ended by the pod watch, when the driver pod they
 //! are bound to ([`PodOwner`], persisted, see `super::claims`) ends.
 
+use super::secrets::Source;
 use crate::error::Result;
-use crate::ids::AppId;
-use crate::spark::secrets::Source;
+use spark_protocol::ids::AppId;
 
 use super::Core;
 use super::db::OwnerRow;
@@ -83,7 +83,7 @@ impl Core {
         let rows = self.inner.registry.db().owners().await?;
         Ok(rows
             .into_iter()
-            .filter_map(|r| Some((r.app_id.parse().ok()?, PodOwner::from(r))))
+            .map(|(app, r)| (app, PodOwner::from(r)))
             .collect())
     }
 

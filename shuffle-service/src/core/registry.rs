@@ -28,11 +28,11 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::secrets::Source;
 use crate::core::authority::Registrant;
 use crate::core::db::{AppRow, Db, ExecRow};
 use crate::error::{Result, ShuffleError};
-use crate::ids::{AppId, ExecId};
-use crate::spark::secrets::Source;
+use spark_protocol::ids::{AppId, ExecId};
 
 /// A registered executor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl LastSeen {
 
 /// Options of a driver registration.
 #[derive(Debug, Clone, Default)]
-pub struct AppRegistration {
+pub(super) struct AppRegistration {
     /// Heartbeat timeout.
     pub heartbeat_timeout: Duration,
     /// Kubernetes namespace (informational).
@@ -137,7 +137,7 @@ pub struct AppSummary {
 
 /// A removed application: what cleanup must delete.
 #[derive(Debug, Clone)]
-pub struct RemovedApp {
+pub(super) struct RemovedApp {
     /// Id.
     pub app_id: AppId,
     /// Every local directory of its executors.
@@ -146,7 +146,7 @@ pub struct RemovedApp {
 
 /// The registry.
 #[derive(Debug)]
-pub struct Registry {
+pub(super) struct Registry {
     apps: RwLock<HashMap<AppId, App>>,
     writes: Mutex<()>,
     db: Db,
@@ -165,11 +165,13 @@ impl Registry {
     ///
     /// # Errors
     /// Database errors.
-    pub async fn open(db: Db) -> Result<Self> {
+    pub(super) async fn open(db: Db) -> Result<Self> {
         let (apps, execs) = db.load().await?;
         let mut map: HashMap<AppId, App> = HashMap::new();
+        let unreadable = db.unreadable();
         for a in apps {
             let Ok(id) = a.app_id.parse::<AppId>() else {
+                unreadable.skipped("apps", &a.app_id, "app_id");
                 continue;
             };
             map.insert(
@@ -187,11 +189,19 @@ impl Registry {
             );
         }
         for e in execs {
+            let row = format!("{}/{}", e.app_id, e.exec_id);
             let (Ok(app), Ok(exec)) = (e.app_id.parse::<AppId>(), e.exec_id.parse::<ExecId>())
             else {
+                unreadable.skipped("executors", &row, "app_id or exec_id");
                 continue;
             };
-            if let Some(a) = map.get_mut(&app) {
+            // Every executor row is written with its application's: one without is what
+            // remains of an application row left out above.
+            let Some(a) = map.get_mut(&app) else {
+                unreadable.skipped("executors", &row, "its application");
+                continue;
+            };
+            {
                 a.executors.insert(
                     exec,
                     Arc::new(Executor {
@@ -218,7 +228,7 @@ impl Registry {
     }
 
     /// The database.
-    pub fn db(&self) -> &Db {
+    pub(super) fn db(&self) -> &Db {
         &self.db
     }
 
@@ -228,7 +238,7 @@ impl Registry {
     /// # Errors
     /// [`ShuffleError::Unauthenticated`] for no token, [`ShuffleError::PermissionDenied`] for
     /// a token that is not this application's, [`ShuffleError::NotFound`] for an unknown app.
-    pub fn check_token(&self, app: &AppId, presented: Option<&str>) -> Result<()> {
+    pub(super) fn check_token(&self, app: &AppId, presented: Option<&str>) -> Result<()> {
         let presented = presented.ok_or(ShuffleError::Unauthenticated("missing bearer token"))?;
         let apps = self.read();
         let a = apps.get(app).ok_or_else(|| {
@@ -253,7 +263,7 @@ impl Registry {
     /// [`ShuffleError::AlreadyRegistered`] without the current token,
     /// [`ShuffleError::HeldBySpark`] for an application registered over Spark's protocol;
     /// database errors.
-    pub async fn register_app(
+    pub(super) async fn register_app(
         &self,
         app: &AppId,
         reg: AppRegistration,
@@ -302,17 +312,17 @@ impl Registry {
 
     /// Whether an application holds a token of the gRPC API (then Spark-protocol access to
     /// it needs authentication).
-    pub fn has_token(&self, app: &AppId) -> bool {
+    pub(super) fn has_token(&self, app: &AppId) -> bool {
         self.read().get(app).is_some_and(|a| a.token_hash.is_some())
     }
 
     /// Whether only the application's own lifecycle ends it (see the module's doc).
-    pub fn own_lifecycle(&self, app: &AppId) -> bool {
+    pub(super) fn own_lifecycle(&self, app: &AppId) -> bool {
         self.read().get(app).is_some_and(|a| a.own_lifecycle)
     }
 
     /// Whether a Spark client that proved a learned secret registered the application.
-    pub fn learned(&self, app: &AppId) -> bool {
+    pub(super) fn learned(&self, app: &AppId) -> bool {
         self.read().get(app).is_some_and(|a| a.learned)
     }
 
@@ -334,7 +344,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`ShuffleError::HeldByGrpc`] for an application registered over gRPC; database errors.
-    pub async fn register_driver(
+    pub(super) async fn register_driver(
         &self,
         app: &AppId,
         timeout: Duration,
@@ -380,7 +390,7 @@ impl Registry {
     /// [`ShuffleError::DirectoryRefused`] for a directory of another application,
     /// [`ShuffleError::HeldByGrpc`] for a Spark registration of an application registered over
     /// gRPC; database errors.
-    pub async fn register_executor(
+    pub(super) async fn register_executor(
         &self,
         app: &AppId,
         exec: &ExecId,
@@ -430,12 +440,12 @@ impl Registry {
     }
 
     /// Whether an application is registered.
-    pub fn has_app(&self, app: &AppId) -> bool {
+    pub(super) fn has_app(&self, app: &AppId) -> bool {
         self.read().contains_key(app)
     }
 
     /// Records activity of an application; returns whether it is registered.
-    pub fn touch(&self, app: &AppId) -> bool {
+    pub(super) fn touch(&self, app: &AppId) -> bool {
         match self.read().get(app) {
             Some(a) => {
                 a.last_seen.touch();
@@ -449,7 +459,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`ShuffleError::NotFound`].
-    pub fn executor(&self, app: &AppId, exec: &ExecId) -> Result<Arc<Executor>> {
+    pub(super) fn executor(&self, app: &AppId, exec: &ExecId) -> Result<Arc<Executor>> {
         let apps = self.read();
         let a = apps
             .get(app)
@@ -465,7 +475,7 @@ impl Registry {
     ///
     /// # Errors
     /// [`ShuffleError::NotFound`].
-    pub fn executors(&self, app: &AppId) -> Result<Vec<(ExecId, Arc<Executor>)>> {
+    pub(super) fn executors(&self, app: &AppId) -> Result<Vec<(ExecId, Arc<Executor>)>> {
         let apps = self.read();
         let a = apps
             .get(app)
@@ -480,7 +490,7 @@ impl Registry {
     ///
     /// # Errors
     /// Database errors (memory is then unchanged).
-    pub async fn remove_app(&self, app: &AppId) -> Result<Option<RemovedApp>> {
+    pub(super) async fn remove_app(&self, app: &AppId) -> Result<Option<RemovedApp>> {
         self.remove_app_if(app, |_| true).await
     }
 
@@ -489,7 +499,10 @@ impl Registry {
     ///
     /// # Errors
     /// Database errors (memory is then unchanged).
-    pub async fn remove_app_following_pods(&self, app: &AppId) -> Result<Option<RemovedApp>> {
+    pub(super) async fn remove_app_following_pods(
+        &self,
+        app: &AppId,
+    ) -> Result<Option<RemovedApp>> {
         self.remove_app_if(app, |a| !a.own_lifecycle).await
     }
 
@@ -516,7 +529,7 @@ impl Registry {
 
     /// Applications whose liveness has lapsed: heartbeat timeout for driver-registered ones,
     /// idle TTL for the others.
-    pub fn lapsed(&self, idle_ttl: Duration) -> Vec<AppId> {
+    pub(super) fn lapsed(&self, idle_ttl: Duration) -> Vec<AppId> {
         let now = Instant::now();
         self.read()
             .iter()
@@ -528,7 +541,7 @@ impl Registry {
     /// Applications none of whose executor directories exist any more (the cluster manager
     /// removed them), among those with executors. The directories are checked on the blocking
     /// pool over a snapshot, never under the lock on a runtime thread.
-    pub async fn vanished(&self) -> Vec<AppId> {
+    pub(super) async fn vanished(&self) -> Vec<AppId> {
         let snapshot: Vec<(AppId, Vec<PathBuf>)> = self
             .read()
             .iter()
@@ -554,7 +567,7 @@ impl Registry {
     }
 
     /// Every registered executor directory with its subdirectory count.
-    pub fn all_dirs(&self) -> Vec<(PathBuf, u32)> {
+    pub(super) fn all_dirs(&self) -> Vec<(PathBuf, u32)> {
         self.read()
             .values()
             .flat_map(|a| a.executors.values())
@@ -563,7 +576,7 @@ impl Registry {
     }
 
     /// Every application, for operators.
-    pub fn list(&self) -> Vec<AppSummary> {
+    pub(super) fn list(&self) -> Vec<AppSummary> {
         let now = Instant::now();
         let mut v: Vec<AppSummary> = self
             .read()
@@ -582,7 +595,7 @@ impl Registry {
     }
 
     /// (applications, executors) counts.
-    pub fn counts(&self) -> (usize, usize) {
+    pub(super) fn counts(&self) -> (usize, usize) {
         let apps = self.read();
         (apps.len(), apps.values().map(|a| a.executors.len()).sum())
     }

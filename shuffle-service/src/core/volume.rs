@@ -168,16 +168,16 @@ impl Volume {
     /// Reserves room for `bytes`, or marks the volume full.
     ///
     /// # Errors
-    /// [`ShuffleError::VolumeFull`].
+    /// [`ShuffleError::CapacityReached`].
     pub fn reserve(&self, bytes: u64) -> Result<()> {
         if self.free_bytes() < bytes {
             self.full.store(true, Ordering::Relaxed);
-            return Err(ShuffleError::VolumeFull(format!(
-                "{} ({}) has {} bytes free, {bytes} needed",
-                self.root.display(),
-                self.kind.as_str(),
-                self.free_bytes()
-            )));
+            return Err(ShuffleError::CapacityReached {
+                root: self.root.clone(),
+                kind: self.kind.as_str(),
+                free: self.free_bytes(),
+                needed: bytes,
+            });
         }
         self.used.fetch_add(bytes, Ordering::Relaxed);
         Ok(())

@@ -26,8 +26,8 @@ use crate::core::execfs::RootDir;
 use crate::core::registry::Executor;
 use crate::core::volume::Volumes;
 use crate::error::{Result, ShuffleError};
-use crate::ids::{MapId, ShuffleId};
-use crate::layout;
+use spark_protocol::ids::{MapId, ShuffleId};
+use spark_protocol::layout;
 
 /// Most partitions one map output may have.
 pub(super) const MAX_PARTITIONS: usize = 1 << 20;

@@ -28,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 use super::WATCH_TIMEOUT;
 use super::pods::{self, APP_LABEL, DriverPod, ROLE_LABEL};
 use super::tracker::Scope;
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// How long a change of the wanted applications is left to gather more before the watch is
 /// renewed: applications arriving together (a node's executors listed at start, a burst of
 /// jobs) cost one renewal.
-pub const RENEW_DELAY: Duration = Duration::from_millis(200);
+pub(crate) const RENEW_DELAY: Duration = Duration::from_millis(200);
 
 /// The longest value a label may have: an application id longer than this cannot be a
 /// driver pod's label, and no selector names it.
@@ -41,7 +41,7 @@ const MAX_LABEL_VALUE: usize = 63;
 
 /// What the driver watch of one scope reports.
 #[derive(Debug)]
-pub enum DriverEvent {
+pub(crate) enum DriverEvent {
     /// A complete, fresh list of the driver pods of `apps` (the whole selection, or the
     /// applications just added to it).
     Listed {
@@ -61,7 +61,7 @@ pub enum DriverEvent {
 }
 
 /// The label selector of the driver pods of `apps`.
-pub fn selector(apps: &BTreeSet<AppId>) -> String {
+pub(crate) fn selector(apps: &BTreeSet<AppId>) -> String {
     let names: Vec<&str> = apps.iter().map(AppId::as_str).collect();
     format!("{ROLE_LABEL}=driver,{APP_LABEL} in ({})", names.join(","))
 }
@@ -121,7 +121,7 @@ enum Next {
 }
 
 /// One scope's watch of the driver pods of the wanted applications.
-pub struct DriverWatch {
+pub(crate) struct DriverWatch {
     api: Api<Pod>,
     scope: Scope,
     wanted: watch::Receiver<BTreeSet<AppId>>,
@@ -133,7 +133,7 @@ pub struct DriverWatch {
 impl DriverWatch {
     /// A watch through `api` (namespaced or all) of the drivers of the applications `wanted`
     /// names, reporting to `tx` as `scope`.
-    pub fn new(
+    pub(crate) fn new(
         api: Api<Pod>,
         scope: Scope,
         wanted: watch::Receiver<BTreeSet<AppId>>,
@@ -155,7 +155,7 @@ impl DriverWatch {
     }
 
     /// Runs until cancelled or until the receiver of its events is dropped.
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         loop {
             // (Re)list the whole selection.
             let apps = self.wanted.borrow_and_update().clone();

@@ -3,13 +3,13 @@
 //! Spark 4 on Kubernetes never tells a shuffle service that an application ended. The service
 //! watches the executor pods of its own node (`spark-role=executor`, `spec.nodeName`) and the
 //! driver pods of the applications those pods and the node's data name, through one watch
-//! whose label selector lists them ([`drivers`]): its API traffic follows what the node holds,
+//! whose label selector lists them (`drivers`): its API traffic follows what the node holds,
 //! as the kubelet's does, not the cluster's number of jobs. When the driver pod that owns an application (named by
-//! its executor pods' controlling owner reference, see [`tracker`]) is deleted, or stays
+//! its executor pods' controlling owner reference, see `tracker`) is deleted, or stays
 //! `Succeeded`/`Failed` for the grace period, the application's data on this node is deleted
 //! as on `UnregisterApplication`, unless only its own lifecycle may end it (registered over
 //! gRPC, or authenticated with an operator's secret: `crate::core::Lifecycle`). Optionally it
-//! learns the Spark secret ([`pods::SECRET_ENV`]) of the executor pods of each driver pod that
+//! learns the Spark secret (`pods::SECRET_ENV`) of the executor pods of each driver pod that
 //! claims an application; a client proving one of them binds the application to that driver
 //! pod (`crate::core::claims`). Bindings are written to the state directory as soon as they
 //! are made, and once more before the task ends.
@@ -22,10 +22,10 @@
 //! What the watch acts on is a [`Holder`]: the service's [`Core`], or the stand-in the
 //! `kube-scale` benchmark runs a thousand of in one process.
 
-pub mod drivers;
+mod drivers;
 pub mod metrics;
-pub mod pods;
-pub mod tracker;
+mod pods;
+mod tracker;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -42,9 +42,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DriverScope, KubeSettings};
 use crate::core::{Claims, Core, PodOwner};
-use crate::ids::AppId;
 use drivers::{DriverEvent, DriverWatch};
 use metrics::KubeMetrics;
+use spark_protocol::ids::AppId;
 use tracker::{Scope, Tracker};
 
 /// Server-side timeout of each watch request (seconds); the watch is then resumed from the
@@ -140,11 +140,23 @@ impl Holder for Core {
 type Events =
     Pin<Box<dyn Stream<Item = (Scope, Result<watcher::Event<Pod>, watcher::Error>)> + Send>>;
 
+/// Why no API client could be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Neither a service account nor a kubeconfig is usable.
+    #[error(transparent)]
+    Config(#[from] kube::config::InferConfigError),
+    /// The configuration found does not make a client.
+    #[error(transparent)]
+    Client(#[from] kube::Error),
+}
+
 /// Builds the API client from the pod's service account (or `KUBECONFIG` outside a pod).
 ///
 /// # Errors
 /// No usable configuration.
-pub async fn client() -> anyhow::Result<Client> {
+pub async fn client() -> Result<Client, ClientError> {
     // Both rustls back-ends may be compiled in; the process picks one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut config = kube::Config::infer().await?;

@@ -9,18 +9,18 @@
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::core::PodOwner;
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// Label Spark puts on its driver and executor pods with the application id.
-pub const APP_LABEL: &str = "spark-app-selector";
+pub(crate) const APP_LABEL: &str = "spark-app-selector";
 /// Label Spark puts on its pods with `driver` or `executor`.
-pub const ROLE_LABEL: &str = "spark-role";
+pub(crate) const ROLE_LABEL: &str = "spark-role";
 /// The environment variable holding Spark's per-application secret in executor pods.
-pub const SECRET_ENV: &str = "_SPARK_AUTH_SECRET";
+pub(crate) const SECRET_ENV: &str = "_SPARK_AUTH_SECRET";
 
 /// An executor pod on this node.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ExecutorPod {
+pub(crate) struct ExecutorPod {
     /// The pod's uid.
     pub uid: String,
     /// Its name (for logs).
@@ -55,7 +55,7 @@ impl std::fmt::Debug for ExecutorPod {
 
 /// How far a driver pod got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Pending, Running or Unknown.
     Live,
     /// `Succeeded`.
@@ -66,7 +66,7 @@ pub enum Phase {
 
 /// A driver pod anywhere in the followed namespaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DriverPod {
+pub(crate) struct DriverPod {
     /// The pod's uid.
     pub uid: String,
     /// Its name (for logs).
@@ -80,12 +80,12 @@ pub struct DriverPod {
 }
 
 /// The pod's uid and namespace, when both are set.
-pub fn identity(pod: &Pod) -> Option<(String, String)> {
+pub(crate) fn identity(pod: &Pod) -> Option<(String, String)> {
     Some((pod.metadata.uid.clone()?, pod.metadata.namespace.clone()?))
 }
 
 /// Reads an executor pod; `None` for a pod without a valid application label.
-pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
+pub(crate) fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
     let (uid, namespace) = identity(pod)?;
     let app = pod.metadata.labels.as_ref()?.get(APP_LABEL)?.parse().ok()?;
     // Owner references never cross namespaces: the uid names a pod of this namespace.
@@ -131,7 +131,7 @@ pub fn executor(pod: &Pod, with_secret: bool) -> Option<ExecutorPod> {
 }
 
 /// Reads a driver pod.
-pub fn driver(pod: &Pod) -> Option<DriverPod> {
+pub(crate) fn driver(pod: &Pod) -> Option<DriverPod> {
     let (uid, namespace) = identity(pod)?;
     let phase = match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Succeeded") => Phase::Succeeded,

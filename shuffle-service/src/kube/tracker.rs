@@ -30,14 +30,15 @@ use std::time::{Duration, Instant};
 use super::pods::{DriverPod, ExecutorPod, Phase};
 use crate::core::PodOwner;
 use crate::core::claims::{Claims, Offered};
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// How long the fact that a driver pod is gone is kept once no application refers to it.
 const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 
 /// Why an application's data is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+#[allow(clippy::enum_variant_names)] // Named as the removal reasons they are counted under.
+pub(crate) enum Reason {
     /// The driver pod was deleted.
     DriverDeleted,
     /// The driver pod stayed `Succeeded` for the grace period.
@@ -48,7 +49,7 @@ pub enum Reason {
 
 impl Reason {
     /// The metric and log label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::DriverDeleted => "driver_deleted",
             Self::DriverSucceeded => "driver_succeeded",
@@ -59,7 +60,7 @@ impl Reason {
 
 /// Which watch a list came from: executors or drivers, in one namespace or in all.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Scope {
+pub(crate) struct Scope {
     /// Driver pods (otherwise executor pods).
     pub drivers: bool,
     /// The namespace (`None`: all).
@@ -114,7 +115,7 @@ struct Driver {
 
 /// What secrets arriving did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Learning {
+pub(crate) struct Learning {
     /// Claimants whose secret is now known.
     pub learned: usize,
     /// Secrets refused because a different one is already known for the same claimant.
@@ -129,7 +130,7 @@ impl Learning {
 }
 
 /// The state of the pods followed.
-pub struct Tracker {
+pub(crate) struct Tracker {
     grace: Duration,
     claims: Arc<Claims>,
     /// Secrets are learned (and applications bound by authentication only).
@@ -157,7 +158,7 @@ impl std::fmt::Debug for Tracker {
 impl Tracker {
     /// An empty tracker for `scopes` watches of each kind, over the bindings of `claims`
     /// (restored ones included); with `learn`, claimants' secrets go to `claims`.
-    pub fn new(grace: Duration, claims: Arc<Claims>, learn: bool, scopes: usize) -> Self {
+    pub(crate) fn new(grace: Duration, claims: Arc<Claims>, learn: bool, scopes: usize) -> Self {
         let apps = claims
             .bound()
             .into_iter()
@@ -180,7 +181,7 @@ impl Tracker {
     }
 
     /// Whether every executor watch has completed a list (the node's applications are known).
-    pub fn executors_listed(&self) -> bool {
+    pub(crate) fn executors_listed(&self) -> bool {
         self.synced.iter().filter(|s| !s.drivers).count() >= self.scopes
     }
 
@@ -189,23 +190,23 @@ impl Tracker {
     }
 
     /// Applications followed.
-    pub fn apps(&self) -> usize {
+    pub(crate) fn apps(&self) -> usize {
         self.apps.len()
     }
 
     /// The applications whose driver pods this node needs to follow: those with executor
     /// pods on this node, with data not yet pruned, or bound (restored bindings included).
-    pub fn wanted(&self) -> BTreeSet<AppId> {
+    pub(crate) fn wanted(&self) -> BTreeSet<AppId> {
         self.apps.keys().cloned().collect()
     }
 
     /// Driver pods known (including recently gone ones).
-    pub fn drivers(&self) -> usize {
+    pub(crate) fn drivers(&self) -> usize {
         self.drivers.len()
     }
 
     /// Applications whose executor pods on this node name more than one driver pod.
-    pub fn contested(&self) -> usize {
+    pub(crate) fn contested(&self) -> usize {
         self.apps
             .values()
             .filter(|a| self.claimants(a).len() > 1)
@@ -213,7 +214,7 @@ impl Tracker {
     }
 
     /// An executor pod was added or changed.
-    pub fn executor_seen(&mut self, e: ExecutorPod) -> Learning {
+    pub(crate) fn executor_seen(&mut self, e: ExecutorPod) -> Learning {
         // A pod relabelled to another application offers its secret to that one.
         let taught = self
             .executors
@@ -253,7 +254,7 @@ impl Tracker {
     }
 
     /// An executor pod was deleted (the pods left may now name one driver pod).
-    pub fn executor_gone(&mut self, uid: &str) -> Learning {
+    pub(crate) fn executor_gone(&mut self, uid: &str) -> Learning {
         let Some(mut x) = self.executors.remove(uid) else {
             return Learning::default();
         };
@@ -267,7 +268,7 @@ impl Tracker {
     }
 
     /// A driver pod was added or changed.
-    pub fn driver_seen(&mut self, d: DriverPod, now: Instant) -> Learning {
+    pub(crate) fn driver_seen(&mut self, d: DriverPod, now: Instant) -> Learning {
         let uid = d.uid.clone();
         let entry = self.drivers.entry(d.uid).or_insert(Driver {
             namespace: d.namespace,
@@ -303,7 +304,7 @@ impl Tracker {
     }
 
     /// A driver pod was deleted.
-    pub fn driver_gone(&mut self, d: DriverPod, now: Instant) {
+    pub(crate) fn driver_gone(&mut self, d: DriverPod, now: Instant) {
         let uid = d.uid.clone();
         self.driver_seen(d, now);
         if let Some(entry) = self.drivers.get_mut(&uid)
@@ -317,14 +318,19 @@ impl Tracker {
     /// it are forgotten, driver pods not in it are gone. The first complete list of every
     /// driver watch makes claimants known: applications are bound (without learned secrets)
     /// and claimants' secrets offered then.
-    pub fn relisted(&mut self, scope: &Scope, present: &HashSet<String>, now: Instant) -> Learning {
+    pub(crate) fn relisted(
+        &mut self,
+        scope: &Scope,
+        present: &HashSet<String>,
+        now: Instant,
+    ) -> Learning {
         self.listed(scope, None, present, now)
     }
 
     /// As [`Tracker::relisted`] for a list of the driver pods of `apps` only (selected by
     /// their application label): driver pods last seen with another label, or none, are not
     /// covered by it and stay as they are.
-    pub fn drivers_listed(
+    pub(crate) fn drivers_listed(
         &mut self,
         scope: &Scope,
         apps: &BTreeSet<AppId>,
@@ -491,7 +497,7 @@ impl Tracker {
     /// Applications whose driver pod ended: deleted, or in a final phase for the grace period.
     /// Those already removed are listed too: an executor that registers after its driver ended
     /// (killed a moment later) must not leave data behind; see [`Tracker::is_removed`].
-    pub fn due(&self, now: Instant) -> Vec<(AppId, Reason)> {
+    pub(crate) fn due(&self, now: Instant) -> Vec<(AppId, Reason)> {
         let mut out = Vec::new();
         if !self.ready() {
             return out;
@@ -510,13 +516,13 @@ impl Tracker {
     }
 
     /// Whether the application's data was deleted already.
-    pub fn is_removed(&self, app: &AppId) -> bool {
+    pub(crate) fn is_removed(&self, app: &AppId) -> bool {
         self.apps.get(app).is_some_and(|a| a.removed)
     }
 
     /// The application's data was deleted: its secrets are forgotten; the record stays while
     /// its executor pods do, so that it is not deleted again.
-    pub fn removed(&mut self, app: &AppId) {
+    pub(crate) fn removed(&mut self, app: &AppId) {
         if let Some(a) = self.apps.get_mut(app) {
             a.removed = true;
         }
@@ -527,7 +533,7 @@ impl Tracker {
     /// without executor pods, applications without executor pods that `registered` no longer
     /// knows (their data went by another way), with their bindings and secrets, and old
     /// tombstones of drivers no followed application is bound to.
-    pub fn prune(&mut self, now: Instant, registered: impl Fn(&AppId) -> bool) {
+    pub(crate) fn prune(&mut self, now: Instant, registered: impl Fn(&AppId) -> bool) {
         if !self.all_listed() {
             return;
         }
@@ -565,7 +571,7 @@ impl Tracker {
     /// pod on this node, nor bound, nor labelled with a wanted application. For a driver
     /// watch that selects the node's applications, whose lists say nothing about the others
     /// (a forgotten one needed again is listed again with its application).
-    pub fn forget_unwanted_drivers(&mut self) {
+    pub(crate) fn forget_unwanted_drivers(&mut self) {
         let needed: HashSet<&str> = self
             .executors
             .values()

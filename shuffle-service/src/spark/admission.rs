@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 /// The shares, shared by the listener's connections.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     per_peer: usize,
     per_app: usize,
     /// Whether connections become an application's once authenticated (authentication on).
@@ -45,7 +45,7 @@ struct State {
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// Its peer holds its share (authentication off), or twice its share counting the
     /// connections closed to make room whose slots are not free yet (authentication on).
     Peer,
@@ -55,7 +55,7 @@ pub enum Refused {
 
 /// One connection's place; given back when dropped.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Arc<Admission>,
     id: u64,
     held: Held,
@@ -74,7 +74,7 @@ enum Held {
 
 /// What [`Admission::admit`] did besides admitting.
 #[derive(Debug, Default)]
-pub struct Admitted {
+pub(crate) struct Admitted {
     /// Whether the peer's oldest unauthenticated connection was closed to make room.
     pub evicted_another: bool,
 }
@@ -83,7 +83,7 @@ impl Admission {
     /// Shares of `per_peer` connections per peer and `per_app` per application; `by_app` when
     /// authentication is on.
     #[must_use]
-    pub fn new(per_peer: usize, per_app: usize, by_app: bool) -> Arc<Self> {
+    pub(crate) fn new(per_peer: usize, per_app: usize, by_app: bool) -> Arc<Self> {
         Arc::new(Self {
             per_peer: per_peer.max(1),
             per_app: per_app.max(1),
@@ -102,7 +102,7 @@ impl Admission {
     /// # Errors
     /// [`Refused::Peer`] when the peer holds its share and connections cannot authenticate,
     /// or holds twice its share counting connections closed to make room.
-    pub fn admit(self: &Arc<Self>, peer: PeerKey) -> Result<(Ticket, Admitted), Refused> {
+    pub(crate) fn admit(self: &Arc<Self>, peer: PeerKey) -> Result<(Ticket, Admitted), Refused> {
         let mut state = self.state();
         let id = state.next;
         state.next += 1;
@@ -149,14 +149,16 @@ impl Admission {
 
     /// Connections counted against `peer` now, closed ones whose slots are not free yet
     /// included.
+    #[cfg(test)]
     #[must_use]
-    pub fn peer_count(&self, peer: PeerKey) -> usize {
+    pub(crate) fn peer_count(&self, peer: PeerKey) -> usize {
         self.state().peers.get(&peer).map_or(0, VecDeque::len)
     }
 
     /// Connections counted against `app` now.
+    #[cfg(test)]
     #[must_use]
-    pub fn app_count(&self, app: &AppId) -> usize {
+    pub(crate) fn app_count(&self, app: &AppId) -> usize {
         self.apps.get(app)
     }
 }
@@ -164,7 +166,7 @@ impl Admission {
 impl Ticket {
     /// Cancelled when the connection is closed to make room for a newer one of its peer.
     #[must_use]
-    pub fn evicted(&self) -> CancellationToken {
+    pub(crate) fn evicted(&self) -> CancellationToken {
         self.evicted.clone()
     }
 
@@ -173,7 +175,7 @@ impl Ticket {
     ///
     /// # Errors
     /// [`Refused::App`] when the application holds its share (the ticket then holds nothing).
-    pub fn authenticated(&mut self, app: &AppId) -> Result<(), Refused> {
+    pub(crate) fn authenticated(&mut self, app: &AppId) -> Result<(), Refused> {
         if !self.admission.by_app || !matches!(self.held, Held::Peer(_)) {
             return Ok(());
         }

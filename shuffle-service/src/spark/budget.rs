@@ -24,13 +24,13 @@ use tokio::time::Instant;
 
 /// Buffered bytes a connection holds without a reservation: the read granularity plus a
 /// small frame.
-pub const FREE_BYTES: usize = 64 << 10;
+pub(crate) const FREE_BYTES: usize = 64 << 10;
 /// The budget counts KiB.
 const UNIT: usize = 1024;
 
 /// Why a reservation could not be had.
 #[derive(Debug, thiserror::Error)]
-pub enum BudgetError {
+pub(crate) enum BudgetError {
     /// The shared budget stayed spent for the whole wait.
     #[error("no frame memory within {0:?} ({1} KiB wanted)")]
     Exhausted(Duration, usize),
@@ -44,10 +44,10 @@ pub enum BudgetError {
 
 impl BudgetError {
     /// The metric labels of the limits.
-    pub const LIMITS: [&'static str; 2] = ["total", "peer_share"];
+    pub(crate) const LIMITS: [&'static str; 2] = ["total", "peer_share"];
 
     /// Which limit was reached, as a metric label; `None` when the service stops.
-    pub fn limit(&self) -> Option<&'static str> {
+    pub(crate) fn limit(&self) -> Option<&'static str> {
         match self {
             Self::Exhausted(..) => Some(Self::LIMITS[0]),
             Self::PeerShare(..) => Some(Self::LIMITS[1]),
@@ -59,7 +59,7 @@ impl BudgetError {
 /// Bytes the frame that `buf` begins will take in all (its length field included), as its
 /// header declares, when the header is in and declares at most `max_frame` bytes of
 /// contents; 0 otherwise (the decoder refuses other lengths).
-pub fn declared_frame(buf: &[u8], max_frame: usize) -> usize {
+pub(crate) fn declared_frame(buf: &[u8], max_frame: usize) -> usize {
     let Some(head) = buf.get(..8) else {
         return 0;
     };
@@ -72,7 +72,7 @@ pub fn declared_frame(buf: &[u8], max_frame: usize) -> usize {
 
 /// The budget shared by all connections.
 #[derive(Debug, Clone)]
-pub struct FrameMemory {
+pub(crate) struct FrameMemory {
     units: Arc<Semaphore>,
     peers: PeerCounts,
     peer_units: usize,
@@ -85,7 +85,7 @@ pub struct FrameMemory {
 impl FrameMemory {
     /// A budget of `bytes`, of which one peer holds at most `per_peer` bytes, whose
     /// reservations are shown by `gauge` (in bytes).
-    pub fn new(bytes: u64, per_peer: u64, gauge: IntGauge) -> Self {
+    pub(crate) fn new(bytes: u64, per_peer: u64, gauge: IntGauge) -> Self {
         let units = |b: u64| {
             usize::try_from(b / UNIT as u64)
                 .unwrap_or(usize::MAX)
@@ -104,13 +104,13 @@ impl FrameMemory {
 
     /// Groups IPv6 peers by their first `prefix` bits.
     #[must_use]
-    pub fn ipv6_prefix(mut self, prefix: u8) -> Self {
+    pub(crate) fn ipv6_prefix(mut self, prefix: u8) -> Self {
         self.ipv6_prefix = prefix;
         self
     }
 
     /// One connection's reservation, empty; `peer` is the connection's remote address.
-    pub fn reservation(&self, peer: IpAddr) -> Reservation {
+    pub(crate) fn reservation(&self, peer: IpAddr) -> Reservation {
         Reservation {
             memory: self.clone(),
             peer: PeerKey::new(peer, self.ipv6_prefix),
@@ -123,7 +123,7 @@ impl FrameMemory {
 
 /// What one connection has reserved; given back when dropped.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     memory: FrameMemory,
     peer: PeerKey,
     permit: Option<OwnedSemaphorePermit>,
@@ -137,7 +137,11 @@ impl Reservation {
     ///
     /// # Errors
     /// [`BudgetError`] when the peer's share or the budget stays spent for `wait`.
-    pub async fn cover(&mut self, buffered: usize, wait: Duration) -> Result<(), BudgetError> {
+    pub(crate) async fn cover(
+        &mut self,
+        buffered: usize,
+        wait: Duration,
+    ) -> Result<(), BudgetError> {
         let want = buffered
             .saturating_sub(FREE_BYTES)
             .div_ceil(UNIT)

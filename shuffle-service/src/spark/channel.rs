@@ -9,7 +9,7 @@ use spark_protocol::crypto::detect::{self, Detected};
 use spark_protocol::crypto::{Cipher, Opener, Sealer};
 
 /// What the reader asks the writer to do, in order.
-pub enum Out {
+pub(crate) enum Out {
     /// Send a frame.
     Frame(Bytes),
     /// Encrypt everything from here on.
@@ -18,7 +18,7 @@ pub enum Out {
 
 /// The reader's side of the channel.
 #[derive(Debug, Default)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     /// No cipher.
     #[default]
     Plain,
@@ -30,7 +30,7 @@ pub enum Inbound {
 
 impl Inbound {
     /// Whether bytes from the socket must be decrypted.
-    pub fn encrypted(&self) -> bool {
+    pub(crate) fn encrypted(&self) -> bool {
         !matches!(self, Self::Plain)
     }
 
@@ -39,7 +39,7 @@ impl Inbound {
     ///
     /// # Errors
     /// A cipher that cannot be recognised (or is not allowed), or bytes that fail to decrypt.
-    pub fn decrypt(
+    pub(crate) fn decrypt(
         &mut self,
         raw: &mut BytesMut,
         plain: &mut BytesMut,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// Why the service closed a connection: a deadline, or a share (see [`super::admission`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deadline {
+pub(crate) enum Deadline {
     /// Not authenticated within the auth timeout.
     Auth,
     /// Quiet in both directions for the idle timeout.
@@ -25,7 +25,7 @@ pub enum Deadline {
 
 impl Deadline {
     /// Every reason, for metrics.
-    pub const ALL: [Self; 5] = [
+    pub(crate) const ALL: [Self; 5] = [
         Self::Auth,
         Self::Idle,
         Self::StalledFrame,
@@ -34,7 +34,7 @@ impl Deadline {
     ];
 
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Auth => "auth_timeout",
             Self::Idle => "idle",

@@ -12,23 +12,22 @@ use spark_protocol::crypto::auth::{self, AuthMessage, SessionSecrets};
 use spark_protocol::crypto::{Cipher, Opener, Sealer, digest};
 use spark_protocol::sasl::Protection;
 
-use super::message::{BlockTransferMessage as Btm, Cause, RpcPayload};
-use super::sasl::DigestServer;
-use super::secrets::{Secrets, Source};
-use super::stream::{Blocks, Stream, StreamTable};
-use crate::core::{Core, Offer, Refusal, Registrant};
-use crate::error::ShuffleError;
-use crate::ids::{AppId, ExecId, MapId, ReduceId, ShuffleId};
-use crate::layout;
+use super::request;
+use super::stream::{Stream, StreamTable};
+use crate::core::FetchRequest;
+use crate::core::{Caller, Core, Offer, Refusal, Registrant};
+use crate::core::{Secrets, Source};
+use crate::error::{ShuffleError, failure_text};
 use crate::lograte::LogLimit;
-use crate::request::{BlockRange, ExecutorRegistration};
-use spark_protocol::checksum::{self, Algorithm};
+use spark_protocol::ids::{AppId, ExecId};
+use spark_protocol::message::{BlockTransferMessage as Btm, RpcPayload};
+use spark_protocol::sasl::DigestServer;
 
 /// Work that finishes off the reader (a database write or file deletion).
-pub type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
 
 /// What the reader does with an RPC.
-pub enum Action {
+pub(crate) enum Action {
     /// Reply now (`Ok` = `RpcResponse`, `Err` = `RpcFailure`).
     Reply(Result<Bytes, String>),
     /// Reply when the work completes.
@@ -39,7 +38,7 @@ pub enum Action {
 
 /// Settings shared by every connection.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The core.
     pub core: Core,
     /// Authentication secrets (disabled when empty).
@@ -56,7 +55,7 @@ pub struct Shared {
 
 /// Rate limits of the Spark front end's log lines, one per event.
 #[derive(Debug)]
-pub struct SparkLogs {
+pub(crate) struct SparkLogs {
     /// A connection closed for a malformed frame.
     pub malformed: LogLimit,
     /// A failed SASL authentication.
@@ -69,7 +68,7 @@ pub struct SparkLogs {
 
 impl SparkLogs {
     /// Limits counting what they leave out in `shuffle_log_lines_suppressed_total`.
-    pub fn new(m: &crate::metrics::Metrics) -> Self {
+    pub(crate) fn new(m: &crate::metrics::Metrics) -> Self {
         let l = |event: &str| LogLimit::new(m.log_suppressed.with_label_values(&[event]));
         Self {
             malformed: l("spark_malformed_frame"),
@@ -82,7 +81,7 @@ impl SparkLogs {
 
 /// What a completed handshake asks of the connection.
 #[derive(Debug)]
-pub enum NewChannel {
+pub(crate) enum NewChannel {
     /// Network crypto: the cipher is read from the client's first encrypted bytes.
     Pending(SessionSecrets),
     /// SASL `auth-conf`: both halves, ready.
@@ -94,7 +93,7 @@ const MAX_SASL_PIECE: usize = 16 << 20;
 
 /// One connection's state seen by the reader.
 #[derive(Debug)]
-pub struct Session {
+pub(crate) struct Session {
     /// The authenticated application, once SASL completed.
     pub client: Option<AppId>,
     /// Where the secret the client proved came from: it decides who may end what the
@@ -108,25 +107,17 @@ pub struct Session {
     pub streams: StreamTable,
 }
 
-/// The text of an `RpcFailure` or chunk failure for a core error; internal causes are logged
-/// and not shown.
-pub fn failure_text(e: &ShuffleError) -> String {
-    match e {
-        ShuffleError::Io { .. } | ShuffleError::Db(_) | ShuffleError::Task(_) => {
-            tracing::error!(cause = %e, "internal error");
-            "internal error in the shuffle service".to_owned()
-        }
-        other => other.to_string(),
-    }
-}
-
 fn fail(e: ShuffleError) -> String {
     failure_text(&e)
 }
 
+fn parse_app(app_id: &str) -> Result<AppId, String> {
+    app_id.parse().map_err(|e| fail(ShuffleError::from(e)))
+}
+
 impl Session {
     /// A connection's fresh state; its open streams count in `shuffle_open_streams`.
-    pub fn new(shared: &Shared) -> Self {
+    pub(crate) fn new(shared: &Shared) -> Self {
         Self {
             client: None,
             source: None,
@@ -137,25 +128,29 @@ impl Session {
     }
 
     /// Whether requests may be served: authentication is off, or it completed.
-    pub fn authorized(&self, shared: &Shared) -> bool {
+    pub(crate) fn authorized(&self, shared: &Shared) -> bool {
         !shared.secrets.enabled() || self.client.is_some()
     }
 
-    fn check_app(&self, core: &Core, app_id: &str) -> Result<AppId, String> {
-        let app: AppId = app_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-        if let Some(c) = &self.client
-            && *c != app
-        {
-            return Err(format!(
-                "Client for {c} not authorized for application {app}."
-            ));
+    fn caller(&self) -> Caller<'_> {
+        Caller::Spark {
+            client: self.client.as_ref(),
         }
-        core.authorize_spark(&app).map_err(fail)?;
+    }
+
+    fn check_app(&self, core: &Core, app_id: &str) -> Result<AppId, String> {
+        let app = parse_app(app_id)?;
+        core.authorize(&app, &self.caller()).map_err(fail)?;
         Ok(app)
     }
 
     /// Handles an RPC body. `name` receives the message name for metrics.
-    pub fn rpc(&mut self, shared: &Arc<Shared>, body: Bytes, name: &mut &'static str) -> Action {
+    pub(crate) fn rpc(
+        &mut self,
+        shared: &Arc<Shared>,
+        body: Bytes,
+        name: &mut &'static str,
+    ) -> Action {
         let payload = match RpcPayload::decode(body) {
             Ok(p) => p,
             Err(e) => {
@@ -186,7 +181,7 @@ impl Session {
 
     /// The keys of a network-crypto handshake completed by the last RPC: every later byte
     /// of the connection is encrypted.
-    pub fn take_crypto(&mut self) -> Option<NewChannel> {
+    pub(crate) fn take_crypto(&mut self) -> Option<NewChannel> {
         self.crypto.take()
     }
 
@@ -341,7 +336,7 @@ impl Session {
                 exec_id,
                 info,
             } => self.later(&app_id, core, move |app, core| async move {
-                let r = ExecutorRegistration::from_spark(app, &exec_id, info).map_err(fail)?;
+                let r = request::registration(app, &exec_id, info).map_err(fail)?;
                 core.register_executor(r, who).await.map_err(fail)?;
                 Ok(Bytes::new())
             }),
@@ -351,21 +346,27 @@ impl Session {
                 shuffle_id,
                 map_ids,
                 reduce_ids,
-                batch_fetch_enabled,
-            } => Action::Reply(self.fetch(
-                shared,
-                &app_id,
-                &exec_id,
-                shuffle_id,
-                map_ids,
-                reduce_ids,
-                batch_fetch_enabled,
-            )),
+                batch_fetch_enabled: batch,
+            } => {
+                let r = parse_app(&app_id).and_then(|app| {
+                    request::fetch_shuffle_blocks(
+                        app, &exec_id, shuffle_id, map_ids, reduce_ids, batch,
+                    )
+                });
+                if batch && r.is_ok() {
+                    core.metrics().spark_batch_fetches.inc();
+                }
+                Action::Reply(r.and_then(|r| self.open_stream(shared, r)))
+            }
             Btm::OpenBlocks {
                 app_id,
                 exec_id,
                 block_ids,
-            } => Action::Reply(self.open(shared, &app_id, &exec_id, &block_ids)),
+            } => Action::Reply(
+                parse_app(&app_id)
+                    .and_then(|app| request::open_blocks(app, &exec_id, &block_ids))
+                    .and_then(|r| self.open_stream(shared, r)),
+            ),
             Btm::GetLocalDirsForExecutors { app_id, exec_ids } => {
                 Action::Reply(self.local_dirs(core, &app_id, &exec_ids))
             }
@@ -393,10 +394,12 @@ impl Session {
                 checksum,
                 algorithm,
             } => self.later(&app_id, core, move |app, core| async move {
-                let cause = diagnose(
-                    &core, &app, &exec_id, shuffle_id, map_id, reduce_id, checksum, &algorithm,
-                )
-                .await;
+                let cause = match request::diagnosis(
+                    &exec_id, shuffle_id, map_id, reduce_id, checksum, &algorithm,
+                ) {
+                    Ok(d) => core.diagnose(&app, d).await,
+                    Err(cause) => cause,
+                };
                 Ok(Btm::CorruptionCause(cause).to_bytes())
             }),
             Btm::RegisterDriver {
@@ -426,7 +429,7 @@ impl Session {
     }
 
     /// Handles a one-way message: heartbeats count; the rest is ignored, as Spark does.
-    pub fn one_way(&mut self, shared: &Shared, body: Bytes) -> &'static str {
+    pub(crate) fn one_way(&mut self, shared: &Shared, body: Bytes) -> &'static str {
         if !self.authorized(shared) {
             return "Unauthenticated";
         }
@@ -444,92 +447,20 @@ impl Session {
         }
     }
 
-    #[allow(clippy::too_many_arguments)] // The fields of FetchShuffleBlocks.
-    fn fetch(
-        &mut self,
-        shared: &Shared,
-        app_id: &str,
-        exec_id: &str,
-        shuffle_id: i32,
-        map_ids: Vec<i64>,
-        reduce_ids: Vec<Vec<i32>>,
-        batch: bool,
-    ) -> Result<Bytes, String> {
-        let app = self.check_app(&shared.core, app_id)?;
-        let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-        let shuffle = ShuffleId::new(shuffle_id).map_err(|e| fail(e.into()))?;
-        if map_ids.len() != reduce_ids.len() {
-            return Err(format!(
-                "{} map ids but {} reduce id lists",
-                map_ids.len(),
-                reduce_ids.len()
-            ));
-        }
-        let maps: Vec<MapId> = map_ids
-            .into_iter()
-            .map(MapId::new)
-            .collect::<Result<_, _>>()
-            .map_err(|e| fail(e.into()))?;
-        for r in &reduce_ids {
-            if batch {
-                if r.len() != 2 || r[0] < 0 || r[0] >= r[1] {
-                    return Err(format!(
-                        "batch fetch needs [start, end) with 0 <= start < end, got {r:?}"
-                    ));
-                }
-            } else if r.iter().any(|x| *x < 0 || *x == i32::MAX) {
-                return Err("negative reduce id".into());
-            }
-        }
-        if batch {
-            shared.core.metrics().spark_batch_fetches.inc();
-        }
-        let blocks = Blocks::Fetch {
-            shuffle,
-            maps,
-            reduces: reduce_ids,
-            batch,
-        };
-        self.open_stream(shared, &app, &exec, blocks)
-    }
-
-    fn open(
-        &mut self,
-        shared: &Shared,
-        app_id: &str,
-        exec_id: &str,
-        ids: &[String],
-    ) -> Result<Bytes, String> {
-        let app = self.check_app(&shared.core, app_id)?;
-        let exec: ExecId = exec_id.parse().map_err(|e| fail(ShuffleError::from(e)))?;
-        let blocks = parse_open_blocks(ids)?;
-        self.open_stream(shared, &app, &exec, blocks)
-    }
-
-    fn open_stream(
-        &mut self,
-        shared: &Shared,
-        app: &AppId,
-        exec: &ExecId,
-        blocks: Blocks,
-    ) -> Result<Bytes, String> {
-        let n = blocks.chunks();
-        // A stream without chunks is answered (it never opens), so only the upper bound.
-        if n > 0 {
-            shared.core.check_fetch_size(n).map_err(fail)?;
-        }
+    fn open_stream(&mut self, shared: &Shared, r: FetchRequest) -> Result<Bytes, String> {
         if self.streams.len() >= shared.max_streams {
             return Err(format!(
                 "{} streams open on this connection; finish some first",
                 self.streams.len()
             ));
         }
-        let executor = shared.core.executor(app, exec).map_err(fail)?;
+        let fetch = shared.core.fetch(r, &self.caller()).map_err(fail)?;
+        let n = fetch.len();
         // A stream without chunks would never be finished, so it is not kept.
-        let stream_id = if n == 0 {
+        let stream_id = if fetch.is_empty() {
             (rand::random::<u64>() >> 1) as i64
         } else {
-            self.streams.open(Stream::new(executor, blocks))
+            self.streams.open(Stream::new(fetch))
         };
         Ok(Btm::StreamHandle {
             stream_id,
@@ -560,129 +491,4 @@ impl Session {
         }
         .to_bytes())
     }
-}
-
-/// Parses `OpenBlocks` ids: all `shuffle_<s>_<m>_<r>` of one shuffle, or all `rdd_<r>_<p>`.
-///
-/// # Errors
-/// Text for the client.
-pub fn parse_open_blocks(ids: &[String]) -> Result<Blocks, String> {
-    let first = ids.first().ok_or("no block ids")?;
-    if first.starts_with("rdd_") {
-        let names = ids
-            .iter()
-            .map(|id| {
-                let p: Vec<&str> = id.split('_').collect();
-                let ok = p.len() == 3
-                    && p[0] == "rdd"
-                    && p[1].parse::<u32>().is_ok()
-                    && p[2].parse::<u32>().is_ok();
-                if ok {
-                    Ok(id.clone())
-                } else {
-                    Err(format!("Unexpected block id format: {id}"))
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        return Ok(Blocks::Rdd(names));
-    }
-    if first.starts_with("shuffleChunk_") {
-        return Err("push-based shuffle chunks are not served by this shuffle service".into());
-    }
-    let mut shuffle = None;
-    let mut blocks = Vec::with_capacity(ids.len());
-    for id in ids {
-        let p: Vec<&str> = id.split('_').collect();
-        let bad = || format!("Unexpected shuffle block id format: {id}");
-        if p.len() != 4 || p[0] != "shuffle" {
-            return Err(bad());
-        }
-        let s = p[1]
-            .parse::<i32>()
-            .ok()
-            .and_then(|v| ShuffleId::new(v).ok());
-        let m = p[2].parse::<i64>().ok().and_then(|v| MapId::new(v).ok());
-        let r = p[3]
-            .parse::<i32>()
-            .ok()
-            .filter(|v| *v < i32::MAX)
-            .and_then(|v| ReduceId::new(v).ok());
-        let (Some(s), Some(m), Some(r)) = (s, m, r) else {
-            return Err(bad());
-        };
-        match shuffle {
-            None => shuffle = Some(s),
-            Some(x) if x != s => {
-                return Err(format!("Expected shuffleId={}, got: {id}", x.get()));
-            }
-            Some(_) => {}
-        }
-        blocks.push((m, r));
-    }
-    Ok(Blocks::Open {
-        shuffle: shuffle.expect("at least one id"),
-        blocks,
-    })
-}
-
-#[allow(clippy::too_many_arguments)] // The fields of DiagnoseCorruption.
-async fn diagnose(
-    core: &Core,
-    app: &AppId,
-    exec_id: &str,
-    shuffle_id: i32,
-    map_id: i64,
-    reduce_id: i32,
-    reader_checksum: i64,
-    algorithm: &str,
-) -> Cause {
-    let Some(alg) = Algorithm::parse(algorithm) else {
-        return Cause::UnsupportedChecksumAlgorithm;
-    };
-    let (Ok(exec), Ok(shuffle), Ok(map), Ok(reduce)) = (
-        exec_id.parse::<ExecId>(),
-        ShuffleId::new(shuffle_id),
-        MapId::new(map_id),
-        ReduceId::new(reduce_id),
-    ) else {
-        return Cause::UnknownIssue;
-    };
-    let Ok(executor) = core.executor(app, &exec) else {
-        return Cause::UnknownIssue;
-    };
-    let core = core.clone();
-    tokio::task::spawn_blocking(move || {
-        let Ok(end) = ReduceId::new(reduce.get().saturating_add(1)) else {
-            return Cause::UnknownIssue;
-        };
-        let block = BlockRange {
-            shuffle,
-            map,
-            start: reduce,
-            end,
-        };
-        let seg = match core.resolve(&executor, &block) {
-            Ok(s) => s,
-            Err(_) => return Cause::UnknownIssue,
-        };
-        let file = layout::placement(
-            &executor.local_dirs,
-            executor.sub_dirs,
-            &layout::checksum_file(shuffle, map, alg.as_str()),
-        );
-        let (Ok((sums, _)), Ok((data, _))) = (
-            core.open_file(&executor, &file),
-            core.open_file(&executor, &seg.path),
-        ) else {
-            return Cause::UnknownIssue;
-        };
-        let range = (seg.offset, seg.len);
-        checksum::diagnose(alg, sums, data, reduce.get() as u32, range, reader_checksum)
-            .unwrap_or_else(|e| {
-                tracing::info!(file = %seg.path.display(), error = %e, "cannot diagnose corruption");
-                Cause::UnknownIssue
-            })
-    })
-    .await
-    .unwrap_or(Cause::UnknownIssue)
 }

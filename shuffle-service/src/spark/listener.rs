@@ -22,7 +22,7 @@ use super::transport::Wire;
 
 /// The listener's connection caps.
 #[derive(Debug, Clone, Copy)]
-pub struct Caps {
+pub(crate) struct Caps {
     /// Most connections at once.
     pub max_connections: usize,
     /// A peer's share (with authentication: of connections not yet authenticated).
@@ -34,7 +34,7 @@ pub struct Caps {
 }
 
 /// Accepts until `stop`, then waits for the open connections.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     limits: Limits,

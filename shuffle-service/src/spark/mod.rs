@@ -2,22 +2,19 @@
 //! enabled=true`) register with this service and fetch from it. A front end over the same
 //! [`Core`](crate::Core) as the gRPC API.
 //!
-//! - [`wire`], [`frame`], [`message`], [`sasl`], [`client`]: the byte formats and the
-//!   DIGEST-MD5 exchange, from the `spark-protocol` crate (re-exported here);
-//! - [`secrets`]: shared or per-application secrets;
+//! - the byte formats, the DIGEST-MD5 exchange and a client are the `spark-protocol` crate's;
+//! - [`request`]: block messages made into the core's typed requests;
 //! - [`handler`], [`stream`]: what each message does (checksums from `spark-protocol`);
 //! - [`conn`], [`listener`], [`budget`], [`deadline`]: connections, budgets, deadlines,
 //!   zero-copy sends.
 
-pub mod admission;
-pub mod budget;
-pub mod channel;
-pub mod conn;
-pub mod deadline;
-pub mod handler;
-pub mod listener;
-pub mod secrets;
-pub mod stream;
-pub mod transport;
-
-pub use spark_protocol::{client, frame, message, sasl, wire};
+pub(crate) mod admission;
+pub(crate) mod budget;
+pub(crate) mod channel;
+pub(crate) mod conn;
+pub(crate) mod deadline;
+pub(crate) mod handler;
+pub(crate) mod listener;
+pub(crate) mod request;
+pub(crate) mod stream;
+pub(crate) mod transport;

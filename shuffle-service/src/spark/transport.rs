@@ -19,13 +19,13 @@ use super::channel::Out;
 
 /// Plaintext read and sealed at once with network crypto (one GCM message at most this
 /// large).
-pub const COPY_CHUNK: usize = 256 << 10;
+pub(crate) const COPY_CHUNK: usize = 256 << 10;
 /// Plaintext read at once for TLS (four records): rustls holds its own records besides, so
 /// a smaller piece keeps a TLS connection's memory near that of an encrypted one.
-pub const TLS_COPY_CHUNK: usize = 64 << 10;
+pub(crate) const TLS_COPY_CHUNK: usize = 64 << 10;
 
 /// An accepted connection.
-pub enum Wire {
+pub(crate) enum Wire {
     /// Plain TCP.
     Tcp(TcpStream),
     /// TLS, handshake done.
@@ -33,7 +33,7 @@ pub enum Wire {
 }
 
 /// The reading half.
-pub enum ReadSide {
+pub(crate) enum ReadSide {
     /// Plain TCP.
     Tcp(Arc<TcpStream>),
     /// TLS.
@@ -41,7 +41,7 @@ pub enum ReadSide {
 }
 
 /// The writing half.
-pub enum WriteSide {
+pub(crate) enum WriteSide {
     /// Plain TCP.
     Tcp(Arc<TcpStream>),
     /// TLS.
@@ -50,7 +50,7 @@ pub enum WriteSide {
 
 impl Wire {
     /// Splits the connection; the TCP socket is returned too, to be closed gracefully.
-    pub fn split(self) -> (ReadSide, WriteSide, Option<Arc<TcpStream>>) {
+    pub(crate) fn split(self) -> (ReadSide, WriteSide, Option<Arc<TcpStream>>) {
         match self {
             Self::Tcp(s) => {
                 let s = Arc::new(s);
@@ -70,7 +70,7 @@ impl Wire {
 
 impl ReadSide {
     /// Reads what is there into `buf`, at most `max` bytes (0 at EOF).
-    pub async fn read(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
         let mut buf = buf.limit(max);
         match self {
             Self::Tcp(s) => loop {
@@ -87,13 +87,8 @@ impl ReadSide {
 }
 
 impl WriteSide {
-    /// Whether block bodies must be copied through user space (no `sendfile`).
-    pub fn copies(&self) -> bool {
-        matches!(self, Self::Tls(_))
-    }
-
     /// Ends a TLS session with its `close_notify`.
-    pub async fn finish(&mut self) {
+    pub(crate) async fn finish(&mut self) {
         if let Self::Tls(w) = self {
             let _ = tokio::time::timeout(Duration::from_secs(1), w.shutdown()).await;
         }
@@ -114,7 +109,7 @@ async fn writable(stream: &TcpStream, stall: Duration) -> io::Result<()> {
 }
 
 /// Bytes waiting to be written (with `sendmsg` on TCP); with network crypto, sealed first.
-pub struct Outbox {
+pub(crate) struct Outbox {
     parts: VecDeque<Bytes>,
     stall: Duration,
     /// The channel's encryption, once the handshake completed.
@@ -125,7 +120,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty outbox; a client that takes nothing for `stall` is cut off.
-    pub fn new(stall: Duration) -> Self {
+    pub(crate) fn new(stall: Duration) -> Self {
         Self {
             parts: VecDeque::new(),
             stall,
@@ -135,12 +130,12 @@ impl Outbox {
     }
 
     /// Whether network crypto encrypts what is sent.
-    pub fn sealing(&self) -> bool {
+    pub(crate) fn sealing(&self) -> bool {
         self.sealer.is_some()
     }
 
     /// Queues bytes.
-    pub fn push(&mut self, b: Bytes) {
+    pub(crate) fn push(&mut self, b: Bytes) {
         if b.is_empty() {
             return;
         }
@@ -157,7 +152,7 @@ impl Outbox {
     }
 
     /// Queues a frame or starts encrypting, in the reader's order.
-    pub fn control(&mut self, out: Out) {
+    pub(crate) fn control(&mut self, out: Out) {
         match out {
             Out::Frame(b) => self.push(b),
             Out::Seal(s) => {
@@ -190,7 +185,7 @@ impl Outbox {
 
     /// Sends `len` bytes of `file` from `offset` through user space, a piece at a time
     /// (encrypted channels, TLS).
-    pub async fn send_copied(
+    pub(crate) async fn send_copied(
         &mut self,
         wr: &mut WriteSide,
         file: &std::fs::File,
@@ -219,7 +214,7 @@ impl Outbox {
     }
 
     /// Sends a block body: `sendfile` on a plain channel, copied otherwise.
-    pub async fn send_file(
+    pub(crate) async fn send_file(
         &mut self,
         wr: &mut WriteSide,
         file: &std::fs::File,
@@ -238,7 +233,7 @@ impl Outbox {
 
     /// Writes everything; with `more`, tells the kernel that more data follows at once
     /// (`MSG_MORE`: a frame header and its sendfile body leave in the same segments).
-    pub async fn flush(&mut self, wr: &mut WriteSide, more: bool) -> io::Result<()> {
+    pub(crate) async fn flush(&mut self, wr: &mut WriteSide, more: bool) -> io::Result<()> {
         if !more {
             self.seal_staged();
         }

@@ -36,7 +36,7 @@ impl TestService {
             capacity: None,
         }];
         tweak(&mut config);
-        let core = Core::open(&config, prometheus::Registry::new())
+        let core = Core::open(&config.core(), prometheus::Registry::new())
             .await
             .unwrap();
         // Pod watches are started by the tests that want them, with a client of their own

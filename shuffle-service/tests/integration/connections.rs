@@ -84,7 +84,7 @@ async fn frames_larger_than_a_handshake_before_authentication_close_the_connecti
     );
     assert_eq!(metric(&m, "shuffle_spark_frame_memory_bytes"), Some(0.0));
     // A real client still authenticates and is served.
-    let mut c = shuffle_service::spark::client::Client::connect(&svc.spark.to_string())
+    let mut c = spark_protocol::client::Client::connect(&svc.spark.to_string())
         .await
         .unwrap();
     c.authenticate("app-1", b"s3cret").await.unwrap().unwrap();
@@ -501,9 +501,9 @@ async fn healthz_answers(admin: &str) {
 }
 
 async fn spark_answers(spark: &str) {
-    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    use spark_protocol::message::BlockTransferMessage as Btm;
     let r = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut c = shuffle_service::spark::client::Client::connect(spark)
+        let mut c = spark_protocol::client::Client::connect(spark)
             .await
             .unwrap();
         c.call(&Btm::GetLocalDirsForExecutors {

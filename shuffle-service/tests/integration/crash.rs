@@ -33,8 +33,8 @@ async fn registrations_survive_kill_9() {
 
 #[tokio::test]
 async fn spark_registrations_survive_kill_9() {
-    use shuffle_service::spark::client::Client;
-    use shuffle_service::spark::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
+    use spark_protocol::client::Client;
+    use spark_protocol::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
     let dir = tempfile::tempdir().unwrap();
     let (mut child, ready) = spawn_service(dir.path(), &[]).await;
     let d = dir.path().join("vol/spark-1/executor-1/blockmgr-1");

@@ -3,7 +3,7 @@
 
 use std::io::{Seek, SeekFrom, Write};
 
-use shuffle_service::layout;
+use spark_protocol::layout;
 
 use crate::common::*;
 

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use shuffle_proto::v1 as pb;
-use shuffle_service::ids::{MapId, ShuffleId};
-use shuffle_service::layout;
-use shuffle_service::spark::client::Client;
-use shuffle_service::spark::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
+use spark_protocol::client::Client;
+use spark_protocol::ids::{MapId, ShuffleId};
+use spark_protocol::layout;
+use spark_protocol::message::{BlockTransferMessage as Btm, ExecutorShuffleInfo};
 
 use crate::common::*;
 

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use shuffle_proto::v1 as pb;
+use shuffle_service::Core;
 use shuffle_service::config::Config;
 use shuffle_service::core::{VolumeKind, VolumeSpec};
-use shuffle_service::{Core, lifecycle};
 
 use crate::common::*;
-use shuffle_service::ids::AppId;
+use spark_protocol::ids::AppId;
 
 async fn wait_cleaned(s: &TestService) {
     loop {
@@ -98,7 +98,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(dir.path());
     config.idle_ttl = Duration::from_secs(3600);
-    let core = Core::open(&config, prometheus::Registry::new())
+    let core = Core::open(&config.core(), prometheus::Registry::new())
         .await
         .unwrap();
     let vol = config.volumes[0].path.canonicalize().unwrap();
@@ -120,7 +120,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     .await
     .unwrap();
     core.register_executor(
-        shuffle_service::request::ExecutorRegistration {
+        shuffle_service::core::ExecutorRegistration {
             app: a.clone(),
             exec: "1".parse().unwrap(),
             local_dirs: vec![dir_a.display().to_string()],
@@ -133,7 +133,7 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     .unwrap();
     // An application known only from its executors (plain Spark, no driver signal).
     core.register_executor(
-        shuffle_service::request::ExecutorRegistration {
+        shuffle_service::core::ExecutorRegistration {
             app: b.clone(),
             exec: "1".parse().unwrap(),
             local_dirs: vec![dir_b.display().to_string()],
@@ -148,16 +148,12 @@ async fn heartbeat_timeout_and_idle_ttl_remove_apps() {
     tokio::time::advance(Duration::from_secs(20)).await;
     core.heartbeat(&a).unwrap();
     tokio::time::advance(Duration::from_secs(20)).await;
-    assert_eq!(
-        lifecycle::sweep_once(&core).await.lapsed,
-        0,
-        "heartbeat kept it alive"
-    );
+    assert_eq!(core.sweep().await.lapsed, 0, "heartbeat kept it alive");
     tokio::time::advance(Duration::from_secs(31)).await;
-    assert_eq!(lifecycle::sweep_once(&core).await.lapsed, 1);
+    assert_eq!(core.sweep().await.lapsed, 1);
     assert_eq!(core.list_apps().len(), 1);
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert_eq!(lifecycle::sweep_once(&core).await.lapsed, 1);
+    assert_eq!(core.sweep().await.lapsed, 1);
     assert!(core.list_apps().is_empty());
     core.shutdown().await;
     assert!(!dir_a.exists() && !dir_b.exists());
@@ -177,7 +173,7 @@ async fn apps_whose_directories_vanished_are_dropped() {
     let d = s.exec_dir("gone/blockmgr");
     s.core
         .register_executor(
-            shuffle_service::request::ExecutorRegistration {
+            shuffle_service::core::ExecutorRegistration {
                 app: "app-v".parse().unwrap(),
                 exec: "1".parse().unwrap(),
                 local_dirs: vec![d.display().to_string()],
@@ -189,7 +185,7 @@ async fn apps_whose_directories_vanished_are_dropped() {
         .await
         .unwrap();
     std::fs::remove_dir_all(s.volume.join("gone")).unwrap();
-    assert_eq!(lifecycle::sweep_once(&s.core).await.vanished, 1);
+    assert_eq!(s.core.sweep().await.vanished, 1);
     assert!(s.core.list_apps().is_empty());
     s.shutdown().await;
 }

@@ -10,7 +10,7 @@ use shuffle_proto::v1 as pb;
 use shuffle_service::Core;
 use shuffle_service::config::Config;
 use shuffle_service::core::{VolumeKind, VolumeSpec};
-use shuffle_service::layout;
+use spark_protocol::layout;
 
 use crate::common::*;
 
@@ -217,13 +217,13 @@ async fn a_second_service_on_the_same_directories_is_refused() {
         kind: VolumeKind::HostPath,
         capacity: None,
     }];
-    let e = Core::open(&config, prometheus::Registry::new())
+    let e = Core::open(&config.core(), prometheus::Registry::new())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("in use by another"), "{e}");
     // Another state directory over the same volume is refused too.
     config.state_dir = s.dir.path().join("other-state");
-    let e = Core::open(&config, prometheus::Registry::new())
+    let e = Core::open(&config.core(), prometheus::Registry::new())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("in use by another"), "{e}");
@@ -240,7 +240,7 @@ async fn a_missing_persistent_volume_is_an_error_an_empty_dir_is_created() {
             kind,
             capacity: None,
         }];
-        let e = Core::open(&config, prometheus::Registry::new())
+        let e = Core::open(&config.core(), prometheus::Registry::new())
             .await
             .unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
@@ -252,7 +252,7 @@ async fn a_missing_persistent_volume_is_an_error_an_empty_dir_is_created() {
         kind: VolumeKind::EmptyDir,
         capacity: None,
     }];
-    let core = Core::open(&config, prometheus::Registry::new()).await;
+    let core = Core::open(&config.core(), prometheus::Registry::new()).await;
     assert!(core.is_ok());
     assert!(tmp.path().join("scratch").is_dir());
 }
@@ -261,7 +261,7 @@ async fn a_missing_persistent_volume_is_an_error_an_empty_dir_is_created() {
 async fn volume_used_bytes_reports_what_the_volume_holds() {
     let s = TestService::start(|_| {}).await;
     let (_, _, _, _) = two_apps(&s).await;
-    shuffle_service::lifecycle::scan_usage(&s.core).await;
+    s.core.rescan_usage().await;
     let m = s.metrics().await;
     let used = metric(
         &m,

@@ -2,7 +2,7 @@
 
 use shuffle_proto::v1 as pb;
 use shuffle_proto::v1::shuffle_admin_client::ShuffleAdminClient;
-use shuffle_service::layout;
+use spark_protocol::layout;
 
 use crate::common::*;
 

@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use shuffle_service::spark::client::Client;
-use shuffle_service::spark::message::BlockTransferMessage as Btm;
+use spark_protocol::client::Client;
 use spark_protocol::crypto::{Cipher, EngineVersion};
+use spark_protocol::message::BlockTransferMessage as Btm;
 
 use crate::common::{TestService, random_bytes};
 use crate::spark_protocol::{APP, fetch_msg, open_stream, register_msg, write_map};

@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use shuffle_service::ids::{MapId, ShuffleId};
-use shuffle_service::layout;
-use shuffle_service::spark::client::Client;
-use shuffle_service::spark::frame::{Message, StreamChunkId};
-use shuffle_service::spark::message::{BlockTransferMessage as Btm, Cause, ExecutorShuffleInfo};
 use spark_protocol::checksum::{self, Algorithm};
+use spark_protocol::client::Client;
+use spark_protocol::frame::{Message, StreamChunkId};
+use spark_protocol::ids::{MapId, ShuffleId};
+use spark_protocol::layout;
+use spark_protocol::message::{BlockTransferMessage as Btm, Cause, ExecutorShuffleInfo};
 
 use crate::common::{TestService, random_bytes};
 
@@ -670,7 +670,7 @@ async fn control_replies_overtake_queued_block_data() {
         &fetch_msg("9", 0, &[1], vec![(0..16).collect()], false),
     )
     .await;
-    let mut req = shuffle_service::spark::client::chunk_fetch_requests(sid, n);
+    let mut req = spark_protocol::client::chunk_fetch_requests(sid, n);
     // Then a control RPC on the same connection.
     Message::RpcRequest {
         request_id: 77,

@@ -167,9 +167,9 @@ async fn spark_tls_connect(
 async fn next_frame<S: tokio::io::AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut bytes::BytesMut,
-) -> shuffle_service::spark::frame::Message {
+) -> spark_protocol::frame::Message {
     use tokio::io::AsyncReadExt as _;
-    let decoder = shuffle_service::spark::frame::FrameDecoder::new(64 << 20);
+    let decoder = spark_protocol::frame::FrameDecoder::new(64 << 20);
     loop {
         if let Some(m) = decoder.decode(buf).unwrap() {
             return m;
@@ -180,9 +180,9 @@ async fn next_frame<S: tokio::io::AsyncRead + Unpin>(
 
 #[tokio::test]
 async fn spark_port_over_tls_serves_clients_that_trust_it_only() {
-    use shuffle_service::spark::client::chunk_fetch_requests;
-    use shuffle_service::spark::frame::Message;
-    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    use spark_protocol::client::chunk_fetch_requests;
+    use spark_protocol::frame::Message;
+    use spark_protocol::message::BlockTransferMessage as Btm;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use crate::spark_protocol::{APP, fetch_msg, register_msg, write_map};

@@ -107,7 +107,7 @@ async fn one_peer_cannot_take_the_admin_slots_the_kubelet_needs() {
 
 #[tokio::test]
 async fn one_peers_partly_sent_frames_take_only_its_share_and_another_peers_frame_goes_through() {
-    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    use spark_protocol::message::BlockTransferMessage as Btm;
     let svc = TestService::start(|c| {
         c.spark_max_frame = 1 << 20;
         // A peer's share: a quarter, here one largest frame.
@@ -155,7 +155,7 @@ async fn one_peers_partly_sent_frames_take_only_its_share_and_another_peers_fram
     // Another address sends a 900 KiB frame meanwhile: it gets memory and an answer.
     let exec_ids: Vec<String> = (0..9_500).map(|i| format!("{i:0>90}")).collect();
     let s = connect_from("127.0.0.2", svc.spark).await;
-    let mut other = shuffle_service::spark::client::Client::from_stream(s).unwrap();
+    let mut other = spark_protocol::client::Client::from_stream(s).unwrap();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
         other.call(&Btm::GetLocalDirsForExecutors {
@@ -206,7 +206,7 @@ async fn one_peers_partly_sent_frames_take_only_its_share_and_another_peers_fram
 
 #[tokio::test]
 async fn one_peer_cannot_take_every_spark_connection() {
-    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    use spark_protocol::message::BlockTransferMessage as Btm;
     let dir = tempfile::tempdir().unwrap();
     let (_child, ready, _logs) = spawn_limited(
         dir.path(),
@@ -243,7 +243,7 @@ async fn one_peer_cannot_take_every_spark_connection() {
     assert_eq!(held, 8, "connections one address keeps");
     // Another address still gets in and is answered.
     let s = connect_from("127.0.0.2", &ready.spark).await;
-    let mut other = shuffle_service::spark::client::Client::from_stream(s).unwrap();
+    let mut other = spark_protocol::client::Client::from_stream(s).unwrap();
     let r = tokio::time::timeout(
         Duration::from_secs(10),
         other.call(&Btm::GetLocalDirsForExecutors {
@@ -332,8 +332,8 @@ async fn a_pod_on_the_kubelets_own_address_cannot_fail_the_exec_probes() {
 /// An authenticated client of `app`, or the reason it was not served: answered a call
 /// (whatever the answer) after authenticating, or the connection closed on it.
 async fn authenticated_call(spark: SocketAddr, app: &str, secret: &[u8]) -> io::Result<()> {
-    use shuffle_service::spark::message::BlockTransferMessage as Btm;
-    let mut c = shuffle_service::spark::client::Client::connect(&spark.to_string()).await?;
+    use spark_protocol::message::BlockTransferMessage as Btm;
+    let mut c = spark_protocol::client::Client::connect(&spark.to_string()).await?;
     c.authenticate(app, secret)
         .await?
         .map_err(io::Error::other)?;
@@ -391,7 +391,7 @@ async fn a_neighbour_holding_unauthenticated_connections_cannot_lock_out_its_nod
         }
     }
     let other = connect_from("127.0.0.2", svc.spark).await;
-    let mut other = shuffle_service::spark::client::Client::from_stream(other).unwrap();
+    let mut other = spark_protocol::client::Client::from_stream(other).unwrap();
     other
         .authenticate("app-3", b"s3cret")
         .await
@@ -404,7 +404,7 @@ async fn a_neighbour_holding_unauthenticated_connections_cannot_lock_out_its_nod
     let spark = svc.spark.to_string();
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = shuffle_service::spark::client::Client::connect(&spark)
+        let mut c = spark_protocol::client::Client::connect(&spark)
             .await
             .unwrap();
         c.authenticate("app-greedy", b"s3cret")

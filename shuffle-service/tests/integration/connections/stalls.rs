@@ -98,7 +98,7 @@ async fn a_download_whose_client_stops_reading_is_closed_after_the_idle_timeout(
 
 #[tokio::test]
 async fn a_stranger_that_trickles_bytes_is_closed_at_the_authentication_deadline() {
-    use shuffle_service::spark::message::BlockTransferMessage as Btm;
+    use spark_protocol::message::BlockTransferMessage as Btm;
     let auth_timeout = Duration::from_secs(1);
     let svc = TestService::start(move |c| {
         shared_spark_secret(c, "s3cret");
@@ -106,7 +106,7 @@ async fn a_stranger_that_trickles_bytes_is_closed_at_the_authentication_deadline
     })
     .await;
     // A client that authenticates, before the stranger comes.
-    let mut client = shuffle_service::spark::client::Client::connect(&svc.spark.to_string())
+    let mut client = spark_protocol::client::Client::connect(&svc.spark.to_string())
         .await
         .unwrap();
     client

@@ -19,9 +19,9 @@ use kubebed::resources::PODS;
 use kubebed::store::{DeleteOptions, Store};
 use serde_json::{Value, json};
 use shuffle_service::config::{Config, KubeSettings};
-use shuffle_service::ids::AppId;
 use shuffle_service::kube::metrics::KubeMetrics;
-use shuffle_service::spark::client::Client as SparkClient;
+use spark_protocol::client::Client as SparkClient;
+use spark_protocol::ids::AppId;
 use tokio_util::sync::CancellationToken;
 
 use crate::common::{TestService, metric};
@@ -316,7 +316,9 @@ impl Fixture {
         }
     }
 
-    /// Lets several grace periods and ticks pass (to show that nothing happens).
+    /// Lets several grace periods and ticks pass (to show that nothing happens). Real time:
+    /// the watches talk to the bed's API server over loopback and take their decisions by the
+    /// process clock, which paused tokio time does not move.
     async fn quiet_period(&self) {
         tokio::time::sleep(GRACE * 4).await;
     }

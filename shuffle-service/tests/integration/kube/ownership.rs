@@ -5,9 +5,9 @@
 //! service meanwhile, and claiming applications that no driver pod of Spark's owns.
 
 use serde_json::{Value, json};
-use shuffle_service::ids::AppId;
-use shuffle_service::spark::client::Client;
-use shuffle_service::spark::message::BlockTransferMessage as Btm;
+use spark_protocol::client::Client;
+use spark_protocol::ids::AppId;
+use spark_protocol::message::BlockTransferMessage as Btm;
 
 use super::{Fixture, PATIENCE, PODS, TICK, api, driver, executor, spark_register};
 use crate::common::{fetch, register_app, register_exec, shared_spark_secret, write_output};
@@ -583,7 +583,7 @@ async fn a_tenants_rejected_pods_on_the_node_do_not_lock_the_victim_out() {
     let api = api(1000).await;
     let f = Fixture::start(api, true, &[]).await;
     f.synced().await;
-    let rejected = shuffle_service::core::claims::MAX_CANDIDATES + 8;
+    let rejected = shuffle_service::core::MAX_CANDIDATES + 8;
     for i in 0..rejected {
         let d = f
             .api

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use kubebed::store::DeleteOptions;
-use shuffle_service::spark::client::Client;
+use spark_protocol::client::Client;
 
 use super::{NODE, PATIENCE, PODS, TICK, api, driver, executor};
 use crate::common::{metric, reqwest_get, spawn_service_env, write_secret};
@@ -240,7 +240,7 @@ async fn after_a_restart_the_shared_secret_never_opens_a_bound_or_learned_applic
         .unwrap();
     let (sid, n) = open_stream(
         &mut c,
-        &shuffle_service::spark::message::BlockTransferMessage::FetchShuffleBlocks {
+        &spark_protocol::message::BlockTransferMessage::FetchShuffleBlocks {
             app_id: REGISTERED.into(),
             exec_id: "1".into(),
             shuffle_id: 0,

@@ -4,43 +4,57 @@
 //!
 //! The registry writes here first and updates memory after, so memory never holds what the
 //! database lacks. Calls run on the blocking pool.
+//!
+//! The layout has a version ([`schema`]); a row that cannot be read (a value that does not
+//! parse: the file was edited by hand or damaged) is logged, counted in
+//! `shuffle_db_unreadable_rows_total` by table and left out, never passed over silently.
+
+mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use prometheus::IntCounterVec;
 use rusqlite::{Connection, params};
 
 use crate::error::{Result, ShuffleError};
+use spark_protocol::ids::AppId;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS apps (
-    app_id               TEXT PRIMARY KEY,
-    token_hash           BLOB,
-    namespace            TEXT NOT NULL DEFAULT '',
-    driver_pod           TEXT NOT NULL DEFAULT '',
-    heartbeat_timeout_ms INTEGER,
-    created_ms           INTEGER NOT NULL,
-    own_lifecycle        INTEGER NOT NULL DEFAULT 0,
-    learned_secret       INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS executors (
-    app_id          TEXT NOT NULL,
-    exec_id         TEXT NOT NULL,
-    local_dirs      TEXT NOT NULL,
-    sub_dirs        INTEGER NOT NULL,
-    shuffle_manager TEXT NOT NULL,
-    PRIMARY KEY (app_id, exec_id)
-);
-CREATE TABLE IF NOT EXISTS pod_owners (
-    app_id     TEXT PRIMARY KEY,
-    namespace  TEXT NOT NULL,
-    driver_uid TEXT NOT NULL
-);
-";
+/// The tables whose rows are read back, the label values of
+/// `shuffle_db_unreadable_rows_total`.
+pub(crate) const TABLES: [&str; 3] = ["apps", "executors", "pod_owners"];
+
+/// Rows that could not be read, counted by table in `shuffle_db_unreadable_rows_total`.
+#[derive(Debug, Clone)]
+pub(crate) struct UnreadableRows(IntCounterVec);
+
+impl UnreadableRows {
+    /// Counts in `counter` (labelled by table).
+    pub(crate) fn new(counter: IntCounterVec) -> Self {
+        for table in TABLES {
+            counter.with_label_values(&[table]).inc_by(0);
+        }
+        Self(counter)
+    }
+
+    /// Logs and counts a row left out.
+    pub(crate) fn skipped(&self, table: &'static str, row: &str, what: &str) {
+        self.0.with_label_values(&[table]).inc();
+        tracing::warn!(table, row, what, "database row not readable; left out");
+    }
+
+    /// How many rows of `table` were left out.
+    #[cfg(test)]
+    pub(crate) fn count(&self, table: &str) -> u64 {
+        self.0.with_label_values(&[table]).get()
+    }
+}
 
 /// A stored application.
 #[derive(Debug, Clone)]
-pub struct AppRow {
+pub(super) struct AppRow {
     /// Id.
     pub app_id: String,
     /// SHA-256 of its token, when registered through RegisterApplication.
@@ -72,7 +86,7 @@ pub struct OwnerRow {
 
 /// A stored executor.
 #[derive(Debug, Clone)]
-pub struct ExecRow {
+pub(super) struct ExecRow {
     /// Application.
     pub app_id: String,
     /// Executor.
@@ -87,8 +101,9 @@ pub struct ExecRow {
 
 /// The registration database.
 #[derive(Debug, Clone)]
-pub struct Db {
+pub(super) struct Db {
     conn: Arc<Mutex<Connection>>,
+    unreadable: UnreadableRows,
 }
 
 /// How a registration reaches the disk before it is acknowledged.
@@ -103,53 +118,26 @@ pub enum Durability {
 }
 
 impl Db {
-    /// Opens or creates the database with [`Durability::Full`].
+    /// Opens (creating if needed) the database and brings its layout up to this service's
+    /// version; rows that cannot be read are counted in `unreadable`.
     ///
     /// # Errors
+    /// [`ShuffleError::UnknownSchema`] for a database of a newer version (left as it is);
     /// SQLite errors.
-    pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, Durability::Full)
+    pub(super) fn open_with(
+        path: &Path,
+        durability: Durability,
+        unreadable: UnreadableRows,
+    ) -> Result<Self> {
+        Ok(Self {
+            conn: Arc::new(Mutex::new(schema::open(path, durability)?)),
+            unreadable,
+        })
     }
 
-    /// Opens or creates the database.
-    ///
-    /// # Errors
-    /// SQLite errors.
-    pub fn open_with(path: &Path, durability: Durability) -> Result<Self> {
-        use service_runtime::sqlite::{self, Synchronous};
-        let sync = match durability {
-            Durability::Full => Synchronous::Full,
-            Durability::Normal => Synchronous::Normal,
-        };
-        let conn = sqlite::open(path, sync, SCHEMA)?;
-        // Databases from before the lifecycle mark lack this column: their applications
-        // get it unset, except those holding a token (registered over gRPC).
-        let has_mark: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('apps') WHERE name = 'own_lifecycle'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_mark {
-            conn.execute_batch(
-                "ALTER TABLE apps ADD COLUMN own_lifecycle INTEGER NOT NULL DEFAULT 0;
-                 UPDATE apps SET own_lifecycle = 1 WHERE token_hash IS NOT NULL;",
-            )?;
-        }
-        // Databases from before the learned mark: their applications bound to a driver pod
-        // (the pod_owners table) are covered by their binding.
-        let has_learned: bool = conn.query_row(
-            "SELECT COUNT(*) FROM pragma_table_info('apps') WHERE name = 'learned_secret'",
-            [],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !has_learned {
-            conn.execute_batch(
-                "ALTER TABLE apps ADD COLUMN learned_secret INTEGER NOT NULL DEFAULT 0;",
-            )?;
-        }
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+    /// The counter of rows that cannot be read.
+    pub(super) fn unreadable(&self) -> &UnreadableRows {
+        &self.unreadable
     }
 
     async fn call<T: Send + 'static>(
@@ -171,7 +159,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn ping(&self) -> Result<()> {
+    pub(super) async fn ping(&self) -> Result<()> {
         self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
@@ -179,7 +167,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_app(&self, row: AppRow, now_ms: i64) -> Result<()> {
+    pub(super) async fn put_app(&self, row: AppRow, now_ms: i64) -> Result<()> {
         self.call(move |c| {
             c.execute(
                 "INSERT INTO apps (app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, created_ms, own_lifecycle, learned_secret)
@@ -208,7 +196,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_executor(
+    pub(super) async fn put_executor(
         &self,
         row: ExecRow,
         own_lifecycle: bool,
@@ -244,7 +232,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn delete_app(&self, app_id: String) -> Result<()> {
+    pub(super) async fn delete_app(&self, app_id: String) -> Result<()> {
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute("DELETE FROM executors WHERE app_id = ?1", [&app_id])?;
@@ -258,47 +246,55 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn load(&self) -> Result<(Vec<AppRow>, Vec<ExecRow>)> {
-        self.call(|c| {
+    pub(super) async fn load(&self) -> Result<(Vec<AppRow>, Vec<ExecRow>)> {
+        let unreadable = self.unreadable.clone();
+        self.call(move |c| {
             let mut apps = Vec::new();
             let mut stmt = c.prepare(
                 "SELECT app_id, token_hash, namespace, driver_pod, heartbeat_timeout_ms, own_lifecycle, learned_secret FROM apps",
             )?;
-            let rows = stmt.query_map([], |r| {
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let app_id: String = r.get(0)?;
                 let hash: Option<Vec<u8>> = r.get(1)?;
-                Ok(AppRow {
-                    app_id: r.get(0)?,
-                    token_hash: hash.and_then(|h| h.try_into().ok()),
+                // A token hash of another length would leave the application without its
+                // token, and so open to the other protocol: the row is left out instead.
+                let token_hash = match hash.map(<[u8; 32]>::try_from).transpose() {
+                    Ok(h) => h,
+                    Err(_) => {
+                        unreadable.skipped("apps", &app_id, "token_hash");
+                        continue;
+                    }
+                };
+                apps.push(AppRow {
+                    app_id,
+                    token_hash,
                     namespace: r.get(2)?,
                     driver_pod: r.get(3)?,
                     heartbeat_timeout_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
                     own_lifecycle: r.get(5)?,
                     learned_secret: r.get(6)?,
-                })
-            })?;
-            for row in rows {
-                apps.push(row?);
+                });
             }
             let mut execs = Vec::new();
             let mut stmt = c.prepare(
                 "SELECT app_id, exec_id, local_dirs, sub_dirs, shuffle_manager FROM executors",
             )?;
-            let rows = stmt.query_map([], |r| {
-                let dirs: String = r.get(2)?;
-                Ok(ExecRow {
-                    app_id: r.get(0)?,
-                    exec_id: r.get(1)?,
-                    local_dirs: serde_json::from_str::<Vec<String>>(&dirs)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(PathBuf::from)
-                        .collect(),
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (app_id, exec_id, dirs): (String, String, String) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?);
+                let Ok(dirs) = serde_json::from_str::<Vec<String>>(&dirs) else {
+                    unreadable.skipped("executors", &format!("{app_id}/{exec_id}"), "local_dirs");
+                    continue;
+                };
+                execs.push(ExecRow {
+                    app_id,
+                    exec_id,
+                    local_dirs: dirs.into_iter().map(PathBuf::from).collect(),
                     sub_dirs: r.get(3)?,
                     shuffle_manager: r.get(4)?,
-                })
-            })?;
-            for row in rows {
-                execs.push(row?);
+                });
             }
             Ok((apps, execs))
         })
@@ -309,7 +305,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn put_owner(&self, row: OwnerRow) -> Result<()> {
+    pub(super) async fn put_owner(&self, row: OwnerRow) -> Result<()> {
         self.call(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO pod_owners (app_id, namespace, driver_uid) VALUES (?1, ?2, ?3)",
@@ -324,7 +320,7 @@ impl Db {
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn delete_owner(&self, app_id: String) -> Result<()> {
+    pub(super) async fn delete_owner(&self, app_id: String) -> Result<()> {
         self.call(move |c| {
             c.execute("DELETE FROM pod_owners WHERE app_id = ?1", [&app_id])
                 .map(|_| ())
@@ -332,12 +328,14 @@ impl Db {
         .await
     }
 
-    /// Every application's driver pod.
+    /// Every application's driver pod; a row with an application id that does not parse is
+    /// counted and left out.
     ///
     /// # Errors
     /// SQLite errors.
-    pub async fn owners(&self) -> Result<Vec<OwnerRow>> {
-        self.call(|c| {
+    pub(super) async fn owners(&self) -> Result<Vec<(AppId, OwnerRow)>> {
+        let unreadable = self.unreadable.clone();
+        self.call(move |c| {
             let mut stmt = c.prepare("SELECT app_id, namespace, driver_uid FROM pod_owners")?;
             let rows = stmt.query_map([], |r| {
                 Ok(OwnerRow {
@@ -346,66 +344,16 @@ impl Db {
                     driver_uid: r.get(2)?,
                 })
             })?;
-            rows.collect()
+            let mut owners = Vec::new();
+            for row in rows {
+                let row = row?;
+                match row.app_id.parse() {
+                    Ok(app) => owners.push((app, row)),
+                    Err(_) => unreadable.skipped("pod_owners", &row.app_id, "app_id"),
+                }
+            }
+            Ok(owners)
         })
         .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_database_from_before_the_lifecycle_mark_is_migrated() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shuffle.db");
-        {
-            let c = Connection::open(&path).unwrap();
-            c.execute_batch(
-                "CREATE TABLE apps (app_id TEXT PRIMARY KEY, token_hash BLOB,
-                     namespace TEXT NOT NULL DEFAULT '', driver_pod TEXT NOT NULL DEFAULT '',
-                     heartbeat_timeout_ms INTEGER, created_ms INTEGER NOT NULL);
-                 INSERT INTO apps (app_id, token_hash, created_ms) VALUES ('grpc-app', x'00', 1);
-                 INSERT INTO apps (app_id, created_ms) VALUES ('spark-app', 1);",
-            )
-            .unwrap();
-        }
-        let db = Db::open(&path).unwrap();
-        let (mut apps, _) = db.load().await.unwrap();
-        apps.sort_by(|a, b| a.app_id.cmp(&b.app_id));
-        let marks: Vec<(&str, bool)> = apps
-            .iter()
-            .map(|a| (a.app_id.as_str(), a.own_lifecycle))
-            .collect();
-        assert_eq!(marks, vec![("grpc-app", true), ("spark-app", false)]);
-        // The mark is only ever set.
-        let row = || ExecRow {
-            app_id: "spark-app".into(),
-            exec_id: "1".into(),
-            local_dirs: vec![],
-            sub_dirs: 64,
-            shuffle_manager: String::new(),
-        };
-        db.put_executor(row(), true, true, 2).await.unwrap();
-        db.put_executor(row(), false, false, 3).await.unwrap();
-        let (apps, _) = db.load().await.unwrap();
-        assert!(apps.iter().all(|a| a.own_lifecycle));
-        let spark = apps.iter().find(|a| a.app_id == "spark-app").unwrap();
-        assert!(spark.learned_secret, "the learned mark is only ever set");
-        // Bindings are kept and forgotten.
-        let owner = OwnerRow {
-            app_id: "spark-app".into(),
-            namespace: "ns".into(),
-            driver_uid: "u-1".into(),
-        };
-        db.put_owner(owner.clone()).await.unwrap();
-        assert_eq!(db.owners().await.unwrap(), vec![owner]);
-        db.delete_owner("spark-app".into()).await.unwrap();
-        assert!(db.owners().await.unwrap().is_empty());
-        // Opening it again changes nothing.
-        drop(db);
-        let db = Db::open(&path).unwrap();
-        assert_eq!(db.load().await.unwrap().0.len(), 2);
     }
 }

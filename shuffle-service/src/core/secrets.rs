@@ -8,7 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::ids::AppId;
+use spark_protocol::ids::AppId;
 
 /// Which kind of source answered for an application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +37,35 @@ impl fmt::Debug for Secrets {
     }
 }
 
+/// Why a secret of Spark's authentication cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The file cannot be read, or its mode lets others read it.
+    #[error(transparent)]
+    Unreadable(#[from] service_runtime::secret::SecretError),
+    /// The file holds nothing.
+    #[error("{}: empty secret", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The per-application secrets' directory is not one.
+    #[error("{}: not a directory", path.display())]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+}
+
 /// Reads a secret file with the rules every secret file of the project follows (mode, size,
 /// trailing newline from `echo` or an editor dropped).
-fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
-    let s = service_runtime::secret::read(path).map_err(|e| e.to_string())?;
+fn read_secret(path: &Path) -> Result<Vec<u8>, SecretError> {
+    let s = service_runtime::secret::read(path)?;
     if s.is_empty() {
-        return Err(format!("{}: empty secret", path.display()));
+        return Err(SecretError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(s)
 }
@@ -52,12 +75,12 @@ impl Secrets {
     ///
     /// # Errors
     /// An unreadable or empty shared secret, or a missing directory.
-    pub fn load(shared: Option<&Path>, per_app_dir: Option<&Path>) -> Result<Self, String> {
+    pub fn load(shared: Option<&Path>, per_app_dir: Option<&Path>) -> Result<Self, SecretError> {
         let shared = shared.map(read_secret).transpose()?;
         if let Some(d) = per_app_dir
             && !d.is_dir()
         {
-            return Err(format!("{}: not a directory", d.display()));
+            return Err(SecretError::NotADirectory { path: d.to_owned() });
         }
         Ok(Self {
             shared,
