@@ -220,7 +220,9 @@ async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data)?;
     let admin_port = procs::free_port()?;
-    let grace = format!("{}s", args.grace);
+    // In milliseconds: the server's durations take whole units.
+    let grace = format!("{}ms", (args.grace * 1000.0).round() as u64);
+    let interval = format!("{}s", INTERVAL.as_secs());
     let admin = format!("127.0.0.1:{admin_port}");
     let (mut server, api) = procs::start_staging_with(
         &data,
@@ -230,7 +232,7 @@ async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
             "--kube-owner-end-grace",
             &grace,
             "--kube-owner-interval",
-            "15s",
+            &interval,
             "--upload-tokens",
             TOKEN,
             "--namespace-quota-count",

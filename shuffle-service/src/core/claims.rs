@@ -28,13 +28,13 @@ use crate::core::PodOwner;
 use spark_protocol::ids::AppId;
 
 /// Most claimants of one application whose secrets are kept besides its owner's. A live
-/// claimant (one with an executor pod on this node that has not ended) needs a pod the kubelet
-/// runs, so the bound is set above the pods a kubelet runs (110 by default, 256 at most on the
+/// claimant (one with an executor pod on this node that has not ended and is not being
+/// deleted: pending or running) needs a pod the kubelet admits, so the bound is set above the pods a kubelet runs (110 by default, 256 at most on the
 /// common managed clusters). Ended pods cost a tenant nothing on the node (a pod created with
 /// the node's name that the kubelet rejects ends `Failed` at once, and stays), so a live
 /// claimant takes the place of an ended one when the candidates are full, and ended ones never
-/// push anything out: a tenant cannot crowd the application's own running driver out of the
-/// candidates by making pods. Only more live claimants than this (a node allowed more pods)
+/// push anything out: a tenant cannot crowd the claimant of the application's own running
+/// executor out of the candidates by making pods. Only more live claimants than this (a node allowed more pods)
 /// refuse the application, until it is bound or the claimants go, rather than bind it to a
 /// claimant chosen by a limit.
 pub const MAX_CANDIDATES: usize = 256;
@@ -81,7 +81,7 @@ pub struct ClaimView {
     pub owner: Option<PodOwner>,
     /// Every claimant's secret, the owner's first.
     pub candidates: Vec<(PodOwner, Vec<u8>)>,
-    /// More claimants than [`MAX_CANDIDATES`].
+    /// More live claimants than [`MAX_CANDIDATES`].
     pub overflow: bool,
 }
 

@@ -608,17 +608,21 @@ impl Tracker {
                     .then(|| (uid.clone(), claimant.clone()))
             })
             .collect();
+        // Once an ended claimant finds the candidates full, so would the others (only a live
+        // one takes a place): they wait for the next settle without a scan each.
+        let mut ended_full = false;
         for (uid, claimant) in waiting {
+            let is_live = live.contains(&claimant);
+            if ended_full && !is_live {
+                continue;
+            }
             let Some(x) = self.executors.get_mut(&uid) else {
                 continue;
             };
             let Some(secret) = x.secret.as_deref() else {
                 continue;
             };
-            match self
-                .claims
-                .offer(app, &claimant, secret, live.contains(&claimant))
-            {
+            match self.claims.offer(app, &claimant, secret, is_live) {
                 Offered::New => out.learned += 1,
                 Offered::Same => {}
                 Offered::Conflict => {
@@ -629,6 +633,7 @@ impl Tracker {
                 Offered::Full => {
                     // The contest warning names the claimants; this pod is offered again once
                     // some of them went.
+                    ended_full |= !is_live;
                     tracing::debug!(app = %app, pod = %format!("{}/{}/{uid}", x.namespace, x.name),
                         "too many driver pods claim this application");
                     continue;

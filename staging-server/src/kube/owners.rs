@@ -6,9 +6,10 @@
 //!
 //! Owners are followed by a few watches, not by a list per owner: each owner belongs to a
 //! [`Group`] named by one of its label keys (the submission label `submit` sets, Spark's
-//! application label, or else its first label), and one watch across the cluster selects the
-//! pods carrying that key (with `spark-role=<role>` when the owner names a role). The number of
-//! watches follows the number of distinct keys, not of owners or jobs.
+//! application label, or else its alphabetically first key other than `spark-role`), and one
+//! watch across the cluster selects the pods carrying that key (with `spark-role=<role>` when
+//! the owner names a role). The number of watches follows the number of distinct keys, not of
+//! owners or jobs.
 
 use std::time::{Duration, Instant};
 
@@ -87,12 +88,17 @@ impl Group {
         }
     }
 
-    /// Whether the group is one of the project's or Spark's own: the submission label or
-    /// Spark's application label, with no role or one of Spark's two (always watched; other
-    /// groups, whose keys and roles uploaders choose, are watched up to a limit).
+    /// Whether the group is one of the project's or Spark's own (always watched, at most 5):
+    /// the submission label with no role or one of Spark's two, Spark's application label with
+    /// one of Spark's two roles. Other groups, whose keys and roles uploaders choose, are
+    /// watched up to a limit.
     pub(super) fn is_well_known(&self) -> bool {
-        (self.key == SUBMISSION_LABEL || self.key == APP_LABEL)
-            && matches!(self.role.as_deref(), None | Some("driver" | "executor"))
+        match self.role.as_deref() {
+            Some("driver" | "executor") => self.key == SUBMISSION_LABEL || self.key == APP_LABEL,
+            // Spark's application label alone selects every Spark pod of the cluster.
+            None => self.key == SUBMISSION_LABEL,
+            Some(_) => false,
+        }
     }
 }
 
@@ -180,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn owners_are_grouped_by_the_submission_or_application_label_else_their_first() {
+    fn owners_are_grouped_by_the_submission_or_application_label_else_their_first_other_key() {
         let g = |l: &str| Group::of(&owner(l)).map(|g| g.selector());
         assert_eq!(
             g("staging-server/submission=s1,spark-role=driver,team=x").as_deref(),
@@ -198,7 +204,13 @@ mod tests {
         assert_eq!(g("spark-role=driver").as_deref(), Some("spark-role"));
         assert_eq!(g(""), None);
         assert!(
-            Group::of(&owner("spark-app-selector=a"))
+            Group::of(&owner("spark-app-selector=a,spark-role=driver"))
+                .unwrap()
+                .is_well_known()
+        );
+        // Spark's label alone would select every Spark pod of the cluster.
+        assert!(
+            !Group::of(&owner("spark-app-selector=a"))
                 .unwrap()
                 .is_well_known()
         );

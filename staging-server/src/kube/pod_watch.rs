@@ -2,13 +2,15 @@
 //! role), listed once and then followed from the list's `resourceVersion`, into the shared
 //! [`PodCache`]. The watch is reopened where it stopped when the server ends it (every
 //! [`WATCH_TIMEOUT`] seconds; bookmarks keep its version recent while nothing changes). A
-//! `410 Gone` lists again at once; any other error after a back-off (0.8 s doubling to 30 s).
-//! Either way the group's pods decide nothing until that complete list, so no decision is taken
-//! on a picture with a gap in it. Every change wakes the owner watch.
+//! `410 Gone` or any error lists again after a back-off (0.8 s doubling to 30 s, reset only by
+//! a watch that delivered something), and the group's pods decide nothing until that complete
+//! list, so no decision is taken on a picture with a gap in it. Every change wakes the owner
+//! watch.
 //!
 //! Pods keep only the labels the group's owners name (`keys`, which grow as owners with new
-//! keys arrive): when they grow, the group is listed again, at most once per
-//! [`KEYS_RELIST_GAP`]; owners naming a key not yet kept are decided after that list.
+//! keys arrive): when they grow, the group is listed again no sooner than [`KEYS_RELIST_GAP`]
+//! after its last list, the watch going on until then; owners naming a key not yet kept are
+//! decided after that list.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -61,12 +63,11 @@ impl Shared {
 enum Next {
     /// The server ended it: reopen from the version reached.
     Rewatch,
-    /// `410 Gone`: list again at once.
+    /// `410 Gone`: list again.
     Gone,
     /// An error: list again after the back-off.
     Failed,
-    /// The owners name new label keys: list again (no sooner than [`KEYS_RELIST_GAP`] after
-    /// the last list).
+    /// The owners name new label keys and the list for them is due.
     Keys,
 }
 
@@ -89,6 +90,8 @@ pub(super) async fn run(mut w: GroupWatch) {
     let lp = ListParams::default().labels(&selector);
     let (group, generation) = (w.group.clone(), w.generation);
     let cancel = w.cancel.clone();
+    // Reset only by a watch that delivered something: a list that succeeds followed by a
+    // watch that fails at once (no RBAC for `watch`, say) still backs off to 30 s.
     let mut backoff = FIRST_BACKOFF;
     loop {
         let keys = w.keys.borrow_and_update().clone();
@@ -105,7 +108,6 @@ pub(super) async fn run(mut w: GroupWatch) {
                     .filter_map(|p| OwnerPod::of(p, Some(&keys)));
                 w.shared
                     .with_cache(|c| c.replace(&group, generation, keys.clone(), pods));
-                backoff = FIRST_BACKOFF;
                 list.metadata.resource_version.unwrap_or_default()
             }
             Err(e) => {
@@ -122,46 +124,66 @@ pub(super) async fn run(mut w: GroupWatch) {
                 continue;
             }
         };
+        let mut relist_at = None;
+        let at = Session {
+            selector: &selector,
+            keys: &keys,
+            listed_at,
+        };
         loop {
+            let mut progressed = false;
             let next = tokio::select! {
                 () = cancel.cancelled() => return,
-                n = session(&api, &mut w, &selector, &keys, &mut rv) => n,
+                n = session(&api, &mut w, &at, &mut rv, &mut relist_at, &mut progressed) => n,
             };
+            if progressed {
+                backoff = FIRST_BACKOFF;
+            }
             match next {
-                Next::Rewatch => {}
-                Next::Gone => {
-                    w.shared.with_cache(|c| c.unsync(&group, generation));
-                    break;
+                Next::Rewatch if progressed => {}
+                Next::Rewatch => {
+                    // Ended at once without a word: not reopened in a loop.
+                    if !pause(&mut backoff, &w.cancel).await {
+                        return;
+                    }
                 }
-                Next::Failed => {
+                Next::Gone | Next::Failed => {
                     w.shared.with_cache(|c| c.unsync(&group, generation));
                     if !pause(&mut backoff, &w.cancel).await {
                         return;
                     }
                     break;
                 }
-                Next::Keys => {
-                    // The pods as kept go on deciding for the owners whose keys they keep.
-                    tokio::select! {
-                        () = w.cancel.cancelled() => return,
-                        () = tokio::time::sleep_until(listed_at + KEYS_RELIST_GAP) => {}
-                    }
-                    break;
-                }
+                // The pods as kept decided, and the watch went on, until the relist was due.
+                Next::Keys => break,
             }
         }
     }
 }
 
-/// One watch request from `rv`, until it ends or fails, or the owners name new keys.
+/// What a watch session needs of its run.
+struct Session<'a> {
+    selector: &'a str,
+    /// The label keys the last list kept.
+    keys: &'a BTreeSet<String>,
+    /// When that list was made.
+    listed_at: tokio::time::Instant,
+}
+
+/// One watch request from `rv`, until it ends or fails, or a list for new keys is due
+/// (`relist_at`, set when the owners first name keys the last list did not keep, no sooner
+/// than [`KEYS_RELIST_GAP`] after it: the watch goes on meanwhile). `progressed` is set when
+/// the server sent anything.
 async fn session(
     api: &Api<Pod>,
     w: &mut GroupWatch,
-    selector: &str,
-    keys: &BTreeSet<String>,
+    at: &Session<'_>,
     rv: &mut String,
+    relist_at: &mut Option<tokio::time::Instant>,
+    progressed: &mut bool,
 ) -> Next {
     let (group, generation, shared) = (&w.group, w.generation, &w.shared);
+    let (selector, keys) = (at.selector, at.keys);
     let wp = WatchParams::default()
         .labels(selector)
         .timeout(WATCH_TIMEOUT);
@@ -181,15 +203,19 @@ async fn session(
     };
     let mut stream = std::pin::pin!(stream);
     loop {
+        let due = *relist_at;
         let ev = tokio::select! {
+            () = async { if let Some(t) = due { tokio::time::sleep_until(t).await } else { std::future::pending().await } } => {
+                return Next::Keys;
+            }
             changed = w.keys.changed() => {
                 if changed.is_err() {
                     // The owner watch let go of this group: it is being stopped.
                     w.cancel.cancelled().await;
                     return Next::Rewatch;
                 }
-                if !w.keys.borrow().is_subset(keys) {
-                    return Next::Keys;
+                if relist_at.is_none() && !w.keys.borrow().is_subset(keys) {
+                    *relist_at = Some(at.listed_at + KEYS_RELIST_GAP);
                 }
                 continue;
             }
@@ -198,6 +224,7 @@ async fn session(
         let Some(ev) = ev else {
             return Next::Rewatch;
         };
+        *progressed = true;
         match ev {
             Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) => {
                 if let Some(v) = &p.metadata.resource_version {

@@ -104,6 +104,8 @@ impl Selected {
 #[derive(Debug, Default)]
 pub(crate) struct PodCache {
     groups: HashMap<Group, Selected>,
+    /// The run of each group's watch that may write (the one the owner watch started last).
+    runs: HashMap<Group, u64>,
 }
 
 impl PodCache {
@@ -116,6 +118,9 @@ impl PodCache {
         keys: BTreeSet<String>,
         pods: impl IntoIterator<Item = OwnerPod>,
     ) {
+        if self.runs.get(group) != Some(&generation) {
+            return;
+        }
         let mut s = Selected {
             generation,
             synced: true,
@@ -156,9 +161,16 @@ impl PodCache {
         }
     }
 
-    /// Forgets a group no longer watched.
+    /// Run `generation` of `group`'s watch starts: from now on only its writes count.
+    pub(super) fn start(&mut self, group: &Group, generation: u64) {
+        self.groups.remove(group);
+        self.runs.insert(group.clone(), generation);
+    }
+
+    /// Forgets a group no longer watched; its watch's late writes are ignored.
     pub(super) fn drop_group(&mut self, group: &Group) {
         self.groups.remove(group);
+        self.runs.remove(group);
     }
 
     /// `owner`'s pods in `group`, or `None` while the group is not synced or its last list
@@ -231,6 +243,7 @@ mod tests {
         let mut c = PodCache::default();
         let o = owner("a", "job=x,spark-role=driver");
         assert!(c.pods_of(&g, &o).is_none(), "nothing decided before a list");
+        c.start(&g, 1);
         c.replace(
             &g,
             1,
@@ -266,6 +279,7 @@ mod tests {
         let g = group();
         let mut c = PodCache::default();
         let o = owner("a", "job=x");
+        c.start(&g, 1);
         c.replace(&g, 1, keys(&["job"]), []);
         assert_eq!(c.pods_of(&g, &o).unwrap().len(), 0);
         c.apply(&g, 1, pod("a", "1", &[("job", "x")], "Running"));
@@ -280,13 +294,14 @@ mod tests {
         assert_eq!(c.len(), 1);
         c.unsync(&g, 1);
         assert!(c.pods_of(&g, &o).is_none());
+        // The run's next list.
         c.replace(
             &g,
-            2,
+            1,
             keys(&["job"]),
             [pod("a", "1", &[("job", "x")], "Succeeded")],
         );
-        c.delete(&g, 2, "1");
+        c.delete(&g, 1, "1");
         assert_eq!(c.pods_of(&g, &o).unwrap().len(), 0);
         assert_eq!(c.len(), 0);
     }
@@ -295,16 +310,30 @@ mod tests {
     fn a_stopped_watchs_late_writes_and_owners_naming_unkept_labels_decide_nothing() {
         let g = group();
         let mut c = PodCache::default();
+        c.start(&g, 2);
         c.replace(&g, 2, keys(&["job"]), []);
         // Run 1 of the watch, stopped, still delivering.
         c.apply(&g, 1, pod("a", "1", &[("job", "x")], "Running"));
         c.unsync(&g, 1);
+        c.replace(
+            &g,
+            1,
+            keys(&["job"]),
+            [pod("a", "9", &[("job", "x")], "Running")],
+        );
         assert_eq!(c.pods_of(&g, &owner("a", "job=x")).unwrap().len(), 0);
         // An owner naming a label the last list did not keep: undecided until a list keeps it.
         assert!(c.pods_of(&g, &owner("a", "job=x,team=t")).is_none());
         c.drop_group(&g);
         c.apply(&g, 2, pod("a", "1", &[("job", "x")], "Running"));
+        c.replace(
+            &g,
+            2,
+            keys(&["job"]),
+            [pod("a", "1", &[("job", "x")], "Running")],
+        );
         assert_eq!(c.len(), 0);
+        assert!(c.pods_of(&g, &owner("a", "job=x")).is_none());
     }
 
     #[test]

@@ -178,6 +178,7 @@ impl Watches {
             let stop = self.cancel.child_token();
             let (tx, rx) = tokio::sync::watch::channel(keys.clone());
             self.generation += 1;
+            lock(&self.shared.cache).start(g, self.generation);
             tracing::info!(selector = %g.selector(), "owner pod watch started");
             tokio::spawn(pod_watch::run(GroupWatch {
                 client: self.client.clone(),
@@ -296,6 +297,11 @@ fn wanted_groups(
         let Some(g) = Group::of(&r.owner) else {
             continue;
         };
+        let names = r.owner.labels.as_map();
+        if names.len() > MAX_GROUP_KEYS {
+            // Never fits: listed instead, and opens no group.
+            continue;
+        }
         let keys = match wanted.get_mut(&g) {
             Some(k) => k,
             None if others < MAX_OTHER_GROUPS => {
@@ -304,7 +310,6 @@ fn wanted_groups(
             }
             None => continue,
         };
-        let names = r.owner.labels.as_map();
         let new = names.keys().filter(|k| !keys.contains(*k)).count();
         if keys.len() + new <= MAX_GROUP_KEYS {
             keys.extend(names.keys().cloned());
@@ -505,5 +510,9 @@ mod tests {
         assert!(watched(&wanted, &all[2].owner).is_some());
         // The wide owner is listed instead of widening every pod of the group.
         assert!(watched(&wanted, &wide.owner).is_none());
+        // An owner naming more keys than a group keeps, first of its group, opens none.
+        let wider = owned(&format!("team=a,{}", many.join(",")));
+        let alone = wanted_groups(std::slice::from_ref(&wider), &HashMap::new());
+        assert!(alone.is_empty(), "{alone:?}");
     }
 }
