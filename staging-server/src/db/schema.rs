@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 use super::{DbError, DbResult};
 
@@ -18,7 +18,7 @@ use super::{DbError, DbResult};
 pub(super) const VERSION: i64 = 1;
 
 /// `MIGRATIONS[n]` takes a database from version `n` to `n + 1`.
-const MIGRATIONS: [fn(&Connection) -> rusqlite::Result<()>; VERSION as usize] = [to_v1];
+const MIGRATIONS: [service_runtime::sqlite::Migration; VERSION as usize] = [to_v1];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS resources (
@@ -148,29 +148,14 @@ pub(super) fn open(path: &Path) -> DbResult<Connection> {
 
 /// The database's version.
 pub(super) fn version(c: &Connection) -> rusqlite::Result<i64> {
-    c.query_row("PRAGMA user_version", [], |r| r.get(0))
+    service_runtime::sqlite::version(c)
 }
 
 /// Applies the migrations from the database's version up to [`VERSION`].
 fn migrate(c: &mut Connection, path: &Path) -> DbResult<()> {
-    loop {
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let found = version(&tx)?;
-        if !(0..=VERSION).contains(&found) {
-            return Err(DbError::UnknownSchema {
-                path: path.to_owned(),
-                found,
-                known: VERSION,
-            });
-        }
-        let Some(step) = usize::try_from(found).ok().and_then(|n| MIGRATIONS.get(n)) else {
-            return Ok(());
-        };
-        step(&tx)?;
-        tx.pragma_update(None, "user_version", found + 1)?;
-        tx.commit()?;
-        if found > 0 {
-            tracing::info!(path = %path.display(), from = found, to = found + 1, "database migrated");
-        }
-    }
+    use service_runtime::sqlite::MigrateError;
+    service_runtime::sqlite::migrate(c, path, &MIGRATIONS).map_err(|e| match e {
+        MigrateError::Newer { path, found, known } => DbError::UnknownSchema { path, found, known },
+        MigrateError::Sqlite(e) => e.into(),
+    })
 }
