@@ -146,11 +146,6 @@ pub(super) fn open(path: &Path) -> DbResult<Connection> {
     Ok(conn)
 }
 
-/// The database's version.
-pub(super) fn version(c: &Connection) -> rusqlite::Result<i64> {
-    service_runtime::sqlite::version(c)
-}
-
 /// Applies the migrations from the database's version up to [`VERSION`].
 fn migrate(c: &mut Connection, path: &Path) -> DbResult<()> {
     use service_runtime::sqlite::MigrateError;

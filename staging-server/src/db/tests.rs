@@ -122,7 +122,7 @@ fn an_older_database_is_counted_once_when_opened() {
 
 fn user_version(path: &std::path::Path) -> i64 {
     let c = Connection::open(path).unwrap();
-    schema::version(&c).unwrap()
+    service_runtime::sqlite::version(&c).unwrap()
 }
 
 #[test]
@@ -155,7 +155,10 @@ fn a_new_database_and_an_older_one_get_the_current_version() {
         )
         .unwrap();
     assert_eq!(has_seen, 1);
-    assert_eq!(schema::version(&c).unwrap(), schema::VERSION);
+    assert_eq!(
+        service_runtime::sqlite::version(&c).unwrap(),
+        schema::VERSION
+    );
 }
 
 #[test]
@@ -176,7 +179,10 @@ fn a_database_of_this_layout_without_a_version_keeps_its_rows_and_gets_the_versi
     assert_eq!(user_version(&path), 0);
     let db = Db::open(&path).unwrap();
     let c = db.conn.lock().unwrap();
-    assert_eq!(schema::version(&c).unwrap(), schema::VERSION);
+    assert_eq!(
+        service_runtime::sqlite::version(&c).unwrap(),
+        schema::VERSION
+    );
     let kept: i64 = c
         .query_row("SELECT COUNT(*) FROM store_deletions", [], |r| r.get(0))
         .unwrap();

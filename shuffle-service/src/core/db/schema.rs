@@ -90,11 +90,6 @@ pub(super) fn open(path: &Path, durability: Durability) -> Result<Connection> {
     Ok(conn)
 }
 
-/// The database's version.
-pub(super) fn version(c: &Connection) -> rusqlite::Result<i64> {
-    service_runtime::sqlite::version(c)
-}
-
 /// Applies the migrations from the database's version up to [`VERSION`].
 fn migrate(c: &mut Connection, path: &Path) -> Result<()> {
     use service_runtime::sqlite::MigrateError;

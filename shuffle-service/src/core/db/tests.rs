@@ -20,7 +20,7 @@ fn open(path: &Path) -> Db {
 }
 
 fn user_version(path: &Path) -> i64 {
-    schema::version(&Connection::open(path).unwrap()).unwrap()
+    service_runtime::sqlite::version(&Connection::open(path).unwrap()).unwrap()
 }
 
 // === versions ===
