@@ -23,6 +23,7 @@
 //! - [`lifecycle`]: deletion and the expiry sweeper.
 //! - `server`: accept loop, limits and graceful drain ([`run`]).
 //! - `error`: the crate error ([`Error`]) of start-up and of the layers below the HTTP edge;
+//!   `store_error`: the store's failures, which it carries;
 //!   `metrics`: the server's Prometheus metrics; `pace`, `reserve`, `secret`: upload pacing,
 //!   the disk reserve, secret files.
 //!
@@ -52,6 +53,7 @@ mod secret;
 mod server;
 mod state;
 pub mod store;
+mod store_error;
 mod tls_watch;
 pub mod token;
 
