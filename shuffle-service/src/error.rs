@@ -1,12 +1,12 @@
-//! The service error, and its two mappings to what clients see: a gRPC `Status`, and the text
-//! of a Spark `RpcFailure` or chunk failure. Internal causes (I/O, the database, a failed
-//! task, start-up) are logged with their sources and never shown to clients.
+//! The service error (with the error of Spark's authentication secrets it carries), and its
+//! two mappings to what clients see: a gRPC `Status`, and the text of a Spark `RpcFailure` or
+//! chunk failure. Internal causes (I/O, the database, a failed task, start-up) are logged with
+//! their sources and never shown to clients.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::core::SecretError;
 use spark_protocol::ids::InvalidId;
 
 /// Errors of the shuffle core, named by what happened.
@@ -234,6 +234,27 @@ impl ShuffleError {
             source,
         }
     }
+}
+
+/// Why a secret of Spark's authentication cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// The file cannot be read, or its mode lets others read it.
+    #[error(transparent)]
+    Unreadable(#[from] service_runtime::secret::SecretError),
+    /// The file holds nothing.
+    #[error("{}: empty secret", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The per-application secrets' directory is not one.
+    #[error("{}: not a directory", path.display())]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
 }
 
 /// The text of a Spark `RpcFailure` or chunk failure for an error: internal causes are logged

@@ -31,6 +31,7 @@ use crate::config::ConnectionLimits;
 use crate::linger::Lingering;
 use crate::memory::Trimmer;
 use crate::metrics::Metrics;
+use crate::metrics::labels::CloseReason;
 
 /// The request body the listeners' services get: hyper's, its frames counted as progress.
 pub(crate) type RequestBody = Watched<Incoming>;
@@ -38,43 +39,6 @@ pub(crate) type RequestBody = Watched<Incoming>;
 /// How long a connection closed for idleness may take to say goodbye (GOAWAY, lingering
 /// requests) before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
-
-/// Why the service closed a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
-    /// No byte within the first-byte timeout.
-    FirstByte,
-    /// The TLS handshake failed or did not finish in time.
-    TlsHandshake,
-    /// No request head within the first-request timeout.
-    FirstRequest,
-    /// No request in progress for the idle timeout.
-    Idle,
-    /// Requests in progress whose bodies moved no byte for the idle timeout.
-    Stalled,
-}
-
-impl CloseReason {
-    /// Every reason, for metrics.
-    pub(crate) const ALL: [Self; 5] = [
-        Self::FirstByte,
-        Self::TlsHandshake,
-        Self::FirstRequest,
-        Self::Idle,
-        Self::Stalled,
-    ];
-
-    /// The metric label.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::FirstByte => "first_byte_timeout",
-            Self::TlsHandshake => "tls_handshake",
-            Self::FirstRequest => "first_request_timeout",
-            Self::Idle => "idle",
-            Self::Stalled => "stalled",
-        }
-    }
-}
 
 impl From<Expiry> for CloseReason {
     fn from(e: Expiry) -> Self {

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the shuffle service, on an injected registry. Labels are bounded:
 //! RPC method names, status codes, volume indexes and kinds.
 
+pub(crate) mod labels;
+
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -319,12 +321,12 @@ impl Metrics {
         r.register(Box::new(m.spark_frame_memory.clone()))?;
         r.register(Box::new(m.spark_frame_memory_waits_failed.clone()))?;
         r.register(Box::new(m.spark_connections_closed.clone()))?;
-        for limit in crate::spark::budget::BudgetError::LIMITS {
+        for limit in labels::FRAME_MEMORY_LIMITS {
             m.spark_frame_memory_waits_failed
                 .with_label_values(&[limit])
                 .inc_by(0);
         }
-        for reason in crate::spark::deadline::Deadline::ALL {
+        for reason in labels::Deadline::ALL {
             m.spark_connections_closed
                 .with_label_values(&[reason.label()])
                 .inc_by(0);
@@ -343,7 +345,7 @@ impl Metrics {
                     .with_label_values(&[listener, refusal.label()])
                     .inc_by(0);
             }
-            for reason in crate::listen::CloseReason::ALL {
+            for reason in labels::CloseReason::ALL {
                 m.http_connections_closed
                     .with_label_values(&[listener, reason.label()])
                     .inc_by(0);

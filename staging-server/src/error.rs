@@ -29,7 +29,7 @@ pub enum Error {
     Metadata(#[from] crate::db::DbError),
     /// The object store failed.
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::store_error::StoreError),
     /// Metric registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

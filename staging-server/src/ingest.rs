@@ -23,6 +23,7 @@ use crate::db::{BlobCommit, CommitOutcome, CommitRequest, Headroom, Owner};
 use crate::metrics::InflightGuard;
 use crate::pace::Pace;
 use crate::state::AppState;
+pub use crate::state::Uploader;
 use crate::store::BlobWriter;
 use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
@@ -53,16 +54,6 @@ pub struct Committed {
     pub expires_at: i64,
     /// Deadline for a first download (ms).
     pub unused_deadline: i64,
-}
-
-/// Whose share of the upload slots an upload takes: its namespace, or before that is known
-/// (a v0 body whose owner part comes after the bundle) its credential.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Uploader {
-    /// The upload's namespace.
-    Namespace(Namespace),
-    /// The credential that sends it (anonymous uploads share one).
-    Credential(CredentialId),
 }
 
 /// An upload in progress.

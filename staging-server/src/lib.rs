@@ -18,11 +18,13 @@
 //!   schema) and `object_store` bytes; `instance`: which server owns a store prefix (and so
 //!   which orphans it may delete).
 //! - [`token`], [`auth`]: download JWTs and upload bearer tokens.
-//! - [`kube`]: the Kubernetes API: the owner watch that ends a resource with its owner pods,
-//!   and the reviews of Kubernetes credentials (cached, rate-limited per client).
+//! - [`kube`]: the Kubernetes API: the owner watch that ends a resource with its owner pods;
+//!   `kube_auth`: the API client, and the reviews of Kubernetes credentials (cached,
+//!   rate-limited per client) that the shared state holds.
 //! - [`lifecycle`]: deletion and the expiry sweeper.
 //! - `server`: accept loop, limits and graceful drain ([`run`]).
 //! - `error`: the crate error ([`Error`]) of start-up and of the layers below the HTTP edge;
+//!   `store_error`: the store's failures, which it carries;
 //!   `metrics`: the server's Prometheus metrics; `pace`, `reserve`, `secret`: upload pacing,
 //!   the disk reserve, secret files.
 //!
@@ -43,6 +45,7 @@ mod error;
 pub mod ingest;
 mod instance;
 pub mod kube;
+mod kube_auth;
 pub mod lifecycle;
 mod metrics;
 mod pace;
@@ -52,6 +55,7 @@ mod secret;
 mod server;
 mod state;
 pub mod store;
+mod store_error;
 mod tls_watch;
 pub mod token;
 

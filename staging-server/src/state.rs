@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::reserve::Reserve;
 use crate::store::BlobStore;
 use crate::token::TokenKeys;
+use staging_api::ids::{CredentialId, Namespace};
 
 /// Name of the lock file in the data directory.
 const LOCK_FILE: &str = "staging.lock";
@@ -43,14 +44,14 @@ struct Inner {
     store: BlobStore,
     keys: TokenKeys,
     upload_auth: UploadAuth,
-    kube_auth: Option<Arc<crate::kube::review::KubeAuth>>,
+    kube_auth: Option<Arc<crate::kube_auth::review::KubeAuth>>,
     metrics: Metrics,
     registry: Registry,
     clock: Arc<dyn Clock>,
     limits: Limits,
     uploads: Arc<Semaphore>,
     /// Upload slots held per namespace (or credential).
-    upload_shares: service_runtime::peer::PeerCounts<crate::ingest::Uploader>,
+    upload_shares: service_runtime::peer::PeerCounts<Uploader>,
     draining: AtomicBool,
     reserve: Reserve,
     /// This database's instance id (see `crate::instance`).
@@ -61,6 +62,16 @@ struct Inner {
     orphan_grace: std::time::Duration,
     /// Held for the life of the process: the exclusive lock on the data directory.
     _lock: Option<File>,
+}
+
+/// Whose share of the upload slots an upload takes: its namespace, or before that is known
+/// (a v0 body whose owner part comes after the bundle) its credential.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Uploader {
+    /// The upload's namespace.
+    Namespace(Namespace),
+    /// The credential that sends it (anonymous uploads share one).
+    Credential(CredentialId),
 }
 
 /// Pieces an embedding or a test may substitute.
@@ -115,13 +126,13 @@ impl AppState {
         let kube_auth = if config.kube_auth {
             let client = match overrides.kube_client {
                 Some(c) => c,
-                None => crate::kube::client().await.map_err(|e| {
+                None => crate::kube_auth::client().await.map_err(|e| {
                     Error::config(format!(
                         "--kube-auth needs the Kubernetes API (service account or kubeconfig): {e}"
                     ))
                 })?,
             };
-            Some(Arc::new(crate::kube::review::KubeAuth::new(
+            Some(Arc::new(crate::kube_auth::review::KubeAuth::new(
                 client,
                 config.kube_auth_settings.clone(),
                 &registry,
@@ -330,7 +341,7 @@ impl AppState {
     }
 
     /// The Kubernetes credential reviewer, with `--kube-auth`.
-    pub fn kube_auth(&self) -> Option<&crate::kube::review::KubeAuth> {
+    pub fn kube_auth(&self) -> Option<&crate::kube_auth::review::KubeAuth> {
         self.inner.kube_auth.as_deref()
     }
 
@@ -375,9 +386,7 @@ impl AppState {
     }
 
     /// Upload slots held per namespace (or credential).
-    pub(crate) fn upload_shares(
-        &self,
-    ) -> &service_runtime::peer::PeerCounts<crate::ingest::Uploader> {
+    pub(crate) fn upload_shares(&self) -> &service_runtime::peer::PeerCounts<Uploader> {
         &self.inner.upload_shares
     }
 

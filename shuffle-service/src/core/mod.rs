@@ -26,9 +26,11 @@ pub use liveness::{NotReady, SweepReport};
 pub use ownership::{Lifecycle, PodOwner};
 pub use registry::Executor;
 pub use request::{BlockRange, Blocks, Diagnosis, ExecutorRegistration, FetchRequest, ReduceRange};
-pub use secrets::{SecretError, Secrets, Source};
+pub use secrets::{Secrets, Source};
 pub use volume::{VolumeKind, VolumeSpec, Volumes, parse_size};
 pub use writer::MapOutput;
+
+pub use crate::error::SecretError;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsFd as _;

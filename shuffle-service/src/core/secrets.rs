@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use spark_protocol::ids::AppId;
 
+use crate::error::SecretError;
+
 /// Which kind of source answered for an application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -35,27 +37,6 @@ impl fmt::Debug for Secrets {
             .field("learn", &self.learn)
             .finish()
     }
-}
-
-/// Why a secret of Spark's authentication cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SecretError {
-    /// The file cannot be read, or its mode lets others read it.
-    #[error(transparent)]
-    Unreadable(#[from] service_runtime::secret::SecretError),
-    /// The file holds nothing.
-    #[error("{}: empty secret", path.display())]
-    Empty {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The per-application secrets' directory is not one.
-    #[error("{}: not a directory", path.display())]
-    NotADirectory {
-        /// The path given.
-        path: PathBuf,
-    },
 }
 
 /// Reads a secret file with the rules every secret file of the project follows (mode, size,

@@ -44,7 +44,7 @@ pub(crate) enum BudgetError {
 
 impl BudgetError {
     /// The metric labels of the limits.
-    pub(crate) const LIMITS: [&'static str; 2] = ["total", "peer_share"];
+    pub(crate) const LIMITS: [&'static str; 2] = crate::metrics::labels::FRAME_MEMORY_LIMITS;
 
     /// Which limit was reached, as a metric label; `None` when the service stops.
     pub(crate) fn limit(&self) -> Option<&'static str> {

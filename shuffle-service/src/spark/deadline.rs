@@ -7,43 +7,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Why the service closed a connection: a deadline, or a share (see [`super::admission`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Deadline {
-    /// Not authenticated within the auth timeout.
-    Auth,
-    /// Quiet in both directions for the idle timeout.
-    Idle,
-    /// No byte for the idle timeout in the middle of a frame.
-    StalledFrame,
-    /// Not authenticated, and closed to admit a newer connection of its peer, which held its
-    /// share ([`super::admission`]).
-    Evicted,
-    /// Authenticated as an application that holds its share of connections.
-    AppShare,
-}
-
-impl Deadline {
-    /// Every reason, for metrics.
-    pub(crate) const ALL: [Self; 5] = [
-        Self::Auth,
-        Self::Idle,
-        Self::StalledFrame,
-        Self::Evicted,
-        Self::AppShare,
-    ];
-
-    /// The metric label.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Auth => "auth_timeout",
-            Self::Idle => "idle",
-            Self::StalledFrame => "stalled_frame",
-            Self::Evicted => "evicted_for_newer",
-            Self::AppShare => "application_share",
-        }
-    }
-}
+pub(crate) use crate::metrics::labels::Deadline;
 
 /// When the connection last moved bytes, in either direction.
 #[derive(Debug)]

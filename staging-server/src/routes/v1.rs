@@ -19,7 +19,7 @@ use crate::api_error::ApiError;
 use crate::auth::{UploadAuthError, credential};
 use crate::db::Owner;
 use crate::ingest::{Lifetimes, PendingUpload};
-use crate::kube::review::Refusal;
+use crate::kube_auth::review::Refusal;
 use crate::lifecycle::{self, DeleteReason};
 use crate::state::AppState;
 use staging_api::bodies::{Created, FileMeta, ResourceMetadata};
