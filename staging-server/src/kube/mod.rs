@@ -28,7 +28,7 @@ pub use crate::kube_auth::client;
 ///
 /// # Errors
 /// No usable configuration.
-pub async fn watch_client() -> anyhow::Result<Client> {
+pub async fn watch_client() -> Result<Client, crate::kube_auth::ClientError> {
     crate::kube_auth::build(Duration::from_secs(
         u64::from(pod_watch::WATCH_TIMEOUT) + 15,
     ))

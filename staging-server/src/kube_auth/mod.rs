@@ -14,12 +14,23 @@ use std::time::Duration;
 
 use kube::Client;
 
+/// Why no API client could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No service account in the pod and no usable kubeconfig.
+    #[error("no Kubernetes configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    /// The configuration found does not make a client (its TLS settings, say).
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
 /// Builds the API client of the credential reviews from the pod's service account (or
 /// `KUBECONFIG` outside a pod).
 ///
 /// # Errors
 /// No usable configuration.
-pub async fn client() -> anyhow::Result<Client> {
+pub async fn client() -> Result<Client, ClientError> {
     build(Duration::from_secs(30)).await
 }
 
@@ -27,7 +38,7 @@ pub async fn client() -> anyhow::Result<Client> {
 ///
 /// # Errors
 /// No usable configuration.
-pub(crate) async fn build(read_timeout: Duration) -> anyhow::Result<Client> {
+pub(crate) async fn build(read_timeout: Duration) -> Result<Client, ClientError> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut config = kube::Config::infer().await?;
     // The owner watch retries what failed, and a review that fails answers 503; a call that
