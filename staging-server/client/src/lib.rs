@@ -8,7 +8,6 @@
 //! or failing after all retries, 64 bad usage.
 
 pub mod fetch;
-pub mod fetch_files;
 pub mod http;
 pub mod stage;
 pub mod submit;

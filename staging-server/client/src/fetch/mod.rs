@@ -5,6 +5,8 @@
 //! resuming with `Range` + `If-Range` where the server allows; 401/403, 404 and 410 (bytes lost
 //! from the store) fail at once with their own exit codes (no five-minute hang as in the fork).
 
+mod files;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ use clap::Args;
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use super::{
+use crate::{
     ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
     EXIT_UNSAFE_ARCHIVE, EXIT_USAGE, server_message,
 };
@@ -76,7 +78,7 @@ pub struct FetchArgs {
 
 /// Runs `fetch` and returns the exit code.
 pub async fn main(args: FetchArgs) -> ExitCode {
-    super::exit(
+    crate::exit(
         run(args).await.map(|files| {
             for f in files {
                 println!("{f}");
@@ -117,9 +119,9 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
         }
     }
     if !args.v0
-        && let Some(files) = super::fetch_files::listing(&args, &token, deadline).await?
+        && let Some(files) = files::listing(&args, &token, deadline).await?
     {
-        return super::fetch_files::fetch(&args, &token, files, deadline).await;
+        return files::fetch(&args, &token, files, deadline).await;
     }
     let expected = args
         .sha256
@@ -195,7 +197,7 @@ fn bundle_url(args: &FetchArgs) -> String {
 
 /// The HTTP client of `fetch`.
 fn http_client(args: &FetchArgs) -> Result<reqwest::Client, ClientError> {
-    super::http::client(
+    crate::http::client(
         args.ca_file.as_deref(),
         args.connect_timeout,
         Some(args.read_timeout),
@@ -221,7 +223,7 @@ pub(super) async fn download(
     let mut offset: u64 = 0;
     let mut etag: Option<String> = None;
     let mut server_digest: Option<String> = None;
-    let mut backoff = super::http::Backoff::new(args.retries).until(deadline);
+    let mut backoff = crate::http::Backoff::new(args.retries).until(deadline);
     loop {
         let failure = match attempt_once(
             &client,
@@ -276,12 +278,12 @@ async fn attempt_once(
             .header("if-range", tag);
     }
     let resp = req.send().await.map_err(|e| {
-        if super::http::transient(&e) {
-            Attempt::Retry(super::http::describe(&e))
+        if crate::http::transient(&e) {
+            Attempt::Retry(crate::http::describe(&e))
         } else {
             Attempt::Fatal(ClientError::new(
                 EXIT_UNAVAILABLE,
-                super::http::describe(&e),
+                crate::http::describe(&e),
             ))
         }
     })?;
@@ -323,7 +325,7 @@ async fn attempt_once(
     }
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Attempt::Retry(super::http::describe(&e)))?;
+        let chunk = chunk.map_err(|e| Attempt::Retry(crate::http::describe(&e)))?;
         file.write_all(&chunk).map_err(|e| {
             Attempt::Fatal(ClientError::new(
                 EXIT_FAILURE,

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use super::fetch::{FetchArgs, download};
-use super::{
+use super::{FetchArgs, download};
+use crate::{
     ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_INTEGRITY, EXIT_NOT_FOUND, EXIT_UNAVAILABLE,
     EXIT_UNSAFE_ARCHIVE, server_message,
 };
@@ -17,12 +17,12 @@ use staging_api::names;
 ///
 /// # Errors
 /// [`ClientError`] with the exit code.
-pub async fn listing(
+pub(super) async fn listing(
     args: &FetchArgs,
     token: &str,
     deadline: std::time::Instant,
 ) -> Result<Option<Vec<FileMeta>>, ClientError> {
-    let client = super::http::client(
+    let client = crate::http::client(
         args.ca_file.as_deref(),
         args.connect_timeout,
         Some(args.read_timeout),
@@ -33,9 +33,9 @@ pub async fn listing(
         args.id
     );
     // One budget for the failures of the connection and the server's 5xx/408/429 answers.
-    let mut backoff = super::http::Backoff::new(args.retries).until(deadline);
+    let mut backoff = crate::http::Backoff::new(args.retries).until(deadline);
     loop {
-        let resp = super::http::send_with("fetch", &mut backoff, || {
+        let resp = crate::http::send_with("fetch", &mut backoff, || {
             client.get(&url).bearer_auth(token).timeout(args.timeout)
         })
         .await?;
@@ -85,7 +85,7 @@ pub async fn listing(
 ///
 /// # Errors
 /// [`ClientError`] with the exit code.
-pub async fn fetch(
+pub(super) async fn fetch(
     args: &FetchArgs,
     token: &str,
     files: Vec<FileMeta>,
@@ -166,7 +166,7 @@ pub async fn fetch(
         })?;
         done.push(f.name);
     }
-    super::fetch::write_file_list(args, &done)?;
+    super::write_file_list(args, &done)?;
     Ok(done)
 }
 
@@ -180,7 +180,7 @@ fn already_there(target: &Path, sha256: &str) -> Result<bool, ClientError> {
             format!("{}: {e}", target.display()),
         )),
         Ok(m) if m.is_file() => {
-            let (have, _) = super::stage::hash_file(target).map_err(|e| {
+            let (have, _) = crate::stage::hash_file(target).map_err(|e| {
                 ClientError::new(EXIT_FAILURE, format!("{}: {e}", target.display()))
             })?;
             if have == sha256 {
