@@ -25,9 +25,9 @@ pub struct SweepReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NotReady {
-    /// The registration database does not answer.
-    #[error("database: {0}")]
-    Database(#[source] ShuffleError),
+    /// The registration database does not answer (its error says "database: ...").
+    #[error(transparent)]
+    Database(ShuffleError),
     /// A volume root is not reachable (unmounted, removed).
     #[error("volume {} unreachable", .0.display())]
     Volume(PathBuf),
