@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use kubebed::resources::PODS;
 use kubebed::store::{DeleteOptions, Store};
 use serde_json::{Value, json};
@@ -45,6 +46,21 @@ pub(crate) const NAMESPACES: usize = 8;
 
 pub(crate) fn namespace(job: usize) -> String {
     format!("spark-{}", job % NAMESPACES)
+}
+
+/// An API store holding the namespaces the jobs run in.
+pub(crate) fn store() -> anyhow::Result<Arc<Store>> {
+    let store = Store::new(1_000_000);
+    for i in 0..NAMESPACES {
+        store
+            .create(
+                &kubebed::resources::NAMESPACES,
+                "",
+                json!({"metadata": {"name": namespace(i)}}),
+            )
+            .context("namespace")?;
+    }
+    Ok(store)
 }
 
 pub(crate) fn node_name(i: usize) -> String {

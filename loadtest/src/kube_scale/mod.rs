@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use kubebed::api::{ApiConfig, router};
-use kubebed::resources::{NAMESPACES, PODS};
+use kubebed::resources::PODS;
 use kubebed::store::{EventType, Store};
 use serde_json::{Value, json};
 use shuffle_service::config::{DriverScope, KubeSettings};
@@ -324,16 +324,7 @@ async fn shuffle(args: Args) -> anyhow::Result<Value> {
         args.nodes > args.old_sample,
         "--nodes must exceed --old-sample"
     );
-    let store = Store::new(1_000_000);
-    for i in 0..churn::NAMESPACES {
-        store
-            .create(
-                &NAMESPACES,
-                "",
-                json!({"metadata": {"name": churn::namespace(i)}}),
-            )
-            .context("namespace")?;
-    }
+    let store = churn::store()?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let stop = CancellationToken::new();

@@ -22,7 +22,6 @@ use http_body_util::BodyExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kubebed::api::{ApiConfig, router};
-use kubebed::resources::NAMESPACES;
 use kubebed::store::Store;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -181,16 +180,7 @@ fn gauge(text: &str, name: &str) -> f64 {
 
 /// One phase: `jobs` concurrent jobs.
 async fn phase(args: &Args, jobs: usize) -> anyhow::Result<Value> {
-    let store = Store::new(1_000_000);
-    for i in 0..churn::NAMESPACES {
-        store
-            .create(
-                &NAMESPACES,
-                "",
-                json!({"metadata": {"name": churn::namespace(i)}}),
-            )
-            .context("namespace")?;
-    }
+    let store = churn::store()?;
     let stop = CancellationToken::new();
     let server_counts = Arc::new(Counters::default());
     let server_deletes = Arc::new(Counters::default());

@@ -102,6 +102,11 @@ impl Group {
     }
 }
 
+/// How long ago the resource was committed (what the start grace is measured against).
+pub(super) fn age(r: &OwnedResource, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms.saturating_sub(r.committed_at)).unwrap_or(0))
+}
+
 /// The decision for one resource, given what its owner pods show now.
 pub(crate) fn decide(
     r: &OwnedResource,
@@ -117,11 +122,7 @@ pub(crate) fn decide(
         Seen::Ended | Seen::None if started => ended_since
             .filter(|t| now.duration_since(*t) >= settings.end_grace)
             .map(|_| DeleteReason::OwnerEnded),
-        _ => {
-            let age = u64::try_from(now_ms.saturating_sub(r.committed_at)).unwrap_or(0);
-            (Duration::from_millis(age) >= settings.start_grace)
-                .then_some(DeleteReason::OwnerNeverStarted)
-        }
+        _ => (age(r, now_ms) >= settings.start_grace).then_some(DeleteReason::OwnerNeverStarted),
     }
 }
 

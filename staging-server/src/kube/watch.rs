@@ -25,7 +25,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::owners::{Group, Seen, decide, seen, selector};
+use super::owners::{Group, Seen, age, decide, seen, selector};
 use super::pod_watch::{self, GroupWatch, Shared};
 use super::pods::{OwnerPod, PodCache};
 use crate::config::OwnerSettings;
@@ -391,9 +391,7 @@ async fn round(
             match since {
                 Some(t) => soonest(settings.end_grace.saturating_sub(now.duration_since(t))),
                 None if s == Seen::None => {
-                    let age = state.now_ms().saturating_sub(r.committed_at);
-                    let age = Duration::from_millis(u64::try_from(age).unwrap_or(0));
-                    soonest(settings.start_grace.saturating_sub(age));
+                    soonest(settings.start_grace.saturating_sub(age(r, state.now_ms())));
                 }
                 None => {}
             }
