@@ -29,6 +29,13 @@ pub(crate) struct Counts {
 }
 
 impl Counters {
+    /// Counts a piece of a response body: its bytes, and its watch events (one JSON line each).
+    pub(crate) fn received(&self, data: &[u8]) {
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let lines = data.iter().filter(|&&b| b == b'\n').count();
+        self.events.fetch_add(lines as u64, Ordering::Relaxed);
+    }
+
     pub(crate) fn get(&self) -> Counts {
         Counts {
             requests: self.requests.load(Ordering::Relaxed),
@@ -65,9 +72,7 @@ pub(crate) fn client(url: &str, counters: Arc<Counters>) -> anyhow::Result<kube:
             r.map(move |body| {
                 body.map_frame(move |f| {
                     if let Some(d) = f.data_ref() {
-                        c.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-                        let lines = d.iter().filter(|&&b| b == b'\n').count();
-                        c.events.fetch_add(lines as u64, Ordering::Relaxed);
+                        c.received(d);
                     }
                     f
                 })

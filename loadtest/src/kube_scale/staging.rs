@@ -55,9 +55,7 @@ fn counted(store: Arc<Store>, c: Arc<Counters>, deletes: Arc<Counters>) -> axum:
                 r.map(move |b| {
                     Body::new(b.map_frame(move |f| {
                         if let Some(d) = f.data_ref() {
-                            c.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
-                            let lines = d.iter().filter(|&&b| b == b'\n').count();
-                            c.events.fetch_add(lines as u64, Ordering::Relaxed);
+                            c.received(d);
                         }
                         f
                     }))
