@@ -86,6 +86,12 @@ pub const DEFAULT_MAX_UNNAMED_NAMESPACES: u64 = 1000;
 pub const DEFAULT_CREDENTIAL_MAX_NAMESPACES: u64 = 100;
 /// An object of the store without a row is deleted as an orphan only once it is this old.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
+/// Default `--replica-sync-interval`.
+pub const DEFAULT_REPLICA_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `--leader-lease`.
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
+/// Default `--snapshot-every`.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Default failed reviews one client address (or one identity) may cause at once.
@@ -353,6 +359,16 @@ pub struct Config {
     pub orphan_grace: Duration,
     /// How long a grant on a file no submission of its namespace names lives after its send.
     pub unnamed_blob_grace: Duration,
+    /// Several replicas share the state through the object store (`crate::replica`).
+    pub replicated: bool,
+    /// How often a replica applies the others' changes: the bound on how long a deletion on
+    /// one replica is still served by another.
+    pub replica_sync_interval: Duration,
+    /// The leader lease's duration: how long the work that must happen once waits when its
+    /// replica dies.
+    pub leader_lease: Duration,
+    /// Shared-log entries between two snapshots of the shared state.
+    pub snapshot_every: u64,
 }
 
 impl fmt::Debug for Config {
@@ -383,6 +399,10 @@ impl fmt::Debug for Config {
             store_shared,
             orphan_grace,
             unnamed_blob_grace,
+            replicated,
+            replica_sync_interval,
+            leader_lease,
+            snapshot_every,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -412,6 +432,10 @@ impl fmt::Debug for Config {
             .field("store_shared", store_shared)
             .field("orphan_grace", orphan_grace)
             .field("unnamed_blob_grace", unnamed_blob_grace)
+            .field("replicated", replicated)
+            .field("replica_sync_interval", replica_sync_interval)
+            .field("leader_lease", leader_lease)
+            .field("snapshot_every", snapshot_every)
             .finish()
     }
 }
@@ -444,6 +468,10 @@ impl Config {
             store_shared: false,
             orphan_grace: DEFAULT_ORPHAN_GRACE,
             unnamed_blob_grace: crate::db::UNNAMED_BLOB_GRACE,
+            replicated: false,
+            replica_sync_interval: DEFAULT_REPLICA_SYNC_INTERVAL,
+            leader_lease: DEFAULT_LEADER_LEASE,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
 
@@ -676,6 +704,19 @@ impl Config {
                 .unnamed_blob_grace
                 .or(file.unnamed_blob_grace)
                 .unwrap_or(crate::db::UNNAMED_BLOB_GRACE),
+            replicated: args.replicated.or(file.replicated).unwrap_or(false),
+            replica_sync_interval: args
+                .replica_sync_interval
+                .or(file.replica_sync_interval)
+                .unwrap_or(DEFAULT_REPLICA_SYNC_INTERVAL),
+            leader_lease: args
+                .leader_lease
+                .or(file.leader_lease)
+                .unwrap_or(DEFAULT_LEADER_LEASE),
+            snapshot_every: args
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(DEFAULT_SNAPSHOT_EVERY),
         };
         config.validate()?;
         Ok(config)
@@ -686,6 +727,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the broken rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_replication()?;
         let exposed = !self.listen.ip().is_loopback();
         if exposed
             && self.upload_tokens.is_empty()
@@ -846,3 +888,36 @@ fn read_upload_tokens(
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// The rules of `--replicated`: a store every replica reaches and that honours conditional
+    /// writes (not the local filesystem), and bounds in the ranges the mode is built for.
+    fn validate_replication(&self) -> Result<(), ConfigError> {
+        if !self.replicated {
+            return Ok(());
+        }
+        if matches!(self.store, StoreLocation::Local(_)) {
+            return Err(ConfigError::invalid(
+                "--replicated needs an object store every replica reaches (s3://, gs://, az://): \
+                 the replicas share their state through it, and a local directory is one \
+                 replica's",
+            ));
+        }
+        let sync = Duration::from_millis(100)..=Duration::from_secs(60);
+        if !sync.contains(&self.replica_sync_interval) {
+            return Err(ConfigError::invalid(
+                "--replica-sync-interval must be between 100ms and 60s",
+            ));
+        }
+        let lease = Duration::from_secs(2)..=Duration::from_secs(300);
+        if !lease.contains(&self.leader_lease) {
+            return Err(ConfigError::invalid(
+                "--leader-lease must be between 2s and 5m",
+            ));
+        }
+        if self.snapshot_every < 10 {
+            return Err(ConfigError::invalid("--snapshot-every must be at least 10"));
+        }
+        Ok(())
+    }
+}

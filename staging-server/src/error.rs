@@ -30,6 +30,9 @@ pub enum Error {
     /// The object store failed.
     #[error(transparent)]
     Store(#[from] crate::store_error::StoreError),
+    /// The shared state of the replicas (`--replicated`) could not be loaded.
+    #[error("shared state: {0}")]
+    Replica(#[from] crate::replica::WriteError),
     /// Metric registration failed.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),

@@ -60,6 +60,8 @@ pub struct Committed {
 #[derive(Debug)]
 pub struct PendingUpload {
     state: AppState,
+    /// The API that receives it (`v0`, `v1`, or files).
+    api: &'static str,
     id: ResourceId,
     writer: Option<BlobWriter>,
     hasher: HashPipe,
@@ -139,15 +141,23 @@ impl PendingUpload {
         {
             return Err(ApiError::insufficient_storage(refusal));
         }
+        if let Some(r) = state.replica()
+            && let Err(e) = r.mark_pending(id).await
+        {
+            let _ = state.db().delete(id, state.now_ms()).await;
+            return Err(ApiError::store(e, state.metrics()));
+        }
         let writer = match state.store().writer(id).await {
             Ok(w) => w,
             Err(e) => {
                 let _ = state.db().delete(id, state.now_ms()).await;
+                unmark(state, id);
                 return Err(ApiError::store(e, state.metrics()));
             }
         };
         Ok(Self {
             state: state.clone(),
+            api,
             id,
             writer: Some(writer),
             hasher: HashPipe::spawn(),
@@ -270,23 +280,26 @@ impl PendingUpload {
         let (token, jti) = self.state.keys().issue(self.id, now, expires_at);
         let outcome = self
             .state
-            .db()
-            .commit(CommitRequest {
-                id: self.id,
-                owner,
-                size: self.size,
-                sha256,
-                now,
-                unused_ttl_ms,
-                expires_at,
-                jti,
-                quotas: self.state.quotas(),
-            })
+            .commit(
+                self.api,
+                CommitRequest {
+                    id: self.id,
+                    owner,
+                    size: self.size,
+                    sha256,
+                    now,
+                    unused_ttl_ms,
+                    expires_at,
+                    jti,
+                    quotas: self.state.quotas(),
+                },
+            )
             .await
-            .map_err(|e| db_error(&self.state, e))?;
+            .map_err(|e| write_error(&self.state, e))?;
         match outcome {
             CommitOutcome::Committed => {
                 self.done = true;
+                unmark(&self.state, self.id);
                 tracing::info!(resource = %self.id, size = self.size, "resource committed");
                 Ok(Committed {
                     id: self.id,
@@ -365,7 +378,6 @@ impl PendingUpload {
         let sha256 = self.finish_object(Some(expected)).await?;
         let outcome = self
             .state
-            .db()
             .commit_blob(
                 self.id,
                 sha256,
@@ -376,7 +388,7 @@ impl PendingUpload {
                 self.state.quotas(),
             )
             .await
-            .map_err(|e| db_error(&self.state, e))?;
+            .map_err(|e| write_error(&self.state, e))?;
         match &outcome {
             BlobCommit::QuotaExceeded(why) => {
                 return Err(ApiError::insufficient_storage(why.clone()));
@@ -395,6 +407,7 @@ impl PendingUpload {
             BlobCommit::Stored => {}
         }
         self.done = true;
+        unmark(&self.state, self.id);
         tracing::info!(sha256 = %sha256, size = self.size, "file received");
         Ok(outcome)
     }
@@ -407,7 +420,16 @@ impl PendingUpload {
     }
 }
 
+/// Removes the mark of an upload that ended (replicas), off the request path.
+fn unmark(state: &AppState, id: ResourceId) {
+    if let Some(r) = state.replica() {
+        let r = std::sync::Arc::clone(r);
+        tokio::spawn(async move { r.unmark_pending(id).await });
+    }
+}
+
 async fn remove_abandoned(state: AppState, id: ResourceId, writer: Option<BlobWriter>) {
+    unmark(&state, id);
     if let Some(w) = writer {
         let _ = w.abort().await;
     }
@@ -507,6 +529,18 @@ impl HashPipe {
 /// A database failure of an upload: 507 on a full disk (uploads are refused until space is
 /// freed; downloads go on), 500 otherwise.
 /// A database error as answered: 507 (and the full flag set) on a full disk, else 500.
+/// The answer to a failed shared change: as [`db_error`] for the database, as the store's
+/// failures for the shared log's store, 503 when the log stays busy.
+pub(crate) fn write_error(state: &AppState, e: crate::replica::WriteError) -> ApiError {
+    use crate::replica::WriteError as W;
+    match e {
+        W::Db(e) => db_error(state, e),
+        W::Store(e) => ApiError::store(e, state.metrics()),
+        W::Contended(_) => ApiError::unavailable("the shared state is busy; retry"),
+        e @ (W::Bad(_) | W::Io { .. }) => ApiError::internal(e),
+    }
+}
+
 pub(crate) fn db_error(state: &AppState, e: crate::db::DbError) -> ApiError {
     if e.is_full() {
         state.note_full();

@@ -49,6 +49,7 @@ mod kube_auth;
 pub mod lifecycle;
 mod metrics;
 mod pace;
+pub mod replica;
 mod reserve;
 mod routes;
 mod secret;
@@ -58,6 +59,7 @@ pub mod store;
 mod store_error;
 mod tls_watch;
 pub mod token;
+mod writes;
 
 pub use service_runtime::{shutdown, size};
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{DbError, ExpiryReason};
+use crate::replica::WriteError;
 use crate::state::AppState;
 use staging_api::ids::ResourceId;
 
@@ -57,14 +58,14 @@ pub async fn remove(
     state: &AppState,
     id: ResourceId,
     reason: DeleteReason,
-) -> Result<bool, DbError> {
+) -> Result<bool, WriteError> {
     let now = state.now_ms();
-    let deleted = match state.with_room(|| state.db().delete(id, now)).await {
+    let deleted = match state.with_room(|| state.delete_resource(id, now)).await {
         // Still full with the reserve gone: free this resource's own bytes first (a local
         // store shares the disk), then delete the row.
-        Err(e) if e.is_full() => {
+        Err(e) if crate::state::MayBeFull::is_full(&e) => {
             delete_bytes(state, id).await;
-            state.db().delete(id, now).await?
+            state.delete_resource(id, now).await?
         }
         r => r?,
     };
@@ -163,10 +164,12 @@ impl Sweeper {
     ///
     /// # Errors
     /// Database errors; deletions done before the error stay done.
-    pub async fn sweep_once(&self) -> Result<SweepReport, DbError> {
+    pub async fn sweep_once(&self) -> Result<SweepReport, WriteError> {
         let start = Instant::now();
         let mut report = SweepReport::default();
-        loop {
+        // Replicas: expiry, grants and tokens are the leader's; each replica deletes the
+        // objects it queued.
+        while self.state.leads() {
             let due = self
                 .state
                 .db()
@@ -188,19 +191,21 @@ impl Sweeper {
             }
         }
         let now = self.state.now_ms();
-        let cutoff = self.state.db().grant_cutoff(now);
-        let freed = self
-            .state
-            .with_room(|| self.state.db().collect_unnamed_blobs(cutoff))
-            .await?;
-        for object in freed {
-            delete_bytes(&self.state, object).await;
-            report.unnamed_blobs += 1;
+        if self.state.leads() {
+            let cutoff = self.state.db().grant_cutoff(now);
+            let freed = self
+                .state
+                .with_room(|| self.state.collect_unnamed_blobs(cutoff))
+                .await?;
+            for object in freed {
+                delete_bytes(&self.state, object).await;
+                report.unnamed_blobs += 1;
+            }
+            report.tokens_pruned = self
+                .state
+                .with_room(|| self.state.prune_tokens(now))
+                .await?;
         }
-        report.tokens_pruned = self
-            .state
-            .with_room(|| self.state.db().prune_tokens(now))
-            .await?;
         report.deletions_retried = retry_deletions(&self.state).await?;
         self.state.ensure_reserve().await;
         self.state.refresh_census().await;
@@ -215,18 +220,25 @@ impl Sweeper {
     /// answered), then sweeps every `interval` until `cancel` fires, backing off on errors.
     pub async fn run(self, interval: Duration, cancel: CancellationToken) {
         let mut wait = interval;
-        let mut orphans_checked = false;
+        // When the next orphan scan is due: once for a single server; for replicas, on the
+        // leader, every half orphan grace.
+        let mut orphans_due = Some(Instant::now());
         loop {
-            if !orphans_checked {
+            if orphans_due.is_some_and(|due| Instant::now() >= due) {
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     r = self.state.queue_orphans() => match r {
-                        Ok(_) => {
-                            orphans_checked = true;
+                        Ok(Some(_)) => {
+                            orphans_due = self
+                                .state
+                                .replica()
+                                .map(|_| Instant::now() + self.state.orphan_grace() / 2);
                             if let Err(e) = retry_deletions(&self.state).await {
                                 tracing::warn!(cause = %e, "could not retry deletions");
                             }
                         }
+                        // Not this replica's work now: looked at again with the next sweep.
+                        Ok(None) => {}
                         Err(e) => tracing::warn!(cause = %e, "orphan scan failed; retried with the next sweep"),
                     },
                 }

@@ -54,6 +54,9 @@ pub async fn run(
     let cancel = CancellationToken::new();
     let sweeper =
         tokio::spawn(Sweeper::new(state.clone()).run(config.sweep_interval, cancel.clone()));
+    if let Some(r) = state.replica() {
+        tokio::spawn(std::sync::Arc::clone(r).run(cancel.clone()));
+    }
     let owners = config.owners.clone().map(|settings| {
         tokio::spawn(crate::kube::watch::follow(
             state.clone(),

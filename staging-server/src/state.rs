@@ -60,6 +60,8 @@ struct Inner {
     store_shared: bool,
     /// Age before an object without a row counts as an orphan.
     orphan_grace: std::time::Duration,
+    /// This replica's part in the shared state (`--replicated`), set once it is loaded.
+    replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
     /// Held for the life of the process: the exclusive lock on the data directory.
     _lock: Option<File>,
 }
@@ -72,6 +74,24 @@ pub enum Uploader {
     Namespace(Namespace),
     /// The credential that sends it (anonymous uploads share one).
     Credential(CredentialId),
+}
+
+/// An error that may say the disk is full (see [`AppState::with_room`]).
+pub trait MayBeFull {
+    /// Whether the disk (or the database's quota) is full.
+    fn is_full(&self) -> bool;
+}
+
+impl MayBeFull for DbError {
+    fn is_full(&self) -> bool {
+        DbError::is_full(self)
+    }
+}
+
+impl MayBeFull for crate::replica::WriteError {
+    fn is_full(&self) -> bool {
+        matches!(self, Self::Db(e) if e.is_full())
+    }
 }
 
 /// Pieces an embedding or a test may substitute.
@@ -156,8 +176,9 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 reserve,
                 instance,
-                store_shared: config.store_shared,
+                store_shared: config.store_shared || config.replicated,
                 orphan_grace: config.orphan_grace,
+                replica: std::sync::OnceLock::new(),
                 _lock: Some(lock),
             }),
         };
@@ -172,9 +193,67 @@ impl AppState {
             r => r?,
         }
         state.claim_store().await?;
+        if config.replicated {
+            state.start_replica(config).await?;
+        }
         state.ensure_reserve().await;
         state.refresh_census().await;
         Ok(state)
+    }
+
+    /// Loads the shared state (`--replicated`): after `recover`, so that the pending rows of
+    /// an interrupted run have their deletions queued (a rebuild keeps the queue).
+    async fn start_replica(&self, config: &Config) -> Result<()> {
+        if !self.store().shareable() {
+            return Err(Error::config(
+                "--replicated needs an object store every replica reaches (s3://, gs://, az://)",
+            ));
+        }
+        let replica = crate::replica::Replica::start(
+            self.store().state_store(),
+            self.db().clone(),
+            self.inner.instance.to_string(),
+            crate::replica::ReplicaSettings {
+                sync_interval: config.replica_sync_interval,
+                lease: config.leader_lease,
+                snapshot_every: config.snapshot_every,
+                scratch: config.data_dir.clone(),
+            },
+            &self.inner.registry,
+        )
+        .await?;
+        // Marks of uploads this replica received before it stopped: none of them is in
+        // progress any more.
+        replica.forget_own_uploads().await;
+        let _ = self.inner.replica.set(replica);
+        Ok(())
+    }
+
+    /// Age before an object without a row counts as an orphan.
+    pub fn orphan_grace(&self) -> std::time::Duration {
+        self.inner.orphan_grace
+    }
+
+    /// This replica's part in the shared state, when the server runs `--replicated`.
+    pub(crate) fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
+        self.inner.replica.get()
+    }
+
+    /// Applies the other replicas' changes now (nothing for a single server).
+    ///
+    /// # Errors
+    /// The shared state cannot be read.
+    pub async fn sync_shared(&self) -> Result<()> {
+        if let Some(r) = self.replica() {
+            r.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether this process does the work that must happen once: always for a single server,
+    /// the leader's for replicas.
+    pub fn leads(&self) -> bool {
+        self.replica().is_none_or(|r| r.is_leader())
     }
 
     /// Registers this instance on the store prefix, refusing to start on a prefix another
@@ -235,19 +314,30 @@ impl AppState {
     /// # Errors
     /// Store or database errors; [`Error::Config`] when another instance registered the
     /// prefix and it is not shared (the sweep then deletes nothing and logs it).
-    pub async fn queue_orphans(&self) -> Result<usize> {
-        match crate::instance::claim(self.store(), self.inner.instance, self.inner.store_shared)
-            .await?
-        {
-            crate::instance::Claim::Sole => {}
-            crate::instance::Claim::Shared(_) => return Ok(0),
+    pub async fn queue_orphans(&self) -> Result<Option<usize>> {
+        // Replicas: the leader, with the shared state applied, knows every committed row; the
+        // bytes of uploads in progress on live replicas are marked.
+        let mut in_progress = std::collections::HashSet::new();
+        if let Some(r) = self.replica() {
+            if !r.is_leader() {
+                return Ok(None);
+            }
+            r.sync().await?;
+            in_progress.extend(r.live_uploads(crate::clock::SystemClock.now_ms()).await?);
+        } else {
+            match crate::instance::claim(self.store(), self.inner.instance, self.inner.store_shared)
+                .await?
+            {
+                crate::instance::Claim::Sole => {}
+                crate::instance::Claim::Shared(_) => return Ok(Some(0)),
+            }
         }
         let cutoff = self
             .now_ms()
             .saturating_sub(crate::clock::duration_ms(self.inner.orphan_grace));
         let mut orphans = 0;
         for (id, written_at) in self.store().list_objects().await? {
-            if written_at < cutoff && !self.db().exists(id).await? {
+            if written_at < cutoff && !in_progress.contains(&id) && !self.db().exists(id).await? {
                 self.db().queue_deletion(id, self.now_ms()).await?;
                 orphans += 1;
             }
@@ -258,7 +348,7 @@ impl AppState {
                 "queued objects without a resource for deletion"
             );
         }
-        Ok(orphans)
+        Ok(Some(orphans))
     }
 
     /// Records that the disk was found full: uploads are refused with 507 until the sweep
@@ -292,10 +382,11 @@ impl AppState {
     ///
     /// # Errors
     /// The write's error, when the retry fails too or there was no reserve to release.
-    pub async fn with_room<T, F, Fut>(&self, op: F) -> Result<T, DbError>
+    pub async fn with_room<T, E, F, Fut>(&self, op: F) -> Result<T, E>
     where
+        E: MayBeFull,
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, DbError>>,
+        Fut: std::future::Future<Output = Result<T, E>>,
     {
         match op().await {
             Err(e) if e.is_full() => {

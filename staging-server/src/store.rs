@@ -301,6 +301,23 @@ impl BlobStore {
         remove_staging_files(&dir)
     }
 
+    /// The objects of the replicated state (`<prefix>/state/...`), on the same store and with
+    /// the same bound on every call.
+    pub(crate) fn state_store(&self) -> crate::replica::StateStore {
+        crate::replica::StateStore::new(
+            Arc::clone(&self.inner),
+            self.prefix.clone().join("state"),
+            self.timeout,
+            self.remote,
+        )
+    }
+
+    /// Whether the store can hold the replicated state: every replica must reach it, and it
+    /// must honour conditional updates (the local filesystem backend does not).
+    pub fn shareable(&self) -> bool {
+        self.local_root.is_none()
+    }
+
     /// Root directory of the local backend.
     pub fn local_root(&self) -> Option<&Path> {
         self.local_root.as_deref()
@@ -438,7 +455,7 @@ impl BlobWriter {
 }
 
 /// Runs one store call within `timeout`, classifying its failure.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     timeout: std::time::Duration,
     remote: bool,
     what: &'static str,

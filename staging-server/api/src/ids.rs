@@ -320,6 +320,12 @@ impl CredentialId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// One read back from the server's own records (its database, its replicated log), which
+    /// only ever hold values made by the constructors above.
+    pub fn from_stored(stored: String) -> Self {
+        Self(stored)
+    }
 }
 
 impl fmt::Display for CredentialId {

@@ -235,4 +235,19 @@ pub struct ServeArgs {
     /// send (1h): the time a staging has between sending its files and naming them.
     #[arg(long, env = "STAGING_UNNAMED_BLOB_GRACE", value_parser = humantime::parse_duration)]
     pub unnamed_blob_grace: Option<Duration>,
+    /// Run as one of several replicas sharing their state through the object store (S3, GCS
+    /// or Azure): any replica serves any resource, and one at a time (the leader) sweeps.
+    #[arg(long, env = "STAGING_REPLICATED", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub replicated: Option<bool>,
+    /// With --replicated: how often a replica applies the others' changes, the bound on how
+    /// long a deletion on one replica is still served by another (1s).
+    #[arg(long, env = "STAGING_REPLICA_SYNC_INTERVAL", value_parser = humantime::parse_duration)]
+    pub replica_sync_interval: Option<Duration>,
+    /// With --replicated: the leader lease, how long the leader's work waits when its replica
+    /// dies (15s).
+    #[arg(long, env = "STAGING_LEADER_LEASE", value_parser = humantime::parse_duration)]
+    pub leader_lease: Option<Duration>,
+    /// With --replicated: shared-log entries between two snapshots of the shared state (1000).
+    #[arg(long, env = "STAGING_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
 }

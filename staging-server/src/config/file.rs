@@ -81,4 +81,10 @@ pub(super) struct FileConfig {
     pub(super) orphan_grace: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub(super) unnamed_blob_grace: Option<Duration>,
+    pub(super) replicated: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(super) replica_sync_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(super) leader_lease: Option<Duration>,
+    pub(super) snapshot_every: Option<u64>,
 }

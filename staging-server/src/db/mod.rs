@@ -24,6 +24,7 @@
 mod blobs;
 mod deletions;
 mod quotas;
+mod replica;
 mod resources;
 mod schema;
 mod tokens;

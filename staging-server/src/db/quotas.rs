@@ -7,7 +7,7 @@ use super::usage;
 use staging_api::ids::Namespace;
 
 /// Storage quotas checked at commit.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Quotas {
     /// Bytes per namespace.
     pub namespace_bytes: Option<u64>,

@@ -147,7 +147,7 @@ pub(super) fn open(path: &Path) -> DbResult<Connection> {
 }
 
 /// Applies the migrations from the database's version up to [`VERSION`].
-fn migrate(c: &mut Connection, path: &Path) -> DbResult<()> {
+pub(super) fn migrate(c: &mut Connection, path: &Path) -> DbResult<()> {
     use service_runtime::sqlite::MigrateError;
     service_runtime::sqlite::migrate(c, path, &MIGRATIONS).map_err(|e| match e {
         MigrateError::Newer { path, found, known } => DbError::UnknownSchema { path, found, known },

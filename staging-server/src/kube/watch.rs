@@ -238,7 +238,14 @@ pub async fn run(
         "following the owner pods of staged resources");
     loop {
         let started = tokio::time::Instant::now();
-        let due = round(&state, &mut watches, &settings, &mut ended).await;
+        // Replicas: the leader decides (its deletions go through the shared log); the others
+        // wait, and start their graces afresh if they become leader.
+        let due = if state.leads() {
+            round(&state, &mut watches, &settings, &mut ended).await
+        } else {
+            ended.clear();
+            None
+        };
         // At most one round per MIN_ROUND_GAP, whatever wakes it.
         let wait = due
             .map_or(settings.interval, |d| d.min(settings.interval))
@@ -371,7 +378,7 @@ async fn round(
         let now = Instant::now();
         if s != Seen::None
             && r.owner_seen_at.is_none()
-            && let Err(e) = state.db().mark_owner_seen(r.id, state.now_ms()).await
+            && let Err(e) = state.mark_owner_seen(r.id, state.now_ms()).await
         {
             // Until recorded, the unused TTL still applies and a later round without pods
             // reads the owner as never started (the start grace then decides).

@@ -85,7 +85,18 @@ pub(super) async fn authorize(
     let id: ResourceId = path_id
         .parse()
         .map_err(|_| fail("invalid", "download token refused (invalid)"))?;
-    match state.db().authorize(verified.jti, id).await? {
+    let mut found = state.db().authorize(verified.jti.clone(), id).await?;
+    // A token this server signed for a resource this replica has not applied yet (committed
+    // on another replica a moment ago): read the shared log, then look again.
+    if found.0 == TokenState::Unknown
+        && let Some(r) = state.replica()
+    {
+        r.refresh()
+            .await
+            .map_err(|e| crate::ingest::write_error(state, e))?;
+        found = state.db().authorize(verified.jti, id).await?;
+    }
+    match found {
         (TokenState::Valid, Some(res)) => Ok(res),
         (TokenState::Valid, None) => Err(ApiError::not_found(
             "resource not found (expired or deleted)",
@@ -182,16 +193,26 @@ pub(super) async fn serve(
     let now = state.now_ms();
     let stale = res.last_access_at.is_none_or(|t| t < now - ACCESS_STAMP_MS);
     if res.first_access_at.is_none() || stale {
-        match state.db().record_access(res.id, now).await {
-            Ok(_) => {}
-            // A failed access stamp must not fail the download; the sweeper would at worst
-            // treat the resource as unused, which the operator sees in the logs.
-            Err(e) if e.is_full() => {
-                state.note_full();
-                tracing::debug!(resource = %res.id, "disk full: download served without its access stamp");
-            }
-            Err(e) => {
-                tracing::warn!(resource = %res.id, cause = %e, "could not record the download")
+        // Replicas write the stamp to the shared log off the download's path.
+        if state.replica().is_some() {
+            let (st, id) = (state.clone(), res.id);
+            tokio::spawn(async move {
+                if let Err(e) = st.record_access(id, now).await {
+                    tracing::warn!(resource = %id, cause = %e, "could not record the download");
+                }
+            });
+        } else {
+            match state.db().record_access(res.id, now).await {
+                Ok(_) => {}
+                // A failed access stamp must not fail the download; the sweeper would at worst
+                // treat the resource as unused, which the operator sees in the logs.
+                Err(e) if e.is_full() => {
+                    state.note_full();
+                    tracing::debug!(resource = %res.id, "disk full: download served without its access stamp");
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %res.id, cause = %e, "could not record the download")
+                }
             }
         }
     }

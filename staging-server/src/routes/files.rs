@@ -115,9 +115,9 @@ pub(super) async fn delete_blob(
     let sha256 = Sha256Digest::from_hex(&sha)?;
     let now = state.now_ms();
     let released = state
-        .with_room(|| state.db().release_blob(sha256, namespace.clone(), now))
+        .with_room(|| state.release_blob(sha256, namespace.clone(), now))
         .await
-        .map_err(|e| crate::ingest::db_error(&state, e))?;
+        .map_err(|e| crate::ingest::write_error(&state, e))?;
     match released {
         BlobRelease::Released(freed) => {
             if let Some(object) = freed {
@@ -219,7 +219,6 @@ pub(super) async fn submit(
     let (token, jti) = state.keys().issue(id, now, expires_at);
     let manifest = manifest_digest(&files);
     let outcome = state
-        .db()
         .commit_files(FilesCommit {
             id,
             owner: Owner {
@@ -236,7 +235,7 @@ pub(super) async fn submit(
             quotas: state.quotas(),
         })
         .await
-        .map_err(|e| crate::ingest::db_error(&state, e))?;
+        .map_err(|e| crate::ingest::write_error(&state, e))?;
     match outcome {
         FilesOutcome::Committed(size) => {
             tracing::info!(resource = %id, size, "submission committed");

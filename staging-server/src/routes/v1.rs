@@ -377,7 +377,15 @@ pub(super) async fn delete(
                 .parse()
                 .map_err(|_| ApiError::not_found("resource not found"))?;
             if let crate::auth::Scope::Namespaces(_) = scope {
-                let res = state.db().get(id).await?;
+                let mut res = state.db().get(id).await?;
+                if res.is_none()
+                    && let Some(r) = state.replica()
+                {
+                    r.refresh()
+                        .await
+                        .map_err(|e| crate::ingest::write_error(&state, e))?;
+                    res = state.db().get(id).await?;
+                }
                 if !res.is_some_and(|r| scope.allows(&r.owner.namespace)) {
                     return Err(ApiError::not_found(
                         "resource not found (expired or deleted)",
@@ -388,7 +396,10 @@ pub(super) async fn delete(
         }
         None => download::authorize(&state, &headers, &id, false).await?.id,
     };
-    if lifecycle::remove(&state, id, DeleteReason::Deleted).await? {
+    if lifecycle::remove(&state, id, DeleteReason::Deleted)
+        .await
+        .map_err(|e| crate::ingest::write_error(&state, e))?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(

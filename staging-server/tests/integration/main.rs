@@ -15,6 +15,7 @@ mod kube_auth;
 mod lifecycle;
 mod outage;
 mod owners;
+mod replicas;
 mod slow;
 mod submissions;
 mod tenants;

@@ -1,0 +1,477 @@
+//! Several replicas on one object store (`--replicated`): the shared state is a log of changes
+//! in the store, and each replica's SQLite database is a cache of it that the replica rebuilds
+//! at start.
+//!
+//! - **Writes**: a change (a commit, a deletion, a download's first access, ...) is an
+//!   [`Entry`] appended at the next free position of the log with a conditional create; a
+//!   replica that finds the position taken applies the entries it missed and tries the next.
+//!   The log's order is the order in which every replica applies the changes, so quotas and
+//!   the capacity hold exactly across replicas: the check runs where the entry lands, against
+//!   every change before it.
+//! - **Reads** are local. A replica applies the entries of the others every
+//!   `--replica-sync-interval`, and at once when a request names a resource or token it does
+//!   not know: an upload committed on one replica is downloadable from every other at once,
+//!   and a deletion on one is refused by the others within that interval (plus a store round
+//!   trip).
+//! - **Start**: the database is replaced by the newest snapshot (`state/snapshots/`), then the
+//!   log after it is applied. Nothing of an earlier run is trusted but this replica's own rows
+//!   (its queue of object deletions and its instance id).
+//! - **Work that must happen once** (expiry sweeps, the owner watch's deletions, the orphan
+//!   sweep, snapshots and trimming the log) runs on the holder of the leader lease
+//!   ([`lease`]).
+//!
+//! A failure to apply an entry (the disk, the store) leaves the replica unsynchronised: it
+//! rebuilds from the snapshot at its next synchronisation rather than go on from a state that
+//! may be half-applied.
+
+mod entry;
+mod lease;
+mod metrics;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+pub use entry::BadEntry;
+pub(crate) use entry::{Entry, Outcome};
+pub use store::StateStore;
+
+use crate::db::{Db, DbError};
+use crate::store::StoreError;
+use entry::ApplyError;
+use lease::Leadership;
+use metrics::ReplicaMetrics;
+use staging_api::ids::ResourceId;
+
+/// A replica silent this long is forgotten (its heartbeat deleted), in milliseconds.
+const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// Entries read per listing of the log.
+const READ_BATCH: usize = 1000;
+/// Positions a write tries before it gives up (each lost to another replica's write).
+const MAX_ATTEMPTS: usize = 64;
+/// Log entries trimmed per round.
+const TRIM_BATCH: usize = 10_000;
+/// Snapshots kept: the newest, and the one before it (the log after it stays, so that a
+/// replica a little behind applies entries instead of downloading the database).
+const SNAPSHOTS_KEPT: usize = 2;
+
+/// How the replicas share the state.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// How often a replica applies the others' entries (the bound on a deletion's delay).
+    pub sync_interval: Duration,
+    /// The leader lease's duration (failover takes up to this long).
+    pub lease: Duration,
+    /// A snapshot is written after this many entries.
+    pub snapshot_every: u64,
+    /// Where snapshots are written and read (the data directory).
+    pub scratch: PathBuf,
+}
+
+/// Why a shared change could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The local database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The store failed (the log cannot be read or written).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The log holds an entry no replica writes.
+    #[error(transparent)]
+    Bad(#[from] BadEntry),
+    /// Every position tried was taken by other replicas' writes.
+    #[error("the shared log is too busy: {0} positions tried")]
+    Contended(usize),
+    /// A snapshot file in the data directory could not be written or read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl From<ApplyError> for WriteError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Bad(b) => Self::Bad(b),
+            ApplyError::Db(d) => Self::Db(d),
+        }
+    }
+}
+
+/// This replica's part in the shared state.
+#[derive(Debug)]
+pub struct Replica {
+    store: StateStore,
+    db: Db,
+    me: String,
+    settings: ReplicaSettings,
+    /// Held while the log is read, written or applied: one replica applies in order.
+    log: tokio::sync::Mutex<()>,
+    /// The database may be half-applied: rebuild before the next entry.
+    broken: AtomicBool,
+    /// When the last complete reading of the log started.
+    last_read: std::sync::Mutex<Option<std::time::Instant>>,
+    leadership: Leadership,
+    metrics: ReplicaMetrics,
+}
+
+impl Replica {
+    /// Rebuilds the database from the store and applies the log.
+    ///
+    /// # Errors
+    /// Store, database and log errors: the server does not start on a state it cannot read.
+    pub async fn start(
+        store: StateStore,
+        db: Db,
+        me: String,
+        settings: ReplicaSettings,
+        registry: &Registry,
+    ) -> crate::error::Result<Arc<Self>> {
+        let replica = Arc::new(Self {
+            store,
+            db,
+            leadership: Leadership::new(me.clone(), settings.lease),
+            me,
+            settings,
+            log: tokio::sync::Mutex::new(()),
+            broken: AtomicBool::new(true),
+            last_read: std::sync::Mutex::new(None),
+            metrics: ReplicaMetrics::new(registry)?,
+        });
+        let seq = replica.sync().await.map_err(crate::error::Error::from)?;
+        tracing::info!(replica = %replica.me, position = seq, "replicated state loaded");
+        Ok(replica)
+    }
+
+    /// This replica's id (its instance id).
+    pub fn id(&self) -> &str {
+        &self.me
+    }
+
+    /// Whether this replica holds the leader lease.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.is_leader()
+    }
+
+    /// Applies every entry the log holds beyond this replica's position; returns the position.
+    ///
+    /// # Errors
+    /// Store, database and log errors (the replica then rebuilds at its next call).
+    pub async fn sync(&self) -> Result<u64, WriteError> {
+        let _held = self.log.lock().await;
+        self.catch_up().await
+    }
+
+    /// As [`Self::sync`] for a request that names something this replica does not know: many
+    /// such requests at once cost one reading of the log, since a reading that started after
+    /// the request serves it.
+    ///
+    /// # Errors
+    /// As [`Self::sync`].
+    pub async fn refresh(&self) -> Result<u64, WriteError> {
+        let asked = std::time::Instant::now();
+        let _held = self.log.lock().await;
+        let last = *self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|l| l >= asked) && !self.broken.load(Ordering::Acquire) {
+            return Ok(self.db.applied_seq().await?);
+        }
+        self.catch_up().await
+    }
+
+    /// Makes a shared change and returns its outcome.
+    ///
+    /// # Errors
+    /// Store, database and log errors; [`WriteError::Contended`] when the log stays busy.
+    pub(crate) async fn write(&self, entry: Entry) -> Result<Outcome, WriteError> {
+        let _held = self.log.lock().await;
+        let body = entry.encode();
+        let mut at = if self.broken.load(Ordering::Acquire) {
+            self.catch_up().await?
+        } else {
+            self.db.applied_seq().await?
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            match self.store.append(at + 1, body.clone()).await {
+                Ok(store::Written::Yes(_)) => {
+                    self.metrics.appends.with_label_values(&["written"]).inc();
+                    return self.apply(at + 1, entry, true).await;
+                }
+                Ok(store::Written::Lost) => {
+                    self.metrics.appends.with_label_values(&["lost"]).inc();
+                    at = self.catch_up().await?;
+                }
+                Err(e) => {
+                    self.metrics.appends.with_label_values(&["failed"]).inc();
+                    return Err(e.into());
+                }
+            }
+        }
+        Err(WriteError::Contended(MAX_ATTEMPTS))
+    }
+
+    /// Applies the entries after this replica's position (rebuilding first when needed).
+    /// The caller holds `self.log`.
+    async fn catch_up(&self) -> Result<u64, WriteError> {
+        let started = std::time::Instant::now();
+        let at = self.read_log().await?;
+        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        Ok(at)
+    }
+
+    async fn read_log(&self) -> Result<u64, WriteError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.rebuild().await?;
+        }
+        let mut at = self.db.applied_seq().await?;
+        loop {
+            let seqs = self.store.entries_after(at, READ_BATCH).await?;
+            if seqs.is_empty() {
+                return Ok(at);
+            }
+            for seq in seqs {
+                let body = match self.store.entry(seq).await? {
+                    Some(b) if seq == at + 1 => b,
+                    // A gap: the entries this replica needs were trimmed after a snapshot.
+                    _ => {
+                        tracing::info!(
+                            position = at,
+                            "behind the trimmed log; loading the newest snapshot"
+                        );
+                        self.rebuild().await?;
+                        at = self.db.applied_seq().await?;
+                        break;
+                    }
+                };
+                let entry = Entry::decode(seq, &body)?;
+                self.apply(seq, entry, false).await?;
+                at = seq;
+            }
+        }
+    }
+
+    /// Applies one entry at `seq`; `own` when this replica wrote it just now.
+    async fn apply(&self, seq: u64, entry: Entry, own: bool) -> Result<Outcome, WriteError> {
+        let result = entry.clone().apply(seq, &self.db).await;
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                self.broken.store(true, Ordering::Release);
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.db.set_applied_seq(seq).await {
+            self.broken.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        if !own && entry.origin() != Some(self.me.as_str()) {
+            // The replica that wrote the entry deletes the objects it freed.
+            for id in entry::queued_objects(&entry, &outcome) {
+                let _ = self.db.deletion_done(id).await;
+            }
+        }
+        self.metrics
+            .position
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+        Ok(outcome)
+    }
+
+    /// Replaces the database with the newest snapshot (or an empty one when there is none).
+    async fn rebuild(&self) -> Result<(), WriteError> {
+        let newest = self.store.snapshots().await?.into_iter().max();
+        let scratch = self.settings.scratch.join("replica-restore.db");
+        let empty = self.settings.scratch.join("replica-empty.db");
+        let seq = match newest {
+            Some(seq) => match self.store.snapshot(seq).await? {
+                Some(body) => {
+                    let path = scratch.clone();
+                    tokio::task::spawn_blocking(move || std::fs::write(&path, &body))
+                        .await
+                        .map_err(DbError::from)?
+                        .map_err(|source| WriteError::Io {
+                            path: scratch.clone(),
+                            source,
+                        })?;
+                    let at = self.db.restore(Some(&scratch), &empty).await?;
+                    let _ = std::fs::remove_file(&scratch);
+                    at
+                }
+                // Deleted since the listing: an empty start replays what the log holds.
+                None => self.db.restore(None, &empty).await?,
+            },
+            None => self.db.restore(None, &empty).await?,
+        };
+        let _ = std::fs::remove_file(&empty);
+        self.broken.store(false, Ordering::Release);
+        self.metrics.rebuilds.inc();
+        tracing::info!(position = seq, "database rebuilt from the shared state");
+        Ok(())
+    }
+
+    /// Runs until `cancel`: applies the others' entries every sync interval, holds or seeks
+    /// the leader lease, writes the heartbeat, and, as leader, snapshots and trims the log.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        use crate::clock::Clock as _;
+        let now_ms = || crate::clock::SystemClock.now_ms();
+        let mut sync = tokio::time::interval(self.settings.sync_interval);
+        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut lease = tokio::time::interval(self.settings.lease / 3);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snapshot_at = self
+            .store
+            .snapshots()
+            .await
+            .ok()
+            .and_then(|s| s.into_iter().max())
+            .unwrap_or(0);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = sync.tick() => {
+                    match self.sync().await {
+                        Ok(at) => {
+                            if self.is_leader() && at >= snapshot_at + self.settings.snapshot_every {
+                                match self.snapshot().await {
+                                    Ok(s) => snapshot_at = s,
+                                    Err(e) => tracing::warn!(cause = %e, "could not write a snapshot of the shared state"),
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            self.metrics.sync_errors.inc();
+                            tracing::warn!(cause = %e, "could not apply the shared log; retrying");
+                        }
+                    }
+                }
+                _ = lease.tick() => {
+                    let now = now_ms();
+                    let beat = serde_json::json!({"replica": self.me, "at_ms": now}).to_string();
+                    if let Err(e) = self.store.beat(&self.me, beat.into()).await {
+                        tracing::warn!(cause = %e, "could not write the heartbeat");
+                    }
+                    match self.leadership.round(&self.store, now).await {
+                        Ok(lead) => self.metrics.leader.set(i64::from(lead)),
+                        Err(e) => {
+                            self.metrics.leader.set(i64::from(self.is_leader()));
+                            tracing::warn!(cause = %e, "could not read or renew the leader lease");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a snapshot of the database and trims what it makes unneeded: older snapshots
+    /// beyond [`SNAPSHOTS_KEPT`], and the log up to the oldest snapshot kept. Returns its
+    /// position.
+    ///
+    /// # Errors
+    /// Store and database errors.
+    pub async fn snapshot(&self) -> Result<u64, WriteError> {
+        let path = self.settings.scratch.join("replica-snapshot.db");
+        let _ = std::fs::remove_file(&path);
+        let seq = {
+            let _held = self.log.lock().await;
+            self.db.snapshot_into(&path).await?
+        };
+        let read = path.clone();
+        let body = tokio::task::spawn_blocking(move || std::fs::read(&read))
+            .await
+            .map_err(DbError::from)?
+            .map_err(|source| WriteError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let _ = std::fs::remove_file(&path);
+        self.store.put_snapshot(seq, body.into()).await?;
+        let mut all = self.store.snapshots().await?;
+        all.sort_unstable();
+        let drop_n = all.len().saturating_sub(SNAPSHOTS_KEPT);
+        for old in &all[..drop_n] {
+            self.store.delete_snapshot(*old).await?;
+        }
+        if let Some(oldest_kept) = all.get(drop_n) {
+            let trimmed = self.store.trim_log(*oldest_kept, TRIM_BATCH).await?;
+            tracing::info!(
+                position = seq,
+                trimmed,
+                "snapshot of the shared state written"
+            );
+        }
+        self.metrics.snapshots.inc();
+        Ok(seq)
+    }
+
+    /// Records that this replica receives the upload `id` (its bytes are no orphan while this
+    /// replica lives).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn mark_pending(&self, id: ResourceId) -> Result<(), StoreError> {
+        self.store.mark_pending(&id.to_string(), &self.me).await
+    }
+
+    /// Removes the marks this replica left in an earlier run (at start: none of those uploads
+    /// is in progress).
+    pub async fn forget_own_uploads(&self) {
+        match self.store.pending().await {
+            Ok(marks) => {
+                for (resource, origin) in marks {
+                    if origin == self.me {
+                        let _ = self.store.unmark_pending(&resource).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "could not list the marks of uploads in progress; the leader removes them")
+            }
+        }
+    }
+
+    /// Removes the mark of an upload that ended.
+    pub async fn unmark_pending(&self, id: ResourceId) {
+        if let Err(e) = self.store.unmark_pending(&id.to_string()).await {
+            tracing::debug!(resource = %id, cause = %e, "could not unmark an upload; the leader removes the mark");
+        }
+    }
+
+    /// The uploads in progress on replicas that live (their heartbeat is younger than three
+    /// lease durations); marks of replicas gone are removed.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub async fn live_uploads(&self, now_ms: i64) -> Result<Vec<ResourceId>, StoreError> {
+        let horizon = now_ms.saturating_sub(
+            i64::try_from(self.settings.lease.as_millis())
+                .unwrap_or(i64::MAX)
+                .saturating_mul(3),
+        );
+        let mut live = std::collections::HashSet::new();
+        for (id, at) in self.store.heartbeats().await? {
+            if at >= horizon {
+                live.insert(id);
+            } else if at < now_ms.saturating_sub(FORGET_AFTER_MS) {
+                self.store.forget_replica(&id).await?;
+            }
+        }
+        let mut out = Vec::new();
+        for (resource, origin) in self.store.pending().await? {
+            if live.contains(&origin) {
+                if let Ok(id) = resource.parse() {
+                    out.push(id);
+                }
+            } else {
+                self.store.unmark_pending(&resource).await?;
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,381 @@
+//! The replicated state's objects, under `<prefix>/state/` of the bundle store:
+//!
+//! - `log/<seq>`: the shared log, one change per object, `seq` counted from 1 and written as
+//!   20 digits so that names sort as numbers. An entry is only ever created where none is
+//!   (a conditional create, `PutMode::Create`): two replicas writing the same position is one
+//!   success and one refusal, which is what orders the changes.
+//! - `snapshots/<seq>`: copies of the database as of the log position `seq`, from which a
+//!   replica starts instead of replaying the whole log.
+//! - `leader`: the lease of the replica that does the work that must happen once, renewed with
+//!   conditional updates (`PutMode::Update`).
+//! - `replicas/<instance>`: each replica's heartbeat.
+//! - `pending/<resource>`: uploads in progress, and the replica receiving each, so that the
+//!   leader never takes their bytes for orphans while their replica lives.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, UpdateVersion};
+
+use crate::store::{StoreError, bounded};
+
+/// Digits of a sequence number in an object name.
+const SEQ_DIGITS: usize = 20;
+
+/// Where a conditional write went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The object is ours.
+    Yes(UpdateVersion),
+    /// Another writer was first (the object exists, or changed since it was read).
+    Lost,
+}
+
+/// An object read with the version a conditional update must name.
+#[derive(Debug, Clone)]
+pub(crate) struct Versioned {
+    pub(crate) body: Bytes,
+    pub(crate) version: UpdateVersion,
+}
+
+/// The replicated state's objects.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    inner: Arc<dyn ObjectStore>,
+    root: ObjectPath,
+    timeout: Duration,
+    remote: bool,
+}
+
+impl StateStore {
+    pub(crate) fn new(
+        inner: Arc<dyn ObjectStore>,
+        root: ObjectPath,
+        timeout: Duration,
+        remote: bool,
+    ) -> Self {
+        Self {
+            inner,
+            root,
+            timeout,
+            remote,
+        }
+    }
+
+    fn dir(&self, name: &str) -> ObjectPath {
+        self.root.clone().join(name)
+    }
+
+    fn seq_key(&self, dir: &str, seq: u64) -> ObjectPath {
+        self.dir(dir).join(format!("{seq:0SEQ_DIGITS$}"))
+    }
+
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        fut: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, StoreError> {
+        bounded(self.timeout, self.remote, what, fut).await
+    }
+
+    /// Creates the object at `key` unless one is there.
+    async fn create(
+        &self,
+        what: &'static str,
+        key: &ObjectPath,
+        body: Bytes,
+    ) -> Result<Written, StoreError> {
+        self.conditional(what, key, body, PutMode::Create).await
+    }
+
+    async fn conditional(
+        &self,
+        what: &'static str,
+        key: &ObjectPath,
+        body: Bytes,
+        mode: PutMode,
+    ) -> Result<Written, StoreError> {
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        let put = self.inner.put_opts(key, body.into(), opts);
+        match tokio::time::timeout(self.timeout, put).await {
+            Ok(Ok(r)) => Ok(Written::Yes(UpdateVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Ok(Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            )) => Ok(Written::Lost),
+            Ok(Err(e)) => Err(StoreError::classify(what, e, self.remote)),
+            Err(_) => Err(StoreError::Timeout { what, source: None }),
+        }
+    }
+
+    async fn get(
+        &self,
+        what: &'static str,
+        key: &ObjectPath,
+    ) -> Result<Option<Versioned>, StoreError> {
+        let got = match self.call(what, self.inner.get(key)).await {
+            Ok(g) => g,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let meta = got.meta.clone();
+        let body = self.call(what, got.bytes()).await?;
+        Ok(Some(Versioned {
+            body,
+            version: UpdateVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            },
+        }))
+    }
+
+    async fn delete(&self, what: &'static str, key: &ObjectPath) -> Result<(), StoreError> {
+        match self.call(what, self.inner.delete(key)).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The names directly under `dir` after `after` (all when `None`), at most `limit`, in
+    /// order, with their write times.
+    async fn names_after(
+        &self,
+        what: &'static str,
+        dir: &str,
+        after: Option<&ObjectPath>,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let prefix = self.dir(dir);
+        let listing = match after {
+            Some(offset) => self.inner.list_with_offset(Some(&prefix), offset),
+            None => self.inner.list(Some(&prefix)),
+        };
+        let metas: Vec<object_store::ObjectMeta> =
+            self.call(what, listing.take(limit).try_collect()).await?;
+        let mut out: Vec<(String, i64)> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.to_owned();
+                Some((name, m.last_modified.timestamp_millis()))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn seqs(
+        &self,
+        what: &'static str,
+        dir: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let offset = self.seq_key(dir, after);
+        let names = self
+            .names_after(what, dir, (after > 0).then_some(&offset), limit)
+            .await?;
+        let mut seqs: Vec<u64> = names
+            .iter()
+            .filter(|(n, _)| n.len() == SEQ_DIGITS)
+            .filter_map(|(n, _)| n.parse().ok())
+            .filter(|s| *s > after)
+            .collect();
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// Writes the log entry `seq`, unless another replica wrote that position first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn append(&self, seq: u64, body: Bytes) -> Result<Written, StoreError> {
+        self.create("append to the log", &self.seq_key("log", seq), body)
+            .await
+    }
+
+    /// The positions of the log entries after `after`, at most `limit`, in order.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn entries_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.seqs("list the log", "log", after, limit).await
+    }
+
+    /// The log entry `seq`, if it is still there.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn entry(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self
+            .get("read the log", &self.seq_key("log", seq))
+            .await?
+            .map(|v| v.body))
+    }
+
+    /// Deletes the log entries up to `through` (those a snapshot holds), at most `limit`;
+    /// returns how many.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn trim_log(&self, through: u64, limit: usize) -> Result<usize, StoreError> {
+        let old = self.seqs("list the log", "log", 0, limit).await?;
+        let mut n = 0;
+        for seq in old.into_iter().filter(|s| *s <= through) {
+            self.delete("trim the log", &self.seq_key("log", seq))
+                .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Stores a snapshot of the database as of log position `seq`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn put_snapshot(&self, seq: u64, body: Bytes) -> Result<(), StoreError> {
+        let key = self.seq_key("snapshots", seq);
+        self.call("write a snapshot", self.inner.put(&key, body.into()))
+            .await?;
+        Ok(())
+    }
+
+    /// The positions of the stored snapshots, oldest first.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn snapshots(&self) -> Result<Vec<u64>, StoreError> {
+        self.seqs("list the snapshots", "snapshots", 0, usize::MAX)
+            .await
+    }
+
+    /// The snapshot at `seq`, if it is still there.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn snapshot(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self
+            .get("read a snapshot", &self.seq_key("snapshots", seq))
+            .await?
+            .map(|v| v.body))
+    }
+
+    /// Deletes the snapshot at `seq`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn delete_snapshot(&self, seq: u64) -> Result<(), StoreError> {
+        self.delete("delete a snapshot", &self.seq_key("snapshots", seq))
+            .await
+    }
+
+    /// The leader lease, with the version its next update must name.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn lease(&self) -> Result<Option<Versioned>, StoreError> {
+        self.get("read the leader lease", &self.dir("leader")).await
+    }
+
+    /// Writes the leader lease: created when `over` is `None`, else only if it is still the
+    /// version read.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn put_lease(
+        &self,
+        body: Bytes,
+        over: Option<UpdateVersion>,
+    ) -> Result<Written, StoreError> {
+        let mode = over.map_or(PutMode::Create, PutMode::Update);
+        self.conditional("write the leader lease", &self.dir("leader"), body, mode)
+            .await
+    }
+
+    /// Writes this replica's heartbeat.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn beat(&self, instance: &str, body: Bytes) -> Result<(), StoreError> {
+        let key = self.dir("replicas").join(instance);
+        self.call("write a heartbeat", self.inner.put(&key, body.into()))
+            .await?;
+        Ok(())
+    }
+
+    /// Every replica's heartbeat: instance id and write time.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn heartbeats(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.names_after("list the heartbeats", "replicas", None, usize::MAX)
+            .await
+    }
+
+    /// Deletes a replica's heartbeat (one gone for long).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn forget_replica(&self, instance: &str) -> Result<(), StoreError> {
+        self.delete("delete a heartbeat", &self.dir("replicas").join(instance))
+            .await
+    }
+
+    /// Records that `instance` receives the upload `resource`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn mark_pending(
+        &self,
+        resource: &str,
+        instance: &str,
+    ) -> Result<(), StoreError> {
+        let key = self.dir("pending").join(resource);
+        self.call(
+            "mark an upload in progress",
+            self.inner
+                .put(&key, Bytes::from(instance.to_owned()).into()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the mark of an upload that ended.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn unmark_pending(&self, resource: &str) -> Result<(), StoreError> {
+        self.delete("unmark an upload", &self.dir("pending").join(resource))
+            .await
+    }
+
+    /// The uploads in progress: resource id and the replica receiving it.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn pending(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let names = self
+            .names_after("list the uploads in progress", "pending", None, usize::MAX)
+            .await?;
+        let mut out = Vec::with_capacity(names.len());
+        for (name, _) in names {
+            let key = self.dir("pending").join(name.as_str());
+            if let Some(v) = self.get("read an upload mark", &key).await? {
+                out.push((name, String::from_utf8_lossy(&v.body).into_owned()));
+            }
+        }
+        Ok(out)
+    }
+}
