@@ -324,3 +324,74 @@ async fn s3_a_second_instance_on_one_bucket_prefix_is_refused_and_deletes_nothin
     assert_eq!(got.status(), 200);
     first.shutdown().await;
 }
+
+#[tokio::test]
+#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+async fn s3_replicas_share_one_bucket_through_conditional_writes() {
+    let (_moto, endpoint) = start_moto().await;
+    let location = StoreLocation::Url {
+        url: "s3://staging-bucket/replicated".into(),
+        options: s3_options(&endpoint),
+    };
+    let a = crate::replicas::replica(None, location.clone(), |_| {}).await;
+    let b = crate::replicas::replica(None, location.clone(), |_| {}).await;
+    let c = crate::replicas::replica(None, location.clone(), |_| {}).await;
+    // The lease is taken with a conditional create and renewed with conditional updates:
+    // exactly one replica leads.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while [&a, &b, &c].iter().filter(|r| r.state.leads()).count() != 1 {
+        assert!(Instant::now() < deadline, "no single leader on moto");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bytes = random_bytes(200_000);
+    let up = a.upload("team-a", bytes.clone()).await;
+    let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+    let got = b.get_content(id, token).await;
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+    // Concurrent commits on all three land at distinct log positions.
+    let mut tasks = Vec::new();
+    for r in [&a, &b, &c] {
+        for _ in 0..4 {
+            let (client, url) = (
+                r.client.clone(),
+                r.url("/api/v1/resources?namespace=team-b&labels=spark-role=driver"),
+            );
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/gzip")
+                    .body(random_bytes(1_000))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 201);
+    }
+    for r in [&a, &b, &c] {
+        r.state.sync_shared().await.unwrap();
+        let used = r.state.db().usage("team-b".parse().unwrap()).await.unwrap();
+        assert_eq!(used.committed_count, 12);
+    }
+    let del = c
+        .client
+        .delete(c.url(&format!("/api/v1/resources/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.get_content(id, token).await.status() == 200 {
+        assert!(Instant::now() < deadline, "the deletion never reached A");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in [a, b, c] {
+        r.shutdown().await;
+    }
+}
