@@ -269,3 +269,132 @@ async fn a_file_sent_to_one_replica_is_named_by_a_submission_on_another() {
         r.shutdown().await;
     }
 }
+
+/// One request through the replicas in turn, as `fetch` and `upload` retry: the next replica
+/// on a refused connection or a 503, a few rounds at most. The status and body of the first
+/// answer that is neither.
+async fn through_any(
+    client: &reqwest::Client,
+    addrs: &std::sync::Mutex<Vec<std::net::SocketAddr>>,
+    make: impl Fn(&reqwest::Client, std::net::SocketAddr) -> reqwest::RequestBuilder,
+) -> Option<(u16, bytes::Bytes)> {
+    for round in 0..20u32 {
+        let now: Vec<_> = addrs.lock().unwrap().clone();
+        for addr in now {
+            if let Ok(res) = make(client, addr).send().await {
+                let status = res.status().as_u16();
+                if status != 503
+                    && let Ok(body) = res.bytes().await
+                {
+                    return Some((status, body));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10 * u64::from(round + 1))).await;
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_rolling_restart_under_load_fails_no_fetch_and_loses_no_acknowledged_upload() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let (store, rs) = three(|_| {}).await;
+    let bytes = random_bytes(100_000);
+    let first = rs[0].upload("team-a", bytes.clone()).await;
+    let (id, token) = (
+        first["id"].as_str().unwrap().to_owned(),
+        first["token"].as_str().unwrap().to_owned(),
+    );
+    let addrs = Arc::new(Mutex::new(rs.iter().map(|r| r.addr).collect::<Vec<_>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let acked = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let mut load = Vec::new();
+    for worker in 0..4 {
+        let (addrs, stop, fetches, failed, acked) = (
+            addrs.clone(),
+            stop.clone(),
+            fetches.clone(),
+            failed.clone(),
+            acked.clone(),
+        );
+        let (id, token, want) = (id.clone(), token.clone(), bytes.clone());
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            // Bounded: at most this many rounds, whatever the restarts take.
+            for i in 0..10_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let got = through_any(&client, &addrs, |c, a| {
+                    c.get(format!("http://{a}/api/v1/resources/{id}/content"))
+                        .bearer_auth(&token)
+                })
+                .await;
+                fetches.fetch_add(1, Ordering::Relaxed);
+                match got {
+                    Some((200, body)) if body.as_ref() == want.as_slice() => {}
+                    other => failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("fetch: {:?}", other.map(|(s, _)| s))),
+                }
+                if worker == 0 && i % 4 == 0 {
+                    let up = through_any(&client, &addrs, |c, a| {
+                        c.post(format!(
+                            "http://{a}/api/v1/resources?namespace=team-a&labels=spark-role=driver"
+                        ))
+                        .header("content-type", "application/gzip")
+                        .body(vec![i as u8; 3_000])
+                    })
+                    .await;
+                    if let Some((201, body)) = up {
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        acked.lock().unwrap().push((
+                            v["id"].as_str().unwrap().to_owned(),
+                            v["token"].as_str().unwrap().to_owned(),
+                        ));
+                    }
+                }
+            }
+        }));
+    }
+    // Roll: a new replica first (surge), then the old one leaves.
+    let mut rolled = Vec::new();
+    for old in rs {
+        let new = replica(Some(store.clone()), memory(), |_| {}).await;
+        addrs.lock().unwrap().push(new.addr);
+        let fetched = fetches.load(Ordering::Relaxed);
+        until("load on the new replica", || async {
+            fetches.load(Ordering::Relaxed) > fetched + 20
+        })
+        .await;
+        addrs.lock().unwrap().retain(|a| *a != old.addr);
+        old.shutdown().await;
+        rolled.push(new);
+    }
+    let fetched = fetches.load(Ordering::Relaxed);
+    until("load after the roll", || async {
+        fetches.load(Ordering::Relaxed) > fetched + 20
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    let failed = failed.lock().unwrap().clone();
+    assert!(failed.is_empty(), "failed during the roll: {failed:?}");
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    for (id, token) in &acked {
+        for r in &rolled {
+            assert_eq!(r.get_content(id, token).await.status(), 200, "acked {id}");
+        }
+    }
+    for r in rolled {
+        r.shutdown().await;
+    }
+}
