@@ -118,6 +118,8 @@ pub struct Replica {
     log: tokio::sync::Mutex<()>,
     /// The database may be half-applied: rebuild before the next entry.
     broken: AtomicBool,
+    /// Resources whose access stamp is being written.
+    stamps: std::sync::Mutex<std::collections::HashSet<ResourceId>>,
     /// When the last complete reading of the log started.
     last_read: std::sync::Mutex<Option<std::time::Instant>>,
     leadership: Leadership,
@@ -145,6 +147,7 @@ impl Replica {
             log: tokio::sync::Mutex::new(()),
             broken: AtomicBool::new(true),
             last_read: std::sync::Mutex::new(None),
+            stamps: std::sync::Mutex::new(std::collections::HashSet::new()),
             metrics: ReplicaMetrics::new(registry)?,
         });
         let seq = replica.sync().await.map_err(crate::error::Error::from)?;
@@ -201,6 +204,15 @@ impl Replica {
         };
         for _ in 0..MAX_ATTEMPTS {
             match self.store.append(at + 1, body.clone()).await {
+                Ok(store::Written::Yes(_)) if !self.follows_the_log(at + 1).await? => {
+                    // This replica was behind the trimmed log: its entry landed among the
+                    // trimmed positions, where no replica reads. Taken back; the replica
+                    // loads the snapshot and writes at the head.
+                    self.store.delete_entry(at + 1).await?;
+                    self.metrics.appends.with_label_values(&["lost"]).inc();
+                    self.broken.store(true, Ordering::Release);
+                    at = self.catch_up().await?;
+                }
                 Ok(store::Written::Yes(_)) => {
                     self.metrics.appends.with_label_values(&["written"]).inc();
                     return self.apply(at + 1, entry, true).await;
@@ -216,6 +228,19 @@ impl Replica {
             }
         }
         Err(WriteError::Contended(MAX_ATTEMPTS))
+    }
+
+    /// Whether an entry just written at `seq` extends the log: the entry before it is there.
+    /// Trimming deletes the oldest entries first and never the newest ones (it stops at the
+    /// older of the snapshots kept, at least `--snapshot-every` entries behind the head), so
+    /// a position whose predecessor is gone lies in the trimmed past. The first position
+    /// extends the log only if no snapshot was ever written.
+    async fn follows_the_log(&self, seq: u64) -> Result<bool, WriteError> {
+        Ok(if seq > 1 {
+            self.store.has_entry(seq - 1).await?
+        } else {
+            self.store.snapshots().await?.is_empty()
+        })
     }
 
     /// Applies the entries after this replica's position (rebuilding first when needed).
@@ -398,7 +423,11 @@ impl Replica {
         for old in &all[..drop_n] {
             self.store.delete_snapshot(*old).await?;
         }
-        if let Some(oldest_kept) = all.get(drop_n) {
+        // Only with a newer snapshot kept too: the log then keeps at least `snapshot_every`
+        // entries before the head (see `follows_the_log`).
+        if all.len() >= SNAPSHOTS_KEPT
+            && let Some(oldest_kept) = all.get(drop_n)
+        {
             let trimmed = self.store.trim_log(*oldest_kept, TRIM_BATCH).await?;
             tracing::info!(
                 position = seq,
@@ -417,6 +446,23 @@ impl Replica {
     /// Store errors.
     pub async fn mark_pending(&self, id: ResourceId) -> Result<(), StoreError> {
         self.store.mark_pending(&id.to_string(), &self.me).await
+    }
+
+    /// Claims the access stamp of `id` for this replica until [`Self::stamped`]: false when
+    /// one is being written already (a thousand downloads at once write one).
+    pub(crate) fn stamping(&self, id: ResourceId) -> bool {
+        self.stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    /// Releases the claim of [`Self::stamping`].
+    pub(crate) fn stamped(&self, id: ResourceId) {
+        self.stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     /// Removes the marks this replica left in an earlier run (at start: none of those uploads

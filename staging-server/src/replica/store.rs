@@ -214,6 +214,33 @@ impl StateStore {
         self.seqs("list the log", "log", after, limit).await
     }
 
+    /// Whether the log entry `seq` is there (not trimmed, or not yet written).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn has_entry(&self, seq: u64) -> Result<bool, StoreError> {
+        match self
+            .call(
+                "look at the log",
+                self.inner.head(&self.seq_key("log", seq)),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the log entry `seq` (one written into the trimmed past).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn delete_entry(&self, seq: u64) -> Result<(), StoreError> {
+        self.delete("delete a log entry", &self.seq_key("log", seq))
+            .await
+    }
+
     /// The log entry `seq`, if it is still there.
     ///
     /// # Errors

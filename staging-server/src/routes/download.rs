@@ -194,13 +194,16 @@ pub(super) async fn serve(
     let stale = res.last_access_at.is_none_or(|t| t < now - ACCESS_STAMP_MS);
     if res.first_access_at.is_none() || stale {
         // Replicas write the stamp to the shared log off the download's path.
-        if state.replica().is_some() {
-            let (st, id) = (state.clone(), res.id);
-            tokio::spawn(async move {
-                if let Err(e) = st.record_access(id, now).await {
-                    tracing::warn!(resource = %id, cause = %e, "could not record the download");
-                }
-            });
+        if let Some(r) = state.replica() {
+            if r.stamping(res.id) {
+                let (st, r, id) = (state.clone(), std::sync::Arc::clone(r), res.id);
+                tokio::spawn(async move {
+                    if let Err(e) = st.record_access(id, now).await {
+                        tracing::warn!(resource = %id, cause = %e, "could not record the download");
+                    }
+                    r.stamped(id);
+                });
+            }
         } else {
             match state.db().record_access(res.id, now).await {
                 Ok(_) => {}

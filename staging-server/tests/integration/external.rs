@@ -395,3 +395,199 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
         r.shutdown().await;
     }
 }
+
+/// The objects under `prefix` in the moto bucket.
+async fn objects_under(endpoint: &str, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    use object_store::ObjectStore as _;
+    let url = url::Url::parse("s3://staging-bucket").unwrap();
+    let (store, _) = object_store::parse_url_opts(&url, s3_options(endpoint)).unwrap();
+    let prefix = object_store::path::Path::from(prefix);
+    store
+        .list(Some(&prefix))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// Whether the replica behind `admin` holds the leader lease.
+async fn leads(client: &reqwest::Client, admin: std::net::SocketAddr) -> bool {
+    match client.get(format!("http://{admin}/metrics")).send().await {
+        Ok(r) => r
+            .text()
+            .await
+            .is_ok_and(|t| crate::common::metric(&t, "staging_replica_leader") == Some(1.0)),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+async fn s3_replicas_survive_kill_9_of_a_replica_mid_upload_and_of_the_leader_mid_sweep() {
+    use crate::crash::start_with;
+
+    let (_moto, endpoint) = start_moto().await;
+    let mut args: Vec<String> = [
+        "--store-url=s3://staging-bucket/killed",
+        "--replicated",
+        "--replica-sync-interval=200ms",
+        "--leader-lease=2s",
+        "--sweep-interval=300ms",
+        "--orphan-grace=1s",
+        "--unused-ttl=4s",
+        "--signing-key=replicas-share-this-signing-key-0123456789",
+        "--admin-listen=127.0.0.1:0",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for (k, v) in s3_options(&endpoint) {
+        args.push(format!("--store-option={k}={v}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut procs = Vec::new();
+    for d in &dirs {
+        procs.push(start_with(d.path(), &args).await);
+    }
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let mut found = None;
+        for (i, p) in procs.iter().enumerate() {
+            if leads(&client, p.admin.unwrap()).await {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let follower = (leader + 1) % 3;
+    let survivor = (leader + 2) % 3;
+    let base = |i: usize, procs: &Vec<crate::crash::Proc>| format!("http://{}", procs[i].addr);
+    let upload = |url: String, ttl: &'static str| {
+        let client = client.clone();
+        async move {
+            let res = client
+                .post(format!(
+                    "{url}/api/v1/resources?namespace=a&unused_ttl={ttl}"
+                ))
+                .header("content-type", "application/gzip")
+                .body(random_bytes(20_000))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+            let v: serde_json::Value = res.json().await.unwrap();
+            (
+                v["id"].as_str().unwrap().to_owned(),
+                v["token"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    // HEAD: it answers as a download would without recording one (a download would stop
+    // the unused TTL).
+    let status = |url: String, id: String, token: String| {
+        let client = client.clone();
+        async move {
+            client
+                .head(format!("{url}/api/v1/resources/{id}/content"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Kept: acknowledged uploads with a long unused TTL, through each replica.
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        kept.push(upload(base(i, &procs), "1h").await);
+    }
+
+    // 1. kill -9 of a follower in the middle of an upload.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tx.send(Ok(bytes::Bytes::from(random_bytes(1 << 20))))
+        .await
+        .unwrap();
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let cut = tokio::spawn({
+        let (client, url) = (client.clone(), base(follower, &procs));
+        async move {
+            client
+                .post(format!("{url}/api/v1/resources?namespace=a"))
+                .header("content-type", "application/gzip")
+                .body(reqwest::Body::wrap_stream(stream))
+                .send()
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while objects_under(&endpoint, "killed/state/pending")
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the upload was never marked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    procs[follower].child.start_kill().unwrap();
+    procs[follower].child.wait().await.unwrap();
+    // The client sees its upload fail; nothing of it is visible anywhere (checked below).
+    drop(tx);
+    let _ = cut.await.unwrap();
+
+    // 2. kill -9 of the leader once its sweep has begun deleting expired resources.
+    let mut expiring = Vec::new();
+    for _ in 0..20 {
+        expiring.push(upload(base(survivor, &procs), "4s").await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'first: loop {
+        for (id, token) in &expiring {
+            if status(base(survivor, &procs), id.clone(), token.clone()).await != 200 {
+                break 'first;
+            }
+        }
+        assert!(Instant::now() < deadline, "the sweep never began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    procs[leader].child.start_kill().unwrap();
+    procs[leader].child.wait().await.unwrap();
+
+    // The survivor takes the lease over and finishes: every expired resource goes, its bytes
+    // and the dead replica's upload mark too; every kept upload stays.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut left = 0;
+        for (id, token) in &expiring {
+            if status(base(survivor, &procs), id.clone(), token.clone()).await == 200 {
+                left += 1;
+            }
+        }
+        let objects = objects_under(&endpoint, "killed/resources").await.len();
+        let marks = objects_under(&endpoint, "killed/state/pending").await.len();
+        if left == 0 && objects == kept.len() && marks == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the kills: {left} expired resources still served, {objects} objects \
+             (want {}), {marks} upload marks",
+            kept.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(leads(&client, procs[survivor].admin.unwrap()).await);
+    for (id, token) in &kept {
+        assert_eq!(
+            status(base(survivor, &procs), id.clone(), token.clone()).await,
+            200
+        );
+    }
+}
