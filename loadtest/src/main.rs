@@ -4,6 +4,7 @@
 
 mod chart;
 mod dedup;
+mod fanout;
 mod flood;
 mod kube_scale;
 mod limit;
@@ -35,6 +36,10 @@ enum Command {
     /// job of many jars (first time, resubmission, one jar changed), beside uploading the
     /// whole bundle every time.
     StagingSubmit(submit::Args),
+    /// Staging server: a job's init-containers at once (1,000 fetches of one submission),
+    /// one replica beside nginx serving the same files, and three replicas rolled one by one
+    /// mid-run (with --store-url); time until every fetch is staged, p50/p99/max, CPU s/GB.
+    StagingFanout(fanout::Args),
     /// Staging server: whether a file's send is answered faster when another namespace
     /// already stores its content than when it is new (a timing side channel of the
     /// deduplication), medians of interleaved runs per size.
@@ -74,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     let report = match cli.command {
         Command::Staging(args) => staging::run(args).await?,
         Command::StagingSubmit(args) => submit::run(args).await?,
+        Command::StagingFanout(args) => fanout::run(args).await?,
         Command::StagingDedup(args) => dedup::run(args).await?,
         Command::ShuffleFetch(args) => shuffle::fetch(args).await?,
         Command::ShuffleCleanup(args) => shuffle::cleanup(args).await?,

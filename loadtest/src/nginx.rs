@@ -53,6 +53,31 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// CPU seconds (user and system) of the master and its workers.
+    pub(crate) fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let master = self._child.id().context("nginx exited")?;
+        let mut total = crate::spark::cpu_seconds(master)?;
+        for e in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(master) {
+                total += crate::spark::cpu_seconds(pid).unwrap_or(0.0);
+            }
+        }
+        Ok(total)
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
