@@ -16,7 +16,7 @@ use crate::kubelet::hosts::ServiceEntry;
 use crate::resources::{self, DAEMONSETS, DEPLOYMENTS, NODES, PODS, Resource};
 use crate::rollout::{PodView, daemonset, deployment, template_hash};
 use crate::selector::{Selector, matches_label_selector};
-use crate::store::{DeleteOptions, Store, now};
+use crate::store::{self, DeleteOptions, Store};
 
 const SERVICES: Resource = Resource {
     group: "",
@@ -52,77 +52,6 @@ fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// A Deployment's `Available` and `Progressing` conditions; each keeps its times while it
-/// says the same, so that an unchanged rollout writes no new status.
-fn deployment_conditions(
-    prev: &Value,
-    spec: &deployment::Spec,
-    s: &deployment::Status,
-    hash: &str,
-) -> Value {
-    let t = now();
-    let minimum = s.available_replicas >= spec.min_available();
-    let progressing = if spec.paused {
-        (
-            "Unknown",
-            "DeploymentPaused",
-            "Deployment is paused".to_string(),
-        )
-    } else if s.complete(spec) {
-        (
-            "True",
-            "NewReplicaSetAvailable",
-            format!("Pods of template {hash:?} have successfully progressed."),
-        )
-    } else {
-        (
-            "True",
-            "ReplicaSetUpdated",
-            format!("Pods of template {hash:?} are progressing."),
-        )
-    };
-    let wanted = [
-        if minimum {
-            (
-                "Available",
-                "True",
-                "MinimumReplicasAvailable",
-                "Deployment has minimum availability.".to_string(),
-            )
-        } else {
-            (
-                "Available",
-                "False",
-                "MinimumReplicasUnavailable",
-                "Deployment does not have minimum availability.".to_string(),
-            )
-        },
-        ("Progressing", progressing.0, progressing.1, progressing.2),
-    ];
-    let out: Vec<Value> = wanted
-        .into_iter()
-        .map(|(kind, status, reason, message)| {
-            let old = prev
-                .as_array()
-                .and_then(|cs| cs.iter().find(|c| c["type"] == kind));
-            let same_status = old.is_some_and(|c| c["status"] == status);
-            if let Some(c) = old
-                && same_status
-                && c["reason"] == reason
-                && c["message"] == message.as_str()
-            {
-                return c.clone();
-            }
-            let since = old
-                .filter(|_| same_status)
-                .map_or_else(|| json!(t), |c| c["lastTransitionTime"].clone());
-            json!({"type": kind, "status": status, "reason": reason, "message": message,
-                   "lastUpdateTime": t, "lastTransitionTime": since})
-        })
-        .collect();
-    json!(out)
 }
 
 /// The controllers' state.
@@ -407,7 +336,8 @@ impl Controllers {
                 }
             }
             let s = plan.status;
-            let conditions = deployment_conditions(&d["status"]["conditions"], &spec, &s, &hash);
+            let conditions =
+                deployment::conditions(&d["status"]["conditions"], &spec, &s, &hash, &store::now());
             let status = json!({
                 "replicas": s.replicas,
                 "updatedReplicas": s.updated_replicas,

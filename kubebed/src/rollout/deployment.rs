@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{IntOrPercent, PodView, deletion_order};
 
@@ -346,4 +346,71 @@ fn rolling(
     let mut names: Vec<String> = deleted.into_iter().map(str::to_string).collect();
     names.sort();
     plan.delete.extend(names);
+}
+
+/// A Deployment's `Available` and `Progressing` conditions at `now` (a Kubernetes timestamp),
+/// from its status counts and its `prev` conditions: each keeps its times while it says the
+/// same, so that an unchanged rollout writes no new status.
+#[must_use]
+pub fn conditions(prev: &Value, spec: &Spec, s: &Status, hash: &str, now: &str) -> Value {
+    let minimum = s.available_replicas >= spec.min_available();
+    let progressing = if spec.paused {
+        (
+            "Unknown",
+            "DeploymentPaused",
+            "Deployment is paused".to_string(),
+        )
+    } else if s.complete(spec) {
+        (
+            "True",
+            "NewReplicaSetAvailable",
+            format!("Pods of template {hash:?} have successfully progressed."),
+        )
+    } else {
+        (
+            "True",
+            "ReplicaSetUpdated",
+            format!("Pods of template {hash:?} are progressing."),
+        )
+    };
+    let wanted = [
+        if minimum {
+            (
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".to_string(),
+            )
+        } else {
+            (
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".to_string(),
+            )
+        },
+        ("Progressing", progressing.0, progressing.1, progressing.2),
+    ];
+    let out: Vec<Value> = wanted
+        .into_iter()
+        .map(|(kind, status, reason, message)| {
+            let old = prev
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == kind));
+            let same_status = old.is_some_and(|c| c["status"] == status);
+            if let Some(c) = old
+                && same_status
+                && c["reason"] == reason
+                && c["message"] == message.as_str()
+            {
+                return c.clone();
+            }
+            let since = old
+                .filter(|_| same_status)
+                .map_or_else(|| json!(now), |c| c["lastTransitionTime"].clone());
+            json!({"type": kind, "status": status, "reason": reason, "message": message,
+                   "lastUpdateTime": now, "lastTransitionTime": since})
+        })
+        .collect();
+    json!(out)
 }

@@ -582,3 +582,48 @@ fn daemonset_rolling_updates_keep_within_their_bounds() {
         assert!(roll_daemonset(&spec, n) > steps, "{spec:?}");
     }
 }
+
+#[test]
+fn deployment_conditions_keep_their_times_while_they_say_the_same() {
+    let spec = rolling(IntOrPercent::Int(1), IntOrPercent::Int(1), 2);
+    let rolling_status = deployment::Status {
+        replicas: 3,
+        updated_replicas: 1,
+        ready_replicas: 2,
+        available_replicas: 2,
+        unavailable_replicas: 0,
+    };
+    let c1 = deployment::conditions(&json!(null), &spec, &rolling_status, "h", "T1");
+    assert_eq!(c1[0]["type"], "Available");
+    assert_eq!(c1[0]["status"], "True");
+    assert_eq!(c1[1]["reason"], "ReplicaSetUpdated");
+    // Nothing new: the same conditions, times included.
+    assert_eq!(
+        deployment::conditions(&c1, &spec, &rolling_status, "h", "T2"),
+        c1
+    );
+    // Complete: Progressing says so, still True since T1.
+    let done = deployment::Status {
+        replicas: 2,
+        updated_replicas: 2,
+        ..rolling_status
+    };
+    let c3 = deployment::conditions(&c1, &spec, &done, "h", "T3");
+    assert_eq!(c3[1]["reason"], "NewReplicaSetAvailable");
+    assert_eq!(
+        (&c3[1]["lastUpdateTime"], &c3[1]["lastTransitionTime"]),
+        (&json!("T3"), &json!("T1"))
+    );
+    assert_eq!(c3[0], c1[0]);
+    // Below replicas - maxUnavailable available: Available turns False at T4.
+    let short = deployment::Status {
+        available_replicas: 0,
+        unavailable_replicas: 2,
+        ..done
+    };
+    let c4 = deployment::conditions(&c3, &spec, &short, "h", "T4");
+    assert_eq!(
+        (&c4[0]["status"], &c4[0]["lastTransitionTime"]),
+        (&json!("False"), &json!("T4"))
+    );
+}

@@ -12,7 +12,7 @@ use kubebed::resources::{DAEMONSETS, DEPLOYMENTS, PODS, Resource};
 use kubebed::rollout::{daemonset, deployment, template_hash};
 use kubebed::selector::Selector;
 use kubebed::store::Store;
-use kubebed::testing::{bed_with, images};
+use kubebed::testing::{bed_with, images, rollout_status};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -112,23 +112,12 @@ fn watch(
     })
 }
 
-/// Waits until a Deployment's rollout is complete as `kubectl rollout status` sees it.
-async fn deployment_rolled_out(bed: &Bed, name: &str) -> Value {
-    wait_status(bed, &DEPLOYMENTS, name, |d| {
-        let (s, want) = (&d["status"], &d["spec"]["replicas"]);
-        s["updatedReplicas"] == *want && s["replicas"] == *want && s["availableReplicas"] == *want
-    })
-    .await
-}
-
-/// Waits until a DaemonSet's rollout is complete as `kubectl rollout status` sees it.
-async fn daemonset_rolled_out(bed: &Bed, name: &str) -> Value {
-    wait_status(bed, &DAEMONSETS, name, |d| {
-        let s = &d["status"];
-        s["updatedNumberScheduled"] == s["desiredNumberScheduled"]
-            && s["numberAvailable"] == s["desiredNumberScheduled"]
-    })
-    .await
+/// Waits until the rollout is complete as `kubectl rollout status` sees it.
+async fn rolled_out(bed: &Bed, res: &Resource, name: &str) -> Value {
+    match rollout_status(bed, res, "default", name, ROLLOUT).await {
+        Ok(d) => d,
+        Err(e) => panic!("{e}\n{:#?}", pods(&bed.store, "app")),
+    }
 }
 
 /// Waits until the controller has seen the object's current generation and `done` holds.
@@ -186,7 +175,7 @@ async fn a_deployment_rolls_within_surge_and_unavailability_then_recreates() {
     let dir = tempfile::tempdir().unwrap();
     let bed = bed_with(2, images(), dir.path()).await;
     bed.apply(DEPLOYMENT, "default").unwrap();
-    let first = deployment_rolled_out(&bed, "web").await;
+    let first = rolled_out(&bed, &DEPLOYMENTS, "web").await;
     let v1 = template_hash(&first["spec"]["template"]);
     let before = pods(&bed.store, "app=web");
     assert_eq!(before.len(), 4);
@@ -229,7 +218,7 @@ async fn a_deployment_rolls_within_surge_and_unavailability_then_recreates() {
     let started = tokio::time::Instant::now();
     let v2 = set_rev(&bed, &DEPLOYMENTS, "web", 2);
     assert_ne!(v1, v2);
-    let done = deployment_rolled_out(&bed, "web").await;
+    let done = rolled_out(&bed, &DEPLOYMENTS, "web").await;
     let took = started.elapsed();
     stop.cancel();
     let checked = watcher.await.unwrap().unwrap();
@@ -290,7 +279,7 @@ async fn a_deployment_rolls_within_surge_and_unavailability_then_recreates() {
     );
     let started = tokio::time::Instant::now();
     let v3 = set_rev(&bed, &DEPLOYMENTS, "web", 3);
-    deployment_rolled_out(&bed, "web").await;
+    rolled_out(&bed, &DEPLOYMENTS, "web").await;
     let took = started.elapsed();
     stop.cancel();
     let checked = watcher.await.unwrap().unwrap();
@@ -310,7 +299,7 @@ async fn a_daemonset_rolls_node_by_node_then_on_delete() {
     let dir = tempfile::tempdir().unwrap();
     let bed = bed_with(2, images(), dir.path()).await;
     bed.apply(DAEMONSET, "default").unwrap();
-    let first = daemonset_rolled_out(&bed, "agent").await;
+    let first = rolled_out(&bed, &DAEMONSETS, "agent").await;
     assert_eq!(first["status"]["desiredNumberScheduled"], 2);
     let v1 = template_hash(&first["spec"]["template"]);
     let before = pods(&bed.store, "app=agent");
@@ -338,7 +327,7 @@ async fn a_daemonset_rolls_node_by_node_then_on_delete() {
     });
     let started = tokio::time::Instant::now();
     let v2 = set_rev(&bed, &DAEMONSETS, "agent", 2);
-    let done = daemonset_rolled_out(&bed, "agent").await;
+    let done = rolled_out(&bed, &DAEMONSETS, "agent").await;
     let took = started.elapsed();
     stop.cancel();
     let checked = watcher.await.unwrap().unwrap();
