@@ -2,10 +2,10 @@
 //! `rollingUpdate` once `manage` has nothing left to do, and `updateDaemonSetStatus`), its
 //! pods' template told apart by label [`HASH_LABEL`].
 //!
-//! `manage` keeps one pod on every node that should run one: it creates a pod where a node has
-//! none, a pod being deleted included (so a node's new pod starts only once the old one is
-//! gone, as a cluster's scheduler holds it while the old one keeps the node's host ports), and
-//! deletes finished pods, surplus pods and pods on nodes that should not run one. Without
+//! `manage` keeps one pod on every node that should run one: it creates a pod on a node that has
+//! none, where a pod still being deleted counts as one (so a node's new pod starts only once the
+//! old one is gone, as a cluster's scheduler holds it while the old one keeps the node's host
+//! ports), and deletes finished pods, surplus pods and pods on nodes that should not run one. Without
 //! surge, `rollingUpdate` deletes old pods while fewer than `maxUnavailable` nodes are without
 //! an available pod, and `manage` then starts the new ones; with `maxSurge`, it starts new pods
 //! beside old ones on up to `maxSurge` nodes and deletes each old pod once its node's new pod
