@@ -354,10 +354,11 @@ async fn a_daemonset_rolls_node_by_node_then_on_delete() {
         })
         .unwrap();
     let v3 = set_rev(&bed, &DAEMONSETS, "agent", 3);
+    // A node's pod, not one still on its way out.
     let on = |node: &str| {
         pods(&bed.store, "app=agent")
             .into_iter()
-            .find(|p| p["spec"]["nodeName"] == node)
+            .find(|p| p["spec"]["nodeName"] == node && !terminating(p))
             .unwrap()
     };
     let kept = on("node-1");
