@@ -1,7 +1,9 @@
-//! The controllers a bed needs, reconciled together after every change: a scheduler (round
-//! robin over Ready nodes, honouring `nodeSelector` and `nodeName`), DaemonSets (one pod per
-//! node matching the template's `nodeSelector`), Deployments (pods owned directly by the Deployment, without ReplicaSets), and Service
-//! endpoints for the pods' `/etc/hosts`.
+//! The controllers a bed needs, reconciled together after every change (and when a ready pod
+//! becomes available after `minReadySeconds`): a scheduler (round robin over Ready nodes,
+//! honouring `nodeSelector` and `nodeName`), DaemonSets (one pod per node matching the
+//! template's `nodeSelector`) and Deployments (pods owned directly by the Deployment, without
+//! ReplicaSets), both replacing the pods of a changed template by their update strategy
+//! (decided in [`crate::rollout`]), and Service endpoints for the pods' `/etc/hosts`.
 
 use std::sync::Arc;
 
@@ -12,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::kubelet::Hosts;
 use crate::kubelet::hosts::ServiceEntry;
 use crate::resources::{self, DAEMONSETS, DEPLOYMENTS, NODES, PODS, Resource};
+use crate::rollout::{PodView, daemonset, deployment, template_hash};
 use crate::selector::{Selector, matches_label_selector};
-use crate::store::{DeleteOptions, Store};
+use crate::store::{self, DeleteOptions, Store};
 
 const SERVICES: Resource = Resource {
     group: "",
@@ -43,11 +46,12 @@ fn terminal(p: &Value) -> bool {
     matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
 }
 
-fn ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-    })
+/// Milliseconds since the epoch, the clock of [`crate::rollout`]'s decisions.
+fn now_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The controllers' state.
@@ -69,17 +73,25 @@ impl Controllers {
         }
     }
 
-    /// Reconciles after every batch of changes until `cancel`.
+    /// Reconciles after every batch of changes, and when a pass asked to be woken (a ready
+    /// pod becoming available), until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
         let mut events = self.store.subscribe();
-        self.reconcile();
+        let mut wake = self.reconcile();
         loop {
+            let due = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = cancel.cancelled() => return,
+                () = due => wake = self.reconcile(),
                 ev = events.recv() => match ev {
                     Ok(_) | Err(RecvError::Lagged(_)) => {
                         while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
-                        self.reconcile();
+                        wake = self.reconcile();
                     }
                     Err(RecvError::Closed) => return,
                 }
@@ -87,8 +99,9 @@ impl Controllers {
         }
     }
 
-    /// One pass of every controller.
-    pub fn reconcile(&self) {
+    /// One pass of every controller; returns when the next pass is due if nothing changes
+    /// before (a ready pod becoming available after `minReadySeconds`).
+    pub fn reconcile(&self) -> Option<tokio::time::Instant> {
         let nodes: Vec<Value> = all(&self.store, &NODES)
             .into_iter()
             .filter(|n| {
@@ -98,10 +111,17 @@ impl Controllers {
                 }) && !n["metadata"]["deletionTimestamp"].is_string()
             })
             .collect();
-        self.daemonsets(&nodes);
-        self.deployments();
+        let now = now_millis();
+        let wake = [self.daemonsets(&nodes, now), self.deployments(now)]
+            .into_iter()
+            .flatten()
+            .min();
         self.schedule(&nodes);
         self.endpoints();
+        wake.map(|at| {
+            let ms = u64::try_from(at.saturating_sub(now)).unwrap_or(0);
+            tokio::time::Instant::now() + std::time::Duration::from_millis(ms)
+        })
     }
 
     fn schedule(&self, nodes: &[Value]) {
@@ -141,7 +161,14 @@ impl Controllers {
         }
     }
 
-    fn pod_from_template(owner: &Value, res: &Resource, name: String) -> Value {
+    /// A pod of `owner`'s template, labelled with the template's hash.
+    fn pod_from_template(
+        owner: &Value,
+        res: &Resource,
+        name: String,
+        hash_label: &str,
+        hash: &str,
+    ) -> Value {
         let t = &owner["spec"]["template"];
         let mut pod = json!({
             "apiVersion": "v1", "kind": "Pod",
@@ -157,6 +184,10 @@ impl Controllers {
             },
             "spec": t["spec"].clone(),
         });
+        if !pod["metadata"]["labels"].is_object() {
+            pod["metadata"]["labels"] = json!({});
+        }
+        pod["metadata"]["labels"][hash_label] = json!(hash);
         if pod["metadata"]["annotations"].is_null()
             && let Some(m) = pod["metadata"].as_object_mut()
         {
@@ -168,8 +199,35 @@ impl Controllers {
         pod
     }
 
-    fn daemonsets(&self, nodes: &[Value]) {
+    /// Deletes pods as a controller does: gracefully, each with its own grace period.
+    fn delete_pods(&self, ns: &str, names: &[String]) {
+        for pn in names {
+            if let Err(e) = self.store.delete(&PODS, ns, pn, &DeleteOptions::default())
+                && e.code != 404
+            {
+                tracing::warn!(pod = %pn, error = %e, "deleting pod");
+            }
+        }
+    }
+
+    /// Writes `status` unless the object already has it.
+    fn set_status(&self, res: &Resource, obj: &Value, status: Value) {
+        if obj["status"] == status {
+            return;
+        }
+        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+        let _ = self.store.update(res, ns, name, |o| {
+            o["status"] = status;
+            Ok(())
+        });
+    }
+
+    /// One pass over every DaemonSet; returns when the next pass is due without a change
+    /// (a ready pod becoming available).
+    fn daemonsets(&self, nodes: &[Value], now: i64) -> Option<i64> {
         let pods = all(&self.store, &PODS);
+        let mut wake: Option<i64> = None;
         for ds in all(&self.store, &DAEMONSETS) {
             if ds["metadata"]["deletionTimestamp"].is_string() {
                 continue;
@@ -177,56 +235,72 @@ impl Controllers {
             let uid = ds["metadata"]["uid"].as_str().unwrap_or_default();
             let ns = ds["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = ds["metadata"]["name"].as_str().unwrap_or_default();
-            let mine: Vec<&Value> = pods.iter().filter(|p| owned_by(p, uid)).collect();
-            for p in &mine {
-                if terminal(p) && !p["metadata"]["deletionTimestamp"].is_string() {
-                    let pn = p["metadata"]["name"].as_str().unwrap_or_default();
-                    let _ = self.store.delete(&PODS, ns, pn, &DeleteOptions::default());
+            let spec = match daemonset::Spec::from_json(&ds["spec"]) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(daemonset = name, error = %e, "not reconciled");
+                    continue;
                 }
-            }
-            // Only nodes whose labels hold the template's nodeSelector.
-            let selector = &ds["spec"]["template"]["spec"]["nodeSelector"];
-            let eligible: Vec<&Value> = nodes
+            };
+            let hash = template_hash(&ds["spec"]["template"]);
+            let mine: Vec<PodView> = pods
                 .iter()
-                .filter(|n| {
-                    selector
+                .filter(|p| owned_by(p, uid))
+                .map(|p| PodView::of(p, daemonset::HASH_LABEL))
+                .collect();
+            // Only nodes whose labels hold the template's nodeSelector should run a pod.
+            let selector = &ds["spec"]["template"]["spec"]["nodeSelector"];
+            let nodes: Vec<daemonset::Node> = nodes
+                .iter()
+                .map(|n| daemonset::Node {
+                    name: n["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    should_run: selector
                         .as_object()
                         .into_iter()
                         .flatten()
-                        .all(|(k, v)| n["metadata"]["labels"][k.as_str()] == *v)
+                        .all(|(k, v)| n["metadata"]["labels"][k.as_str()] == *v),
                 })
                 .collect();
-            let mut ready_count = 0;
-            for n in &eligible {
-                let node = n["metadata"]["name"].as_str().unwrap_or_default();
-                let on_node: Vec<&&Value> = mine
-                    .iter()
-                    .filter(|p| p["spec"]["nodeName"].as_str() == Some(node))
-                    .collect();
-                ready_count += on_node.iter().filter(|p| ready(p)).count();
-                if on_node.is_empty() {
-                    let mut pod =
-                        Self::pod_from_template(&ds, &DAEMONSETS, format!("{name}-{}", short_id()));
-                    pod["spec"]["nodeName"] = json!(node);
-                    if let Err(e) = self.store.create(&PODS, ns, pod) {
-                        tracing::warn!(daemonset = name, node, error = %e, "creating pod");
-                    }
+            let plan = daemonset::plan(&spec, &hash, &nodes, &mine, now);
+            self.delete_pods(ns, &plan.delete);
+            for node in &plan.create_on {
+                let mut pod = Self::pod_from_template(
+                    &ds,
+                    &DAEMONSETS,
+                    format!("{name}-{}", short_id()),
+                    daemonset::HASH_LABEL,
+                    &hash,
+                );
+                pod["spec"]["nodeName"] = json!(node);
+                if let Err(e) = self.store.create(&PODS, ns, pod) {
+                    tracing::warn!(daemonset = name, node, error = %e, "creating pod");
                 }
             }
-            let status = json!({"desiredNumberScheduled": eligible.len(), "currentNumberScheduled": eligible.len(),
-                                "numberReady": ready_count, "numberAvailable": ready_count,
-                                "observedGeneration": ds["metadata"]["generation"]});
-            if ds["status"] != status {
-                let _ = self.store.update(&DAEMONSETS, ns, name, |d| {
-                    d["status"] = status.clone();
-                    Ok(())
-                });
-            }
+            let s = plan.status;
+            let status = json!({
+                "desiredNumberScheduled": s.desired_number_scheduled,
+                "currentNumberScheduled": s.current_number_scheduled,
+                "numberMisscheduled": s.number_misscheduled,
+                "numberReady": s.number_ready,
+                "updatedNumberScheduled": s.updated_number_scheduled,
+                "numberAvailable": s.number_available,
+                "numberUnavailable": s.number_unavailable,
+                "observedGeneration": ds["metadata"]["generation"],
+            });
+            self.set_status(&DAEMONSETS, &ds, status);
+            wake = wake.into_iter().chain(plan.wake_at).min();
         }
+        wake
     }
 
-    fn deployments(&self) {
+    /// One pass over every Deployment; returns when the next pass is due without a change
+    /// (a ready pod becoming available).
+    fn deployments(&self, now: i64) -> Option<i64> {
         let pods = all(&self.store, &PODS);
+        let mut wake: Option<i64> = None;
         for d in all(&self.store, &DEPLOYMENTS) {
             if d["metadata"]["deletionTimestamp"].is_string() {
                 continue;
@@ -234,45 +308,49 @@ impl Controllers {
             let uid = d["metadata"]["uid"].as_str().unwrap_or_default();
             let ns = d["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = d["metadata"]["name"].as_str().unwrap_or_default();
-            let want = usize::try_from(d["spec"]["replicas"].as_u64().unwrap_or(1)).unwrap_or(1);
-            let mut live: Vec<&Value> = Vec::new();
-            for p in pods.iter().filter(|p| owned_by(p, uid)) {
-                if p["metadata"]["deletionTimestamp"].is_string() {
+            let spec = match deployment::Spec::from_json(&d["spec"]) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(deployment = name, error = %e, "not reconciled");
                     continue;
                 }
-                if terminal(p) {
-                    let pn = p["metadata"]["name"].as_str().unwrap_or_default();
-                    let _ = self.store.delete(&PODS, ns, pn, &DeleteOptions::default());
-                    continue;
-                }
-                live.push(p);
-            }
-            let hash = &uid[..uid.len().min(8)];
-            for _ in live.len()..want {
+            };
+            let hash = template_hash(&d["spec"]["template"]);
+            let mine: Vec<PodView> = pods
+                .iter()
+                .filter(|p| owned_by(p, uid))
+                .map(|p| PodView::of(p, deployment::HASH_LABEL))
+                .collect();
+            let plan = deployment::plan(&spec, &hash, &mine, now);
+            self.delete_pods(ns, &plan.delete);
+            for _ in 0..plan.create {
                 let pod = Self::pod_from_template(
                     &d,
                     &DEPLOYMENTS,
                     format!("{name}-{hash}-{}", short_id()),
+                    deployment::HASH_LABEL,
+                    &hash,
                 );
                 if let Err(e) = self.store.create(&PODS, ns, pod) {
                     tracing::warn!(deployment = name, error = %e, "creating pod");
                 }
             }
-            for extra in live.iter().skip(want) {
-                let pn = extra["metadata"]["name"].as_str().unwrap_or_default();
-                let _ = self.store.delete(&PODS, ns, pn, &DeleteOptions::default());
-            }
-            let ready_count = live.iter().take(want).filter(|p| ready(p)).count();
-            let status = json!({"replicas": live.len().min(want), "readyReplicas": ready_count,
-                                "availableReplicas": ready_count, "updatedReplicas": live.len().min(want),
-                                "observedGeneration": d["metadata"]["generation"]});
-            if d["status"] != status {
-                let _ = self.store.update(&DEPLOYMENTS, ns, name, |x| {
-                    x["status"] = status.clone();
-                    Ok(())
-                });
-            }
+            let s = plan.status;
+            let conditions =
+                deployment::conditions(&d["status"]["conditions"], &spec, &s, &hash, &store::now());
+            let status = json!({
+                "replicas": s.replicas,
+                "updatedReplicas": s.updated_replicas,
+                "readyReplicas": s.ready_replicas,
+                "availableReplicas": s.available_replicas,
+                "unavailableReplicas": s.unavailable_replicas,
+                "observedGeneration": d["metadata"]["generation"],
+                "conditions": conditions,
+            });
+            self.set_status(&DEPLOYMENTS, &d, status);
+            wake = wake.into_iter().chain(plan.wake_at).min();
         }
+        wake
     }
 
     fn endpoints(&self) {

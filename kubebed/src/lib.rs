@@ -5,7 +5,8 @@
 //! - [`resources`], [`selector`], [`patch`], [`validate`], [`status`]: its pieces;
 //! - [`kubelet`]: node agents running pods as processes in their own network and mount
 //!   namespaces; [`net`]: the pod network; [`images`]: images mapped to local files;
-//! - [`controllers`]: scheduler, DaemonSets, Deployments, Service endpoints;
+//! - [`controllers`]: scheduler, DaemonSets, Deployments, Service endpoints; [`rollout`]: what
+//!   the DaemonSet and Deployment controllers decide, as pure functions;
 //! - [`bed`]: all of it together, with `apply` of manifest files;
 //! - [`testing`]: what the tests that run on a bed share (this crate's and `e2e/`'s).
 //!
@@ -21,6 +22,7 @@ pub mod kubelet;
 pub mod net;
 pub mod patch;
 pub mod resources;
+pub mod rollout;
 pub mod selector;
 pub mod status;
 pub mod store;

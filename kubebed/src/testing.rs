@@ -1,5 +1,6 @@
 //! What the tests that run on a bed share: the workspace's files and binaries, the images mapped
-//! to this machine, a bed of `n` nodes, and `kubectl apply -f <dir>` of the project's manifests.
+//! to this machine, a bed of `n` nodes, `kubectl apply -f <dir>` of the project's manifests, and
+//! `kubectl rollout status` of a Deployment or DaemonSet.
 //! Used by the bed's own tests (`kubebed/tests/`) and by the project's end-to-end tests
 //! (`e2e/`). Functions panic with a message naming what is missing: they are for tests.
 
@@ -143,8 +144,79 @@ pub fn apply_dir(bed: &Bed, rel: &str, namespace: &str, edit: impl Fn(String) ->
     }
 }
 
+/// Whether the rollout of a Deployment or DaemonSet is complete as `kubectl rollout status`
+/// sees it: its controller has seen the current generation; a Deployment's desired pods are
+/// all of the current template and available and no other pod is left (those being deleted
+/// aside); a DaemonSet's nodes all run an available pod of the current template.
+#[must_use]
+pub fn rolled_out(obj: &serde_json::Value) -> bool {
+    let s = &obj["status"];
+    let n = |v: &serde_json::Value| v.as_i64().unwrap_or(0);
+    if n(&s["observedGeneration"]) < n(&obj["metadata"]["generation"]) {
+        return false;
+    }
+    match obj["kind"].as_str() {
+        Some("Deployment") => {
+            let want = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+            let updated = n(&s["updatedReplicas"]);
+            updated >= want && n(&s["replicas"]) <= updated && n(&s["availableReplicas"]) >= updated
+        }
+        Some("DaemonSet") => {
+            let desired = n(&s["desiredNumberScheduled"]);
+            n(&s["updatedNumberScheduled"]) >= desired && n(&s["numberAvailable"]) >= desired
+        }
+        _ => false,
+    }
+}
+
+/// Waits, as `kubectl rollout status` does, until the rollout of Deployment or DaemonSet
+/// `ns/name` is complete ([`rolled_out`]); returns the object.
+///
+/// # Errors
+/// The timeout, with the object's last status.
+pub async fn rollout_status(
+    bed: &Bed,
+    res: &crate::resources::Resource,
+    ns: &str,
+    name: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let obj = bed
+        .wait_for(res, ns, name, timeout, |o| o.is_some_and(rolled_out))
+        .await?;
+    obj.ok_or_else(|| anyhow::anyhow!("{ns}/{name} is gone"))
+}
+
 /// A pod's phase.
 #[must_use]
 pub fn phase(p: Option<&serde_json::Value>) -> &str {
     p.and_then(|p| p["status"]["phase"].as_str()).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::rolled_out;
+
+    #[test]
+    fn rolled_out_reads_status_as_kubectl_rollout_status() {
+        let d = |generation: i64, status: serde_json::Value| json!({"kind": "Deployment", "metadata": {"generation": generation}, "spec": {"replicas": 3}, "status": status});
+        let done = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3});
+        assert!(rolled_out(&d(2, done.clone())));
+        // Not yet seen by the controller.
+        assert!(!rolled_out(&d(3, done)));
+        // Old pods left, or new ones not available.
+        let old_left = json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 4});
+        assert!(!rolled_out(&d(2, old_left)));
+        let unavailable = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 2});
+        assert!(!rolled_out(&d(2, unavailable)));
+        let ds = |updated: i64, available: i64| {
+            json!({"kind": "DaemonSet", "metadata": {"generation": 1}, "status": {"observedGeneration": 1,
+                "desiredNumberScheduled": 2, "updatedNumberScheduled": updated, "numberAvailable": available}})
+        };
+        assert!(rolled_out(&ds(2, 2)));
+        assert!(!rolled_out(&ds(1, 2)));
+        assert!(!rolled_out(&ds(2, 1)));
+    }
 }

@@ -1,11 +1,13 @@
 //! The validation the API server applies before storing, for what Spark and the project's
-//! manifests send: names, pods' containers, volumes and mounts, Secrets' data.
+//! manifests send: names, pods' containers, volumes and mounts, Secrets' data, the update
+//! strategies of Deployments and DaemonSets.
 
 use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::resources::{PODS, Resource, SECRETS};
+use crate::resources::{DAEMONSETS, DEPLOYMENTS, PODS, Resource, SECRETS};
+use crate::rollout::{daemonset, deployment};
 use crate::status::ApiError;
 
 /// An RFC 1123 subdomain (most object names).
@@ -75,6 +77,16 @@ pub fn object(res: &Resource, name: &str, obj: &Value) -> Result<(), ApiError> {
     }
     if *res == PODS {
         pod(obj).or_else(bad)?;
+    }
+    if *res == DEPLOYMENTS {
+        deployment::Spec::from_json(&obj["spec"])
+            .map(|_| ())
+            .or_else(bad)?;
+    }
+    if *res == DAEMONSETS {
+        daemonset::Spec::from_json(&obj["spec"])
+            .map(|_| ())
+            .or_else(bad)?;
     }
     Ok(())
 }
@@ -176,5 +188,38 @@ mod tests {
                 .message
                 .contains("Duplicate")
         );
+    }
+
+    #[test]
+    fn update_strategies_are_checked_as_the_api_server_checks_them() {
+        let d = |strategy: Value| json!({"spec": {"strategy": strategy}});
+        let refused = [
+            d(json!({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}})),
+            d(json!({"rollingUpdate": {"maxUnavailable": "110%"}})),
+            d(json!({"rollingUpdate": {"maxSurge": "1"}})),
+            d(json!({"rollingUpdate": {"maxSurge": -1}})),
+            d(json!({"type": "Recreate", "rollingUpdate": {}})),
+            d(json!({"type": "Rolling"})),
+        ];
+        for obj in refused {
+            let e = object(&DEPLOYMENTS, "d", &obj).unwrap_err();
+            assert_eq!(e.code, 422, "{obj}");
+            assert!(e.message.contains("spec.strategy"), "{}", e.message);
+        }
+        object(
+            &DEPLOYMENTS,
+            "d",
+            &d(json!({"rollingUpdate": {"maxSurge": 0}})),
+        )
+        .unwrap();
+        let ds = json!({"spec": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": 0}}}});
+        let e = object(&DAEMONSETS, "ds", &ds).unwrap_err();
+        assert!(
+            e.message.contains("may not be 0 when `maxSurge` is 0"),
+            "{}",
+            e.message
+        );
+        let ds = json!({"spec": {"updateStrategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}}});
+        object(&DAEMONSETS, "ds", &ds).unwrap();
     }
 }

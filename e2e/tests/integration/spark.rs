@@ -162,6 +162,20 @@ async fn client_job_with_confs(
     template: &str,
     confs: &[String],
 ) -> (Value, Vec<Value>) {
+    let child = start_client_job(bed, dir, mode, template, confs, &[]);
+    finish_client_job(bed, dir, child).await
+}
+
+/// Starts `tests/spark/shuffle_job.py` as [`client_job_with_confs`] does, with `extra`
+/// arguments for the script (output in `dir/driver.{out,err}`).
+fn start_client_job(
+    bed: &kubebed::bed::Bed,
+    dir: &std::path::Path,
+    mode: &str,
+    template: &str,
+    confs: &[String],
+    extra: &[&str],
+) -> tokio::process::Child {
     let event_dir = dir.join("events");
     std::fs::create_dir_all(&event_dir).unwrap();
     let mut cmd = tokio::process::Command::new(python());
@@ -177,30 +191,41 @@ async fn client_job_with_confs(
         .arg("--event-dir")
         .arg(&event_dir)
         .args(confs.iter().flat_map(|c| ["--conf", c.as_str()]))
+        .args(extra)
         .env("PYSPARK_PYTHON", python())
         .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
         .env_remove("SPARK_HOME")
         .stdout(std::fs::File::create(dir.join("driver.out")).unwrap())
         .stderr(std::fs::File::create(dir.join("driver.err")).unwrap())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let driver_log = || {
-        let err = std::fs::read_to_string(dir.join("driver.err")).unwrap_or_default();
-        err.lines()
-            .filter(|l| {
-                !l.trim_start().starts_with("at ")
-                    && (l.contains(" WARN ")
-                        || l.contains(" ERROR ")
-                        || l.contains("Exception")
-                        || l.contains("Error"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    cmd.spawn().unwrap()
+}
+
+/// The driver's warnings and errors (`dir/driver.err`), stack frames left out.
+fn driver_log(dir: &std::path::Path) -> String {
+    let err = std::fs::read_to_string(dir.join("driver.err")).unwrap_or_default();
+    err.lines()
+        .filter(|l| {
+            !l.trim_start().starts_with("at ")
+                && (l.contains(" WARN ")
+                    || l.contains(" ERROR ")
+                    || l.contains("Exception")
+                    || l.contains("Error"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Waits for a job of [`start_client_job`] to end; returns its result line and event log.
+async fn finish_client_job(
+    bed: &kubebed::bed::Bed,
+    dir: &std::path::Path,
+    mut child: tokio::process::Child,
+) -> (Value, Vec<Value>) {
     let Ok(status) = tokio::time::timeout(Duration::from_secs(400), child.wait()).await else {
         panic!(
             "the Spark job took over 400 s\n{}\n{}",
-            driver_log(),
+            driver_log(dir),
             dump(bed, "default")
         );
     };
@@ -209,14 +234,14 @@ async fn client_job_with_confs(
     assert!(
         status.success(),
         "the Spark job failed:\n{stdout}\n{}\n{}",
-        driver_log(),
+        driver_log(dir),
         dump(bed, "default")
     );
     let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
-        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{}", driver_log()));
+        .unwrap_or_else(|e| panic!("no result line ({e}):\n{stdout}\n{}", driver_log(dir)));
     assert_eq!(seen["ok1"], true, "{seen}");
     assert_eq!(seen["ok2"], true, "{seen}");
-    (seen, events(&event_dir))
+    (seen, events(&dir.join("events")))
 }
 
 /// What both reads did, from the event log: the executors of the first job's tasks, and of
@@ -324,19 +349,151 @@ fn live_executor_pods(bed: &kubebed::bed::Bed) -> Vec<Value> {
         .0
 }
 
+/// The shuffle service's pods.
+fn service_pods(bed: &kubebed::bed::Bed) -> Vec<Value> {
+    bed.store
+        .list(
+            &PODS,
+            Some("spark-shuffle"),
+            &Default::default(),
+            &Default::default(),
+        )
+        .0
+}
+
+/// Rolls the shuffle service's DaemonSet as `kubectl rollout restart` does (a changed template
+/// annotation) and waits until the rollout is complete as `kubectl rollout status` sees it,
+/// checking every state on the way: never both nodes without a ready service, never two
+/// service pods on a node. Returns how long it took.
+async fn restart_shuffle_service(bed: &kubebed::bed::Bed) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut events = bed.store.subscribe();
+    bed.store
+        .update(&DAEMONSETS, "spark-shuffle", "shuffle-service", |d| {
+            d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] =
+                serde_json::json!(kubebed::store::now());
+            Ok(())
+        })
+        .unwrap();
+    let ready = |p: &Value| {
+        !p["metadata"]["deletionTimestamp"].is_string()
+            && p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    };
+    let deadline = started + Duration::from_secs(180);
+    loop {
+        let pods = service_pods(bed);
+        let mut without = 0;
+        for node in &bed.nodes {
+            let here: Vec<&Value> = pods
+                .iter()
+                .filter(|p| {
+                    p["spec"]["nodeName"] == node.name.as_str()
+                        && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                })
+                .collect();
+            assert!(
+                here.len() <= 1,
+                "two service pods on {}: {here:#?}",
+                node.name
+            );
+            without += usize::from(!here.iter().any(|p| ready(p)));
+        }
+        assert!(
+            without <= 1,
+            "{without} nodes without a ready service:\n{}",
+            dump(bed, "spark-shuffle")
+        );
+        let ds = bed
+            .store
+            .get(&DAEMONSETS, "spark-shuffle", "shuffle-service")
+            .unwrap();
+        if kubebed::testing::rolled_out(&ds) {
+            return started.elapsed();
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => {
+                panic!("the rollout never ended: {}\n{}", ds["status"], dump(bed, "spark-shuffle"));
+            }
+            _ = events.recv() => {}
+        }
+    }
+}
+
+/// Dynamic allocation removes the executors that wrote the map output; while the application
+/// holds between its two reads, the shuffle service's DaemonSet is rolled node by node as
+/// shipped (one node at a time, `minReadySeconds: 10`); the reducers, on new executors, then
+/// fetch every block from the new service pods, which took the registrations back from their
+/// node's state directory.
 #[tokio::test]
 #[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
-async fn client_mode_reducers_fetch_removed_executors_blocks_from_the_daemonset() {
+async fn client_mode_reducers_fetch_removed_executors_blocks_from_a_daemonset_rolled_mid_job() {
     let _one = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let bed = bed(2, dir.path()).await;
     deploy_shuffle_service(&bed).await;
-    let (seen, ev) = client_job(&bed, dir.path(), "dynamic").await;
-    assert_eq!(
-        seen["all_removed"], true,
-        "dynamic allocation never removed the executors: {seen}"
+    let job = start_client_job(
+        &bed,
+        dir.path(),
+        "dynamic",
+        "k8s/shuffle-service/daemonset/spark/executor-pod-template.yaml",
+        &[],
+        &["--release", "rolled"],
     );
-    let jobs = check_shuffle(&bed, &ev).await;
+    let out = || std::fs::read_to_string(dir.path().join("driver.out")).unwrap_or_default();
+    let held = eventually(Duration::from_secs(300), || {
+        out().contains("\"held\": true")
+    })
+    .await;
+    assert!(
+        held,
+        "the job never held:\n{}\n{}\n{}",
+        out(),
+        driver_log(dir.path()),
+        dump(&bed, "default")
+    );
+    let held = result_line(&out(), "held");
+    assert_eq!(
+        held["all_removed"], true,
+        "dynamic allocation never removed the executors: {held}"
+    );
+    // The first read's blocks were served by the pods about to be replaced: their counts now.
+    let before = shuffle_metrics(&bed).await;
+    let old: Vec<Value> = service_pods(&bed)
+        .iter()
+        .map(|p| p["metadata"]["uid"].clone())
+        .collect();
+    let took = restart_shuffle_service(&bed).await;
+    eprintln!(
+        "shuffle service rolled on {} nodes in {took:?}",
+        bed.nodes.len()
+    );
+    let now = service_pods(&bed);
+    assert_eq!(now.len(), bed.nodes.len());
+    assert!(
+        now.iter().all(|p| !old.contains(&p["metadata"]["uid"])),
+        "{now:#?}"
+    );
+    for node in &bed.nodes {
+        let url = format!("http://{}:7339/readyz", node.netns.ip);
+        assert!(
+            answers(&url).await,
+            "{url} never answered:\n{}",
+            dump(&bed, "spark-shuffle")
+        );
+    }
+    bed.apply(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: rolled}\n",
+        "default",
+    )
+    .unwrap();
+    let (seen, ev) = finish_client_job(&bed, dir.path(), job).await;
+    assert_eq!(seen["released"], true, "{seen}");
+    // No failed task (a fetch failure is one), no retried stage, and every remote block Spark
+    // read was served: the first read's by the old pods, the second's by the new ones.
+    let jobs = check_shuffle_with(&ev, [before, shuffle_metrics(&bed).await].concat());
     assert!(!jobs.first.is_empty() && !jobs.second.is_empty());
     assert!(
         jobs.second.iter().all(|x| !jobs.first.contains(x)),

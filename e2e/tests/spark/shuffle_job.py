@@ -8,7 +8,9 @@ Between the two reads the executors that wrote the map output go away:
 - `--mode static`: static allocation, nothing goes away (executors still read each other's
   blocks through the shuffle services);
 - `--mode hold`: static allocation; after the first read, prints `{"held": ...}` and waits
-  (at most 10 minutes) for the ConfigMap `--release` to exist before reading again.
+  (at most 10 minutes) for the ConfigMap `--release` to exist before reading again;
+- `--mode dynamic` with `--release`: as `dynamic`, then, once the executors are gone, holds as
+  `hold` does.
 
 Prints one JSON line: the results' check and what happened to the executors.
 """
@@ -24,7 +26,7 @@ from pyspark.sql import functions as F
 p = argparse.ArgumentParser()
 p.add_argument("--mode", choices=["dynamic", "delete-pod", "static", "hold"], default="dynamic")
 p.add_argument("--api", help="the API server, for --mode delete-pod and hold")
-p.add_argument("--release", help="--mode hold: the ConfigMap that ends the wait")
+p.add_argument("--release", help="--mode hold (and dynamic): the ConfigMap that ends the wait")
 p.add_argument("--master", help="client mode: the k8s:// master (cluster mode: from spark-submit)")
 p.add_argument("--driver-host", help="client mode: the driver's address")
 p.add_argument("--image")
@@ -115,8 +117,8 @@ out = {"ok1": ok1, "app_id": sc.applicationId}
 if a.mode == "dynamic":
     # Executors idle for 2 s are removed and their pods deleted; the map output stays.
     out["all_removed"] = wait(lambda: not executors(), 180)
-elif a.mode == "hold":
-    print(json.dumps({"held": True, "app_id": sc.applicationId, "ok1": ok1}))
+if a.mode == "hold" or (a.mode == "dynamic" and a.release):
+    print(json.dumps({"held": True, **out}))
     sys.stdout.flush()
     url = f"{a.api}/api/v1/namespaces/{a.namespace}/configmaps/{a.release}"
 

@@ -73,6 +73,8 @@ struct Run {
     message: Option<String>,
     reason: Option<String>,
     started: String,
+    /// Each condition's last value and when it took it (`lastTransitionTime`).
+    transitions: HashMap<&'static str, (bool, String)>,
     exits: mpsc::UnboundedSender<(String, u64, i32)>,
 }
 
@@ -140,6 +142,7 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Value, mut stop: watch::Receiver<Option
         message: None,
         reason: None,
         started: now(),
+        transitions: HashMap::new(),
         exits: tx,
     };
     tracing::info!(pod = %run.name, node = %ctx.name, "starting pod");
@@ -199,15 +202,32 @@ impl Run {
         let ready = self.phase == "Running"
             && main.iter().all(|c| c.pid.is_some())
             && init.iter().filter(|c| c.sidecar).all(|c| c.pid.is_some());
-        let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok {"True"} else {"False"}, "lastProbeTime": null, "lastTransitionTime": self.started});
+        // A condition's time is when it last changed: `minReadySeconds` counts from the
+        // moment the pod became Ready.
+        let mut cond = |t: &'static str, ok: bool| {
+            let since = match self.transitions.get(t) {
+                Some((was, at)) if *was == ok => at.clone(),
+                _ => {
+                    let at = now();
+                    self.transitions.insert(t, (ok, at.clone()));
+                    at
+                }
+            };
+            json!({"type": t, "status": if ok {"True"} else {"False"}, "lastProbeTime": null, "lastTransitionTime": since})
+        };
+        let conditions = [
+            cond("PodScheduled", true),
+            cond("Initialized", initialized),
+            cond("ContainersReady", ready),
+            cond("Ready", ready),
+        ];
         let mut status = json!({
             "phase": self.phase,
             "hostIP": host_ip,
             "hostIPs": [{"ip": host_ip}],
             "startTime": self.started,
             "qosClass": "BestEffort",
-            "conditions": [cond("PodScheduled", true), cond("Initialized", initialized),
-                           cond("ContainersReady", ready), cond("Ready", ready)],
+            "conditions": conditions,
             "initContainerStatuses": init.iter().map(|c| c.json()).collect::<Vec<_>>(),
             "containerStatuses": main.iter().map(|c| c.json()).collect::<Vec<_>>(),
         });

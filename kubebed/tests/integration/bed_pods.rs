@@ -1,6 +1,9 @@
 //! Pods on a real bed: own addresses in their own network namespaces, reachable across nodes,
 //! volumes and environment as a kubelet provides them, graceful deletion, and an address that
-//! stops answering once its pod is gone. Needs root and network namespaces.
+//! stops answering once its pod is gone; Deployments and DaemonSets rolling out a changed
+//! template ([`rollouts`]). Needs root and network namespaces.
+
+mod rollouts;
 
 use std::time::Duration;
 
