@@ -1,5 +1,6 @@
 //! `staging-server submit` with unmodified Spark 4.3.0 in `k8s://` cluster mode on the bed:
-//! the job's jar, text file and Python file exist only on the submitting machine.
+//! the job's jar, text file and Python file exist only on the submitting machine; a job that
+//! raises makes `submit` exit with its driver's exit code.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,8 +16,8 @@ const UPLOAD_TOKEN: &str = "5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d";
 const ALICE: &str = "alice-bearer-token-0123456789";
 const MALLORY: &str = "mallory-bearer-token-0123456789";
 
-/// The staging server from `k8s/staging-server/` as shipped (owner watch shortened); its
-/// pod IP.
+/// The staging server from `k8s/staging-server/` as shipped (owner watch, unnamed-file grace
+/// and sweep interval shortened); its pod IP.
 async fn deploy_staging(bed: &kubebed::bed::Bed) -> String {
     bed.namespace("spark-staging").unwrap();
     bed.apply(
@@ -39,6 +40,7 @@ async fn deploy_staging(bed: &kubebed::bed::Bed) -> String {
             "unnamed_blob_grace = \"1h\"",
             "unnamed_blob_grace = \"20s\"",
         )
+        .replace("sweep_interval = \"30s\"", "sweep_interval = \"2s\"")
     });
     let ready = bed
         .wait_for(
@@ -93,7 +95,9 @@ fn build_app(dir: &Path) -> PathBuf {
         .arg("-C")
         .arg(work.join("classes"))
         .arg("."));
-    std::fs::copy(spark_file("submit/job.py"), work.join("job.py")).unwrap();
+    for job in ["job.py", "fail.py"] {
+        std::fs::copy(spark_file(&format!("submit/{job}")), work.join(job)).unwrap();
+    }
     work
 }
 
@@ -148,13 +152,15 @@ impl Submitted {
     }
 }
 
+/// `staging-server submit` of the job `job` (the file options, the primary resource and its
+/// arguments, relative to `work`) as the user of `kubeconfig`.
 async fn submit(
     bed: &kubebed::bed::Bed,
     dir: &Path,
     kubeconfig: &Path,
     server: &str,
     work: &Path,
-    words: &str,
+    job: &[&str],
 ) -> Submitted {
     std::fs::create_dir_all(dir).unwrap();
     let venv_submit = workspace().join(".venv/bin/spark-submit");
@@ -187,10 +193,7 @@ async fn submit(
     ] {
         cmd.arg("--conf").arg(format!("{k}={v}"));
     }
-    cmd.args(["--jars", "plus.jar", "--files"])
-        .arg(words)
-        .arg("job.py")
-        .arg("/var/spark-staged")
+    cmd.args(job)
         .env("KUBECONFIG", kubeconfig)
         .env("SPARK_HOME", spark_home().unwrap())
         .env("JDK_JAVA_OPTIONS", kubebed::images::SHORT_LIVED_JVM)
@@ -210,6 +213,18 @@ async fn submit(
         code: out.status.code(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The words job: the staged jar and `words`, the job printing both.
+fn words_job(words: &str) -> [&str; 6] {
+    [
+        "--jars",
+        "plus.jar",
+        "--files",
+        words,
+        "job.py",
+        "/var/spark-staged",
+    ]
 }
 
 /// The driver pod of a submission, and its log.
@@ -244,7 +259,8 @@ async fn staging_metrics(ip: &str) -> String {
 
 #[tokio::test]
 #[ignore = "needs root, network namespaces, Java and pyspark (scripts/test.sh runs it)"]
-async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_after_them() {
+async fn submit_stages_local_files_for_concurrent_cluster_jobs_reports_failed_drivers_and_cleans_up_after_them()
+ {
     let dir = tempfile::tempdir().unwrap();
     let bed = bed(2, dir.path()).await;
     let ip = deploy_staging(&bed).await;
@@ -307,7 +323,7 @@ async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_aft
         &mallory,
         &server,
         &work,
-        "a/words.txt",
+        &words_job("a/words.txt"),
     )
     .await;
     assert_eq!(refused.code, Some(3), "{}", refused.stderr);
@@ -330,20 +346,27 @@ async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_aft
             .filter(|s| s["metadata"]["name"] != "queued-files")
             .count()
     };
-    let (ja, jb, jc) = (
+    // Beside the resubmission, a job that raises: spark-submit exits 0 all the same, `submit`
+    // reports the driver's failure and its exit code.
+    let (ja, jb, jc, jf) = (
         dir.path().join("ja"),
         dir.path().join("jb"),
         dir.path().join("jc"),
+        dir.path().join("jf"),
     );
-    let (a, b, c) = tokio::join!(
-        submit(&bed, &ja, &alice, &server, &work, "a/words.txt"),
-        submit(&bed, &jb, &alice, &server, &work, "b/words.txt"),
+    let (words_a, words_b) = (words_job("a/words.txt"), words_job("b/words.txt"));
+    let (a, b, (c, failed)) = tokio::join!(
+        submit(&bed, &ja, &alice, &server, &work, &words_a),
+        submit(&bed, &jb, &alice, &server, &work, &words_b),
         async {
             assert!(
                 eventually(Duration::from_secs(120), || staged_secrets() >= 2).await,
                 "the first two submissions never created their Secrets"
             );
-            submit(&bed, &jc, &alice, &server, &work, "a/words.txt").await
+            tokio::join!(
+                submit(&bed, &jc, &alice, &server, &work, &words_a),
+                submit(&bed, &jf, &alice, &server, &work, &["fail.py"]),
+            )
         },
     );
     for (job, words) in [
@@ -373,7 +396,31 @@ async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_aft
             "{}",
             job.stderr
         );
+        assert!(!job.stderr.contains("driver pod"), "{}", job.stderr);
     }
+    // The failed job: the driver's exit code (Python's uncaught exception ends the driver with
+    // 1) and one sentence naming the pod, its phase and that code.
+    let (pod, log) = driver(&bed, &failed.submission());
+    assert_eq!(pod["status"]["phase"], "Failed", "{log}");
+    assert!(log.contains("this job fails on purpose"), "{log}");
+    assert_eq!(
+        failed.code,
+        Some(1),
+        "{}\ndriver status: {}",
+        failed.stderr,
+        pod["status"]
+    );
+    let sentence = format!(
+        "driver pod default/{} ended in phase Failed",
+        pod["metadata"]["name"].as_str().unwrap()
+    );
+    let line = failed
+        .stderr
+        .lines()
+        .find(|l| l.contains(&sentence))
+        .unwrap_or_else(|| panic!("no {sentence:?} in:\n{}", failed.stderr));
+    assert!(line.contains("exit code 1"), "{line}");
+    println!("failed job: {line}");
     assert_ne!(a.submission(), b.submission());
     let (a_files, a_bytes, a_secs) = a.staged();
     let (b_files, b_bytes, b_secs) = b.staged();
@@ -407,7 +454,7 @@ async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_aft
     // The finished jobs' submissions go; the files they named stay until their namespace's
     // grant, which runs from the files' send, lapses (the unnamed-blob grace, 20 s here), so
     // that another staging of the namespace in between never loses them; then the sweep
-    // (every 30 s) deletes them and recomputes the stored-data gauges.
+    // (every 2 s here) deletes them and recomputes the stored-data gauges.
     let mut m = String::new();
     for _ in 0..90 {
         m = staging_metrics(&ip).await;
@@ -424,7 +471,7 @@ async fn submit_stages_local_files_for_concurrent_cluster_jobs_and_cleans_up_aft
             &m,
             "staging_cleanup_deletions_total{reason=\"owner_ended\"}"
         ),
-        3.0,
+        4.0,
         "{m}"
     );
     bed.stop().await;

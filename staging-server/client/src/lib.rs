@@ -5,7 +5,8 @@
 //! Exit codes of all three, distinct so that a pod's termination reason tells what went wrong:
 //! 0 success, 1 other failure, 3 credential refused (401/403), 4 resource not found (404),
 //! 5 integrity failure (digest mismatch), 6 unsafe or oversized archive, 7 server unreachable
-//! or failing after all retries, 64 bad usage.
+//! or failing after all retries, 8 (`submit`) the driver pod gone before it ended, 64 bad usage.
+//! Once spark-submit ran, `submit` exits with its status or the failed driver's exit code.
 
 pub mod fetch;
 pub mod http;
@@ -37,6 +38,8 @@ pub const EXIT_INTEGRITY: u8 = 5;
 pub const EXIT_UNSAFE_ARCHIVE: u8 = 6;
 /// Exit code: server unreachable or failing.
 pub const EXIT_UNAVAILABLE: u8 = 7;
+/// Exit code: the driver pod `submit` follows disappeared before it ended.
+pub const EXIT_DRIVER_GONE: u8 = 8;
 /// Exit code: bad usage.
 pub const EXIT_USAGE: u8 = 64;
 

@@ -120,6 +120,10 @@ fn help_shows_defaults() {
                 "[default: /var/spark-staged]",
                 "[default: 4]",
                 "[default: 10s]",
+                "[default: 2m]",
+                // The exit statuses once spark-submit ran, the driver's among them.
+                "1-255           the driver pod ended Failed",
+                "8               the driver pod disappeared",
             ],
         ),
     ] {

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod crash;
 mod downloads;
+mod driver_end;
 mod external;
 mod fetch;
 mod full_disk;

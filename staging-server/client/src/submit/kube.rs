@@ -9,8 +9,8 @@ use kube::{Api, Client};
 
 use crate::{ClientError, EXIT_AUTH, EXIT_FAILURE, EXIT_UNAVAILABLE};
 
-/// Timeout of each API call.
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Timeout of each API call (of each read, for a watch).
+pub(super) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The kubeconfig (or in-cluster) configuration.
 ///

@@ -10,11 +10,16 @@
 //! 4. Writes driver and executor pod templates (merged into the user's own) with the
 //!    init-container that fetches the files, and labels the pods so that the server deletes
 //!    the submission and the Secret when the driver pod ends.
-//! 5. Runs `spark-submit` with the rewritten arguments, forwarding its output, signals and
-//!    exit status. When it fails before any pod of the submission exists, the submission and
-//!    the Secret are deleted at once.
+//! 5. Runs `spark-submit` with the rewritten arguments, forwarding its output and signals.
+//!    When it fails, its exit status is `submit`'s; when it fails before any pod of the
+//!    submission exists, the submission and the Secret are deleted at once.
+//! 6. When it succeeded, follows the driver pod to its end ([`driver`]): spark-submit exits 0
+//!    in cluster mode however the driver ended, so a failed driver's exit code becomes
+//!    `submit`'s. Not with `spark.kubernetes.submission.waitAppCompletion=false`, where
+//!    spark-submit returns once the driver pod exists, and `submit` with it.
 
 pub mod cmdline;
+pub mod driver;
 pub mod kube;
 pub mod template;
 
@@ -24,10 +29,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use tokio::signal::unix::{Signal, SignalKind};
 
 use super::stage::{LocalFile, StageRequest, Staged};
 use super::{ClientError, EXIT_FAILURE, EXIT_USAGE, http};
 use cmdline::Parsed;
+use driver::{DriverPod, Outcome};
 use template::{Role, Wiring};
 
 use staging_api::wire::SUBMISSION_LABEL;
@@ -35,7 +42,21 @@ use staging_api::wire::SUBMISSION_LABEL;
 /// Arguments of `submit`.
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Example:\n  staging-server submit --server https://staging.example.com --init-image REGISTRY/spark-k8s-services:TAG -- \\\n      --master k8s://https://api.example.com:6443 --deploy-mode cluster \\\n      --conf spark.kubernetes.container.image=REGISTRY/spark:4.3.0 \\\n      --jars lib/udfs.jar --files conf/lookup.csv job.py"
+    after_help = concat!(
+        "Exit status, before spark-submit runs: 1 failure, 3 credential refused, 4 not found,\n",
+        "7 server unreachable, 64 usage. Once it ran:\n",
+        "  spark-submit's  it failed (128 + signal when a signal ended it), or it succeeded with\n",
+        "                  spark.kubernetes.submission.waitAppCompletion=false (submit does not\n",
+        "                  wait either)\n",
+        "  0               the driver pod ended Succeeded\n",
+        "  1-255           the driver pod ended Failed: its Spark container's exit code (1 when it\n",
+        "                  has none or it is 0), said in one sentence on standard error\n",
+        "  3               the Kubernetes API refused to show the driver pod\n",
+        "  7               the Kubernetes API could not be reached for --follow-outage\n",
+        "  8               the driver pod disappeared before it ended (outcome unknown)\n",
+        "  128 + signal    SIGINT, SIGTERM or SIGHUP while following the driver pod (the job goes on)\n",
+        "\nExample:\n  staging-server submit --server https://staging.example.com --init-image REGISTRY/spark-k8s-services:TAG -- \\\n      --master k8s://https://api.example.com:6443 --deploy-mode cluster \\\n      --conf spark.kubernetes.container.image=REGISTRY/spark:4.3.0 \\\n      --jars lib/udfs.jar --files conf/lookup.csv job.py",
+    )
 )]
 pub struct SubmitArgs {
     /// Server base URL as this machine reaches it.
@@ -94,6 +115,10 @@ pub struct SubmitArgs {
     /// Connection timeout to the server.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// While submit follows the driver pod to its end: how long the Kubernetes API may stay
+    /// unreachable (or failing) before submit gives up with exit status 7.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub follow_outage: Duration,
     /// The spark-submit arguments, after `--`.
     #[arg(
         required = true,
@@ -117,6 +142,9 @@ pub fn parse_duration_arg(s: &str) -> Result<String, String> {
         )),
     }
 }
+
+/// Spark's property: whether spark-submit waits for the driver pod's end (default true).
+const WAIT_APP_COMPLETION: &str = "spark.kubernetes.submission.waitAppCompletion";
 
 /// The pod templates as written, per role.
 type Rendered = Vec<(Role, String)>;
@@ -291,6 +319,82 @@ fn owner_labels(submission: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// Whether spark-submit waits for the driver pod's end, as the command line says (Spark's
+/// default: it does).
+fn waits_for_completion(parsed: &Parsed) -> bool {
+    parsed
+        .conf(WAIT_APP_COMPLETION)
+        .is_none_or(|v| !v.trim().eq_ignore_ascii_case("false"))
+}
+
+/// The driver pod of the plan's submission: the owner, and Spark's container in it (the one
+/// `spark.kubernetes.driver.podTemplateContainerName` names, else the template's first, else
+/// Spark's default).
+fn driver_pod(plan: &Plan) -> DriverPod {
+    let selector = owner_labels(&plan.submission)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let container = plan
+        .parsed
+        .conf("spark.kubernetes.driver.podTemplateContainerName")
+        .or_else(|| plan.driver_template.as_ref()?["spec"]["containers"][0]["name"].as_str())
+        .unwrap_or(driver::SPARK_DRIVER_CONTAINER)
+        .to_owned();
+    DriverPod {
+        namespace: plan.namespace.clone(),
+        selector,
+        container,
+    }
+}
+
+/// `submit`'s exit status once spark-submit succeeded: how the driver pod ended, unless
+/// spark-submit did not wait for it (then spark-submit's success). `kube` is the client to
+/// follow it with, or why there is none.
+async fn after_success(
+    args: &SubmitArgs,
+    plan: &Plan,
+    kube: Result<&::kube::Client, &ClientError>,
+) -> Result<ExitCode, ClientError> {
+    if !waits_for_completion(&plan.parsed) {
+        eprintln!(
+            "staging-server submit: {WAIT_APP_COMPLETION}=false: spark-submit returned once the driver pod existed, and so does submit; the job's end is not followed"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let kube = match kube {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!(
+                "staging-server submit: cannot follow the driver pod ({}); the exit status is spark-submit's",
+                e.message
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let driver = driver_pod(plan);
+    let mut signals = Signals::new()?;
+    let ended = tokio::select! {
+        ended = driver::follow(kube, &driver, args.follow_outage) => ended?,
+        Some(kind) = signals.next() => {
+            eprintln!(
+                "staging-server submit: stopped following the driver pod ({}) on signal {}; the job goes on",
+                driver.selector,
+                kind.as_raw_value()
+            );
+            return Ok(ExitCode::from(signal_status(kind.as_raw_value())));
+        }
+    };
+    Ok(match ended {
+        Outcome::Succeeded => ExitCode::SUCCESS,
+        Outcome::Failed { code, message } => {
+            eprintln!("staging-server submit: {message}");
+            ExitCode::from(code)
+        }
+    })
+}
+
 async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
     if args.kube_auth && !args.allow_plain_http {
         http::require_private_transport(&args.server, "your Kubernetes credential")?;
@@ -311,8 +415,25 @@ async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
         return Ok(ExitCode::SUCCESS);
     }
     if plan.files.is_empty() {
-        eprintln!("staging-server submit: no local files to stage; running spark-submit as given");
-        return exec(&submit, &plan.parsed.to_args()).await;
+        // Only the label by which the driver pod is followed.
+        let mut command = plan.parsed.clone();
+        command.push_conf(
+            &format!("spark.kubernetes.driver.label.{SUBMISSION_LABEL}"),
+            &plan.submission,
+        );
+        eprintln!(
+            "staging-server submit: no local files to stage; running spark-submit with the driver pod labelled {SUBMISSION_LABEL}={}",
+            plan.submission
+        );
+        let code = exec(&submit, &command.to_args()).await?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+        let kube = match kube::config(args.kube_context.as_deref()).await {
+            Ok(cfg) => kube::client(cfg),
+            Err(e) => Err(e),
+        };
+        return after_success(&args, &plan, kube.as_ref()).await;
     }
     let token = match (&args.token, &args.token_file, args.kube_auth) {
         (Some(_), Some(_), _) | (Some(_), _, true) => {
@@ -389,20 +510,21 @@ async fn run(args: SubmitArgs) -> Result<ExitCode, ClientError> {
         plan.namespace, plan.secret, plan.submission
     );
     let code = exec(&submit, &command).await?;
-    if code != ExitCode::SUCCESS {
-        // Nothing of the job started: nothing will ever end it, so clean up now.
-        let selector = format!("{SUBMISSION_LABEL}={}", plan.submission);
-        if let Ok(false) = kube::pods_exist(&kube, &plan.namespace, &selector).await {
-            delete_staged(&client, &args.server, &staged).await;
-            if let Err(e) = kube::delete_secret(&kube, &plan.namespace, &plan.secret).await {
-                eprintln!("staging-server submit: {}", e.message);
-            }
-            eprintln!(
-                "staging-server submit: spark-submit failed before any pod started; the staged files and the Secret are deleted"
-            );
-        }
-    }
     drop(dir);
+    if code == ExitCode::SUCCESS {
+        return after_success(&args, &plan, Ok(&kube)).await;
+    }
+    // Nothing of the job started: nothing will ever end it, so clean up now.
+    let selector = format!("{SUBMISSION_LABEL}={}", plan.submission);
+    if let Ok(false) = kube::pods_exist(&kube, &plan.namespace, &selector).await {
+        delete_staged(&client, &args.server, &staged).await;
+        if let Err(e) = kube::delete_secret(&kube, &plan.namespace, &plan.secret).await {
+            eprintln!("staging-server submit: {}", e.message);
+        }
+        eprintln!(
+            "staging-server submit: spark-submit failed before any pod started; the staged files and the Secret are deleted"
+        );
+    }
     Ok(code)
 }
 
@@ -480,33 +602,56 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP: forwarded to spark-submit while it runs; they stop `submit`
+/// while it follows the driver pod. (Once listened for, they no longer end the process by
+/// themselves.)
+struct Signals(Vec<(SignalKind, Signal)>);
+
+impl Signals {
+    fn new() -> Result<Self, ClientError> {
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .into_iter()
+        .map(|kind| {
+            tokio::signal::unix::signal(kind)
+                .map(|s| (kind, s))
+                .map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))
+        })
+        .collect::<Result<_, _>>()
+        .map(Self)
+    }
+
+    /// The next signal to arrive.
+    async fn next(&mut self) -> Option<SignalKind> {
+        let each = self
+            .0
+            .iter_mut()
+            .map(|(k, s)| Box::pin(async move { s.recv().await.map(|_| *k) }));
+        futures::future::select_all(each).await.0
+    }
+}
+
+/// The exit status of a process ended by signal `sig`, as a shell reports it.
+fn signal_status(sig: i32) -> u8 {
+    u8::try_from(128 + sig).unwrap_or(1)
+}
+
 /// Runs spark-submit with inherited output, forwarding SIGINT, SIGTERM and SIGHUP; returns
 /// its exit status (128 + signal when a signal ended it).
 async fn exec(submit: &Path, command: &[String]) -> Result<ExitCode, ClientError> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut child = tokio::process::Command::new(submit)
         .args(command)
         .spawn()
         .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", submit.display())))?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok());
-    let mut signals = Vec::new();
-    for kind in [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-    ] {
-        let s = signal(kind).map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))?;
-        signals.push((kind, s));
-    }
+    let mut signals = Signals::new()?;
     let status = loop {
-        let next_signal = futures::future::select_all(
-            signals
-                .iter_mut()
-                .map(|(k, s)| Box::pin(async move { s.recv().await.map(|_| *k) })),
-        );
         tokio::select! {
             st = child.wait() => break st,
-            (Some(kind), _, _) = next_signal => {
+            Some(kind) = signals.next() => {
                 if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw)
                     && let Some(sig) = rustix::process::Signal::from_named_raw(kind.as_raw_value())
                 {
@@ -519,8 +664,62 @@ async fn exec(submit: &Path, command: &[String]) -> Result<ExitCode, ClientError
     use std::os::unix::process::ExitStatusExt as _;
     let code = match (status.code(), status.signal()) {
         (Some(c), _) => u8::try_from(c).unwrap_or(1),
-        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(1),
+        (None, Some(sig)) => signal_status(sig),
         _ => 1,
     };
     Ok(ExitCode::from(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str], driver_template: Option<serde_json::Value>) -> Plan {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        Plan {
+            parsed: Parsed::parse(&args).unwrap(),
+            namespace: "jobs".into(),
+            files: Vec::new(),
+            submission: "0a1b2c3d4e5f".into(),
+            secret: "spark-staged-0a1b2c3d4e5f".into(),
+            driver_template,
+            executor_template: None,
+        }
+    }
+
+    #[test]
+    fn submit_waits_for_the_driver_unless_spark_submit_does_not() {
+        assert!(waits_for_completion(&plan(&["job.py"], None).parsed));
+        for (value, waits) in [("true", true), ("false", false), (" FALSE ", false)] {
+            let conf = format!("{WAIT_APP_COMPLETION}={value}");
+            let p = plan(&["--conf", &conf, "job.py"], None);
+            assert_eq!(waits_for_completion(&p.parsed), waits, "{value}");
+        }
+    }
+
+    #[test]
+    fn the_driver_pod_is_the_labelled_owner_and_its_container_sparks() {
+        let d = driver_pod(&plan(&["job.py"], None));
+        assert_eq!(d.namespace, "jobs");
+        assert_eq!(
+            d.selector,
+            "spark-role=driver,staging-server/submission=0a1b2c3d4e5f"
+        );
+        assert_eq!(d.container, driver::SPARK_DRIVER_CONTAINER);
+        // Spark takes a template's first container, keeping its name...
+        let template =
+            serde_json::json!({"spec": {"containers": [{"name": "main"}, {"name": "b"}]}});
+        let d = driver_pod(&plan(&["job.py"], Some(template.clone())));
+        assert_eq!(d.container, "main");
+        // ...unless the configuration names one.
+        let d = driver_pod(&plan(
+            &[
+                "--conf",
+                "spark.kubernetes.driver.podTemplateContainerName=b",
+                "job.py",
+            ],
+            Some(template),
+        ));
+        assert_eq!(d.container, "b");
+    }
 }
