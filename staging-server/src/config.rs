@@ -319,6 +319,8 @@ pub struct Config {
     pub upload_tokens: Vec<crate::auth::UploadToken>,
     /// Explicit signing key; `None` = generated and persisted in the data dir.
     pub signing_key: Option<Vec<u8>>,
+    /// Keys that only verify download tokens (previous signing keys, see `token`).
+    pub verify_keys: Vec<Vec<u8>>,
     /// Limits and lifetimes.
     pub limits: Limits,
     /// Sweep period.
@@ -366,6 +368,7 @@ impl fmt::Debug for Config {
             store,
             upload_tokens,
             signing_key,
+            verify_keys,
             limits,
             sweep_interval,
             max_connections,
@@ -392,6 +395,8 @@ impl fmt::Debug for Config {
             // An upload token's own Debug shows its namespaces, never the token.
             .field("upload_tokens", upload_tokens)
             .field("signing_key", &signing_key.as_ref().map(|_| Redacted))
+            // How many, never which: a kid is logged at start, the keys never.
+            .field("verify_keys", &verify_keys.len())
             .field("limits", limits)
             .field("sweep_interval", sweep_interval)
             .field("max_connections", max_connections)
@@ -427,6 +432,7 @@ impl Config {
             data_dir,
             upload_tokens: Vec::new(),
             signing_key: None,
+            verify_keys: Vec::new(),
             limits: Limits::default(),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -499,6 +505,14 @@ impl Config {
             args.signing_key_file.or(file.signing_key_file).as_deref(),
         )?
         .map(String::into_bytes);
+        let verify_keys = read_verify_keys(
+            args.verify_keys.as_ref().map(SecretArg::expose),
+            if args.verify_key_files.is_empty() {
+                &file.verify_key_files
+            } else {
+                &args.verify_key_files
+            },
+        )?;
         let d = Limits::default();
         let limits = Limits {
             max_upload_size: args
@@ -632,6 +646,7 @@ impl Config {
             store,
             upload_tokens,
             signing_key,
+            verify_keys,
             limits,
             sweep_interval: args
                 .sweep_interval
@@ -729,10 +744,15 @@ impl Config {
             ));
         }
         if let Some(key) = &self.signing_key
-            && key.len() < 32
+            && key.len() < MIN_KEY_LEN
         {
             return Err(ConfigError::invalid(
                 "the signing key must be at least 32 bytes",
+            ));
+        }
+        if self.verify_keys.iter().any(|k| k.len() < MIN_KEY_LEN) {
+            return Err(ConfigError::invalid(
+                "keys that verify tokens must be at least 32 bytes",
             ));
         }
         let l = &self.limits;
@@ -787,6 +807,8 @@ impl Config {
 
 /// Shortest upload token accepted: 16 characters leave no room for guessing.
 const MIN_UPLOAD_TOKEN_LEN: usize = 16;
+/// Shortest token key accepted: 32 bytes, the output size of HS256's SHA-256 (RFC 7518 §3.2).
+const MIN_KEY_LEN: usize = 32;
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -815,6 +837,31 @@ fn secret_value(
         )),
         (None, None) => Ok(None),
     }
+}
+
+/// The keys that only verify: values given inline (comma-separated) and the keys of each file,
+/// one per line (`#` comments and blank lines left out, so that an empty file, or an empty
+/// variable, names none), each trimmed.
+fn read_verify_keys(inline: Option<&str>, files: &[PathBuf]) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let mut keys: Vec<String> = inline
+        .unwrap_or_default()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    for path in files {
+        let text = service_runtime::secret::read_string(path)?;
+        keys.extend(
+            text.lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    Ok(keys
+        .iter()
+        .map(|k| k.trim())
+        .filter(|k| !k.is_empty())
+        .map(|k| k.as_bytes().to_vec())
+        .collect())
 }
 
 fn read_upload_tokens(

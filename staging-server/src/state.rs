@@ -118,7 +118,9 @@ impl AppState {
             Some(s) => s,
             None => BlobStore::open(&config.store)?.with_timeout(config.store_timeout),
         };
-        let keys = TokenKeys::load_or_generate(config.signing_key.as_deref(), dir)?;
+        let keys =
+            TokenKeys::load_or_generate(config.signing_key.as_deref(), &config.verify_keys, dir)?;
+        tracing::info!(kid = keys.kid(), verify_only = ?keys.verify_only_kids(), "download-token keys");
         let instance = db.instance_id().await?;
         let registry = overrides.registry.unwrap_or_default();
         let metrics = Metrics::new(&registry)?;

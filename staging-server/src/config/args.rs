@@ -89,6 +89,19 @@ pub struct ServeArgs {
     /// The download-token signing key itself (prefer --signing-key-file).
     #[arg(long, env = "STAGING_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<SecretArg>,
+    /// File of keys that only verify download tokens, one per line (each at least 32 bytes;
+    /// mode 0600; `#` comments allowed, an empty file names none): previous signing keys, kept
+    /// after a rotation until the tokens they signed have expired. Repeatable or
+    /// comma-separated.
+    #[arg(
+        long = "verify-key-file",
+        env = "STAGING_VERIFY_KEY_FILES",
+        value_delimiter = ','
+    )]
+    pub verify_key_files: Vec<PathBuf>,
+    /// Keys that only verify download tokens, comma-separated (prefer --verify-key-file).
+    #[arg(long, env = "STAGING_VERIFY_KEYS", hide_env_values = true)]
+    pub verify_keys: Option<SecretArg>,
     /// Largest accepted bundle (e.g. 2GiB).
     #[arg(long, env = "STAGING_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<ByteSize>,
