@@ -86,6 +86,13 @@ pub const DEFAULT_MAX_UNNAMED_NAMESPACES: u64 = 1000;
 pub const DEFAULT_CREDENTIAL_MAX_NAMESPACES: u64 = 100;
 /// An object of the store without a row is deleted as an orphan only once it is this old.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(3600);
+/// Lifetime of a presigned download URL: the time between the redirect and the client's request
+/// to the store, with room for a slow DNS lookup or connection; a store checks it when the
+/// request starts, so a long transfer is not cut by it.
+pub const DEFAULT_PRESIGNED_URL_TTL: Duration = Duration::from_secs(60);
+/// Longest lifetime of a presigned download URL: such a URL reads its object for as long as it
+/// lives, whatever becomes of the token or the resource meanwhile, so it is kept short.
+pub const MAX_PRESIGNED_URL_TTL: Duration = Duration::from_secs(15 * 60);
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Default failed reviews one client address (or one identity) may cause at once.
@@ -355,6 +362,9 @@ pub struct Config {
     pub orphan_grace: Duration,
     /// How long a grant on a file no submission of its namespace names lives after its send.
     pub unnamed_blob_grace: Duration,
+    /// v1 downloads may be answered by a redirect to a presigned store URL of this lifetime
+    /// (`None`: every download goes through the server).
+    pub presigned_url_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -386,6 +396,7 @@ impl fmt::Debug for Config {
             store_shared,
             orphan_grace,
             unnamed_blob_grace,
+            presigned_url_ttl,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -417,6 +428,7 @@ impl fmt::Debug for Config {
             .field("store_shared", store_shared)
             .field("orphan_grace", orphan_grace)
             .field("unnamed_blob_grace", unnamed_blob_grace)
+            .field("presigned_url_ttl", presigned_url_ttl)
             .finish()
     }
 }
@@ -450,6 +462,7 @@ impl Config {
             store_shared: false,
             orphan_grace: DEFAULT_ORPHAN_GRACE,
             unnamed_blob_grace: crate::db::UNNAMED_BLOB_GRACE,
+            presigned_url_ttl: None,
         }
     }
 
@@ -636,6 +649,21 @@ impl Config {
                 ));
             }
         };
+        let presigned_url_ttl = args.presigned_url_ttl.or(file.presigned_url_ttl);
+        let presigned_url_ttl = match (
+            args.presigned_downloads
+                .or(file.presigned_downloads)
+                .unwrap_or(false),
+            presigned_url_ttl,
+        ) {
+            (true, ttl) => Some(ttl.unwrap_or(DEFAULT_PRESIGNED_URL_TTL)),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "--presigned-url-ttl needs --presigned-downloads",
+                ));
+            }
+        };
         let config = Self {
             listen: args
                 .listen
@@ -691,6 +719,7 @@ impl Config {
                 .unnamed_blob_grace
                 .or(file.unnamed_blob_grace)
                 .unwrap_or(crate::db::UNNAMED_BLOB_GRACE),
+            presigned_url_ttl,
         };
         config.validate()?;
         Ok(config)
@@ -793,6 +822,14 @@ impl Config {
             return Err(ConfigError::invalid(
                 "--sweep-interval must be at least 100ms",
             ));
+        }
+        if let Some(ttl) = self.presigned_url_ttl
+            && !(Duration::from_secs(1)..=MAX_PRESIGNED_URL_TTL).contains(&ttl)
+        {
+            return Err(ConfigError::invalid(format!(
+                "--presigned-url-ttl must be between 1s and {}",
+                humantime::format_duration(MAX_PRESIGNED_URL_TTL)
+            )));
         }
         if let Some(o) = &self.owners
             && o.interval < Duration::from_secs(1)

@@ -60,6 +60,8 @@ struct Inner {
     store_shared: bool,
     /// Age before an object without a row counts as an orphan.
     orphan_grace: std::time::Duration,
+    /// Lifetime of presigned download URLs, when downloads may be redirected to the store.
+    presigned_url_ttl: Option<std::time::Duration>,
     /// Held for the life of the process: the exclusive lock on the data directory.
     _lock: Option<File>,
 }
@@ -118,6 +120,11 @@ impl AppState {
             Some(s) => s,
             None => BlobStore::open(&config.store)?.with_timeout(config.store_timeout),
         };
+        if config.presigned_url_ttl.is_some() && !store.can_presign() {
+            return Err(Error::config(
+                "--presigned-downloads needs a store that signs URLs (an s3://, gs:// or az:// --store-url)",
+            ));
+        }
         let keys =
             TokenKeys::load_or_generate(config.signing_key.as_deref(), &config.verify_keys, dir)?;
         tracing::info!(kid = keys.kid(), verify_only = ?keys.verify_only_kids(), "download-token keys");
@@ -160,6 +167,7 @@ impl AppState {
                 instance,
                 store_shared: config.store_shared,
                 orphan_grace: config.orphan_grace,
+                presigned_url_ttl: config.presigned_url_ttl,
                 _lock: Some(lock),
             }),
         };
@@ -330,6 +338,11 @@ impl AppState {
     /// The bundle store.
     pub fn store(&self) -> &BlobStore {
         &self.inner.store
+    }
+
+    /// Lifetime of presigned download URLs; `None` when every download goes through the server.
+    pub fn presigned_url_ttl(&self) -> Option<std::time::Duration> {
+        self.inner.presigned_url_ttl
     }
 
     /// Token keys.

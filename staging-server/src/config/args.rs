@@ -248,4 +248,12 @@ pub struct ServeArgs {
     /// send (1h): the time a staging has between sending its files and naming them.
     #[arg(long, env = "STAGING_UNNAMED_BLOB_GRACE", value_parser = humantime::parse_duration)]
     pub unnamed_blob_grace: Option<Duration>,
+    /// Answer v1 downloads with a redirect (307) to a short-lived presigned URL of the object in
+    /// the store (S3, GCS, Azure), so that the bytes come from the store; pods must reach the
+    /// store. Ranges, HEAD, v0 and clients asking `?redirect=false` are served directly.
+    #[arg(long, env = "STAGING_PRESIGNED_DOWNLOADS", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub presigned_downloads: Option<bool>,
+    /// Lifetime of a presigned download URL (1s to 15m) [default: 60s].
+    #[arg(long, env = "STAGING_PRESIGNED_URL_TTL", value_parser = humantime::parse_duration)]
+    pub presigned_url_ttl: Option<Duration>,
 }

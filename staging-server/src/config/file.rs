@@ -83,4 +83,7 @@ pub(super) struct FileConfig {
     pub(super) orphan_grace: Option<Duration>,
     #[serde(default, deserialize_with = "duration")]
     pub(super) unnamed_blob_grace: Option<Duration>,
+    pub(super) presigned_downloads: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(super) presigned_url_ttl: Option<Duration>,
 }

@@ -323,3 +323,53 @@ fn keys_that_only_verify_come_from_values_files_and_the_file_list() {
             .is_usage()
     );
 }
+
+#[test]
+fn presigned_downloads_are_off_by_default_and_their_urls_short_lived() {
+    assert_eq!(
+        Config::load(parse(&[]), false).unwrap().presigned_url_ttl,
+        None
+    );
+    assert_eq!(
+        Config::load(parse(&["--presigned-downloads"]), false)
+            .unwrap()
+            .presigned_url_ttl,
+        Some(DEFAULT_PRESIGNED_URL_TTL)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("staging.toml");
+    std::fs::write(
+        &path,
+        "presigned_downloads = true\npresigned_url_ttl = \"5m\"\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    assert_eq!(
+        Config::load(parse(&["--config", config]), false)
+            .unwrap()
+            .presigned_url_ttl,
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        Config::load(
+            parse(&["--config", config, "--presigned-downloads=false"]),
+            false
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string(),
+        "configuration: --presigned-url-ttl needs --presigned-downloads"
+    );
+    for ttl in ["0s", "16m", "7d"] {
+        let e = Config::load(
+            parse(&["--presigned-downloads", "--presigned-url-ttl", ttl]),
+            false,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().contains("between 1s and 15m"),
+            "{ttl}: {e}"
+        );
+    }
+}
