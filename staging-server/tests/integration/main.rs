@@ -16,6 +16,7 @@ mod lifecycle;
 mod outage;
 mod owners;
 mod slow;
+mod store_proxy;
 mod submissions;
 mod tenants;
 mod tls;
