@@ -20,9 +20,12 @@ use service_runtime::secret::SecretError;
 
 mod args;
 mod file;
+mod secrets;
+mod validate;
 
 pub use args::{SecretArg, ServeArgs};
 use file::FileConfig;
+use secrets::{read_upload_tokens, read_verify_keys, secret_value};
 
 /// The fork's port, so that existing `spark.kubernetes.resourceStagingServer.uri` values work.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10000";
@@ -724,128 +727,7 @@ impl Config {
         config.validate()?;
         Ok(config)
     }
-
-    /// Checks every rule a configuration must keep, alone and across settings.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the broken rule.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let exposed = !self.listen.ip().is_loopback();
-        if exposed
-            && self.upload_tokens.is_empty()
-            && !self.kube_auth
-            && !self.insecure_allow_anonymous_upload
-        {
-            return Err(ConfigError::invalid(format!(
-                "listening on {} (not loopback) without upload tokens; set --upload-token-file \
-                 or --kube-auth, or --insecure-allow-anonymous-upload to accept uploads from anyone",
-                self.listen
-            )));
-        }
-        if self
-            .upload_tokens
-            .iter()
-            .any(|t| t.secret.len() < MIN_UPLOAD_TOKEN_LEN)
-        {
-            return Err(ConfigError::invalid(
-                "upload tokens must be at least 16 characters",
-            ));
-        }
-        let k = &self.kube_auth_settings;
-        if !self.kube_auth && !k.audiences.is_empty() {
-            return Err(ConfigError::invalid(
-                "--kube-auth-audience needs --kube-auth",
-            ));
-        }
-        if k.review_burst == 0
-            || k.reviews_per_minute == 0
-            || k.global_review_burst == 0
-            || k.global_reviews_per_minute == 0
-        {
-            return Err(ConfigError::invalid(
-                "--kube-auth-review-burst, --kube-auth-reviews-per-minute and their --kube-auth-global-* \
-                 counterparts must be positive",
-            ));
-        }
-        if k.ipv6_prefix > 128 {
-            return Err(ConfigError::invalid(
-                "--kube-auth-ipv6-prefix must be at most 128",
-            ));
-        }
-        if let Some(key) = &self.signing_key
-            && key.len() < MIN_KEY_LEN
-        {
-            return Err(ConfigError::invalid(
-                "the signing key must be at least 32 bytes",
-            ));
-        }
-        if self.verify_keys.iter().any(|k| k.len() < MIN_KEY_LEN) {
-            return Err(ConfigError::invalid(
-                "keys that verify tokens must be at least 32 bytes",
-            ));
-        }
-        let l = &self.limits;
-        if l.unused_ttl.is_zero() || l.max_ttl.is_zero() || l.unused_ttl > l.max_ttl {
-            return Err(ConfigError::invalid(
-                "TTLs must be positive and --unused-ttl must not exceed --max-ttl",
-            ));
-        }
-        if l.max_concurrent_uploads == 0
-            || l.max_concurrent_uploads_per_namespace == 0
-            || self.max_connections == 0
-            || l.max_upload_size == 0
-            || l.namespace_max_blobs == 0
-            || l.max_unnamed_namespaces == 0
-            || l.credential_max_namespaces == 0
-        {
-            return Err(ConfigError::invalid("limits must be positive"));
-        }
-        if self.header_read_timeout.is_zero() || l.body_idle_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "--header-read-timeout and --body-idle-timeout must be positive",
-            ));
-        }
-        if l.upload_rate_window < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "--upload-rate-window must be at least 1s",
-            ));
-        }
-        if self.store_timeout.is_zero() || self.store_connect_timeout.is_zero() {
-            return Err(ConfigError::invalid("store timeouts must be positive"));
-        }
-        if self.unnamed_blob_grace < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "--unnamed-blob-grace must be at least 1s (a staging sends its files, then names them)",
-            ));
-        }
-        if self.sweep_interval < Duration::from_millis(100) {
-            return Err(ConfigError::invalid(
-                "--sweep-interval must be at least 100ms",
-            ));
-        }
-        if let Some(ttl) = self.presigned_url_ttl
-            && !(Duration::from_secs(1)..=MAX_PRESIGNED_URL_TTL).contains(&ttl)
-        {
-            return Err(ConfigError::invalid(format!(
-                "--presigned-url-ttl must be between 1s and {}",
-                humantime::format_duration(MAX_PRESIGNED_URL_TTL)
-            )));
-        }
-        if let Some(o) = &self.owners
-            && o.interval < Duration::from_secs(1)
-        {
-            return Err(ConfigError::invalid(
-                "--kube-owner-interval must be at least 1s",
-            ));
-        }
-        Ok(())
-    }
 }
-
-/// Shortest upload token accepted: 16 characters leave no room for guessing.
-const MIN_UPLOAD_TOKEN_LEN: usize = 16;
-/// Shortest token key accepted: 32 bytes, the output size of HS256's SHA-256 (RFC 7518 §3.2).
-const MIN_KEY_LEN: usize = 32;
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -856,76 +738,6 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
         path: path.to_owned(),
         source: Box::new(source),
     })
-}
-
-/// A secret given either inline or as a file path (both at once is an error), trimmed.
-fn secret_value(
-    name: &str,
-    value: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Option<String>, ConfigError> {
-    match (value, file) {
-        (Some(_), Some(_)) => Err(ConfigError::invalid(format!(
-            "{name} is set both as a value and as a file; set one"
-        ))),
-        (Some(v), None) => Ok(Some(v.trim().to_owned())),
-        (None, Some(p)) => Ok(Some(
-            service_runtime::secret::read_string(p)?.trim().to_owned(),
-        )),
-        (None, None) => Ok(None),
-    }
-}
-
-/// The keys that only verify: values given inline (comma-separated) and the keys of each file,
-/// one per line (`#` comments and blank lines left out, so that an empty file, or an empty
-/// variable, names none), each trimmed.
-fn read_verify_keys(inline: Option<&str>, files: &[PathBuf]) -> Result<Vec<Vec<u8>>, ConfigError> {
-    let mut keys: Vec<String> = inline
-        .unwrap_or_default()
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    for path in files {
-        let text = service_runtime::secret::read_string(path)?;
-        keys.extend(
-            text.lines()
-                .filter(|l| !l.trim_start().starts_with('#'))
-                .map(str::to_owned),
-        );
-    }
-    Ok(keys
-        .iter()
-        .map(|k| k.trim())
-        .filter(|k| !k.is_empty())
-        .map(|k| k.as_bytes().to_vec())
-        .collect())
-}
-
-fn read_upload_tokens(
-    inline: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Vec<crate::auth::UploadToken>, ConfigError> {
-    let mut entries: Vec<String> = inline
-        .unwrap_or_default()
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    if let Some(path) = file {
-        let text = service_runtime::secret::read_string(path)?;
-        entries.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.starts_with('#'))
-                .map(str::to_owned),
-        );
-    }
-    let mut tokens = Vec::new();
-    for entry in &entries {
-        let token = crate::auth::UploadToken::parse(entry)
-            .map_err(|e| ConfigError::invalid(format!("an upload token's namespaces: {e}")))?;
-        tokens.extend(token);
-    }
-    Ok(tokens)
 }
 
 #[cfg(test)]
