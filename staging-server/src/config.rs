@@ -20,9 +20,12 @@ use service_runtime::secret::SecretError;
 
 mod args;
 mod file;
+mod secrets;
+mod validate;
 
 pub use args::{SecretArg, ServeArgs};
 use file::FileConfig;
+use secrets::{read_upload_tokens, read_verify_keys, secret_value};
 
 /// The fork's port, so that existing `spark.kubernetes.resourceStagingServer.uri` values work.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10000";
@@ -92,6 +95,13 @@ pub const DEFAULT_REPLICA_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
 /// Default `--snapshot-every`.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
+/// Lifetime of a presigned download URL: the time between the redirect and the client's request
+/// to the store, with room for a slow DNS lookup or connection; a store checks it when the
+/// request starts, so a long transfer is not cut by it.
+pub const DEFAULT_PRESIGNED_URL_TTL: Duration = Duration::from_secs(60);
+/// Longest lifetime of a presigned download URL: such a URL reads its object for as long as it
+/// lives, whatever becomes of the token or the resource meanwhile, so it is kept short.
+pub const MAX_PRESIGNED_URL_TTL: Duration = Duration::from_secs(15 * 60);
 /// Time in-flight transfers get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// Default failed reviews one client address (or one identity) may cause at once.
@@ -325,6 +335,8 @@ pub struct Config {
     pub upload_tokens: Vec<crate::auth::UploadToken>,
     /// Explicit signing key; `None` = generated and persisted in the data dir.
     pub signing_key: Option<Vec<u8>>,
+    /// Keys that only verify download tokens (previous signing keys, see `token`).
+    pub verify_keys: Vec<Vec<u8>>,
     /// Limits and lifetimes.
     pub limits: Limits,
     /// Sweep period.
@@ -369,6 +381,9 @@ pub struct Config {
     pub leader_lease: Duration,
     /// Shared-log entries between two snapshots of the shared state.
     pub snapshot_every: u64,
+    /// v1 downloads may be answered by a redirect to a presigned store URL of this lifetime
+    /// (`None`: every download goes through the server).
+    pub presigned_url_ttl: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -382,6 +397,7 @@ impl fmt::Debug for Config {
             store,
             upload_tokens,
             signing_key,
+            verify_keys,
             limits,
             sweep_interval,
             max_connections,
@@ -403,6 +419,7 @@ impl fmt::Debug for Config {
             replica_sync_interval,
             leader_lease,
             snapshot_every,
+            presigned_url_ttl,
         } = self;
         f.debug_struct("Config")
             .field("listen", listen)
@@ -412,6 +429,8 @@ impl fmt::Debug for Config {
             // An upload token's own Debug shows its namespaces, never the token.
             .field("upload_tokens", upload_tokens)
             .field("signing_key", &signing_key.as_ref().map(|_| Redacted))
+            // How many, never which: a kid is logged at start, the keys never.
+            .field("verify_keys", &verify_keys.len())
             .field("limits", limits)
             .field("sweep_interval", sweep_interval)
             .field("max_connections", max_connections)
@@ -436,6 +455,7 @@ impl fmt::Debug for Config {
             .field("replica_sync_interval", replica_sync_interval)
             .field("leader_lease", leader_lease)
             .field("snapshot_every", snapshot_every)
+            .field("presigned_url_ttl", presigned_url_ttl)
             .finish()
     }
 }
@@ -451,6 +471,7 @@ impl Config {
             data_dir,
             upload_tokens: Vec::new(),
             signing_key: None,
+            verify_keys: Vec::new(),
             limits: Limits::default(),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -472,6 +493,7 @@ impl Config {
             replica_sync_interval: DEFAULT_REPLICA_SYNC_INTERVAL,
             leader_lease: DEFAULT_LEADER_LEASE,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            presigned_url_ttl: None,
         }
     }
 
@@ -527,6 +549,14 @@ impl Config {
             args.signing_key_file.or(file.signing_key_file).as_deref(),
         )?
         .map(String::into_bytes);
+        let verify_keys = read_verify_keys(
+            args.verify_keys.as_ref().map(SecretArg::expose),
+            if args.verify_key_files.is_empty() {
+                &file.verify_key_files
+            } else {
+                &args.verify_key_files
+            },
+        )?;
         let d = Limits::default();
         let limits = Limits {
             max_upload_size: args
@@ -650,6 +680,21 @@ impl Config {
                 ));
             }
         };
+        let presigned_url_ttl = args.presigned_url_ttl.or(file.presigned_url_ttl);
+        let presigned_url_ttl = match (
+            args.presigned_downloads
+                .or(file.presigned_downloads)
+                .unwrap_or(false),
+            presigned_url_ttl,
+        ) {
+            (true, ttl) => Some(ttl.unwrap_or(DEFAULT_PRESIGNED_URL_TTL)),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "--presigned-url-ttl needs --presigned-downloads",
+                ));
+            }
+        };
         let config = Self {
             listen: args
                 .listen
@@ -660,6 +705,7 @@ impl Config {
             store,
             upload_tokens,
             signing_key,
+            verify_keys,
             limits,
             sweep_interval: args
                 .sweep_interval
@@ -717,118 +763,12 @@ impl Config {
                 .snapshot_every
                 .or(file.snapshot_every)
                 .unwrap_or(DEFAULT_SNAPSHOT_EVERY),
+            presigned_url_ttl,
         };
         config.validate()?;
         Ok(config)
     }
-
-    /// Checks every rule a configuration must keep, alone and across settings.
-    ///
-    /// # Errors
-    /// [`ConfigError::Invalid`] naming the broken rule.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_replication()?;
-        let exposed = !self.listen.ip().is_loopback();
-        if exposed
-            && self.upload_tokens.is_empty()
-            && !self.kube_auth
-            && !self.insecure_allow_anonymous_upload
-        {
-            return Err(ConfigError::invalid(format!(
-                "listening on {} (not loopback) without upload tokens; set --upload-token-file \
-                 or --kube-auth, or --insecure-allow-anonymous-upload to accept uploads from anyone",
-                self.listen
-            )));
-        }
-        if self
-            .upload_tokens
-            .iter()
-            .any(|t| t.secret.len() < MIN_UPLOAD_TOKEN_LEN)
-        {
-            return Err(ConfigError::invalid(
-                "upload tokens must be at least 16 characters",
-            ));
-        }
-        let k = &self.kube_auth_settings;
-        if !self.kube_auth && !k.audiences.is_empty() {
-            return Err(ConfigError::invalid(
-                "--kube-auth-audience needs --kube-auth",
-            ));
-        }
-        if k.review_burst == 0
-            || k.reviews_per_minute == 0
-            || k.global_review_burst == 0
-            || k.global_reviews_per_minute == 0
-        {
-            return Err(ConfigError::invalid(
-                "--kube-auth-review-burst, --kube-auth-reviews-per-minute and their --kube-auth-global-* \
-                 counterparts must be positive",
-            ));
-        }
-        if k.ipv6_prefix > 128 {
-            return Err(ConfigError::invalid(
-                "--kube-auth-ipv6-prefix must be at most 128",
-            ));
-        }
-        if let Some(key) = &self.signing_key
-            && key.len() < 32
-        {
-            return Err(ConfigError::invalid(
-                "the signing key must be at least 32 bytes",
-            ));
-        }
-        let l = &self.limits;
-        if l.unused_ttl.is_zero() || l.max_ttl.is_zero() || l.unused_ttl > l.max_ttl {
-            return Err(ConfigError::invalid(
-                "TTLs must be positive and --unused-ttl must not exceed --max-ttl",
-            ));
-        }
-        if l.max_concurrent_uploads == 0
-            || l.max_concurrent_uploads_per_namespace == 0
-            || self.max_connections == 0
-            || l.max_upload_size == 0
-            || l.namespace_max_blobs == 0
-            || l.max_unnamed_namespaces == 0
-            || l.credential_max_namespaces == 0
-        {
-            return Err(ConfigError::invalid("limits must be positive"));
-        }
-        if self.header_read_timeout.is_zero() || l.body_idle_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "--header-read-timeout and --body-idle-timeout must be positive",
-            ));
-        }
-        if l.upload_rate_window < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "--upload-rate-window must be at least 1s",
-            ));
-        }
-        if self.store_timeout.is_zero() || self.store_connect_timeout.is_zero() {
-            return Err(ConfigError::invalid("store timeouts must be positive"));
-        }
-        if self.unnamed_blob_grace < Duration::from_secs(1) {
-            return Err(ConfigError::invalid(
-                "--unnamed-blob-grace must be at least 1s (a staging sends its files, then names them)",
-            ));
-        }
-        if self.sweep_interval < Duration::from_millis(100) {
-            return Err(ConfigError::invalid(
-                "--sweep-interval must be at least 100ms",
-            ));
-        }
-        if let Some(o) = &self.owners
-            && o.interval < Duration::from_secs(1)
-        {
-            return Err(ConfigError::invalid(
-                "--kube-owner-interval must be at least 1s",
-            ));
-        }
-        Ok(())
-    }
 }
-
-/// Shortest upload token accepted: 16 characters leave no room for guessing.
-const MIN_UPLOAD_TOKEN_LEN: usize = 16;
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
@@ -841,83 +781,5 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// A secret given either inline or as a file path (both at once is an error), trimmed.
-fn secret_value(
-    name: &str,
-    value: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Option<String>, ConfigError> {
-    match (value, file) {
-        (Some(_), Some(_)) => Err(ConfigError::invalid(format!(
-            "{name} is set both as a value and as a file; set one"
-        ))),
-        (Some(v), None) => Ok(Some(v.trim().to_owned())),
-        (None, Some(p)) => Ok(Some(
-            service_runtime::secret::read_string(p)?.trim().to_owned(),
-        )),
-        (None, None) => Ok(None),
-    }
-}
-
-fn read_upload_tokens(
-    inline: Option<&str>,
-    file: Option<&Path>,
-) -> Result<Vec<crate::auth::UploadToken>, ConfigError> {
-    let mut entries: Vec<String> = inline
-        .unwrap_or_default()
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    if let Some(path) = file {
-        let text = service_runtime::secret::read_string(path)?;
-        entries.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.starts_with('#'))
-                .map(str::to_owned),
-        );
-    }
-    let mut tokens = Vec::new();
-    for entry in &entries {
-        let token = crate::auth::UploadToken::parse(entry)
-            .map_err(|e| ConfigError::invalid(format!("an upload token's namespaces: {e}")))?;
-        tokens.extend(token);
-    }
-    Ok(tokens)
-}
-
 #[cfg(test)]
 mod tests;
-
-impl Config {
-    /// The rules of `--replicated`: a store every replica reaches and that honours conditional
-    /// writes (not the local filesystem), and bounds in the ranges the mode is built for.
-    fn validate_replication(&self) -> Result<(), ConfigError> {
-        if !self.replicated {
-            return Ok(());
-        }
-        if matches!(self.store, StoreLocation::Local(_)) {
-            return Err(ConfigError::invalid(
-                "--replicated needs an object store every replica reaches (s3://, gs://, az://): \
-                 the replicas share their state through it, and a local directory is one \
-                 replica's",
-            ));
-        }
-        let sync = Duration::from_millis(100)..=Duration::from_secs(60);
-        if !sync.contains(&self.replica_sync_interval) {
-            return Err(ConfigError::invalid(
-                "--replica-sync-interval must be between 100ms and 60s",
-            ));
-        }
-        let lease = Duration::from_secs(2)..=Duration::from_secs(300);
-        if !lease.contains(&self.leader_lease) {
-            return Err(ConfigError::invalid(
-                "--leader-lease must be between 2s and 5m",
-            ));
-        }
-        if self.snapshot_every < 10 {
-            return Err(ConfigError::invalid("--snapshot-every must be at least 10"));
-        }
-        Ok(())
-    }
-}

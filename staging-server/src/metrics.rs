@@ -34,6 +34,9 @@ pub struct Metrics {
     pub upload_bytes: IntCounter,
     /// Bytes sent in downloads.
     pub download_bytes: IntCounter,
+    /// Downloads answered with a redirect to a presigned store URL (their bytes are not in
+    /// `download_bytes`).
+    pub download_redirects: IntCounter,
     /// Resources by state (pending, unused, active).
     pub resources: IntGaugeVec,
     /// Bytes of committed resources.
@@ -104,6 +107,10 @@ impl Metrics {
             download_bytes: IntCounter::new(
                 "staging_download_bytes_total",
                 "Bytes sent in downloads.",
+            )?,
+            download_redirects: IntCounter::new(
+                "staging_download_redirects_total",
+                "Downloads answered with a redirect (307) to a presigned URL of the object store; their bytes go from the store to the client and are not counted in staging_download_bytes_total.",
             )?,
             resources: IntGaugeVec::new(
                 Opts::new(
@@ -202,6 +209,7 @@ impl Metrics {
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
         registry.register(Box::new(m.download_bytes.clone()))?;
+        registry.register(Box::new(m.download_redirects.clone()))?;
         registry.register(Box::new(m.resources.clone()))?;
         registry.register(Box::new(m.stored_bytes.clone()))?;
         registry.register(Box::new(m.auth_failures.clone()))?;

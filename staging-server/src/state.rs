@@ -62,6 +62,8 @@ struct Inner {
     orphan_grace: std::time::Duration,
     /// This replica's part in the shared state (`--replicated`), set once it is loaded.
     replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
+    /// Lifetime of presigned download URLs, when downloads may be redirected to the store.
+    presigned_url_ttl: Option<std::time::Duration>,
     /// Held for the life of the process: the exclusive lock on the data directory.
     _lock: Option<File>,
 }
@@ -138,7 +140,14 @@ impl AppState {
             Some(s) => s,
             None => BlobStore::open(&config.store)?.with_timeout(config.store_timeout),
         };
-        let keys = TokenKeys::load_or_generate(config.signing_key.as_deref(), dir)?;
+        if config.presigned_url_ttl.is_some() && !store.can_presign() {
+            return Err(Error::config(
+                "--presigned-downloads needs a store that signs URLs (an s3://, gs:// or az:// --store-url)",
+            ));
+        }
+        let keys =
+            TokenKeys::load_or_generate(config.signing_key.as_deref(), &config.verify_keys, dir)?;
+        tracing::info!(kid = keys.kid(), verify_only = ?keys.verify_only_kids(), "download-token keys");
         let instance = db.instance_id().await?;
         let registry = overrides.registry.unwrap_or_default();
         let metrics = Metrics::new(&registry)?;
@@ -179,6 +188,7 @@ impl AppState {
                 store_shared: config.store_shared || config.replicated,
                 orphan_grace: config.orphan_grace,
                 replica: std::sync::OnceLock::new(),
+                presigned_url_ttl: config.presigned_url_ttl,
                 _lock: Some(lock),
             }),
         };
@@ -419,6 +429,11 @@ impl AppState {
     /// The bundle store.
     pub fn store(&self) -> &BlobStore {
         &self.inner.store
+    }
+
+    /// Lifetime of presigned download URLs; `None` when every download goes through the server.
+    pub fn presigned_url_ttl(&self) -> Option<std::time::Duration> {
+        self.inner.presigned_url_ttl
     }
 
     /// Token keys.

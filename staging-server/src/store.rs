@@ -7,6 +7,11 @@
 //!
 //! Reads of the local backend use the file that object_store opened, streamed with large reads
 //! (object_store's own stream reads 8 KiB at a time, which costs a lot of throughput).
+//!
+//! S3, GCS and Azure stores are built with their own builders (not `parse_url_opts`, which
+//! returns a `dyn ObjectStore`) so that their [`Signer`] is kept: [`BlobStore::presigned_get`]
+//! hands out short-lived GET URLs of an object, made with the store's credentials, for
+//! downloads that go to the store instead of through the server.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -17,8 +22,10 @@ use futures::stream::{BoxStream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
 use object_store::{
-    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, ObjectStoreScheme,
+    WriteMultipart,
 };
 
 use crate::config::StoreLocation;
@@ -54,6 +61,30 @@ pub struct BlobStore {
     local_root: Option<PathBuf>,
     /// Whether the store is reached over HTTP (for [`StoreError::classify`]).
     remote: bool,
+    /// The same store as a URL signer (S3, GCS, Azure); `None` for stores that cannot sign.
+    signer: Option<Arc<dyn Signer>>,
+}
+
+/// Builds a cloud store from its builder, the URL and the options: each option whose key the
+/// builder knows is applied, the others are left out (as `object_store::parse_url_opts` does),
+/// since one environment may hold the variables of several clouds.
+macro_rules! configured {
+    ($builder:ty, $url:expr, $opts:expr, $bad:expr) => {{
+        let builder = $opts.into_iter().fold(
+            <$builder>::new().with_url($url.as_str()),
+            |builder, (key, value)| match key.to_ascii_lowercase().parse() {
+                Ok(k) => builder.with_config(k, value),
+                Err(_) => builder,
+            },
+        );
+        Arc::new(builder.build().map_err(|e| $bad(&e))?)
+    }};
+}
+/// A store that signs URLs, as both of its roles.
+fn signing<S: ObjectStore + Signer>(
+    store: Arc<S>,
+) -> (Arc<dyn ObjectStore>, Option<Arc<dyn Signer>>) {
+    (store.clone(), Some(store))
 }
 
 impl BlobStore {
@@ -76,6 +107,7 @@ impl BlobStore {
                     prefix: ObjectPath::default(),
                     local_root: Some(root),
                     remote: false,
+                    signer: None,
                 })
             }
             StoreLocation::Url { url, options } => {
@@ -94,14 +126,41 @@ impl BlobStore {
                     .collect();
                 opts.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
 
-                let (store, prefix) = object_store::parse_url_opts(&parsed, opts)
-                    .map_err(|e| Error::config(format!("store URL {url:?}: {e}")))?;
+                let bad =
+                    |e: &dyn std::fmt::Display| Error::config(format!("store URL {url:?}: {e}"));
+                let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(&e))?;
+                let (inner, signer) = match scheme {
+                    ObjectStoreScheme::AmazonS3 => signing(configured!(
+                        object_store::aws::AmazonS3Builder,
+                        url,
+                        opts,
+                        bad
+                    )),
+                    ObjectStoreScheme::GoogleCloudStorage => signing(configured!(
+                        object_store::gcp::GoogleCloudStorageBuilder,
+                        url,
+                        opts,
+                        bad
+                    )),
+                    ObjectStoreScheme::MicrosoftAzure => signing(configured!(
+                        object_store::azure::MicrosoftAzureBuilder,
+                        url,
+                        opts,
+                        bad
+                    )),
+                    _ => {
+                        let (store, _) =
+                            object_store::parse_url_opts(&parsed, opts).map_err(|e| bad(&e))?;
+                        (Arc::from(store), None)
+                    }
+                };
                 Ok(Self {
-                    inner: Arc::from(store),
+                    inner,
                     timeout: crate::config::DEFAULT_STORE_TIMEOUT,
                     prefix,
                     local_root: None,
                     remote: true,
+                    signer,
                 })
             }
         }
@@ -115,6 +174,7 @@ impl BlobStore {
             prefix: ObjectPath::default(),
             local_root: None,
             remote: false,
+            signer: None,
         }
     }
 
@@ -183,6 +243,35 @@ impl BlobStore {
             GetResultPayload::File(file, path) => Ok(read_file_range(file, path, range)),
             GetResultPayload::Stream(s) => Ok(s.map_err(std::io::Error::other).boxed()),
         }
+    }
+
+    /// Whether [`BlobStore::presigned_get`] can answer with a URL (S3, GCS and Azure stores).
+    pub fn can_presign(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A URL that lets whoever holds it GET the resource's object from the store for
+    /// `expires_in`, signed with the store's credentials; `None` when the store cannot sign
+    /// (the local filesystem, memory). The URL is a credential for that object: never log it.
+    ///
+    /// # Errors
+    /// Signing errors (a store that must ask a credential service, and cannot).
+    pub async fn presigned_get(
+        &self,
+        id: ResourceId,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<url::Url>, StoreError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let key = self.key(id);
+        let url = self
+            .bounded(
+                "sign a URL",
+                signer.signed_url(http::Method::GET, &key, expires_in),
+            )
+            .await?;
+        Ok(Some(url))
     }
 
     /// Deletes a resource's bytes; a missing object is not an error.
@@ -470,6 +559,52 @@ pub(crate) async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn cloud_stores_sign_get_urls_of_their_objects_and_others_do_not() {
+        let id = ResourceId::random();
+        assert!(!BlobStore::in_memory().can_presign());
+        assert_eq!(
+            BlobStore::in_memory()
+                .presigned_get(id, std::time::Duration::from_secs(60))
+                .await
+                .unwrap(),
+            None
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let local = BlobStore::open(&StoreLocation::Local(dir.path().join("objects"))).unwrap();
+        assert!(!local.can_presign());
+
+        // Static credentials sign locally: nothing is sent to the endpoint.
+        let options = [
+            ("aws_endpoint", "http://127.0.0.1:9"),
+            ("aws_allow_http", "true"),
+            ("aws_access_key_id", "AKIDEXAMPLE"),
+            ("aws_secret_access_key", "secret-example"),
+            ("aws_region", "us-east-1"),
+            ("aws_virtual_hosted_style_request", "false"),
+            ("not_an_aws_option", "ignored"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s3 = BlobStore::open(&StoreLocation::Url {
+            url: "s3://bucket/spark".into(),
+            options,
+        })
+        .unwrap();
+        assert!(s3.can_presign());
+        let url = s3
+            .presigned_get(id, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(url.path(), format!("/bucket/spark/resources/{id}"));
+        let query: std::collections::HashMap<_, _> = url.query_pairs().collect();
+        assert_eq!(query["X-Amz-Expires"], "60");
+        assert!(query.contains_key("X-Amz-Signature"));
+        assert!(!url.as_str().contains("secret-example"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_call_without_an_answer_times_out() {

@@ -17,6 +17,36 @@ pub fn client(
     connect_timeout: Duration,
     read_timeout: Option<Duration>,
 ) -> Result<reqwest::Client, ClientError> {
+    build(builder(ca_file, connect_timeout, read_timeout)?)
+}
+
+/// [`client`] that follows no redirect: its caller reads a 3xx answer itself (`fetch`, which
+/// sends the download token to the server only, never to the host a redirect names).
+///
+/// # Errors
+/// As [`client`].
+pub fn client_without_redirects(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    read_timeout: Option<Duration>,
+) -> Result<reqwest::Client, ClientError> {
+    build(
+        builder(ca_file, connect_timeout, read_timeout)?
+            .redirect(reqwest::redirect::Policy::none()),
+    )
+}
+
+fn build(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, ClientError> {
+    builder
+        .build()
+        .map_err(|e| ClientError::new(super::EXIT_FAILURE, format!("HTTP client: {e}")))
+}
+
+fn builder(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    read_timeout: Option<Duration>,
+) -> Result<reqwest::ClientBuilder, ClientError> {
     let mut builder = reqwest::Client::builder().connect_timeout(connect_timeout);
     if let Some(t) = read_timeout {
         builder = builder.read_timeout(t);
@@ -36,9 +66,7 @@ pub fn client(
         }
         builder = builder.tls_certs_merge(certs);
     }
-    builder
-        .build()
-        .map_err(|e| ClientError::new(super::EXIT_FAILURE, format!("HTTP client: {e}")))
+    Ok(builder)
 }
 
 /// Refuses to send a credential worth more than this server's own (`what`, e.g. the user's

@@ -89,6 +89,19 @@ pub struct ServeArgs {
     /// The download-token signing key itself (prefer --signing-key-file).
     #[arg(long, env = "STAGING_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<SecretArg>,
+    /// File of keys that only verify download tokens, one per line (each at least 32 bytes;
+    /// mode 0600; `#` comments allowed, an empty file names none): previous signing keys, kept
+    /// after a rotation until the tokens they signed have expired. Repeatable or
+    /// comma-separated.
+    #[arg(
+        long = "verify-key-file",
+        env = "STAGING_VERIFY_KEY_FILES",
+        value_delimiter = ','
+    )]
+    pub verify_key_files: Vec<PathBuf>,
+    /// Keys that only verify download tokens, comma-separated (prefer --verify-key-file).
+    #[arg(long, env = "STAGING_VERIFY_KEYS", hide_env_values = true)]
+    pub verify_keys: Option<SecretArg>,
     /// Largest accepted bundle (e.g. 2GiB).
     #[arg(long, env = "STAGING_MAX_UPLOAD_SIZE")]
     pub max_upload_size: Option<ByteSize>,
@@ -250,4 +263,12 @@ pub struct ServeArgs {
     /// With --replicated: shared-log entries between two snapshots of the shared state (1000).
     #[arg(long, env = "STAGING_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// Answer v1 downloads with a redirect (307) to a short-lived presigned URL of the object in
+    /// the store (S3, GCS, Azure), so that the bytes come from the store; pods must reach the
+    /// store. Ranges, HEAD, v0 and clients asking `?redirect=false` are served directly.
+    #[arg(long, env = "STAGING_PRESIGNED_DOWNLOADS", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub presigned_downloads: Option<bool>,
+    /// Lifetime of a presigned download URL (1s to 15m) [default: 60s].
+    #[arg(long, env = "STAGING_PRESIGNED_URL_TTL", value_parser = humantime::parse_duration)]
+    pub presigned_url_ttl: Option<Duration>,
 }

@@ -26,6 +26,8 @@ pub(super) struct FileConfig {
     pub(super) upload_token_file: Option<PathBuf>,
     pub(super) insecure_allow_anonymous_upload: Option<bool>,
     pub(super) signing_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) verify_key_files: Vec<PathBuf>,
     pub(super) max_upload_size: Option<ByteSize>,
     #[serde(default, deserialize_with = "duration")]
     pub(super) unused_ttl: Option<Duration>,
@@ -87,4 +89,7 @@ pub(super) struct FileConfig {
     #[serde(default, deserialize_with = "duration")]
     pub(super) leader_lease: Option<Duration>,
     pub(super) snapshot_every: Option<u64>,
+    pub(super) presigned_downloads: Option<bool>,
+    #[serde(default, deserialize_with = "duration")]
+    pub(super) presigned_url_ttl: Option<Duration>,
 }

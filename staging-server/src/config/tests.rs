@@ -50,15 +50,17 @@ fn debug_never_prints_tokens_keys_or_store_options() {
     const TOKEN: &str = "upload-token-0123456789";
     const KEY: &str = "signing-key-0123456789-0123456789-0123456789";
     const STORE_SECRET: &str = "store-secret-0123456789";
+    const OLD_KEY: &str = "previous-key-0123456789-0123456789-01234";
     let mut config = Config::for_data_dir("/data");
     config.upload_tokens = vec![crate::auth::UploadToken::from(TOKEN)];
     config.signing_key = Some(KEY.as_bytes().to_vec());
+    config.verify_keys = vec![OLD_KEY.as_bytes().to_vec()];
     config.store = StoreLocation::Url {
         url: "s3://bucket/prefix".into(),
         options: BTreeMap::from([("aws_secret_access_key".into(), STORE_SECRET.into())]),
     };
     let printed = format!("{config:?}");
-    for secret in [TOKEN, KEY, STORE_SECRET] {
+    for secret in [TOKEN, KEY, STORE_SECRET, OLD_KEY] {
         assert!(!printed.contains(secret), "{secret} in {printed}");
     }
     // The rest is still there to read.
@@ -67,6 +69,7 @@ fn debug_never_prints_tokens_keys_or_store_options() {
     let args = ServeArgs {
         upload_tokens: Some(TOKEN.parse().unwrap()),
         signing_key: Some(KEY.parse().unwrap()),
+        verify_keys: Some(OLD_KEY.parse().unwrap()),
         store_options: vec![
             format!("aws_secret_access_key={STORE_SECRET}")
                 .parse()
@@ -75,7 +78,7 @@ fn debug_never_prints_tokens_keys_or_store_options() {
         ..Default::default()
     };
     let printed = format!("{args:?} {:#?}", args);
-    for secret in [TOKEN, KEY, STORE_SECRET] {
+    for secret in [TOKEN, KEY, STORE_SECRET, OLD_KEY] {
         assert!(!printed.contains(secret), "{secret} in {printed}");
     }
 }
@@ -231,4 +234,142 @@ fn a_bad_file_value_is_refused_with_its_file() {
         matches!(e, ConfigError::ReadFile { .. }) && e.is_usage(),
         "{e}"
     );
+}
+
+#[test]
+fn keys_that_only_verify_come_from_values_files_and_the_file_list() {
+    use std::os::unix::fs::PermissionsExt as _;
+    const A: &str = "key-a-0123456789-0123456789-0123456789";
+    const B: &str = "key-b-0123456789-0123456789-0123456789";
+    const C: &str = "key-c-0123456789-0123456789-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, key: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{key}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        p
+    };
+    let (a, b) = (secret("a.key", A), secret("b.key", B));
+    let list = secret("keys", &format!("# previous keys\n{B}\n\n  {C}  \n"));
+    let empty = secret("none", "");
+    let toml = dir.path().join("staging.toml");
+    std::fs::write(
+        &toml,
+        format!("verify_key_files = [{:?}]\n", a.to_str().unwrap()),
+    )
+    .unwrap();
+    let config = toml.to_str().unwrap();
+    let keys = |c: Config| -> Vec<String> {
+        c.verify_keys
+            .into_iter()
+            .map(|k| String::from_utf8(k).unwrap())
+            .collect()
+    };
+    assert!(
+        Config::load(parse(&[]), false)
+            .unwrap()
+            .verify_keys
+            .is_empty()
+    );
+    assert_eq!(
+        keys(Config::load(parse(&["--config", config]), false).unwrap()),
+        [A]
+    );
+    // Flags replace the file's list; values join the files (an empty entry is none).
+    let c = Config::load(
+        parse(&[
+            "--config",
+            config,
+            "--verify-key-file",
+            b.to_str().unwrap(),
+            &format!("--verify-keys={C},"),
+        ]),
+        false,
+    )
+    .unwrap();
+    assert_eq!(keys(c), [C, B]);
+    let c = Config::load(
+        parse(&[
+            "--verify-key-file",
+            a.to_str().unwrap(),
+            "--verify-key-file",
+            b.to_str().unwrap(),
+        ]),
+        false,
+    )
+    .unwrap();
+    assert_eq!(keys(c), [A, B]);
+    // A file lists keys one per line; an empty one names none.
+    let c = Config::load(
+        parse(&[
+            "--verify-key-file",
+            &format!("{},{}", list.display(), empty.display()),
+        ]),
+        false,
+    )
+    .unwrap();
+    assert_eq!(keys(c), [B, C]);
+    // Too short a key is refused, as a signing key would be.
+    let e = Config::load(parse(&["--verify-keys", "short"]), false)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.is_usage() && e.to_string().contains("32 bytes"), "{e}");
+    // A key file others may read is refused.
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(
+        Config::load(parse(&["--verify-key-file", a.to_str().unwrap()]), false)
+            .map(|_| ())
+            .unwrap_err()
+            .is_usage()
+    );
+}
+
+#[test]
+fn presigned_downloads_are_off_by_default_and_their_urls_short_lived() {
+    assert_eq!(
+        Config::load(parse(&[]), false).unwrap().presigned_url_ttl,
+        None
+    );
+    assert_eq!(
+        Config::load(parse(&["--presigned-downloads"]), false)
+            .unwrap()
+            .presigned_url_ttl,
+        Some(DEFAULT_PRESIGNED_URL_TTL)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("staging.toml");
+    std::fs::write(
+        &path,
+        "presigned_downloads = true\npresigned_url_ttl = \"5m\"\n",
+    )
+    .unwrap();
+    let config = path.to_str().unwrap();
+    assert_eq!(
+        Config::load(parse(&["--config", config]), false)
+            .unwrap()
+            .presigned_url_ttl,
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        Config::load(
+            parse(&["--config", config, "--presigned-downloads=false"]),
+            false
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string(),
+        "configuration: --presigned-url-ttl needs --presigned-downloads"
+    );
+    for ttl in ["0s", "16m", "7d"] {
+        let e = Config::load(
+            parse(&["--presigned-downloads", "--presigned-url-ttl", ttl]),
+            false,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            e.is_usage() && e.to_string().contains("between 1s and 15m"),
+            "{ttl}: {e}"
+        );
+    }
 }

@@ -3,6 +3,16 @@
 //! Authorization runs before any existence check: a request without a valid token for the
 //! id in its path learns nothing about whether that id exists (no 404 oracle). Only a holder
 //! of a valid, unrevoked token for exactly this resource can get a 404 (the resource expired).
+//!
+//! With presigned downloads on, a v1 GET of a whole object may instead be answered 307 with a
+//! short-lived presigned URL of the object in the store ([`Delivery::MayRedirect`]), once every
+//! check of a direct download has passed; the redirect carries the validators and digests the
+//! direct answer would (and the size in [`OBJECT_SIZE_HEADER`]) so that the client can verify
+//! what the store sends. Only plain full GETs are redirected: HEAD, a `Range` (or `If-Range`)
+//! and a matching `If-None-Match` are answered here, where they cost the server little or
+//! nothing, so that resumption keeps the server's validators; `?redirect=false` asks for the
+//! bytes from the server (a client whose store download failed). The fork's v0 route is never
+//! redirected: its clients do not expect it.
 
 use std::ops::Range;
 
@@ -21,6 +31,40 @@ const ACCESS_STAMP_MS: i64 = 60_000;
 use crate::metrics::InflightGuard;
 use crate::state::AppState;
 use crate::store::StoreError;
+use staging_api::wire::{OBJECT_SIZE_HEADER, REDIRECT_PARAM};
+
+/// Whether a download may be answered by a redirect to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// The bytes come from the server (v0, or a client that asked so).
+    Direct,
+    /// A plain full GET may be redirected to a presigned store URL, if the server is
+    /// configured so.
+    MayRedirect,
+}
+
+impl Delivery {
+    /// A v1 download's delivery from its query: `redirect=false` asks for the bytes from the
+    /// server. Other parameters are left alone, as before redirects existed.
+    pub(super) fn from_query(query: Option<&str>) -> Self {
+        let refused = query_pairs(query.unwrap_or_default())
+            .any(|(k, v)| k == REDIRECT_PARAM && v == "false");
+        if refused {
+            Self::Direct
+        } else {
+            Self::MayRedirect
+        }
+    }
+}
+
+/// The `key=value` pairs of a query (values are not percent-decoded: the one looked at is a
+/// plain word).
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
 
 /// The bytes to serve: a bundle, or one file of a submission.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +150,8 @@ pub(super) async fn authorize(
     }
 }
 
-/// Serves a resource's bytes with validators, conditional requests and single byte ranges.
+/// Serves a resource's bytes with validators, conditional requests and single byte ranges, or
+/// (`delivery` allowing it, presigned downloads on, a plain full GET) redirects to the store.
 ///
 /// # Errors
 /// 416 for unsatisfiable ranges, 500 when the store fails.
@@ -116,6 +161,7 @@ pub(super) async fn serve(
     object: &Object,
     headers: &HeaderMap,
     head: bool,
+    delivery: Delivery,
 ) -> Result<Response, ApiError> {
     let etag = format!("\"{}\"", object.sha256.to_hex());
     let mut builder = Response::builder()
@@ -141,6 +187,35 @@ pub(super) async fn serve(
             .status(StatusCode::NOT_MODIFIED)
             .body(Body::empty())
             .map_err(ApiError::internal);
+    }
+
+    if let Some(ttl) = state.presigned_url_ttl()
+        && delivery == Delivery::MayRedirect
+        && plain_full_get(headers, head)
+        && object.size > 0
+    {
+        // The access counts as a download: the first one makes the resource active.
+        stamp_access(state, res).await;
+        match state.store().presigned_get(object.id, ttl).await {
+            Ok(Some(url)) => {
+                state.metrics().download_redirects.inc();
+                return builder
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    // The URL reads the object for its lifetime: keep it out of caches and of
+                    // the Referer of whatever the client fetches next.
+                    .header(header::LOCATION, url.as_str())
+                    .header(header::REFERRER_POLICY, "no-referrer")
+                    .header(OBJECT_SIZE_HEADER, object.size)
+                    .body(Body::empty())
+                    .map_err(ApiError::internal);
+            }
+            // The store signs no URLs: the start-up check keeps this from happening.
+            Ok(None) => {}
+            // Serving the bytes is still possible: a signing failure costs the redirect only.
+            Err(e) => {
+                tracing::warn!(resource = %res.id, cause = %e, "could not presign a download; serving it directly");
+            }
+        }
     }
 
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -188,37 +263,7 @@ pub(super) async fn serve(
     if head {
         return builder.body(Body::empty()).map_err(ApiError::internal);
     }
-    // Stamp the access only when it changes something: the first download, or a last-access
-    // time over a minute old. Most downloads of a busy bundle are then read-only.
-    let now = state.now_ms();
-    let stale = res.last_access_at.is_none_or(|t| t < now - ACCESS_STAMP_MS);
-    if res.first_access_at.is_none() || stale {
-        // Replicas write the stamp to the shared log off the download's path.
-        if let Some(r) = state.replica() {
-            if r.stamping(res.id) {
-                let (st, r, id) = (state.clone(), std::sync::Arc::clone(r), res.id);
-                tokio::spawn(async move {
-                    if let Err(e) = st.record_access(id, now).await {
-                        tracing::warn!(resource = %id, cause = %e, "could not record the download");
-                    }
-                    r.stamped(id);
-                });
-            }
-        } else {
-            match state.db().record_access(res.id, now).await {
-                Ok(_) => {}
-                // A failed access stamp must not fail the download; the sweeper would at worst
-                // treat the resource as unused, which the operator sees in the logs.
-                Err(e) if e.is_full() => {
-                    state.note_full();
-                    tracing::debug!(resource = %res.id, "disk full: download served without its access stamp");
-                }
-                Err(e) => {
-                    tracing::warn!(resource = %res.id, cause = %e, "could not record the download")
-                }
-            }
-        }
-    }
+    stamp_access(state, res).await;
     // A zero-length object has no satisfiable range and nothing to read.
     if len == 0 {
         return builder.body(Body::empty()).map_err(ApiError::internal);
@@ -249,6 +294,48 @@ pub(super) async fn serve(
     builder
         .body(Body::from_stream(stream))
         .map_err(ApiError::internal)
+}
+
+/// Whether a request asks for the whole body and nothing else: a GET without `Range` or
+/// `If-Range`. (A matching `If-None-Match` was answered 304 before this is asked.)
+fn plain_full_get(headers: &HeaderMap, head: bool) -> bool {
+    !head && !headers.contains_key(header::RANGE) && !headers.contains_key(header::IF_RANGE)
+}
+
+/// Records a download, only when it changes something: the first download, or a last-access
+/// time over a minute old. Most downloads of a busy bundle are then read-only.
+async fn stamp_access(state: &AppState, res: &Resource) {
+    let now = state.now_ms();
+    let stale = res.last_access_at.is_none_or(|t| t < now - ACCESS_STAMP_MS);
+    if !(res.first_access_at.is_none() || stale) {
+        return;
+    }
+    // Replicas write the stamp to the shared log off the download's path, one per resource
+    // at a time.
+    if let Some(r) = state.replica() {
+        if r.stamping(res.id) {
+            let (st, r, id) = (state.clone(), std::sync::Arc::clone(r), res.id);
+            tokio::spawn(async move {
+                if let Err(e) = st.record_access(id, now).await {
+                    tracing::warn!(resource = %id, cause = %e, "could not record the download");
+                }
+                r.stamped(id);
+            });
+        }
+        return;
+    }
+    match state.db().record_access(res.id, now).await {
+        Ok(_) => {}
+        // A failed access stamp must not fail the download; the sweeper would at worst
+        // treat the resource as unused, which the operator sees in the logs.
+        Err(e) if e.is_full() => {
+            state.note_full();
+            tracing::debug!(resource = %res.id, "disk full: download served without its access stamp");
+        }
+        Err(e) => {
+            tracing::warn!(resource = %res.id, cause = %e, "could not record the download")
+        }
+    }
 }
 
 /// A parsed `Range` header.
@@ -299,7 +386,44 @@ fn parse_range(header: &str, size: u64) -> RangeSpec {
 
 #[cfg(test)]
 mod tests {
-    use super::{RangeSpec, parse_range};
+    use super::{Delivery, RangeSpec, parse_range, plain_full_get};
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    #[test]
+    fn only_plain_full_gets_may_be_redirected() {
+        let mut h = HeaderMap::new();
+        assert!(plain_full_get(&h, false));
+        assert!(!plain_full_get(&h, true), "HEAD");
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\""));
+        assert!(plain_full_get(&h, false), "a validator that did not match");
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-"));
+        assert!(!plain_full_get(&h, false), "Range");
+        h.remove(header::RANGE);
+        h.insert(header::IF_RANGE, HeaderValue::from_static("\"x\""));
+        assert!(!plain_full_get(&h, false), "If-Range");
+    }
+
+    #[test]
+    fn a_client_may_refuse_the_redirect() {
+        assert_eq!(Delivery::from_query(None), Delivery::MayRedirect);
+        assert_eq!(Delivery::from_query(Some("")), Delivery::MayRedirect);
+        assert_eq!(
+            Delivery::from_query(Some("x=1&redirect=true")),
+            Delivery::MayRedirect
+        );
+        assert_eq!(
+            Delivery::from_query(Some("redirect=false")),
+            Delivery::Direct
+        );
+        assert_eq!(
+            Delivery::from_query(Some("a&redirect=false&b=2")),
+            Delivery::Direct
+        );
+        assert_eq!(
+            Delivery::from_query(Some("noredirect=false")),
+            Delivery::MayRedirect
+        );
+    }
 
     #[test]
     fn ranges() {

@@ -11,7 +11,7 @@
 //!   files: [{name, sha256}]}`. 201 with the resource id and token, as an upload; 409
 //!   `missing_files` with the digests to send first.
 //! - `GET|HEAD /api/v1/resources/{id}/files/{name}`: one file, with the resource's download
-//!   token (ranges, validators and digests as for bundle content).
+//!   token (ranges, validators, digests and redirects to the store as for bundle content).
 
 use std::collections::HashSet;
 
@@ -272,10 +272,11 @@ pub(super) async fn submit(
     }
 }
 
-/// `GET|HEAD /api/v1/resources/{id}/files/{name}`.
+/// `GET|HEAD /api/v1/resources/{id}/files/{name}[?redirect=false]`.
 pub(super) async fn file(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -291,5 +292,13 @@ pub(super) async fn file(
         size: f.size,
         sha256: f.sha256,
     };
-    download::serve(&state, &res, &object, &headers, method == Method::HEAD).await
+    download::serve(
+        &state,
+        &res,
+        &object,
+        &headers,
+        method == Method::HEAD,
+        download::Delivery::from_query(query.as_deref()),
+    )
+    .await
 }

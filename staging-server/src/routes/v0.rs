@@ -221,6 +221,8 @@ pub(super) async fn download(
         &res.object(),
         &headers,
         method == Method::HEAD,
+        // Fork clients do not expect a redirect.
+        download::Delivery::Direct,
     )
     .await
 }

@@ -2,7 +2,9 @@
 //!
 //! - `POST /api/v1/resources?namespace=N&labels=k=v,...&owner_pod_uid=U&ttl=48h&unused_ttl=30m&sha256=HEX`
 //!   with the bundle as the raw body (streamed) → 201 with id, token, sha256, size and expiry.
-//! - `GET|HEAD /api/v1/resources/{id}/content` with `Authorization: Bearer <token>`.
+//! - `GET|HEAD /api/v1/resources/{id}/content` with `Authorization: Bearer <token>` (with
+//!   presigned downloads on, a full GET may be redirected to the store; `?redirect=false`
+//!   refuses that).
 //! - `GET /api/v1/resources/{id}`: metadata.
 //! - `DELETE /api/v1/resources/{id}`: revokes every token of the resource and deletes it.
 
@@ -289,10 +291,11 @@ fn content_digest(headers: &HeaderMap) -> Result<Option<Sha256Digest>, ApiError>
     Ok(None)
 }
 
-/// `GET|HEAD /api/v1/resources/{id}/content`.
+/// `GET|HEAD /api/v1/resources/{id}/content[?redirect=false]`.
 pub(super) async fn content(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -312,6 +315,7 @@ pub(super) async fn content(
         &res.object(),
         &headers,
         method == Method::HEAD,
+        download::Delivery::from_query(query.as_deref()),
     )
     .await
 }

@@ -233,3 +233,29 @@ async fn shutdown_lets_an_in_flight_download_finish() {
     // The listener is closed after the drain.
     assert!(reqwest::get(s.url("/healthz")).await.is_err());
 }
+
+#[tokio::test]
+async fn presigned_downloads_need_a_store_that_signs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = staging_server::Config::for_data_dir(dir.path());
+    config.presigned_url_ttl = Some(std::time::Duration::from_secs(60));
+    let e = staging_server::AppState::open(&config, staging_server::Overrides::default())
+        .await
+        .expect_err("the local store signs no URLs");
+    assert!(
+        e.is_usage() && e.to_string().contains("--presigned-downloads"),
+        "{e}"
+    );
+    // Off, every download goes through the server: no redirect, whatever the store.
+    let s = TestServer::start(|_| {}).await;
+    let up = s.upload("a", random_bytes(1000)).await;
+    let r = s
+        .get_content(up["id"].as_str().unwrap(), up["token"].as_str().unwrap())
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        metric(&s.metrics().await, "staging_download_redirects_total"),
+        Some(0.0)
+    );
+    s.shutdown().await;
+}

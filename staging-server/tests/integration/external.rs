@@ -1,5 +1,6 @@
 //! Tests against real external components: an S3-protocol server (moto), Prometheus's
-//! `promtool`, and a real Prometheus scraping `/metrics`.
+//! `promtool`, and a real Prometheus scraping `/metrics`. With moto, downloads redirected to
+//! presigned URLs of the store are checked end to end through `fetch`.
 //!
 //! They are `#[ignore]`d so that a bare `cargo test` on a machine without the components counts
 //! them as skipped, never as passed. `scripts/test.sh` (the project's test command, run by
@@ -11,12 +12,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use staging_client::fetch::FetchArgs;
+use staging_client::stage::{LocalFile, StageRequest, stage};
 use staging_server::config::StoreLocation;
 use staging_server::store::BlobStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::common::{TestServer, random_bytes};
+use crate::common::{TestServer, content, metric, random_bytes, sha256_hex};
+use crate::store_proxy::Proxy;
 
 /// Finds a tool: `$VAR`, then the project's venv, then `PATH`.
 pub(crate) fn tool(var: &str, name: &str) -> PathBuf {
@@ -323,6 +327,256 @@ async fn s3_a_second_instance_on_one_bucket_prefix_is_refused_and_deletes_nothin
     let got = first.get_content(id, token).await;
     assert_eq!(got.status(), 200);
     first.shutdown().await;
+}
+
+/// A server on moto behind `proxy` (so that presigned URLs point at the proxy) with presigned
+/// downloads on.
+pub(crate) async fn presigning_server(proxy: &Proxy) -> TestServer {
+    let store = BlobStore::open(&StoreLocation::Url {
+        url: "s3://staging-bucket/spark".into(),
+        options: s3_options(&proxy.endpoint),
+    })
+    .unwrap();
+    TestServer::start_in(
+        tempfile::tempdir().unwrap(),
+        |c| c.presigned_url_ttl = Some(Duration::from_secs(60)),
+        Some(store),
+    )
+    .await
+}
+
+/// `fetch` arguments for resource `id` into `dest`, its token in a file beside `dest`, with no
+/// retries: whatever it needs must work the first time.
+pub(crate) fn fetch_args(
+    s: &TestServer,
+    id: &str,
+    token: &str,
+    dest: &std::path::Path,
+) -> FetchArgs {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct P {
+        #[command(flatten)]
+        f: FetchArgs,
+    }
+    let token_file = dest.with_extension("token");
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::create_dir_all(dest).unwrap();
+    P::parse_from([
+        "fetch",
+        "--server",
+        &s.url(""),
+        "--id",
+        id,
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--retries",
+        "0",
+    ])
+    .f
+}
+
+/// A bundle of `app.jar` (`jar`) and `conf.txt`, uploaded; returns the upload's answer.
+pub(crate) async fn upload_bundle(
+    s: &TestServer,
+    work: &std::path::Path,
+    jar: &[u8],
+) -> serde_json::Value {
+    use staging_bundle::create::{Input, write_archive};
+    std::fs::write(work.join("app.jar"), jar).unwrap();
+    std::fs::write(work.join("conf.txt"), b"k=v").unwrap();
+    let inputs = ["app.jar", "conf.txt"].map(|n| Input {
+        path: work.join(n),
+        name: n.into(),
+    });
+    s.upload("a", write_archive(Vec::new(), &inputs).unwrap())
+        .await
+}
+
+#[tokio::test]
+#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+async fn s3_presigned_downloads_come_from_the_store_verified_by_fetch() {
+    let (_moto, endpoint) = start_moto().await;
+    let proxy = Proxy::start(endpoint.trim_start_matches("http://").to_owned()).await;
+    let s = presigning_server(&proxy).await;
+    let work = tempfile::tempdir().unwrap();
+    let jar = random_bytes(3 << 20);
+    let up = upload_bundle(&s, work.path(), &jar).await;
+    let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+    // A client that shows redirects instead of following them.
+    let raw = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str, token: &str| raw.get(s.url(path)).bearer_auth(token);
+    let bundle = format!("/api/v1/resources/{id}/content");
+
+    // A plain GET: 307 to the store, with what the client needs to check the bytes, and not
+    // counted as downloaded by the server until the bytes move.
+    let r = get(&bundle, token).send().await.unwrap();
+    assert_eq!(r.status(), 307);
+    let h = r.headers().clone();
+    let location = h["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!(
+            "{}/staging-bucket/spark/resources/{id}?",
+            proxy.endpoint
+        )),
+        "{location}"
+    );
+    assert!(location.contains("X-Amz-Expires=60"), "{location}");
+    let sha = up["sha256"].as_str().unwrap();
+    assert_eq!(h["etag"], format!("\"{sha}\"").as_str());
+    assert!(h["repr-digest"].to_str().unwrap().starts_with("sha-256=:"));
+    assert_eq!(h["staging-object-size"], up["size"].to_string().as_str());
+    assert_eq!(h["cache-control"], "no-store");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    // The first download, redirected, makes the resource active all the same.
+    let meta: serde_json::Value = s
+        .client
+        .get(s.url(&format!("/api/v1/resources/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(meta["first_download_at"].is_string(), "{meta}");
+    // The URL alone reads the object: no token.
+    let direct = reqwest::get(&location).await.unwrap();
+    assert_eq!(direct.status(), 200);
+    assert_eq!(sha256_hex(&direct.bytes().await.unwrap()), sha);
+
+    // fetch follows it, checks the digest and unpacks.
+    let dest = work.path().join("bundle");
+    let names = staging_client::fetch::run(fetch_args(&s, id, token, &dest))
+        .await
+        .unwrap();
+    assert_eq!(names, ["app.jar", "conf.txt"]);
+    assert!(std::fs::read(dest.join("app.jar")).unwrap() == jar);
+
+    // A submission: each file redirected, each checked.
+    let files: Vec<LocalFile> = (0..2)
+        .map(|i| {
+            let path = work.path().join(format!("lib-{i}.jar"));
+            std::fs::write(&path, content(200_000 + i, i as u8)).unwrap();
+            LocalFile {
+                path,
+                name: format!("lib-{i}.jar"),
+            }
+        })
+        .collect();
+    let staged = stage(
+        &s.client,
+        &StageRequest {
+            server: s.url(""),
+            namespace: "a".into(),
+            labels: BTreeMap::from([("spark-role".to_owned(), "driver".to_owned())]),
+            ttl: None,
+            unused_ttl: None,
+            credential: None,
+            files: files.clone(),
+            retries: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let dest = work.path().join("files");
+    let names = staging_client::fetch::run(fetch_args(&s, &staged.id, &staged.token, &dest))
+        .await
+        .unwrap();
+    assert_eq!(names, ["lib-0.jar", "lib-1.jar"]);
+    for f in &files {
+        assert!(std::fs::read(dest.join(&f.name)).unwrap() == std::fs::read(&f.path).unwrap());
+    }
+
+    // Every byte came from the store, and no token went there.
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "staging_download_redirects_total"), Some(4.0));
+    assert_eq!(metric(&m, "staging_download_bytes_total"), Some(0.0));
+    let presigned = proxy.presigned_requests();
+    assert_eq!(presigned.len(), 4, "{presigned:?}");
+    for head in &presigned {
+        let lower = head.to_ascii_lowercase();
+        assert!(!lower.contains("\r\nauthorization:"), "{head}");
+        assert!(
+            !head.contains(token) && !head.contains(&staged.token),
+            "{head}"
+        );
+    }
+
+    // What is served directly: ranges, HEAD, a matching validator, a client that refuses the
+    // redirect, and the fork's v0 route.
+    let r = get(&bundle, token)
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    let r = raw
+        .head(s.url(&bundle))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = get(&bundle, token)
+        .header("if-none-match", format!("\"{sha}\""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = get(&format!("{bundle}?redirect=false"), token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256_hex(&r.bytes().await.unwrap()), sha);
+    let r = get(&format!("/api/v0/resources/{id}"), token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256_hex(&r.bytes().await.unwrap()), sha);
+    let r = get(
+        &format!(
+            "/api/v1/resources/{}/files/lib-0.jar?redirect=false",
+            staged.id
+        ),
+        &staged.token,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // No valid token, no redirect: the answers of a direct download.
+    for (path, token, status) in [
+        (bundle.clone(), "not-a-token", 401),
+        (bundle.clone(), staged.token.as_str(), 403),
+        (
+            format!("/api/v1/resources/{}/files/nope.jar", staged.id),
+            staged.token.as_str(),
+            404,
+        ),
+        (
+            format!("/api/v1/resources/{}/content", staged.id),
+            staged.token.as_str(),
+            409,
+        ),
+    ] {
+        let r = get(&path, token).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert!(r.headers().get("location").is_none(), "{path}");
+    }
+    assert_eq!(
+        metric(&s.metrics().await, "staging_download_redirects_total"),
+        Some(4.0)
+    );
+    s.shutdown().await;
 }
 
 #[tokio::test]

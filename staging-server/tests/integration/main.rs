@@ -18,6 +18,7 @@ mod outage;
 mod owners;
 mod replicas;
 mod slow;
+mod store_proxy;
 mod submissions;
 mod tenants;
 mod tls;

@@ -4,64 +4,15 @@
 //! /readyz keeps the store's details private, a DELETE during the outage is completed by the
 //! sweep, and a resource whose bytes vanished answers 410 (and `fetch` stops at once).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use staging_server::config::StoreLocation;
 use staging_server::lifecycle::Sweeper;
 use staging_server::store::BlobStore;
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::*;
 use crate::external::{s3_options, start_moto};
-
-const FORWARD: u8 = 0;
-const REFUSE: u8 = 1;
-const HANG: u8 = 2;
-
-/// A TCP proxy to `upstream` whose behaviour the test switches.
-struct Proxy {
-    endpoint: String,
-    mode: Arc<AtomicU8>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", l.local_addr().unwrap());
-        let mode = Arc::new(AtomicU8::new(FORWARD));
-        let m = Arc::clone(&mode);
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((mut client, _)) = l.accept().await {
-                match m.load(Ordering::SeqCst) {
-                    FORWARD => {
-                        let up = upstream.clone();
-                        tokio::spawn(async move {
-                            if let Ok(mut server) = TcpStream::connect(up).await {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            }
-                        });
-                    }
-                    // Reset at once: what a client sees of a store that is down.
-                    REFUSE => {
-                        let _ = client.set_zero_linger();
-                        drop(client);
-                    }
-                    // Accept and never answer.
-                    _ => held.push(client),
-                }
-            }
-        });
-        Self { endpoint, mode }
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-}
+use crate::store_proxy::{FORWARD, HANG, Proxy, REFUSE};
 
 fn has_object(listing: &str, id: &str) -> bool {
     listing.contains(&format!("spark/resources/{id}"))
@@ -214,5 +165,78 @@ async fn s3_outages_fail_fast_and_deletions_are_completed_later() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+async fn s3_a_store_failing_redirected_downloads_sends_fetch_back_to_the_server() {
+    use crate::external::{fetch_args, presigning_server, upload_bundle};
+    use crate::store_proxy::{CUT_PRESIGNED, REFUSE_PRESIGNED};
+
+    let (_moto, endpoint) = start_moto().await;
+    let proxy = Proxy::start(endpoint.trim_start_matches("http://").to_owned()).await;
+    let s = presigning_server(&proxy).await;
+    let work = tempfile::tempdir().unwrap();
+    let jar = random_bytes(1 << 20);
+    let up = upload_bundle(&s, work.path(), &jar).await;
+    let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+    let size = up["size"].as_f64().unwrap();
+
+    // The store refuses the pods (403), or breaks the connection in the middle of the body:
+    // fetch asks the server for the bytes, once, without retries, and succeeds.
+    for (n, mode) in [REFUSE_PRESIGNED, CUT_PRESIGNED].into_iter().enumerate() {
+        proxy.set(mode);
+        let dest = work.path().join(format!("dest-{mode}"));
+        let names = staging_client::fetch::run(fetch_args(&s, id, token, &dest))
+            .await
+            .unwrap();
+        assert_eq!(names, ["app.jar", "conf.txt"], "mode {mode}");
+        assert!(std::fs::read(dest.join("app.jar")).unwrap() == jar);
+        let m = s.metrics().await;
+        let redirects = (n + 1) as f64;
+        assert_eq!(
+            metric(&m, "staging_download_redirects_total"),
+            Some(redirects)
+        );
+        assert_eq!(
+            metric(&m, "staging_download_bytes_total"),
+            Some(size * redirects),
+            "mode {mode}: the server served the bytes"
+        );
+    }
+    assert_eq!(proxy.presigned_requests().len(), 2);
+
+    // The store holds other bytes than the server recorded: fetch refuses them, asks the
+    // server, which streams the same wrong bytes, and fails with the digest code; nothing is
+    // unpacked.
+    proxy.set(FORWARD);
+    let other = random_bytes(up["size"].as_u64().unwrap() as usize);
+    let put = reqwest::Client::new()
+        .put(format!("{endpoint}/staging-bucket/spark/resources/{id}"))
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let dest = work.path().join("dest-corrupt");
+    let e = staging_client::fetch::run(fetch_args(&s, id, token, &dest))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, staging_client::EXIT_INTEGRITY, "{e}");
+    assert!(!dest.join("app.jar").exists());
+    let m = s.metrics().await;
+    assert_eq!(metric(&m, "staging_download_redirects_total"), Some(3.0));
+    assert_eq!(metric(&m, "staging_download_bytes_total"), Some(size * 3.0));
+
+    // The store has lost the object: the redirect leads to a 404 there, the server then says
+    // 410, and fetch stops with its not-found code.
+    // (Through the store client: moto refuses an anonymous DELETE of an object written
+    // anonymously.)
+    s.state.store().delete(id.parse().unwrap()).await.unwrap();
+    let e = staging_client::fetch::run(fetch_args(&s, id, token, &work.path().join("dest-lost")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, staging_client::EXIT_NOT_FOUND, "{e}");
     s.shutdown().await;
 }

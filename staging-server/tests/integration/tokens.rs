@@ -202,3 +202,59 @@ async fn tokens_survive_a_restart() {
     assert_eq!(res.status(), 200);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_rotated_key_verifies_its_tokens_until_it_is_removed() {
+    const OLD: &[u8] = b"old-signing-key-0123456789abcdef0123456789";
+    const NEW: &[u8] = b"new-signing-key-0123456789abcdef0123456789";
+    let s = TestServer::start(|c| c.signing_key = Some(OLD.to_vec())).await;
+    let old = s.upload("a", random_bytes(1000)).await;
+    let dir = s.shutdown().await;
+
+    // Rotated: the new key signs, the old one only verifies.
+    let s = TestServer::start_in(
+        dir,
+        |c| {
+            c.signing_key = Some(NEW.to_vec());
+            c.verify_keys = vec![OLD.to_vec()];
+        },
+        None,
+    )
+    .await;
+    let new = s.upload("a", random_bytes(1000)).await;
+    for up in [&old, &new] {
+        let res = s
+            .get_content(up["id"].as_str().unwrap(), up["token"].as_str().unwrap())
+            .await;
+        assert_eq!(res.status(), 200);
+    }
+    let kid = |up: &serde_json::Value| {
+        let header = up["token"].as_str().unwrap().split('.').next().unwrap();
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"].clone()
+    };
+    assert_eq!(kid(&new), staging_server::token::key_id(NEW).as_str());
+    assert_eq!(kid(&old), staging_server::token::key_id(OLD).as_str());
+    let dir = s.shutdown().await;
+
+    // The old key removed: its tokens are refused as invalid, the new ones still work.
+    let s = TestServer::start_in(dir, |c| c.signing_key = Some(NEW.to_vec()), None).await;
+    let res = s
+        .get_content(old["id"].as_str().unwrap(), old["token"].as_str().unwrap())
+        .await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        metric(
+            &s.metrics().await,
+            "staging_auth_failures_total{reason=\"invalid\"}"
+        ),
+        Some(1.0)
+    );
+    let res = s
+        .get_content(new["id"].as_str().unwrap(), new["token"].as_str().unwrap())
+        .await;
+    assert_eq!(res.status(), 200);
+    s.shutdown().await;
+}

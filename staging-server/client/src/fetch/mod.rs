@@ -4,6 +4,11 @@
 //! Network errors, timeouts and 5xx/408/429 answers are retried with exponential backoff,
 //! resuming with `Range` + `If-Range` where the server allows; 401/403, 404 and 410 (bytes lost
 //! from the store) fail at once with their own exit codes (no five-minute hang as in the fork).
+//!
+//! A server with presigned downloads on may redirect a download (307) to the object store: the
+//! bytes then come from there, never with the token, and are checked against the size and
+//! digest of the redirect; whatever goes wrong at the store, the download is asked of the
+//! server again with `?redirect=false`.
 
 mod files;
 
@@ -195,17 +200,55 @@ fn bundle_url(args: &FetchArgs) -> String {
     }
 }
 
-/// The HTTP client of `fetch`.
+/// The HTTP client of `fetch`. It follows no redirect by itself: a download redirected to the
+/// object store is fetched by [`from_store`], without the token.
 fn http_client(args: &FetchArgs) -> Result<reqwest::Client, ClientError> {
-    crate::http::client(
+    crate::http::client_without_redirects(
         args.ca_file.as_deref(),
         args.connect_timeout,
         Some(args.read_timeout),
     )
 }
 
+/// What a download has received so far.
+struct Progress {
+    hasher: Sha256,
+    offset: u64,
+    /// The server's validator, for resuming with `If-Range`.
+    etag: Option<String>,
+    /// The server's digest (hex), from `Repr-Digest`.
+    server_digest: Option<String>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            hasher: Sha256::new(),
+            offset: 0,
+            etag: None,
+            server_digest: None,
+        }
+    }
+
+    /// Empties the file and forgets what was received: the next bytes are the whole body.
+    fn restart(&mut self, file: &mut std::fs::File) -> Result<(), ClientError> {
+        use std::io::Seek as _;
+        file.set_len(0)
+            .and_then(|()| file.rewind().map(|_| ()))
+            .map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))?;
+        *self = Self::new();
+        Ok(())
+    }
+}
+
 /// Downloads `url` into `path` with retries, none past `deadline`; returns the local digest and
 /// the server's digest.
+///
+/// The server may answer a download with a redirect to a presigned URL of the object store:
+/// the bytes are then fetched from there (without the token, which is the server's) and checked
+/// against the size and digest the redirect carries. If the store fails in any way (an error
+/// answer, a connection that fails or breaks, other bytes), the same download is asked of the
+/// server again with the redirect refused, at once and with the retries left.
 pub(super) async fn download(
     args: &FetchArgs,
     url: &str,
@@ -219,28 +262,42 @@ pub(super) async fn download(
         .truncate(true)
         .open(path)
         .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", path.display())))?;
-    let mut hasher = Sha256::new();
-    let mut offset: u64 = 0;
-    let mut etag: Option<String> = None;
-    let mut server_digest: Option<String> = None;
+    let mut progress = Progress::new();
+    let mut url = url.to_owned();
+    let mut redirects = true;
     let mut backoff = crate::http::Backoff::new(args.retries).until(deadline);
     loop {
-        let failure = match attempt_once(
-            &client,
-            url,
-            token,
-            &mut file,
-            &mut hasher,
-            &mut offset,
-            &mut etag,
-            &mut server_digest,
-            deadline,
-        )
-        .await
+        let failure = match attempt_once(&client, &url, token, &mut file, &mut progress, deadline)
+            .await
         {
-            Ok(()) => return Ok((hex::encode(hasher.finalize()), server_digest)),
+            Ok(()) => break,
             Err(Attempt::Fatal(e)) => return Err(e),
             Err(Attempt::Retry(why)) => why,
+            Err(Attempt::Redirected(to)) if redirects => {
+                let refused = match to {
+                    Ok(to) => {
+                        match from_store(&client, &to, &mut file, &mut progress, deadline).await {
+                            Ok(()) => break,
+                            Err(Interrupted::Local(e)) => return Err(e),
+                            Err(Interrupted::Transfer(why)) => why,
+                        }
+                    }
+                    Err(why) => why,
+                };
+                eprintln!(
+                    "staging-server fetch: {refused}; downloading through the server instead"
+                );
+                progress.restart(&mut file)?;
+                url = without_redirect(&url)?;
+                redirects = false;
+                continue;
+            }
+            Err(Attempt::Redirected(_)) => {
+                return Err(ClientError::new(
+                    EXIT_FAILURE,
+                    "the server redirected a download that asked to be served directly",
+                ));
+            }
         };
         if !backoff.wait("fetch", &failure).await {
             return Err(ClientError::new(
@@ -249,58 +306,71 @@ pub(super) async fn download(
             ));
         }
     }
+    Ok((
+        hex::encode(progress.hasher.finalize()),
+        progress.server_digest,
+    ))
+}
+
+/// `url` asking the server for the bytes themselves, never a redirect to the store.
+fn without_redirect(url: &str) -> Result<String, ClientError> {
+    let mut u = reqwest::Url::parse(url)
+        .map_err(|e| ClientError::new(EXIT_USAGE, format!("--server: {e}")))?;
+    u.query_pairs_mut()
+        .append_pair(staging_api::wire::REDIRECT_PARAM, "false");
+    Ok(u.into())
+}
+
+/// A download the server redirected to the object store.
+#[derive(Debug)]
+struct Redirect {
+    /// The presigned URL.
+    location: reqwest::Url,
+    /// The object's size, from the redirect.
+    size: u64,
+    /// The object's digest (hex), from the redirect's `Repr-Digest`.
+    sha256: String,
+    /// The server's validator.
+    etag: Option<String>,
 }
 
 enum Attempt {
     Retry(String),
     Fatal(ClientError),
+    /// The server answered 307: the bytes are at the store (or, `Err`, the redirect was not
+    /// one to follow, for this reason).
+    Redirected(Result<Redirect, String>),
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     client: &reqwest::Client,
     url: &str,
     token: &str,
     file: &mut std::fs::File,
-    hasher: &mut Sha256,
-    offset: &mut u64,
-    etag: &mut Option<String>,
-    server_digest: &mut Option<String>,
+    progress: &mut Progress,
     deadline: Instant,
 ) -> Result<(), Attempt> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let mut req = client.get(url).bearer_auth(token).timeout(remaining);
-    if *offset > 0
-        && let Some(tag) = etag.as_deref()
+    if progress.offset > 0
+        && let Some(tag) = progress.etag.as_deref()
     {
         req = req
-            .header("range", format!("bytes={offset}-"))
+            .header("range", format!("bytes={}-", progress.offset))
             .header("if-range", tag);
     }
-    let resp = req.send().await.map_err(|e| {
-        if crate::http::transient(&e) {
-            Attempt::Retry(crate::http::describe(&e))
-        } else {
-            Attempt::Fatal(ClientError::new(
-                EXIT_UNAVAILABLE,
-                crate::http::describe(&e),
-            ))
-        }
-    })?;
+    let resp = req.send().await.map_err(request_failure)?;
     let status = resp.status().as_u16();
     match status {
         200 => {
             // A full body: start over (first attempt, or the server ignored the range).
-            use std::io::Seek as _;
-            file.set_len(0)
-                .and_then(|()| file.rewind().map(|_| ()))
-                .map_err(|e| Attempt::Fatal(ClientError::new(EXIT_FAILURE, e.to_string())))?;
-            *offset = 0;
-            *hasher = Sha256::new();
-            *etag = header(&resp, "etag");
-            *server_digest = header(&resp, "repr-digest").and_then(|d| parse_repr_digest(&d));
+            progress.restart(file).map_err(Attempt::Fatal)?;
+            progress.etag = header(&resp, "etag");
+            progress.server_digest =
+                header(&resp, "repr-digest").and_then(|d| parse_repr_digest(&d));
         }
-        206 if *offset > 0 => {}
+        206 if progress.offset > 0 => {}
+        307 => return Err(Attempt::Redirected(redirect(url, &resp))),
         401 | 403 | 404 | 410 => {
             let body = resp.text().await.unwrap_or_default();
             // 410: the resource is known but its bytes are lost; retrying cannot help.
@@ -323,25 +393,129 @@ async fn attempt_once(
             )));
         }
     }
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Attempt::Retry(crate::http::describe(&e)))?;
-        file.write_all(&chunk).map_err(|e| {
-            Attempt::Fatal(ClientError::new(
-                EXIT_FAILURE,
-                format!("writing the download: {e}"),
+    Ok(receive(resp, file, progress).await?)
+}
+
+/// Why a transfer stopped.
+enum Interrupted {
+    /// The other side did not deliver (a broken connection; from the store, any failure):
+    /// another attempt may.
+    Transfer(String),
+    /// The download cannot be written here: no attempt would help.
+    Local(ClientError),
+}
+
+impl From<Interrupted> for Attempt {
+    fn from(i: Interrupted) -> Self {
+        match i {
+            Interrupted::Transfer(why) => Self::Retry(why),
+            Interrupted::Local(e) => Self::Fatal(e),
+        }
+    }
+}
+
+/// The store's part of a redirected download: a plain GET of the presigned URL, with no
+/// credential of the server's, whose bytes must have the size and digest the redirect named.
+async fn from_store(
+    client: &reqwest::Client,
+    to: &Redirect,
+    file: &mut std::fs::File,
+    progress: &mut Progress,
+    deadline: Instant,
+) -> Result<(), Interrupted> {
+    progress.restart(file).map_err(Interrupted::Local)?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    // No bearer token, no header of the server's request: the URL alone grants the object.
+    let resp = client
+        .get(to.location.clone())
+        .timeout(remaining)
+        .send()
+        .await
+        .map_err(|e| {
+            Interrupted::Transfer(format!(
+                "the object store failed ({})",
+                crate::http::describe(&e)
             ))
         })?;
-        hasher.update(&chunk);
-        *offset += chunk.len() as u64;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(Interrupted::Transfer(format!(
+            "the object store answered {}",
+            resp.status().as_u16()
+        )));
     }
-    file.sync_all().map_err(|e| {
+    receive(resp, file, progress).await.map_err(|e| match e {
+        Interrupted::Transfer(why) => {
+            Interrupted::Transfer(format!("the object store failed ({why})"))
+        }
+        local => local,
+    })?;
+    let digest = hex::encode(progress.hasher.clone().finalize());
+    if progress.offset != to.size || digest != to.sha256 {
+        return Err(Interrupted::Transfer(format!(
+            "the object store sent {} bytes of sha256 {digest}, not the {} bytes of sha256 {} the server named",
+            progress.offset, to.size, to.sha256
+        )));
+    }
+    progress.etag.clone_from(&to.etag);
+    progress.server_digest = Some(to.sha256.clone());
+    Ok(())
+}
+
+/// The store download a 307 answer names, or why it names none to follow.
+fn redirect(url: &str, resp: &reqwest::Response) -> Result<Redirect, String> {
+    let location = header(resp, "location")
+        .ok_or_else(|| "the server's redirect has no Location".to_owned())?;
+    // A relative Location is resolved against the request's URL, as RFC 9110 says.
+    let location = reqwest::Url::parse(url)
+        .and_then(|base| base.join(&location))
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| "the server's redirect names no http(s) URL".to_owned())?;
+    let sha256 = header(resp, "repr-digest")
+        .and_then(|d| parse_repr_digest(&d))
+        .ok_or_else(|| "the server's redirect carries no sha-256 Repr-Digest".to_owned())?;
+    let size = header(resp, staging_api::wire::OBJECT_SIZE_HEADER)
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| "the server's redirect carries no object size".to_owned())?;
+    Ok(Redirect {
+        location,
+        size,
+        sha256,
+        etag: header(resp, "etag"),
+    })
+}
+
+fn request_failure(e: reqwest::Error) -> Attempt {
+    if crate::http::transient(&e) {
+        Attempt::Retry(crate::http::describe(&e))
+    } else {
         Attempt::Fatal(ClientError::new(
+            EXIT_UNAVAILABLE,
+            crate::http::describe(&e),
+        ))
+    }
+}
+
+/// Appends the body to the file and the digest.
+async fn receive(
+    resp: reqwest::Response,
+    file: &mut std::fs::File,
+    progress: &mut Progress,
+) -> Result<(), Interrupted> {
+    let written = |e: std::io::Error| {
+        Interrupted::Local(ClientError::new(
             EXIT_FAILURE,
             format!("writing the download: {e}"),
         ))
-    })?;
-    Ok(())
+    };
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Interrupted::Transfer(crate::http::describe(&e)))?;
+        file.write_all(&chunk).map_err(written)?;
+        progress.hasher.update(&chunk);
+        progress.offset += chunk.len() as u64;
+    }
+    file.sync_all().map_err(written)
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
