@@ -6,7 +6,9 @@
 //! - **nginx** serving the same files to a fetcher that does what `fetch` does (download,
 //!   digest, write): the physical limit of this machine;
 //! - **one replica** of the staging server (release build, local store);
-//! - with `--store-url`, **three replicas** (`--replicated`) on that store behind a
+//! - with `--store-url`, one replica on that store serving the bytes, one answering with
+//!   redirects to presigned URLs (`--presigned-downloads`: the bytes come from the store),
+//!   and **three replicas** (`--replicated`) on that store behind a
 //!   round-robin TCP proxy (the Service), rolled one by one in the middle of the run (a new
 //!   replica ready, then an old one stopped with SIGTERM, as `maxSurge: 1, maxUnavailable: 0`
 //!   does).
@@ -214,6 +216,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         drop(server);
 
         if let Some(store) = &args.store_url {
+            for (name, presigned) in [
+                ("one replica on the store", false),
+                ("one replica, presigned redirects", true),
+            ] {
+                let data = work.path().join("staging-store");
+                let _ = std::fs::remove_dir_all(&data);
+                let mut flags = store_flags(&args, store, "single");
+                flags.push("--namespace-quota-bytes=1Ti".into());
+                if presigned {
+                    flags.push("--presigned-downloads".into());
+                }
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                let (server, url) = start_staging(&data, &flags).await?;
+                let pid = server.id().context("server pid")?;
+                let run =
+                    fetch_through(&args, &dest, &url, &files, total, &[pid], |_| async {}).await?;
+                cases.entry(name).or_default().push(run);
+                drop(server);
+            }
             let run = replicated(&args, work.path(), &dest, store, &files, total).await?;
             cases.entry("three replicas, rolled").or_default().push(run);
         }
@@ -321,18 +342,12 @@ async fn replicated(
     files: &[LocalFile],
     total: u64,
 ) -> anyhow::Result<Run> {
-    let prefix = format!("{store}/fanout-{}", std::process::id());
-    let mut flags: Vec<String> = vec![
-        format!("--store-url={prefix}-{}", rand_suffix()),
+    let mut flags = store_flags(args, store, "replicated");
+    flags.extend([
         "--replicated".into(),
         "--namespace-quota-bytes=1Ti".into(),
         "--signing-key=loadtest-fanout-shared-signing-key-0123456789".into(),
-    ];
-    flags.extend(
-        args.store_options
-            .iter()
-            .map(|o| format!("--store-option={o}")),
-    );
+    ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut replicas = Vec::new();
     for i in 0..3 {
@@ -367,6 +382,21 @@ async fn replicated(
     // The rolled replicas' CPU left with them: not reported.
     run.cpu = f64::NAN;
     Ok(run)
+}
+
+/// The flags that put a server on a fresh prefix of `store`.
+fn store_flags(args: &Args, store: &str, what: &str) -> Vec<String> {
+    let mut flags = vec![format!(
+        "--store-url={store}/fanout-{what}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    )];
+    flags.extend(
+        args.store_options
+            .iter()
+            .map(|o| format!("--store-option={o}")),
+    );
+    flags
 }
 
 fn rand_suffix() -> u64 {

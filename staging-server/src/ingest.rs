@@ -537,7 +537,7 @@ pub(crate) fn write_error(state: &AppState, e: crate::replica::WriteError) -> Ap
         W::Db(e) => db_error(state, e),
         W::Store(e) => ApiError::store(e, state.metrics()),
         W::Contended(_) => ApiError::unavailable("the shared state is busy; retry"),
-        e @ (W::Bad(_) | W::Io { .. }) => ApiError::internal(e),
+        e @ (W::Bad(_) | W::Io { .. } | W::Metrics(_)) => ApiError::internal(e),
     }
 }
 

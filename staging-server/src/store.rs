@@ -31,6 +31,7 @@ use object_store::{
 use crate::config::StoreLocation;
 use crate::error::{Error, Result};
 pub use crate::store_error::StoreError;
+use crate::store_error::bounded;
 use staging_api::ids::ResourceId;
 
 /// Part size for the local backend: each part is one positional write into the staging file.
@@ -540,19 +541,6 @@ impl BlobWriter {
             self.inner.abort(),
         )
         .await
-    }
-}
-
-/// Runs one store call within `timeout`, classifying its failure.
-pub(crate) async fn bounded<T>(
-    timeout: std::time::Duration,
-    remote: bool,
-    what: &'static str,
-    fut: impl std::future::Future<Output = object_store::Result<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map_err(|e| StoreError::classify(what, e, remote)),
-        Err(_) => Err(StoreError::Timeout { what, source: None }),
     }
 }
 

@@ -105,6 +105,19 @@ impl StoreError {
     }
 }
 
+/// Runs one store call within `timeout`, classifying its failure.
+pub(crate) async fn bounded<T>(
+    timeout: std::time::Duration,
+    remote: bool,
+    what: &'static str,
+    fut: impl std::future::Future<Output = object_store::Result<T>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(|e| StoreError::classify(what, e, remote)),
+        Err(_) => Err(StoreError::Timeout { what, source: None }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use object_store::client::{HttpError, HttpErrorKind};

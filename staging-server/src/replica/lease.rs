@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::store::{StateStore, Written};
-use crate::store::StoreError;
+use crate::store_error::StoreError;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Lease {

@@ -42,7 +42,7 @@ pub(crate) use entry::{Entry, Outcome};
 pub use store::StateStore;
 
 use crate::db::{Db, DbError};
-use crate::store::StoreError;
+use crate::store_error::StoreError;
 use entry::ApplyError;
 use lease::Leadership;
 use metrics::ReplicaMetrics;
@@ -88,6 +88,9 @@ pub enum WriteError {
     /// Every position tried was taken by other replicas' writes.
     #[error("the shared log is too busy: {0} positions tried")]
     Contended(usize),
+    /// The replica's metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     /// A snapshot file in the data directory could not be written or read.
     #[error("{}: {source}", path.display())]
     Io {
@@ -137,7 +140,7 @@ impl Replica {
         me: String,
         settings: ReplicaSettings,
         registry: &Registry,
-    ) -> crate::error::Result<Arc<Self>> {
+    ) -> Result<Arc<Self>, WriteError> {
         let replica = Arc::new(Self {
             store,
             db,
@@ -150,7 +153,7 @@ impl Replica {
             stamps: std::sync::Mutex::new(std::collections::HashSet::new()),
             metrics: ReplicaMetrics::new(registry)?,
         });
-        let seq = replica.sync().await.map_err(crate::error::Error::from)?;
+        let seq = replica.sync().await?;
         tracing::info!(replica = %replica.me, position = seq, "replicated state loaded");
         Ok(replica)
     }

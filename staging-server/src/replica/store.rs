@@ -20,7 +20,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, UpdateVersion};
 
-use crate::store::{StoreError, bounded};
+use crate::store_error::{StoreError, bounded};
 
 /// Digits of a sequence number in an object name.
 const SEQ_DIGITS: usize = 20;
