@@ -69,6 +69,9 @@ pub struct PendingUpload {
     /// Bytes the quotas leave for this upload at start, if limited.
     headroom: Option<Headroom>,
     done: bool,
+    /// A replicated commit failed after its entry may have reached the shared log: the bytes
+    /// stay for the leader's orphan sweep to judge.
+    uncertain: bool,
     pace: Pace,
     _slot: OwnedSemaphorePermit,
     _share: service_runtime::peer::PeerCount<Uploader>,
@@ -164,6 +167,7 @@ impl PendingUpload {
             size: 0,
             headroom,
             done: false,
+            uncertain: false,
             pace: Pace::new(
                 state.limits().body_idle_timeout,
                 state.limits().upload_min_rate,
@@ -278,6 +282,10 @@ impl PendingUpload {
         let expires_at = now.saturating_add(duration_ms(lifetimes.max_ttl));
         let unused_ttl_ms = duration_ms(lifetimes.unused_ttl);
         let (token, jti) = self.state.keys().issue(self.id, now, expires_at);
+        // From here a replica's commit may reach the shared log even if this handler is
+        // dropped (the write runs to its end in a task of its own): until its outcome is
+        // known, the bytes are not this handler's to delete.
+        self.uncertain = self.state.replica().is_some();
         let outcome = self
             .state
             .commit(
@@ -296,6 +304,8 @@ impl PendingUpload {
             )
             .await
             .map_err(|e| write_error(&self.state, e))?;
+        // Decided: committed, or refused everywhere.
+        self.uncertain = false;
         match outcome {
             CommitOutcome::Committed => {
                 self.done = true;
@@ -376,6 +386,8 @@ impl PendingUpload {
         expected: Sha256Digest,
     ) -> Result<BlobCommit, ApiError> {
         let sha256 = self.finish_object(Some(expected)).await?;
+        // As for a bundle's commit: unknown until the outcome is.
+        self.uncertain = self.state.replica().is_some();
         let outcome = self
             .state
             .commit_blob(
@@ -389,6 +401,7 @@ impl PendingUpload {
             )
             .await
             .map_err(|e| write_error(&self.state, e))?;
+        self.uncertain = false;
         match &outcome {
             BlobCommit::QuotaExceeded(why) => {
                 return Err(ApiError::insufficient_storage(why.clone()));
@@ -416,6 +429,10 @@ impl PendingUpload {
     /// so that a client told of the failure never sees a trace of it.
     pub async fn discard(mut self) {
         self.done = true;
+        if self.uncertain {
+            leave_to_the_leader(&self.state, self.id).await;
+            return;
+        }
         remove_abandoned(self.state.clone(), self.id, self.writer.take()).await;
     }
 }
@@ -425,6 +442,16 @@ fn unmark(state: &AppState, id: ResourceId) {
     if let Some(r) = state.replica() {
         let r = std::sync::Arc::clone(r);
         tokio::spawn(async move { r.unmark_pending(id).await });
+    }
+}
+
+/// After a replicated commit whose outcome is unknown: only this replica's pending row goes;
+/// the bytes stay, deleted by the leader's orphan sweep unless a committed row names them.
+async fn leave_to_the_leader(state: &AppState, id: ResourceId) {
+    unmark(state, id);
+    tracing::warn!(resource = %id, "commit failed after it may have reached the shared log; its bytes are left to the leader's orphan sweep");
+    if let Err(e) = state.db().drop_pending_row(id).await {
+        tracing::warn!(resource = %id, cause = %e, "could not remove a pending row");
     }
 }
 
@@ -463,6 +490,11 @@ impl Drop for PendingUpload {
         // Dropped without commit or discard: the handler was cancelled (client gone, server
         // shutting down). Drop cannot await, so the cleanup runs detached; start-up recovery
         // covers a process that dies before it finishes.
+        if self.uncertain {
+            let (state, id) = (self.state.clone(), self.id);
+            tokio::spawn(async move { leave_to_the_leader(&state, id).await });
+            return;
+        }
         tokio::spawn(remove_abandoned(
             self.state.clone(),
             self.id,

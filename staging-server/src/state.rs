@@ -60,6 +60,8 @@ struct Inner {
     store_shared: bool,
     /// Age before an object without a row counts as an orphan.
     orphan_grace: std::time::Duration,
+    /// Whether the server runs `--replicated`.
+    replicated: bool,
     /// This replica's part in the shared state (`--replicated`), set once it is loaded.
     replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
     /// Lifetime of presigned download URLs, when downloads may be redirected to the store.
@@ -186,6 +188,7 @@ impl AppState {
                 reserve,
                 instance,
                 store_shared: config.store_shared || config.replicated,
+                replicated: config.replicated,
                 orphan_grace: config.orphan_grace,
                 replica: std::sync::OnceLock::new(),
                 presigned_url_ttl: config.presigned_url_ttl,
@@ -270,6 +273,11 @@ impl AppState {
     /// instance registered (unless shared). Bounded by [`CLAIM_TIMEOUT`]: a store that is down
     /// or hung does not hold start-up; the orphan sweep then checks again before deleting.
     async fn claim_store(&self) -> Result<()> {
+        // Replicas share the prefix by design; their orphan sweep is the leader's, on the
+        // shared state.
+        if self.inner.replicated {
+            return Ok(());
+        }
         let claim =
             crate::instance::claim(self.store(), self.inner.instance, self.inner.store_shared);
         match tokio::time::timeout(CLAIM_TIMEOUT, claim).await {
@@ -304,7 +312,12 @@ impl AppState {
         let now = self.now_ms();
         let pending = db.pending().await?;
         for id in &pending {
-            db.delete(*id, now).await?;
+            if self.inner.replicated {
+                // The shared log may have committed it: the leader's orphan sweep decides.
+                db.drop_pending_row(*id).await?;
+            } else {
+                db.delete(*id, now).await?;
+            }
         }
         if staging + pending.len() > 0 {
             tracing::warn!(
@@ -332,8 +345,10 @@ impl AppState {
             if !r.is_leader() {
                 return Ok(None);
             }
-            r.sync().await?;
+            // The marks first: an upload that commits after they were read is in the log read
+            // next (its mark goes only after its commit is applied).
             in_progress.extend(r.live_uploads(crate::clock::SystemClock.now_ms()).await?);
+            r.sync().await?;
         } else {
             match crate::instance::claim(self.store(), self.inner.instance, self.inner.store_shared)
                 .await?

@@ -13,6 +13,18 @@ use crate::replica::{Entry, Outcome, WriteError};
 use crate::state::AppState;
 use staging_api::ids::{CredentialId, Namespace, ResourceId, Sha256Digest};
 
+/// Writes `entry` in a task of its own, so that a request handler dropped mid-way (its client
+/// gone) never stops a write between the log and the database.
+async fn write_to_the_log(
+    r: &std::sync::Arc<crate::replica::Replica>,
+    entry: Entry,
+) -> Result<Outcome, WriteError> {
+    let r = std::sync::Arc::clone(r);
+    tokio::spawn(async move { r.write(entry).await })
+        .await
+        .map_err(|e| WriteError::Db(crate::db::DbError::Join(e)))?
+}
+
 /// An outcome of the wrong kind: applying an entry always gives its own kind.
 fn mismatch(what: &str, got: &Outcome) -> WriteError {
     WriteError::Bad(crate::replica::BadEntry {
@@ -22,6 +34,22 @@ fn mismatch(what: &str, got: &Outcome) -> WriteError {
 }
 
 impl AppState {
+    /// The files of a submission whose namespace holds no live grant here (in order, once).
+    async fn missing_files(&self, req: &FilesCommit) -> Result<Vec<Sha256Digest>, WriteError> {
+        let mut missing = Vec::new();
+        for f in &req.files {
+            if !missing.contains(&f.sha256)
+                && !self
+                    .db()
+                    .holds(f.sha256, req.owner.namespace.clone(), req.now)
+                    .await?
+            {
+                missing.push(f.sha256);
+            }
+        }
+        Ok(missing)
+    }
+
     fn origin(&self) -> String {
         self.replica()
             .map_or_else(String::new, |r| r.id().to_owned())
@@ -39,7 +67,7 @@ impl AppState {
         let Some(r) = self.replica() else {
             return Ok(self.db().commit(req).await?);
         };
-        match r.write(Entry::commit(self.origin(), api, &req)).await? {
+        match write_to_the_log(r, Entry::commit(self.origin(), api, &req)).await? {
             Outcome::Commit(o) => Ok(o),
             other => Err(mismatch("commit", &other)),
         }
@@ -76,7 +104,7 @@ impl AppState {
             now,
             quotas,
         };
-        match r.write(entry).await? {
+        match write_to_the_log(r, entry).await? {
             Outcome::CommitBlob(o) => Ok(o),
             other => Err(mismatch("file", &other)),
         }
@@ -90,7 +118,17 @@ impl AppState {
         let Some(r) = self.replica() else {
             return Ok(self.db().commit_files(req).await?);
         };
-        match r.write(Entry::commit_files(self.origin(), &req)).await? {
+        // Files this replica does not see granted, after reading the log: refused without a
+        // log entry (a refusal changes nothing).
+        let mut missing = self.missing_files(&req).await?;
+        if !missing.is_empty() {
+            r.refresh().await?;
+            missing = self.missing_files(&req).await?;
+            if !missing.is_empty() {
+                return Ok(FilesOutcome::Missing(missing));
+            }
+        }
+        match write_to_the_log(r, Entry::commit_files(self.origin(), &req)).await? {
             Outcome::CommitFiles(o) => Ok(o),
             other => Err(mismatch("submission", &other)),
         }
@@ -113,7 +151,7 @@ impl AppState {
             id: id.to_string(),
             now,
         };
-        match r.write(entry).await? {
+        match write_to_the_log(r, entry).await? {
             Outcome::Delete(o) => Ok(o),
             other => Err(mismatch("deletion", &other)),
         }
@@ -132,13 +170,19 @@ impl AppState {
         let Some(r) = self.replica() else {
             return Ok(self.db().release_blob(sha256, namespace, now).await?);
         };
+        if !self.db().has_grant(sha256, namespace.clone()).await? {
+            r.refresh().await?;
+            if !self.db().has_grant(sha256, namespace.clone()).await? {
+                return Ok(BlobRelease::NotHeld);
+            }
+        }
         let entry = Entry::ReleaseBlob {
             origin: self.origin(),
             sha256: sha256.to_hex(),
             namespace: namespace.as_str().to_owned(),
             now,
         };
-        match r.write(entry).await? {
+        match write_to_the_log(r, entry).await? {
             Outcome::ReleaseBlob(o) => Ok(o),
             other => Err(mismatch("file release", &other)),
         }
@@ -160,7 +204,7 @@ impl AppState {
             id: id.to_string(),
             now,
         };
-        match r.write(entry).await? {
+        match write_to_the_log(r, entry).await? {
             Outcome::Access(first) => Ok(first),
             other => Err(mismatch("access", &other)),
         }
@@ -182,7 +226,7 @@ impl AppState {
             id: id.to_string(),
             now,
         };
-        r.write(entry).await.map(|_| ())
+        write_to_the_log(r, entry).await.map(|_| ())
     }
 
     /// Drops grants past their grace and the files left without one; the objects to delete.
@@ -196,11 +240,14 @@ impl AppState {
         let Some(r) = self.replica() else {
             return Ok(self.db().collect_unnamed_blobs(cutoff).await?);
         };
+        if !self.db().has_collectable(cutoff).await? {
+            return Ok(Vec::new());
+        }
         let entry = Entry::CollectUnnamed {
             origin: self.origin(),
             cutoff,
         };
-        match r.write(entry).await? {
+        match write_to_the_log(r, entry).await? {
             Outcome::Collected(o) => Ok(o),
             other => Err(mismatch("collection", &other)),
         }
@@ -214,7 +261,10 @@ impl AppState {
         let Some(r) = self.replica() else {
             return Ok(self.db().prune_tokens(now).await?);
         };
-        match r.write(Entry::PruneTokens { now }).await? {
+        if !self.db().has_expired_tokens(now).await? {
+            return Ok(0);
+        }
+        match write_to_the_log(r, Entry::PruneTokens { now }).await? {
             Outcome::Pruned(n) => Ok(n),
             other => Err(mismatch("token pruning", &other)),
         }

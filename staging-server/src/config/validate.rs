@@ -134,7 +134,23 @@ impl Config {
     /// writes (not the local filesystem), and bounds in the ranges the mode is built for.
     fn validate_replication(&self) -> Result<(), ConfigError> {
         if !self.replicated {
+            let tuned = self.replica_sync_interval != super::DEFAULT_REPLICA_SYNC_INTERVAL
+                || self.leader_lease != super::DEFAULT_LEADER_LEASE
+                || self.snapshot_every != super::DEFAULT_SNAPSHOT_EVERY;
+            if tuned {
+                return Err(ConfigError::invalid(
+                    "--replica-sync-interval, --leader-lease and --snapshot-every need --replicated",
+                ));
+            }
             return Ok(());
+        }
+        if let super::StoreLocation::Url { url, .. } = &self.store {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if !["s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "memory"].contains(&scheme) {
+                return Err(ConfigError::invalid(format!(
+                    "--replicated needs S3, GCS or Azure (conditional writes), not {scheme}://"
+                )));
+            }
         }
         if matches!(self.store, super::StoreLocation::Local(_)) {
             return Err(ConfigError::invalid(

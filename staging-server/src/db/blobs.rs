@@ -235,15 +235,19 @@ impl Db {
                     return Ok(BlobCommit::QuotaExceeded(why));
                 }
             }
-            let exists = tx
-                .query_row("SELECT 1 FROM blobs WHERE sha256 = ?1", [&hex], |_| Ok(()))
-                .optional()?
-                .is_some();
-            let outcome = if exists {
-                tx.execute(
-                    "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
-                    params![pending.to_string(), now],
-                )?;
+            let existing: Option<String> = tx
+                .query_row("SELECT object_id FROM blobs WHERE sha256 = ?1", [&hex], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let outcome = if let Some(object) = existing {
+                // Never the blob's own bytes (a change applied twice).
+                if object != pending.to_string() {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO store_deletions (id, queued_at) VALUES (?1, ?2)",
+                        params![pending.to_string(), now],
+                    )?;
+                }
                 BlobCommit::Existed
             } else {
                 tx.execute(

@@ -12,7 +12,9 @@ use rusqlite::{OptionalExtension as _, params};
 
 use super::{Db, DbResult, schema};
 use crate::clock::UnixMillis;
-use staging_api::ids::{Namespace, ResourceId};
+use staging_api::ids::{Namespace, ResourceId, Sha256Digest};
+
+use super::usage::NAMED_BY_OWN;
 
 /// `meta` key of the last log entry applied.
 const APPLIED: &str = "log_seq";
@@ -61,19 +63,36 @@ impl Db {
     /// there already (this replica received the upload).
     ///
     /// # Errors
-    /// SQLite errors.
+    /// SQLite errors. Returns whether the row was inserted here.
     pub async fn insert_replayed_pending(
         &self,
         id: ResourceId,
         api: String,
         namespace: Option<Namespace>,
         now: UnixMillis,
-    ) -> DbResult<()> {
+    ) -> DbResult<bool> {
         self.call(move |c| {
-            c.execute(
+            Ok(c.execute(
                 "INSERT OR IGNORE INTO resources (id, state, api, namespace, created_at, unused_ttl_ms, expires_at)
                  VALUES (?1, 'pending', ?2, ?3, ?4, 0, 0)",
                 params![id.to_string(), api, namespace.as_ref().map(|n| n.as_str().to_owned()), now],
+            )? > 0)
+        })
+        .await
+    }
+
+    /// Removes a pending row and nothing else: its bytes are not queued for deletion. For a
+    /// replica, whose pending rows may be uploads the shared log committed (a commit whose
+    /// outcome this replica could not learn, a run cut short between the log and the
+    /// database): the leader's orphan sweep deletes the bytes that no committed row names.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn drop_pending_row(&self, id: ResourceId) -> DbResult<()> {
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM resources WHERE id = ?1 AND state = 'pending'",
+                [id.to_string()],
             )?;
             Ok(())
         })
@@ -163,6 +182,66 @@ impl Db {
                 .optional()?;
             tx.commit()?;
             Ok(seq.and_then(|s| s.parse().ok()).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Whether `namespace` holds a grant (live or not yet collected) on the blob `sha256`: a
+    /// release that finds none changes nothing, and is answered without a log entry.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn has_grant(&self, sha256: Sha256Digest, namespace: Namespace) -> DbResult<bool> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM blob_grants WHERE sha256 = ?1 AND namespace = ?2",
+                params![sha256.to_hex(), namespace.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+        .await
+    }
+
+    /// Whether a collection of unnamed files at `cutoff` would change anything (a grant past
+    /// its grace that no submission of its namespace names, or a blob neither granted nor
+    /// named).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn has_collectable(&self, cutoff: UnixMillis) -> DbResult<bool> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT 1 WHERE EXISTS (SELECT 1 FROM blob_grants g
+                         WHERE g.granted_at < ?1 AND NOT {NAMED_BY_OWN})
+                     OR EXISTS (SELECT 1 FROM blobs b
+                         WHERE NOT EXISTS (SELECT 1 FROM blob_grants g WHERE g.sha256 = b.sha256)
+                           AND NOT EXISTS (SELECT 1 FROM resource_files f WHERE f.sha256 = b.sha256))"
+                ),
+                [cutoff],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+        .await
+    }
+
+    /// Whether a token row expired before `now` (a pruning would change something).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub async fn has_expired_tokens(&self, now: UnixMillis) -> DbResult<bool> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM tokens WHERE expires_at < ?1 LIMIT 1",
+                [now],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
         })
         .await
     }

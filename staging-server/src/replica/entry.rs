@@ -238,10 +238,11 @@ impl Entry {
             } => {
                 let id = id_of(&id)?;
                 let owner = owner(o)?;
-                db.insert_replayed_pending(id, api, Some(owner.namespace.clone()), now)
+                let replayed = db
+                    .insert_replayed_pending(id, api, Some(owner.namespace.clone()), now)
                     .await?;
-                Outcome::Commit(
-                    db.commit(CommitRequest {
+                let outcome = db
+                    .commit(CommitRequest {
                         id,
                         owner,
                         size,
@@ -252,8 +253,12 @@ impl Entry {
                         jti,
                         quotas,
                     })
-                    .await?,
-                )
+                    .await?;
+                // A refused commit leaves nothing: not even the pending row it started from.
+                if replayed && outcome != CommitOutcome::Committed {
+                    db.drop_pending_row(id).await?;
+                }
+                Outcome::Commit(outcome)
             }
             Self::CommitBlob {
                 origin: _,

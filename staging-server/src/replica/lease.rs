@@ -5,9 +5,9 @@
 //! The holder renews it every third of its duration with a conditional update naming the
 //! version it read, so two replicas never both succeed; another replica takes it over with
 //! the same kind of update once a renewal is a whole duration late. A replica counts itself
-//! leader only until one duration after its last successful renewal, by its own monotonic
-//! clock, so a holder cut off from the store stops before another can take over, whatever the
-//! store says. Takeover compares the renewal time with this replica's wall clock: replicas
+//! leader only until three quarters of a duration after the start of its last successful
+//! renewal, by its own monotonic clock, so a holder cut off from the store stops before
+//! another can take over, whatever the store says. Takeover compares the renewal time with this replica's wall clock: replicas
 //! whose clocks differ by more than a fraction of the duration may overlap or leave a gap as
 //! long as the difference (work done twice is harmless; work left waits for the next round).
 

@@ -50,6 +50,9 @@ use staging_api::ids::ResourceId;
 
 /// A replica silent this long is forgotten (its heartbeat deleted), in milliseconds.
 const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// Shortest time between two readings of the log for requests naming what this replica does
+/// not know.
+const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(100);
 /// Entries read per listing of the log.
 const READ_BATCH: usize = 1000;
 /// Positions a write tries before it gives up (each lost to another replica's write).
@@ -121,6 +124,9 @@ pub struct Replica {
     log: tokio::sync::Mutex<()>,
     /// The database may be half-applied: rebuild before the next entry.
     broken: AtomicBool,
+    /// The newest snapshot position this replica knows of (a snapshot is looked for once the
+    /// log is `--snapshot-every` entries beyond it).
+    snapshot_seen: std::sync::atomic::AtomicU64,
     /// Resources whose access stamp is being written.
     stamps: std::sync::Mutex<std::collections::HashSet<ResourceId>>,
     /// When the last complete reading of the log started.
@@ -151,6 +157,7 @@ impl Replica {
             broken: AtomicBool::new(true),
             last_read: std::sync::Mutex::new(None),
             stamps: std::sync::Mutex::new(std::collections::HashSet::new()),
+            snapshot_seen: std::sync::atomic::AtomicU64::new(0),
             metrics: ReplicaMetrics::new(registry)?,
         });
         let seq = replica.sync().await?;
@@ -185,9 +192,18 @@ impl Replica {
     /// As [`Self::sync`].
     pub async fn refresh(&self) -> Result<u64, WriteError> {
         let asked = std::time::Instant::now();
+        let served = |last: Option<std::time::Instant>| last.is_some_and(|l| l >= asked);
+        let last = *self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+        // Readings for such requests start at most every MIN_REFRESH_GAP: a request waits for
+        // the next one (which starts after it, so it sees every commit acknowledged before it).
+        if let Some(l) = last
+            && !served(last)
+        {
+            tokio::time::sleep_until((l + MIN_REFRESH_GAP).into()).await;
+        }
         let _held = self.log.lock().await;
         let last = *self.last_read.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|l| l >= asked) && !self.broken.load(Ordering::Acquire) {
+        if served(last) && !self.broken.load(Ordering::Acquire) {
             return Ok(self.db.applied_seq().await?);
         }
         self.catch_up().await
@@ -344,57 +360,79 @@ impl Replica {
         Ok(())
     }
 
-    /// Runs until `cancel`: applies the others' entries every sync interval, holds or seeks
-    /// the leader lease, writes the heartbeat, and, as leader, snapshots and trims the log.
+    /// Runs until `cancel`: applies the others' entries every sync interval and, as leader,
+    /// snapshots and trims the log in a task of its own; holds or seeks the leader lease and
+    /// writes the heartbeat in another (a long snapshot or a busy log never delays a renewal).
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        use crate::clock::Clock as _;
-        let now_ms = || crate::clock::SystemClock.now_ms();
+        let lease = tokio::spawn(Arc::clone(&self).hold_lease(cancel.clone()));
         let mut sync = tokio::time::interval(self.settings.sync_interval);
         sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut lease = tokio::time::interval(self.settings.lease / 3);
-        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut snapshot_at = self
-            .store
-            .snapshots()
-            .await
-            .ok()
-            .and_then(|s| s.into_iter().max())
-            .unwrap_or(0);
+        let snapshotting = Arc::new(AtomicBool::new(false));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = sync.tick() => match self.sync().await {
+                    Ok(at) => {
+                        let seen = self.snapshot_seen.load(Ordering::Acquire);
+                        if self.is_leader()
+                            && at >= seen + self.settings.snapshot_every
+                            && !snapshotting.swap(true, Ordering::AcqRel)
+                        {
+                            let (me, flag) = (Arc::clone(&self), Arc::clone(&snapshotting));
+                            tokio::spawn(async move {
+                                if let Err(e) = me.snapshot_if_due(at).await {
+                                    tracing::warn!(cause = %e, "could not write a snapshot of the shared state");
+                                }
+                                flag.store(false, Ordering::Release);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.sync_errors.inc();
+                        tracing::warn!(cause = %e, "could not apply the shared log; retrying");
+                    }
+                },
+            }
+        }
+        let _ = lease.await;
+    }
+
+    /// Renews or seeks the lease and writes the heartbeat every third of a lease until
+    /// `cancel`.
+    async fn hold_lease(self: Arc<Self>, cancel: CancellationToken) {
+        use crate::clock::Clock as _;
+        let mut tick = tokio::time::interval(self.settings.lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = sync.tick() => {
-                    match self.sync().await {
-                        Ok(at) => {
-                            if self.is_leader() && at >= snapshot_at + self.settings.snapshot_every {
-                                match self.snapshot().await {
-                                    Ok(s) => snapshot_at = s,
-                                    Err(e) => tracing::warn!(cause = %e, "could not write a snapshot of the shared state"),
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            self.metrics.sync_errors.inc();
-                            tracing::warn!(cause = %e, "could not apply the shared log; retrying");
-                        }
-                    }
-                }
-                _ = lease.tick() => {
-                    let now = now_ms();
-                    let beat = serde_json::json!({"replica": self.me, "at_ms": now}).to_string();
-                    if let Err(e) = self.store.beat(&self.me, beat.into()).await {
-                        tracing::warn!(cause = %e, "could not write the heartbeat");
-                    }
-                    match self.leadership.round(&self.store, now).await {
-                        Ok(lead) => self.metrics.leader.set(i64::from(lead)),
-                        Err(e) => {
-                            self.metrics.leader.set(i64::from(self.is_leader()));
-                            tracing::warn!(cause = %e, "could not read or renew the leader lease");
-                        }
-                    }
+                _ = tick.tick() => {}
+            }
+            let now = crate::clock::SystemClock.now_ms();
+            let beat = serde_json::json!({"replica": self.me, "at_ms": now}).to_string();
+            if let Err(e) = self.store.beat(&self.me, beat.into()).await {
+                tracing::warn!(cause = %e, "could not write the heartbeat");
+            }
+            match self.leadership.round(&self.store, now).await {
+                Ok(lead) => self.metrics.leader.set(i64::from(lead)),
+                Err(e) => {
+                    self.metrics.leader.set(i64::from(self.is_leader()));
+                    tracing::warn!(cause = %e, "could not read or renew the leader lease");
                 }
             }
         }
+    }
+
+    /// Writes a snapshot when the newest stored one (whoever wrote it: leadership moves) is
+    /// `--snapshot-every` entries or more behind position `at`.
+    async fn snapshot_if_due(&self, at: u64) -> Result<(), WriteError> {
+        let newest = self.store.snapshots().await?.into_iter().max().unwrap_or(0);
+        self.snapshot_seen.fetch_max(newest, Ordering::AcqRel);
+        if at >= newest + self.settings.snapshot_every {
+            let seq = self.snapshot().await?;
+            self.snapshot_seen.fetch_max(seq, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     /// Writes a snapshot of the database and trims what it makes unneeded: older snapshots

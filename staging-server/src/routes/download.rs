@@ -313,7 +313,9 @@ async fn stamp_access(state: &AppState, res: &Resource) {
     // Replicas write the stamp to the shared log off the download's path, one per resource
     // at a time.
     if let Some(r) = state.replica() {
-        if r.stamping(res.id) {
+        // Only the first download matters to the sweeps (the unused TTL); later stamps would
+        // be log entries nothing reads.
+        if res.first_access_at.is_none() && r.stamping(res.id) {
             let (st, r, id) = (state.clone(), std::sync::Arc::clone(r), res.id);
             tokio::spawn(async move {
                 if let Err(e) = st.record_access(id, now).await {

@@ -1,7 +1,8 @@
 //! Several replicas on one store (`--replicated`): in-process servers with their own data
 //! directories sharing one in-memory object store (and, in `external::s3_replicas_*`, one
 //! moto bucket). An upload on one replica is downloadable from the others at once; a deletion
-//! on one is refused by the others within the sync interval; quotas hold across replicas
+//! on one is refused by the others within seconds (the sync interval, 200 ms here, plus store
+//! calls, on a loaded test machine); quotas hold across replicas
 //! under concurrent uploads; a replica started later loads the snapshot and the log; one
 //! replica leads, and another takes over when it stops.
 
@@ -103,7 +104,7 @@ async fn an_upload_on_one_replica_is_downloadable_from_the_others_at_once() {
 }
 
 #[tokio::test]
-async fn a_deletion_on_one_replica_is_refused_by_the_others_within_the_sync_interval() {
+async fn a_deletion_on_one_replica_is_refused_by_the_others_within_seconds() {
     let (_store, [a, b, c]) = three(|_| {}).await;
     let up = a.upload("team-a", random_bytes(10_000)).await;
     let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
@@ -216,7 +217,8 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops() {
         leaders(&rest.iter().collect::<Vec<_>>()) == 1
     })
     .await;
-    // The lease is 2 s: taken over within two lease durations of the stop.
+    // The lease is 2 s: taken over once a renewal is a lease late, checked every third of a
+    // lease: within two and a half leases of the stop.
     assert!(took <= Duration::from_secs(5), "failover took {took:?}");
     for r in rest {
         r.shutdown().await;
@@ -351,12 +353,18 @@ async fn a_rolling_restart_under_load_fails_no_fetch_and_loses_no_acknowledged_u
                         .body(vec![i as u8; 3_000])
                     })
                     .await;
-                    if let Some((201, body)) = up {
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        acked.lock().unwrap().push((
-                            v["id"].as_str().unwrap().to_owned(),
-                            v["token"].as_str().unwrap().to_owned(),
-                        ));
+                    match up {
+                        Some((201, body)) => {
+                            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            acked.lock().unwrap().push((
+                                v["id"].as_str().unwrap().to_owned(),
+                                v["token"].as_str().unwrap().to_owned(),
+                            ));
+                        }
+                        other => failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("upload: {:?}", other.map(|(s, _)| s))),
                     }
                 }
             }
