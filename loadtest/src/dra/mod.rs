@@ -93,23 +93,13 @@ fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         .context("no shuffle-service and staging-server build: cargo build --release -p shuffle-service -p staging-server")
 }
 
-/// Runs the benchmark.
-pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
-    let settings = Settings {
-        max_executors: args.max_executors,
-        idle_timeout_s: args.idle_timeout,
-        executor_memory: args.executor_memory.clone(),
-        scale: args.scale,
-        pause_s: args.pause,
-    };
-    let bins = bin_dir(args.bin_dir.as_deref())?;
-    let work = crate::procs::work_dir(args.dir.as_deref())?;
-    eprintln!(
-        "dra: bed in {}, service binaries from {}",
-        work.path().display(),
-        bins.display()
-    );
-    let bench = Bench::start(work.path(), &bins).await?;
+/// Every run of the plan, each configuration once per pass; the JSON written to `--out-dir`
+/// after each. A run that fails is reported and the others go on.
+async fn all_runs(
+    bench: &Bench,
+    args: &Args,
+    settings: &Settings,
+) -> anyhow::Result<(Vec<(Run, bool)>, Vec<Value>)> {
     let mut runs: Vec<(Run, bool)> = Vec::new();
     let mut plan: Vec<(Workload, Config, bool)> = Vec::new();
     for kill in
@@ -135,7 +125,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
                 ""
             }
         );
-        match bench.run(w, c, &settings, kill).await {
+        match bench.run(w, c, settings, kill).await {
             Ok(r) => {
                 eprintln!(
                     "dra:   {:.0} executor-s, {:.1} s, peak {}, {} stages / {} tasks again, ok {}",
@@ -156,8 +146,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
             }
         }
         if let Some(out) = &args.out_dir {
-            let partial =
-                report::summary(&settings, &args.workloads, &args.configs, &runs, &failed);
+            let partial = report::summary(settings, &args.workloads, &args.configs, &runs, &failed);
             std::fs::create_dir_all(out)?;
             std::fs::write(
                 out.join("dra.json"),
@@ -165,7 +154,49 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
             )?;
         }
     }
+    Ok((runs, failed))
+}
+
+/// Resolves on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Runs the benchmark.
+pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
+    let settings = Settings {
+        max_executors: args.max_executors,
+        idle_timeout_s: args.idle_timeout,
+        executor_memory: args.executor_memory.clone(),
+        scale: args.scale,
+        pause_s: args.pause,
+    };
+    let bins = bin_dir(args.bin_dir.as_deref())?;
+    let work = crate::procs::work_dir(args.dir.as_deref())?;
+    eprintln!(
+        "dra: bed in {}, service binaries from {}",
+        work.path().display(),
+        bins.display()
+    );
+    let bench = Bench::start(work.path(), &bins).await?;
+    // The bed's pods are processes of their own: an interrupted benchmark stops them (and the
+    // bed) before it exits, instead of leaving Spark's JVMs behind.
+    let outcome = tokio::select! {
+        r = all_runs(&bench, &args, &settings) => r,
+        signal = interrupted() => Err(anyhow::anyhow!("interrupted by {signal}")),
+    };
     bench.stop().await;
+    let (runs, failed) = outcome?;
     let out = report::summary(&settings, &args.workloads, &args.configs, &runs, &failed);
     let table = report::table(&out);
     eprintln!("{table}");
