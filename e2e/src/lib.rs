@@ -5,14 +5,18 @@
 //!
 //! The tests need root, network namespaces, Java and pyspark: they are ignored in a bare
 //! `cargo test`; `scripts/test.sh` runs them where those are, and reports them as skipped
-//! otherwise.
+//! otherwise. The [`dra`] harness is also `loadtest dra`'s: the test keeps it working.
+
+pub mod dra;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::{Context as _, bail};
 use kubebed::bed::Bed;
-use kubebed::resources::PODS;
-use kubebed::testing::{bed_with, images, spark_image, workspace};
+use kubebed::images::Images;
+use kubebed::resources::{DAEMONSETS, PODS};
+use kubebed::testing::{apply_dir, bed_with, images, manifest, spark_image, workspace};
 use serde_json::Value;
 
 /// A file of the test jobs (`e2e/tests/spark/<rel>`).
@@ -38,17 +42,26 @@ pub fn python() -> PathBuf {
     p
 }
 
-/// A bed of `nodes` nodes with the bed's images and Spark's, which carries the shuffle test
-/// job at `/opt/spark/tests/shuffle_job.py` (cluster mode's `local://` primary resource).
+/// A bed of `nodes` nodes with the bed's images and Spark's (see [`with_spark`]).
 pub async fn bed(nodes: u8, dir: &Path) -> Bed {
-    let mut images = images();
+    bed_with(nodes, with_spark(images(), dir), dir).await
+}
+
+/// `images` and Spark's image, which carries the test jobs at `/opt/spark/tests/` (cluster
+/// mode's `local://` primary resources): `shuffle_job.py` and `dra_job.py`.
+///
+/// # Panics
+/// When pyspark or Java is missing.
+#[must_use]
+pub fn with_spark(mut images: Images, dir: &Path) -> Images {
     let mut spark = spark_image(dir);
-    spark.files.push((
-        spark_file("shuffle_job.py"),
-        "/opt/spark/tests/shuffle_job.py".to_owned(),
-    ));
+    for job in ["shuffle_job.py", "dra_job.py"] {
+        spark
+            .files
+            .push((spark_file(job), format!("/opt/spark/tests/{job}")));
+    }
     images.insert("kubebed/spark", spark);
-    bed_with(nodes, images, dir).await
+    images
 }
 
 /// The sum of a series' samples in a Prometheus text exposition (lines starting with `name`).
@@ -62,20 +75,92 @@ pub fn metric(text: &str, name: &str) -> f64 {
 
 /// The job's JSON result line (the last line of the driver's log that is a JSON object with
 /// `key`).
+///
+/// # Panics
+/// When there is none.
+#[must_use]
 pub fn result_line(log: &str, key: &str) -> Value {
+    find_result_line(log, key)
+        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"))
+}
+
+/// [`result_line`], or `None`.
+#[must_use]
+pub fn find_result_line(log: &str, key: &str) -> Option<Value> {
     // The JVM's log lines share the file with Python's stdout: a line may go on after the
     // JSON object, so only the object's own text is parsed.
-    log.lines()
-        .rev()
-        .find_map(|l| {
-            let start = l.find('{')?;
-            serde_json::Deserializer::from_str(&l[start..])
-                .into_iter::<Value>()
-                .next()?
-                .ok()
-                .filter(|v| v.get(key).is_some())
-        })
-        .unwrap_or_else(|| panic!("no result line in the driver's log:\n{log}"))
+    log.lines().rev().find_map(|l| {
+        let start = l.find('{')?;
+        serde_json::Deserializer::from_str(&l[start..])
+            .into_iter::<Value>()
+            .next()?
+            .ok()
+            .filter(|v| v.get(key).is_some())
+    })
+}
+
+/// Spark's event log as JSON values, in order: a file per application, or a directory of
+/// rolled files (Spark 4's default), under `dir`. Lines that do not parse (a file still being
+/// written) are left out.
+#[must_use]
+pub fn event_log(dir: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            out.extend(event_log(&p));
+        } else if let Ok(text) = std::fs::read_to_string(&p) {
+            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+    }
+    out
+}
+
+/// Deploys `k8s/shuffle-service/daemonset/` (each manifest's text through `edit` first) with
+/// its admin Secret, and waits until every node's service answers.
+///
+/// # Errors
+/// The DaemonSet is not ready within a minute, or a node's service never answers; the error
+/// carries the pods' dump.
+///
+/// # Panics
+/// When a manifest is refused (see [`apply_dir`]).
+pub async fn deploy_shuffle_service_with(
+    bed: &Bed,
+    edit: impl Fn(String) -> String,
+) -> anyhow::Result<()> {
+    bed.apply(
+        &manifest("k8s/shuffle-service/daemonset/00-namespace.yaml"),
+        "default",
+    )?;
+    bed.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: shuffle-admin-tokens}\nstringData: {tokens: 0123456789abcdef0123456789abcdef}\n",
+        "spark-shuffle",
+    )?;
+    apply_dir(bed, "k8s/shuffle-service/daemonset", "default", edit);
+    let n = bed.nodes.len();
+    bed.wait_for(
+        &DAEMONSETS,
+        "spark-shuffle",
+        "shuffle-service",
+        Duration::from_secs(60),
+        |d| d.is_some_and(|d| d["status"]["numberReady"].as_u64() == Some(n as u64)),
+    )
+    .await
+    .with_context(|| dump(bed, "spark-shuffle"))?;
+    for node in &bed.nodes {
+        let url = format!("http://{}:7339/healthz", node.netns.ip);
+        if !answers(&url).await {
+            bail!("{url} never answered:\n{}", dump(bed, "spark-shuffle"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `url` answers with a success within 30 s (polled every 200 ms).

@@ -57,15 +57,22 @@ pub fn java_home() -> Option<PathBuf> {
 }
 
 /// The bed's images: a plain Debian-like image (the host's root filesystem), busybox (the
-/// same) and the project's image.
+/// same) and the project's image of the debug build ([`bin_dir`]).
 #[must_use]
 pub fn images() -> Images {
+    images_of(&bin_dir())
+}
+
+/// [`images`] with the project's image made of the service binaries in `bin_dir` (a benchmark
+/// runs the release build).
+#[must_use]
+pub fn images_of(bin_dir: &Path) -> Images {
     let mut i = Images::default();
     i.insert("debian", Image::default());
     i.insert("busybox", Image::default());
     i.insert(
         "ghcr.io/example/spark-k8s-services",
-        images::services(&bin_dir()),
+        images::services(bin_dir),
     );
     i
 }

@@ -1,6 +1,7 @@
 //! `chart`: draws a `spark-fetch` result as an SVG beside its JSON (plotters): throughput,
 //! p99 latency and CPU per GB for every block size × connections cell, one bar per server
-//! (this service, Spark's JVM service, the physical limit when measured), and peak RSS.
+//! (this service, Spark's JVM service, the physical limit when measured), and peak RSS. A
+//! `dra` result gets its charts per workload and its table instead (`dra::draw`).
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,8 @@ use serde_json::Value;
 /// Arguments of `chart`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// `spark-fetch` result files; each gets an `.svg` beside it.
+    /// `spark-fetch` result files (each gets an `.svg` beside it) or `dra` results (each gets
+    /// `dra-<workload>.svg` and `dra-table.md` beside it).
     files: Vec<PathBuf>,
 }
 
@@ -38,6 +40,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<Value> {
         let v: Value = serde_json::from_str(
             &std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?,
         )?;
+        if v["benchmark"] == "dra" {
+            let dir = f.parent().unwrap_or_else(|| std::path::Path::new("."));
+            out.extend(
+                crate::dra::draw(&v, dir)?
+                    .iter()
+                    .map(|p| p.display().to_string()),
+            );
+            continue;
+        }
         let svg = f.with_extension("svg");
         draw(&v, &svg)?;
         out.push(svg.display().to_string());

@@ -4,6 +4,7 @@
 
 mod chart;
 mod dedup;
+mod dra;
 mod fanout;
 mod flood;
 mod kube_scale;
@@ -66,7 +67,12 @@ enum Command {
     /// service's Kubernetes code against the API server stand-in), the per-node design beside
     /// the former all-drivers watch and the kubelet's floor, and the cleanup decision delay.
     KubeScale(kube_scale::Args),
-    /// Draws `spark-fetch` results (JSON files) as SVG charts beside them.
+    /// What the DaemonSet shuffle service saves against shuffle tracking, PVC reuse with
+    /// shuffle recovery and static allocation, with real Spark on the test bed (root, Java and
+    /// pyspark): executor-seconds, wall time, peak executors, work done again and remote
+    /// shuffle reads of three workloads, and what an executor pod's loss mid-stage costs.
+    Dra(dra::Args),
+    /// Draws `spark-fetch` and `dra` results (JSON files) as SVG charts beside them.
     Chart(chart::Args),
     /// The physical-limit server of `spark-fetch` (started by it).
     #[command(hide = true)]
@@ -87,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         Command::ShuffleFlood(args) => flood::run(args).await?,
         Command::ShuffleRegistrations(args) => registrations::run(args).await?,
         Command::KubeScale(args) => kube_scale::run(args).await?,
+        Command::Dra(args) => dra::run(args).await?,
         Command::Chart(args) => chart::run(args)?,
         Command::LimitServer(args) => {
             tokio::task::spawn_blocking(move || limit::run(args)).await??

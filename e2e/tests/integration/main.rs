@@ -1,8 +1,10 @@
 //! The project's end-to-end tests on the kubebed test bed (the harness is this package's
 //! library): unmodified Spark with the shuffle service deployed from `k8s/shuffle-service/`
-//! (`spark::`), and `staging-server submit` with the staging server deployed from
-//! `k8s/staging-server/` (`submit::`). Ignored in a bare `cargo test`; `scripts/test.sh` runs
-//! them as root where Java and pyspark are, and reports them as skipped otherwise.
+//! (`spark::`), `staging-server submit` with the staging server deployed from
+//! `k8s/staging-server/` (`submit::`), and `loadtest dra`'s harness on a small workload
+//! (`dra::`). Ignored in a bare `cargo test`; `scripts/test.sh` runs them as root where Java and
+//! pyspark are, and reports them as skipped otherwise.
 
+mod dra;
 mod spark;
 mod submit;

@@ -5,33 +5,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kubebed::resources::{DAEMONSETS, PODS};
+use kubebed::resources::PODS;
 use serde_json::Value;
 
-use e2e::{answers, bed, dump, eventually, metric, python, result_line, spark_file};
-use kubebed::testing::{apply_dir, manifest, spark_home, workspace};
+use e2e::{bed, dump, event_log as events, eventually, metric, python, result_line, spark_file};
+use kubebed::testing::{manifest, spark_home, workspace};
 
 /// One Spark application at a time: the machine has two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The event log's lines (a file per application, or a directory of rolled files).
-fn events(dir: &std::path::Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            out.extend(events(&p));
-        } else if let Ok(text) = std::fs::read_to_string(&p) {
-            out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-        }
-    }
-    out
-}
 
 /// Deploys `k8s/shuffle-service/daemonset/` with its admin Secret, and waits until every node's
 /// service answers.
@@ -41,35 +22,8 @@ async fn deploy_shuffle_service(bed: &kubebed::bed::Bed) {
 
 /// [`deploy_shuffle_service`] with each manifest's text edited first.
 async fn deploy_shuffle_service_with(bed: &kubebed::bed::Bed, edit: impl Fn(String) -> String) {
-    bed.apply(
-        &manifest("k8s/shuffle-service/daemonset/00-namespace.yaml"),
-        "default",
-    )
-    .unwrap();
-    bed.apply(
-        "apiVersion: v1\nkind: Secret\nmetadata: {name: shuffle-admin-tokens}\nstringData: {tokens: 0123456789abcdef0123456789abcdef}\n",
-        "spark-shuffle",
-    )
-    .unwrap();
-    apply_dir(bed, "k8s/shuffle-service/daemonset", "default", edit);
-    let n = bed.nodes.len();
-    let ready = bed
-        .wait_for(
-            &DAEMONSETS,
-            "spark-shuffle",
-            "shuffle-service",
-            Duration::from_secs(60),
-            |d| d.is_some_and(|d| d["status"]["numberReady"].as_u64() == Some(n as u64)),
-        )
-        .await;
-    if let Err(e) = ready {
-        panic!("{e}\n{}", dump(bed, "spark-shuffle"));
-    }
-    for node in &bed.nodes {
-        let url = format!("http://{}:7339/healthz", node.netns.ip);
-        if !answers(&url).await {
-            panic!("{url} never answered:\n{}", dump(bed, "spark-shuffle"));
-        }
+    if let Err(e) = e2e::deploy_shuffle_service_with(bed, edit).await {
+        panic!("{e:#}");
     }
 }
 
