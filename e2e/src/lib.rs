@@ -144,6 +144,15 @@ pub async fn deploy_shuffle_service_with(
         "spark-shuffle",
     )?;
     apply_dir(bed, "k8s/shuffle-service/daemonset", "default", edit);
+    shuffle_service_ready(bed).await
+}
+
+/// Waits until the DaemonSet shuffle service is ready on every node of the bed (a minute at
+/// most) and its health endpoint answers on each (30 s at most per node).
+///
+/// # Errors
+/// It was not, with the namespace's state.
+pub async fn shuffle_service_ready(bed: &Bed) -> anyhow::Result<()> {
     let n = bed.nodes.len();
     bed.wait_for(
         &DAEMONSETS,

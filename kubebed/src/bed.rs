@@ -60,6 +60,25 @@ pub struct Bed {
     pub fabric: Arc<Fabric>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    kubelets: std::sync::Mutex<Vec<Kubelet>>,
+}
+
+/// A node's kubelet task, and the token that loses the node.
+#[derive(Debug)]
+struct Kubelet {
+    lost: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Kubelet {
+    fn spawn(ctx: &Arc<NodeCtx>, cancel: &CancellationToken) -> Self {
+        let lost = CancellationToken::new();
+        let task = tokio::spawn(kubelet::run(Arc::clone(ctx), cancel.clone(), lost.clone()));
+        Self {
+            lost,
+            task: Some(task),
+        }
+    }
 }
 
 impl Bed {
@@ -124,6 +143,7 @@ impl Bed {
         let hosts = Arc::new(Hosts::default());
         let images = Arc::new(config.images.clone());
         let mut nodes = Vec::new();
+        let mut kubelets = Vec::new();
         for i in 0..config.nodes {
             let f = Arc::clone(&fabric);
             let netns = tokio::task::spawn_blocking(move || f.node(i)).await??;
@@ -146,7 +166,7 @@ impl Bed {
                 api_ca: Some(api_ca_pem.clone()),
                 hosts: Arc::clone(&hosts),
             });
-            tasks.push(tokio::spawn(kubelet::run(Arc::clone(&ctx), cancel.clone())));
+            kubelets.push(Kubelet::spawn(&ctx, &cancel));
             nodes.push(ctx);
         }
         let controllers = Controllers::new(Arc::clone(&store), hosts);
@@ -164,6 +184,7 @@ impl Bed {
             fabric,
             cancel,
             tasks,
+            kubelets: std::sync::Mutex::new(kubelets),
         })
     }
 
@@ -278,10 +299,90 @@ impl Bed {
             .unwrap_or_default()
     }
 
+    fn kubelets_lock(&self) -> std::sync::MutexGuard<'_, Vec<Kubelet>> {
+        self.kubelets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Loses node `index` as a machine that stops does: its link and its pods' links go down
+    /// (their addresses stop answering and packets to them are dropped: a peer's connection
+    /// gets no reset, it times out), its Node leaves the API (as the node lifecycle controller
+    /// removes a node that is gone; no new pod is bound to it), then every process of its pods
+    /// is stopped with no grace (SIGTERM and SIGKILL at once) and its pods leave the API (as
+    /// the pod garbage collector removes a gone node's pods; at once here, where a cluster
+    /// takes its eviction timeout). Unlike a stopped machine, its kubelet still records each
+    /// container's exit in the pod's status just before the pod goes. [`Bed::restore_node`]
+    /// brings it back, its hostPath and persistent volumes as they were.
+    ///
+    /// # Errors
+    /// No such node, the node lost already, or `ip` failures (the node is then left as it
+    /// was, not lost).
+    pub async fn lose_node(&self, index: usize) -> anyhow::Result<()> {
+        let node = self.nodes.get(index).context("no such node")?;
+        let lost = {
+            let kubelets = self.kubelets_lock();
+            let k = kubelets.get(index).context("no such node")?;
+            if k.lost.is_cancelled() {
+                bail!("node {} is lost already", node.name);
+            }
+            k.lost.clone()
+        };
+        let (fabric, netns, i) = (Arc::clone(&self.fabric), node.netns.clone(), node.index);
+        let down =
+            tokio::task::spawn_blocking(move || fabric.set_node_links(i, &netns, false)).await?;
+        if let Err(e) = down {
+            let (fabric, netns) = (Arc::clone(&self.fabric), node.netns.clone());
+            let _ =
+                tokio::task::spawn_blocking(move || fabric.set_node_links(i, &netns, true)).await;
+            return Err(e);
+        }
+        let _ = self.store.delete(
+            &crate::resources::NODES,
+            "",
+            &node.name,
+            &crate::store::DeleteOptions::default(),
+        );
+        lost.cancel();
+        let task = self.kubelets_lock()[index].task.take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        tracing::info!(node = %node.name, "node lost");
+        Ok(())
+    }
+
+    /// Brings a lost node back (a node that is not lost is left as it is): its links up, a
+    /// new kubelet registering its Node (the DaemonSet controller then starts its daemon pods
+    /// on it again).
+    ///
+    /// # Errors
+    /// No such node, or `ip` failures.
+    pub async fn restore_node(&self, index: usize) -> anyhow::Result<()> {
+        let node = self.nodes.get(index).context("no such node")?;
+        if !self.kubelets_lock()[index].lost.is_cancelled() {
+            return Ok(());
+        }
+        let (fabric, netns, i) = (Arc::clone(&self.fabric), node.netns.clone(), node.index);
+        tokio::task::spawn_blocking(move || fabric.set_node_links(i, &netns, true)).await??;
+        let mut kubelets = self.kubelets_lock();
+        if let Some(old) = kubelets[index].task.take() {
+            // Lost while its kubelet was still stopping (an interrupted `lose_node`).
+            old.abort();
+        }
+        kubelets[index] = Kubelet::spawn(node, &self.cancel);
+        tracing::info!(node = %node.name, "node back");
+        Ok(())
+    }
+
     /// Stops every pod (5 s grace), the kubelets, controllers and API server; removes the
     /// network.
     pub async fn stop(self) {
         self.cancel.cancel();
+        let kubelets = std::mem::take(&mut *self.kubelets_lock());
+        for t in kubelets.into_iter().filter_map(|k| k.task) {
+            let _ = t.await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }

@@ -34,6 +34,8 @@ pub struct Fabric {
     pub gateway: Ipv4Addr,
     next: Mutex<Vec<u8>>,
     pods: Mutex<u32>,
+    /// The root-side link of every pod namespace, with its node's index.
+    pod_links: Mutex<Vec<(u8, String)>>,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -109,6 +111,7 @@ impl Fabric {
             gateway,
             next: Mutex::new(Vec::new()),
             pods: Mutex::new(0),
+            pod_links: Mutex::new(Vec::new()),
         };
         ip(&["addr", "add", &format!("{gateway}/16"), "dev", &bridge])?;
         ip(&["link", "set", &bridge, "up"])?;
@@ -207,6 +210,10 @@ impl Fabric {
         let link = format!("{}p{n}", self.prefix);
         let addr = Ipv4Addr::new(10, self.octet, node + 1, host);
         self.attach(&name, &link, addr)?;
+        self.pod_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((node, link.clone()));
         Ok(Netns {
             name,
             ip: addr,
@@ -214,8 +221,41 @@ impl Fabric {
         })
     }
 
+    /// Takes the links of node `index` (namespace `node`) and of every pod namespace on it
+    /// down (`up: false`: their addresses stop answering and packets to them are dropped, as
+    /// a stopped machine's are, with no reset for a peer's connection) or up again.
+    ///
+    /// # Errors
+    /// `ip` failures (every link is tried).
+    pub fn set_node_links(&self, index: u8, node: &Netns, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        let pods: Vec<String> = self
+            .pod_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|(n, _)| *n == index)
+            .map(|(_, l)| l.clone())
+            .collect();
+        let mut first_error = ip(&["link", "set", &node.link, state]).err();
+        for link in pods {
+            // A pod removed meanwhile took its link with it.
+            if let Err(e) = ip(&["link", "set", &link, state])
+                && first_error.is_none()
+                && ip_out(&["link", "show", &link]).contains(&link)
+            {
+                first_error = Some(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Removes a pod's namespace and link.
     pub fn remove(&self, ns: &Netns) {
+        self.pod_links
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|(_, l)| *l != ns.link);
         let _ = ip(&["link", "del", &ns.link]);
         let _ = ip(&["netns", "del", &ns.name]);
     }

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 pub use config::{Config, Workload};
 pub use events::{EventSummary, summarize};
-pub use kill::Kill;
+pub use kill::{Kill, Loss};
 
 use pods::PodWatch;
 
@@ -85,7 +85,7 @@ pub struct Run {
     pub timeline: Vec<(f64, u32)>,
     /// The workload's phases (seconds since the application's start, name).
     pub marks: Vec<(f64, String)>,
-    /// The pod deleted mid-stage, if asked for.
+    /// The executor lost mid-stage (its pod, or its whole node), if asked for.
     pub kill: Option<Kill>,
     /// From the event log.
     pub events: EventSummary,
@@ -99,7 +99,8 @@ pub struct Bench {
     runs: AtomicU32,
 }
 
-/// How long a run may take, from submission to its namespace gone.
+/// How long a run may take, from submission to the driver's end and its executors' (the
+/// namespace's deletion and a lost node's return take at most a few minutes more).
 const RUN_LIMIT: Duration = Duration::from_secs(900);
 
 impl Bench {
@@ -131,8 +132,9 @@ impl Bench {
         self.bed.stop().await;
     }
 
-    /// Runs `workload` under `config`; with `kill`, deletes an executor pod in the middle of
-    /// the target job's reduce stage.
+    /// Runs `workload` under `config`; with a [`Loss`], deletes an executor pod or loses the
+    /// node of an executor (not the driver's) in the middle of the target job's reduce stage;
+    /// a lost node is brought back after the run, its shuffle service ready again.
     ///
     /// # Errors
     /// `spark-submit` or the driver failed, the run took over 15 minutes, or its event log or
@@ -142,7 +144,7 @@ impl Bench {
         workload: Workload,
         config: Config,
         settings: &Settings,
-        kill: bool,
+        loss: Loss,
     ) -> anyhow::Result<Run> {
         let n = self.runs.fetch_add(1, Ordering::Relaxed);
         let ns = format!("dra-{n}-{}-{}", workload.name(), config.name());
@@ -158,7 +160,7 @@ impl Bench {
         let watch = PodWatch::start(&self.bed.store, &ns);
         let result = tokio::time::timeout(
             RUN_LIMIT,
-            self.submit_and_wait(workload, config, settings, kill, &ns, &dir, &watch),
+            self.submit_and_wait(workload, config, settings, loss, &ns, &dir, &watch),
         )
         .await
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the run took over {RUN_LIMIT:?}")));
@@ -167,8 +169,32 @@ impl Bench {
         } else {
             String::new()
         };
+        // A lost node comes back before the namespace goes, so that its kubelet removes what
+        // is left of the run there.
+        let restored = if loss == Loss::Node {
+            self.restore_nodes().await
+        } else {
+            Ok(())
+        };
         self.clean_up(&ns).await;
-        result.with_context(|| format!("{} under {}:\n{dump}", workload.name(), config.name()))
+        let run = result
+            .with_context(|| format!("{} under {}:\n{dump}", workload.name(), config.name()))?;
+        restored.context("the run finished, but the lost node did not come back")?;
+        Ok(run)
+    }
+
+    /// Brings every lost node back and waits until the shuffle service is ready on each.
+    async fn restore_nodes(&self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for i in 0..self.bed.nodes.len() {
+            if let Err(e) = self.bed.restore_node(i).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        crate::shuffle_service_ready(&self.bed).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -177,7 +203,7 @@ impl Bench {
         workload: Workload,
         config: Config,
         settings: &Settings,
-        kill: bool,
+        loss: Loss,
         ns: &str,
         dir: &Path,
         watch: &PodWatch,
@@ -238,19 +264,11 @@ impl Bench {
                 matches!(d["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
             })
         };
-        let killed = if kill {
-            let ip = || {
-                driver()
-                    .and_then(|d| d["status"]["podIP"].as_str().map(str::to_owned))
-                    .filter(|ip| !ip.is_empty())
-            };
-            kill::in_reduce_stage(&self.bed.api_url, ns, ip, done, RUN_LIMIT).await?
-        } else {
+        let killed = if loss == Loss::None {
             None
+        } else {
+            Some(self.strike(ns, loss, &driver, &done).await?)
         };
-        if kill && killed.is_none() {
-            bail!("the target job's reduce stage was never seen half done");
-        }
         let mut events = self.bed.store.subscribe();
         while !done() {
             // Woken by any change of the store, or once a second at least.
@@ -298,6 +316,42 @@ impl Bench {
             watch,
             killed,
         ))
+    }
+
+    /// Waits for the target job's reduce stage to be half done, then loses one of its
+    /// executors as `loss` says.
+    async fn strike(
+        &self,
+        ns: &str,
+        loss: Loss,
+        driver: &impl Fn() -> Option<Value>,
+        done: &impl Fn() -> bool,
+    ) -> anyhow::Result<Kill> {
+        let ip = || {
+            driver()
+                .and_then(|d| d["status"]["podIP"].as_str().map(str::to_owned))
+                .filter(|ip| !ip.is_empty())
+        };
+        let moment = kill::reduce_stage_half_done(ip, done, RUN_LIMIT)
+            .await?
+            .context("the target job's reduce stage was never seen half done")?;
+        if loss == Loss::Pod {
+            return kill::delete_pod(&self.bed.api_url, ns, &moment).await;
+        }
+        let driver_node = driver()
+            .and_then(|d| d["spec"]["nodeName"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let (executor, pod, node) =
+            kill::on_another_node(&self.bed.api_url, ns, &moment, &driver_node).await?;
+        let index = self
+            .bed
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .context("the executor's node is not the bed's")?;
+        let k = kill::kill_of(&moment, executor, pod, Some(node));
+        self.bed.lose_node(index).await?;
+        Ok(k)
     }
 
     /// Deletes the run's namespace and waits (at most a minute) until its pods are gone.

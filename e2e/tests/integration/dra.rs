@@ -3,7 +3,7 @@
 //! shuffle service and with shuffle tracking. Ignored in a bare `cargo test`; `scripts/test.sh`
 //! runs it as root where Java and pyspark are.
 
-use e2e::dra::{Bench, Config, Run, Settings, Workload};
+use e2e::dra::{Bench, Config, Loss, Run, Settings, Workload};
 use kubebed::testing::bin_dir;
 
 /// No work done twice, no failed task, the results right.
@@ -29,11 +29,11 @@ async fn dra_harness_the_service_gives_idle_executors_back_and_shuffle_tracking_
         ..Settings::default()
     };
     let service = bench
-        .run(Workload::Iter, Config::Service, &settings, false)
+        .run(Workload::Iter, Config::Service, &settings, Loss::None)
         .await
         .unwrap();
     let tracking = bench
-        .run(Workload::Iter, Config::Tracking, &settings, false)
+        .run(Workload::Iter, Config::Tracking, &settings, Loss::None)
         .await
         .unwrap();
     bench.stop().await;

@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kubebed::resources::PODS;
+use kubebed::resources::{DAEMONSETS, PODS};
 use serde_json::Value;
 
-use e2e::{bed, dump, event_log as events, eventually, metric, python, result_line, spark_file};
+use e2e::{
+    answers, bed, dump, event_log as events, eventually, metric, python, result_line, spark_file,
+};
 use kubebed::testing::{manifest, spark_home, workspace};
 
 /// One Spark application at a time: the machine has two cores.

@@ -68,8 +68,11 @@ fn node_object(ctx: &NodeCtx) -> Value {
     })
 }
 
-/// Runs the node until `cancel`, then stops its pods (a 5 s grace each) and waits for them.
-pub async fn run(ctx: Arc<NodeCtx>, cancel: CancellationToken) {
+/// Runs the node until `cancel`, then stops its pods (a 5 s grace each), waits for them and
+/// removes its Node; or until `lost`, then stops its pods with no grace (SIGTERM and SIGKILL
+/// at once), as close to a machine that stops as processes get, and leaves its Node for
+/// whoever declares it gone.
+pub async fn run(ctx: Arc<NodeCtx>, cancel: CancellationToken, lost: CancellationToken) {
     if let Err(e) = ctx.store.create(&NODES, "", node_object(&ctx)) {
         tracing::warn!(node = %ctx.name, error = %e, "node registration");
     }
@@ -88,6 +91,7 @@ pub async fn run(ctx: Arc<NodeCtx>, cancel: CancellationToken) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
+            () = lost.cancelled() => break,
             Some(done) = tasks.join_next() => {
                 if let Ok(uid) = done { running.remove(&uid); }
             }
@@ -101,10 +105,14 @@ pub async fn run(ctx: Arc<NodeCtx>, cancel: CancellationToken) {
             }
         }
     }
+    let grace = if lost.is_cancelled() { 0 } else { 5 };
     for tx in running.values() {
-        let _ = tx.send(Some(5));
+        let _ = tx.send(Some(grace));
     }
     while tasks.join_next().await.is_some() {}
+    if lost.is_cancelled() {
+        return;
+    }
     let _ = ctx.store.delete(
         &NODES,
         "",
@@ -147,7 +155,15 @@ fn consider(
         pod["status"]["phase"].as_str(),
         Some("Succeeded" | "Failed")
     );
-    if kind == EventType::Deleted || terminating || terminal {
+    if terminating && kind != EventType::Deleted {
+        // Deleted while no kubelet ran it (its node was lost, or it ended before): nothing to
+        // stop, so the kubelet's final delete removes it, as a restarted kubelet does.
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let _ = ctx.store.remove_terminated(&PODS, ns, name, &uid);
+        return;
+    }
+    if kind == EventType::Deleted || terminal {
         return;
     }
     let (tx, rx) = watch::channel(None);

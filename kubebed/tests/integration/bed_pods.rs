@@ -1,8 +1,10 @@
 //! Pods on a real bed: own addresses in their own network namespaces, reachable across nodes,
 //! volumes and environment as a kubelet provides them, graceful deletion, and an address that
 //! stops answering once its pod is gone; Deployments and DaemonSets rolling out a changed
-//! template ([`rollouts`]). Needs root and network namespaces.
+//! template ([`rollouts`]); a node lost and brought back ([`node_loss`]). Needs root and network
+//! namespaces.
 
+mod node_loss;
 mod rollouts;
 
 use std::time::Duration;

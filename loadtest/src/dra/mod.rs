@@ -11,8 +11,11 @@
 //! pods' lifetimes from the API's timestamps), wall time, peak executors, stages and tasks run
 //! again, fetch failures and shuffle bytes read from other hosts (Spark's event log); then, in
 //! `--kill-runs` more runs, an executor pod deleted in the middle of a reduce stage: the work
-//! done again and the time lost against the median undisturbed run. Runs are interleaved
-//! (every configuration once per pass) so that drifts of the machine spread over all of them.
+//! done again and the time lost against the median undisturbed run; last, in `--node-runs`
+//! runs of `--node-loss-workloads`, a whole node (not the driver's) lost at that moment, its
+//! shuffle service with it: whether the job finished, what it did again, how long it took. Runs
+//! are interleaved (every configuration once per pass) so that drifts of the machine spread
+//! over all of them.
 
 mod chart;
 mod report;
@@ -20,7 +23,7 @@ mod report;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use e2e::dra::{Bench, Config, Run, Settings, Workload};
+use e2e::dra::{Bench, Config, Loss, Run, Settings, Workload};
 use serde_json::{Value, json};
 
 pub(crate) use chart::draw;
@@ -34,6 +37,13 @@ pub(crate) struct Args {
     /// Runs of each with an executor pod deleted mid-stage (0: none).
     #[arg(long, default_value_t = 1)]
     kill_runs: usize,
+    /// Runs of each configuration with a whole node (not the driver's) lost mid-stage, on
+    /// `--node-loss-workloads` (0: none).
+    #[arg(long, default_value_t = 1)]
+    node_runs: usize,
+    /// Workloads of the node-loss runs (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "skew", value_parser = parse_workload)]
+    node_loss_workloads: Vec<Workload>,
     /// Workloads (comma-separated): skew, etl, iter.
     #[arg(long, value_delimiter = ',', default_value = "skew,etl,iter", value_parser = parse_workload)]
     workloads: Vec<Workload>,
@@ -68,6 +78,20 @@ pub(crate) struct Args {
     dir: Option<PathBuf>,
 }
 
+impl Args {
+    /// The workloads of the report: those run undisturbed, then those only run with a node
+    /// lost.
+    fn reported(&self) -> Vec<Workload> {
+        let mut all = self.workloads.clone();
+        for w in &self.node_loss_workloads {
+            if self.node_runs > 0 && !all.contains(w) {
+                all.push(*w);
+            }
+        }
+        all
+    }
+}
+
 fn parse_workload(s: &str) -> Result<Workload, String> {
     Workload::parse(s).ok_or_else(|| format!("unknown workload {s:?}: skew, etl or iter"))
 }
@@ -99,15 +123,22 @@ async fn all_runs(
     bench: &Bench,
     args: &Args,
     settings: &Settings,
-) -> anyhow::Result<(Vec<(Run, bool)>, Vec<Value>)> {
-    let mut runs: Vec<(Run, bool)> = Vec::new();
-    let mut plan: Vec<(Workload, Config, bool)> = Vec::new();
-    for kill in
-        std::iter::repeat_n(false, args.runs).chain(std::iter::repeat_n(true, args.kill_runs))
+) -> anyhow::Result<(Vec<(Run, Loss)>, Vec<Value>)> {
+    let mut runs: Vec<(Run, Loss)> = Vec::new();
+    let mut plan: Vec<(Workload, Config, Loss)> = Vec::new();
+    for loss in std::iter::repeat_n(Loss::None, args.runs)
+        .chain(std::iter::repeat_n(Loss::Pod, args.kill_runs))
     {
         for &w in &args.workloads {
             for &c in &args.configs {
-                plan.push((w, c, kill));
+                plan.push((w, c, loss));
+            }
+        }
+    }
+    for _ in 0..args.node_runs {
+        for &w in &args.node_loss_workloads {
+            for &c in &args.configs {
+                plan.push((w, c, Loss::Node));
             }
         }
     }
@@ -119,10 +150,10 @@ async fn all_runs(
             i + 1,
             w.name(),
             c.name(),
-            if kill {
-                ", an executor pod deleted"
-            } else {
-                ""
+            match kill {
+                Loss::None => "",
+                Loss::Pod => ", an executor pod deleted",
+                Loss::Node => ", a node lost",
             }
         );
         match bench.run(w, c, settings, kill).await {
@@ -141,12 +172,13 @@ async fn all_runs(
             Err(e) => {
                 eprintln!("dra:   FAILED: {e:#}");
                 failed.push(
-                    json!({"workload": w, "config": c, "kill": kill, "error": format!("{e:#}")}),
+                    json!({"workload": w, "config": c, "loss": kill, "error": format!("{e:#}")}),
                 );
             }
         }
         if let Some(out) = &args.out_dir {
-            let partial = report::summary(settings, &args.workloads, &args.configs, &runs, &failed);
+            let partial =
+                report::summary(settings, &args.reported(), &args.configs, &runs, &failed);
             std::fs::create_dir_all(out)?;
             std::fs::write(
                 out.join("dra.json"),
@@ -197,7 +229,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
     };
     bench.stop().await;
     let (runs, failed) = outcome?;
-    let out = report::summary(&settings, &args.workloads, &args.configs, &runs, &failed);
+    let out = report::summary(&settings, &args.reported(), &args.configs, &runs, &failed);
     let table = report::table(&out);
     eprintln!("{table}");
     if let Some(dir) = &args.out_dir {

@@ -1,7 +1,8 @@
 //! `dra`'s results: the medians of each workload and configuration (and of the runs with an
-//! executor pod deleted), the goals checked against shuffle tracking, and the markdown table.
+//! executor pod deleted or a node lost), the goals checked against shuffle tracking, and the
+//! markdown tables.
 
-use e2e::dra::{Config, Run, Settings, Workload};
+use e2e::dra::{Config, Loss, Run, Settings, Workload};
 use serde_json::{Value, json};
 
 use crate::stats::{median, round};
@@ -38,7 +39,7 @@ pub(super) fn summary(
     settings: &Settings,
     workloads: &[Workload],
     configs: &[Config],
-    runs: &[(Run, bool)],
+    runs: &[(Run, Loss)],
     failed: &[Value],
 ) -> Value {
     let mut out = Vec::new();
@@ -52,35 +53,54 @@ pub(super) fn summary(
         digests.sort_unstable();
         digests.dedup();
         for &c in configs {
-            let pick = |kill: bool| -> Vec<&Run> {
+            let pick = |loss: Loss| -> Vec<&Run> {
                 runs.iter()
-                    .filter(|(r, k)| *k == kill && r.workload == w && r.config == c)
+                    .filter(|(r, l)| *l == loss && r.workload == w && r.config == c)
                     .map(|(r, _)| r)
                     .collect()
             };
-            let (normal, killed) = (pick(false), pick(true));
+            let (normal, killed, nodes) = (pick(Loss::None), pick(Loss::Pod), pick(Loss::Node));
             let mut by_cost = normal.clone();
             by_cost.sort_by(|a, b| a.executor_seconds.total_cmp(&b.executor_seconds));
             let typical = by_cost.get(by_cost.len() / 2);
             let undisturbed = medians(&normal);
-            let kill = (!killed.is_empty()).then(|| {
-                let mut k = medians(&killed);
-                k["time_lost_s"] = json!(round(
-                    k["wall_s"].as_f64().unwrap_or(0.0)
-                        - undisturbed["wall_s"].as_f64().unwrap_or(0.0),
-                    1
-                ));
-                k["killed"] = json!(killed.iter().map(|r| &r.kill).collect::<Vec<_>>());
-                k
-            });
+            let disturbed = |runs: &[&Run]| {
+                (!runs.is_empty()).then(|| {
+                    let mut k = medians(runs);
+                    // Against the undisturbed runs' median, when there are some.
+                    k["time_lost_s"] = if normal.is_empty() {
+                        Value::Null
+                    } else {
+                        json!(round(
+                            k["wall_s"].as_f64().unwrap_or(0.0)
+                                - undisturbed["wall_s"].as_f64().unwrap_or(0.0),
+                            1
+                        ))
+                    };
+                    k["ok"] = json!(runs.iter().all(|r| r.ok));
+                    k["killed"] = json!(runs.iter().map(|r| &r.kill).collect::<Vec<_>>());
+                    k
+                })
+            };
+            let node_failures: Vec<&Value> = failed
+                .iter()
+                .filter(|f| {
+                    f["loss"] == json!(Loss::Node)
+                        && f["workload"] == json!(w)
+                        && f["config"] == json!(c)
+                })
+                .collect();
             per.push(json!({
                 "config": c,
                 "label": c.label(),
                 "runs": normal.len(),
                 "kill_runs": killed.len(),
-                "ok": normal.iter().chain(&killed).all(|r| r.ok),
-                "median": undisturbed,
-                "kill": kill,
+                "node_runs": nodes.len() + node_failures.len(),
+                "ok": normal.iter().chain(&killed).chain(&nodes).all(|r| r.ok),
+                "median": if normal.is_empty() { Value::Null } else { undisturbed.clone() },
+                "kill": disturbed(&killed),
+                "node_loss": disturbed(&nodes),
+                "node_loss_failed": node_failures.iter().map(|f| &f["error"]).collect::<Vec<_>>(),
                 "timeline": typical.map(|r| &r.timeline),
                 "marks": typical.map(|r| &r.marks),
             }));
@@ -99,7 +119,7 @@ pub(super) fn summary(
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "workloads": out,
         "failed": failed,
-        "runs": runs.iter().map(|(r, kill)| json!({"killed": kill, "run": r})).collect::<Vec<_>>(),
+        "runs": runs.iter().map(|(r, loss)| json!({"loss": loss, "run": r})).collect::<Vec<_>>(),
     })
 }
 
@@ -215,7 +235,7 @@ pub(super) fn table(v: &Value) -> String {
                     .into_iter()
                     .flatten()
                     .filter(|r| {
-                        r["killed"] == true
+                        r["loss"] == json!(Loss::Pod)
                             && r["run"]["workload"] == w["workload"]
                             && r["run"]["config"] == c["config"]
                     })
@@ -247,14 +267,85 @@ pub(super) fn table(v: &Value) -> String {
                 ));
             }
         }
+        node_table(&mut out, v, w);
         out.push('\n');
     }
     out
 }
 
+/// The runs with a whole node lost mid-stage: what each configuration did.
+fn node_table(out: &mut String, v: &Value, w: &Value) {
+    let lost: Vec<&Value> = w["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["node_runs"].as_u64().unwrap_or(0) > 0)
+        .collect();
+    if lost.is_empty() {
+        return;
+    }
+    out.push_str(
+        "\nA whole node (not the driver's) lost in the middle of the reduce stage, its shuffle service with it:\n\n",
+    );
+    out.push_str("| Configuration | Outcome | Stages / tasks run again | Fetch failures | Failed tasks | Wall time | Time lost |\n");
+    out.push_str("|---|---|---|---|---|---|---|\n");
+    for c in lost {
+        let k = &c["node_loss"];
+        let failed_runs = c["node_loss_failed"].as_array().map_or(0, Vec::len);
+        let ok_runs = c["node_runs"].as_u64().unwrap_or(0) as usize - failed_runs;
+        let results = if k["ok"] == false {
+            "WRONG RESULTS"
+        } else {
+            "results right"
+        };
+        // A failed run's error (in the JSON) may be the job's or the harness's.
+        let outcome = match (ok_runs, failed_runs) {
+            (_, 0) => format!("finished, {results}"),
+            (0, n) => format!("FAILED ({n}, see dra.json)"),
+            (o, n) => format!("finished {o} ({results}), FAILED {n} (see dra.json)"),
+        };
+        let failed_tasks = v["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r["loss"] == json!(Loss::Node)
+                    && r["run"]["workload"] == w["workload"]
+                    && r["run"]["config"] == c["config"]
+            })
+            .filter_map(|r| r["run"]["events"]["failed_tasks"].as_object())
+            .flat_map(|f| f.iter().map(|(k, n)| format!("{n} {k}")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "| {} | {} | {} / {} | {} | {} | {} | {} |\n",
+            c["label"].as_str().unwrap_or_default(),
+            outcome,
+            num(&k["stages_recomputed"], 0),
+            num(&k["tasks_recomputed"], 0),
+            num(&k["fetch_failures"], 0),
+            if failed_tasks.is_empty() {
+                "none".to_owned()
+            } else {
+                failed_tasks
+            },
+            if k.is_null() {
+                "-".to_owned()
+            } else {
+                format!("{} s", num(&k["wall_s"], 1))
+            },
+            if k.is_null() {
+                "-".to_owned()
+            } else {
+                format!("{} s", num(&k["time_lost_s"], 1))
+            },
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use e2e::dra::{Config, EventSummary, Run, Settings, Workload};
+    use e2e::dra::{Config, EventSummary, Loss, Run, Settings, Workload};
 
     use super::{summary, table};
 
@@ -281,19 +372,24 @@ mod tests {
     #[test]
     fn goals_against_tracking_and_the_time_a_loss_cost() {
         let runs = vec![
-            (run(Config::Service, 90.0, 60.0, 0), false),
-            (run(Config::Service, 100.0, 62.0, 0), false),
-            (run(Config::Service, 110.0, 64.0, 0), false),
-            (run(Config::Tracking, 200.0, 60.0, 0), false),
-            (run(Config::Service, 120.0, 70.0, 0), true),
-            (run(Config::Tracking, 230.0, 75.0, 1), true),
+            (run(Config::Service, 90.0, 60.0, 0), Loss::None),
+            (run(Config::Service, 100.0, 62.0, 0), Loss::None),
+            (run(Config::Service, 110.0, 64.0, 0), Loss::None),
+            (run(Config::Tracking, 200.0, 60.0, 0), Loss::None),
+            (run(Config::Service, 120.0, 70.0, 0), Loss::Pod),
+            (run(Config::Tracking, 230.0, 75.0, 1), Loss::Pod),
+            (run(Config::Service, 150.0, 90.0, 1), Loss::Node),
         ];
+        let failed = vec![serde_json::json!({
+            "workload": Workload::Skew, "config": Config::Tracking, "loss": Loss::Node,
+            "error": "the run took over 900s",
+        })];
         let s = summary(
             &Settings::default(),
             &[Workload::Skew],
             &[Config::Service, Config::Tracking],
             &runs,
-            &[],
+            &failed,
         );
         let w = &s["workloads"][0];
         assert_eq!(w["results_agree"], true);
@@ -311,6 +407,16 @@ mod tests {
         );
         assert!(
             t.contains("| shuffle tracking | 1 / 0 | 0 | none | 75.0 s | 15.0 s | 230 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| shuffle service (DaemonSet) | finished, results right | 1 / 0 | 0 | none | 90.0 s | 28.0 s |"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| shuffle tracking | FAILED (1, see dra.json) | - / - | - | none | - | - |"
+            ),
             "{t}"
         );
     }

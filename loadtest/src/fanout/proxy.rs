@@ -32,7 +32,17 @@ impl Proxy {
         let next = Arc::new(AtomicUsize::new(0));
         let b = backends.clone();
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            loop {
+                let mut inbound = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of descriptors, as a busy proxy may be: the connection waits in
+                        // the backlog and the proxy goes on.
+                        eprintln!("proxy: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
                 let (b, next) = (b.clone(), next.clone());
                 tokio::spawn(async move {
                     let list: Vec<SocketAddr> = b.lock().unwrap().clone();
