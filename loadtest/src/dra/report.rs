@@ -150,6 +150,12 @@ fn num(v: &Value, digits: usize) -> String {
         .map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
 }
 
+/// Seconds with one decimal, or "-" when there is no figure.
+fn secs(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".to_owned(), |x| format!("{x:.1} s"))
+}
+
 fn mb(v: &Value) -> String {
     v.as_f64()
         .map_or_else(|| "-".to_owned(), |x| format!("{:.1} MB", x / 1e6))
@@ -329,16 +335,8 @@ fn node_table(out: &mut String, v: &Value, w: &Value) {
             } else {
                 failed_tasks
             },
-            if k.is_null() {
-                "-".to_owned()
-            } else {
-                format!("{} s", num(&k["wall_s"], 1))
-            },
-            if k.is_null() {
-                "-".to_owned()
-            } else {
-                format!("{} s", num(&k["time_lost_s"], 1))
-            },
+            secs(&k["wall_s"]),
+            secs(&k["time_lost_s"]),
         ));
     }
 }
