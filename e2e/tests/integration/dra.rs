@@ -1,7 +1,7 @@
 //! `loadtest dra`'s harness on a small workload, so that the benchmark keeps working: the
 //! iterative job (one shuffle read again after idle gaps) in cluster mode, with the DaemonSet
-//! shuffle service and with shuffle tracking. Ignored in a bare `cargo test`; `scripts/test.sh`
-//! runs it as root where Java and pyspark are.
+//! shuffle service and with shuffle tracking, both jobs at once. Ignored in a bare `cargo
+//! test`; `scripts/test.sh` runs it as root where Java and pyspark are.
 
 use e2e::dra::{Bench, Config, Loss, Run, Settings, Workload};
 use kubebed::testing::bin_dir;
@@ -28,14 +28,12 @@ async fn dra_harness_the_service_gives_idle_executors_back_and_shuffle_tracking_
         pause_s: 8.0,
         ..Settings::default()
     };
-    let service = bench
-        .run(Workload::Iter, Config::Service, &settings, Loss::None)
-        .await
-        .unwrap();
-    let tracking = bench
-        .run(Workload::Iter, Config::Tracking, &settings, Loss::None)
-        .await
-        .unwrap();
+    // Both at once, each in its own namespace: the bed's two nodes hold both jobs.
+    let (service, tracking) = tokio::join!(
+        bench.run(Workload::Iter, Config::Service, &settings, Loss::None),
+        bench.run(Workload::Iter, Config::Tracking, &settings, Loss::None),
+    );
+    let (service, tracking) = (service.unwrap(), tracking.unwrap());
     bench.stop().await;
     for r in [&service, &tracking] {
         eprintln!(
