@@ -143,7 +143,8 @@ where
     (start.elapsed().as_secs_f64(), times, failed)
 }
 
-/// What `fetch` does for one file, against a plain static server: download, digest, write.
+/// What `fetch` does for one file, against a plain static server: download, digest, write to
+/// a temporary file off the runtime's threads, fsync, rename into place.
 async fn fetch_plain(
     client: &reqwest::Client,
     url: &str,
@@ -154,8 +155,19 @@ async fn fetch_plain(
     let body = res.bytes().await?;
     let got = hex::encode(Sha256::digest(&body));
     anyhow::ensure!(got == want, "{url}: digest {got}, want {want}");
-    tokio::fs::write(to, &body).await?;
-    Ok(())
+    let to = to.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let dir = to.parent().context("no directory")?;
+        let mut part = tempfile::Builder::new()
+            .prefix(".fetch-")
+            .suffix(".part")
+            .tempfile_in(dir)?;
+        std::io::Write::write_all(&mut part, &body)?;
+        part.as_file().sync_all()?;
+        part.persist_noclobber(&to)?;
+        anyhow::Ok(())
+    })
+    .await?
 }
 
 /// Runs the benchmark and returns the report.

@@ -19,14 +19,10 @@ use staging_api::names;
 /// [`ClientError`] with the exit code.
 pub(super) async fn listing(
     args: &FetchArgs,
+    client: &reqwest::Client,
     token: &str,
     deadline: std::time::Instant,
 ) -> Result<Option<Vec<FileMeta>>, ClientError> {
-    let client = crate::http::client(
-        args.ca_file.as_deref(),
-        args.connect_timeout,
-        Some(args.read_timeout),
-    )?;
     let url = format!(
         "{}/api/v1/resources/{}",
         args.server.trim_end_matches('/'),
@@ -87,6 +83,7 @@ pub(super) async fn listing(
 /// [`ClientError`] with the exit code.
 pub(super) async fn fetch(
     args: &FetchArgs,
+    client: &reqwest::Client,
     token: &str,
     files: Vec<FileMeta>,
     deadline: std::time::Instant,
@@ -136,7 +133,8 @@ pub(super) async fn fetch(
             args.id,
             f.name
         );
-        let (digest, server_digest) = download(args, &url, token, part.path(), deadline).await?;
+        let (digest, server_digest) =
+            download(args, client, &url, token, part.path(), deadline).await?;
         for (what, want) in [
             ("listed", Some(f.sha256.clone())),
             ("server", server_digest),

@@ -123,10 +123,12 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
             ));
         }
     }
+    // One client, so one connection carries the listing and every file in turn.
+    let client = http_client(&args)?;
     if !args.v0
-        && let Some(files) = files::listing(&args, &token, deadline).await?
+        && let Some(files) = files::listing(&args, &client, &token, deadline).await?
     {
-        return files::fetch(&args, &token, files, deadline).await;
+        return files::fetch(&args, &client, &token, files, deadline).await;
     }
     let expected = args
         .sha256
@@ -139,8 +141,15 @@ pub async fn run(args: FetchArgs) -> Result<Vec<String>, ClientError> {
         .suffix(".part")
         .tempfile_in(&args.dest)
         .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", args.dest.display())))?;
-    let (digest, server_digest) =
-        download(&args, &bundle_url(&args), &token, archive.path(), deadline).await?;
+    let (digest, server_digest) = download(
+        &args,
+        &client,
+        &bundle_url(&args),
+        &token,
+        archive.path(),
+        deadline,
+    )
+    .await?;
     for (what, want) in [("server", server_digest), ("expected", expected)] {
         if let Some(want) = want
             && want != digest
@@ -251,12 +260,12 @@ impl Progress {
 /// server again with the redirect refused, at once and with the retries left.
 pub(super) async fn download(
     args: &FetchArgs,
+    client: &reqwest::Client,
     url: &str,
     token: &str,
     path: &Path,
     deadline: Instant,
 ) -> Result<(String, Option<String>), ClientError> {
-    let client = http_client(args)?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -267,7 +276,7 @@ pub(super) async fn download(
     let mut redirects = true;
     let mut backoff = crate::http::Backoff::new(args.retries).until(deadline);
     loop {
-        let failure = match attempt_once(&client, &url, token, &mut file, &mut progress, deadline)
+        let failure = match attempt_once(client, &url, token, &mut file, &mut progress, deadline)
             .await
         {
             Ok(()) => break,
@@ -276,7 +285,7 @@ pub(super) async fn download(
             Err(Attempt::Redirected(to)) if redirects => {
                 let refused = match to {
                     Ok(to) => {
-                        match from_store(&client, &to, &mut file, &mut progress, deadline).await {
+                        match from_store(client, &to, &mut file, &mut progress, deadline).await {
                             Ok(()) => break,
                             Err(Interrupted::Local(e)) => return Err(e),
                             Err(Interrupted::Transfer(why)) => why,
@@ -496,26 +505,64 @@ fn request_failure(e: reqwest::Error) -> Attempt {
     }
 }
 
-/// Appends the body to the file and the digest.
+/// Bytes gathered before they are written: one write off the runtime's threads per this much.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Appends the body to the file and the digest, then makes the file durable. The writes and
+/// the fsync run off the runtime's threads, in batches of [`WRITE_BATCH`] bytes, so a
+/// process running many fetches at once (or a slow disk) never stalls the others' transfers.
 async fn receive(
     resp: reqwest::Response,
     file: &mut std::fs::File,
     progress: &mut Progress,
 ) -> Result<(), Interrupted> {
+    let mut body = resp.bytes_stream();
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // What arrived before the break is written, so a resumption asks for the rest.
+                write_batch(file, batch, false).await?;
+                return Err(Interrupted::Transfer(crate::http::describe(&e)));
+            }
+        };
+        progress.hasher.update(&chunk);
+        progress.offset += chunk.len() as u64;
+        batch.extend_from_slice(&chunk);
+        if batch.len() >= WRITE_BATCH {
+            batch = write_batch(file, batch, false).await?;
+        }
+    }
+    write_batch(file, batch, true).await.map(drop)
+}
+
+/// Writes `batch` at the file's offset on a blocking thread (and, with `sync`, flushes the
+/// file to disk); gives the buffer back, emptied.
+async fn write_batch(
+    file: &std::fs::File,
+    mut batch: Vec<u8>,
+    sync: bool,
+) -> Result<Vec<u8>, Interrupted> {
     let written = |e: std::io::Error| {
         Interrupted::Local(ClientError::new(
             EXIT_FAILURE,
             format!("writing the download: {e}"),
         ))
     };
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Interrupted::Transfer(crate::http::describe(&e)))?;
-        file.write_all(&chunk).map_err(written)?;
-        progress.hasher.update(&chunk);
-        progress.offset += chunk.len() as u64;
-    }
-    file.sync_all().map_err(written)
+    // A second handle on the same open file: it shares the offset, and moves to the thread.
+    let mut f = file.try_clone().map_err(written)?;
+    tokio::task::spawn_blocking(move || {
+        f.write_all(&batch)?;
+        if sync {
+            f.sync_all()?;
+        }
+        batch.clear();
+        Ok(batch)
+    })
+    .await
+    .map_err(|e| Interrupted::Local(ClientError::new(EXIT_FAILURE, e.to_string())))?
+    .map_err(written)
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
