@@ -3,7 +3,9 @@
 //! honouring `nodeSelector` and `nodeName`), DaemonSets (one pod per node matching the
 //! template's `nodeSelector`) and Deployments (pods owned directly by the Deployment, without
 //! ReplicaSets), both replacing the pods of a changed template by their update strategy
-//! (decided in [`crate::rollout`]), and Service endpoints for the pods' `/etc/hosts`.
+//! (decided in [`crate::rollout`]), and Service endpoints for the pods' `/etc/hosts`: the
+//! Ready pods that are not being deleted (with `publishNotReadyAddresses`, every pod with an
+//! address that has not ended and is not being deleted).
 
 use std::sync::Arc;
 
@@ -360,12 +362,14 @@ impl Controllers {
             .filter_map(|svc| {
                 let sel = svc["spec"]["selector"].as_object()?;
                 let ns = svc["metadata"]["namespace"].as_str()?;
+                let not_ready_too = svc["spec"]["publishNotReadyAddresses"] == json!(true);
                 let ips = pods
                     .iter()
                     .filter(|p| {
                         p["metadata"]["namespace"].as_str() == Some(ns)
                             && !terminal(p)
                             && !p["metadata"]["deletionTimestamp"].is_string()
+                            && (not_ready_too || PodView::of(p, "").ready())
                             && matches_label_selector(
                                 &json!({"matchLabels": sel}),
                                 &p["metadata"]["labels"],

@@ -378,15 +378,21 @@ async fn replicated(
     if !roll {
         return fetch_through(args, dest, &url, files, total, &pids, |_| async {}).await;
     }
+    let rolled = std::sync::Mutex::new(Ok(()));
+    let roll_ended = std::sync::Mutex::new(None);
     let roll = async {
         // Let the fan-out get going, then roll every replica.
         tokio::time::sleep(Duration::from_millis(500)).await;
         for i in 0..3 {
             let dir = work.join(format!("replica-new-{i}"));
             let _ = std::fs::remove_dir_all(&dir);
-            let Ok(new) = start_staging(&dir, &flags).await else {
-                eprintln!("a new replica did not start");
-                return;
+            let new = match start_staging(&dir, &flags).await {
+                Ok(new) => new,
+                Err(e) => {
+                    *rolled.lock().expect("not poisoned") =
+                        Err(e.context(format!("replacement replica {i} did not start")));
+                    return;
+                }
             };
             proxy.add(new.1.clone());
             let (mut old, old_url) = replicas.remove(0);
@@ -400,8 +406,21 @@ async fn replicated(
             let _ = tokio::time::timeout(Duration::from_secs(40), old.wait()).await;
             replicas.push(new);
         }
+        *roll_ended.lock().expect("not poisoned") = Some(Instant::now());
     };
+    let began = Instant::now();
     let mut run = fetch_through(args, dest, &url, files, total, &pids, |_| roll).await?;
+    // A run whose rollout did not happen, or ended after the fetches did, is not a rolled run.
+    rolled.into_inner().expect("not poisoned")?;
+    let roll_s = roll_ended
+        .into_inner()
+        .expect("not poisoned")
+        .map_or(f64::INFINITY, |t| (t - began).as_secs_f64());
+    anyhow::ensure!(
+        roll_s <= run.wall,
+        "the fetches ended ({:.1} s) before the rollout did ({roll_s:.1} s): use more --fetches",
+        run.wall
+    );
     // The rolled replicas' CPU left with them: not reported.
     run.cpu = f64::NAN;
     Ok(run)

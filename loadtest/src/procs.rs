@@ -35,7 +35,9 @@ pub(crate) async fn start_staging_with(
         .kill_on_drop(true)
         .spawn()
         .context("starting staging-server")?;
-    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(20)).await?;
+    // A replicated server loads the shared state from its store first, which takes long
+    // when the store is busy serving a benchmark's bytes.
+    wait_listening(([127, 0, 0, 1], port).into(), Duration::from_secs(120)).await?;
     Ok((server, format!("http://127.0.0.1:{port}")))
 }
 

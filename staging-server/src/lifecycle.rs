@@ -64,12 +64,19 @@ pub async fn remove(
         // Still full with the reserve gone: free this resource's own bytes first (a local
         // store shares the disk), then delete the row.
         Err(e) if crate::state::MayBeFull::is_full(&e) => {
-            delete_bytes(state, id).await;
+            if state.db().get(id).await?.is_some() {
+                delete_bytes(state, id).await;
+            }
             state.delete_resource(id, now).await?
         }
         r => r?,
     };
-    delete_bytes(state, id).await;
+    // Only a resource's own bytes: an id without a resource may name an object that
+    // submissions share (their files are stored under ids of the same form), never to be
+    // deleted by a request for it.
+    if deleted.existed {
+        delete_bytes(state, id).await;
+    }
     // Files no other submission names.
     for object in &deleted.freed {
         delete_bytes(state, *object).await;

@@ -56,10 +56,17 @@ impl Config {
         Self::ALL.into_iter().find(|c| c.name() == s)
     }
 
-    /// Spark's settings for executors of this configuration. `template` is the DaemonSet mode's
-    /// executor pod template (`k8s/shuffle-service/daemonset/spark/executor-pod-template.yaml`).
+    /// Spark's settings for executors of this configuration, then the settings' extra ones.
+    /// `template` is the DaemonSet mode's executor pod template
+    /// (`k8s/shuffle-service/daemonset/spark/executor-pod-template.yaml`).
     #[must_use]
     pub fn confs(self, s: &super::Settings, template: &Path) -> Vec<(String, String)> {
+        let mut c = self.own_confs(s, template);
+        c.extend(s.extra_confs.iter().cloned());
+        c
+    }
+
+    fn own_confs(self, s: &super::Settings, template: &Path) -> Vec<(String, String)> {
         let mut c = Confs::default();
         c.set("spark.executor.cores", "1");
         c.set("spark.executor.memory", &s.executor_memory);

@@ -47,6 +47,10 @@ pub struct Settings {
     pub scale: f64,
     /// Seconds of the ETL's pauses and of the iterative job's gaps.
     pub pause_s: f64,
+    /// Spark settings given to every configuration, after its own (e.g.
+    /// `spark.files.fetchFailure.unRegisterOutputOnHost=true`).
+    #[serde(default)]
+    pub extra_confs: Vec<(String, String)>,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             executor_memory: "1g".into(),
             scale: 1.0,
             pause_s: 20.0,
+            extra_confs: Vec::new(),
         }
     }
 }

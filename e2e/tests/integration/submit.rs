@@ -12,7 +12,7 @@ use kubebed::selector::Selector;
 use e2e::{answers, bed, dump, eventually, metric, result_line, spark_file};
 use kubebed::testing::{apply_dir, bin_dir, java_home, spark_home, workspace};
 
-const UPLOAD_TOKEN: &str = "5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d";
+pub(crate) const UPLOAD_TOKEN: &str = "5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d";
 const ALICE: &str = "alice-bearer-token-0123456789";
 const MALLORY: &str = "mallory-bearer-token-0123456789";
 
@@ -70,7 +70,7 @@ async fn deploy_staging(bed: &kubebed::bed::Bed) -> String {
 }
 
 /// The job's files, built on "the submitter's machine": a jar with `staged.Plus`, the job.
-fn build_app(dir: &Path) -> PathBuf {
+pub(crate) fn build_app(dir: &Path) -> PathBuf {
     let work = dir.join("app");
     std::fs::create_dir_all(work.join("classes")).unwrap();
     let run = |cmd: &mut std::process::Command| {
@@ -102,15 +102,15 @@ fn build_app(dir: &Path) -> PathBuf {
 }
 
 /// One `submit`: its exit status and standard error.
-struct Submitted {
-    ok: bool,
-    code: Option<i32>,
-    stderr: String,
+pub(crate) struct Submitted {
+    pub(crate) ok: bool,
+    pub(crate) code: Option<i32>,
+    pub(crate) stderr: String,
 }
 
 impl Submitted {
     /// The submission label value `submit` printed.
-    fn submission(&self) -> String {
+    pub(crate) fn submission(&self) -> String {
         let marker = "staging-server/submission=";
         let at = self
             .stderr
@@ -153,7 +153,7 @@ impl Submitted {
 }
 
 /// `staging-server submit` of the job `job` (the file options, the primary resource and its
-/// arguments, relative to `work`) as the user of `kubeconfig`.
+/// arguments, relative to `work`) as the user of `kubeconfig`, with one executor.
 async fn submit(
     bed: &kubebed::bed::Bed,
     dir: &Path,
@@ -161,6 +161,19 @@ async fn submit(
     server: &str,
     work: &Path,
     job: &[&str],
+) -> Submitted {
+    submit_with(bed, dir, kubeconfig, server, work, job, &[]).await
+}
+
+/// [`submit`] with more Spark settings (`confs`, over the defaults).
+pub(crate) async fn submit_with(
+    bed: &kubebed::bed::Bed,
+    dir: &Path,
+    kubeconfig: &Path,
+    server: &str,
+    work: &Path,
+    job: &[&str],
+    confs: &[(&str, &str)],
 ) -> Submitted {
     std::fs::create_dir_all(dir).unwrap();
     let venv_submit = workspace().join(".venv/bin/spark-submit");
@@ -193,6 +206,9 @@ async fn submit(
     ] {
         cmd.arg("--conf").arg(format!("{k}={v}"));
     }
+    for (k, v) in confs {
+        cmd.arg("--conf").arg(format!("{k}={v}"));
+    }
     cmd.args(job)
         .env("KUBECONFIG", kubeconfig)
         .env("SPARK_HOME", spark_home().unwrap())
@@ -216,7 +232,7 @@ async fn submit(
 }
 
 /// The words job: the staged jar and `words`, the job printing both.
-fn words_job(words: &str) -> [&str; 6] {
+pub(crate) fn words_job(words: &str) -> [&str; 6] {
     [
         "--jars",
         "plus.jar",
@@ -228,7 +244,7 @@ fn words_job(words: &str) -> [&str; 6] {
 }
 
 /// The driver pod of a submission, and its log.
-fn driver(bed: &kubebed::bed::Bed, submission: &str) -> (serde_json::Value, String) {
+pub(crate) fn driver(bed: &kubebed::bed::Bed, submission: &str) -> (serde_json::Value, String) {
     let sel = Selector::labels(&format!(
         "spark-role=driver,staging-server/submission={submission}"
     ))

@@ -5,6 +5,7 @@ pub mod env;
 pub mod hosts;
 pub mod launch;
 pub mod pod;
+pub mod probe;
 pub mod volumes;
 
 use std::collections::HashMap;

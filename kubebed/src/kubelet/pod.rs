@@ -1,8 +1,9 @@
 //! One pod on a node, from binding to removal: its network namespace, volumes, init containers
 //! in order (native sidecars — init containers with `restartPolicy: Always` — keep running),
 //! containers, restarts per `restartPolicy` with back-off, status as a kubelet reports it
-//! (phase, conditions, container states and exit codes), and on deletion SIGTERM, the grace
-//! period, then SIGKILL.
+//! (phase, conditions, container states and exit codes), readiness from the containers'
+//! probes ([`super::probe`]), and on deletion the `preStop` sleeps, SIGTERM, the rest of the
+//! grace period, then SIGKILL.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::NodeCtx;
 use super::env::{EnvSource, build};
 use super::launch::{self, Launch, Mount};
+use super::probe::Readiness;
 use super::volumes::{self, VolumeError};
 use crate::net::Netns;
 use crate::resources::PODS;
@@ -25,6 +27,13 @@ use crate::store::now;
 
 /// Longest wait between restarts of a crashing container.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The least time a container gets between its `preStop` hook and SIGKILL (a kubelet's
+/// `minimumGracePeriodInSeconds`).
+const MIN_GRACE_AFTER_HOOK: Duration = Duration::from_secs(2);
+
+/// How often the due readiness probes are looked for.
+const PROBE_TICK: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 struct Cstate {
@@ -39,6 +48,14 @@ struct Cstate {
     /// Generation of the running process, to ignore exits of replaced ones.
     generation: u64,
     done: bool,
+    /// The readiness probe the bed runs, if any.
+    readiness: Option<Arc<Readiness>>,
+    /// Whether the probe says ready (always, without a probe), while the process runs.
+    ready: bool,
+    /// Probe passes (positive) or failures (negative) in a row.
+    streak: i64,
+    /// When the next probe is due, while the process runs.
+    next_probe: Option<tokio::time::Instant>,
 }
 
 impl Cstate {
@@ -47,7 +64,7 @@ impl Cstate {
         json!({
             "name": self.name, "image": self.image, "imageID": "",
             "containerID": format!("kubebed://{}-{}", self.name, self.generation),
-            "ready": running, "started": running, "restartCount": self.restarts,
+            "ready": running && self.ready, "started": running, "restartCount": self.restarts,
             "state": self.state, "lastState": self.last,
         })
     }
@@ -109,6 +126,10 @@ pub async fn run(ctx: Arc<NodeCtx>, pod: Value, mut stop: watch::Receiver<Option
         pid: None,
         generation: 0,
         done: false,
+        readiness: Readiness::of(c).map(Arc::new),
+        ready: false,
+        streak: 0,
+        next_probe: None,
     };
     let containers = spec
         .init_containers
@@ -200,8 +221,11 @@ impl Run {
             .iter()
             .all(|c| c.done || (c.sidecar && c.pid.is_some()));
         let ready = self.phase == "Running"
-            && main.iter().all(|c| c.pid.is_some())
-            && init.iter().filter(|c| c.sidecar).all(|c| c.pid.is_some());
+            && main.iter().all(|c| c.pid.is_some() && c.ready)
+            && init
+                .iter()
+                .filter(|c| c.sidecar)
+                .all(|c| c.pid.is_some() && c.ready);
         // A condition's time is when it last changed: `minReadySeconds` counts from the
         // moment the pod became Ready.
         let mut cond = |t: &'static str, ok: bool| {
@@ -380,13 +404,16 @@ impl Run {
     }
 
     fn container_spec(&self, i: usize) -> Option<Container> {
+        self.container_spec_named(&self.containers[i].name)
+    }
+
+    fn container_spec_named(&self, name: &str) -> Option<Container> {
         let spec = self.typed.spec.as_ref()?;
-        let name = &self.containers[i].name;
         spec.init_containers
             .iter()
             .flatten()
             .chain(spec.containers.iter())
-            .find(|c| &c.name == name)
+            .find(|c| c.name == name)
             .cloned()
     }
 
@@ -574,6 +601,13 @@ impl Run {
                 let cs = &mut self.containers[i];
                 cs.generation = n;
                 cs.pid = pid;
+                // Unready until its probe passes; without one, ready while it runs.
+                cs.ready = cs.readiness.is_none();
+                cs.streak = 0;
+                cs.next_probe = cs
+                    .readiness
+                    .as_ref()
+                    .map(|r| tokio::time::Instant::now() + r.initial_delay);
                 cs.state = json!({"running": {"startedAt": now()}});
                 self.publish();
                 Ok(())
@@ -597,6 +631,8 @@ impl Run {
             "reason": if code == 0 { "Completed" } else { "Error" },
             "startedAt": started, "finishedAt": now()}});
         c.pid = None;
+        c.ready = false;
+        c.next_probe = None;
         tracing::info!(pod = %self.name, container = name, code, "container exited");
         Some(i)
     }
@@ -629,9 +665,26 @@ impl Run {
     ) {
         let policy = self.restart_policy();
         let (rtx, mut restarts) = mpsc::unbounded_channel::<usize>();
+        let (ptx, mut probed) = mpsc::unbounded_channel::<(usize, u64, bool)>();
+        let mut probe_tick = tokio::time::interval(PROBE_TICK);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 r = stop.changed() => if r.is_err() || stop.borrow().is_some() { return },
+                _ = probe_tick.tick() => self.probe_due(&ptx),
+                Some((i, g, passed)) = probed.recv() => {
+                    let c = &mut self.containers[i];
+                    if c.generation != g || c.pid.is_none() { continue; }
+                    let Some(r) = c.readiness.clone() else { continue };
+                    // The next probe a period after this one ended: one at a time.
+                    c.next_probe = Some(tokio::time::Instant::now() + r.period);
+                    let was = c.ready;
+                    c.ready = r.judge(&mut c.streak, was, passed);
+                    if c.ready != was {
+                        tracing::info!(pod = %self.name, container = %c.name, ready = c.ready, "readiness changed");
+                        self.publish();
+                    }
+                }
                 Some(i) = restarts.recv() => {
                     self.containers[i].restarts += 1;
                     if self.start_container(i, stop).await.is_err() { return; }
@@ -667,8 +720,31 @@ impl Run {
         }
     }
 
-    /// SIGTERM to every running container (main ones first, then sidecars), SIGKILL to what is
-    /// left after `grace` seconds.
+    /// Starts the readiness probes that are due, each answering on `results`; a container's
+    /// next probe is scheduled when its answer comes.
+    fn probe_due(&mut self, results: &mpsc::UnboundedSender<(usize, u64, bool)>) {
+        let Some(ip) = self.netns.as_ref().map(|n| n.ip) else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        for (i, c) in self.containers.iter_mut().enumerate() {
+            let (Some(r), Some(due)) = (c.readiness.clone(), c.next_probe) else {
+                continue;
+            };
+            if c.pid.is_none() || due > now {
+                continue;
+            }
+            c.next_probe = None;
+            let (tx, g) = (results.clone(), c.generation);
+            tokio::spawn(async move {
+                let _ = tx.send((i, g, r.run(ip).await));
+            });
+        }
+    }
+
+    /// Stops every running container, main ones first, then sidecars: their `preStop` sleeps,
+    /// SIGTERM, SIGKILL to what is left `grace` seconds after the start (at least 2 s after
+    /// the sleeps, as a kubelet gives a container whose hook took its whole grace period).
     async fn stop_all(
         &mut self,
         exits: &mut mpsc::UnboundedReceiver<(String, u64, i32)>,
@@ -684,11 +760,21 @@ impl Run {
             if targets.is_empty() {
                 continue;
             }
+            let mut deadline = tokio::time::Instant::now()
+                + Duration::from_secs(u64::try_from(grace.max(0)).unwrap_or(0));
+            // The running containers' `preStop` sleeps, side by side, within the grace period
+            // (the pod has left its Services' endpoints meanwhile). None when the pod is
+            // killed at once (grace 0).
+            let pre_stop = self.pre_stop_sleep(sidecars);
+            if !pre_stop.is_zero() && grace > 0 {
+                tracing::info!(pod = %self.name, seconds = pre_stop.as_secs(), "preStop sleep");
+                tokio::time::sleep_until((tokio::time::Instant::now() + pre_stop).min(deadline))
+                    .await;
+                deadline = deadline.max(tokio::time::Instant::now() + MIN_GRACE_AFTER_HOOK);
+            }
             for &pid in &targets {
                 launch::signal_group(pid, Signal::TERM);
             }
-            let deadline = tokio::time::Instant::now()
-                + Duration::from_secs(u64::try_from(grace.max(0)).unwrap_or(0));
             while self
                 .containers
                 .iter()
@@ -724,6 +810,21 @@ impl Run {
             self.phase = if failed { "Failed" } else { "Succeeded" };
         }
         self.publish();
+    }
+
+    /// The longest `lifecycle.preStop.sleep` of the running main containers (or sidecars).
+    /// Other `preStop` handlers (`exec`, `httpGet`) are not run by the bed.
+    fn pre_stop_sleep(&self, sidecars: bool) -> Duration {
+        self.containers
+            .iter()
+            .filter(|c| c.sidecar == sidecars && c.pid.is_some())
+            .filter_map(|c| {
+                let spec = self.container_spec_named(&c.name)?;
+                let secs = spec.lifecycle?.pre_stop?.sleep?.seconds;
+                Some(Duration::from_secs(u64::try_from(secs).ok()?))
+            })
+            .max()
+            .unwrap_or_default()
     }
 
     /// Removes the pod's network namespace: its address stops answering.

@@ -1,10 +1,11 @@
 //! Pods on a real bed: own addresses in their own network namespaces, reachable across nodes,
 //! volumes and environment as a kubelet provides them, graceful deletion, and an address that
 //! stops answering once its pod is gone; Deployments and DaemonSets rolling out a changed
-//! template ([`rollouts`]); a node lost and brought back ([`node_loss`]). Needs root and network
-//! namespaces.
+//! template ([`rollouts`]); a node lost and brought back ([`node_loss`]); readiness probes and
+//! `preStop` sleeps ([`readiness`]). Needs root and network namespaces.
 
 mod node_loss;
+mod readiness;
 mod rollouts;
 
 use std::time::Duration;

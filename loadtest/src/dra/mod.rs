@@ -65,6 +65,9 @@ pub(crate) struct Args {
     /// Seconds of the ETL's pauses and of the iterative job's gaps.
     #[arg(long, default_value_t = 20.0)]
     pause: f64,
+    /// A Spark setting (KEY=VALUE) for every configuration, after its own; repeatable.
+    #[arg(long = "spark-conf", value_parser = parse_conf)]
+    spark_confs: Vec<(String, String)>,
     /// Directory of the `shuffle-service` and `staging-server` binaries the bed's project
     /// image holds (default: the release build, else the debug build).
     #[arg(long)]
@@ -94,6 +97,13 @@ impl Args {
 
 fn parse_workload(s: &str) -> Result<Workload, String> {
     Workload::parse(s).ok_or_else(|| format!("unknown workload {s:?}: skew, etl or iter"))
+}
+
+fn parse_conf(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if k.starts_with("spark.") => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not spark.KEY=VALUE")),
+    }
 }
 
 fn parse_config(s: &str) -> Result<Config, String> {
@@ -212,6 +222,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<Value> {
         executor_memory: args.executor_memory.clone(),
         scale: args.scale,
         pause_s: args.pause,
+        extra_confs: args.spark_confs.clone(),
     };
     let bins = bin_dir(args.bin_dir.as_deref())?;
     let work = crate::procs::work_dir(args.dir.as_deref())?;

@@ -164,6 +164,19 @@ fn mb(v: &Value) -> String {
 /// The markdown tables of a summary.
 pub(super) fn table(v: &Value) -> String {
     let mut out = String::new();
+    // Settings given to every configuration on top of its own change what the labels mean.
+    let extra: Vec<String> = v["settings"]["extra_confs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|kv| Some(format!("`{}={}`", kv[0].as_str()?, kv[1].as_str()?)))
+        .collect();
+    if !extra.is_empty() {
+        out.push_str(&format!(
+            "Every configuration with {} on top of its own settings.\n\n",
+            extra.join(", ")
+        ));
+    }
     let runs = |w: &Value| {
         w["configs"]
             .as_array()

@@ -389,7 +389,8 @@ impl Db {
     pub async fn files(&self, id: ResourceId) -> DbResult<Vec<StoredFile>> {
         let unreadable = self.unreadable.clone();
         self.call(move |c| {
-            let mut stmt = c.prepare(
+            // Every file download reads this: prepared once per connection.
+            let mut stmt = c.prepare_cached(
                 "SELECT f.name, f.sha256, f.size, b.object_id FROM resource_files f
                  JOIN blobs b ON b.sha256 = f.sha256 WHERE f.resource_id = ?1 ORDER BY f.name",
             )?;

@@ -164,6 +164,13 @@ pub(super) async fn fetch(
         })?;
         done.push(f.name);
     }
+    // The renames durable too, so that a restarted init-container after a crash finds each
+    // file whole or not at all.
+    let dest = args.dest.clone();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dest)?.sync_all())
+        .await
+        .map_err(|e| ClientError::new(EXIT_FAILURE, e.to_string()))?
+        .map_err(|e| ClientError::new(EXIT_FAILURE, format!("{}: {e}", args.dest.display())))?;
     super::write_file_list(args, &done)?;
     Ok(done)
 }

@@ -402,7 +402,7 @@ async fn attempt_once(
             )));
         }
     }
-    Ok(receive(resp, file, progress).await?)
+    Ok(receive(resp, file, progress, None).await?)
 }
 
 /// Why a transfer stopped.
@@ -452,12 +452,14 @@ async fn from_store(
             resp.status().as_u16()
         )));
     }
-    receive(resp, file, progress).await.map_err(|e| match e {
-        Interrupted::Transfer(why) => {
-            Interrupted::Transfer(format!("the object store failed ({why})"))
-        }
-        local => local,
-    })?;
+    receive(resp, file, progress, Some(to.size))
+        .await
+        .map_err(|e| match e {
+            Interrupted::Transfer(why) => {
+                Interrupted::Transfer(format!("the object store failed ({why})"))
+            }
+            local => local,
+        })?;
     let digest = hex::encode(progress.hasher.clone().finalize());
     if progress.offset != to.size || digest != to.sha256 {
         return Err(Interrupted::Transfer(format!(
@@ -511,13 +513,16 @@ const WRITE_BATCH: usize = 1 << 20;
 /// Appends the body to the file and the digest, then makes the file durable. The writes and
 /// the fsync run off the runtime's threads, in batches of [`WRITE_BATCH`] bytes, so a
 /// process running many fetches at once (or a slow disk) never stalls the others' transfers.
+/// A body that runs past `limit` bytes in all (the size a redirect named) is cut off there:
+/// whatever the store sends, no more than that reaches the disk.
 async fn receive(
     resp: reqwest::Response,
-    file: &mut std::fs::File,
+    file: &std::fs::File,
     progress: &mut Progress,
+    limit: Option<u64>,
 ) -> Result<(), Interrupted> {
     let mut body = resp.bytes_stream();
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut batch = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -527,6 +532,13 @@ async fn receive(
                 return Err(Interrupted::Transfer(crate::http::describe(&e)));
             }
         };
+        if let Some(limit) = limit
+            && progress.offset + chunk.len() as u64 > limit
+        {
+            return Err(Interrupted::Transfer(format!(
+                "more than the {limit} bytes the server named"
+            )));
+        }
         progress.hasher.update(&chunk);
         progress.offset += chunk.len() as u64;
         batch.extend_from_slice(&chunk);
