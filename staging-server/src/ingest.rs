@@ -253,10 +253,28 @@ impl PendingUpload {
 
     /// Finishes the object and commits the row, returning the first download token.
     ///
+    /// With replicas, the commit and the cleanup its outcome decides run to their end in a
+    /// task of their own: a client gone mid-commit (the handler dropped) does not leave the
+    /// outcome unknown, so refused bytes are deleted at once, not left for the orphan sweep.
+    ///
     /// # Errors
     /// 422 when `expected` does not match, 507 over a quota, 500 on failures. Nothing is
     /// stored after an error.
     pub async fn commit(
+        self,
+        owner: Owner,
+        lifetimes: Lifetimes,
+        expected: Option<Sha256Digest>,
+    ) -> Result<Committed, ApiError> {
+        if self.state.replica().is_none() {
+            return self.commit_to_the_end(owner, lifetimes, expected).await;
+        }
+        tokio::spawn(self.commit_to_the_end(owner, lifetimes, expected))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    async fn commit_to_the_end(
         mut self,
         owner: Owner,
         lifetimes: Lifetimes,
@@ -282,9 +300,8 @@ impl PendingUpload {
         let expires_at = now.saturating_add(duration_ms(lifetimes.max_ttl));
         let unused_ttl_ms = duration_ms(lifetimes.unused_ttl);
         let (token, jti) = self.state.keys().issue(self.id, now, expires_at);
-        // From here a replica's commit may reach the shared log even if this handler is
-        // dropped (the write runs to its end in a task of its own): until its outcome is
-        // known, the bytes are not this handler's to delete.
+        // From here a replica's commit may reach the shared log: until its outcome is known
+        // (a store error can leave it unknown), the bytes are not this upload's to delete.
         self.uncertain = self.state.replica().is_some();
         let outcome = self
             .state
@@ -359,12 +376,29 @@ impl PendingUpload {
     }
 
     /// Finishes the object and makes it the blob `expected` (the digest the client named),
-    /// granted to `namespace`.
+    /// granted to `namespace`. With replicas, run to its end in a task of its own, as
+    /// [`Self::commit`].
     ///
     /// # Errors
     /// 422 when the bytes do not have that digest, 500 on failures. Nothing is stored after an
     /// error.
     pub async fn commit_blob(
+        self,
+        namespace: Namespace,
+        sender: CredentialId,
+        expected: Sha256Digest,
+    ) -> Result<BlobCommit, ApiError> {
+        if self.state.replica().is_none() {
+            return self
+                .commit_blob_to_the_end(namespace, sender, expected)
+                .await;
+        }
+        tokio::spawn(self.commit_blob_to_the_end(namespace, sender, expected))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+    }
+
+    async fn commit_blob_to_the_end(
         mut self,
         namespace: Namespace,
         sender: CredentialId,
