@@ -179,6 +179,15 @@ impl BlobStore {
         }
     }
 
+    /// A store over `inner`, as [`Self::in_memory`] is (tests that wrap a store to delay or
+    /// fail its calls).
+    pub fn over(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            ..Self::in_memory()
+        }
+    }
+
     /// Bounds every call to `timeout`: a store that accepts connections and never answers
     /// then fails the call with [`StoreError::Timeout`] instead of blocking it for the store
     /// client's own retry budget (three minutes).

@@ -4,7 +4,10 @@
 //! on one is refused by the others within seconds (the sync interval, 200 ms here, plus store
 //! calls, on a loaded test machine); quotas hold across replicas
 //! under concurrent uploads; a replica started later loads the snapshot and the log; one
-//! replica leads, and another takes over when it stops.
+//! replica leads, and another takes over when it stops; a client gone mid-commit leaves no
+//! refused bytes behind ([`cancelled`]).
+
+mod cancelled;
 
 use std::time::{Duration, Instant};
 
