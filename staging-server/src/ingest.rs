@@ -253,9 +253,7 @@ impl PendingUpload {
 
     /// Finishes the object and commits the row, returning the first download token.
     ///
-    /// With replicas, the commit and the cleanup its outcome decides run to their end in a
-    /// task of their own: a client gone mid-commit (the handler dropped) does not leave the
-    /// outcome unknown, so refused bytes are deleted at once, not left for the orphan sweep.
+    /// The commit and the cleanup its outcome decides run to their end ([`to_the_end`]).
     ///
     /// # Errors
     /// 422 when `expected` does not match, 507 over a quota, 500 on failures. Nothing is
@@ -266,12 +264,7 @@ impl PendingUpload {
         lifetimes: Lifetimes,
         expected: Option<Sha256Digest>,
     ) -> Result<Committed, ApiError> {
-        if self.state.replica().is_none() {
-            return self.commit_to_the_end(owner, lifetimes, expected).await;
-        }
-        tokio::spawn(self.commit_to_the_end(owner, lifetimes, expected))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        to_the_end(self.commit_to_the_end(owner, lifetimes, expected)).await
     }
 
     async fn commit_to_the_end(
@@ -376,8 +369,7 @@ impl PendingUpload {
     }
 
     /// Finishes the object and makes it the blob `expected` (the digest the client named),
-    /// granted to `namespace`. With replicas, run to its end in a task of its own, as
-    /// [`Self::commit`].
+    /// granted to `namespace`, run to its end ([`to_the_end`]).
     ///
     /// # Errors
     /// 422 when the bytes do not have that digest, 500 on failures. Nothing is stored after an
@@ -388,14 +380,7 @@ impl PendingUpload {
         sender: CredentialId,
         expected: Sha256Digest,
     ) -> Result<BlobCommit, ApiError> {
-        if self.state.replica().is_none() {
-            return self
-                .commit_blob_to_the_end(namespace, sender, expected)
-                .await;
-        }
-        tokio::spawn(self.commit_blob_to_the_end(namespace, sender, expected))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
+        to_the_end(self.commit_blob_to_the_end(namespace, sender, expected)).await
     }
 
     async fn commit_blob_to_the_end(
@@ -469,6 +454,18 @@ impl PendingUpload {
         }
         remove_abandoned(self.state.clone(), self.id, self.writer.take()).await;
     }
+}
+
+/// Runs a commit and the cleanup its outcome decides in a task of their own, so that a client
+/// gone mid-commit (its handler dropped) leaves no outcome unknown: refused bytes are deleted
+/// at once, never left for the orphan sweep (replicas), nor deleted under a row that commits
+/// after all (one server).
+async fn to_the_end<T: Send + 'static>(
+    commit: impl std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(commit)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
 }
 
 /// Removes the mark of an upload that ended (replicas), off the request path.
