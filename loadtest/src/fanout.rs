@@ -381,6 +381,8 @@ async fn replicated(
     let rolled = std::sync::Mutex::new(Ok(()));
     let roll_ended = std::sync::Mutex::new(None);
     let roll = async {
+        // Starts with the fan-out (joined with it).
+        let began = Instant::now();
         // Let the fan-out get going, then roll every replica.
         tokio::time::sleep(Duration::from_millis(500)).await;
         for i in 0..3 {
@@ -406,16 +408,15 @@ async fn replicated(
             let _ = tokio::time::timeout(Duration::from_secs(40), old.wait()).await;
             replicas.push(new);
         }
-        *roll_ended.lock().expect("not poisoned") = Some(Instant::now());
+        *roll_ended.lock().expect("not poisoned") = Some(began.elapsed());
     };
-    let began = Instant::now();
     let mut run = fetch_through(args, dest, &url, files, total, &pids, |_| roll).await?;
     // A run whose rollout did not happen, or ended after the fetches did, is not a rolled run.
     rolled.into_inner().expect("not poisoned")?;
     let roll_s = roll_ended
         .into_inner()
         .expect("not poisoned")
-        .map_or(f64::INFINITY, |t| (t - began).as_secs_f64());
+        .map_or(f64::INFINITY, |t| t.as_secs_f64());
     anyhow::ensure!(
         roll_s <= run.wall,
         "the fetches ended ({:.1} s) before the rollout did ({roll_s:.1} s): use more --fetches",

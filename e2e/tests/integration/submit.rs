@@ -193,20 +193,16 @@ pub(crate) async fn submit_with(
         .arg("--")
         .args(["--master", &format!("k8s://{}", bed.api_url)])
         .args(["--deploy-mode", "cluster", "--name", "kubebed-submit"]);
-    for (k, v) in [
-        ("spark.kubernetes.driver.master", bed.api_url.clone()),
-        (
-            "spark.kubernetes.container.image",
-            "kubebed/spark:4.3.0".into(),
-        ),
-        ("spark.kubernetes.namespace", "default".into()),
-        ("spark.executor.instances", "1".into()),
-        ("spark.executor.memory", "512m".into()),
-        ("spark.kubernetes.report.interval", "5s".into()),
-    ] {
-        cmd.arg("--conf").arg(format!("{k}={v}"));
-    }
-    for (k, v) in confs {
+    // The defaults, then `confs` (spark-submit keeps a key's last value).
+    let defaults = [
+        ("spark.kubernetes.driver.master", bed.api_url.as_str()),
+        ("spark.kubernetes.container.image", "kubebed/spark:4.3.0"),
+        ("spark.kubernetes.namespace", "default"),
+        ("spark.executor.instances", "1"),
+        ("spark.executor.memory", "512m"),
+        ("spark.kubernetes.report.interval", "5s"),
+    ];
+    for (k, v) in defaults.iter().chain(confs) {
         cmd.arg("--conf").arg(format!("{k}={v}"));
     }
     cmd.args(job)
