@@ -48,6 +48,7 @@ pub mod kube;
 mod kube_auth;
 pub mod lifecycle;
 mod metrics;
+mod multipart;
 mod pace;
 pub mod replica;
 mod reserve;

@@ -25,21 +25,18 @@ use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 use object_store::{
     GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, ObjectStoreScheme,
-    WriteMultipart,
 };
 
 use crate::config::StoreLocation;
 use crate::error::{Error, Result};
+pub use crate::multipart::BlobWriter;
+use crate::multipart::REMOTE_PART_SIZE;
 pub use crate::store_error::StoreError;
 use crate::store_error::bounded;
 use staging_api::ids::ResourceId;
 
 /// Part size for the local backend: each part is one positional write into the staging file.
 const LOCAL_PART_SIZE: usize = 4 << 20;
-/// Part size for remote stores: S3 requires at least 5 MiB per part except the last.
-const REMOTE_PART_SIZE: usize = 8 << 20;
-/// Parts written concurrently per upload; bounds memory to about (N + 1) x part size.
-const MAX_PARTS_IN_FLIGHT: usize = 2;
 /// Window size when streaming a local file to a client.
 const LOCAL_READ_CHUNK: usize = 2 << 20;
 /// Bodies up to this size are read in one piece.
@@ -214,19 +211,12 @@ impl BlobStore {
     /// # Errors
     /// Store errors creating the upload.
     pub async fn writer(&self, id: ResourceId) -> Result<BlobWriter, StoreError> {
-        let upload = self
-            .bounded("create an upload", self.inner.put_multipart(&self.key(id)))
-            .await?;
         let part = if self.local_root.is_some() {
             LOCAL_PART_SIZE
         } else {
             REMOTE_PART_SIZE
         };
-        Ok(BlobWriter {
-            inner: WriteMultipart::new_with_chunk_size(upload, part),
-            timeout: self.timeout,
-            remote: self.remote,
-        })
+        BlobWriter::start(&self.inner, &self.key(id), part, self.timeout, self.remote).await
     }
 
     /// Streams the given byte range of a resource (`0..size` for all of it).
@@ -494,63 +484,6 @@ fn remove_staging_files(dir: &Path) -> Result<usize> {
         }
     }
     Ok(removed)
-}
-
-/// A streamed write in progress. Dropping it without [`BlobWriter::finish`] leaves an
-/// incomplete upload that the caller must [`BlobWriter::abort`].
-pub struct BlobWriter {
-    inner: WriteMultipart,
-    timeout: std::time::Duration,
-    remote: bool,
-}
-
-impl std::fmt::Debug for BlobWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobWriter").finish_non_exhaustive()
-    }
-}
-
-impl BlobWriter {
-    /// Appends bytes, waiting while too many parts are in flight.
-    ///
-    /// # Errors
-    /// Store errors from completed parts.
-    pub async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
-        let room = self.inner.wait_for_capacity(MAX_PARTS_IN_FLIGHT);
-        let remote = self.remote;
-        bounded(self.timeout, remote, "write a part", room).await?;
-        self.inner.put(bytes);
-        Ok(())
-    }
-
-    /// Completes the object; on return it is durable and visible in the store.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub async fn finish(self) -> Result<(), StoreError> {
-        bounded(
-            self.timeout,
-            self.remote,
-            "complete an upload",
-            self.inner.finish(),
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// Abandons the upload and removes what was written.
-    ///
-    /// # Errors
-    /// Store errors.
-    pub async fn abort(self) -> Result<(), StoreError> {
-        bounded(
-            self.timeout,
-            self.remote,
-            "abort an upload",
-            self.inner.abort(),
-        )
-        .await
-    }
 }
 
 #[cfg(test)]

@@ -2,10 +2,13 @@
 
     e2e.py --port N --scenario {default,oldfetch,todisk,auth,crypto} [--secret S] [--conf k=v ...]
 
-Runs pyspark in local-cluster[2,1,1024] (whose workers start no shuffle service of their own)
-with spark.shuffle.service.enabled=true and spark.shuffle.service.port=N, and dynamic
-allocation with a short idle timeout: the map stage runs, every executor goes away, and the
-reducers of the next job, on fresh executors, read the map output through the service.
+Runs pyspark in local-cluster (whose workers start no shuffle service of their own) with
+spark.shuffle.service.enabled=true and spark.shuffle.service.port=N, and dynamic allocation
+with a short idle timeout: the map stage runs, its executors go away, and the reducers of the
+next job, on fresh executors, read the map output through the service. One executor at a time
+(each is a JVM and a Python worker: the fewest that show the point), but two in the default
+scenario, whose SQL query reads one executor's map output from the other within a job (AQE's
+batch fetches).
 Checks every job's result; prints one JSON line of what it saw; exits 1 on a wrong result.
 Needs SPARK_LOCAL_DIRS (under the service's volume) and SPARK_LOCAL_IP=127.0.0.1.
 """
@@ -67,8 +70,9 @@ def main():
     ap.add_argument("--conf", action="append", default=[], help="extra Spark setting k=v")
     a = ap.parse_args()
 
+    executors = "2" if a.scenario == "default" else "1"
     b = (
-        SparkSession.builder.master("local-cluster[2,1,1024]")
+        SparkSession.builder.master(f"local-cluster[{executors},1,1024]")
         .appName(f"shuffle-e2e-{a.scenario}")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.ui.enabled", "false")
@@ -76,8 +80,8 @@ def main():
         .config("spark.shuffle.service.port", str(a.port))
         .config("spark.dynamicAllocation.enabled", "true")
         .config("spark.dynamicAllocation.minExecutors", "0")
-        .config("spark.dynamicAllocation.initialExecutors", "2")
-        .config("spark.dynamicAllocation.maxExecutors", "2")
+        .config("spark.dynamicAllocation.initialExecutors", executors)
+        .config("spark.dynamicAllocation.maxExecutors", executors)
         .config("spark.dynamicAllocation.executorIdleTimeout", "1s")
         .config("spark.dynamicAllocation.schedulerBacklogTimeout", "1s")
         .config("spark.shuffle.io.maxRetries", "1")

@@ -27,6 +27,7 @@
 mod entry;
 mod lease;
 mod metrics;
+mod snapshot_file;
 mod store;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(10
 const READ_BATCH: usize = 1000;
 /// Positions a write tries before it gives up (each lost to another replica's write).
 const MAX_ATTEMPTS: usize = 64;
+/// Part size of a snapshot's upload: its memory is a few parts, whatever the database's size.
+const SNAPSHOT_PART: usize = crate::multipart::REMOTE_PART_SIZE;
 /// Log entries trimmed per round.
 const TRIM_BATCH: usize = 10_000;
 /// Snapshots kept: the newest, and the one before it (the log after it stays, so that a
@@ -352,23 +355,16 @@ impl Replica {
         let scratch = self.settings.scratch.join("replica-restore.db");
         let empty = self.settings.scratch.join("replica-empty.db");
         let seq = match newest {
-            Some(seq) => match self.store.snapshot(seq).await? {
-                Some(body) => {
-                    let path = scratch.clone();
-                    tokio::task::spawn_blocking(move || std::fs::write(&path, &body))
-                        .await
-                        .map_err(DbError::from)?
-                        .map_err(|source| WriteError::Io {
-                            path: scratch.clone(),
-                            source,
-                        })?;
-                    let at = self.db.restore(Some(&scratch), &empty).await?;
+            Some(seq) => {
+                if snapshot_file::download(&self.store, seq, &scratch).await? {
+                    let at = self.db.restore(Some(&scratch), &empty).await;
                     let _ = std::fs::remove_file(&scratch);
-                    at
+                    at?
+                } else {
+                    // Deleted since the listing: an empty start replays what the log holds.
+                    self.db.restore(None, &empty).await?
                 }
-                // Deleted since the listing: an empty start replays what the log holds.
-                None => self.db.restore(None, &empty).await?,
-            },
+            }
             None => self.db.restore(None, &empty).await?,
         };
         let _ = std::fs::remove_file(&empty);
@@ -466,16 +462,9 @@ impl Replica {
             let _held = self.log.lock().await;
             self.db.snapshot_into(&path).await?
         };
-        let read = path.clone();
-        let body = tokio::task::spawn_blocking(move || std::fs::read(&read))
-            .await
-            .map_err(DbError::from)?
-            .map_err(|source| WriteError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let sent = snapshot_file::upload(&self.store, seq, &path, SNAPSHOT_PART).await;
         let _ = std::fs::remove_file(&path);
-        self.store.put_snapshot(seq, body.into()).await?;
+        sent?;
         let mut all = self.store.snapshots().await?;
         all.sort_unstable();
         let drop_n = all.len().saturating_sub(SNAPSHOTS_KEPT);

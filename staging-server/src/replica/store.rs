@@ -20,6 +20,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, UpdateVersion};
 
+use crate::multipart::BlobWriter;
 use crate::store_error::{StoreError, bounded};
 
 /// Digits of a sequence number in an object name.
@@ -39,6 +40,24 @@ pub(crate) enum Written {
 pub(crate) struct Versioned {
     pub(crate) body: Bytes,
     pub(crate) version: UpdateVersion,
+}
+
+/// An object read chunk by chunk, each chunk within the store's timeout.
+pub(crate) struct Chunks {
+    inner: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    timeout: Duration,
+    remote: bool,
+}
+
+impl Chunks {
+    /// The next chunk, or `None` at the end.
+    ///
+    /// # Errors
+    /// Store errors, and a chunk that does not come within the timeout.
+    pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
+        let next = async { self.inner.next().await.transpose() };
+        bounded(self.timeout, self.remote, "read a snapshot", next).await
+    }
 }
 
 /// The replicated state's objects.
@@ -268,15 +287,18 @@ impl StateStore {
         Ok(n)
     }
 
-    /// Stores a snapshot of the database as of log position `seq`.
+    /// Starts a streamed write of the snapshot of log position `seq`, in parts of `part`
+    /// bytes: a snapshot is never whole in memory, whatever the database's size.
     ///
     /// # Errors
     /// Store errors.
-    pub(crate) async fn put_snapshot(&self, seq: u64, body: Bytes) -> Result<(), StoreError> {
+    pub(crate) async fn snapshot_writer(
+        &self,
+        seq: u64,
+        part: usize,
+    ) -> Result<BlobWriter, StoreError> {
         let key = self.seq_key("snapshots", seq);
-        self.call("write a snapshot", self.inner.put(&key, body.into()))
-            .await?;
-        Ok(())
+        BlobWriter::start(&self.inner, &key, part, self.timeout, self.remote).await
     }
 
     /// The positions of the stored snapshots, oldest first.
@@ -288,15 +310,21 @@ impl StateStore {
             .await
     }
 
-    /// The snapshot at `seq`, if it is still there.
+    /// The snapshot at `seq` as a stream of chunks, if it is still there.
     ///
     /// # Errors
     /// Store errors.
-    pub(crate) async fn snapshot(&self, seq: u64) -> Result<Option<Bytes>, StoreError> {
-        Ok(self
-            .get("read a snapshot", &self.seq_key("snapshots", seq))
-            .await?
-            .map(|v| v.body))
+    pub(crate) async fn snapshot(&self, seq: u64) -> Result<Option<Chunks>, StoreError> {
+        let key = self.seq_key("snapshots", seq);
+        match self.call("read a snapshot", self.inner.get(&key)).await {
+            Ok(got) => Ok(Some(Chunks {
+                inner: got.into_stream(),
+                timeout: self.timeout,
+                remote: self.remote,
+            })),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes the snapshot at `seq`.

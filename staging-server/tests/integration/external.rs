@@ -587,9 +587,10 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
         url: "s3://staging-bucket/replicated".into(),
         options: s3_options(&endpoint),
     };
-    let a = crate::replicas::replica(None, location.clone(), |_| {}).await;
-    let b = crate::replicas::replica(None, location.clone(), |_| {}).await;
-    let c = crate::replicas::replica(None, location.clone(), |_| {}).await;
+    let tweak = |c: &mut staging_server::Config| c.snapshot_every = 10;
+    let a = crate::replicas::replica(None, location.clone(), tweak).await;
+    let b = crate::replicas::replica(None, location.clone(), tweak).await;
+    let c = crate::replicas::replica(None, location.clone(), tweak).await;
     // The lease is taken with a conditional create and renewed with conditional updates:
     // exactly one replica leads.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -645,7 +646,24 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
         assert!(Instant::now() < deadline, "the deletion never reached A");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for r in [a, b, c] {
+    // The leader streams a snapshot into the bucket (a multipart upload); a replica started
+    // now loads it, then the log after it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while objects_under(&endpoint, "replicated/state/snapshots")
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no snapshot on moto");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = crate::replicas::replica(None, location.clone(), tweak).await;
+    let used = d.state.db().usage("team-b".parse().unwrap()).await.unwrap();
+    assert_eq!(used.committed_count, 12);
+    // The deletion is in the snapshot or the log after it: the token is revoked.
+    assert_eq!(d.get_content(id, token).await.status(), 401);
+    let text = d.metrics().await;
+    assert!(text.contains("staging_replica_rebuilds_total 1"), "{text}");
+    for r in [a, b, c, d] {
         r.shutdown().await;
     }
 }
