@@ -600,6 +600,7 @@ pub(crate) fn write_error(state: &AppState, e: crate::replica::WriteError) -> Ap
         W::Db(e) => db_error(state, e),
         W::Store(e) => ApiError::store(e, state.metrics()),
         W::Contended(_) => ApiError::unavailable("the shared state is busy; retry"),
+        W::Unsynchronised => ApiError::unavailable("the shared state is being reloaded; retry"),
         e @ (W::Bad(_) | W::Io { .. } | W::Metrics(_)) => ApiError::internal(e),
     }
 }

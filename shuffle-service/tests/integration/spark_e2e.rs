@@ -1,6 +1,8 @@
 //! Real Spark 4.3.0 (pyspark from the project's venv, Java 17) against the real binary's Spark
 //! listener: jobs in `local-cluster` with dynamic allocation, so reducers on fresh
-//! executors fetch the blocks of executors that are gone. Each test checks the job results
+//! executors fetch the blocks of executors that are gone. One executor per job, two in the
+//! default scenario, whose SQL query reads one executor's map output from the other within a
+//! job (AQE's batch fetches). Each test checks the job results
 //! (in `tests/spark/e2e.py`) and the service's metrics.
 //!
 //! Ignored in a bare `cargo test`; `scripts/test.sh` runs them when pyspark and Java are
@@ -260,7 +262,10 @@ async fn real_spark_authenticate() {
     .await;
     assert_eq!(seen["reduce_through_service"], "ok");
     assert!(ok(&m, "SaslMessage") >= 2.0, "{m}");
-    assert!(ok(&m, "RegisterExecutor") >= 2.0, "{m}");
+    assert!(
+        ok(&m, "RegisterExecutor") >= 2.0,
+        "one executor per job\n{m}"
+    );
     assert!(ok(&m, "ChunkFetchRequest") > 0.0, "{m}");
     assert_eq!(metric(&m, "shuffle_spark_auth_failures_total"), 0.0, "{m}");
 }
@@ -288,7 +293,10 @@ async fn crypto_run(conf: &[&str]) -> Run {
     assert_eq!(run.seen["reduce_through_service"], "ok");
     assert!(ok(m, "AuthMessage") >= 2.0, "{m}");
     assert_eq!(ok(m, "SaslMessage"), 0.0, "{m}");
-    assert!(ok(m, "RegisterExecutor") >= 2.0, "{m}");
+    assert!(
+        ok(m, "RegisterExecutor") >= 2.0,
+        "one executor per job\n{m}"
+    );
     assert!(ok(m, "ChunkFetchRequest") > 0.0, "{m}");
     assert_eq!(metric(m, "shuffle_spark_auth_failures_total"), 0.0, "{m}");
     assert_eq!(failed(m), 0.0, "{m}");
@@ -358,7 +366,10 @@ async fn real_spark_sasl_encryption() {
     assert_eq!(run.seen["reduce_through_service"], "ok");
     assert!(ok(m, "SaslMessage") >= 2.0, "{m}");
     assert_eq!(ok(m, "AuthMessage"), 0.0, "{m}");
-    assert!(ok(m, "RegisterExecutor") >= 2.0, "{m}");
+    assert!(
+        ok(m, "RegisterExecutor") >= 2.0,
+        "one executor per job\n{m}"
+    );
     assert!(ok(m, "ChunkFetchRequest") > 0.0, "{m}");
     assert_eq!(metric(m, "shuffle_spark_auth_failures_total"), 0.0, "{m}");
     assert_eq!(failed(m), 0.0, "{m}");
@@ -453,7 +464,10 @@ async fn real_spark_tls() {
     .await;
     let m = &run.metrics;
     assert_eq!(run.seen["reduce_through_service"], "ok");
-    assert!(ok(m, "RegisterExecutor") >= 2.0, "{m}");
+    assert!(
+        ok(m, "RegisterExecutor") >= 2.0,
+        "one executor per job\n{m}"
+    );
     assert!(ok(m, "ChunkFetchRequest") > 0.0, "{m}");
     // No handshake refused: Spark's TLS and the service's agree. (A handshake that timed out or
     // that the client abandoned is retried by Spark and is not a disagreement; on a loaded

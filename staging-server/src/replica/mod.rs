@@ -58,7 +58,17 @@ const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(10
 const READ_BATCH: usize = 1000;
 /// Positions a write tries before it gives up (each lost to another replica's write).
 const MAX_ATTEMPTS: usize = 64;
-/// Part size of a snapshot's upload: its memory is a few parts, whatever the database's size.
+/// The data directory's scratch files: a snapshot being written, a snapshot downloaded, an
+/// empty database to restore from.
+const SCRATCH_FILES: [&str; 3] = [
+    "replica-snapshot.db",
+    "replica-restore.db",
+    "replica-empty.db",
+];
+/// How long a replica whose rebuild failed waits before it tries again.
+const REBUILD_BACKOFF: Duration = Duration::from_secs(5);
+/// Part size of a snapshot's upload and piece size of its download: its memory is a few
+/// parts, whatever the database's size.
 const SNAPSHOT_PART: usize = crate::multipart::REMOTE_PART_SIZE;
 /// Log entries trimmed per round.
 const TRIM_BATCH: usize = 10_000;
@@ -91,6 +101,10 @@ pub enum WriteError {
     /// The log holds an entry no replica writes.
     #[error(transparent)]
     Bad(#[from] BadEntry),
+    /// The replica could not load the shared state a moment ago, and waits before it tries
+    /// again.
+    #[error("the shared state could not be loaded a moment ago; retry")]
+    Unsynchronised,
     /// Every position tried was taken by other replicas' writes.
     #[error("the shared log is too busy: {0} positions tried")]
     Contended(usize),
@@ -130,6 +144,9 @@ pub struct Replica {
     /// The newest snapshot position this replica knows of (a snapshot is looked for once the
     /// log is `--snapshot-every` entries beyond it).
     snapshot_seen: std::sync::atomic::AtomicU64,
+    /// When the last rebuild failed: the next waits [`REBUILD_BACKOFF`] (a broken replica
+    /// does not download the snapshot again for every request that needs the log).
+    rebuild_failed: std::sync::Mutex<Option<std::time::Instant>>,
     /// Resources whose access stamp is being written.
     stamps: std::sync::Mutex<std::collections::HashSet<ResourceId>>,
     /// When the last complete reading of the log started.
@@ -150,7 +167,12 @@ impl Replica {
         settings: ReplicaSettings,
         registry: &Registry,
     ) -> Result<Arc<Self>, WriteError> {
+        // Scratch files of a run that was killed mid-snapshot or mid-rebuild.
+        for name in SCRATCH_FILES {
+            let _ = std::fs::remove_file(settings.scratch.join(name));
+        }
         let replica = Arc::new(Self {
+            rebuild_failed: std::sync::Mutex::new(None),
             store,
             db,
             leadership: Leadership::new(me.clone(), settings.lease),
@@ -349,14 +371,34 @@ impl Replica {
         Ok(outcome)
     }
 
-    /// Replaces the database with the newest snapshot (or an empty one when there is none).
+    /// Replaces the database with the newest snapshot (or an empty one when there is none);
+    /// refused for [`REBUILD_BACKOFF`] after a rebuild failed.
     async fn rebuild(&self) -> Result<(), WriteError> {
+        let failed =
+            |at: Option<std::time::Instant>| at.is_some_and(|t| t.elapsed() < REBUILD_BACKOFF);
+        if failed(
+            *self
+                .rebuild_failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        ) {
+            return Err(WriteError::Unsynchronised);
+        }
+        let result = self.rebuild_now().await;
+        *self
+            .rebuild_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = result.is_err().then(std::time::Instant::now);
+        result
+    }
+
+    async fn rebuild_now(&self) -> Result<(), WriteError> {
         let newest = self.store.snapshots().await?.into_iter().max();
-        let scratch = self.settings.scratch.join("replica-restore.db");
-        let empty = self.settings.scratch.join("replica-empty.db");
+        let scratch = self.settings.scratch.join(SCRATCH_FILES[1]);
+        let empty = self.settings.scratch.join(SCRATCH_FILES[2]);
         let seq = match newest {
             Some(seq) => {
-                if snapshot_file::download(&self.store, seq, &scratch).await? {
+                if snapshot_file::download(&self.store, seq, &scratch, SNAPSHOT_PART).await? {
                     let at = self.db.restore(Some(&scratch), &empty).await;
                     let _ = std::fs::remove_file(&scratch);
                     at?
@@ -456,7 +498,7 @@ impl Replica {
     /// # Errors
     /// Store and database errors.
     pub async fn snapshot(&self) -> Result<u64, WriteError> {
-        let path = self.settings.scratch.join("replica-snapshot.db");
+        let path = self.settings.scratch.join(SCRATCH_FILES[0]);
         let _ = std::fs::remove_file(&path);
         let seq = {
             let _held = self.log.lock().await;

@@ -18,7 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, UpdateVersion};
+use object_store::{
+    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, UpdateVersion,
+};
 
 use crate::multipart::BlobWriter;
 use crate::store_error::{StoreError, bounded};
@@ -42,21 +44,59 @@ pub(crate) struct Versioned {
     pub(crate) version: UpdateVersion,
 }
 
-/// An object read chunk by chunk, each chunk within the store's timeout.
-pub(crate) struct Chunks {
-    inner: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
-    timeout: Duration,
-    remote: bool,
+/// A snapshot read piece by piece: each piece is a ranged GET of its own within the store's
+/// timeout, pinned to the version the read began with (`If-Match` on its ETag). No request
+/// lasts long whatever the snapshot's size (the store client bounds a single download's
+/// retries and time as a whole), and a snapshot replaced during the read fails it rather
+/// than mix two versions.
+pub(crate) struct SnapshotPieces {
+    store: StateStore,
+    key: ObjectPath,
+    size: u64,
+    e_tag: Option<String>,
+    version: Option<String>,
+    at: u64,
+    piece: u64,
 }
 
-impl Chunks {
-    /// The next chunk, or `None` at the end.
+impl SnapshotPieces {
+    /// The next piece, or `None` at the end.
     ///
     /// # Errors
-    /// Store errors, and a chunk that does not come within the timeout.
+    /// Store errors: a piece that does not come within the timeout, a snapshot changed or
+    /// deleted since the read began, a piece shorter than asked.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
-        let next = async { self.inner.next().await.transpose() };
-        bounded(self.timeout, self.remote, "read a snapshot", next).await
+        if self.at >= self.size {
+            return Ok(None);
+        }
+        let end = self.size.min(self.at + self.piece);
+        let opts = GetOptions {
+            range: Some(GetRange::Bounded(self.at..end)),
+            if_match: self.e_tag.clone(),
+            version: self.version.clone(),
+            ..GetOptions::default()
+        };
+        let what = "read a snapshot";
+        let got = self
+            .store
+            .call(what, self.store.inner.get_opts(&self.key, opts))
+            .await?;
+        let bytes = self.store.call(what, got.bytes()).await?;
+        if u64::try_from(bytes.len()).ok() != Some(end - self.at) {
+            let source = object_store::Error::Generic {
+                store: "snapshot",
+                source: format!(
+                    "{} bytes where {} were asked at offset {}",
+                    bytes.len(),
+                    end - self.at,
+                    self.at
+                )
+                .into(),
+            };
+            return Err(StoreError::classify(what, source, false));
+        }
+        self.at = end;
+        Ok(Some(bytes))
     }
 }
 
@@ -310,17 +350,25 @@ impl StateStore {
             .await
     }
 
-    /// The snapshot at `seq` as a stream of chunks, if it is still there.
+    /// The snapshot at `seq`, read in pieces of `piece` bytes, if it is still there.
     ///
     /// # Errors
     /// Store errors.
-    pub(crate) async fn snapshot(&self, seq: u64) -> Result<Option<Chunks>, StoreError> {
+    pub(crate) async fn snapshot(
+        &self,
+        seq: u64,
+        piece: usize,
+    ) -> Result<Option<SnapshotPieces>, StoreError> {
         let key = self.seq_key("snapshots", seq);
-        match self.call("read a snapshot", self.inner.get(&key)).await {
-            Ok(got) => Ok(Some(Chunks {
-                inner: got.into_stream(),
-                timeout: self.timeout,
-                remote: self.remote,
+        match self.call("read a snapshot", self.inner.head(&key)).await {
+            Ok(meta) => Ok(Some(SnapshotPieces {
+                store: self.clone(),
+                key,
+                size: meta.size,
+                e_tag: meta.e_tag,
+                version: meta.version,
+                at: 0,
+                piece: u64::try_from(piece).unwrap_or(u64::MAX).max(1),
             })),
             Err(StoreError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),

@@ -646,15 +646,24 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
         assert!(Instant::now() < deadline, "the deletion never reached A");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The leader streams a snapshot into the bucket (a multipart upload); a replica started
-    // now loads it, then the log after it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while objects_under(&endpoint, "replicated/state/snapshots")
-        .await
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "no snapshot on moto");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // The leader streams a snapshot into the bucket (a multipart upload of one part: the
+    // database is small; parts of S3's minimum size are the resources' own, tested above). The
+    // log up to it is removed, so a replica started now has the commits only if it loads the
+    // snapshot, then the log after it.
+    crate::replicas::until("a snapshot on moto", || async {
+        !objects_under(&endpoint, "replicated/state/snapshots")
+            .await
+            .is_empty()
+    })
+    .await;
+    let seq = |key: &str| key.rsplit('/').next().unwrap().parse::<u64>().unwrap();
+    let snapshots = objects_under(&endpoint, "replicated/state/snapshots").await;
+    let at = snapshots.iter().map(|k| seq(k)).max().unwrap();
+    let log = objects_under(&endpoint, "replicated/state/log").await;
+    let covered: Vec<&String> = log.iter().filter(|k| seq(k) <= at).collect();
+    assert!(covered.len() >= 10, "{log:?} up to {at}");
+    for key in covered {
+        delete_object(&endpoint, key).await;
     }
     let d = crate::replicas::replica(None, location.clone(), tweak).await;
     let used = d.state.db().usage("team-b".parse().unwrap()).await.unwrap();
@@ -681,6 +690,17 @@ async fn objects_under(endpoint: &str, prefix: &str) -> Vec<String> {
         .try_collect()
         .await
         .unwrap()
+}
+
+/// Deletes the object `key` of the moto bucket.
+async fn delete_object(endpoint: &str, key: &str) {
+    use object_store::ObjectStoreExt as _;
+    let url = url::Url::parse("s3://staging-bucket").unwrap();
+    let (store, _) = object_store::parse_url_opts(&url, s3_options(endpoint)).unwrap();
+    store
+        .delete(&object_store::path::Path::from(key))
+        .await
+        .unwrap();
 }
 
 /// Whether the replica behind `admin` holds the leader lease.
