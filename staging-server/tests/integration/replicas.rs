@@ -5,9 +5,12 @@
 //! calls, on a loaded test machine); quotas hold across replicas
 //! under concurrent uploads; a replica started later loads the snapshot and the log; one
 //! replica leads, and another takes over when it stops; a client gone mid-commit leaves no
-//! refused bytes behind ([`cancelled`]).
+//! refused bytes behind ([`cancelled`]); a replica that cannot reload the shared state answers
+//! 503 and waits before it tries again ([`rebuild`]). [`hooked`] is the store they hook into.
 
 mod cancelled;
+mod hooked;
+mod rebuild;
 
 use std::time::{Duration, Instant};
 

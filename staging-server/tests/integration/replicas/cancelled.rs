@@ -3,102 +3,19 @@
 //! orphan sweep (an hour later) uncharged to anyone.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
-use object_store::memory::InMemory;
+use object_store::ObjectStore as _;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
-use tokio::sync::Notify;
 
+use super::hooked::Hooked;
 use super::{memory, replica, until};
 use crate::common::random_bytes;
 use staging_server::store::BlobStore;
 
-/// An in-memory store whose writes of log entries wait while `hold` is set, announcing on
-/// `held` that one waits (its body in `held_entry`) until `released`.
-#[derive(Debug)]
-struct SlowLog {
-    inner: InMemory,
-    hold: Arc<AtomicBool>,
-    held: Arc<Notify>,
-    held_entry: std::sync::Mutex<Option<Bytes>>,
-    released: Arc<Notify>,
-}
-
-impl std::fmt::Display for SlowLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SlowLog({})", self.inner)
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for SlowLog {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        if location.as_ref().contains("state/log/") && self.hold.load(Ordering::Acquire) {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            // Registered before the test hears of it: the release cannot be missed.
-            released.as_mut().enable();
-            *self.held_entry.lock().unwrap() = Some(Bytes::from(payload.clone()));
-            self.held.notify_one();
-            released.await;
-        }
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
 /// The objects under `resources/`.
-async fn objects(store: &SlowLog) -> Vec<String> {
+async fn objects(store: &Hooked) -> Vec<String> {
     use futures::TryStreamExt as _;
     store
         .inner
@@ -111,18 +28,8 @@ async fn objects(store: &SlowLog) -> Vec<String> {
 
 #[tokio::test]
 async fn a_client_gone_mid_commit_leaves_no_refused_bytes() {
-    let (hold, held, released) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(Notify::new()),
-        Arc::new(Notify::new()),
-    );
-    let slow = Arc::new(SlowLog {
-        inner: InMemory::new(),
-        hold: hold.clone(),
-        held: held.clone(),
-        held_entry: std::sync::Mutex::new(None),
-        released: released.clone(),
-    });
+    let slow = Arc::new(Hooked::default());
+    let (hold, held, released) = (slow.hold.clone(), slow.held.clone(), slow.released.clone());
     let store = BlobStore::over(slow.clone());
     // One resource per namespace: the second upload's commit is refused.
     let a = replica(Some(store), memory(), |c| {

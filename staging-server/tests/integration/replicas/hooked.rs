@@ -1,0 +1,105 @@
+//! An in-memory object store with hooks for the replicas' tests: log writes held while a test
+//! looks ([`Hooked::hold`]), snapshot reads refused and counted ([`Hooked::refuse_snapshots`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use tokio::sync::Notify;
+
+/// An in-memory store whose writes of log entries wait while `hold` is set, announcing on
+/// `held` that one waits (its body in `held_entry`) until `released`; and whose reads of
+/// snapshots fail while `refuse_snapshots` is set, counted in `refused_reads`.
+#[derive(Debug, Default)]
+pub(crate) struct Hooked {
+    pub(crate) inner: InMemory,
+    pub(crate) hold: Arc<AtomicBool>,
+    pub(crate) held: Arc<Notify>,
+    pub(crate) held_entry: std::sync::Mutex<Option<Bytes>>,
+    pub(crate) released: Arc<Notify>,
+    pub(crate) refuse_snapshots: AtomicBool,
+    pub(crate) refused_reads: AtomicUsize,
+}
+
+impl std::fmt::Display for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hooked({})", self.inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for Hooked {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        if location.as_ref().contains("state/log/") && self.hold.load(Ordering::Acquire) {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the test hears of it: the release cannot be missed.
+            released.as_mut().enable();
+            *self.held_entry.lock().unwrap() = Some(Bytes::from(payload.clone()));
+            self.held.notify_one();
+            released.await;
+        }
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        if location.as_ref().contains("state/snapshots/")
+            && self.refuse_snapshots.load(Ordering::Acquire)
+        {
+            self.refused_reads.fetch_add(1, Ordering::AcqRel);
+            return Err(object_store::Error::Generic {
+                store: "Hooked",
+                source: "snapshot reads are refused".into(),
+            });
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}

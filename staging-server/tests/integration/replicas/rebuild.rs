@@ -1,0 +1,94 @@
+//! A replica that must reload the shared state and cannot (its snapshot unreadable): requests
+//! that need the log are answered 503 for a few seconds without a download each, and the
+//! replica recovers once the snapshot can be read.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use object_store::path::Path;
+use object_store::{ObjectStore as _, ObjectStoreExt as _};
+
+use super::hooked::Hooked;
+use super::{memory, replica, until};
+use crate::common::random_bytes;
+use staging_server::store::BlobStore;
+
+/// Positions (as named in the store) of the objects under `dir` of the replicated state.
+async fn positions(store: &Hooked, dir: &str) -> Vec<u64> {
+    store
+        .inner
+        .list(Some(&Path::from(format!("state/{dir}"))))
+        .map_ok(|m| m.location.filename().unwrap().parse::<u64>().unwrap())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_reload_answers_503_and_waits_before_it_tries_again() {
+    let hooked = Arc::new(Hooked::default());
+    let store = BlobStore::over(hooked.clone());
+    let a = replica(Some(store.clone()), memory(), |c| c.snapshot_every = 10).await;
+    until("a leader", || async { a.state.leads() }).await;
+    // D reads the log only when a request names what it does not know.
+    let d = replica(Some(store), memory(), |c| {
+        c.replica_sync_interval = Duration::from_secs(60);
+    })
+    .await;
+    let mut ups = Vec::new();
+    for _ in 0..15 {
+        ups.push(a.upload("team-a", random_bytes(1_000)).await);
+    }
+    until("a snapshot", || async {
+        !positions(&hooked, "snapshots").await.is_empty()
+    })
+    .await;
+    let at = positions(&hooked, "snapshots")
+        .await
+        .into_iter()
+        .max()
+        .unwrap();
+    // Entries after the snapshot, then the log under it trimmed, as the leader does once two
+    // snapshots are kept: D, behind it, must reload from the snapshot.
+    for _ in 0..2 {
+        ups.push(a.upload("team-a", random_bytes(1_000)).await);
+    }
+    for seq in positions(&hooked, "log").await {
+        if seq <= at {
+            hooked
+                .inner
+                .delete(&Path::from(format!("state/log/{seq:020}")))
+                .await
+                .unwrap();
+        }
+    }
+
+    hooked.refuse_snapshots.store(true, Ordering::Release);
+    let (id, token) = (
+        ups[0]["id"].as_str().unwrap(),
+        ups[0]["token"].as_str().unwrap(),
+    );
+    let first = d.get_content(id, token).await.status();
+    assert!(first.is_server_error(), "{first}");
+    let tried = hooked.refused_reads.load(Ordering::Acquire);
+    assert!(tried >= 1, "the snapshot was never read");
+    // Within the back-off: refused at once, no download tried.
+    for _ in 0..3 {
+        assert_eq!(d.get_content(id, token).await.status(), 503);
+    }
+    assert_eq!(hooked.refused_reads.load(Ordering::Acquire), tried);
+
+    hooked.refuse_snapshots.store(false, Ordering::Release);
+    until("the replica reloads after the back-off", || async {
+        d.get_content(id, token).await.status() == 200
+    })
+    .await;
+    for up in &ups {
+        let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+        assert_eq!(d.get_content(id, token).await.status(), 200);
+    }
+    a.shutdown().await;
+    d.shutdown().await;
+}
