@@ -144,8 +144,9 @@ pub struct Replica {
     /// The newest snapshot position this replica knows of (a snapshot is looked for once the
     /// log is `--snapshot-every` entries beyond it).
     snapshot_seen: std::sync::atomic::AtomicU64,
-    /// When the last rebuild failed: the next waits [`REBUILD_BACKOFF`] (a broken replica
-    /// does not download the snapshot again for every request that needs the log).
+    /// When the last rebuild (or an entry's application) failed: the next rebuild waits
+    /// [`REBUILD_BACKOFF`] (a broken replica does not download the snapshot again for every
+    /// request that needs the log).
     rebuild_failed: std::sync::Mutex<Option<std::time::Instant>>,
     /// Resources whose access stamp is being written.
     stamps: std::sync::Mutex<std::collections::HashSet<ResourceId>>,
@@ -351,12 +352,12 @@ impl Replica {
         let outcome = match result {
             Ok(o) => o,
             Err(e) => {
-                self.broken.store(true, Ordering::Release);
+                self.unsynchronised();
                 return Err(e.into());
             }
         };
         if let Err(e) = self.db.set_applied_seq(seq).await {
-            self.broken.store(true, Ordering::Release);
+            self.unsynchronised();
             return Err(e.into());
         }
         if !own && entry.origin() != Some(self.me.as_str()) {
@@ -371,8 +372,19 @@ impl Replica {
         Ok(outcome)
     }
 
+    /// Marks the database as possibly half-applied after a failure to apply an entry: the next
+    /// synchronisation rebuilds it, after [`REBUILD_BACKOFF`] (the failure's cause, a full
+    /// disk say, is likely to last a moment).
+    fn unsynchronised(&self) {
+        self.broken.store(true, Ordering::Release);
+        *self
+            .rebuild_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+    }
+
     /// Replaces the database with the newest snapshot (or an empty one when there is none);
-    /// refused for [`REBUILD_BACKOFF`] after a rebuild failed.
+    /// refused for [`REBUILD_BACKOFF`] after a rebuild or an entry's application failed.
     async fn rebuild(&self) -> Result<(), WriteError> {
         let failed =
             |at: Option<std::time::Instant>| at.is_some_and(|t| t.elapsed() < REBUILD_BACKOFF);

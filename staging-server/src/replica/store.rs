@@ -19,7 +19,8 @@ use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, UpdateVersion,
+    GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions,
+    UpdateVersion,
 };
 
 use crate::multipart::BlobWriter;
@@ -48,13 +49,12 @@ pub(crate) struct Versioned {
 /// timeout, pinned to the version the read began with (`If-Match` on its ETag). No request
 /// lasts long whatever the snapshot's size (the store client bounds a single download's
 /// retries and time as a whole), and a snapshot replaced during the read fails it rather
-/// than mix two versions.
+/// than mix two versions (on a versioned bucket, the version it began with is read).
 pub(crate) struct SnapshotPieces {
     store: StateStore,
     key: ObjectPath,
-    size: u64,
-    e_tag: Option<String>,
-    version: Option<String>,
+    /// Size, ETag, version and time of the snapshot as the read began.
+    meta: ObjectMeta,
     at: u64,
     piece: u64,
 }
@@ -66,14 +66,16 @@ impl SnapshotPieces {
     /// Store errors: a piece that does not come within the timeout, a snapshot changed or
     /// deleted since the read began, a piece shorter than asked.
     pub(crate) async fn next(&mut self) -> Result<Option<Bytes>, StoreError> {
-        if self.at >= self.size {
+        if self.at >= self.meta.size {
             return Ok(None);
         }
-        let end = self.size.min(self.at + self.piece);
+        let end = self.meta.size.min(self.at.saturating_add(self.piece));
         let opts = GetOptions {
             range: Some(GetRange::Bounded(self.at..end)),
-            if_match: self.e_tag.clone(),
-            version: self.version.clone(),
+            if_match: self.meta.e_tag.clone(),
+            // A store that gives no ETag: pinned by the time of the last write instead.
+            if_unmodified_since: self.meta.e_tag.is_none().then_some(self.meta.last_modified),
+            version: self.meta.version.clone(),
             ..GetOptions::default()
         };
         let what = "read a snapshot";
@@ -364,9 +366,7 @@ impl StateStore {
             Ok(meta) => Ok(Some(SnapshotPieces {
                 store: self.clone(),
                 key,
-                size: meta.size,
-                e_tag: meta.e_tag,
-                version: meta.version,
+                meta,
                 at: 0,
                 piece: u64::try_from(piece).unwrap_or(u64::MAX).max(1),
             })),
