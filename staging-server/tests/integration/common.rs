@@ -171,6 +171,19 @@ pub(crate) fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The sender of a [`fed_body`].
+pub(crate) type Feed = tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>;
+
+/// A request body the test sends chunk by chunk through the returned sender (at most
+/// `capacity` chunks queued); it ends when the sender is dropped, and until then a slow or
+/// stalled client is what the server sees.
+pub(crate) fn fed_body(capacity: usize) -> (Feed, reqwest::Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    (tx, reqwest::Body::wrap_stream(stream))
+}
+
 /// Random bytes.
 pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];

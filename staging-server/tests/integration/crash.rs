@@ -100,20 +100,18 @@ async fn kill_9_mid_upload_leaves_nothing_partial() {
     let kept_up: serde_json::Value = res.json().await.unwrap();
 
     // An upload that is cut by the kill: 4 MiB sent, then the client waits.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let (tx, body) = crate::common::fed_body(8);
     for _ in 0..4 {
         tx.send(Ok(Bytes::from(random_bytes(1 << 20))))
             .await
             .unwrap();
     }
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let c2 = client.clone();
     let url = format!("{base}/api/v1/resources?namespace=a");
     let cut = tokio::spawn(async move {
         c2.post(url)
             .header("content-type", "application/gzip")
-            .body(reqwest::Body::wrap_stream(stream))
+            .body(body)
             .send()
             .await
     });

@@ -803,19 +803,17 @@ async fn s3_replicas_survive_kill_9_of_a_replica_mid_upload_and_of_the_leader_mi
     }
 
     // 1. kill -9 of a follower in the middle of an upload.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let (tx, body) = crate::common::fed_body(4);
     tx.send(Ok(bytes::Bytes::from(random_bytes(1 << 20))))
         .await
         .unwrap();
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let cut = tokio::spawn({
         let (client, url) = (client.clone(), base(follower, &procs));
         async move {
             client
                 .post(format!("{url}/api/v1/resources?namespace=a"))
                 .header("content-type", "application/gzip")
-                .body(reqwest::Body::wrap_stream(stream))
+                .body(body)
                 .send()
                 .await
         }

@@ -287,19 +287,17 @@ async fn quotas_and_capacity_answer_507() {
 #[tokio::test]
 async fn upload_slots_are_bounded_503() {
     let s = TestServer::start(|c| c.limits.max_concurrent_uploads = 1).await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let (tx, body) = crate::common::fed_body(1);
     tx.send(Ok(Bytes::from_static(b"first chunk")))
         .await
         .unwrap();
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let client = s.client.clone();
     let url = s.url("/api/v1/resources?namespace=a");
     let slow = tokio::spawn(async move {
         client
             .post(url)
             .header("content-type", "application/gzip")
-            .body(reqwest::Body::wrap_stream(stream))
+            .body(body)
             .send()
             .await
             .unwrap()
@@ -334,18 +332,16 @@ fn held_upload(
     s: &TestServer,
     namespace: &str,
 ) -> (
-    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    crate::common::Feed,
     tokio::task::JoinHandle<reqwest::StatusCode>,
 ) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let (tx, body) = crate::common::fed_body(1);
     tx.try_send(Ok(Bytes::from_static(b"first chunk"))).unwrap();
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let request = s
         .client
         .post(s.url(&format!("/api/v1/resources?namespace={namespace}")))
         .header("content-type", "application/gzip")
-        .body(reqwest::Body::wrap_stream(stream));
+        .body(body);
     (
         tx,
         tokio::spawn(async move { request.send().await.unwrap().status() }),

@@ -6,25 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use object_store::ObjectStore as _;
-use object_store::path::Path;
 
 use super::hooked::Hooked;
 use super::{memory, replica, until};
 use crate::common::random_bytes;
 use staging_server::store::BlobStore;
-
-/// The objects under `resources/`.
-async fn objects(store: &Hooked) -> Vec<String> {
-    use futures::TryStreamExt as _;
-    store
-        .inner
-        .list(Some(&Path::from("resources")))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_client_gone_mid_commit_leaves_no_refused_bytes() {
@@ -39,12 +25,10 @@ async fn a_client_gone_mid_commit_leaves_no_refused_bytes() {
 
     // The second upload starts while the namespace is empty (past the check at its start)
     // and sends its body slowly; the first commits meanwhile.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (tx, body) = crate::common::fed_body(4);
     tx.send(Ok(Bytes::from(random_bytes(64 << 10))))
         .await
         .unwrap();
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let (client, url) = (
         a.client.clone(),
         a.url("/api/v1/resources?namespace=team-a&labels=spark-role=driver"),
@@ -53,7 +37,7 @@ async fn a_client_gone_mid_commit_leaves_no_refused_bytes() {
         client
             .post(url)
             .header("content-type", "application/gzip")
-            .body(reqwest::Body::wrap_stream(stream))
+            .body(body)
             .send()
             .await
     });
@@ -84,10 +68,10 @@ async fn a_client_gone_mid_commit_leaves_no_refused_bytes() {
 
     // Refused everywhere (the quota), and its bytes deleted at once: only the first remains.
     until("the refused upload's bytes are deleted", || async {
-        objects(&slow).await.len() == 1
+        slow.names("resources").await.len() == 1
     })
     .await;
-    let left = objects(&slow).await;
+    let left = slow.names("resources").await;
     assert!(left[0].ends_with(&kept), "{left:?}");
     a.shutdown().await;
 }

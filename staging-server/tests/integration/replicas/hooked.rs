@@ -28,6 +28,19 @@ pub(crate) struct Hooked {
     pub(crate) refused_reads: AtomicUsize,
 }
 
+impl Hooked {
+    /// The names of the objects under `prefix`, read past the hooks.
+    pub(crate) async fn names(&self, prefix: &str) -> Vec<String> {
+        use futures::TryStreamExt as _;
+        self.inner
+            .list(Some(&Path::from(prefix)))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap()
+    }
+}
+
 impl std::fmt::Display for Hooked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Hooked({})", self.inner)

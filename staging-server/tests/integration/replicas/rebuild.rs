@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::TryStreamExt as _;
+use object_store::ObjectStoreExt as _;
 use object_store::path::Path;
-use object_store::{ObjectStore as _, ObjectStoreExt as _};
 
 use super::hooked::Hooked;
 use super::{memory, replica, until};
@@ -17,13 +16,11 @@ use staging_server::store::BlobStore;
 
 /// Positions (as named in the store) of the objects under `dir` of the replicated state.
 async fn positions(store: &Hooked, dir: &str) -> Vec<u64> {
-    store
-        .inner
-        .list(Some(&Path::from(format!("state/{dir}"))))
-        .map_ok(|m| m.location.filename().unwrap().parse::<u64>().unwrap())
-        .try_collect()
-        .await
-        .unwrap()
+    let names = store.names(&format!("state/{dir}")).await;
+    names
+        .iter()
+        .map(|n| n.rsplit('/').next().unwrap().parse().unwrap())
+        .collect()
 }
 
 #[tokio::test]
