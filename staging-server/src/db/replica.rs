@@ -182,8 +182,8 @@ impl Db {
                 .optional()?;
             tx.commit()?;
             // The restore went through the write-ahead log, which would otherwise keep the
-            // database's size on disk: give it back.
-            // Best effort: the restore is committed whatever this answers.
+            // database's size on disk: give it back, as a best effort (the restore is
+            // committed whatever this answers).
             let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
             Ok(seq.and_then(|s| s.parse().ok()).unwrap_or(0))
         })

@@ -58,13 +58,11 @@ const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(10
 const READ_BATCH: usize = 1000;
 /// Positions a write tries before it gives up (each lost to another replica's write).
 const MAX_ATTEMPTS: usize = 64;
-/// The data directory's scratch files: a snapshot being written, a snapshot downloaded, an
+/// Scratch files in the data directory: a snapshot being written, a snapshot downloaded, an
 /// empty database to restore from.
-const SCRATCH_FILES: [&str; 3] = [
-    "replica-snapshot.db",
-    "replica-restore.db",
-    "replica-empty.db",
-];
+const SNAPSHOT_SCRATCH: &str = "replica-snapshot.db";
+const RESTORE_SCRATCH: &str = "replica-restore.db";
+const EMPTY_SCRATCH: &str = "replica-empty.db";
 /// How long a replica whose rebuild failed waits before it tries again.
 const REBUILD_BACKOFF: Duration = Duration::from_secs(5);
 /// Part size of a snapshot's upload and piece size of its download: its memory is a few
@@ -169,11 +167,10 @@ impl Replica {
         registry: &Registry,
     ) -> Result<Arc<Self>, WriteError> {
         // Scratch files of a run that was killed mid-snapshot or mid-rebuild.
-        for name in SCRATCH_FILES {
+        for name in [SNAPSHOT_SCRATCH, RESTORE_SCRATCH, EMPTY_SCRATCH] {
             let _ = std::fs::remove_file(settings.scratch.join(name));
         }
         let replica = Arc::new(Self {
-            rebuild_failed: std::sync::Mutex::new(None),
             store,
             db,
             leadership: Leadership::new(me.clone(), settings.lease),
@@ -184,6 +181,7 @@ impl Replica {
             last_read: std::sync::Mutex::new(None),
             stamps: std::sync::Mutex::new(std::collections::HashSet::new()),
             snapshot_seen: std::sync::atomic::AtomicU64::new(0),
+            rebuild_failed: std::sync::Mutex::new(None),
             metrics: ReplicaMetrics::new(registry)?,
         });
         let seq = replica.sync().await?;
@@ -377,49 +375,48 @@ impl Replica {
     /// disk say, is likely to last a moment).
     fn unsynchronised(&self) {
         self.broken.store(true, Ordering::Release);
+        self.note_rebuild(false);
+    }
+
+    /// Records whether the last rebuild (or an entry's application) succeeded.
+    fn note_rebuild(&self, ok: bool) {
         *self
             .rebuild_failed
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+            .unwrap_or_else(|p| p.into_inner()) = (!ok).then(std::time::Instant::now);
     }
 
     /// Replaces the database with the newest snapshot (or an empty one when there is none);
     /// refused for [`REBUILD_BACKOFF`] after a rebuild or an entry's application failed.
     async fn rebuild(&self) -> Result<(), WriteError> {
-        let failed =
-            |at: Option<std::time::Instant>| at.is_some_and(|t| t.elapsed() < REBUILD_BACKOFF);
-        if failed(
-            *self
-                .rebuild_failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        ) {
+        let failed_at = *self
+            .rebuild_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failed_at.is_some_and(|t| t.elapsed() < REBUILD_BACKOFF) {
             return Err(WriteError::Unsynchronised);
         }
         let result = self.rebuild_now().await;
-        *self
-            .rebuild_failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = result.is_err().then(std::time::Instant::now);
+        self.note_rebuild(result.is_ok());
         result
     }
 
     async fn rebuild_now(&self) -> Result<(), WriteError> {
         let newest = self.store.snapshots().await?.into_iter().max();
-        let scratch = self.settings.scratch.join(SCRATCH_FILES[1]);
-        let empty = self.settings.scratch.join(SCRATCH_FILES[2]);
-        let seq = match newest {
-            Some(seq) => {
-                if snapshot_file::download(&self.store, seq, &scratch, SNAPSHOT_PART).await? {
-                    let at = self.db.restore(Some(&scratch), &empty).await;
-                    let _ = std::fs::remove_file(&scratch);
-                    at?
-                } else {
-                    // Deleted since the listing: an empty start replays what the log holds.
-                    self.db.restore(None, &empty).await?
-                }
-            }
-            None => self.db.restore(None, &empty).await?,
+        let scratch = self.settings.scratch.join(RESTORE_SCRATCH);
+        let empty = self.settings.scratch.join(EMPTY_SCRATCH);
+        // A snapshot deleted since the listing, like none at all: an empty start replays what
+        // the log holds.
+        let downloaded = match newest {
+            Some(seq) => snapshot_file::download(&self.store, seq, &scratch, SNAPSHOT_PART).await?,
+            None => false,
+        };
+        let seq = if downloaded {
+            let at = self.db.restore(Some(&scratch), &empty).await;
+            let _ = std::fs::remove_file(&scratch);
+            at?
+        } else {
+            self.db.restore(None, &empty).await?
         };
         let _ = std::fs::remove_file(&empty);
         self.broken.store(false, Ordering::Release);
@@ -510,7 +507,7 @@ impl Replica {
     /// # Errors
     /// Store and database errors.
     pub async fn snapshot(&self) -> Result<u64, WriteError> {
-        let path = self.settings.scratch.join(SCRATCH_FILES[0]);
+        let path = self.settings.scratch.join(SNAPSHOT_SCRATCH);
         let _ = std::fs::remove_file(&path);
         let seq = {
             let _held = self.log.lock().await;

@@ -52,8 +52,7 @@ pub(crate) struct Versioned {
 /// than mix two versions (on a versioned bucket, the version it began with is read).
 pub(crate) struct SnapshotPieces {
     store: StateStore,
-    key: ObjectPath,
-    /// Size, ETag, version and time of the snapshot as the read began.
+    /// Name, size, ETag, version and time of the snapshot as the read began.
     meta: ObjectMeta,
     at: u64,
     piece: u64,
@@ -81,7 +80,7 @@ impl SnapshotPieces {
         let what = "read a snapshot";
         let got = self
             .store
-            .call(what, self.store.inner.get_opts(&self.key, opts))
+            .call(what, self.store.inner.get_opts(&self.meta.location, opts))
             .await?;
         let bytes = self.store.call(what, got.bytes()).await?;
         if u64::try_from(bytes.len()).ok() != Some(end - self.at) {
@@ -365,7 +364,6 @@ impl StateStore {
         match self.call("read a snapshot", self.inner.head(&key)).await {
             Ok(meta) => Ok(Some(SnapshotPieces {
                 store: self.clone(),
-                key,
                 meta,
                 at: 0,
                 piece: u64::try_from(piece).unwrap_or(u64::MAX).max(1),
