@@ -677,15 +677,19 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
     }
 }
 
+/// The moto bucket, read and written past the server.
+fn bucket(endpoint: &str) -> Box<dyn object_store::ObjectStore> {
+    let url = url::Url::parse("s3://staging-bucket").unwrap();
+    object_store::parse_url_opts(&url, s3_options(endpoint))
+        .unwrap()
+        .0
+}
+
 /// The objects under `prefix` in the moto bucket.
 async fn objects_under(endpoint: &str, prefix: &str) -> Vec<String> {
     use futures::TryStreamExt as _;
-    use object_store::ObjectStore as _;
-    let url = url::Url::parse("s3://staging-bucket").unwrap();
-    let (store, _) = object_store::parse_url_opts(&url, s3_options(endpoint)).unwrap();
-    let prefix = object_store::path::Path::from(prefix);
-    store
-        .list(Some(&prefix))
+    bucket(endpoint)
+        .list(Some(&object_store::path::Path::from(prefix)))
         .map_ok(|m| m.location.to_string())
         .try_collect()
         .await
@@ -695,9 +699,7 @@ async fn objects_under(endpoint: &str, prefix: &str) -> Vec<String> {
 /// Deletes the object `key` of the moto bucket.
 async fn delete_object(endpoint: &str, key: &str) {
     use object_store::ObjectStoreExt as _;
-    let url = url::Url::parse("s3://staging-bucket").unwrap();
-    let (store, _) = object_store::parse_url_opts(&url, s3_options(endpoint)).unwrap();
-    store
+    bucket(endpoint)
         .delete(&object_store::path::Path::from(key))
         .await
         .unwrap();
