@@ -5,7 +5,8 @@
 #     hostname and python3 for the Kubernetes test bed (kubebed: network namespaces, mount
 #     namespaces, setpriv; its pod tests run /usr/bin/python3), openssl (the real-Spark TLS
 #     test's PKCS12 key store; Java's keytool makes its trust store)
-#   - Python venv .venv: moto[server] (S3-protocol server for the object-store tests) and
+#   - Python venv .venv: moto[server] (S3-protocol server for the object-store tests, run through
+#     scripts/moto-server.py) and
 #     pyspark (real Spark against the shuffle service's Spark protocol; needs Java 17),
 #     kubernetes-validate (strict schema validation of k8s/)
 # A component that cannot be installed is reported; the tests needing it are then skipped

@@ -1,13 +1,16 @@
 //! What the tests that run on a bed share: the workspace's files and binaries, the images mapped
-//! to this machine, a bed of `n` nodes, `kubectl apply -f <dir>` of the project's manifests, and
-//! `kubectl rollout status` of a Deployment or DaemonSet.
-//! Used by the bed's own tests (`kubebed/tests/`) and by the project's end-to-end tests
-//! (`e2e/`). Functions panic with a message naming what is missing: they are for tests.
+//! to this machine, a bed of `n` nodes, `kubectl apply -f <dir>` of the project's manifests,
+//! `kubectl rollout status` of a Deployment or DaemonSet, and moto's S3-protocol server.
+//! Used by the bed's own tests (`kubebed/tests/`), by the project's end-to-end tests (`e2e/`)
+//! and by the staging server's tests of object stores. Functions panic with a message naming what is missing: they are for tests.
 
 use std::path::{Path, PathBuf};
 
 use crate::bed::{Bed, BedConfig};
 use crate::images::{self, Image, Images};
+
+mod moto;
+pub use moto::moto;
 
 /// The workspace root.
 #[must_use]

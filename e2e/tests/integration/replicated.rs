@@ -7,9 +7,7 @@
 //! No init-container fails or restarts, the job's results are right, and the rollout ends
 //! with three new replicas.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -18,7 +16,6 @@ use kubebed::resources::{DEPLOYMENTS, PODS};
 use kubebed::selector::Selector;
 use kubebed::testing::{apply_dir, rollout_status};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::submit::{UPLOAD_TOKEN, build_app, driver, submit_with, words_job};
 use e2e::{bed, dump, eventually, result_line};
@@ -27,60 +24,6 @@ const ALICE: &str = "alice-bearer-token-replicated-0123";
 const BUCKET: &str = "staging";
 /// The download-token key every replica shares.
 const SIGNING_KEY: &str = "3f1e5d7c9b2a4e6f8d0c1b3a5f7e9d2c4b6a8f0e1d3c5b7a9f2e4d6c8b0a1f3e";
-
-/// moto_server listening on `addr` (the bed's gateway, so that pods reach it) with the bucket
-/// [`BUCKET`]; killed on drop. Its endpoint URL.
-async fn moto_on(addr: Ipv4Addr) -> (tokio::process::Child, String) {
-    let exe = std::env::var_os("MOTO_SERVER")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("PATH")
-                .into_iter()
-                .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-                .map(|d| d.join("moto_server")),
-        )
-        .chain([kubebed::testing::workspace().join(".venv/bin/moto_server")])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("COMPONENT MISSING: moto_server not found (scripts/test.sh installs it)")
-        });
-    let mut moto = tokio::process::Command::new(exe)
-        .args(["-H", &addr.to_string(), "-p", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // moto prints " * Running on http://ADDR:PORT" on stderr once it listens.
-    let mut lines = BufReader::new(moto.stderr.take().unwrap()).lines();
-    let endpoint = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("moto_server exited");
-            if let Some(url) = line.split("Running on ").nth(1) {
-                break url.trim().to_owned();
-            }
-        }
-    })
-    .await
-    .expect("moto_server never listened");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let created = reqwest::Client::new()
-        .put(format!("{endpoint}/{BUCKET}"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        created.status().is_success(),
-        "create bucket: {}",
-        created.status()
-    );
-    (moto, endpoint)
-}
 
 /// Deploys the base directory, then the replicated variant on the bucket at `endpoint`, as
 /// the README says; waits until its three replicas are ready.
@@ -160,7 +103,7 @@ fn initialized(p: &Value) -> bool {
 async fn s3_three_replicas_serve_a_job_through_a_pod_deletion_and_a_rollout() {
     let dir = tempfile::tempdir().unwrap();
     let bed = bed(2, dir.path()).await;
-    let (_moto, endpoint) = moto_on(bed.fabric.gateway).await;
+    let (_moto, endpoint) = kubebed::testing::moto(bed.fabric.gateway.into(), BUCKET).await;
     deploy_replicated(&bed, &endpoint).await;
     let names: Vec<String> = replicas(&bed)
         .iter()

@@ -16,7 +16,6 @@ use staging_client::fetch::FetchArgs;
 use staging_client::stage::{LocalFile, StageRequest, stage};
 use staging_server::config::StoreLocation;
 use staging_server::store::BlobStore;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 use crate::common::{TestServer, content, metric, random_bytes, sha256_hex};
@@ -44,40 +43,10 @@ pub(crate) fn tool(var: &str, name: &str) -> PathBuf {
     );
 }
 
-/// Starts moto_server on a free port with a bucket `staging-bucket`; returns it (killed on
-/// drop) and its endpoint URL.
+/// Starts moto on a free port of loopback with a bucket `staging-bucket`; returns it (killed
+/// on drop) and its endpoint URL.
 pub(crate) async fn start_moto() -> (tokio::process::Child, String) {
-    let mut moto = Command::new(tool("MOTO_SERVER", "moto_server"))
-        .args(["-H", "127.0.0.1", "-p", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // moto prints " * Running on http://127.0.0.1:PORT" on stderr once it listens.
-    let mut lines = BufReader::new(moto.stderr.take().unwrap()).lines();
-    let endpoint = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("moto_server exited");
-        if let Some(url) = line.split("Running on ").nth(1) {
-            break url.trim().to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let created = reqwest::Client::new()
-        .put(format!("{endpoint}/staging-bucket"))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        created.status().is_success(),
-        "create bucket: {}",
-        created.status()
-    );
-    (moto, endpoint)
+    kubebed::testing::moto(std::net::Ipv4Addr::LOCALHOST.into(), "staging-bucket").await
 }
 
 /// Store options for moto at `endpoint`.
@@ -613,25 +582,35 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
                 r.url("/api/v1/resources?namespace=team-b&labels=spark-role=driver"),
             );
             tasks.push(tokio::spawn(async move {
-                client
+                let resp = client
                     .post(url)
                     .header("content-type", "application/gzip")
                     .body(random_bytes(1_000))
                     .send()
                     .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
+                    .unwrap();
+                let status = resp.status().as_u16();
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                (status, body["id"].as_str().unwrap_or_default().to_owned())
             }));
         }
     }
+    let mut acked = Vec::new();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 201);
+        let (status, id) = t.await.unwrap();
+        assert_eq!(status, 201);
+        acked.push(id);
     }
-    for r in [&a, &b, &c] {
+    for (i, r) in [&a, &b, &c].into_iter().enumerate() {
         r.state.sync_shared().await.unwrap();
         let used = r.state.db().usage("team-b".parse().unwrap()).await.unwrap();
-        assert_eq!(used.committed_count, 12);
+        if used.committed_count != 12 {
+            panic!(
+                "replica {i} counts {} of the 12 commits acknowledged: {}",
+                used.committed_count,
+                replicated_log_diagnosis(&endpoint, &acked, [&a, &b, &c]).await
+            );
+        }
     }
     let del = c
         .client
@@ -675,6 +654,54 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
     for r in [a, b, c, d] {
         r.shutdown().await;
     }
+}
+
+/// What the shared log and each replica hold of the `acked` commits, for a failure message.
+async fn replicated_log_diagnosis(
+    endpoint: &str,
+    acked: &[String],
+    replicas: [&TestServer; 3],
+) -> String {
+    use object_store::ObjectStoreExt as _;
+    let store = bucket(endpoint);
+    let mut out = String::new();
+    let snapshots = objects_under(endpoint, "replicated/state/snapshots").await;
+    out.push_str(&format!("snapshots {snapshots:?}; "));
+    let mut logged = Vec::new();
+    for key in objects_under(endpoint, "replicated/state/log").await {
+        let body = match store
+            .get(&object_store::path::Path::from(key.as_str()))
+            .await
+        {
+            Ok(g) => g.bytes().await.unwrap_or_default(),
+            Err(e) => {
+                out.push_str(&format!("{key}: {e}; "));
+                continue;
+            }
+        };
+        let entry: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let (op, id) = (
+            entry["op"].as_str().unwrap_or("?"),
+            entry["id"].as_str().unwrap_or(""),
+        );
+        out.push_str(&format!(
+            "{}={op}:{id}; ",
+            key.rsplit('/').next().unwrap_or("")
+        ));
+        logged.push(id.to_owned());
+    }
+    let missing: Vec<&String> = acked.iter().filter(|id| !logged.contains(id)).collect();
+    out.push_str(&format!("acked but not in the log: {missing:?}; "));
+    for (i, r) in replicas.into_iter().enumerate() {
+        let at = r.state.db().applied_seq().await;
+        let mut present = Vec::new();
+        for id in acked {
+            let known = r.state.db().get(id.parse().unwrap()).await;
+            present.push(matches!(known, Ok(Some(_))));
+        }
+        out.push_str(&format!("replica {i} at {at:?} holds {present:?}; "));
+    }
+    out
 }
 
 /// The moto bucket, read and written past the server.
