@@ -589,9 +589,6 @@ impl HashPipe {
     }
 }
 
-/// A database failure of an upload: 507 on a full disk (uploads are refused until space is
-/// freed; downloads go on), 500 otherwise.
-/// A database error as answered: 507 (and the full flag set) on a full disk, else 500.
 /// The answer to a failed shared change: as [`db_error`] for the database, as the store's
 /// failures for the shared log's store, 503 when the log stays busy.
 pub(crate) fn write_error(state: &AppState, e: crate::replica::WriteError) -> ApiError {
@@ -601,10 +598,12 @@ pub(crate) fn write_error(state: &AppState, e: crate::replica::WriteError) -> Ap
         W::Store(e) => ApiError::store(e, state.metrics()),
         W::Contended(_) => ApiError::unavailable("the shared state is busy; retry"),
         W::Unsynchronised => ApiError::unavailable("the shared state is being reloaded; retry"),
-        e @ (W::Bad(_) | W::Io { .. } | W::Metrics(_)) => ApiError::internal(e),
+        e @ (W::Bad(_) | W::BadMark(_) | W::Io { .. } | W::Metrics(_)) => ApiError::internal(e),
     }
 }
 
+/// A database failure as answered: 507 (and the full flag set) on a full disk (uploads are
+/// refused until space is freed; downloads go on), 500 otherwise.
 pub(crate) fn db_error(state: &AppState, e: crate::db::DbError) -> ApiError {
     if e.is_full() {
         state.note_full();

@@ -19,6 +19,8 @@
 //! - **Work that must happen once** (expiry sweeps, the owner watch's deletions, the orphan
 //!   sweep, snapshots and trimming the log) runs on the holder of the leader lease
 //!   ([`lease`]).
+//! - **Trimming** frees positions a replica behind the log may still write to or read: the
+//!   trim mark ([`trim`]) tells them apart from the log.
 //!
 //! A failure to apply an entry (the disk, the store) leaves the replica unsynchronised: it
 //! rebuilds from the snapshot at its next synchronisation rather than go on from a state that
@@ -29,6 +31,7 @@ mod lease;
 mod metrics;
 mod snapshot_file;
 mod store;
+mod trim;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,6 +109,9 @@ pub enum WriteError {
     /// Every position tried was taken by other replicas' writes.
     #[error("the shared log is too busy: {0} positions tried")]
     Contended(usize),
+    /// The trim mark holds what no replica writes.
+    #[error("unreadable trim mark {0:?}")]
+    BadMark(String),
     /// The replica's metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -152,6 +158,14 @@ pub struct Replica {
     last_read: std::sync::Mutex<Option<std::time::Instant>>,
     leadership: Leadership,
     metrics: ReplicaMetrics,
+}
+
+/// Where [`Replica::follow`] left a write.
+enum Followed {
+    /// The position lost holds this write's own entry.
+    Ours,
+    /// The entries up to this position are applied: try the next.
+    To(u64),
 }
 
 impl Replica {
@@ -247,10 +261,10 @@ impl Replica {
         };
         for _ in 0..MAX_ATTEMPTS {
             match self.store.append(at + 1, body.clone()).await {
-                Ok(store::Written::Yes(_)) if !self.follows_the_log(at + 1).await? => {
+                Ok(store::Written::Yes(_)) if trim::covers(&self.store, at + 1).await? => {
                     // This replica was behind the trimmed log: its entry landed among the
-                    // trimmed positions, where no replica reads. Taken back; the replica
-                    // loads the snapshot and writes at the head.
+                    // trimmed positions, where no replica follows the log. Taken back; the
+                    // replica loads the snapshot and writes at the head.
                     self.store.delete_entry(at + 1).await?;
                     self.metrics.appends.with_label_values(&["lost"]).inc();
                     self.broken.store(true, Ordering::Release);
@@ -262,7 +276,13 @@ impl Replica {
                 }
                 Ok(store::Written::Lost) => {
                     self.metrics.appends.with_label_values(&["lost"]).inc();
-                    at = self.follow(at).await?;
+                    match self.follow(at, &body).await? {
+                        Followed::Ours => {
+                            self.metrics.appends.with_label_values(&["written"]).inc();
+                            return self.apply(at + 1, entry, true).await;
+                        }
+                        Followed::To(next) => at = next,
+                    }
                 }
                 Err(e) => {
                     self.metrics.appends.with_label_values(&["failed"]).inc();
@@ -273,35 +293,43 @@ impl Replica {
         Err(WriteError::Contended(MAX_ATTEMPTS))
     }
 
-    /// After a write lost position `at + 1`: applies the entries from there on, each read by
-    /// its position (one GET, no listing), up to the first free position; returns the last
-    /// one applied. A replica that loses to a busy writer (one client keeping another replica
-    /// writing) thus tries again within a round trip or two per entry it missed, as fast as
-    /// the writer itself, instead of after a listing of the log. A replica that must rebuild
-    /// reads the log as at start.
-    async fn follow(&self, mut at: u64) -> Result<u64, WriteError> {
+    /// After a write lost position `at + 1`: reads the entries from there on, each by its
+    /// position (one GET, no listing), up to the first free position, and applies them. A
+    /// replica that loses to a busy writer (one client keeping another replica writing) thus
+    /// tries again within a round trip or two per entry it missed, as fast as the writer
+    /// itself, instead of after a listing of the log. A replica that must rebuild, or that
+    /// finds itself behind the trim mark, reads the log as at start.
+    ///
+    /// The entry at `at + 1` may be `ours`: an earlier attempt of this write landed there and
+    /// its answer was lost (the store client retried it after a failure and found the position
+    /// taken). It is then this write's, and applied as such.
+    async fn follow(&self, at: u64, ours: &bytes::Bytes) -> Result<Followed, WriteError> {
         if self.broken.load(Ordering::Acquire) {
-            return self.catch_up().await;
+            return Ok(Followed::To(self.catch_up().await?));
         }
-        while let Some(body) = self.store.entry(at + 1).await? {
+        let mut bodies = Vec::new();
+        while bodies.len() < READ_BATCH {
+            let seq = at + 1 + bodies.len() as u64;
+            match self.store.entry(seq).await? {
+                Some(b) => bodies.push(b),
+                None => break,
+            }
+        }
+        // Read after the entries: at or below it, they are not the log (see `trim`).
+        if trim::covers(&self.store, at + 1).await? {
+            self.broken.store(true, Ordering::Release);
+            return Ok(Followed::To(self.catch_up().await?));
+        }
+        if bodies.first() == Some(ours) {
+            return Ok(Followed::Ours);
+        }
+        let mut at = at;
+        for body in bodies {
             let entry = Entry::decode(at + 1, &body)?;
             self.apply(at + 1, entry, false).await?;
             at += 1;
         }
-        Ok(at)
-    }
-
-    /// Whether an entry just written at `seq` extends the log: the entry before it is there.
-    /// Trimming deletes the oldest entries first and never the newest ones (it stops at the
-    /// older of the snapshots kept, at least `--snapshot-every` entries behind the head), so
-    /// a position whose predecessor is gone lies in the trimmed past. The first position
-    /// extends the log only if no snapshot was ever written.
-    async fn follows_the_log(&self, seq: u64) -> Result<bool, WriteError> {
-        Ok(if seq > 1 {
-            self.store.has_entry(seq - 1).await?
-        } else {
-            self.store.snapshots().await?.is_empty()
-        })
+        Ok(Followed::To(at))
     }
 
     /// Applies the entries after this replica's position (rebuilding first when needed).
@@ -318,28 +346,47 @@ impl Replica {
             self.rebuild().await?;
         }
         let mut at = self.db.applied_seq().await?;
+        // The position a rebuild in this reading brought the replica to: a second gap there
+        // means entries that neither the log nor any snapshot holds.
+        let mut rebuilt_to = None;
         loop {
             let seqs = self.store.entries_after(at, READ_BATCH).await?;
             if seqs.is_empty() {
                 return Ok(at);
             }
+            // The entries that follow this replica's position without a gap.
+            let mut bodies = Vec::with_capacity(seqs.len());
             for seq in seqs {
-                let body = match self.store.entry(seq).await? {
-                    Some(b) if seq == at + 1 => b,
-                    // A gap: the entries this replica needs were trimmed after a snapshot.
-                    _ => {
-                        tracing::info!(
-                            position = at,
-                            "behind the trimmed log; loading the newest snapshot"
-                        );
-                        self.rebuild().await?;
-                        at = self.db.applied_seq().await?;
-                        break;
-                    }
-                };
-                let entry = Entry::decode(seq, &body)?;
-                self.apply(seq, entry, false).await?;
-                at = seq;
+                if seq != at + 1 + bodies.len() as u64 {
+                    break;
+                }
+                match self.store.entry(seq).await? {
+                    Some(b) => bodies.push(b),
+                    None => break,
+                }
+            }
+            // The mark, read after the entries: at or below it, they are not the log (see
+            // `trim`), and a gap means they were trimmed after a snapshot.
+            if bodies.is_empty() || trim::covers(&self.store, at + 1).await? {
+                if rebuilt_to == Some(at) {
+                    return Err(WriteError::Bad(BadEntry {
+                        seq: at + 1,
+                        what: "missing from the log, and no snapshot holds it".into(),
+                    }));
+                }
+                tracing::info!(
+                    position = at,
+                    "behind the trimmed log; loading the newest snapshot"
+                );
+                self.rebuild().await?;
+                at = self.db.applied_seq().await?;
+                rebuilt_to = Some(at);
+                continue;
+            }
+            for body in bodies {
+                let entry = Entry::decode(at + 1, &body)?;
+                self.apply(at + 1, entry, false).await?;
+                at += 1;
             }
         }
     }
@@ -523,10 +570,12 @@ impl Replica {
             self.store.delete_snapshot(*old).await?;
         }
         // Only with a newer snapshot kept too: the log then keeps at least `snapshot_every`
-        // entries before the head (see `follows_the_log`).
+        // entries before the head. The trim mark first: whatever is deleted lies at or below
+        // it (see `trim`).
         if all.len() >= SNAPSHOTS_KEPT
             && let Some(oldest_kept) = all.get(drop_n)
         {
+            trim::raise(&self.store, *oldest_kept).await?;
             let trimmed = self.store.trim_log(*oldest_kept, TRIM_BATCH).await?;
             tracing::info!(
                 position = seq,

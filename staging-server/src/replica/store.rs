@@ -6,6 +6,10 @@
 //!   success and one refusal, which is what orders the changes.
 //! - `snapshots/<seq>`: copies of the database as of the log position `seq`, from which a
 //!   replica starts instead of replaying the whole log.
+//! - `trimmed`: the trim mark, the position up to which the log may have been trimmed. The
+//!   leader raises it (never lowers it, with conditional writes) before it deletes entries, so
+//!   a position at or below it is no longer the log: an entry created there is a stale
+//!   replica's, and what a reader finds there may be one.
 //! - `leader`: the lease of the replica that does the work that must happen once, renewed with
 //!   conditional updates (`PutMode::Update`).
 //! - `replicas/<instance>`: each replica's heartbeat.
@@ -274,24 +278,6 @@ impl StateStore {
         self.seqs("list the log", "log", after, limit).await
     }
 
-    /// Whether the log entry `seq` is there (not trimmed, or not yet written).
-    ///
-    /// # Errors
-    /// Store errors.
-    pub(crate) async fn has_entry(&self, seq: u64) -> Result<bool, StoreError> {
-        match self
-            .call(
-                "look at the log",
-                self.inner.head(&self.seq_key("log", seq)),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(StoreError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Deletes the log entry `seq` (one written into the trimmed past).
     ///
     /// # Errors
@@ -326,6 +312,30 @@ impl StateStore {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// The trim mark, with the version its next raise must name; `None` while the log was
+    /// never trimmed.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn trim_mark(&self) -> Result<Option<Versioned>, StoreError> {
+        self.get("read the trim mark", &self.dir("trimmed")).await
+    }
+
+    /// Writes the trim mark: created when `over` is `None`, else only if it is still the
+    /// version read.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub(crate) async fn put_trim_mark(
+        &self,
+        body: Bytes,
+        over: Option<UpdateVersion>,
+    ) -> Result<Written, StoreError> {
+        let mode = over.map_or(PutMode::Create, PutMode::Update);
+        self.conditional("write the trim mark", &self.dir("trimmed"), body, mode)
+            .await
     }
 
     /// Starts a streamed write of the snapshot of log position `seq`, in parts of `part`

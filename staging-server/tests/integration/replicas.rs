@@ -6,11 +6,14 @@
 //! under concurrent uploads; a replica started later loads the snapshot and the log; one
 //! replica leads, and another takes over when it stops; a client gone mid-commit leaves no
 //! refused bytes behind ([`cancelled`]); a replica that cannot reload the shared state answers
-//! 503 and waits before it tries again ([`rebuild`]). [`hooked`] is the store they hook into.
+//! 503 and waits before it tries again ([`rebuild`]); replicas behind the trimmed log write at
+//! its head and never apply another stale replica's entries, and a write whose answer was lost
+//! lands once ([`stale`]). [`hooked`] is the store they hook into.
 
 mod cancelled;
 mod hooked;
 mod rebuild;
+mod stale;
 
 use std::time::{Duration, Instant};
 

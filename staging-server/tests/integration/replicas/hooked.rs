@@ -1,5 +1,6 @@
 //! An in-memory object store with hooks for the replicas' tests: log writes held while a test
-//! looks ([`Hooked::hold`]), snapshot reads refused and counted ([`Hooked::refuse_snapshots`]).
+//! looks ([`Hooked::hold`]), a log write whose answer is lost ([`Hooked::lose_answer`]),
+//! snapshot reads refused and counted ([`Hooked::refuse_snapshots`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -16,7 +17,9 @@ use tokio::sync::Notify;
 
 /// An in-memory store whose writes of log entries wait while `hold` is set, announcing on
 /// `held` that one waits (its body in `held_entry`) until `released`; and whose reads of
-/// snapshots fail while `refuse_snapshots` is set, counted in `refused_reads`.
+/// snapshots fail while `refuse_snapshots` is set, counted in `refused_reads`. The next write of
+/// a log entry after `lose_answer` is set lands, then answers that the position is taken, as
+/// the store client does when it retries a write whose first answer was lost.
 #[derive(Debug, Default)]
 pub(crate) struct Hooked {
     pub(crate) inner: InMemory,
@@ -24,6 +27,7 @@ pub(crate) struct Hooked {
     pub(crate) held: Arc<Notify>,
     pub(crate) held_entry: std::sync::Mutex<Option<Bytes>>,
     pub(crate) released: Arc<Notify>,
+    pub(crate) lose_answer: AtomicBool,
     pub(crate) refuse_snapshots: AtomicBool,
     pub(crate) refused_reads: AtomicUsize,
 }
@@ -38,6 +42,19 @@ impl Hooked {
             .try_collect()
             .await
             .unwrap()
+    }
+
+    /// The positions (as named in the store) of the objects under `dir` of the replicated
+    /// state, in order.
+    pub(crate) async fn positions(&self, dir: &str) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .names(&format!("state/{dir}"))
+            .await
+            .iter()
+            .map(|n| n.rsplit('/').next().unwrap().parse().unwrap())
+            .collect();
+        out.sort_unstable();
+        out
     }
 }
 
@@ -63,6 +80,15 @@ impl ObjectStore for Hooked {
             *self.held_entry.lock().unwrap() = Some(Bytes::from(payload.clone()));
             self.held.notify_one();
             released.await;
+        }
+        if location.as_ref().contains("state/log/")
+            && self.lose_answer.swap(false, Ordering::AcqRel)
+        {
+            self.inner.put_opts(location, payload, opts).await?;
+            return Err(object_store::Error::AlreadyExists {
+                path: location.to_string(),
+                source: "the first answer was lost; the retry found the position taken".into(),
+            });
         }
         self.inner.put_opts(location, payload, opts).await
     }

@@ -14,15 +14,6 @@ use super::{memory, replica, until};
 use crate::common::random_bytes;
 use staging_server::store::BlobStore;
 
-/// Positions (as named in the store) of the objects under `dir` of the replicated state.
-async fn positions(store: &Hooked, dir: &str) -> Vec<u64> {
-    let names = store.names(&format!("state/{dir}")).await;
-    names
-        .iter()
-        .map(|n| n.rsplit('/').next().unwrap().parse().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_replica_that_cannot_reload_answers_503_and_waits_before_it_tries_again() {
     let hooked = Arc::new(Hooked::default());
@@ -39,10 +30,11 @@ async fn a_replica_that_cannot_reload_answers_503_and_waits_before_it_tries_agai
         ups.push(a.upload("team-a", random_bytes(1_000)).await);
     }
     until("a snapshot", || async {
-        !positions(&hooked, "snapshots").await.is_empty()
+        !hooked.positions("snapshots").await.is_empty()
     })
     .await;
-    let at = positions(&hooked, "snapshots")
+    let at = hooked
+        .positions("snapshots")
         .await
         .into_iter()
         .max()
@@ -52,7 +44,7 @@ async fn a_replica_that_cannot_reload_answers_503_and_waits_before_it_tries_agai
     for _ in 0..2 {
         ups.push(a.upload("team-a", random_bytes(1_000)).await);
     }
-    for seq in positions(&hooked, "log").await {
+    for seq in hooked.positions("log").await {
         if seq <= at {
             hooked
                 .inner
