@@ -22,7 +22,7 @@ pub struct ApiError {
     message: String,
     /// Logged, never sent.
     internal: Option<String>,
-    /// `Retry-After` of a 429.
+    /// `Retry-After` of a 429 or of a 503 whose wait is known.
     retry_after: Option<std::time::Duration>,
 }
 
@@ -100,6 +100,14 @@ impl ApiError {
     /// 503 when the server sheds load or is shutting down.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// 503 for what cannot be served for `after` (its `Retry-After`, whole seconds, at least 1).
+    pub fn unavailable_for(message: impl Into<String>, after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(after),
+            ..Self::unavailable(message)
+        }
     }
 
     /// The one mapping of object-store failures: 507 for a full store, 503 (with

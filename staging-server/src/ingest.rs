@@ -597,7 +597,9 @@ pub(crate) fn write_error(state: &AppState, e: crate::replica::WriteError) -> Ap
         W::Db(e) => db_error(state, e),
         W::Store(e) => ApiError::store(e, state.metrics()),
         W::Contended(_) => ApiError::unavailable("the shared state is busy; retry"),
-        W::Unsynchronised => ApiError::unavailable("the shared state is being reloaded; retry"),
+        W::Unsynchronised(left) => {
+            ApiError::unavailable_for("the shared state is being reloaded; retry", left)
+        }
         e @ (W::Bad(_) | W::BadMark(_) | W::Io { .. } | W::Metrics(_)) => ApiError::internal(e),
     }
 }

@@ -102,10 +102,10 @@ pub enum WriteError {
     /// The log holds an entry no replica writes.
     #[error(transparent)]
     Bad(#[from] BadEntry),
-    /// The replica could not load the shared state a moment ago, and waits before it tries
-    /// again.
-    #[error("the shared state could not be loaded a moment ago; retry")]
-    Unsynchronised,
+    /// The replica could not load the shared state a moment ago, and waits this long before it
+    /// tries again.
+    #[error("the shared state could not be loaded a moment ago; retry in {0:?}")]
+    Unsynchronised(Duration),
     /// Every position tried was taken by other replicas' writes.
     #[error("the shared log is too busy: {0} positions tried")]
     Contended(usize),
@@ -440,8 +440,10 @@ impl Replica {
             .rebuild_failed
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if failed_at.is_some_and(|t| t.elapsed() < REBUILD_BACKOFF) {
-            return Err(WriteError::Unsynchronised);
+        if let Some(left) = failed_at.and_then(|t| REBUILD_BACKOFF.checked_sub(t.elapsed()))
+            && !left.is_zero()
+        {
+            return Err(WriteError::Unsynchronised(left));
         }
         let result = self.rebuild_now().await;
         self.note_rebuild(result.is_ok());

@@ -63,9 +63,17 @@ async fn a_replica_that_cannot_reload_answers_503_and_waits_before_it_tries_agai
     assert!(first.is_server_error(), "{first}");
     let tried = hooked.refused_reads.load(Ordering::Acquire);
     assert!(tried >= 1, "the snapshot was never read");
-    // Within the back-off: refused at once, no download tried.
+    // Within the back-off: refused at once, no download tried, with the wait left to retry
+    // after (the back-off is 5 s).
     for _ in 0..3 {
-        assert_eq!(d.get_content(id, token).await.status(), 503);
+        let r = d.get_content(id, token).await;
+        assert_eq!(r.status(), 503);
+        let after: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=5).contains(&after), "Retry-After: {after}");
     }
     assert_eq!(hooked.refused_reads.load(Ordering::Acquire), tried);
 
