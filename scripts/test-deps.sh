@@ -45,7 +45,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv || echo "test-deps: WARNING: could not create .venv"
 fi
-if [ -x .venv/bin/pip ] && [ ! -x .venv/bin/moto_server ]; then
+# The version is checked, not only the presence: scripts/moto-server.py wraps moto's own
+# request handlers, as this version names them.
+if [ -x .venv/bin/pip ] && ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('moto') != '${MOTO_VERSION}')" 2>/dev/null; then
   echo "test-deps: installing moto[server]==${MOTO_VERSION} into .venv"
   .venv/bin/pip install -q "moto[server]==${MOTO_VERSION}" >/tmp/test-deps-pip.log 2>&1 \
     || echo "test-deps: WARNING: pip install moto failed (see /tmp/test-deps-pip.log)"

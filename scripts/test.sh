@@ -23,7 +23,9 @@ skip() { # skip <filterset> <why>
   echo "!! SKIPPED external tests $1: $2" >&2
   missing+=("$1")
 }
-command -v moto_server >/dev/null 2>&1 || { skip 'test(/^external::s3_/)' "moto_server is not installed"; skip 'test(/^outage::s3_/)' "moto_server is not installed"; skip 'test(/^replicated::s3_/)' "moto_server is not installed"; }
+# moto runs through scripts/moto-server.py with the Python that kubebed::testing::moto picks.
+moto_python="${MOTO_PYTHON:-.venv/bin/python}"
+"$moto_python" -c 'import moto.server, moto.s3.responses' >/dev/null 2>&1 || { skip 'test(/^external::s3_/)' "moto is not installed for $moto_python"; skip 'test(/^outage::s3_/)' "moto is not installed for $moto_python"; skip 'test(/^replicated::s3_/)' "moto is not installed for $moto_python"; }
 command -v promtool >/dev/null 2>&1 || { skip 'test(/^external::promtool_/)' "promtool is not installed"; skip 'test(/^manifests::promtool_/)' "promtool is not installed"; }
 command -v kubernetes-validate >/dev/null 2>&1 || skip 'test(/^manifests::kubernetes_validate_/)' "kubernetes-validate is not installed"
 command -v prometheus >/dev/null 2>&1 || skip 'test(/^external::a_real_prometheus/)' "prometheus is not installed"

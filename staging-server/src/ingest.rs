@@ -590,13 +590,17 @@ impl HashPipe {
 }
 
 /// The answer to a failed shared change: as [`db_error`] for the database, as the store's
-/// failures for the shared log's store, 503 when the log stays busy.
+/// failures for the shared log's store, 503 when the log stays busy or a change's fate is
+/// undecided, and 503 with the wait left as `Retry-After` while the replica backs off.
 pub(crate) fn write_error(state: &AppState, e: crate::replica::WriteError) -> ApiError {
     use crate::replica::WriteError as W;
     match e {
         W::Db(e) => db_error(state, e),
         W::Store(e) => ApiError::store(e, state.metrics()),
         W::Contended(_) => ApiError::unavailable("the shared state is busy; retry"),
+        W::Undecided => ApiError::unavailable(
+            "the shared state moved while the change was written; it may have been made",
+        ),
         W::Unsynchronised(left) => {
             ApiError::unavailable_for("the shared state is being reloaded; retry", left)
         }

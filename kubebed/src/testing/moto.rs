@@ -32,8 +32,9 @@ fn python() -> PathBuf {
 /// the returned child is dropped. Returns it and moto's endpoint URL.
 ///
 /// # Panics
-/// `COMPONENT MISSING` when moto cannot be started (`scripts/test.sh` installs it), or when it
-/// does not listen within a minute or refuses the bucket.
+/// `COMPONENT MISSING` when Python cannot be run (`scripts/test.sh` installs moto and says
+/// when it cannot), or when moto does not listen within a minute (its own words, such as the
+/// launcher's `COMPONENT MISSING` for a Python without moto) or refuses the bucket.
 pub async fn moto(host: IpAddr, bucket: &str) -> (Child, String) {
     let script = workspace().join("scripts/moto-server.py");
     let mut child = Command::new(python())
@@ -64,7 +65,7 @@ pub async fn moto(host: IpAddr, bucket: &str) -> (Child, String) {
     .await
     .ok()
     .flatten()
-    .unwrap_or_else(|| panic!("COMPONENT MISSING: moto did not start: {}", said.join("\n")));
+    .unwrap_or_else(|| panic!("moto did not listen within {START:?}: {}", said.join("\n")));
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let created = reqwest::Client::new()
         .put(format!("{endpoint}/{bucket}"))

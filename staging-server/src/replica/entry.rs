@@ -15,6 +15,12 @@ use crate::db::{
 use staging_api::ids::{CredentialId, Labels, Namespace, ResourceId, Sha256Digest};
 
 /// One shared change.
+///
+/// Every kind but three names its origin and a random id, so two writes never encode alike.
+/// `Access`, `OwnerSeen` and `PruneTokens` may: two replicas recording one download in the same
+/// millisecond write the same bytes. Each of the three leaves the state as once when applied
+/// twice, and no caller needs more than that from its outcome, so a write that finds its exact
+/// bytes at the position it lost may take that entry for its own (see `log::follow`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Entry {

@@ -28,7 +28,7 @@ impl ReplicaMetrics {
             appends: IntCounterVec::new(
                 Opts::new(
                     "staging_replica_log_appends_total",
-                    "Writes to the shared log, by outcome: written, lost (the position was taken by another replica; retried further on), failed (store error).",
+                    "Writes to the shared log, by outcome: written, lost (the position was taken by another replica; retried further on), undecided (the log was trimmed past the position while it was written; answered 503, not written again), failed (store error).",
                 ),
                 &["outcome"],
             )?,

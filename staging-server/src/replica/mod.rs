@@ -28,6 +28,7 @@
 
 mod entry;
 mod lease;
+mod log;
 mod metrics;
 mod snapshot_file;
 mod store;
@@ -71,6 +72,9 @@ const REBUILD_BACKOFF: Duration = Duration::from_secs(5);
 /// Part size of a snapshot's upload and piece size of its download: its memory is a few
 /// parts, whatever the database's size.
 const SNAPSHOT_PART: usize = crate::multipart::REMOTE_PART_SIZE;
+/// Listings of the snapshots a rebuild tries when the newest one listed is deleted before
+/// it is read (the leader deletes a snapshot once two newer ones are written).
+const SNAPSHOT_LISTINGS: usize = 3;
 /// Log entries trimmed per round.
 const TRIM_BATCH: usize = 10_000;
 /// Snapshots kept: the newest, and the one before it (the log after it stays, so that a
@@ -109,6 +113,10 @@ pub enum WriteError {
     /// Every position tried was taken by other replicas' writes.
     #[error("the shared log is too busy: {0} positions tried")]
     Contended(usize),
+    /// The change may or may not have been made: the log was trimmed past the position its
+    /// entry was written at, while it was written. It is not written again (see [`log`]).
+    #[error("the shared log was trimmed while the change was written; it may have been made")]
+    Undecided,
     /// The trim mark holds what no replica writes.
     #[error("unreadable trim mark {0:?}")]
     BadMark(String),
@@ -145,6 +153,9 @@ pub struct Replica {
     log: tokio::sync::Mutex<()>,
     /// The database may be half-applied: rebuild before the next entry.
     broken: AtomicBool,
+    /// The database was replaced by a snapshot and the log after it is not applied yet: it
+    /// may hold what was deleted or revoked since, so downloads wait (see [`Self::rewound`]).
+    rewound: AtomicBool,
     /// The newest snapshot position this replica knows of (a snapshot is looked for once the
     /// log is `--snapshot-every` entries beyond it).
     snapshot_seen: std::sync::atomic::AtomicU64,
@@ -158,14 +169,6 @@ pub struct Replica {
     last_read: std::sync::Mutex<Option<std::time::Instant>>,
     leadership: Leadership,
     metrics: ReplicaMetrics,
-}
-
-/// Where [`Replica::follow`] left a write.
-enum Followed {
-    /// The position lost holds this write's own entry.
-    Ours,
-    /// The entries up to this position are applied: try the next.
-    To(u64),
 }
 
 impl Replica {
@@ -192,6 +195,7 @@ impl Replica {
             settings,
             log: tokio::sync::Mutex::new(()),
             broken: AtomicBool::new(true),
+            rewound: AtomicBool::new(false),
             last_read: std::sync::Mutex::new(None),
             stamps: std::sync::Mutex::new(std::collections::HashSet::new()),
             snapshot_seen: std::sync::atomic::AtomicU64::new(0),
@@ -211,6 +215,13 @@ impl Replica {
     /// Whether this replica holds the leader lease.
     pub fn is_leader(&self) -> bool {
         self.leadership.is_leader()
+    }
+
+    /// Whether the database is a snapshot whose later entries are not applied yet (a rebuild
+    /// after a failure, or behind the trimmed log): it may still grant a token revoked since,
+    /// so downloads are refused until the log is applied.
+    pub fn rewound(&self) -> bool {
+        self.rewound.load(Ordering::Acquire)
     }
 
     /// Applies every entry the log holds beyond this replica's position; returns the position.
@@ -247,176 +258,6 @@ impl Replica {
         self.catch_up().await
     }
 
-    /// Makes a shared change and returns its outcome.
-    ///
-    /// # Errors
-    /// Store, database and log errors; [`WriteError::Contended`] when the log stays busy.
-    pub(crate) async fn write(&self, entry: Entry) -> Result<Outcome, WriteError> {
-        let _held = self.log.lock().await;
-        let body = entry.encode();
-        let mut at = if self.broken.load(Ordering::Acquire) {
-            self.catch_up().await?
-        } else {
-            self.db.applied_seq().await?
-        };
-        for _ in 0..MAX_ATTEMPTS {
-            match self.store.append(at + 1, body.clone()).await {
-                Ok(store::Written::Yes(_)) if trim::covers(&self.store, at + 1).await? => {
-                    // This replica was behind the trimmed log: its entry landed among the
-                    // trimmed positions, where no replica follows the log. Taken back; the
-                    // replica loads the snapshot and writes at the head.
-                    self.store.delete_entry(at + 1).await?;
-                    self.metrics.appends.with_label_values(&["lost"]).inc();
-                    self.broken.store(true, Ordering::Release);
-                    at = self.catch_up().await?;
-                }
-                Ok(store::Written::Yes(_)) => {
-                    self.metrics.appends.with_label_values(&["written"]).inc();
-                    return self.apply(at + 1, entry, true).await;
-                }
-                Ok(store::Written::Lost) => {
-                    self.metrics.appends.with_label_values(&["lost"]).inc();
-                    match self.follow(at, &body).await? {
-                        Followed::Ours => {
-                            self.metrics.appends.with_label_values(&["written"]).inc();
-                            return self.apply(at + 1, entry, true).await;
-                        }
-                        Followed::To(next) => at = next,
-                    }
-                }
-                Err(e) => {
-                    self.metrics.appends.with_label_values(&["failed"]).inc();
-                    return Err(e.into());
-                }
-            }
-        }
-        Err(WriteError::Contended(MAX_ATTEMPTS))
-    }
-
-    /// After a write lost position `at + 1`: reads the entries from there on, each by its
-    /// position (one GET, no listing), up to the first free position, and applies them. A
-    /// replica that loses to a busy writer (one client keeping another replica writing) thus
-    /// tries again within a round trip or two per entry it missed, as fast as the writer
-    /// itself, instead of after a listing of the log. A replica that must rebuild, or that
-    /// finds itself behind the trim mark, reads the log as at start.
-    ///
-    /// The entry at `at + 1` may be `ours`: an earlier attempt of this write landed there and
-    /// its answer was lost (the store client retried it after a failure and found the position
-    /// taken). It is then this write's, and applied as such.
-    async fn follow(&self, at: u64, ours: &bytes::Bytes) -> Result<Followed, WriteError> {
-        if self.broken.load(Ordering::Acquire) {
-            return Ok(Followed::To(self.catch_up().await?));
-        }
-        let mut bodies = Vec::new();
-        while bodies.len() < READ_BATCH {
-            let seq = at + 1 + bodies.len() as u64;
-            match self.store.entry(seq).await? {
-                Some(b) => bodies.push(b),
-                None => break,
-            }
-        }
-        // Read after the entries: at or below it, they are not the log (see `trim`).
-        if trim::covers(&self.store, at + 1).await? {
-            self.broken.store(true, Ordering::Release);
-            return Ok(Followed::To(self.catch_up().await?));
-        }
-        if bodies.first() == Some(ours) {
-            return Ok(Followed::Ours);
-        }
-        let mut at = at;
-        for body in bodies {
-            let entry = Entry::decode(at + 1, &body)?;
-            self.apply(at + 1, entry, false).await?;
-            at += 1;
-        }
-        Ok(Followed::To(at))
-    }
-
-    /// Applies the entries after this replica's position (rebuilding first when needed).
-    /// The caller holds `self.log`.
-    async fn catch_up(&self) -> Result<u64, WriteError> {
-        let started = std::time::Instant::now();
-        let at = self.read_log().await?;
-        *self.last_read.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
-        Ok(at)
-    }
-
-    async fn read_log(&self) -> Result<u64, WriteError> {
-        if self.broken.load(Ordering::Acquire) {
-            self.rebuild().await?;
-        }
-        let mut at = self.db.applied_seq().await?;
-        // The position a rebuild in this reading brought the replica to: a second gap there
-        // means entries that neither the log nor any snapshot holds.
-        let mut rebuilt_to = None;
-        loop {
-            let seqs = self.store.entries_after(at, READ_BATCH).await?;
-            if seqs.is_empty() {
-                return Ok(at);
-            }
-            // The entries that follow this replica's position without a gap.
-            let mut bodies = Vec::with_capacity(seqs.len());
-            for seq in seqs {
-                if seq != at + 1 + bodies.len() as u64 {
-                    break;
-                }
-                match self.store.entry(seq).await? {
-                    Some(b) => bodies.push(b),
-                    None => break,
-                }
-            }
-            // The mark, read after the entries: at or below it, they are not the log (see
-            // `trim`), and a gap means they were trimmed after a snapshot.
-            if bodies.is_empty() || trim::covers(&self.store, at + 1).await? {
-                if rebuilt_to == Some(at) {
-                    return Err(WriteError::Bad(BadEntry {
-                        seq: at + 1,
-                        what: "missing from the log, and no snapshot holds it".into(),
-                    }));
-                }
-                tracing::info!(
-                    position = at,
-                    "behind the trimmed log; loading the newest snapshot"
-                );
-                self.rebuild().await?;
-                at = self.db.applied_seq().await?;
-                rebuilt_to = Some(at);
-                continue;
-            }
-            for body in bodies {
-                let entry = Entry::decode(at + 1, &body)?;
-                self.apply(at + 1, entry, false).await?;
-                at += 1;
-            }
-        }
-    }
-
-    /// Applies one entry at `seq`; `own` when this replica wrote it just now.
-    async fn apply(&self, seq: u64, entry: Entry, own: bool) -> Result<Outcome, WriteError> {
-        let result = entry.clone().apply(seq, &self.db).await;
-        let outcome = match result {
-            Ok(o) => o,
-            Err(e) => {
-                self.unsynchronised();
-                return Err(e.into());
-            }
-        };
-        if let Err(e) = self.db.set_applied_seq(seq).await {
-            self.unsynchronised();
-            return Err(e.into());
-        }
-        if !own && entry.origin() != Some(self.me.as_str()) {
-            // The replica that wrote the entry deletes the objects it freed.
-            for id in entry::queued_objects(&entry, &outcome) {
-                let _ = self.db.deletion_done(id).await;
-            }
-        }
-        self.metrics
-            .position
-            .set(i64::try_from(seq).unwrap_or(i64::MAX));
-        Ok(outcome)
-    }
-
     /// Marks the database as possibly half-applied after a failure to apply an entry: the next
     /// synchronisation rebuilds it, after [`REBUILD_BACKOFF`] (the failure's cause, a full
     /// disk say, is likely to last a moment).
@@ -451,15 +292,27 @@ impl Replica {
     }
 
     async fn rebuild_now(&self) -> Result<(), WriteError> {
-        let newest = self.store.snapshots().await?.into_iter().max();
         let scratch = self.settings.scratch.join(RESTORE_SCRATCH);
         let empty = self.settings.scratch.join(EMPTY_SCRATCH);
-        // A snapshot deleted since the listing, like none at all: an empty start replays what
-        // the log holds.
-        let downloaded = match newest {
-            Some(seq) => snapshot_file::download(&self.store, seq, &scratch, SNAPSHOT_PART).await?,
-            None => false,
-        };
+        // The newest snapshot; one deleted since the listing has newer ones: listed again.
+        // None at all: an empty start replays what the log holds.
+        let mut downloaded = false;
+        let mut listed = false;
+        for _ in 0..SNAPSHOT_LISTINGS {
+            let Some(seq) = self.store.snapshots().await?.into_iter().max() else {
+                break;
+            };
+            listed = true;
+            if snapshot_file::download(&self.store, seq, &scratch, SNAPSHOT_PART).await? {
+                downloaded = true;
+                break;
+            }
+        }
+        if listed && !downloaded {
+            tracing::warn!("every snapshot listed was deleted before it could be read");
+            return Err(WriteError::Unsynchronised(REBUILD_BACKOFF));
+        }
+        self.rewound.store(true, Ordering::Release);
         let seq = if downloaded {
             let at = self.db.restore(Some(&scratch), &empty).await;
             let _ = std::fs::remove_file(&scratch);

@@ -1,15 +1,25 @@
 //! The trim mark (`state/trimmed`): the position up to which the log may have been trimmed.
 //!
-//! Trimming frees positions that a replica behind the log may still write to or read. A stale
-//! replica's conditional create succeeds at a freed position, and until it takes that entry
-//! back, another stale replica may read it as if it were the log's. The leader raises the mark
-//! before it deletes any entry, and never lowers it; every position at or below it is written
-//! before the snapshot the mark names. So, whatever other stale replicas wrote:
+//! Trimming frees positions that a replica behind the log may still write to or read: a stale
+//! replica's conditional create succeeds at a freed position (a *stray* entry, never the
+//! log's), and until it is taken back another stale replica could read it as the log's.
 //!
-//! - a writer that reads the mark after its create succeeded knows whether its entry extends
-//!   the log (above the mark) or lies in the trimmed past (at or below: taken back);
-//! - a reader that reads the mark after the entries it fetched applies them only when they
-//!   lie above it, and loads the newest snapshot otherwise.
+//! The leader raises the mark to the older of the snapshots it keeps *before* it deletes any
+//! entry at or below it, and never lowers it (conditional writes); positions at or below the
+//! mark were all written before that snapshot. Deletions of entries happen only at or below
+//! the mark as it stands: trimming after the raise, and a writer taking back its entry after
+//! it read a mark covering it. Hence:
+//!
+//! - **readers** (`log::read_log`, `log::follow`) read the mark *after* the entries they
+//!   fetched. An entry fetched at a position above that mark was never freed before it was
+//!   fetched, so it is the log's, whatever other stale replicas wrote; at or below it, the
+//!   reader loads the newest snapshot instead.
+//! - **writers** (`log::write`) read the mark *before* their create (at or below it, the
+//!   replica is behind and reloads first) and *after* it (above it, the entry is the log's).
+//!   An entry created above the first reading and at or below the second lies where the log
+//!   was trimmed during the write: either its position was freed just before the create (a
+//!   stray) or the entry was the log's and was trimmed after a snapshot took it in. The two
+//!   cannot be told apart, so the write answers "undecided" and is not written again.
 
 use super::WriteError;
 use super::store::{StateStore, Written};
@@ -27,14 +37,6 @@ pub(super) async fn mark(store: &StateStore) -> Result<u64, WriteError> {
         Some(v) => parse(&v.body)?,
         None => 0,
     })
-}
-
-/// Whether position `seq` lies at or below the mark: no longer the log.
-///
-/// # Errors
-/// As [`mark`].
-pub(super) async fn covers(store: &StateStore, seq: u64) -> Result<bool, WriteError> {
-    Ok(seq <= mark(store).await?)
 }
 
 fn parse(body: &[u8]) -> Result<u64, WriteError> {

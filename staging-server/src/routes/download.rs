@@ -129,6 +129,12 @@ pub(super) async fn authorize(
     let id: ResourceId = path_id
         .parse()
         .map_err(|_| fail("invalid", "download token refused (invalid)"))?;
+    if state.replica().is_some_and(|r| r.rewound()) {
+        return Err(ApiError::unavailable_for(
+            "the shared state is being reloaded; retry",
+            std::time::Duration::from_secs(1),
+        ));
+    }
     let mut found = state.db().authorize(verified.jti.clone(), id).await?;
     // A token this server signed for a resource this replica has not applied yet (committed
     // on another replica a moment ago): read the shared log, then look again.

@@ -65,7 +65,7 @@ pub(crate) fn s3_options(endpoint: &str) -> BTreeMap<String, String> {
 }
 
 #[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+#[ignore = "needs moto (S3 protocol); run through scripts/test.sh"]
 async fn s3_backend_against_a_real_s3_protocol_server() {
     let (_moto, endpoint) = start_moto().await;
     let client = reqwest::Client::new();
@@ -244,7 +244,7 @@ async fn a_real_prometheus_scrapes_the_server() {
 }
 
 #[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+#[ignore = "needs moto (S3 protocol); run through scripts/test.sh"]
 async fn s3_a_second_instance_on_one_bucket_prefix_is_refused_and_deletes_nothing() {
     use std::sync::Arc;
 
@@ -365,7 +365,7 @@ pub(crate) async fn upload_bundle(
 }
 
 #[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+#[ignore = "needs moto (S3 protocol); run through scripts/test.sh"]
 async fn s3_presigned_downloads_come_from_the_store_verified_by_fetch() {
     let (_moto, endpoint) = start_moto().await;
     let proxy = Proxy::start(endpoint.trim_start_matches("http://").to_owned()).await;
@@ -549,7 +549,7 @@ async fn s3_presigned_downloads_come_from_the_store_verified_by_fetch() {
 }
 
 #[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+#[ignore = "needs moto (S3 protocol); run through scripts/test.sh"]
 async fn s3_replicas_share_one_bucket_through_conditional_writes() {
     let (_moto, endpoint) = start_moto().await;
     let location = StoreLocation::Url {
@@ -641,6 +641,8 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
     let log = objects_under(&endpoint, "replicated/state/log").await;
     let covered: Vec<&String> = log.iter().filter(|k| seq(k) <= at).collect();
     assert!(covered.len() >= 10, "{log:?} up to {at}");
+    // Trimmed as the leader trims: the mark first.
+    put_object(&endpoint, "replicated/state/trimmed", at.to_string()).await;
     for key in covered {
         delete_object(&endpoint, key).await;
     }
@@ -723,6 +725,15 @@ async fn objects_under(endpoint: &str, prefix: &str) -> Vec<String> {
         .unwrap()
 }
 
+/// Writes the object `key` of the moto bucket.
+async fn put_object(endpoint: &str, key: &str, body: String) {
+    use object_store::ObjectStoreExt as _;
+    bucket(endpoint)
+        .put(&object_store::path::Path::from(key), body.into())
+        .await
+        .unwrap();
+}
+
 /// Deletes the object `key` of the moto bucket.
 async fn delete_object(endpoint: &str, key: &str) {
     use object_store::ObjectStoreExt as _;
@@ -744,7 +755,7 @@ async fn leads(client: &reqwest::Client, admin: std::net::SocketAddr) -> bool {
 }
 
 #[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+#[ignore = "needs moto (S3 protocol); run through scripts/test.sh"]
 async fn s3_replicas_survive_kill_9_of_a_replica_mid_upload_and_of_the_leader_mid_sweep() {
     use crate::crash::start_with;
 

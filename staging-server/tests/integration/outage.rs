@@ -30,7 +30,7 @@ async fn bucket(endpoint: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+#[ignore = "needs moto (S3 protocol); run through scripts/test.sh"]
 async fn s3_outages_fail_fast_and_deletions_are_completed_later() {
     let (_moto, endpoint) = start_moto().await;
     let proxy = Proxy::start(endpoint.trim_start_matches("http://").to_owned()).await;
@@ -169,7 +169,7 @@ async fn s3_outages_fail_fast_and_deletions_are_completed_later() {
 }
 
 #[tokio::test]
-#[ignore = "needs moto_server (S3 protocol); run through scripts/test.sh"]
+#[ignore = "needs moto (S3 protocol); run through scripts/test.sh"]
 async fn s3_a_store_failing_redirected_downloads_sends_fetch_back_to_the_server() {
     use crate::external::{fetch_args, presigning_server, upload_bundle};
     use crate::store_proxy::{CUT_PRESIGNED, REFUSE_PRESIGNED};

@@ -7,8 +7,9 @@
 //! replica leads, and another takes over when it stops; a client gone mid-commit leaves no
 //! refused bytes behind ([`cancelled`]); a replica that cannot reload the shared state answers
 //! 503 and waits before it tries again ([`rebuild`]); replicas behind the trimmed log write at
-//! its head and never apply another stale replica's entries, and a write whose answer was lost
-//! lands once ([`stale`]). [`hooked`] is the store they hook into.
+//! its head and never apply another stale replica's entries, a write the log was trimmed past
+//! answers 503 undecided, a write whose answer was lost lands once, and a replica replaying the
+//! log grants no download ([`stale`]). [`hooked`] is the store they hook into.
 
 mod cancelled;
 mod hooked;

@@ -1,5 +1,6 @@
 //! An in-memory object store with hooks for the replicas' tests: log writes held while a test
-//! looks ([`Hooked::hold`]), a log write whose answer is lost ([`Hooked::lose_answer`]),
+//! looks ([`Hooked::hold`]), a log write answered as lost after it landed
+//! ([`Hooked::lose_answer`]), the replay after a rebuild held ([`Hooked::hold_replay`]),
 //! snapshot reads refused and counted ([`Hooked::refuse_snapshots`]).
 
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use object_store::ObjectStoreExt as _;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
@@ -19,7 +21,10 @@ use tokio::sync::Notify;
 /// `held` that one waits (its body in `held_entry`) until `released`; and whose reads of
 /// snapshots fail while `refuse_snapshots` is set, counted in `refused_reads`. The next write of
 /// a log entry after `lose_answer` is set lands, then answers that the position is taken, as
-/// the store client does when it retries a write whose first answer was lost.
+/// the store client does when the store answered a write that landed with a server error and
+/// the client's retry found the position taken. Once a snapshot is read while `hold_replay` is
+/// set, reads of log entries wait (the replay after a rebuild), announcing on `held`, until
+/// `released`.
 #[derive(Debug, Default)]
 pub(crate) struct Hooked {
     pub(crate) inner: InMemory,
@@ -30,6 +35,8 @@ pub(crate) struct Hooked {
     pub(crate) lose_answer: AtomicBool,
     pub(crate) refuse_snapshots: AtomicBool,
     pub(crate) refused_reads: AtomicUsize,
+    pub(crate) hold_replay: AtomicBool,
+    pub(crate) replaying: AtomicBool,
 }
 
 impl Hooked {
@@ -42,6 +49,52 @@ impl Hooked {
             .try_collect()
             .await
             .unwrap()
+    }
+
+    /// The log entry at `seq`, as the store names it.
+    pub(crate) fn entry_path(seq: u64) -> Path {
+        Path::from(format!("state/log/{seq:020}"))
+    }
+
+    /// The trim mark (0 before any trimming).
+    pub(crate) async fn trim_mark(&self) -> u64 {
+        match self.inner.get(&Path::from("state/trimmed")).await {
+            Ok(g) => String::from_utf8(g.bytes().await.unwrap().to_vec())
+                .unwrap()
+                .parse()
+                .unwrap(),
+            Err(object_store::Error::NotFound { .. }) => 0,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Writes the trim mark, past the hooks.
+    pub(crate) async fn put_trim_mark(&self, seq: u64) {
+        self.inner
+            .put(&Path::from("state/trimmed"), seq.to_string().into())
+            .await
+            .unwrap();
+    }
+
+    /// Trims the log up to `through` as the leader does: the mark first, then the entries.
+    pub(crate) async fn trim_by_hand(&self, through: u64) {
+        self.put_trim_mark(through).await;
+        for seq in self.positions("log").await {
+            if seq <= through {
+                self.inner.delete(&Self::entry_path(seq)).await.unwrap();
+            }
+        }
+    }
+
+    /// The position of the first log entry whose text holds `text`.
+    pub(crate) async fn position_naming(&self, text: &str) -> Option<u64> {
+        for seq in self.positions("log").await {
+            let body = self.inner.get(&Self::entry_path(seq)).await.unwrap();
+            if String::from_utf8_lossy(&body.bytes().await.unwrap()).contains(text) {
+                return Some(seq);
+            }
+        }
+        None
     }
 
     /// The positions (as named in the store) of the objects under `dir` of the replicated
@@ -106,6 +159,19 @@ impl ObjectStore for Hooked {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        if location.as_ref().contains("state/snapshots/")
+            && self.hold_replay.load(Ordering::Acquire)
+        {
+            self.replaying.store(true, Ordering::Release);
+        }
+        if location.as_ref().contains("state/log/") && self.replaying.swap(false, Ordering::AcqRel)
+        {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            self.held.notify_one();
+            released.await;
+        }
         if location.as_ref().contains("state/snapshots/")
             && self.refuse_snapshots.load(Ordering::Acquire)
         {

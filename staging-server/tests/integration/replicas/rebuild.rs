@@ -6,9 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use object_store::ObjectStoreExt as _;
-use object_store::path::Path;
-
 use super::hooked::Hooked;
 use super::{memory, replica, until};
 use crate::common::random_bytes;
@@ -44,15 +41,7 @@ async fn a_replica_that_cannot_reload_answers_503_and_waits_before_it_tries_agai
     for _ in 0..2 {
         ups.push(a.upload("team-a", random_bytes(1_000)).await);
     }
-    for seq in hooked.positions("log").await {
-        if seq <= at {
-            hooked
-                .inner
-                .delete(&Path::from(format!("state/log/{seq:020}")))
-                .await
-                .unwrap();
-        }
-    }
+    hooked.trim_by_hand(at).await;
 
     hooked.refuse_snapshots.store(true, Ordering::Release);
     let (id, token) = (

@@ -1,37 +1,26 @@
 //! Replicas behind the trimmed log, and writes whose answer is lost. Trimming frees positions
 //! that a stale replica still writes to and reads; another stale replica's entry may sit there
-//! (a stray, until its writer takes it back). The trim mark decides what is the log, whatever
-//! strays lie around: a stale writer's entry ends at the head and every replica applies it, a
-//! stale reader never applies a stray. A write whose first answer was lost (the store client
-//! retried it and found the position taken) is recognised as landed, not written twice.
+//! (a stray). The trim mark decides what is the log: a stale writer reloads before it writes
+//! and lands at the head; a write the log was trimmed past while it wrote answers 503 and is
+//! not written twice; a stale reader never applies a stray. A write whose first answer was a
+//! server error (the store client retried it and found the position taken) is recognised as
+//! landed, not written twice. A replica replaying the log after loading a snapshot grants no
+//! download until it is done.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use object_store::ObjectStoreExt as _;
-use object_store::path::Path;
 
 use super::hooked::Hooked;
 use super::{PATIENCE, memory, replica, value};
 use crate::common::{TestServer, random_bytes};
 use staging_server::store::BlobStore;
 
-/// The log entry at `seq`, as the store names it.
-fn entry_path(seq: u64) -> Path {
-    Path::from(format!("state/log/{seq:020}"))
-}
-
-/// The trim mark (0 before any trimming).
-async fn trim_mark(hooked: &Hooked) -> u64 {
-    match hooked.inner.get(&Path::from("state/trimmed")).await {
-        Ok(g) => String::from_utf8(g.bytes().await.unwrap().to_vec())
-            .unwrap()
-            .parse()
-            .unwrap(),
-        Err(object_store::Error::NotFound { .. }) => 0,
-        Err(e) => panic!("{e}"),
-    }
+/// How many times the replica loaded a snapshot (or an empty start).
+async fn rebuilds(r: &TestServer) -> f64 {
+    value(&r.metrics().await, "staging_replica_rebuilds_total")
 }
 
 /// A leader A that snapshots every 10 entries, and a replica D that reads the log only when
@@ -52,10 +41,10 @@ async fn d_behind_the_trimmed_log(
     d.state.sync_shared().await.unwrap();
     let at = d.state.db().applied_seq().await.unwrap();
     let deadline = Instant::now() + PATIENCE;
-    // Trimmed, and done with it: every entry up to the mark deleted.
+    // Trimmed past D's next position, and done with it: every entry up to the mark deleted.
     loop {
-        let mark = trim_mark(hooked).await;
-        if mark >= at + 2 && hooked.positions("log").await.first() > Some(&mark) {
+        let mark = hooked.trim_mark().await;
+        if mark > at && hooked.positions("log").await.first() > Some(&mark) {
             break;
         }
         assert!(
@@ -68,28 +57,80 @@ async fn d_behind_the_trimmed_log(
 }
 
 #[tokio::test]
-async fn a_stale_replica_writes_at_the_head_even_beside_another_stale_replicas_stray_entry() {
+async fn a_stale_replica_reloads_before_it_writes_and_writes_at_the_head() {
     let hooked = Arc::new(Hooked::default());
-    let (a, d, at, mut ups) = d_behind_the_trimmed_log(&hooked).await;
-    // Another stale replica's entry at D's own position, not yet taken back: the entry before
-    // the one D writes is there, as if the log went on from D.
-    let stray = serde_json::json!({"op": "access", "id": ups[0]["id"], "now": 0}).to_string();
-    hooked
-        .inner
-        .put(&entry_path(at), stray.into())
-        .await
-        .unwrap();
-
-    ups.push(d.upload("team-a", random_bytes(1_000)).await);
-    // D's entry landed at a trimmed position first (taken back), then at the head.
-    let text = d.metrics().await;
+    let (a, d, _at, mut ups) = d_behind_the_trimmed_log(&hooked).await;
+    let up = d.upload("team-a", random_bytes(1_000)).await;
+    // D read the mark before its create and reloaded: its entry lies above the mark.
+    let id = up["id"].as_str().unwrap().to_owned();
+    let seq = hooked.position_naming(&id).await.unwrap();
     assert!(
-        value(&text, "staging_replica_log_appends_total{outcome=\"lost\"}") >= 1.0,
-        "{text}"
+        seq > hooked.trim_mark().await,
+        "entry {seq} in the trimmed past"
     );
-    assert!(!hooked.positions("log").await.contains(&(at + 1)));
+    assert_eq!(rebuilds(&d).await, 2.0, "D reloaded once, after its start");
+    ups.push(up);
     // The leader, at the head, serves it, and every upload is served by both.
     for up in &ups {
+        let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+        assert_eq!(a.get_content(id, token).await.status(), 200, "A: {id}");
+        assert_eq!(d.get_content(id, token).await.status(), 200, "D: {id}");
+    }
+    a.shutdown().await;
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_write_the_log_was_trimmed_past_while_it_wrote_is_undecided_and_not_written_again() {
+    let hooked = Arc::new(Hooked::default());
+    let (a, d, at, ups) = d_behind_the_trimmed_log(&hooked).await;
+    let mark = hooked.trim_mark().await;
+    // D reads a mark below its position before its create, and the mark as it stands after:
+    // the log was trimmed past the position in between, as a trim racing the write does.
+    hooked.put_trim_mark(at).await;
+    hooked.hold.store(true, Ordering::Release);
+    let waiting = hooked.held.notified();
+    let (client, url) = (
+        d.client.clone(),
+        d.url("/api/v1/resources?namespace=team-a&labels=spark-role=driver"),
+    );
+    let write = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("content-type", "application/gzip")
+            .body(random_bytes(1_000))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    waiting.await;
+    let held = hooked.held_entry.lock().unwrap().clone().unwrap();
+    assert!(
+        String::from_utf8_lossy(&held).contains("\"op\":\"commit\""),
+        "the held log write is not D's commit: {held:?}"
+    );
+    hooked.put_trim_mark(mark).await;
+    hooked.hold.store(false, Ordering::Release);
+    hooked.released.notify_waiters();
+
+    assert_eq!(write.await.unwrap(), 503);
+    let text = d.metrics().await;
+    assert_eq!(
+        value(
+            &text,
+            "staging_replica_log_appends_total{outcome=\"undecided\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    // Taken back, and written nowhere else: the log holds no entry at or after the position
+    // that A did not write.
+    assert!(!hooked.positions("log").await.contains(&(at + 1)));
+    // D reloads at its next change, which lands at the head.
+    let next = d.upload("team-a", random_bytes(1_000)).await;
+    for up in ups.iter().chain([&next]) {
         let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
         assert_eq!(a.get_content(id, token).await.status(), 200, "A: {id}");
         assert_eq!(d.get_content(id, token).await.status(), 200, "D: {id}");
@@ -102,9 +143,11 @@ async fn a_stale_replica_writes_at_the_head_even_beside_another_stale_replicas_s
 async fn a_stale_replica_never_applies_stray_entries_as_the_log() {
     let hooked = Arc::new(Hooked::default());
     let (a, d, at, ups) = d_behind_the_trimmed_log(&hooked).await;
+    // No trimming from here on: the strays below stay for D to meet.
+    a.shutdown().await;
     // Strays at every trimmed position after D's, up to the log that remains: read as the
     // log, they would delete the first upload and skip the commits they replaced.
-    let mark = trim_mark(&hooked).await;
+    let mark = hooked.trim_mark().await;
     let stray = serde_json::json!({
         "op": "delete", "origin": "stale", "id": ups[0]["id"], "now": 0
     })
@@ -112,23 +155,25 @@ async fn a_stale_replica_never_applies_stray_entries_as_the_log() {
     for seq in at + 1..=mark {
         hooked
             .inner
-            .put(&entry_path(seq), stray.clone().into())
+            .put(&Hooked::entry_path(seq), stray.clone().into())
             .await
             .unwrap();
     }
 
     d.state.sync_shared().await.unwrap();
+    assert!(
+        hooked.positions("log").await.contains(&(at + 1)),
+        "the strays are gone: D did not meet them"
+    );
+    assert_eq!(
+        rebuilds(&d).await,
+        2.0,
+        "D loaded the snapshot, not the strays"
+    );
     for up in &ups {
         let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
         assert_eq!(d.get_content(id, token).await.status(), 200, "D: {id}");
     }
-    assert!(
-        d.metrics()
-            .await
-            .contains("staging_replica_rebuilds_total 2"),
-        "D loaded the snapshot rather than the strays"
-    );
-    a.shutdown().await;
     d.shutdown().await;
 }
 
@@ -146,7 +191,7 @@ async fn a_write_whose_answer_was_lost_is_recognised_as_landed() {
     let id = up["id"].as_str().unwrap();
     let mut naming = 0;
     for seq in hooked.positions("log").await {
-        let body = hooked.inner.get(&entry_path(seq)).await.unwrap();
+        let body = hooked.inner.get(&Hooked::entry_path(seq)).await.unwrap();
         if String::from_utf8_lossy(&body.bytes().await.unwrap()).contains(id) {
             naming += 1;
         }
@@ -159,4 +204,41 @@ async fn a_write_whose_answer_was_lost_is_recognised_as_landed() {
         200
     );
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_replica_reloading_refuses_downloads_until_it_has_replayed_the_log() {
+    let hooked = Arc::new(Hooked::default());
+    let (a, d, _at, ups) = d_behind_the_trimmed_log(&hooked).await;
+    let (gone, kept) = (&ups[0], &ups[1]);
+    let token = |up: &serde_json::Value| up["token"].as_str().unwrap().to_owned();
+    let id = |up: &serde_json::Value| up["id"].as_str().unwrap().to_owned();
+    let del = a
+        .client
+        .delete(a.url(&format!("/api/v1/resources/{}", id(gone))))
+        .bearer_auth(token(gone))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+
+    // D loads the snapshot, and its replay of the log after it waits: the snapshot may still
+    // grant the deleted resource's token, so D grants none meanwhile.
+    hooked.hold_replay.store(true, Ordering::Release);
+    let waiting = hooked.held.notified();
+    let state = d.state.clone();
+    let sync = tokio::spawn(async move { state.sync_shared().await.unwrap() });
+    waiting.await;
+    for up in [gone, kept] {
+        let r = d.get_content(&id(up), &token(up)).await;
+        assert_eq!(r.status(), 503, "{}", id(up));
+        assert!(r.headers().contains_key("retry-after"));
+    }
+    hooked.hold_replay.store(false, Ordering::Release);
+    hooked.released.notify_waiters();
+    sync.await.unwrap();
+    assert_eq!(d.get_content(&id(gone), &token(gone)).await.status(), 401);
+    assert_eq!(d.get_content(&id(kept), &token(kept)).await.status(), 200);
+    a.shutdown().await;
+    d.shutdown().await;
 }
