@@ -263,6 +263,18 @@ impl AppState {
         Ok(())
     }
 
+    /// Writes a snapshot of the shared state now and trims the log as the leader does after
+    /// one; returns its position (`None` for a single server).
+    ///
+    /// # Errors
+    /// The shared state cannot be written.
+    pub async fn snapshot_shared(&self) -> Result<Option<u64>> {
+        match self.replica() {
+            Some(r) => Ok(Some(r.snapshot().await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Whether this process does the work that must happen once: always for a single server,
     /// the leader's for replicas.
     pub fn leads(&self) -> bool {

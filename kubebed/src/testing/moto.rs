@@ -65,7 +65,12 @@ pub async fn moto(host: IpAddr, bucket: &str) -> (Child, String) {
     .await
     .ok()
     .flatten()
-    .unwrap_or_else(|| panic!("moto did not listen within {START:?}: {}", said.join("\n")));
+    .unwrap_or_else(|| {
+        panic!(
+            "moto exited, or did not listen within {START:?}: {}",
+            said.join("\n")
+        )
+    });
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let created = reqwest::Client::new()
         .put(format!("{endpoint}/{bucket}"))

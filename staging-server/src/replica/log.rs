@@ -106,10 +106,11 @@ impl Replica {
 
     /// After a write lost position `at + 1`: reads the entries from there on, each by its
     /// position (one GET, no listing), up to the first free position or a full batch
-    /// ([`READ_BATCH`] entries or [`BATCH_BYTES`]), and applies them. A replica that loses to a busy writer (one client keeping
-    /// another replica writing) thus tries again within a round trip or two per entry it
-    /// missed, as fast as the writer itself, instead of after a listing of the log. A replica
-    /// that must rebuild, or that finds itself behind the trim mark, reloads.
+    /// ([`READ_BATCH`] entries or [`BATCH_BYTES`]), and applies them. A replica that loses to
+    /// a busy writer (one client keeping another replica writing) thus tries again within a
+    /// round trip or two per entry it missed, as fast as the writer itself, instead of after a
+    /// listing of the log. A replica that must rebuild, or that finds itself behind the trim
+    /// mark, reloads.
     ///
     /// The entry at `at + 1` may be `ours`: an earlier attempt of this write landed there, and
     /// the store client, retrying it after a server error, found the position taken. It is
@@ -148,23 +149,23 @@ impl Replica {
         Ok(at)
     }
 
+    /// Applies the log from this replica's position up to the head as a listing finds it
+    /// (one batch after another), rebuilding where the entries it needs were trimmed.
     async fn read_log(&self) -> Result<u64, WriteError> {
-        if self.broken.load(Ordering::Acquire) {
-            self.rebuild().await?;
-        }
-        let mut at = self.db.applied_seq().await?;
         // Where the last rebuild of this reading brought the replica: a rebuild that brings it
         // there again means entries that neither the log nor any snapshot holds.
         let mut rebuilt_to = None;
+        if self.broken.load(Ordering::Acquire) {
+            self.rebuild().await?;
+            rebuilt_to = Some(self.db.applied_seq().await?);
+        }
+        let mut at = self.db.applied_seq().await?;
         loop {
             let seqs = self.store.entries_after(at, READ_BATCH).await?;
-            if seqs.is_empty() {
-                // At the head: what the database grants is the log's again.
-                self.rewound.store(false, Ordering::Release);
-                return Ok(at);
-            }
+            // A listing shorter than a batch reaches the head as it stood when it began.
+            let (listed, to_the_head) = (seqs.len(), seqs.len() < READ_BATCH);
             // The entries that follow this replica's position without a gap, a batch at most.
-            let mut bodies = Vec::with_capacity(seqs.len());
+            let mut bodies = Vec::with_capacity(listed);
             for seq in seqs {
                 if seq != at + 1 + bodies.len() as u64 || full(&bodies) {
                     break;
@@ -174,10 +175,19 @@ impl Replica {
                     None => break,
                 }
             }
+            let fetched = bodies.len();
             // A gap means the entries were trimmed after a snapshot; the mark, read after the
             // entries, tells whether they are still the log.
-            if !bodies.is_empty() && at >= trim::mark(&self.store).await? {
+            if listed == 0 || (fetched > 0 && at >= trim::mark(&self.store).await?) {
                 at = self.apply_all(at, bodies).await?;
+                if to_the_head && fetched == listed {
+                    // Every entry of a listing that began after any restore of this reading,
+                    // up to the head it found: what the database grants is the log's again.
+                    // Later entries wait for the next reading (a busy log never holds one
+                    // reading, nor the log's lock, for long).
+                    self.rewound.store(false, Ordering::Release);
+                    return Ok(at);
+                }
                 continue;
             }
             tracing::info!(

@@ -154,8 +154,10 @@ pub struct Replica {
     /// The database may be half-applied: rebuild before the next entry.
     broken: AtomicBool,
     /// The database was replaced by a snapshot and the log after it is not applied yet: it
-    /// may hold what was deleted or revoked since, so downloads wait (see [`Self::rewound`]).
+    /// may hold what was deleted or revoked since, so downloads wait (see [`Self::view`]).
     rewound: AtomicBool,
+    /// Restores of the database so far.
+    restores: std::sync::atomic::AtomicU64,
     /// The newest snapshot position this replica knows of (a snapshot is looked for once the
     /// log is `--snapshot-every` entries beyond it).
     snapshot_seen: std::sync::atomic::AtomicU64,
@@ -196,6 +198,7 @@ impl Replica {
             log: tokio::sync::Mutex::new(()),
             broken: AtomicBool::new(true),
             rewound: AtomicBool::new(false),
+            restores: std::sync::atomic::AtomicU64::new(0),
             last_read: std::sync::Mutex::new(None),
             stamps: std::sync::Mutex::new(std::collections::HashSet::new()),
             snapshot_seen: std::sync::atomic::AtomicU64::new(0),
@@ -217,11 +220,13 @@ impl Replica {
         self.leadership.is_leader()
     }
 
-    /// Whether the database is a snapshot whose later entries are not applied yet (a rebuild
-    /// after a failure, or behind the trimmed log): it may still grant a token revoked since,
-    /// so downloads are refused until the log is applied.
-    pub fn rewound(&self) -> bool {
-        self.rewound.load(Ordering::Acquire)
+    /// What a download may rely on: `None` while the database is a snapshot whose later
+    /// entries are not applied yet (a rebuild after a failure, or behind the trimmed log),
+    /// which may still grant a token revoked since; else the number of restores so far. A
+    /// download authorised between two equal views was authorised against the log's state.
+    pub fn view(&self) -> Option<u64> {
+        let restores = self.restores.load(Ordering::Acquire);
+        (!self.rewound.load(Ordering::Acquire)).then_some(restores)
     }
 
     /// Applies every entry the log holds beyond this replica's position; returns the position.
@@ -312,7 +317,10 @@ impl Replica {
             tracing::warn!("every snapshot listed was deleted before it could be read");
             return Err(WriteError::Unsynchronised(REBUILD_BACKOFF));
         }
+        // From here the database may be half-restored, then rewound to the snapshot.
+        self.broken.store(true, Ordering::Release);
         self.rewound.store(true, Ordering::Release);
+        self.restores.fetch_add(1, Ordering::AcqRel);
         let seq = if downloaded {
             let at = self.db.restore(Some(&scratch), &empty).await;
             let _ = std::fs::remove_file(&scratch);

@@ -129,11 +129,18 @@ pub(super) async fn authorize(
     let id: ResourceId = path_id
         .parse()
         .map_err(|_| fail("invalid", "download token refused (invalid)"))?;
-    if state.replica().is_some_and(|r| r.rewound()) {
-        return Err(ApiError::unavailable_for(
+    // A replica replaying the log after a restore grants nothing: its database may still
+    // grant a token revoked since. Checked before and after the lookup, so that a restore
+    // between the two is noticed too.
+    let view = state.replica().map(|r| r.view());
+    let reloading = || {
+        ApiError::unavailable_for(
             "the shared state is being reloaded; retry",
             std::time::Duration::from_secs(1),
-        ));
+        )
+    };
+    if view == Some(None) {
+        return Err(reloading());
     }
     let mut found = state.db().authorize(verified.jti.clone(), id).await?;
     // A token this server signed for a resource this replica has not applied yet (committed
@@ -145,6 +152,9 @@ pub(super) async fn authorize(
             .await
             .map_err(|e| crate::ingest::write_error(state, e))?;
         found = state.db().authorize(verified.jti, id).await?;
+    }
+    if state.replica().map(|r| r.view()) != view {
+        return Err(reloading());
     }
     match found {
         (TokenState::Valid, Some(res)) => Ok(res),

@@ -53,6 +53,14 @@ async fn ready(state: &AppState, detailed: bool) -> Result<String, ApiError> {
     if let Err(e) = state.db().ping().await {
         return Err(fail("database", e.to_string()));
     }
+    // A replica replaying the log after a restore refuses downloads: out of the Service
+    // until it is done.
+    if state.replica().is_some_and(|r| r.view().is_none()) {
+        return Err(fail(
+            "shared state",
+            "replaying the log after loading a snapshot".into(),
+        ));
+    }
     match tokio::time::timeout(READY_STORE_TIMEOUT, state.store().ping()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(fail("object store", e.to_string())),
