@@ -30,6 +30,11 @@ pub struct ApiError {
 #[derive(Debug, Clone)]
 pub(crate) struct InternalCause(pub String);
 
+/// `Retry-After` of a 503 that knows no better wait (the server sheds load, drains, ...).
+const BUSY_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// `Retry-After` of a 503 for an object store that is down or does not answer.
+const STORE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl ApiError {
     /// An error with an explicit status, machine code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -127,7 +132,8 @@ impl ApiError {
                 code: "store_unavailable",
                 message: "the object store is not answering; retry later".into(),
                 internal: Some(e.to_string()),
-                retry_after: None,
+                // A store outage lasts longer than a busy moment.
+                retry_after: Some(STORE_RETRY_AFTER),
             },
             _ => Self::internal(e),
         }
@@ -191,17 +197,11 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            // A store outage lasts longer than a busy moment.
-            let after = if self.code == "store_unavailable" {
-                "5"
-            } else {
-                "1"
-            };
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
-        }
-        if let Some(after) = self.retry_after {
+        // Every 503 says when to retry: a busy moment unless the error knows better.
+        let after = self.retry_after.or_else(|| {
+            (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(BUSY_RETRY_AFTER)
+        });
+        if let Some(after) = after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
