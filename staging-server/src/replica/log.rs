@@ -19,9 +19,27 @@ use super::{MAX_ATTEMPTS, READ_BATCH, REBUILD_BACKOFF, Replica, WriteError, stor
 /// may be a submission of a thousand long names, about 330 KB).
 const BATCH_BYTES: usize = 8 << 20;
 
-/// Whether a batch of entries read so far is full.
-fn full(bodies: &[Bytes]) -> bool {
-    bodies.len() >= READ_BATCH || bodies.iter().map(Bytes::len).sum::<usize>() >= BATCH_BYTES
+/// Entries read and not applied yet, in order: at most [`READ_BATCH`] of them, and
+/// [`BATCH_BYTES`] plus the one that crosses it.
+#[derive(Default)]
+struct Batch {
+    bodies: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.bodies.len() >= READ_BATCH || self.bytes >= BATCH_BYTES
+    }
+
+    fn len(&self) -> usize {
+        self.bodies.len()
+    }
+
+    fn push(&mut self, body: Bytes) {
+        self.bytes += body.len();
+        self.bodies.push(body);
+    }
 }
 
 /// Where [`Replica::follow`] left a write.
@@ -119,14 +137,14 @@ impl Replica {
         if self.broken.load(Ordering::Acquire) {
             return Ok(Followed::To(self.catch_up().await?));
         }
-        let mut bodies = Vec::new();
-        while !full(&bodies) {
-            match self.store.entry(at + 1 + bodies.len() as u64).await? {
-                Some(b) => bodies.push(b),
+        let mut batch = Batch::default();
+        while !batch.full() {
+            match self.store.entry(at + 1 + batch.len() as u64).await? {
+                Some(b) => batch.push(b),
                 None => break,
             }
         }
-        let ours_first = bodies.first() == Some(ours);
+        let ours_first = batch.bodies.first() == Some(ours);
         // The mark after the entries: at or below it, they are not the log.
         if at < trim::mark(&self.store).await? {
             if ours_first {
@@ -137,7 +155,7 @@ impl Replica {
         if ours_first {
             return Ok(Followed::Ours);
         }
-        Ok(Followed::To(self.apply_all(at, bodies).await?))
+        Ok(Followed::To(self.apply_all(at, batch).await?))
     }
 
     /// Applies the entries after this replica's position (rebuilding first when needed).
@@ -165,21 +183,21 @@ impl Replica {
             // A listing shorter than a batch reaches the head as it stood when it began.
             let (listed, to_the_head) = (seqs.len(), seqs.len() < READ_BATCH);
             // The entries that follow this replica's position without a gap, a batch at most.
-            let mut bodies = Vec::with_capacity(listed);
+            let mut batch = Batch::default();
             for seq in seqs {
-                if seq != at + 1 + bodies.len() as u64 || full(&bodies) {
+                if seq != at + 1 + batch.len() as u64 || batch.full() {
                     break;
                 }
                 match self.store.entry(seq).await? {
-                    Some(b) => bodies.push(b),
+                    Some(b) => batch.push(b),
                     None => break,
                 }
             }
-            let fetched = bodies.len();
+            let fetched = batch.len();
             // A gap means the entries were trimmed after a snapshot; the mark, read after the
             // entries, tells whether they are still the log.
             if listed == 0 || (fetched > 0 && at >= trim::mark(&self.store).await?) {
-                at = self.apply_all(at, bodies).await?;
+                at = self.apply_all(at, batch).await?;
                 if to_the_head && fetched == listed {
                     // Every entry of a listing that began after any restore of this reading,
                     // up to the head it found: what the database grants is the log's again.
@@ -211,9 +229,9 @@ impl Replica {
         }
     }
 
-    /// Applies `bodies`, the entries after position `at` in order; returns the last position.
-    async fn apply_all(&self, mut at: u64, bodies: Vec<Bytes>) -> Result<u64, WriteError> {
-        for body in bodies {
+    /// Applies `batch`, the entries after position `at`; returns the last position.
+    async fn apply_all(&self, mut at: u64, batch: Batch) -> Result<u64, WriteError> {
+        for body in batch.bodies {
             let entry = Entry::decode(at + 1, &body)?;
             self.apply(at + 1, entry, false).await?;
             at += 1;

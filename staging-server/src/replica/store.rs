@@ -155,6 +155,18 @@ impl StateStore {
         self.conditional(what, key, body, PutMode::Create).await
     }
 
+    /// Writes `key`: created when `over` is `None`, else only if it is still the version read.
+    async fn replace(
+        &self,
+        what: &'static str,
+        key: &ObjectPath,
+        body: Bytes,
+        over: Option<UpdateVersion>,
+    ) -> Result<Written, StoreError> {
+        let mode = over.map_or(PutMode::Create, PutMode::Update);
+        self.conditional(what, key, body, mode).await
+    }
+
     async fn conditional(
         &self,
         what: &'static str,
@@ -333,8 +345,7 @@ impl StateStore {
         body: Bytes,
         over: Option<UpdateVersion>,
     ) -> Result<Written, StoreError> {
-        let mode = over.map_or(PutMode::Create, PutMode::Update);
-        self.conditional("write the trim mark", &self.dir("trimmed"), body, mode)
+        self.replace("write the trim mark", &self.dir("trimmed"), body, over)
             .await
     }
 
@@ -410,8 +421,7 @@ impl StateStore {
         body: Bytes,
         over: Option<UpdateVersion>,
     ) -> Result<Written, StoreError> {
-        let mode = over.map_or(PutMode::Create, PutMode::Update);
-        self.conditional("write the leader lease", &self.dir("leader"), body, mode)
+        self.replace("write the leader lease", &self.dir("leader"), body, over)
             .await
     }
 

@@ -133,12 +133,7 @@ pub(super) async fn authorize(
     // grant a token revoked since. Checked before and after the lookup, so that a restore
     // between the two is noticed too.
     let view = state.replica().map(|r| r.view());
-    let reloading = || {
-        ApiError::unavailable_for(
-            "the shared state is being reloaded; retry",
-            std::time::Duration::from_secs(1),
-        )
-    };
+    let reloading = || ApiError::unavailable("the shared state is being reloaded; retry");
     if view == Some(None) {
         return Err(reloading());
     }
