@@ -91,18 +91,24 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Uploads `bytes` through v1 into namespace `ns`; returns the JSON answer.
-    pub(crate) async fn upload(&self, ns: &str, bytes: Vec<u8>) -> serde_json::Value {
-        let res = self
-            .client
+    /// The v1 upload of `body` into namespace `ns`, ready to send (it borrows nothing from
+    /// the server, so it can be sent from a task of its own).
+    pub(crate) fn upload_request(
+        &self,
+        ns: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
+        self.client
             .post(self.url(&format!(
                 "/api/v1/resources?namespace={ns}&labels=spark-role=driver"
             )))
             .header("content-type", "application/gzip")
-            .body(bytes)
-            .send()
-            .await
-            .unwrap();
+            .body(body)
+    }
+
+    /// Uploads `bytes` through v1 into namespace `ns`; returns the JSON answer.
+    pub(crate) async fn upload(&self, ns: &str, bytes: Vec<u8>) -> serde_json::Value {
+        let res = self.upload_request(ns, bytes).send().await.unwrap();
         assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
         res.json().await.unwrap()
     }

@@ -577,18 +577,9 @@ async fn s3_replicas_share_one_bucket_through_conditional_writes() {
     let mut tasks = Vec::new();
     for r in [&a, &b, &c] {
         for _ in 0..4 {
-            let (client, url) = (
-                r.client.clone(),
-                r.url("/api/v1/resources?namespace=team-b&labels=spark-role=driver"),
-            );
+            let upload = r.upload_request("team-b", random_bytes(1_000));
             tasks.push(tokio::spawn(async move {
-                let resp = client
-                    .post(url)
-                    .header("content-type", "application/gzip")
-                    .body(random_bytes(1_000))
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = upload.send().await.unwrap();
                 let status = resp.status().as_u16();
                 let body: serde_json::Value = resp.json().await.unwrap_or_default();
                 (status, body["id"].as_str().unwrap_or_default().to_owned())

@@ -158,18 +158,9 @@ async fn quotas_hold_across_replicas_under_concurrent_uploads() {
     let (_store, rs) = three(|c| c.limits.namespace_quota_count = Some(QUOTA)).await;
     let mut tasks = Vec::new();
     for i in 0..15 {
-        let client = rs[i % 3].client.clone();
-        let url = rs[i % 3].url("/api/v1/resources?namespace=team-q&labels=spark-role=driver");
+        let upload = rs[i % 3].upload_request("team-q", random_bytes(2_000));
         tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("content-type", "application/gzip")
-                .body(random_bytes(2_000))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            upload.send().await.unwrap().status().as_u16()
         }));
     }
     let mut statuses = Vec::new();

@@ -29,18 +29,7 @@ async fn a_client_gone_mid_commit_leaves_no_refused_bytes() {
     tx.send(Ok(Bytes::from(random_bytes(64 << 10))))
         .await
         .unwrap();
-    let (client, url) = (
-        a.client.clone(),
-        a.url("/api/v1/resources?namespace=team-a&labels=spark-role=driver"),
-    );
-    let second = tokio::spawn(async move {
-        client
-            .post(url)
-            .header("content-type", "application/gzip")
-            .body(body)
-            .send()
-            .await
-    });
+    let second = tokio::spawn(a.upload_request("team-a", body).send());
     until(
         "the server receives the second upload's first bytes",
         || async {

@@ -51,6 +51,16 @@ impl Hooked {
             .unwrap()
     }
 
+    /// Announces on `held` that a call waits, then waits until `released`.
+    async fn wait_for_release(&self) {
+        let released = self.released.notified();
+        tokio::pin!(released);
+        // Registered before the test hears of it: the release cannot be missed.
+        released.as_mut().enable();
+        self.held.notify_one();
+        released.await;
+    }
+
     /// The log entry at `seq`, as the store names it.
     pub(crate) fn entry_path(seq: u64) -> Path {
         Path::from(format!("state/log/{seq:020}"))
@@ -126,13 +136,8 @@ impl ObjectStore for Hooked {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         if location.as_ref().contains("state/log/") && self.hold.load(Ordering::Acquire) {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            // Registered before the test hears of it: the release cannot be missed.
-            released.as_mut().enable();
             *self.held_entry.lock().unwrap() = Some(Bytes::from(payload.clone()));
-            self.held.notify_one();
-            released.await;
+            self.wait_for_release().await;
         }
         if location.as_ref().contains("state/log/")
             && self.lose_answer.swap(false, Ordering::AcqRel)
@@ -166,11 +171,7 @@ impl ObjectStore for Hooked {
         }
         if location.as_ref().contains("state/log/") && self.replaying.swap(false, Ordering::AcqRel)
         {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            self.held.notify_one();
-            released.await;
+            self.wait_for_release().await;
         }
         if location.as_ref().contains("state/snapshots/")
             && self.refuse_snapshots.load(Ordering::Acquire)

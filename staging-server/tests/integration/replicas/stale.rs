@@ -25,6 +25,20 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: not within {PATIENCE:?}"))
 }
 
+/// Every upload of `ups` is downloaded from every replica of `rs`.
+async fn served_by(rs: &[&TestServer], ups: &[serde_json::Value]) {
+    for up in ups {
+        let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
+        for (i, r) in rs.iter().enumerate() {
+            assert_eq!(
+                r.get_content(id, token).await.status(),
+                200,
+                "replica {i}: {id}"
+            );
+        }
+    }
+}
+
 /// How many times the replica loaded a snapshot (or an empty start).
 async fn rebuilds(r: &TestServer) -> f64 {
     value(&r.metrics().await, "staging_replica_rebuilds_total")
@@ -79,11 +93,7 @@ async fn a_stale_replica_reloads_before_it_writes_and_writes_at_the_head() {
     assert_eq!(rebuilds(&d).await, 2.0, "D reloaded once, after its start");
     ups.push(up);
     // The leader, at the head, serves it, and every upload is served by both.
-    for up in &ups {
-        let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
-        assert_eq!(a.get_content(id, token).await.status(), 200, "A: {id}");
-        assert_eq!(d.get_content(id, token).await.status(), 200, "D: {id}");
-    }
+    served_by(&[&a, &d], &ups).await;
     a.shutdown().await;
     d.shutdown().await;
 }
@@ -98,21 +108,7 @@ async fn a_write_the_log_was_trimmed_past_while_it_wrote_is_undecided_and_not_wr
     hooked.put_trim_mark(at).await;
     hooked.hold.store(true, Ordering::Release);
     let waiting = hooked.held.notified();
-    let (client, url) = (
-        d.client.clone(),
-        d.url("/api/v1/resources?namespace=team-a&labels=spark-role=driver"),
-    );
-    let write = tokio::spawn(async move {
-        client
-            .post(url)
-            .header("content-type", "application/gzip")
-            .body(random_bytes(1_000))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    });
+    let write = tokio::spawn(d.upload_request("team-a", random_bytes(1_000)).send());
     within("D's create held", waiting).await;
     let held = hooked.held_entry.lock().unwrap().clone().unwrap();
     assert!(
@@ -123,7 +119,10 @@ async fn a_write_the_log_was_trimmed_past_while_it_wrote_is_undecided_and_not_wr
     hooked.hold.store(false, Ordering::Release);
     hooked.released.notify_waiters();
 
-    assert_eq!(within("D's answer", write).await.unwrap(), 503);
+    assert_eq!(
+        within("D's answer", write).await.unwrap().unwrap().status(),
+        503
+    );
     let text = d.metrics().await;
     assert_eq!(
         value(
@@ -144,12 +143,9 @@ async fn a_write_the_log_was_trimmed_past_while_it_wrote_is_undecided_and_not_wr
         "the undecided entry is in the log"
     );
     // D reloads at its next change, which lands at the head.
-    let next = d.upload("team-a", random_bytes(1_000)).await;
-    for up in ups.iter().chain([&next]) {
-        let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
-        assert_eq!(a.get_content(id, token).await.status(), 200, "A: {id}");
-        assert_eq!(d.get_content(id, token).await.status(), 200, "D: {id}");
-    }
+    let mut ups = ups;
+    ups.push(d.upload("team-a", random_bytes(1_000)).await);
+    served_by(&[&a, &d], &ups).await;
     a.shutdown().await;
     d.shutdown().await;
 }
@@ -185,10 +181,7 @@ async fn a_stale_replica_never_applies_stray_entries_as_the_log() {
         2.0,
         "D loaded the snapshot, not the strays"
     );
-    for up in &ups {
-        let (id, token) = (up["id"].as_str().unwrap(), up["token"].as_str().unwrap());
-        assert_eq!(d.get_content(id, token).await.status(), 200, "D: {id}");
-    }
+    served_by(&[&d], &ups).await;
     d.shutdown().await;
 }
 
